@@ -1,0 +1,87 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Stable error codes. Clients switch on these; docs/protocol.md lists them
+// with their HTTP status. Never rename one.
+const (
+	// Request shape.
+	CodeInvalidJSON      = "invalid_json"
+	CodeUnknownField     = "unknown_field"
+	CodeInvalidField     = "invalid_field"
+	CodeInvalidEncoding  = "invalid_encoding"
+	CodeBodyTooLarge     = "body_too_large"
+	CodeNotFound         = "not_found"
+	CodeMethodNotAllowed = "method_not_allowed"
+
+	// Signed payloads.
+	CodeBadSignature   = "bad_signature"
+	CodeUnknownAlg     = "unknown_alg"
+	CodeWrongType      = "wrong_type"
+	CodeWrongServer    = "wrong_server"
+	CodeStaleTimestamp = "stale_timestamp"
+
+	// Request authentication (X-KEZ-Auth and the stream's auth parameter).
+	CodeMissingAuth  = "missing_auth"
+	CodeBadAuth      = "bad_auth"
+	CodeStaleAuth    = "stale_auth"
+	CodeReplayedAuth = "replayed_auth"
+
+	// Registration and lookup.
+	CodeInvalidHandle     = "invalid_handle"
+	CodeReservedHandle    = "reserved_handle"
+	CodePrimaryIDMismatch = "primary_id_mismatch"
+	CodeHandleTaken       = "handle_taken"
+	CodePrimaryIDTaken    = "primary_id_taken"
+	CodeUnknownHandle     = "unknown_handle"
+	CodeInvalidResource   = "invalid_resource"
+
+	// Messages.
+	CodeUnknownSender      = "unknown_sender"
+	CodeUnknownRecipient   = "unknown_recipient"
+	CodeKeyNotAuthorized   = "key_not_authorized"
+	CodeInvalidMessageID   = "invalid_message_id"
+	CodeMessageIDConflict  = "message_id_conflict"
+	CodeCiphertextTooLarge = "ciphertext_too_large"
+	CodeInboxFull          = "inbox_full"
+
+	// Abuse limits and availability.
+	CodeRateLimited    = "rate_limited"
+	CodeTooManyStreams = "too_many_streams"
+	CodeUnavailable    = "unavailable"
+	CodeInternal       = "internal"
+)
+
+// Error is a failure the client can act on: a stable code and a message for
+// people. Anything that is not an *Error is an internal failure.
+type Error struct {
+	Code    string
+	Message string
+	// RetryAfter is set on rate_limited errors.
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf returns an *Error with code and a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrorCode returns the code of err's *Error, or CodeInternal when err is
+// not one.
+func ErrorCode(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
+
+// ErrSlowConsumer ends a stream whose reader fell too far behind; the client
+// resumes from its cursor.
+var ErrSlowConsumer = errors.New("stream reader too slow; resume from the last seq")

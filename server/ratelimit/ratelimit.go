@@ -1,0 +1,125 @@
+// Package ratelimit implements server.RateLimiter as token buckets keyed by
+// client address or handle, in a map of bounded size.
+package ratelimit
+
+import (
+	"math"
+	"sync"
+	"time"
+
+	"kez.lat/chat/server"
+)
+
+// Limiter allows Rate events per second per key, in bursts of up to Burst.
+// It tracks at most MaxKeys keys: when full, buckets that have refilled
+// (whose keys are idle) are forgotten first, and if none has, the key with
+// the fullest bucket goes, so memory stays bounded under a flood of new keys.
+type Limiter struct {
+	rate    float64
+	burst   float64
+	maxKeys int
+	now     func() time.Time
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+var _ server.RateLimiter = (*Limiter)(nil)
+
+// New returns a Limiter; a rate of 0 or less returns nil, which allows
+// everything.
+func New(perSecond float64, burst, maxKeys int) *Limiter {
+	if perSecond <= 0 {
+		return nil
+	}
+	return &Limiter{
+		rate:    perSecond,
+		burst:   float64(max(burst, 1)),
+		maxKeys: max(maxKeys, 1),
+		now:     time.Now,
+		buckets: make(map[string]*bucket),
+	}
+}
+
+// Allow spends one token of key's bucket, or reports how long until one is
+// available.
+func (l *Limiter) Allow(key string) (bool, time.Duration) {
+	if l == nil {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.refill(key)
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	return false, l.wait(b)
+}
+
+// Check reports whether key has a token left without spending it.
+func (l *Limiter) Check(key string) (bool, time.Duration) {
+	if l == nil {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[key]
+	if !ok {
+		return true, 0
+	}
+	l.fill(b)
+	if b.tokens >= 1 {
+		return true, 0
+	}
+	return false, l.wait(b)
+}
+
+func (l *Limiter) wait(b *bucket) time.Duration {
+	return time.Duration(math.Ceil((1 - b.tokens) / l.rate * float64(time.Second)))
+}
+
+// refill returns key's bucket, topped up for the time since its last use.
+func (l *Limiter) refill(key string) *bucket {
+	if b, ok := l.buckets[key]; ok {
+		l.fill(b)
+		return b
+	}
+	if len(l.buckets) >= l.maxKeys {
+		l.evict()
+	}
+	b := &bucket{tokens: l.burst, last: l.now()}
+	l.buckets[key] = b
+	return b
+}
+
+func (l *Limiter) fill(b *bucket) {
+	now := l.now()
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.last = now
+}
+
+// evict forgets every full bucket (an idle key loses nothing by being
+// forgotten), or the fullest one if none is full.
+func (l *Limiter) evict() {
+	var fullestKey string
+	fullest := -1.0
+	for k, b := range l.buckets {
+		l.fill(b)
+		if b.tokens >= l.burst {
+			delete(l.buckets, k)
+			continue
+		}
+		if b.tokens > fullest {
+			fullest, fullestKey = b.tokens, k
+		}
+	}
+	if len(l.buckets) >= l.maxKeys {
+		delete(l.buckets, fullestKey)
+	}
+}

@@ -1,0 +1,97 @@
+package ratelimit
+
+import (
+	"testing"
+	"time"
+)
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func newTestLimiter(rate float64, burst, maxKeys int) (*Limiter, *fakeClock) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	l := New(rate, burst, maxKeys)
+	l.now = clock.now
+	return l, clock
+}
+
+func TestLimiterAllowsBurstThenRefusesWithRetryAfter(t *testing.T) {
+	l, _ := newTestLimiter(2, 3, 10)
+	for i := range 3 {
+		if ok, _ := l.Allow("a"); !ok {
+			t.Fatalf("event %d refused inside the burst", i)
+		}
+	}
+	ok, wait := l.Allow("a")
+	if ok {
+		t.Fatal("event past the burst allowed")
+	}
+	if wait != 500*time.Millisecond {
+		t.Fatalf("retry after %v, want 500ms at 2/s", wait)
+	}
+}
+
+func TestLimiterRefillsOverTime(t *testing.T) {
+	l, clock := newTestLimiter(1, 1, 10)
+	l.Allow("a")
+	if ok, _ := l.Allow("a"); ok {
+		t.Fatal("second event allowed with an empty bucket")
+	}
+	clock.t = clock.t.Add(time.Second)
+	if ok, _ := l.Allow("a"); !ok {
+		t.Fatal("event refused after the bucket refilled")
+	}
+}
+
+func TestLimiterKeysAreIndependent(t *testing.T) {
+	l, _ := newTestLimiter(1, 1, 10)
+	l.Allow("a")
+	if ok, _ := l.Allow("b"); !ok {
+		t.Fatal("key b refused because key a spent its token")
+	}
+}
+
+func TestLimiterCheckDoesNotSpend(t *testing.T) {
+	l, _ := newTestLimiter(1, 1, 10)
+	for range 3 {
+		if ok, _ := l.Check("a"); !ok {
+			t.Fatal("Check refused a fresh key")
+		}
+	}
+	l.Allow("a")
+	if ok, _ := l.Check("a"); ok {
+		t.Fatal("Check allowed a key with an empty bucket")
+	}
+}
+
+func TestLimiterStaysWithinMaxKeys(t *testing.T) {
+	l, _ := newTestLimiter(1, 5, 100)
+	for i := range 10_000 {
+		l.Allow(string(rune('a'+i%26)) + string(rune(i)))
+	}
+	if n := len(l.buckets); n > 100 {
+		t.Fatalf("limiter holds %d keys, bound is 100", n)
+	}
+}
+
+func TestLimiterEvictsIdleKeysBeforeExhaustedOnes(t *testing.T) {
+	l, clock := newTestLimiter(1, 1, 2)
+	l.Allow("idle")
+	clock.t = clock.t.Add(time.Second) // idle's bucket is full again
+	l.Allow("abuser")
+	l.Allow("newcomer")
+	if _, ok := l.buckets["idle"]; ok {
+		t.Fatal("idle key kept while the map was full")
+	}
+	if ok, _ := l.Allow("abuser"); ok {
+		t.Fatal("exhausted key was forgotten and got a fresh bucket")
+	}
+}
+
+func TestNilLimiterAllowsEverything(t *testing.T) {
+	var l *Limiter = New(0, 1, 1)
+	if ok, _ := l.Allow("x"); !ok {
+		t.Fatal("nil limiter refused")
+	}
+}

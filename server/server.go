@@ -1,0 +1,26 @@
+// Package server holds the chat server's domain: the types every part of the
+// server shares (users, envelopes, errors), the interfaces between the parts
+// (Store, Broker, RateLimiter), and Service, which enforces the protocol rules
+// of docs/protocol.md. Each dependency lives in its own subpackage
+// (sqlite, membus, httpapi, ...) and cmd/kezchat wires them together.
+//
+// The server only ever handles ciphertext: it verifies signatures, orders and
+// stores opaque envelopes, and relays them.
+package server
+
+import "time"
+
+// Protocol payload types. A signature over one type is never accepted as another.
+const (
+	TypeRegister = "kez.chat.register/v1"
+	TypeMessage  = "kez.chat.message/v1"
+)
+
+// Limits fixed by the protocol.
+const (
+	// MaxCiphertext is the largest decoded ct of a message.
+	MaxCiphertext = 64 << 10
+	// ClockSkew is how far a signed timestamp may be from the server's clock,
+	// either way.
+	ClockSkew = 5 * time.Minute
+)

@@ -1,0 +1,334 @@
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"kez.lat/chat/server/signing"
+)
+
+// Config holds the policy a Service enforces.
+type Config struct {
+	// Domain is this server's name; every signed payload and request
+	// string must name it.
+	Domain string
+	// Retention is how long an unacknowledged envelope is kept.
+	Retention time.Duration
+	// MaxPending is how many unacknowledged envelopes one inbox may hold.
+	MaxPending int
+	// MaxStreamsPerHandle caps the streams open at once for one handle.
+	MaxStreamsPerHandle int
+	// StreamBuffer is how many live envelopes may wait for one stream
+	// before it is dropped as too slow.
+	StreamBuffer int
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// DefaultConfig returns the defaults documented in `kezchat server --help`.
+func DefaultConfig() Config {
+	return Config{
+		Domain:              "localhost",
+		Retention:           30 * 24 * time.Hour,
+		MaxPending:          10000,
+		MaxStreamsPerHandle: 8,
+		StreamBuffer:        256,
+	}
+}
+
+// Service enforces the protocol: it verifies every signed document and
+// request, and moves envelopes between the Store and the Broker.
+type Service struct {
+	cfg    Config
+	store  Store
+	broker Broker
+	log    *slog.Logger
+
+	// SendLimiter, when set, limits messages per sending handle. It is
+	// consulted only after the signature verified, so nobody can spend
+	// another person's budget.
+	SendLimiter RateLimiter
+
+	mu      sync.Mutex
+	streams map[string]int // open streams per handle
+
+	openStreams    atomic.Int64
+	messagesStored atomic.Uint64
+}
+
+// NewService returns a Service over store and broker.
+func NewService(cfg Config, store Store, broker Broker, log *slog.Logger) *Service {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{cfg: cfg, store: store, broker: broker, log: log, streams: make(map[string]int)}
+}
+
+// Domain is the server name this Service answers for.
+func (s *Service) Domain() string { return s.cfg.Domain }
+
+// OpenStreams is the number of streams open now.
+func (s *Service) OpenStreams() int64 { return s.openStreams.Load() }
+
+// MessagesStored counts envelopes stored since start (retries not counted).
+func (s *Service) MessagesStored() uint64 { return s.messagesStored.Load() }
+
+// Ready fails while the store cannot serve.
+func (s *Service) Ready(ctx context.Context) error { return s.store.Ping(ctx) }
+
+// Register verifies a signed kez.chat.register/v1 document and creates the
+// user it describes.
+func (s *Service) Register(ctx context.Context, doc signing.Signed) (*User, error) {
+	canonical, pub, err := s.verifySigned(doc)
+	if err != nil {
+		return nil, err
+	}
+	var p RegisterPayload
+	if err := DecodeJSON(canonical, &p); err != nil {
+		return nil, err
+	}
+	if err := s.checkPayloadHeader(p.Type, TypeRegister, p.Server, p.TS); err != nil {
+		return nil, err
+	}
+	if err := ValidateHandle(p.Handle); err != nil {
+		return nil, err
+	}
+	if want := signing.PrimaryID(doc.Signature.Alg, pub); p.PrimaryID != want {
+		return nil, Errorf(CodePrimaryIDMismatch, "primary_id does not derive from the signing key (expected %s)", want)
+	}
+	encKey, err := decodeKey("enc_key", p.EncKey)
+	if err != nil {
+		return nil, err
+	}
+	u := &User{
+		Handle:    p.Handle,
+		Server:    s.cfg.Domain,
+		PrimaryID: p.PrimaryID,
+		Alg:       doc.Signature.Alg,
+		Key:       pub,
+		EncKey:    encKey,
+		CreatedAt: s.now(),
+	}
+	if err := s.store.CreateUser(ctx, u); err != nil {
+		return nil, fmt.Errorf("registering %s: %w", p.Handle, err)
+	}
+	s.log.InfoContext(ctx, "registered", "handle", u.Handle, "primary_id", u.PrimaryID, "alg", u.Alg)
+	return u, nil
+}
+
+// User returns the public record of handle.
+func (s *Service) User(ctx context.Context, handle string) (*User, error) {
+	if err := checkHandleSyntax(handle); err != nil {
+		return nil, Errorf(CodeUnknownHandle, "no user %q", handle)
+	}
+	return s.store.UserByHandle(ctx, handle)
+}
+
+// Send verifies a signed kez.chat.message/v1 document from a registered
+// sender, stores it durably in the recipient's inbox and relays it to the
+// recipient's open streams. A retry of an accepted message answers the
+// original receipt and reports it as replayed.
+func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, replayed bool, err error) {
+	canonical, pub, err := s.verifySigned(doc)
+	if err != nil {
+		return Receipt{}, false, err
+	}
+	var p MessagePayload
+	if err := DecodeJSON(canonical, &p); err != nil {
+		return Receipt{}, false, err
+	}
+	if err := s.checkPayloadHeader(p.Type, TypeMessage, p.Server, p.TS); err != nil {
+		return Receipt{}, false, err
+	}
+	if err := checkMessageID(p.ID); err != nil {
+		return Receipt{}, false, err
+	}
+	ct, err := signing.DecodeB64(p.CT)
+	switch {
+	case err != nil:
+		return Receipt{}, false, Errorf(CodeInvalidEncoding, "ct is not base64url without padding")
+	case len(ct) == 0:
+		return Receipt{}, false, Errorf(CodeInvalidField, "ct is empty")
+	case len(ct) > MaxCiphertext:
+		return Receipt{}, false, Errorf(CodeCiphertextTooLarge, "ct is %d bytes; at most %d are allowed", len(ct), MaxCiphertext)
+	}
+	sender, err := s.lookup(ctx, p.From, CodeUnknownSender)
+	if err != nil {
+		return Receipt{}, false, err
+	}
+	if !keyAuthorized(sender, doc.Signature.Alg, pub) {
+		return Receipt{}, false, Errorf(CodeKeyNotAuthorized, "the signing key is not authorized for %q", p.From)
+	}
+	if s.SendLimiter != nil {
+		if ok, wait := s.SendLimiter.Allow(p.From); !ok {
+			return Receipt{}, false, &Error{Code: CodeRateLimited, Message: "too many messages from " + p.From, RetryAfter: wait}
+		}
+	}
+	if _, err := s.lookup(ctx, p.To, CodeUnknownRecipient); err != nil {
+		return Receipt{}, false, err
+	}
+	msg, err := envelopeMessage(canonical, doc.Signature)
+	if err != nil {
+		return Receipt{}, false, fmt.Errorf("encoding envelope: %w", err)
+	}
+	e := &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg}
+	dup, err := s.store.AppendMessage(ctx, e, s.cfg.MaxPending)
+	if err != nil {
+		return Receipt{}, false, fmt.Errorf("storing message %s from %s: %w", p.ID, p.From, err)
+	}
+	if !dup {
+		s.messagesStored.Add(1)
+		// The envelope is durable; a failed publish only delays it until the
+		// recipient's next poll or stream resume.
+		if err := s.broker.Publish(ctx, e); err != nil {
+			s.log.WarnContext(ctx, "publishing envelope", "to", e.Recipient, "seq", e.Seq, "err", err)
+		}
+	}
+	return Receipt{To: p.To, Seq: e.Seq, ID: p.ID}, dup, nil
+}
+
+// Inbox returns handle's envelopes with seq > since, at most limit, and the
+// cursor for the next call.
+func (s *Service) Inbox(ctx context.Context, handle string, since uint64, limit int) ([]*Envelope, uint64, error) {
+	envs, err := s.store.Messages(ctx, handle, since, limit)
+	if err != nil {
+		return nil, since, fmt.Errorf("reading inbox of %s: %w", handle, err)
+	}
+	next := since
+	if len(envs) > 0 {
+		next = envs[len(envs)-1].Seq
+	}
+	return envs, next, nil
+}
+
+// Ack deletes handle's envelopes up to and including seq upto.
+func (s *Service) Ack(ctx context.Context, handle string, upto uint64) (int, error) {
+	n, err := s.store.Ack(ctx, handle, upto)
+	if err != nil {
+		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %w", handle, upto, err)
+	}
+	return n, nil
+}
+
+// Run prunes expired envelopes and anti-replay state until ctx ends.
+func (s *Service) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		now := s.now()
+		res, err := s.store.Prune(ctx, now, now.Add(-s.cfg.Retention))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.ErrorContext(ctx, "pruning store", "err", err)
+		case res.Envelopes > 0:
+			s.log.InfoContext(ctx, "expired unacknowledged envelopes", "count", res.Envelopes)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Service) now() time.Time { return s.cfg.Now() }
+
+// lookup finds handle, reporting an unknown one with code.
+func (s *Service) lookup(ctx context.Context, handle, code string) (*User, error) {
+	if err := checkHandleSyntax(handle); err != nil {
+		return nil, Errorf(code, "no user %q", handle)
+	}
+	u, err := s.store.UserByHandle(ctx, handle)
+	if ErrorCode(err) == CodeUnknownHandle {
+		return nil, Errorf(code, "no user %q on this server", handle)
+	}
+	return u, err
+}
+
+// verifySigned checks doc's signature over the JCS form of its payload and
+// returns that canonical form and the raw public key.
+func (s *Service) verifySigned(doc signing.Signed) (canonical, pub []byte, err error) {
+	if len(doc.Payload) == 0 || doc.Payload[0] != '{' {
+		return nil, nil, Errorf(CodeInvalidField, "payload must be a JSON object")
+	}
+	canonical, err = signing.Canonicalize(doc.Payload)
+	if err != nil {
+		return nil, nil, Errorf(CodeInvalidJSON, "payload cannot be canonicalized: %v", err)
+	}
+	if _, err := signing.Lookup(doc.Signature.Alg); err != nil {
+		return nil, nil, Errorf(CodeUnknownAlg, "signature.alg %q is not one of %v", doc.Signature.Alg, signing.Algorithms())
+	}
+	pub, err = decodeKey("signature.key", doc.Signature.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	sig, err := signing.DecodeB64(doc.Signature.Sig)
+	if err != nil {
+		return nil, nil, Errorf(CodeInvalidEncoding, "signature.sig is not base64url without padding")
+	}
+	if err := signing.Verify(doc.Signature.Alg, pub, canonical, sig); err != nil {
+		return nil, nil, Errorf(CodeBadSignature, "the signature does not verify over the payload")
+	}
+	return canonical, pub, nil
+}
+
+// checkPayloadHeader checks the fields every signed payload carries, so a
+// signature of one kind, for another server, or from another time is never
+// accepted.
+func (s *Service) checkPayloadHeader(typ, wantType, server string, ts int64) error {
+	if typ != wantType {
+		return Errorf(CodeWrongType, "payload type must be %q, got %q", wantType, typ)
+	}
+	if server != s.cfg.Domain {
+		return Errorf(CodeWrongServer, "payload is for server %q; this is %q", server, s.cfg.Domain)
+	}
+	if !s.fresh(ts) {
+		return Errorf(CodeStaleTimestamp, "ts %d is more than %v from the server's clock", ts, ClockSkew)
+	}
+	return nil
+}
+
+func (s *Service) fresh(ts int64) bool {
+	d := s.now().Sub(time.Unix(ts, 0))
+	return d <= ClockSkew && d >= -ClockSkew
+}
+
+// keyAuthorized reports whether (alg, key) may speak for u.
+func keyAuthorized(u *User, alg string, key []byte) bool {
+	return alg == u.Alg && subtle.ConstantTimeCompare(key, u.Key) == 1
+}
+
+// decodeKey decodes a base64url 32-byte public key field.
+func decodeKey(field, v string) ([]byte, error) {
+	b, err := signing.DecodeB64(v)
+	if err != nil {
+		return nil, Errorf(CodeInvalidEncoding, "%s is not base64url without padding", field)
+	}
+	if len(b) != 32 {
+		return nil, Errorf(CodeInvalidField, "%s must be 32 bytes, got %d", field, len(b))
+	}
+	return b, nil
+}
+
+// checkMessageID accepts 1 to 64 characters of A-Z a-z 0-9 _ - . :, enough
+// for a UUID or a ULID and nothing that needs escaping anywhere.
+func checkMessageID(id string) error {
+	if len(id) == 0 || len(id) > 64 {
+		return Errorf(CodeInvalidMessageID, "id must be 1 to 64 characters")
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.' || c == ':') {
+			return Errorf(CodeInvalidMessageID, "id may hold only A-Z a-z 0-9 _ - . :")
+		}
+	}
+	return nil
+}
+
+var errStreamClosed = errors.New("stream closed")

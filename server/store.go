@@ -1,0 +1,76 @@
+package server
+
+import (
+	"context"
+	"time"
+)
+
+// Store keeps users, envelopes and the anti-replay state. server/sqlite
+// implements it for one replica; a JetStream store will for many.
+//
+// Implementations return *Error values for the outcomes a client can act on
+// (handle_taken, primary_id_taken, unknown_handle, message_id_conflict,
+// inbox_full) and wrapped plain errors for everything else.
+type Store interface {
+	// CreateUser registers u atomically: exactly one of two concurrent
+	// registrations of a handle or primary_id succeeds.
+	CreateUser(ctx context.Context, u *User) error
+	// UserByHandle returns the user or an unknown_handle *Error.
+	UserByHandle(ctx context.Context, handle string) (*User, error)
+
+	// AppendMessage durably stores e for e.Recipient with the next seq of
+	// that inbox, which strictly increases (gaps allowed), and sets e.Seq and
+	// e.ReceivedAt. If (e.Sender, e.ID) was stored before with the same
+	// message, it sets the original seq and reports duplicate; with a
+	// different message it returns message_id_conflict. An inbox already
+	// holding maxPending envelopes refuses with inbox_full. It returns only
+	// once the envelope is on stable storage.
+	AppendMessage(ctx context.Context, e *Envelope, maxPending int) (duplicate bool, err error)
+	// Messages returns up to limit envelopes of recipient with seq > since,
+	// in seq order.
+	Messages(ctx context.Context, recipient string, since uint64, limit int) ([]*Envelope, error)
+	// Ack deletes recipient's envelopes with seq <= upto and reports how many.
+	Ack(ctx context.Context, recipient string, upto uint64) (int, error)
+
+	// UseOnce records a request signature's digest until expires and
+	// reports false if it was already recorded (a replay).
+	UseOnce(ctx context.Context, digest []byte, expires time.Time) (bool, error)
+
+	// Prune deletes envelopes received before olderThan and expired
+	// anti-replay and idempotency entries.
+	Prune(ctx context.Context, now, olderThan time.Time) (PruneResult, error)
+
+	// Ping fails while the store cannot serve.
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// PruneResult says what a Prune removed.
+type PruneResult struct {
+	Envelopes int
+}
+
+// Broker relays stored envelopes to the streams open for their recipient.
+// server/membus implements it in process; a NATS broker will across replicas.
+type Broker interface {
+	// Publish hands e to every subscription of e.Recipient without blocking:
+	// a subscription whose buffer is full is closed instead (its reader
+	// resumes from the store).
+	Publish(ctx context.Context, e *Envelope) error
+	// Subscribe follows recipient's new envelopes. buffer bounds what may
+	// wait unread.
+	Subscribe(ctx context.Context, recipient string, buffer int) (Subscription, error)
+}
+
+// Subscription is one stream's view of a recipient's new envelopes.
+type Subscription interface {
+	// C yields envelopes in publish order; it is closed when the
+	// subscription is dropped for being too slow, or after Close.
+	C() <-chan *Envelope
+	Close()
+}
+
+// RateLimiter admits or refuses one event for key.
+type RateLimiter interface {
+	Allow(key string) (ok bool, retryAfter time.Duration)
+}

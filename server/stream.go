@@ -1,0 +1,141 @@
+package server
+
+import (
+	"context"
+	"fmt"
+)
+
+// catchUpPage is how many stored envelopes a stream reads at a time.
+const catchUpPage = 256
+
+// Stream delivers a recipient's envelopes in seq order, with no gap and no
+// duplicate: first what is stored after the resume point, then live ones.
+//
+// It subscribes before it reads the store. Envelopes are published only
+// after they are durable, so anything published before a store read is in
+// that read; live envelopes it has already seen are skipped by seq. A live
+// envelope that does not follow the last one delivered (publishers may
+// overtake each other, and some stores leave gaps) sends the stream back to
+// the store, which is the source of truth for order.
+type Stream struct {
+	svc     *Service
+	handle  string
+	sub     Subscription
+	last    uint64
+	backlog []*Envelope
+	live    bool // caught up with the store; following the subscription
+	closed  bool
+}
+
+// OpenStream starts following handle's inbox after seq since. The caller has
+// authenticated the request and must Close the stream.
+func (s *Service) OpenStream(ctx context.Context, handle string, since uint64) (*Stream, error) {
+	s.mu.Lock()
+	if s.streams[handle] >= s.cfg.MaxStreamsPerHandle {
+		s.mu.Unlock()
+		return nil, Errorf(CodeTooManyStreams, "%s already has %d open streams", handle, s.cfg.MaxStreamsPerHandle)
+	}
+	s.streams[handle]++
+	s.mu.Unlock()
+	s.openStreams.Add(1)
+
+	sub, err := s.broker.Subscribe(ctx, handle, s.cfg.StreamBuffer)
+	if err != nil {
+		s.releaseStream(handle)
+		return nil, fmt.Errorf("subscribing to %s: %w", handle, err)
+	}
+	return &Stream{svc: s, handle: handle, sub: sub, last: since}, nil
+}
+
+// HasStream reports whether handle has a stream open on this replica.
+func (s *Service) HasStream(handle string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams[handle] > 0
+}
+
+func (s *Service) releaseStream(handle string) {
+	s.mu.Lock()
+	if s.streams[handle]--; s.streams[handle] <= 0 {
+		delete(s.streams, handle)
+	}
+	s.mu.Unlock()
+	s.openStreams.Add(-1)
+}
+
+// Last is the seq of the last envelope delivered (or the resume point).
+func (st *Stream) Last() uint64 { return st.last }
+
+// Next returns the next envelope, waiting for one until ctx ends. It returns
+// ErrSlowConsumer when the stream fell too far behind the live feed.
+func (st *Stream) Next(ctx context.Context) (*Envelope, error) {
+	for {
+		if st.closed {
+			return nil, errStreamClosed
+		}
+		if len(st.backlog) > 0 {
+			e := st.backlog[0]
+			st.backlog[0] = nil
+			st.backlog = st.backlog[1:]
+			if e.Seq <= st.last {
+				continue
+			}
+			st.last = e.Seq
+			return e, nil
+		}
+		if !st.live {
+			if err := st.catchUp(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		select {
+		case e, ok := <-st.sub.C():
+			switch {
+			case !ok:
+				return nil, ErrSlowConsumer
+			case e.Seq <= st.last:
+			case e.Seq == st.last+1:
+				st.last = e.Seq
+				return e, nil
+			default:
+				st.live = false
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// catchUp reads the next page of stored envelopes. Live envelopes already
+// waiting are dropped first: they are durable, so this read or a later one
+// returns them in order.
+func (st *Stream) catchUp(ctx context.Context) error {
+	for drained := false; !drained; {
+		select {
+		case _, ok := <-st.sub.C():
+			if !ok {
+				return ErrSlowConsumer
+			}
+		default:
+			drained = true
+		}
+	}
+	envs, err := st.svc.store.Messages(ctx, st.handle, st.last, catchUpPage)
+	if err != nil {
+		return fmt.Errorf("reading inbox of %s after %d: %w", st.handle, st.last, err)
+	}
+	st.backlog = envs
+	st.live = len(envs) < catchUpPage
+	return nil
+}
+
+// Close ends the subscription.
+func (st *Stream) Close() {
+	if st.closed {
+		return
+	}
+	st.closed = true
+	st.sub.Close()
+	st.svc.releaseStream(st.handle)
+}
