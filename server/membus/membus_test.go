@@ -1,0 +1,74 @@
+package membus
+
+import (
+	"context"
+	"testing"
+
+	"kez.lat/chat/server"
+)
+
+func envelope(to string, seq uint64) *server.Envelope {
+	return &server.Envelope{Recipient: to, Seq: seq}
+}
+
+func TestPublishReachesEverySubscriptionOfTheRecipientOnly(t *testing.T) {
+	ctx := context.Background()
+	b := New()
+	a1, _ := b.Subscribe(ctx, "alice", 4)
+	a2, _ := b.Subscribe(ctx, "alice", 4)
+	bob, _ := b.Subscribe(ctx, "bob", 4)
+
+	b.Publish(ctx, envelope("alice", 1))
+
+	for i, sub := range []server.Subscription{a1, a2} {
+		select {
+		case e := <-sub.C():
+			if e.Seq != 1 {
+				t.Fatalf("subscription %d got seq %d, want 1", i, e.Seq)
+			}
+		default:
+			t.Fatalf("subscription %d got nothing", i)
+		}
+	}
+	select {
+	case e := <-bob.C():
+		t.Fatalf("bob's subscription got alice's envelope %d", e.Seq)
+	default:
+	}
+}
+
+func TestFullSubscriptionIsClosedWithoutBlockingThePublisher(t *testing.T) {
+	ctx := context.Background()
+	b := New()
+	slow, _ := b.Subscribe(ctx, "alice", 2)
+	fast, _ := b.Subscribe(ctx, "alice", 8)
+	for seq := uint64(1); seq <= 3; seq++ {
+		b.Publish(ctx, envelope("alice", seq))
+	}
+	var got []uint64
+	for e := range slow.C() {
+		got = append(got, e.Seq)
+	}
+	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Fatalf("slow subscription delivered %v before closing, want [1 2]", got)
+	}
+	if n := len(fast.C()); n != 3 {
+		t.Fatalf("fast subscription holds %d envelopes, want 3", n)
+	}
+	slow.Close() // closing a dropped subscription again is harmless
+}
+
+func TestClosedSubscriptionIsForgotten(t *testing.T) {
+	ctx := context.Background()
+	b := New()
+	sub, _ := b.Subscribe(ctx, "alice", 1)
+	sub.Close()
+	sub.Close()
+	b.Publish(ctx, envelope("alice", 1))
+	if _, ok := <-sub.C(); ok {
+		t.Fatal("closed subscription received an envelope")
+	}
+	if len(b.subs) != 0 {
+		t.Fatalf("bus still tracks %d recipients", len(b.subs))
+	}
+}
