@@ -23,13 +23,19 @@ type Store interface {
 	// e.ReceivedAt. If (e.Sender, e.ID) was stored before with the same
 	// message, it sets the original seq and reports duplicate; with a
 	// different message it returns message_id_conflict. An inbox already
-	// holding maxPending envelopes refuses with inbox_full. It returns only
-	// once the envelope is on stable storage.
+	// holding maxPending envelopes refuses with inbox_full (maxPending <= 0
+	// means no cap). It returns only once the envelope is on stable storage.
+	// An error does not prove the envelope was not stored (the caller's ctx
+	// may end after the commit began): a retry with the same (Sender, ID)
+	// then answers the original seq. Idempotency keys are kept at least 15
+	// minutes, three times the clock-skew window in which a signed message
+	// is accepted at all.
 	AppendMessage(ctx context.Context, e *Envelope, maxPending int) (duplicate bool, err error)
 	// Messages returns up to limit envelopes of recipient with seq > since,
-	// in seq order.
+	// in seq order; none for an unknown recipient.
 	Messages(ctx context.Context, recipient string, since uint64, limit int) ([]*Envelope, error)
-	// Ack deletes recipient's envelopes with seq <= upto and reports how many.
+	// Ack deletes recipient's envelopes with seq <= upto and reports how
+	// many (0 for an unknown recipient).
 	Ack(ctx context.Context, recipient string, upto uint64) (int, error)
 
 	// UseOnce records a request signature's digest until expires and

@@ -1,0 +1,270 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"kez.lat/chat/server"
+)
+
+const (
+	// idempotencyWindow is how long (sender, id) keeps answering a retry
+	// with the original seq. A signed message's ts is accepted only within
+	// ±5 minutes of the server's clock, so after 15 minutes no retry of it
+	// can pass verification.
+	idempotencyWindow = 15 * time.Minute
+	// maxPage bounds Messages' limit.
+	maxPage = 1000
+	// pruneChunk is how many rows one pruning request deletes, so that a
+	// large expiry interleaves with appends instead of stalling them.
+	pruneChunk = 2000
+)
+
+// AppendMessage stores e durably in e.Recipient's inbox with the next seq
+// of that inbox; see server.Store. It waits for the group commit that holds
+// it. maxPending <= 0 means no limit.
+func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, maxPending int) (duplicate bool, err error) {
+	// The writer may still read these after a caller whose ctx ended has
+	// returned: it works on copies.
+	recipient, sender, id := e.Recipient, e.Sender, e.ID
+	msg := bytes.Clone([]byte(e.Message))
+	if msg == nil {
+		msg = []byte{}
+	}
+	sum := sha256.Sum256(msg)
+	limit := int64(math.MaxInt64)
+	if maxPending > 0 {
+		limit = int64(maxPending)
+	}
+	var seq, at int64
+	err = db.submit(ctx, func(w *writer) error {
+		var err error
+		seq, at, duplicate, err = w.append(recipient, sender, id, msg, sum[:], limit)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("appending envelope for %s: %w", recipient, err)
+	}
+	e.Seq = uint64(seq)
+	e.ReceivedAt = unixTime(at)
+	return duplicate, nil
+}
+
+// append is AppendMessage on the writer. It checks everything before it
+// writes; its savepoint covers the unexpected.
+func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPending int64) (seq, at int64, dup bool, err error) {
+	var prev []byte
+	err = queryRow(w.sentByID, sender, id).Scan(&seq, &prev, &at)
+	switch {
+	case err == nil:
+		if bytes.Equal(prev, digest) {
+			return seq, at, true, nil
+		}
+		return 0, 0, false, server.Errorf(server.CodeMessageIDConflict,
+			"message id %q from %s was already used for a different message", id, sender)
+	case !errors.Is(err, sql.ErrNoRows):
+		return 0, 0, false, fmt.Errorf("looking up message id %q from %s: %w", id, sender, err)
+	}
+
+	at = w.batchTime.Unix()
+	err = queryRow(w.bumpSeq, recipient, maxPending).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		var pending int64
+		switch err := queryRow(w.pendingOf, recipient).Scan(&pending); {
+		case errors.Is(err, sql.ErrNoRows):
+			return 0, 0, false, server.Errorf(server.CodeUnknownHandle, "no user %q", recipient)
+		case err != nil:
+			return 0, 0, false, fmt.Errorf("reading pending count: %w", err)
+		}
+		return 0, 0, false, server.Errorf(server.CodeInboxFull,
+			"the inbox of %s holds %d unacknowledged messages; try again later", recipient, pending)
+	}
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("assigning seq: %w", err)
+	}
+	if _, err := exec(w.insertEnvelope, recipient, seq, sender, id, at, msg); err != nil {
+		return 0, 0, false, fmt.Errorf("inserting envelope %d: %w", seq, err)
+	}
+	if _, err := exec(w.insertSent, sender, id, recipient, seq, digest, at); err != nil {
+		return 0, 0, false, fmt.Errorf("recording message id %q from %s: %w", id, sender, err)
+	}
+	return seq, at, false, nil
+}
+
+// Messages returns up to limit (clamped to [1, 1000]) envelopes of
+// recipient with seq > since, in seq order, from the read pool.
+func (db *DB) Messages(ctx context.Context, recipient string, since uint64, limit int) ([]*server.Envelope, error) {
+	limit = min(max(limit, 1), maxPage)
+	if since >= math.MaxInt64 { // no stored seq is larger
+		return []*server.Envelope{}, nil
+	}
+	rows, err := db.getMessages.QueryContext(ctx, recipient, int64(since), limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, err)
+	}
+	defer rows.Close()
+	envs := make([]*server.Envelope, 0, min(limit, 64))
+	for rows.Next() {
+		e := &server.Envelope{Recipient: recipient}
+		var seq, at int64
+		var msg []byte
+		if err := rows.Scan(&seq, &e.Sender, &e.ID, &at, &msg); err != nil {
+			return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, err)
+		}
+		e.Seq, e.ReceivedAt, e.Message = uint64(seq), unixTime(at), msg
+		envs = append(envs, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, err)
+	}
+	return envs, nil
+}
+
+// Ack deletes recipient's envelopes with seq <= upto and reports how many.
+// Seqs keep increasing after an ack: the counter lives on the user.
+func (db *DB) Ack(ctx context.Context, recipient string, upto uint64) (int, error) {
+	u := int64(min(upto, math.MaxInt64))
+	var n int64
+	err := db.submit(ctx, func(w *writer) error {
+		res, err := exec(w.deleteUpTo, recipient, u)
+		if err != nil {
+			return fmt.Errorf("deleting envelopes: %w", err)
+		}
+		if n, err = res.RowsAffected(); err != nil {
+			return fmt.Errorf("counting deleted envelopes: %w", err)
+		}
+		if n > 0 {
+			if _, err := exec(w.decPending, n, recipient); err != nil {
+				return fmt.Errorf("updating pending count: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %w", recipient, upto, err)
+	}
+	return int(n), nil
+}
+
+// UseOnce records digest until expires (Unix-second precision) and reports
+// false if it is already recorded and not yet expired. An entry is expired
+// once the clock has passed its expiry second.
+func (db *DB) UseOnce(ctx context.Context, digest []byte, expires time.Time) (bool, error) {
+	d := bytes.Clone(digest)
+	var fresh bool
+	err := db.submit(ctx, func(w *writer) error {
+		var one int
+		err := queryRow(w.useOnce, d, expires.Unix(), w.batchTime.Unix()).Scan(&one)
+		switch {
+		case err == nil:
+			fresh = true
+		case errors.Is(err, sql.ErrNoRows):
+			fresh = false
+		default:
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("recording request digest: %w", err)
+	}
+	return fresh, nil
+}
+
+// Prune deletes envelopes received before olderThan (fixing their inboxes'
+// pending counts), idempotency keys older than 15 minutes before now and
+// anti-replay entries expired at now. It works in chunks through the writer
+// and stops early when ctx ends.
+func (db *DB) Prune(ctx context.Context, now, olderThan time.Time) (server.PruneResult, error) {
+	var res server.PruneResult
+	envCutoff := olderThan.Unix()
+	n, err := db.pruneLoop(ctx, func(w *writer) (int, error) { return w.pruneEnvelopesChunk(envCutoff) })
+	res.Envelopes = n
+	if err != nil {
+		return res, fmt.Errorf("pruning envelopes received before %s: %w", olderThan.UTC().Format(time.RFC3339), err)
+	}
+	sentCutoff := now.Add(-idempotencyWindow).Unix()
+	sent, err := db.pruneLoop(ctx, func(w *writer) (int, error) { return chunk(w.pruneSent, sentCutoff) })
+	if err != nil {
+		return res, fmt.Errorf("pruning message ids: %w", err)
+	}
+	authCutoff := now.Unix()
+	auth, err := db.pruneLoop(ctx, func(w *writer) (int, error) { return chunk(w.pruneAuth, authCutoff) })
+	if err != nil {
+		return res, fmt.Errorf("pruning used request digests: %w", err)
+	}
+	if res.Envelopes > 0 {
+		db.log.Info("pruned expired envelopes", "envelopes", res.Envelopes, "message_ids", sent, "request_digests", auth)
+	} else {
+		db.log.Debug("pruned", "message_ids", sent, "request_digests", auth)
+	}
+	return res, nil
+}
+
+// pruneLoop submits step until it deletes less than a full chunk.
+func (db *DB) pruneLoop(ctx context.Context, step func(w *writer) (int, error)) (int, error) {
+	total := 0
+	for {
+		var n int
+		err := db.submit(ctx, func(w *writer) error {
+			var err error
+			n, err = step(w)
+			return err
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		if n < pruneChunk {
+			return total, nil
+		}
+	}
+}
+
+// chunk runs a pruning DELETE bound to (cutoff, pruneChunk).
+func chunk(s *sql.Stmt, cutoff int64) (int, error) {
+	res, err := exec(s, cutoff, pruneChunk)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
+}
+
+// pruneEnvelopesChunk deletes up to pruneChunk envelopes received before
+// cutoff and takes them off their inboxes' pending counts.
+func (w *writer) pruneEnvelopesChunk(cutoff int64) (int, error) {
+	rows, err := w.pruneEnvelopes.QueryContext(context.Background(), cutoff, pruneChunk)
+	if err != nil {
+		return 0, err
+	}
+	perInbox := make(map[string]int64)
+	n := 0
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		perInbox[r]++
+		n++
+	}
+	if err := rows.Close(); err != nil {
+		return 0, err
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for r, k := range perInbox {
+		if _, err := exec(w.decPending, k, r); err != nil {
+			return 0, fmt.Errorf("updating pending count of %s: %w", r, err)
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,112 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+)
+
+// ErrSchemaTooNew is returned by Open for a database migrated by a newer
+// version of this code.
+var ErrSchemaTooNew = errors.New("database schema is newer than this program; upgrade the program")
+
+// migrations are the schema steps in order: migrations[i] takes a database
+// from user_version i to i+1. Never edit or reorder a released step; append
+// a new one.
+var migrations = []string{
+	// 1: users, inboxes, idempotency keys and the anti-replay cache.
+	`
+CREATE TABLE users (
+	handle     TEXT    PRIMARY KEY,
+	primary_id TEXT    NOT NULL UNIQUE,
+	server     TEXT    NOT NULL,
+	alg        TEXT    NOT NULL,
+	key        BLOB    NOT NULL,
+	enc_key    BLOB    NOT NULL,
+	created_at INTEGER NOT NULL,
+	-- last_seq is the last seq given to this inbox. It lives here, not as
+	-- max(envelopes.seq), so that a seq is never reused after an ack.
+	last_seq   INTEGER NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+	-- pending counts this inbox's envelopes, for the inbox_full check.
+	pending    INTEGER NOT NULL DEFAULT 0 CHECK (pending >= 0)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE envelopes (
+	recipient   TEXT    NOT NULL REFERENCES users (handle),
+	seq         INTEGER NOT NULL,
+	sender      TEXT    NOT NULL,
+	msg_id      TEXT    NOT NULL,
+	received_at INTEGER NOT NULL, -- Unix seconds
+	message     BLOB    NOT NULL,
+	PRIMARY KEY (recipient, seq)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX envelopes_received_at ON envelopes (received_at);
+
+-- sent_ids answers a retried message with its original seq. It is kept
+-- apart from envelopes so that a retry after an ack still finds it, and is
+-- pruned after idempotencyWindow.
+CREATE TABLE sent_ids (
+	sender     TEXT    NOT NULL,
+	msg_id     TEXT    NOT NULL,
+	recipient  TEXT    NOT NULL,
+	seq        INTEGER NOT NULL,
+	digest     BLOB    NOT NULL, -- sha256 of the stored message
+	created_at INTEGER NOT NULL, -- Unix seconds, also the envelope's received_at
+	PRIMARY KEY (sender, msg_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX sent_ids_created_at ON sent_ids (created_at);
+
+-- used_auth is the replay cache of request signatures.
+CREATE TABLE used_auth (
+	digest     BLOB    PRIMARY KEY,
+	expires_at INTEGER NOT NULL -- Unix seconds
+) STRICT, WITHOUT ROWID;
+CREATE INDEX used_auth_expires_at ON used_auth (expires_at);
+`,
+}
+
+// migrate brings the database on conn up to len(steps), one step per
+// transaction, recording progress in PRAGMA user_version. It returns the
+// resulting version.
+func migrate(ctx context.Context, conn *sql.Conn, steps []string, log *slog.Logger) (int, error) {
+	for {
+		version, done, err := migrateOnce(ctx, conn, steps, log)
+		if err != nil || done {
+			return version, err
+		}
+	}
+}
+
+// migrateOnce applies the next step, if any. It reads user_version inside
+// the (immediate) transaction, so two processes opening one file cannot both
+// apply a step.
+func migrateOnce(ctx context.Context, conn *sql.Conn, steps []string, log *slog.Logger) (version int, done bool, err error) {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, false, fmt.Errorf("beginning migration: %w", err)
+	}
+	defer tx.Rollback()
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return 0, false, fmt.Errorf("reading schema version: %w", err)
+	}
+	switch {
+	case version > len(steps):
+		return version, false, fmt.Errorf("%w (database at version %d, this program knows up to %d)", ErrSchemaTooNew, version, len(steps))
+	case version == len(steps):
+		return version, true, nil
+	}
+	if _, err := tx.ExecContext(ctx, steps[version]); err != nil {
+		return version, false, fmt.Errorf("applying schema step %d: %w", version+1, err)
+	}
+	// PRAGMA takes no bound parameters; version is an int.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", version+1)); err != nil {
+		return version, false, fmt.Errorf("recording schema version %d: %w", version+1, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return version, false, fmt.Errorf("committing schema step %d: %w", version+1, err)
+	}
+	log.Info("migrated database schema", "version", version+1)
+	return version + 1, false, nil
+}
