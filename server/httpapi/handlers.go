@@ -1,0 +1,247 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/signing"
+)
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{
+		"server":  s.svc.Domain(),
+		"status":  "ok",
+		"version": s.cfg.Version,
+	})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.svc.Ready(ctx); err != nil {
+		s.log.WarnContext(ctx, "not ready", "err", err)
+		writeError(w, server.Errorf(server.CodeUnavailable, "the database is unavailable"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request) {
+	if !s.allow(w, s.cfg.RegisterLimiter, s.clientAddr(r)) {
+		return
+	}
+	var doc signing.Signed
+	if err := readJSON(w, r, maxRegisterBody, &doc); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	u, err := s.svc.Register(r.Context(), doc)
+	if err != nil {
+		s.failAuth(w, r, "", err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, publicUser(u))
+}
+
+func (s *Server) user(w http.ResponseWriter, r *http.Request) {
+	u, err := s.svc.User(r.Context(), r.PathValue("handle"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, publicUser(u))
+}
+
+func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) {
+	addr := s.clientAddr(r)
+	if !s.allow(w, s.cfg.SendLimiter, addr) {
+		return
+	}
+	var doc signing.Signed
+	if err := readJSON(w, r, maxMessageBody, &doc); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	receipt, replayed, err := s.svc.Send(r.Context(), doc)
+	if err != nil {
+		s.failAuth(w, r, "", err)
+		return
+	}
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	writeJSON(w, http.StatusCreated, receipt)
+}
+
+func (s *Server) inbox(w http.ResponseWriter, r *http.Request) {
+	handle := r.PathValue("handle")
+	q := r.URL.Query()
+	since, err := queryUint(q.Get("since"), "since", 0)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	limit, err := queryUint(q.Get("limit"), "limit", 100)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if !s.authenticate(w, r, server.RequestAuth{
+		Handle:   handle,
+		Method:   http.MethodGet,
+		Path:     "/v1/inbox/" + handle,
+		Bindings: []string{"since=" + strconv.FormatUint(since, 10)},
+		Header:   r.Header.Get("X-KEZ-Auth"),
+	}) {
+		return
+	}
+	envs, next, err := s.svc.Inbox(r.Context(), handle, since, int(min(max(limit, 1), 1000)))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if envs == nil {
+		envs = []*server.Envelope{}
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Messages []*server.Envelope `json:"messages"`
+		Next     uint64             `json:"next"`
+	}{envs, next})
+}
+
+func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
+	handle := r.PathValue("handle")
+	raw := r.URL.Query().Get("upto")
+	if raw == "" {
+		s.fail(w, r, server.Errorf(server.CodeInvalidField, "upto is required"))
+		return
+	}
+	upto, err := queryUint(raw, "upto", 0)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if !s.authenticate(w, r, server.RequestAuth{
+		Handle:   handle,
+		Method:   http.MethodDelete,
+		Path:     "/v1/inbox/" + handle,
+		Bindings: []string{"upto=" + raw},
+		Header:   r.Header.Get("X-KEZ-Auth"),
+		Once:     true,
+	}) {
+		return
+	}
+	n, err := s.svc.Ack(r.Context(), handle, upto)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+}
+
+// authenticate verifies a request's auth, answering and returning false if
+// it fails or the client is over its failed-auth limit.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, a server.RequestAuth) bool {
+	if ok, wait := s.cfg.FailedAuthLimiter.Check(s.clientAddr(r)); !ok {
+		s.fail(w, r, &server.Error{Code: server.CodeRateLimited, Message: "too many failed authentications from this address", RetryAfter: wait})
+		return false
+	}
+	if _, err := s.svc.Authenticate(r.Context(), a); err != nil {
+		s.failAuth(w, r, a.Handle, err)
+		return false
+	}
+	return true
+}
+
+// failAuth answers err and, if it is an authentication failure, charges it
+// to the client's address and to the handle. A handle over its limit gets
+// 429 for its failures only: a correctly signed request still passes, so
+// nobody can lock a person out by failing on their behalf.
+func (s *Server) failAuth(w http.ResponseWriter, r *http.Request, handle string, err error) {
+	if authFailure(server.ErrorCode(err)) {
+		s.metrics.authFailures.Inc()
+		okAddr, waitAddr := s.cfg.FailedAuthLimiter.Allow(s.clientAddr(r))
+		okHandle, waitHandle := true, time.Duration(0)
+		if handle != "" {
+			okHandle, waitHandle = s.cfg.FailedAuthLimiter.Allow("handle:" + handle)
+		}
+		if !okAddr || !okHandle {
+			err = &server.Error{Code: server.CodeRateLimited, Message: "too many failed authentications", RetryAfter: max(waitAddr, waitHandle)}
+		}
+	}
+	s.fail(w, r, err)
+}
+
+// fail answers err, logging it first when it is not the client's fault.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if server.ErrorCode(err) == server.CodeInternal {
+		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeError(w, err)
+}
+
+// allow spends a token of limiter for key, answering 429 if there is none.
+func (s *Server) allow(w http.ResponseWriter, limiter interface {
+	Allow(string) (bool, time.Duration)
+}, key string) bool {
+	ok, wait := limiter.Allow(key)
+	if !ok {
+		s.metrics.rateLimited.Inc()
+		writeError(w, &server.Error{Code: server.CodeRateLimited, Message: "too many requests from this address", RetryAfter: wait})
+	}
+	return ok
+}
+
+// readJSON decodes a body of at most limit bytes strictly into v.
+func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return server.Errorf(server.CodeBodyTooLarge, "the body is over %d bytes", limit)
+		}
+		return server.Errorf(server.CodeInvalidJSON, "reading the body: %v", err)
+	}
+	return server.DecodeJSON(body, v)
+}
+
+// queryUint parses a decimal query parameter, refusing signs, leading zeros
+// and overflow so the value has exactly one spelling (auth strings bind it).
+func queryUint(v, name string, def uint64) (uint64, error) {
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 63)
+	if err != nil || (len(v) > 1 && strings.HasPrefix(v, "0")) {
+		return 0, server.Errorf(server.CodeInvalidField, "%s must be a decimal integer without sign or leading zeros", name)
+	}
+	return n, nil
+}
+
+type userJSON struct {
+	Handle    string `json:"handle"`
+	Server    string `json:"server"`
+	PrimaryID string `json:"primary_id"`
+	Alg       string `json:"alg"`
+	Key       string `json:"key"`
+	EncKey    string `json:"enc_key"`
+	CreatedAt int64  `json:"created_at"`
+}
+
+func publicUser(u *server.User) userJSON {
+	return userJSON{
+		Handle:    u.Handle,
+		Server:    u.Server,
+		PrimaryID: u.PrimaryID,
+		Alg:       u.Alg,
+		Key:       signing.EncodeB64(u.Key),
+		EncKey:    signing.EncodeB64(u.EncKey),
+		CreatedAt: u.CreatedAt.Unix(),
+	}
+}

@@ -1,0 +1,138 @@
+// Package httpapi serves the KEZ chat protocol (docs/protocol.md) over HTTP
+// and Server-Sent Events. Handlers decode and bound requests, apply the
+// per-address limits, and call server.Service; they hold no protocol rules
+// of their own.
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/ratelimit"
+)
+
+// Config is what the HTTP layer needs beyond the Service.
+type Config struct {
+	// Version is reported by /v1/healthz.
+	Version string
+	// PublicURL is the server's origin as clients reach it, for WebFinger
+	// links, e.g. https://chat.example.
+	PublicURL string
+	// TrustedProxies are the networks whose X-Forwarded-For is believed
+	// when finding a client's address.
+	TrustedProxies []netip.Prefix
+	// KeepAlive is the interval of stream keep-alive comments.
+	KeepAlive time.Duration
+	// StreamWriteTimeout bounds one write to a stream: a client that takes
+	// longer to accept a frame is cut off and resumes later.
+	StreamWriteTimeout time.Duration
+	// Limits per client address.
+	RegisterLimiter   *ratelimit.Limiter
+	SendLimiter       *ratelimit.Limiter
+	FailedAuthLimiter *ratelimit.Limiter // per address and per handle
+	// App serves the web app at /.
+	App http.Handler
+}
+
+// Body limits per route.
+const (
+	maxRegisterBody = 4 << 10
+	maxMessageBody  = 96 << 10
+)
+
+// Server is the HTTP face of a server.Service.
+type Server struct {
+	cfg     Config
+	svc     *server.Service
+	log     *slog.Logger
+	mux     *http.ServeMux
+	metrics *metrics
+
+	// shutdown ends every open stream when cancelled.
+	shutdown    context.Context
+	stopStreams context.CancelFunc
+}
+
+// New returns a Server for svc, registering its metrics with reg.
+func New(cfg Config, svc *server.Service, log *slog.Logger, reg prometheus.Registerer) *Server {
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = 15 * time.Second
+	}
+	if cfg.StreamWriteTimeout <= 0 {
+		cfg.StreamWriteTimeout = 30 * time.Second
+	}
+	if cfg.App == nil {
+		cfg.App = fallbackApp()
+	}
+	s := &Server{cfg: cfg, svc: svc, log: log, mux: http.NewServeMux(), metrics: newMetrics(reg, svc)}
+	s.shutdown, s.stopStreams = context.WithCancel(context.Background())
+	s.routes()
+	return s
+}
+
+// Handler is the whole HTTP API with its middleware.
+func (s *Server) Handler() http.Handler {
+	return s.instrument(s.recoverPanics(s.mux))
+}
+
+// CloseStreams ends every open stream cleanly; call it when shutting down,
+// since http.Server.Shutdown waits for streams that would never end.
+func (s *Server) CloseStreams() { s.stopStreams() }
+
+func (s *Server) routes() {
+	s.mux.HandleFunc("GET /v1/healthz", s.healthz)
+	s.mux.HandleFunc("GET /v1/readyz", s.readyz)
+	s.mux.HandleFunc("POST /v1/register", s.register)
+	s.mux.HandleFunc("GET /v1/u/{handle}", s.user)
+	s.mux.HandleFunc("GET /.well-known/webfinger", s.webfinger)
+	s.mux.HandleFunc("POST /v1/messages", s.sendMessage)
+	s.mux.HandleFunc("GET /v1/inbox/{handle}", s.inbox)
+	s.mux.HandleFunc("DELETE /v1/inbox/{handle}", s.ack)
+	s.mux.HandleFunc("GET /v1/inbox/{handle}/stream", s.stream)
+	s.mux.HandleFunc("/v1/", s.noRoute)
+	s.mux.HandleFunc("/", s.app)
+}
+
+// app serves the web app; it only reads.
+func (s *Server) app(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		writeError(w, server.Errorf(server.CodeMethodNotAllowed, "%s is not allowed on %s", r.Method, r.URL.Path))
+		return
+	}
+	s.cfg.App.ServeHTTP(w, r)
+}
+
+// noRoute answers paths under /v1/ that no route takes: 405 when the path
+// exists with another method, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "/v1/" && pattern != "/" && pattern != "" {
+			writeError(w, server.Errorf(server.CodeMethodNotAllowed, "%s is not allowed on %s", r.Method, r.URL.Path))
+			return
+		}
+	}
+	writeError(w, server.Errorf(server.CodeNotFound, "no route %s", r.URL.Path))
+}
+
+func (s *Server) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.ErrorContext(r.Context(), "panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
+				writeError(w, server.Errorf(server.CodeInternal, "internal error"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,50 @@
+package httpapi
+
+import (
+	"net/http"
+	"strings"
+
+	"kez.lat/chat/server"
+)
+
+type jrd struct {
+	Subject string    `json:"subject"`
+	Links   []jrdLink `json:"links"`
+}
+
+type jrdLink struct {
+	Rel  string `json:"rel"`
+	Type string `json:"type"`
+	Href string `json:"href"`
+}
+
+// webfinger answers RFC 7033 lookups of acct:handle@server.
+func (s *Server) webfinger(w http.ResponseWriter, r *http.Request) {
+	resource := r.URL.Query().Get("resource")
+	acct, ok := strings.CutPrefix(resource, "acct:")
+	handle, domain, ok2 := strings.Cut(acct, "@")
+	if !ok || !ok2 || handle == "" || domain == "" || strings.Contains(domain, "@") {
+		s.fail(w, r, server.Errorf(server.CodeInvalidResource, "resource must be acct:<handle>@<server>"))
+		return
+	}
+	if !strings.EqualFold(domain, s.svc.Domain()) {
+		s.fail(w, r, server.Errorf(server.CodeUnknownHandle, "%s is not served here", domain))
+		return
+	}
+	u, err := s.svc.User(r.Context(), handle)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Access-Control-Allow-Origin", "*") // RFC 7033 §5
+	w.Header().Set("Content-Type", "application/jrd+json")
+	w.WriteHeader(http.StatusOK)
+	writeBody(w, jrd{
+		Subject: "acct:" + u.Handle + "@" + u.Server,
+		Links: []jrdLink{{
+			Rel:  "self",
+			Type: "application/json",
+			Href: strings.TrimSuffix(s.cfg.PublicURL, "/") + "/v1/u/" + u.Handle,
+		}},
+	})
+}
