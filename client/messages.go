@@ -1,0 +1,178 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/signing"
+)
+
+// MessagePayload is the signed payload of a message.
+type MessagePayload = server.MessagePayload
+
+// ErrInvalidMessage is wrapped by every reason Decrypt refuses a message:
+// a signature that does not verify, a key that is not the sender's, a
+// payload or plaintext that does not match.
+var ErrInvalidMessage = errors.New("invalid message")
+
+// NewMessageID returns a random message id: 16 bytes, base64url.
+func NewMessageID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return signing.EncodeB64(b[:])
+}
+
+// NewMessage encrypts body to the recipient and signs the message document
+// as id, timestamped now. id must be registered (id.Handle set). msgID must
+// be unique per sender; see NewMessageID.
+func NewMessage(id *Identity, to *User, msgID, body string) (signing.Signed, error) {
+	return NewMessageAt(id, to, msgID, body, time.Now())
+}
+
+// NewMessageAt is NewMessage with the timestamp given.
+func NewMessageAt(id *Identity, to *User, msgID, body string, ts time.Time) (signing.Signed, error) {
+	if id.Handle == "" {
+		return signing.Signed{}, errors.New("message: the identity has no handle; register it first")
+	}
+	pt, err := marshalPlaintext(Plaintext{V: 1, From: id.Handle, To: to.Handle, TS: ts.Unix(), Body: body})
+	if err != nil {
+		return signing.Signed{}, fmt.Errorf("message: %w", err)
+	}
+	ct, err := Seal(to.EncKey, pt)
+	if err != nil {
+		return signing.Signed{}, fmt.Errorf("message to %s: %w", to.Handle, err)
+	}
+	doc, err := signing.Sign(id.Signer, MessagePayload{
+		Type:   server.TypeMessage,
+		Server: to.Server,
+		From:   id.Handle,
+		To:     to.Handle,
+		ID:     msgID,
+		TS:     ts.Unix(),
+		CT:     signing.EncodeB64(ct),
+	})
+	if err != nil {
+		return signing.Signed{}, fmt.Errorf("message: %w", err)
+	}
+	return doc, nil
+}
+
+// Send encrypts body to the handle to, signs it as id and posts it with a
+// fresh random message id. The recipient's record is looked up once and
+// cached.
+func (c *Client) Send(ctx context.Context, id *Identity, to, body string) (Receipt, error) {
+	if err := c.checkIdentity(ctx, id); err != nil {
+		return Receipt{}, err
+	}
+	u, err := c.user(ctx, to)
+	if err != nil {
+		return Receipt{}, err
+	}
+	doc, err := NewMessageAt(id, u, NewMessageID(), body, c.now())
+	if err != nil {
+		return Receipt{}, err
+	}
+	r, _, err := c.Post(ctx, doc)
+	return r, err
+}
+
+// Post posts a signed message document as is. replayed reports that the
+// server had already accepted this (from, id) with this document and
+// answered the original receipt (Idempotent-Replayed): posting the same
+// document again is always safe.
+func (c *Client) Post(ctx context.Context, doc signing.Signed) (r Receipt, replayed bool, err error) {
+	body, err := marshalDoc(doc)
+	if err != nil {
+		return Receipt{}, false, err
+	}
+	resp, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/messages", body: body, limit: maxSmallBody}, &r)
+	if err != nil {
+		return Receipt{}, false, err
+	}
+	return r, resp.Header.Get("Idempotent-Replayed") == "true", nil
+}
+
+// Payload decodes the envelope's message payload without verifying its
+// signature: only to learn who claims to have sent it (From), so the
+// sender's record can be looked up for Decrypt.
+func (e Envelope) Payload() (MessagePayload, error) {
+	var p MessagePayload
+	dec := json.NewDecoder(bytes.NewReader(e.Message.Payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return MessagePayload{}, fmt.Errorf("%w: payload: %w", ErrInvalidMessage, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return MessagePayload{}, fmt.Errorf("%w: payload has trailing data", ErrInvalidMessage)
+	}
+	return p, nil
+}
+
+// Decrypt verifies and opens a message of id's inbox sent by sender: the
+// signature must verify under sender's registered key, the payload must be a
+// message from sender to id, and the decrypted plaintext must name the same
+// from and to. Every refusal wraps ErrInvalidMessage.
+func (id *Identity) Decrypt(env Envelope, sender *User) (Plaintext, error) {
+	bad := func(format string, args ...any) (Plaintext, error) {
+		return Plaintext{}, fmt.Errorf("%w (seq %d): %s", ErrInvalidMessage, env.Seq, fmt.Sprintf(format, args...))
+	}
+	canonical, pub, err := env.Message.Verify()
+	if err != nil {
+		return bad("%v", err)
+	}
+	if env.Message.Signature.Alg != sender.Alg || !bytes.Equal(pub, sender.Key) {
+		return bad("not signed by the registered key of %s", sender.Handle)
+	}
+	p, err := Envelope{Message: signing.Signed{Payload: canonical}}.Payload()
+	if err != nil {
+		return bad("%v", err)
+	}
+	switch {
+	case p.Type != server.TypeMessage:
+		return bad("payload type is %q", p.Type)
+	case p.From != sender.Handle:
+		return bad("from %q, but the signing key is %s's", p.From, sender.Handle)
+	case id.Handle == "" || p.To != id.Handle:
+		return bad("addressed to %q, not to %q", p.To, id.Handle)
+	case p.Server != sender.Server || (id.Server != "" && p.Server != id.Server):
+		return bad("for server %q", p.Server)
+	}
+	ct, err := signing.DecodeB64(p.CT)
+	if err != nil {
+		return bad("ct: %v", err)
+	}
+	raw, err := Open(id.Enc, ct)
+	if err != nil {
+		return bad("%v", err)
+	}
+	pt, err := parsePlaintext(raw)
+	if err != nil {
+		return bad("%v", err)
+	}
+	if pt.From != p.From || pt.To != p.To {
+		return bad("the plaintext says from %q to %q, the envelope from %q to %q", pt.From, pt.To, p.From, p.To)
+	}
+	return pt, nil
+}
+
+// Decrypt looks up the sender the envelope names (cached) and verifies and
+// opens the message with id.Decrypt.
+func (c *Client) Decrypt(ctx context.Context, id *Identity, env Envelope) (Plaintext, error) {
+	p, err := env.Payload()
+	if err != nil {
+		return Plaintext{}, err
+	}
+	sender, err := c.user(ctx, p.From)
+	if err != nil {
+		return Plaintext{}, fmt.Errorf("sender %q of seq %d: %w", p.From, env.Seq, err)
+	}
+	return id.Decrypt(env, sender)
+}
