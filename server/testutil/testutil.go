@@ -40,6 +40,8 @@ type Server struct {
 	Service *server.Service
 	Store   *sqlite.DB
 	API     *httpapi.Server
+	// Metrics is the registry the server's metrics are in.
+	Metrics *prometheus.Registry
 	http    *http.Server
 }
 
@@ -81,10 +83,11 @@ func StartServer(t testing.TB, opts Options) *Server {
 	if opts.HTTP != nil {
 		opts.HTTP(&hcfg)
 	}
-	api := httpapi.New(hcfg, svc, log, prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	api := httpapi.New(hcfg, svc, log, reg)
 	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(ln)
-	s := &Server{URL: url, DBPath: opts.DBPath, Service: svc, Store: store, API: api, http: hs}
+	s := &Server{URL: url, DBPath: opts.DBPath, Service: svc, Store: store, API: api, Metrics: reg, http: hs}
 	t.Cleanup(func() {
 		api.CloseStreams()
 		// Requests in flight finish; connections a client opened but never
