@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -189,11 +188,11 @@ func (c *Client) PostRegistration(ctx context.Context, doc signing.Signed) (*Use
 	if err != nil {
 		return nil, err
 	}
-	var uj userJSON
+	var uj server.PublicUser
 	if _, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/register", body: body, limit: maxSmallBody}, &uj); err != nil {
 		return nil, err
 	}
-	u, err := uj.user()
+	u, err := uj.User()
 	if err != nil {
 		return nil, fmt.Errorf("registration answer: %w", err)
 	}
@@ -204,11 +203,11 @@ func (c *Client) PostRegistration(ctx context.Context, doc signing.Signed) (*Use
 // Lookup fetches handle's public record from the server (GET /v1/u/{handle})
 // and refreshes the Client's cache of it.
 func (c *Client) Lookup(ctx context.Context, handle string) (*User, error) {
-	var uj userJSON
+	var uj server.PublicUser
 	if _, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/u/" + url.PathEscape(handle), limit: maxSmallBody}, &uj); err != nil {
 		return nil, err
 	}
-	u, err := uj.user()
+	u, err := uj.User()
 	if err != nil {
 		return nil, fmt.Errorf("record of %s: %w", handle, err)
 	}
@@ -269,45 +268,6 @@ func (c *Client) WebFinger(ctx context.Context, handle string) (JRD, error) {
 		limit:  maxSmallBody,
 	}, &j)
 	return j, err
-}
-
-// userJSON is the public record on the wire.
-type userJSON struct {
-	Handle    string `json:"handle"`
-	Server    string `json:"server"`
-	PrimaryID string `json:"primary_id"`
-	Alg       string `json:"alg"`
-	Key       string `json:"key"`
-	EncKey    string `json:"enc_key"`
-	CreatedAt int64  `json:"created_at"`
-}
-
-// user decodes the record and checks that it is consistent: 32-byte keys
-// and a primary_id that derives from the signing key.
-func (j userJSON) user() (*User, error) {
-	key, err := signing.DecodeB64(j.Key)
-	if err != nil || len(key) != 32 {
-		return nil, errors.New("malformed signing key")
-	}
-	enc, err := signing.DecodeB64(j.EncKey)
-	if err != nil || len(enc) != 32 {
-		return nil, errors.New("malformed enc_key")
-	}
-	if j.Handle == "" || j.Server == "" {
-		return nil, errors.New("record without handle or server")
-	}
-	if want := signing.PrimaryID(j.Alg, key); j.PrimaryID != want {
-		return nil, fmt.Errorf("primary_id %q does not derive from the signing key", j.PrimaryID)
-	}
-	return &User{
-		Handle:    j.Handle,
-		Server:    j.Server,
-		PrimaryID: j.PrimaryID,
-		Alg:       j.Alg,
-		Key:       key,
-		EncKey:    enc,
-		CreatedAt: time.Unix(j.CreatedAt, 0),
-	}, nil
 }
 
 // request is one non-stream API call.

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"time"
+
+	"kez.lat/chat/server/signing"
 )
 
 // User is a registered handle: the public record anyone may look up.
@@ -58,3 +61,56 @@ func checkHandleSyntax(h string) error {
 
 // Address is the handle's full address, handle@server.
 func (u *User) Address() string { return fmt.Sprintf("%s@%s", u.Handle, u.Server) }
+
+// PublicUser is the public record on the wire (GET /v1/u/{handle}).
+type PublicUser struct {
+	Handle    string `json:"handle"`
+	Server    string `json:"server"`
+	PrimaryID string `json:"primary_id"`
+	Alg       string `json:"alg"`
+	Key       string `json:"key"`
+	EncKey    string `json:"enc_key"`
+	CreatedAt int64  `json:"created_at"`
+}
+
+// Public returns u's wire record.
+func (u *User) Public() PublicUser {
+	return PublicUser{
+		Handle:    u.Handle,
+		Server:    u.Server,
+		PrimaryID: u.PrimaryID,
+		Alg:       u.Alg,
+		Key:       signing.EncodeB64(u.Key),
+		EncKey:    signing.EncodeB64(u.EncKey),
+		CreatedAt: u.CreatedAt.Unix(),
+	}
+}
+
+// User decodes a wire record, checking that it is consistent: 32-byte keys
+// and a primary_id that derives from the signing key, so a client never
+// trusts a record the server could not have accepted.
+func (p PublicUser) User() (*User, error) {
+	key, err := signing.DecodeB64(p.Key)
+	if err != nil || len(key) != 32 {
+		return nil, errors.New("malformed signing key")
+	}
+	enc, err := signing.DecodeB64(p.EncKey)
+	if err != nil || len(enc) != 32 {
+		return nil, errors.New("malformed enc_key")
+	}
+	if p.Handle == "" || p.Server == "" {
+		return nil, errors.New("record without handle or server")
+	}
+	if want := signing.PrimaryID(p.Alg, key); p.PrimaryID != want {
+		return nil, fmt.Errorf("primary_id %q does not derive from the signing key", p.PrimaryID)
+	}
+	return &User{
+		Handle:    p.Handle,
+		Server:    p.Server,
+		PrimaryID: p.PrimaryID,
+		Alg:       p.Alg,
+		Key:       key,
+		EncKey:    enc,
+		CreatedAt: time.Unix(p.CreatedAt, 0),
+	}, nil
+}

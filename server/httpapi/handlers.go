@@ -46,7 +46,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		s.failAuth(w, r, "", err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, publicUser(u))
+	writeJSON(w, http.StatusCreated, u.Public())
 }
 
 func (s *Server) user(w http.ResponseWriter, r *http.Request) {
@@ -55,7 +55,7 @@ func (s *Server) user(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, publicUser(u))
+	writeJSON(w, http.StatusOK, u.Public())
 }
 
 func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) {
@@ -222,26 +222,4 @@ func queryUint(v, name string, def uint64) (uint64, error) {
 		return 0, server.Errorf(server.CodeInvalidField, "%s must be a decimal integer without sign or leading zeros", name)
 	}
 	return n, nil
-}
-
-type userJSON struct {
-	Handle    string `json:"handle"`
-	Server    string `json:"server"`
-	PrimaryID string `json:"primary_id"`
-	Alg       string `json:"alg"`
-	Key       string `json:"key"`
-	EncKey    string `json:"enc_key"`
-	CreatedAt int64  `json:"created_at"`
-}
-
-func publicUser(u *server.User) userJSON {
-	return userJSON{
-		Handle:    u.Handle,
-		Server:    u.Server,
-		PrimaryID: u.PrimaryID,
-		Alg:       u.Alg,
-		Key:       signing.EncodeB64(u.Key),
-		EncKey:    signing.EncodeB64(u.EncKey),
-		CreatedAt: u.CreatedAt.Unix(),
-	}
 }
