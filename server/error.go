@@ -49,6 +49,10 @@ const (
 	CodeCiphertextTooLarge = "ciphertext_too_large"
 	CodeInboxFull          = "inbox_full"
 
+	// Web Push.
+	CodePushDisabled       = "push_disabled"
+	CodeEndpointNotAllowed = "endpoint_not_allowed"
+
 	// Abuse limits and availability.
 	CodeRateLimited    = "rate_limited"
 	CodeTooManyStreams = "too_many_streams"

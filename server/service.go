@@ -27,6 +27,9 @@ type Config struct {
 	// StreamBuffer is how many live envelopes may wait for one stream
 	// before it is dropped as too slow.
 	StreamBuffer int
+	// MaxPushSubscriptions is how many push subscriptions one handle may
+	// have; past it the oldest is evicted.
+	MaxPushSubscriptions int
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -34,11 +37,12 @@ type Config struct {
 // DefaultConfig returns the defaults documented in `kezchat server --help`.
 func DefaultConfig() Config {
 	return Config{
-		Domain:              "localhost",
-		Retention:           30 * 24 * time.Hour,
-		MaxPending:          10000,
-		MaxStreamsPerHandle: 8,
-		StreamBuffer:        256,
+		Domain:               "localhost",
+		Retention:            30 * 24 * time.Hour,
+		MaxPending:           10000,
+		MaxStreamsPerHandle:  8,
+		StreamBuffer:         256,
+		MaxPushSubscriptions: 10,
 	}
 }
 
@@ -54,6 +58,10 @@ type Service struct {
 	// consulted only after the signature verified, so nobody can spend
 	// another person's budget.
 	SendLimiter RateLimiter
+	// Pusher, when set, notifies recipients with no open stream; Endpoints
+	// then decides which push endpoints may be subscribed.
+	Pusher    Pusher
+	Endpoints EndpointPolicy
 
 	mu      sync.Mutex
 	streams map[string]int // open streams per handle
@@ -189,6 +197,7 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 		if err := s.broker.Publish(ctx, e); err != nil {
 			s.log.WarnContext(ctx, "publishing envelope", "to", e.Recipient, "seq", e.Seq, "err", err)
 		}
+		s.notifyOffline(e)
 	}
 	return Receipt{To: p.To, Seq: e.Seq, ID: p.ID}, dup, nil
 }

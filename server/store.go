@@ -42,6 +42,16 @@ type Store interface {
 	// reports false if it was already recorded (a replay).
 	UseOnce(ctx context.Context, digest []byte, expires time.Time) (bool, error)
 
+	// SavePushSubscription stores sub, replacing the handle's subscription
+	// with the same endpoint; past max subscriptions per handle the oldest
+	// are deleted.
+	SavePushSubscription(ctx context.Context, sub *PushSubscription, max int) error
+	// DeletePushSubscription deletes handle's subscription at endpoint and
+	// reports whether there was one.
+	DeletePushSubscription(ctx context.Context, handle, endpoint string) (bool, error)
+	// PushSubscriptions returns handle's subscriptions, oldest first.
+	PushSubscriptions(ctx context.Context, handle string) ([]*PushSubscription, error)
+
 	// Prune deletes envelopes received before olderThan and expired
 	// anti-replay and idempotency entries.
 	Prune(ctx context.Context, now, olderThan time.Time) (PruneResult, error)

@@ -43,6 +43,8 @@ var statusOf = map[string]int{
 	server.CodeMessageIDConflict:  http.StatusConflict,
 	server.CodeCiphertextTooLarge: http.StatusRequestEntityTooLarge,
 	server.CodeInboxFull:          http.StatusConflict,
+	server.CodePushDisabled:       http.StatusNotFound,
+	server.CodeEndpointNotAllowed: http.StatusBadRequest,
 	server.CodeRateLimited:        http.StatusTooManyRequests,
 	server.CodeTooManyStreams:     http.StatusTooManyRequests,
 	server.CodeUnavailable:        http.StatusServiceUnavailable,

@@ -36,6 +36,9 @@ type Config struct {
 	RegisterLimiter   *ratelimit.Limiter
 	SendLimiter       *ratelimit.Limiter
 	FailedAuthLimiter *ratelimit.Limiter // per address and per handle
+	// VAPIDPublicKey is served to browsers for pushManager.subscribe when
+	// the Service has a Pusher.
+	VAPIDPublicKey string
 	// App serves the web app at /.
 	App http.Handler
 }
@@ -95,6 +98,9 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/inbox/{handle}", s.inbox)
 	s.mux.HandleFunc("DELETE /v1/inbox/{handle}", s.ack)
 	s.mux.HandleFunc("GET /v1/inbox/{handle}/stream", s.stream)
+	s.mux.HandleFunc("GET /v1/push/vapid-public-key", s.vapidPublicKey)
+	s.mux.HandleFunc("POST /v1/push/subscribe/{handle}", s.pushSubscribe)
+	s.mux.HandleFunc("POST /v1/push/unsubscribe/{handle}", s.pushUnsubscribe)
 	s.mux.HandleFunc("/v1/", s.noRoute)
 	s.mux.HandleFunc("/", s.app)
 }

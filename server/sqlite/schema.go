@@ -65,6 +65,19 @@ CREATE TABLE used_auth (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX used_auth_expires_at ON used_auth (expires_at);
 `,
+	// 2: Web Push subscriptions.
+	`
+CREATE TABLE push_subscriptions (
+	handle     TEXT    NOT NULL REFERENCES users (handle),
+	endpoint   TEXT    NOT NULL,
+	p256dh     BLOB    NOT NULL,
+	auth       BLOB    NOT NULL,
+	-- Unix nanoseconds: eviction of the oldest needs an order that
+	-- subscriptions made within one second still have.
+	created_ns INTEGER NOT NULL,
+	PRIMARY KEY (handle, endpoint)
+) STRICT, WITHOUT ROWID;
+`,
 }
 
 // migrate brings the database on conn up to len(steps), one step per
