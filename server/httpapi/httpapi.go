@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,9 +58,12 @@ type Server struct {
 	mux     *http.ServeMux
 	metrics *metrics
 
-	// shutdown ends every open stream when cancelled.
+	// shutdown ends every open stream when cancelled; pumps are the
+	// goroutines of streams on taken-over connections, which
+	// http.Server.Shutdown does not see.
 	shutdown    context.Context
 	stopStreams context.CancelFunc
+	pumps       sync.WaitGroup
 }
 
 // New returns a Server for svc, registering its metrics with reg.
@@ -84,9 +88,13 @@ func (s *Server) Handler() http.Handler {
 	return s.instrument(s.recoverPanics(s.mux))
 }
 
-// CloseStreams ends every open stream cleanly; call it when shutting down,
-// since http.Server.Shutdown waits for streams that would never end.
-func (s *Server) CloseStreams() { s.stopStreams() }
+// CloseStreams ends every open stream cleanly and waits until they have
+// ended; call it when shutting down, since http.Server.Shutdown would wait
+// for streams that never end, or not see them at all.
+func (s *Server) CloseStreams() {
+	s.stopStreams()
+	s.pumps.Wait()
+}
 
 func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/healthz", s.healthz)

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -12,7 +14,25 @@ import (
 	"kez.lat/chat/server"
 )
 
+// streamHeader opens a stream on a taken-over connection. Without chunking,
+// Connection: close delimits the body: an event stream ends when its
+// connection does anyway.
+const streamHeader = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n" +
+	"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
+
+// streamPreamble is the first event-stream text: a comment that makes
+// proxies and clients see the stream open, and the reconnection delay.
+const streamPreamble = ": connected\nretry: 2000\n\n"
+
 // stream serves GET /v1/inbox/{handle}/stream as Server-Sent Events.
+//
+// An idle stream must cost little memory (the target is 20 KiB at 10,000
+// streams), and net/http keeps about 20 KiB per connection for as long as a
+// handler runs: buffers, the request, and two goroutines. So on HTTP/1 the
+// stream takes over the connection and the handler returns; a pump
+// goroutine then writes events until the client leaves, the reader is too
+// slow, or the server shuts down. Where the connection cannot be taken over
+// (HTTP/2), the handler serves the stream itself.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	handle := r.PathValue("handle")
 	q := r.URL.Query()
@@ -36,44 +56,103 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// The stream ends with the request or at shutdown, whichever is first.
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	stop := context.AfterFunc(s.shutdown, cancel)
-	defer stop()
-
+	// The stream outlives the request on a taken-over connection, so it
+	// hangs off the server's shutdown context, not the request's.
+	ctx, cancel := context.WithCancel(s.shutdown)
 	st, err := s.svc.OpenStream(ctx, handle, since)
 	if err != nil {
+		cancel()
 		s.fail(w, r, err)
 		return
 	}
-	defer st.Close()
-
 	rc := http.NewResponseController(w)
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-
-	var frame bytes.Buffer
-	send := func() bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.StreamWriteTimeout))
-		_, err := w.Write(frame.Bytes())
-		if err == nil {
-			err = rc.Flush()
-		}
-		frame.Reset()
-		return err == nil
+	conn, _, err := rc.Hijack()
+	if err != nil {
+		defer cancel()
+		stop := context.AfterFunc(r.Context(), cancel)
+		defer stop()
+		h := w.Header()
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-store")
+		h.Set("X-Accel-Buffering", "no")
+		w.WriteHeader(http.StatusOK)
+		s.pump(ctx, st, handle, &responseSink{w: w, rc: rc, timeout: s.cfg.StreamWriteTimeout})
+		return
 	}
-	frame.WriteString(": connected\nretry: 2000\n\n")
-	if !send() {
+	// Bytes a client pipelined after its GET are ignored: the connection
+	// closes with the stream.
+	sink := &connSink{conn: conn, timeout: s.cfg.StreamWriteTimeout}
+	if err := sink.write([]byte(streamHeader)); err != nil {
+		st.Close()
+		cancel()
+		conn.Close()
+		return
+	}
+	// A client that hangs up is noticed at once, as net/http's background
+	// read would, rather than at the next keep-alive write.
+	go func() {
+		var b [1]byte
+		conn.Read(b[:])
+		cancel()
+	}()
+	// Shutdown must not wait out a write deadline.
+	stopDeadline := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	s.pumps.Go(func() {
+		defer cancel()
+		defer conn.Close()
+		defer stopDeadline()
+		s.pump(ctx, st, handle, sink)
+	})
+}
+
+// eventSink is where a stream's text goes.
+type eventSink interface {
+	write(p []byte) error
+}
+
+// connSink writes to a taken-over connection.
+type connSink struct {
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (c *connSink) write(p []byte) error {
+	if err := c.conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return err
+	}
+	_, err := c.conn.Write(p)
+	return err
+}
+
+// responseSink writes through net/http, flushing every frame.
+type responseSink struct {
+	w       io.Writer
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (r *responseSink) write(p []byte) error {
+	_ = r.rc.SetWriteDeadline(time.Now().Add(r.timeout))
+	if _, err := r.w.Write(p); err != nil {
+		return err
+	}
+	return r.rc.Flush()
+}
+
+// pump writes st's envelopes, and keep-alives while there are none, to sink
+// until the stream, the sink or ctx ends. It closes st.
+func (s *Server) pump(ctx context.Context, st *server.Stream, handle string, sink eventSink) {
+	defer st.Close()
+	if sink.write([]byte(streamPreamble)) != nil {
 		return
 	}
 	for {
 		next, cancelNext := context.WithTimeout(ctx, s.cfg.KeepAlive)
 		e, err := st.Next(next)
 		cancelNext()
+		// A frame is built per event and not kept: an idle stream holds no
+		// buffer.
+		var frame bytes.Buffer
 		switch {
 		case err == nil:
 			writeEvent(&frame, e)
@@ -88,7 +167,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 			s.log.ErrorContext(ctx, "streaming inbox", "handle", handle, "after", st.Last(), "err", err)
 			return
 		}
-		if !send() {
+		if sink.write(frame.Bytes()) != nil {
 			return
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -244,4 +245,36 @@ func TestShutdownEndsOpenStreams(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("stream still open after CloseStreams")
 	}
+}
+
+func TestStreamOverHTTP2IsServedByTheHandler(t *testing.T) {
+	srv := testutil.StartServer(t, testutil.Options{})
+	h2 := httptest.NewUnstartedServer(srv.API.Handler())
+	h2.EnableHTTP2 = true
+	h2.StartTLS()
+	defer h2.Close()
+
+	c := client.New(h2.URL, h2.Client())
+	ctx := context.Background()
+	alice, _ := client.NewIdentity("ed25519")
+	bob, _ := client.NewIdentity("ed25519")
+	for id, h := range map[*client.Identity]string{alice: "alice", bob: "bob"} {
+		if _, err := c.Register(ctx, id, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := c.Stream(ctx, bob, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r, err := c.Send(ctx, alice, "bob", "over h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := st.Next()
+	if err != nil || env.Seq != r.Seq {
+		t.Fatalf("stream over HTTP/2 yielded %d, %v; want seq %d", env.Seq, err, r.Seq)
+	}
+	h2.CloseClientConnections()
 }
