@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime"
+	"text/tabwriter"
+	"time"
+
+	"kez.lat/chat/client"
+)
+
+// Targets the figures in docs/benchmarks.md are held to.
+const (
+	targetRate          = 5000                  // accepted (stored and delivered) messages per second
+	targetDeliveryP99   = 20 * time.Millisecond // POST to stream, 99th percentile
+	targetIdleStreamKiB = 20                    // server memory per idle open stream
+)
+
+// benchConfig holds the settings of kezchat bench.
+type benchConfig struct {
+	target      string
+	streams     int
+	messages    int
+	senders     int
+	idleStreams int
+	msgSize     int
+	skipIdle    bool
+	timeout     time.Duration
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cfg benchConfig
+	fs := newFlagSet("bench", "bench [flags]\n\n"+
+		"Measures a chat server: message throughput with delivery latency to open\n"+
+		"streams, then server memory per idle stream. Without --target it runs its\n"+
+		"own server (this binary) on a free loopback port with a temporary database.", stderr)
+	fs.StringVar(&cfg.target, "target", "", "URL of a running server to measure (loopback only); empty starts one")
+	fs.IntVar(&cfg.streams, "streams", 1000, "recipients with an open stream during the throughput phase")
+	fs.IntVar(&cfg.messages, "messages", 50000, "messages sent in the throughput phase")
+	fs.IntVar(&cfg.senders, "senders", 64, "concurrent senders (HTTP connections) in the throughput phase")
+	fs.IntVar(&cfg.idleStreams, "idle-streams", 10000, "idle streams held open to measure server memory")
+	fs.IntVar(&cfg.msgSize, "msg-size", 100, "plaintext bytes per message")
+	fs.BoolVar(&cfg.skipIdle, "skip-idle", false, "skip the idle-memory phase")
+	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up when the whole run takes longer")
+	// Like the other client commands, bench takes no settings from the
+	// environment: a KEZ_ variable left in a shell must not change a figure.
+	if err := parseArgs(fs, args, 0, 0); err != nil {
+		return err
+	}
+	if err := cfg.check(); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	tag, err := runTag()
+	if err != nil {
+		return err
+	}
+	p := &benchPrinter{w: stdout}
+
+	local := cfg.target == ""
+	var target *benchTarget
+	if local {
+		target, err = startBenchServer(ctx, cfg, stderr)
+	} else {
+		target, err = remoteTarget(cfg.target)
+	}
+	if err != nil {
+		return err
+	}
+	hc := benchHTTPClient(cfg.senders)
+	defer func() {
+		// Idle keep-alive connections would hold up the server's graceful
+		// shutdown (net/http waits 5 s for connections that never sent a
+		// request): close them first.
+		hc.CloseIdleConnections()
+		target.stop(stderr)
+	}()
+	p.printf("kezchat bench: %s; %d CPUs, GOMAXPROCS %d, %s\n", target.describe(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+
+	tp, err := runThroughput(ctx, cfg, target, hc, tag, p)
+	if err != nil {
+		return fmt.Errorf("throughput phase: %w", benchErr(ctx, err))
+	}
+
+	var idle *idleResult
+	var idleNote string
+	switch {
+	case cfg.skipIdle:
+		idleNote = "skipped (--skip-idle)"
+	case !local:
+		idleNote = "skipped: the RSS of a --target server cannot be read"
+	case cfg.idleStreams <= 0:
+		idleNote = "skipped (--idle-streams 0)"
+	default:
+		// A fresh server, so the baseline is not inflated by heap the
+		// throughput phase freed but the runtime has not yet returned to the
+		// OS: stream memory would reuse it and look cheaper than it is.
+		hc.CloseIdleConnections()
+		target.stop(stderr)
+		fresh, err := startBenchServer(ctx, cfg, stderr)
+		if err != nil {
+			return fmt.Errorf("idle phase: %w", err)
+		}
+		target = fresh
+		p.printf("\nidle phase on a fresh server: %s\n", target.describe())
+		if idle, err = runIdle(ctx, cfg, target, hc, tag, p); err != nil {
+			return fmt.Errorf("idle phase: %w", benchErr(ctx, err))
+		}
+	}
+	if idleNote != "" {
+		p.printf("\nphase 2, idle memory: %s\n", idleNote)
+	}
+
+	printSummary(stdout, tp, idle, idleNote)
+	if tp.missing > 0 || tp.duplicates > 0 || tp.outOfOrder > 0 || tp.unexpected > 0 {
+		return fmt.Errorf("delivery was not exactly once and in order: %d missing, %d duplicates, %d out of order, %d unexpected",
+			tp.missing, tp.duplicates, tp.outOfOrder, tp.unexpected)
+	}
+	if tp.failed > 0 {
+		return fmt.Errorf("%d of %d messages were refused", tp.failed, cfg.messages)
+	}
+	return nil
+}
+
+func (cfg benchConfig) check() error {
+	switch {
+	case cfg.streams < 1:
+		return errors.New("--streams must be at least 1")
+	case cfg.messages < 1:
+		return errors.New("--messages must be at least 1")
+	case cfg.senders < 1:
+		return errors.New("--senders must be at least 1")
+	case cfg.idleStreams < 0:
+		return errors.New("--idle-streams must not be negative")
+	case cfg.msgSize < 0 || cfg.msgSize > 32<<10:
+		// 32 KiB of plaintext keeps the base64 ciphertext and its envelope
+		// well inside the server's 96 KiB body limit.
+		return errors.New("--msg-size must be 0 to 32768")
+	case cfg.timeout <= 0:
+		return errors.New("--timeout must be positive")
+	}
+	// Our side holds one descriptor per stream; leave room for the senders'
+	// connections and the runtime.
+	if limit, ok := openFileLimit(); ok {
+		need := uint64(max(cfg.streams, cfg.idleStreams) + cfg.senders + 64)
+		if need > limit {
+			return fmt.Errorf("%d streams need about %d open files; the limit is %d (raise ulimit -n)", max(cfg.streams, cfg.idleStreams), need, limit)
+		}
+	}
+	return nil
+}
+
+// benchErr names the --timeout when it is what stopped a phase.
+func benchErr(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+		return fmt.Errorf("%w (the --timeout ran out)", err)
+	}
+	return err
+}
+
+// runTag is a random prefix for this run's handles and message ids, so runs
+// against the same --target server never collide.
+func runTag() (string, error) {
+	const letters = "abcdefghijklmnopqrstuvwxyz"
+	var b [5]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	for i := range b {
+		b[i] = letters[int(b[i])%len(letters)]
+	}
+	return "b" + string(b[:]), nil
+}
+
+// benchHTTPClient keeps an idle connection for every concurrent sender, so
+// the timed phase measures requests, not TCP handshakes.
+func benchHTTPClient(senders int) *http.Client {
+	conns := max(senders, registerWorkers) + 8
+	return &http.Client{
+		Timeout: client.DefaultTimeout,
+		Transport: &http.Transport{
+			Proxy:               nil, // loopback only: never through a proxy
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			MaxIdleConns:        conns,
+			MaxIdleConnsPerHost: conns,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		},
+	}
+}
+
+// remoteTarget checks that a --target URL is plain HTTP on a loopback
+// address: the bench sends tens of thousands of requests and must never be
+// pointed at someone else's server.
+func remoteTarget(raw string) (*benchTarget, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("--target %q: %w", raw, err)
+	}
+	if u.Scheme != "http" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return nil, fmt.Errorf("--target %q: want http://host:port (streams are read over plain TCP)", raw)
+	}
+	host, port := u.Hostname(), u.Port()
+	if port == "" {
+		port = "80"
+	}
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("--target %q: only loopback addresses (127.0.0.0/8, ::1, localhost) may be benchmarked", raw)
+	}
+	addr := net.JoinHostPort(host, port)
+	return &benchTarget{url: "http://" + addr, addr: addr}, nil
+}
+
+// benchPrinter writes progress lines as phases finish.
+type benchPrinter struct{ w io.Writer }
+
+func (p *benchPrinter) printf(format string, args ...any) { fmt.Fprintf(p.w, format, args...) }
+
+// step prints what is about to happen, runs fn and prints how long it took.
+func (p *benchPrinter) step(what string, fn func() error) error {
+	p.printf("%s ... ", what)
+	start := time.Now()
+	err := fn()
+	if err != nil {
+		p.printf("failed\n")
+		return err
+	}
+	p.printf("%s\n", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// printSummary prints the final table: every figure with its target.
+func printSummary(w io.Writer, tp *throughputResult, idle *idleResult, idleNote string) {
+	fmt.Fprintln(w, "\nsummary")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  metric\tresult\ttarget\tmet")
+	fmt.Fprintf(tw, "  accepted messages/s\t%.0f (%d in %s)\t>= %d\t%s\n", tp.rate, tp.accepted, fmtDuration(tp.wall), targetRate, yesNo(tp.rate >= targetRate))
+	fmt.Fprintf(tw, "  POST latency p50 / p99\t%s / %s\t\t\n", fmtDuration(tp.post.p50), fmtDuration(tp.post.p99))
+	fmt.Fprintf(tw, "  delivery latency p50 / p99 / max\t%s / %s / %s\tp99 <= %s\t%s\n",
+		fmtDuration(tp.delivery.p50), fmtDuration(tp.delivery.p99), fmtDuration(tp.delivery.max),
+		fmtDuration(targetDeliveryP99), yesNo(tp.delivery.n > 0 && tp.delivery.p99 <= targetDeliveryP99))
+	fmt.Fprintf(tw, "  missing / duplicate deliveries\t%d / %d\t0 / 0\t%s\n", tp.missing, tp.duplicates, yesNo(tp.missing == 0 && tp.duplicates == 0))
+	if idle != nil {
+		fmt.Fprintf(tw, "  server memory per idle stream\t%.1f KiB (%d streams)\t<= %d KiB\t%s\n",
+			idle.perStreamKiB, idle.streams, targetIdleStreamKiB, yesNo(idle.perStreamKiB <= targetIdleStreamKiB))
+	} else {
+		fmt.Fprintf(tw, "  server memory per idle stream\t%s\t<= %d KiB\t-\n", idleNote, targetIdleStreamKiB)
+	}
+	tw.Flush()
+}
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "NO"
+}

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// benchDomain is the server name of the bench's own server.
+const benchDomain = "bench.local"
+
+// benchTarget is the server under measurement: the bench's own child
+// process, or a --target.
+type benchTarget struct {
+	url  string // http://host:port
+	addr string // host:port, for raw stream connections
+
+	// Only for the bench's own server.
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed once the child is reaped
+	waitErr error
+	dir     string // the temporary database's directory
+}
+
+func (t *benchTarget) local() bool { return t.cmd != nil }
+
+func (t *benchTarget) describe() string {
+	if t.local() {
+		return fmt.Sprintf("own server %s (pid %d, temporary database)", t.url, t.cmd.Process.Pid)
+	}
+	return "target " + t.url
+}
+
+// startBenchServer runs this binary as `kezchat server` on a free loopback
+// port with a temporary database, every rate limit off and room for all the
+// bench's streams, and waits until it is ready.
+func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer) (*benchTarget, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("finding this binary to run the server: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "kezchat-bench-")
+	if err != nil {
+		return nil, err
+	}
+	streams := max(cfg.streams, cfg.idleStreams)
+	args := []string{"server",
+		// Port 0: the kernel picks a free port and the server logs it, so
+		// there is no race between choosing a port and binding it.
+		"--bind", "127.0.0.1:0",
+		"--db", filepath.Join(dir, "bench.db"),
+		"--server", benchDomain,
+		"--metrics-bind", "",
+		"--log-format", "json",
+		"--register-rate", "0",
+		"--send-rate", "0",
+		"--handle-send-rate", "0",
+		"--failed-auth-rate", "0",
+		"--max-streams-per-handle", "1000000",
+		"--max-pending", strconv.Itoa(max(10000, 2*cfg.messages)),
+		"--max-connections", strconv.Itoa(max(16384, streams+cfg.senders+registerWorkers+256)),
+		"--shutdown-timeout", "5s",
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = envWithoutKEZ()
+	pipe, err := cmd.StderrPipe()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	setChildDeathSignal(cmd)
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("starting the server: %w", err)
+	}
+	t := &benchTarget{cmd: cmd, exited: make(chan struct{}), dir: dir}
+	bound := make(chan string, 1)
+	go func() {
+		scanServerLog(pipe, bound, stderr)
+		// Wait only after the last read of the pipe (os/exec's rule).
+		t.waitErr = cmd.Wait()
+		close(t.exited)
+	}()
+
+	select {
+	case t.addr = <-bound:
+	case <-t.exited:
+		t.cleanup()
+		return nil, fmt.Errorf("the server exited at start: %v", t.waitErr)
+	case <-time.After(15 * time.Second):
+		t.stop(stderr)
+		return nil, errors.New("the server did not start listening within 15s")
+	case <-ctx.Done():
+		t.stop(stderr)
+		return nil, ctx.Err()
+	}
+	t.url = "http://" + t.addr
+	if err := waitReady(ctx, t.url, 15*time.Second); err != nil {
+		t.stop(stderr)
+		return nil, err
+	}
+	return t, nil
+}
+
+// envWithoutKEZ is this process's environment less the KEZ_ variables, which
+// would otherwise set server flags the bench did not choose.
+func envWithoutKEZ() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "KEZ_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// scanServerLog reads the server's JSON log: it reports the address the
+// server bound and passes warnings, errors and anything that is not a log
+// record (a panic) on to stderr. It reads to the end, so the server never
+// blocks on a full pipe.
+func scanServerLog(r io.Reader, bound chan<- string, stderr io.Writer) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var rec struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+			Bind  string `json:"bind"`
+		}
+		line := sc.Bytes()
+		if json.Unmarshal(line, &rec) != nil {
+			fmt.Fprintf(stderr, "server: %s\n", line)
+			continue
+		}
+		switch {
+		case rec.Msg == "serving" && rec.Bind != "":
+			select {
+			case bound <- rec.Bind:
+			default:
+			}
+		case rec.Level == "WARN" || rec.Level == "ERROR":
+			fmt.Fprintf(stderr, "server: %s\n", line)
+		}
+	}
+	io.Copy(io.Discard, r) // a line over the scanner's limit: keep draining
+}
+
+// waitReady polls /v1/readyz until it answers 200.
+func waitReady(ctx context.Context, base string, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/readyz", nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the server at %s was not ready within %s", base, within)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// stop ends the bench's own server with SIGTERM (its clean shutdown), kills
+// it if it lingers, and removes the temporary database. A --target is left
+// alone. Calling stop again does nothing.
+func (t *benchTarget) stop(stderr io.Writer) {
+	if !t.local() || t.dir == "" {
+		return
+	}
+	select {
+	case <-t.exited:
+	default:
+		_ = t.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-t.exited:
+		case <-time.After(15 * time.Second):
+			fmt.Fprintln(stderr, "kezchat bench: the server did not stop within 15s of SIGTERM; killing it")
+			_ = t.cmd.Process.Kill()
+			<-t.exited
+		}
+		if t.waitErr != nil {
+			fmt.Fprintf(stderr, "kezchat bench: the server exited with %v\n", t.waitErr)
+		}
+	}
+	t.cleanup()
+}
+
+func (t *benchTarget) cleanup() {
+	if t.dir != "" {
+		os.RemoveAll(t.dir)
+		t.dir = ""
+	}
+}
+
+// cpuTime is the CPU time the bench's own server has used.
+func (t *benchTarget) cpuTime() (time.Duration, error) {
+	if !t.local() {
+		return 0, errors.New("the CPU time of a --target server cannot be read")
+	}
+	return processCPUTime(t.cmd.Process.Pid)
+}
+
+// rssKiB is the resident memory of the bench's own server.
+func (t *benchTarget) rssKiB() (int64, error) {
+	if !t.local() {
+		return 0, errors.New("the memory of a --target server cannot be read")
+	}
+	return processRSSKiB(t.cmd.Process.Pid)
+}

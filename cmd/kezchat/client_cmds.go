@@ -1,0 +1,323 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"unicode"
+
+	"kez.lat/chat/client"
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/signing"
+)
+
+// stdin is where send reads a message given no text arguments.
+var stdin io.Reader = os.Stdin
+
+const defaultURL = "http://127.0.0.1:6969"
+
+// defaultIdentityPath is $XDG_CONFIG_HOME/kezchat/identity.json, else
+// ~/.config/kezchat/identity.json.
+func defaultIdentityPath() string {
+	if dir := os.Getenv("XDG_CONFIG_HOME"); filepath.IsAbs(dir) {
+		return filepath.Join(dir, "kezchat", "identity.json")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".config", "kezchat", "identity.json")
+	}
+	return "kezchat-identity.json"
+}
+
+// envDefault is the environment variable's value, or def when it is unset.
+func envDefault(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+// clientFlags are the flags every client command shares. Only these two
+// come from the environment: a KEZ_FORCE or KEZ_SINCE left in a shell
+// should not silently change what a command does.
+type clientFlags struct {
+	url, identity string
+}
+
+func addIdentityFlag(fs *flag.FlagSet, f *clientFlags) {
+	fs.StringVar(&f.identity, "identity", envDefault("KEZ_IDENTITY", defaultIdentityPath()), "identity file: keys, handle and server (env KEZ_IDENTITY)")
+}
+
+func addClientFlags(fs *flag.FlagSet, f *clientFlags) {
+	fs.StringVar(&f.url, "url", envDefault("KEZ_URL", defaultURL), "chat server URL (env KEZ_URL)")
+	addIdentityFlag(fs, f)
+}
+
+// parseArgs parses args and checks the number of positional arguments is
+// within [min, max] (max < 0: no limit).
+func parseArgs(fs *flag.FlagSet, args []string, min, max int) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch n := fs.NArg(); {
+	case n < min:
+		fs.Usage()
+		return errors.New("missing arguments")
+	case max >= 0 && n > max:
+		fs.Usage()
+		return fmt.Errorf("unexpected arguments %q", fs.Args()[max:])
+	}
+	return nil
+}
+
+// loadIdentity loads the identity file, explaining how to make one.
+func loadIdentity(path string) (*client.Identity, error) {
+	id, err := client.LoadIdentity(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no identity at %s; create one with 'kezchat keygen' (or pass --identity)", path)
+	}
+	return id, err
+}
+
+// registered loads an identity that has a handle, and a client for its
+// server.
+func (f *clientFlags) registered() (*client.Identity, *client.Client, error) {
+	id, err := loadIdentity(f.identity)
+	if err != nil {
+		return nil, nil, err
+	}
+	if id.Handle == "" {
+		return nil, nil, fmt.Errorf("the identity at %s has no handle yet; run 'kezchat register <handle>'", f.identity)
+	}
+	return id, client.New(f.url, nil), nil
+}
+
+func runKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := newFlagSet("keygen", "keygen [--alg ed25519|bip340] [--force]\n\nCreates a new identity (a signing key and an X25519 encryption key) in the identity file.", stderr)
+	alg := fs.String("alg", "ed25519", "signature algorithm: ed25519 or bip340")
+	force := fs.Bool("force", false, "replace an existing identity file (its keys are lost)")
+	addIdentityFlag(fs, &f)
+	if err := parseArgs(fs, args, 0, 0); err != nil {
+		return err
+	}
+	id, err := client.NewIdentity(*alg)
+	if err != nil {
+		return err
+	}
+	if *force {
+		err = id.Save(f.identity)
+	} else {
+		err = id.Create(f.identity)
+	}
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("%s already exists; pass --force to replace it (its keys are lost)", f.identity)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "created %s identity in %s\nprimary_id: %s\nnext: kezchat register <handle>\n", *alg, f.identity, id.PrimaryID())
+	return nil
+}
+
+func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := newFlagSet("register", "register [flags] <handle>\n\nRegisters a handle for the identity on the server and records it in the identity file.", stderr)
+	addClientFlags(fs, &f)
+	if err := parseArgs(fs, args, 1, 1); err != nil {
+		return err
+	}
+	id, err := loadIdentity(f.identity)
+	if err != nil {
+		return err
+	}
+	c := client.New(f.url, nil)
+	u, err := c.Register(ctx, id, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if err := id.Save(f.identity); err != nil {
+		return fmt.Errorf("registered %s, but saving the identity failed: %w", u.Address(), err)
+	}
+	fmt.Fprintf(stdout, "registered %s (primary_id %s)\n", u.Address(), u.PrimaryID)
+	return nil
+}
+
+func runLookup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := newFlagSet("lookup", "lookup [--url URL] <handle>\n\nPrints a handle's public record: its keys and primary id.", stderr)
+	fs.StringVar(&f.url, "url", envDefault("KEZ_URL", defaultURL), "chat server URL (env KEZ_URL)")
+	if err := parseArgs(fs, args, 1, 1); err != nil {
+		return err
+	}
+	u, err := client.New(f.url, nil).Lookup(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s\nprimary_id: %s\nalg:        %s\nkey:        %s\nenc_key:    %s\nregistered: %s\n",
+		safeText(u.Address()), u.PrimaryID, safeText(u.Alg), signing.EncodeB64(u.Key), signing.EncodeB64(u.EncKey), u.CreatedAt.UTC().Format(time.RFC3339))
+	return nil
+}
+
+func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := newFlagSet("send", "send [flags] <handle> [text...]\n\nEncrypts and sends a message; with no text, the message is read from stdin.", stderr)
+	addClientFlags(fs, &f)
+	if err := parseArgs(fs, args, 1, -1); err != nil {
+		return err
+	}
+	to := fs.Arg(0)
+	body := strings.Join(fs.Args()[1:], " ")
+	if fs.NArg() == 1 {
+		data, err := io.ReadAll(io.LimitReader(stdin, server.MaxCiphertext+1))
+		if err != nil {
+			return fmt.Errorf("reading the message from stdin: %w", err)
+		}
+		if len(data) > server.MaxCiphertext {
+			return fmt.Errorf("the message is over %d bytes", server.MaxCiphertext)
+		}
+		body = strings.TrimRight(string(data), "\r\n")
+	}
+	if strings.TrimSpace(body) == "" {
+		return errors.New("nothing to send")
+	}
+	id, c, err := f.registered()
+	if err != nil {
+		return err
+	}
+	r, err := c.Send(ctx, id, to, body)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "sent to %s (seq %d)\n", safeText(r.To), r.Seq)
+	return nil
+}
+
+func runInbox(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := newFlagSet("inbox", "inbox [flags]\n\nPrints the messages waiting in the inbox, decrypted, as \"[seq] from: body\".", stderr)
+	addClientFlags(fs, &f)
+	since := fs.Uint64("since", 0, "print only messages after this seq")
+	ack := fs.Bool("ack", false, "acknowledge (delete) the printed messages on the server")
+	if err := parseArgs(fs, args, 0, 0); err != nil {
+		return err
+	}
+	id, c, err := f.registered()
+	if err != nil {
+		return err
+	}
+	cursor, handled, printed := *since, *since, 0
+	acknowledge := func() error {
+		if !*ack || handled <= *since {
+			return nil
+		}
+		n, err := c.Ack(ctx, id, handled)
+		if err != nil {
+			return fmt.Errorf("acknowledging up to seq %d: %w", handled, err)
+		}
+		fmt.Fprintf(stderr, "acknowledged %d message(s) up to seq %d\n", n, handled)
+		return nil
+	}
+	for {
+		page, err := c.Poll(ctx, id, cursor, 500)
+		if err != nil {
+			return errors.Join(err, acknowledge())
+		}
+		if len(page.Messages) == 0 {
+			break
+		}
+		for _, env := range page.Messages {
+			if err := show(ctx, c, id, env, stdout, stderr); err != nil {
+				return errors.Join(err, acknowledge())
+			}
+			handled = env.Seq
+			printed++
+		}
+		cursor = page.Next
+	}
+	if printed == 0 {
+		fmt.Fprintln(stderr, "no messages")
+	}
+	return acknowledge()
+}
+
+func runListen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := newFlagSet("listen", "listen [flags]\n\nFollows the inbox live, printing messages decrypted and acknowledging each one; stop with Ctrl-C.", stderr)
+	addClientFlags(fs, &f)
+	since := fs.Uint64("since", 0, "start after this seq (messages up to it are not printed)")
+	if err := parseArgs(fs, args, 0, 0); err != nil {
+		return err
+	}
+	id, c, err := f.registered()
+	if err != nil {
+		return err
+	}
+	c.OnListenError = func(err error, wait time.Duration) {
+		fmt.Fprintf(stderr, "connection lost (%v); reconnecting in %v\n", err, wait.Round(time.Millisecond))
+	}
+	fmt.Fprintf(stderr, "listening as %s@%s on %s (Ctrl-C to stop)\n", safeText(id.Handle), safeText(id.Server), c.BaseURL())
+	err = c.Listen(ctx, id, *since, func(env client.Envelope) error {
+		if err := show(ctx, c, id, env, stdout, stderr); err != nil {
+			return err
+		}
+		if _, err := c.Ack(ctx, id, env.Seq); err != nil && ctx.Err() == nil {
+			// Not fatal: the next acknowledgement covers this one too.
+			fmt.Fprintf(stderr, "acknowledging seq %d: %v\n", env.Seq, err)
+		}
+		return nil
+	})
+	if ctx.Err() != nil {
+		return nil // interrupted: the normal way to stop
+	}
+	return err
+}
+
+// show prints one envelope as "[seq] from: body". A message that fails
+// verification is reported on stderr and counts as handled (it can never
+// become readable); any other failure, such as the sender's record being
+// unreachable, is returned so the message is not acknowledged unread.
+func show(ctx context.Context, c *client.Client, id *client.Identity, env client.Envelope, stdout, stderr io.Writer) error {
+	pt, err := c.Decrypt(ctx, id, env)
+	switch {
+	case err == nil:
+		fmt.Fprintf(stdout, "[%d] %s: %s\n", env.Seq, safeText(pt.From), indent(safeText(pt.Body)))
+		return nil
+	case errors.Is(err, client.ErrInvalidMessage), client.ErrorCode(err) == server.CodeUnknownHandle:
+		fmt.Fprintf(stderr, "[%d] skipped, not a valid message: %s\n", env.Seq, safeText(err.Error()))
+		return nil
+	default:
+		return fmt.Errorf("reading seq %d: %w", env.Seq, err)
+	}
+}
+
+// safeText makes text from the network safe to print on a terminal: control
+// characters (but newline and tab) and the bidirectional overrides that can
+// reorder what is shown are replaced by visible escapes.
+func safeText(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\n' || r == '\t':
+			b.WriteRune(r)
+		case r == unicode.ReplacementChar:
+			b.WriteRune(r)
+		case unicode.IsControl(r), unicode.Is(unicode.Bidi_Control, r), r == '\u2028', r == '\u2029':
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// indent indents the lines after the first, so a body cannot pass for
+// another "[seq] from:" line.
+func indent(s string) string {
+	return strings.ReplaceAll(s, "\n", "\n    ")
+}

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/httpapi"
+	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/ratelimit"
+	"kez.lat/chat/server/sqlite"
+)
+
+// serverFlags are the chat server's settings; each also comes from its
+// KEZ_ environment variable.
+type serverFlags struct {
+	bind, db, domain, publicURL, metricsBind string
+	logFormat, logLevel                      string
+	trustedProxies                           string
+	retention, shutdownTimeout               time.Duration
+	maxPending, maxStreams, maxConns         int
+	registerRate, sendRate, handleSendRate   float64
+	failedAuthRate                           float64
+}
+
+func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
+	def := server.DefaultConfig()
+	var f serverFlags
+	fs := newFlagSet("server", "server [flags]\n\nRuns the chat server: the HTTP API, inbox streams and the web app.", stderr)
+	fs.StringVar(&f.bind, "bind", "127.0.0.1:6969", "address to serve HTTP on")
+	fs.StringVar(&f.db, "db", "./kez-chat.db", "SQLite database file")
+	fs.StringVar(&f.domain, "server", def.Domain, "this server's domain; signed payloads must name it")
+	fs.StringVar(&f.publicURL, "public-url", "", "origin clients reach the server at (default http://<bind> for localhost, else https://<server>)")
+	fs.StringVar(&f.metricsBind, "metrics-bind", "127.0.0.1:9469", "address to serve Prometheus /metrics on; empty disables")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed")
+	fs.DurationVar(&f.retention, "retention", def.Retention, "how long unacknowledged messages are kept")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for requests in flight")
+	fs.IntVar(&f.maxPending, "max-pending", def.MaxPending, "unacknowledged messages one inbox may hold")
+	fs.IntVar(&f.maxStreams, "max-streams-per-handle", def.MaxStreamsPerHandle, "inbox streams one handle may have open")
+	fs.IntVar(&f.maxConns, "max-connections", 16384, "HTTP connections served at once")
+	fs.Float64Var(&f.registerRate, "register-rate", 0.2, "registrations per second per client address, burst 20 (0 disables)")
+	fs.Float64Var(&f.sendRate, "send-rate", 200, "messages per second per client address, burst 2x (0 disables)")
+	fs.Float64Var(&f.handleSendRate, "handle-send-rate", 30, "messages per second per sending handle, burst 2x (0 disables)")
+	fs.Float64Var(&f.failedAuthRate, "failed-auth-rate", 1, "failed authentications per second per client address and per handle, burst 30 (0 disables)")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
+	proxies, err := parsePrefixes(f.trustedProxies)
+	if err != nil {
+		return err
+	}
+	if f.publicURL == "" {
+		f.publicURL = "https://" + f.domain
+		if f.domain == "localhost" {
+			f.publicURL = "http://" + f.bind
+		}
+	}
+	return serve(ctx, f, proxies, log)
+}
+
+func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog.Logger) error {
+	store, err := sqlite.Open(ctx, f.db, log)
+	if err != nil {
+		return fmt.Errorf("opening database %s: %w", f.db, err)
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.Error("closing database", "err", err)
+		}
+	}()
+
+	cfg := server.DefaultConfig()
+	cfg.Domain, cfg.Retention, cfg.MaxPending, cfg.MaxStreamsPerHandle = f.domain, f.retention, f.maxPending, f.maxStreams
+	svc := server.NewService(cfg, store, membus.New(), log)
+	if l := ratelimit.New(f.handleSendRate, int(2*f.handleSendRate), 100_000); l != nil {
+		svc.SendLimiter = l
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	api := httpapi.New(httpapi.Config{
+		Version:           version,
+		PublicURL:         f.publicURL,
+		TrustedProxies:    proxies,
+		RegisterLimiter:   ratelimit.New(f.registerRate, 20, 100_000),
+		SendLimiter:       ratelimit.New(f.sendRate, int(2*f.sendRate), 100_000),
+		FailedAuthLimiter: ratelimit.New(f.failedAuthRate, 30, 100_000),
+	}, svc, log, reg)
+
+	ln, err := net.Listen("tcp", f.bind)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", f.bind, err)
+	}
+	httpSrv := &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	servers := []*http.Server{httpSrv}
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() { errc <- httpSrv.Serve(httpapi.LimitListener(ln, f.maxConns)) })
+	if f.metricsBind != "" {
+		mln, err := net.Listen("tcp", f.metricsBind)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listening for metrics on %s: %w", f.metricsBind, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, metricsSrv)
+		wg.Go(func() { errc <- metricsSrv.Serve(mln) })
+	}
+	pruneCtx, stopPrune := context.WithCancel(context.Background())
+	wg.Go(func() { svc.Run(pruneCtx, time.Minute) })
+	log.Info("serving", "server", f.domain, "bind", ln.Addr().String(), "public_url", f.publicURL,
+		"metrics", f.metricsBind, "db", f.db, "version", version)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case serveErr = <-errc:
+	}
+	// Stop accepting, end streams cleanly, let requests in flight finish,
+	// then close the database (deferred above).
+	api.CloseStreams()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+	defer cancel()
+	for _, s := range servers {
+		if err := s.Shutdown(shutdownCtx); err != nil {
+			log.Warn("shutdown incomplete", "err", err)
+		}
+	}
+	stopPrune()
+	wg.Wait()
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("log format %q: want text or json", format)
+	}
+}
+
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(part)
+		if err != nil {
+			return nil, fmt.Errorf("trusted proxy %q: %w", part, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
