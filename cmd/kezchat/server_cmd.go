@@ -20,6 +20,7 @@ import (
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
 	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/sqlite"
 )
@@ -34,6 +35,9 @@ type serverFlags struct {
 	maxPending, maxStreams, maxConns         int
 	registerRate, sendRate, handleSendRate   float64
 	failedAuthRate                           float64
+	vapidKeyPath, vapidSubject, pushAllow    string
+	pushTTL                                  time.Duration
+	maxPushSubscriptions                     int
 }
 
 func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -57,6 +61,11 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.Float64Var(&f.sendRate, "send-rate", 200, "messages per second per client address, burst 2x (0 disables)")
 	fs.Float64Var(&f.handleSendRate, "handle-send-rate", 30, "messages per second per sending handle, burst 2x (0 disables)")
 	fs.Float64Var(&f.failedAuthRate, "failed-auth-rate", 1, "failed authentications per second per client address and per handle, burst 30 (0 disables)")
+	fs.StringVar(&f.vapidSubject, "vapid-subject", "", "Web Push contact, a mailto: or https: URL (a bare e-mail address is made mailto:); Web Push is off without it")
+	fs.StringVar(&f.vapidKeyPath, "vapid-key-path", "./kez-chat-vapid.pem", "VAPID key (PEM PKCS#8), generated on first start and never replaced while it exists")
+	fs.StringVar(&f.pushAllow, "push-allow-endpoint", "", "comma-separated push endpoints allowed beyond the push services' hosts: origins (http://127.0.0.1:8080, trusted as written) or host patterns (push.example.net, *.example.net)")
+	fs.DurationVar(&f.pushTTL, "push-ttl", 24*time.Hour, "how long push services keep a notification for an offline device")
+	fs.IntVar(&f.maxPushSubscriptions, "max-push-subscriptions", def.MaxPushSubscriptions, "push subscriptions one handle may have; the oldest is evicted")
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
 	}
@@ -93,6 +102,7 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 
 	cfg := server.DefaultConfig()
 	cfg.Domain, cfg.Retention, cfg.MaxPending, cfg.MaxStreamsPerHandle = f.domain, f.retention, f.maxPending, f.maxStreams
+	cfg.MaxPushSubscriptions = f.maxPushSubscriptions
 	svc := server.NewService(cfg, store, membus.New(), log)
 	if l := ratelimit.New(f.handleSendRate, int(2*f.handleSendRate), 100_000); l != nil {
 		svc.SendLimiter = l
@@ -100,7 +110,19 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var vapidPublicKey string
+	var sender *push.Sender
+	if f.vapidSubject != "" {
+		var policy *push.Policy
+		if sender, policy, vapidPublicKey, err = startPush(f, store, log, reg); err != nil {
+			return err
+		}
+		svc.Pusher, svc.Endpoints = sender, policy
+	} else {
+		log.Info("Web Push is off: set --vapid-subject to turn it on")
+	}
 	api := httpapi.New(httpapi.Config{
+		VAPIDPublicKey:    vapidPublicKey,
 		Version:           version,
 		PublicURL:         f.publicURL,
 		TrustedProxies:    proxies,
@@ -159,12 +181,47 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 		}
 	}
 	stopPrune()
+	if sender != nil {
+		if err := sender.Close(shutdownCtx); err != nil {
+			log.Warn("push sender did not stop in time", "err", err)
+		}
+	}
 	wg.Wait()
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return serveErr
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// startPush loads (or creates) the VAPID key and starts the push sender.
+// A bad subject or key file stops start-up: pushes sent under a wrong
+// identity would fail silently at every push service.
+func startPush(f serverFlags, store push.SubscriptionStore, log *slog.Logger, reg prometheus.Registerer) (*push.Sender, *push.Policy, string, error) {
+	subject, err := push.NormalizeSubject(f.vapidSubject)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("--vapid-subject: %w", err)
+	}
+	key, created, err := push.LoadOrCreateKey(f.vapidKeyPath)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("--vapid-key-path: %w", err)
+	}
+	if created {
+		log.Info("generated a VAPID key; keep this file, a new key breaks every push subscription", "path", f.vapidKeyPath)
+	}
+	var extra []string
+	for _, e := range strings.Split(f.pushAllow, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			extra = append(extra, e)
+		}
+	}
+	policy, err := push.NewPolicy(extra)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("--push-allow-endpoint: %w", err)
+	}
+	sender := push.NewSender(push.Config{Key: key, Subject: subject, TTL: f.pushTTL}, store, policy, log, reg)
+	sender.Start()
+	return sender, policy, push.PublicKey(key), nil
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

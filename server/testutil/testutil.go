@@ -18,6 +18,7 @@ import (
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
 	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/sqlite"
 )
@@ -31,6 +32,11 @@ type Options struct {
 	HTTP      func(*httpapi.Config)
 	DBPath    string // default: a file in t.TempDir()
 	SendLimit *ratelimit.Limiter
+	// Push, when set, turns Web Push on: Push.Key and Push.Subject are
+	// required; AllowEndpoints widens the endpoint policy (a local push
+	// service's origin).
+	Push           *push.Config
+	AllowEndpoints []string
 }
 
 // Server is a running test server.
@@ -74,16 +80,27 @@ func StartServer(t testing.TB, opts Options) *Server {
 	if opts.SendLimit != nil {
 		svc.SendLimiter = opts.SendLimit
 	}
+	reg := prometheus.NewRegistry()
+	hcfg := httpapi.Config{Version: "test", PublicURL: "https://" + Domain}
+	var sender *push.Sender
+	if opts.Push != nil {
+		policy, err := push.NewPolicy(opts.AllowEndpoints)
+		if err != nil {
+			t.Fatalf("push policy: %v", err)
+		}
+		sender = push.NewSender(*opts.Push, store, policy, log, reg)
+		sender.Start()
+		svc.Pusher, svc.Endpoints = sender, policy
+		hcfg.VAPIDPublicKey = push.PublicKey(opts.Push.Key)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listening: %v", err)
 	}
 	url := "http://" + ln.Addr().String()
-	hcfg := httpapi.Config{Version: "test", PublicURL: "https://" + Domain}
 	if opts.HTTP != nil {
 		opts.HTTP(&hcfg)
 	}
-	reg := prometheus.NewRegistry()
 	api := httpapi.New(hcfg, svc, log, reg)
 	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(ln)
@@ -96,6 +113,13 @@ func StartServer(t testing.TB, opts Options) *Server {
 		defer cancel()
 		if err := hs.Shutdown(ctx); err != nil {
 			hs.Close()
+		}
+		if sender != nil {
+			// A test may leave its push service hanging; the sender then
+			// abandons what is in flight, as it would at a real shutdown.
+			if err := sender.Close(ctx); err != nil {
+				t.Logf("push sender abandoned work at shutdown: %v", err)
+			}
 		}
 		if err := store.Close(); err != nil {
 			t.Errorf("closing store: %v", err)

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestServerRefusesToStartWithABadVAPIDSubject(t *testing.T) {
+	for _, subject := range []string{"ops", "http://chat.example", "mailto:ops@localhost", "https://localhost/contact", "ftp://x"} {
+		t.Run(subject, func(t *testing.T) {
+			dir := t.TempDir()
+			var stderr bytes.Buffer
+			code := run(context.Background(), []string{"server", "--db", filepath.Join(dir, "db"), "--bind", "127.0.0.1:0",
+				"--metrics-bind", "", "--vapid-key-path", filepath.Join(dir, "vapid.pem"), "--vapid-subject", subject}, &stderr, &stderr)
+			if code != 1 || !strings.Contains(stderr.String(), "--vapid-subject") {
+				t.Fatalf("exit %d, stderr %q: want 1 and a message naming --vapid-subject", code, stderr.String())
+			}
+			if _, err := os.Stat(filepath.Join(dir, "vapid.pem")); !os.IsNotExist(err) {
+				t.Fatal("a VAPID key was generated for a server that refused to start")
+			}
+		})
+	}
+}
+
+func TestServerHelpNamesTheEnvironmentVariableOfEveryFlag(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"server", "--help"}, &out, &out); code != 0 {
+		t.Fatalf("--help exited %d", code)
+	}
+	for _, env := range []string{"KEZ_BIND", "KEZ_DB", "KEZ_SERVER", "KEZ_RETENTION", "KEZ_MAX_PENDING", "KEZ_VAPID_SUBJECT", "KEZ_VAPID_KEY_PATH", "KEZ_PUSH_ALLOW_ENDPOINT", "KEZ_LOG_FORMAT"} {
+		if !strings.Contains(out.String(), env) {
+			t.Errorf("server --help does not mention %s", env)
+		}
+	}
+}
+
+func TestFlagsComeFromTheEnvironmentUnlessGiven(t *testing.T) {
+	t.Setenv("KEZ_MAX_PENDING", "7")
+	t.Setenv("KEZ_SERVER", "env.example")
+	fs := newFlagSet("server", "server", &bytes.Buffer{})
+	pending := fs.Int("max-pending", 1, "")
+	server := fs.String("server", "localhost", "")
+	if err := parseWithEnv(fs, []string{"--server", "flag.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if *pending != 7 || *server != "flag.example" {
+		t.Fatalf("max-pending %d (want 7 from env), server %q (want the flag's)", *pending, *server)
+	}
+	t.Setenv("KEZ_MAX_PENDING", "many")
+	fs = newFlagSet("server", "server", &bytes.Buffer{})
+	fs.Int("max-pending", 1, "")
+	if err := parseWithEnv(fs, nil); err == nil || !strings.Contains(err.Error(), "KEZ_MAX_PENDING") {
+		t.Fatalf("bad env value: %v", err)
+	}
+}
