@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"runtime"
@@ -33,22 +34,38 @@ const (
 	// starts: the server accepts ts within 5 minutes, and sending must end
 	// inside that window.
 	maxMessageAge = 3 * time.Minute
+	// maxRateDuration bounds the open-loop phase, which starts at most
+	// maxMessageAge after signing, to the rest of that window.
+	maxRateDuration = 2 * time.Minute
 )
 
-// throughputResult is what phase 1 measured.
-type throughputResult struct {
-	accepted, failed int
-	wall             time.Duration // first POST to last 201
-	rate             float64       // accepted / wall
-	post, delivery   latencies
-	delivered        int // message events read from the streams
-	missing          int // accepted, never delivered
-	duplicates       int // delivered more than once
-	outOfOrder       int // an event whose seq did not follow the stream's last
-	unexpected       int // an event that is none of this run's messages
+// loadResult is what one load phase measured: the closed loop (phase 1) or
+// the open loop at a fixed rate (phase 2).
+type loadResult struct {
+	sent, accepted, failed int
+	// wall runs from the first send (closed loop) or the first scheduled
+	// send (open loop) to the last 201.
+	wall           time.Duration
+	rate           float64 // accepted / wall
+	offered        float64 // the open loop's schedule, messages/s; 0 for the closed loop
+	post, delivery latencies
+	// lag is how long after its scheduled time each open-loop send began
+	// (waiting for a free sender, or for the bench's own CPU).
+	lag        latencies
+	delivered  int // message events read from the streams
+	missing    int // accepted, never delivered
+	duplicates int // delivered more than once
+	outOfOrder int // an event whose seq did not follow the stream's last
+	unexpected int // an event that is none of this phase's messages
 	// CPU used while sending, in cores (CPU time / wall time); the server's
 	// is 0 for a --target.
 	serverCores, benchCores float64
+}
+
+// exactlyOnce reports whether every accepted message was delivered once, in
+// order, and nothing else was.
+func (r *loadResult) exactlyOnce() bool {
+	return r.missing == 0 && r.duplicates == 0 && r.outOfOrder == 0 && r.unexpected == 0
 }
 
 // benchUser is a registered identity and its public record.
@@ -102,27 +119,24 @@ func handles(tag, kind string, n int) []string {
 	return hs
 }
 
-// messageID is the id of this run's message i; deliveries are matched by it.
-func messageID(tag string, i int) string { return tag + "." + strconv.Itoa(i) }
-
-// messageIndex is the i of messageID(tag, i), or -1.
-func messageIndex(tag, id string) int {
-	rest, ok := strings.CutPrefix(id, tag+".")
-	if !ok {
-		return -1
+// newMessageIDs returns n random message ids, as clients make them
+// (client.NewMessageID): the store's idempotency keys then spread as they
+// do in real use, not in the order of a counter.
+func newMessageIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = client.NewMessageID()
 	}
-	i, err := strconv.Atoi(rest)
-	if err != nil {
-		return -1
-	}
-	return i
+	return ids
 }
 
 // buildMessages signs and encrypts every message before the timed phase,
 // on all cores, so client crypto does not compete with the server while it
-// is measured. Message i goes from sender i mod len(senders) to recipient
-// i mod len(recipients); the result is each request body, ready to POST.
-func buildMessages(ctx context.Context, tag string, senders, recipients []benchUser, n, size int, ts time.Time) ([][]byte, error) {
+// is measured. Message i, with id ids[i], goes from sender i mod
+// len(senders) to recipient i mod len(recipients); the result is each
+// request body, ready to POST.
+func buildMessages(ctx context.Context, ids []string, senders, recipients []benchUser, size int, ts time.Time) ([][]byte, error) {
+	n := len(ids)
 	bodies := make([][]byte, n)
 	text := strings.Repeat("benchmark ", size/10+1)[:size]
 	var next atomic.Int64
@@ -136,7 +150,7 @@ func buildMessages(ctx context.Context, tag string, senders, recipients []benchU
 					return
 				}
 				from, to := senders[i%len(senders)], recipients[i%len(recipients)]
-				doc, err := client.NewMessageAt(from.id, to.user, messageID(tag, i), text, ts)
+				doc, err := client.NewMessageAt(from.id, to.user, ids[i], text, ts)
 				if err == nil {
 					bodies[i], err = marshalSigned(doc)
 				}
@@ -168,16 +182,19 @@ func marshalSigned(doc signing.Signed) ([]byte, error) {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
-// deliveryLog records, per message, when it was sent and when (and how
-// often) a stream delivered it. Times are nanoseconds since base on the
-// monotonic clock; senders and stream readers touch disjoint or atomic
+// deliveryLog records, per message of one phase, when it was sent and when
+// (and how often) a stream delivered it. Times are nanoseconds since base on
+// the monotonic clock; senders and stream readers touch disjoint or atomic
 // fields, so there is no lock on the hot path.
 type deliveryLog struct {
-	tag        string
-	base       time.Time
-	sentAt     []atomic.Int64 // before the POST
-	answeredAt []int64        // the 201, written by the one sender of i
-	accepted   []bool         // written by the one sender of i
+	index map[string]int // message id -> i; read-only once built
+	base  time.Time
+	// sentAt is when message i was sent: just before its POST in the closed
+	// loop, its scheduled time in the open loop. Both latencies run from it.
+	sentAt     []atomic.Int64
+	startedAt  []int64 // when its POST began, written by the one sender of i
+	answeredAt []int64 // the 201, written by the one sender of i
+	accepted   []bool  // written by the one sender of i
 	deliveries []atomic.Int32
 	latency    []atomic.Int64 // of the first delivery
 	delivered  atomic.Int64
@@ -185,24 +202,30 @@ type deliveryLog struct {
 	outOfOrder atomic.Int64
 }
 
-func newDeliveryLog(tag string, n int) *deliveryLog {
-	return &deliveryLog{
-		tag:        tag,
+func newDeliveryLog(ids []string) *deliveryLog {
+	n := len(ids)
+	l := &deliveryLog{
+		index:      make(map[string]int, n),
 		base:       time.Now(),
 		sentAt:     make([]atomic.Int64, n),
+		startedAt:  make([]int64, n),
 		answeredAt: make([]int64, n),
 		accepted:   make([]bool, n),
 		deliveries: make([]atomic.Int32, n),
 		latency:    make([]atomic.Int64, n),
 	}
+	for i, id := range ids {
+		l.index[id] = i
+	}
+	return l
 }
 
 func (l *deliveryLog) now() int64 { return int64(time.Since(l.base)) }
 
 // deliver records that a stream delivered the message with id.
 func (l *deliveryLog) deliver(id string) {
-	i := messageIndex(l.tag, id)
-	if i < 0 || i >= len(l.deliveries) {
+	i, ok := l.index[id]
+	if !ok {
 		l.unexpected.Add(1)
 		return
 	}
@@ -213,17 +236,39 @@ func (l *deliveryLog) deliver(id string) {
 	}
 }
 
-// sendAll posts every body from cfg.senders goroutines, in index order
-// across them, recording each send time and answer.
-func sendAll(ctx context.Context, hc *http.Client, base string, bodies [][]byte, senders int, log *deliveryLog) (failures map[string]int) {
-	var next atomic.Int64
-	var mu sync.Mutex
-	failures = map[string]int{}
-	fail := func(why string) {
-		mu.Lock()
-		failures[why]++
-		mu.Unlock()
+// failureCounts counts refusals by reason; senders share it.
+type failureCounts struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (f *failureCounts) add(why string, n int) {
+	f.mu.Lock()
+	if f.m == nil {
+		f.m = map[string]int{}
 	}
+	f.m[why] += n
+	f.mu.Unlock()
+}
+
+// postOne posts message i and records when it began and how it was answered.
+func postOne(ctx context.Context, hc *http.Client, u string, body []byte, i int, log *deliveryLog, fail *failureCounts) {
+	log.startedAt[i] = log.now()
+	status, why := post(ctx, hc, u, body)
+	log.answeredAt[i] = log.now()
+	if status == http.StatusCreated {
+		log.accepted[i] = true
+	} else {
+		fail.add(why, 1)
+	}
+}
+
+// sendClosedLoop posts every body from senders goroutines, each sending its
+// next message as soon as the last one is answered (a closed loop: the
+// server's speed sets the pace). Each message's latency runs from just
+// before its POST.
+func sendClosedLoop(ctx context.Context, hc *http.Client, base string, bodies [][]byte, senders int, log *deliveryLog, fail *failureCounts) {
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range senders {
 		wg.Go(func() {
@@ -233,22 +278,75 @@ func sendAll(ctx context.Context, hc *http.Client, base string, bodies [][]byte,
 					return
 				}
 				if ctx.Err() != nil {
-					fail(ctx.Err().Error())
+					fail.add(ctx.Err().Error(), 1)
 					continue
 				}
 				log.sentAt[i].Store(log.now())
-				status, why := post(ctx, hc, base+"/v1/messages", bodies[i])
-				log.answeredAt[i] = log.now()
-				if status == http.StatusCreated {
-					log.accepted[i] = true
-				} else {
-					fail(why)
-				}
+				postOne(ctx, hc, base+"/v1/messages", bodies[i], i, log, fail)
 			}
 		})
 	}
 	wg.Wait()
-	return failures
+}
+
+// sendOpenLoop posts the bodies on a fixed schedule, message i at
+// i/rate after the start, from at most inFlight requests at once. Each
+// message's latency runs from its scheduled time (see openLoop).
+func sendOpenLoop(ctx context.Context, hc *http.Client, base string, bodies [][]byte, rate float64, inFlight int, log *deliveryLog, fail *failureCounts) {
+	unsent := openLoop(ctx, len(bodies), rate, inFlight, log.now, func(i int, due int64) {
+		log.sentAt[i].Store(due)
+		postOne(ctx, hc, base+"/v1/messages", bodies[i], i, log, fail)
+	})
+	if unsent > 0 {
+		fail.add("not sent: "+context.Cause(ctx).Error(), unsent)
+	}
+}
+
+// openLoop calls send(i, due) for every i in [0, n), where due = start +
+// i/rate on clock's scale (nanoseconds) and start is clock() when it
+// begins. The schedule never waits for answers: a send is handed to one of
+// inFlight workers at its due time, or, when every worker is busy, as soon
+// as one is free. A latency measured from due therefore includes any wait
+// for the server, as a user sending at that rate would see it, instead of
+// leaving out the sends a slow answer held back (coordinated omission, which
+// a closed loop suffers; wrk2 measures the same way). It returns once every
+// send has returned, with the number of messages it did not send because
+// ctx ended.
+func openLoop(ctx context.Context, n int, rate float64, inFlight int, clock func() int64, send func(i int, due int64)) (unsent int) {
+	type item struct {
+		i   int
+		due int64
+	}
+	work := make(chan item) // unbuffered: only an idle worker takes a send
+	var wg sync.WaitGroup
+	for range min(inFlight, n) {
+		wg.Go(func() {
+			for it := range work {
+				send(it.i, it.due)
+			}
+		})
+	}
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+	interval := float64(time.Second) / rate
+	start := clock()
+	for i := range n {
+		due := start + int64(float64(i)*interval)
+		// The runtime may sleep longer than asked (up to about a
+		// millisecond); the sends that fell due meanwhile then go at once,
+		// late by that much, and their latency counts it.
+		if wait := due - clock(); wait > 0 {
+			time.Sleep(time.Duration(wait))
+		}
+		select {
+		case work <- item{i, due}:
+		case <-ctx.Done():
+			return n - i
+		}
+	}
+	return 0
 }
 
 // post sends one message body and returns the status, and for a refusal a
@@ -275,124 +373,206 @@ func post(ctx context.Context, hc *http.Client, u string, body []byte) (int, str
 	return resp.StatusCode, fmt.Sprintf("%d %s", resp.StatusCode, e.Error.Code)
 }
 
-// runThroughput is phase 1: register, pre-build, open the streams, send
-// everything, wait for the deliveries, and check each arrived exactly once.
-func runThroughput(ctx context.Context, cfg benchConfig, t *benchTarget, hc *http.Client, tag string, p *benchPrinter) (*throughputResult, error) {
+// loadRun is what the two load phases share: the registered users, one
+// open stream per recipient and its reader, which records each delivery in
+// the log of the phase under way.
+type loadRun struct {
+	cfg        benchConfig
+	t          *benchTarget
+	hc         *http.Client
+	p          *benchPrinter
+	senders    []benchUser
+	recipients []benchUser
+	streams    []*rawStream
+	readers    sync.WaitGroup
+	log        atomic.Pointer[deliveryLog]
+}
+
+// startLoad registers cfg.streams recipients and benchSenderIDs senders
+// (handles prefixed with tag) and opens a stream for each recipient.
+func startLoad(ctx context.Context, cfg benchConfig, t *benchTarget, hc *http.Client, tag string, p *benchPrinter) (*loadRun, error) {
+	r := &loadRun{cfg: cfg, t: t, hc: hc, p: p}
 	c := client.New(t.url, hc)
 	domain, err := c.Domain(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var senders, recipients []benchUser
 	err = p.step(fmt.Sprintf("registering %d recipients and %d senders", cfg.streams, benchSenderIDs), func() error {
 		var err error
-		if recipients, err = registerUsers(ctx, c, handles(tag, "r", cfg.streams)); err != nil {
+		if r.recipients, err = registerUsers(ctx, c, handles(tag, "r", cfg.streams)); err != nil {
 			return err
 		}
-		senders, err = registerUsers(ctx, c, handles(tag, "s", benchSenderIDs))
+		r.senders, err = registerUsers(ctx, c, handles(tag, "s", benchSenderIDs))
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-
-	var bodies [][]byte
-	signedAt := time.Now()
-	err = p.step(fmt.Sprintf("signing and encrypting %d messages of %d bytes", cfg.messages, cfg.msgSize), func() error {
-		var err error
-		bodies, err = buildMessages(ctx, tag, senders, recipients, cfg.messages, cfg.msgSize, signedAt)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-
-	log := newDeliveryLog(tag, cfg.messages)
-	var streams []*rawStream
 	err = p.step(fmt.Sprintf("opening %d streams", cfg.streams), func() error {
 		var err error
-		streams, err = openStreams(ctx, t, domain, recipients, 4<<10)
+		r.streams, err = openStreams(ctx, t, domain, r.recipients, 4<<10)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	var readers sync.WaitGroup
-	for _, st := range streams {
-		readers.Go(func() { st.follow(log) })
+	r.log.Store(newDeliveryLog(nil))
+	for _, st := range r.streams {
+		r.readers.Go(func() { st.follow(&r.log) })
 	}
-	defer func() {
-		for _, st := range streams {
-			st.close()
-		}
-		readers.Wait()
-	}()
+	return r, nil
+}
 
-	if age := time.Since(signedAt); age > maxMessageAge {
-		return nil, fmt.Errorf("the messages were signed %s ago, too close to the server's 5 minute window; send fewer (--messages)", age.Round(time.Second))
+// close ends the streams and waits for their readers.
+func (r *loadRun) close() {
+	for _, st := range r.streams {
+		st.close()
 	}
-	p.printf("sending %d messages from %d concurrent senders ... ", cfg.messages, cfg.senders)
+	r.readers.Wait()
+}
+
+// prepare makes n messages with fresh ids and ts for the next phase and
+// makes its log the one deliveries are recorded in: from now on, a late
+// delivery of an earlier phase's message counts as unexpected.
+func (r *loadRun) prepare(ctx context.Context, n int) (*deliveryLog, [][]byte, error) {
+	ids := newMessageIDs(n)
+	log := newDeliveryLog(ids)
+	r.log.Store(log)
+	var bodies [][]byte
+	signedAt := time.Now()
+	err := r.p.step(fmt.Sprintf("signing and encrypting %d messages of %d bytes", n, r.cfg.msgSize), func() error {
+		var err error
+		bodies, err = buildMessages(ctx, ids, r.senders, r.recipients, r.cfg.msgSize, signedAt)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if age := time.Since(signedAt); age > maxMessageAge {
+		return nil, nil, fmt.Errorf("the messages were signed %s ago, too close to the server's 5 minute window; send fewer", age.Round(time.Second))
+	}
+	return log, bodies, nil
+}
+
+// closedLoop is phase 1, the maximum throughput: cfg.messages messages from
+// cfg.senders senders that each wait for an answer before sending again.
+func (r *loadRun) closedLoop(ctx context.Context) (*loadResult, error) {
+	log, bodies, err := r.prepare(ctx, r.cfg.messages)
+	if err != nil {
+		return nil, err
+	}
+	r.p.printf("sending %d messages from %d concurrent senders (closed loop) ... ", len(bodies), r.cfg.senders)
 	// Both processes share the machine's cores: record what each used.
-	cpu := startCPUMeter(t)
-	failures := sendAll(ctx, hc, t.url, bodies, cfg.senders, log)
-	r := &throughputResult{}
-	r.serverCores, r.benchCores = cpu.cores()
+	cpu := startCPUMeter(r.t)
+	var fail failureCounts
+	sendClosedLoop(ctx, r.hc, r.t.url, bodies, r.cfg.senders, log, &fail)
+	res := r.collect(ctx, log, cpu, &fail)
+	r.p.printf("phase 1, maximum throughput: %d of %d messages accepted in %s: %.0f messages/s\n",
+		res.accepted, res.sent, fmtDuration(res.wall), res.rate)
+	r.report(res)
+	return res, nil
+}
+
+// openLoop is phase 2, latency at a fixed rate: cfg.rate messages a second
+// for cfg.rateDuration, each sent at its scheduled time whatever the
+// answers to earlier ones, with latencies measured from that time.
+func (r *loadRun) openLoop(ctx context.Context) (*loadResult, error) {
+	n := int(math.Ceil(r.cfg.rate * r.cfg.rateDuration.Seconds()))
+	log, bodies, err := r.prepare(ctx, n)
+	if err != nil {
+		return nil, err
+	}
+	r.p.printf("sending %d messages at %.0f/s (open loop, at most %d in flight) ... ", n, r.cfg.rate, r.cfg.inFlight)
+	cpu := startCPUMeter(r.t)
+	var fail failureCounts
+	sendOpenLoop(ctx, r.hc, r.t.url, bodies, r.cfg.rate, r.cfg.inFlight, log, &fail)
+	res := r.collect(ctx, log, cpu, &fail)
+	res.offered = r.cfg.rate
+	r.p.printf("phase 2, latency at a fixed rate: %d of %d messages accepted; offered %.0f/s, achieved %.0f/s\n",
+		res.accepted, res.sent, res.offered, res.rate)
+	r.report(res)
+	return res, nil
+}
+
+// collect waits for the deliveries still in flight and computes a phase's
+// figures from its log.
+func (r *loadRun) collect(ctx context.Context, log *deliveryLog, cpu *cpuMeter, fail *failureCounts) *loadResult {
+	n := len(log.sentAt)
+	res := &loadResult{sent: n}
+	res.serverCores, res.benchCores = cpu.cores()
 	first, last := int64(-1), int64(0)
-	postLat := make([]time.Duration, 0, cfg.messages)
-	for i := range cfg.messages {
+	postLat := make([]time.Duration, 0, n)
+	lag := make([]time.Duration, 0, n)
+	for i := range n {
+		if log.startedAt[i] == 0 { // never sent: ctx ended first
+			res.failed++
+			continue
+		}
 		if s := log.sentAt[i].Load(); first < 0 || s < first {
 			first = s
 		}
 		if !log.accepted[i] {
-			r.failed++
+			res.failed++
 			continue
 		}
-		r.accepted++
+		res.accepted++
 		last = max(last, log.answeredAt[i])
 		postLat = append(postLat, time.Duration(log.answeredAt[i]-log.sentAt[i].Load()))
+		lag = append(lag, time.Duration(log.startedAt[i]-log.sentAt[i].Load()))
 	}
-	r.wall = time.Duration(last - first)
-	if r.wall > 0 {
-		r.rate = float64(r.accepted) / r.wall.Seconds()
+	res.wall = time.Duration(last - first)
+	if res.wall > 0 {
+		res.rate = float64(res.accepted) / res.wall.Seconds()
 	}
-	p.printf("%s\n", fmtDuration(r.wall))
-	if len(failures) > 0 {
-		p.printf("  refused: %s\n", fmtCounts(failures))
+	r.p.printf("%s\n", fmtDuration(res.wall))
+	if len(fail.m) > 0 {
+		r.p.printf("  refused: %s\n", fmtCounts(fail.m))
 	}
 
 	// Wait for the deliveries still in flight (normally none).
 	deadline := time.Now().Add(deliveryGrace)
-	for int(log.delivered.Load()) < r.accepted && time.Now().Before(deadline) && ctx.Err() == nil {
+	for int(log.delivered.Load()) < res.accepted && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
-	deliveryLat := make([]time.Duration, 0, r.accepted)
-	for i := range cfg.messages {
-		n := log.deliveries[i].Load()
+	deliveryLat := make([]time.Duration, 0, res.accepted)
+	for i := range n {
+		k := log.deliveries[i].Load()
 		switch {
-		case n == 0 && log.accepted[i]:
-			r.missing++
-		case n > 1:
-			r.duplicates += int(n - 1)
+		case k == 0 && log.accepted[i]:
+			res.missing++
+		case k > 1:
+			res.duplicates += int(k - 1)
 		}
-		if n > 0 {
+		if k > 0 {
 			deliveryLat = append(deliveryLat, time.Duration(log.latency[i].Load()))
 		}
 	}
-	r.delivered = int(log.delivered.Load())
-	r.unexpected = int(log.unexpected.Load())
-	r.outOfOrder = int(log.outOfOrder.Load())
-	r.post = summarize(postLat)
-	r.delivery = summarize(deliveryLat)
+	res.delivered = int(log.delivered.Load())
+	res.unexpected = int(log.unexpected.Load())
+	res.outOfOrder = int(log.outOfOrder.Load())
+	res.post = summarize(postLat)
+	res.delivery = summarize(deliveryLat)
+	res.lag = summarize(lag)
+	return res
+}
 
-	p.printf("phase 1, throughput: %d of %d messages accepted in %s: %.0f messages/s\n", r.accepted, cfg.messages, fmtDuration(r.wall), r.rate)
-	p.printf("  POST latency      p50 %s  p99 %s  max %s\n", fmtDuration(r.post.p50), fmtDuration(r.post.p99), fmtDuration(r.post.max))
-	p.printf("  delivery latency  p50 %s  p99 %s  max %s\n", fmtDuration(r.delivery.p50), fmtDuration(r.delivery.p99), fmtDuration(r.delivery.max))
-	if r.serverCores > 0 {
-		p.printf("  CPU while sending: server %.2f cores, bench %.2f cores (of %d)\n", r.serverCores, r.benchCores, runtime.NumCPU())
+// report prints a phase's latencies, CPU and delivery check.
+func (r *loadRun) report(res *loadResult) {
+	from := ""
+	if res.offered > 0 {
+		from = "  (from the scheduled send time)"
 	}
-	p.printf("  delivered %d events on %d streams: %d missing, %d duplicates, %d out of order, %d unexpected\n",
-		r.delivered, len(streams), r.missing, r.duplicates, r.outOfOrder, r.unexpected)
-	return r, nil
+	r.p.printf("  POST latency      p50 %s  p99 %s  max %s%s\n", fmtDuration(res.post.p50), fmtDuration(res.post.p99), fmtDuration(res.post.max), from)
+	r.p.printf("  delivery latency  p50 %s  p99 %s  max %s%s\n", fmtDuration(res.delivery.p50), fmtDuration(res.delivery.p99), fmtDuration(res.delivery.max), from)
+	if res.offered > 0 {
+		r.p.printf("  sends began after their scheduled time by p50 %s  p99 %s  max %s\n",
+			fmtDuration(res.lag.p50), fmtDuration(res.lag.p99), fmtDuration(res.lag.max))
+	}
+	if res.serverCores > 0 {
+		r.p.printf("  CPU while sending: server %.2f cores, bench %.2f cores (of %d)\n", res.serverCores, res.benchCores, runtime.NumCPU())
+	}
+	r.p.printf("  delivered %d events on %d streams: %d missing, %d duplicates, %d out of order, %d unexpected\n",
+		res.delivered, len(r.streams), res.missing, res.duplicates, res.outOfOrder, res.unexpected)
 }
 
 // cpuMeter measures the CPU the server and the bench use over a span.

@@ -68,8 +68,8 @@ func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer) (*
 		"--handle-send-rate", "0",
 		"--failed-auth-rate", "0",
 		"--max-streams-per-handle", "1000000",
-		"--max-pending", strconv.Itoa(max(10000, 2*cfg.messages)),
-		"--max-connections", strconv.Itoa(max(16384, streams+cfg.senders+registerWorkers+256)),
+		"--max-pending", strconv.Itoa(max(10000, 2*(cfg.messages+int(cfg.rate*cfg.rateDuration.Seconds())))),
+		"--max-connections", strconv.Itoa(max(16384, streams+max(cfg.senders, cfg.inFlight)+registerWorkers+256)),
 		"--shutdown-timeout", "5s",
 	}
 	cmd := exec.Command(exe, args...)

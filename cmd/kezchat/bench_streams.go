@@ -161,8 +161,9 @@ func (st *rawStream) readLine() ([]byte, error) {
 
 // follow reads events until the connection ends, recording each message's
 // delivery by its payload id (no decryption: the id is in the signed
-// payload) and checking that seqs increase.
-func (st *rawStream) follow(log *deliveryLog) {
+// payload) in the log cur holds at the time, and checking that seqs
+// increase.
+func (st *rawStream) follow(cur *atomic.Pointer[deliveryLog]) {
 	var (
 		data         []byte
 		hasData      bool
@@ -187,6 +188,7 @@ func (st *rawStream) follow(log *deliveryLog) {
 		switch {
 		case len(line) == 0: // end of an event
 			if event == "message" && hasData {
+				log := cur.Load()
 				env.Message.Payload.ID = ""
 				if json.Unmarshal(data, &env) != nil || env.Seq != seq {
 					log.unexpected.Add(1)
@@ -210,7 +212,7 @@ func (st *rawStream) follow(log *deliveryLog) {
 	}
 }
 
-// idleResult is what phase 2 measured.
+// idleResult is what phase 3 measured.
 type idleResult struct {
 	streams                int
 	rssBefore, rssAfter    int64 // KiB
@@ -219,7 +221,7 @@ type idleResult struct {
 	stableA, stableB       bool
 }
 
-// runIdle is phase 2: register cfg.idleStreams recipients, read the server's
+// runIdle is phase 3: register cfg.idleStreams recipients, read the server's
 // RSS once it is stable, open a stream for each and read it again once it is
 // stable; the difference per stream is what an idle stream costs.
 func runIdle(ctx context.Context, cfg benchConfig, t *benchTarget, hc *http.Client, tag string, p *benchPrinter) (*idleResult, error) {
@@ -279,7 +281,7 @@ func runIdle(ctx context.Context, cfg benchConfig, t *benchTarget, hc *http.Clie
 	r.settleB = time.Since(start)
 	p.printf("%d KiB after %s%s\n", r.rssAfter, fmtDuration(r.settleB), unstable(r.stableB))
 	r.perStreamKiB = float64(r.rssAfter-r.rssBefore) / float64(r.streams)
-	p.printf("phase 2, idle memory: %d streams held open; server RSS %d KiB -> %d KiB: %.1f KiB per idle stream\n",
+	p.printf("phase 3, idle memory: %d streams held open; server RSS %d KiB -> %d KiB: %.1f KiB per idle stream\n",
 		r.streams, r.rssBefore, r.rssAfter, r.perStreamKiB)
 	return r, nil
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,15 +51,17 @@ func TestFollowCountsEachDeliveryAndChecksOrder(t *testing.T) {
 			",\"received_at\":1,\"message\":{\"payload\":{\"ct\":\"" + long + "\",\"id\":\"" + id + "\"},\"signature\":{}}}\n\n"
 	}
 	stream := ": keep-alive\n\n" +
-		event("1", "tag.0") +
-		event("2", "tag.1") +
-		event("3", "tag.1") + // a duplicate delivery
-		event("2", "tag.2") + // seq going back
-		event("4", "other.0") + // not this run's
+		event("1", "id0") +
+		event("2", "id1") +
+		event("3", "id1") + // a duplicate delivery
+		event("2", "id2") + // seq going back
+		event("4", "other") + // not this phase's
 		"event: ping\ndata: {}\n\n" // not a message: ignored
-	log := newDeliveryLog("tag", 3)
+	log := newDeliveryLog([]string{"id0", "id1", "id2"})
+	var cur atomic.Pointer[deliveryLog]
+	cur.Store(log)
 	st := &rawStream{lines: bufio.NewReaderSize(strings.NewReader(stream), 64)}
-	st.follow(log)
+	st.follow(&cur)
 
 	if got := log.delivered.Load(); got != 4 {
 		t.Errorf("delivered %d, want 4", got)
@@ -75,28 +79,92 @@ func TestFollowCountsEachDeliveryAndChecksOrder(t *testing.T) {
 	}
 }
 
-// TestThroughputAgainstARealServer runs phase 1 in miniature against a test
-// server: every message must be accepted and delivered exactly once.
-func TestThroughputAgainstARealServer(t *testing.T) {
+// TestOpenLoopKeepsToItsScheduleAndCountsTheWait sends on a schedule
+// faster than a slow sender can follow: every send still gets its own due
+// time, 2 ms apart, and a latency measured from it includes the wait for a
+// free sender (no coordinated omission).
+func TestOpenLoopKeepsToItsScheduleAndCountsTheWait(t *testing.T) {
+	const n, rate, inFlight = 20, 500.0, 2 // due every 2 ms
+	base := time.Now()
+	clock := func() int64 { return int64(time.Since(base)) }
+	var mu sync.Mutex
+	due := make([]int64, n)
+	answered := make([]int64, n)
+	busy, most := 0, 0
+	unsent := openLoop(context.Background(), n, rate, inFlight, clock, func(i int, d int64) {
+		mu.Lock()
+		busy++
+		most = max(most, busy)
+		mu.Unlock()
+		time.Sleep(10 * time.Millisecond) // a slow server: 200 answers/s at most
+		mu.Lock()
+		busy--
+		due[i], answered[i] = d, clock()
+		mu.Unlock()
+	})
+	if unsent != 0 {
+		t.Fatalf("%d not sent", unsent)
+	}
+	if most > inFlight {
+		t.Fatalf("%d sends at once, want at most %d", most, inFlight)
+	}
+	for i := 1; i < n; i++ {
+		if got := time.Duration(due[i] - due[i-1]); got < 1900*time.Microsecond || got > 2100*time.Microsecond {
+			t.Fatalf("due times %d and %d are %s apart, want 2ms", i-1, i, got)
+		}
+	}
+	// The last send was due 38 ms in but could start only once 18 earlier
+	// ones had taken 10 ms each on 2 senders: about 100 ms, so its latency
+	// is about 62 ms, not the 10 ms the send itself took.
+	if lat := time.Duration(answered[n-1] - due[n-1]); lat < 55*time.Millisecond {
+		t.Fatalf("latency of the last send = %s, want the wait counted (about 62ms)", lat)
+	}
+}
+
+func TestOpenLoopStopsWhenTheContextEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var sent atomic.Int64
+	unsent := openLoop(ctx, 1000, 1000, 4, func() int64 { return time.Now().UnixNano() }, func(int, int64) {
+		if sent.Add(1) == 10 {
+			cancel()
+		}
+	})
+	if got := int(sent.Load()) + unsent; got != 1000 || unsent == 0 {
+		t.Fatalf("sent %d, unsent %d; want them to add up to 1000 with some unsent", sent.Load(), unsent)
+	}
+}
+
+// TestLoadPhasesAgainstARealServer runs phases 1 and 2 in miniature against
+// a test server: every message must be accepted and delivered exactly once.
+func TestLoadPhasesAgainstARealServer(t *testing.T) {
 	srv := testutil.StartServer(t, testutil.Options{})
 	target, err := remoteTarget(srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := benchConfig{streams: 5, messages: 60, senders: 4, msgSize: 20}
-	hc := benchHTTPClient(cfg.senders)
+	cfg := benchConfig{streams: 5, messages: 60, senders: 4, rate: 200, rateDuration: 300 * time.Millisecond, inFlight: 8, msgSize: 20}
+	hc := benchHTTPClient(max(cfg.senders, cfg.inFlight))
 	defer hc.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r, err := runThroughput(ctx, cfg, target, hc, "btest", &benchPrinter{w: io.Discard})
+	closed, open, err := runLoad(ctx, cfg, target, hc, "btest", &benchPrinter{w: io.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.accepted != cfg.messages || r.failed != 0 || r.delivered != cfg.messages ||
-		r.missing != 0 || r.duplicates != 0 || r.outOfOrder != 0 || r.unexpected != 0 {
-		t.Fatalf("result %+v", r)
+	for _, r := range []struct {
+		name string
+		r    *loadResult
+		n    int
+	}{{"closed loop", closed, cfg.messages}, {"open loop", open, 60}} {
+		if r.r.sent != r.n || r.r.accepted != r.n || r.r.failed != 0 || r.r.delivered != r.n || !r.r.exactlyOnce() {
+			t.Fatalf("%s: result %+v", r.name, r.r)
+		}
+		if r.r.rate <= 0 || r.r.post.n != r.n || r.r.delivery.n != r.n {
+			t.Fatalf("%s: no figures: %+v", r.name, r.r)
+		}
 	}
-	if r.rate <= 0 || r.post.n != cfg.messages || r.delivery.n != cfg.messages {
-		t.Fatalf("no figures: %+v", r)
+	// 60 messages at 200/s take about 295 ms from the first due time.
+	if open.offered != cfg.rate || open.wall < 290*time.Millisecond {
+		t.Fatalf("open loop: offered %.0f/s over %s, want 200/s over about 300ms", open.offered, open.wall)
 	}
 }

@@ -17,6 +17,13 @@ var ErrSchemaTooNew = errors.New("database schema is newer than this program; up
 // a new one.
 var migrations = []string{
 	// 1: users, inboxes, idempotency keys and the anti-replay cache.
+	//
+	// The layout keeps down the pages each append dirties, since every
+	// dirty page is a WAL frame to write at commit and later to checkpoint.
+	// Counters live in a narrow table; envelopes and idempotency keys are
+	// rowid tables filled in arrival order (a batch's rows share the last
+	// pages), with small indexes for the lookups by key, which are the only
+	// inserts at random places.
 	`
 CREATE TABLE users (
 	handle     TEXT    PRIMARY KEY,
@@ -25,38 +32,50 @@ CREATE TABLE users (
 	alg        TEXT    NOT NULL,
 	key        BLOB    NOT NULL,
 	enc_key    BLOB    NOT NULL,
-	created_at INTEGER NOT NULL,
-	-- last_seq is the last seq given to this inbox. It lives here, not as
-	-- max(envelopes.seq), so that a seq is never reused after an ack.
-	last_seq   INTEGER NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
-	-- pending counts this inbox's envelopes, for the inbox_full check.
-	pending    INTEGER NOT NULL DEFAULT 0 CHECK (pending >= 0)
+	created_at INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 
+-- inboxes holds each user's inbox counters, which every append updates. A
+-- narrow table of their own packs the counters of about 150 inboxes into a
+-- page, so a batch of appends dirties few pages for them.
+CREATE TABLE inboxes (
+	handle   TEXT    PRIMARY KEY REFERENCES users (handle),
+	-- last_seq is the last seq given to this inbox. It is kept, not taken
+	-- as max(envelopes.seq), so that a seq is never reused after an ack.
+	last_seq INTEGER NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+	-- pending counts this inbox's envelopes, for the inbox_full check.
+	pending  INTEGER NOT NULL DEFAULT 0 CHECK (pending >= 0)
+) STRICT, WITHOUT ROWID;
+
+-- envelopes are stored in the order they arrive (id); the unique index
+-- finds an inbox's envelopes by seq.
 CREATE TABLE envelopes (
-	recipient   TEXT    NOT NULL REFERENCES users (handle),
+	id          INTEGER PRIMARY KEY, -- the rowid: in the order of arrival
+	recipient   TEXT    NOT NULL REFERENCES inboxes (handle),
 	seq         INTEGER NOT NULL,
 	sender      TEXT    NOT NULL,
 	msg_id      TEXT    NOT NULL,
 	received_at INTEGER NOT NULL, -- Unix seconds
 	message     BLOB    NOT NULL,
-	PRIMARY KEY (recipient, seq)
-) STRICT, WITHOUT ROWID;
+	UNIQUE (recipient, seq)
+) STRICT;
 CREATE INDEX envelopes_received_at ON envelopes (received_at);
 
 -- sent_ids answers a retried message with its original seq. It is kept
 -- apart from envelopes so that a retry after an ack still finds it, and is
--- pruned after idempotencyWindow.
+-- pruned after idempotencyWindow, oldest id first: ids follow created_at
+-- (unless the clock steps back, which only keeps some entries longer), so
+-- it needs no index on created_at.
 CREATE TABLE sent_ids (
+	id         INTEGER PRIMARY KEY, -- the rowid: in the order of arrival
 	sender     TEXT    NOT NULL,
 	msg_id     TEXT    NOT NULL,
 	recipient  TEXT    NOT NULL,
 	seq        INTEGER NOT NULL,
 	digest     BLOB    NOT NULL, -- sha256 of the stored message
 	created_at INTEGER NOT NULL, -- Unix seconds, also the envelope's received_at
-	PRIMARY KEY (sender, msg_id)
-) STRICT, WITHOUT ROWID;
-CREATE INDEX sent_ids_created_at ON sent_ids (created_at);
+	UNIQUE (sender, msg_id)
+) STRICT;
 
 -- used_auth is the replay cache of request signatures.
 CREATE TABLE used_auth (

@@ -63,7 +63,7 @@ func TestOpenMigratesAnEmptyFileToTheCurrentSchema(t *testing.T) {
 	if v := userVersion(t, conn); v != len(migrations) {
 		t.Fatalf("user_version = %d, want %d", v, len(migrations))
 	}
-	for _, table := range []string{"users", "envelopes", "sent_ids", "used_auth"} {
+	for _, table := range []string{"users", "inboxes", "envelopes", "sent_ids", "used_auth"} {
 		if !tableExists(t, conn, table) {
 			t.Fatalf("table %s missing", table)
 		}

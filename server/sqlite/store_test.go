@@ -92,7 +92,7 @@ func count(t testing.TB, db *DB, query string, args ...any) int {
 
 func pending(t testing.TB, db *DB, handle string) int {
 	t.Helper()
-	return count(t, db, "SELECT pending FROM users WHERE handle = ?", handle)
+	return count(t, db, "SELECT pending FROM inboxes WHERE handle = ?", handle)
 }
 
 func seqs(envs []*server.Envelope) []uint64 {
@@ -508,6 +508,9 @@ func TestPruneWorksInChunks(t *testing.T) {
 	if p := pending(t, db, "bob") + pending(t, db, "carol"); p != 0 {
 		t.Fatalf("pending = %d after pruning everything", p)
 	}
+	if n := count(t, db, "SELECT count(*) FROM sent_ids"); n != 0 {
+		t.Fatalf("%d message ids left after pruning everything", n)
+	}
 }
 
 func TestReopenKeepsEverything(t *testing.T) {
@@ -625,5 +628,64 @@ func TestConcurrentAppendsGiveEachInboxAGapFreeSequence(t *testing.T) {
 	}
 	if c := db.commits.Load(); c >= goroutines*each {
 		t.Logf("no group commit happened: %d commits for %d appends", c, goroutines*each)
+	}
+}
+
+// setClock makes the writer read its batch times from now, from the next
+// batch on.
+func setClock(t *testing.T, db *DB, now time.Time) {
+	t.Helper()
+	if err := db.submit(context.Background(), func(w *writer) error {
+		w.now = func() time.Time { return now }
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPruneKeepsMessageIDsUntilTheyExpireEvenIfTheClockStepsBack(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	mustCreate(t, db, "alice", "bob")
+	t0 := time.Unix(1_800_000_000, 0)
+	for _, m := range []struct {
+		id string
+		at time.Time
+	}{
+		{"m1", t0}, {"m2", t0},
+		{"m3", t0.Add(100 * time.Second)},
+		{"m4", t0.Add(-50 * time.Second)}, // the clock stepped back
+		{"m5", t0.Add(200 * time.Second)},
+	} {
+		setClock(t, db, m.at)
+		mustAppend(t, db, "bob", "alice", m.id, "x")
+	}
+	// Keys created before t0+50s are past the idempotency window.
+	now := t0.Add(50*time.Second + idempotencyWindow)
+	if _, err := db.Prune(ctx, now, t0.Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.rdb.QueryContext(ctx, "SELECT msg_id FROM sent_ids ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, id)
+	}
+	rows.Close()
+	if fmt.Sprint(left) != "[m3 m5]" {
+		t.Fatalf("message ids left %v, want [m3 m5]", left)
+	}
+	if n := count(t, db, "SELECT count(*) FROM envelopes"); n != 5 {
+		t.Fatalf("%d envelopes left, want all 5", n)
+	}
+	e := envelope("bob", "alice", "m3", "x")
+	if dup, err := db.AppendMessage(ctx, e, 10); err != nil || !dup || e.Seq != 3 {
+		t.Fatalf("retry of m3 = seq %d, dup %v, %v; want the original seq 3", e.Seq, dup, err)
 	}
 }

@@ -66,6 +66,9 @@ func (w *writer) createUser(u *server.User) error {
 		}
 		return fmt.Errorf("inserting user: %w", err)
 	}
+	if _, err := exec(w.insertInbox, u.Handle); err != nil {
+		return fmt.Errorf("creating inbox: %w", err)
+	}
 	return nil
 }
 

@@ -3,9 +3,12 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
+
+	"kez.lat/chat/server"
 )
 
 const (
@@ -16,11 +19,16 @@ const (
 	maxBatch = 256
 )
 
-// job is one write request: run executes inside the batch transaction, in a
-// savepoint of its own, on the writer goroutine.
+// job is one write request: run executes inside the batch transaction on
+// the writer goroutine, in a savepoint of its own, so that a request that
+// fails leaves nothing written. A bare job runs without the savepoint (two
+// statements fewer): its run must refuse (return a *server.Error) only
+// before it has written anything, and any other error it returns ends the
+// whole transaction, as a broken transaction does (see runJob).
 type job struct {
 	ctx  context.Context
 	run  func(w *writer) error
+	bare bool
 	done chan error // buffered: the writer never blocks on an absent caller
 }
 
@@ -42,7 +50,7 @@ type writer struct {
 	sentByID, bumpSeq, pendingOf         *sql.Stmt
 	insertEnvelope, insertSent           *sql.Stmt
 	handleExists, primaryIDExists        *sql.Stmt
-	insertUser                           *sql.Stmt
+	insertUser, insertInbox              *sql.Stmt
 	deleteUpTo, decPending               *sql.Stmt
 	useOnce                              *sql.Stmt
 	pruneEnvelopes, pruneSent, pruneAuth *sql.Stmt
@@ -61,9 +69,9 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 		{&w.release, "RELEASE job"},
 		{&w.rollbackTo, "ROLLBACK TO job"},
 		{&w.sentByID, "SELECT seq, digest, created_at FROM sent_ids WHERE sender = ? AND msg_id = ?"},
-		{&w.bumpSeq, `UPDATE users SET last_seq = last_seq + 1, pending = pending + 1
+		{&w.bumpSeq, `UPDATE inboxes SET last_seq = last_seq + 1, pending = pending + 1
 			WHERE handle = ? AND pending < ? RETURNING last_seq`},
-		{&w.pendingOf, "SELECT pending FROM users WHERE handle = ?"},
+		{&w.pendingOf, "SELECT pending FROM inboxes WHERE handle = ?"},
 		{&w.insertEnvelope, `INSERT INTO envelopes (recipient, seq, sender, msg_id, received_at, message)
 			VALUES (?, ?, ?, ?, ?, ?)`},
 		{&w.insertSent, `INSERT INTO sent_ids (sender, msg_id, recipient, seq, digest, created_at)
@@ -72,8 +80,9 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 		{&w.primaryIDExists, "SELECT 1 FROM users WHERE primary_id = ?"},
 		{&w.insertUser, `INSERT INTO users (handle, primary_id, server, alg, key, enc_key, created_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?)`},
+		{&w.insertInbox, "INSERT INTO inboxes (handle) VALUES (?)"},
 		{&w.deleteUpTo, "DELETE FROM envelopes WHERE recipient = ? AND seq <= ?"},
-		{&w.decPending, "UPDATE users SET pending = pending - ? WHERE handle = ?"},
+		{&w.decPending, "UPDATE inboxes SET pending = pending - ? WHERE handle = ?"},
 		// A present but expired digest is recorded again (and counts as
 		// fresh); a present, unexpired one makes the upsert a no-op that
 		// returns no row.
@@ -81,11 +90,16 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 			ON CONFLICT (digest) DO UPDATE SET expires_at = excluded.expires_at
 			WHERE used_auth.expires_at < ?3
 			RETURNING 1`},
-		{&w.pruneEnvelopes, `DELETE FROM envelopes WHERE (recipient, seq) IN (
-			SELECT recipient, seq FROM envelopes WHERE received_at < ? LIMIT ?)
+		{&w.pruneEnvelopes, `DELETE FROM envelopes WHERE id IN (
+			SELECT id FROM envelopes WHERE received_at < ? LIMIT ?)
 			RETURNING recipient`},
-		{&w.pruneSent, `DELETE FROM sent_ids WHERE (sender, msg_id) IN (
-			SELECT sender, msg_id FROM sent_ids WHERE created_at < ? LIMIT ?)`},
+		// The oldest pruneChunk ids, of which those created before the
+		// cutoff. A chunk with fewer ends the pruning (see pruneLoop); an
+		// entry behind a newer one (the clock stepped back) waits for a
+		// later Prune.
+		{&w.pruneSent, `DELETE FROM sent_ids WHERE id IN (
+			SELECT id FROM (SELECT id, created_at FROM sent_ids ORDER BY id LIMIT ?2)
+			WHERE created_at < ?1)`},
 		{&w.pruneAuth, `DELETE FROM used_auth WHERE digest IN (
 			SELECT digest FROM used_auth WHERE expires_at < ? LIMIT ?)`},
 	} {
@@ -141,6 +155,15 @@ func queryRow(s *sql.Stmt, args ...any) *sql.Row {
 // ctx ends first the request may still be carried out (if the writer had
 // already started it); requests are idempotent or harmless to repeat.
 func (db *DB) submit(ctx context.Context, run func(w *writer) error) error {
+	return db.submitJob(ctx, run, false)
+}
+
+// submitBare is submit for a bare job (see job).
+func (db *DB) submitBare(ctx context.Context, run func(w *writer) error) error {
+	return db.submitJob(ctx, run, true)
+}
+
+func (db *DB) submitJob(ctx context.Context, run func(w *writer) error, bare bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -149,7 +172,7 @@ func (db *DB) submit(ctx context.Context, run func(w *writer) error) error {
 		return ErrClosed
 	default:
 	}
-	j := &job{ctx: ctx, run: run, done: make(chan error, 1)}
+	j := &job{ctx: ctx, run: run, bare: bare, done: make(chan error, 1)}
 	select {
 	case db.jobs <- j:
 	case <-db.closing:
@@ -284,9 +307,19 @@ func (db *DB) runBatch(batch []*job, results []result) {
 	}
 }
 
-// runJob runs j in a savepoint. err is j's own outcome (its writes undone
-// if it failed); fatal reports that the enclosing transaction is broken.
+// runJob runs j in a savepoint, or bare. err is j's own outcome (its writes
+// undone if it failed); fatal reports that the enclosing transaction is
+// broken, or for a bare job that failed other than by refusing, that it
+// must be rolled back.
 func (w *writer) runJob(j *job) (err, fatal error) {
+	if j.bare {
+		err := j.run(w)
+		var refusal *server.Error
+		if err == nil || errors.As(err, &refusal) {
+			return err, nil
+		}
+		return err, fmt.Errorf("request without a savepoint failed: %w", err)
+	}
 	if _, err := exec(w.savepoint); err != nil {
 		return nil, fmt.Errorf("opening savepoint: %w", err)
 	}

@@ -191,3 +191,51 @@ func TestCloseAnswersQueuedRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An append runs without a savepoint of its own: when it fails after its
+// first write, its transaction is rolled back whole. The appends run in it
+// fail with it (none is half stored), and the rest of the batch goes on.
+func TestAppendThatFailsAfterWritingRollsBackItsTransaction(t *testing.T) {
+	db := openTest(t)
+	mustCreate(t, db, "alice", "bob", "carol")
+	// Make inserting carol's envelope fail, after her seq was assigned.
+	err := db.submit(context.Background(), func(w *writer) error {
+		_, err := w.conn.ExecContext(context.Background(), `CREATE TEMP TRIGGER fail_carol
+			BEFORE INSERT ON main.envelopes WHEN NEW.recipient = 'carol'
+			BEGIN SELECT RAISE(ABORT, 'injected failure'); END`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	release := holdWriter(t, db)
+	lost := envelope("bob", "alice", "lost", "x")
+	kept := envelope("bob", "alice", "kept", "x")
+	wait := queue(t, db,
+		appendReq(db, lost, 10),
+		appendReq(db, envelope("carol", "alice", "fails", "x"), 10),
+		appendReq(db, kept, 10),
+	)
+	release()
+	errs := wait()
+	for i, err := range errs[:2] {
+		if err == nil || server.ErrorCode(err) != server.CodeInternal {
+			t.Fatalf("append %d of the rolled back transaction: %v, want an internal error", i, err)
+		}
+	}
+	if errs[2] != nil || kept.Seq != 1 {
+		t.Fatalf("append after the rolled back transaction: seq %d, %v; want seq 1", kept.Seq, errs[2])
+	}
+	for h, want := range map[string]int{"bob": 1, "carol": 0} {
+		if p := pending(t, db, h); p != want {
+			t.Fatalf("pending of %s = %d, want %d", h, p, want)
+		}
+	}
+	if n := count(t, db, "SELECT count(*) FROM sent_ids"); n != 1 {
+		t.Fatalf("%d message ids stored, want only kept's", n)
+	}
+	if n := count(t, db, "SELECT last_seq FROM inboxes WHERE handle = 'carol'"); n != 0 {
+		t.Fatalf("carol's last_seq = %d, want 0: the failed append's seq must be undone", n)
+	}
+}
