@@ -38,18 +38,23 @@ type benchConfig struct {
 	msgSize      int
 	skipIdle     bool
 	timeout      time.Duration
+	// The Web Push phase.
+	skipPush       bool
+	pushRecipients int
+	pushMessages   int
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cfg benchConfig
 	fs := newFlagSet("bench", "bench [flags]\n\n"+
-		"Measures a chat server in three phases: the maximum message throughput\n"+
+		"Measures a chat server in four phases: the maximum message throughput\n"+
 		"(closed loop: each sender waits for its answer), then POST and delivery\n"+
 		"latency at a fixed rate (open loop: each message is sent at its scheduled\n"+
 		"time and its latency runs from that time), both with a stream open per\n"+
-		"recipient, then server memory per idle stream. Without --target it runs\n"+
-		"its own server (this binary) on a free loopback port with a temporary\n"+
-		"database.", stderr)
+		"recipient, then server memory per idle stream, then Web Push notifications\n"+
+		"per second to recipients without a stream, each VAPID-verified and\n"+
+		"decrypted by a local push service. Without --target it runs its own\n"+
+		"server (this binary) on a free loopback port with a temporary database.", stderr)
 	fs.StringVar(&cfg.target, "target", "", "URL of a running server to measure (loopback only); empty starts one")
 	fs.IntVar(&cfg.streams, "streams", targetStreams, "recipients with an open stream during both load phases")
 	fs.IntVar(&cfg.messages, "messages", 50000, "messages sent in the closed-loop throughput phase")
@@ -60,6 +65,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.idleStreams, "idle-streams", 10000, "idle streams held open to measure server memory")
 	fs.IntVar(&cfg.msgSize, "msg-size", 100, "plaintext bytes per message")
 	fs.BoolVar(&cfg.skipIdle, "skip-idle", false, "skip the idle-memory phase")
+	fs.BoolVar(&cfg.skipPush, "skip-push", false, "skip the Web Push phase")
+	fs.IntVar(&cfg.pushRecipients, "push-recipients", 200, "recipients with a push subscription and no stream in the Web Push phase")
+	fs.IntVar(&cfg.pushMessages, "push-messages", 20000, "messages sent in the Web Push phase, one push each")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up when the whole run takes longer")
 	// Like the other client commands, bench takes no settings from the
 	// environment: a KEZ_ variable left in a shell must not change a figure.
@@ -81,7 +89,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	local := cfg.target == ""
 	var target *benchTarget
 	if local {
-		target, err = startBenchServer(ctx, cfg, stderr)
+		target, err = startBenchServer(ctx, cfg, stderr, false)
 	} else {
 		target, err = remoteTarget(cfg.target)
 	}
@@ -118,7 +126,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// OS: stream memory would reuse it and look cheaper than it is.
 		hc.CloseIdleConnections()
 		target.stop(stderr)
-		fresh, err := startBenchServer(ctx, cfg, stderr)
+		fresh, err := startBenchServer(ctx, cfg, stderr, false)
 		if err != nil {
 			return fmt.Errorf("idle phase: %w", err)
 		}
@@ -132,7 +140,38 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		p.printf("\nphase 3, idle memory: %s\n", idleNote)
 	}
 
-	printSummary(stdout, cfg, closed, open, idle, idleNote)
+	var pushRes *pushResult
+	var pushNote string
+	switch {
+	case cfg.skipPush:
+		pushNote = "skipped (--skip-push)"
+	case !local:
+		pushNote = "skipped: the bench cannot make a --target server push to its push service"
+	default:
+		// A fresh server with Web Push on, so the first phases measure the
+		// server as it was, and this one starts from the same state
+		// whether or not phase 3 ran.
+		hc.CloseIdleConnections()
+		target.stop(stderr)
+		fresh, err := startBenchServer(ctx, cfg, stderr, true)
+		if err != nil {
+			return fmt.Errorf("push phase: %w", err)
+		}
+		target = fresh
+		p.printf("\nphase 4 on a fresh server: %s\n", target.describe())
+		if pushRes, err = runPush(ctx, cfg, target, hc, tag, p); err != nil {
+			return fmt.Errorf("push phase: %w", benchErr(ctx, err))
+		}
+	}
+	if pushNote != "" {
+		p.printf("\nphase 4, Web Push: %s\n", pushNote)
+	}
+
+	printSummary(stdout, cfg, closed, open, idle, idleNote, pushRes, pushNote)
+	if pushRes != nil && !pushRes.ok() {
+		return fmt.Errorf("push phase: not every message brought exactly one verified push: %d of %d messages accepted, %d pushed, %d missing, %d duplicates, %d unexpected, %d malformed, %d refused by the push service",
+			pushRes.accepted, pushRes.sent, pushRes.pushed, pushRes.missing, pushRes.duplicates, pushRes.unexpected, pushRes.malformed, pushRes.refused)
+	}
 	for _, ph := range []struct {
 		name string
 		r    *loadResult
@@ -200,6 +239,10 @@ func (cfg benchConfig) check() error {
 		return errors.New("--msg-size must be 0 to 32768")
 	case cfg.timeout <= 0:
 		return errors.New("--timeout must be positive")
+	case !cfg.skipPush && cfg.pushRecipients < 1:
+		return errors.New("--push-recipients must be at least 1")
+	case !cfg.skipPush && (cfg.pushMessages < 1 || cfg.pushMessages > maxPushMessages):
+		return fmt.Errorf("--push-messages must be 1 to %d", maxPushMessages)
 	}
 	// Our side holds one descriptor per stream; leave room for the senders'
 	// connections and the runtime.
@@ -296,7 +339,7 @@ func (p *benchPrinter) step(what string, fn func() error) error {
 }
 
 // printSummary prints the final table: every figure with its target.
-func printSummary(w io.Writer, cfg benchConfig, closed, open *loadResult, idle *idleResult, idleNote string) {
+func printSummary(w io.Writer, cfg benchConfig, closed, open *loadResult, idle *idleResult, idleNote string, push *pushResult, pushNote string) {
 	fmt.Fprintln(w, "\nsummary")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  metric\tresult\ttarget\tmet")
@@ -328,6 +371,14 @@ func printSummary(w io.Writer, cfg benchConfig, closed, open *loadResult, idle *
 			idle.perStreamKiB, idle.streams, targetIdleStreamKiB, yesNo(idle.perStreamKiB <= targetIdleStreamKiB))
 	} else {
 		fmt.Fprintf(tw, "  server memory per idle stream\t%s\t<= %d KiB\t-\n", idleNote, targetIdleStreamKiB)
+	}
+	if push != nil {
+		fmt.Fprintf(tw, "  Web Push, verified and decrypted (%d recipients)\t%.0f pushes/s (%d in %s)\t>= %d pushes/s\t%s\n",
+			push.recipients, push.rate, push.pushed, fmtDuration(push.wall), targetPushRate, yesNo(push.rate >= targetPushRate && push.ok()))
+		fmt.Fprintf(tw, "    pushes missing / duplicate or wrong / refused\t%d / %d / %d\t0 / 0 / 0\t%s\n",
+			push.missing, push.duplicates+push.unexpected+push.malformed, push.refused, yesNo(push.ok()))
+	} else {
+		fmt.Fprintf(tw, "  Web Push, verified and decrypted\t%s\t>= %d pushes/s\t-\n", pushNote, targetPushRate)
 	}
 	tw.Flush()
 }

@@ -352,25 +352,31 @@ func openLoop(ctx context.Context, n int, rate float64, inFlight int, clock func
 // post sends one message body and returns the status, and for a refusal a
 // short reason (the error code, or the transport error).
 func post(ctx context.Context, hc *http.Client, u string, body []byte) (int, string) {
+	status, _, why := postAnswer(ctx, hc, u, body)
+	return status, why
+}
+
+// postAnswer is post that also returns the body of a 201 (the receipt).
+func postAnswer(ctx context.Context, hc *http.Client, u string, body []byte) (int, []byte, string) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
-		return 0, err.Error()
+		return 0, nil, err.Error()
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, err.Error()
+		return 0, nil, err.Error()
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10)) // read to the end, so the connection is reused
 	if resp.StatusCode == http.StatusCreated {
-		return resp.StatusCode, ""
+		return resp.StatusCode, data, ""
 	}
 	var e struct {
 		Error struct{ Code string } `json:"error"`
 	}
 	_ = json.Unmarshal(data, &e)
-	return resp.StatusCode, fmt.Sprintf("%d %s", resp.StatusCode, e.Error.Code)
+	return resp.StatusCode, nil, fmt.Sprintf("%d %s", resp.StatusCode, e.Error.Code)
 }
 
 // loadRun is what the two load phases share: the registered users, one

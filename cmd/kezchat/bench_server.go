@@ -15,10 +15,21 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"kez.lat/chat/server/push"
+	"kez.lat/chat/server/push/pushtest"
 )
 
 // benchDomain is the server name of the bench's own server.
 const benchDomain = "bench.local"
+
+// benchVAPIDSubject is the VAPID contact of the bench's own server when it
+// sends Web Push (phase 4).
+const benchVAPIDSubject = "mailto:bench@example.org"
+
+// benchExecutable is the kezchat binary the bench runs its server with:
+// this one. Tests, whose binary is not kezchat, point it at a build.
+var benchExecutable = os.Executable
 
 // benchTarget is the server under measurement: the bench's own child
 // process, or a --target.
@@ -31,22 +42,34 @@ type benchTarget struct {
 	exited  chan struct{} // closed once the child is reaped
 	waitErr error
 	dir     string // the temporary database's directory
+
+	// Only for the bench's own server with Web Push on: the local push
+	// service it may push to, and the VAPID public key it must use.
+	push     *pushtest.Service
+	vapidKey string
 }
 
 func (t *benchTarget) local() bool { return t.cmd != nil }
 
 func (t *benchTarget) describe() string {
 	if t.local() {
-		return fmt.Sprintf("own server %s (pid %d, temporary database)", t.url, t.cmd.Process.Pid)
+		d := fmt.Sprintf("own server %s (pid %d, temporary database)", t.url, t.cmd.Process.Pid)
+		if t.push != nil {
+			d += fmt.Sprintf(", Web Push on to a local push service at %s", t.push.Origin())
+		}
+		return d
 	}
 	return "target " + t.url
 }
 
 // startBenchServer runs this binary as `kezchat server` on a free loopback
 // port with a temporary database, every rate limit off and room for all the
-// bench's streams, and waits until it is ready.
-func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer) (*benchTarget, error) {
-	exe, err := os.Executable()
+// bench's streams, and waits until it is ready. withPush turns Web Push on:
+// the bench writes a VAPID key into the temporary directory, starts a local
+// push service (pushtest) that accepts only pushes signed with that key
+// under benchVAPIDSubject, and lets the server push to it.
+func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer, withPush bool) (*benchTarget, error) {
+	exe, err := benchExecutable()
 	if err != nil {
 		return nil, fmt.Errorf("finding this binary to run the server: %w", err)
 	}
@@ -54,6 +77,7 @@ func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer) (*
 	if err != nil {
 		return nil, err
 	}
+	t := &benchTarget{exited: make(chan struct{}), dir: dir}
 	streams := max(cfg.streams, cfg.idleStreams)
 	args := []string{"server",
 		// Port 0: the kernel picks a free port and the server logs it, so
@@ -68,23 +92,31 @@ func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer) (*
 		"--handle-send-rate", "0",
 		"--failed-auth-rate", "0",
 		"--max-streams-per-handle", "1000000",
-		"--max-pending", strconv.Itoa(max(10000, 2*(cfg.messages+int(cfg.rate*cfg.rateDuration.Seconds())))),
+		"--max-pending", strconv.Itoa(max(10000, 2*(cfg.messages+int(cfg.rate*cfg.rateDuration.Seconds())+cfg.pushMessages))),
 		"--max-connections", strconv.Itoa(max(16384, streams+max(cfg.senders, cfg.inFlight)+registerWorkers+256)),
 		"--shutdown-timeout", "5s",
+	}
+	if withPush {
+		pushArgs, err := t.startPushService(dir)
+		if err != nil {
+			t.cleanup()
+			return nil, err
+		}
+		args = append(args, pushArgs...)
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Env = envWithoutKEZ()
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
-		os.RemoveAll(dir)
+		t.cleanup()
 		return nil, err
 	}
 	setChildDeathSignal(cmd)
 	if err := cmd.Start(); err != nil {
-		os.RemoveAll(dir)
+		t.cleanup()
 		return nil, fmt.Errorf("starting the server: %w", err)
 	}
-	t := &benchTarget{cmd: cmd, exited: make(chan struct{}), dir: dir}
+	t.cmd = cmd
 	bound := make(chan string, 1)
 	go func() {
 		scanServerLog(pipe, bound, stderr)
@@ -111,6 +143,34 @@ func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer) (*
 		return nil, err
 	}
 	return t, nil
+}
+
+// startPushService writes a VAPID key into dir and starts the local push
+// service that accepts pushes signed with it, and returns the server flags
+// that turn Web Push on with that key and let the server reach the service.
+// The key is made with the function the server itself uses
+// (push.LoadOrCreateKey), which the server then finds and loads, as it would
+// a key an operator made with openssl; the push phase checks that the server
+// serves its public half.
+func (t *benchTarget) startPushService(dir string) ([]string, error) {
+	subject, err := push.NormalizeSubject(benchVAPIDSubject)
+	if err != nil {
+		return nil, err
+	}
+	keyPath := filepath.Join(dir, "vapid.pem")
+	key, _, err := push.LoadOrCreateKey(keyPath)
+	if err != nil {
+		return nil, err
+	}
+	if t.push, err = pushtest.NewServer(subject, &key.PublicKey); err != nil {
+		return nil, err
+	}
+	t.vapidKey = push.PublicKey(key)
+	return []string{
+		"--vapid-subject", benchVAPIDSubject,
+		"--vapid-key-path", keyPath,
+		"--push-allow-endpoint", t.push.Origin(),
+	}, nil
 }
 
 // envWithoutKEZ is this process's environment less the KEZ_ variables, which
@@ -187,6 +247,9 @@ func (t *benchTarget) stop(stderr io.Writer) {
 	if !t.local() || t.dir == "" {
 		return
 	}
+	// Pushes still queued in the server go out while it shuts down; take
+	// them, or the push service would hold each request until Close.
+	defer t.drainPushes()()
 	select {
 	case <-t.exited:
 	default:
@@ -205,11 +268,35 @@ func (t *benchTarget) stop(stderr io.Writer) {
 	t.cleanup()
 }
 
+// cleanup closes the push service and removes the temporary directory.
 func (t *benchTarget) cleanup() {
+	if t.push != nil {
+		t.push.Close()
+	}
 	if t.dir != "" {
 		os.RemoveAll(t.dir)
 		t.dir = ""
 	}
+}
+
+// drainPushes discards what the push service receives until the returned
+// function is called.
+func (t *benchTarget) drainPushes() (stop func()) {
+	if t.push == nil {
+		return func() {}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-t.push.Received():
+			case <-quit:
+				return
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
 }
 
 // cpuTime is the CPU time the bench's own server has used.

@@ -3,13 +3,19 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"kez.lat/chat/server/push"
+	"kez.lat/chat/server/push/pushtest"
 	"kez.lat/chat/server/testutil"
 )
 
@@ -166,5 +172,115 @@ func TestLoadPhasesAgainstARealServer(t *testing.T) {
 	// 60 messages at 200/s take about 295 ms from the first due time.
 	if open.offered != cfg.rate || open.wall < 290*time.Millisecond {
 		t.Fatalf("open loop: offered %.0f/s over %s, want 200/s over about 300ms", open.offered, open.wall)
+	}
+}
+
+func TestParseNoticeAcceptsOnlyTheMetadataNotice(t *testing.T) {
+	if seq, ok := parseNotice([]byte(`{"type":"message","to":"bob","seq":42}`), "bob"); !ok || seq != 42 {
+		t.Fatalf("the notice itself: %d, %v", seq, ok)
+	}
+	for _, bad := range []string{
+		`{"type":"message","to":"carol","seq":42}`,                 // another recipient's
+		`{"type":"message","to":"bob","seq":42,"ct":"AAAA"}`,       // more than metadata
+		`{"type":"message","to":"bob","seq":0}`,                    // no seq
+		`{"type":"reaction","to":"bob","seq":42}`,                  // another type
+		`{"to":"bob","type":"message","seq":42}`,                   // not as the server encodes it
+		`{"type":"message","to":"bob","seq":42} `,                  // trailing bytes
+		`{"type":"message","to":"bob","seq":42}{"type":"message"}`, // two documents
+		`hello`,
+	} {
+		if _, ok := parseNotice([]byte(bad), "bob"); ok {
+			t.Errorf("accepted %s", bad)
+		}
+	}
+}
+
+// TestPushPhaseAgainstARealServer runs phase 4 in miniature against a test
+// server with Web Push on and a local push service: every message must
+// bring exactly one push that the service verified and decrypted.
+func TestPushPhaseAgainstARealServer(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject, err := push.NormalizeSubject(benchVAPIDSubject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := pushtest.New(t, subject, &key.PublicKey)
+	srv := testutil.StartServer(t, testutil.Options{
+		Push:           &push.Config{Key: key, Subject: benchVAPIDSubject},
+		AllowEndpoints: []string{svc.Origin()},
+	})
+	target, err := remoteTarget(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target.push, target.vapidKey = svc, push.PublicKey(key)
+	cfg := benchConfig{senders: 4, msgSize: 20, pushRecipients: 5, pushMessages: 200}
+	hc := benchHTTPClient(cfg.senders)
+	defer hc.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := runPush(ctx, cfg, target, hc, "btest", &benchPrinter{w: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.ok() || res.pushed != cfg.pushMessages || res.accepted != cfg.pushMessages || res.refused != 0 {
+		t.Fatalf("result %+v", res)
+	}
+	if res.rate <= 0 || res.wall <= 0 || res.recipients != cfg.pushRecipients {
+		t.Fatalf("no figures: %+v", res)
+	}
+}
+
+// TestBenchWithItsOwnServerRunsThePushPhase runs kezchat bench end to end
+// with tiny numbers: its own server processes, the push one started with
+// --vapid-subject, --vapid-key-path and --push-allow-endpoint.
+func TestBenchWithItsOwnServerRunsThePushPhase(t *testing.T) {
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatalf("building kezchat: %v", err)
+	}
+	old := benchExecutable
+	benchExecutable = func() (string, error) { return bin, nil }
+	t.Cleanup(func() { benchExecutable = old })
+
+	var stdout, stderr strings.Builder
+	err = runBench(t.Context(), []string{"--streams", "4", "--messages", "40", "--senders", "4", "--rate", "0",
+		"--skip-idle", "--push-recipients", "6", "--push-messages", "300", "--timeout", "1m"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	if !strings.Contains(out, "phase 4, Web Push: 300 of 300 messages pushed, each push VAPID-verified and decrypted") {
+		t.Fatalf("no push phase result in:\n%s", out)
+	}
+	var rate float64
+	var n int
+	for line := range strings.Lines(out) {
+		if strings.HasPrefix(line, "  Web Push, verified and decrypted (6 recipients)") {
+			fields := strings.Fields(line[len("  Web Push, verified and decrypted (6 recipients)"):])
+			rate, _ = strconv.ParseFloat(fields[0], 64)
+			n, _ = strconv.Atoi(strings.TrimPrefix(fields[2], "("))
+		}
+		if strings.HasPrefix(line, "    pushes missing / duplicate or wrong / refused") && !strings.Contains(line, "0 / 0 / 0  ") {
+			t.Fatalf("bad pushes: %s", line)
+		}
+	}
+	if rate <= 0 || n != 300 {
+		t.Fatalf("push figure %v pushes/s over %d pushes, want positive over 300, in:\n%s", rate, n, out)
+	}
+
+	// With --target the phase is skipped, with a note.
+	srv := testutil.StartServer(t, testutil.Options{})
+	stdout.Reset()
+	err = runBench(t.Context(), []string{"--target", srv.URL, "--streams", "2", "--messages", "10", "--senders", "2",
+		"--rate", "0", "--skip-idle"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout.String(), "phase 4, Web Push: skipped: the bench cannot make a --target server push") {
+		t.Fatalf("no skip note in:\n%s", stdout.String())
 	}
 }

@@ -1,23 +1,30 @@
-// Package pushtest runs a local Web Push service for tests. It is not a
-// mock: like a real push service it authenticates every request (VAPID,
-// RFC 8292), refuses malformed ones, and decrypts the payload (RFC 8291) as
-// the subscribed browser would, so a test sees exactly what a device would
-// get. Tests can also script failures: status codes, Retry-After, hangs.
+// Package pushtest runs a local Web Push service for tests and for
+// kezchat bench. It is not a mock: like a real push service it
+// authenticates every request (VAPID, RFC 8292), refuses malformed ones,
+// and decrypts the payload (RFC 8291) as the subscribed browser would, so a
+// caller sees exactly what a device would get. Tests can also script
+// failures: status codes, Retry-After, hangs.
+//
+// The package does not import testing, so a command (kezchat bench) can
+// link it: New takes a TB, which testing.TB satisfies, and NewServer needs
+// none.
 package pushtest
 
 import (
+	"context"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
+	"log"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"sync"
-	"testing"
 	"time"
 
 	"kez.lat/chat/server"
@@ -42,20 +49,34 @@ type Reply struct {
 	Header http.Header // e.g. Retry-After
 }
 
-// Service is a push service on a 127.0.0.1 port, stopped when the test ends.
+// TB is the part of testing.TB that New uses.
+type TB interface {
+	Helper()
+	Logf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
+// Service is a push service on a 127.0.0.1 port. New stops it when the
+// test ends; a Service from NewServer runs until Close.
 type Service struct {
-	t        testing.TB
-	srv      *httptest.Server
+	t        TB // nil outside a test
+	srv      *http.Server
+	url      string // http://127.0.0.1:port
 	subject  string
 	key      *ecdsa.PublicKey
 	received chan Push
-	done     chan struct{} // closed when the test ends: hung requests return
+	done     chan struct{} // closed by Close: hung requests return
+	closed   sync.Once
+	served   chan struct{} // closed when Serve has returned
 
-	mu       sync.Mutex
-	browsers map[string]*browser // by endpoint
-	scripts  map[string][]script
-	hung     map[string]bool
-	requests map[string]int
+	mu          sync.Mutex
+	browsers    map[string]*browser // by endpoint
+	scripts     map[string][]script
+	hung        map[string]bool
+	requests    map[string]int
+	refused     int
+	lastRefusal error
 }
 
 // browser is the private half of a subscription: what decrypts its pushes.
@@ -70,31 +91,79 @@ type script struct {
 }
 
 // New starts a push service that accepts pushes authenticated by wantKey
-// with VAPID subject wantSubject (e.g. "mailto:ops@chat.test").
-func New(t testing.TB, wantSubject string, wantKey *ecdsa.PublicKey) *Service {
+// with VAPID subject wantSubject (e.g. "mailto:ops@chat.test"), logs each
+// refusal to t and is closed when the test ends.
+func New(t TB, wantSubject string, wantKey *ecdsa.PublicKey) *Service {
 	t.Helper()
+	s, err := start(t, wantSubject, wantKey)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// NewServer starts a push service outside a test, with the checks New's
+// makes: it accepts pushes authenticated by wantKey with VAPID subject
+// wantSubject. Refusals are counted (Refused), not logged. The caller must
+// Close it.
+func NewServer(wantSubject string, wantKey *ecdsa.PublicKey) (*Service, error) {
+	return start(nil, wantSubject, wantKey)
+}
+
+func start(t TB, wantSubject string, wantKey *ecdsa.PublicKey) (*Service, error) {
+	if wantKey == nil {
+		return nil, fmt.Errorf("pushtest: no VAPID key to accept")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("pushtest: listening on a loopback port: %w", err)
+	}
 	s := &Service{
 		t:        t,
+		url:      "http://" + ln.Addr().String(),
 		subject:  wantSubject,
 		key:      wantKey,
 		received: make(chan Push, 1024),
 		done:     make(chan struct{}),
+		served:   make(chan struct{}),
 		browsers: make(map[string]*browser),
 		scripts:  make(map[string][]script),
 		hung:     make(map[string]bool),
 		requests: make(map[string]int),
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(func() {
+	s.srv = &http.Server{
+		Handler:           http.HandlerFunc(s.serve),
+		ReadHeaderTimeout: 10 * time.Second,
+		// A sender that hangs up mid-request is the sender's business, not
+		// a line on stderr.
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	go func() {
+		defer close(s.served)
+		s.srv.Serve(ln) // returns http.ErrServerClosed once Close runs
+	}()
+	return s, nil
+}
+
+// Close stops the service: hung requests return, and Close waits for every
+// request in flight to finish (so none logs after a test ends). Calling it
+// again does nothing.
+func (s *Service) Close() {
+	s.closed.Do(func() {
 		close(s.done)
-		s.srv.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if s.srv.Shutdown(ctx) != nil {
+			s.srv.Close()
+		}
+		<-s.served
 	})
-	return s
 }
 
 // Origin is the service's origin, e.g. "http://127.0.0.1:43123": the
 // entry that widens a push.Policy to trust it.
-func (s *Service) Origin() string { return s.srv.URL }
+func (s *Service) Origin() string { return s.url }
 
 // Subscribe creates a subscription the way a browser's
 // pushManager.subscribe does: a fresh P-256 key pair and 16-byte auth
@@ -102,12 +171,14 @@ func (s *Service) Origin() string { return s.srv.URL }
 func (s *Service) Subscribe() server.PushSubscriptionJSON {
 	key, err := ecdh.P256().GenerateKey(rand.Reader)
 	if err != nil {
-		s.t.Fatalf("pushtest: generating a subscription key: %v", err)
+		// crypto/rand does not fail (it crashes the program instead), so
+		// neither does this.
+		panic(fmt.Sprintf("pushtest: generating a subscription key: %v", err))
 	}
 	auth := make([]byte, 16)
 	rand.Read(auth)
 	var j server.PushSubscriptionJSON
-	j.Endpoint = s.srv.URL + "/push/" + rand.Text()
+	j.Endpoint = s.url + "/push/" + rand.Text()
 	j.Keys.P256dh = base64.RawURLEncoding.EncodeToString(key.PublicKey().Bytes())
 	j.Keys.Auth = base64.RawURLEncoding.EncodeToString(auth)
 	s.mu.Lock()
@@ -158,18 +229,18 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "push takes POST", http.StatusMethodNotAllowed)
 		return
 	}
-	endpoint := s.srv.URL + r.URL.Path
+	endpoint := s.url + r.URL.Path
 	s.mu.Lock()
 	b := s.browsers[endpoint]
 	s.requests[endpoint]++
 	s.mu.Unlock()
 	if b == nil {
 		// What push services answer for a subscription they do not know.
-		http.Error(w, "no such subscription", http.StatusNotFound)
+		s.refuse(w, endpoint, http.StatusNotFound, errors.New("no such subscription"))
 		return
 	}
 
-	check := vapidCheck{audience: s.srv.URL, subject: s.subject, key: s.key, now: time.Now()}
+	check := vapidCheck{audience: s.url, subject: s.subject, key: s.key, now: time.Now()}
 	if err := check.verify(r.Header.Get("Authorization")); err != nil {
 		s.refuse(w, endpoint, err.status, err)
 		return
@@ -215,7 +286,7 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request) {
 	case <-s.done:
 		return
 	}
-	w.Header().Set("Location", s.srv.URL+"/message/"+rand.Text())
+	w.Header().Set("Location", s.url+"/message/"+rand.Text())
 	w.WriteHeader(http.StatusCreated)
 }
 
@@ -259,7 +330,22 @@ func (s *Service) scripted(endpoint string) (*Reply, bool) {
 	return &reply, false
 }
 
+// Refused reports how many requests the service refused (bad VAPID,
+// headers, body, or an unknown subscription) and why it refused the last.
+func (s *Service) Refused() (n int, last error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused, s.lastRefusal
+}
+
 func (s *Service) refuse(w http.ResponseWriter, endpoint string, status int, err error) {
-	s.t.Logf("pushtest: refusing a push to %s with %d: %v", endpoint, status, err)
+	why := fmt.Errorf("refusing a push to %s with %d: %w", endpoint, status, err)
+	s.mu.Lock()
+	s.refused++
+	s.lastRefusal = why
+	s.mu.Unlock()
+	if s.t != nil {
+		s.t.Logf("pushtest: %v", why)
+	}
 	http.Error(w, err.Error(), status)
 }

@@ -1,6 +1,7 @@
 package pushtest
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -236,4 +237,68 @@ func vapidPublic(t *testing.T, k *ecdsa.PrivateKey) string {
 		t.Fatal(err)
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// TestNewServerWorksOutsideATest runs the service as kezchat bench does,
+// without a testing.TB: it verifies and decrypts as New's does, counts
+// what it refuses, and Close ends hung requests and may be called twice.
+func TestNewServerWorksOutsideATest(t *testing.T) {
+	s := &sender{t: t, key: newKey(t)}
+	svc, err := NewServer(subject, &s.key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	sub := subscribe(svc)
+	if status, body := s.send(sub, `{"n":1}`, webpush.Options{}); status != http.StatusCreated {
+		t.Fatalf("status = %d (%s), want 201", status, body)
+	}
+	if p := <-svc.Received(); string(p.Plaintext) != `{"n":1}` || p.Endpoint != sub.Endpoint {
+		t.Fatalf("received %+v", p)
+	}
+	if n, last := svc.Refused(); n != 0 || last != nil {
+		t.Fatalf("Refused = %d, %v before any refusal", n, last)
+	}
+
+	stranger := &sender{t: t, key: newKey(t)}
+	if status, _ := stranger.send(sub, "x", webpush.Options{}); status != http.StatusForbidden {
+		t.Fatalf("a push under another key answered %d, want 403", status)
+	}
+	if n, last := svc.Refused(); n != 1 || last == nil || !strings.Contains(last.Error(), "403") {
+		t.Fatalf("Refused = %d, %v; want 1 and the 403", n, last)
+	}
+
+	hung := subscribe(svc)
+	svc.Hang(hung.Endpoint)
+	errc := make(chan error, 1)
+	go func() {
+		opts := webpush.Options{Subscriber: "ops@chat.test", TTL: 1,
+			VAPIDPrivateKey: vapidPrivate(t, s.key), VAPIDPublicKey: vapidPublic(t, s.key)}
+		resp, err := webpush.SendNotificationWithContext(context.Background(), []byte("x"), hung, &opts)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	eventually(t, func() bool { return svc.Requests(hung.Endpoint) == 1 })
+	closed := make(chan struct{})
+	go func() { svc.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return with a hung request in flight")
+	}
+	<-errc // answered or cut off; either way no longer hanging
+	svc.Close()
+}
+
+func eventually(t *testing.T, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
