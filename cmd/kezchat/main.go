@@ -31,6 +31,7 @@ type subcommand struct {
 
 var commands = map[string]subcommand{
 	"server":   {runServer, "run the chat server"},
+	"operator": {runOperator, "run the KezChat Kubernetes operator"},
 	"keygen":   {runKeygen, "create an identity (signing and encryption keys)"},
 	"register": {runRegister, "register a handle for the identity"},
 	"lookup":   {runLookup, "show a handle's public record"},

@@ -41,15 +41,14 @@ func LoadOrCreateKey(path string) (key *ecdsa.PrivateKey, created bool, err erro
 	if !errors.Is(err, fs.ErrNotExist) {
 		return nil, false, fmt.Errorf("reading VAPID key: %w", err)
 	}
-	key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	data, err = NewKeyPEM()
 	if err != nil {
-		return nil, false, fmt.Errorf("generating VAPID key: %w", err)
+		return nil, false, err
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, false, fmt.Errorf("encoding VAPID key: %w", err)
+	if key, err = parseKey(data); err != nil {
+		return nil, false, err
 	}
-	switch err := createFile(path, pem.EncodeToMemory(&pem.Block{Type: pemType, Bytes: der})); {
+	switch err := createFile(path, data); {
 	case errors.Is(err, fs.ErrExist):
 		// Another process (a second replica on a shared volume) won the
 		// race: its key is the one to use.
@@ -60,6 +59,24 @@ func LoadOrCreateKey(path string) (key *ecdsa.PrivateKey, created bool, err erro
 	}
 	return key, true, nil
 }
+
+// NewKeyPEM generates a VAPID key in the file format LoadOrCreateKey
+// reads: an ECDSA P-256 key as PEM PKCS#8. The operator puts it in a
+// Kubernetes Secret that the server then reads as its key file.
+func NewKeyPEM() ([]byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating VAPID key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding VAPID key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: pemType, Bytes: der}), nil
+}
+
+// ParseKeyPEM reads a VAPID key in the file format LoadOrCreateKey reads.
+func ParseKeyPEM(data []byte) (*ecdsa.PrivateKey, error) { return parseKey(data) }
 
 // parseKey decodes exactly one PEM PKCS#8 block holding a P-256 ECDSA key.
 func parseKey(data []byte) (*ecdsa.PrivateKey, error) {

@@ -1,0 +1,85 @@
+package v1alpha1
+
+import (
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// The accessors below give a field's value with the default the CRD's
+// OpenAPI schema states, so the operator behaves the same for an object the
+// API server has not defaulted (one built in a unit test, or stored under
+// an older CRD).
+
+// DefaultStorageSize is the size of every volume not given one.
+var DefaultStorageSize = resource.MustParse("1Gi")
+
+// DefaultRetention is how long an unacknowledged message is kept.
+const DefaultRetention = 30 * 24 * time.Hour
+
+// ReplicaCount is the chat server's replicas (default 1).
+func (s *ServerSpec) ReplicaCount() int32 { return int32OrDefault(s.Replicas, 1) }
+
+// StoreKind is the chat server's store (default sqlite).
+func (s *ServerSpec) StoreKind() Store {
+	if s.Store == "" {
+		return StoreSQLite
+	}
+	return s.Store
+}
+
+// RetentionPeriod is how long unacknowledged messages are kept.
+func (s *ServerSpec) RetentionPeriod() time.Duration {
+	if s.Retention == nil || s.Retention.Duration <= 0 {
+		return DefaultRetention
+	}
+	return s.Retention.Duration
+}
+
+// SizeOrDefault is the volume's size (default 1Gi).
+func (s *StorageSpec) SizeOrDefault() resource.Quantity {
+	if s.Size == nil || s.Size.IsZero() {
+		return DefaultStorageSize.DeepCopy()
+	}
+	return s.Size.DeepCopy()
+}
+
+// IsEnabled reports whether NATS is deployed (default true).
+func (s *NATSSpec) IsEnabled() bool { return boolOrDefault(s.Enabled, true) }
+
+// ReplicaCount is NATS's replicas (default 1).
+func (s *NATSSpec) ReplicaCount() int32 { return int32OrDefault(s.Replicas, 1) }
+
+// IsEnabled reports whether the sig-server is deployed (default true).
+func (s *SigServerSpec) IsEnabled() bool { return boolOrDefault(s.Enabled, true) }
+
+// ReplicaCount is the sig-server's replicas (default 1).
+func (s *SigServerSpec) ReplicaCount() int32 { return int32OrDefault(s.Replicas, 1) }
+
+// IsEnabled reports whether Web Push is on (default true).
+func (s *PushSpec) IsEnabled() bool { return boolOrDefault(s.Enabled, true) }
+
+// IsEnabled reports whether the Ingress is created (default true).
+func (s *IngressSpec) IsEnabled() bool { return boolOrDefault(s.Enabled, true) }
+
+// HostOr is the Ingress host, or domain when none is set.
+func (s *IngressSpec) HostOr(domain string) string {
+	if s.Host == "" {
+		return domain
+	}
+	return s.Host
+}
+
+func int32OrDefault(p *int32, def int32) int32 {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+func boolOrDefault(p *bool, def bool) bool {
+	if p == nil {
+		return def
+	}
+	return *p
+}

@@ -1,0 +1,348 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Annotations a user sets on a KezChat.
+const (
+	// ReconcileAnnotation set to "paused" stops the operator from changing
+	// anything for this KezChat until it is removed.
+	ReconcileAnnotation = "chat.kez.lat/reconcile"
+	ReconcilePaused     = "paused"
+
+	// RotateVAPIDAnnotation asks for a new VAPID key in the Secret the
+	// operator generated. Each new value rotates once: every existing push
+	// subscription stops working, so rotation is never automatic.
+	RotateVAPIDAnnotation = "chat.kez.lat/rotate-vapid-key"
+)
+
+// Store is where the chat server keeps messages and users.
+// +kubebuilder:validation:Enum=sqlite;jetstream
+type Store string
+
+const (
+	// StoreSQLite keeps everything in one SQLite file on a volume: one
+	// replica.
+	StoreSQLite Store = "sqlite"
+	// StoreJetStream keeps everything in NATS JetStream, so any number of
+	// stateless replicas share one state.
+	StoreJetStream Store = "jetstream"
+)
+
+// KezChatSpec is the chat instance a user asks for.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.server) || !has(self.server.replicas) || self.server.replicas <= 1 || (has(self.server.store) && self.server.store == 'jetstream')",message="server.replicas > 1 needs server.store: jetstream; one SQLite file serves one replica"
+// +kubebuilder:validation:XValidation:rule="!has(self.server) || !has(self.server.store) || self.server.store != 'jetstream' || !has(self.nats) || !has(self.nats.enabled) || self.nats.enabled",message="server.store: jetstream needs nats.enabled"
+type KezChatSpec struct {
+	// Domain is the chat server's name: handles are handle@domain and every
+	// signed request names it, so it cannot change.
+	//
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="domain is immutable: every handle and signature names it"
+	Domain string `json:"domain"`
+
+	// Image runs the chat server and the sig-server. Empty means the
+	// operator's own image, which bundles both, so versions always match.
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// ImagePullPolicy of the kez-chat containers.
+	// +optional
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
+	// ImagePullSecrets for every pod of this instance.
+	// +optional
+	// +listType=atomic
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+
+	// Server is the chat server.
+	// +optional
+	// +kubebuilder:default={}
+	Server ServerSpec `json:"server,omitempty"`
+
+	// NATS is the message bus the chat server scales out on.
+	// +optional
+	// +kubebuilder:default={}
+	NATS NATSSpec `json:"nats,omitempty"`
+
+	// SigServer is the signed key directory beside the chat server.
+	// +optional
+	// +kubebuilder:default={}
+	SigServer SigServerSpec `json:"sigServer,omitempty"`
+
+	// Push is Web Push to offline recipients.
+	// +optional
+	// +kubebuilder:default={}
+	Push PushSpec `json:"push,omitempty"`
+
+	// Ingress exposes the chat server at its domain.
+	// +optional
+	// +kubebuilder:default={}
+	Ingress IngressSpec `json:"ingress,omitempty"`
+}
+
+// ServerSpec is the chat server's workload.
+type ServerSpec struct {
+	// Replicas of the chat server. More than one needs store jetstream.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=20
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Store keeps messages and users: sqlite (one replica, on a volume) or
+	// jetstream (NATS; any number of replicas).
+	// +optional
+	// +kubebuilder:default=sqlite
+	Store Store `json:"store,omitempty"`
+
+	// Resources of the chat server container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// Storage is the volume for the SQLite store.
+	// +optional
+	// +kubebuilder:default={}
+	Storage StorageSpec `json:"storage,omitempty"`
+
+	// Retention is how long an unacknowledged message is kept.
+	// +optional
+	// +kubebuilder:default="720h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="retention must be at least 1m"
+	Retention *metav1.Duration `json:"retention,omitempty"`
+
+	// Env is added to the chat server container's environment; KEZ_ names
+	// set the server's flags (KEZ_MAX_PENDING is --max-pending).
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	Env []corev1.EnvVar `json:"env,omitempty"`
+
+	// NodeSelector of the chat server pods.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// Tolerations of the chat server pods.
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// Affinity of the chat server pods.
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+
+	// PodAnnotations are added to the chat server pods.
+	// +optional
+	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+}
+
+// StorageSpec is a persistent volume.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",message="storageClassName is immutable"
+type StorageSpec struct {
+	// Size of the volume. It may grow where the storage class allows
+	// expansion; a volume never shrinks.
+	// +optional
+	// +kubebuilder:default="1Gi"
+	Size *resource.Quantity `json:"size,omitempty"`
+
+	// StorageClassName of the volume; empty means the cluster's default.
+	// +optional
+	StorageClassName *string `json:"storageClassName,omitempty"`
+}
+
+// NATSSpec is the NATS server deployed beside the chat server.
+type NATSSpec struct {
+	// Enabled deploys NATS.
+	// +optional
+	// +kubebuilder:default=true
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// Image of the NATS server; empty means the version this operator was
+	// tested with.
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// Replicas of NATS: 1, or 3 for a JetStream cluster that survives the
+	// loss of one.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Enum=1;3
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Storage is each NATS replica's JetStream volume. A StatefulSet's
+	// volume claims cannot change, so neither can this.
+	// +optional
+	// +kubebuilder:default={}
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="nats.storage is immutable: StatefulSet volume claims cannot change"
+	Storage StorageSpec `json:"storage,omitempty"`
+
+	// WebSocket opens NATS's WebSocket listener, for browsers that follow
+	// their inbox over NATS.
+	// +optional
+	WebSocket bool `json:"websocket,omitempty"`
+
+	// Resources of the NATS container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+}
+
+// SigServerSpec is the signed key directory.
+type SigServerSpec struct {
+	// Enabled deploys the sig-server.
+	// +optional
+	// +kubebuilder:default=true
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// Replicas of the sig-server: it keeps its log in one SQLite file, so
+	// 0 or 1.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Storage is the volume for the sig-server's log.
+	// +optional
+	// +kubebuilder:default={}
+	Storage StorageSpec `json:"storage,omitempty"`
+
+	// Resources of the sig-server container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+}
+
+// PushSpec is Web Push.
+type PushSpec struct {
+	// Enabled turns Web Push on.
+	// +optional
+	// +kubebuilder:default=true
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// Subject is the contact push services see, a mailto: or https: URL;
+	// empty means mailto:admin@<domain>.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^(mailto:[^@\s]+@[^@\s]+|https://\S+)$`
+	Subject string `json:"subject,omitempty"`
+
+	// SecretName names an existing Secret holding the VAPID key as
+	// private-key.pem (PEM PKCS#8 P-256). The operator reads it and never
+	// changes it. Empty means the operator generates one, once.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	SecretName string `json:"secretName,omitempty"`
+}
+
+// IngressSpec is the Ingress for the chat host.
+type IngressSpec struct {
+	// Enabled creates the Ingress.
+	// +optional
+	// +kubebuilder:default=true
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// ClassName is the IngressClass; empty means the cluster's default.
+	// +optional
+	ClassName *string `json:"className,omitempty"`
+
+	// Host the Ingress answers for; empty means the domain.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Host string `json:"host,omitempty"`
+
+	// TLSSecretName is the Secret with the host's certificate; set, the
+	// Ingress terminates TLS with it.
+	// +optional
+	TLSSecretName string `json:"tlsSecretName,omitempty"`
+
+	// Annotations of the Ingress (cert-manager, controller settings).
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// Condition types of a KezChat.
+const (
+	ConditionReady          = "Ready"
+	ConditionProgressing    = "Progressing"
+	ConditionDegraded       = "Degraded"
+	ConditionServerReady    = "ServerReady"
+	ConditionNATSReady      = "NATSReady"
+	ConditionSigServerReady = "SigServerReady"
+)
+
+// ComponentStatus counts one component's replicas.
+type ComponentStatus struct {
+	// Replicas is how many the spec asks for.
+	Replicas int32 `json:"replicas"`
+	// ReadyReplicas is how many of the current version are ready.
+	ReadyReplicas int32 `json:"readyReplicas"`
+}
+
+// KezChatStatus is what the operator observes.
+type KezChatStatus struct {
+	// ObservedGeneration is the spec generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions: Ready, Progressing, Degraded, and one per component.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// URL is where people reach the chat.
+	// +optional
+	URL string `json:"url,omitempty"`
+
+	// VAPIDPublicKey is the Web Push application server key (base64url).
+	// +optional
+	VAPIDPublicKey string `json:"vapidPublicKey,omitempty"`
+
+	// Server counts the chat server's replicas.
+	// +optional
+	Server *ComponentStatus `json:"server,omitempty"`
+	// NATS counts NATS's replicas, when enabled.
+	// +optional
+	NATS *ComponentStatus `json:"nats,omitempty"`
+	// SigServer counts the sig-server's replicas, when enabled.
+	// +optional
+	SigServer *ComponentStatus `json:"sigServer,omitempty"`
+}
+
+// KezChat is one self-hosted, end-to-end-encrypted chat instance.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=kc,categories=kez
+// +kubebuilder:printcolumn:name="Domain",type=string,JSONPath=`.spec.domain`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type KezChat struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   KezChatSpec   `json:"spec"`
+	Status KezChatStatus `json:"status,omitempty"`
+}
+
+// KezChatList is a list of KezChats.
+//
+// +kubebuilder:object:root=true
+type KezChatList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []KezChat `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&KezChat{}, &KezChatList{})
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
+	"kez.lat/chat/controllers"
+)
+
+// imageRepository is where release images of kezchat are published; the
+// operator's default for KezChats is this repository at its own version
+// unless --image (set by the deployment manifests) says otherwise.
+const imageRepository = "ghcr.io/kez-lat/kezchat"
+
+// operatorFlags are the operator's settings; each also comes from its
+// KEZ_ environment variable.
+type operatorFlags struct {
+	metricsBind, probeBind string
+	leaderElect            bool
+	leaderElectionNS       string
+	namespaces             string
+	image                  string
+	maxConcurrent          int
+	logFormat, logLevel    string
+}
+
+func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error {
+	var f operatorFlags
+	fs := newFlagSet("operator", "operator [flags]\n\n"+
+		"Runs the KezChat operator: it turns each KezChat resource into a running\n"+
+		"chat instance and keeps it so. It finds the cluster as kubectl does\n"+
+		"(in-cluster, or $KUBECONFIG, or ~/.kube/config).", stderr)
+	fs.StringVar(&f.metricsBind, "metrics-bind", ":8080", "address to serve Prometheus /metrics on; 0 disables")
+	fs.StringVar(&f.probeBind, "health-probe-bind", ":8081", "address to serve /healthz and /readyz on")
+	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader, so that only one of several replicas reconciles")
+	fs.StringVar(&f.leaderElectionNS, "leader-election-namespace", "", "namespace of the leader-election Lease (default: the pod's own)")
+	fs.StringVar(&f.namespaces, "watch-namespaces", "", "comma-separated namespaces to manage KezChats in; empty means all")
+	fs.StringVar(&f.image, "image", imageRepository+":"+version, "image for KezChats that name none: the operator's own, so versions match")
+	fs.IntVar(&f.maxConcurrent, "max-concurrent-reconciles", 4, "KezChats reconciled at once")
+	fs.StringVar(&f.logFormat, "log-format", "json", "log format: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
+	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
+
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("finding the cluster: %w", err)
+	}
+	return runManager(ctx, cfg, f)
+}
+
+// runManager runs the operator's controller manager against cfg until ctx
+// ends.
+func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := chatv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	var namespaces []string
+	for _, ns := range strings.Split(f.namespaces, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			namespaces = append(namespaces, ns)
+		}
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        scheme,
+		Cache:                         controllers.CacheOptions(namespaces),
+		Metrics:                       metricsserver.Options{BindAddress: f.metricsBind},
+		HealthProbeBindAddress:        f.probeBind,
+		LeaderElection:                f.leaderElect,
+		LeaderElectionID:              "kez-chat-operator.chat.kez.lat",
+		LeaderElectionNamespace:       f.leaderElectionNS,
+		LeaderElectionReleaseOnCancel: true,
+	})
+	if err != nil {
+		return fmt.Errorf("creating the controller manager: %w", err)
+	}
+	r := &controllers.KezChatReconciler{
+		Client:       mgr.GetClient(),
+		APIReader:    mgr.GetAPIReader(),
+		Scheme:       scheme,
+		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
+		DefaultImage: f.image,
+	}
+	if err := r.SetupWithManager(mgr, f.maxConcurrent); err != nil {
+		return fmt.Errorf("setting up the KezChat controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("informers", func(req *http.Request) error {
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return fmt.Errorf("caches not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return mgr.Start(ctx)
+}

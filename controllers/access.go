@@ -1,0 +1,128 @@
+package controllers
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
+)
+
+// serviceAccount is the identity of kc's pods. They call no Kubernetes API,
+// so it has no roles and its token is not mounted.
+func serviceAccount(kc *chatv1.KezChat) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{
+		ObjectMeta:                   metav1.ObjectMeta{Name: namesOf(kc).serviceAccount(), Namespace: kc.Namespace, Labels: instanceLabels(kc)},
+		AutomountServiceAccountToken: ptr.To(false),
+	}
+}
+
+// ingress routes the chat host's /, /v1 and /.well-known to the chat
+// server. The longer prefixes are spelled out so that a later route (the
+// sig-server's /v1/keys) slots in beside them.
+func ingress(kc *chatv1.KezChat) *networkingv1.Ingress {
+	spec := &kc.Spec.Ingress
+	host := spec.HostOr(kc.Spec.Domain)
+	backend := networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
+		Name: namesOf(kc).server(), Port: networkingv1.ServiceBackendPort{Name: "http"},
+	}}
+	var paths []networkingv1.HTTPIngressPath
+	for _, p := range []string{"/.well-known", "/v1", "/"} {
+		paths = append(paths, networkingv1.HTTPIngressPath{
+			Path: p, PathType: ptr.To(networkingv1.PathTypePrefix), Backend: backend,
+		})
+	}
+	ing := &networkingv1.Ingress{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: namesOf(kc).ingress(), Namespace: kc.Namespace,
+			Labels: labels(kc, componentServer), Annotations: spec.Annotations,
+		},
+		Spec: networkingv1.IngressSpec{
+			IngressClassName: spec.ClassName,
+			Rules: []networkingv1.IngressRule{{
+				Host:             host,
+				IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{Paths: paths}},
+			}},
+		},
+	}
+	if spec.TLSSecretName != "" {
+		ing.Spec.TLS = []networkingv1.IngressTLS{{Hosts: []string{host}, SecretName: spec.TLSSecretName}}
+	}
+	return ing
+}
+
+func tcpPort(port int32) networkingv1.NetworkPolicyPort {
+	return networkingv1.NetworkPolicyPort{Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To(intstr.FromInt32(port))}
+}
+
+func fromPods(kc *chatv1.KezChat, component string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchLabels: selectorLabels(kc, component)}}
+}
+
+// serverNetworkPolicy admits traffic from anywhere to the chat server's
+// HTTP and metrics ports, and nothing else: the server is the one part
+// that outside traffic reaches.
+func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).server(), Namespace: kc.Namespace, Labels: labels(kc, componentServer)},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentServer)},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverPort), tcpPort(serverMetricsPort)},
+			}},
+		},
+	}
+}
+
+// natsNetworkPolicy lets only the chat server reach NATS's clients port,
+// and only NATS pods its cluster port. The WebSocket listener, when on, is
+// for browsers, which NATS's auth callout checks.
+func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
+	rules := []networkingv1.NetworkPolicyIngressRule{
+		{From: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClientPort)}},
+		{From: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentNATS)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClusterPort)}},
+	}
+	if kc.Spec.NATS.WebSocket {
+		rules = append(rules, networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsWebSocketPort)}})
+	}
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).nats(), Namespace: kc.Namespace, Labels: labels(kc, componentNATS)},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentNATS)},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress:     rules,
+		},
+	}
+}
+
+// sigServerNetworkPolicy lets only the chat server reach the sig-server.
+func sigServerNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).sigServer(), Namespace: kc.Namespace, Labels: labels(kc, componentSigServer)},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentSigServer)},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)},
+				Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigServerPort)},
+			}},
+		},
+	}
+}
+
+// podDisruptionBudget keeps all but one of a component's pods up through
+// voluntary disruptions (node drains); made only when there is more than
+// one pod to keep.
+func podDisruptionBudget(kc *chatv1.KezChat, name, component string) *policyv1.PodDisruptionBudget {
+	return &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: kc.Namespace, Labels: labels(kc, component)},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MaxUnavailable: ptr.To(intstr.FromInt32(1)),
+			Selector:       &metav1.LabelSelector{MatchLabels: selectorLabels(kc, component)},
+		},
+	}
+}

@@ -1,0 +1,329 @@
+package controllers
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
+)
+
+func newKezChat(mutate ...func(*chatv1.KezChat)) *chatv1.KezChat {
+	kc := &chatv1.KezChat{
+		ObjectMeta: metav1.ObjectMeta{Name: "chat", Namespace: "team", Generation: 1},
+		Spec:       chatv1.KezChatSpec{Domain: "chat.example.org"},
+	}
+	for _, m := range mutate {
+		m(kc)
+	}
+	return kc
+}
+
+var testInputs = Inputs{DefaultImage: "registry.example/kezchat:v1", VAPIDSecret: "chat-vapid", VAPIDDigest: "d1"}
+
+// kindNames lists objects as "Kind/name", the kind from the Go type.
+func kindNames(objs []client.Object) []string {
+	var out []string
+	for _, o := range objs {
+		out = append(out, fmt.Sprintf("%T/%s", o, o.GetName()))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestDesiredObjectsDependOnTheSpec(t *testing.T) {
+	all := []string{
+		"*v1.ConfigMap/chat-nats-config",
+		"*v1.Deployment/chat-server", "*v1.Deployment/chat-sig-server",
+		"*v1.Ingress/chat",
+		"*v1.NetworkPolicy/chat-nats", "*v1.NetworkPolicy/chat-server", "*v1.NetworkPolicy/chat-sig-server",
+		"*v1.PersistentVolumeClaim/chat-server-data", "*v1.PersistentVolumeClaim/chat-sig-server-data",
+		"*v1.Service/chat-nats", "*v1.Service/chat-nats-headless", "*v1.Service/chat-server", "*v1.Service/chat-sig-server",
+		"*v1.ServiceAccount/chat",
+		"*v1.StatefulSet/chat-nats",
+	}
+	without := func(drop ...string) []string {
+		return slices.DeleteFunc(slices.Clone(all), func(s string) bool { return slices.Contains(drop, s) })
+	}
+	with := func(add ...string) []string {
+		out := append(slices.Clone(all), add...)
+		slices.Sort(out)
+		return out
+	}
+	tests := []struct {
+		name string
+		spec func(*chatv1.KezChat)
+		want []string
+	}{
+		{"defaults give the whole instance", func(*chatv1.KezChat) {}, all},
+		{"NATS off drops its objects", func(kc *chatv1.KezChat) { kc.Spec.NATS.Enabled = ptr.To(false) },
+			without("*v1.ConfigMap/chat-nats-config", "*v1.NetworkPolicy/chat-nats", "*v1.Service/chat-nats", "*v1.Service/chat-nats-headless", "*v1.StatefulSet/chat-nats")},
+		{"sig-server off drops its objects", func(kc *chatv1.KezChat) { kc.Spec.SigServer.Enabled = ptr.To(false) },
+			without("*v1.Deployment/chat-sig-server", "*v1.NetworkPolicy/chat-sig-server", "*v1.PersistentVolumeClaim/chat-sig-server-data", "*v1.Service/chat-sig-server")},
+		{"ingress off drops the Ingress", func(kc *chatv1.KezChat) { kc.Spec.Ingress.Enabled = ptr.To(false) },
+			without("*v1.Ingress/chat")},
+		{"jetstream with replicas has no server volume and a budget", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Store, kc.Spec.Server.Replicas = chatv1.StoreJetStream, ptr.To[int32](3)
+		}, func() []string {
+			out := without("*v1.PersistentVolumeClaim/chat-server-data")
+			out = append(out, "*v1.PodDisruptionBudget/chat-server")
+			slices.Sort(out)
+			return out
+		}()},
+		{"three NATS replicas get a budget", func(kc *chatv1.KezChat) { kc.Spec.NATS.Replicas = ptr.To[int32](3) },
+			with("*v1.PodDisruptionBudget/chat-nats")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kc := newKezChat(tt.spec)
+			got := kindNames(desiredObjects(kc, testInputs))
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("desired objects:\n got %q\nwant %q", got, tt.want)
+			}
+			// Nothing is both wanted and deleted.
+			for _, u := range kindNames(unwantedObjects(kc)) {
+				if slices.Contains(got, u) {
+					t.Errorf("%s is both desired and unwanted", u)
+				}
+			}
+		})
+	}
+}
+
+func TestUnwantedObjectsNeverIncludeVolumes(t *testing.T) {
+	kc := newKezChat(func(kc *chatv1.KezChat) {
+		kc.Spec.NATS.Enabled, kc.Spec.SigServer.Enabled, kc.Spec.Ingress.Enabled = ptr.To(false), ptr.To(false), ptr.To(false)
+	})
+	got := kindNames(unwantedObjects(kc))
+	for _, name := range got {
+		if strings.Contains(name, "PersistentVolumeClaim") {
+			t.Errorf("unwanted objects include volume %s", name)
+		}
+	}
+	if !slices.Contains(got, "*v1.StatefulSet/chat-nats") || !slices.Contains(got, "*v1.Ingress/chat") {
+		t.Errorf("unwanted objects %q miss the disabled components", got)
+	}
+}
+
+// podSpecs are the pod templates of the workloads among objs.
+func podSpecs(objs []client.Object) map[string]corev1.PodTemplateSpec {
+	out := map[string]corev1.PodTemplateSpec{}
+	for _, o := range objs {
+		switch w := o.(type) {
+		case *appsv1.Deployment:
+			out[w.Name] = w.Spec.Template
+		case *appsv1.StatefulSet:
+			out[w.Name] = w.Spec.Template
+		}
+	}
+	return out
+}
+
+func TestEveryPodIsHardened(t *testing.T) {
+	pods := podSpecs(desiredObjects(newKezChat(), testInputs))
+	if len(pods) != 3 {
+		t.Fatalf("want 3 workloads, got %d", len(pods))
+	}
+	for name, pod := range pods {
+		ps := pod.Spec
+		if ps.SecurityContext == nil || !ptr.Deref(ps.SecurityContext.RunAsNonRoot, false) ||
+			ps.SecurityContext.SeccompProfile == nil || ps.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("%s: pod security context %+v is not non-root with RuntimeDefault seccomp", name, ps.SecurityContext)
+		}
+		if ptr.Deref(ps.AutomountServiceAccountToken, true) {
+			t.Errorf("%s mounts a service account token it has no use for", name)
+		}
+		for _, c := range ps.Containers {
+			sc := c.SecurityContext
+			if sc == nil || !ptr.Deref(sc.ReadOnlyRootFilesystem, false) || ptr.Deref(sc.AllowPrivilegeEscalation, true) ||
+				sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+				t.Errorf("%s/%s: container security context %+v is not locked down", name, c.Name, sc)
+			}
+			if c.LivenessProbe == nil || c.ReadinessProbe == nil {
+				t.Errorf("%s/%s has no liveness or readiness probe", name, c.Name)
+			}
+			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+				t.Errorf("%s/%s requests no resources", name, c.Name)
+			}
+		}
+	}
+	server := pods["chat-server"].Spec.Containers[0]
+	if server.LivenessProbe.HTTPGet.Path != "/healthz" || server.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("server probes %s/%s, want /healthz and /readyz", server.LivenessProbe.HTTPGet.Path, server.ReadinessProbe.HTTPGet.Path)
+	}
+}
+
+func envValue(c corev1.Container, name string) (string, bool) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+func TestServerDeploymentWiring(t *testing.T) {
+	kc := newKezChat(func(kc *chatv1.KezChat) {
+		kc.Spec.Server.Env = []corev1.EnvVar{{Name: "KEZ_TRUSTED_PROXIES", Value: "10.1.0.0/16"}, {Name: "KEZ_MAX_PENDING", Value: "50"}}
+		kc.Spec.Server.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")}
+	})
+	d := serverDeployment(kc, testInputs)
+	c := d.Spec.Template.Spec.Containers[0]
+	if c.Image != testInputs.DefaultImage {
+		t.Errorf("image %q, want the operator's %q", c.Image, testInputs.DefaultImage)
+	}
+	for _, arg := range []string{"--server=chat.example.org", "--public-url=http://chat.example.org", "--db=/var/lib/kez-chat/kez-chat.db",
+		"--vapid-subject=mailto:admin@chat.example.org", "--vapid-key-path=/etc/kez-chat/vapid/private-key.pem", "--retention=720h0m0s"} {
+		if !slices.Contains(c.Args, arg) {
+			t.Errorf("args %q lack %s", c.Args, arg)
+		}
+	}
+	for name, want := range map[string]string{
+		"KEZ_NATS_URL":        "nats://chat-nats:4222",
+		"KEZ_SIG_SERVER_URL":  "http://chat-sig-server:7878",
+		"KEZ_STORE":           "sqlite",
+		"KEZ_TRUSTED_PROXIES": "10.1.0.0/16", // the user's value wins
+		"KEZ_MAX_PENDING":     "50",
+	} {
+		if got, ok := envValue(c, name); !ok || got != want {
+			t.Errorf("env %s = %q (set %v), want %q", name, got, ok, want)
+		}
+	}
+	names := map[string]int{}
+	for _, e := range c.Env {
+		names[e.Name]++
+		if names[e.Name] > 1 {
+			t.Errorf("env %s appears twice", e.Name)
+		}
+	}
+	if names["GOMEMLIMIT"] != 1 {
+		t.Error("a memory limit does not set GOMEMLIMIT")
+	}
+	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("a SQLite server rolls by %s, want Recreate (one pod holds the volume)", d.Spec.Strategy.Type)
+	}
+
+	kc.Spec.Image = "mine:1"
+	kc.Spec.Push.Enabled = ptr.To(false)
+	d = serverDeployment(kc, Inputs{DefaultImage: "op:1"})
+	c = d.Spec.Template.Spec.Containers[0]
+	if c.Image != "mine:1" {
+		t.Errorf("spec image ignored: %q", c.Image)
+	}
+	for _, a := range c.Args {
+		if strings.HasPrefix(a, "--vapid") {
+			t.Errorf("push off, yet arg %s", a)
+		}
+	}
+}
+
+func TestServerPodTemplateChangesWithTheVAPIDKey(t *testing.T) {
+	kc := newKezChat()
+	a := serverDeployment(kc, testInputs).Spec.Template.Annotations[configHashAnnotation]
+	in := testInputs
+	in.VAPIDDigest = "d2"
+	b := serverDeployment(kc, in).Spec.Template.Annotations[configHashAnnotation]
+	if a == "" || a == b {
+		t.Errorf("config hash %q -> %q: a new key must roll the pods", a, b)
+	}
+	if a != serverDeployment(kc, testInputs).Spec.Template.Annotations[configHashAnnotation] {
+		t.Error("config hash is not stable for the same inputs")
+	}
+}
+
+func TestNATSConfig(t *testing.T) {
+	one := natsConf(newKezChat())
+	three := natsConf(newKezChat(func(kc *chatv1.KezChat) {
+		kc.Spec.NATS.Replicas = ptr.To[int32](3)
+		kc.Spec.NATS.WebSocket = true
+		kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("10Gi"))
+	}))
+	for _, want := range []string{"jetstream {", "store_dir: /data", "port: 4222", "max_file_store: 966367638"} {
+		if !strings.Contains(one, want) {
+			t.Errorf("single-node config lacks %q:\n%s", want, one)
+		}
+	}
+	if strings.Contains(one, "cluster {") || strings.Contains(one, "websocket {") {
+		t.Errorf("single-node config without websocket has a cluster or websocket block:\n%s", one)
+	}
+	for _, want := range []string{"cluster {", "nats://chat-nats-2.chat-nats-headless.team.svc:6222", "websocket {", "port: 8080", "max_file_store: 9663676416"} {
+		if !strings.Contains(three, want) {
+			t.Errorf("clustered config lacks %q:\n%s", want, three)
+		}
+	}
+	sts := natsStatefulSet(newKezChat())
+	if sts.Spec.Template.Annotations[configHashAnnotation] != digest([]byte(one)) {
+		t.Error("the NATS pod template does not carry its config's digest")
+	}
+}
+
+func TestIngressRoutesTheChatHost(t *testing.T) {
+	ing := ingress(newKezChat(func(kc *chatv1.KezChat) { kc.Spec.Ingress.TLSSecretName = "chat-tls" }))
+	rule := ing.Spec.Rules[0]
+	if rule.Host != "chat.example.org" {
+		t.Errorf("host %q, want the domain", rule.Host)
+	}
+	var paths []string
+	for _, p := range rule.HTTP.Paths {
+		paths = append(paths, p.Path)
+		if p.Backend.Service.Name != "chat-server" || *p.PathType != networkingv1.PathTypePrefix {
+			t.Errorf("path %s goes to %s (%s)", p.Path, p.Backend.Service.Name, *p.PathType)
+		}
+	}
+	slices.Sort(paths)
+	if !slices.Equal(paths, []string{"/", "/.well-known", "/v1"}) {
+		t.Errorf("paths %q", paths)
+	}
+	if len(ing.Spec.TLS) != 1 || ing.Spec.TLS[0].SecretName != "chat-tls" || ing.Spec.TLS[0].Hosts[0] != "chat.example.org" {
+		t.Errorf("TLS %+v", ing.Spec.TLS)
+	}
+	if got := PublicURL(newKezChat()); got != "http://chat.example.org" {
+		t.Errorf("URL without TLS %q", got)
+	}
+	if got := PublicURL(newKezChat(func(kc *chatv1.KezChat) {
+		kc.Spec.Ingress.Host = "talk.example.org"
+		kc.Spec.Ingress.TLSSecretName = "x"
+	})); got != "https://talk.example.org" {
+		t.Errorf("URL with TLS and host %q", got)
+	}
+}
+
+func TestOnlyTheServerReachesNATSAndTheSigServer(t *testing.T) {
+	kc := newKezChat()
+	for _, np := range []*networkingv1.NetworkPolicy{natsNetworkPolicy(kc), sigServerNetworkPolicy(kc)} {
+		for _, rule := range np.Spec.Ingress {
+			if len(rule.From) == 0 {
+				t.Errorf("%s admits a port from anywhere: %+v", np.Name, rule.Ports)
+			}
+			for _, peer := range rule.From {
+				c := peer.PodSelector.MatchLabels["app.kubernetes.io/component"]
+				if c != componentServer && !(np.Name == "chat-nats" && c == componentNATS) {
+					t.Errorf("%s admits component %q", np.Name, c)
+				}
+			}
+		}
+	}
+	// The WebSocket listener is for browsers.
+	kc.Spec.NATS.WebSocket = true
+	open := 0
+	for _, rule := range natsNetworkPolicy(kc).Spec.Ingress {
+		if len(rule.From) == 0 {
+			open++
+			if rule.Ports[0].Port.IntVal != natsWebSocketPort {
+				t.Errorf("open port %v, want only websocket", rule.Ports[0].Port)
+			}
+		}
+	}
+	if open != 1 {
+		t.Errorf("websocket on: %d open rules, want 1", open)
+	}
+}

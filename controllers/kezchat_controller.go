@@ -1,0 +1,269 @@
+// Package controllers holds the KezChat reconciler: it turns each KezChat
+// into the workloads of a chat instance and keeps them as the spec says.
+//
+// Each child's desired state is built by a pure function of the KezChat
+// (server.go, nats.go, sigserver.go, access.go, vapid.go); the reconcile
+// applies them by server-side apply, deletes what the spec no longer asks
+// for, and computes the status from what it observes (status.go).
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8slabels "k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
+)
+
+// retryUserError is how soon a KezChat that needs its user's attention (a
+// missing VAPID Secret) is looked at again, since the operator does not
+// watch the user's Secrets.
+const retryUserError = time.Minute
+
+// KezChatReconciler reconciles KezChat objects.
+type KezChatReconciler struct {
+	// Client reads from the manager's cache, which holds only KezChats and
+	// what the operator made, and writes to the API server.
+	Client client.Client
+	// APIReader reads from the API server directly: users' Secrets.
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  recorder.EventRecorder
+	// DefaultImage runs a KezChat that names no image: the operator's own.
+	DefaultImage string
+}
+
+// +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats,verbs=get;list;watch
+// +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats/status,verbs=get;patch
+// +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",resources=serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses;networkpolicies,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings one KezChat's children to what its spec asks for and
+// records what it sees in its status.
+func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+	var kc chatv1.KezChat
+	if err := r.Client.Get(ctx, req.NamespacedName, &kc); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !kc.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil // the garbage collector removes the children
+	}
+	if kc.Annotations[chatv1.ReconcileAnnotation] == chatv1.ReconcilePaused {
+		logger.V(1).Info("reconciliation paused by annotation", "annotation", chatv1.ReconcileAnnotation)
+		return ctrl.Result{}, nil
+	}
+
+	obs, result, err := r.reconcileChildren(ctx, &kc)
+	if apierrors.IsConflict(err) {
+		// Someone wrote in between (a stale cache read); no failure, just
+		// another look.
+		return ctrl.Result{}, err
+	}
+	if err != nil {
+		obs.failure = err
+		obs.failureReason = ReasonReconcileFailed
+		if errors.Is(err, errVAPIDSecret) {
+			obs.failureReason = ReasonVAPIDSecret
+			result, err = ctrl.Result{RequeueAfter: retryUserError}, nil
+		}
+		r.Recorder.Eventf(&kc, nil, corev1.EventTypeWarning, obs.failureReason, "Reconcile", "%v", obs.failure)
+	}
+	if serr := r.writeStatus(ctx, &kc, obs); serr != nil {
+		return ctrl.Result{}, errors.Join(err, serr)
+	}
+	return result, err
+}
+
+// reconcileChildren applies every child kc should have, deletes those it
+// should not, and observes its workloads.
+func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.KezChat) (observed, ctrl.Result, error) {
+	var obs observed
+	in := Inputs{DefaultImage: r.DefaultImage}
+	if kc.Spec.Push.IsEnabled() {
+		key, created, rotated, err := r.ensureVAPID(ctx, kc)
+		if err != nil {
+			return obs, ctrl.Result{}, err
+		}
+		switch {
+		case created:
+			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "Created", "Create", "created VAPID Secret %s", key.secretName)
+		case rotated:
+			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "VAPIDKeyRotated", "Update",
+				"rotated the VAPID key in Secret %s: existing push subscriptions stop working", key.secretName)
+		}
+		in.VAPIDSecret, in.VAPIDDigest = key.secretName, key.digest
+		obs.vapidPublicKey = key.publicKey
+	}
+
+	for _, obj := range desiredObjects(kc, in) {
+		if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
+			return obs, ctrl.Result{}, err
+		}
+		res, err := r.apply(ctx, obj)
+		if err != nil {
+			return obs, ctrl.Result{}, err
+		}
+		if res != unchanged {
+			kind := obj.GetObjectKind().GroupVersionKind().Kind
+			if gvk, err := r.Client.GroupVersionKindFor(obj); err == nil {
+				kind = gvk.Kind
+			}
+			reason, action := "Created", "Create"
+			if res == updated {
+				reason, action = "Updated", "Update"
+			}
+			r.Recorder.Eventf(kc, obj, corev1.EventTypeNormal, reason, action, "%s %s %s", reason, kind, obj.GetName())
+		}
+	}
+	for _, obj := range unwantedObjects(kc) {
+		if err := r.deleteIfOwned(ctx, kc, obj); err != nil {
+			return obs, ctrl.Result{}, err
+		}
+	}
+
+	n := namesOf(kc)
+	var err error
+	if obs.server, err = r.observeDeployment(ctx, kc, n.server(), kc.Spec.Server.ReplicaCount()); err != nil {
+		return obs, ctrl.Result{}, err
+	}
+	if kc.Spec.NATS.IsEnabled() {
+		var sts appsv1.StatefulSet
+		var found *appsv1.StatefulSet
+		switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: kc.Namespace, Name: n.nats()}, &sts); {
+		case err == nil:
+			found = &sts
+		case !apierrors.IsNotFound(err):
+			return obs, ctrl.Result{}, fmt.Errorf("reading StatefulSet %s: %w", n.nats(), err)
+		}
+		s := statefulSetState(found, kc.Spec.NATS.ReplicaCount())
+		obs.nats = &s
+	}
+	if kc.Spec.SigServer.IsEnabled() {
+		if obs.sigServer, err = r.observeDeployment(ctx, kc, n.sigServer(), kc.Spec.SigServer.ReplicaCount()); err != nil {
+			return obs, ctrl.Result{}, err
+		}
+	}
+	return obs, ctrl.Result{}, nil
+}
+
+func (r *KezChatReconciler) observeDeployment(ctx context.Context, kc *chatv1.KezChat, name string, desired int32) (*componentState, error) {
+	var d appsv1.Deployment
+	var found *appsv1.Deployment
+	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: kc.Namespace, Name: name}, &d); {
+	case err == nil:
+		found = &d
+	case !apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("reading Deployment %s: %w", name, err)
+	}
+	s := deploymentState(found, desired)
+	return &s, nil
+}
+
+// deleteIfOwned deletes obj if it exists and kc controls it; anything else
+// of that name is someone else's.
+func (r *KezChatReconciler) deleteIfOwned(ctx context.Context, kc *chatv1.KezChat, obj client.Object) error {
+	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !metav1.IsControlledBy(obj, kc) {
+		return nil
+	}
+	uid := obj.GetUID()
+	err := r.Client.Delete(ctx, obj, client.Preconditions{UID: &uid}, client.PropagationPolicy(metav1.DeletePropagationBackground))
+	if err = client.IgnoreNotFound(err); err != nil {
+		return fmt.Errorf("deleting %T %s: %w", obj, obj.GetName(), err)
+	}
+	r.Recorder.Eventf(kc, obj, corev1.EventTypeNormal, "Deleted", "Delete", "deleted %s, which the spec no longer asks for", obj.GetName())
+	return nil
+}
+
+// writeStatus writes the status obs gives kc, if that differs from what
+// kc has: a steady KezChat is never written.
+func (r *KezChatReconciler) writeStatus(ctx context.Context, kc *chatv1.KezChat, obs observed) error {
+	st := computeStatus(kc, obs)
+	if equality.Semantic.DeepEqual(st, kc.Status) {
+		return nil
+	}
+	before := kc.DeepCopy()
+	kc.Status = st
+	// A merge patch with the resourceVersion fails on a concurrent change
+	// rather than overwrite a newer status.
+	if err := r.Client.Status().Patch(ctx, kc, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("writing status: %w", err)
+	}
+	return nil
+}
+
+// SetupWithManager registers the reconciler with mgr, watching KezChats
+// and every kind of child, so that a deleted or edited child is put back.
+func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		// Status writes change neither generation nor annotations, so the
+		// operator's own status updates do not wake it.
+		For(&chatv1.KezChat{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Owns(&appsv1.Deployment{}).
+		Owns(&appsv1.StatefulSet{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.Secret{}).
+		Owns(&corev1.PersistentVolumeClaim{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&networkingv1.Ingress{}).
+		Owns(&networkingv1.NetworkPolicy{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
+		Named("kezchat").
+		Complete(r)
+}
+
+// CacheOptions limits the manager's cache to namespaces (all when empty)
+// and, for the kinds of child, to what the operator made: a cluster's
+// other Secrets and ConfigMaps never reach its memory.
+func CacheOptions(namespaces []string) cache.Options {
+	mine := k8slabels.SelectorFromSet(k8slabels.Set{managedByLabel: managedByValue})
+	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{}}
+	for _, obj := range []client.Object{
+		&appsv1.Deployment{}, &appsv1.StatefulSet{},
+		&corev1.Service{}, &corev1.ConfigMap{}, &corev1.Secret{},
+		&corev1.PersistentVolumeClaim{}, &corev1.ServiceAccount{},
+		&networkingv1.Ingress{}, &networkingv1.NetworkPolicy{}, &policyv1.PodDisruptionBudget{},
+	} {
+		opts.ByObject[obj] = cache.ByObject{Label: mine}
+	}
+	if len(namespaces) > 0 {
+		opts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			opts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return opts
+}

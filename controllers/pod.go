@@ -1,0 +1,129 @@
+package controllers
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
+)
+
+// kezUID is the user the kez-chat image runs as; NATS runs as the same, so
+// every volume is writable through fsGroup.
+const kezUID = 10001
+
+// Inputs is what the builders need beyond the KezChat: the operator's
+// settings and facts the reconcile read from the cluster.
+type Inputs struct {
+	// DefaultImage runs server and sig-server when the spec names none:
+	// the operator's own image.
+	DefaultImage string
+	// VAPIDSecret names the Secret with the VAPID key; empty when push is
+	// off.
+	VAPIDSecret string
+	// VAPIDDigest is a digest of that key, so that a new key rolls the
+	// server.
+	VAPIDDigest string
+}
+
+// image is the kez-chat image of kc's pods.
+func (in Inputs) image(kc *chatv1.KezChat) string {
+	if kc.Spec.Image != "" {
+		return kc.Spec.Image
+	}
+	return in.DefaultImage
+}
+
+// podSecurityContext makes every pod run as an unprivileged user with the
+// runtime's default seccomp profile.
+func podSecurityContext() *corev1.PodSecurityContext {
+	return &corev1.PodSecurityContext{
+		RunAsNonRoot:        ptr.To(true),
+		RunAsUser:           ptr.To[int64](kezUID),
+		RunAsGroup:          ptr.To[int64](kezUID),
+		FSGroup:             ptr.To[int64](kezUID),
+		FSGroupChangePolicy: ptr.To(corev1.FSGroupChangeOnRootMismatch),
+		SeccompProfile:      &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+// containerSecurityContext drops every capability and keeps the root file
+// system read-only: the containers write only to their volumes.
+func containerSecurityContext() *corev1.SecurityContext {
+	return &corev1.SecurityContext{
+		AllowPrivilegeEscalation: ptr.To(false),
+		ReadOnlyRootFilesystem:   ptr.To(true),
+		RunAsNonRoot:             ptr.To(true),
+		Privileged:               ptr.To(false),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+// httpProbe checks path on the named port.
+func httpProbe(path, port string, period, failures int32) *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: path, Port: intstr.FromString(port), Scheme: corev1.URISchemeHTTP,
+		}},
+		PeriodSeconds:    period,
+		TimeoutSeconds:   2,
+		FailureThreshold: failures,
+		SuccessThreshold: 1,
+	}
+}
+
+// tmpVolume is a small scratch directory, since the root file system is
+// read-only.
+func tmpVolume() (corev1.Volume, corev1.VolumeMount) {
+	return corev1.Volume{Name: "tmp", VolumeSource: corev1.VolumeSource{
+			EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr.To(resource.MustParse("64Mi"))},
+		}},
+		corev1.VolumeMount{Name: "tmp", MountPath: "/tmp"}
+}
+
+// podAnnotations are the user's annotations plus the config hash.
+func podAnnotations(user map[string]string, hash string) map[string]string {
+	a := make(map[string]string, len(user)+1)
+	for k, v := range user {
+		a[k] = v
+	}
+	if hash != "" {
+		a[configHashAnnotation] = hash
+	}
+	return a
+}
+
+// mergeEnv is base with each of extra's variables added, or replacing the
+// one of the same name: the user's settings win.
+func mergeEnv(base, extra []corev1.EnvVar) []corev1.EnvVar {
+	out := make([]corev1.EnvVar, 0, len(base)+len(extra))
+	index := map[string]int{}
+	for _, list := range [][]corev1.EnvVar{base, extra} {
+		for _, e := range list {
+			if i, ok := index[e.Name]; ok {
+				out[i] = e
+				continue
+			}
+			index[e.Name] = len(out)
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// resourceOne is the divisor that gives a resource in plain units (bytes).
+var resourceOne = resource.MustParse("1")
+
+// resourcesOr is r, or modest requests when r sets none, so that a pod is
+// never scheduled as if it used nothing.
+func resourcesOr(r corev1.ResourceRequirements, cpu, memory string) corev1.ResourceRequirements {
+	if len(r.Requests) > 0 || len(r.Limits) > 0 {
+		return r
+	}
+	return corev1.ResourceRequirements{Requests: corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse(cpu),
+		corev1.ResourceMemory: resource.MustParse(memory),
+	}}
+}

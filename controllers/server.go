@@ -1,0 +1,197 @@
+package controllers
+
+import (
+	"fmt"
+	"net/url"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
+)
+
+// Paths inside the chat server container.
+const (
+	serverDataDir   = "/var/lib/kez-chat"
+	vapidDir        = "/etc/kez-chat/vapid"
+	vapidPrivateKey = "private-key.pem" // key in the VAPID Secret
+	vapidPublicKey  = "public-key"      // key in the VAPID Secret
+)
+
+// trustedProxies are the private address ranges, where a cluster's ingress
+// controller lives: without them every client would share the ingress
+// controller's address, and its rate limits. KEZ_TRUSTED_PROXIES in
+// spec.server.env replaces them.
+const trustedProxies = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+
+// PublicURL is where people reach kc: its ingress host, over https unless
+// the Ingress is made without TLS.
+func PublicURL(kc *chatv1.KezChat) string {
+	scheme := "https"
+	if kc.Spec.Ingress.IsEnabled() && kc.Spec.Ingress.TLSSecretName == "" {
+		scheme = "http"
+	}
+	return (&url.URL{Scheme: scheme, Host: kc.Spec.Ingress.HostOr(kc.Spec.Domain)}).String()
+}
+
+// pushSubject is the VAPID contact: the spec's, or the domain's admin.
+func pushSubject(kc *chatv1.KezChat) string {
+	if kc.Spec.Push.Subject != "" {
+		return kc.Spec.Push.Subject
+	}
+	return "mailto:admin@" + kc.Spec.Domain
+}
+
+// serverPVC holds the SQLite store. The operator manages it itself, not
+// through a StatefulSet's volumeClaimTemplates, which can never change: so
+// it can grow, and outlives pod restarts, spec changes and upgrades.
+func serverPVC(kc *chatv1.KezChat) *corev1.PersistentVolumeClaim {
+	return dataPVC(kc, namesOf(kc).serverData(), componentServer, &kc.Spec.Server.Storage)
+}
+
+func dataPVC(kc *chatv1.KezChat, name, component string, s *chatv1.StorageSpec) *corev1.PersistentVolumeClaim {
+	return &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: kc.Namespace, Labels: labels(kc, component)},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: s.StorageClassName,
+			Resources: corev1.VolumeResourceRequirements{
+				Requests: corev1.ResourceList{corev1.ResourceStorage: s.SizeOrDefault()},
+			},
+		},
+	}
+}
+
+// serverDeployment runs the chat server. On SQLite it is one pod, replaced
+// by Recreate, since a second would wait on the first's volume; on
+// JetStream the replicas are stateless and roll one at a time.
+func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
+	n := namesOf(kc)
+	s := &kc.Spec.Server
+	sqlite := s.StoreKind() == chatv1.StoreSQLite
+
+	args := []string{
+		"server",
+		fmt.Sprintf("--bind=:%d", serverPort),
+		fmt.Sprintf("--metrics-bind=:%d", serverMetricsPort),
+		"--server=" + kc.Spec.Domain,
+		"--public-url=" + PublicURL(kc),
+		"--retention=" + s.RetentionPeriod().String(),
+		"--log-format=json",
+	}
+	tmp, tmpMount := tmpVolume()
+	volumes := []corev1.Volume{tmp}
+	mounts := []corev1.VolumeMount{tmpMount}
+	if sqlite {
+		args = append(args, "--db="+serverDataDir+"/kez-chat.db")
+		volumes = append(volumes, corev1.Volume{Name: "data", VolumeSource: corev1.VolumeSource{
+			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: n.serverData()},
+		}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "data", MountPath: serverDataDir})
+	}
+	if in.VAPIDSecret != "" {
+		args = append(args, "--vapid-subject="+pushSubject(kc), "--vapid-key-path="+vapidDir+"/"+vapidPrivateKey)
+		volumes = append(volumes, corev1.Volume{Name: "vapid", VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{
+				SecretName:  in.VAPIDSecret,
+				Items:       []corev1.KeyToPath{{Key: vapidPrivateKey, Path: vapidPrivateKey}},
+				DefaultMode: ptr.To[int32](0o440),
+			},
+		}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "vapid", MountPath: vapidDir, ReadOnly: true})
+	}
+
+	// The wiring to NATS and the sig-server goes by environment, the
+	// server's KEZ_ variables, so it stays in place whatever flags a given
+	// server version knows.
+	env := []corev1.EnvVar{
+		{Name: "KEZ_STORE", Value: string(s.StoreKind())},
+		{Name: "KEZ_TRUSTED_PROXIES", Value: trustedProxies},
+	}
+	if kc.Spec.NATS.IsEnabled() {
+		env = append(env, corev1.EnvVar{Name: "KEZ_NATS_URL", Value: fmt.Sprintf("nats://%s:%d", n.nats(), natsClientPort)})
+	}
+	if kc.Spec.SigServer.IsEnabled() {
+		env = append(env, corev1.EnvVar{Name: "KEZ_SIG_SERVER_URL", Value: fmt.Sprintf("http://%s:%d", n.sigServer(), sigServerPort)})
+	}
+	if _, ok := s.Resources.Limits[corev1.ResourceMemory]; ok {
+		// Let the Go runtime collect before the kernel kills.
+		env = append(env, corev1.EnvVar{Name: "GOMEMLIMIT", ValueFrom: &corev1.EnvVarSource{
+			ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory", Divisor: resourceOne},
+		}})
+	}
+	env = mergeEnv(env, s.Env)
+
+	strategy := appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType}
+	if !sqlite {
+		strategy = appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType,
+			RollingUpdate: &appsv1.RollingUpdateDeployment{
+				MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+				MaxSurge:       ptr.To(intstr.FromInt32(1)),
+			}}
+	}
+
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: n.server(), Namespace: kc.Namespace, Labels: labels(kc, componentServer)},
+		Spec: appsv1.DeploymentSpec{
+			Replicas:             ptr.To(s.ReplicaCount()),
+			Selector:             &metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentServer)},
+			Strategy:             strategy,
+			RevisionHistoryLimit: ptr.To[int32](5),
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      labels(kc, componentServer),
+					Annotations: podAnnotations(s.PodAnnotations, digest([]byte(in.VAPIDDigest))),
+				},
+				Spec: corev1.PodSpec{
+					ServiceAccountName:           n.serviceAccount(),
+					AutomountServiceAccountToken: ptr.To(false),
+					SecurityContext:              podSecurityContext(),
+					ImagePullSecrets:             kc.Spec.ImagePullSecrets,
+					NodeSelector:                 s.NodeSelector,
+					Tolerations:                  s.Tolerations,
+					Affinity:                     s.Affinity,
+					// The server drains streams and requests in flight on
+					// SIGTERM within its --shutdown-timeout (10s).
+					TerminationGracePeriodSeconds: ptr.To[int64](30),
+					Containers: []corev1.Container{{
+						Name:            "server",
+						Image:           in.image(kc),
+						ImagePullPolicy: kc.Spec.ImagePullPolicy,
+						Args:            args,
+						Env:             env,
+						Ports: []corev1.ContainerPort{
+							{Name: "http", ContainerPort: serverPort, Protocol: corev1.ProtocolTCP},
+							{Name: "metrics", ContainerPort: serverMetricsPort, Protocol: corev1.ProtocolTCP},
+						},
+						Resources:       resourcesOr(s.Resources, "50m", "64Mi"),
+						LivenessProbe:   httpProbe("/healthz", "http", 10, 3),
+						ReadinessProbe:  httpProbe("/readyz", "http", 5, 2),
+						SecurityContext: containerSecurityContext(),
+						VolumeMounts:    mounts,
+					}},
+					Volumes: volumes,
+				},
+			},
+		},
+	}
+}
+
+// serverService is the chat server's in-cluster address, which the
+// Ingress routes to.
+func serverService(kc *chatv1.KezChat) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).server(), Namespace: kc.Namespace, Labels: labels(kc, componentServer)},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeClusterIP,
+			Selector: selectorLabels(kc, componentServer),
+			Ports: []corev1.ServicePort{
+				{Name: "http", Port: serverPort, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP},
+				{Name: "metrics", Port: serverMetricsPort, TargetPort: intstr.FromString("metrics"), Protocol: corev1.ProtocolTCP},
+			},
+		},
+	}
+}
