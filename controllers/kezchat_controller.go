@@ -224,7 +224,7 @@ func (r *KezChatReconciler) writeStatus(ctx context.Context, kc *chatv1.KezChat,
 
 // SetupWithManager registers the reconciler with mgr, watching KezChats
 // and every kind of child, so that a deleted or edited child is put back.
-func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int) error {
+func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		// Status writes change neither generation nor annotations, so the
 		// operator's own status updates do not wake it.
@@ -240,7 +240,7 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int
 		Owns(&networkingv1.Ingress{}).
 		Owns(&networkingv1.NetworkPolicy{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
-		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
+		WithOptions(opts).
 		Named("kezchat").
 		Complete(r)
 }

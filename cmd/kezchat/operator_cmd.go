@@ -12,6 +12,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -106,7 +107,7 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
 		DefaultImage: f.image,
 	}
-	if err := r.SetupWithManager(mgr, f.maxConcurrent); err != nil {
+	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: f.maxConcurrent}); err != nil {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

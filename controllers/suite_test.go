@@ -1,0 +1,193 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
+)
+
+// The tests against a real API server share one kube-apiserver and etcd,
+// started by TestMain; each test works in a namespace of its own, with a
+// manager of its own that watches only that namespace.
+var (
+	testConfig *rest.Config
+	testScheme = runtime.NewScheme()
+	k8s        client.Client // uncached, straight to the API server
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runWithAPIServer(m))
+}
+
+func runWithAPIServer(m *testing.M) int {
+	if err := clientgoscheme.AddToScheme(testScheme); err != nil {
+		panic(err)
+	}
+	if err := chatv1.AddToScheme(testScheme); err != nil {
+		panic(err)
+	}
+	assets, err := envtestAssets()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: assets,
+	}
+	testConfig, err = env.Start()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "starting kube-apiserver and etcd from %s: %v\n", assets, err)
+		return 1
+	}
+	defer env.Stop()
+	k8s, err = client.New(testConfig, client.Options{Scheme: testScheme})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// envtestAssets is the directory with kube-apiserver and etcd:
+// $KUBEBUILDER_ASSETS, or the cache `make k8s-tools` builds them into.
+func envtestAssets() (string, error) {
+	dir := os.Getenv("KUBEBUILDER_ASSETS")
+	if dir == "" {
+		out, err := exec.Command("bash", filepath.Join("..", "hack", "tools", "install-k8s-tools.sh"), "--print-dir").Output()
+		if err != nil {
+			return "", fmt.Errorf("finding the kube-apiserver cache: %w", err)
+		}
+		dir = strings.TrimSpace(string(out))
+	}
+	for _, bin := range []string{"kube-apiserver", "etcd"} {
+		if _, err := os.Stat(filepath.Join(dir, bin)); err != nil {
+			return "", fmt.Errorf("no %s in %s: run `make k8s-tools` (or `make test`, which does) to build it", bin, dir)
+		}
+	}
+	return dir, nil
+}
+
+// testNamespace makes a namespace for t, removed when t ends (envtest runs
+// no namespace controller, so its objects stay in etcd until then).
+func testNamespace(t *testing.T) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "kc-"}}
+	if err := k8s.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k8s.Delete(context.Background(), ns) })
+	return ns.Name
+}
+
+// runningManager is an operator manager started by a test.
+type runningManager struct {
+	reconciler *KezChatReconciler
+	stop       func()
+}
+
+// startManager runs the operator, as `kezchat operator` does, watching
+// namespace only. It stops when t ends, or earlier by stop.
+func startManager(t *testing.T, namespace string) *runningManager {
+	t.Helper()
+	mgr, err := ctrl.NewManager(testConfig, ctrl.Options{
+		Scheme:                 testScheme,
+		Cache:                  CacheOptions([]string{namespace}),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &KezChatReconciler{
+		Client:       mgr.GetClient(),
+		APIReader:    mgr.GetAPIReader(),
+		Scheme:       testScheme,
+		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
+		DefaultImage: "registry.example/kezchat:test",
+	}
+	// Each test runs a manager of its own, so the controller's name repeats.
+	if err := r.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true), MaxConcurrentReconciles: 4}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	syncCtx, syncCancel := context.WithTimeout(ctx, 30*time.Second)
+	defer syncCancel()
+	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
+		cancel()
+		t.Fatal("manager cache did not sync")
+	}
+	var stopped bool
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return &runningManager{reconciler: r, stop: stop}
+}
+
+// reconcileNow runs one reconcile of kc by hand, as a watch event would.
+// The manager may be reconciling kc at the same time; the one that loses
+// the race to write its status gets a conflict, and tries again, as the
+// manager's queue would.
+func (m *runningManager) reconcileNow(t *testing.T, kc *chatv1.KezChat) {
+	t.Helper()
+	for range 10 {
+		_, err := m.reconciler.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(kc)})
+		if err == nil {
+			return
+		}
+		if !apierrors.IsConflict(err) {
+			t.Fatalf("reconcile: %v", err)
+		}
+	}
+	t.Fatal("reconcile: conflicts kept coming")
+}
+
+// eventually polls cond until it returns nil, failing t with its last
+// error after timeout.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still not true after %s: %v", what, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+const waitTimeout = 20 * time.Second
