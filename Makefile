@@ -48,3 +48,16 @@ bench: build
 
 clean:
 	rm -rf bin
+
+# Kubernetes binaries for tests (kube-apiserver and etcd for envtest, kubectl,
+# kube-controller-manager, kube-scheduler), built from the pinned modules in
+# hack/tools/*/go.mod into a per-version cache outside the repository
+# (~/.cache/kez-chat/k8s/<version>/bin, or $KEZ_TOOLS_DIR). The first build
+# takes minutes; later runs find them built and return at once. A test target
+# that starts envtest depends on k8s-tools and runs
+#   KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test ...
+ENVTEST_ASSETS ?= $(shell bash hack/tools/install-k8s-tools.sh --print-dir)
+
+.PHONY: k8s-tools
+k8s-tools:
+	bash hack/tools/install-k8s-tools.sh
