@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,6 +41,8 @@ func TestMain(m *testing.M) {
 }
 
 func runWithAPIServer(m *testing.M) int {
+	// The operator's logs are not the tests' output.
+	ctrl.SetLogger(logr.Discard())
 	if err := clientgoscheme.AddToScheme(testScheme); err != nil {
 		panic(err)
 	}
@@ -91,7 +94,7 @@ func envtestAssets() (string, error) {
 
 // testNamespace makes a namespace for t, removed when t ends (envtest runs
 // no namespace controller, so its objects stay in etcd until then).
-func testNamespace(t *testing.T) string {
+func testNamespace(t testing.TB) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "kc-"}}
 	if err := k8s.Create(context.Background(), ns); err != nil {
@@ -109,7 +112,7 @@ type runningManager struct {
 
 // startManager runs the operator, as `kezchat operator` does, watching
 // namespace only. It stops when t ends, or earlier by stop.
-func startManager(t *testing.T, namespace string) *runningManager {
+func startManager(t testing.TB, namespace string) *runningManager {
 	t.Helper()
 	mgr, err := ctrl.NewManager(testConfig, ctrl.Options{
 		Scheme:                 testScheme,
@@ -175,7 +178,7 @@ func (m *runningManager) reconcileNow(t *testing.T, kc *chatv1.KezChat) {
 
 // eventually polls cond until it returns nil, failing t with its last
 // error after timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
