@@ -64,6 +64,11 @@ type Server struct {
 	shutdown    context.Context
 	stopStreams context.CancelFunc
 	pumps       sync.WaitGroup
+	// pumpsMu orders starting a pump against CloseStreams: a WaitGroup
+	// must not grow from zero while Wait runs, so once closed no pump
+	// starts.
+	pumpsMu     sync.Mutex
+	pumpsClosed bool
 }
 
 // New returns a Server for svc, registering its metrics with reg.
@@ -92,6 +97,9 @@ func (s *Server) Handler() http.Handler {
 // ended; call it when shutting down, since http.Server.Shutdown would wait
 // for streams that never end, or not see them at all.
 func (s *Server) CloseStreams() {
+	s.pumpsMu.Lock()
+	s.pumpsClosed = true
+	s.pumpsMu.Unlock()
 	s.stopStreams()
 	s.pumps.Wait()
 }

@@ -97,6 +97,16 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	}()
 	// Shutdown must not wait out a write deadline.
 	stopDeadline := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	s.pumpsMu.Lock()
+	defer s.pumpsMu.Unlock()
+	if s.pumpsClosed {
+		// The server is shutting down: this stream ends before it starts.
+		stopDeadline()
+		st.Close()
+		cancel()
+		conn.Close()
+		return
+	}
 	s.pumps.Go(func() {
 		defer cancel()
 		defer conn.Close()
