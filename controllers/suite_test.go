@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,10 +18,10 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
+	"kez.lat/chat/controllers/testenv"
 )
 
 // The tests against a real API server share one kube-apiserver and etcd,
@@ -49,21 +46,12 @@ func runWithAPIServer(m *testing.M) int {
 	if err := chatv1.AddToScheme(testScheme); err != nil {
 		panic(err)
 	}
-	assets, err := envtestAssets()
+	env, cfg, err := testenv.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		BinaryAssetsDirectory: assets,
-	}
-	testConfig, err = env.Start()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting kube-apiserver and etcd from %s: %v\n", assets, err)
-		return 1
-	}
+	testConfig = cfg
 	defer env.Stop()
 	k8s, err = client.New(testConfig, client.Options{Scheme: testScheme})
 	if err != nil {
@@ -71,25 +59,6 @@ func runWithAPIServer(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
-}
-
-// envtestAssets is the directory with kube-apiserver and etcd:
-// $KUBEBUILDER_ASSETS, or the cache `make k8s-tools` builds them into.
-func envtestAssets() (string, error) {
-	dir := os.Getenv("KUBEBUILDER_ASSETS")
-	if dir == "" {
-		out, err := exec.Command("bash", filepath.Join("..", "hack", "tools", "install-k8s-tools.sh"), "--print-dir").Output()
-		if err != nil {
-			return "", fmt.Errorf("finding the kube-apiserver cache: %w", err)
-		}
-		dir = strings.TrimSpace(string(out))
-	}
-	for _, bin := range []string{"kube-apiserver", "etcd"} {
-		if _, err := os.Stat(filepath.Join(dir, bin)); err != nil {
-			return "", fmt.Errorf("no %s in %s: run `make k8s-tools` (or `make test`, which does) to build it", bin, dir)
-		}
-	}
-	return dir, nil
 }
 
 // testNamespace makes a namespace for t, removed when t ends (envtest runs
