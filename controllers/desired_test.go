@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
+	"kez.lat/chat/server/testutil"
 )
 
 func newKezChat(mutate ...func(*chatv1.KezChat)) *chatv1.KezChat {
@@ -156,9 +159,22 @@ func TestEveryPodIsHardened(t *testing.T) {
 			}
 		}
 	}
-	server := pods["chat-server"].Spec.Containers[0]
-	if server.LivenessProbe.HTTPGet.Path != "/healthz" || server.ReadinessProbe.HTTPGet.Path != "/readyz" {
-		t.Errorf("server probes %s/%s, want /healthz and /readyz", server.LivenessProbe.HTTPGet.Path, server.ReadinessProbe.HTTPGet.Path)
+	// The probes must hit the server's health routes, not the web app at
+	// /, which answers 200 to anything.
+	srv := testutil.StartServer(t, testutil.Options{})
+	for _, name := range []string{"chat-server"} {
+		c := pods[name].Spec.Containers[0]
+		for probe, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+			res, err := http.Get(srv.URL + p.HTTPGet.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK || !strings.Contains(res.Header.Get("Content-Type"), "json") {
+				t.Errorf("%s %s probe %s: %d %s %.80q; want the server's JSON health answer", name, probe, p.HTTPGet.Path, res.StatusCode, res.Header.Get("Content-Type"), body)
+			}
+		}
 	}
 }
 

@@ -55,8 +55,8 @@ func sigServerDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 							{Name: "metrics", ContainerPort: sigMetricsPort, Protocol: corev1.ProtocolTCP},
 						},
 						Resources:       resourcesOr(spec.Resources, "20m", "32Mi"),
-						LivenessProbe:   httpProbe("/healthz", "http", 10, 3),
-						ReadinessProbe:  httpProbe("/readyz", "http", 5, 2),
+						LivenessProbe:   httpProbe("/v1/healthz", "http", 10, 3),
+						ReadinessProbe:  httpProbe("/v1/readyz", "http", 5, 2),
 						SecurityContext: containerSecurityContext(),
 						VolumeMounts: []corev1.VolumeMount{
 							tmpMount,
