@@ -21,18 +21,26 @@ func serviceAccount(kc *chatv1.KezChat) *corev1.ServiceAccount {
 }
 
 // ingress routes the chat host's /, /v1 and /.well-known to the chat
-// server. The longer prefixes are spelled out so that a later route (the
-// sig-server's /v1/keys) slots in beside them.
+// server, and /v1/keys to the sig-server when there is one, so that
+// clients reach the key directory at the chat's own origin. Prefix
+// matching picks the longest path, so /v1/keys wins over /v1.
 func ingress(kc *chatv1.KezChat) *networkingv1.Ingress {
 	spec := &kc.Spec.Ingress
 	host := spec.HostOr(kc.Spec.Domain)
-	backend := networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
-		Name: namesOf(kc).server(), Port: networkingv1.ServiceBackendPort{Name: "http"},
-	}}
+	backend := func(service string) networkingv1.IngressBackend {
+		return networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
+			Name: service, Port: networkingv1.ServiceBackendPort{Name: "http"},
+		}}
+	}
 	var paths []networkingv1.HTTPIngressPath
+	if kc.Spec.SigServer.IsEnabled() {
+		paths = append(paths, networkingv1.HTTPIngressPath{
+			Path: "/v1/keys", PathType: ptr.To(networkingv1.PathTypePrefix), Backend: backend(namesOf(kc).sigServer()),
+		})
+	}
 	for _, p := range []string{"/.well-known", "/v1", "/"} {
 		paths = append(paths, networkingv1.HTTPIngressPath{
-			Path: p, PathType: ptr.To(networkingv1.PathTypePrefix), Backend: backend,
+			Path: p, PathType: ptr.To(networkingv1.PathTypePrefix), Backend: backend(namesOf(kc).server()),
 		})
 	}
 	ing := &networkingv1.Ingress{
@@ -99,17 +107,28 @@ func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	}
 }
 
-// sigServerNetworkPolicy lets only the chat server reach the sig-server.
+// sigServerNetworkPolicy admits the sig-server's HTTP port from the chat
+// server and, when the Ingress routes /v1/keys to it, from anywhere, since
+// the ingress controller may run anywhere (every write is signed by the
+// identity's primary key, and reads are public by design); and its
+// metrics port, like the chat server's, to scrapers.
 func sigServerNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
+	api := networkingv1.NetworkPolicyIngressRule{
+		From:  []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)},
+		Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigServerPort)},
+	}
+	if kc.Spec.Ingress.IsEnabled() {
+		api.From = nil
+	}
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).sigServer(), Namespace: kc.Namespace, Labels: labels(kc, componentSigServer)},
 		Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentSigServer)},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				From:  []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)},
-				Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigServerPort)},
-			}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{
+				api,
+				{Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigMetricsPort)}},
+			},
 		},
 	}
 }

@@ -291,12 +291,16 @@ func TestIngressRoutesTheChatHost(t *testing.T) {
 	var paths []string
 	for _, p := range rule.HTTP.Paths {
 		paths = append(paths, p.Path)
-		if p.Backend.Service.Name != "chat-server" || *p.PathType != networkingv1.PathTypePrefix {
-			t.Errorf("path %s goes to %s (%s)", p.Path, p.Backend.Service.Name, *p.PathType)
+		want := "chat-server"
+		if p.Path == "/v1/keys" {
+			want = "chat-sig-server" // the key directory, at the chat's origin
+		}
+		if p.Backend.Service.Name != want || *p.PathType != networkingv1.PathTypePrefix {
+			t.Errorf("path %s goes to %s (%s), want %s", p.Path, p.Backend.Service.Name, *p.PathType, want)
 		}
 	}
 	slices.Sort(paths)
-	if !slices.Equal(paths, []string{"/", "/.well-known", "/v1"}) {
+	if !slices.Equal(paths, []string{"/", "/.well-known", "/v1", "/v1/keys"}) {
 		t.Errorf("paths %q", paths)
 	}
 	if len(ing.Spec.TLS) != 1 || ing.Spec.TLS[0].SecretName != "chat-tls" || ing.Spec.TLS[0].Hosts[0] != "chat.example.org" {
@@ -313,33 +317,49 @@ func TestIngressRoutesTheChatHost(t *testing.T) {
 	}
 }
 
-func TestOnlyTheServerReachesNATSAndTheSigServer(t *testing.T) {
-	kc := newKezChat()
-	for _, np := range []*networkingv1.NetworkPolicy{natsNetworkPolicy(kc), sigServerNetworkPolicy(kc)} {
-		for _, rule := range np.Spec.Ingress {
-			if len(rule.From) == 0 {
-				t.Errorf("%s admits a port from anywhere: %+v", np.Name, rule.Ports)
-			}
-			for _, peer := range rule.From {
-				c := peer.PodSelector.MatchLabels["app.kubernetes.io/component"]
-				if c != componentServer && !(np.Name == "chat-nats" && c == componentNATS) {
-					t.Errorf("%s admits component %q", np.Name, c)
-				}
-			}
-		}
-	}
-	// The WebSocket listener is for browsers.
-	kc.Spec.NATS.WebSocket = true
-	open := 0
-	for _, rule := range natsNetworkPolicy(kc).Spec.Ingress {
+// openPorts are the ports a NetworkPolicy admits from anywhere, and
+// peerComponents the components it admits on the others.
+func openPorts(np *networkingv1.NetworkPolicy) (open []int32, peers []string) {
+	for _, rule := range np.Spec.Ingress {
 		if len(rule.From) == 0 {
-			open++
-			if rule.Ports[0].Port.IntVal != natsWebSocketPort {
-				t.Errorf("open port %v, want only websocket", rule.Ports[0].Port)
+			for _, p := range rule.Ports {
+				open = append(open, p.Port.IntVal)
 			}
+			continue
+		}
+		for _, peer := range rule.From {
+			peers = append(peers, peer.PodSelector.MatchLabels["app.kubernetes.io/component"])
 		}
 	}
-	if open != 1 {
-		t.Errorf("websocket on: %d open rules, want 1", open)
+	slices.Sort(open)
+	slices.Sort(peers)
+	return open, slices.Compact(peers)
+}
+
+func TestNetworkPoliciesAdmitOnlyWhatEachPartNeeds(t *testing.T) {
+	noIngress := func(kc *chatv1.KezChat) { kc.Spec.Ingress.Enabled = ptr.To(false) }
+	websocket := func(kc *chatv1.KezChat) { kc.Spec.NATS.WebSocket = true }
+	tests := []struct {
+		name  string
+		np    func(*chatv1.KezChat) *networkingv1.NetworkPolicy
+		spec  func(*chatv1.KezChat)
+		open  []int32
+		peers []string
+	}{
+		{"server: HTTP and metrics from anywhere", serverNetworkPolicy, func(*chatv1.KezChat) {}, []int32{serverPort, serverMetricsPort}, nil},
+		{"NATS: clients from the server, routes from NATS", natsNetworkPolicy, func(*chatv1.KezChat) {}, nil, []string{componentNATS, componentServer}},
+		{"NATS: WebSocket from anywhere when on", natsNetworkPolicy, websocket, []int32{natsWebSocketPort}, []string{componentNATS, componentServer}},
+		{"sig-server: API from the server only without an Ingress", sigServerNetworkPolicy, noIngress, []int32{sigMetricsPort}, []string{componentServer}},
+		{"sig-server: API from anywhere when the Ingress routes /v1/keys", sigServerNetworkPolicy, func(*chatv1.KezChat) {}, []int32{sigServerPort, sigMetricsPort}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			open, peers := openPorts(tt.np(newKezChat(tt.spec)))
+			want := slices.Clone(tt.open)
+			slices.Sort(want)
+			if !slices.Equal(open, want) || !slices.Equal(peers, tt.peers) {
+				t.Errorf("open ports %v, peers %v; want %v, %v", open, peers, want, tt.peers)
+			}
+		})
 	}
 }
