@@ -183,14 +183,20 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 // serverService is the chat server's in-cluster address, which the
 // Ingress routes to.
 func serverService(kc *chatv1.KezChat) *corev1.Service {
+	return apiService(kc, namesOf(kc).server(), componentServer, serverPort, serverMetricsPort)
+}
+
+// apiService is the Service of a kez-chat component with an HTTP API and
+// a metrics port, each on the container port of that name.
+func apiService(kc *chatv1.KezChat, name, component string, httpPort, metricsPort int32) *corev1.Service {
 	return &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).server(), Namespace: kc.Namespace, Labels: labels(kc, componentServer)},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: kc.Namespace, Labels: labels(kc, component)},
 		Spec: corev1.ServiceSpec{
 			Type:     corev1.ServiceTypeClusterIP,
-			Selector: selectorLabels(kc, componentServer),
+			Selector: selectorLabels(kc, component),
 			Ports: []corev1.ServicePort{
-				{Name: "http", Port: serverPort, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP},
-				{Name: "metrics", Port: serverMetricsPort, TargetPort: intstr.FromString("metrics"), Protocol: corev1.ProtocolTCP},
+				{Name: "http", Port: httpPort, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP},
+				{Name: "metrics", Port: metricsPort, TargetPort: intstr.FromString("metrics"), Protocol: corev1.ProtocolTCP},
 			},
 		},
 	}

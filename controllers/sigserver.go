@@ -6,7 +6,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
@@ -77,15 +76,5 @@ func sigServerDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 
 // sigServerService is the sig-server's in-cluster address.
 func sigServerService(kc *chatv1.KezChat) *corev1.Service {
-	return &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).sigServer(), Namespace: kc.Namespace, Labels: labels(kc, componentSigServer)},
-		Spec: corev1.ServiceSpec{
-			Type:     corev1.ServiceTypeClusterIP,
-			Selector: selectorLabels(kc, componentSigServer),
-			Ports: []corev1.ServicePort{
-				{Name: "http", Port: sigServerPort, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP},
-				{Name: "metrics", Port: sigMetricsPort, TargetPort: intstr.FromString("metrics"), Protocol: corev1.ProtocolTCP},
-			},
-		},
-	}
+	return apiService(kc, namesOf(kc).sigServer(), componentSigServer, sigServerPort, sigMetricsPort)
 }
