@@ -32,6 +32,7 @@ TOOLS=(
 	"kube-scheduler          k8s     k8s.io/kubernetes/cmd/kube-scheduler"
 	"kubectl                 k8s     k8s.io/kubernetes/cmd/kubectl"
 	"etcd                    etcd    go.etcd.io/etcd/server/v3"
+	"kwok                    kwok    sigs.k8s.io/kwok/cmd/kwok"
 )
 
 # Bump to rebuild every cached binary after a change to how they are built.
