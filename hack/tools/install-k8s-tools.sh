@@ -32,6 +32,7 @@ TOOLS=(
 	"kube-scheduler          k8s     k8s.io/kubernetes/cmd/kube-scheduler"
 	"kubectl                 k8s     k8s.io/kubernetes/cmd/kubectl"
 	"etcd                    etcd    go.etcd.io/etcd/server/v3"
+	"helm                    helm    helm.sh/helm/v4/cmd/helm"
 	"kwok                    kwok    sigs.k8s.io/kwok/cmd/kwok"
 )
 
@@ -83,6 +84,11 @@ ldflags() {
 				flags+=" -X $pkg.$kv"
 			done
 		done
+		;;
+	helm)
+		v="$(modversion helm helm.sh/helm/v4)"
+		flags+=" -X helm.sh/helm/v4/internal/version.version=$v"
+		flags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
 		;;
 	esac
 	echo "$flags"
