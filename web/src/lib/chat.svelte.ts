@@ -1,0 +1,194 @@
+// The chat state of one identity: conversations, history and the inbox
+// cursor. Every envelope, from the stream or the poll, goes through ingest(),
+// which decrypts it, stores it and then acknowledges it, so the server
+// deletes only what is kept here.
+
+import { get, set } from 'idb-keyval';
+import * as api from './api';
+import type { Identity } from './keys';
+import { claimedSender, InvalidMessage, newMessage, newMessageId, openEnvelope, type Envelope, type MessageKeys, type MessagePayload, type PublicUser } from './protocol';
+import type { Signed } from './signing';
+import type { LinkStatus } from './stream';
+import { historyKey, type ChatMessage, type Conversation, type History } from './history';
+
+export type { ChatMessage, Conversation, History, MessageState } from './history';
+export { historyKey } from './history';
+
+/** What Chat talks to; tests give fakes. */
+export interface ChatDeps {
+  lookup: (handle: string) => Promise<PublicUser>;
+  postMessage: (doc: Signed<MessagePayload>) => Promise<api.Receipt>;
+  inbox: (who: api.Signer, since: number) => Promise<api.InboxPage>;
+  ack: (who: api.Signer, upto: number) => Promise<unknown>;
+  load: (key: string) => Promise<History | undefined>;
+  save: (key: string, h: History) => Promise<void>;
+  now: () => number;
+}
+
+export const browserDeps: ChatDeps = {
+  lookup: api.lookup,
+  postMessage: api.postMessage,
+  inbox: api.inbox,
+  ack: api.ack,
+  load: (k) => get<History>(k),
+  save: (k, h) => set(k, h),
+  now: () => Math.floor(Date.now() / 1000),
+};
+
+const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
+
+export class Chat {
+  conversations = $state<Record<string, Conversation>>({});
+  status = $state<LinkStatus>('connecting');
+  /** The open conversation: its messages are read as they arrive. */
+  activePeer = $state<string | null>(null);
+  cursor = 0;
+
+  private acked = 0;
+  private users = new Map<string, PublicUser>();
+  private chain: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    readonly me: Identity,
+    private readonly deps: ChatDeps = browserDeps,
+  ) {}
+
+  get keys(): MessageKeys {
+    return { handle: this.me.handle, server: this.me.server, signing: this.me.signing, encSecret: this.me.enc.secret };
+  }
+
+  /** Conversations, the most recent first. */
+  get list(): Conversation[] {
+    const last = (c: Conversation) => c.messages.at(-1)?.ts ?? 0;
+    return Object.values(this.conversations).sort((a, b) => last(b) - last(a) || a.peer.localeCompare(b.peer));
+  }
+
+  async load(): Promise<void> {
+    const h = await this.deps.load(historyKey(this.me.handle));
+    if (h) {
+      this.cursor = this.acked = h.cursor;
+      this.conversations = h.conversations;
+    }
+  }
+
+  private persist(): Promise<void> {
+    return this.deps.save(historyKey(this.me.handle), { cursor: this.cursor, conversations: $state.snapshot(this.conversations) as Record<string, Conversation> });
+  }
+
+  /** Runs f after everything queued before it: one ingest or send at a time. */
+  private serial<T>(f: () => Promise<T>): Promise<T> {
+    const p = this.chain.then(f, f);
+    this.chain = p.catch(() => {});
+    return p;
+  }
+
+  async user(handle: string): Promise<PublicUser> {
+    let u = this.users.get(handle);
+    if (!u) {
+      u = await this.deps.lookup(handle);
+      this.users.set(handle, u);
+    }
+    return u;
+  }
+
+  conversation(peer: string): Conversation {
+    return (this.conversations[peer] ??= { peer, messages: [], unread: 0 });
+  }
+
+  markRead(peer: string): void {
+    const c = this.conversations[peer];
+    if (c && c.unread) c.unread = 0;
+    void this.serial(() => this.persist());
+  }
+
+  /** Decrypts, stores and acknowledges envelopes; safe to call concurrently and with repeats. */
+  ingest(envs: Envelope[]): Promise<void> {
+    return this.serial(async () => {
+      const start = this.cursor;
+      for (const env of [...envs].sort((a, b) => a.seq - b.seq)) {
+        if (env.seq <= this.cursor) continue;
+        try {
+          const from = claimedSender(env);
+          const pt = await openEnvelope(env, this.keys, await this.user(from));
+          const c = this.conversation(from);
+          const id = env.message.payload.id;
+          if (!c.messages.some((m) => !m.mine && m.id === id)) {
+            c.messages.push({ id, mine: false, body: pt.body, ts: pt.ts, seq: env.seq, state: 'received' });
+            if (this.activePeer !== from || !pageVisible()) c.unread++;
+          }
+        } catch (e) {
+          // Not being able to ask the server who sent it is worth a retry;
+          // a message that does not verify or open never will be.
+          if (e instanceof api.ApiError && e.code !== 'unknown_handle') break;
+          console.warn('dropping an envelope that cannot be read:', e instanceof InvalidMessage || e instanceof api.ApiError ? e.message : e);
+        }
+        this.cursor = env.seq;
+      }
+      if (this.cursor === start) return;
+      await this.persist();
+      await this.acknowledge();
+    });
+  }
+
+  private async acknowledge(): Promise<void> {
+    const upto = this.cursor;
+    if (upto <= this.acked) return;
+    try {
+      await this.deps.ack(this.me, upto);
+      this.acked = upto;
+    } catch {
+      // Acknowledged with the next batch; the server keeps what is unacknowledged.
+    }
+  }
+
+  /** Fetches what waits in the inbox: the backstop for a missed live delivery. */
+  poll(): Promise<void> {
+    return (async () => {
+      for (;;) {
+        const page = await this.deps.inbox(this.me, this.cursor);
+        if (page.messages.length === 0) return;
+        const before = this.cursor;
+        await this.ingest(page.messages);
+        if (this.cursor === before) return; // a lookup failed: try again later
+      }
+    })();
+  }
+
+  async send(peer: string, body: string): Promise<void> {
+    const c = this.conversation(peer);
+    const ts = this.deps.now();
+    const msg: ChatMessage = { id: newMessageId(), mine: true, body, ts, state: 'pending' };
+    c.messages.push(msg);
+    await this.deliver(peer, c.messages.length - 1);
+  }
+
+  async retry(peer: string, id: string): Promise<void> {
+    const c = this.conversations[peer];
+    const i = c?.messages.findIndex((m) => m.mine && m.id === id) ?? -1;
+    if (!c || i < 0 || c.messages[i]!.state !== 'failed') return;
+    c.messages[i]!.state = 'pending';
+    await this.deliver(peer, i);
+  }
+
+  private async deliver(peer: string, index: number): Promise<void> {
+    const c = this.conversation(peer);
+    const m = c.messages[index]!;
+    try {
+      // A retry posts the same document: the server answers the original
+      // receipt if the first try got through. A document too old to be
+      // accepted is signed again under a new id.
+      if (!m.doc || this.deps.now() - m.doc.payload.ts > 240) {
+        if (m.doc) m.id = newMessageId();
+        m.doc = await newMessage(this.keys, await this.user(peer), m.id, m.body, this.deps.now());
+      }
+      await this.deps.postMessage(m.doc);
+      m.state = 'sent';
+      delete m.doc;
+    } catch (e) {
+      m.state = 'failed';
+      throw e;
+    } finally {
+      await this.serial(() => this.persist());
+    }
+  }
+}

@@ -1,0 +1,66 @@
+// Message encryption (docs/protocol.md, "Message encryption"): HPKE base
+// mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305,
+// info "kez-chat/v1 message", no aad; ct = enc (32 bytes) || ciphertext.
+
+import { CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
+import { Chacha20Poly1305 } from '@hpke/chacha20poly1305';
+import { webCryptoHas } from './backend';
+import { concat, decodeB64, utf8 } from './bytes';
+
+const INFO = utf8('kez-chat/v1 message');
+const ENC_SIZE = 32;
+
+export interface EncKeyPair {
+  secret: Uint8Array<ArrayBuffer>; // raw X25519 private key
+  publicKey: Uint8Array<ArrayBuffer>;
+}
+
+let suites: { native?: Promise<CipherSuite>; noble?: Promise<CipherSuite> } = {};
+
+async function suite(): Promise<CipherSuite> {
+  if (await webCryptoHas('X25519')) {
+    suites.native ??= Promise.resolve(new CipherSuite({ kem: new DhkemX25519HkdfSha256(), kdf: new HkdfSha256(), aead: new Chacha20Poly1305() }));
+    return suites.native;
+  }
+  suites.noble ??= import('@hpke/dhkem-x25519').then(
+    (m) => new CipherSuite({ kem: new m.DhkemX25519HkdfSha256(), kdf: new HkdfSha256(), aead: new Chacha20Poly1305() }),
+  );
+  return suites.noble;
+}
+
+/** Forgets the suites (tests switch backends). */
+export function resetSuites(): void {
+  suites = {};
+}
+
+export async function generateEncKeyPair(): Promise<EncKeyPair> {
+  if (await webCryptoHas('X25519')) {
+    const pair = (await crypto.subtle.generateKey({ name: 'X25519' }, true, ['deriveBits'])) as CryptoKeyPair;
+    const jwk = await crypto.subtle.exportKey('jwk', pair.privateKey);
+    return { secret: decodeB64(jwk.d!), publicKey: decodeB64(jwk.x!) };
+  }
+  const { x25519 } = await import('@noble/curves/ed25519.js');
+  const secret = x25519.utils.randomSecretKey();
+  return { secret: new Uint8Array(secret), publicKey: new Uint8Array(x25519.getPublicKey(secret)) };
+}
+
+/** The public key of a raw X25519 private key (to check an imported identity). */
+export async function x25519PublicKey(secret: Uint8Array): Promise<Uint8Array<ArrayBuffer>> {
+  const { x25519 } = await import('@noble/curves/ed25519.js');
+  return new Uint8Array(x25519.getPublicKey(secret));
+}
+
+export async function seal(recipientPublicKey: Uint8Array<ArrayBuffer>, plaintext: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+  const s = await suite();
+  const pk = await s.kem.deserializePublicKey(recipientPublicKey);
+  const { ct, enc } = await s.seal({ recipientPublicKey: pk, info: INFO }, plaintext);
+  return concat(new Uint8Array(enc), new Uint8Array(ct));
+}
+
+export async function open(recipientSecret: Uint8Array<ArrayBuffer>, ct: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+  if (ct.length < ENC_SIZE) throw new Error('ciphertext shorter than the encapsulated key');
+  const s = await suite();
+  const sk = await s.kem.deserializePrivateKey(recipientSecret);
+  const pt = await s.open({ recipientKey: sk, enc: ct.slice(0, ENC_SIZE), info: INFO }, ct.slice(ENC_SIZE));
+  return new Uint8Array(pt);
+}

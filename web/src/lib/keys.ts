@@ -1,0 +1,120 @@
+// The identity: keys made in the browser and kept in IndexedDB, registered
+// under a handle; and its passphrase-encrypted export, the only form in
+// which a private key leaves the browser.
+
+import { del, get, set } from 'idb-keyval';
+import { decodeB64, encodeB64, equalBytes, fromUtf8, utf8 } from './bytes';
+import { generateEncKeyPair, x25519PublicKey, type EncKeyPair } from './crypto';
+import { TYPE_REGISTER, type RegisterPayload } from './protocol';
+import { ed25519PublicKey, generateSigningKey, primaryId, signDocument, type Signed, type SigningKey } from './signing';
+
+export interface Keys {
+  signing: SigningKey;
+  enc: EncKeyPair;
+}
+
+export interface Identity extends Keys {
+  handle: string;
+  server: string;
+  primaryId: string;
+}
+
+const IDENTITY_KEY = 'identity';
+
+export async function generateKeys(): Promise<Keys> {
+  return { signing: await generateSigningKey(), enc: await generateEncKeyPair() };
+}
+
+export const loadIdentity = () => get<Identity>(IDENTITY_KEY);
+export const saveIdentity = (id: Identity) => set(IDENTITY_KEY, id);
+export const forgetIdentity = () => del(IDENTITY_KEY);
+
+/** The handle rules of docs/protocol.md, checked before asking the server. */
+export const RESERVED_HANDLES = new Set([
+  'admin', 'administrator', 'root', 'support', 'system', 'kez', 'www', 'api', 'abuse',
+  'postmaster', 'hostmaster', 'webmaster', 'security', 'noreply', 'no-reply', 'help', 'info',
+]);
+
+export function handleProblem(handle: string): string | null {
+  if (handle.length < 3 || handle.length > 32) return 'A handle is 3 to 32 characters long.';
+  if (!/^[a-z0-9][a-z0-9_.-]*$/.test(handle)) return 'Use lowercase letters, digits, _ - and . only, starting with a letter or digit.';
+  if (RESERVED_HANDLES.has(handle)) return `"${handle}" is reserved; pick another.`;
+  return null;
+}
+
+export async function registration(keys: Keys, server: string, handle: string, ts: number): Promise<Signed<RegisterPayload>> {
+  return signDocument(keys.signing, {
+    type: TYPE_REGISTER,
+    server,
+    handle,
+    primary_id: await primaryId(keys.signing.alg, keys.signing.publicKey),
+    enc_key: encodeB64(keys.enc.publicKey),
+    ts,
+  });
+}
+
+// The export: the Go client's identity file (v, alg, signing_key, enc_key,
+// handle, server), encrypted with AES-256-GCM under a key stretched from the
+// passphrase with PBKDF2-SHA-256.
+const EXPORT_KIND = 'kez-chat-identity-export';
+const PBKDF2_ITERATIONS = 600_000;
+
+interface ExportFile {
+  kind: string;
+  v: 1;
+  kdf: { name: 'PBKDF2'; hash: 'SHA-256'; iterations: number; salt: string };
+  cipher: { name: 'AES-GCM'; iv: string };
+  data: string;
+}
+
+async function passphraseKey(passphrase: string, salt: Uint8Array<ArrayBuffer>, iterations: number): Promise<CryptoKey> {
+  const base = await crypto.subtle.importKey('raw', utf8(passphrase.normalize('NFC')), 'PBKDF2', false, ['deriveKey']);
+  return crypto.subtle.deriveKey({ name: 'PBKDF2', hash: 'SHA-256', salt, iterations }, base, { name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']);
+}
+
+export async function exportIdentity(id: Identity, passphrase: string, iterations = PBKDF2_ITERATIONS): Promise<string> {
+  if (passphrase.length < 8) throw new Error('Use a passphrase of at least 8 characters.');
+  const salt = crypto.getRandomValues(new Uint8Array(16));
+  const iv = crypto.getRandomValues(new Uint8Array(12));
+  const plain = utf8(JSON.stringify({ v: 1, alg: id.signing.alg, signing_key: encodeB64(id.signing.secret), enc_key: encodeB64(id.enc.secret), handle: id.handle, server: id.server }));
+  const data = await crypto.subtle.encrypt({ name: 'AES-GCM', iv, additionalData: utf8(EXPORT_KIND) }, await passphraseKey(passphrase, salt, iterations), plain);
+  const file: ExportFile = {
+    kind: EXPORT_KIND,
+    v: 1,
+    kdf: { name: 'PBKDF2', hash: 'SHA-256', iterations, salt: encodeB64(salt) },
+    cipher: { name: 'AES-GCM', iv: encodeB64(iv) },
+    data: encodeB64(new Uint8Array(data)),
+  };
+  return JSON.stringify(file, null, 2);
+}
+
+export async function importIdentity(text: string, passphrase: string): Promise<Identity> {
+  let file: ExportFile;
+  try {
+    file = JSON.parse(text) as ExportFile;
+  } catch {
+    throw new Error('This is not a kez-chat identity export.');
+  }
+  if (file?.kind !== EXPORT_KIND || file.v !== 1 || file.kdf?.name !== 'PBKDF2' || file.cipher?.name !== 'AES-GCM') {
+    throw new Error('This is not a kez-chat identity export.');
+  }
+  let plain: ArrayBuffer;
+  try {
+    const key = await passphraseKey(passphrase, decodeB64(file.kdf.salt), file.kdf.iterations);
+    plain = await crypto.subtle.decrypt({ name: 'AES-GCM', iv: decodeB64(file.cipher.iv), additionalData: utf8(EXPORT_KIND) }, key, decodeB64(file.data));
+  } catch {
+    throw new Error('Wrong passphrase, or the file was altered.');
+  }
+  const f = JSON.parse(fromUtf8(new Uint8Array(plain))) as { v: number; alg: string; signing_key: string; enc_key: string; handle: string; server: string };
+  if (f.v !== 1 || f.alg !== 'ed25519' || !f.handle || !f.server) throw new Error('This export holds an identity this app cannot use.');
+  const secret = decodeB64(f.signing_key);
+  const encSecret = decodeB64(f.enc_key);
+  const signing: SigningKey = { alg: 'ed25519', secret, publicKey: await ed25519PublicKey(secret) };
+  const enc: EncKeyPair = { secret: encSecret, publicKey: await x25519PublicKey(encSecret) };
+  return { signing, enc, handle: f.handle, server: f.server, primaryId: await primaryId('ed25519', signing.publicKey) };
+}
+
+/** Whether a public record is this identity's (after import, before use). */
+export function recordMatches(id: Keys, rec: { alg: string; key: string; enc_key: string }): boolean {
+  return rec.alg === id.signing.alg && equalBytes(decodeB64(rec.key), id.signing.publicKey) && equalBytes(decodeB64(rec.enc_key), id.enc.publicKey);
+}

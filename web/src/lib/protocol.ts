@@ -1,0 +1,114 @@
+// Message documents: building, verifying and opening them
+// (docs/protocol.md, "POST /v1/messages", "Message encryption").
+
+import { decodeB64, encodeB64, fromUtf8, utf8 } from './bytes';
+import { open, seal } from './crypto';
+import { signDocument, verifyDocument, type Signed, type SigningKey } from './signing';
+
+export const TYPE_MESSAGE = 'kez.chat.message/v1';
+export const TYPE_REGISTER = 'kez.chat.register/v1';
+
+export interface PublicUser {
+  handle: string;
+  server: string;
+  primary_id: string;
+  alg: string;
+  key: string;
+  enc_key: string;
+  created_at: number;
+}
+
+export interface MessagePayload {
+  type: string;
+  server: string;
+  from: string;
+  to: string;
+  id: string;
+  ts: number;
+  ct: string;
+}
+
+export interface RegisterPayload {
+  type: string;
+  server: string;
+  handle: string;
+  primary_id: string;
+  enc_key: string;
+  ts: number;
+}
+
+export interface Envelope {
+  seq: number;
+  received_at: number;
+  message: Signed<MessagePayload>;
+}
+
+export interface Plaintext {
+  v: number;
+  from: string;
+  to: string;
+  ts: number;
+  body: string;
+}
+
+/** What a message is sent and opened with: the registered identity's keys. */
+export interface MessageKeys {
+  handle: string;
+  server: string;
+  signing: SigningKey;
+  encSecret: Uint8Array<ArrayBuffer>;
+}
+
+export class InvalidMessage extends Error {
+  override name = 'InvalidMessage';
+}
+
+/** A random message id: 16 bytes, base64url (as the Go client makes them). */
+export function newMessageId(): string {
+  return encodeB64(crypto.getRandomValues(new Uint8Array(16)));
+}
+
+export async function newMessage(me: MessageKeys, to: PublicUser, id: string, body: string, ts: number): Promise<Signed<MessagePayload>> {
+  const pt: Plaintext = { v: 1, from: me.handle, to: to.handle, ts, body };
+  const ct = await seal(decodeB64(to.enc_key), utf8(JSON.stringify(pt)));
+  return signDocument(me.signing, { type: TYPE_MESSAGE, server: to.server, from: me.handle, to: to.handle, id, ts, ct: encodeB64(ct) });
+}
+
+/** Who an envelope claims to be from, before verifying (to look them up). */
+export function claimedSender(env: Envelope): string {
+  const from = env?.message?.payload?.from;
+  if (typeof from !== 'string') throw new InvalidMessage(`seq ${env?.seq}: payload has no from`);
+  return from;
+}
+
+/**
+ * Verifies and opens an envelope of me's inbox sent by sender: the signature
+ * must be by sender's registered key, the payload a message from sender to
+ * me on this server, and the plaintext must name the same from and to.
+ */
+export async function openEnvelope(env: Envelope, me: MessageKeys, sender: PublicUser): Promise<Plaintext> {
+  const bad = (why: string) => new InvalidMessage(`seq ${env.seq}: ${why}`);
+  const p = env.message.payload;
+  if (!(await verifyDocument(env.message, sender.alg, decodeB64(sender.key)))) throw bad(`not signed by the registered key of ${sender.handle}`);
+  if (p.type !== TYPE_MESSAGE) throw bad(`payload type is ${JSON.stringify(p.type)}`);
+  if (p.from !== sender.handle) throw bad(`from ${JSON.stringify(p.from)}, but the key is ${sender.handle}'s`);
+  if (p.to !== me.handle) throw bad(`addressed to ${JSON.stringify(p.to)}`);
+  if (p.server !== sender.server || p.server !== me.server) throw bad(`for server ${JSON.stringify(p.server)}`);
+  if (typeof p.ct !== 'string') throw bad('no ct');
+  let raw: Uint8Array;
+  try {
+    raw = await open(me.encSecret, decodeB64(p.ct));
+  } catch (e) {
+    throw bad(`cannot be opened: ${(e as Error).message}`);
+  }
+  let pt: Plaintext;
+  try {
+    pt = JSON.parse(fromUtf8(raw)) as Plaintext;
+  } catch {
+    throw bad('plaintext is not JSON');
+  }
+  if (pt === null || typeof pt !== 'object' || pt.v !== 1) throw bad(`plaintext version ${JSON.stringify(pt?.v)} is not supported`);
+  if (pt.from !== p.from || pt.to !== p.to) throw bad('plaintext from/to differ from the envelope');
+  if (typeof pt.body !== 'string' || typeof pt.ts !== 'number') throw bad('plaintext has no body or ts');
+  return { v: 1, from: pt.from, to: pt.to, ts: pt.ts, body: pt.body };
+}

@@ -1,0 +1,22 @@
+// The signed-in identity and its chat state, shared by every screen.
+
+import { Chat } from './chat.svelte';
+import { loadIdentity, saveIdentity, type Identity } from './keys';
+
+export const session = $state<{ ready: boolean; chat: Chat | null }>({ ready: false, chat: null });
+
+export async function restoreSession(): Promise<void> {
+  try {
+    const id = await loadIdentity();
+    if (id) await startSession(id, false);
+  } finally {
+    session.ready = true;
+  }
+}
+
+export async function startSession(id: Identity, save = true): Promise<void> {
+  if (save) await saveIdentity(id);
+  const chat = new Chat(id);
+  await chat.load();
+  session.chat = chat;
+}

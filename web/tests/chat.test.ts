@@ -1,0 +1,143 @@
+import { describe, expect, it } from 'vitest';
+import { ApiError, type InboxPage, type Receipt } from '../src/lib/api';
+import { encodeB64 } from '../src/lib/bytes';
+import { Chat, historyKey, type ChatDeps, type History } from '../src/lib/chat.svelte';
+import { generateKeys, type Identity } from '../src/lib/keys';
+import { newMessage, type Envelope, type MessagePayload, type PublicUser } from '../src/lib/protocol';
+import { primaryId, type Signed } from '../src/lib/signing';
+
+const SERVER = 'chat.example';
+
+async function person(handle: string): Promise<{ id: Identity; record: PublicUser }> {
+  const k = await generateKeys();
+  const pid = await primaryId('ed25519', k.signing.publicKey);
+  return {
+    id: { ...k, handle, server: SERVER, primaryId: pid },
+    record: { handle, server: SERVER, primary_id: pid, alg: 'ed25519', key: encodeB64(k.signing.publicKey), enc_key: encodeB64(k.enc.publicKey), created_at: 1 },
+  };
+}
+
+/** A fake server: one inbox per handle, acks recorded, failures on demand. */
+function fakeServer(records: PublicUser[]) {
+  const store = new Map<string, History>();
+  const inboxes = new Map<string, Envelope[]>();
+  const acks: number[] = [];
+  let seq = 0;
+  let failPosts = 0;
+  const deps: ChatDeps = {
+    lookup: async (h) => {
+      const r = records.find((r) => r.handle === h);
+      if (!r) throw new ApiError(404, 'unknown_handle', 'no such user');
+      return r;
+    },
+    postMessage: async (doc: Signed<MessagePayload>): Promise<Receipt> => {
+      if (failPosts > 0) {
+        failPosts--;
+        throw new ApiError(0, 'network', 'offline');
+      }
+      const to = doc.payload.to;
+      const env: Envelope = { seq: ++seq, received_at: 1, message: JSON.parse(JSON.stringify(doc)) };
+      inboxes.set(to, [...(inboxes.get(to) ?? []), env]);
+      return { to, seq: env.seq, id: doc.payload.id };
+    },
+    inbox: async (who, since): Promise<InboxPage> => {
+      const msgs = (inboxes.get(who.handle) ?? []).filter((e) => e.seq > since);
+      return { messages: msgs, next: msgs.at(-1)?.seq ?? since };
+    },
+    ack: async (who, upto) => {
+      acks.push(upto);
+      inboxes.set(who.handle, (inboxes.get(who.handle) ?? []).filter((e) => e.seq > upto));
+      return { deleted: 0 };
+    },
+    load: async (k) => structuredClone(store.get(k)),
+    save: async (k, h) => void store.set(k, structuredClone(h)),
+    now: () => Math.floor(Date.now() / 1000),
+  };
+  return { deps, store, inboxes, acks, failNextPosts: (n: number) => (failPosts = n) };
+}
+
+describe('Chat', () => {
+  it('delivers, decrypts, stores and acknowledges, and keeps history across a reload', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const srv = fakeServer([alice.record, bob.record]);
+    const a = new Chat(alice.id, srv.deps);
+    const b = new Chat(bob.id, srv.deps);
+    await a.send('bob', 'hi bob');
+    await a.send('bob', 'second');
+    expect(a.conversations.bob!.messages.map((m) => [m.body, m.state])).toEqual([['hi bob', 'sent'], ['second', 'sent']]);
+
+    await b.poll();
+    const conv = b.conversations.alice!;
+    expect(conv.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
+    expect(conv.unread).toBe(2);
+    expect(srv.acks).toEqual([2]);
+    expect(srv.inboxes.get('bob')).toEqual([]);
+    expect(srv.store.get(historyKey('bob'))!.cursor).toBe(2);
+
+    // An envelope at or before the cursor (a stream resuming, a poll racing it) is skipped.
+    await b.ingest([{ seq: 2, received_at: 1, message: { payload: {}, signature: {} } as never }]);
+    expect(b.conversations.alice!.messages).toHaveLength(2);
+
+    const reloaded = new Chat(bob.id, srv.deps);
+    await reloaded.load();
+    expect(reloaded.cursor).toBe(2);
+    expect(reloaded.conversations.alice!.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
+    reloaded.markRead('alice');
+    expect(reloaded.conversations.alice!.unread).toBe(0);
+  });
+
+  it('marks a failed send and a retry posts the same message once', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const srv = fakeServer([alice.record, bob.record]);
+    const a = new Chat(alice.id, srv.deps);
+    srv.failNextPosts(1);
+    await expect(a.send('bob', 'are you there?')).rejects.toThrow(/offline/);
+    const m = a.conversations.bob!.messages[0]!;
+    expect(m.state).toBe('failed');
+    await a.retry('bob', m.id);
+    expect(a.conversations.bob!.messages[0]!.state).toBe('sent');
+    expect(srv.inboxes.get('bob')!.map((e) => e.message.payload.id)).toEqual([m.id]);
+  });
+
+  it('drops what does not verify but still moves past it', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const mallory = await person('mallory');
+    const srv = fakeServer([alice.record, bob.record, mallory.record]);
+    // Mallory signs a message claiming to be from alice.
+    const forged = await newMessage({ handle: 'alice', server: SERVER, signing: mallory.id.signing, encSecret: mallory.id.enc.secret }, bob.record, 'f1', 'forged', 1);
+    const ok = await newMessage({ handle: 'alice', server: SERVER, signing: alice.id.signing, encSecret: alice.id.enc.secret }, bob.record, 'g1', 'genuine', 2);
+    const b = new Chat(bob.id, srv.deps);
+    await b.ingest([
+      { seq: 5, received_at: 1, message: forged },
+      { seq: 9, received_at: 1, message: ok },
+    ]);
+    expect(b.conversations.alice!.messages.map((m) => m.body)).toEqual(['genuine']);
+    expect(b.cursor).toBe(9);
+    expect(srv.acks).toEqual([9]);
+  });
+
+  it('does not move past a message whose sender could not be looked up', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const srv = fakeServer([alice.record, bob.record]);
+    const doc = await newMessage({ handle: 'alice', server: SERVER, signing: alice.id.signing, encSecret: alice.id.enc.secret }, bob.record, 'm', 'later', 2);
+    const offline: ChatDeps = { ...srv.deps, lookup: async () => { throw new ApiError(0, 'network', 'offline'); } };
+    const b = new Chat(bob.id, offline);
+    await b.ingest([{ seq: 3, received_at: 1, message: doc }]);
+    expect(b.cursor).toBe(0);
+    expect(srv.acks).toEqual([]);
+  });
+
+  it('lists conversations by their latest message', async () => {
+    const me = await person('me');
+    const srv = fakeServer([me.record]);
+    const c = new Chat(me.id, srv.deps);
+    c.conversation('old').messages.push({ id: '1', mine: false, body: 'x', ts: 10, state: 'received' });
+    c.conversation('new').messages.push({ id: '2', mine: false, body: 'y', ts: 20, state: 'received' });
+    c.conversation('empty');
+    expect(c.list.map((x) => x.peer)).toEqual(['new', 'old', 'empty']);
+  });
+});

@@ -1,0 +1,75 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { forceBackend, type Backend } from '../src/lib/backend';
+import { decodeB64, utf8, fromUtf8 } from '../src/lib/bytes';
+import { generateEncKeyPair, open, resetSuites, seal } from '../src/lib/crypto';
+import { claimedSender, InvalidMessage, newMessage, openEnvelope, type Envelope, type MessageKeys, type PublicUser } from '../src/lib/protocol';
+import { generateSigningKey, primaryId } from '../src/lib/signing';
+import { encodeB64 } from '../src/lib/bytes';
+import { vectors } from './vectors';
+
+afterEach(() => {
+  forceBackend(undefined);
+  resetSuites();
+});
+
+const bobKeys = (m: (typeof vectors.messages)[number]): MessageKeys => ({
+  handle: m.recipient.handle,
+  server: m.recipient.server,
+  signing: { alg: 'ed25519', secret: new Uint8Array(32), publicKey: new Uint8Array(32) }, // unused to open
+  encSecret: decodeB64(m.recipient_enc_private),
+});
+
+for (const backend of ['webcrypto', 'noble'] as Backend[]) {
+  describe(`HPKE with ${backend}`, () => {
+    it('opens what the Go client sealed (shared vectors)', async () => {
+      forceBackend(backend);
+      resetSuites();
+      for (const m of vectors.messages) {
+        const pt = await openEnvelope(structuredClone(m.envelope), bobKeys(m), m.sender);
+        expect(pt, m.name).toEqual(m.plaintext);
+      }
+    });
+
+    it('round-trips its own seal and refuses another key', async () => {
+      forceBackend(backend);
+      resetSuites();
+      const bob = await generateEncKeyPair();
+      const ct = await seal(bob.publicKey, utf8('hi bob'));
+      expect(fromUtf8(await open(bob.secret, ct))).toBe('hi bob');
+      const eve = await generateEncKeyPair();
+      await expect(open(eve.secret, ct)).rejects.toThrow();
+      await expect(open(bob.secret, ct.slice(0, 20))).rejects.toThrow();
+    });
+  });
+}
+
+describe('message envelopes', () => {
+  const m = vectors.messages[0]!;
+
+  it('refuses a message that is not what its sender signed', async () => {
+    const tampered: Envelope = structuredClone(m.envelope);
+    tampered.message.payload.to = 'carol';
+    await expect(openEnvelope(tampered, bobKeys(m), m.sender)).rejects.toBeInstanceOf(InvalidMessage);
+    // Signed by alice, but we are told the sender is someone else.
+    const otherKey: PublicUser = { ...m.sender, key: encodeB64(new Uint8Array(32).fill(7)) };
+    await expect(openEnvelope(structuredClone(m.envelope), bobKeys(m), otherKey)).rejects.toThrow(/registered key/);
+    const mallory: PublicUser = { ...m.sender, handle: 'mallory' };
+    await expect(openEnvelope(structuredClone(m.envelope), bobKeys(m), mallory)).rejects.toThrow(/from "alice"/);
+    // Addressed to bob, opened as carol.
+    await expect(openEnvelope(structuredClone(m.envelope), { ...bobKeys(m), handle: 'carol' }, m.sender)).rejects.toThrow(/addressed/);
+  });
+
+  it('a message made here opens for its recipient with the checks of the Go client', async () => {
+    const alice = await generateSigningKey();
+    const aliceEnc = await generateEncKeyPair();
+    const bobEnc = await generateEncKeyPair();
+    const server = 'chat.example';
+    const bob: PublicUser = { handle: 'bob', server, primary_id: 'x', alg: 'ed25519', key: encodeB64(new Uint8Array(32)), enc_key: encodeB64(bobEnc.publicKey), created_at: 1 };
+    const aliceRecord: PublicUser = { handle: 'alice', server, primary_id: await primaryId('ed25519', alice.publicKey), alg: 'ed25519', key: encodeB64(alice.publicKey), enc_key: encodeB64(aliceEnc.publicKey), created_at: 1 };
+    const doc = await newMessage({ handle: 'alice', server, signing: alice, encSecret: aliceEnc.secret }, bob, 'm1', 'hello <b>& 😀', 1764000000);
+    const env: Envelope = { seq: 1, received_at: 1764000001, message: JSON.parse(JSON.stringify(doc)) };
+    expect(claimedSender(env)).toBe('alice');
+    const pt = await openEnvelope(env, { handle: 'bob', server, signing: alice, encSecret: bobEnc.secret }, aliceRecord);
+    expect(pt).toEqual({ v: 1, from: 'alice', to: 'bob', ts: 1764000000, body: 'hello <b>& 😀' });
+  });
+});

@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { encodeB64 } from '../src/lib/bytes';
+import { exportIdentity, generateKeys, handleProblem, importIdentity, recordMatches, registration, type Identity } from '../src/lib/keys';
+import { primaryId, verifyDocument } from '../src/lib/signing';
+
+async function identity(): Promise<Identity> {
+  const k = await generateKeys();
+  return { ...k, handle: 'alice', server: 'chat.example', primaryId: await primaryId('ed25519', k.signing.publicKey) };
+}
+
+describe('handles', () => {
+  it('says what is wrong before asking the server', () => {
+    expect(handleProblem('alice')).toBeNull();
+    expect(handleProblem('a.b-c_9')).toBeNull();
+    expect(handleProblem('ab')).toMatch(/3 to 32/);
+    expect(handleProblem('Alice')).toMatch(/lowercase/);
+    expect(handleProblem('-alice')).toMatch(/starting/);
+    expect(handleProblem('admin')).toMatch(/reserved/);
+  });
+});
+
+describe('registration', () => {
+  it('is signed by the new key and names its primary_id', async () => {
+    const id = await identity();
+    const doc = await registration(id, 'chat.example', 'alice', 1764000000);
+    expect(doc.payload).toMatchObject({ type: 'kez.chat.register/v1', server: 'chat.example', handle: 'alice', primary_id: id.primaryId, enc_key: encodeB64(id.enc.publicKey) });
+    expect(await verifyDocument(doc, 'ed25519', id.signing.publicKey)).toBe(true);
+  });
+});
+
+describe('identity export', () => {
+  it('round-trips with the passphrase, and holds no key in the clear', async () => {
+    const id = await identity();
+    const text = await exportIdentity(id, 'correct horse battery', 1000);
+    expect(text).not.toContain(encodeB64(id.signing.secret));
+    expect(text).not.toContain(encodeB64(id.enc.secret));
+    const back = await importIdentity(text, 'correct horse battery');
+    expect(back).toEqual(id);
+    expect(recordMatches(back, { alg: 'ed25519', key: encodeB64(id.signing.publicKey), enc_key: encodeB64(id.enc.publicKey) })).toBe(true);
+  });
+
+  it('refuses a wrong passphrase, an altered file and a short passphrase', async () => {
+    const id = await identity();
+    const text = await exportIdentity(id, 'correct horse battery', 1000);
+    await expect(importIdentity(text, 'wrong horse battery')).rejects.toThrow(/Wrong passphrase/);
+    const f = JSON.parse(text);
+    f.data = f.data.slice(0, -2) + (f.data.endsWith('AA') ? 'AQ' : 'AA');
+    await expect(importIdentity(JSON.stringify(f), 'correct horse battery')).rejects.toThrow();
+    await expect(importIdentity('{"hello":1}', 'x')).rejects.toThrow(/not a kez-chat identity/);
+    await expect(exportIdentity(id, 'short')).rejects.toThrow(/8 characters/);
+  });
+});
