@@ -43,6 +43,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseAuth$$' -fuzztime=$(FUZZTIME) ./server/signing/
 	$(GO) test -run='^$$' -fuzz='^FuzzSignedVerify$$' -fuzztime=$(FUZZTIME) ./server/signing/
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestBodies$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzKeyDocuments$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
 
 ## bench: the figures in docs/benchmarks.md
 bench: build

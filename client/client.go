@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -162,6 +163,9 @@ func NewRegistration(id *Identity, domain, handle string, ts time.Time) (signing
 // Register registers id under handle and, on success, records the handle
 // and the server's domain in id (save it afterwards).
 func (c *Client) Register(ctx context.Context, id *Identity, handle string) (*User, error) {
+	if id.IsDevice() {
+		return nil, usageError{errors.New("a device identity cannot register: registration is signed by the primary key")}
+	}
 	domain, err := c.Domain(ctx)
 	if err != nil {
 		return nil, err
@@ -218,8 +222,9 @@ func (c *Client) Lookup(ctx context.Context, handle string) (*User, error) {
 	return u, nil
 }
 
-// user returns handle's record from the cache, or looks it up. Records do
-// not change in protocol v1 (there is no key rotation).
+// user returns handle's record from the cache, or looks it up. A record's
+// device keys change; Decrypt looks a sender up again when a message is
+// signed by a key its cached record does not list.
 func (c *Client) user(ctx context.Context, handle string) (*User, error) {
 	c.mu.Lock()
 	u := c.users[handle]

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"kez.lat/chat/server"
 	"kez.lat/chat/server/signing"
 )
 
@@ -24,6 +25,9 @@ type Identity struct {
 	Enc    *ecdh.PrivateKey // X25519
 	Handle string
 	Server string
+	// Primary is the primary_id of the identity this key speaks for when it
+	// is a device key (see NewDevice); empty for the primary key itself.
+	Primary string
 }
 
 // NewIdentity makes a new identity with a fresh signing key of alg
@@ -40,9 +44,28 @@ func NewIdentity(alg string) (*Identity, error) {
 	return &Identity{Signer: s, Enc: enc}, nil
 }
 
-// PrimaryID is the identity's account id, derived from its signing key.
+// PrimaryID is the identity's account id, derived from its primary key.
 func (id *Identity) PrimaryID() string {
+	if id.Primary != "" {
+		return id.Primary
+	}
 	return signing.PrimaryID(id.Signer.Alg(), id.Signer.PublicKey())
+}
+
+// IsDevice reports whether the signing key is a device key rather than the
+// identity's primary key.
+func (id *Identity) IsDevice() bool { return id.Primary != "" }
+
+// NewDevice makes a device identity of id: a fresh signing key of alg that
+// speaks for id once a key document lists it, with id's handle, server and
+// encryption key (every device must open the messages sent to the
+// identity).
+func (id *Identity) NewDevice(alg string) (*Identity, error) {
+	s, err := signing.GenerateKey(alg)
+	if err != nil {
+		return nil, fmt.Errorf("new device: %w (supported: %v)", err, signing.Algorithms())
+	}
+	return &Identity{Signer: s, Enc: id.Enc, Handle: id.Handle, Server: id.Server, Primary: id.PrimaryID()}, nil
 }
 
 // EncPublicKey is the raw 32-byte X25519 public key others encrypt to.
@@ -57,6 +80,8 @@ type identityFile struct {
 	EncKey     string `json:"enc_key"`     // X25519 private key
 	Handle     string `json:"handle,omitempty"`
 	Server     string `json:"server,omitempty"`
+	// PrimaryID is set in a device identity: the identity it speaks for.
+	PrimaryID string `json:"primary_id,omitempty"`
 }
 
 // maxIdentityFile bounds what LoadIdentity reads.
@@ -75,6 +100,7 @@ func marshalIdentity(id *Identity) ([]byte, error) {
 		EncKey:     signing.EncodeB64(id.Enc.Bytes()),
 		Handle:     id.Handle,
 		Server:     id.Server,
+		PrimaryID:  id.Primary,
 	}, "", "  ")
 }
 
@@ -105,7 +131,10 @@ func unmarshalIdentity(data []byte) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: enc_key: %w", err)
 	}
-	return &Identity{Signer: s, Enc: enc, Handle: f.Handle, Server: f.Server}, nil
+	if f.PrimaryID != "" && !server.ValidPrimaryID(f.PrimaryID) {
+		return nil, fmt.Errorf("identity: primary_id %q is not 40 lowercase hex characters", f.PrimaryID)
+	}
+	return &Identity{Signer: s, Enc: enc, Handle: f.Handle, Server: f.Server, Primary: f.PrimaryID}, nil
 }
 
 // Save writes the identity to path with mode 0600, replacing any file there

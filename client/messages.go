@@ -116,8 +116,13 @@ func (e Envelope) Payload() (MessagePayload, error) {
 	return p, nil
 }
 
+// errKeyNotListed marks a refusal that a fresher record of the sender may
+// lift: the message is signed by a key its record does not (yet) list.
+var errKeyNotListed = errors.New("signing key not in the sender's record")
+
 // Decrypt verifies and opens a message of id's inbox sent by sender: the
-// signature must verify under sender's registered key, the payload must be a
+// signature must verify under sender's registered key or one of the device
+// keys its record lists, the payload must be a
 // message from sender to id, and the decrypted plaintext must name the same
 // from and to. Every refusal wraps ErrInvalidMessage.
 func (id *Identity) Decrypt(env Envelope, sender *User) (Plaintext, error) {
@@ -128,8 +133,9 @@ func (id *Identity) Decrypt(env Envelope, sender *User) (Plaintext, error) {
 	if err != nil {
 		return bad("%v", err)
 	}
-	if env.Message.Signature.Alg != sender.Alg || !bytes.Equal(pub, sender.Key) {
-		return bad("not signed by the registered key of %s", sender.Handle)
+	if !sender.Authorizes(env.Message.Signature.Alg, pub) {
+		p, err := bad("not signed by a key of %s", sender.Handle)
+		return p, errors.Join(err, errKeyNotListed)
 	}
 	p, err := Envelope{Message: signing.Signed{Payload: canonical}}.Payload()
 	if err != nil {
@@ -174,5 +180,13 @@ func (c *Client) Decrypt(ctx context.Context, id *Identity, env Envelope) (Plain
 	if err != nil {
 		return Plaintext{}, fmt.Errorf("sender %q of seq %d: %w", p.From, env.Seq, err)
 	}
-	return id.Decrypt(env, sender)
+	pt, err := id.Decrypt(env, sender)
+	if errors.Is(err, errKeyNotListed) {
+		// The sender may have added a device since the record was cached.
+		if sender, err = c.Lookup(ctx, p.From); err != nil {
+			return Plaintext{}, fmt.Errorf("sender %q of seq %d: %w", p.From, env.Seq, err)
+		}
+		pt, err = id.Decrypt(env, sender)
+	}
+	return pt, err
 }

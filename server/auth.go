@@ -24,7 +24,7 @@ type RequestAuth struct {
 }
 
 // Authenticate verifies a request's X-KEZ-Auth against the handle's
-// registered key and returns the user.
+// registered key or one of its published device keys, and returns the user.
 func (s *Service) Authenticate(ctx context.Context, a RequestAuth) (*User, error) {
 	if a.Header == "" {
 		return nil, Errorf(CodeMissingAuth, "this request must be signed (X-KEZ-Auth)")
@@ -41,8 +41,16 @@ func (s *Service) Authenticate(ctx context.Context, a RequestAuth) (*User, error
 		return nil, err
 	}
 	msg := signing.RequestString(s.cfg.Domain, a.Method, a.Path, ts, a.Bindings...)
+	// The header does not name its key: the registered key is tried first
+	// (no sig-server involved), then each published device key.
 	if err := signing.Verify(u.Alg, u.Key, msg, sig); err != nil {
-		return nil, Errorf(CodeBadAuth, "auth signature does not verify for %q", a.Handle)
+		keys, err := s.deviceKeys(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		if !verifiesUnderAny(keys, msg, sig) {
+			return nil, Errorf(CodeBadAuth, "auth signature does not verify for %q", a.Handle)
+		}
 	}
 	if a.Once {
 		digest := sha256.Sum256(append([]byte(a.Handle+"\x00"), sig...))
@@ -56,4 +64,19 @@ func (s *Service) Authenticate(ctx context.Context, a RequestAuth) (*User, error
 		}
 	}
 	return u, nil
+}
+
+// verifiesUnderAny reports whether sig verifies over msg under one of doc's
+// signing keys. A document holds at most MaxSigningKeys keys, which bounds
+// the work a bad header can cause.
+func verifiesUnderAny(doc *KeyDocument, msg, sig []byte) bool {
+	if doc == nil {
+		return false
+	}
+	for _, k := range doc.SigningKeys {
+		if signing.Verify(k.Alg, k.Key, msg, sig) == nil {
+			return true
+		}
+	}
+	return false
 }

@@ -49,6 +49,14 @@ const (
 	CodeCiphertextTooLarge = "ciphertext_too_large"
 	CodeInboxFull          = "inbox_full"
 
+	// Key documents (the sig-server).
+	CodeNotPrimaryKey     = "not_primary_key"
+	CodePrimaryKeyMissing = "primary_key_missing"
+	CodeVersionGap        = "version_gap"
+	CodeWrongPrev         = "wrong_prev"
+	CodeVersionTaken      = "version_taken"
+	CodeUnknownIdentity   = "unknown_identity"
+
 	// Web Push.
 	CodePushDisabled       = "push_disabled"
 	CodeEndpointNotAllowed = "endpoint_not_allowed"

@@ -62,6 +62,9 @@ type Service struct {
 	// then decides which push endpoints may be subscribed.
 	Pusher    Pusher
 	Endpoints EndpointPolicy
+	// Keys, when set, authorizes the device keys each identity publishes on
+	// its sig-server besides its registered key.
+	Keys KeyResolver
 
 	mu      sync.Mutex
 	streams map[string]int // open streams per handle
@@ -130,12 +133,52 @@ func (s *Service) Register(ctx context.Context, doc signing.Signed) (*User, erro
 	return u, nil
 }
 
-// User returns the public record of handle.
+// User returns the registered record of handle.
 func (s *Service) User(ctx context.Context, handle string) (*User, error) {
 	if err := checkHandleSyntax(handle); err != nil {
 		return nil, Errorf(CodeUnknownHandle, "no user %q", handle)
 	}
 	return s.store.UserByHandle(ctx, handle)
+}
+
+// Record returns the public record of handle: the registered record with,
+// when its identity has published key documents, the current device keys
+// and encryption key. When those cannot be resolved now it is the
+// registered record alone.
+func (s *Service) Record(ctx context.Context, handle string) (*User, error) {
+	u, err := s.User(ctx, handle)
+	if err != nil || s.Keys == nil {
+		return u, err
+	}
+	doc, err := s.Keys.ResolveKeys(ctx, u.PrimaryID)
+	if err != nil {
+		s.log.WarnContext(ctx, "serving a record without its device keys", "handle", handle, "err", err)
+		return u, nil
+	}
+	if doc == nil {
+		return u, nil
+	}
+	rec := *u
+	rec.EncKey, rec.SigningKeys, rec.KeysVersion = doc.EncKey, doc.SigningKeys, doc.Version
+	return &rec, nil
+}
+
+// deviceKeys returns u's latest key document, nil when there is none or no
+// sig-server. Failing to learn it is unavailable: the request may be
+// signed by a device key that cannot be checked now.
+func (s *Service) deviceKeys(ctx context.Context, u *User) (*KeyDocument, error) {
+	if s.Keys == nil {
+		return nil, nil
+	}
+	doc, err := s.Keys.ResolveKeys(ctx, u.PrimaryID)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("resolving device keys of %s: %w", u.Handle, err)
+		}
+		s.log.WarnContext(ctx, "cannot resolve device keys", "handle", u.Handle, "err", err)
+		return nil, &Error{Code: CodeUnavailable, Message: "the device keys of " + u.Handle + " cannot be checked now; retry later", RetryAfter: 5 * time.Second}
+	}
+	return doc, nil
 }
 
 // Send verifies a signed kez.chat.message/v1 document from a registered
@@ -171,7 +214,13 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 		return Receipt{}, false, err
 	}
 	if !keyAuthorized(sender, doc.Signature.Alg, pub) {
-		return Receipt{}, false, Errorf(CodeKeyNotAuthorized, "the signing key is not authorized for %q", p.From)
+		keys, err := s.deviceKeys(ctx, sender)
+		if err != nil {
+			return Receipt{}, false, err
+		}
+		if !keys.Authorizes(doc.Signature.Alg, pub) {
+			return Receipt{}, false, Errorf(CodeKeyNotAuthorized, "the signing key is not authorized for %q", p.From)
+		}
 	}
 	if s.SendLimiter != nil {
 		if ok, wait := s.SendLimiter.Allow(p.From); !ok {
@@ -263,6 +312,10 @@ func (s *Service) lookup(ctx context.Context, handle, code string) (*User, error
 // verifySigned checks doc's signature over the JCS form of its payload and
 // returns that canonical form and the raw public key.
 func (s *Service) verifySigned(doc signing.Signed) (canonical, pub []byte, err error) {
+	return verifySigned(doc)
+}
+
+func verifySigned(doc signing.Signed) (canonical, pub []byte, err error) {
 	if len(doc.Payload) == 0 || doc.Payload[0] != '{' {
 		return nil, nil, Errorf(CodeInvalidField, "payload must be a JSON object")
 	}

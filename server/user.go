@@ -14,9 +14,13 @@ type User struct {
 	Server    string
 	PrimaryID string
 	Alg       string
-	Key       []byte // raw signing public key
-	EncKey    []byte // raw X25519 public key
+	Key       []byte // raw signing public key, the registered (primary) key
+	EncKey    []byte // raw X25519 public key: the latest key document's, else the registered one
 	CreatedAt time.Time
+	// SigningKeys are the keys of the identity's latest key document, and
+	// KeysVersion its version; empty and 0 when it has published none.
+	SigningKeys []SigningKey
+	KeysVersion uint64
 }
 
 // reservedHandles are names a person could use to impersonate the operator
@@ -71,19 +75,42 @@ type PublicUser struct {
 	Key       string `json:"key"`
 	EncKey    string `json:"enc_key"`
 	CreatedAt int64  `json:"created_at"`
+	// SigningKeys and KeysVersion come from the identity's latest key
+	// document on the sig-server, when it has one.
+	SigningKeys []SigningKeyJSON `json:"signing_keys,omitempty"`
+	KeysVersion uint64           `json:"keys_version,omitempty"`
 }
 
 // Public returns u's wire record.
 func (u *User) Public() PublicUser {
 	return PublicUser{
-		Handle:    u.Handle,
-		Server:    u.Server,
-		PrimaryID: u.PrimaryID,
-		Alg:       u.Alg,
-		Key:       signing.EncodeB64(u.Key),
-		EncKey:    signing.EncodeB64(u.EncKey),
-		CreatedAt: u.CreatedAt.Unix(),
+		Handle:      u.Handle,
+		Server:      u.Server,
+		PrimaryID:   u.PrimaryID,
+		Alg:         u.Alg,
+		Key:         signing.EncodeB64(u.Key),
+		EncKey:      signing.EncodeB64(u.EncKey),
+		CreatedAt:   u.CreatedAt.Unix(),
+		SigningKeys: signingKeysJSON(u.SigningKeys),
+		KeysVersion: u.KeysVersion,
 	}
+}
+
+func signingKeysJSON(keys []SigningKey) []SigningKeyJSON {
+	if len(keys) == 0 {
+		return nil
+	}
+	out := make([]SigningKeyJSON, len(keys))
+	for i, k := range keys {
+		out[i] = SigningKeyJSON{Alg: k.Alg, Key: signing.EncodeB64(k.Key), Label: k.Label}
+	}
+	return out
+}
+
+// Authorizes reports whether (alg, key) speaks for u: its registered key or
+// one of the signing keys its record lists.
+func (u *User) Authorizes(alg string, key []byte) bool {
+	return keyAuthorized(u, alg, key) || (&KeyDocument{SigningKeys: u.SigningKeys}).Authorizes(alg, key)
 }
 
 // User decodes a wire record, checking that it is consistent: 32-byte keys
@@ -104,13 +131,21 @@ func (p PublicUser) User() (*User, error) {
 	if want := signing.PrimaryID(p.Alg, key); p.PrimaryID != want {
 		return nil, fmt.Errorf("primary_id %q does not derive from the signing key", p.PrimaryID)
 	}
+	var devices []SigningKey
+	if len(p.SigningKeys) > 0 {
+		if devices, err = parseSigningKeys(p.SigningKeys); err != nil {
+			return nil, fmt.Errorf("signing_keys: %w", err)
+		}
+	}
 	return &User{
-		Handle:    p.Handle,
-		Server:    p.Server,
-		PrimaryID: p.PrimaryID,
-		Alg:       p.Alg,
-		Key:       key,
-		EncKey:    enc,
-		CreatedAt: time.Unix(p.CreatedAt, 0),
+		Handle:      p.Handle,
+		Server:      p.Server,
+		PrimaryID:   p.PrimaryID,
+		Alg:         p.Alg,
+		Key:         key,
+		EncKey:      enc,
+		CreatedAt:   time.Unix(p.CreatedAt, 0),
+		SigningKeys: devices,
+		KeysVersion: p.KeysVersion,
 	}, nil
 }

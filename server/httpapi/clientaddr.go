@@ -12,8 +12,12 @@ import (
 // that is not itself a trusted proxy (entries left of it could be forged by
 // the client).
 func (s *Server) clientAddr(r *http.Request) string {
+	return clientAddr(r, s.cfg.TrustedProxies)
+}
+
+func clientAddr(r *http.Request, proxies []netip.Prefix) string {
 	peer := peerIP(r.RemoteAddr)
-	if !peer.IsValid() || !s.trusted(peer) {
+	if !peer.IsValid() || !trusted(proxies, peer) {
 		return peer.String()
 	}
 	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
@@ -23,15 +27,15 @@ func (s *Server) clientAddr(r *http.Request) string {
 			break
 		}
 		ip = ip.Unmap()
-		if !s.trusted(ip) {
+		if !trusted(proxies, ip) {
 			return ip.String()
 		}
 	}
 	return peer.String()
 }
 
-func (s *Server) trusted(ip netip.Addr) bool {
-	for _, p := range s.cfg.TrustedProxies {
+func trusted(proxies []netip.Prefix, ip netip.Addr) bool {
+	for _, p := range proxies {
 		if p.Contains(ip) {
 			return true
 		}

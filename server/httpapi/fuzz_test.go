@@ -2,9 +2,11 @@ package httpapi_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"testing"
 
 	"kez.lat/chat/server/testutil"
@@ -38,6 +40,48 @@ func FuzzRequestBodies(f *testing.F) {
 			handler.ServeHTTP(rec, req)
 			if rec.Code >= 500 {
 				t.Fatalf("%s %s answered %d: %s", req.Method, req.URL, rec.Code, rec.Body)
+			}
+			if rec.Code/100 == 3 {
+				continue // net/http's redirect to the clean path
+			}
+			if !json.Valid(rec.Body.Bytes()) {
+				t.Fatalf("%s %s answered a body that is not JSON: %q", req.Method, req.URL, rec.Body)
+			}
+		}
+	})
+}
+
+// FuzzKeyDocuments posts arbitrary bodies to the sig-server's POST
+// /v1/keys and arbitrary paths to its reads: the answer is always a JSON
+// body below 500.
+func FuzzKeyDocuments(f *testing.F) {
+	sig := testutil.StartSigServer(f, testutil.SigOptions{})
+	chain := newKeyChain(f, "ed25519")
+	chain.mustPublish(f, sig.URL)
+	v2, _ := json.Marshal(chain.primary.sign(f, chain.payload(newSigner(f, "bip340"))))
+	v1, _ := json.Marshal(chain.docs[0])
+	for _, seed := range [][]byte{
+		v1, v2, []byte(`{}`), []byte(`{"payload":{"type":"kez.sig.keys/v1","version":1e400},"signature":{}}`),
+		[]byte(`{"payload":{"signing_keys":[{"alg":"ed25519","key":"","label":"\u202e"}]},"signature":{"alg":"ed25519"}}`),
+	} {
+		f.Add(seed, chain.primaryID()+"/log?from=1&limit=1000")
+	}
+	f.Add([]byte(`{}`), ".") // ServeMux redirects unclean paths
+
+	handler := sig.API.Handler()
+	f.Fuzz(func(t *testing.T, body []byte, path string) {
+		reqs := []*http.Request{httptest.NewRequest(http.MethodPost, "/v1/keys", bytes.NewReader(body))}
+		if u, err := url.Parse("/v1/keys/" + path); err == nil {
+			reqs = append(reqs, &http.Request{Method: http.MethodGet, URL: u, Header: http.Header{}, RemoteAddr: "192.0.2.1:1234"})
+		}
+		for _, req := range reqs {
+			rec := httptest.NewRecorder()
+			handler.ServeHTTP(rec, req.WithContext(context.Background()))
+			if rec.Code >= 500 {
+				t.Fatalf("%s %s answered %d: %s", req.Method, req.URL, rec.Code, rec.Body)
+			}
+			if rec.Code/100 == 3 {
+				continue // net/http's redirect to the clean path
 			}
 			if !json.Valid(rec.Body.Bytes()) {
 				t.Fatalf("%s %s answered a body that is not JSON: %q", req.Method, req.URL, rec.Body)

@@ -50,7 +50,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) user(w http.ResponseWriter, r *http.Request) {
-	u, err := s.svc.User(r.Context(), r.PathValue("handle"))
+	u, err := s.svc.Record(r.Context(), r.PathValue("handle"))
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -25,6 +25,9 @@ type Config struct {
 	// PublicURL is the server's origin as clients reach it, for WebFinger
 	// links, e.g. https://chat.example.
 	PublicURL string
+	// SigServerURL is the sig-server's origin as clients reach it; when
+	// set, WebFinger links each handle's key document there.
+	SigServerURL string
 	// TrustedProxies are the networks whose X-Forwarded-For is believed
 	// when finding a client's address.
 	TrustedProxies []netip.Prefix
@@ -144,14 +147,16 @@ func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 	writeError(w, server.Errorf(server.CodeNotFound, "no route %s", r.URL.Path))
 }
 
-func (s *Server) recoverPanics(next http.Handler) http.Handler {
+func (s *Server) recoverPanics(next http.Handler) http.Handler { return recoverPanics(next, s.log) }
+
+func recoverPanics(next http.Handler, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler {
 					panic(v)
 				}
-				s.log.ErrorContext(r.Context(), "panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
+				log.ErrorContext(r.Context(), "panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
 				writeError(w, server.Errorf(server.CodeInternal, "internal error"))
 			}
 		}()

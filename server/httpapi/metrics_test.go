@@ -4,15 +4,16 @@ import (
 	"context"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"kez.lat/chat/server/testutil"
 )
 
 // metricValue finds a metric by name and label values in the registry.
-func metricValue(t *testing.T, srv *testutil.Server, name string, labels map[string]string) (float64, bool) {
+func metricValue(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
-	families, err := srv.Metrics.Gather()
+	families, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func TestMetricsCountRequestsByRouteStreamsAndStoredMessages(t *testing.T) {
 		{"kezchat_messages_stored_total", nil, 1},
 	}
 	for _, c := range checks {
-		if got, ok := metricValue(t, srv, c.name, c.labels); !ok || got != c.want {
+		if got, ok := metricValue(t, srv.Metrics, c.name, c.labels); !ok || got != c.want {
 			t.Errorf("%s%v = %v (found %v), want %v", c.name, c.labels, got, ok, c.want)
 		}
 	}

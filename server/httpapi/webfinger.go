@@ -7,6 +7,10 @@ import (
 	"kez.lat/chat/server"
 )
 
+// RelKeys is the WebFinger link relation of a handle's latest key document
+// on the sig-server.
+const RelKeys = "https://kez.lat/rel/keys"
+
 type jrd struct {
 	Subject string    `json:"subject"`
 	Links   []jrdLink `json:"links"`
@@ -36,15 +40,20 @@ func (s *Server) webfinger(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	links := []jrdLink{{
+		Rel:  "self",
+		Type: "application/json",
+		Href: strings.TrimSuffix(s.cfg.PublicURL, "/") + "/v1/u/" + u.Handle,
+	}}
+	if s.cfg.SigServerURL != "" {
+		links = append(links, jrdLink{
+			Rel:  RelKeys,
+			Type: "application/json",
+			Href: strings.TrimSuffix(s.cfg.SigServerURL, "/") + "/v1/keys/" + u.PrimaryID,
+		})
+	}
 	w.Header().Set("Access-Control-Allow-Origin", "*") // RFC 7033 §5
 	w.Header().Set("Content-Type", "application/jrd+json")
 	w.WriteHeader(http.StatusOK)
-	writeBody(w, jrd{
-		Subject: "acct:" + u.Handle + "@" + u.Server,
-		Links: []jrdLink{{
-			Rel:  "self",
-			Type: "application/json",
-			Href: strings.TrimSuffix(s.cfg.PublicURL, "/") + "/v1/u/" + u.Handle,
-		}},
-	})
+	writeBody(w, jrd{Subject: "acct:" + u.Handle + "@" + u.Server, Links: links})
 }

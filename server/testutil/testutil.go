@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"kez.lat/chat/server/membus"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/ratelimit"
+	"kez.lat/chat/server/sigclient"
 	"kez.lat/chat/server/sqlite"
 )
 
@@ -37,6 +39,11 @@ type Options struct {
 	// service's origin).
 	Push           *push.Config
 	AllowEndpoints []string
+	// SigServerURL, when set, makes the server resolve device keys there
+	// through a sigclient.Resolver configured by Keys (default: TTL 0, so
+	// every check asks the sig-server, and a 50ms retry delay).
+	SigServerURL string
+	Keys         func(*sigclient.Config)
 }
 
 // Server is a running test server.
@@ -48,7 +55,9 @@ type Server struct {
 	API     *httpapi.Server
 	// Metrics is the registry the server's metrics are in.
 	Metrics *prometheus.Registry
-	http    *http.Server
+	// Keys is the resolver of device keys when SigServerURL was set.
+	Keys *sigclient.Resolver
+	http *http.Server
 }
 
 // Logger logs to the test's output when -v is given, else nowhere.
@@ -93,6 +102,18 @@ func StartServer(t testing.TB, opts Options) *Server {
 		svc.Pusher, svc.Endpoints = sender, policy
 		hcfg.VAPIDPublicKey = push.PublicKey(opts.Push.Key)
 	}
+	var keys *sigclient.Resolver
+	if opts.SigServerURL != "" {
+		kcfg := sigclient.Config{URL: opts.SigServerURL, RetryAfter: 50 * time.Millisecond, Timeout: 5 * time.Second}
+		if opts.Keys != nil {
+			opts.Keys(&kcfg)
+		}
+		if keys, err = sigclient.New(kcfg, log, reg); err != nil {
+			t.Fatalf("sig-server resolver: %v", err)
+		}
+		svc.Keys = keys
+		hcfg.SigServerURL = opts.SigServerURL
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listening: %v", err)
@@ -104,7 +125,7 @@ func StartServer(t testing.TB, opts Options) *Server {
 	api := httpapi.New(hcfg, svc, log, reg)
 	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(ln)
-	s := &Server{URL: url, DBPath: opts.DBPath, Service: svc, Store: store, API: api, Metrics: reg, http: hs}
+	s := &Server{URL: url, DBPath: opts.DBPath, Service: svc, Store: store, API: api, Metrics: reg, Keys: keys, http: hs}
 	t.Cleanup(func() {
 		api.CloseStreams()
 		// Requests in flight finish; connections a client opened but never
@@ -126,6 +147,70 @@ func StartServer(t testing.TB, opts Options) *Server {
 		}
 	})
 	return s
+}
+
+// SigOptions change a test sig-server.
+type SigOptions struct {
+	DBPath string // default: a file in t.TempDir()
+	// Now is the directory's clock (time.Now when nil).
+	Now            func() time.Time
+	PublishLimiter *ratelimit.Limiter
+}
+
+// SigServer is a running test sig-server.
+type SigServer struct {
+	URL       string
+	DBPath    string
+	Store     *sqlite.KeyLog
+	Directory *server.KeyDirectory
+	API       *httpapi.SigServer
+	Metrics   *prometheus.Registry
+	http      *http.Server
+	stopOnce  sync.Once
+}
+
+// StartSigServer starts a sig-server on 127.0.0.1, wired as `kezchat
+// sig-server` wires it, and stops it when the test ends.
+func StartSigServer(t testing.TB, opts SigOptions) *SigServer {
+	t.Helper()
+	if opts.DBPath == "" {
+		opts.DBPath = filepath.Join(t.TempDir(), "kez-sig.db")
+	}
+	log := Logger(t)
+	store, err := sqlite.OpenKeyLog(context.Background(), opts.DBPath, log)
+	if err != nil {
+		t.Fatalf("opening %s: %v", opts.DBPath, err)
+	}
+	dir := server.NewKeyDirectory(store, log, opts.Now)
+	reg := prometheus.NewRegistry()
+	api := httpapi.NewSigServer(httpapi.SigConfig{Version: "test", PublishLimiter: opts.PublishLimiter}, dir, log, reg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listening: %v", err)
+	}
+	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	s := &SigServer{URL: "http://" + ln.Addr().String(), DBPath: opts.DBPath, Store: store, Directory: dir, API: api, Metrics: reg, http: hs}
+	t.Cleanup(func() {
+		s.Stop()
+		if err := store.Close(); err != nil {
+			t.Errorf("closing key log: %v", err)
+		}
+	})
+	return s
+}
+
+// Stop stops serving HTTP (the store stays open until the test ends), so
+// tests can see what clients do while the sig-server is down. Its port
+// then refuses connections.
+func (s *SigServer) Stop() {
+	s.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := s.http.Shutdown(ctx); err != nil {
+			s.http.Close()
+		}
+	})
 }
 
 // Eventually polls cond every 10ms until it holds or timeout passes.
