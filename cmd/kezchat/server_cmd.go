@@ -22,6 +22,7 @@ import (
 	"kez.lat/chat/server/membus"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/ratelimit"
+	"kez.lat/chat/server/sigclient"
 	"kez.lat/chat/server/sqlite"
 )
 
@@ -38,6 +39,8 @@ type serverFlags struct {
 	vapidKeyPath, vapidSubject, pushAllow    string
 	pushTTL                                  time.Duration
 	maxPushSubscriptions                     int
+	sigServerURL, sigServerPublicURL         string
+	keyCacheTTL                              time.Duration
 }
 
 func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -66,6 +69,9 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.pushAllow, "push-allow-endpoint", "", "comma-separated push endpoints allowed beyond the push services' hosts: origins (http://127.0.0.1:8080, trusted as written) or host patterns (push.example.net, *.example.net)")
 	fs.DurationVar(&f.pushTTL, "push-ttl", 24*time.Hour, "how long push services keep a notification for an offline device")
 	fs.IntVar(&f.maxPushSubscriptions, "max-push-subscriptions", def.MaxPushSubscriptions, "push subscriptions one handle may have; the oldest is evicted")
+	fs.StringVar(&f.sigServerURL, "sig-server-url", "", "sig-server the chat server resolves device keys from, e.g. http://127.0.0.1:7878; empty: registered keys only")
+	fs.StringVar(&f.sigServerPublicURL, "sig-server-public-url", "", "origin clients reach the sig-server at, linked from WebFinger (default: the public URL, whose /v1/keys the proxy routes to the sig-server)")
+	fs.DurationVar(&f.keyCacheTTL, "key-cache-ttl", sigclient.DefaultConfig().TTL, "how long resolved device keys are used before the sig-server is asked again (bounds how long a revoked key works)")
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
 	}
@@ -85,6 +91,9 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 		if f.domain == "localhost" {
 			f.publicURL = "http://" + f.bind
 		}
+	}
+	if f.sigServerURL != "" && f.sigServerPublicURL == "" {
+		f.sigServerPublicURL = f.publicURL
 	}
 	return serve(ctx, f, proxies, log)
 }
@@ -110,6 +119,17 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if f.sigServerURL != "" {
+		kcfg := sigclient.DefaultConfig()
+		kcfg.URL, kcfg.TTL = f.sigServerURL, f.keyCacheTTL
+		keys, err := sigclient.New(kcfg, log, reg)
+		if err != nil {
+			return fmt.Errorf("--sig-server-url: %w", err)
+		}
+		svc.Keys = keys
+	} else {
+		log.Info("device keys are off: set --sig-server-url to accept the keys identities publish on their sig-server")
+	}
 	var vapidPublicKey string
 	var sender *push.Sender
 	if f.vapidSubject != "" {
@@ -125,6 +145,7 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 		VAPIDPublicKey:    vapidPublicKey,
 		Version:           version,
 		PublicURL:         f.publicURL,
+		SigServerURL:      f.sigServerPublicURL,
 		TrustedProxies:    proxies,
 		RegisterLimiter:   ratelimit.New(f.registerRate, 20, 100_000),
 		SendLimiter:       ratelimit.New(f.sendRate, int(2*f.sendRate), 100_000),

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/httpapi"
+	"kez.lat/chat/server/ratelimit"
+	"kez.lat/chat/server/sqlite"
+)
+
+// sigServerFlags are the sig-server's settings; each also comes from its
+// KEZ_ environment variable.
+type sigServerFlags struct {
+	bind, db, metricsBind string
+	logFormat, logLevel   string
+	trustedProxies        string
+	publishRate           float64
+	maxConns              int
+	shutdownTimeout       time.Duration
+}
+
+func runSigServer(ctx context.Context, args []string, _, stderr io.Writer) error {
+	var f sigServerFlags
+	fs := newFlagSet("sig-server", "sig-server [flags]\n\nRuns the sig-server: the signed, append-only directory of each identity's keys.", stderr)
+	fs.StringVar(&f.bind, "bind", "127.0.0.1:7878", "address to serve HTTP on")
+	fs.StringVar(&f.db, "db", "./kez-sig.db", "SQLite database file of the key log")
+	fs.StringVar(&f.metricsBind, "metrics-bind", "127.0.0.1:9470", "address to serve Prometheus /metrics on; empty disables")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed")
+	fs.Float64Var(&f.publishRate, "publish-rate", 1, "key document publications per second per client address, burst 20 (0 disables)")
+	fs.IntVar(&f.maxConns, "max-connections", 4096, "HTTP connections served at once")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for requests in flight")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
+	proxies, err := parsePrefixes(f.trustedProxies)
+	if err != nil {
+		return err
+	}
+
+	store, err := sqlite.OpenKeyLog(ctx, f.db, log)
+	if err != nil {
+		return fmt.Errorf("opening key log %s: %w", f.db, err)
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.Error("closing key log", "err", err)
+		}
+	}()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	api := httpapi.NewSigServer(httpapi.SigConfig{
+		Version:        version,
+		TrustedProxies: proxies,
+		PublishLimiter: ratelimit.New(f.publishRate, 20, 100_000),
+	}, server.NewKeyDirectory(store, log, nil), log, reg)
+
+	ln, err := net.Listen("tcp", f.bind)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", f.bind, err)
+	}
+	servers := []*http.Server{{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}}
+	listeners := []net.Listener{httpapi.LimitListener(ln, f.maxConns)}
+	if f.metricsBind != "" {
+		mln, err := net.Listen("tcp", f.metricsBind)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listening for metrics on %s: %w", f.metricsBind, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second})
+		listeners = append(listeners, mln)
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, len(servers))
+	for i, s := range servers {
+		wg.Go(func() { errc <- s.Serve(listeners[i]) })
+	}
+	log.Info("serving sig-server", "bind", ln.Addr().String(), "metrics", f.metricsBind, "db", f.db, "version", version)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case serveErr = <-errc:
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+	defer cancel()
+	for _, s := range servers {
+		if err := s.Shutdown(shutdownCtx); err != nil {
+			log.Warn("shutdown incomplete", "err", err)
+		}
+	}
+	wg.Wait()
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
