@@ -23,7 +23,8 @@ COPY web/ web/
 RUN --mount=type=cache,target=/root/.npm make web
 
 # One static kezchat binary with the web app embedded, built by `make build`
-# with the version, commit and date stamped in.
+# with the version, commit and date stamped in. `-o web`: web/dist comes
+# from the stage above, so `build` does not remake it (no npm here).
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-bookworm AS build
 ARG TARGETOS TARGETARCH
 ARG VERSION=dev
@@ -37,7 +38,7 @@ COPY . .
 COPY --from=web /src/web/dist/ web/dist/
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
 	GOOS=$TARGETOS GOARCH=$TARGETARCH \
-	make build BIN=/out/kezchat VERSION="$VERSION" COMMIT="$COMMIT" DATE="$DATE"
+	make -o web build BIN=/out/kezchat VERSION="$VERSION" COMMIT="$COMMIT" DATE="$DATE"
 # The runtime's whole filesystem besides the binary: CA certificates (Web
 # Push, the sig-server's peers) and a passwd entry naming uid 10001.
 RUN mkdir -p /rootfs/etc/ssl/certs \

@@ -55,10 +55,12 @@ bench-operator: k8s-tools
 
 CONTROLLER_GEN = $(GO) tool controller-gen
 
-## manifests: the CRD and the operator's ClusterRole, from the markers in api/ and controllers/
+## manifests: the CRD and the operator's ClusterRole, from the markers in api/ and controllers/,
+## and the Helm chart's copies of them (and of config/rbac's rules)
 manifests:
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths=./api/... paths=./controllers/... \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(GO) run ./hack/chartgen
 
 ## generate: DeepCopy methods of the API types
 generate:
@@ -67,11 +69,11 @@ generate:
 # Generated files must be what the code generates: regenerate, and fail if
 # that changed anything (work in progress elsewhere in the tree is fine).
 check-generated:
-	@state() { git status --porcelain -- config api; git diff -- config api | cksum; }; \
+	@state() { git status --porcelain -- config api charts; git diff -- config api charts | cksum; }; \
 	before=$$(state); \
 	$(MAKE) -s manifests generate || exit 1; \
 	if [ "$$(state)" != "$$before" ]; then \
-		echo "generated files were stale; make manifests generate rewrote them:"; git status --short -- config api; exit 1; \
+		echo "generated files were stale; make manifests generate rewrote them:"; git status --short -- config api charts; exit 1; \
 	fi
 
 clean:
