@@ -10,10 +10,11 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.d
 FUZZTIME  ?= 10s
 
 .PHONY: all build run test check vet fmt-check unit fuzz bench clean manifests generate check-generated bench-operator
+.PHONY: web web-test web-e2e
 
 all: build
 
-build:
+build: web
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kezchat
 
 ## run: a chat server with laptop defaults (database ./kez-chat.db)
@@ -21,7 +22,21 @@ run: build
 	./$(BIN) server
 
 ## test: every check and test CI runs
-test: check unit fuzz
+test: check unit fuzz web-test web-e2e
+
+## web: the web app in web/dist (npm ci, vite build), skipped when up to date;
+## `build` embeds it. Without it the binary serves a built-in page at /.
+web:
+	@bash web/scripts/make-web.sh
+
+## web-test: vitest (crypto, signing, protocol, state) and svelte-check
+web-test: web
+	cd web && npx vitest run && npx svelte-check --tsconfig ./tsconfig.json --fail-on-warnings
+
+## web-e2e: Debian's chromium (/usr/bin/chromium) drives the embedded app
+## against bin/kezchat and its real database; screenshots in web/e2e/artifacts
+web-e2e: build
+	cd web && KEZCHAT_BIN=$(abspath $(BIN)) npx vitest run --config vitest.e2e.config.ts
 
 check: fmt-check vet check-generated
 

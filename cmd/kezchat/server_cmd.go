@@ -24,6 +24,7 @@ import (
 	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/sigclient"
 	"kez.lat/chat/server/sqlite"
+	"kez.lat/chat/web"
 )
 
 // serverFlags are the chat server's settings; each also comes from its
@@ -150,6 +151,7 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 		RegisterLimiter:   ratelimit.New(f.registerRate, 20, 100_000),
 		SendLimiter:       ratelimit.New(f.sendRate, int(2*f.sendRate), 100_000),
 		FailedAuthLimiter: ratelimit.New(f.failedAuthRate, 30, 100_000),
+		App:               web.Handler(), // nil without a web build: the built-in page
 	}, svc, log, reg)
 
 	ln, err := net.Listen("tcp", f.bind)

@@ -1,0 +1,131 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Browser, Page } from 'playwright-core';
+import { artifactsDir, bubble, launchBrowser, newUser, openChat, register, send, startServer, type ChatServer } from './harness';
+
+describe('two people in two browsers, against the real server', () => {
+  let server: ChatServer;
+  let browser: Browser;
+  let alice: Page;
+  let bob: Page;
+
+  beforeAll(async () => {
+    server = await startServer();
+    browser = await launchBrowser();
+    alice = (await newUser(browser, server)).page;
+    bob = (await newUser(browser, server)).page;
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await server?.stop();
+  });
+
+  it('the first-run screen refuses bad, reserved and taken handles', async () => {
+    await register(alice, 'alice');
+    const { page: other, context } = await newUser(browser, server);
+    const handle = other.getByLabel('Pick a handle');
+    const create = other.getByRole('button', { name: 'Create identity' });
+    await handle.fill('admin');
+    await create.click();
+    await expect.poll(() => other.getByRole('alert').textContent()).toMatch(/reserved/);
+    await handle.fill('Bad Handle');
+    await create.click();
+    await expect.poll(() => other.getByRole('alert').textContent()).toMatch(/lowercase/);
+    await handle.fill('alice');
+    await create.click();
+    await expect.poll(() => other.getByRole('alert').textContent()).toMatch(/@alice is taken/);
+    await context.close();
+  });
+
+  it('an unknown handle gets a clear message', async () => {
+    await alice.getByLabel('Handle to chat with').fill('nobody');
+    await alice.getByRole('button', { name: 'Chat', exact: true }).click();
+    await expect.poll(() => alice.getByRole('alert').textContent()).toMatch(/No one is called @nobody/);
+  });
+
+  it('messages arrive live both ways, decrypted, with sent states', async () => {
+    await register(bob, 'bob');
+    await expect.poll(() => bob.locator('[data-status]').getAttribute('data-status'), { timeout: 10_000 }).toBe('live');
+    await expect.poll(() => alice.locator('[data-status]').getAttribute('data-status'), { timeout: 10_000 }).toBe('live');
+
+    await openChat(alice, 'bob');
+    await send(alice, 'hello bob, this is alice');
+    await expect.poll(() => bubble(alice, 'hello bob, this is alice').getAttribute('data-state')).toBe('sent');
+
+    // Bob's list shows the conversation with one unread message; the poll
+    // heartbeat is 30 s, so arriving within 10 s means the stream delivered it.
+    const row = bob.locator('a[data-peer="alice"]');
+    await row.waitFor({ timeout: 10_000 });
+    await expect.poll(() => row.textContent()).toMatch(/hello bob, this is alice/);
+    await expect.poll(() => row.getByLabel('1 unread').count()).toBe(1);
+    await row.click();
+    await bubble(bob, 'hello bob, this is alice').waitFor();
+    await expect.poll(() => row.getByLabel(/unread/).count()).toBe(0);
+
+    await send(bob, 'hi alice 👋 <b>not bold</b>');
+    await bubble(alice, 'hi alice 👋 <b>not bold</b>').waitFor({ timeout: 10_000 });
+    expect(await bubble(alice, 'hi alice 👋').getAttribute('data-mine')).toBe('false');
+    expect(await bubble(bob, 'hi alice 👋').getAttribute('data-mine')).toBe('true');
+  });
+
+  it('own and received bubbles sit on opposite sides and shrink to their text', async () => {
+    const mine = await bubble(bob, 'hi alice').locator('div').first().boundingBox();
+    const theirs = await bubble(bob, 'hello bob, this is alice').locator('div').first().boundingBox();
+    const log = await bob.getByRole('log').boundingBox();
+    expect(mine && theirs && log).toBeTruthy();
+    const center = log!.x + log!.width / 2;
+    expect(mine!.x).toBeGreaterThan(center); // right
+    expect(theirs!.x + theirs!.width).toBeLessThan(center + log!.width / 4); // left
+    expect(mine!.width).toBeLessThan(log!.width * 0.5); // shrink-wrapped, not full width
+  });
+
+  it('a reload keeps the identity and the history', async () => {
+    await bob.reload();
+    await bob.getByText('Signed in as @bob').waitFor();
+    await bubble(bob, 'hello bob, this is alice').waitFor();
+    await bubble(bob, 'hi alice 👋').waitFor();
+  });
+
+  it('keeps screenshots of the chat at phone and desktop widths', async () => {
+    const dir = artifactsDir();
+    await bob.setViewportSize({ width: 1280, height: 800 });
+    await bob.screenshot({ path: dir + 'chat-desktop.png' });
+    await bob.setViewportSize({ width: 390, height: 844 });
+    await bubble(bob, 'hi alice 👋').waitFor();
+    // On a phone the chat takes the whole screen; the list is one tap back.
+    expect(await bob.getByRole('complementary', { name: 'Chats' }).isVisible()).toBe(false);
+    await bob.screenshot({ path: dir + 'chat-phone.png' });
+    await bob.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  it('interoperates with the Go CLI both ways', async () => {
+    await server.cli('carol', 'keygen');
+    await server.cli('carol', 'register', 'carol');
+    await server.cli('carol', 'send', 'bob', 'from the terminal, with love');
+    const row = bob.locator('a[data-peer="carol"]');
+    await row.waitFor({ timeout: 10_000 });
+    await row.click();
+    await bubble(bob, 'from the terminal, with love').waitFor();
+
+    await send(bob, 'and back from the browser');
+    await expect.poll(() => bubble(bob, 'and back from the browser').getAttribute('data-state')).toBe('sent');
+    const { stdout } = await server.cli('carol', 'inbox');
+    expect(stdout).toMatch(/\[\d+\] bob: and back from the browser/);
+  });
+
+  it('the app shell loads offline from the service worker', async () => {
+    await bob.evaluate(() => navigator.serviceWorker.ready);
+    await expect.poll(() => bob.evaluate(() => !!navigator.serviceWorker.controller)).toBe(true);
+    await bob.context().setOffline(true);
+    try {
+      await bob.reload();
+      await bob.getByText('Signed in as @bob').waitFor();
+      // The open chat (with carol, from the previous test), from IndexedDB.
+      await bubble(bob, 'from the terminal, with love').waitFor();
+      await expect.poll(() => bob.locator('[data-status]').getAttribute('data-status')).toBe('reconnecting');
+    } finally {
+      await bob.context().setOffline(false);
+    }
+    await expect.poll(() => bob.locator('[data-status]').getAttribute('data-status'), { timeout: 20_000 }).toBe('live');
+  });
+});

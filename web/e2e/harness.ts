@@ -1,0 +1,120 @@
+// What the end-to-end tests run against: the real kezchat binary (with the
+// web app embedded) on a free loopback port with a fresh database, and
+// Debian's chromium driven by playwright-core (never a downloaded browser).
+
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { createServer, type IncomingMessage } from 'node:http';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { vi } from 'vitest';
+
+export const KEZCHAT = process.env.KEZCHAT_BIN ?? new URL('../../bin/kezchat', import.meta.url).pathname;
+export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+export const ARTIFACTS = new URL('./artifacts/', import.meta.url).pathname;
+
+const run = promisify(execFile);
+
+export async function freePort(): Promise<number> {
+  const srv = createNetServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address() as AddressInfo;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
+
+export interface ChatServer {
+  url: string;
+  dir: string;
+  stop(): Promise<void>;
+  /** Runs a kezchat client command as the identity in file `who` (in dir). */
+  cli(who: string, ...args: string[]): Promise<{ stdout: string; stderr: string }>;
+}
+
+export async function startServer(opts: { pushEndpointOrigin?: string } = {}): Promise<ChatServer> {
+  const dir = mkdtempSync(join(tmpdir(), 'kezchat-e2e-'));
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const args = ['server', '--bind', `127.0.0.1:${port}`, '--db', join(dir, 'kez-chat.db'), '--server', 'e2e.test', '--public-url', url,
+    '--metrics-bind', '', '--register-rate', '0', '--send-rate', '0', '--handle-send-rate', '0', '--failed-auth-rate', '0',
+    '--vapid-subject', 'mailto:e2e@example.test', '--vapid-key-path', join(dir, 'vapid.pem')];
+  if (opts.pushEndpointOrigin) args.push('--push-allow-endpoint', opts.pushEndpointOrigin);
+  const proc: ChildProcess = spawn(KEZCHAT, args, { stdio: ['ignore', 'ignore', process.env.E2E_VERBOSE ? 'inherit' : 'ignore'] });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  await vi.waitFor(
+    async () => {
+      if (proc.exitCode !== null) throw new Error(`kezchat server exited with ${proc.exitCode}`);
+      const res = await fetch(url + '/v1/readyz');
+      if (res.status !== 200) throw new Error(`readyz: ${res.status}`);
+    },
+    { timeout: 20_000, interval: 100 },
+  );
+  return {
+    url,
+    dir,
+    async stop() {
+      proc.kill('SIGTERM');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+    cli: (who, ...cmd) => run(KEZCHAT, cmd, { env: { ...process.env, KEZ_URL: url, KEZ_IDENTITY: join(dir, who + '.json') } }),
+  };
+}
+
+export function launchBrowser(): Promise<Browser> {
+  // Root in a container has no user namespaces for chromium's sandbox.
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
+}
+
+export async function newUser(browser: Browser, server: ChatServer, viewport = { width: 1280, height: 800 }): Promise<{ context: BrowserContext; page: Page }> {
+  const context = await browser.newContext({ viewport, baseURL: server.url });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error('page error:', e.message));
+  await page.goto('/');
+  return { context, page };
+}
+
+/** Creates an identity through the first-run screen. */
+export async function register(page: Page, handle: string): Promise<void> {
+  await page.getByLabel('Pick a handle').fill(handle);
+  await page.getByRole('button', { name: 'Create identity' }).click();
+  await page.getByText(`Signed in as @${handle}`).waitFor();
+}
+
+export async function openChat(page: Page, peer: string): Promise<void> {
+  await page.getByLabel('Handle to chat with').fill(peer);
+  await page.getByRole('button', { name: 'Chat', exact: true }).click();
+  await page.getByRole('heading', { name: `@${peer}` }).waitFor();
+}
+
+export async function send(page: Page, body: string): Promise<void> {
+  await page.getByLabel(/^Message to @/).fill(body);
+  await page.getByLabel(/^Message to @/).press('Enter');
+}
+
+export function bubble(page: Page, body: string) {
+  return page.getByRole('log').locator('li', { hasText: body });
+}
+
+/** A stand-in push service: records what the chat server POSTs to it. */
+export async function startPushReceiver(): Promise<{ origin: string; received: { path: string; headers: IncomingMessage['headers'] }[]; stop(): Promise<void> }> {
+  const received: { path: string; headers: IncomingMessage['headers'] }[] = [];
+  const srv = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      received.push({ path: req.url ?? '', headers: req.headers });
+      res.writeHead(201).end();
+    });
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address() as AddressInfo;
+  return { origin: `http://127.0.0.1:${port}`, received, stop: () => new Promise((r) => srv.close(() => r())) };
+}
+
+export function artifactsDir(): string {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return ARTIFACTS;
+}
