@@ -152,7 +152,8 @@ func (s *Service) Record(ctx context.Context, handle string) (*User, error) {
 	}
 	doc, err := s.Keys.ResolveKeys(ctx, u.PrimaryID)
 	if err != nil {
-		s.log.WarnContext(ctx, "serving a record without its device keys", "handle", handle, "err", err)
+		// The resolver logs the outage itself; this would repeat it per lookup.
+		s.log.DebugContext(ctx, "serving a record without its device keys", "handle", handle, "err", err)
 		return u, nil
 	}
 	if doc == nil {
