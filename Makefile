@@ -9,7 +9,7 @@ DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test check vet fmt-check unit fuzz bench clean manifests generate check-generated bench-operator
+.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator
 .PHONY: web web-test web-e2e
 
 all: build
@@ -22,7 +22,7 @@ run: build
 	./$(BIN) server
 
 ## test: every check and test CI runs
-test: check unit fuzz web-test web-e2e
+test: check unit e2e fuzz web-test web-e2e
 
 ## web: the web app in web/dist (npm ci, vite build), skipped when up to date;
 ## `build` embeds it. Without it the binary serves a built-in page at /.
@@ -50,7 +50,13 @@ vet:
 # The operator's tests run against a real kube-apiserver and etcd (envtest),
 # built once by k8s-tools.
 unit: k8s-tools
-	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test -race -count=1 ./...
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/e2e$$')
+
+## e2e: helm install and kubectl apply -k on a local control plane (kube-apiserver,
+## etcd, kube-controller-manager, kube-scheduler, kwok), a KezChat from apply to
+## Ready, a rollout, helm upgrade, deletion
+e2e: build k8s-tools
+	KEZCHAT_BIN=$(abspath $(BIN)) KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test -count=1 ./e2e/
 
 # Each fuzz target runs briefly; the seed corpora run in `unit` as well.
 fuzz:
