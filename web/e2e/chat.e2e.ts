@@ -68,6 +68,20 @@ describe('two people in two browsers, against the real server', () => {
     expect(await bubble(bob, 'hi alice 👋').getAttribute('data-mine')).toBe('true');
   });
 
+  it('a message sent while offline fails, and Retry sends it', async () => {
+    await alice.context().setOffline(true);
+    try {
+      await send(alice, 'sent from a tunnel');
+      await expect.poll(() => bubble(alice, 'sent from a tunnel').getAttribute('data-state')).toBe('failed');
+    } finally {
+      await alice.context().setOffline(false);
+    }
+    await bubble(alice, 'sent from a tunnel').getByRole('button', { name: 'Retry' }).click();
+    await expect.poll(() => bubble(alice, 'sent from a tunnel').getAttribute('data-state')).toBe('sent');
+    await bubble(bob, 'sent from a tunnel').waitFor({ timeout: 10_000 });
+    expect(await bubble(bob, 'sent from a tunnel').count()).toBe(1);
+  });
+
   it('own and received bubbles sit on opposite sides and shrink to their text', async () => {
     const mine = await bubble(bob, 'hi alice').locator('div').first().boundingBox();
     const theirs = await bubble(bob, 'hello bob, this is alice').locator('div').first().boundingBox();
@@ -113,19 +127,49 @@ describe('two people in two browsers, against the real server', () => {
     expect(stdout).toMatch(/\[\d+\] bob: and back from the browser/);
   });
 
+  it('an exported identity moves to a new browser with its passphrase', async () => {
+    await bob.goto('/#/settings');
+    await bob.getByLabel('Passphrase (at least 8 characters)').fill('correct horse battery');
+    await bob.getByLabel('Passphrase again').fill('correct horse battery');
+    await bob.getByRole('button', { name: 'Encrypt export' }).click();
+    const [download] = await Promise.all([bob.waitForEvent('download'), bob.getByRole('link', { name: /Download kez-chat-bob\.json/ }).click()]);
+    const file = await download.path();
+
+    const { page: laptop, context } = await newUser(browser, server);
+    await laptop.getByText('Move an identity from another device').click();
+    await laptop.getByLabel('Identity export file').setInputFiles(file);
+    await laptop.getByLabel('Passphrase', { exact: true }).fill('wrong passphrase');
+    await laptop.getByRole('button', { name: 'Import identity' }).click();
+    await expect.poll(() => laptop.getByRole('alert').textContent()).toMatch(/Wrong passphrase/);
+    await laptop.getByLabel('Passphrase', { exact: true }).fill('correct horse battery');
+    await laptop.getByRole('button', { name: 'Import identity' }).click();
+    await laptop.getByText('Signed in as @bob').waitFor();
+    // The imported keys are bob's: a message to bob opens on the new device.
+    await send(alice, 'for bob on his laptop');
+    await laptop.locator('a[data-peer="alice"]').click();
+    await bubble(laptop, 'for bob on his laptop').waitFor({ timeout: 10_000 });
+    await context.close();
+  });
+
   it('the app shell loads offline from the service worker', async () => {
+    await bob.goto('/#/chat/carol');
     await bob.evaluate(() => navigator.serviceWorker.ready);
     await expect.poll(() => bob.evaluate(() => !!navigator.serviceWorker.controller)).toBe(true);
     await bob.context().setOffline(true);
     try {
       await bob.reload();
       await bob.getByText('Signed in as @bob').waitFor();
-      // The open chat (with carol, from the previous test), from IndexedDB.
+      // The open chat, from IndexedDB.
       await bubble(bob, 'from the terminal, with love').waitFor();
       await expect.poll(() => bob.locator('[data-status]').getAttribute('data-status')).toBe('reconnecting');
+      await openChat(alice, 'bob');
+      await send(alice, 'while you were offline');
+      await expect.poll(() => bubble(alice, 'while you were offline').getAttribute('data-state')).toBe('sent');
     } finally {
       await bob.context().setOffline(false);
     }
+    // Reconnected with fresh auth, the stream resumes after the last seq seen.
     await expect.poll(() => bob.locator('[data-status]').getAttribute('data-status'), { timeout: 20_000 }).toBe('live');
+    await expect.poll(() => bob.locator('a[data-peer="alice"]').textContent(), { timeout: 10_000 }).toMatch(/while you were offline/);
   });
 });
