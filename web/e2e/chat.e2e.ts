@@ -109,6 +109,9 @@ describe('two people in two browsers, against the real server', () => {
     // On a phone the chat takes the whole screen; the list is one tap back.
     expect(await bob.getByRole('complementary', { name: 'Chats' }).isVisible()).toBe(false);
     await bob.screenshot({ path: dir + 'chat-phone.png' });
+    await bob.emulateMedia({ colorScheme: 'dark' });
+    await bob.screenshot({ path: dir + 'chat-phone-dark.png' });
+    await bob.emulateMedia({ colorScheme: 'light' });
     await bob.setViewportSize({ width: 1280, height: 800 });
   });
 
