@@ -74,8 +74,8 @@ func TestDesiredObjectsDependOnTheSpec(t *testing.T) {
 			without("*v1.Deployment/chat-sig-server", "*v1.NetworkPolicy/chat-sig-server", "*v1.PersistentVolumeClaim/chat-sig-server-data", "*v1.Service/chat-sig-server")},
 		{"ingress off drops the Ingress", func(kc *chatv1.KezChat) { kc.Spec.Ingress.Enabled = ptr.To(false) },
 			without("*v1.Ingress/chat")},
-		{"jetstream with replicas has no server volume and a budget", func(kc *chatv1.KezChat) {
-			kc.Spec.Server.Store, kc.Spec.Server.Replicas = chatv1.StoreJetStream, ptr.To[int32](3)
+		{"replicas, so jetstream, have no server volume and a budget", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Replicas = ptr.To[int32](3)
 		}, func() []string {
 			out := without("*v1.PersistentVolumeClaim/chat-server-data")
 			out = append(out, "*v1.PodDisruptionBudget/chat-server")

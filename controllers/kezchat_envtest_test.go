@@ -499,9 +499,15 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		mutate func(*chatv1.KezChat)
 		want   string
 	}{
-		{"replicas over one on SQLite", func(kc *chatv1.KezChat) { kc.Spec.Server.Replicas = ptr.To[int32](2) }, "needs server.store: jetstream"},
+		{"replicas over one on SQLite", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Store, kc.Spec.Server.Replicas = chatv1.StoreSQLite, ptr.To[int32](2)
+		}, "needs the jetstream store"},
 		{"jetstream without NATS", func(kc *chatv1.KezChat) {
 			kc.Spec.Server.Store = chatv1.StoreJetStream
+			kc.Spec.NATS.Enabled = ptr.To(false)
+		}, "needs nats.enabled"},
+		{"replicas, so jetstream, without NATS", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Replicas = ptr.To[int32](3)
 			kc.Spec.NATS.Enabled = ptr.To(false)
 		}, "needs nats.enabled"},
 		{"too many server replicas", func(kc *chatv1.KezChat) {
@@ -538,6 +544,10 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		{"NATS storage", func(kc *chatv1.KezChat) { kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("9Gi")) }, "nats.storage is immutable"},
 		{"server storage class", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = ptr.To("slow") }, "storageClassName is immutable"},
 		{"server storage class removed", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = nil }, "storageClassName is immutable"},
+		{"store, by scaling a SQLite chat past one replica", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Store, kc.Spec.Server.Replicas = "", ptr.To[int32](2)
+		}, "the store cannot change"},
+		{"store, explicitly", func(kc *chatv1.KezChat) { kc.Spec.Server.Store = chatv1.StoreJetStream }, "the store cannot change"},
 	}
 	for _, tt := range changes {
 		t.Run("changing "+tt.name, func(t *testing.T) {
@@ -557,9 +567,24 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 	}
 	// Defaults are filled in.
 	kc = getKezChat(t, ns)
-	if kc.Spec.Server.Store != chatv1.StoreSQLite || ptr.Deref(kc.Spec.Server.Replicas, 0) != 1 || !ptr.Deref(kc.Spec.NATS.Enabled, false) ||
+	if kc.Spec.Server.StoreKind() != chatv1.StoreSQLite || ptr.Deref(kc.Spec.Server.Replicas, 0) != 1 || !ptr.Deref(kc.Spec.NATS.Enabled, false) ||
 		kc.Spec.NATS.Storage.Size == nil || kc.Spec.Server.Retention == nil {
 		t.Errorf("defaults not applied: %+v", kc.Spec)
+	}
+	// More than one replica, and no store named, means JetStream; such a
+	// chat scales freely.
+	scaled := &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Name: "scaled", Namespace: ns},
+		Spec: chatv1.KezChatSpec{Domain: "chat.example.org", Server: chatv1.ServerSpec{Replicas: ptr.To[int32](3)}}}
+	if err := k8s.Create(ctx, scaled); err != nil {
+		t.Fatalf("three replicas without a store: %v", err)
+	}
+	if scaled.Spec.Server.StoreKind() != chatv1.StoreJetStream {
+		t.Errorf("three replicas run on %s", scaled.Spec.Server.StoreKind())
+	}
+	scaled.Spec.Server.Store = chatv1.StoreJetStream
+	scaled.Spec.Server.Replicas = ptr.To[int32](1)
+	if err := k8s.Update(ctx, scaled); err != nil {
+		t.Errorf("naming the store in effect and scaling down: %v", err)
 	}
 }
 

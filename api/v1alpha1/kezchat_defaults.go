@@ -20,12 +20,16 @@ const DefaultRetention = 30 * 24 * time.Hour
 // ReplicaCount is the chat server's replicas (default 1).
 func (s *ServerSpec) ReplicaCount() int32 { return int32OrDefault(s.Replicas, 1) }
 
-// StoreKind is the chat server's store (default sqlite).
+// StoreKind is the chat server's store: the one set, or sqlite for one
+// replica and jetstream for more.
 func (s *ServerSpec) StoreKind() Store {
-	if s.Store == "" {
-		return StoreSQLite
+	switch {
+	case s.Store != "":
+		return s.Store
+	case s.ReplicaCount() > 1:
+		return StoreJetStream
 	}
-	return s.Store
+	return StoreSQLite
 }
 
 // RetentionPeriod is how long unacknowledged messages are kept.

@@ -34,8 +34,12 @@ const (
 
 // KezChatSpec is the chat instance a user asks for.
 //
-// +kubebuilder:validation:XValidation:rule="!has(self.server) || !has(self.server.replicas) || self.server.replicas <= 1 || (has(self.server.store) && self.server.store == 'jetstream')",message="server.replicas > 1 needs server.store: jetstream; one SQLite file serves one replica"
-// +kubebuilder:validation:XValidation:rule="!has(self.server) || !has(self.server.store) || self.server.store != 'jetstream' || !has(self.nats) || !has(self.nats.enabled) || self.nats.enabled",message="server.store: jetstream needs nats.enabled"
+// The store in effect is server.store, or when that is unset, sqlite for
+// one replica and jetstream for more (see ServerSpec.StoreKind).
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.server) || !has(self.server.replicas) || self.server.replicas <= 1 || !has(self.server.store) || self.server.store == 'jetstream'",message="server.replicas > 1 needs the jetstream store; one SQLite file serves one replica"
+// +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) != 'jetstream' || !has(self.nats) || !has(self.nats.enabled) || self.nats.enabled",message="the jetstream store (server.store: jetstream, or more than one replica) needs nats.enabled"
+// +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) == (has(oldSelf.server) && has(oldSelf.server.store) ? oldSelf.server.store : (has(oldSelf.server) && has(oldSelf.server.replicas) && oldSelf.server.replicas > 1 ? 'jetstream' : 'sqlite'))",message="the store cannot change once created: it holds the users and messages (create the KezChat with server.store: jetstream to scale it later)"
 type KezChatSpec struct {
 	// Domain is the chat server's name: handles are handle@domain and every
 	// signed request names it, so it cannot change.
@@ -98,9 +102,9 @@ type ServerSpec struct {
 	Replicas *int32 `json:"replicas,omitempty"`
 
 	// Store keeps messages and users: sqlite (one replica, on a volume) or
-	// jetstream (NATS; any number of replicas).
+	// jetstream (NATS; any number of replicas). Unset means sqlite for one
+	// replica and jetstream for more. It cannot change after creation.
 	// +optional
-	// +kubebuilder:default=sqlite
 	Store Store `json:"store,omitempty"`
 
 	// Resources of the chat server container.
