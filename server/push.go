@@ -48,6 +48,14 @@ type Pusher interface {
 	Notify(handle string, seq uint64)
 }
 
+// Presence knows which handles have a stream open on other replicas, so
+// that a recipient watching the chat anywhere is not pushed to.
+type Presence interface {
+	// Streaming reports whether some other replica has a stream open for
+	// handle now.
+	Streaming(ctx context.Context, handle string) (bool, error)
+}
+
 // EndpointPolicy decides which push endpoints the server will POST to.
 type EndpointPolicy interface {
 	// CheckEndpoint returns an endpoint_not_allowed *Error for an endpoint
@@ -133,6 +141,7 @@ func (s *Service) UnsubscribePush(ctx context.Context, handle, endpoint string) 
 
 // notifyOffline queues a push for e's recipient when no stream of theirs is
 // open on this replica: a person watching the chat needs no notification.
+// The Pusher asks the other replicas (Presence) off the request path.
 func (s *Service) notifyOffline(e *Envelope) {
 	if s.Pusher != nil && !s.HasStream(e.Recipient) {
 		s.Pusher.Notify(e.Recipient, e.Seq)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
 	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/sigclient"
@@ -30,18 +32,19 @@ import (
 // serverFlags are the chat server's settings; each also comes from its
 // KEZ_ environment variable.
 type serverFlags struct {
-	bind, db, domain, publicURL, metricsBind string
-	logFormat, logLevel                      string
-	trustedProxies                           string
-	retention, shutdownTimeout               time.Duration
-	maxPending, maxStreams, maxConns         int
-	registerRate, sendRate, handleSendRate   float64
-	failedAuthRate                           float64
-	vapidKeyPath, vapidSubject, pushAllow    string
-	pushTTL                                  time.Duration
-	maxPushSubscriptions                     int
-	sigServerURL, sigServerPublicURL         string
-	keyCacheTTL                              time.Duration
+	bind, db, domain, publicURL, metricsBind   string
+	logFormat, logLevel                        string
+	trustedProxies                             string
+	retention, shutdownTimeout                 time.Duration
+	maxPending, maxStreams, maxConns           int
+	registerRate, sendRate, handleSendRate     float64
+	failedAuthRate                             float64
+	vapidKeyPath, vapidSubject, pushAllow      string
+	pushTTL                                    time.Duration
+	maxPushSubscriptions                       int
+	sigServerURL, sigServerPublicURL           string
+	keyCacheTTL                                time.Duration
+	store, natsURL, natsUser, natsPasswordFile string
 }
 
 func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -73,11 +76,20 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.sigServerURL, "sig-server-url", "", "sig-server the chat server resolves device keys from, e.g. http://127.0.0.1:7878; empty: registered keys only")
 	fs.StringVar(&f.sigServerPublicURL, "sig-server-public-url", "", "origin clients reach the sig-server at, linked from WebFinger (default: the public URL, whose /v1/keys the proxy routes to the sig-server)")
 	fs.DurationVar(&f.keyCacheTTL, "key-cache-ttl", sigclient.DefaultConfig().TTL, "how long resolved device keys are used before the sig-server is asked again (bounds how long a revoked key works)")
+	fs.StringVar(&f.store, "store", "sqlite", "where messages and users are kept: sqlite (--db, one replica) or jetstream (NATS JetStream at --nats-url, any number of replicas)")
+	fs.StringVar(&f.natsURL, "nats-url", "", "NATS server, e.g. nats://kez-nats:4222: fan-out to streams on other replicas and presence for push; empty: this replica alone")
+	fs.StringVar(&f.natsUser, "nats-user", "", "user the chat server authenticates to NATS as (the auth callout's auth_users)")
+	fs.StringVar(&f.natsPasswordFile, "nats-password-file", "", "file holding --nats-user's password")
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	switch f.store {
+	case "sqlite":
+	default:
+		return fmt.Errorf("--store %q: want sqlite", f.store)
 	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
 	if err != nil {
@@ -113,13 +125,37 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 	cfg := server.DefaultConfig()
 	cfg.Domain, cfg.Retention, cfg.MaxPending, cfg.MaxStreamsPerHandle = f.domain, f.retention, f.maxPending, f.maxStreams
 	cfg.MaxPushSubscriptions = f.maxPushSubscriptions
-	svc := server.NewService(cfg, store, membus.New(), log)
+	var broker server.Broker = membus.New()
+	var bus *natsbus.Bus
+	if f.natsURL != "" {
+		ncfg, err := natsConfig(f)
+		if err != nil {
+			return err
+		}
+		if bus, err = natsbus.New(ncfg, log); err != nil {
+			return err
+		}
+		defer bus.Close()
+		broker = bus
+	}
+	svc := server.NewService(cfg, store, broker, log)
 	if l := ratelimit.New(f.handleSendRate, int(2*f.handleSendRate), 100_000); l != nil {
 		svc.SendLimiter = l
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if bus != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kezchat_nats_connected",
+			Help: "1 while the connection to NATS (fan-out to other replicas, presence) is up.",
+		}, func() float64 {
+			if bus.Ping(context.Background()) != nil {
+				return 0
+			}
+			return 1
+		}))
+	}
 	if f.sigServerURL != "" {
 		kcfg := sigclient.DefaultConfig()
 		kcfg.URL, kcfg.TTL = f.sigServerURL, f.keyCacheTTL
@@ -135,7 +171,11 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 	var sender *push.Sender
 	if f.vapidSubject != "" {
 		var policy *push.Policy
-		if sender, policy, vapidPublicKey, err = startPush(f, store, log, reg); err != nil {
+		var presence server.Presence
+		if bus != nil {
+			presence = bus
+		}
+		if sender, policy, vapidPublicKey, err = startPush(f, store, presence, log, reg); err != nil {
 			return err
 		}
 		svc.Pusher, svc.Endpoints = sender, policy
@@ -220,7 +260,7 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 // startPush loads (or creates) the VAPID key and starts the push sender.
 // A bad subject or key file stops start-up: pushes sent under a wrong
 // identity would fail silently at every push service.
-func startPush(f serverFlags, store push.SubscriptionStore, log *slog.Logger, reg prometheus.Registerer) (*push.Sender, *push.Policy, string, error) {
+func startPush(f serverFlags, store push.SubscriptionStore, presence server.Presence, log *slog.Logger, reg prometheus.Registerer) (*push.Sender, *push.Policy, string, error) {
 	subject, err := push.NormalizeSubject(f.vapidSubject)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("--vapid-subject: %w", err)
@@ -242,9 +282,22 @@ func startPush(f serverFlags, store push.SubscriptionStore, log *slog.Logger, re
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("--push-allow-endpoint: %w", err)
 	}
-	sender := push.NewSender(push.Config{Key: key, Subject: subject, TTL: f.pushTTL}, store, policy, log, reg)
+	sender := push.NewSender(push.Config{Key: key, Subject: subject, TTL: f.pushTTL, Presence: presence}, store, policy, log, reg)
 	sender.Start()
 	return sender, policy, push.PublicKey(key), nil
+}
+
+// natsConfig is the NATS connection the flags describe.
+func natsConfig(f serverFlags) (natsbus.Config, error) {
+	cfg := natsbus.Config{URL: f.natsURL, Name: "kezchat " + f.domain, User: f.natsUser}
+	if f.natsPasswordFile != "" {
+		b, err := os.ReadFile(f.natsPasswordFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--nats-password-file: %w", err)
+		}
+		cfg.Password = strings.TrimSpace(string(b))
+	}
+	return cfg, nil
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

@@ -9,17 +9,18 @@ const (
 	outcomeRetried = "retried" // one more attempt after a 429, 5xx or network error
 	outcomeFailed  = "failed"  // given up on; the subscription is kept
 	outcomeDropped = "dropped" // never sent: the queue was full or the sender closing
+	outcomeOnline  = "online"  // not needed: another replica streams the recipient
 )
 
 type metrics struct {
-	sent, pruned, retried, failed, dropped prometheus.Counter
-	subscriptionsPruned                    prometheus.Counter
+	sent, pruned, retried, failed, dropped, online prometheus.Counter
+	subscriptionsPruned                            prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, queueDepth func() int) *metrics {
 	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kezchat_push_notifications_total",
-		Help: "Web Push notifications by outcome: sent, pruned, retried, failed, dropped.",
+		Help: "Web Push notifications by outcome: sent, pruned, retried, failed, dropped, online.",
 	}, []string{"outcome"})
 	m := &metrics{
 		// Creating every series up front exports them at zero.
@@ -28,6 +29,7 @@ func newMetrics(reg prometheus.Registerer, queueDepth func() int) *metrics {
 		retried: outcomes.WithLabelValues(outcomeRetried),
 		failed:  outcomes.WithLabelValues(outcomeFailed),
 		dropped: outcomes.WithLabelValues(outcomeDropped),
+		online:  outcomes.WithLabelValues(outcomeOnline),
 		subscriptionsPruned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kezchat_push_subscriptions_pruned_total",
 			Help: "Push subscriptions deleted because their push service answered 404 or 410.",

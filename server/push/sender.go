@@ -49,6 +49,10 @@ type Config struct {
 	// (default 1 s); RetryMax caps backoffs, and a push service that asks
 	// to wait longer (Retry-After) is not retried (default 30 s).
 	RetryBase, RetryMax time.Duration
+	// Presence, when set, is asked before a recipient with subscriptions
+	// is pushed to: a recipient some other replica streams to gets no push.
+	// When it cannot answer, the push is sent.
+	Presence server.Presence
 }
 
 func (c Config) withDefaults() Config {
@@ -251,6 +255,18 @@ func (s *Sender) process(n notice) {
 	}
 	if len(subs) == 0 {
 		return
+	}
+	if s.cfg.Presence != nil {
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+		online, err := s.cfg.Presence.Streaming(ctx, n.handle)
+		cancel()
+		if err != nil {
+			s.log.Debug("push: presence unknown, pushing", "handle", n.handle, "err", err)
+		}
+		if online {
+			s.metrics.online.Inc()
+			return
+		}
 	}
 	payload, err := json.Marshal(server.PushNotice{Type: "message", To: n.handle, Seq: n.seq})
 	if err != nil {

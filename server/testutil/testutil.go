@@ -19,6 +19,7 @@ import (
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
 	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/sigclient"
@@ -44,6 +45,13 @@ type Options struct {
 	// every check asks the sig-server, and a 50ms retry delay).
 	SigServerURL string
 	Keys         func(*sigclient.Config)
+	// NATS, when set, makes the server one replica on that NATS: natsbus
+	// is its Broker and tells its push sender who streams where.
+	// NATSUser and NATSPassword authenticate it.
+	NATS                   *NATS
+	NATSUser, NATSPassword string
+	// Store, when set, opens the store instead of SQLite at DBPath.
+	Store func(t testing.TB) server.Store
 }
 
 // Server is a running test server.
@@ -51,8 +59,10 @@ type Server struct {
 	URL     string
 	DBPath  string
 	Service *server.Service
-	Store   *sqlite.DB
-	API     *httpapi.Server
+	Store   server.Store
+	// Bus is the NATS broker when Options.NATS was set.
+	Bus *natsbus.Bus
+	API *httpapi.Server
 	// Metrics is the registry the server's metrics are in.
 	Metrics *prometheus.Registry
 	// Keys is the resolver of device keys when SigServerURL was set.
@@ -76,16 +86,32 @@ func StartServer(t testing.TB, opts Options) *Server {
 	}
 	log := Logger(t)
 	ctx := context.Background()
-	store, err := sqlite.Open(ctx, opts.DBPath, log)
-	if err != nil {
-		t.Fatalf("opening %s: %v", opts.DBPath, err)
+	var store server.Store
+	if opts.Store != nil {
+		store = opts.Store(t)
+	} else {
+		db, err := sqlite.Open(ctx, opts.DBPath, log)
+		if err != nil {
+			t.Fatalf("opening %s: %v", opts.DBPath, err)
+		}
+		store = db
 	}
 	cfg := server.DefaultConfig()
 	cfg.Domain = Domain
 	if opts.Config != nil {
 		opts.Config(&cfg)
 	}
-	svc := server.NewService(cfg, store, membus.New(), log)
+	var broker server.Broker = membus.New()
+	var bus *natsbus.Bus
+	if opts.NATS != nil {
+		var err error
+		bus, err = natsbus.New(natsbus.Config{URL: opts.NATS.URL, User: opts.NATSUser, Password: opts.NATSPassword, ReconnectWait: 50 * time.Millisecond}, log)
+		if err != nil {
+			t.Fatalf("natsbus: %v", err)
+		}
+		broker = bus
+	}
+	svc := server.NewService(cfg, store, broker, log)
 	if opts.SendLimit != nil {
 		svc.SendLimiter = opts.SendLimit
 	}
@@ -97,12 +123,17 @@ func StartServer(t testing.TB, opts Options) *Server {
 		if err != nil {
 			t.Fatalf("push policy: %v", err)
 		}
-		sender = push.NewSender(*opts.Push, store, policy, log, reg)
+		pcfg := *opts.Push
+		if bus != nil {
+			pcfg.Presence = bus
+		}
+		sender = push.NewSender(pcfg, store, policy, log, reg)
 		sender.Start()
 		svc.Pusher, svc.Endpoints = sender, policy
 		hcfg.VAPIDPublicKey = push.PublicKey(opts.Push.Key)
 	}
 	var keys *sigclient.Resolver
+	var err error
 	if opts.SigServerURL != "" {
 		kcfg := sigclient.Config{URL: opts.SigServerURL, RetryAfter: 50 * time.Millisecond, Timeout: 5 * time.Second}
 		if opts.Keys != nil {
@@ -125,7 +156,7 @@ func StartServer(t testing.TB, opts Options) *Server {
 	api := httpapi.New(hcfg, svc, log, reg)
 	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(ln)
-	s := &Server{URL: url, DBPath: opts.DBPath, Service: svc, Store: store, API: api, Metrics: reg, Keys: keys, http: hs}
+	s := &Server{URL: url, DBPath: opts.DBPath, Service: svc, Store: store, Bus: bus, API: api, Metrics: reg, Keys: keys, http: hs}
 	t.Cleanup(func() {
 		api.CloseStreams()
 		// Requests in flight finish; connections a client opened but never
@@ -141,6 +172,9 @@ func StartServer(t testing.TB, opts Options) *Server {
 			if err := sender.Close(ctx); err != nil {
 				t.Logf("push sender abandoned work at shutdown: %v", err)
 			}
+		}
+		if bus != nil {
+			bus.Close()
 		}
 		if err := store.Close(); err != nil {
 			t.Errorf("closing store: %v", err)

@@ -1,0 +1,387 @@
+// Package natsbus implements server.Broker across replicas over core NATS.
+//
+// Every replica delivers a published envelope to its own streams directly,
+// as membus does, and publishes it on kez.chat.inbox.<token> for the other
+// replicas (the connection is NoEcho, so a replica never receives its own
+// publishes back). A replica with at least one stream open for a handle
+// holds one NATS subscription on that handle's inbox subject and one on its
+// presence subject, kez.chat.presence.<token>, which it answers: a request
+// there that finds no responder means no replica streams the handle.
+//
+// Local delivery never waits for NATS, so one replica keeps working while
+// NATS is down; only the other replicas miss what is published meanwhile.
+// After a reconnect every local subscription that follows NATS is closed,
+// so its stream resumes from the store and misses nothing.
+package natsbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"kez.lat/chat/server"
+)
+
+// Subjects. A handle becomes a subject token by Token.
+const (
+	InboxPrefix    = "kez.chat.inbox."
+	PresencePrefix = "kez.chat.presence."
+)
+
+// Token maps a handle to a single subject token (and KV key): handles are
+// a-z 0-9 _ - . and a dot would split the subject, so dots become '=',
+// which no handle holds. The mapping is one to one.
+func Token(handle string) string { return strings.ReplaceAll(handle, ".", "=") }
+
+// InboxSubject is the subject handle's live envelopes are published on.
+func InboxSubject(handle string) string { return InboxPrefix + Token(handle) }
+
+// PresenceSubject is the subject a replica streaming handle answers on.
+func PresenceSubject(handle string) string { return PresencePrefix + Token(handle) }
+
+// Config tunes a connection; zero values take the defaults.
+type Config struct {
+	URL  string
+	Name string // connection name shown by the NATS server
+	// User and Password authenticate the chat server to NATS (the
+	// auth_users of an auth callout); empty: none, or those in URL.
+	User, Password string
+	// ReconnectBuffer bounds the bytes of publishes held while
+	// reconnecting (default 8 MiB); beyond it Publish fails at once.
+	ReconnectBuffer int
+	// ReconnectWait is the pause between reconnect attempts (default 250ms,
+	// with jitter). Reconnects never give up.
+	ReconnectWait time.Duration
+	// Timeout bounds the initial connection (default 5 s).
+	Timeout time.Duration
+	// PresenceTimeout bounds a presence query (default 500ms).
+	PresenceTimeout time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.ReconnectBuffer <= 0 {
+		c.ReconnectBuffer = 8 << 20
+	}
+	if c.ReconnectWait <= 0 {
+		c.ReconnectWait = 250 * time.Millisecond
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 5 * time.Second
+	}
+	if c.PresenceTimeout <= 0 {
+		c.PresenceTimeout = 500 * time.Millisecond
+	}
+	if c.Name == "" {
+		c.Name = "kezchat"
+	}
+	return c
+}
+
+// Options returns the nats.go options for cfg, with handlers for the
+// connection's events that log to log; extra handlers run after them.
+func Options(cfg Config, log *slog.Logger, onReconnect func()) []nats.Option {
+	cfg = cfg.withDefaults()
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.Timeout(cfg.Timeout),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(cfg.ReconnectWait),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.ReconnectBufSize(cfg.ReconnectBuffer),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("NATS disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
+			if onReconnect != nil {
+				onReconnect()
+			}
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { log.Debug("NATS connection closed") }),
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	return opts
+}
+
+// Connect dials cfg.URL with Options.
+func Connect(cfg Config, log *slog.Logger, onReconnect func(), extra ...nats.Option) (*nats.Conn, error) {
+	nc, err := nats.Connect(cfg.URL, append(Options(cfg, log, onReconnect), extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", redact(cfg.URL), err)
+	}
+	return nc, nil
+}
+
+// redact hides a password in a URL for logs and errors.
+func redact(u string) string {
+	if at := strings.LastIndex(u, "@"); at >= 0 {
+		if i := strings.Index(u, "://"); i >= 0 && i < at {
+			return u[:i+3] + "***" + u[at:]
+		}
+	}
+	return u
+}
+
+// Bus is a server.Broker across the replicas on one NATS; it also answers
+// and asks presence (server.Presence).
+type Bus struct {
+	nc  *nats.Conn
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	handles map[string]*handle
+}
+
+var (
+	_ server.Broker   = (*Bus)(nil)
+	_ server.Presence = (*Bus)(nil)
+)
+
+// handle is what a replica holds for one handle with open streams.
+type handle struct {
+	name     string
+	inbox    *nats.Subscription
+	presence *nats.Subscription
+	subs     map[*subscription]struct{}
+	// ready is closed once the NATS server has the subscriptions, so that
+	// no envelope published after Subscribe returns can be missed.
+	ready chan struct{}
+}
+
+// New connects to NATS. Close closes the connection.
+func New(cfg Config, log *slog.Logger) (*Bus, error) {
+	cfg = cfg.withDefaults()
+	b := &Bus{cfg: cfg, log: log, handles: make(map[string]*handle)}
+	nc, err := Connect(cfg, log, b.resync,
+		nats.NoEcho(),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+				b.dropSubject(sub.Subject)
+			}
+			log.Warn("NATS error", "err", err)
+		}))
+	if err != nil {
+		return nil, err
+	}
+	b.nc = nc
+	return b, nil
+}
+
+// Conn is the bus's connection.
+func (b *Bus) Conn() *nats.Conn { return b.nc }
+
+// Close drains nothing: streams resume from the store.
+func (b *Bus) Close() {
+	b.nc.Close()
+}
+
+// Ping fails while the connection to NATS is down.
+func (b *Bus) Ping(context.Context) error {
+	if s := b.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("NATS connection is %s", s)
+	}
+	return nil
+}
+
+// wire is an envelope on an inbox subject: what an SSE event carries.
+type wire struct {
+	Seq        uint64          `json:"seq"`
+	ReceivedAt int64           `json:"received_at"`
+	Message    json.RawMessage `json:"message"`
+}
+
+// Publish delivers e to this replica's subscriptions and publishes it for
+// the others. While NATS is reconnecting the publish is buffered (bounded);
+// an error means other replicas' streams learn of e only from the store.
+func (b *Bus) Publish(_ context.Context, e *server.Envelope) error {
+	b.deliver(e.Recipient, e)
+	data, err := e.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("encoding envelope %d for %s: %w", e.Seq, e.Recipient, err)
+	}
+	if err := b.nc.Publish(InboxSubject(e.Recipient), data); err != nil {
+		return fmt.Errorf("publishing envelope %d for %s: %w", e.Seq, e.Recipient, err)
+	}
+	return nil
+}
+
+// deliver offers e to every local subscription of recipient; one whose
+// buffer is full is closed rather than allowed to block.
+func (b *Bus) deliver(recipient string, e *server.Envelope) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := b.handles[recipient]
+	if h == nil {
+		return
+	}
+	for sub := range h.subs {
+		select {
+		case sub.ch <- e:
+		default:
+			b.removeLocked(sub)
+		}
+	}
+}
+
+// Subscribe follows recipient's envelopes from every replica.
+//
+// It returns once the NATS server has the subscription (or NATS is down, in
+// which case the reconnect ends the subscription and its stream resumes).
+func (b *Bus) Subscribe(ctx context.Context, recipient string, buffer int) (server.Subscription, error) {
+	sub := &subscription{bus: b, recipient: recipient, ch: make(chan *server.Envelope, buffer)}
+	b.mu.Lock()
+	h := b.handles[recipient]
+	if h == nil {
+		var err error
+		if h, err = b.subscribeLocked(recipient); err != nil {
+			b.mu.Unlock()
+			return nil, err
+		}
+		b.handles[recipient] = h
+		go func() {
+			fctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
+			defer cancel()
+			if err := b.nc.FlushWithContext(fctx); err != nil {
+				b.log.Debug("NATS flush after subscribing", "handle", recipient, "err", err)
+			}
+			close(h.ready)
+		}()
+	}
+	h.subs[sub] = struct{}{}
+	b.mu.Unlock()
+	select {
+	case <-h.ready:
+		return sub, nil
+	case <-ctx.Done():
+		sub.Close()
+		return nil, fmt.Errorf("subscribing to the inbox of %s: %w", recipient, ctx.Err())
+	}
+}
+
+// subscribeLocked subscribes to recipient's inbox and presence subjects;
+// b.mu is held.
+func (b *Bus) subscribeLocked(recipient string) (*handle, error) {
+	h := &handle{name: recipient, subs: make(map[*subscription]struct{}), ready: make(chan struct{})}
+	var err error
+	h.inbox, err = b.nc.Subscribe(InboxSubject(recipient), func(m *nats.Msg) { b.receive(recipient, m) })
+	if err != nil {
+		return nil, fmt.Errorf("subscribing to the inbox of %s: %w", recipient, err)
+	}
+	h.presence, err = b.nc.Subscribe(PresenceSubject(recipient), func(m *nats.Msg) {
+		if m.Reply != "" {
+			_ = m.Respond(nil)
+		}
+	})
+	if err != nil {
+		_ = h.inbox.Unsubscribe()
+		return nil, fmt.Errorf("subscribing to the presence of %s: %w", recipient, err)
+	}
+	// Bounded: past these the NATS client drops messages and reports a
+	// slow consumer, which closes the handle's subscriptions.
+	_ = h.inbox.SetPendingLimits(4096, 32<<20)
+	return h, nil
+}
+
+// receive decodes an envelope another replica published.
+func (b *Bus) receive(recipient string, m *nats.Msg) {
+	var w wire
+	if err := json.Unmarshal(m.Data, &w); err != nil || w.Seq == 0 {
+		b.log.Warn("dropping a malformed envelope from NATS", "subject", m.Subject, "err", err)
+		return
+	}
+	b.deliver(recipient, &server.Envelope{
+		Recipient:  recipient,
+		Seq:        w.Seq,
+		ReceivedAt: time.Unix(w.ReceivedAt, 0),
+		Message:    w.Message,
+	})
+}
+
+// Streaming reports whether any other replica has a stream open for
+// handle: a presence request that no one answers (NATS reports no
+// responders at once) means none.
+func (b *Bus) Streaming(ctx context.Context, h string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.PresenceTimeout)
+	defer cancel()
+	_, err := b.nc.RequestWithContext(ctx, PresenceSubject(h), nil)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, nats.ErrNoResponders):
+		return false, nil
+	default:
+		return false, fmt.Errorf("asking who streams %s: %w", h, err)
+	}
+}
+
+// resync closes every subscription that follows NATS after a reconnect:
+// what other replicas published meanwhile never reached them, so their
+// streams resume from the store.
+func (b *Bus) resync() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, h := range b.handles {
+		for sub := range h.subs {
+			b.removeLocked(sub)
+		}
+	}
+}
+
+// dropSubject closes the subscriptions behind an inbox subject whose NATS
+// subscription dropped messages.
+func (b *Bus) dropSubject(subject string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, h := range b.handles {
+		if h.inbox.Subject == subject {
+			for sub := range h.subs {
+				b.removeLocked(sub)
+			}
+			return
+		}
+	}
+}
+
+// removeLocked closes sub's channel once and forgets it, and the handle's
+// NATS subscriptions with its last one; b.mu is held.
+func (b *Bus) removeLocked(sub *subscription) {
+	h := b.handles[sub.recipient]
+	if h == nil {
+		return
+	}
+	if _, ok := h.subs[sub]; !ok {
+		return
+	}
+	delete(h.subs, sub)
+	close(sub.ch)
+	if len(h.subs) == 0 {
+		delete(b.handles, sub.recipient)
+		_ = h.inbox.Unsubscribe()
+		_ = h.presence.Unsubscribe()
+	}
+}
+
+type subscription struct {
+	bus       *Bus
+	recipient string
+	ch        chan *server.Envelope
+}
+
+func (s *subscription) C() <-chan *server.Envelope { return s.ch }
+
+func (s *subscription) Close() {
+	s.bus.mu.Lock()
+	defer s.bus.mu.Unlock()
+	s.bus.removeLocked(s)
+}

@@ -1,0 +1,234 @@
+package natsbus_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kez.lat/chat/client"
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/natsbus"
+	"kez.lat/chat/server/testutil"
+)
+
+func newClient(t *testing.T, srv *testutil.Server) *client.Client {
+	t.Helper()
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return client.New(srv.URL, &http.Client{Transport: tr, Timeout: 10 * time.Second})
+}
+
+func register(t *testing.T, c *client.Client, handle string) *client.Identity {
+	t.Helper()
+	id, err := client.NewIdentity("ed25519")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Register(context.Background(), id, handle); err != nil {
+		t.Fatalf("registering %s: %v", handle, err)
+	}
+	return id
+}
+
+func newBus(t *testing.T, n *testutil.NATS) *natsbus.Bus {
+	t.Helper()
+	b, err := natsbus.New(natsbus.Config{URL: n.URL, ReconnectWait: 20 * time.Millisecond}, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+// next waits for the next envelope of sub, failing after 5 s.
+func next(t *testing.T, sub server.Subscription) *server.Envelope {
+	t.Helper()
+	select {
+	case e, ok := <-sub.C():
+		if !ok {
+			t.Fatal("subscription closed")
+		}
+		return e
+	case <-time.After(5 * time.Second):
+		t.Fatal("no envelope within 5s")
+	}
+	return nil
+}
+
+func TestMessageSentThroughOneReplicaReachesAStreamOnAnother(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	db := filepath.Join(t.TempDir(), "shared.db") // one SQLite file, as one pod would have
+	a := testutil.StartServer(t, testutil.Options{NATS: n, DBPath: db})
+	b := testutil.StartServer(t, testutil.Options{NATS: n, DBPath: db})
+	ca, cb := newClient(t, a), newClient(t, b)
+
+	bob := register(t, ca, "bob.smith") // a dot: the subject token differs from the handle
+	alice := register(t, cb, "alice")
+	st, err := ca.Stream(ctx, bob, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var want []uint64
+	for i := range 3 {
+		r, err := cb.Send(ctx, alice, "bob.smith", fmt.Sprint("through B ", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, r.Seq)
+	}
+	for i, seq := range want {
+		env, err := st.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if env.Seq != seq {
+			t.Fatalf("event %d has seq %d, want %d", i, env.Seq, seq)
+		}
+		pt, err := ca.Decrypt(ctx, bob, env)
+		if err != nil || pt.Body != fmt.Sprint("through B ", i) {
+			t.Fatalf("event %d: %+v %v", i, pt, err)
+		}
+	}
+}
+
+func TestTokenIsOneSubjectTokenAndOneToOne(t *testing.T) {
+	tests := []struct{ handle, token string }{
+		{"alice", "alice"},
+		{"bob.smith", "bob=smith"},
+		{"a..b.", "a==b="},
+		{"x_y-z9", "x_y-z9"},
+	}
+	seen := map[string]string{}
+	for _, tt := range tests {
+		got := natsbus.Token(tt.handle)
+		if got != tt.token {
+			t.Errorf("Token(%q) = %q, want %q", tt.handle, got, tt.token)
+		}
+		if strings.ContainsAny(got, ".*> \t") {
+			t.Errorf("Token(%q) = %q is not one subject token", tt.handle, got)
+		}
+		if other, ok := seen[got]; ok {
+			t.Errorf("%q and %q share token %q", other, tt.handle, got)
+		}
+		seen[got] = tt.handle
+	}
+}
+
+func TestPresenceAnswersWhileAnotherReplicaHasASubscription(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	a, b := newBus(t, n), newBus(t, n)
+
+	if on, err := a.Streaming(ctx, "bob"); err != nil || on {
+		t.Fatalf("Streaming before any subscription = %v, %v; want false", on, err)
+	}
+	sub, err := b.Subscribe(ctx, "bob", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if on, err := a.Streaming(ctx, "bob"); err != nil || !on {
+		t.Fatalf("Streaming with a subscription on b = %v, %v; want true", on, err)
+	}
+	if on, err := a.Streaming(ctx, "carol"); err != nil || on {
+		t.Fatalf("Streaming(carol) = %v, %v; want false", on, err)
+	}
+	sub.Close()
+	if err := b.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if on, err := a.Streaming(ctx, "bob"); err != nil || on {
+		t.Fatalf("Streaming after the subscription closed = %v, %v; want false", on, err)
+	}
+}
+
+func TestPublishReachesLocalAndRemoteSubscriptionsOnce(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	a, b := newBus(t, n), newBus(t, n)
+	onA, err := a.Subscribe(ctx, "bob", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB, err := b.Subscribe(ctx, "bob", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); seq <= 2; seq++ {
+		e := &server.Envelope{Recipient: "bob", Seq: seq, ReceivedAt: time.Unix(1_700_000_000, 0), Message: []byte(`{"x":1}`)}
+		if err := a.Publish(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sub := range []server.Subscription{onA, onB} {
+		for seq := uint64(1); seq <= 2; seq++ {
+			e := next(t, sub)
+			if e.Seq != seq || string(e.Message) != `{"x":1}` || e.ReceivedAt.Unix() != 1_700_000_000 {
+				t.Fatalf("got %+v, want seq %d", e, seq)
+			}
+		}
+	}
+	// NoEcho: a's own publishes do not come back to it through NATS.
+	if err := a.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-onA.C():
+		t.Fatalf("a delivered seq %d twice", e.Seq)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+func TestNATSOutageKeepsLocalDeliveryAndEndsRemoteSubscriptionsAfterReconnect(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	a := newBus(t, n)
+	sub, err := a.Subscribe(ctx, "bob", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Shutdown()
+	waitFor(t, "Ping to fail with NATS down", func() bool { return a.Ping(ctx) != nil })
+	// While NATS is down the publish is buffered and the local stream still
+	// gets the envelope.
+	if err := a.Publish(ctx, &server.Envelope{Recipient: "bob", Seq: 1, Message: []byte(`{}`)}); err != nil {
+		t.Fatalf("Publish while reconnecting: %v", err)
+	}
+	if e := next(t, sub); e.Seq != 1 {
+		t.Fatalf("got seq %d", e.Seq)
+	}
+	n.Start(t)
+	// After the reconnect the subscription ends, so its stream resumes from
+	// the store, where whatever other replicas stored meanwhile is.
+	select {
+	case _, ok := <-sub.C():
+		if ok {
+			t.Fatal("got an envelope, want the subscription closed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscription still open 10s after NATS came back")
+	}
+	if err := a.Ping(ctx); err != nil {
+		t.Fatalf("Ping after reconnect: %v", err)
+	}
+}
+
+// waitFor polls cond every 10ms for up to 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

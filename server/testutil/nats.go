@@ -1,0 +1,102 @@
+package testutil
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+)
+
+// NATSOptions change an embedded NATS server; the zero value has no auth.
+type NATSOptions struct {
+	// CalloutIssuer, when set (a public account nkey), turns on the auth
+	// callout: every client but User is authorized by the service that
+	// answers on $SYS.REQ.USER.AUTH, as chat servers do with
+	// --nats-callout-issuer-seed-file.
+	CalloutIssuer string
+	// User and Password are the one user the server config defines (the
+	// chat server's); required with CalloutIssuer.
+	User, Password string
+}
+
+// NATS is an embedded nats-server with JetStream on a temporary directory
+// and a WebSocket listener, both on loopback.
+type NATS struct {
+	Server *natsserver.Server
+	// URL is the client URL (without credentials); WSURL the WebSocket one.
+	URL, WSURL string
+	opts       *natsserver.Options
+}
+
+// StartNATS starts a NATS server in the test process and shuts it down when
+// the test ends.
+func StartNATS(t testing.TB, o NATSOptions) *NATS {
+	t.Helper()
+	opts := &natsserver.Options{
+		ServerName: "kez-test",
+		Host:       "127.0.0.1",
+		Port:       freePort(t),
+		JetStream:  true,
+		StoreDir:   t.TempDir(),
+		NoLog:      true,
+		NoSigs:     true,
+		Websocket: natsserver.WebsocketOpts{
+			Host:  "127.0.0.1",
+			Port:  freePort(t),
+			NoTLS: true,
+		},
+	}
+	if o.CalloutIssuer != "" {
+		opts.Users = []*natsserver.User{{Username: o.User, Password: o.Password}}
+		opts.AuthCallout = &natsserver.AuthCallout{Issuer: o.CalloutIssuer, AuthUsers: []string{o.User}}
+	}
+	n := &NATS{
+		opts:  opts,
+		URL:   fmt.Sprintf("nats://127.0.0.1:%d", opts.Port),
+		WSURL: fmt.Sprintf("ws://127.0.0.1:%d", opts.Websocket.Port),
+	}
+	n.Start(t)
+	t.Cleanup(n.Shutdown)
+	return n
+}
+
+// Start starts the server (again, after Shutdown) on the same ports and
+// JetStream directory.
+func (n *NATS) Start(t testing.TB) {
+	t.Helper()
+	// The server keeps state in its Options; each start gets a copy.
+	opts := *n.opts
+	s, err := natsserver.NewServer(&opts)
+	if err != nil {
+		t.Fatalf("configuring nats-server: %v", err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		t.Fatalf("nats-server not ready on %s", n.URL)
+	}
+	n.Server = s
+}
+
+// Shutdown stops the server; Start starts it again.
+func (n *NATS) Shutdown() {
+	if n.Server != nil {
+		n.Server.Shutdown()
+		n.Server.WaitForShutdown()
+		n.Server = nil
+	}
+}
+
+// freePort returns a loopback TCP port free now; a server restarted on it
+// keeps its clients' URL.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
