@@ -22,6 +22,7 @@ import (
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 	"kez.lat/chat/controllers/testenv"
+	"kez.lat/chat/server/testutil"
 )
 
 // The tests against a real API server share one kube-apiserver and etcd,
@@ -145,21 +146,7 @@ func (m *runningManager) reconcileNow(t *testing.T, kc *chatv1.KezChat) {
 	t.Fatal("reconcile: conflicts kept coming")
 }
 
-// eventually polls cond until it returns nil, failing t with its last
-// error after timeout.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %s: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// eventually waits for cond; see testutil.WaitFor.
+var eventually = testutil.WaitFor
 
 const waitTimeout = 20 * time.Second

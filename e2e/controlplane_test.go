@@ -23,6 +23,7 @@ import (
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 	"kez.lat/chat/controllers/testenv"
+	"kez.lat/chat/server/testutil"
 )
 
 // cluster is a local control plane: envtest's kube-apiserver and etcd,
@@ -233,19 +234,5 @@ func (c *cluster) try(tool string, args ...string) (string, error) {
 	return out.String(), err
 }
 
-// eventually polls cond until it returns nil, failing t with its last
-// error after timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not so after %s: %v", what, timeout, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
+// eventually waits for cond; see testutil.WaitFor.
+var eventually = testutil.WaitFor

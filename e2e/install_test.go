@@ -7,7 +7,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
+	"kez.lat/chat/server/testutil"
 )
 
 const (
@@ -65,7 +65,7 @@ func kezchatBinary(t *testing.T) string {
 // process is the one that reconciles.
 func (c *cluster) runOperator(t *testing.T, bin string) {
 	t.Helper()
-	probes := freeAddr(t)
+	probes := testutil.FreeAddr(t)
 	c.start(t, "operator", bin, "operator", "--image="+firstImage, "--leader-elect=false",
 		"--metrics-bind=0", "--health-probe-bind="+probes, "--log-format=text")
 	// It finds the cluster through KUBECONFIG, which the test sets.
@@ -80,16 +80,6 @@ func (c *cluster) runOperator(t *testing.T, bin string) {
 		}
 		return nil
 	})
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (c *cluster) kezChat(t *testing.T, ns, name string) *chatv1.KezChat {

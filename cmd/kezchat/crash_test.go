@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -72,19 +71,9 @@ func startServerProcess(t *testing.T, db, bind string) *serverProcess {
 	return p
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func TestEveryAcknowledgedMessageSurvivesAKilledServer(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "kez-chat.db")
-	bind := freeAddr(t)
+	bind := testutil.FreeAddr(t)
 	first := startServerProcess(t, db, bind)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -172,7 +161,7 @@ func TestEveryAcknowledgedMessageSurvivesAKilledServer(t *testing.T) {
 
 func TestSIGTERMEndsStreamsAndExitsCleanly(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "kez-chat.db")
-	p := startServerProcess(t, db, freeAddr(t))
+	p := startServerProcess(t, db, testutil.FreeAddr(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := client.New(p.url, nil)

@@ -22,6 +22,7 @@ import (
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 	"kez.lat/chat/controllers/testenv"
+	"kez.lat/chat/server/testutil"
 )
 
 func TestOperatorCommandReconcilesAgainstARealAPIServer(t *testing.T) {
@@ -59,7 +60,7 @@ func TestOperatorCommandReconcilesAgainstARealAPIServer(t *testing.T) {
 		}
 	}
 
-	metrics, probes := freeAddr(t), freeAddr(t)
+	metrics, probes := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	var logs bytes.Buffer
 	done := make(chan int, 1)
 	go func() {
@@ -67,7 +68,7 @@ func TestOperatorCommandReconcilesAgainstARealAPIServer(t *testing.T) {
 			"--image", "registry.example/kezchat:v9", "--watch-namespaces", "watched", "--log-format", "text"}, io.Discard, &logs)
 	}()
 
-	waitUntil(t, "the operator is ready", func() error {
+	testutil.WaitFor(t, 30*time.Second, "the operator is ready", func() error {
 		resp, err := http.Get("http://" + probes + "/readyz")
 		if err != nil {
 			return err
@@ -84,7 +85,7 @@ func TestOperatorCommandReconcilesAgainstARealAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, "the server Deployment in the watched namespace", func() error {
+	testutil.WaitFor(t, 30*time.Second, "the server Deployment in the watched namespace", func() error {
 		var d appsv1.Deployment
 		if err := k8s.Get(ctx, client.ObjectKey{Namespace: "watched", Name: "chat-server"}, &d); err != nil {
 			return err
@@ -116,21 +117,5 @@ func TestOperatorCommandReconcilesAgainstARealAPIServer(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("operator did not stop")
-	}
-}
-
-// waitUntil polls cond until it returns nil, or fails t after 30 seconds.
-func waitUntil(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
