@@ -20,6 +20,7 @@ import (
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
+	"kez.lat/chat/server/jetstream"
 	"kez.lat/chat/server/membus"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
@@ -45,6 +46,8 @@ type serverFlags struct {
 	sigServerURL, sigServerPublicURL           string
 	keyCacheTTL                                time.Duration
 	store, natsURL, natsUser, natsPasswordFile string
+	jsReplicas                                 int
+	jsMaxBytes                                 int64
 }
 
 func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -80,6 +83,8 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.natsURL, "nats-url", "", "NATS server, e.g. nats://kez-nats:4222: fan-out to streams on other replicas and presence for push; empty: this replica alone")
 	fs.StringVar(&f.natsUser, "nats-user", "", "user the chat server authenticates to NATS as (the auth callout's auth_users)")
 	fs.StringVar(&f.natsPasswordFile, "nats-password-file", "", "file holding --nats-user's password")
+	fs.IntVar(&f.jsReplicas, "jetstream-replicas", 1, "with --store jetstream: replicas of the stream and KV buckets (1, 3 or 5 NATS servers)")
+	fs.Int64Var(&f.jsMaxBytes, "jetstream-max-bytes", 0, "with --store jetstream: bytes the message stream may hold, 0 for no limit")
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
 	}
@@ -88,8 +93,12 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	switch f.store {
 	case "sqlite":
+	case "jetstream":
+		if f.natsURL == "" {
+			return errors.New("--store jetstream needs --nats-url")
+		}
 	default:
-		return fmt.Errorf("--store %q: want sqlite", f.store)
+		return fmt.Errorf("--store %q: want sqlite or jetstream", f.store)
 	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
 	if err != nil {
@@ -112,9 +121,9 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 }
 
 func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog.Logger) error {
-	store, err := sqlite.Open(ctx, f.db, log)
+	store, err := openStore(ctx, f, log)
 	if err != nil {
-		return fmt.Errorf("opening database %s: %w", f.db, err)
+		return err
 	}
 	defer func() {
 		if err := store.Close(); err != nil {
@@ -225,7 +234,7 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 	pruneCtx, stopPrune := context.WithCancel(context.Background())
 	wg.Go(func() { svc.Run(pruneCtx, time.Minute) })
 	log.Info("serving", "server", f.domain, "bind", ln.Addr().String(), "public_url", f.publicURL,
-		"metrics", f.metricsBind, "db", f.db, "version", version)
+		"metrics", f.metricsBind, "store", f.store, "db", f.db, "nats", f.natsURL != "", "version", version)
 
 	var serveErr error
 	select {
@@ -285,6 +294,30 @@ func startPush(f serverFlags, store push.SubscriptionStore, presence server.Pres
 	sender := push.NewSender(push.Config{Key: key, Subject: subject, TTL: f.pushTTL, Presence: presence}, store, policy, log, reg)
 	sender.Start()
 	return sender, policy, push.PublicKey(key), nil
+}
+
+// openStore opens the store --store names.
+func openStore(ctx context.Context, f serverFlags, log *slog.Logger) (server.Store, error) {
+	if f.store != "jetstream" {
+		db, err := sqlite.Open(ctx, f.db, log)
+		if err != nil {
+			return nil, fmt.Errorf("opening database %s: %w", f.db, err)
+		}
+		return db, nil
+	}
+	ncfg, err := natsConfig(f)
+	if err != nil {
+		return nil, err
+	}
+	ncfg.Name = "kezchat store " + f.domain
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	s, err := jetstream.Open(ctx, jetstream.Config{NATS: ncfg, Replicas: f.jsReplicas, Retention: f.retention,
+		MaxPending: f.maxPending, MaxBytes: f.jsMaxBytes}, log)
+	if err != nil {
+		return nil, fmt.Errorf("opening the JetStream store: %w", err)
+	}
+	return s, nil
 }
 
 // natsConfig is the NATS connection the flags describe.

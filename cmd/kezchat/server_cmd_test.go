@@ -57,3 +57,27 @@ func TestFlagsComeFromTheEnvironmentUnlessGiven(t *testing.T) {
 		t.Fatalf("bad env value: %v", err)
 	}
 }
+
+func TestServerRefusesAnUnknownStoreOrJetStreamWithoutNATS(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"unknown store", map[string]string{"KEZ_STORE": "postgres"}, `--store "postgres"`},
+		{"jetstream without nats", map[string]string{"KEZ_STORE": "jetstream"}, "--store jetstream needs --nats-url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			t.Setenv("KEZ_NATS_URL", "")
+			var stderr bytes.Buffer
+			code := run(context.Background(), []string{"server", "--db", filepath.Join(t.TempDir(), "db"), "--bind", "127.0.0.1:0", "--metrics-bind", ""}, &stderr, &stderr)
+			if code != 1 || !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("exit %d, stderr %q: want 1 and %q", code, stderr.String(), tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,613 @@
+// Package jetstream implements server.Store on NATS JetStream, so that any
+// number of stateless chat server replicas share one state.
+//
+// Envelopes are messages of one stream, KEZ_CHAT_MESSAGES, on the subject
+// kez.chat.store.<token> of their recipient (natsbus.Token); an envelope's
+// seq is its stream sequence, so it strictly increases per recipient, with
+// gaps. The inbox cap is the stream's per-subject limit (discard new), the
+// retention its max age. Users, primary ids, push subscriptions, message
+// ids and used request signatures are in KV buckets; KV create is atomic,
+// which makes a handle and a primary_id unique.
+package jetstream
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/natsbus"
+)
+
+// Names of the stream and buckets the store keeps its state in.
+const (
+	StreamName     = "KEZ_CHAT_MESSAGES"
+	SubjectPrefix  = "kez.chat.store."
+	BucketUsers    = "kez_chat_users"
+	BucketPrimary  = "kez_chat_primary_ids"
+	BucketPush     = "kez_chat_push"
+	BucketMsgIDs   = "kez_chat_message_ids"
+	BucketReplay   = "kez_chat_replay"
+	maxPage        = 1000
+	requestTimeout = 10 * time.Second
+)
+
+// idempotencyWindow is how long (sender, id) keeps answering a retry with
+// the original seq: three times the clock-skew window, as for SQLite. The
+// anti-replay entries are kept as long, beyond any signature's expiry.
+const idempotencyWindow = 15 * time.Minute
+
+// Headers of a stored envelope.
+const (
+	hdrFrom   = "Kez-From"
+	hdrID     = "Kez-Id"
+	hdrDigest = "Kez-Digest"
+	hdrAt     = "Kez-Received-At"
+)
+
+// Config describes where and how the state is kept.
+type Config struct {
+	NATS natsbus.Config
+	// Replicas of the stream and buckets (1, 3 or 5; default 1).
+	Replicas int
+	// Retention is the max age of an envelope (default 30 days).
+	Retention time.Duration
+	// MaxPending is the per-recipient cap (the stream's max messages per
+	// subject); 0: none. AppendMessage's maxPending argument is not used:
+	// the cap is the stream's, set at Open.
+	MaxPending int
+	// MaxBytes bounds the stream (0: no limit).
+	MaxBytes int64
+	// Memory keeps everything in memory instead of files (tests only).
+	Memory bool
+}
+
+// Store is a server.Store on JetStream.
+type Store struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	log    *slog.Logger
+	now    func() time.Time
+
+	users, primary, push, msgIDs, replay jetstream.KeyValue
+
+	mu    sync.Mutex
+	cache map[string]*server.User // users never change; bounded
+}
+
+var _ server.Store = (*Store)(nil)
+
+const userCacheSize = 4096
+
+// Open connects to NATS and creates or updates the stream and buckets.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = 30 * 24 * time.Hour
+	}
+	if cfg.NATS.Name == "" {
+		cfg.NATS.Name = "kezchat store"
+	}
+	nc, err := natsbus.Connect(cfg.NATS, log, nil)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{nc: nc, log: log, now: time.Now, cache: make(map[string]*server.User)}
+	if err := s.setup(ctx, cfg); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) setup(ctx context.Context, cfg Config) error {
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return fmt.Errorf("JetStream: %w", err)
+	}
+	s.js = js
+	storage := jetstream.FileStorage
+	if cfg.Memory {
+		storage = jetstream.MemoryStorage
+	}
+	sc := jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "kez-chat envelopes, one subject per recipient",
+		Subjects:    []string{SubjectPrefix + ">"},
+		Storage:     storage,
+		Replicas:    cfg.Replicas,
+		MaxAge:      cfg.Retention,
+		MaxBytes:    -1,
+		MaxMsgs:     -1,
+		// Retries of a publish after a lost ack are stored once.
+		Duplicates:        min(2*time.Minute, cfg.Retention),
+		MaxMsgsPerSubject: -1,
+		AllowDirect:       true,
+		Discard:           jetstream.DiscardNew,
+	}
+	if cfg.MaxBytes > 0 {
+		sc.MaxBytes = cfg.MaxBytes
+	}
+	if cfg.MaxPending > 0 {
+		sc.MaxMsgsPerSubject = int64(cfg.MaxPending)
+		sc.DiscardNewPerSubject = true
+	}
+	if s.stream, err = js.CreateOrUpdateStream(ctx, sc); err != nil {
+		return fmt.Errorf("creating stream %s: %w", StreamName, err)
+	}
+	bucket := func(name, desc string, ttl time.Duration) (jetstream.KeyValue, error) {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: name, Description: desc, History: 1, TTL: ttl,
+			Storage: jetstream.StorageType(storage), Replicas: cfg.Replicas,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("creating bucket %s: %w", name, err)
+		}
+		return kv, nil
+	}
+	if s.users, err = bucket(BucketUsers, "kez-chat users by handle token", 0); err != nil {
+		return err
+	}
+	if s.primary, err = bucket(BucketPrimary, "kez-chat handle by primary_id", 0); err != nil {
+		return err
+	}
+	if s.push, err = bucket(BucketPush, "kez-chat push subscriptions by handle token", 0); err != nil {
+		return err
+	}
+	if s.msgIDs, err = bucket(BucketMsgIDs, "kez-chat (sender, message id) -> seq", idempotencyWindow); err != nil {
+		return err
+	}
+	if s.replay, err = bucket(BucketReplay, "kez-chat used request signatures", idempotencyWindow); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Close closes the connection.
+func (s *Store) Close() error {
+	s.nc.Close()
+	return nil
+}
+
+// Ping fails while JetStream cannot answer.
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := s.js.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("JetStream: %w", err)
+	}
+	return nil
+}
+
+func subject(handle string) string { return SubjectPrefix + natsbus.Token(handle) }
+
+func withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, requestTimeout)
+}
+
+// userRecord is a user in the users bucket.
+type userRecord struct {
+	Handle    string `json:"handle"`
+	Server    string `json:"server"`
+	PrimaryID string `json:"primary_id"`
+	Alg       string `json:"alg"`
+	Key       []byte `json:"key"`
+	EncKey    []byte `json:"enc_key"`
+	CreatedAt int64  `json:"created_at"`
+}
+
+// CreateUser claims u's primary_id, then its handle, each by an atomic KV
+// create; when the handle is taken the primary_id claim is withdrawn.
+func (s *Store) CreateUser(ctx context.Context, u *server.User) error {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	created := u.CreatedAt
+	if created.IsZero() {
+		created = s.now()
+	}
+	rec, err := json.Marshal(userRecord{Handle: u.Handle, Server: u.Server, PrimaryID: u.PrimaryID, Alg: u.Alg,
+		Key: u.Key, EncKey: u.EncKey, CreatedAt: created.Unix()})
+	if err != nil {
+		return fmt.Errorf("encoding user %s: %w", u.Handle, err)
+	}
+	rev, err := s.primary.Create(ctx, u.PrimaryID, []byte(u.Handle))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		if rev, err = s.reclaimPrimaryID(ctx, u); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return fmt.Errorf("claiming primary_id of %s: %w", u.Handle, err)
+	}
+	if _, err := s.users.Create(ctx, natsbus.Token(u.Handle), rec); err != nil {
+		if derr := s.primary.Delete(ctx, u.PrimaryID, jetstream.LastRevision(rev)); derr != nil {
+			s.log.Warn("withdrawing a primary_id claim", "primary_id", u.PrimaryID, "err", derr)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return server.Errorf(server.CodeHandleTaken, "handle %q is already registered", u.Handle)
+		}
+		return fmt.Errorf("creating user %s: %w", u.Handle, err)
+	}
+	return nil
+}
+
+// orphanAge is how old a primary_id claim whose handle was never created
+// must be before another registration may take it over: a registration
+// that died between its two creates leaves one.
+const orphanAge = time.Minute
+
+// reclaimPrimaryID answers a taken primary_id: taken, unless the claim is
+// an old orphan, which it takes over (by revision, so once).
+func (s *Store) reclaimPrimaryID(ctx context.Context, u *server.User) (uint64, error) {
+	taken := server.Errorf(server.CodePrimaryIDTaken, "primary_id %s is already registered to another handle", u.PrimaryID)
+	e, err := s.primary.Get(ctx, u.PrimaryID)
+	if err != nil {
+		return 0, taken
+	}
+	if s.now().Sub(e.Created()) < orphanAge {
+		return 0, taken
+	}
+	if _, err := s.users.Get(ctx, natsbus.Token(string(e.Value()))); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, taken
+	}
+	rev, err := s.primary.Update(ctx, u.PrimaryID, []byte(u.Handle), e.Revision())
+	if err != nil {
+		return 0, taken
+	}
+	return rev, nil
+}
+
+// UserByHandle returns the user or unknown_handle.
+func (s *Store) UserByHandle(ctx context.Context, handle string) (*server.User, error) {
+	s.mu.Lock()
+	u := s.cache[handle]
+	s.mu.Unlock()
+	if u != nil {
+		return cloneUser(u), nil
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	e, err := s.users.Get(ctx, natsbus.Token(handle))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, server.Errorf(server.CodeUnknownHandle, "no user %q", handle)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up %s: %w", handle, err)
+	}
+	var r userRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("decoding user %s: %w", handle, err)
+	}
+	u = &server.User{Handle: r.Handle, Server: r.Server, PrimaryID: r.PrimaryID, Alg: r.Alg,
+		Key: r.Key, EncKey: r.EncKey, CreatedAt: time.Unix(r.CreatedAt, 0)}
+	s.mu.Lock()
+	if len(s.cache) >= userCacheSize {
+		for k := range s.cache { // evict one at random
+			delete(s.cache, k)
+			break
+		}
+	}
+	s.cache[handle] = u
+	s.mu.Unlock()
+	return cloneUser(u), nil
+}
+
+func cloneUser(u *server.User) *server.User {
+	c := *u
+	c.Key, c.EncKey = slices.Clone(u.Key), slices.Clone(u.EncKey)
+	return &c
+}
+
+// sentRecord is a message id in the message-id bucket.
+type sentRecord struct {
+	Seq    uint64 `json:"seq"`
+	Digest string `json:"digest"`
+	At     int64  `json:"at"`
+}
+
+// idKey is the message-id bucket's key and the stream's Nats-Msg-Id for
+// (sender, id): ids may hold ':' which keys may not.
+func idKey(sender, id string) string {
+	h := sha256.Sum256([]byte(sender + "\x00" + id))
+	return hex.EncodeToString(h[:20])
+}
+
+// AppendMessage publishes e to its recipient's subject and waits for
+// JetStream's acknowledgement; see server.Store. The cap is the stream's
+// (Config.MaxPending), not maxPending.
+func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ int) (bool, error) {
+	if _, err := s.UserByHandle(ctx, e.Recipient); err != nil {
+		return false, err
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	key := idKey(e.Sender, e.ID)
+	sum := sha256.Sum256(e.Message)
+	digest := hex.EncodeToString(sum[:])
+	if entry, err := s.msgIDs.Get(ctx, key); err == nil {
+		var r sentRecord
+		if err := json.Unmarshal(entry.Value(), &r); err != nil {
+			return false, fmt.Errorf("decoding message id record: %w", err)
+		}
+		return s.answerRetry(e, r.Seq, r.Digest, digest, r.At)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, fmt.Errorf("looking up message id %q from %s: %w", e.ID, e.Sender, err)
+	}
+
+	at := s.now()
+	m := nats.NewMsg(subject(e.Recipient))
+	m.Data = e.Message
+	m.Header.Set(jetstream.MsgIDHeader, key)
+	m.Header.Set(hdrFrom, e.Sender)
+	m.Header.Set(hdrID, e.ID)
+	m.Header.Set(hdrDigest, digest)
+	m.Header.Set(hdrAt, strconv.FormatInt(at.Unix(), 10))
+	ack, err := s.js.PublishMsg(ctx, m)
+	if err != nil {
+		if strings.Contains(err.Error(), "maximum messages per subject exceeded") {
+			return false, server.Errorf(server.CodeInboxFull,
+				"the inbox of %s holds the most unacknowledged messages allowed; try again later", e.Recipient)
+		}
+		return false, fmt.Errorf("appending envelope for %s: %w", e.Recipient, err)
+	}
+	if ack.Duplicate {
+		// A concurrent or retried publish of the same (sender, id) within
+		// the stream's duplicate window.
+		prev, err := s.stream.GetMsg(ctx, ack.Sequence)
+		if errors.Is(err, jetstream.ErrMsgNotFound) { // acknowledged since
+			e.Seq, e.ReceivedAt = ack.Sequence, at
+			return true, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("reading envelope %d: %w", ack.Sequence, err)
+		}
+		pat, _ := strconv.ParseInt(prev.Header.Get(hdrAt), 10, 64)
+		return s.answerRetry(e, ack.Sequence, prev.Header.Get(hdrDigest), digest, pat)
+	}
+	rec, _ := json.Marshal(sentRecord{Seq: ack.Sequence, Digest: digest, At: at.Unix()})
+	if _, err := s.msgIDs.Put(ctx, key, rec); err != nil {
+		// The stream's duplicate window still covers a prompt retry.
+		s.log.Warn("recording message id", "from", e.Sender, "id", e.ID, "err", err)
+	}
+	e.Seq, e.ReceivedAt = ack.Sequence, time.Unix(at.Unix(), 0)
+	return false, nil
+}
+
+// answerRetry answers a second append of (sender, id) stored at seq.
+func (s *Store) answerRetry(e *server.Envelope, seq uint64, prevDigest, digest string, at int64) (bool, error) {
+	if prevDigest != digest {
+		return false, server.Errorf(server.CodeMessageIDConflict,
+			"message id %q from %s was already used for a different message", e.ID, e.Sender)
+	}
+	e.Seq, e.ReceivedAt = seq, time.Unix(at, 0)
+	return true, nil
+}
+
+// directGet is the batch direct-get request of the JetStream API.
+type directGet struct {
+	Seq      uint64 `json:"seq"`
+	NextFor  string `json:"next_by_subj"`
+	Batch    int    `json:"batch"`
+	MaxBytes int    `json:"max_bytes,omitempty"`
+}
+
+// Messages reads up to limit (clamped to [1, 1000]) envelopes of recipient
+// after since with one batch direct get.
+func (s *Store) Messages(ctx context.Context, recipient string, since uint64, limit int) ([]*server.Envelope, error) {
+	limit = min(max(limit, 1), maxPage)
+	envs := make([]*server.Envelope, 0, min(limit, 64))
+	if since >= math.MaxInt64 {
+		return envs, nil
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	req, _ := json.Marshal(directGet{Seq: since + 1, NextFor: subject(recipient), Batch: limit, MaxBytes: 16 << 20})
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("reading inbox of %s: %w", recipient, err)
+	}
+	defer sub.Unsubscribe()
+	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+StreamName, inbox, req); err != nil {
+		return nil, fmt.Errorf("reading inbox of %s: %w", recipient, err)
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, err)
+		}
+		switch status := m.Header.Get("Status"); status {
+		case "":
+		case "204", "404": // end of batch; nothing at all
+			return envs, nil
+		default:
+			return nil, fmt.Errorf("reading inbox of %s after %d: status %s %s", recipient, since, status, m.Header.Get("Description"))
+		}
+		seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("reading inbox of %s: bad sequence header: %w", recipient, err)
+		}
+		at, _ := strconv.ParseInt(m.Header.Get(hdrAt), 10, 64)
+		envs = append(envs, &server.Envelope{
+			Recipient: recipient, Seq: seq, ReceivedAt: time.Unix(at, 0),
+			Sender: m.Header.Get(hdrFrom), ID: m.Header.Get(hdrID), Message: m.Data,
+		})
+	}
+}
+
+// purgeResponse is the JetStream API's answer to a purge.
+type purgeResponse struct {
+	Success bool                `json:"success"`
+	Purged  uint64              `json:"purged"`
+	Error   *jetstream.APIError `json:"error,omitempty"`
+}
+
+// Ack purges recipient's subject below upto+1.
+func (s *Store) Ack(ctx context.Context, recipient string, upto uint64) (int, error) {
+	if upto == 0 {
+		return 0, nil
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	req := map[string]any{"filter": subject(recipient)}
+	if upto < math.MaxUint64 {
+		req["seq"] = upto + 1
+	}
+	body, _ := json.Marshal(req)
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+StreamName, body)
+	if err != nil {
+		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %w", recipient, upto, err)
+	}
+	var r purgeResponse
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return 0, fmt.Errorf("acknowledging inbox of %s: decoding the answer: %w", recipient, err)
+	}
+	if r.Error != nil || !r.Success {
+		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %v", recipient, upto, r.Error)
+	}
+	return int(r.Purged), nil
+}
+
+// UseOnce creates digest's key in the replay bucket: a second create fails.
+// Entries live 15 minutes, past every expiry a signature's ts allows.
+func (s *Store) UseOnce(ctx context.Context, digest []byte, _ time.Time) (bool, error) {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	_, err := s.replay.Create(ctx, hex.EncodeToString(digest), nil)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrKeyExists):
+		return false, nil
+	default:
+		return false, fmt.Errorf("recording request digest: %w", err)
+	}
+}
+
+// pushRecord is one subscription in a handle's push key.
+type pushRecord struct {
+	Endpoint  string `json:"endpoint"`
+	P256dh    []byte `json:"p256dh"`
+	Auth      []byte `json:"auth"`
+	CreatedAt int64  `json:"created_ns"`
+}
+
+// updatePush applies change to handle's subscriptions with optimistic
+// concurrency: a concurrent writer makes it read and apply again.
+func (s *Store) updatePush(ctx context.Context, handle string, change func([]pushRecord) []pushRecord) error {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	key := natsbus.Token(handle)
+	for attempt := 0; ; attempt++ {
+		var recs []pushRecord
+		var rev uint64
+		e, err := s.push.Get(ctx, key)
+		switch {
+		case err == nil:
+			rev = e.Revision()
+			if err := json.Unmarshal(e.Value(), &recs); err != nil {
+				return fmt.Errorf("decoding push subscriptions of %s: %w", handle, err)
+			}
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return fmt.Errorf("reading push subscriptions of %s: %w", handle, err)
+		}
+		val, _ := json.Marshal(change(recs))
+		if rev == 0 {
+			_, err = s.push.Create(ctx, key, val)
+		} else {
+			_, err = s.push.Update(ctx, key, val, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if attempt >= 10 || ctx.Err() != nil {
+			return fmt.Errorf("writing push subscriptions of %s: %w", handle, err)
+		}
+	}
+}
+
+// SavePushSubscription upserts sub by endpoint and evicts the oldest
+// beyond max.
+func (s *Store) SavePushSubscription(ctx context.Context, sub *server.PushSubscription, max int) error {
+	return s.updatePush(ctx, sub.Handle, func(recs []pushRecord) []pushRecord {
+		recs = slices.DeleteFunc(recs, func(r pushRecord) bool { return r.Endpoint == sub.Endpoint })
+		recs = append(recs, pushRecord{Endpoint: sub.Endpoint, P256dh: sub.P256dh, Auth: sub.Auth, CreatedAt: sub.CreatedAt.UnixNano()})
+		sortPush(recs)
+		if max > 0 && len(recs) > max {
+			recs = recs[len(recs)-max:]
+		}
+		return recs
+	})
+}
+
+// DeletePushSubscription deletes handle's subscription at endpoint.
+func (s *Store) DeletePushSubscription(ctx context.Context, handle, endpoint string) (bool, error) {
+	found := false
+	err := s.updatePush(ctx, handle, func(recs []pushRecord) []pushRecord {
+		n := len(recs)
+		recs = slices.DeleteFunc(recs, func(r pushRecord) bool { return r.Endpoint == endpoint })
+		found = len(recs) < n
+		return recs
+	})
+	return found, err
+}
+
+// PushSubscriptions returns handle's subscriptions, oldest first.
+func (s *Store) PushSubscriptions(ctx context.Context, handle string) ([]*server.PushSubscription, error) {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	e, err := s.push.Get(ctx, natsbus.Token(handle))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing push subscriptions of %s: %w", handle, err)
+	}
+	var recs []pushRecord
+	if err := json.Unmarshal(e.Value(), &recs); err != nil {
+		return nil, fmt.Errorf("decoding push subscriptions of %s: %w", handle, err)
+	}
+	subs := make([]*server.PushSubscription, 0, len(recs))
+	for _, r := range recs {
+		subs = append(subs, &server.PushSubscription{Handle: handle, Endpoint: r.Endpoint, P256dh: r.P256dh, Auth: r.Auth, CreatedAt: time.Unix(0, r.CreatedAt)})
+	}
+	return subs, nil
+}
+
+// sortPush orders oldest first, then by endpoint.
+func sortPush(recs []pushRecord) {
+	slices.SortFunc(recs, func(a, b pushRecord) int {
+		if a.CreatedAt != b.CreatedAt {
+			if a.CreatedAt < b.CreatedAt {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Endpoint, b.Endpoint)
+	})
+}
+
+// Prune does nothing: the stream's max age expires envelopes and the
+// buckets' TTL message ids and request digests, on the NATS server.
+func (s *Store) Prune(context.Context, time.Time, time.Time) (server.PruneResult, error) {
+	return server.PruneResult{}, nil
+}

@@ -1,0 +1,289 @@
+package jetstream_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/jetstream"
+	"kez.lat/chat/server/natsbus"
+	"kez.lat/chat/server/testutil"
+)
+
+func open(t testing.TB, n *testutil.NATS, maxPending int) *jetstream.Store {
+	t.Helper()
+	s, err := jetstream.Open(context.Background(), jetstream.Config{
+		NATS:       natsbus.Config{URL: n.URL, ReconnectWait: 20 * time.Millisecond},
+		MaxPending: maxPending,
+	}, testutil.Logger(t))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func testUser(handle string) *server.User {
+	return &server.User{Handle: handle, Server: "example.test", PrimaryID: "pid-" + handle, Alg: "ed25519",
+		Key: []byte("signing-key-of-" + handle), EncKey: []byte("enc-key-of-" + handle), CreatedAt: time.Unix(1_700_000_000, 0)}
+}
+
+func mustCreate(t testing.TB, s *jetstream.Store, handles ...string) {
+	t.Helper()
+	for _, h := range handles {
+		if err := s.CreateUser(context.Background(), testUser(h)); err != nil {
+			t.Fatalf("CreateUser(%s): %v", h, err)
+		}
+	}
+}
+
+func mustAppend(t testing.TB, s *jetstream.Store, to, from, id, msg string) uint64 {
+	t.Helper()
+	e := &server.Envelope{Recipient: to, Sender: from, ID: id, Message: []byte(msg)}
+	dup, err := s.AppendMessage(context.Background(), e, 0)
+	if err != nil || dup {
+		t.Fatalf("AppendMessage(%s→%s %s) = %v, %v", from, to, id, dup, err)
+	}
+	return e.Seq
+}
+
+func seqs(envs []*server.Envelope) []uint64 {
+	out := make([]uint64, len(envs))
+	for i, e := range envs {
+		out[i] = e.Seq
+	}
+	return out
+}
+
+func TestCreatedUserCanBeLookedUpFromAnotherReplica(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	a, b := open(t, n, 0), open(t, n, 0)
+	want := testUser("bob.smith")
+	if err := a.CreateUser(context.Background(), want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.UserByHandle(context.Background(), "bob.smith")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Handle != want.Handle || got.PrimaryID != want.PrimaryID || string(got.Key) != string(want.Key) ||
+		string(got.EncKey) != string(want.EncKey) || !got.CreatedAt.Equal(want.CreatedAt) || got.Server != want.Server {
+		t.Fatalf("UserByHandle = %+v, want %+v", got, want)
+	}
+	if _, err := b.UserByHandle(context.Background(), "nobody"); server.ErrorCode(err) != server.CodeUnknownHandle {
+		t.Fatalf("unknown handle: %v", err)
+	}
+}
+
+func TestCreateUserRefusesTakenHandleOrPrimaryID(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice")
+	tests := []struct {
+		name string
+		user func() *server.User
+		code string
+	}{
+		{"same handle, new primary_id", func() *server.User { u := testUser("alice"); u.PrimaryID = "other"; return u }, server.CodeHandleTaken},
+		{"new handle, same primary_id", func() *server.User { u := testUser("alice2"); u.PrimaryID = "pid-alice"; return u }, server.CodePrimaryIDTaken},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := s.CreateUser(context.Background(), tt.user()); server.ErrorCode(err) != tt.code {
+				t.Fatalf("err = %v, want %s", err, tt.code)
+			}
+		})
+	}
+	// The refused handle's primary_id claim was withdrawn: it may register.
+	u := testUser("carol")
+	u.PrimaryID = "other"
+	if err := s.CreateUser(context.Background(), u); err != nil {
+		t.Fatalf("primary_id of a refused registration is still claimed: %v", err)
+	}
+}
+
+func TestTwoReplicasRacingToRegisterOneHandleHaveExactlyOneWinner(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	replicas := []*jetstream.Store{open(t, n, 0), open(t, n, 0)}
+	for round := range 10 {
+		handle := fmt.Sprintf("race%d", round)
+		var wg sync.WaitGroup
+		errs := make([]error, 8)
+		for i := range errs {
+			wg.Go(func() {
+				u := testUser(handle)
+				u.PrimaryID = fmt.Sprintf("pid-%d-%d", round, i)
+				errs[i] = replicas[i%2].CreateUser(context.Background(), u)
+			})
+		}
+		wg.Wait()
+		won := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				won++
+			case server.ErrorCode(err) != server.CodeHandleTaken:
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("round %d: %d winners, want 1", round, won)
+		}
+	}
+}
+
+func TestAppendGivesEachInboxIncreasingSeqsAndRetriesTheOriginal(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice", "bob", "carol")
+	b1 := mustAppend(t, s, "bob", "alice", "m1", `{"n":1}`)
+	c1 := mustAppend(t, s, "carol", "alice", "m2", `{"n":2}`)
+	b2 := mustAppend(t, s, "bob", "alice", "m3", `{"n":3}`)
+	if !(b1 < b2) || c1 == b1 || c1 == b2 {
+		t.Fatalf("seqs bob %d, %d carol %d", b1, b2, c1)
+	}
+
+	retry := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "m1", Message: []byte(`{"n":1}`)}
+	if dup, err := s.AppendMessage(ctx, retry, 0); err != nil || !dup || retry.Seq != b1 {
+		t.Fatalf("retry = %v, %v, seq %d; want duplicate of %d", dup, err, retry.Seq, b1)
+	}
+	conflict := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "m1", Message: []byte(`{"n":"other"}`)}
+	if _, err := s.AppendMessage(ctx, conflict, 0); server.ErrorCode(err) != server.CodeMessageIDConflict {
+		t.Fatalf("conflict: %v", err)
+	}
+	unknown := &server.Envelope{Recipient: "nobody", Sender: "alice", ID: "m9", Message: []byte(`{}`)}
+	if _, err := s.AppendMessage(ctx, unknown, 0); server.ErrorCode(err) != server.CodeUnknownHandle {
+		t.Fatalf("unknown recipient: %v", err)
+	}
+
+	envs, err := s.Messages(ctx, "bob", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(envs); len(got) != 2 || got[0] != b1 || got[1] != b2 {
+		t.Fatalf("bob's inbox %v, want [%d %d]", got, b1, b2)
+	}
+	if e := envs[1]; e.Sender != "alice" || e.ID != "m3" || string(e.Message) != `{"n":3}` || e.ReceivedAt.IsZero() {
+		t.Fatalf("envelope %+v", e)
+	}
+	if envs, _ := s.Messages(ctx, "bob", b1, 100); len(envs) != 1 || envs[0].Seq != b2 {
+		t.Fatalf("after %d: %v", b1, seqs(envs))
+	}
+	if envs, _ := s.Messages(ctx, "nobody", 0, 100); len(envs) != 0 {
+		t.Fatalf("unknown recipient's inbox: %v", seqs(envs))
+	}
+}
+
+func TestMessagesPagesBySinceAndLimit(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice", "bob", "carol")
+	var want []uint64
+	for i := range 7 {
+		want = append(want, mustAppend(t, s, "bob", "alice", fmt.Sprint("b", i), "{}"))
+		mustAppend(t, s, "carol", "alice", fmt.Sprint("c", i), "{}") // gaps in bob's seqs
+	}
+	var got []uint64
+	since := uint64(0)
+	for {
+		page, err := s.Messages(ctx, "bob", since, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) > 3 {
+			t.Fatalf("page of %d, limit 3", len(page))
+		}
+		if len(page) == 0 {
+			break
+		}
+		got = append(got, seqs(page)...)
+		since = page[len(page)-1].Seq
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("paged %v, want %v", got, want)
+	}
+}
+
+func TestAckDeletesUpToSeqAndFullInboxRefusesUntilAcked(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 2)
+	mustCreate(t, s, "alice", "bob")
+	s1 := mustAppend(t, s, "bob", "alice", "m1", "{}")
+	s2 := mustAppend(t, s, "bob", "alice", "m2", "{}")
+	full := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "m3", Message: []byte("{}")}
+	if _, err := s.AppendMessage(ctx, full, 2); server.ErrorCode(err) != server.CodeInboxFull {
+		t.Fatalf("third message: %v, want inbox_full", err)
+	}
+	if k, err := s.Ack(ctx, "bob", s1); err != nil || k != 1 {
+		t.Fatalf("Ack(%d) = %d, %v; want 1", s1, k, err)
+	}
+	s3 := mustAppend(t, s, "bob", "alice", "m3", "{}")
+	if s3 <= s2 {
+		t.Fatalf("seq %d after ack is not above %d", s3, s2)
+	}
+	if k, err := s.Ack(ctx, "bob", s3); err != nil || k != 2 {
+		t.Fatalf("Ack(%d) = %d, %v; want 2", s3, k, err)
+	}
+	if envs, _ := s.Messages(ctx, "bob", 0, 10); len(envs) != 0 {
+		t.Fatalf("inbox after acking all: %v", seqs(envs))
+	}
+	if k, err := s.Ack(ctx, "nobody", 99); err != nil || k != 0 {
+		t.Fatalf("Ack of unknown = %d, %v", k, err)
+	}
+}
+
+func TestUseOnceRefusesAReplayOnAnyReplica(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	a, b := open(t, n, 0), open(t, n, 0)
+	exp := time.Now().Add(5 * time.Minute)
+	if ok, err := a.UseOnce(context.Background(), []byte("digest-1"), exp); err != nil || !ok {
+		t.Fatalf("first use = %v, %v", ok, err)
+	}
+	if ok, err := b.UseOnce(context.Background(), []byte("digest-1"), exp); err != nil || ok {
+		t.Fatalf("replay on another replica = %v, %v; want false", ok, err)
+	}
+	if ok, err := b.UseOnce(context.Background(), []byte("digest-2"), exp); err != nil || !ok {
+		t.Fatalf("another digest = %v, %v", ok, err)
+	}
+}
+
+func TestPushSubscriptionsUpsertByEndpointAndEvictTheOldest(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	at := time.Unix(1_700_000_000, 0)
+	sub := func(ep string, d time.Duration) *server.PushSubscription {
+		return &server.PushSubscription{Handle: "bob", Endpoint: ep, P256dh: []byte("p"), Auth: []byte("a"), CreatedAt: at.Add(d)}
+	}
+	for i, ep := range []string{"https://p/1", "https://p/2", "https://p/3"} {
+		if err := s.SavePushSubscription(ctx, sub(ep, time.Duration(i)*time.Second), 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SavePushSubscription(ctx, sub("https://p/2", 10*time.Second), 2); err != nil { // upsert
+		t.Fatal(err)
+	}
+	subs, err := s.PushSubscriptions(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eps []string
+	for _, s := range subs {
+		eps = append(eps, s.Endpoint)
+	}
+	if fmt.Sprint(eps) != "[https://p/3 https://p/2]" {
+		t.Fatalf("subscriptions %v, want [https://p/3 https://p/2]", eps)
+	}
+	if ok, err := s.DeletePushSubscription(ctx, "bob", "https://p/3"); err != nil || !ok {
+		t.Fatalf("delete = %v, %v", ok, err)
+	}
+	if ok, err := s.DeletePushSubscription(ctx, "bob", "https://p/3"); err != nil || ok {
+		t.Fatalf("second delete = %v, %v", ok, err)
+	}
+}
