@@ -22,6 +22,7 @@ import (
 	"kez.lat/chat/server/httpapi"
 	"kez.lat/chat/server/jetstream"
 	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/natsauth"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/ratelimit"
@@ -46,6 +47,7 @@ type serverFlags struct {
 	sigServerURL, sigServerPublicURL           string
 	keyCacheTTL                                time.Duration
 	store, natsURL, natsUser, natsPasswordFile string
+	natsCalloutSeedFile                        string
 	jsReplicas                                 int
 	jsMaxBytes                                 int64
 }
@@ -83,6 +85,7 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.natsURL, "nats-url", "", "NATS server, e.g. nats://kez-nats:4222: fan-out to streams on other replicas and presence for push; empty: this replica alone")
 	fs.StringVar(&f.natsUser, "nats-user", "", "user the chat server authenticates to NATS as (the auth callout's auth_users)")
 	fs.StringVar(&f.natsPasswordFile, "nats-password-file", "", "file holding --nats-user's password")
+	fs.StringVar(&f.natsCalloutSeedFile, "nats-callout-issuer-seed-file", "", "file holding the account nkey seed (SA...) whose public key is auth_callout.issuer in nats.conf: this server then answers NATS's auth callout, letting browsers follow their own inbox over NATS WebSocket; needs --nats-url")
 	fs.IntVar(&f.jsReplicas, "jetstream-replicas", 1, "with --store jetstream: replicas of the stream and KV buckets (1, 3 or 5 NATS servers)")
 	fs.Int64Var(&f.jsMaxBytes, "jetstream-max-bytes", 0, "with --store jetstream: bytes the message stream may hold, 0 for no limit")
 	if err := parseWithEnv(fs, args); err != nil {
@@ -91,14 +94,13 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	switch f.store {
-	case "sqlite":
-	case "jetstream":
-		if f.natsURL == "" {
-			return errors.New("--store jetstream needs --nats-url")
-		}
-	default:
+	switch {
+	case f.store != "sqlite" && f.store != "jetstream":
 		return fmt.Errorf("--store %q: want sqlite or jetstream", f.store)
+	case f.store == "jetstream" && f.natsURL == "":
+		return errors.New("--store jetstream needs --nats-url")
+	case f.natsCalloutSeedFile != "" && f.natsURL == "":
+		return errors.New("--nats-callout-issuer-seed-file needs --nats-url")
 	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
 	if err != nil {
@@ -150,6 +152,19 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 	svc := server.NewService(cfg, store, broker, log)
 	if l := ratelimit.New(f.handleSendRate, int(2*f.handleSendRate), 100_000); l != nil {
 		svc.SendLimiter = l
+	}
+	if f.natsCalloutSeedFile != "" {
+		issuer, err := natsauth.LoadIssuer(f.natsCalloutSeedFile)
+		if err != nil {
+			return fmt.Errorf("--nats-callout-issuer-seed-file: %w", err)
+		}
+		co, err := natsauth.Start(bus.Conn(), natsauth.Config{Issuer: issuer}, svc, log)
+		if err != nil {
+			return err
+		}
+		defer co.Close()
+		pub, _ := issuer.PublicKey()
+		log.Info("answering NATS auth callout", "issuer", pub)
 	}
 
 	reg := prometheus.NewRegistry()

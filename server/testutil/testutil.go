@@ -19,6 +19,7 @@ import (
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
 	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/natsauth"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/ratelimit"
@@ -50,6 +51,9 @@ type Options struct {
 	// NATSUser and NATSPassword authenticate it.
 	NATS                   *NATS
 	NATSUser, NATSPassword string
+	// Callout, when set with NATS, makes the server answer NATS's auth
+	// callout requests.
+	Callout *natsauth.Config
 	// Store, when set, opens the store instead of SQLite at DBPath.
 	Store func(t testing.TB) server.Store
 }
@@ -114,6 +118,16 @@ func StartServer(t testing.TB, opts Options) *Server {
 	svc := server.NewService(cfg, store, broker, log)
 	if opts.SendLimit != nil {
 		svc.SendLimiter = opts.SendLimit
+	}
+	if bus != nil && opts.Callout != nil {
+		co, err := natsauth.Start(bus.Conn(), *opts.Callout, svc, log)
+		if err != nil {
+			t.Fatalf("auth callout: %v", err)
+		}
+		if err := bus.Conn().Flush(); err != nil {
+			t.Fatalf("auth callout: %v", err)
+		}
+		t.Cleanup(co.Close)
 	}
 	reg := prometheus.NewRegistry()
 	hcfg := httpapi.Config{Version: "test", PublicURL: "https://" + Domain}
