@@ -26,6 +26,10 @@ func FuzzCanonicalize(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		out, err := Canonicalize(in)
+		want, refErr := referenceCanonicalize(in)
+		if (err == nil) != (refErr == nil) || !bytes.Equal(out, want) {
+			t.Fatalf("Canonicalize(%q) = %q, %v; the previous implementation gave %q, %v", in, out, err, want, refErr)
+		}
 		if err != nil {
 			return
 		}
