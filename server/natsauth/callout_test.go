@@ -3,9 +3,11 @@ package natsauth_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,7 +136,10 @@ func TestInvalidTokenIsRefused(t *testing.T) {
 				nc.Close()
 				t.Fatal("connected")
 			}
-			if !strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+			// NATS answers -ERR 'Authorization Violation' and closes; the
+			// client sometimes sees only the close.
+			if !strings.Contains(strings.ToLower(err.Error()), "authorization violation") &&
+				!errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) {
 				t.Fatalf("err = %v, want an authorization violation", err)
 			}
 		})
