@@ -25,7 +25,7 @@ func desiredObjects(kc *chatv1.KezChat, in Inputs) []client.Object {
 		objs = append(objs, podDisruptionBudget(kc, n.server(), componentServer))
 	}
 	if kc.Spec.NATS.IsEnabled() {
-		objs = append(objs, natsConfigMap(kc), natsHeadlessService(kc), natsService(kc), natsNetworkPolicy(kc), natsStatefulSet(kc))
+		objs = append(objs, natsConfigMap(kc, in), natsHeadlessService(kc), natsService(kc), natsNetworkPolicy(kc), natsStatefulSet(kc, in))
 		if kc.Spec.NATS.ReplicaCount() > 1 {
 			objs = append(objs, podDisruptionBudget(kc, n.nats(), componentNATS))
 		}

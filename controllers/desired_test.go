@@ -4,10 +4,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -31,7 +35,20 @@ func newKezChat(mutate ...func(*chatv1.KezChat)) *chatv1.KezChat {
 	return kc
 }
 
-var testInputs = Inputs{DefaultImage: "registry.example/kezchat:v1", VAPIDSecret: "chat-vapid", VAPIDDigest: "d1"}
+var testInputs = Inputs{
+	DefaultImage: "registry.example/kezchat:v1", VAPIDSecret: "chat-vapid", VAPIDDigest: "d1",
+	NATSAuth: natsAuth{secretName: "chat-nats-auth", issuer: testIssuer, digest: "n1"},
+}
+
+// testIssuer is an account public key, as the NATS auth Secret holds.
+var testIssuer = func() string {
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		panic(err)
+	}
+	pub, _ := kp.PublicKey()
+	return pub
+}()
 
 // kindNames lists objects as "Kind/name", the kind from the Go type.
 func kindNames(objs []client.Object) []string {
@@ -257,13 +274,14 @@ func TestServerPodTemplateChangesWithTheVAPIDKey(t *testing.T) {
 }
 
 func TestNATSConfig(t *testing.T) {
-	one := natsConf(newKezChat())
+	one := natsConf(newKezChat(), testInputs)
 	three := natsConf(newKezChat(func(kc *chatv1.KezChat) {
 		kc.Spec.NATS.Replicas = ptr.To[int32](3)
 		kc.Spec.NATS.WebSocket = true
 		kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("10Gi"))
-	}))
-	for _, want := range []string{"jetstream {", "store_dir: /data", "port: 4222", "max_file_store: 966367638"} {
+	}), testInputs)
+	for _, want := range []string{"jetstream {", "store_dir: /data", "sync_interval: always", "port: 4222", "max_file_store: 966367638",
+		"authorization {", "users: [ { user: kezchat, password: $KEZ_NATS_PASSWORD } ]", "issuer: " + testIssuer, "auth_users: [ kezchat ]"} {
 		if !strings.Contains(one, want) {
 			t.Errorf("single-node config lacks %q:\n%s", want, one)
 		}
@@ -276,9 +294,82 @@ func TestNATSConfig(t *testing.T) {
 			t.Errorf("clustered config lacks %q:\n%s", want, three)
 		}
 	}
-	sts := natsStatefulSet(newKezChat())
-	if sts.Spec.Template.Annotations[configHashAnnotation] != digest([]byte(one)) {
+	if strings.Contains(three, "sync_interval") {
+		t.Errorf("a three-node cluster syncs every write: it has peers for that:\n%s", three)
+	}
+	sts := natsStatefulSet(newKezChat(), testInputs)
+	if sts.Spec.Template.Annotations[configHashAnnotation] != digest([]byte(one), []byte("n1")) {
 		t.Error("the NATS pod template does not carry its config's digest")
+	}
+	if v, _ := envValue(sts.Spec.Template.Spec.Containers[0], natsPasswordEnv); v != "" {
+		t.Error("the NATS password is in the pod spec as a value")
+	}
+}
+
+// The generated nats.conf is what nats-server itself accepts: parsed by
+// its own config loader, with the password from the environment as the
+// pod gives it.
+func TestNATSConfigLoadsInNATSServer(t *testing.T) {
+	t.Setenv(natsPasswordEnv, "s3cret-from-the-secret")
+	t.Setenv("POD_NAME", "chat-nats-0")
+	for name, kc := range map[string]*chatv1.KezChat{
+		"single": newKezChat(),
+		"cluster with websocket": newKezChat(func(kc *chatv1.KezChat) {
+			kc.Spec.NATS.Replicas = ptr.To[int32](3)
+			kc.Spec.NATS.WebSocket = true
+		}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "nats.conf")
+			if err := os.WriteFile(path, []byte(natsConf(kc, testInputs)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			opts, err := natsserver.ProcessConfigFile(path)
+			if err != nil {
+				t.Fatalf("nats-server refuses the config: %v", err)
+			}
+			if opts.ServerName != "chat-nats-0" || !opts.JetStream || opts.StoreDir != "/data" {
+				t.Errorf("server name %q, jetstream %v at %q", opts.ServerName, opts.JetStream, opts.StoreDir)
+			}
+			if len(opts.Users) != 1 || opts.Users[0].Username != natsUser || opts.Users[0].Password != "s3cret-from-the-secret" {
+				t.Errorf("users %+v", opts.Users)
+			}
+			if opts.AuthCallout == nil || opts.AuthCallout.Issuer != testIssuer || len(opts.AuthCallout.AuthUsers) != 1 {
+				t.Errorf("auth callout %+v", opts.AuthCallout)
+			}
+			if ws := kc.Spec.NATS.WebSocket; ws != (opts.Websocket.Port == natsWebSocketPort) {
+				t.Errorf("websocket port %d with websocket %v", opts.Websocket.Port, ws)
+			}
+		})
+	}
+}
+
+func TestServerGetsItsNATSCredentialsFromTheSecret(t *testing.T) {
+	kc := newKezChat(func(kc *chatv1.KezChat) {
+		kc.Spec.Server.Replicas = ptr.To[int32](2)
+		kc.Spec.NATS.Replicas = ptr.To[int32](3)
+	})
+	c := serverDeployment(kc, testInputs).Spec.Template.Spec.Containers[0]
+	for name, want := range map[string]string{
+		"KEZ_STORE": "jetstream", "KEZ_JETSTREAM_REPLICAS": "3", "KEZ_NATS_USER": "kezchat",
+		"KEZ_NATS_PASSWORD_FILE":            "/etc/kez-chat/nats/password",
+		"KEZ_NATS_CALLOUT_ISSUER_SEED_FILE": "/etc/kez-chat/nats/callout-issuer-seed",
+	} {
+		if got, _ := envValue(c, name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		mounted = mounted || (m.MountPath == natsAuthDir && m.ReadOnly)
+	}
+	if !mounted {
+		t.Error("the NATS auth Secret is not mounted read-only")
+	}
+	in := testInputs
+	in.NATSAuth.digest = "n2"
+	if serverDeployment(kc, in).Spec.Template.Annotations[configHashAnnotation] == serverDeployment(kc, testInputs).Spec.Template.Annotations[configHashAnnotation] {
+		t.Error("new NATS credentials do not roll the server")
 	}
 }
 

@@ -90,8 +90,11 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err != nil {
 		obs.failure = err
 		obs.failureReason = ReasonReconcileFailed
-		if errors.Is(err, errVAPIDSecret) {
+		if errors.Is(err, errVAPIDSecret) || errors.Is(err, errNATSAuthSecret) {
 			obs.failureReason = ReasonVAPIDSecret
+			if errors.Is(err, errNATSAuthSecret) {
+				obs.failureReason = ReasonNATSAuthSecret
+			}
 			result, err = ctrl.Result{RequeueAfter: retryUserError}, nil
 		}
 		r.Recorder.Eventf(&kc, nil, corev1.EventTypeWarning, obs.failureReason, "Reconcile", "%v", obs.failure)
@@ -121,6 +124,17 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 		}
 		in.VAPIDSecret, in.VAPIDDigest = key.secretName, key.digest
 		obs.vapidPublicKey = key.publicKey
+	}
+
+	if kc.Spec.NATS.IsEnabled() {
+		auth, created, err := r.ensureNATSAuth(ctx, kc)
+		if err != nil {
+			return obs, ctrl.Result{}, err
+		}
+		if created {
+			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "Created", "Create", "created NATS auth Secret %s", auth.secretName)
+		}
+		in.NATSAuth = auth
 	}
 
 	for _, obj := range desiredObjects(kc, in) {

@@ -213,8 +213,16 @@ func TestKezChatGetsEveryChildWithTheRightContent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("generated VAPID key: %v", err)
 	}
+	natsSecret := waitFor[corev1.Secret](t, ns, "chat-nats-auth", nil)
+	auth, err := natsAuthOf(natsSecret)
+	if err != nil {
+		t.Fatalf("generated NATS auth: %v", err)
+	}
+	if !strings.Contains(cm.Data["nats.conf"], "issuer: "+auth.issuer) || strings.Contains(cm.Data["nats.conf"], string(natsSecret.Data["password"])) {
+		t.Errorf("nats.conf does not name the generated issuer, or holds the password:\n%s", cm.Data["nats.conf"])
+	}
 
-	children := []client.Object{d, pvc, cm, sts, ing, secret}
+	children := []client.Object{d, pvc, cm, sts, ing, secret, natsSecret}
 	for _, name := range []string{"chat-server", "chat-nats", "chat-nats-headless", "chat-sig-server"} {
 		children = append(children, waitFor[corev1.Service](t, ns, name, nil))
 	}
@@ -392,6 +400,7 @@ func TestVAPIDSecretIsMadeOnceAndRotatedOnlyByAnnotation(t *testing.T) {
 	mgr := startManager(t, ns)
 	kc := createKezChat(t, ns)
 	secret := waitFor[corev1.Secret](t, ns, "chat-vapid", nil)
+	natsSecret := waitFor[corev1.Secret](t, ns, "chat-nats-auth", nil)
 	d := waitFor[appsv1.Deployment](t, ns, "chat-server", nil)
 	hash := d.Spec.Template.Annotations[configHashAnnotation]
 
@@ -407,6 +416,9 @@ func TestVAPIDSecretIsMadeOnceAndRotatedOnlyByAnnotation(t *testing.T) {
 	}
 	if again.ResourceVersion != secret.ResourceVersion || string(again.Data["private-key.pem"]) != string(secret.Data["private-key.pem"]) {
 		t.Fatal("the VAPID Secret changed across 50 reconciles and a manager restart")
+	}
+	if n, _ := get[corev1.Secret](ns, "chat-nats-auth"); n.ResourceVersion != natsSecret.ResourceVersion {
+		t.Fatal("the NATS auth Secret changed across 50 reconciles and a manager restart")
 	}
 
 	updateKezChat(t, ns, func(kc *chatv1.KezChat) {

@@ -57,6 +57,7 @@ func (n names) serverData() string     { return n.base + "-server-data" }
 func (n names) nats() string           { return n.base + "-nats" }
 func (n names) natsHeadless() string   { return n.base + "-nats-headless" }
 func (n names) natsConfig() string     { return n.base + "-nats-config" }
+func (n names) natsAuth() string       { return n.base + "-nats-auth" }
 func (n names) sigServer() string      { return n.base + "-sig-server" }
 func (n names) sigServerData() string  { return n.base + "-sig-server-data" }
 func (n names) vapid() string          { return n.base + "-vapid" }

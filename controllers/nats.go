@@ -23,7 +23,7 @@ const (
 // volume, a cluster of the StatefulSet's pods when there are three, and the
 // WebSocket listener when asked for. TLS is the Ingress's business, so the
 // WebSocket listener speaks plain HTTP inside the cluster.
-func natsConf(kc *chatv1.KezChat) string {
+func natsConf(kc *chatv1.KezChat, in Inputs) string {
 	n := namesOf(kc)
 	spec := &kc.Spec.NATS
 	size := spec.Storage.SizeOrDefault()
@@ -37,6 +37,11 @@ func natsConf(kc *chatv1.KezChat) string {
 	b.WriteString("lame_duck_grace_period: 10s\n")
 	b.WriteString("jetstream {\n")
 	fmt.Fprintf(&b, "  store_dir: %s\n", natsDataDir)
+	if spec.ReplicaCount() == 1 {
+		// One server has no peers to hold an acknowledged message: it is
+		// acknowledged once on disk.
+		b.WriteString("  sync_interval: always\n")
+	}
 	// Leave a tenth of the volume to the file system and NATS's own files.
 	fmt.Fprintf(&b, "  max_file_store: %d\n", size.Value()/10*9)
 	b.WriteString("}\n")
@@ -51,6 +56,20 @@ func natsConf(kc *chatv1.KezChat) string {
 		b.WriteString("  ]\n")
 		b.WriteString("}\n")
 	}
+	if in.NATSAuth.issuer != "" {
+		// The chat server is the one user; every other client (a browser
+		// on the WebSocket) is authorized by the chat server's auth
+		// callout, for its own inbox subject only. The password comes
+		// from the pod's environment, out of the Secret, so it is in no
+		// ConfigMap.
+		b.WriteString("authorization {\n")
+		fmt.Fprintf(&b, "  users: [ { user: %s, password: $%s } ]\n", natsUser, natsPasswordEnv)
+		b.WriteString("  auth_callout {\n")
+		fmt.Fprintf(&b, "    issuer: %s\n", in.NATSAuth.issuer)
+		fmt.Fprintf(&b, "    auth_users: [ %s ]\n", natsUser)
+		b.WriteString("  }\n")
+		b.WriteString("}\n")
+	}
 	if spec.WebSocket {
 		b.WriteString("websocket {\n")
 		fmt.Fprintf(&b, "  port: %d\n", natsWebSocketPort)
@@ -61,16 +80,16 @@ func natsConf(kc *chatv1.KezChat) string {
 }
 
 // natsConfigMap carries nats.conf.
-func natsConfigMap(kc *chatv1.KezChat) *corev1.ConfigMap {
+func natsConfigMap(kc *chatv1.KezChat, in Inputs) *corev1.ConfigMap {
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).natsConfig(), Namespace: kc.Namespace, Labels: labels(kc, componentNATS)},
-		Data:       map[string]string{natsConfigFile: natsConf(kc)},
+		Data:       map[string]string{natsConfigFile: natsConf(kc, in)},
 	}
 }
 
 // natsStatefulSet runs NATS with a JetStream volume per pod. NATS reads its
 // configuration once, so the pod template carries its digest.
-func natsStatefulSet(kc *chatv1.KezChat) *appsv1.StatefulSet {
+func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 	n := namesOf(kc)
 	spec := &kc.Spec.NATS
 	image := spec.Image
@@ -98,7 +117,7 @@ func natsStatefulSet(kc *chatv1.KezChat) *appsv1.StatefulSet {
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{
 					Labels:      labels(kc, componentNATS),
-					Annotations: map[string]string{configHashAnnotation: digest([]byte(natsConf(kc)))},
+					Annotations: map[string]string{configHashAnnotation: digest([]byte(natsConf(kc, in)), []byte(in.NATSAuth.digest))},
 				},
 				Spec: corev1.PodSpec{
 					ServiceAccountName:            n.serviceAccount(),
@@ -111,13 +130,11 @@ func natsStatefulSet(kc *chatv1.KezChat) *appsv1.StatefulSet {
 						Image:           image,
 						ImagePullPolicy: kc.Spec.ImagePullPolicy,
 						Args:            []string{"--config", natsConfigDir + "/" + natsConfigFile},
-						Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
-							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"},
-						}}},
-						Ports:          ports,
-						Resources:      resourcesOr(spec.Resources, "50m", "64Mi"),
-						LivenessProbe:  httpProbe("/healthz?js-enabled-only=true", "monitor", 10, 3),
-						ReadinessProbe: httpProbe("/healthz?js-server-only=true", "monitor", 5, 3),
+						Env:             natsEnv(in),
+						Ports:           ports,
+						Resources:       resourcesOr(spec.Resources, "50m", "64Mi"),
+						LivenessProbe:   httpProbe("/healthz?js-enabled-only=true", "monitor", 10, 3),
+						ReadinessProbe:  httpProbe("/healthz?js-server-only=true", "monitor", 5, 3),
 						// JetStream may take a while to recover its streams.
 						StartupProbe: httpProbe("/healthz", "monitor", 5, 60),
 						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
@@ -188,4 +205,21 @@ func natsService(kc *chatv1.KezChat) *corev1.Service {
 			Ports:    ports,
 		},
 	}
+}
+
+// natsEnv is what nats.conf reads from the environment: the pod's name,
+// and the chat server's password from the NATS auth Secret.
+func natsEnv(in Inputs) []corev1.EnvVar {
+	env := []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
+		FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"},
+	}}}
+	if in.NATSAuth.secretName != "" {
+		env = append(env, corev1.EnvVar{Name: natsPasswordEnv, ValueFrom: &corev1.EnvVarSource{
+			SecretKeyRef: &corev1.SecretKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: in.NATSAuth.secretName},
+				Key:                  natsPasswordKey,
+			},
+		}})
+	}
+	return env
 }

@@ -25,6 +25,9 @@ type Inputs struct {
 	// VAPIDDigest is a digest of that key, so that a new key rolls the
 	// server.
 	VAPIDDigest string
+	// NATSAuth holds the chat server's NATS credentials and the auth
+	// callout's issuer; zero when NATS is off.
+	NATSAuth natsAuth
 }
 
 // image is the kez-chat image of kc's pods.

@@ -113,6 +113,27 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 	}
 	if kc.Spec.NATS.IsEnabled() {
 		env = append(env, corev1.EnvVar{Name: "KEZ_NATS_URL", Value: fmt.Sprintf("nats://%s:%d", n.nats(), natsClientPort)})
+		if s.StoreKind() == chatv1.StoreJetStream {
+			env = append(env, corev1.EnvVar{Name: "KEZ_JETSTREAM_REPLICAS", Value: fmt.Sprint(kc.Spec.NATS.ReplicaCount())})
+		}
+	}
+	if in.NATSAuth.secretName != "" {
+		env = append(env,
+			corev1.EnvVar{Name: "KEZ_NATS_USER", Value: natsUser},
+			corev1.EnvVar{Name: "KEZ_NATS_PASSWORD_FILE", Value: natsAuthDir + "/" + natsPasswordKey},
+			corev1.EnvVar{Name: "KEZ_NATS_CALLOUT_ISSUER_SEED_FILE", Value: natsAuthDir + "/" + natsCalloutSeedKey},
+		)
+		volumes = append(volumes, corev1.Volume{Name: "nats-auth", VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{
+				SecretName: in.NATSAuth.secretName,
+				Items: []corev1.KeyToPath{
+					{Key: natsPasswordKey, Path: natsPasswordKey},
+					{Key: natsCalloutSeedKey, Path: natsCalloutSeedKey},
+				},
+				DefaultMode: ptr.To[int32](0o440),
+			},
+		}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "nats-auth", MountPath: natsAuthDir, ReadOnly: true})
 	}
 	if kc.Spec.SigServer.IsEnabled() {
 		env = append(env, corev1.EnvVar{Name: "KEZ_SIG_SERVER_URL", Value: fmt.Sprintf("http://%s:%d", n.sigServer(), sigServerPort)})
@@ -144,7 +165,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{
 					Labels:      labels(kc, componentServer),
-					Annotations: podAnnotations(s.PodAnnotations, digest([]byte(in.VAPIDDigest))),
+					Annotations: podAnnotations(s.PodAnnotations, digest([]byte(in.VAPIDDigest), []byte(in.NATSAuth.digest))),
 				},
 				Spec: corev1.PodSpec{
 					ServiceAccountName:           n.serviceAccount(),

@@ -23,6 +23,7 @@ const (
 	ReasonComponentsPending = "ComponentsPending"
 	ReasonReconcileFailed   = "ReconcileFailed"
 	ReasonVAPIDSecret       = "VAPIDSecretInvalid"
+	ReasonNATSAuthSecret    = "NATSAuthSecretInvalid"
 	ReasonAsExpected        = "AsExpected"
 )
 
