@@ -38,6 +38,17 @@ func ingress(kc *chatv1.KezChat) *networkingv1.Ingress {
 			Path: "/v1/keys", PathType: ptr.To(networkingv1.PathTypePrefix), Backend: backend(namesOf(kc).sigServer()),
 		})
 	}
+	if kc.Spec.NATS.IsEnabled() && kc.Spec.NATS.WebSocket {
+		// Browsers that follow their inbox over NATS reach its WebSocket
+		// listener at wss://<host>/nats; the auth callout admits each to
+		// its own inbox only.
+		paths = append(paths, networkingv1.HTTPIngressPath{
+			Path: natsWebSocketPath, PathType: ptr.To(networkingv1.PathTypePrefix),
+			Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
+				Name: namesOf(kc).nats(), Port: networkingv1.ServiceBackendPort{Name: "websocket"},
+			}},
+		})
+	}
 	for _, p := range []string{"/.well-known", "/v1", "/"} {
 		paths = append(paths, networkingv1.HTTPIngressPath{
 			Path: p, PathType: ptr.To(networkingv1.PathTypePrefix), Backend: backend(namesOf(kc).server()),

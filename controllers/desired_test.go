@@ -397,6 +397,17 @@ func TestIngressRoutesTheChatHost(t *testing.T) {
 	if len(ing.Spec.TLS) != 1 || ing.Spec.TLS[0].SecretName != "chat-tls" || ing.Spec.TLS[0].Hosts[0] != "chat.example.org" {
 		t.Errorf("TLS %+v", ing.Spec.TLS)
 	}
+	// With NATS's WebSocket on, /nats goes to it.
+	ws := ingress(newKezChat(func(kc *chatv1.KezChat) { kc.Spec.NATS.WebSocket = true }))
+	var natsPath *networkingv1.HTTPIngressPath
+	for i, p := range ws.Spec.Rules[0].HTTP.Paths {
+		if p.Path == "/nats" {
+			natsPath = &ws.Spec.Rules[0].HTTP.Paths[i]
+		}
+	}
+	if natsPath == nil || natsPath.Backend.Service.Name != "chat-nats" || natsPath.Backend.Service.Port.Name != "websocket" {
+		t.Errorf("websocket on, /nats route %+v", natsPath)
+	}
 	if got := PublicURL(newKezChat()); got != "http://chat.example.org" {
 		t.Errorf("URL without TLS %q", got)
 	}

@@ -41,6 +41,10 @@ const (
 	// them.
 	configHashAnnotation = "chat.kez.lat/config-hash"
 
+	// natsWebSocketPath is where the Ingress sends browsers to NATS's
+	// WebSocket listener.
+	natsWebSocketPath = "/nats"
+
 	// DefaultNATSImage is the NATS server the operator deploys unless told
 	// otherwise: the release the project's tests run against.
 	DefaultNATSImage = "docker.io/library/nats:2.15.2-alpine"
