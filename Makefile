@@ -63,6 +63,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzCanonicalize$$' -fuzztime=$(FUZZTIME) ./server/signing/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseAuth$$' -fuzztime=$(FUZZTIME) ./server/signing/
 	$(GO) test -run='^$$' -fuzz='^FuzzSignedVerify$$' -fuzztime=$(FUZZTIME) ./server/signing/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeSigned$$' -fuzztime=$(FUZZTIME) ./server/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeMessagePayload$$' -fuzztime=$(FUZZTIME) ./server/
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestBodies$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzKeyDocuments$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
 

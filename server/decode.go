@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"strings"
+
+	"kez.lat/chat/server/signing"
 )
 
 // DecodeJSON decodes exactly one JSON value from data into v, refusing
@@ -58,4 +60,305 @@ func goTypeName(kind string) string {
 	default:
 		return kind
 	}
+}
+
+// DecodeSigned decodes a signed document as DecodeJSON(data, doc) does,
+// with the same result and the same error for every input. The common
+// shape (a valid document whose member names are exactly "payload" and
+// "signature", each at most once, and whose signature holds only plain
+// ASCII strings named exactly "alg", "key" and "sig") is read by hand;
+// anything else goes to DecodeJSON. FuzzDecodeSigned holds the two to the
+// same answers.
+func DecodeSigned(data []byte, doc *signing.Signed) error {
+	if fast, ok := decodeSignedFast(data); ok {
+		*doc = fast
+		return nil
+	}
+	return DecodeJSON(data, doc)
+}
+
+func decodeSignedFast(data []byte) (doc signing.Signed, ok bool) {
+	s, ok := openPlainObject(data)
+	if !ok {
+		return doc, false
+	}
+	var seenPayload, seenSignature bool
+	for s.member() {
+		name, ok := s.name()
+		if !ok {
+			return doc, false
+		}
+		switch string(name) {
+		case "payload":
+			if seenPayload {
+				return doc, false
+			}
+			seenPayload = true
+			doc.Payload = bytes.Clone(s.value())
+		case "signature":
+			if seenSignature || s.b[s.i] != '{' {
+				return doc, false
+			}
+			seenSignature = true
+			if doc.Signature, ok = s.signature(); !ok {
+				return doc, false
+			}
+		default:
+			return doc, false
+		}
+	}
+	return doc, true
+}
+
+// signature reads the object at s.i into a Signature when it has the plain
+// shape.
+func (s *plainScanner) signature() (sig signing.Signature, ok bool) {
+	s.i++ // {
+	var seen [3]bool
+	for s.member() {
+		name, ok := s.name()
+		if !ok {
+			return sig, false
+		}
+		v, ok := s.plainString()
+		if !ok {
+			return sig, false
+		}
+		var field *string
+		var i int
+		switch string(name) {
+		case "alg":
+			field, i = &sig.Alg, 0
+		case "key":
+			field, i = &sig.Key, 1
+		case "sig":
+			field, i = &sig.Sig, 2
+		default:
+			return sig, false
+		}
+		if seen[i] {
+			return sig, false
+		}
+		seen[i] = true
+		*field = string(v)
+	}
+	return sig, true
+}
+
+// decodeMessagePayload decodes a message payload as DecodeJSON(data, p)
+// does, with the same result and error for every input. Canonical
+// payloads of the usual shape (exact member names, each once, plain ASCII
+// strings, an integer ts of at most 18 digits) are read by hand; anything
+// else goes to DecodeJSON. FuzzDecodeMessagePayload holds the two to the
+// same answers.
+func decodeMessagePayload(data []byte, p *MessagePayload) error {
+	if fast, ok := decodeMessagePayloadFast(data); ok {
+		*p = fast
+		return nil
+	}
+	return DecodeJSON(data, p)
+}
+
+func decodeMessagePayloadFast(data []byte) (p MessagePayload, ok bool) {
+	s, ok := openPlainObject(data)
+	if !ok {
+		return p, false
+	}
+	var seen [7]bool
+	for s.member() {
+		name, ok := s.name()
+		if !ok {
+			return p, false
+		}
+		var field *string
+		var i int
+		switch string(name) {
+		case "type":
+			field, i = &p.Type, 0
+		case "server":
+			field, i = &p.Server, 1
+		case "from":
+			field, i = &p.From, 2
+		case "to":
+			field, i = &p.To, 3
+		case "id":
+			field, i = &p.ID, 4
+		case "ct":
+			field, i = &p.CT, 5
+		case "ts":
+			i = 6
+		default:
+			return p, false
+		}
+		if seen[i] {
+			return p, false
+		}
+		seen[i] = true
+		if field == nil {
+			if p.TS, ok = s.smallInt(); !ok {
+				return p, false
+			}
+			continue
+		}
+		v, ok := s.plainString()
+		if !ok {
+			return p, false
+		}
+		*field = string(v)
+	}
+	return p, true
+}
+
+// plainScanner reads a JSON text that json.Valid accepted, so it checks
+// only what decides whether its caller's plain shape holds.
+type plainScanner struct {
+	b []byte
+	i int
+}
+
+// openPlainObject starts reading data when it is one valid JSON object.
+func openPlainObject(data []byte) (plainScanner, bool) {
+	s := plainScanner{b: data}
+	if !json.Valid(data) {
+		return s, false
+	}
+	s.space()
+	if s.b[s.i] != '{' {
+		return s, false
+	}
+	s.i++
+	return s, true
+}
+
+func (s *plainScanner) space() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// member moves to the next member name of the object being read,
+// reporting false at its end (after the closing brace).
+func (s *plainScanner) member() bool {
+	s.space()
+	switch s.b[s.i] {
+	case ',':
+		s.i++
+		s.space()
+		return true
+	case '}':
+		s.i++
+		return false
+	}
+	return true // the first member
+}
+
+// name reads a member name and its colon; ok is false when the name is not
+// plain.
+func (s *plainScanner) name() ([]byte, bool) {
+	n, ok := s.plainString()
+	if !ok {
+		return nil, false
+	}
+	s.space()
+	s.i++ // :
+	s.space()
+	return n, true
+}
+
+// plainString reads a string of printable ASCII without escapes, whose
+// text encoding/json returns unchanged; ok is false for any other value.
+func (s *plainScanner) plainString() ([]byte, bool) {
+	if s.b[s.i] != '"' {
+		return nil, false
+	}
+	start := s.i + 1
+	for i := start; i < len(s.b); i++ {
+		switch c := s.b[i]; {
+		case c == '"':
+			s.i = i + 1
+			return s.b[start:i], true
+		case c == '\\' || c < 0x20 || c > 0x7e:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// smallInt reads an integer of at most 18 digits, which fits an int64.
+func (s *plainScanner) smallInt() (int64, bool) {
+	i := s.i
+	neg := i < len(s.b) && s.b[i] == '-'
+	if neg {
+		i++
+	}
+	start := i
+	var n int64
+	for i < len(s.b) && '0' <= s.b[i] && s.b[i] <= '9' {
+		n = n*10 + int64(s.b[i]-'0')
+		i++
+	}
+	if i == start || i-start > 18 {
+		return 0, false
+	}
+	if i < len(s.b) {
+		switch s.b[i] {
+		case '.', 'e', 'E':
+			return 0, false
+		}
+	}
+	s.i = i
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// value skips the value at s.i and returns its text.
+func (s *plainScanner) value() []byte {
+	start := s.i
+	switch s.b[s.i] {
+	case '"':
+		s.skipString()
+	case '{', '[':
+		depth := 0
+		for {
+			switch s.b[s.i] {
+			case '"':
+				s.skipString()
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+			}
+			s.i++
+			if depth == 0 {
+				break
+			}
+		}
+	default: // a number or literal
+		for s.i < len(s.b) {
+			switch s.b[s.i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				return s.b[start:s.i]
+			}
+			s.i++
+		}
+	}
+	return s.b[start:s.i]
+}
+
+// skipString moves past the string at s.i.
+func (s *plainScanner) skipString() {
+	for s.i++; s.b[s.i] != '"'; s.i++ {
+		if s.b[s.i] == '\\' {
+			s.i++
+		}
+	}
+	s.i++
 }

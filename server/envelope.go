@@ -27,29 +27,75 @@ type Envelope struct {
 // the protocol, and the message byte for byte: encoding/json would
 // HTML-escape it, and the payload is promised in canonical form.
 func (e *Envelope) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, len(e.Message)+64)
+	return e.AppendJSON(make([]byte, 0, len(e.Message)+64)), nil
+}
+
+// AppendJSON appends what MarshalJSON returns to b.
+func (e *Envelope) AppendJSON(b []byte) []byte {
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, e.Seq, 10)
 	b = append(b, `,"received_at":`...)
 	b = strconv.AppendInt(b, e.ReceivedAt.Unix(), 10)
 	b = append(b, `,"message":`...)
 	b = append(b, e.Message...)
-	return append(b, '}'), nil
+	return append(b, '}')
 }
+
+// envelopePrefix starts a stored message document; the canonical payload
+// follows it.
+const envelopePrefix = `{"payload":`
 
 // envelopeMessage builds the stored message document from the canonical
 // payload and its signature, without re-encoding the payload.
 func envelopeMessage(canonical []byte, sig signing.Signature) ([]byte, error) {
-	sigJSON, err := json.Marshal(sig)
-	if err != nil {
-		return nil, err
-	}
-	b := make([]byte, 0, len(canonical)+len(sigJSON)+28)
-	b = append(b, `{"payload":`...)
+	b := make([]byte, 0, len(envelopePrefix)+len(canonical)+signatureSize(sig))
+	b = append(b, envelopePrefix...)
 	b = append(b, canonical...)
+	return appendEnvelopeSignature(b, sig)
+}
+
+// signatureSize is about the length of the rest of a stored message
+// document after its payload.
+func signatureSize(sig signing.Signature) int {
+	return len(sig.Alg) + len(sig.Key) + len(sig.Sig) + 48
+}
+
+// appendEnvelopeSignature ends a stored message document whose payload b
+// holds: the signature member as encoding/json writes it, and the closing
+// brace.
+func appendEnvelopeSignature(b []byte, sig signing.Signature) ([]byte, error) {
 	b = append(b, `,"signature":`...)
-	b = append(b, sigJSON...)
+	if plain(sig.Alg) && plain(sig.Key) && plain(sig.Sig) {
+		// Nothing to escape: what json.Marshal writes, without its
+		// allocations.
+		b = append(b, `{"alg":"`...)
+		b = append(b, sig.Alg...)
+		b = append(b, `","key":"`...)
+		b = append(b, sig.Key...)
+		b = append(b, `","sig":"`...)
+		b = append(b, sig.Sig...)
+		b = append(b, `"}`...)
+	} else {
+		sigJSON, err := json.Marshal(sig)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, sigJSON...)
+	}
 	return append(b, '}'), nil
+}
+
+// plain reports whether s holds only base64url characters, which JSON
+// strings carry unescaped. Verified keys, signatures and algorithm names
+// are plain.
+func plain(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // Receipt answers an accepted message.

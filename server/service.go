@@ -187,12 +187,15 @@ func (s *Service) deviceKeys(ctx context.Context, u *User) (*KeyDocument, error)
 // recipient's open streams. A retry of an accepted message answers the
 // original receipt and reports it as replayed.
 func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, replayed bool, err error) {
-	canonical, pub, err := s.verifySigned(doc)
+	// The stored document is built in one buffer: the canonical payload is
+	// written into it, and the signature appended after it.
+	buf := make([]byte, 0, len(envelopePrefix)+len(doc.Payload)+signatureSize(doc.Signature))
+	buf, canonical, pub, err := appendVerified(append(buf, envelopePrefix...), doc)
 	if err != nil {
 		return Receipt{}, false, err
 	}
 	var p MessagePayload
-	if err := DecodeJSON(canonical, &p); err != nil {
+	if err := decodeMessagePayload(canonical, &p); err != nil {
 		return Receipt{}, false, err
 	}
 	if err := s.checkPayloadHeader(p.Type, TypeMessage, p.Server, p.TS); err != nil {
@@ -231,7 +234,7 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 	if _, err := s.lookup(ctx, p.To, CodeUnknownRecipient); err != nil {
 		return Receipt{}, false, err
 	}
-	msg, err := envelopeMessage(canonical, doc.Signature)
+	msg, err := appendEnvelopeSignature(buf, doc.Signature)
 	if err != nil {
 		return Receipt{}, false, fmt.Errorf("encoding envelope: %w", err)
 	}
@@ -317,28 +320,36 @@ func (s *Service) verifySigned(doc signing.Signed) (canonical, pub []byte, err e
 }
 
 func verifySigned(doc signing.Signed) (canonical, pub []byte, err error) {
+	_, canonical, pub, err = appendVerified(make([]byte, 0, len(doc.Payload)), doc)
+	return canonical, pub, err
+}
+
+// appendVerified is verifySigned writing the canonical payload to the end
+// of dst; it returns the extended buffer and the canonical part of it.
+func appendVerified(dst []byte, doc signing.Signed) (out, canonical, pub []byte, err error) {
 	if len(doc.Payload) == 0 || doc.Payload[0] != '{' {
-		return nil, nil, Errorf(CodeInvalidField, "payload must be a JSON object")
+		return nil, nil, nil, Errorf(CodeInvalidField, "payload must be a JSON object")
 	}
-	canonical, err = signing.Canonicalize(doc.Payload)
+	out, err = signing.AppendCanonical(dst, doc.Payload)
 	if err != nil {
-		return nil, nil, Errorf(CodeInvalidJSON, "payload cannot be canonicalized: %v", err)
+		return nil, nil, nil, Errorf(CodeInvalidJSON, "payload cannot be canonicalized: %v", err)
 	}
+	canonical = out[len(dst):]
 	if _, err := signing.Lookup(doc.Signature.Alg); err != nil {
-		return nil, nil, Errorf(CodeUnknownAlg, "signature.alg %q is not one of %v", doc.Signature.Alg, signing.Algorithms())
+		return nil, nil, nil, Errorf(CodeUnknownAlg, "signature.alg %q is not one of %v", doc.Signature.Alg, signing.Algorithms())
 	}
 	pub, err = decodeKey("signature.key", doc.Signature.Key)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	sig, err := signing.DecodeB64(doc.Signature.Sig)
 	if err != nil {
-		return nil, nil, Errorf(CodeInvalidEncoding, "signature.sig is not base64url without padding")
+		return nil, nil, nil, Errorf(CodeInvalidEncoding, "signature.sig is not base64url without padding")
 	}
 	if err := signing.Verify(doc.Signature.Alg, pub, canonical, sig); err != nil {
-		return nil, nil, Errorf(CodeBadSignature, "the signature does not verify over the payload")
+		return nil, nil, nil, Errorf(CodeBadSignature, "the signature does not verify over the payload")
 	}
-	return canonical, pub, nil
+	return out, canonical, pub, nil
 }
 
 // checkPayloadHeader checks the fields every signed payload carries, so a

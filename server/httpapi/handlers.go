@@ -1,12 +1,13 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"kez.lat/chat/server"
@@ -64,7 +65,7 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var doc signing.Signed
-	if err := readJSON(w, r, maxMessageBody, &doc); err != nil {
+	if err := readBody(w, r, maxMessageBody, func(body []byte) error { return server.DecodeSigned(body, &doc) }); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -198,17 +199,39 @@ func (s *Server) allow(w http.ResponseWriter, limiter interface {
 	return ok
 }
 
+// bodies holds request body buffers for reuse: decoding copies everything
+// it keeps (strings, json.RawMessage), so a body is not needed after it.
+var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBody is the largest body buffer kept for reuse.
+const maxPooledBody = 16 << 10
+
 // readJSON decodes a body of at most limit bytes strictly into v.
 func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
+	return readBody(w, r, limit, func(body []byte) error { return server.DecodeJSON(body, v) })
+}
+
+// readBody reads a body of at most limit bytes and passes it to decode,
+// which must not keep it.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, decode func([]byte) error) error {
+	body := bodies.Get().(*bytes.Buffer)
+	defer func() {
+		if body.Cap() <= maxPooledBody {
+			body.Reset()
+			bodies.Put(body)
+		}
+	}()
+	if r.ContentLength > 0 && r.ContentLength <= limit {
+		body.Grow(int(r.ContentLength) + 1) // +1: ReadFrom wants room to see EOF
+	}
+	if _, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, limit)); err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			return server.Errorf(server.CodeBodyTooLarge, "the body is over %d bytes", limit)
 		}
 		return server.Errorf(server.CodeInvalidJSON, "reading the body: %v", err)
 	}
-	return server.DecodeJSON(body, v)
+	return decode(body.Bytes())
 }
 
 // queryUint parses a decimal query parameter, refusing signs, leading zeros

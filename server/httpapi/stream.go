@@ -1,9 +1,7 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -162,12 +160,12 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, handle string, sin
 		cancelNext()
 		// A frame is built per event and not kept: an idle stream holds no
 		// buffer.
-		var frame bytes.Buffer
+		var frame []byte
 		switch {
 		case err == nil:
-			writeEvent(&frame, e)
+			frame = appendEvent(make([]byte, 0, len(e.Message)+eventOverhead), e)
 		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-			frame.WriteString(": keep-alive\n\n")
+			frame = []byte(keepAlive)
 		case errors.Is(err, server.ErrSlowConsumer):
 			s.metrics.slowConsumers.Inc()
 			return
@@ -177,19 +175,26 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, handle string, sin
 			s.log.ErrorContext(ctx, "streaming inbox", "handle", handle, "after", st.Last(), "err", err)
 			return
 		}
-		if sink.write(frame.Bytes()) != nil {
+		if sink.write(frame) != nil {
 			return
 		}
 	}
 }
 
-// writeEvent frames e as one SSE message event. Its JSON holds no newline,
-// so one data line carries it.
-func writeEvent(b *bytes.Buffer, e *server.Envelope) {
-	b.WriteString("event: message\nid: ")
-	b.WriteString(strconv.FormatUint(e.Seq, 10))
-	b.WriteString("\ndata: ")
-	data, _ := json.Marshal(e) // an Envelope always encodes
-	b.Write(data)
-	b.WriteString("\n\n")
+// keepAlive is the comment frame written while a stream is idle.
+const keepAlive = ": keep-alive\n\n"
+
+// eventOverhead bounds what a message event adds to its envelope's
+// message: the event and id lines, the envelope's seq and received_at.
+const eventOverhead = 128
+
+// appendEvent frames e as one SSE message event. Its JSON holds no newline,
+// so one data line carries it. The envelope is written as MarshalJSON
+// writes it, the message byte for byte.
+func appendEvent(b []byte, e *server.Envelope) []byte {
+	b = append(b, "event: message\nid: "...)
+	b = strconv.AppendUint(b, e.Seq, 10)
+	b = append(b, "\ndata: "...)
+	b = e.AppendJSON(b)
+	return append(b, "\n\n"...)
 }

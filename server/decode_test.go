@@ -1,0 +1,61 @@
+package server
+
+import (
+	"bytes"
+	"reflect"
+	"testing"
+
+	"kez.lat/chat/server/signing"
+)
+
+// decodeSeeds are documents of every shape the fast decoders take or pass
+// on to DecodeJSON.
+var decodeSeeds = []string{
+	`{"payload":{"type":"kez.chat.message/v1","server":"chat.test","from":"alice","to":"bob","id":"m-1","ts":1700000000,"ct":"AAAA"},"signature":{"alg":"ed25519","key":"a-b_c","sig":"xyz"}}`,
+	`{"ct":"AAAA","from":"alice","id":"m-1","server":"chat.test","to":"bob","ts":1700000000,"type":"kez.chat.message/v1"}`,
+	` { "payload" : [1, {"a":"}"}, "\"]"] , "signature" : { } } `, `{}`, `[]`, `null`, `"x"`, `1`, ``, `{`, `{} x`, `{}{}`,
+	`{"payload":null}`, `{"payload":1e999}`, `{"payload":"s"}`, `{"payload":1,"payload":2}`, `{"Payload":{}}`, `{"\u0070ayload":{}}`,
+	`{"signature":null}`, `{"signature":[]}`, `{"signature":{"alg":1}}`, `{"signature":{"alg":"a","alg":"b"}}`,
+	`{"signature":{"alg":"a"},"signature":{"key":"k"}}`, `{"signature":{"ALG":"a"}}`, `{"signature":{"alg":"\u0041"}}`,
+	"{\"signature\":{\"alg\":\"\xff\"}}", `{"signature":{"alg":"é"}}`, `{"signature":{"x":"a"}}`, `{"x":1}`,
+	`{"ts":-0}`, `{"ts":0}`, `{"ts":1.5}`, `{"ts":1e3}`, `{"ts":"1"}`, `{"ts":null}`, `{"ts":-9223372036854775808}`,
+	`{"ts":123456789012345678}`, `{"ts":1234567890123456789}`, `{"ts":99999999999999999999}`, `{"type":1}`,
+	`{"type":"a","type":"b"}`, `{"TYPE":"a"}`, `{"to":{}}`, `{"to":"a","TO":"b"}`, `{"ct":"a b"}`, `{"id":"a\tb"}`,
+}
+
+func FuzzDecodeSigned(f *testing.F) {
+	for _, s := range decodeSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var fast, slow signing.Signed
+		errFast := DecodeSigned(data, &fast)
+		errSlow := DecodeJSON(data, &slow)
+		if !reflect.DeepEqual(errFast, errSlow) || !reflect.DeepEqual(fast.Signature, slow.Signature) || !bytes.Equal(fast.Payload, slow.Payload) || (fast.Payload == nil) != (slow.Payload == nil) {
+			t.Fatalf("DecodeSigned(%q) = %+v, %v; DecodeJSON gives %+v, %v", data, fast, errFast, slow, errSlow)
+		}
+	})
+}
+
+func FuzzDecodeMessagePayload(f *testing.F) {
+	for _, s := range decodeSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var fast, slow MessagePayload
+		errFast := decodeMessagePayload(data, &fast)
+		errSlow := DecodeJSON(data, &slow)
+		if !reflect.DeepEqual(errFast, errSlow) || fast != slow {
+			t.Fatalf("decodeMessagePayload(%q) = %+v, %v; DecodeJSON gives %+v, %v", data, fast, errFast, slow, errSlow)
+		}
+	})
+}
+
+func TestFastDecodersTakeTheUsualShape(t *testing.T) {
+	if _, ok := decodeSignedFast([]byte(decodeSeeds[0])); !ok {
+		t.Error("decodeSignedFast refused a usual message")
+	}
+	if _, ok := decodeMessagePayloadFast([]byte(decodeSeeds[1])); !ok {
+		t.Error("decodeMessagePayloadFast refused a usual canonical payload")
+	}
+}
