@@ -42,6 +42,9 @@ type benchConfig struct {
 	skipPush       bool
 	pushRecipients int
 	pushMessages   int
+	// The replica phase.
+	replicas    int
+	replicaSync string
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -68,6 +71,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&cfg.skipPush, "skip-push", false, "skip the Web Push phase")
 	fs.IntVar(&cfg.pushRecipients, "push-recipients", 200, "recipients with a push subscription and no stream in the Web Push phase")
 	fs.IntVar(&cfg.pushMessages, "push-messages", 20000, "messages sent in the Web Push phase, one push each")
+	fs.IntVar(&cfg.replicas, "replicas", 0, "phase 5: run the load phases again on this many replicas (--store jetstream) sharing a NATS server with JetStream that the bench embeds, streams and senders spread over them, and compare with the one SQLite server of phases 1 and 2; 0 skips it")
+	fs.StringVar(&cfg.replicaSync, "replica-sync", syncAlways, "phase 5's JetStream sync: always (fsync before each ack, what the operator configures for one NATS server), default (nats-server's 2-minute interval) or both, one after the other")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up when the whole run takes longer")
 	// Like the other client commands, bench takes no settings from the
 	// environment: a KEZ_ variable left in a shell must not change a figure.
@@ -109,6 +114,25 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	closed, open, err := runLoad(ctx, cfg, target, hc, tag, p)
 	if err != nil {
 		return err
+	}
+
+	var replicas []*replicaResult
+	var replicaNote string
+	switch {
+	case cfg.replicas == 0:
+	case !local:
+		replicaNote = "skipped: the replica phase runs its own servers, not a --target"
+	default:
+		// The single server is done: its streams are closed, and it
+		// must not hold the cores the replicas are measured on.
+		hc.CloseIdleConnections()
+		target.stop(stderr)
+		if replicas, err = runReplicas(ctx, cfg, hc, tag+"x", p, stderr); err != nil {
+			return fmt.Errorf("replica phase: %w", err)
+		}
+	}
+	if replicaNote != "" {
+		p.printf("\nphase 5, replicas: %s\n", replicaNote)
 	}
 
 	var idle *idleResult
@@ -168,14 +192,26 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 
 	printSummary(stdout, cfg, closed, open, idle, idleNote, pushRes, pushNote)
+	printReplicaSummary(stdout, closed, open, replicas)
 	if pushRes != nil && !pushRes.ok() {
 		return fmt.Errorf("push phase: not every message brought exactly one verified push: %d of %d messages accepted, %d pushed, %d missing, %d duplicates, %d unexpected, %d malformed, %d refused by the push service",
 			pushRes.accepted, pushRes.sent, pushRes.pushed, pushRes.missing, pushRes.duplicates, pushRes.unexpected, pushRes.malformed, pushRes.refused)
 	}
-	for _, ph := range []struct {
+	phases := []struct {
 		name string
 		r    *loadResult
-	}{{"closed-loop phase", closed}, {"open-loop phase", open}} {
+	}{{"closed-loop phase", closed}, {"open-loop phase", open}}
+	for _, rr := range replicas {
+		name := fmt.Sprintf("%d replicas on JetStream (%s)", rr.replicas, syncLabel(rr.sync))
+		phases = append(phases, struct {
+			name string
+			r    *loadResult
+		}{name + ", closed loop", rr.closed}, struct {
+			name string
+			r    *loadResult
+		}{name + ", open loop", rr.open})
+	}
+	for _, ph := range phases {
 		r := ph.r
 		if r == nil {
 			continue
@@ -194,7 +230,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // runLoad runs phases 1 and 2 on one server, with the same users and
 // streams: the closed loop, then (unless --rate is 0) the open loop.
 func runLoad(ctx context.Context, cfg benchConfig, target *benchTarget, hc *http.Client, tag string, p *benchPrinter) (closed, open *loadResult, err error) {
-	run, err := startLoad(ctx, cfg, target, hc, tag, p)
+	run, err := startLoad(ctx, cfg, []*benchTarget{target}, hc, tag, p)
 	if err != nil {
 		return nil, nil, fmt.Errorf("setting up the load phases: %w", benchErr(ctx, err))
 	}
@@ -237,6 +273,8 @@ func (cfg benchConfig) check() error {
 		// 32 KiB of plaintext keeps the base64 ciphertext and its envelope
 		// well inside the server's 96 KiB body limit.
 		return errors.New("--msg-size must be 0 to 32768")
+	case cfg.replicas < 0 || cfg.replicas == 1 || cfg.replicas > 16:
+		return errors.New("--replicas must be 0 (skip) or 2 to 16")
 	case cfg.timeout <= 0:
 		return errors.New("--timeout must be positive")
 	case !cfg.skipPush && cfg.pushRecipients < 1:
@@ -379,6 +417,41 @@ func printSummary(w io.Writer, cfg benchConfig, closed, open *loadResult, idle *
 			push.missing, push.duplicates+push.unexpected+push.malformed, push.refused, yesNo(push.ok()))
 	} else {
 		fmt.Fprintf(tw, "  Web Push, verified and decrypted\t%s\t>= %d pushes/s\t-\n", pushNote, targetPushRate)
+	}
+	tw.Flush()
+}
+
+// printReplicaSummary compares phase 5 with phases 1 and 2: throughput
+// and latency of the replicas on JetStream against the one SQLite server,
+// and the share of its throughput they reach against issue 8's target.
+func printReplicaSummary(w io.Writer, closed, open *loadResult, replicas []*replicaResult) {
+	if len(replicas) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nreplicas (phase 5) against one replica on SQLite (phases 1 and 2), on the same cores")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  setup\tmax msg/s (closed loop)\tshare of SQLite's\tdelivery p50 / p99 at max\tdelivery p50 / p99 open loop\tmissing / dup / out of order\ttarget\tmet")
+	row := func(name string, c, o *loadResult, share, target, met string) {
+		ol := "-"
+		if o != nil {
+			ol = fmt.Sprintf("%s / %s at %.0f/s", fmtDuration(o.delivery.p50), fmtDuration(o.delivery.p99), o.offered)
+		}
+		missing, dups, ooo := c.missing, c.duplicates, c.outOfOrder
+		if o != nil {
+			missing, dups, ooo = missing+o.missing, dups+o.duplicates, ooo+o.outOfOrder
+		}
+		fmt.Fprintf(tw, "  %s\t%.0f\t%s\t%s / %s\t%s\t%d / %d / %d\t%s\t%s\n", name, c.rate, share,
+			fmtDuration(c.delivery.p50), fmtDuration(c.delivery.p99), ol, missing, dups, ooo, target, met)
+	}
+	row("1 replica, SQLite", closed, open, "100%", "", "")
+	for _, rr := range replicas {
+		share := 0.0
+		if closed.rate > 0 {
+			share = rr.closed.rate / closed.rate
+		}
+		ok := share >= targetReplicaShare && rr.closed.exactlyOnce() && rr.closed.failed == 0
+		row(fmt.Sprintf("%d replicas, JetStream, %s", rr.replicas, syncLabel(rr.sync)), rr.closed, rr.open,
+			fmt.Sprintf("%.0f%%", 100*share), fmt.Sprintf(">= %.0f%%", 100*targetReplicaShare), yesNo(ok))
 	}
 	tw.Flush()
 }

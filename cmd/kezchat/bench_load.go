@@ -267,7 +267,7 @@ func postOne(ctx context.Context, hc *http.Client, u string, body []byte, i int,
 // next message as soon as the last one is answered (a closed loop: the
 // server's speed sets the pace). Each message's latency runs from just
 // before its POST.
-func sendClosedLoop(ctx context.Context, hc *http.Client, base string, bodies [][]byte, senders int, log *deliveryLog, fail *failureCounts) {
+func sendClosedLoop(ctx context.Context, hc *http.Client, urlFor func(i int) string, bodies [][]byte, senders int, log *deliveryLog, fail *failureCounts) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range senders {
@@ -282,7 +282,7 @@ func sendClosedLoop(ctx context.Context, hc *http.Client, base string, bodies []
 					continue
 				}
 				log.sentAt[i].Store(log.now())
-				postOne(ctx, hc, base+"/v1/messages", bodies[i], i, log, fail)
+				postOne(ctx, hc, urlFor(i), bodies[i], i, log, fail)
 			}
 		})
 	}
@@ -292,10 +292,10 @@ func sendClosedLoop(ctx context.Context, hc *http.Client, base string, bodies []
 // sendOpenLoop posts the bodies on a fixed schedule, message i at
 // i/rate after the start, from at most inFlight requests at once. Each
 // message's latency runs from its scheduled time (see openLoop).
-func sendOpenLoop(ctx context.Context, hc *http.Client, base string, bodies [][]byte, rate float64, inFlight int, log *deliveryLog, fail *failureCounts) {
+func sendOpenLoop(ctx context.Context, hc *http.Client, urlFor func(i int) string, bodies [][]byte, rate float64, inFlight int, log *deliveryLog, fail *failureCounts) {
 	unsent := openLoop(ctx, len(bodies), rate, inFlight, log.now, func(i int, due int64) {
 		log.sentAt[i].Store(due)
-		postOne(ctx, hc, base+"/v1/messages", bodies[i], i, log, fail)
+		postOne(ctx, hc, urlFor(i), bodies[i], i, log, fail)
 	})
 	if unsent > 0 {
 		fail.add("not sent: "+context.Cause(ctx).Error(), unsent)
@@ -383,21 +383,34 @@ func postAnswer(ctx context.Context, hc *http.Client, u string, body []byte) (in
 // open stream per recipient and its reader, which records each delivery in
 // the log of the phase under way.
 type loadRun struct {
-	cfg        benchConfig
-	t          *benchTarget
-	hc         *http.Client
-	p          *benchPrinter
-	senders    []benchUser
-	recipients []benchUser
-	streams    []*rawStream
-	readers    sync.WaitGroup
-	log        atomic.Pointer[deliveryLog]
+	cfg benchConfig
+	t   *benchTarget // targets[0]
+	// targets are the servers: one, or the replicas of the replica phase,
+	// which share a store. Recipient i's stream is on targets[i mod n].
+	targets  []*benchTarget
+	postURLs []string // each target's /v1/messages
+	// phase1 and phase2 name the two phases in the output.
+	phase1, phase2 string
+	hc             *http.Client
+	p              *benchPrinter
+	senders        []benchUser
+	recipients     []benchUser
+	streams        []*rawStream
+	readers        sync.WaitGroup
+	log            atomic.Pointer[deliveryLog]
 }
 
 // startLoad registers cfg.streams recipients and benchSenderIDs senders
-// (handles prefixed with tag) and opens a stream for each recipient.
-func startLoad(ctx context.Context, cfg benchConfig, t *benchTarget, hc *http.Client, tag string, p *benchPrinter) (*loadRun, error) {
-	r := &loadRun{cfg: cfg, t: t, hc: hc, p: p}
+// (handles prefixed with tag) and opens a stream for each recipient. With
+// several targets (replicas sharing a store) it registers on the first and
+// spreads the streams over all of them.
+func startLoad(ctx context.Context, cfg benchConfig, targets []*benchTarget, hc *http.Client, tag string, p *benchPrinter) (*loadRun, error) {
+	t := targets[0]
+	r := &loadRun{cfg: cfg, t: t, targets: targets, hc: hc, p: p,
+		phase1: "phase 1, maximum throughput", phase2: "phase 2, latency at a fixed rate"}
+	for _, tt := range targets {
+		r.postURLs = append(r.postURLs, tt.url+"/v1/messages")
+	}
 	c := client.New(t.url, hc)
 	domain, err := c.Domain(ctx)
 	if err != nil {
@@ -416,7 +429,7 @@ func startLoad(ctx context.Context, cfg benchConfig, t *benchTarget, hc *http.Cl
 	}
 	err = p.step(fmt.Sprintf("opening %d streams", cfg.streams), func() error {
 		var err error
-		r.streams, err = openStreams(ctx, t, domain, r.recipients, 4<<10)
+		r.streams, err = openStreams(ctx, targets, domain, r.recipients, 4<<10)
 		return err
 	})
 	if err != nil {
@@ -427,6 +440,20 @@ func startLoad(ctx context.Context, cfg benchConfig, t *benchTarget, hc *http.Cl
 		r.readers.Go(func() { st.follow(&r.log) })
 	}
 	return r, nil
+}
+
+// postURL is where message i is posted. Message i goes to recipient
+// i mod R (see buildMessages), whose stream is on target (i mod R) mod n;
+// posting it to target (i mod R + i div R) mod n sends every recipient's
+// messages to each replica in turn, so with two replicas half the
+// deliveries cross NATS, and each replica takes half the POSTs.
+func (r *loadRun) postURL(i int) string {
+	n := len(r.postURLs)
+	if n == 1 {
+		return r.postURLs[0]
+	}
+	rcpt := len(r.recipients)
+	return r.postURLs[(i%rcpt+i/rcpt)%n]
 }
 
 // close ends the streams and waits for their readers.
@@ -469,12 +496,12 @@ func (r *loadRun) closedLoop(ctx context.Context) (*loadResult, error) {
 	}
 	r.p.printf("sending %d messages from %d concurrent senders (closed loop) ... ", len(bodies), r.cfg.senders)
 	// Both processes share the machine's cores: record what each used.
-	cpu := startCPUMeter(r.t)
+	cpu := startCPUMeter(r.targets...)
 	var fail failureCounts
-	sendClosedLoop(ctx, r.hc, r.t.url, bodies, r.cfg.senders, log, &fail)
+	sendClosedLoop(ctx, r.hc, r.postURL, bodies, r.cfg.senders, log, &fail)
 	res := r.collect(ctx, log, cpu, &fail)
-	r.p.printf("phase 1, maximum throughput: %d of %d messages accepted in %s: %.0f messages/s\n",
-		res.accepted, res.sent, fmtDuration(res.wall), res.rate)
+	r.p.printf("%s: %d of %d messages accepted in %s: %.0f messages/s\n",
+		r.phase1, res.accepted, res.sent, fmtDuration(res.wall), res.rate)
 	r.report(res)
 	return res, nil
 }
@@ -489,13 +516,13 @@ func (r *loadRun) openLoop(ctx context.Context) (*loadResult, error) {
 		return nil, err
 	}
 	r.p.printf("sending %d messages at %.0f/s (open loop, at most %d in flight) ... ", n, r.cfg.rate, r.cfg.inFlight)
-	cpu := startCPUMeter(r.t)
+	cpu := startCPUMeter(r.targets...)
 	var fail failureCounts
-	sendOpenLoop(ctx, r.hc, r.t.url, bodies, r.cfg.rate, r.cfg.inFlight, log, &fail)
+	sendOpenLoop(ctx, r.hc, r.postURL, bodies, r.cfg.rate, r.cfg.inFlight, log, &fail)
 	res := r.collect(ctx, log, cpu, &fail)
 	res.offered = r.cfg.rate
-	r.p.printf("phase 2, latency at a fixed rate: %d of %d messages accepted; offered %.0f/s, achieved %.0f/s\n",
-		res.accepted, res.sent, res.offered, res.rate)
+	r.p.printf("%s: %d of %d messages accepted; offered %.0f/s, achieved %.0f/s\n",
+		r.phase2, res.accepted, res.sent, res.offered, res.rate)
 	r.report(res)
 	return res, nil
 }
@@ -574,7 +601,10 @@ func (r *loadRun) report(res *loadResult) {
 		r.p.printf("  sends began after their scheduled time by p50 %s  p99 %s  max %s\n",
 			fmtDuration(res.lag.p50), fmtDuration(res.lag.p99), fmtDuration(res.lag.max))
 	}
-	if res.serverCores > 0 {
+	switch {
+	case res.serverCores > 0 && len(r.targets) > 1:
+		r.p.printf("  CPU while sending: %d servers %.2f cores together, bench with NATS %.2f cores (of %d)\n", len(r.targets), res.serverCores, res.benchCores, runtime.NumCPU())
+	case res.serverCores > 0:
 		r.p.printf("  CPU while sending: server %.2f cores, bench %.2f cores (of %d)\n", res.serverCores, res.benchCores, runtime.NumCPU())
 	}
 	r.p.printf("  delivered %d events on %d streams: %d missing, %d duplicates, %d out of order, %d unexpected\n",
@@ -583,15 +613,15 @@ func (r *loadRun) report(res *loadResult) {
 
 // cpuMeter measures the CPU the server and the bench use over a span.
 type cpuMeter struct {
-	t                  *benchTarget
+	ts                 []*benchTarget
 	start              time.Time
 	server, self       time.Duration
 	serverErr, selfErr error
 }
 
-func startCPUMeter(t *benchTarget) *cpuMeter {
-	m := &cpuMeter{t: t, start: time.Now()}
-	m.server, m.serverErr = t.cpuTime()
+func startCPUMeter(ts ...*benchTarget) *cpuMeter {
+	m := &cpuMeter{ts: ts, start: time.Now()}
+	m.server, m.serverErr = serversCPUTime(ts)
 	m.self, m.selfErr = processCPUTime(os.Getpid())
 	return m
 }
@@ -599,13 +629,26 @@ func startCPUMeter(t *benchTarget) *cpuMeter {
 // cores is the CPU each used since start, in cores; 0 when unknown.
 func (m *cpuMeter) cores() (server, self float64) {
 	wall := time.Since(m.start).Seconds()
-	if s, err := m.t.cpuTime(); err == nil && m.serverErr == nil && wall > 0 {
+	if s, err := serversCPUTime(m.ts); err == nil && m.serverErr == nil && wall > 0 {
 		server = (s - m.server).Seconds() / wall
 	}
 	if s, err := processCPUTime(os.Getpid()); err == nil && m.selfErr == nil && wall > 0 {
 		self = (s - m.self).Seconds() / wall
 	}
 	return server, self
+}
+
+// serversCPUTime is the CPU time the servers have used, together.
+func serversCPUTime(ts []*benchTarget) (time.Duration, error) {
+	var sum time.Duration
+	for _, t := range ts {
+		d, err := t.cpuTime()
+		if err != nil {
+			return 0, err
+		}
+		sum += d
+	}
+	return sum, nil
 }
 
 // fmtCounts prints a reason -> count map, most frequent first.

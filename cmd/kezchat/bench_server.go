@@ -69,6 +69,12 @@ func (t *benchTarget) describe() string {
 // push service (pushtest) that accepts only pushes signed with that key
 // under benchVAPIDSubject, and lets the server push to it.
 func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer, withPush bool) (*benchTarget, error) {
+	return startBenchServerWith(ctx, cfg, stderr, withPush, nil)
+}
+
+// startBenchServerWith is startBenchServer with extra server flags (the
+// replica phase's --store jetstream and --nats-url).
+func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer, withPush bool, extra []string) (*benchTarget, error) {
 	exe, err := benchExecutable()
 	if err != nil {
 		return nil, fmt.Errorf("finding this binary to run the server: %w", err)
@@ -104,6 +110,7 @@ func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer, wi
 		}
 		args = append(args, pushArgs...)
 	}
+	args = append(args, extra...)
 	cmd := exec.Command(exe, args...)
 	cmd.Env = envWithoutKEZ()
 	pipe, err := cmd.StderrPipe()

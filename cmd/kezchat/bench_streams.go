@@ -93,8 +93,9 @@ func openRawStream(ctx context.Context, addr, domain string, id *client.Identity
 	return st, nil
 }
 
-// openStreams opens one stream per user, openWorkers at a time.
-func openStreams(ctx context.Context, t *benchTarget, domain string, users []benchUser, bufSize int) ([]*rawStream, error) {
+// openStreams opens one stream per user, openWorkers at a time; user i's
+// on targets[i mod len(targets)].
+func openStreams(ctx context.Context, targets []*benchTarget, domain string, users []benchUser, bufSize int) ([]*rawStream, error) {
 	streams := make([]*rawStream, len(users))
 	var next atomic.Int64
 	var firstErr error
@@ -109,7 +110,7 @@ func openStreams(ctx context.Context, t *benchTarget, domain string, users []ben
 				if i >= len(users) || ctx.Err() != nil {
 					return
 				}
-				st, err := openRawStream(ctx, t.addr, domain, users[i].id, bufSize)
+				st, err := openRawStream(ctx, targets[i%len(targets)].addr, domain, users[i].id, bufSize)
 				if err != nil {
 					once.Do(func() { firstErr = err; cancel() })
 					return
@@ -254,7 +255,7 @@ func runIdle(ctx context.Context, cfg benchConfig, t *benchTarget, hc *http.Clie
 	start = time.Now()
 	err = p.step(fmt.Sprintf("opening %d idle streams", cfg.idleStreams), func() error {
 		var err error
-		streams, err = openStreams(ctx, t, domain, users, idleBuffer)
+		streams, err = openStreams(ctx, []*benchTarget{t}, domain, users, idleBuffer)
 		return err
 	})
 	if err != nil {

@@ -286,3 +286,56 @@ func TestBenchWithItsOwnServerRunsThePushPhase(t *testing.T) {
 		t.Fatalf("no skip note in:\n%s", stdout.String())
 	}
 }
+
+// TestBenchComparesReplicasOnJetStream runs kezchat bench --replicas 2 end
+// to end with tiny numbers: one SQLite server, then two replicas on an
+// embedded NATS JetStream (each sync setting), streams and POSTs spread
+// over both. Each must deliver everything exactly once, with seqs that
+// increase per stream (with gaps on JetStream).
+func TestBenchComparesReplicasOnJetStream(t *testing.T) {
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatalf("building kezchat: %v", err)
+	}
+	old := benchExecutable
+	benchExecutable = func() (string, error) { return bin, nil }
+	t.Cleanup(func() { benchExecutable = old })
+
+	var stdout, stderr strings.Builder
+	err = runBench(t.Context(), []string{"--streams", "6", "--messages", "60", "--senders", "4",
+		"--rate", "100", "--rate-duration", "300ms", "--in-flight", "8",
+		"--skip-idle", "--skip-push", "--replicas", "2", "--replica-sync", "both", "--timeout", "1m"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		"phase 5, maximum throughput, 2 replicas on JetStream (sync_interval: always): 60 of 60 messages accepted",
+		"phase 5, maximum throughput, 2 replicas on JetStream (sync_interval default (2 min)): 60 of 60 messages accepted",
+		"phase 5, latency at a fixed rate, 2 replicas on JetStream (sync_interval: always): 30 of 30 messages accepted",
+	} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("no %q in:\n%s", want, out)
+		}
+	}
+	rows := 0
+	for line := range strings.Lines(out) {
+		for _, name := range []string{"1 replica, SQLite", "2 replicas, JetStream, sync_interval: always", "2 replicas, JetStream, sync_interval default (2 min)"} {
+			rest, ok := strings.CutPrefix(line, "  "+name+"  ")
+			if !ok {
+				continue
+			}
+			rows++
+			f := strings.Fields(rest)
+			if rate, _ := strconv.ParseFloat(f[0], 64); rate <= 0 {
+				t.Fatalf("no throughput: %s", line)
+			}
+			if !strings.Contains(rest, " 0 / 0 / 0 ") {
+				t.Fatalf("missing, duplicate or out-of-order deliveries: %s", line)
+			}
+		}
+	}
+	if rows != 3 {
+		t.Fatalf("%d of 3 comparison rows in:\n%s", rows, out)
+	}
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+)
+
+// targetReplicaShare is what issue 8 asks of several replicas: together
+// they deliver at least this share of one replica's throughput on the same
+// cores.
+const targetReplicaShare = 0.80
+
+// Values of --replica-sync: how the bench's NATS server syncs JetStream's
+// files to disk.
+const (
+	// syncAlways is what the operator generates for a single NATS server
+	// (jetstream { sync_interval: always }): JetStream fsyncs each write
+	// before it acknowledges the publish, so a 201 means on disk, as with
+	// SQLite.
+	syncAlways = "always"
+	// syncDefault is nats-server's default: writes go to the OS at once
+	// and are fsynced every 2 minutes.
+	syncDefault = "default"
+)
+
+// replicaResult is what phase 5 measured with one sync setting.
+type replicaResult struct {
+	sync         string // syncAlways or syncDefault
+	replicas     int
+	closed, open *loadResult
+}
+
+// replicaSyncs is the settings --replica-sync names.
+func replicaSyncs(v string) ([]string, error) {
+	switch v {
+	case syncAlways, syncDefault:
+		return []string{v}, nil
+	case "both":
+		return []string{syncAlways, syncDefault}, nil
+	}
+	return nil, fmt.Errorf("--replica-sync %q: want always, default or both", v)
+}
+
+// syncLabel describes a sync setting in the output.
+func syncLabel(sync string) string {
+	if sync == syncAlways {
+		return "sync_interval: always"
+	}
+	return "sync_interval default (2 min)"
+}
+
+// benchNATS is the NATS server with JetStream that phase 5's replicas
+// share, embedded in the bench process on a free loopback port with its
+// store in a temporary directory.
+type benchNATS struct {
+	srv *natsserver.Server
+	dir string
+}
+
+func startBenchNATS(sync string) (*benchNATS, error) {
+	dir, err := os.MkdirTemp("", "kezchat-bench-nats-")
+	if err != nil {
+		return nil, err
+	}
+	opts := &natsserver.Options{
+		ServerName: "kezchat-bench",
+		Host:       "127.0.0.1",
+		Port:       natsserver.RANDOM_PORT,
+		JetStream:  true,
+		StoreDir:   dir,
+		NoLog:      true,
+		NoSigs:     true,
+		// The replicas' inbox subscriptions and JetStream's direct gets
+		// carry bursts of up to a catch-up page each.
+		MaxPending: 64 << 20,
+	}
+	if sync == syncAlways {
+		opts.SyncAlways = true
+	}
+	s, err := natsserver.NewServer(opts)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("configuring nats-server: %w", err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		os.RemoveAll(dir)
+		return nil, errors.New("nats-server was not ready within 10s")
+	}
+	return &benchNATS{srv: s, dir: dir}, nil
+}
+
+func (n *benchNATS) url() string { return n.srv.ClientURL() }
+
+func (n *benchNATS) stop() {
+	n.srv.Shutdown()
+	n.srv.WaitForShutdown()
+	os.RemoveAll(n.dir)
+}
+
+// runReplicas is phase 5: for each sync setting, a fresh NATS server with
+// JetStream and cfg.replicas chat servers on it (--store jetstream), with
+// the recipients' streams and the POSTs spread over the replicas, so that
+// half the deliveries (with two) cross NATS; then the load phases as on the
+// single SQLite server.
+func runReplicas(ctx context.Context, cfg benchConfig, hc *http.Client, tag string, p *benchPrinter, stderr io.Writer) ([]*replicaResult, error) {
+	syncs, err := replicaSyncs(cfg.replicaSync)
+	if err != nil {
+		return nil, err
+	}
+	var results []*replicaResult
+	for k, sync := range syncs {
+		res, err := runReplicaSet(ctx, cfg, hc, fmt.Sprintf("%s%d", tag, k), sync, p, stderr)
+		if err != nil {
+			return nil, fmt.Errorf("%d replicas on JetStream (%s): %w", cfg.replicas, syncLabel(sync), benchErr(ctx, err))
+		}
+		results = append(results, res)
+	}
+	return results, nil
+}
+
+func runReplicaSet(ctx context.Context, cfg benchConfig, hc *http.Client, tag, sync string, p *benchPrinter, stderr io.Writer) (*replicaResult, error) {
+	nats, err := startBenchNATS(sync)
+	if err != nil {
+		return nil, err
+	}
+	defer nats.stop()
+	var targets []*benchTarget
+	defer func() {
+		hc.CloseIdleConnections()
+		for _, t := range targets {
+			t.stop(stderr)
+		}
+	}()
+	// One after the other: each creates or updates the stream and buckets.
+	for range cfg.replicas {
+		t, err := startBenchServerWith(ctx, cfg, stderr, false, []string{
+			"--store", "jetstream", "--nats-url", nats.url(), "--jetstream-replicas", "1"})
+		if err != nil {
+			return nil, err
+		}
+		targets = append(targets, t)
+	}
+	var desc []string
+	for _, t := range targets {
+		desc = append(desc, fmt.Sprintf("%s (pid %d)", t.url, t.cmd.Process.Pid))
+	}
+	p.printf("\nphase 5 on %d replicas sharing NATS JetStream at %s (in the bench process, %s, temporary store): %s\n",
+		len(targets), nats.url(), syncLabel(sync), strings.Join(desc, ", "))
+	run, err := startLoad(ctx, cfg, targets, hc, tag, p)
+	if err != nil {
+		return nil, fmt.Errorf("setting up: %w", err)
+	}
+	defer run.close()
+	run.phase1 = fmt.Sprintf("phase 5, maximum throughput, %d replicas on JetStream (%s)", len(targets), syncLabel(sync))
+	run.phase2 = fmt.Sprintf("phase 5, latency at a fixed rate, %d replicas on JetStream (%s)", len(targets), syncLabel(sync))
+	res := &replicaResult{sync: sync, replicas: len(targets)}
+	if res.closed, err = run.closedLoop(ctx); err != nil {
+		return nil, fmt.Errorf("closed loop: %w", err)
+	}
+	if cfg.rate > 0 {
+		p.printf("\n")
+		if res.open, err = run.openLoop(ctx); err != nil {
+			return nil, fmt.Errorf("open loop: %w", err)
+		}
+	}
+	return res, nil
+}
