@@ -422,7 +422,12 @@ func (s *Store) Messages(ctx context.Context, recipient string, since uint64, li
 	defer cancel()
 	req, _ := json.Marshal(directGet{Seq: since + 1, NextFor: subject(recipient), Batch: limit, MaxBytes: 16 << 20})
 	inbox := s.nc.NewRespInbox()
-	sub, err := s.nc.SubscribeSync(inbox)
+	// The answer is at most limit messages and the end-of-batch status: a
+	// channel of that size holds it all. (SubscribeSync would allocate one
+	// of 64k entries, 512 KiB, per read; a stream following a recipient
+	// whose seqs have gaps reads once per live envelope.)
+	ch := make(chan *nats.Msg, limit+1)
+	sub, err := s.nc.ChanSubscribe(inbox, ch)
 	if err != nil {
 		return nil, fmt.Errorf("reading inbox of %s: %w", recipient, err)
 	}
@@ -431,9 +436,11 @@ func (s *Store) Messages(ctx context.Context, recipient string, since uint64, li
 		return nil, fmt.Errorf("reading inbox of %s: %w", recipient, err)
 	}
 	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, err)
+		var m *nats.Msg
+		select {
+		case m = <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, ctx.Err())
 		}
 		switch status := m.Header.Get("Status"); status {
 		case "":
