@@ -71,7 +71,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&cfg.skipPush, "skip-push", false, "skip the Web Push phase")
 	fs.IntVar(&cfg.pushRecipients, "push-recipients", 200, "recipients with a push subscription and no stream in the Web Push phase")
 	fs.IntVar(&cfg.pushMessages, "push-messages", 20000, "messages sent in the Web Push phase, one push each")
-	fs.IntVar(&cfg.replicas, "replicas", 0, "phase 5: run the load phases again on this many replicas (--store jetstream) sharing a NATS server with JetStream that the bench embeds, streams and senders spread over them, and compare with the one SQLite server of phases 1 and 2; 0 skips it")
+	fs.IntVar(&cfg.replicas, "replicas", 0, "phase 5: run the load phases again on this many replicas (--store jetstream; 1 measures the store alone) sharing a NATS server with JetStream that the bench embeds, streams and senders spread over them, and compare with the one SQLite server of phases 1 and 2; 0 skips it")
 	fs.StringVar(&cfg.replicaSync, "replica-sync", syncAlways, "phase 5's JetStream sync: always (fsync before each ack, what the operator configures for one NATS server), default (nats-server's 2-minute interval) or both, one after the other")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up when the whole run takes longer")
 	// Like the other client commands, bench takes no settings from the
@@ -202,7 +202,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		r    *loadResult
 	}{{"closed-loop phase", closed}, {"open-loop phase", open}}
 	for _, rr := range replicas {
-		name := fmt.Sprintf("%d replicas on JetStream (%s)", rr.replicas, syncLabel(rr.sync))
+		name := fmt.Sprintf("%s on JetStream (%s)", replicasLabel(rr.replicas), syncLabel(rr.sync))
 		phases = append(phases, struct {
 			name string
 			r    *loadResult
@@ -273,8 +273,8 @@ func (cfg benchConfig) check() error {
 		// 32 KiB of plaintext keeps the base64 ciphertext and its envelope
 		// well inside the server's 96 KiB body limit.
 		return errors.New("--msg-size must be 0 to 32768")
-	case cfg.replicas < 0 || cfg.replicas == 1 || cfg.replicas > 16:
-		return errors.New("--replicas must be 0 (skip) or 2 to 16")
+	case cfg.replicas < 0 || cfg.replicas > 16:
+		return errors.New("--replicas must be 0 (skip) to 16")
 	case cfg.timeout <= 0:
 		return errors.New("--timeout must be positive")
 	case !cfg.skipPush && cfg.pushRecipients < 1:
@@ -450,7 +450,7 @@ func printReplicaSummary(w io.Writer, closed, open *loadResult, replicas []*repl
 			share = rr.closed.rate / closed.rate
 		}
 		ok := share >= targetReplicaShare && rr.closed.exactlyOnce() && rr.closed.failed == 0
-		row(fmt.Sprintf("%d replicas, JetStream, %s", rr.replicas, syncLabel(rr.sync)), rr.closed, rr.open,
+		row(fmt.Sprintf("%s, JetStream, %s", replicasLabel(rr.replicas), syncLabel(rr.sync)), rr.closed, rr.open,
 			fmt.Sprintf("%.0f%%", 100*share), fmt.Sprintf(">= %.0f%%", 100*targetReplicaShare), yesNo(ok))
 	}
 	tw.Flush()

@@ -49,6 +49,14 @@ func replicaSyncs(v string) ([]string, error) {
 	return nil, fmt.Errorf("--replica-sync %q: want always, default or both", v)
 }
 
+// replicasLabel is "1 replica" or "n replicas".
+func replicasLabel(n int) string {
+	if n == 1 {
+		return "1 replica"
+	}
+	return fmt.Sprintf("%d replicas", n)
+}
+
 // syncLabel describes a sync setting in the output.
 func syncLabel(sync string) string {
 	if sync == syncAlways {
@@ -121,7 +129,7 @@ func runReplicas(ctx context.Context, cfg benchConfig, hc *http.Client, tag stri
 	for k, sync := range syncs {
 		res, err := runReplicaSet(ctx, cfg, hc, fmt.Sprintf("%s%d", tag, k), sync, p, stderr)
 		if err != nil {
-			return nil, fmt.Errorf("%d replicas on JetStream (%s): %w", cfg.replicas, syncLabel(sync), benchErr(ctx, err))
+			return nil, fmt.Errorf("%s on JetStream (%s): %w", replicasLabel(cfg.replicas), syncLabel(sync), benchErr(ctx, err))
 		}
 		results = append(results, res)
 	}
@@ -154,15 +162,15 @@ func runReplicaSet(ctx context.Context, cfg benchConfig, hc *http.Client, tag, s
 	for _, t := range targets {
 		desc = append(desc, fmt.Sprintf("%s (pid %d)", t.url, t.cmd.Process.Pid))
 	}
-	p.printf("\nphase 5 on %d replicas sharing NATS JetStream at %s (in the bench process, %s, temporary store): %s\n",
-		len(targets), nats.url(), syncLabel(sync), strings.Join(desc, ", "))
+	p.printf("\nphase 5 on %s sharing NATS JetStream at %s (in the bench process, %s, temporary store): %s\n",
+		replicasLabel(len(targets)), nats.url(), syncLabel(sync), strings.Join(desc, ", "))
 	run, err := startLoad(ctx, cfg, targets, hc, tag, p)
 	if err != nil {
 		return nil, fmt.Errorf("setting up: %w", err)
 	}
 	defer run.close()
-	run.phase1 = fmt.Sprintf("phase 5, maximum throughput, %d replicas on JetStream (%s)", len(targets), syncLabel(sync))
-	run.phase2 = fmt.Sprintf("phase 5, latency at a fixed rate, %d replicas on JetStream (%s)", len(targets), syncLabel(sync))
+	run.phase1 = fmt.Sprintf("phase 5, maximum throughput, %s on JetStream (%s)", replicasLabel(len(targets)), syncLabel(sync))
+	run.phase2 = fmt.Sprintf("phase 5, latency at a fixed rate, %s on JetStream (%s)", replicasLabel(len(targets)), syncLabel(sync))
 	res := &replicaResult{sync: sync, replicas: len(targets)}
 	if res.closed, err = run.closedLoop(ctx); err != nil {
 		return nil, fmt.Errorf("closed loop: %w", err)
