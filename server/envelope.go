@@ -18,6 +18,10 @@ type Envelope struct {
 	// idempotency key.
 	Sender string `json:"-"`
 	ID     string `json:"-"`
+	// Prev is the seq of the recipient's envelope stored just before this
+	// one, when the store vouches for it (JetStream, whose seqs have gaps,
+	// checks it as it stores); 0 when unknown, and then only Seq-1 follows.
+	Prev uint64 `json:"-"`
 	// Message is {"payload": <canonical JSON>, "signature": {...}}; the
 	// recipient verifies it itself.
 	Message json.RawMessage `json:"message"`

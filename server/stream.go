@@ -95,7 +95,7 @@ func (st *Stream) Next(ctx context.Context) (*Envelope, error) {
 			case !ok:
 				return nil, ErrSlowConsumer
 			case e.Seq <= st.last:
-			case e.Seq == st.last+1:
+			case follows(e, st.last):
 				st.last = e.Seq
 				return e, nil
 			default:
@@ -105,6 +105,18 @@ func (st *Stream) Next(ctx context.Context) (*Envelope, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// follows reports whether the live envelope e, with e.Seq > last, is the
+// next one after last: the store vouched that nothing of the recipient was
+// stored between e.Prev and e.Seq, and seqs only grow, so nothing the
+// stream has not delivered lies between last and e. Without a Prev only
+// last+1 follows.
+func follows(e *Envelope, last uint64) bool {
+	if e.Prev == 0 {
+		return e.Seq == last+1
+	}
+	return e.Prev <= last
 }
 
 // catchUp reads the next page of stored envelopes. Live envelopes already

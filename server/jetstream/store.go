@@ -87,11 +87,21 @@ type Store struct {
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
+	// last is, per recipient, the seq of the last envelope this replica
+	// stored or learned of; a guess that JetStream checks (bounded).
+	last map[string]uint64
 }
 
 var _ server.Store = (*Store)(nil)
 
 const userCacheSize = 4096
+
+// lastCacheSize bounds Store.last.
+const lastCacheSize = 1 << 16
+
+// publishAttempts bounds the publishes of one envelope whose expected last
+// seq turned out stale; the last attempt goes without one.
+const publishAttempts = 3
 
 // Open connects to NATS and creates or updates the stream and buckets.
 func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
@@ -111,7 +121,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{nc: nc, log: log, now: time.Now, cache: make(map[string]*server.User)}
+	s := &Store{nc: nc, log: log, now: time.Now, cache: make(map[string]*server.User), last: make(map[string]uint64)}
 	if err := s.setup(ctx, cfg); err != nil {
 		nc.Close()
 		return nil, err
@@ -361,7 +371,29 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ int) (b
 	m.Header.Set(hdrID, e.ID)
 	m.Header.Set(hdrDigest, digest)
 	m.Header.Set(hdrAt, strconv.FormatInt(at.Unix(), 10))
-	ack, err := s.js.PublishMsg(ctx, m)
+	// JetStream stores the envelope only if the recipient's last seq is
+	// the one expected, so that seq is the envelope's Prev, which lets
+	// streams deliver it without reading the store. A stale guess is
+	// answered with the actual last seq, and the publish tries again.
+	prev := s.lastSeq(e.Recipient)
+	var ack *jetstream.PubAck
+	var err error
+	for attempt := 1; ; attempt++ {
+		if attempt < publishAttempts {
+			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(prev, 10))
+		} else {
+			m.Header.Del(jetstream.ExpectedLastSubjSeqHeader)
+		}
+		ack, err = s.js.PublishMsg(ctx, m)
+		if attempt >= publishAttempts {
+			break
+		}
+		actual, stale := wrongLastSeq(err)
+		if !stale {
+			break
+		}
+		prev = actual
+	}
 	if err != nil {
 		if strings.Contains(err.Error(), "maximum messages per subject exceeded") {
 			return false, server.Errorf(server.CodeInboxFull,
@@ -383,6 +415,10 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ int) (b
 		pat, _ := strconv.ParseInt(prev.Header.Get(hdrAt), 10, 64)
 		return s.answerRetry(e, ack.Sequence, prev.Header.Get(hdrDigest), digest, pat)
 	}
+	if m.Header.Get(jetstream.ExpectedLastSubjSeqHeader) != "" {
+		e.Prev = prev
+	}
+	s.setLastSeq(e.Recipient, ack.Sequence)
 	rec, _ := json.Marshal(sentRecord{Seq: ack.Sequence, Digest: digest, At: at.Unix()})
 	if _, err := s.msgIDs.Put(ctx, key, rec); err != nil {
 		// The stream's duplicate window still covers a prompt retry.
@@ -390,6 +426,43 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ int) (b
 	}
 	e.Seq, e.ReceivedAt = ack.Sequence, time.Unix(at.Unix(), 0)
 	return false, nil
+}
+
+// lastSeq is this replica's guess of recipient's last seq: 0 (an empty
+// subject) when it has none.
+func (s *Store) lastSeq(recipient string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last[recipient]
+}
+
+// setLastSeq records that recipient's envelope seq was stored.
+func (s *Store) setLastSeq(recipient string, seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.last[recipient]; !ok && len(s.last) >= lastCacheSize {
+		for k := range s.last { // evict one at random
+			delete(s.last, k)
+			break
+		}
+	}
+	s.last[recipient] = max(s.last[recipient], seq)
+}
+
+// wrongLastSeq reports whether err refused a publish because the subject's
+// last seq was not the expected one, and that seq.
+func wrongLastSeq(err error) (uint64, bool) {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+		return 0, false
+	}
+	// "wrong last sequence: 42"
+	i := strings.LastIndexByte(apiErr.Description, ' ')
+	seq, perr := strconv.ParseUint(apiErr.Description[i+1:], 10, 64)
+	if perr != nil {
+		return 0, false
+	}
+	return seq, true
 }
 
 // answerRetry answers a second append of (sender, id) stored at seq.

@@ -287,3 +287,46 @@ func TestPushSubscriptionsUpsertByEndpointAndEvictTheOldest(t *testing.T) {
 		t.Fatalf("second delete = %v, %v", ok, err)
 	}
 }
+
+// TestAppendSetsPrevToTheRecipientsLastSeqOnEveryReplica checks the Prev
+// that lets streams deliver a live envelope without reading the store: the
+// recipient's seq stored just before, also when another replica stored it
+// (a stale guess is corrected by JetStream) and after an ack purged it.
+func TestAppendSetsPrevToTheRecipientsLastSeqOnEveryReplica(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	a, b := open(t, n, 0), open(t, n, 0)
+	mustCreate(t, a, "alice", "bob", "carol")
+	ctx := context.Background()
+	appendPrev := func(s *jetstream.Store, to, id string) (seq, prev uint64) {
+		t.Helper()
+		e := &server.Envelope{Recipient: to, Sender: "alice", ID: id, Message: []byte(`{"m":"` + id + `"}`)}
+		if dup, err := s.AppendMessage(ctx, e, 0); err != nil || dup {
+			t.Fatalf("AppendMessage(%s): %v, %v", id, dup, err)
+		}
+		return e.Seq, e.Prev
+	}
+	b1, p := appendPrev(a, "bob", "1")
+	if p != 0 {
+		t.Fatalf("first envelope of bob: prev %d, want 0", p)
+	}
+	appendPrev(a, "carol", "2") // a gap in bob's seqs
+	b2, p := appendPrev(b, "bob", "3")
+	if p != b1 {
+		t.Fatalf("bob's second envelope, through the other replica: prev %d, want %d", p, b1)
+	}
+	b3, p := appendPrev(a, "bob", "4") // a's guess (b1) is stale
+	if p != b2 {
+		t.Fatalf("bob's third envelope, with a stale guess: prev %d, want %d", p, b2)
+	}
+	if _, err := a.Ack(ctx, "bob", b3); err != nil {
+		t.Fatal(err)
+	}
+	if _, p = appendPrev(b, "bob", "5"); p != 0 {
+		t.Fatalf("after bob acked everything: prev %d, want 0 (nothing stored before it)", p)
+	}
+	// A retry is answered with the original seq, as before.
+	e := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "3", Message: []byte(`{"m":"3"}`)}
+	if dup, err := a.AppendMessage(ctx, e, 0); err != nil || !dup || e.Seq != b2 {
+		t.Fatalf("retry: dup %v, seq %d, err %v; want the original %d", dup, e.Seq, err, b2)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,12 @@ const (
 	InboxPrefix    = "kez.chat.inbox."
 	PresencePrefix = "kez.chat.presence."
 )
+
+// HeaderPrev, on an envelope published on an inbox subject, is the seq of
+// the recipient's envelope stored just before it, when the store vouches
+// for it (server.Envelope.Prev): a stream that delivered that one may
+// deliver this one without reading the store.
+const HeaderPrev = "Kez-Prev"
 
 // Token maps a handle to a single subject token (and KV key): handles are
 // a-z 0-9 _ - . and a dot would split the subject, so dots become '=',
@@ -210,7 +217,11 @@ func (b *Bus) Publish(_ context.Context, e *server.Envelope) error {
 	if err != nil {
 		return fmt.Errorf("encoding envelope %d for %s: %w", e.Seq, e.Recipient, err)
 	}
-	if err := b.nc.Publish(InboxSubject(e.Recipient), data); err != nil {
+	m := &nats.Msg{Subject: InboxSubject(e.Recipient), Data: data}
+	if e.Prev != 0 {
+		m.Header = nats.Header{HeaderPrev: []string{strconv.FormatUint(e.Prev, 10)}}
+	}
+	if err := b.nc.PublishMsg(m); err != nil {
 		return fmt.Errorf("publishing envelope %d for %s: %w", e.Seq, e.Recipient, err)
 	}
 	return nil
@@ -300,9 +311,14 @@ func (b *Bus) receive(recipient string, m *nats.Msg) {
 		b.log.Warn("dropping a malformed envelope from NATS", "subject", m.Subject, "err", err)
 		return
 	}
+	prev, _ := strconv.ParseUint(m.Header.Get(HeaderPrev), 10, 64)
+	if prev >= w.Seq {
+		prev = 0
+	}
 	b.deliver(recipient, &server.Envelope{
 		Recipient:  recipient,
 		Seq:        w.Seq,
+		Prev:       prev,
 		ReceivedAt: time.Unix(w.ReceivedAt, 0),
 		Message:    w.Message,
 	})
