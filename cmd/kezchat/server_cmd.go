@@ -16,7 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
@@ -230,51 +229,32 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	servers := []*http.Server{httpSrv}
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Go(func() { errc <- httpSrv.Serve(httpapi.LimitListener(ln, f.maxConns)) })
-	if f.metricsBind != "" {
-		mln, err := net.Listen("tcp", f.metricsBind)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("listening for metrics on %s: %w", f.metricsBind, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		servers = append(servers, metricsSrv)
-		wg.Go(func() { errc <- metricsSrv.Serve(mln) })
+	srvs, err := serveHTTP(httpSrv, httpapi.LimitListener(ln, f.maxConns), f.metricsBind, reg)
+	if err != nil {
+		ln.Close()
+		return err
 	}
 	pruneCtx, stopPrune := context.WithCancel(context.Background())
-	wg.Go(func() { svc.Run(pruneCtx, time.Minute) })
+	var pruning sync.WaitGroup
+	pruning.Go(func() { svc.Run(pruneCtx, time.Minute) })
 	log.Info("serving", "server", f.domain, "bind", ln.Addr().String(), "public_url", f.publicURL,
 		"metrics", f.metricsBind, "store", f.store, "db", f.db, "nats", f.natsURL != "", "version", version)
 
-	var serveErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case serveErr = <-errc:
-	}
+	serveErr := srvs.wait(ctx, log)
 	// Stop accepting, end streams cleanly, let requests in flight finish,
 	// then close the database (deferred above).
 	api.CloseStreams()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 	defer cancel()
-	for _, s := range servers {
-		if err := s.Shutdown(shutdownCtx); err != nil {
-			log.Warn("shutdown incomplete", "err", err)
-		}
-	}
+	srvs.shutdown(shutdownCtx, log)
 	stopPrune()
 	if sender != nil {
 		if err := sender.Close(shutdownCtx); err != nil {
 			log.Warn("push sender did not stop in time", "err", err)
 		}
 	}
-	wg.Wait()
-	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+	pruning.Wait()
+	if serveErr != nil {
 		return serveErr
 	}
 	log.Info("stopped")

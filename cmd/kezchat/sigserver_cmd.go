@@ -2,18 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
@@ -70,7 +67,7 @@ func runSigServer(ctx context.Context, args []string, _, stderr io.Writer) error
 	}()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	api := httpapi.NewSigServer(httpapi.SigConfig{
+	sigAPI := httpapi.NewSigServer(httpapi.SigConfig{
 		Version:        version,
 		TrustedProxies: proxies,
 		PublishLimiter: ratelimit.New(f.publishRate, 20, 100_000),
@@ -80,49 +77,27 @@ func runSigServer(ctx context.Context, args []string, _, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", f.bind, err)
 	}
-	servers := []*http.Server{{
-		Handler:           api.Handler(),
+	api := &http.Server{
+		Handler:           sigAPI.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}}
-	listeners := []net.Listener{httpapi.LimitListener(ln, f.maxConns)}
-	if f.metricsBind != "" {
-		mln, err := net.Listen("tcp", f.metricsBind)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("listening for metrics on %s: %w", f.metricsBind, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second})
-		listeners = append(listeners, mln)
 	}
-	var wg sync.WaitGroup
-	errc := make(chan error, len(servers))
-	for i, s := range servers {
-		wg.Go(func() { errc <- s.Serve(listeners[i]) })
+	srvs, err := serveHTTP(api, httpapi.LimitListener(ln, f.maxConns), f.metricsBind, reg)
+	if err != nil {
+		ln.Close()
+		return err
 	}
 	log.Info("serving sig-server", "bind", ln.Addr().String(), "metrics", f.metricsBind, "db", f.db, "version", version)
 
-	var serveErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case serveErr = <-errc:
-	}
+	serveErr := srvs.wait(ctx, log)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 	defer cancel()
-	for _, s := range servers {
-		if err := s.Shutdown(shutdownCtx); err != nil {
-			log.Warn("shutdown incomplete", "err", err)
-		}
-	}
-	wg.Wait()
-	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+	srvs.shutdown(shutdownCtx, log)
+	if serveErr != nil {
 		return serveErr
 	}
 	log.Info("stopped")
