@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -192,11 +193,20 @@ func envWithoutKEZ() []string {
 	return env
 }
 
+// serverLogMu serializes what the scanners of several servers' logs write.
+var serverLogMu sync.Mutex
+
 // scanServerLog reads the server's JSON log: it reports the address the
 // server bound and passes warnings, errors and anything that is not a log
 // record (a panic) on to stderr. It reads to the end, so the server never
 // blocks on a full pipe.
 func scanServerLog(r io.Reader, bound chan<- string, stderr io.Writer) {
+	pass := func(line []byte) {
+		// The replicas' scanners share stderr.
+		serverLogMu.Lock()
+		defer serverLogMu.Unlock()
+		fmt.Fprintf(stderr, "server: %s\n", line)
+	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -207,7 +217,7 @@ func scanServerLog(r io.Reader, bound chan<- string, stderr io.Writer) {
 		}
 		line := sc.Bytes()
 		if json.Unmarshal(line, &rec) != nil {
-			fmt.Fprintf(stderr, "server: %s\n", line)
+			pass(line)
 			continue
 		}
 		switch {
@@ -217,7 +227,7 @@ func scanServerLog(r io.Reader, bound chan<- string, stderr io.Writer) {
 			default:
 			}
 		case rec.Level == "WARN" || rec.Level == "ERROR":
-			fmt.Fprintf(stderr, "server: %s\n", line)
+			pass(line)
 		}
 	}
 	io.Copy(io.Discard, r) // a line over the scanner's limit: keep draining
