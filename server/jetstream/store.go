@@ -5,9 +5,11 @@
 // kez.chat.store.<token> of their recipient (natsbus.Token); an envelope's
 // seq is its stream sequence, so it strictly increases per recipient, with
 // gaps. The inbox cap is the stream's per-subject limit (discard new), the
-// retention its max age. Users, primary ids, push subscriptions, message
-// ids and used request signatures are in KV buckets; KV create is atomic,
-// which makes a handle and a primary_id unique.
+// retention its max age, its duplicate window the idempotency window of
+// (from, id). One replica at a time writes envelopes, in atomic batches
+// (writer.go, lease.go). Users, primary ids, push subscriptions and used
+// request signatures are in KV buckets; KV create is atomic, which makes a
+// handle and a primary_id unique.
 package jetstream
 
 import (
@@ -23,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -39,7 +42,6 @@ const (
 	BucketUsers    = "kez_chat_users"
 	BucketPrimary  = "kez_chat_primary_ids"
 	BucketPush     = "kez_chat_push"
-	BucketMsgIDs   = "kez_chat_message_ids"
 	BucketReplay   = "kez_chat_replay"
 	maxPage        = 1000
 	requestTimeout = 10 * time.Second
@@ -83,25 +85,24 @@ type Store struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	users, primary, push, msgIDs, replay jetstream.KeyValue
+	users, primary, push, replay jetstream.KeyValue
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
-	// last is, per recipient, the seq of the last envelope this replica
-	// stored or learned of; a guess that JetStream checks (bounded).
-	last map[string]uint64
+
+	w         *writer
+	leader    atomic.Bool // holds the writer lease
+	stop      chan struct{}
+	leaseDone chan struct{}
+	closeOnce sync.Once
 }
 
 var _ server.Store = (*Store)(nil)
 
 const userCacheSize = 4096
 
-// lastCacheSize bounds Store.last.
+// lastCacheSize bounds the recipients whose last seq the writer knows.
 const lastCacheSize = 1 << 16
-
-// publishAttempts bounds the publishes of one envelope whose expected last
-// seq turned out stale; the last attempt goes without one.
-const publishAttempts = 3
 
 // Open connects to NATS and creates or updates the stream and buckets.
 func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
@@ -121,18 +122,23 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{nc: nc, log: log, now: time.Now, cache: make(map[string]*server.User), last: make(map[string]uint64)}
-	if err := s.setup(ctx, cfg); err != nil {
+	s := &Store{nc: nc, log: log, now: time.Now, cache: make(map[string]*server.User),
+		stop: make(chan struct{}), leaseDone: make(chan struct{})}
+	s.w = newWriter(s)
+	lease, err := s.setup(ctx, cfg)
+	if err != nil {
 		nc.Close()
 		return nil, err
 	}
+	go s.w.run()
+	go s.holdLease(lease)
 	return s, nil
 }
 
-func (s *Store) setup(ctx context.Context, cfg Config) error {
+func (s *Store) setup(ctx context.Context, cfg Config) (lease jetstream.KeyValue, err error) {
 	js, err := jetstream.New(s.nc)
 	if err != nil {
-		return fmt.Errorf("JetStream: %w", err)
+		return nil, fmt.Errorf("JetStream: %w", err)
 	}
 	s.js = js
 	storage := jetstream.FileStorage
@@ -148,11 +154,13 @@ func (s *Store) setup(ctx context.Context, cfg Config) error {
 		MaxAge:      cfg.Retention,
 		MaxBytes:    -1,
 		MaxMsgs:     -1,
-		// Retries of a publish after a lost ack are stored once.
-		Duplicates:        min(2*time.Minute, cfg.Retention),
-		MaxMsgsPerSubject: -1,
-		AllowDirect:       true,
-		Discard:           jetstream.DiscardNew,
+		// A retry of (from, id) is answered with the original seq, as
+		// long as the protocol promises.
+		Duplicates:         min(idempotencyWindow, cfg.Retention),
+		AllowAtomicPublish: true,
+		MaxMsgsPerSubject:  -1,
+		AllowDirect:        true,
+		Discard:            jetstream.DiscardNew,
 	}
 	if cfg.MaxBytes > 0 {
 		sc.MaxBytes = cfg.MaxBytes
@@ -162,7 +170,7 @@ func (s *Store) setup(ctx context.Context, cfg Config) error {
 		sc.DiscardNewPerSubject = true
 	}
 	if s.stream, err = js.CreateOrUpdateStream(ctx, sc); err != nil {
-		return fmt.Errorf("creating stream %s: %w", StreamName, err)
+		return nil, fmt.Errorf("creating stream %s: %w", StreamName, err)
 	}
 	bucket := func(name, desc string, ttl time.Duration) (jetstream.KeyValue, error) {
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -175,26 +183,30 @@ func (s *Store) setup(ctx context.Context, cfg Config) error {
 		return kv, nil
 	}
 	if s.users, err = bucket(BucketUsers, "kez-chat users by handle token", 0); err != nil {
-		return err
+		return nil, err
 	}
 	if s.primary, err = bucket(BucketPrimary, "kez-chat handle by primary_id", 0); err != nil {
-		return err
+		return nil, err
 	}
 	if s.push, err = bucket(BucketPush, "kez-chat push subscriptions by handle token", 0); err != nil {
-		return err
-	}
-	if s.msgIDs, err = bucket(BucketMsgIDs, "kez-chat (sender, message id) -> seq", idempotencyWindow); err != nil {
-		return err
+		return nil, err
 	}
 	if s.replay, err = bucket(BucketReplay, "kez-chat used request signatures", idempotencyWindow); err != nil {
-		return err
+		return nil, err
 	}
-	return nil
+	return bucket(BucketWriter, "kez-chat: the replica that writes envelopes", leaseTTL)
 }
 
-// Close closes the connection.
+// Close gives back the writer lease, stores what is queued and closes the
+// connection.
 func (s *Store) Close() error {
-	s.nc.Close()
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.leaseDone
+		close(s.w.stop)
+		<-s.w.done
+		s.nc.Close()
+	})
 	return nil
 }
 
@@ -327,152 +339,34 @@ func cloneUser(u *server.User) *server.User {
 	return &c
 }
 
-// sentRecord is a message id in the message-id bucket.
-type sentRecord struct {
-	Seq    uint64 `json:"seq"`
-	Digest string `json:"digest"`
-	At     int64  `json:"at"`
-}
-
-// idKey is the message-id bucket's key and the stream's Nats-Msg-Id for
-// (sender, id): ids may hold ':' which keys may not.
+// idKey is (sender, id)'s Nats-Msg-Id: ids may hold any character.
 func idKey(sender, id string) string {
 	h := sha256.Sum256([]byte(sender + "\x00" + id))
 	return hex.EncodeToString(h[:20])
 }
 
-// AppendMessage publishes e to its recipient's subject and waits for
-// JetStream's acknowledgement; see server.Store. The cap is the stream's
-// (Config.MaxPending), not maxPending.
+// AppendMessage has the writer store e and waits for JetStream's
+// acknowledgement; see server.Store. The cap is the
+// stream's (Config.MaxPending), not maxPending.
 func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ int) (bool, error) {
 	if _, err := s.UserByHandle(ctx, e.Recipient); err != nil {
 		return false, err
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	key := idKey(e.Sender, e.ID)
 	sum := sha256.Sum256(e.Message)
-	digest := hex.EncodeToString(sum[:])
-	if entry, err := s.msgIDs.Get(ctx, key); err == nil {
-		var r sentRecord
-		if err := json.Unmarshal(entry.Value(), &r); err != nil {
-			return false, fmt.Errorf("decoding message id record: %w", err)
-		}
-		return s.answerRetry(e, r.Seq, r.Digest, digest, r.At)
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return false, fmt.Errorf("looking up message id %q from %s: %w", e.ID, e.Sender, err)
+	r := &appendRequest{
+		ctx: ctx, recipient: e.Recipient, sender: e.Sender, id: e.ID, key: idKey(e.Sender, e.ID),
+		digest: hex.EncodeToString(sum[:]), at: s.now().Unix(), message: e.Message,
 	}
-
-	at := s.now()
-	m := nats.NewMsg(subject(e.Recipient))
-	m.Data = e.Message
-	m.Header.Set(jetstream.MsgIDHeader, key)
-	m.Header.Set(hdrFrom, e.Sender)
-	m.Header.Set(hdrID, e.ID)
-	m.Header.Set(hdrDigest, digest)
-	m.Header.Set(hdrAt, strconv.FormatInt(at.Unix(), 10))
-	// JetStream stores the envelope only if the recipient's last seq is
-	// the one expected, so that seq is the envelope's Prev, which lets
-	// streams deliver it without reading the store. A stale guess is
-	// answered with the actual last seq, and the publish tries again.
-	prev := s.lastSeq(e.Recipient)
-	var ack *jetstream.PubAck
-	var err error
-	for attempt := 1; ; attempt++ {
-		if attempt < publishAttempts {
-			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(prev, 10))
-		} else {
-			m.Header.Del(jetstream.ExpectedLastSubjSeqHeader)
-		}
-		ack, err = s.js.PublishMsg(ctx, m)
-		if attempt >= publishAttempts {
-			break
-		}
-		actual, stale := wrongLastSeq(err)
-		if !stale {
-			break
-		}
-		prev = actual
+	if err := s.submit(ctx, r); err != nil {
+		return false, err
 	}
-	if err != nil {
-		if strings.Contains(err.Error(), "maximum messages per subject exceeded") {
-			return false, server.Errorf(server.CodeInboxFull,
-				"the inbox of %s holds the most unacknowledged messages allowed; try again later", e.Recipient)
-		}
-		return false, fmt.Errorf("appending envelope for %s: %w", e.Recipient, err)
+	if r.err != nil {
+		return false, r.err
 	}
-	if ack.Duplicate {
-		// A concurrent or retried publish of the same (sender, id) within
-		// the stream's duplicate window.
-		prev, err := s.stream.GetMsg(ctx, ack.Sequence)
-		if errors.Is(err, jetstream.ErrMsgNotFound) { // acknowledged since
-			e.Seq, e.ReceivedAt = ack.Sequence, at
-			return true, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("reading envelope %d: %w", ack.Sequence, err)
-		}
-		pat, _ := strconv.ParseInt(prev.Header.Get(hdrAt), 10, 64)
-		return s.answerRetry(e, ack.Sequence, prev.Header.Get(hdrDigest), digest, pat)
-	}
-	if m.Header.Get(jetstream.ExpectedLastSubjSeqHeader) != "" {
-		e.Prev = prev
-	}
-	s.setLastSeq(e.Recipient, ack.Sequence)
-	rec, _ := json.Marshal(sentRecord{Seq: ack.Sequence, Digest: digest, At: at.Unix()})
-	if _, err := s.msgIDs.Put(ctx, key, rec); err != nil {
-		// The stream's duplicate window still covers a prompt retry.
-		s.log.Warn("recording message id", "from", e.Sender, "id", e.ID, "err", err)
-	}
-	e.Seq, e.ReceivedAt = ack.Sequence, time.Unix(at.Unix(), 0)
-	return false, nil
-}
-
-// lastSeq is this replica's guess of recipient's last seq: 0 (an empty
-// subject) when it has none.
-func (s *Store) lastSeq(recipient string) uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.last[recipient]
-}
-
-// setLastSeq records that recipient's envelope seq was stored.
-func (s *Store) setLastSeq(recipient string, seq uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.last[recipient]; !ok && len(s.last) >= lastCacheSize {
-		for k := range s.last { // evict one at random
-			delete(s.last, k)
-			break
-		}
-	}
-	s.last[recipient] = max(s.last[recipient], seq)
-}
-
-// wrongLastSeq reports whether err refused a publish because the subject's
-// last seq was not the expected one, and that seq.
-func wrongLastSeq(err error) (uint64, bool) {
-	var apiErr *jetstream.APIError
-	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
-		return 0, false
-	}
-	// "wrong last sequence: 42"
-	i := strings.LastIndexByte(apiErr.Description, ' ')
-	seq, perr := strconv.ParseUint(apiErr.Description[i+1:], 10, 64)
-	if perr != nil {
-		return 0, false
-	}
-	return seq, true
-}
-
-// answerRetry answers a second append of (sender, id) stored at seq.
-func (s *Store) answerRetry(e *server.Envelope, seq uint64, prevDigest, digest string, at int64) (bool, error) {
-	if prevDigest != digest {
-		return false, server.Errorf(server.CodeMessageIDConflict,
-			"message id %q from %s was already used for a different message", e.ID, e.Sender)
-	}
-	e.Seq, e.ReceivedAt = seq, time.Unix(at, 0)
-	return true, nil
+	e.Seq, e.Prev, e.ReceivedAt = r.seq, r.prev, time.Unix(r.at, 0)
+	return r.dup, nil
 }
 
 // directGet is the batch direct-get request of the JetStream API.

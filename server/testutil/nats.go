@@ -19,6 +19,9 @@ type NATSOptions struct {
 	// User and Password are the one user the server config defines (the
 	// chat server's); required with CalloutIssuer.
 	User, Password string
+	// SyncAlways fsyncs every write before JetStream acknowledges it
+	// (sync_interval: always), as the operator configures a single NATS.
+	SyncAlways bool
 }
 
 // NATS is an embedded nats-server with JetStream on a temporary directory
@@ -42,6 +45,7 @@ func StartNATS(t testing.TB, o NATSOptions) *NATS {
 		StoreDir:   t.TempDir(),
 		NoLog:      true,
 		NoSigs:     true,
+		SyncAlways: o.SyncAlways,
 		Websocket: natsserver.WebsocketOpts{
 			Host:  "127.0.0.1",
 			Port:  freePort(t),

@@ -1,0 +1,109 @@
+package jetstream
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The writer lease: the key "holder" of the bucket kez_chat_writer names
+// the replica whose writer commits envelopes. It is taken by an atomic
+// create, kept by updates at its revision, and lapses with the bucket's
+// TTL when its holder stops renewing it; a holder that shuts down deletes
+// it, so that another replica takes over at its next poll. Two holders at
+// once (a holder paused past the TTL) cost speed, not correctness: each
+// batch is checked against the stream's last seq.
+const (
+	BucketWriter = "kez_chat_writer"
+	leaseKey     = "holder"
+	leaseTTL     = 3 * time.Second
+	leaseRenew   = time.Second
+	leasePoll    = 250 * time.Millisecond
+)
+
+// holdLease takes, keeps and gives back the writer lease until stop.
+func (s *Store) holdLease(kv jetstream.KeyValue) {
+	defer close(s.leaseDone)
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	id := []byte(hex.EncodeToString(b[:]))
+	var rev uint64
+	var sub *nats.Subscription
+	stepDown := func() {
+		s.leader.Store(false)
+		if sub != nil {
+			_ = sub.Unsubscribe()
+			sub = nil
+		}
+	}
+	takeOver := func(r uint64) {
+		if s.leader.Load() {
+			rev = r
+			return
+		}
+		select { // what the writer knew may be stale
+		case s.w.resync <- struct{}{}:
+		default:
+		}
+		var err error
+		if sub, err = s.nc.QueueSubscribe(WriterSubject, writerQueue, s.serveForwarded); err != nil {
+			s.log.Warn("serving forwarded envelopes", "err", err)
+			return
+		}
+		rev = r
+		s.leader.Store(true)
+		s.log.Info("holding the writer lease")
+	}
+	try := func() time.Duration {
+		ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+		defer cancel()
+		if s.leader.Load() {
+			r, err := kv.Update(ctx, leaseKey, id, rev)
+			if err != nil {
+				s.log.Warn("renewing the writer lease; stepping down", "err", err)
+				stepDown()
+				return leasePoll
+			}
+			rev = r
+			return leaseRenew
+		}
+		r, err := kv.Create(ctx, leaseKey, id)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			// Still ours, after a renewal whose answer was lost?
+			if e, gerr := kv.Get(ctx, leaseKey); gerr == nil && string(e.Value()) == string(id) {
+				r, err = e.Revision(), nil
+			}
+		}
+		if err != nil {
+			return leasePoll
+		}
+		takeOver(r)
+		return leaseRenew
+	}
+	t := time.NewTimer(try())
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			t.Reset(try())
+		case <-s.stop:
+			if s.leader.Load() {
+				stepDown()
+				ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+				if err := kv.Delete(ctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
+					s.log.Warn("giving back the writer lease", "err", err)
+				}
+				cancel()
+			}
+			return
+		}
+	}
+}
+
+// HoldsWriterLease reports whether this replica's writer commits envelopes.
+func (s *Store) HoldsWriterLease() bool { return s.leader.Load() }

@@ -1,0 +1,569 @@
+package jetstream
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/natsbus"
+)
+
+// The writer commits envelopes in groups, as SQLite's writer does: with
+// sync_interval: always JetStream fsyncs every message it stores on its
+// own, but an atomic batch once. One replica at a time writes (the holder
+// of the writer lease, lease.go); the others forward their envelopes to it
+// over NATS. Being the only writer lets it vouch for each envelope's Prev:
+// it remembers every recipient's last seq as of the stream's last seq, and
+// each batch is stored only if the stream's last seq is still the one it
+// knows (Nats-Expected-Last-Sequence). A second writer (a lease handed
+// over while the old holder still wrote) makes that check fail, and the
+// writer forgets what it knew.
+//
+// Each envelope carries its (from, id) key as Nats-Msg-Id, which the
+// stream remembers for the idempotency window: a retry fails its batch,
+// and the batch is split until the retry is alone and answered with the
+// seq of the envelope it repeats.
+
+// Subjects and headers of the writer's batches.
+const (
+	// WriterSubject is where replicas without the lease send envelopes.
+	WriterSubject = "kez.chat.writer.append"
+	writerQueue   = "kez-chat-writer"
+
+	hdrBatchID     = "Nats-Batch-Id"
+	hdrBatchSeq    = "Nats-Batch-Sequence"
+	hdrBatchCommit = "Nats-Batch-Commit"
+)
+
+// Bounds of one batch: JetStream takes at most 1,000 messages in an atomic
+// batch.
+const (
+	maxBatchEnvelopes = 512
+	maxBatchBytes     = 8 << 20
+	writerQueueSize   = 4096
+	// commitAttempts bounds the commits of one batch after a lost answer
+	// or another writer's write.
+	commitAttempts = 3
+)
+
+// appendRequest is one envelope on its way to the stream, and its answer.
+type appendRequest struct {
+	ctx                                context.Context
+	recipient, sender, id, key, digest string
+	at                                 int64
+	message                            []byte
+	// ambiguous: an earlier attempt may have stored it, so finding it
+	// stored means it was stored by this request, not by another.
+	ambiguous bool
+
+	// The answer, set by the writer before finish.
+	seq, prev uint64
+	dup       bool
+	err       error
+	finish    func()
+}
+
+// writer commits the envelopes of its queue. run owns the fields below
+// queue; the lease holder feeds queue.
+type writer struct {
+	s      *Store
+	queue  chan *appendRequest
+	stop   chan struct{}
+	done   chan struct{}
+	resync chan struct{} // taken over the lease: what it knew may be stale
+
+	synced  bool
+	lastSeq uint64            // the stream's last seq, as of the last commit
+	last    map[string]uint64 // recipient -> seq of its last envelope, as of lastSeq (bounded)
+	prefix  string
+	batches uint64
+
+	// What it committed, for WriterStats.
+	committedBatches, committedEnvelopes atomic.Uint64
+}
+
+func newWriter(s *Store) *writer {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return &writer{
+		s: s, queue: make(chan *appendRequest, writerQueueSize),
+		stop: make(chan struct{}), done: make(chan struct{}), resync: make(chan struct{}, 1),
+		last: make(map[string]uint64), prefix: hex.EncodeToString(b[:]) + "-",
+	}
+}
+
+// enqueue hands r to the writer, waiting while the queue is full.
+func (w *writer) enqueue(ctx context.Context, r *appendRequest) error {
+	select {
+	case <-w.stop:
+		return errStoreClosed
+	default:
+	}
+	select {
+	case w.queue <- r:
+		return nil
+	case <-w.stop:
+		return errStoreClosed
+	case <-ctx.Done():
+		return unavailable("the message store is busy")
+	}
+}
+
+var errStoreClosed = server.Errorf(server.CodeUnavailable, "the message store is shutting down; try again")
+
+func unavailable(why string) error {
+	return server.Errorf(server.CodeUnavailable, "%s; try again", why)
+}
+
+// run commits batches until stop, and then what is still queued.
+func (w *writer) run() {
+	defer close(w.done)
+	for {
+		select { // a lease taken over is seen before the first batch
+		case <-w.resync:
+			w.synced = false
+		default:
+		}
+		var first *appendRequest
+		select {
+		case first = <-w.queue:
+		case <-w.resync:
+			w.synced = false
+			continue
+		case <-w.stop:
+			for {
+				select {
+				case r := <-w.queue:
+					w.process(w.gather(r))
+				default:
+					return
+				}
+			}
+		}
+		w.process(w.gather(first))
+	}
+}
+
+// gather takes first and whatever else is queued, up to a batch.
+func (w *writer) gather(first *appendRequest) []*appendRequest {
+	batch, size := []*appendRequest{first}, len(first.message)
+	for len(batch) < maxBatchEnvelopes && size < maxBatchBytes {
+		select {
+		case r := <-w.queue:
+			batch, size = append(batch, r), size+len(r.message)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// process commits batch and answers every request of it.
+func (w *writer) process(batch []*appendRequest) {
+	defer func() {
+		for _, r := range batch {
+			r.finish()
+		}
+	}()
+	// A request whose caller gave up is not stored; a request for a
+	// (from, id) already in the batch waits for the next round, where its
+	// record exists.
+	pending := make([]*appendRequest, 0, len(batch))
+	for _, r := range batch {
+		if r.ctx.Err() != nil {
+			r.err = unavailable("the message store did not answer in time")
+			continue
+		}
+		pending = append(pending, r)
+	}
+	seen := make(map[string]bool, len(pending))
+	for len(pending) > 0 {
+		var firsts, later []*appendRequest
+		clear(seen)
+		for _, r := range pending {
+			if seen[r.key] {
+				later = append(later, r)
+				continue
+			}
+			seen[r.key] = true
+			firsts = append(firsts, r)
+		}
+		w.commit(firsts)
+		pending = later
+	}
+}
+
+// commit stores reqs as one atomic batch, or, when one of them cannot be
+// stored, splits them until it is alone and answered with its error.
+func (w *writer) commit(reqs []*appendRequest) {
+	for attempt := 1; ; attempt++ {
+		if !w.synced {
+			if err := w.sync(); err != nil {
+				failAll(reqs, unavailable("the message store cannot be reached"))
+				w.s.log.Warn("reading the stream's last seq", "err", err)
+				return
+			}
+		}
+		err := w.publish(reqs)
+		if err == nil {
+			return
+		}
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) {
+			// No answer: the batch may have been stored. Its message ids
+			// make a second commit safe.
+			w.s.log.Warn("committing a batch", "envelopes", len(reqs), "attempt", attempt, "err", err)
+			for _, r := range reqs {
+				r.ambiguous = true
+			}
+			w.synced = false
+			if attempt >= commitAttempts {
+				failAll(reqs, unavailable("the message store did not answer"))
+				return
+			}
+			continue
+		}
+		if apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			known := w.lastSeq
+			if err := w.sync(); err != nil {
+				failAll(reqs, unavailable("the message store cannot be reached"))
+				return
+			}
+			if w.lastSeq == known {
+				failAll(reqs, fmt.Errorf("appending envelopes: %w", apiErr))
+				return
+			}
+			// Another writer: w.last is forgotten.
+			if attempt >= commitAttempts {
+				failAll(reqs, unavailable("another replica is writing"))
+				return
+			}
+			continue
+		}
+		if len(reqs) == 1 {
+			w.answerFailure(reqs[0], apiErr)
+			return
+		}
+		w.commit(reqs[:len(reqs)/2])
+		w.commit(reqs[len(reqs)/2:])
+		return
+	}
+}
+
+func failAll(reqs []*appendRequest, err error) {
+	for _, r := range reqs {
+		r.err = err
+	}
+}
+
+// sync reads the stream's last seq and forgets the recipients' last seqs,
+// which may be stale.
+func (w *writer) sync() error {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	info, err := w.s.stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	w.lastSeq, w.synced = info.State.LastSeq, true
+	clear(w.last)
+	return nil
+}
+
+// batchAck is JetStream's answer to a batch's commit.
+type batchAck struct {
+	Seq   uint64              `json:"seq"`
+	Count int                 `json:"count"`
+	Error *jetstream.APIError `json:"error,omitempty"`
+}
+
+// publish sends reqs as one atomic batch and, when JetStream stores it,
+// answers them: the envelopes take consecutive seqs.
+func (w *writer) publish(reqs []*appendRequest) error {
+	w.batches++
+	id := w.prefix + strconv.FormatUint(w.batches, 36)
+	nc := w.s.nc
+	var commit *nats.Msg
+	for i, r := range reqs {
+		m := envelopeMsg(r)
+		m.Header[hdrBatchID] = []string{id}
+		m.Header[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
+		if i == 0 {
+			m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(w.lastSeq, 10)}
+		}
+		if i == len(reqs)-1 {
+			m.Header[hdrBatchCommit] = []string{"1"}
+			commit = m
+			break
+		}
+		if err := nc.PublishMsg(m); err != nil {
+			return fmt.Errorf("publishing a batch: %w", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := nc.RequestMsgWithContext(ctx, commit)
+	if err != nil {
+		return fmt.Errorf("committing a batch: %w", err)
+	}
+	var ack batchAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return fmt.Errorf("decoding a batch's acknowledgement: %w", err)
+	}
+	if ack.Error != nil {
+		return ack.Error
+	}
+	n := len(reqs)
+	if ack.Count != n || ack.Seq < uint64(n) {
+		return fmt.Errorf("a batch of %d stored as %d ending at %d", n, ack.Count, ack.Seq)
+	}
+	first := ack.Seq - uint64(n) + 1
+	for i, r := range reqs {
+		r.seq = first + uint64(i)
+		token := natsbus.Token(r.recipient)
+		r.prev = w.last[token]
+		w.remember(token, r.seq)
+	}
+	w.lastSeq = ack.Seq
+	w.committedBatches.Add(1)
+	w.committedEnvelopes.Add(uint64(n))
+	return nil
+}
+
+// envelopeMsg is r as a message of the stream.
+func envelopeMsg(r *appendRequest) *nats.Msg {
+	return &nats.Msg{Subject: subject(r.recipient), Data: r.message, Header: nats.Header{
+		jetstream.MsgIDHeader: {r.key},
+		hdrFrom:               {r.sender},
+		hdrID:                 {r.id},
+		hdrDigest:             {r.digest},
+		hdrAt:                 {strconv.FormatInt(r.at, 10)},
+	}}
+}
+
+// WriterStats counts the batches this replica's writer committed and the
+// envelopes in them (those of other replicas included).
+func (s *Store) WriterStats() (batches, envelopes uint64) {
+	return s.w.committedBatches.Load(), s.w.committedEnvelopes.Load()
+}
+
+// remember records recipient's last seq, forgetting one at random when
+// it knows too many.
+func (w *writer) remember(token string, seq uint64) {
+	if _, ok := w.last[token]; !ok && len(w.last) >= lastCacheSize {
+		for k := range w.last {
+			delete(w.last, k)
+			break
+		}
+	}
+	w.last[token] = seq
+}
+
+// Error codes of a message id JetStream has seen within its duplicate
+// window: in a batch, and (rarely) while its first publish is in flight.
+const (
+	errCodeBatchDuplicate     jetstream.ErrorCode = 10201
+	errCodeDuplicateInProcess jetstream.ErrorCode = 10158
+)
+
+// answerFailure answers r, which JetStream refused alone.
+func (w *writer) answerFailure(r *appendRequest, apiErr *jetstream.APIError) {
+	switch {
+	case apiErr.ErrorCode == errCodeBatchDuplicate, apiErr.ErrorCode == errCodeDuplicateInProcess:
+		w.answerRetry(r)
+	case strings.Contains(apiErr.Description, "maximum messages per subject exceeded"):
+		r.err = server.Errorf(server.CodeInboxFull,
+			"the inbox of %s holds the most unacknowledged messages allowed; try again later", r.recipient)
+	case strings.Contains(apiErr.Description, "maximum bytes exceeded"),
+		strings.Contains(apiErr.Description, "resources exceeded"):
+		r.err = unavailable("the message store is full")
+	default:
+		r.err = fmt.Errorf("appending envelope for %s: %w", r.recipient, apiErr)
+	}
+}
+
+// answerRetry answers r, whose message id the stream has seen: published
+// alone, outside a batch, it is acknowledged as a duplicate with the seq
+// of the envelope it repeats, whose digest tells a retry from a reuse of
+// the id. (Should the id have left the window meanwhile, r is stored now.)
+func (w *writer) answerRetry(r *appendRequest) {
+	ack, err := w.s.js.PublishMsg(r.ctx, envelopeMsg(r))
+	if err != nil {
+		r.err = fmt.Errorf("appending envelope for %s: %w", r.recipient, err)
+		return
+	}
+	if !ack.Duplicate {
+		w.synced = false // stored outside a batch: the last seq moved
+		r.seq, r.prev = ack.Sequence, 0
+		return
+	}
+	orig, err := w.s.stream.GetMsg(r.ctx, ack.Sequence)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound): // acknowledged since
+		r.seq, r.prev, r.dup = ack.Sequence, 0, !r.ambiguous
+	case err != nil:
+		r.err = fmt.Errorf("reading envelope %d: %w", ack.Sequence, err)
+	case orig.Header.Get(hdrDigest) != r.digest:
+		r.err = server.Errorf(server.CodeMessageIDConflict,
+			"message id %q from %s was already used for a different message", r.id, r.sender)
+	default:
+		r.at, _ = strconv.ParseInt(orig.Header.Get(hdrAt), 10, 64)
+		r.seq, r.prev, r.dup = ack.Sequence, 0, !r.ambiguous
+	}
+}
+
+// Forwarding: the headers of an envelope sent to the lease holder, and of
+// its answer.
+const (
+	hdrTo        = "Kez-To"
+	hdrSeq       = "Kez-Seq"
+	hdrPrevSeq   = "Kez-Prev"
+	hdrDuplicate = "Kez-Duplicate"
+	hdrErrCode   = "Kez-Error-Code"
+	hdrErr       = "Kez-Error"
+	// codeBusy asks the sender to try again: the queue was full.
+	codeBusy = "busy"
+)
+
+// forwardAttempt bounds one forwarded envelope's wait for an answer.
+const forwardAttempt = 3 * time.Second
+
+// serveForwarded queues an envelope another replica forwarded; the writer
+// answers it.
+func (s *Store) serveForwarded(m *nats.Msg) {
+	at, _ := strconv.ParseInt(m.Header.Get(hdrAt), 10, 64)
+	ctx, cancel := context.WithTimeout(context.Background(), forwardAttempt)
+	r := &appendRequest{
+		ctx: ctx, recipient: m.Header.Get(hdrTo), sender: m.Header.Get(hdrFrom), id: m.Header.Get(hdrID),
+		digest: m.Header.Get(hdrDigest), at: at, message: m.Data,
+	}
+	r.key = idKey(r.sender, r.id)
+	r.finish = func() {
+		defer cancel()
+		answer := &nats.Msg{Header: nats.Header{}}
+		if r.err != nil {
+			code, msg := server.ErrorCode(r.err), r.err.Error()
+			var e *server.Error
+			if errors.As(r.err, &e) {
+				msg = e.Message
+			}
+			answer.Header.Set(hdrErrCode, code)
+			answer.Header.Set(hdrErr, msg)
+		} else {
+			answer.Header.Set(hdrSeq, strconv.FormatUint(r.seq, 10))
+			answer.Header.Set(hdrPrevSeq, strconv.FormatUint(r.prev, 10))
+			answer.Header.Set(hdrAt, strconv.FormatInt(r.at, 10))
+			if r.dup {
+				answer.Header.Set(hdrDuplicate, "1")
+			}
+		}
+		if err := m.RespondMsg(answer); err != nil {
+			s.log.Warn("answering a forwarded envelope", "err", err)
+		}
+	}
+	if r.recipient == "" || r.sender == "" || r.digest == "" {
+		r.err = errors.New("a forwarded envelope without recipient, sender or digest")
+		r.finish()
+		return
+	}
+	select {
+	case s.w.queue <- r:
+	default:
+		r.err = server.Errorf(codeBusy, "the writer's queue is full")
+		r.finish()
+	}
+}
+
+// submit has r stored: by this replica's writer while it holds the lease,
+// else by the holder's, over NATS. No holder (a lease changing hands) and
+// a full queue are waited out, up to ctx's deadline.
+func (s *Store) submit(ctx context.Context, r *appendRequest) error {
+	wait := 5 * time.Millisecond
+	backOff := func() error {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		wait = min(2*wait, 200*time.Millisecond)
+		select {
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return unavailable("no replica is writing messages")
+		}
+	}
+	for {
+		if s.leader.Load() {
+			done := make(chan struct{})
+			r.finish = sync.OnceFunc(func() { close(done) })
+			if err := s.w.enqueue(ctx, r); err != nil {
+				return err
+			}
+			select {
+			case <-done:
+				return nil
+			case <-ctx.Done():
+				return unavailable("the message store did not answer in time")
+			}
+		}
+		m := &nats.Msg{Subject: WriterSubject, Data: r.message, Header: nats.Header{
+			hdrTo:     {r.recipient},
+			hdrFrom:   {r.sender},
+			hdrID:     {r.id},
+			hdrDigest: {r.digest},
+			hdrAt:     {strconv.FormatInt(r.at, 10)},
+		}}
+		actx, cancel := context.WithTimeout(ctx, forwardAttempt)
+		resp, err := s.nc.RequestMsgWithContext(actx, m)
+		cancel()
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return unavailable("the message store did not answer in time")
+		case errors.Is(err, nats.ErrNoResponders):
+			if err := backOff(); err != nil {
+				return err
+			}
+			continue
+		default: // no answer: it may have been stored
+			r.ambiguous = true
+			if err := backOff(); err != nil {
+				return err
+			}
+			continue
+		}
+		h := resp.Header
+		if code := h.Get(hdrErrCode); code != "" {
+			switch code {
+			case codeBusy:
+				if err := backOff(); err != nil {
+					return err
+				}
+				continue
+			case server.CodeInternal:
+				r.err = fmt.Errorf("the writer: %s", h.Get(hdrErr))
+			default:
+				r.err = server.Errorf(code, "%s", h.Get(hdrErr))
+			}
+			return nil
+		}
+		r.seq, _ = strconv.ParseUint(h.Get(hdrSeq), 10, 64)
+		r.prev, _ = strconv.ParseUint(h.Get(hdrPrevSeq), 10, 64)
+		r.at, _ = strconv.ParseInt(h.Get(hdrAt), 10, 64)
+		r.dup = h.Get(hdrDuplicate) != ""
+		if r.dup && r.ambiguous { // stored by an earlier attempt of this request
+			r.dup, r.prev = false, 0
+		}
+		return nil
+	}
+}
