@@ -91,6 +91,7 @@ type Store struct {
 	cache map[string]*server.User // users never change; bounded
 
 	w         *writer
+	fw        *forwarder
 	leader    atomic.Bool // holds the writer lease
 	stop      chan struct{}
 	leaseDone chan struct{}
@@ -124,13 +125,14 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	s := &Store{nc: nc, log: log, now: time.Now, cache: make(map[string]*server.User),
 		stop: make(chan struct{}), leaseDone: make(chan struct{})}
-	s.w = newWriter(s)
+	s.w, s.fw = newWriter(s), newForwarder(s)
 	lease, err := s.setup(ctx, cfg)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
 	go s.w.run()
+	go s.fw.run()
 	go s.holdLease(lease)
 	return s, nil
 }
@@ -203,6 +205,8 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.leaseDone
+		close(s.fw.stop)
+		<-s.fw.done
 		close(s.w.stop)
 		<-s.w.done
 		s.nc.Close()

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,6 +55,8 @@ const (
 	// commitAttempts bounds the commits of one batch after a lost answer
 	// or another writer's write.
 	commitAttempts = 3
+	// batchProbe: see writer.aloneRun.
+	batchProbe = 32
 )
 
 // appendRequest is one envelope on its way to the stream, and its answer.
@@ -89,6 +90,13 @@ type writer struct {
 	last    map[string]uint64 // recipient -> seq of its last envelope, as of lastSeq (bounded)
 	prefix  string
 	batches uint64
+	// Moving averages of what a publish alone and a batch take, in
+	// nanoseconds: a few envelopes go alone when that is faster. aloneRun
+	// counts the groups since the last batch that went alone; every
+	// batchProbe-th goes as a batch all the same, so that a batch once
+	// slow is measured again.
+	costAlone, costBatch float64
+	aloneRun             int
 
 	// What it committed, for WriterStats.
 	committedBatches, committedEnvelopes atomic.Uint64
@@ -106,15 +114,20 @@ func newWriter(s *Store) *writer {
 
 // enqueue hands r to the writer, waiting while the queue is full.
 func (w *writer) enqueue(ctx context.Context, r *appendRequest) error {
+	return enqueue(ctx, w.queue, w.stop, r)
+}
+
+// enqueue puts r on queue, waiting while it is full, unless stop is closed.
+func enqueue(ctx context.Context, queue chan<- *appendRequest, stop <-chan struct{}, r *appendRequest) error {
 	select {
-	case <-w.stop:
+	case <-stop:
 		return errStoreClosed
 	default:
 	}
 	select {
-	case w.queue <- r:
+	case queue <- r:
 		return nil
-	case <-w.stop:
+	case <-stop:
 		return errStoreClosed
 	case <-ctx.Done():
 		return unavailable("the message store is busy")
@@ -146,22 +159,23 @@ func (w *writer) run() {
 			for {
 				select {
 				case r := <-w.queue:
-					w.process(w.gather(r))
+					w.process(gather(w.queue, r, maxBatchBytes))
 				default:
 					return
 				}
 			}
 		}
-		w.process(w.gather(first))
+		w.process(gather(w.queue, first, maxBatchBytes))
 	}
 }
 
-// gather takes first and whatever else is queued, up to a batch.
-func (w *writer) gather(first *appendRequest) []*appendRequest {
+// gather takes first and whatever else is queued, up to maxBatchEnvelopes
+// or until the messages exceed maxBytes.
+func gather(queue <-chan *appendRequest, first *appendRequest, maxBytes int) []*appendRequest {
 	batch, size := []*appendRequest{first}, len(first.message)
-	for len(batch) < maxBatchEnvelopes && size < maxBatchBytes {
+	for len(batch) < maxBatchEnvelopes && size < maxBytes {
 		select {
-		case r := <-w.queue:
+		case r := <-queue:
 			batch, size = append(batch, r), size+len(r.message)
 		default:
 			return batch
@@ -206,8 +220,21 @@ func (w *writer) process(batch []*appendRequest) {
 }
 
 // commit stores reqs as one atomic batch, or, when one of them cannot be
-// stored, splits them until it is alone and answered with its error.
+// stored, splits them until it is alone and answered with its error. When
+// publishing them one by one is expected to take less time than a batch
+// (few envelopes, or a NATS server that does not fsync each message), it
+// does that instead.
 func (w *writer) commit(reqs []*appendRequest) {
+	if len(reqs) > 1 && float64(len(reqs))*w.costAlone < w.costBatch && w.aloneRun < batchProbe {
+		w.aloneRun++
+		for _, r := range reqs {
+			w.commit([]*appendRequest{r})
+		}
+		return
+	}
+	if len(reqs) > 1 {
+		w.aloneRun = 0
+	}
 	for attempt := 1; ; attempt++ {
 		if !w.synced {
 			if err := w.sync(); err != nil {
@@ -292,6 +319,10 @@ type batchAck struct {
 // publish sends reqs as one atomic batch and, when JetStream stores it,
 // answers them: the envelopes take consecutive seqs.
 func (w *writer) publish(reqs []*appendRequest) error {
+	if len(reqs) == 1 {
+		return w.publishOne(reqs[0])
+	}
+	start := time.Now()
 	w.batches++
 	id := w.prefix + strconv.FormatUint(w.batches, 36)
 	nc := w.s.nc
@@ -339,7 +370,44 @@ func (w *writer) publish(reqs []*appendRequest) error {
 	w.lastSeq = ack.Seq
 	w.committedBatches.Add(1)
 	w.committedEnvelopes.Add(uint64(n))
+	w.costBatch = movingAverage(w.costBatch, time.Since(start))
 	return nil
+}
+
+// publishOne publishes r alone: an atomic batch costs JetStream a staging
+// store of its own and several fsyncs, where one message costs one (and
+// none without sync_interval: always), so a lone envelope waits less.
+func (w *writer) publishOne(r *appendRequest) error {
+	m := envelopeMsg(r)
+	m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(w.lastSeq, 10)}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	start := time.Now()
+	ack, err := w.s.js.PublishMsg(ctx, m)
+	if err != nil {
+		return err
+	}
+	if ack.Duplicate {
+		w.answerDuplicate(r, ack.Sequence)
+		return nil
+	}
+	token := natsbus.Token(r.recipient)
+	r.seq, r.prev = ack.Sequence, w.last[token]
+	w.remember(token, r.seq)
+	w.lastSeq = ack.Sequence
+	w.committedBatches.Add(1)
+	w.committedEnvelopes.Add(1)
+	w.costAlone = movingAverage(w.costAlone, time.Since(start))
+	return nil
+}
+
+// movingAverage adds d to the exponentially weighted average avg, which
+// starts at the first d.
+func movingAverage(avg float64, d time.Duration) float64 {
+	if avg == 0 {
+		return float64(d)
+	}
+	return 0.9*avg + 0.1*float64(d)
 }
 
 // envelopeMsg is r as a message of the stream.
@@ -395,9 +463,9 @@ func (w *writer) answerFailure(r *appendRequest, apiErr *jetstream.APIError) {
 }
 
 // answerRetry answers r, whose message id the stream has seen: published
-// alone, outside a batch, it is acknowledged as a duplicate with the seq
-// of the envelope it repeats, whose digest tells a retry from a reuse of
-// the id. (Should the id have left the window meanwhile, r is stored now.)
+// alone, without the expected last seq, it is acknowledged as a duplicate
+// with the seq of the envelope it repeats. (Should the id have left the
+// window meanwhile, r is stored now.)
 func (w *writer) answerRetry(r *appendRequest) {
 	ack, err := w.s.js.PublishMsg(r.ctx, envelopeMsg(r))
 	if err != nil {
@@ -405,165 +473,27 @@ func (w *writer) answerRetry(r *appendRequest) {
 		return
 	}
 	if !ack.Duplicate {
-		w.synced = false // stored outside a batch: the last seq moved
+		w.synced = false // stored without the check: the last seq moved
 		r.seq, r.prev = ack.Sequence, 0
 		return
 	}
-	orig, err := w.s.stream.GetMsg(r.ctx, ack.Sequence)
+	w.answerDuplicate(r, ack.Sequence)
+}
+
+// answerDuplicate answers r, a second envelope with the message id of the
+// one at seq, whose digest tells a retry from a reuse of the id.
+func (w *writer) answerDuplicate(r *appendRequest, seq uint64) {
+	orig, err := w.s.stream.GetMsg(r.ctx, seq)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound): // acknowledged since
-		r.seq, r.prev, r.dup = ack.Sequence, 0, !r.ambiguous
+		r.seq, r.prev, r.dup = seq, 0, !r.ambiguous
 	case err != nil:
-		r.err = fmt.Errorf("reading envelope %d: %w", ack.Sequence, err)
+		r.err = fmt.Errorf("reading envelope %d: %w", seq, err)
 	case orig.Header.Get(hdrDigest) != r.digest:
 		r.err = server.Errorf(server.CodeMessageIDConflict,
 			"message id %q from %s was already used for a different message", r.id, r.sender)
 	default:
 		r.at, _ = strconv.ParseInt(orig.Header.Get(hdrAt), 10, 64)
-		r.seq, r.prev, r.dup = ack.Sequence, 0, !r.ambiguous
-	}
-}
-
-// Forwarding: the headers of an envelope sent to the lease holder, and of
-// its answer.
-const (
-	hdrTo        = "Kez-To"
-	hdrSeq       = "Kez-Seq"
-	hdrPrevSeq   = "Kez-Prev"
-	hdrDuplicate = "Kez-Duplicate"
-	hdrErrCode   = "Kez-Error-Code"
-	hdrErr       = "Kez-Error"
-	// codeBusy asks the sender to try again: the queue was full.
-	codeBusy = "busy"
-)
-
-// forwardAttempt bounds one forwarded envelope's wait for an answer.
-const forwardAttempt = 3 * time.Second
-
-// serveForwarded queues an envelope another replica forwarded; the writer
-// answers it.
-func (s *Store) serveForwarded(m *nats.Msg) {
-	at, _ := strconv.ParseInt(m.Header.Get(hdrAt), 10, 64)
-	ctx, cancel := context.WithTimeout(context.Background(), forwardAttempt)
-	r := &appendRequest{
-		ctx: ctx, recipient: m.Header.Get(hdrTo), sender: m.Header.Get(hdrFrom), id: m.Header.Get(hdrID),
-		digest: m.Header.Get(hdrDigest), at: at, message: m.Data,
-	}
-	r.key = idKey(r.sender, r.id)
-	r.finish = func() {
-		defer cancel()
-		answer := &nats.Msg{Header: nats.Header{}}
-		if r.err != nil {
-			code, msg := server.ErrorCode(r.err), r.err.Error()
-			var e *server.Error
-			if errors.As(r.err, &e) {
-				msg = e.Message
-			}
-			answer.Header.Set(hdrErrCode, code)
-			answer.Header.Set(hdrErr, msg)
-		} else {
-			answer.Header.Set(hdrSeq, strconv.FormatUint(r.seq, 10))
-			answer.Header.Set(hdrPrevSeq, strconv.FormatUint(r.prev, 10))
-			answer.Header.Set(hdrAt, strconv.FormatInt(r.at, 10))
-			if r.dup {
-				answer.Header.Set(hdrDuplicate, "1")
-			}
-		}
-		if err := m.RespondMsg(answer); err != nil {
-			s.log.Warn("answering a forwarded envelope", "err", err)
-		}
-	}
-	if r.recipient == "" || r.sender == "" || r.digest == "" {
-		r.err = errors.New("a forwarded envelope without recipient, sender or digest")
-		r.finish()
-		return
-	}
-	select {
-	case s.w.queue <- r:
-	default:
-		r.err = server.Errorf(codeBusy, "the writer's queue is full")
-		r.finish()
-	}
-}
-
-// submit has r stored: by this replica's writer while it holds the lease,
-// else by the holder's, over NATS. No holder (a lease changing hands) and
-// a full queue are waited out, up to ctx's deadline.
-func (s *Store) submit(ctx context.Context, r *appendRequest) error {
-	wait := 5 * time.Millisecond
-	backOff := func() error {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		wait = min(2*wait, 200*time.Millisecond)
-		select {
-		case <-t.C:
-			return nil
-		case <-ctx.Done():
-			return unavailable("no replica is writing messages")
-		}
-	}
-	for {
-		if s.leader.Load() {
-			done := make(chan struct{})
-			r.finish = sync.OnceFunc(func() { close(done) })
-			if err := s.w.enqueue(ctx, r); err != nil {
-				return err
-			}
-			select {
-			case <-done:
-				return nil
-			case <-ctx.Done():
-				return unavailable("the message store did not answer in time")
-			}
-		}
-		m := &nats.Msg{Subject: WriterSubject, Data: r.message, Header: nats.Header{
-			hdrTo:     {r.recipient},
-			hdrFrom:   {r.sender},
-			hdrID:     {r.id},
-			hdrDigest: {r.digest},
-			hdrAt:     {strconv.FormatInt(r.at, 10)},
-		}}
-		actx, cancel := context.WithTimeout(ctx, forwardAttempt)
-		resp, err := s.nc.RequestMsgWithContext(actx, m)
-		cancel()
-		switch {
-		case err == nil:
-		case ctx.Err() != nil:
-			return unavailable("the message store did not answer in time")
-		case errors.Is(err, nats.ErrNoResponders):
-			if err := backOff(); err != nil {
-				return err
-			}
-			continue
-		default: // no answer: it may have been stored
-			r.ambiguous = true
-			if err := backOff(); err != nil {
-				return err
-			}
-			continue
-		}
-		h := resp.Header
-		if code := h.Get(hdrErrCode); code != "" {
-			switch code {
-			case codeBusy:
-				if err := backOff(); err != nil {
-					return err
-				}
-				continue
-			case server.CodeInternal:
-				r.err = fmt.Errorf("the writer: %s", h.Get(hdrErr))
-			default:
-				r.err = server.Errorf(code, "%s", h.Get(hdrErr))
-			}
-			return nil
-		}
-		r.seq, _ = strconv.ParseUint(h.Get(hdrSeq), 10, 64)
-		r.prev, _ = strconv.ParseUint(h.Get(hdrPrevSeq), 10, 64)
-		r.at, _ = strconv.ParseInt(h.Get(hdrAt), 10, 64)
-		r.dup = h.Get(hdrDuplicate) != ""
-		if r.dup && r.ambiguous { // stored by an earlier attempt of this request
-			r.dup, r.prev = false, 0
-		}
-		return nil
+		r.seq, r.prev, r.dup = seq, 0, !r.ambiguous
 	}
 }
