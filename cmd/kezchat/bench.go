@@ -72,7 +72,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.pushRecipients, "push-recipients", 200, "recipients with a push subscription and no stream in the Web Push phase")
 	fs.IntVar(&cfg.pushMessages, "push-messages", 20000, "messages sent in the Web Push phase, one push each")
 	fs.IntVar(&cfg.replicas, "replicas", 0, "phase 5: run the load phases again on this many replicas (--store jetstream; 1 measures the store alone) sharing a NATS server with JetStream that the bench embeds, streams and senders spread over them, and compare with the one SQLite server of phases 1 and 2; 0 skips it")
-	fs.StringVar(&cfg.replicaSync, "replica-sync", syncAlways, "phase 5's JetStream sync: always (fsync before each ack, what the operator configures for one NATS server), default (nats-server's 2-minute interval) or both, one after the other")
+	fs.StringVar(&cfg.replicaSync, "replica-sync", syncAlways, "phase 5's JetStream: always (one NATS server fsyncing before each ack, what the operator configures for one), default (one server with nats-server's 2-minute sync interval), cluster (three clustered servers, stream and buckets replicated on all three, as the operator deploys with nats.replicas 3), both (always, then default) or all three")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up when the whole run takes longer")
 	// Like the other client commands, bench takes no settings from the
 	// environment: a KEZ_ variable left in a shell must not change a figure.

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +33,11 @@ const (
 	// syncDefault is nats-server's default: writes go to the OS at once
 	// and are fsynced every 2 minutes.
 	syncDefault = "default"
+	// syncCluster is three clustered NATS servers with the default sync
+	// and the stream and buckets on all three (--jetstream-replicas 3), as
+	// the operator deploys with nats.replicas 3: a publish is acknowledged
+	// once two servers have it, which is its durability.
+	syncCluster = "cluster"
 )
 
 // replicaResult is what phase 5 measured with one sync setting.
@@ -41,12 +50,14 @@ type replicaResult struct {
 // replicaSyncs is the settings --replica-sync names.
 func replicaSyncs(v string) ([]string, error) {
 	switch v {
-	case syncAlways, syncDefault:
+	case syncAlways, syncDefault, syncCluster:
 		return []string{v}, nil
 	case "both":
 		return []string{syncAlways, syncDefault}, nil
+	case "all":
+		return []string{syncAlways, syncDefault, syncCluster}, nil
 	}
-	return nil, fmt.Errorf("--replica-sync %q: want always, default or both", v)
+	return nil, fmt.Errorf("--replica-sync %q: want always, default, cluster, both or all", v)
 }
 
 // replicasLabel is "1 replica" or "n replicas".
@@ -59,8 +70,11 @@ func replicasLabel(n int) string {
 
 // syncLabel describes a sync setting in the output.
 func syncLabel(sync string) string {
-	if sync == syncAlways {
+	switch sync {
+	case syncAlways:
 		return "sync_interval: always"
+	case syncCluster:
+		return "3 NATS servers, 3 stream replicas"
 	}
 	return "sync_interval default (2 min)"
 }
@@ -69,8 +83,8 @@ func syncLabel(sync string) string {
 // share, embedded in the bench process on a free loopback port with its
 // store in a temporary directory.
 type benchNATS struct {
-	srv *natsserver.Server
-	dir string
+	srvs []*natsserver.Server
+	dir  string
 }
 
 func startBenchNATS(sync string) (*benchNATS, error) {
@@ -78,40 +92,104 @@ func startBenchNATS(sync string) (*benchNATS, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := &natsserver.Options{
-		ServerName: "kezchat-bench",
-		Host:       "127.0.0.1",
-		Port:       natsserver.RANDOM_PORT,
-		JetStream:  true,
-		StoreDir:   dir,
-		NoLog:      true,
-		NoSigs:     true,
-		// The replicas' inbox subscriptions and JetStream's direct gets
-		// carry bursts of up to a catch-up page each.
-		MaxPending: 64 << 20,
+	n := &benchNATS{dir: dir}
+	servers := 1
+	var routes []*url.URL
+	var routePorts []int
+	if sync == syncCluster {
+		servers = 3
+		for range servers {
+			port, err := freeLoopbackPort()
+			if err != nil {
+				os.RemoveAll(dir)
+				return nil, err
+			}
+			routePorts = append(routePorts, port)
+			routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", port)})
+		}
 	}
-	if sync == syncAlways {
-		opts.SyncAlways = true
+	for i := range servers {
+		opts := &natsserver.Options{
+			ServerName: fmt.Sprintf("kezchat-bench-%d", i),
+			Host:       "127.0.0.1",
+			Port:       natsserver.RANDOM_PORT,
+			JetStream:  true,
+			StoreDir:   filepath.Join(dir, strconv.Itoa(i)),
+			NoLog:      true,
+			NoSigs:     true,
+			// The replicas' inbox subscriptions and JetStream's direct gets
+			// carry bursts of up to a catch-up page each.
+			MaxPending: 64 << 20,
+			SyncAlways: sync == syncAlways,
+		}
+		if routes != nil {
+			opts.Cluster = natsserver.ClusterOpts{Name: "kezchat-bench", Host: "127.0.0.1", Port: routePorts[i]}
+			opts.Routes = routes
+		}
+		s, err := natsserver.NewServer(opts)
+		if err != nil {
+			n.stop()
+			return nil, fmt.Errorf("configuring nats-server: %w", err)
+		}
+		s.Start()
+		n.srvs = append(n.srvs, s)
+		if !s.ReadyForConnections(10 * time.Second) {
+			n.stop()
+			return nil, errors.New("nats-server was not ready within 10s")
+		}
 	}
-	s, err := natsserver.NewServer(opts)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("configuring nats-server: %w", err)
+	// A cluster takes streams once JetStream has elected a meta leader
+	// and every server follows it.
+	deadline := time.Now().Add(30 * time.Second)
+	for !n.jetStreamReady() {
+		if time.Now().After(deadline) {
+			n.stop()
+			return nil, errors.New("the NATS cluster's JetStream was not ready within 30s")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
-		os.RemoveAll(dir)
-		return nil, errors.New("nats-server was not ready within 10s")
-	}
-	return &benchNATS{srv: s, dir: dir}, nil
+	return n, nil
 }
 
-func (n *benchNATS) url() string { return n.srv.ClientURL() }
+func (n *benchNATS) jetStreamReady() bool {
+	leader := false
+	for _, s := range n.srvs {
+		if !s.JetStreamIsCurrent() {
+			return false
+		}
+		leader = leader || s.JetStreamIsLeader()
+	}
+	return leader || len(n.srvs) == 1
+}
+
+// freeLoopbackPort is a TCP port free on 127.0.0.1 a moment ago.
+func freeLoopbackPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// url is the client URL of each server, comma-separated as nats.go takes
+// them.
+func (n *benchNATS) url() string {
+	var urls []string
+	for _, s := range n.srvs {
+		urls = append(urls, s.ClientURL())
+	}
+	return strings.Join(urls, ",")
+}
+
+// streamReplicas is --jetstream-replicas for the replicas: one per server.
+func (n *benchNATS) streamReplicas() int { return len(n.srvs) }
 
 func (n *benchNATS) stop() {
-	n.srv.Shutdown()
-	n.srv.WaitForShutdown()
+	for _, s := range n.srvs {
+		s.Shutdown()
+		s.WaitForShutdown()
+	}
 	os.RemoveAll(n.dir)
 }
 
@@ -152,7 +230,7 @@ func runReplicaSet(ctx context.Context, cfg benchConfig, hc *http.Client, tag, s
 	// One after the other: each creates or updates the stream and buckets.
 	for range cfg.replicas {
 		t, err := startBenchServerWith(ctx, cfg, stderr, false, []string{
-			"--store", "jetstream", "--nats-url", nats.url(), "--jetstream-replicas", "1"})
+			"--store", "jetstream", "--nats-url", nats.url(), "--jetstream-replicas", strconv.Itoa(nats.streamReplicas())})
 		if err != nil {
 			return nil, err
 		}

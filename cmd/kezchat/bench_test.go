@@ -304,7 +304,7 @@ func TestBenchComparesReplicasOnJetStream(t *testing.T) {
 	var stdout, stderr strings.Builder
 	err = runBench(t.Context(), []string{"--streams", "6", "--messages", "60", "--senders", "4",
 		"--rate", "100", "--rate-duration", "300ms", "--in-flight", "8",
-		"--skip-idle", "--skip-push", "--replicas", "2", "--replica-sync", "both", "--timeout", "1m"}, &stdout, &stderr)
+		"--skip-idle", "--skip-push", "--replicas", "2", "--replica-sync", "all", "--timeout", "1m"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
@@ -312,6 +312,7 @@ func TestBenchComparesReplicasOnJetStream(t *testing.T) {
 	for _, want := range []string{
 		"phase 5, maximum throughput, 2 replicas on JetStream (sync_interval: always): 60 of 60 messages accepted",
 		"phase 5, maximum throughput, 2 replicas on JetStream (sync_interval default (2 min)): 60 of 60 messages accepted",
+		"phase 5, maximum throughput, 2 replicas on JetStream (3 NATS servers, 3 stream replicas): 60 of 60 messages accepted",
 		"phase 5, latency at a fixed rate, 2 replicas on JetStream (sync_interval: always): 30 of 30 messages accepted",
 	} {
 		if !strings.Contains(out, want) {
@@ -320,7 +321,8 @@ func TestBenchComparesReplicasOnJetStream(t *testing.T) {
 	}
 	rows := 0
 	for line := range strings.Lines(out) {
-		for _, name := range []string{"1 replica, SQLite", "2 replicas, JetStream, sync_interval: always", "2 replicas, JetStream, sync_interval default (2 min)"} {
+		for _, name := range []string{"1 replica, SQLite", "2 replicas, JetStream, sync_interval: always",
+			"2 replicas, JetStream, sync_interval default (2 min)", "2 replicas, JetStream, 3 NATS servers, 3 stream replicas"} {
 			rest, ok := strings.CutPrefix(line, "  "+name+"  ")
 			if !ok {
 				continue
@@ -335,7 +337,7 @@ func TestBenchComparesReplicasOnJetStream(t *testing.T) {
 			}
 		}
 	}
-	if rows != 3 {
-		t.Fatalf("%d of 3 comparison rows in:\n%s", rows, out)
+	if rows != 4 {
+		t.Fatalf("%d of 4 comparison rows in:\n%s", rows, out)
 	}
 }

@@ -16,9 +16,15 @@ import (
 // writer gets no work: nothing is appended through it.
 func batchWriter(t *testing.T, maxPending int, handles ...string) (*Store, *writer) {
 	t.Helper()
-	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	return batchWriterOn(t, testutil.StartNATS(t, testutil.NATSOptions{}).URL, 1, maxPending, handles...)
+}
+
+// batchWriterOn is batchWriter on the NATS servers at url, with the
+// stream on replicas of them.
+func batchWriterOn(t *testing.T, url string, replicas, maxPending int, handles ...string) (*Store, *writer) {
+	t.Helper()
 	s, err := Open(context.Background(), Config{
-		NATS: natsbus.Config{URL: n.URL, ReconnectWait: 20 * time.Millisecond}, MaxPending: maxPending,
+		NATS: natsbus.Config{URL: url, ReconnectWait: 20 * time.Millisecond}, MaxPending: maxPending, Replicas: replicas,
 	}, testutil.Logger(t))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -47,7 +53,18 @@ func request(to, id, msg string) *appendRequest {
 }
 
 func TestABatchTakesConsecutiveSeqsAndChainsEachRecipientsPrevs(t *testing.T) {
-	_, w := batchWriter(t, 0, "alice", "bob", "carol")
+	t.Run("one server", func(t *testing.T) {
+		_, w := batchWriter(t, 0, "alice", "bob", "carol")
+		checkBatchSeqsAndPrevs(t, w)
+	})
+	t.Run("three clustered servers, three stream replicas", func(t *testing.T) {
+		_, w := batchWriterOn(t, testutil.StartNATSCluster(t, 3), 3, 0, "alice", "bob", "carol")
+		checkBatchSeqsAndPrevs(t, w)
+	})
+}
+
+func checkBatchSeqsAndPrevs(t *testing.T, w *writer) {
+	t.Helper()
 	first := []*appendRequest{request("bob", "0", "{}")}
 	commitBatch(w, first...)
 	reqs := []*appendRequest{request("bob", "1", "{}"), request("carol", "2", "{}"), request("bob", "3", "{}"), request("bob", "4", "{}")}

@@ -13,6 +13,7 @@ import (
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/jetstream"
+	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/testutil"
 )
 
@@ -212,5 +213,55 @@ func TestTheWriterLeaseMovesToAnotherReplicaWhenItsHolderCloses(t *testing.T) {
 	}
 	if inbox, err := other.Messages(context.Background(), "bob", 0, 10); err != nil || !slices.Equal(seqs(inbox), []uint64{s1, s2}) {
 		t.Fatalf("bob's inbox %v, %v; want [%d %d]", seqs(inbox), err, s1, s2)
+	}
+}
+
+func TestOnAThreeServerClusterAppendsThroughTwoReplicasAreStoredOnceInOrder(t *testing.T) {
+	url := testutil.StartNATSCluster(t, 3)
+	openR3 := func() *jetstream.Store {
+		s, err := jetstream.Open(context.Background(), jetstream.Config{
+			NATS: natsbus.Config{URL: url, ReconnectWait: 20 * time.Millisecond}, Replicas: 3,
+		}, testutil.Logger(t))
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := openR3(), openR3()
+	recipients := []string{"r0", "r1", "r2", "r3"}
+	mustCreate(t, a, append([]string{"alice"}, recipients...)...)
+	var envs []*server.Envelope
+	for i := range 256 {
+		envs = append(envs, &server.Envelope{Recipient: recipients[i%len(recipients)], Sender: "alice",
+			ID: fmt.Sprintf("m%d", i%200), Message: fmt.Appendf(nil, `{"n":%d}`, i%200)}) // 56 retries
+	}
+	out := appendAll([]*jetstream.Store{a, b}, envs)
+	firsts := map[string]stored{}
+	for i, s := range out {
+		if s.err != nil {
+			t.Fatalf("append %d: %v", i, s.err)
+		}
+		id := envs[i].ID
+		if f, ok := firsts[id]; ok && f.seq != s.seq {
+			t.Fatalf("%s stored at %d and %d", id, f.seq, s.seq)
+		}
+		if !s.dup || firsts[id] == (stored{}) {
+			firsts[id] = s
+		}
+	}
+	total := 0
+	for _, to := range recipients {
+		inbox, err := b.Messages(context.Background(), to, 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.IsSorted(seqs(inbox)) {
+			t.Fatalf("%s's inbox out of order: %v", to, seqs(inbox))
+		}
+		total += len(inbox)
+	}
+	if total != 200 {
+		t.Fatalf("%d envelopes stored; want 200 (256 appends, 56 of them retries)", total)
 	}
 }

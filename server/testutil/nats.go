@@ -3,6 +3,8 @@ package testutil
 import (
 	"fmt"
 	"net"
+	neturl "net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,4 +105,55 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// StartNATSCluster starts servers clustered NATS servers with JetStream in
+// the test process, as the operator deploys with nats.replicas 3, waits
+// until JetStream has a meta leader that every server follows, and shuts
+// them down when the test ends. The URL is every server's, comma-separated.
+func StartNATSCluster(t testing.TB, servers int) (url string) {
+	t.Helper()
+	routePorts := make([]int, servers)
+	var routes []*neturl.URL
+	for i := range routePorts {
+		routePorts[i] = freePort(t)
+		routes = append(routes, &neturl.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", routePorts[i])})
+	}
+	var urls []string
+	var started []*natsserver.Server
+	for i := range servers {
+		opts := &natsserver.Options{
+			ServerName: fmt.Sprintf("kez-test-%d", i),
+			Host:       "127.0.0.1",
+			Port:       freePort(t),
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoLog:      true,
+			NoSigs:     true,
+			Cluster:    natsserver.ClusterOpts{Name: "kez-test", Host: "127.0.0.1", Port: routePorts[i]},
+			Routes:     routes,
+		}
+		s, err := natsserver.NewServer(opts)
+		if err != nil {
+			t.Fatalf("configuring nats-server %d: %v", i, err)
+		}
+		s.Start()
+		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatalf("nats-server %d not ready", i)
+		}
+		started = append(started, s)
+		urls = append(urls, s.ClientURL())
+	}
+	Eventually(t, 30*time.Second, "a JetStream meta leader every server follows", func() bool {
+		leader := false
+		for _, s := range started {
+			if !s.JetStreamIsCurrent() {
+				return false
+			}
+			leader = leader || s.JetStreamIsLeader()
+		}
+		return leader
+	})
+	return strings.Join(urls, ",")
 }
