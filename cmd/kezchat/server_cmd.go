@@ -179,6 +179,9 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 			return 1
 		}))
 	}
+	if js, ok := store.(*jetstream.Store); ok {
+		registerWriterMetrics(reg, js)
+	}
 	if f.sigServerURL != "" {
 		kcfg := sigclient.DefaultConfig()
 		kcfg.URL, kcfg.TTL = f.sigServerURL, f.keyCacheTTL
@@ -313,6 +316,29 @@ func openStore(ctx context.Context, f serverFlags, log *slog.Logger) (server.Sto
 		return nil, fmt.Errorf("opening the JetStream store: %w", err)
 	}
 	return s, nil
+}
+
+// registerWriterMetrics exports what the JetStream store's writer does.
+func registerWriterMetrics(reg prometheus.Registerer, js *jetstream.Store) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kezchat_jetstream_writer_lease",
+			Help: "1 while this replica holds the writer lease and stores every replica's envelopes.",
+		}, func() float64 {
+			if js.HoldsWriterLease() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kezchat_jetstream_writes_total",
+			Help: "JetStream writes of envelopes by this replica's writer: atomic batches and envelopes published alone.",
+		}, func() float64 { b, _ := js.WriterStats(); return float64(b) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kezchat_jetstream_envelopes_written_total",
+			Help: "Envelopes stored by this replica's writer (those other replicas forwarded included).",
+		}, func() float64 { _, e := js.WriterStats(); return float64(e) }),
+	)
 }
 
 // natsConfig is the NATS connection the flags describe.
