@@ -33,6 +33,7 @@ func (s *Store) holdLease(kv jetstream.KeyValue) {
 	_, _ = rand.Read(b[:])
 	id := []byte(hex.EncodeToString(b[:]))
 	var rev uint64
+	var renewed time.Time // the last create or update that took
 	var sub *nats.Subscription
 	stepDown := func() {
 		s.leader.Store(false)
@@ -42,6 +43,7 @@ func (s *Store) holdLease(kv jetstream.KeyValue) {
 		}
 	}
 	takeOver := func(r uint64) {
+		renewed = time.Now()
 		if s.leader.Load() {
 			rev = r
 			return
@@ -64,13 +66,18 @@ func (s *Store) holdLease(kv jetstream.KeyValue) {
 		defer cancel()
 		if s.leader.Load() {
 			r, err := kv.Update(ctx, leaseKey, id, rev)
-			if err != nil {
+			switch {
+			case err == nil:
+				rev, renewed = r, time.Now()
+				return leaseRenew
+			case errors.Is(err, jetstream.ErrKeyExists), time.Since(renewed) > leaseTTL-leaseRenew:
+				// Taken by another replica, or about to lapse.
 				s.log.Warn("renewing the writer lease; stepping down", "err", err)
 				stepDown()
-				return leasePoll
+			default: // still ours for a while: try again soon
+				s.log.Warn("renewing the writer lease; trying again", "err", err)
 			}
-			rev = r
-			return leaseRenew
+			return leasePoll
 		}
 		r, err := kv.Create(ctx, leaseKey, id)
 		if errors.Is(err, jetstream.ErrKeyExists) {

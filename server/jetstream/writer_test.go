@@ -265,3 +265,31 @@ func TestOnAThreeServerClusterAppendsThroughTwoReplicasAreStoredOnceInOrder(t *t
 		t.Fatalf("%d envelopes stored; want 200 (256 appends, 56 of them retries)", total)
 	}
 }
+
+func TestAHolderWhoseLeaseWasTakenStepsDownAndAppendsGoOn(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice", "bob")
+	testutil.Eventually(t, 5*time.Second, "the writer lease", s.HoldsWriterLease)
+
+	// Another replica's claim, as after a lapse this one did not notice.
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := natsjs.New(nc)
+	kv, err := js.KeyValue(context.Background(), jetstream.BucketWriter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(context.Background(), "holder", []byte("another replica")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 3*time.Second, "the holder stepping down", func() bool { return !s.HoldsWriterLease() })
+	// The claim lapses unrenewed; the store takes the lease again.
+	mustAppend(t, s, "bob", "alice", "m1", "{}")
+	if !s.HoldsWriterLease() {
+		t.Fatal("the store appended without taking the lease back")
+	}
+}
