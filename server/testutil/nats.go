@@ -39,20 +39,12 @@ type NATS struct {
 // the test ends.
 func StartNATS(t testing.TB, o NATSOptions) *NATS {
 	t.Helper()
-	opts := &natsserver.Options{
-		ServerName: "kez-test",
-		Host:       "127.0.0.1",
-		Port:       freePort(t),
-		JetStream:  true,
-		StoreDir:   t.TempDir(),
-		NoLog:      true,
-		NoSigs:     true,
-		SyncAlways: o.SyncAlways,
-		Websocket: natsserver.WebsocketOpts{
-			Host:  "127.0.0.1",
-			Port:  freePort(t),
-			NoTLS: true,
-		},
+	opts := serverOptions(t, "kez-test")
+	opts.SyncAlways = o.SyncAlways
+	opts.Websocket = natsserver.WebsocketOpts{
+		Host:  "127.0.0.1",
+		Port:  freePort(t),
+		NoTLS: true,
 	}
 	if o.CalloutIssuer != "" {
 		opts.Users = []*natsserver.User{{Username: o.User, Password: o.Password}}
@@ -122,17 +114,9 @@ func StartNATSCluster(t testing.TB, servers int) (url string) {
 	var urls []string
 	var started []*natsserver.Server
 	for i := range servers {
-		opts := &natsserver.Options{
-			ServerName: fmt.Sprintf("kez-test-%d", i),
-			Host:       "127.0.0.1",
-			Port:       freePort(t),
-			JetStream:  true,
-			StoreDir:   t.TempDir(),
-			NoLog:      true,
-			NoSigs:     true,
-			Cluster:    natsserver.ClusterOpts{Name: "kez-test", Host: "127.0.0.1", Port: routePorts[i]},
-			Routes:     routes,
-		}
+		opts := serverOptions(t, fmt.Sprintf("kez-test-%d", i))
+		opts.Cluster = natsserver.ClusterOpts{Name: "kez-test", Host: "127.0.0.1", Port: routePorts[i]}
+		opts.Routes = routes
 		s, err := natsserver.NewServer(opts)
 		if err != nil {
 			t.Fatalf("configuring nats-server %d: %v", i, err)
@@ -156,4 +140,18 @@ func StartNATSCluster(t testing.TB, servers int) (url string) {
 		return leader
 	})
 	return strings.Join(urls, ",")
+}
+
+// serverOptions is a quiet server on a free loopback port with JetStream
+// on a temporary directory.
+func serverOptions(t testing.TB, name string) *natsserver.Options {
+	return &natsserver.Options{
+		ServerName: name,
+		Host:       "127.0.0.1",
+		Port:       freePort(t),
+		JetStream:  true,
+		StoreDir:   t.TempDir(),
+		NoLog:      true,
+		NoSigs:     true,
+	}
 }
