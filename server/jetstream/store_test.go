@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/jetstream"
 	"kez.lat/chat/server/natsbus"
@@ -330,5 +333,44 @@ func TestAppendSetsPrevToTheRecipientsLastSeqOnEveryReplica(t *testing.T) {
 	e := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "3", Message: []byte(`{"m":"3"}`)}
 	if dup, err := a.AppendMessage(ctx, e, 0); err != nil || !dup || e.Seq != b2 {
 		t.Fatalf("retry: dup %v, seq %d, err %v; want the original %d", dup, e.Seq, err, b2)
+	}
+}
+
+func TestOpenTakesOverAStreamAnEarlierVersionCreated(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := natsjs.New(nc)
+	ctx := context.Background()
+	// As the store before the writer made it: per-message publishes, a
+	// 2-minute duplicate window, no atomic batches.
+	if _, err := js.CreateStream(ctx, natsjs.StreamConfig{Name: jetstream.StreamName, Subjects: []string{jetstream.SubjectPrefix + ">"},
+		Duplicates: 2 * time.Minute, AllowDirect: true, Discard: natsjs.DiscardNew}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := js.Publish(ctx, jetstream.SubjectPrefix+"bob", []byte("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice", "bob")
+	var envs []*server.Envelope
+	for i := range 8 {
+		envs = append(envs, &server.Envelope{Recipient: "bob", Sender: "alice", ID: fmt.Sprint(i), Message: []byte("{}")})
+	}
+	for i, r := range appendAll([]*jetstream.Store{s}, envs) {
+		if r.err != nil || r.seq <= old.Sequence {
+			t.Fatalf("append %d: seq %d, %v; want one after %d", i, r.seq, r.err, old.Sequence)
+		}
+	}
+	info, err := js.Stream(ctx, jetstream.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := info.CachedInfo().Config; !cfg.AllowAtomicPublish || cfg.Duplicates != 15*time.Minute {
+		t.Fatalf("stream config: atomic %v, duplicate window %v; want true, 15m", cfg.AllowAtomicPublish, cfg.Duplicates)
 	}
 }
