@@ -57,6 +57,8 @@ const (
 	commitAttempts = 3
 	// batchProbe: see writer.aloneRun.
 	batchProbe = 32
+	// contendedFor: see writer.unvouchedUntil.
+	contendedFor = 10 * time.Second
 )
 
 // appendRequest is one envelope on its way to the stream, and its answer.
@@ -97,6 +99,11 @@ type writer struct {
 	// slow is measured again.
 	costAlone, costBatch float64
 	aloneRun             int
+	// unvouchedUntil: another writer kept the stream's last seq moving
+	// (replicas of an earlier version during a rolling update, or a lease
+	// holder that did not notice it lost the lease); until then envelopes
+	// are stored without the check and without Prev.
+	unvouchedUntil time.Time
 
 	// What it committed, for WriterStats.
 	committedBatches, committedEnvelopes atomic.Uint64
@@ -236,7 +243,7 @@ func (w *writer) commit(reqs []*appendRequest) {
 		w.aloneRun = 0
 	}
 	for attempt := 1; ; attempt++ {
-		if !w.synced {
+		if !w.synced && w.vouching() {
 			if err := w.sync(); err != nil {
 				failAll(reqs, unavailable("the message store cannot be reached"))
 				w.s.log.Warn("reading the stream's last seq", "err", err)
@@ -272,10 +279,12 @@ func (w *writer) commit(reqs []*appendRequest) {
 				failAll(reqs, fmt.Errorf("appending envelopes: %w", apiErr))
 				return
 			}
-			// Another writer: w.last is forgotten.
-			if attempt >= commitAttempts {
-				failAll(reqs, unavailable("another replica is writing"))
-				return
+			// Another writer: w.last is forgotten. Should it go on
+			// writing, store without vouching for a while.
+			if attempt >= commitAttempts && w.vouching() {
+				w.s.log.Warn("another writer keeps writing to the stream; storing envelopes without their previous seq for a while",
+					"for", contendedFor)
+				w.unvouchedUntil = time.Now().Add(contendedFor)
 			}
 			continue
 		}
@@ -326,12 +335,13 @@ func (w *writer) publish(reqs []*appendRequest) error {
 	w.batches++
 	id := w.prefix + strconv.FormatUint(w.batches, 36)
 	nc := w.s.nc
+	vouch := w.vouching()
 	var commit *nats.Msg
 	for i, r := range reqs {
 		m := envelopeMsg(r)
 		m.Header[hdrBatchID] = []string{id}
 		m.Header[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
-		if i == 0 {
+		if i == 0 && vouch {
 			m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(w.lastSeq, 10)}
 		}
 		if i == len(reqs)-1 {
@@ -363,11 +373,16 @@ func (w *writer) publish(reqs []*appendRequest) error {
 	first := ack.Seq - uint64(n) + 1
 	for i, r := range reqs {
 		r.seq = first + uint64(i)
-		token := natsbus.Token(r.recipient)
-		r.prev = w.last[token]
-		w.remember(token, r.seq)
+		if vouch {
+			token := natsbus.Token(r.recipient)
+			r.prev = w.last[token]
+			w.remember(token, r.seq)
+		}
 	}
 	w.lastSeq = ack.Seq
+	if !vouch {
+		w.synced = false
+	}
 	w.committedBatches.Add(1)
 	w.committedEnvelopes.Add(uint64(n))
 	w.costBatch = movingAverage(w.costBatch, time.Since(start))
@@ -379,7 +394,10 @@ func (w *writer) publish(reqs []*appendRequest) error {
 // none without sync_interval: always), so a lone envelope waits less.
 func (w *writer) publishOne(r *appendRequest) error {
 	m := envelopeMsg(r)
-	m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(w.lastSeq, 10)}
+	vouch := w.vouching()
+	if vouch {
+		m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(w.lastSeq, 10)}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
 	start := time.Now()
@@ -391,15 +409,24 @@ func (w *writer) publishOne(r *appendRequest) error {
 		w.answerDuplicate(r, ack.Sequence)
 		return nil
 	}
-	token := natsbus.Token(r.recipient)
-	r.seq, r.prev = ack.Sequence, w.last[token]
-	w.remember(token, r.seq)
+	r.seq, r.prev = ack.Sequence, 0
+	if vouch {
+		token := natsbus.Token(r.recipient)
+		r.prev = w.last[token]
+		w.remember(token, r.seq)
+	} else {
+		w.synced = false
+	}
 	w.lastSeq = ack.Sequence
 	w.committedBatches.Add(1)
 	w.committedEnvelopes.Add(1)
 	w.costAlone = movingAverage(w.costAlone, time.Since(start))
 	return nil
 }
+
+// vouching reports whether the writer checks the stream's last seq and
+// hands out Prev (see unvouchedUntil).
+func (w *writer) vouching() bool { return time.Now().After(w.unvouchedUntil) }
 
 // movingAverage adds d to the exponentially weighted average avg, which
 // starts at the first d.

@@ -293,3 +293,70 @@ func TestAHolderWhoseLeaseWasTakenStepsDownAndAppendsGoOn(t *testing.T) {
 		t.Fatal("the store appended without taking the lease back")
 	}
 }
+
+func TestAppendsGoOnWhileAnotherWriterKeepsWritingAndNoPrevSkipsItsEnvelopes(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice", "bob", "carol")
+
+	// A replica of an earlier version, during a rolling update, publishes
+	// envelopes of its own all along.
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := natsjs.New(nc)
+	stop := make(chan struct{})
+	rogue := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				rogue <- nil
+				return
+			default:
+			}
+			if _, err := js.Publish(context.Background(), jetstream.SubjectPrefix+[]string{"bob", "carol"}[i%2], []byte("{}")); err != nil {
+				rogue <- err
+				return
+			}
+		}
+	}()
+	var envs []*server.Envelope
+	for i := range 300 {
+		envs = append(envs, &server.Envelope{Recipient: []string{"bob", "carol"}[i%2], Sender: "alice",
+			ID: fmt.Sprintf("m%d", i), Message: []byte("{}")})
+	}
+	out := appendAll([]*jetstream.Store{s}, envs)
+	close(stop)
+	if err := <-rogue; err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range out {
+		if r.err != nil {
+			t.Fatalf("append %d while another writer wrote: %v", i, r.err)
+		}
+	}
+	// A Prev vouches that nothing of the recipient lies between it and the
+	// envelope: not even the other writer's.
+	for _, to := range []string{"bob", "carol"} {
+		inbox, err := s.Messages(context.Background(), to, 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := map[uint64]uint64{}
+		for i, e := range inbox {
+			if i > 0 {
+				before[e.Seq] = inbox[i-1].Seq
+			} else {
+				before[e.Seq] = 0
+			}
+		}
+		for _, r := range out {
+			if r.to == to && r.prev != 0 && r.prev != before[r.seq] {
+				t.Fatalf("%s's envelope %d has prev %d; the envelope before it is %d", to, r.seq, r.prev, before[r.seq])
+			}
+		}
+	}
+}
