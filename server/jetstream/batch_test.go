@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"math"
 	"testing"
 	"time"
 
@@ -115,5 +116,28 @@ func TestABatchWithARetryAnswersItWithTheOriginalAndStoresTheOthers(t *testing.T
 	envs, err := s.Messages(context.Background(), "bob", 0, 10)
 	if err != nil || len(envs) != 3 {
 		t.Fatalf("bob's inbox: %d envelopes, %v; want 3 (m1, m2, m3)", len(envs), err)
+	}
+}
+
+func TestABatchRefusedByAStreamWithoutAtomicPublishIsStoredOneByOne(t *testing.T) {
+	s, w := batchWriter(t, 0, "alice", "bob", "carol")
+	// A replica of an earlier version updated the stream to its config.
+	cfg := s.stream.CachedInfo().Config
+	cfg.AllowAtomicPublish = false
+	if _, err := s.js.UpdateStream(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	reqs := []*appendRequest{request("bob", "1", "{}"), request("carol", "2", "{}"), request("bob", "3", "{}")}
+	commitBatch(w, reqs...)
+	for i, r := range reqs {
+		if r.err != nil || r.seq == 0 {
+			t.Fatalf("envelope %d: seq %d, %v", i, r.seq, r.err)
+		}
+	}
+	if r := reqs[2]; r.prev != reqs[0].seq {
+		t.Fatalf("bob's second envelope: prev %d, want %d", r.prev, reqs[0].seq)
+	}
+	if w.costBatch != math.Inf(1) {
+		t.Fatalf("a batch still expected to cost %v ns", w.costBatch)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -288,6 +289,16 @@ func (w *writer) commit(reqs []*appendRequest) {
 			}
 			continue
 		}
+		if apiErr.ErrorCode == errCodeAtomicPublishDisabled {
+			// The stream's config lost allow_atomic (a replica of an
+			// earlier version updated it): publish one by one until a
+			// batch is tried again.
+			w.costAlone, w.costBatch, w.aloneRun = 0, math.Inf(1), 0
+			for _, r := range reqs {
+				w.commit([]*appendRequest{r})
+			}
+			return
+		}
 		if len(reqs) == 1 {
 			w.answerFailure(reqs[0], apiErr)
 			return
@@ -429,9 +440,9 @@ func (w *writer) publishOne(r *appendRequest) error {
 func (w *writer) vouching() bool { return time.Now().After(w.unvouchedUntil) }
 
 // movingAverage adds d to the exponentially weighted average avg, which
-// starts at the first d.
+// starts at the first d (after none, or after +Inf: batches refused).
 func movingAverage(avg float64, d time.Duration) float64 {
-	if avg == 0 {
+	if avg == 0 || math.IsInf(avg, 1) {
 		return float64(d)
 	}
 	return 0.9*avg + 0.1*float64(d)
@@ -471,6 +482,8 @@ func (w *writer) remember(token string, seq uint64) {
 const (
 	errCodeBatchDuplicate     jetstream.ErrorCode = 10201
 	errCodeDuplicateInProcess jetstream.ErrorCode = 10158
+	// errCodeAtomicPublishDisabled: the stream does not take batches.
+	errCodeAtomicPublishDisabled jetstream.ErrorCode = 10174
 )
 
 // answerFailure answers r, which JetStream refused alone.
