@@ -9,5 +9,9 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     fileParallelism: false,
+    // A browser on two busy cores can take more than expect.poll's default
+    // second to show a notification or follow a click; polls still end as
+    // soon as the condition holds.
+    expect: { poll: { timeout: 10_000 } },
   },
 });
