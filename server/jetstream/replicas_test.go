@@ -3,7 +3,6 @@ package jetstream_test
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"slices"
 	"sync"
 	"testing"
@@ -15,56 +14,34 @@ import (
 )
 
 // replica starts a chat server on the JetStream store and the NATS broker.
-func replica(t *testing.T, n *testutil.NATS) (*testutil.Server, *client.Client) {
+func replica(t *testing.T, n *testutil.NATS) *client.Client {
 	t.Helper()
 	srv := testutil.StartServer(t, testutil.Options{NATS: n, Store: func(t testing.TB) server.Store { return open(t, n, 0) }})
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	return srv, client.New(srv.URL, &http.Client{Transport: tr, Timeout: 20 * time.Second})
-}
-
-func register(t *testing.T, c *client.Client, handle string) *client.Identity {
-	t.Helper()
-	id, err := client.NewIdentity("ed25519")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Register(context.Background(), id, handle); err != nil {
-		t.Fatalf("registering %s: %v", handle, err)
-	}
-	return id
+	return srv.Client(t, 20*time.Second)
 }
 
 func TestRegisteredOnAThenSentThroughBIsStreamedOnA(t *testing.T) {
 	ctx := context.Background()
 	n := testutil.StartNATS(t, testutil.NATSOptions{})
-	_, ca := replica(t, n)
-	_, cb := replica(t, n)
-	bob := register(t, ca, "bob")
-	alice := register(t, ca, "alice")
+	ca, cb := replica(t, n), replica(t, n)
+	bob := testutil.Register(t, ca, "bob")
+	alice := testutil.Register(t, ca, "alice")
 	st, err := ca.Stream(ctx, bob, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	var want []uint64
+	var seqs []uint64
+	var bodies []string
 	for i := range 3 {
-		r, err := cb.Send(ctx, alice, "bob", fmt.Sprint("via B ", i))
+		body := fmt.Sprint("via B ", i)
+		r, err := cb.Send(ctx, alice, "bob", body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want = append(want, r.Seq)
+		seqs, bodies = append(seqs, r.Seq), append(bodies, body)
 	}
-	for i, seq := range want {
-		env, err := st.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		pt, err := ca.Decrypt(ctx, bob, env)
-		if env.Seq != seq || err != nil || pt.Body != fmt.Sprint("via B ", i) {
-			t.Fatalf("event %d: seq %d (want %d) %+v %v", i, env.Seq, seq, pt, err)
-		}
-	}
+	testutil.ExpectStreamed(t, ca, bob, st, seqs, bodies)
 	// Registration is shared too: the handle is taken on B.
 	other, _ := client.NewIdentity("ed25519")
 	if _, err := cb.Register(ctx, other, "bob"); client.ErrorCode(err) != server.CodeHandleTaken {
@@ -76,10 +53,9 @@ func TestNATSRestartMidLoadLosesNoAcknowledgedMessageAndStreamsResume(t *testing
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	n := testutil.StartNATS(t, testutil.NATSOptions{})
-	_, ca := replica(t, n)
-	_, cb := replica(t, n)
-	bob := register(t, ca, "bob")
-	alice := register(t, ca, "alice")
+	ca, cb := replica(t, n), replica(t, n)
+	bob := testutil.Register(t, ca, "bob")
+	alice := testutil.Register(t, ca, "alice")
 	bobOnB, err := cb.Lookup(ctx, "bob")
 	if err != nil {
 		t.Fatal(err)

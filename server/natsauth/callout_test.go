@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,17 +32,8 @@ func setup(t *testing.T) (n *testutil.NATS, c *client.Client, bob, carol *client
 	n = testutil.StartNATS(t, testutil.NATSOptions{CalloutIssuer: pub, User: "kezchat", Password: "s3cret"})
 	srv := testutil.StartServer(t, testutil.Options{NATS: n, NATSUser: "kezchat", NATSPassword: "s3cret",
 		Callout: &natsauth.Config{Issuer: issuer}})
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	c = client.New(srv.URL, &http.Client{Transport: tr, Timeout: 10 * time.Second})
-	reg := func(handle string) *client.Identity {
-		id, _ := client.NewIdentity("ed25519")
-		if _, err := c.Register(context.Background(), id, handle); err != nil {
-			t.Fatal(err)
-		}
-		return id
-	}
-	return n, c, reg("bob"), reg("carol")
+	c = srv.Client(t, 10*time.Second)
+	return n, c, testutil.Register(t, c, "bob"), testutil.Register(t, c, "carol")
 }
 
 // token is the NATS password that authorizes id to follow its inbox.

@@ -4,36 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"kez.lat/chat/client"
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/testutil"
 )
-
-func newClient(t *testing.T, srv *testutil.Server) *client.Client {
-	t.Helper()
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	return client.New(srv.URL, &http.Client{Transport: tr, Timeout: 10 * time.Second})
-}
-
-func register(t *testing.T, c *client.Client, handle string) *client.Identity {
-	t.Helper()
-	id, err := client.NewIdentity("ed25519")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Register(context.Background(), id, handle); err != nil {
-		t.Fatalf("registering %s: %v", handle, err)
-	}
-	return id
-}
 
 func newBus(t *testing.T, n *testutil.NATS) *natsbus.Bus {
 	t.Helper()
@@ -66,36 +45,26 @@ func TestMessageSentThroughOneReplicaReachesAStreamOnAnother(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "shared.db") // one SQLite file, as one pod would have
 	a := testutil.StartServer(t, testutil.Options{NATS: n, DBPath: db})
 	b := testutil.StartServer(t, testutil.Options{NATS: n, DBPath: db})
-	ca, cb := newClient(t, a), newClient(t, b)
+	ca, cb := a.Client(t, 10*time.Second), b.Client(t, 10*time.Second)
 
-	bob := register(t, ca, "bob.smith") // a dot: the subject token differs from the handle
-	alice := register(t, cb, "alice")
+	bob := testutil.Register(t, ca, "bob.smith") // a dot: the subject token differs from the handle
+	alice := testutil.Register(t, cb, "alice")
 	st, err := ca.Stream(ctx, bob, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	var want []uint64
+	var seqs []uint64
+	var bodies []string
 	for i := range 3 {
-		r, err := cb.Send(ctx, alice, "bob.smith", fmt.Sprint("through B ", i))
+		body := fmt.Sprint("through B ", i)
+		r, err := cb.Send(ctx, alice, "bob.smith", body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want = append(want, r.Seq)
+		seqs, bodies = append(seqs, r.Seq), append(bodies, body)
 	}
-	for i, seq := range want {
-		env, err := st.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if env.Seq != seq {
-			t.Fatalf("event %d has seq %d, want %d", i, env.Seq, seq)
-		}
-		pt, err := ca.Decrypt(ctx, bob, env)
-		if err != nil || pt.Body != fmt.Sprint("through B ", i) {
-			t.Fatalf("event %d: %+v %v", i, pt, err)
-		}
-	}
+	testutil.ExpectStreamed(t, ca, bob, st, seqs, bodies)
 }
 
 func TestTokenIsOneSubjectTokenAndOneToOne(t *testing.T) {

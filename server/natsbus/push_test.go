@@ -35,9 +35,9 @@ func TestPushGoesOutOnlyWhenNoReplicaStreamsTheRecipient(t *testing.T) {
 			Push: &push.Config{Key: key, Subject: pushSubject, Workers: 1}, AllowEndpoints: []string{ps.Origin()}})
 	}
 	a, b := replica(), replica()
-	ca, cb := newClient(t, a), newClient(t, b)
-	alice := register(t, ca, "alice")
-	bob := register(t, ca, "bob")
+	ca, cb := a.Client(t, 10*time.Second), b.Client(t, 10*time.Second)
+	alice := testutil.Register(t, ca, "alice")
+	bob := testutil.Register(t, ca, "bob")
 
 	sub := ps.Subscribe()
 	path := "/v1/push/subscribe/bob"
