@@ -188,7 +188,7 @@ func (s *Store) submit(ctx context.Context, r *appendRequest) error {
 	r.finish = sync.OnceFunc(func() { close(done) })
 	var err error
 	if s.leader.Load() {
-		err = s.w.enqueue(ctx, r)
+		err = enqueue(ctx, s.w.queue, s.w.stop, r)
 	} else {
 		err = enqueue(ctx, s.fw.queue, s.fw.stop, r)
 	}

@@ -120,11 +120,6 @@ func newWriter(s *Store) *writer {
 	}
 }
 
-// enqueue hands r to the writer, waiting while the queue is full.
-func (w *writer) enqueue(ctx context.Context, r *appendRequest) error {
-	return enqueue(ctx, w.queue, w.stop, r)
-}
-
 // enqueue puts r on queue, waiting while it is full, unless stop is closed.
 func enqueue(ctx context.Context, queue chan<- *appendRequest, stop <-chan struct{}, r *appendRequest) error {
 	select {
@@ -381,21 +376,7 @@ func (w *writer) publish(reqs []*appendRequest) error {
 	if ack.Count != n || ack.Seq < uint64(n) {
 		return fmt.Errorf("a batch of %d stored as %d ending at %d", n, ack.Count, ack.Seq)
 	}
-	first := ack.Seq - uint64(n) + 1
-	for i, r := range reqs {
-		r.seq = first + uint64(i)
-		if vouch {
-			token := natsbus.Token(r.recipient)
-			r.prev = w.last[token]
-			w.remember(token, r.seq)
-		}
-	}
-	w.lastSeq = ack.Seq
-	if !vouch {
-		w.synced = false
-	}
-	w.committedBatches.Add(1)
-	w.committedEnvelopes.Add(uint64(n))
+	w.stored(reqs, ack.Seq-uint64(n)+1, vouch)
 	w.costBatch = movingAverage(w.costBatch, time.Since(start))
 	return nil
 }
@@ -420,19 +401,28 @@ func (w *writer) publishOne(r *appendRequest) error {
 		w.answerDuplicate(r, ack.Sequence)
 		return nil
 	}
-	r.seq, r.prev = ack.Sequence, 0
-	if vouch {
-		token := natsbus.Token(r.recipient)
-		r.prev = w.last[token]
-		w.remember(token, r.seq)
-	} else {
-		w.synced = false
-	}
-	w.lastSeq = ack.Sequence
-	w.committedBatches.Add(1)
-	w.committedEnvelopes.Add(1)
+	w.stored([]*appendRequest{r}, ack.Sequence, vouch)
 	w.costAlone = movingAverage(w.costAlone, time.Since(start))
 	return nil
+}
+
+// stored answers reqs, which one write stored with consecutive seqs from
+// first, and records what the writer now knows: when it vouched (checked
+// the stream's last seq), each recipient's last seq; else nothing, so it
+// reads the stream's last seq again before vouching.
+func (w *writer) stored(reqs []*appendRequest, first uint64, vouch bool) {
+	for i, r := range reqs {
+		r.seq, r.prev = first+uint64(i), 0
+		if vouch {
+			token := natsbus.Token(r.recipient)
+			r.prev = w.last[token]
+			w.remember(token, r.seq)
+		}
+	}
+	w.lastSeq = first + uint64(len(reqs)) - 1
+	w.synced = w.synced && vouch
+	w.committedBatches.Add(1)
+	w.committedEnvelopes.Add(uint64(len(reqs)))
 }
 
 // vouching reports whether the writer checks the stream's last seq and
