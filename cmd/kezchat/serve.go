@@ -23,6 +23,21 @@ type httpServers struct {
 	errc    chan error
 }
 
+// apiServer is a daemon's API server with the project's timeouts and
+// header limit. writeTimeout 0 means none: the chat server's SSE streams
+// outlive any write timeout.
+func apiServer(handler http.Handler, writeTimeout time.Duration, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
 // serveHTTP serves api on ln and, unless metricsBind is empty, reg's
 // metrics on metricsBind. On error nothing is left serving; the caller
 // still owns ln.

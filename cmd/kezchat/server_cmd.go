@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -224,15 +223,7 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", f.bind, err)
 	}
-	httpSrv := &http.Server{
-		Handler:           api.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	srvs, err := serveHTTP(httpSrv, httpapi.LimitListener(ln, f.maxConns), f.metricsBind, reg)
+	srvs, err := serveHTTP(apiServer(api.Handler(), 0, log), httpapi.LimitListener(ln, f.maxConns), f.metricsBind, reg)
 	if err != nil {
 		ln.Close()
 		return err

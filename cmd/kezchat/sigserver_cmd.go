@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,16 +75,7 @@ func runSigServer(ctx context.Context, args []string, _, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", f.bind, err)
 	}
-	api := &http.Server{
-		Handler:           sigAPI.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	srvs, err := serveHTTP(api, httpapi.LimitListener(ln, f.maxConns), f.metricsBind, reg)
+	srvs, err := serveHTTP(apiServer(sigAPI.Handler(), 30*time.Second, log), httpapi.LimitListener(ln, f.maxConns), f.metricsBind, reg)
 	if err != nil {
 		ln.Close()
 		return err
