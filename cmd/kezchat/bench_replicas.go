@@ -139,7 +139,7 @@ func startBenchNATS(sync string) (*benchNATS, error) {
 		}
 	}
 	// A cluster takes streams once JetStream has elected a meta leader
-	// and every server follows it.
+	// that every server follows and that has heard from every server.
 	deadline := time.Now().Add(30 * time.Second)
 	for !n.jetStreamReady() {
 		if time.Now().After(deadline) {
@@ -152,14 +152,19 @@ func startBenchNATS(sync string) (*benchNATS, error) {
 }
 
 func (n *benchNATS) jetStreamReady() bool {
+	if len(n.srvs) == 1 {
+		return true
+	}
 	leader := false
 	for _, s := range n.srvs {
 		if !s.JetStreamIsCurrent() {
 			return false
 		}
-		leader = leader || s.JetStreamIsLeader()
+		if s.JetStreamIsLeader() {
+			leader = len(s.JetStreamClusterPeers()) == len(n.srvs)
+		}
 	}
-	return leader || len(n.srvs) == 1
+	return leader
 }
 
 // freeLoopbackPort is a TCP port free on 127.0.0.1 a moment ago.

@@ -101,7 +101,7 @@ func freePort(t testing.TB) int {
 
 // StartNATSCluster starts servers clustered NATS servers with JetStream in
 // the test process, as the operator deploys with nats.replicas 3, waits
-// until JetStream has a meta leader that every server follows, and shuts
+// until JetStream can place streams on all of them, and shuts
 // them down when the test ends. The URL is every server's, comma-separated.
 func StartNATSCluster(t testing.TB, servers int) (url string) {
 	t.Helper()
@@ -129,13 +129,16 @@ func StartNATSCluster(t testing.TB, servers int) (url string) {
 		started = append(started, s)
 		urls = append(urls, s.ClientURL())
 	}
-	Eventually(t, 30*time.Second, "a JetStream meta leader every server follows", func() bool {
+	// Streams are placed once the meta leader has heard from every server.
+	Eventually(t, 30*time.Second, "a JetStream meta leader that every server follows and knows them all", func() bool {
 		leader := false
 		for _, s := range started {
 			if !s.JetStreamIsCurrent() {
 				return false
 			}
-			leader = leader || s.JetStreamIsLeader()
+			if s.JetStreamIsLeader() {
+				leader = len(s.JetStreamClusterPeers()) == servers
+			}
 		}
 		return leader
 	})
