@@ -70,7 +70,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeMessagePayload$$' -fuzztime=$(FUZZTIME) ./server/
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestBodies$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzKeyDocuments$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeForward$$' -fuzztime=$(FUZZTIME) ./server/jetstream/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeForward$$' -fuzztime=$(FUZZTIME) ./server/jsstore/
 
 ## bench: the figures in docs/benchmarks.md
 bench: build

@@ -18,7 +18,7 @@ import (
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
-	"kez.lat/chat/server/jetstream"
+	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/membus"
 	"kez.lat/chat/server/natsauth"
 	"kez.lat/chat/server/natsbus"
@@ -178,7 +178,7 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 			return 1
 		}))
 	}
-	if js, ok := store.(*jetstream.Store); ok {
+	if js, ok := store.(*jsstore.Store); ok {
 		registerWriterMetrics(reg, js)
 	}
 	if f.sigServerURL != "" {
@@ -301,7 +301,7 @@ func openStore(ctx context.Context, f serverFlags, log *slog.Logger) (server.Sto
 	ncfg.Name = "kezchat store " + f.domain
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	s, err := jetstream.Open(ctx, jetstream.Config{NATS: ncfg, Replicas: f.jsReplicas, Retention: f.retention,
+	s, err := jsstore.Open(ctx, jsstore.Config{NATS: ncfg, Replicas: f.jsReplicas, Retention: f.retention,
 		MaxPending: f.maxPending, MaxBytes: f.jsMaxBytes}, log)
 	if err != nil {
 		return nil, fmt.Errorf("opening the JetStream store: %w", err)
@@ -310,7 +310,7 @@ func openStore(ctx context.Context, f serverFlags, log *slog.Logger) (server.Sto
 }
 
 // registerWriterMetrics exports what the JetStream store's writer does.
-func registerWriterMetrics(reg prometheus.Registerer, js *jetstream.Store) {
+func registerWriterMetrics(reg prometheus.Registerer, js *jsstore.Store) {
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kezchat_jetstream_writer_lease",

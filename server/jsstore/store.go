@@ -1,4 +1,4 @@
-// Package jetstream implements server.Store on NATS JetStream, so that any
+// Package jsstore implements server.Store on NATS JetStream, so that any
 // number of stateless chat server replicas share one state.
 //
 // Envelopes are messages of one stream, KEZ_CHAT_MESSAGES, on the subject
@@ -10,7 +10,7 @@
 // (writer.go, lease.go). Users, primary ids, push subscriptions and used
 // request signatures are in KV buckets; KV create is atomic, which makes a
 // handle and a primary_id unique.
-package jetstream
+package jsstore
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package jetstream_test
+package jsstore_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"kez.lat/chat/server"
-	"kez.lat/chat/server/jetstream"
+	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/testutil"
 )
 
@@ -33,7 +33,7 @@ func BenchmarkAppendMessageManyInboxes(b *testing.B) {
 
 func benchmarkAppendMany(b *testing.B, replicas, callers int) {
 	n := testutil.StartNATS(b, testutil.NATSOptions{SyncAlways: true})
-	var stores []*jetstream.Store
+	var stores []*jsstore.Store
 	for range replicas {
 		stores = append(stores, open(b, n, 0))
 	}

@@ -1,4 +1,4 @@
-package jetstream_test
+package jsstore_test
 
 import (
 	"context"
@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"kez.lat/chat/server"
-	"kez.lat/chat/server/jetstream"
+	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/testutil"
 )
@@ -27,7 +27,7 @@ type stored struct {
 
 // appendAll runs the appends from 64 goroutines at once, alternating
 // between stores, and returns their answers in the order given.
-func appendAll(stores []*jetstream.Store, envs []*server.Envelope) []stored {
+func appendAll(stores []*jsstore.Store, envs []*server.Envelope) []stored {
 	out := make([]stored, len(envs))
 	var wg sync.WaitGroup
 	next := make(chan int)
@@ -57,7 +57,7 @@ func TestConcurrentAppendsThroughTwoReplicasAreWrittenByOneAndEachPrevIsTheRecip
 		envs = append(envs, &server.Envelope{Recipient: recipients[i%len(recipients)], Sender: "alice",
 			ID: fmt.Sprintf("m%d", i), Message: fmt.Appendf(nil, `{"n":%d}`, i)})
 	}
-	out := appendAll([]*jetstream.Store{a, b}, envs)
+	out := appendAll([]*jsstore.Store{a, b}, envs)
 
 	byRecipient := map[string][]stored{}
 	for i, s := range out {
@@ -110,7 +110,7 @@ func TestRacingRetriesOfOneMessageIDAreStoredOnce(t *testing.T) {
 	for range 16 {
 		envs = append(envs, &server.Envelope{Recipient: "bob", Sender: "alice", ID: "same", Message: []byte(`{"n":1}`)})
 	}
-	out := appendAll([]*jetstream.Store{a, b}, envs)
+	out := appendAll([]*jsstore.Store{a, b}, envs)
 	firsts := 0
 	for i, s := range out {
 		if s.err != nil || s.seq != out[0].seq {
@@ -141,7 +141,7 @@ func TestAFullInboxRefusesOnlyItsOwnConcurrentEnvelopes(t *testing.T) {
 		envs = append(envs, &server.Envelope{Recipient: []string{"bob", "carol"}[i%2], Sender: "alice",
 			ID: fmt.Sprintf("m%d", i), Message: []byte("{}")})
 	}
-	out := appendAll([]*jetstream.Store{s}, envs)
+	out := appendAll([]*jsstore.Store{s}, envs)
 	got := map[string]map[string]int{"bob": {}, "carol": {}}
 	for _, r := range out {
 		got[r.to][server.ErrorCode(r.err)]++
@@ -169,11 +169,11 @@ func TestAnEnvelopeAnotherWriterStoredIsNeverVouchedOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, err := natsjs.New(nc)
+	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := js.Publish(ctx, jetstream.SubjectPrefix+"bob", []byte("{}"))
+	other, err := js.Publish(ctx, jsstore.SubjectPrefix+"bob", []byte("{}"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,8 +218,8 @@ func TestTheWriterLeaseMovesToAnotherReplicaWhenItsHolderCloses(t *testing.T) {
 
 func TestOnAThreeServerClusterAppendsThroughTwoReplicasAreStoredOnceInOrder(t *testing.T) {
 	url := testutil.StartNATSCluster(t, 3)
-	openR3 := func() *jetstream.Store {
-		s, err := jetstream.Open(context.Background(), jetstream.Config{
+	openR3 := func() *jsstore.Store {
+		s, err := jsstore.Open(context.Background(), jsstore.Config{
 			NATS: natsbus.Config{URL: url, ReconnectWait: 20 * time.Millisecond}, Replicas: 3,
 		}, testutil.Logger(t))
 		if err != nil {
@@ -236,7 +236,7 @@ func TestOnAThreeServerClusterAppendsThroughTwoReplicasAreStoredOnceInOrder(t *t
 		envs = append(envs, &server.Envelope{Recipient: recipients[i%len(recipients)], Sender: "alice",
 			ID: fmt.Sprintf("m%d", i%200), Message: fmt.Appendf(nil, `{"n":%d}`, i%200)}) // 56 retries
 	}
-	out := appendAll([]*jetstream.Store{a, b}, envs)
+	out := appendAll([]*jsstore.Store{a, b}, envs)
 	firsts := map[string]stored{}
 	for i, s := range out {
 		if s.err != nil {
@@ -278,8 +278,8 @@ func TestAHolderWhoseLeaseWasTakenStepsDownAndAppendsGoOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, _ := natsjs.New(nc)
-	kv, err := js.KeyValue(context.Background(), jetstream.BucketWriter)
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), jsstore.BucketWriter)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +306,7 @@ func TestAppendsGoOnWhileAnotherWriterKeepsWritingAndNoPrevSkipsItsEnvelopes(t *
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, _ := natsjs.New(nc)
+	js, _ := jetstream.New(nc)
 	stop := make(chan struct{})
 	rogue := make(chan error, 1)
 	go func() {
@@ -317,7 +317,7 @@ func TestAppendsGoOnWhileAnotherWriterKeepsWritingAndNoPrevSkipsItsEnvelopes(t *
 				return
 			default:
 			}
-			if _, err := js.Publish(context.Background(), jetstream.SubjectPrefix+[]string{"bob", "carol"}[i%2], []byte("{}")); err != nil {
+			if _, err := js.Publish(context.Background(), jsstore.SubjectPrefix+[]string{"bob", "carol"}[i%2], []byte("{}")); err != nil {
 				rogue <- err
 				return
 			}
@@ -328,7 +328,7 @@ func TestAppendsGoOnWhileAnotherWriterKeepsWritingAndNoPrevSkipsItsEnvelopes(t *
 		envs = append(envs, &server.Envelope{Recipient: []string{"bob", "carol"}[i%2], Sender: "alice",
 			ID: fmt.Sprintf("m%d", i), Message: []byte("{}")})
 	}
-	out := appendAll([]*jetstream.Store{s}, envs)
+	out := appendAll([]*jsstore.Store{s}, envs)
 	close(stop)
 	if err := <-rogue; err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package jetstream_test
+package jsstore_test
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package jetstream_test
+package jsstore_test
 
 import (
 	"context"
@@ -8,17 +8,17 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"kez.lat/chat/server"
-	"kez.lat/chat/server/jetstream"
+	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/testutil"
 )
 
-func open(t testing.TB, n *testutil.NATS, maxPending int) *jetstream.Store {
+func open(t testing.TB, n *testutil.NATS, maxPending int) *jsstore.Store {
 	t.Helper()
-	s, err := jetstream.Open(context.Background(), jetstream.Config{
+	s, err := jsstore.Open(context.Background(), jsstore.Config{
 		NATS:       natsbus.Config{URL: n.URL, ReconnectWait: 20 * time.Millisecond},
 		MaxPending: maxPending,
 	}, testutil.Logger(t))
@@ -34,7 +34,7 @@ func testUser(handle string) *server.User {
 		Key: []byte("signing-key-of-" + handle), EncKey: []byte("enc-key-of-" + handle), CreatedAt: time.Unix(1_700_000_000, 0)}
 }
 
-func mustCreate(t testing.TB, s *jetstream.Store, handles ...string) {
+func mustCreate(t testing.TB, s *jsstore.Store, handles ...string) {
 	t.Helper()
 	for _, h := range handles {
 		if err := s.CreateUser(context.Background(), testUser(h)); err != nil {
@@ -43,7 +43,7 @@ func mustCreate(t testing.TB, s *jetstream.Store, handles ...string) {
 	}
 }
 
-func mustAppend(t testing.TB, s *jetstream.Store, to, from, id, msg string) uint64 {
+func mustAppend(t testing.TB, s *jsstore.Store, to, from, id, msg string) uint64 {
 	t.Helper()
 	e := &server.Envelope{Recipient: to, Sender: from, ID: id, Message: []byte(msg)}
 	dup, err := s.AppendMessage(context.Background(), e, 0)
@@ -110,7 +110,7 @@ func TestCreateUserRefusesTakenHandleOrPrimaryID(t *testing.T) {
 
 func TestTwoReplicasRacingToRegisterOneHandleHaveExactlyOneWinner(t *testing.T) {
 	n := testutil.StartNATS(t, testutil.NATSOptions{})
-	replicas := []*jetstream.Store{open(t, n, 0), open(t, n, 0)}
+	replicas := []*jsstore.Store{open(t, n, 0), open(t, n, 0)}
 	for round := range 10 {
 		handle := fmt.Sprintf("race%d", round)
 		var wg sync.WaitGroup
@@ -300,7 +300,7 @@ func TestAppendSetsPrevToTheRecipientsLastSeqOnEveryReplica(t *testing.T) {
 	a, b := open(t, n, 0), open(t, n, 0)
 	mustCreate(t, a, "alice", "bob", "carol")
 	ctx := context.Background()
-	appendPrev := func(s *jetstream.Store, to, id string) (seq, prev uint64) {
+	appendPrev := func(s *jsstore.Store, to, id string) (seq, prev uint64) {
 		t.Helper()
 		e := &server.Envelope{Recipient: to, Sender: "alice", ID: id, Message: []byte(`{"m":"` + id + `"}`)}
 		if dup, err := s.AppendMessage(ctx, e, 0); err != nil || dup {
@@ -343,15 +343,15 @@ func TestOpenTakesOverAStreamAnEarlierVersionCreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, _ := natsjs.New(nc)
+	js, _ := jetstream.New(nc)
 	ctx := context.Background()
 	// As the store before the writer made it: per-message publishes, a
 	// 2-minute duplicate window, no atomic batches.
-	if _, err := js.CreateStream(ctx, natsjs.StreamConfig{Name: jetstream.StreamName, Subjects: []string{jetstream.SubjectPrefix + ">"},
-		Duplicates: 2 * time.Minute, AllowDirect: true, Discard: natsjs.DiscardNew}); err != nil {
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: jsstore.StreamName, Subjects: []string{jsstore.SubjectPrefix + ">"},
+		Duplicates: 2 * time.Minute, AllowDirect: true, Discard: jetstream.DiscardNew}); err != nil {
 		t.Fatal(err)
 	}
-	old, err := js.Publish(ctx, jetstream.SubjectPrefix+"bob", []byte("{}"))
+	old, err := js.Publish(ctx, jsstore.SubjectPrefix+"bob", []byte("{}"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,12 +361,12 @@ func TestOpenTakesOverAStreamAnEarlierVersionCreated(t *testing.T) {
 	for i := range 8 {
 		envs = append(envs, &server.Envelope{Recipient: "bob", Sender: "alice", ID: fmt.Sprint(i), Message: []byte("{}")})
 	}
-	for i, r := range appendAll([]*jetstream.Store{s}, envs) {
+	for i, r := range appendAll([]*jsstore.Store{s}, envs) {
 		if r.err != nil || r.seq <= old.Sequence {
 			t.Fatalf("append %d: seq %d, %v; want one after %d", i, r.seq, r.err, old.Sequence)
 		}
 	}
-	info, err := js.Stream(ctx, jetstream.StreamName)
+	info, err := js.Stream(ctx, jsstore.StreamName)
 	if err != nil {
 		t.Fatal(err)
 	}
