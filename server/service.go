@@ -54,10 +54,10 @@ type Service struct {
 	broker Broker
 	log    *slog.Logger
 
-	// SendLimiter, when set, limits messages per sending handle. It is
+	// SendLimiter limits messages per sending handle (nil: no limit). It is
 	// consulted only after the signature verified, so nobody can spend
 	// another person's budget.
-	SendLimiter RateLimiter
+	SendLimiter *RateLimiter
 	// Pusher, when set, notifies recipients with no open stream; Endpoints
 	// then decides which push endpoints may be subscribed.
 	Pusher    Pusher
@@ -226,10 +226,8 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 			return Receipt{}, false, Errorf(CodeKeyNotAuthorized, "the signing key is not authorized for %q", p.From)
 		}
 	}
-	if s.SendLimiter != nil {
-		if ok, wait := s.SendLimiter.Allow(p.From); !ok {
-			return Receipt{}, false, &Error{Code: CodeRateLimited, Message: "too many messages from " + p.From, RetryAfter: wait}
-		}
+	if ok, wait := s.SendLimiter.Allow(p.From); !ok {
+		return Receipt{}, false, &Error{Code: CodeRateLimited, Message: "too many messages from " + p.From, RetryAfter: wait}
 	}
 	if _, err := s.lookup(ctx, p.To, CodeUnknownRecipient); err != nil {
 		return Receipt{}, false, err

@@ -85,8 +85,3 @@ type Subscription interface {
 	C() <-chan *Envelope
 	Close()
 }
-
-// RateLimiter admits or refuses one event for key.
-type RateLimiter interface {
-	Allow(key string) (ok bool, retryAfter time.Duration)
-}

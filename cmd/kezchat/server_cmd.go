@@ -23,7 +23,6 @@ import (
 	"kez.lat/chat/server/natsauth"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
-	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/sigclient"
 	"kez.lat/chat/server/sqlite"
 	"kez.lat/chat/web"
@@ -148,9 +147,7 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 		broker = bus
 	}
 	svc := server.NewService(cfg, store, broker, log)
-	if l := ratelimit.New(f.handleSendRate, int(2*f.handleSendRate), 100_000); l != nil {
-		svc.SendLimiter = l
-	}
+	svc.SendLimiter = server.NewRateLimiter(f.handleSendRate, int(2*f.handleSendRate), 100_000)
 	if f.natsCalloutSeedFile != "" {
 		issuer, err := natsauth.LoadIssuer(f.natsCalloutSeedFile)
 		if err != nil {
@@ -213,9 +210,9 @@ func serve(ctx context.Context, f serverFlags, proxies []netip.Prefix, log *slog
 		PublicURL:         f.publicURL,
 		SigServerURL:      f.sigServerPublicURL,
 		TrustedProxies:    proxies,
-		RegisterLimiter:   ratelimit.New(f.registerRate, 20, 100_000),
-		SendLimiter:       ratelimit.New(f.sendRate, int(2*f.sendRate), 100_000),
-		FailedAuthLimiter: ratelimit.New(f.failedAuthRate, 30, 100_000),
+		RegisterLimiter:   server.NewRateLimiter(f.registerRate, 20, 100_000),
+		SendLimiter:       server.NewRateLimiter(f.sendRate, int(2*f.sendRate), 100_000),
+		FailedAuthLimiter: server.NewRateLimiter(f.failedAuthRate, 30, 100_000),
 		App:               web.Handler(), // nil without a web build: the built-in page
 	}, svc, log, reg)
 

@@ -12,7 +12,6 @@ import (
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/httpapi"
-	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/sqlite"
 )
 
@@ -68,7 +67,7 @@ func runSigServer(ctx context.Context, args []string, _, stderr io.Writer) error
 	sigAPI := httpapi.NewSigServer(httpapi.SigConfig{
 		Version:        version,
 		TrustedProxies: proxies,
-		PublishLimiter: ratelimit.New(f.publishRate, 20, 100_000),
+		PublishLimiter: server.NewRateLimiter(f.publishRate, 20, 100_000),
 	}, server.NewKeyDirectory(store, log, nil), log, reg)
 
 	ln, err := net.Listen("tcp", f.bind)

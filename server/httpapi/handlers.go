@@ -188,9 +188,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 // allow spends a token of limiter for key, answering 429 if there is none.
-func (s *Server) allow(w http.ResponseWriter, limiter interface {
-	Allow(string) (bool, time.Duration)
-}, key string) bool {
+func (s *Server) allow(w http.ResponseWriter, limiter *server.RateLimiter, key string) bool {
 	ok, wait := limiter.Allow(key)
 	if !ok {
 		s.metrics.rateLimited.Inc()

@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"kez.lat/chat/server"
-	"kez.lat/chat/server/ratelimit"
 )
 
 // Config is what the HTTP layer needs beyond the Service.
@@ -37,9 +36,9 @@ type Config struct {
 	// longer to accept a frame is cut off and resumes later.
 	StreamWriteTimeout time.Duration
 	// Limits per client address.
-	RegisterLimiter   *ratelimit.Limiter
-	SendLimiter       *ratelimit.Limiter
-	FailedAuthLimiter *ratelimit.Limiter // per address and per handle
+	RegisterLimiter   *server.RateLimiter
+	SendLimiter       *server.RateLimiter
+	FailedAuthLimiter *server.RateLimiter // per address and per handle
 	// VAPIDPublicKey is served to browsers for pushManager.subscribe when
 	// the Service has a Pusher.
 	VAPIDPublicKey string

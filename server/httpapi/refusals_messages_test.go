@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"kez.lat/chat/server"
-	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/testutil"
 )
@@ -141,7 +140,7 @@ func TestFullInboxRefusesSendsUntilAcknowledged(t *testing.T) {
 }
 
 func TestSendsPastTheHandleLimitGet429WithRetryAfter(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{SendLimit: ratelimit.New(0.01, 2, 100)})
+	srv := testutil.StartServer(t, testutil.Options{SendLimit: server.NewRateLimiter(0.01, 2, 100)})
 	alice := newIdentity(t, "ed25519", "alice")
 	register(t, srv, alice)
 	var last response
@@ -154,7 +153,7 @@ func TestSendsPastTheHandleLimitGet429WithRetryAfter(t *testing.T) {
 }
 
 func TestRegistrationsPastTheAddressLimitGet429(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{HTTP: func(c *httpapiConfig) { c.RegisterLimiter = ratelimit.New(0.01, 2, 100) }})
+	srv := testutil.StartServer(t, testutil.Options{HTTP: func(c *httpapiConfig) { c.RegisterLimiter = server.NewRateLimiter(0.01, 2, 100) }})
 	for i := range 2 {
 		register(t, srv, newIdentity(t, "ed25519", "user"+strconv.Itoa(i)))
 	}
@@ -247,7 +246,7 @@ func TestStreamAuthRefusals(t *testing.T) {
 }
 
 func TestRepeatedAuthFailuresFromOneAddressGet429(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{HTTP: func(c *httpapiConfig) { c.FailedAuthLimiter = ratelimit.New(0.01, 3, 100) }})
+	srv := testutil.StartServer(t, testutil.Options{HTTP: func(c *httpapiConfig) { c.FailedAuthLimiter = server.NewRateLimiter(0.01, 3, 100) }})
 	alice := newIdentity(t, "ed25519", "alice")
 	register(t, srv, alice)
 	bad := map[string]string{"X-KEZ-Auth": strconv.FormatInt(time.Now().Unix(), 10) + ":" + signing.EncodeB64(make([]byte, 64))}

@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"kez.lat/chat/server"
-	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/signing"
 )
 
@@ -28,7 +27,7 @@ type SigConfig struct {
 	TrustedProxies []netip.Prefix
 	// PublishLimiter limits POST /v1/keys per client address: anyone can
 	// make a primary key, so the signature alone bounds nothing.
-	PublishLimiter *ratelimit.Limiter
+	PublishLimiter *server.RateLimiter
 }
 
 // SigServer is the HTTP face of a server.KeyDirectory: the sig-server.

@@ -22,7 +22,6 @@ import (
 	"kez.lat/chat/server/natsauth"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
-	"kez.lat/chat/server/ratelimit"
 	"kez.lat/chat/server/sigclient"
 	"kez.lat/chat/server/sqlite"
 )
@@ -35,7 +34,7 @@ type Options struct {
 	Config    func(*server.Config)
 	HTTP      func(*httpapi.Config)
 	DBPath    string // default: a file in t.TempDir()
-	SendLimit *ratelimit.Limiter
+	SendLimit *server.RateLimiter
 	// Push, when set, turns Web Push on: Push.Key and Push.Subject are
 	// required; AllowEndpoints widens the endpoint policy (a local push
 	// service's origin).
@@ -116,9 +115,7 @@ func StartServer(t testing.TB, opts Options) *Server {
 		broker = bus
 	}
 	svc := server.NewService(cfg, store, broker, log)
-	if opts.SendLimit != nil {
-		svc.SendLimiter = opts.SendLimit
-	}
+	svc.SendLimiter = opts.SendLimit
 	if bus != nil && opts.Callout != nil {
 		co, err := natsauth.Start(bus.Conn(), *opts.Callout, svc, log)
 		if err != nil {
@@ -202,7 +199,7 @@ type SigOptions struct {
 	DBPath string // default: a file in t.TempDir()
 	// Now is the directory's clock (time.Now when nil).
 	Now            func() time.Time
-	PublishLimiter *ratelimit.Limiter
+	PublishLimiter *server.RateLimiter
 }
 
 // SigServer is a running test sig-server.

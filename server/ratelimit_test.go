@@ -1,4 +1,4 @@
-package ratelimit
+package server
 
 import (
 	"testing"
@@ -9,9 +9,9 @@ type fakeClock struct{ t time.Time }
 
 func (c *fakeClock) now() time.Time { return c.t }
 
-func newTestLimiter(rate float64, burst, maxKeys int) (*Limiter, *fakeClock) {
+func newTestLimiter(rate float64, burst, maxKeys int) (*RateLimiter, *fakeClock) {
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
-	l := New(rate, burst, maxKeys)
+	l := NewRateLimiter(rate, burst, maxKeys)
 	l.now = clock.now
 	return l, clock
 }
@@ -90,7 +90,7 @@ func TestLimiterEvictsIdleKeysBeforeExhaustedOnes(t *testing.T) {
 }
 
 func TestNilLimiterAllowsEverything(t *testing.T) {
-	var l *Limiter = New(0, 1, 1)
+	l := NewRateLimiter(0, 1, 1)
 	if ok, _ := l.Allow("x"); !ok {
 		t.Fatal("nil limiter refused")
 	}

@@ -1,20 +1,19 @@
-// Package ratelimit implements server.RateLimiter as token buckets keyed by
-// client address or handle, in a map of bounded size.
-package ratelimit
+package server
 
 import (
 	"math"
 	"sync"
 	"time"
-
-	"kez.lat/chat/server"
 )
 
-// Limiter allows Rate events per second per key, in bursts of up to Burst.
-// It tracks at most MaxKeys keys: when full, buckets that have refilled
-// (whose keys are idle) are forgotten first, and if none has, the key with
-// the fullest bucket goes, so memory stays bounded under a flood of new keys.
-type Limiter struct {
+// RateLimiter is a token bucket per key (a client address or a handle):
+// Rate events per second per key, in bursts of up to Burst. It tracks at
+// most MaxKeys keys: when full, buckets that have refilled (whose keys are
+// idle) are forgotten first, and if none has, the key with the fullest
+// bucket goes, so memory stays bounded under a flood of new keys.
+//
+// A nil *RateLimiter allows everything: a limit that is off.
+type RateLimiter struct {
 	rate    float64
 	burst   float64
 	maxKeys int
@@ -29,15 +28,13 @@ type bucket struct {
 	last   time.Time
 }
 
-var _ server.RateLimiter = (*Limiter)(nil)
-
-// New returns a Limiter; a rate of 0 or less returns nil, which allows
-// everything.
-func New(perSecond float64, burst, maxKeys int) *Limiter {
+// NewRateLimiter returns a RateLimiter; a rate of 0 or less returns nil,
+// which allows everything.
+func NewRateLimiter(perSecond float64, burst, maxKeys int) *RateLimiter {
 	if perSecond <= 0 {
 		return nil
 	}
-	return &Limiter{
+	return &RateLimiter{
 		rate:    perSecond,
 		burst:   float64(max(burst, 1)),
 		maxKeys: max(maxKeys, 1),
@@ -48,7 +45,7 @@ func New(perSecond float64, burst, maxKeys int) *Limiter {
 
 // Allow spends one token of key's bucket, or reports how long until one is
 // available.
-func (l *Limiter) Allow(key string) (bool, time.Duration) {
+func (l *RateLimiter) Allow(key string) (bool, time.Duration) {
 	if l == nil {
 		return true, 0
 	}
@@ -63,7 +60,7 @@ func (l *Limiter) Allow(key string) (bool, time.Duration) {
 }
 
 // Check reports whether key has a token left without spending it.
-func (l *Limiter) Check(key string) (bool, time.Duration) {
+func (l *RateLimiter) Check(key string) (bool, time.Duration) {
 	if l == nil {
 		return true, 0
 	}
@@ -80,12 +77,12 @@ func (l *Limiter) Check(key string) (bool, time.Duration) {
 	return false, l.wait(b)
 }
 
-func (l *Limiter) wait(b *bucket) time.Duration {
+func (l *RateLimiter) wait(b *bucket) time.Duration {
 	return time.Duration(math.Ceil((1 - b.tokens) / l.rate * float64(time.Second)))
 }
 
 // refill returns key's bucket, topped up for the time since its last use.
-func (l *Limiter) refill(key string) *bucket {
+func (l *RateLimiter) refill(key string) *bucket {
 	if b, ok := l.buckets[key]; ok {
 		l.fill(b)
 		return b
@@ -98,7 +95,7 @@ func (l *Limiter) refill(key string) *bucket {
 	return b
 }
 
-func (l *Limiter) fill(b *bucket) {
+func (l *RateLimiter) fill(b *bucket) {
 	now := l.now()
 	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
 	b.last = now
@@ -106,7 +103,7 @@ func (l *Limiter) fill(b *bucket) {
 
 // evict forgets every full bucket (an idle key loses nothing by being
 // forgotten), or the fullest one if none is full.
-func (l *Limiter) evict() {
+func (l *RateLimiter) evict() {
 	var fullestKey string
 	fullest := -1.0
 	for k, b := range l.buckets {
