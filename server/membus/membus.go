@@ -1,5 +1,6 @@
 // Package membus implements server.Broker inside one process: a map from
 // recipient to the subscriptions of the streams open on this replica.
+// natsbus builds on it for the streams on its own replica.
 package membus
 
 import (
@@ -9,8 +10,22 @@ import (
 	"kez.lat/chat/server"
 )
 
+// Hooks let a broker built on a Bus follow which recipients have
+// subscriptions (natsbus holds a NATS subscription for each). Both run with
+// the Bus locked, so that they see first and last in order; they must not
+// call back into the Bus.
+type Hooks struct {
+	// First runs before a recipient's first subscription is added; an
+	// error refuses the subscription.
+	First func(recipient string) error
+	// Last runs once a recipient's last subscription is gone.
+	Last func(recipient string)
+}
+
 // Bus is an in-process server.Broker.
 type Bus struct {
+	hooks Hooks
+
 	mu   sync.Mutex
 	subs map[string]map[*subscription]struct{}
 }
@@ -18,8 +33,11 @@ type Bus struct {
 var _ server.Broker = (*Bus)(nil)
 
 // New returns an empty Bus.
-func New() *Bus {
-	return &Bus{subs: make(map[string]map[*subscription]struct{})}
+func New() *Bus { return NewWithHooks(Hooks{}) }
+
+// NewWithHooks returns an empty Bus that calls hooks.
+func NewWithHooks(hooks Hooks) *Bus {
+	return &Bus{hooks: hooks, subs: make(map[string]map[*subscription]struct{})}
 }
 
 // Publish offers e to every subscription of its recipient. One whose buffer
@@ -45,11 +63,37 @@ func (b *Bus) Subscribe(_ context.Context, recipient string, buffer int) (server
 	defer b.mu.Unlock()
 	set := b.subs[recipient]
 	if set == nil {
+		if b.hooks.First != nil {
+			if err := b.hooks.First(recipient); err != nil {
+				return nil, err
+			}
+		}
 		set = make(map[*subscription]struct{})
 		b.subs[recipient] = set
 	}
 	set[sub] = struct{}{}
 	return sub, nil
+}
+
+// Drop closes every subscription of recipient: their streams resume from
+// the store.
+func (b *Bus) Drop(recipient string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for sub := range b.subs[recipient] {
+		b.removeLocked(sub)
+	}
+}
+
+// DropAll closes every subscription.
+func (b *Bus) DropAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, set := range b.subs {
+		for sub := range set {
+			b.removeLocked(sub)
+		}
+	}
 }
 
 // removeLocked closes sub's channel once and forgets it; b.mu is held.
@@ -59,10 +103,13 @@ func (b *Bus) removeLocked(sub *subscription) {
 		return
 	}
 	delete(set, sub)
+	close(sub.ch)
 	if len(set) == 0 {
 		delete(b.subs, sub.recipient)
+		if b.hooks.Last != nil {
+			b.hooks.Last(sub.recipient)
+		}
 	}
-	close(sub.ch)
 }
 
 type subscription struct {

@@ -2,6 +2,7 @@ package membus
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"kez.lat/chat/server"
@@ -70,5 +71,44 @@ func TestClosedSubscriptionIsForgotten(t *testing.T) {
 	}
 	if len(b.subs) != 0 {
 		t.Fatalf("bus still tracks %d recipients", len(b.subs))
+	}
+}
+
+func TestHooksSeeEachRecipientsFirstAndLastSubscription(t *testing.T) {
+	ctx := context.Background()
+	var events []string
+	b := NewWithHooks(Hooks{
+		First: func(r string) error { events = append(events, "first "+r); return nil },
+		Last:  func(r string) { events = append(events, "last "+r) },
+	})
+	a1, _ := b.Subscribe(ctx, "alice", 1)
+	b.Subscribe(ctx, "alice", 1)
+	b.Subscribe(ctx, "bob", 1)
+	a1.Close()
+	b.Drop("alice")
+	b.Publish(ctx, envelope("bob", 1))
+	b.Publish(ctx, envelope("bob", 2)) // bob's buffer of 1 is full: dropped
+	want := []string{"first alice", "first bob", "last alice", "last bob"}
+	if len(events) != len(want) {
+		t.Fatalf("hooks saw %v, want %v", events, want)
+	}
+	for i := range want {
+		if events[i] != want[i] {
+			t.Fatalf("hooks saw %v, want %v", events, want)
+		}
+	}
+	if len(b.subs) != 0 {
+		t.Fatalf("bus still tracks %d recipients", len(b.subs))
+	}
+}
+
+func TestAFirstHookErrorRefusesTheSubscription(t *testing.T) {
+	refused := errors.New("no")
+	b := NewWithHooks(Hooks{First: func(string) error { return refused }})
+	if _, err := b.Subscribe(context.Background(), "alice", 1); !errors.Is(err, refused) {
+		t.Fatalf("Subscribe = %v, want the hook's error", err)
+	}
+	if len(b.subs) != 0 {
+		t.Fatalf("bus tracks %d recipients after a refusal", len(b.subs))
 	}
 }

@@ -1,7 +1,7 @@
 // Package natsbus implements server.Broker across replicas over core NATS.
 //
-// Every replica delivers a published envelope to its own streams directly,
-// as membus does, and publishes it on kez.chat.inbox.<token> for the other
+// Every replica delivers a published envelope to its own streams through
+// a membus.Bus, and publishes it on kez.chat.inbox.<token> for the other
 // replicas (the connection is NoEcho, so a replica never receives its own
 // publishes back). A replica with at least one stream open for a handle
 // holds one NATS subscription on that handle's inbox subject and one on its
@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"kez.lat/chat/server"
+	"kez.lat/chat/server/membus"
 )
 
 // Subjects. A handle becomes a subject token by Token.
@@ -140,12 +141,16 @@ func redact(u string) string {
 }
 
 // Bus is a server.Broker across the replicas on one NATS; it also answers
-// and asks presence (server.Presence).
+// and asks presence (server.Presence). Local delivery is a membus.Bus; Bus
+// adds the NATS subscriptions of the handles that have streams here.
 type Bus struct {
-	nc  *nats.Conn
-	cfg Config
-	log *slog.Logger
+	nc    *nats.Conn
+	cfg   Config
+	log   *slog.Logger
+	local *membus.Bus
 
+	// mu guards handles. It is taken inside local's hooks, with local
+	// locked, and never the other way round.
 	mu      sync.Mutex
 	handles map[string]*handle
 }
@@ -155,12 +160,10 @@ var (
 	_ server.Presence = (*Bus)(nil)
 )
 
-// handle is what a replica holds for one handle with open streams.
+// handle is what a replica holds on NATS for one handle with open streams.
 type handle struct {
-	name     string
 	inbox    *nats.Subscription
 	presence *nats.Subscription
-	subs     map[*subscription]struct{}
 	// ready is closed once the NATS server has the subscriptions, so that
 	// no envelope published after Subscribe returns can be missed.
 	ready chan struct{}
@@ -170,11 +173,16 @@ type handle struct {
 func New(cfg Config, log *slog.Logger) (*Bus, error) {
 	cfg = cfg.withDefaults()
 	b := &Bus{cfg: cfg, log: log, handles: make(map[string]*handle)}
-	nc, err := Connect(cfg, log, b.resync,
+	b.local = membus.NewWithHooks(membus.Hooks{First: b.subscribeNATS, Last: b.unsubscribeNATS})
+	nc, err := Connect(cfg, log, b.local.DropAll,
 		nats.NoEcho(),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
-				b.dropSubject(sub.Subject)
+				if h, ok := strings.CutPrefix(sub.Subject, InboxPrefix); ok {
+					// What it dropped never reaches the streams, which
+					// resume from the store.
+					b.local.Drop(handleOf(h))
+				}
 			}
 			log.Warn("NATS error", "err", err)
 		}))
@@ -184,6 +192,9 @@ func New(cfg Config, log *slog.Logger) (*Bus, error) {
 	b.nc = nc
 	return b, nil
 }
+
+// handleOf is the handle whose Token is token.
+func handleOf(token string) string { return strings.ReplaceAll(token, "=", ".") }
 
 // Conn is the bus's connection.
 func (b *Bus) Conn() *nats.Conn { return b.nc }
@@ -211,8 +222,8 @@ type wire struct {
 // Publish delivers e to this replica's subscriptions and publishes it for
 // the others. While NATS is reconnecting the publish is buffered (bounded);
 // an error means other replicas' streams learn of e only from the store.
-func (b *Bus) Publish(_ context.Context, e *server.Envelope) error {
-	b.deliver(e.Recipient, e)
+func (b *Bus) Publish(ctx context.Context, e *server.Envelope) error {
+	_ = b.local.Publish(ctx, e)
 	data, err := e.MarshalJSON()
 	if err != nil {
 		return fmt.Errorf("encoding envelope %d for %s: %w", e.Seq, e.Recipient, err)
@@ -227,50 +238,23 @@ func (b *Bus) Publish(_ context.Context, e *server.Envelope) error {
 	return nil
 }
 
-// deliver offers e to every local subscription of recipient; one whose
-// buffer is full is closed rather than allowed to block.
-func (b *Bus) deliver(recipient string, e *server.Envelope) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	h := b.handles[recipient]
-	if h == nil {
-		return
-	}
-	for sub := range h.subs {
-		select {
-		case sub.ch <- e:
-		default:
-			b.removeLocked(sub)
-		}
-	}
-}
-
 // Subscribe follows recipient's envelopes from every replica.
 //
 // It returns once the NATS server has the subscription (or NATS is down, in
 // which case the reconnect ends the subscription and its stream resumes).
 func (b *Bus) Subscribe(ctx context.Context, recipient string, buffer int) (server.Subscription, error) {
-	sub := &subscription{bus: b, recipient: recipient, ch: make(chan *server.Envelope, buffer)}
+	sub, err := b.local.Subscribe(ctx, recipient, buffer)
+	if err != nil {
+		return nil, err
+	}
 	b.mu.Lock()
 	h := b.handles[recipient]
-	if h == nil {
-		var err error
-		if h, err = b.subscribeLocked(recipient); err != nil {
-			b.mu.Unlock()
-			return nil, err
-		}
-		b.handles[recipient] = h
-		go func() {
-			fctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
-			defer cancel()
-			if err := b.nc.FlushWithContext(fctx); err != nil {
-				b.log.Debug("NATS flush after subscribing", "handle", recipient, "err", err)
-			}
-			close(h.ready)
-		}()
-	}
-	h.subs[sub] = struct{}{}
 	b.mu.Unlock()
+	if h == nil {
+		// Dropped already (a reconnect): its closed channel sends the
+		// stream back to the store.
+		return sub, nil
+	}
 	select {
 	case <-h.ready:
 		return sub, nil
@@ -280,14 +264,14 @@ func (b *Bus) Subscribe(ctx context.Context, recipient string, buffer int) (serv
 	}
 }
 
-// subscribeLocked subscribes to recipient's inbox and presence subjects;
-// b.mu is held.
-func (b *Bus) subscribeLocked(recipient string) (*handle, error) {
-	h := &handle{name: recipient, subs: make(map[*subscription]struct{}), ready: make(chan struct{})}
+// subscribeNATS subscribes to recipient's inbox and presence subjects, as
+// its first local subscription is added.
+func (b *Bus) subscribeNATS(recipient string) error {
+	h := &handle{ready: make(chan struct{})}
 	var err error
 	h.inbox, err = b.nc.Subscribe(InboxSubject(recipient), func(m *nats.Msg) { b.receive(recipient, m) })
 	if err != nil {
-		return nil, fmt.Errorf("subscribing to the inbox of %s: %w", recipient, err)
+		return fmt.Errorf("subscribing to the inbox of %s: %w", recipient, err)
 	}
 	h.presence, err = b.nc.Subscribe(PresenceSubject(recipient), func(m *nats.Msg) {
 		if m.Reply != "" {
@@ -296,12 +280,36 @@ func (b *Bus) subscribeLocked(recipient string) (*handle, error) {
 	})
 	if err != nil {
 		_ = h.inbox.Unsubscribe()
-		return nil, fmt.Errorf("subscribing to the presence of %s: %w", recipient, err)
+		return fmt.Errorf("subscribing to the presence of %s: %w", recipient, err)
 	}
 	// Bounded: past these the NATS client drops messages and reports a
 	// slow consumer, which closes the handle's subscriptions.
 	_ = h.inbox.SetPendingLimits(4096, 32<<20)
-	return h, nil
+	b.mu.Lock()
+	b.handles[recipient] = h
+	b.mu.Unlock()
+	go func() {
+		fctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
+		defer cancel()
+		if err := b.nc.FlushWithContext(fctx); err != nil {
+			b.log.Debug("NATS flush after subscribing", "handle", recipient, "err", err)
+		}
+		close(h.ready)
+	}()
+	return nil
+}
+
+// unsubscribeNATS ends recipient's NATS subscriptions, as its last local
+// subscription goes.
+func (b *Bus) unsubscribeNATS(recipient string) {
+	b.mu.Lock()
+	h := b.handles[recipient]
+	delete(b.handles, recipient)
+	b.mu.Unlock()
+	if h != nil {
+		_ = h.inbox.Unsubscribe()
+		_ = h.presence.Unsubscribe()
+	}
 }
 
 // receive decodes an envelope another replica published.
@@ -315,7 +323,7 @@ func (b *Bus) receive(recipient string, m *nats.Msg) {
 	if prev >= w.Seq {
 		prev = 0
 	}
-	b.deliver(recipient, &server.Envelope{
+	_ = b.local.Publish(context.Background(), &server.Envelope{
 		Recipient:  recipient,
 		Seq:        w.Seq,
 		Prev:       prev,
@@ -339,65 +347,4 @@ func (b *Bus) Streaming(ctx context.Context, h string) (bool, error) {
 	default:
 		return false, fmt.Errorf("asking who streams %s: %w", h, err)
 	}
-}
-
-// resync closes every subscription that follows NATS after a reconnect:
-// what other replicas published meanwhile never reached them, so their
-// streams resume from the store.
-func (b *Bus) resync() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, h := range b.handles {
-		for sub := range h.subs {
-			b.removeLocked(sub)
-		}
-	}
-}
-
-// dropSubject closes the subscriptions behind an inbox subject whose NATS
-// subscription dropped messages.
-func (b *Bus) dropSubject(subject string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, h := range b.handles {
-		if h.inbox.Subject == subject {
-			for sub := range h.subs {
-				b.removeLocked(sub)
-			}
-			return
-		}
-	}
-}
-
-// removeLocked closes sub's channel once and forgets it, and the handle's
-// NATS subscriptions with its last one; b.mu is held.
-func (b *Bus) removeLocked(sub *subscription) {
-	h := b.handles[sub.recipient]
-	if h == nil {
-		return
-	}
-	if _, ok := h.subs[sub]; !ok {
-		return
-	}
-	delete(h.subs, sub)
-	close(sub.ch)
-	if len(h.subs) == 0 {
-		delete(b.handles, sub.recipient)
-		_ = h.inbox.Unsubscribe()
-		_ = h.presence.Unsubscribe()
-	}
-}
-
-type subscription struct {
-	bus       *Bus
-	recipient string
-	ch        chan *server.Envelope
-}
-
-func (s *subscription) C() <-chan *server.Envelope { return s.ch }
-
-func (s *subscription) Close() {
-	s.bus.mu.Lock()
-	defer s.bus.mu.Unlock()
-	s.bus.removeLocked(s)
 }
