@@ -4,20 +4,26 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
 	"math"
 	"testing"
 	"time"
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/natsbus"
-	"kez.lat/chat/server/testutil"
+	"kez.lat/chat/server/natstest"
 )
 
 // batchWriter is a writer of its own on a fresh store. The store's own
 // writer gets no work: nothing is appended through it.
 func batchWriter(t *testing.T, maxPending int, handles ...string) (*Store, *writer) {
 	t.Helper()
-	return batchWriterOn(t, testutil.StartNATS(t, testutil.NATSOptions{}).URL, 1, maxPending, handles...)
+	n, err := natstest.Start(natstest.Options{Name: "kez-test", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	return batchWriterOn(t, n.URL, 1, maxPending, handles...)
 }
 
 // batchWriterOn is batchWriter on the NATS servers at url, with the
@@ -26,7 +32,7 @@ func batchWriterOn(t *testing.T, url string, replicas, maxPending int, handles .
 	t.Helper()
 	s, err := Open(context.Background(), Config{
 		NATS: natsbus.Config{URL: url, ReconnectWait: 20 * time.Millisecond}, MaxPending: maxPending, Replicas: replicas,
-	}, testutil.Logger(t))
+	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -59,7 +65,12 @@ func TestABatchTakesConsecutiveSeqsAndChainsEachRecipientsPrevs(t *testing.T) {
 		checkBatchSeqsAndPrevs(t, w)
 	})
 	t.Run("three clustered servers, three stream replicas", func(t *testing.T) {
-		_, w := batchWriterOn(t, testutil.StartNATSCluster(t, 3), 3, 0, "alice", "bob", "carol")
+		c, err := natstest.StartCluster(3, natstest.Options{Name: "kez-test", Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Shutdown)
+		_, w := batchWriterOn(t, c.URL(), 3, 0, "alice", "bob", "carol")
 		checkBatchSeqsAndPrevs(t, w)
 	})
 }
