@@ -214,7 +214,7 @@ func TestServerDeploymentWiring(t *testing.T) {
 	if c.Image != testInputs.DefaultImage {
 		t.Errorf("image %q, want the operator's %q", c.Image, testInputs.DefaultImage)
 	}
-	for _, arg := range []string{"--server=chat.example.org", "--public-url=http://chat.example.org", "--db=/var/lib/kez-chat/kez-chat.db",
+	for _, arg := range []string{"--domain=chat.example.org", "--public-url=http://chat.example.org", "--db=/var/lib/kez-chat/kez-chat.db",
 		"--vapid-subject=mailto:admin@chat.example.org", "--vapid-key-path=/etc/kez-chat/vapid/private-key.pem", "--retention=720h0m0s"} {
 		if !slices.Contains(c.Args, arg) {
 			t.Errorf("args %q lack %s", c.Args, arg)

@@ -188,7 +188,7 @@ func TestKezChatGetsEveryChildWithTheRightContent(t *testing.T) {
 
 	d := waitFor[appsv1.Deployment](t, ns, "chat-server", nil)
 	c := d.Spec.Template.Spec.Containers[0]
-	if c.Image != "registry.example/kezchat:test" || !slices.Contains(c.Args, "--server=chat.example.org") ||
+	if c.Image != "registry.example/kezchat:test" || !slices.Contains(c.Args, "--domain=chat.example.org") ||
 		!slices.Contains(c.Args, "--public-url=https://chat.example.org") {
 		t.Errorf("server container image %s args %q", c.Image, c.Args)
 	}

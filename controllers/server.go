@@ -77,7 +77,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 		"server",
 		fmt.Sprintf("--bind=:%d", serverPort),
 		fmt.Sprintf("--metrics-bind=:%d", serverMetricsPort),
-		"--server=" + kc.Spec.Domain,
+		"--domain=" + kc.Spec.Domain,
 		"--public-url=" + PublicURL(kc),
 		"--retention=" + s.RetentionPeriod().String(),
 		"--log-format=json",

@@ -16,27 +16,6 @@ import (
 	"kez.lat/chat/server/testutil"
 )
 
-// buildBinary builds kezchat once per test run.
-var buildBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "kezchat-test-bin")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "kezchat")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		return "", &buildError{out: string(out), err: err}
-	}
-	return bin, nil
-})
-
-type buildError struct {
-	out string
-	err error
-}
-
-func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
-
 // serverProcess is a kezchat server running as its own process.
 type serverProcess struct {
 	cmd *exec.Cmd
@@ -45,11 +24,7 @@ type serverProcess struct {
 
 func startServerProcess(t *testing.T, db, bind string) *serverProcess {
 	t.Helper()
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatalf("building kezchat: %v", err)
-	}
-	cmd := exec.Command(bin, "server", "--bind", bind, "--db", db, "--server", "crash.test",
+	cmd := exec.Command(testutil.KezchatBinary(t), "server", "--bind", bind, "--db", db, "--domain", "crash.test",
 		"--metrics-bind", "", "--register-rate", "0", "--send-rate", "0", "--handle-send-rate", "0", "--failed-auth-rate", "0")
 	cmd.Stderr = os.Stderr
 	if !testing.Verbose() {

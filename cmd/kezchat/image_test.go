@@ -113,6 +113,40 @@ func checkStatic(t *testing.T, bin string) {
 	if info.Path != "kez.lat/chat/cmd/kezchat" {
 		t.Errorf("main package %q", info.Path)
 	}
+	for _, m := range info.Deps {
+		if m.Path == "github.com/nats-io/nats-server/v2" {
+			t.Errorf("links the NATS server module %s %s: only tests and kezchat-bench embed one", m.Path, m.Version)
+		}
+	}
+}
+
+// TestTheBinaryLinksNoTestRig: the image runs the operator, the chat
+// server and the sig-server. The load generator, the NATS servers and the
+// push service it embeds, and the tests' fixtures live in other binaries.
+func TestTheBinaryLinksNoTestRig(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "kez.lat/chat/cmd/kezchat").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	banned := map[string]bool{
+		"testing":                           true,
+		"kez.lat/chat/cmd/kezchat-bench":    true,
+		"kez.lat/chat/server/natstest":      true,
+		"kez.lat/chat/server/push/pushtest": true,
+		"kez.lat/chat/server/testutil":      true,
+		"kez.lat/chat/client/clienttest":    true,
+	}
+	n := 0
+	for pkg := range strings.Lines(string(out)) {
+		pkg = strings.TrimSpace(pkg)
+		n++
+		if banned[pkg] || strings.HasPrefix(pkg, "github.com/nats-io/nats-server/") {
+			t.Errorf("kezchat links %s", pkg)
+		}
+	}
+	if n < 100 {
+		t.Fatalf("go list -deps listed %d packages; the list is not what this test thinks it is", n)
+	}
 }
 
 // checkRunsInEmptyRoot runs `kezchat version` chrooted into a directory

@@ -40,7 +40,6 @@ var commands = map[string]subcommand{
 	"send":       {runSend, "send an encrypted message"},
 	"inbox":      {runInbox, "read (and optionally acknowledge) the inbox"},
 	"listen":     {runListen, "follow the inbox live, acknowledging as messages arrive"},
-	"bench":      {runBench, "measure throughput and latency against a server"},
 	"version":    {runVersion, "print the version"},
 }
 

@@ -6,7 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"kez.lat/chat/server/testutil"
 )
 
 func TestServerRefusesToStartWithABadVAPIDSubject(t *testing.T) {
@@ -31,7 +35,7 @@ func TestServerHelpNamesTheEnvironmentVariableOfEveryFlag(t *testing.T) {
 	if code := run(context.Background(), []string{"server", "--help"}, &out, &out); code != 0 {
 		t.Fatalf("--help exited %d", code)
 	}
-	for _, env := range []string{"KEZ_BIND", "KEZ_DB", "KEZ_SERVER", "KEZ_RETENTION", "KEZ_MAX_PENDING", "KEZ_VAPID_SUBJECT", "KEZ_VAPID_KEY_PATH", "KEZ_PUSH_ALLOW_ENDPOINT", "KEZ_LOG_FORMAT"} {
+	for _, env := range []string{"KEZ_BIND", "KEZ_DB", "KEZ_DOMAIN", "KEZ_SERVER", "KEZ_RETENTION", "KEZ_MAX_PENDING", "KEZ_VAPID_SUBJECT", "KEZ_VAPID_KEY_PATH", "KEZ_PUSH_ALLOW_ENDPOINT", "KEZ_LOG_FORMAT"} {
 		if !strings.Contains(out.String(), env) {
 			t.Errorf("server --help does not mention %s", env)
 		}
@@ -79,5 +83,62 @@ func TestServerRefusesAnUnknownStoreOrJetStreamWithoutNATS(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q: want 1 and %q", code, stderr.String(), tt.want)
 			}
 		})
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a server's log and a test may share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestTheDeprecatedServerFlagStillNamesTheDomain(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "db")
+	for _, tt := range []struct {
+		name string
+		args []string
+		env  string
+	}{
+		{"flag", []string{"--server", "old.example"}, ""},
+		{"environment", nil, "old.example"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("KEZ_SERVER", tt.env)
+			if tt.env == "" {
+				os.Unsetenv("KEZ_SERVER")
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			var log lockedBuffer
+			done := make(chan int, 1)
+			go func() {
+				done <- run(ctx, append([]string{"server", "--db", db, "--bind", "127.0.0.1:0", "--metrics-bind", ""}, tt.args...), &log, &log)
+			}()
+			testutil.Eventually(t, 10*time.Second, "the server to serve", func() bool { return strings.Contains(log.String(), "msg=serving") })
+			cancel()
+			if code := <-done; code != 0 {
+				t.Fatalf("exit %d: %s", code, log.String())
+			}
+			if !strings.Contains(log.String(), "domain=old.example") || !strings.Contains(log.String(), "deprecated: use --domain") {
+				t.Fatalf("want the domain from --server and a deprecation warning in:\n%s", log.String())
+			}
+		})
+	}
+	var stderr bytes.Buffer
+	code := run(context.Background(), []string{"server", "--db", db, "--bind", "127.0.0.1:0", "--metrics-bind", "",
+		"--server", "old.example", "--domain", "new.example"}, &stderr, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "give only --domain") {
+		t.Fatalf("--server and --domain that differ: exit %d, %q", code, stderr.String())
 	}
 }

@@ -37,7 +37,7 @@ func TestAServerOnJetStreamHoldsTheWriterLeaseAndCountsItsWrites(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"server", "--store", "jetstream", "--nats-url", n.URL, "--bind", bind,
-			"--metrics-bind", metricsBind, "--server", "js.test"}, io.Discard, io.Discard)
+			"--metrics-bind", metricsBind, "--domain", "js.test"}, io.Discard, io.Discard)
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -13,7 +13,6 @@ import (
 
 	"kez.lat/chat/client"
 	"kez.lat/chat/server"
-	"kez.lat/chat/server/httpapi"
 	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/testutil"
 )
@@ -140,8 +139,6 @@ func randomCT(t testing.TB, n int) []byte {
 	rand.Read(b)
 	return b
 }
-
-type httpapiConfig = httpapi.Config
 
 type inboxPage struct {
 	Messages []struct {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"kez.lat/chat/server"
+	"kez.lat/chat/server/app"
 	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/testutil"
 )
@@ -122,7 +123,7 @@ func TestRetriedMessageAnswersTheOriginalSeqAndADifferentOneConflicts(t *testing
 }
 
 func TestFullInboxRefusesSendsUntilAcknowledged(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{Config: func(c *server.Config) { c.MaxPending = 2 }})
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) { c.Service.MaxPending = 2 }})
 	alice := newIdentity(t, "ed25519", "alice")
 	register(t, srv, alice)
 	send := func(id string) response {
@@ -140,7 +141,7 @@ func TestFullInboxRefusesSendsUntilAcknowledged(t *testing.T) {
 }
 
 func TestSendsPastTheHandleLimitGet429WithRetryAfter(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{SendLimit: server.NewRateLimiter(0.01, 2, 100)})
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) { c.HandleSendLimit = app.Limit{Rate: 0.01, Burst: 2} }})
 	alice := newIdentity(t, "ed25519", "alice")
 	register(t, srv, alice)
 	var last response
@@ -153,7 +154,7 @@ func TestSendsPastTheHandleLimitGet429WithRetryAfter(t *testing.T) {
 }
 
 func TestRegistrationsPastTheAddressLimitGet429(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{HTTP: func(c *httpapiConfig) { c.RegisterLimiter = server.NewRateLimiter(0.01, 2, 100) }})
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) { c.RegisterLimit = app.Limit{Rate: 0.01, Burst: 2} }})
 	for i := range 2 {
 		register(t, srv, newIdentity(t, "ed25519", "user"+strconv.Itoa(i)))
 	}
@@ -246,7 +247,7 @@ func TestStreamAuthRefusals(t *testing.T) {
 }
 
 func TestRepeatedAuthFailuresFromOneAddressGet429(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{HTTP: func(c *httpapiConfig) { c.FailedAuthLimiter = server.NewRateLimiter(0.01, 3, 100) }})
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) { c.FailedAuthLimit = app.Limit{Rate: 0.01, Burst: 3} }})
 	alice := newIdentity(t, "ed25519", "alice")
 	register(t, srv, alice)
 	bad := map[string]string{"X-KEZ-Auth": strconv.FormatInt(time.Now().Unix(), 10) + ":" + signing.EncodeB64(make([]byte, 64))}

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"kez.lat/chat/client"
-	"kez.lat/chat/server"
+	"kez.lat/chat/server/app"
 	"kez.lat/chat/server/testutil"
 )
 
@@ -184,7 +184,7 @@ func TestStreamHeadersAndLastEventIDResume(t *testing.T) {
 }
 
 func TestStreamSendsKeepAliveComments(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{HTTP: func(c *httpapiConfig) { c.KeepAlive = 20 * time.Millisecond }})
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) { c.KeepAlive = 20 * time.Millisecond }})
 	_, _, bob := chatPair(t, srv)
 	s := openRaw(t, srv, bob, "")
 	for {
@@ -195,7 +195,7 @@ func TestStreamSendsKeepAliveComments(t *testing.T) {
 }
 
 func TestStreamsPerHandleAreCapped(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{Config: func(c *server.Config) { c.MaxStreamsPerHandle = 2 }})
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) { c.Service.MaxStreamsPerHandle = 2 }})
 	_, _, bob := chatPair(t, srv)
 	for range 2 {
 		if s := openRaw(t, srv, bob, ""); s.status != 200 {
@@ -208,10 +208,10 @@ func TestStreamsPerHandleAreCapped(t *testing.T) {
 }
 
 func TestReaderThatStopsReadingIsDisconnectedWithoutSlowingSenders(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{
-		Config: func(c *server.Config) { c.StreamBuffer = 4 },
-		HTTP:   func(c *httpapiConfig) { c.StreamWriteTimeout = 300 * time.Millisecond },
-	})
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) {
+		c.Service.StreamBuffer = 4
+		c.StreamWriteTimeout = 300 * time.Millisecond
+	}})
 	c, alice, bob := chatPair(t, srv)
 	openRaw(t, srv, bob, "") // never read again
 	testutil.Eventually(t, 5*time.Second, "the stream to open", func() bool { return srv.Service.OpenStreams() == 1 })

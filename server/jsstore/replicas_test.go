@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"kez.lat/chat/client"
+	"kez.lat/chat/client/clienttest"
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/testutil"
 )
@@ -16,16 +17,16 @@ import (
 // replica starts a chat server on the JetStream store and the NATS broker.
 func replica(t *testing.T, n *testutil.NATS) *client.Client {
 	t.Helper()
-	srv := testutil.StartServer(t, testutil.Options{NATS: n, Store: func(t testing.TB) server.Store { return open(t, n, 0) }})
-	return srv.Client(t, 20*time.Second)
+	srv := testutil.StartServer(t, testutil.Options{NATS: n, JetStream: true})
+	return clienttest.New(t, srv.URL, 20*time.Second)
 }
 
 func TestRegisteredOnAThenSentThroughBIsStreamedOnA(t *testing.T) {
 	ctx := context.Background()
 	n := testutil.StartNATS(t, testutil.NATSOptions{})
 	ca, cb := replica(t, n), replica(t, n)
-	bob := testutil.Register(t, ca, "bob")
-	alice := testutil.Register(t, ca, "alice")
+	bob := clienttest.Register(t, ca, "bob")
+	alice := clienttest.Register(t, ca, "alice")
 	st, err := ca.Stream(ctx, bob, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +42,7 @@ func TestRegisteredOnAThenSentThroughBIsStreamedOnA(t *testing.T) {
 		}
 		seqs, bodies = append(seqs, r.Seq), append(bodies, body)
 	}
-	testutil.ExpectStreamed(t, ca, bob, st, seqs, bodies)
+	clienttest.ExpectStreamed(t, ca, bob, st, seqs, bodies)
 	// Registration is shared too: the handle is taken on B.
 	other, _ := client.NewIdentity("ed25519")
 	if _, err := cb.Register(ctx, other, "bob"); client.ErrorCode(err) != server.CodeHandleTaken {
@@ -54,8 +55,8 @@ func TestNATSRestartMidLoadLosesNoAcknowledgedMessageAndStreamsResume(t *testing
 	defer cancel()
 	n := testutil.StartNATS(t, testutil.NATSOptions{})
 	ca, cb := replica(t, n), replica(t, n)
-	bob := testutil.Register(t, ca, "bob")
-	alice := testutil.Register(t, ca, "alice")
+	bob := clienttest.Register(t, ca, "bob")
+	alice := clienttest.Register(t, ca, "alice")
 	bobOnB, err := cb.Lookup(ctx, "bob")
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"kez.lat/chat/client"
+	"kez.lat/chat/client/clienttest"
 	"kez.lat/chat/server/natsauth"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/signing"
@@ -32,8 +33,8 @@ func setup(t *testing.T) (n *testutil.NATS, c *client.Client, bob, carol *client
 	n = testutil.StartNATS(t, testutil.NATSOptions{CalloutIssuer: pub, User: "kezchat", Password: "s3cret"})
 	srv := testutil.StartServer(t, testutil.Options{NATS: n, NATSUser: "kezchat", NATSPassword: "s3cret",
 		Callout: &natsauth.Config{Issuer: issuer}})
-	c = srv.Client(t, 10*time.Second)
-	return n, c, testutil.Register(t, c, "bob"), testutil.Register(t, c, "carol")
+	c = clienttest.New(t, srv.URL, 10*time.Second)
+	return n, c, clienttest.Register(t, c, "bob"), clienttest.Register(t, c, "carol")
 }
 
 // token is the NATS password that authorizes id to follow its inbox.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"kez.lat/chat/client/clienttest"
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/testutil"
@@ -45,10 +46,10 @@ func TestMessageSentThroughOneReplicaReachesAStreamOnAnother(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "shared.db") // one SQLite file, as one pod would have
 	a := testutil.StartServer(t, testutil.Options{NATS: n, DBPath: db})
 	b := testutil.StartServer(t, testutil.Options{NATS: n, DBPath: db})
-	ca, cb := a.Client(t, 10*time.Second), b.Client(t, 10*time.Second)
+	ca, cb := clienttest.New(t, a.URL, 10*time.Second), clienttest.New(t, b.URL, 10*time.Second)
 
-	bob := testutil.Register(t, ca, "bob.smith") // a dot: the subject token differs from the handle
-	alice := testutil.Register(t, cb, "alice")
+	bob := clienttest.Register(t, ca, "bob.smith") // a dot: the subject token differs from the handle
+	alice := clienttest.Register(t, cb, "alice")
 	st, err := ca.Stream(ctx, bob, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +65,7 @@ func TestMessageSentThroughOneReplicaReachesAStreamOnAnother(t *testing.T) {
 		}
 		seqs, bodies = append(seqs, r.Seq), append(bodies, body)
 	}
-	testutil.ExpectStreamed(t, ca, bob, st, seqs, bodies)
+	clienttest.ExpectStreamed(t, ca, bob, st, seqs, bodies)
 }
 
 func TestTokenIsOneSubjectTokenAndOneToOne(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"kez.lat/chat/client/clienttest"
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/push/pushtest"
@@ -35,9 +36,9 @@ func TestPushGoesOutOnlyWhenNoReplicaStreamsTheRecipient(t *testing.T) {
 			Push: &push.Config{Key: key, Subject: pushSubject, Workers: 1}, AllowEndpoints: []string{ps.Origin()}})
 	}
 	a, b := replica(), replica()
-	ca, cb := a.Client(t, 10*time.Second), b.Client(t, 10*time.Second)
-	alice := testutil.Register(t, ca, "alice")
-	bob := testutil.Register(t, ca, "bob")
+	ca, cb := clienttest.New(t, a.URL, 10*time.Second), clienttest.New(t, b.URL, 10*time.Second)
+	alice := clienttest.Register(t, ca, "alice")
+	bob := clienttest.Register(t, ca, "bob")
 
 	sub := ps.Subscribe()
 	path := "/v1/push/subscribe/bob"

@@ -1,40 +1,36 @@
-// Package testutil starts real chat servers for tests: the real HTTP API on
-// a loopback port over a real SQLite file, wired as cmd/kezchat wires them.
+// Package testutil starts real chat servers and sig-servers for tests: the
+// real HTTP API on a loopback port over a real SQLite file (or a real NATS
+// JetStream), put together by server/app as `kezchat server` puts them
+// together.
 package testutil
 
 import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"kez.lat/chat/server"
-	"kez.lat/chat/server/httpapi"
-	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/app"
+	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/natsauth"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/sigclient"
-	"kez.lat/chat/server/sqlite"
 )
 
 // Domain is the server name test servers answer for.
 const Domain = "chat.test"
 
-// Options change a test server's policy; the zero value has no rate limits.
+// Options change a test server; the zero value has no rate limits.
 type Options struct {
-	Config    func(*server.Config)
-	HTTP      func(*httpapi.Config)
-	DBPath    string // default: a file in t.TempDir()
-	SendLimit *server.RateLimiter
+	// Config changes the server's app.Config last, after the options
+	// below (rate limits, stream tuning, the Service's policy).
+	Config func(*app.Config)
+	DBPath string // default: a file in t.TempDir()
 	// Push, when set, turns Web Push on: Push.Key and Push.Subject are
 	// required; AllowEndpoints widens the endpoint policy (a local push
 	// service's origin).
@@ -50,27 +46,19 @@ type Options struct {
 	// NATSUser and NATSPassword authenticate it.
 	NATS                   *NATS
 	NATSUser, NATSPassword string
+	// JetStream, with NATS, keeps messages and users on NATS JetStream
+	// instead of SQLite.
+	JetStream bool
 	// Callout, when set with NATS, makes the server answer NATS's auth
 	// callout requests.
 	Callout *natsauth.Config
-	// Store, when set, opens the store instead of SQLite at DBPath.
-	Store func(t testing.TB) server.Store
 }
 
-// Server is a running test server.
+// Server is a running test server: app.Server's parts, and where it is.
 type Server struct {
-	URL     string
-	DBPath  string
-	Service *server.Service
-	Store   server.Store
-	// Bus is the NATS broker when Options.NATS was set.
-	Bus *natsbus.Bus
-	API *httpapi.Server
-	// Metrics is the registry the server's metrics are in.
-	Metrics *prometheus.Registry
-	// Keys is the resolver of device keys when SigServerURL was set.
-	Keys *sigclient.Resolver
-	http *http.Server
+	*app.Server
+	URL    string
+	DBPath string
 }
 
 // Logger logs to the test's output when -v is given, else nowhere.
@@ -81,182 +69,120 @@ func Logger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// StartServer starts a server on 127.0.0.1 and stops it when the test ends.
-func StartServer(t testing.TB, opts Options) *Server {
+// ServerConfig is the app.Config StartServer runs for opts: a free
+// loopback port, no metrics listener, no rate limits.
+func ServerConfig(t testing.TB, opts Options) app.Config {
 	t.Helper()
 	if opts.DBPath == "" {
 		opts.DBPath = filepath.Join(t.TempDir(), "kez-chat.db")
 	}
-	log := Logger(t)
-	ctx := context.Background()
-	var store server.Store
-	if opts.Store != nil {
-		store = opts.Store(t)
-	} else {
-		db, err := sqlite.Open(ctx, opts.DBPath, log)
-		if err != nil {
-			t.Fatalf("opening %s: %v", opts.DBPath, err)
-		}
-		store = db
-	}
-	cfg := server.DefaultConfig()
-	cfg.Domain = Domain
-	if opts.Config != nil {
-		opts.Config(&cfg)
-	}
-	var broker server.Broker = membus.New()
-	var bus *natsbus.Bus
+	cfg := app.DefaultConfig()
+	cfg.Service.Domain = Domain
+	cfg.Version = "test"
+	cfg.PublicURL = "https://" + Domain
+	cfg.Bind, cfg.MetricsBind, cfg.DBPath = "127.0.0.1:0", "", opts.DBPath
+	cfg.RegisterLimit, cfg.SendLimit, cfg.FailedAuthLimit, cfg.HandleSendLimit = app.Limit{}, app.Limit{}, app.Limit{}, app.Limit{}
+	// A test may leave a push service or a client hanging; a stop then
+	// abandons what is in flight, as a real shutdown would.
+	cfg.ShutdownTimeout = 2 * time.Second
 	if opts.NATS != nil {
-		var err error
-		bus, err = natsbus.New(natsbus.Config{URL: opts.NATS.URL, User: opts.NATSUser, Password: opts.NATSPassword, ReconnectWait: 50 * time.Millisecond}, log)
-		if err != nil {
-			t.Fatalf("natsbus: %v", err)
+		ncfg := natsbus.Config{URL: opts.NATS.URL, User: opts.NATSUser, Password: opts.NATSPassword, ReconnectWait: 50 * time.Millisecond}
+		cfg.NATS = &ncfg
+		if opts.JetStream {
+			store := ncfg
+			store.ReconnectWait = 20 * time.Millisecond
+			cfg.JetStream = &jsstore.Config{NATS: store}
 		}
-		broker = bus
+		cfg.Callout = opts.Callout
 	}
-	svc := server.NewService(cfg, store, broker, log)
-	svc.SendLimiter = opts.SendLimit
-	if bus != nil && opts.Callout != nil {
-		co, err := natsauth.Start(bus.Conn(), *opts.Callout, svc, log)
-		if err != nil {
-			t.Fatalf("auth callout: %v", err)
-		}
-		if err := bus.Conn().Flush(); err != nil {
-			t.Fatalf("auth callout: %v", err)
-		}
-		t.Cleanup(co.Close)
-	}
-	reg := prometheus.NewRegistry()
-	hcfg := httpapi.Config{Version: "test", PublicURL: "https://" + Domain}
-	var sender *push.Sender
 	if opts.Push != nil {
-		policy, err := push.NewPolicy(opts.AllowEndpoints)
-		if err != nil {
-			t.Fatalf("push policy: %v", err)
-		}
-		pcfg := *opts.Push
-		if bus != nil {
-			pcfg.Presence = bus
-		}
-		sender = push.NewSender(pcfg, store, policy, log, reg)
-		sender.Start()
-		svc.Pusher, svc.Endpoints = sender, policy
-		hcfg.VAPIDPublicKey = push.PublicKey(opts.Push.Key)
+		cfg.Push, cfg.PushAllow = opts.Push, opts.AllowEndpoints
 	}
-	var keys *sigclient.Resolver
-	var err error
 	if opts.SigServerURL != "" {
 		kcfg := sigclient.Config{URL: opts.SigServerURL, RetryAfter: 50 * time.Millisecond, Timeout: 5 * time.Second}
 		if opts.Keys != nil {
 			opts.Keys(&kcfg)
 		}
-		if keys, err = sigclient.New(kcfg, log, reg); err != nil {
-			t.Fatalf("sig-server resolver: %v", err)
-		}
-		svc.Keys = keys
-		hcfg.SigServerURL = opts.SigServerURL
+		cfg.Keys, cfg.SigServerPublicURL = &kcfg, opts.SigServerURL
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if opts.Config != nil {
+		opts.Config(&cfg)
+	}
+	return cfg
+}
+
+// StartServer starts a server on 127.0.0.1 and stops it when the test ends.
+func StartServer(t testing.TB, opts Options) *Server {
+	t.Helper()
+	cfg := ServerConfig(t, opts)
+	srv, err := app.New(context.Background(), cfg, Logger(t))
 	if err != nil {
-		t.Fatalf("listening: %v", err)
+		t.Fatalf("starting a chat server: %v", err)
 	}
-	url := "http://" + ln.Addr().String()
-	if opts.HTTP != nil {
-		opts.HTTP(&hcfg)
-	}
-	api := httpapi.New(hcfg, svc, log, reg)
-	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go hs.Serve(ln)
-	s := &Server{URL: url, DBPath: opts.DBPath, Service: svc, Store: store, Bus: bus, API: api, Metrics: reg, Keys: keys, http: hs}
-	t.Cleanup(func() {
-		api.CloseStreams()
-		// Requests in flight finish; connections a client opened but never
-		// used (which net/http counts as active for 5s) are simply closed.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := hs.Shutdown(ctx); err != nil {
-			hs.Close()
-		}
-		if sender != nil {
-			// A test may leave its push service hanging; the sender then
-			// abandons what is in flight, as it would at a real shutdown.
-			if err := sender.Close(ctx); err != nil {
-				t.Logf("push sender abandoned work at shutdown: %v", err)
+	run(t, "chat server", srv.Run)
+	return &Server{Server: srv, URL: srv.URL(), DBPath: cfg.DBPath}
+}
+
+// run runs a server until the test ends, and fails the test if it does
+// not stop cleanly. The returned function stops it sooner.
+func run(t testing.TB, what string, serve func(context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("%s: %v", what, err)
 			}
-		}
-		if bus != nil {
-			bus.Close()
-		}
-		if err := store.Close(); err != nil {
-			t.Errorf("closing store: %v", err)
-		}
-	})
-	return s
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // SigOptions change a test sig-server.
 type SigOptions struct {
 	DBPath string // default: a file in t.TempDir()
 	// Now is the directory's clock (time.Now when nil).
-	Now            func() time.Time
-	PublishLimiter *server.RateLimiter
+	Now func() time.Time
+	// PublishLimit limits publications per address; none by default.
+	PublishLimit app.Limit
 }
 
 // SigServer is a running test sig-server.
 type SigServer struct {
-	URL       string
-	DBPath    string
-	Store     *sqlite.KeyLog
-	Directory *server.KeyDirectory
-	API       *httpapi.SigServer
-	Metrics   *prometheus.Registry
-	http      *http.Server
-	stopOnce  sync.Once
+	*app.SigServer
+	URL    string
+	DBPath string
+	stop   func()
 }
 
-// StartSigServer starts a sig-server on 127.0.0.1, wired as `kezchat
-// sig-server` wires it, and stops it when the test ends.
+// StartSigServer starts a sig-server on 127.0.0.1, put together as
+// `kezchat sig-server` puts it together, and stops it when the test ends.
 func StartSigServer(t testing.TB, opts SigOptions) *SigServer {
 	t.Helper()
 	if opts.DBPath == "" {
 		opts.DBPath = filepath.Join(t.TempDir(), "kez-sig.db")
 	}
-	log := Logger(t)
-	store, err := sqlite.OpenKeyLog(context.Background(), opts.DBPath, log)
+	cfg := app.DefaultSigConfig()
+	cfg.Version, cfg.DBPath, cfg.Now = "test", opts.DBPath, opts.Now
+	cfg.Bind, cfg.MetricsBind = "127.0.0.1:0", ""
+	cfg.PublishLimit = opts.PublishLimit
+	cfg.ShutdownTimeout = 2 * time.Second
+	srv, err := app.NewSigServer(context.Background(), cfg, Logger(t))
 	if err != nil {
-		t.Fatalf("opening %s: %v", opts.DBPath, err)
+		t.Fatalf("starting a sig-server: %v", err)
 	}
-	dir := server.NewKeyDirectory(store, log, opts.Now)
-	reg := prometheus.NewRegistry()
-	api := httpapi.NewSigServer(httpapi.SigConfig{Version: "test", PublishLimiter: opts.PublishLimiter}, dir, log, reg)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listening: %v", err)
-	}
-	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go hs.Serve(ln)
-	s := &SigServer{URL: "http://" + ln.Addr().String(), DBPath: opts.DBPath, Store: store, Directory: dir, API: api, Metrics: reg, http: hs}
-	t.Cleanup(func() {
-		s.Stop()
-		if err := store.Close(); err != nil {
-			t.Errorf("closing key log: %v", err)
-		}
-	})
+	s := &SigServer{SigServer: srv, URL: srv.URL(), DBPath: opts.DBPath}
+	s.stop = run(t, "sig-server", srv.Run)
 	return s
 }
 
-// Stop stops serving HTTP (the store stays open until the test ends), so
-// tests can see what clients do while the sig-server is down. Its port
-// then refuses connections.
-func (s *SigServer) Stop() {
-	s.stopOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := s.http.Shutdown(ctx); err != nil {
-			s.http.Close()
-		}
-	})
-}
+// Stop stops the sig-server as a shutdown would, so tests can see what
+// clients do while it is down. Its port then refuses connections.
+func (s *SigServer) Stop() { s.stop() }
 
 // Eventually polls cond every 10ms until it holds or timeout passes.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {

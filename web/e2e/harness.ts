@@ -38,7 +38,7 @@ export async function startServer(opts: { pushEndpointOrigin?: string } = {}): P
   const dir = mkdtempSync(join(tmpdir(), 'kezchat-e2e-'));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const args = ['server', '--bind', `127.0.0.1:${port}`, '--db', join(dir, 'kez-chat.db'), '--server', 'e2e.test', '--public-url', url,
+  const args = ['server', '--bind', `127.0.0.1:${port}`, '--db', join(dir, 'kez-chat.db'), '--domain', 'e2e.test', '--public-url', url,
     '--metrics-bind', '', '--register-rate', '0', '--send-rate', '0', '--handle-send-rate', '0', '--failed-auth-rate', '0',
     '--vapid-subject', 'mailto:e2e@example.test', '--vapid-key-path', join(dir, 'vapid.pem')];
   if (opts.pushEndpointOrigin) args.push('--push-allow-endpoint', opts.pushEndpointOrigin);

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +37,10 @@ const (
 	// all be sent within the server's 5-minute window (see maxMessageAge).
 	maxPushMessages = 100_000
 )
+
+// errPushStalled stops the senders when no push freed a slot within
+// pushStall.
+var errPushStalled = errors.New("no push arrived")
 
 // pushResult is what the Web Push phase measured.
 type pushResult struct {
@@ -208,32 +211,14 @@ func checkVAPIDKey(ctx context.Context, hc *http.Client, t *benchTarget) error {
 // would after pushManager.subscribe, registerWorkers at a time, and fills
 // recipients.
 func subscribeAll(ctx context.Context, hc *http.Client, t *benchTarget, domain string, users []benchUser, recipients []pushRecipient) error {
-	var next atomic.Int64
-	errs := make(chan error, registerWorkers)
-	var wg sync.WaitGroup
-	for range min(registerWorkers, len(users)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(users) || ctx.Err() != nil {
-					return
-				}
-				sub := t.push.Subscribe()
-				if err := subscribeOne(ctx, hc, t.url, domain, users[i].id, sub); err != nil {
-					errs <- fmt.Errorf("subscribing %s: %w", users[i].id.Handle, err)
-					next.Store(int64(len(users)))
-					return
-				}
-				recipients[i] = pushRecipient{handle: users[i].id.Handle, endpoint: sub.Endpoint}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return err
-	}
-	return ctx.Err()
+	return forEachIndex(ctx, len(users), registerWorkers, func(ctx context.Context, i int) error {
+		sub := t.push.Subscribe()
+		if err := subscribeOne(ctx, hc, t.url, domain, users[i].id, sub); err != nil {
+			return fmt.Errorf("subscribing %s: %w", users[i].id.Handle, err)
+		}
+		recipients[i] = pushRecipient{handle: users[i].id.Handle, endpoint: sub.Endpoint}
+		return nil
+	})
 }
 
 // subscribeOne posts sub for id: POST /v1/push/subscribe/{handle}, with
@@ -378,46 +363,36 @@ func parseNotice(plaintext []byte, handle string) (uint64, bool) {
 // send posts every body from senders goroutines, each waiting for a free
 // slot before it posts: at most pushWindow messages await their push.
 func (ph *pushPhase) send(ctx context.Context, hc *http.Client, base string, bodies [][]byte, senders int, fail *failureCounts) {
-	var next atomic.Int64
-	var stalled atomic.Bool
-	var wg sync.WaitGroup
-	for range senders {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(bodies) {
-					return
-				}
-				if !ph.acquire(ctx) {
-					if ctx.Err() == nil {
-						stalled.Store(true)
-					}
-					next.Store(int64(len(bodies))) // stop every sender
-					return
-				}
-				ph.started[i] = true
-				ph.firstPost.CompareAndSwap(-1, ph.now())
-				status, data, why := postAnswer(ctx, hc, base+"/v1/messages", bodies[i])
-				var rc server.Receipt
-				if status == http.StatusCreated && json.Unmarshal(data, &rc) != nil {
-					status, why = 0, "201 without a receipt"
-				}
-				if status != http.StatusCreated {
-					fail.add(why, 1)
-					ph.release() // no push will come for it
-					continue
-				}
-				ph.seq[i], ph.accepted[i] = rc.Seq, true
-				for now := ph.now(); ; {
-					last := ph.lastAnswer.Load()
-					if now <= last || ph.lastAnswer.CompareAndSwap(last, now) {
-						break
-					}
-				}
+	// Sends use ctx, not forEachIndex's: a stall stops handing out
+	// messages, but those in flight still finish.
+	err := forEachIndex(ctx, len(bodies), senders, func(_ context.Context, i int) error {
+		if !ph.acquire(ctx) {
+			if ctx.Err() == nil {
+				return errPushStalled
 			}
-		})
-	}
-	wg.Wait()
+			return ctx.Err()
+		}
+		ph.started[i] = true
+		ph.firstPost.CompareAndSwap(-1, ph.now())
+		status, data, why := postAnswer(ctx, hc, base+"/v1/messages", bodies[i])
+		var rc server.Receipt
+		if status == http.StatusCreated && json.Unmarshal(data, &rc) != nil {
+			status, why = 0, "201 without a receipt"
+		}
+		if status != http.StatusCreated {
+			fail.add(why, 1)
+			ph.release() // no push will come for it
+			return nil
+		}
+		ph.seq[i], ph.accepted[i] = rc.Seq, true
+		for now := ph.now(); ; {
+			last := ph.lastAnswer.Load()
+			if now <= last || ph.lastAnswer.CompareAndSwap(last, now) {
+				break
+			}
+		}
+		return nil
+	})
 	unsent := 0
 	for _, s := range ph.started {
 		if !s {
@@ -426,7 +401,7 @@ func (ph *pushPhase) send(ctx context.Context, hc *http.Client, base string, bod
 	}
 	switch {
 	case unsent == 0:
-	case stalled.Load():
+	case errors.Is(err, errPushStalled):
 		fail.add(fmt.Sprintf("not sent: no push arrived for %s", pushStall), unsent)
 	default:
 		fail.add("not sent: "+context.Cause(ctx).Error(), unsent)

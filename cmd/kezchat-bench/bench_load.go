@@ -78,36 +78,21 @@ type benchUser struct {
 // registerWorkers at a time.
 func registerUsers(ctx context.Context, c *client.Client, handles []string) ([]benchUser, error) {
 	users := make([]benchUser, len(handles))
-	var next atomic.Int64
-	var firstErr error
-	var once sync.Once
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	for range min(registerWorkers, len(handles)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(handles) || ctx.Err() != nil {
-					return
-				}
-				id, err := client.NewIdentity("ed25519")
-				if err == nil {
-					users[i].user, err = c.Register(ctx, id, handles[i])
-					users[i].id = id
-				}
-				if err != nil {
-					once.Do(func() { firstErr = fmt.Errorf("registering %s: %w", handles[i], err); cancel() })
-					return
-				}
-			}
-		})
+	err := forEachIndex(ctx, len(handles), registerWorkers, func(ctx context.Context, i int) error {
+		id, err := client.NewIdentity("ed25519")
+		if err == nil {
+			users[i].user, err = c.Register(ctx, id, handles[i])
+			users[i].id = id
+		}
+		if err != nil {
+			return fmt.Errorf("registering %s: %w", handles[i], err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	wg.Wait()
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	return users, ctx.Err()
+	return users, nil
 }
 
 // handles returns n handles tag-kind-0 ... tag-kind-(n-1).
@@ -136,38 +121,23 @@ func newMessageIDs(n int) []string {
 // len(senders) to recipient i mod len(recipients); the result is each
 // request body, ready to POST.
 func buildMessages(ctx context.Context, ids []string, senders, recipients []benchUser, size int, ts time.Time) ([][]byte, error) {
-	n := len(ids)
-	bodies := make([][]byte, n)
+	bodies := make([][]byte, len(ids))
 	text := strings.Repeat("benchmark ", size/10+1)[:size]
-	var next atomic.Int64
-	errs := make(chan error, runtime.GOMAXPROCS(0))
-	var wg sync.WaitGroup
-	for range runtime.GOMAXPROCS(0) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				from, to := senders[i%len(senders)], recipients[i%len(recipients)]
-				doc, err := client.NewMessageAt(from.id, to.user, ids[i], text, ts)
-				if err == nil {
-					bodies[i], err = marshalSigned(doc)
-				}
-				if err != nil {
-					errs <- fmt.Errorf("message %d: %w", i, err)
-					next.Store(int64(n)) // stop every worker
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	err := forEachIndex(ctx, len(ids), runtime.GOMAXPROCS(0), func(_ context.Context, i int) error {
+		from, to := senders[i%len(senders)], recipients[i%len(recipients)]
+		doc, err := client.NewMessageAt(from.id, to.user, ids[i], text, ts)
+		if err == nil {
+			bodies[i], err = marshalSigned(doc)
+		}
+		if err != nil {
+			return fmt.Errorf("message %d: %w", i, err)
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	return bodies, ctx.Err()
+	return bodies, nil
 }
 
 // marshalSigned encodes a signed document as the client does: without
@@ -268,25 +238,16 @@ func postOne(ctx context.Context, hc *http.Client, u string, body []byte, i int,
 // server's speed sets the pace). Each message's latency runs from just
 // before its POST.
 func sendClosedLoop(ctx context.Context, hc *http.Client, urlFor func(i int) string, bodies [][]byte, senders int, log *deliveryLog, fail *failureCounts) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range senders {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(bodies) {
-					return
-				}
-				if ctx.Err() != nil {
-					fail.add(ctx.Err().Error(), 1)
-					continue
-				}
-				log.sentAt[i].Store(log.now())
-				postOne(ctx, hc, urlFor(i), bodies[i], i, log, fail)
-			}
-		})
+	var started atomic.Int64
+	err := forEachIndex(ctx, len(bodies), senders, func(_ context.Context, i int) error {
+		started.Add(1)
+		log.sentAt[i].Store(log.now())
+		postOne(ctx, hc, urlFor(i), bodies[i], i, log, fail)
+		return nil
+	})
+	if unsent := len(bodies) - int(started.Load()); err != nil && unsent > 0 {
+		fail.add(err.Error(), unsent)
 	}
-	wg.Wait()
 }
 
 // sendOpenLoop posts the bodies on a fixed schedule, message i at

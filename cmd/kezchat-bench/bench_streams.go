@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -97,37 +96,19 @@ func openRawStream(ctx context.Context, addr, domain string, id *client.Identity
 // on targets[i mod len(targets)].
 func openStreams(ctx context.Context, targets []*benchTarget, domain string, users []benchUser, bufSize int) ([]*rawStream, error) {
 	streams := make([]*rawStream, len(users))
-	var next atomic.Int64
-	var firstErr error
-	var once sync.Once
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	for range min(openWorkers, len(users)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(users) || ctx.Err() != nil {
-					return
-				}
-				st, err := openRawStream(ctx, targets[i%len(targets)].addr, domain, users[i].id, bufSize)
-				if err != nil {
-					once.Do(func() { firstErr = err; cancel() })
-					return
-				}
-				streams[i] = st
-			}
-		})
-	}
-	wg.Wait()
-	if err := firstErr; err != nil || ctx.Err() != nil {
+	err := forEachIndex(ctx, len(users), openWorkers, func(ctx context.Context, i int) error {
+		st, err := openRawStream(ctx, targets[i%len(targets)].addr, domain, users[i].id, bufSize)
+		if err != nil {
+			return err
+		}
+		streams[i] = st
+		return nil
+	})
+	if err != nil {
 		for _, st := range streams {
 			if st != nil {
 				st.close()
 			}
-		}
-		if err == nil {
-			err = ctx.Err()
 		}
 		return nil, err
 	}

@@ -28,10 +28,6 @@ const benchDomain = "bench.local"
 // sends Web Push (phase 4).
 const benchVAPIDSubject = "mailto:bench@example.org"
 
-// benchExecutable is the kezchat binary the bench runs its server with:
-// this one. Tests, whose binary is not kezchat, point it at a build.
-var benchExecutable = os.Executable
-
 // benchTarget is the server under measurement: the bench's own child
 // process, or a --target.
 type benchTarget struct {
@@ -63,7 +59,7 @@ func (t *benchTarget) describe() string {
 	return "target " + t.url
 }
 
-// startBenchServer runs this binary as `kezchat server` on a free loopback
+// startBenchServer runs cfg.kezchat as `kezchat server` on a free loopback
 // port with a temporary database, every rate limit off and room for all the
 // bench's streams, and waits until it is ready. withPush turns Web Push on:
 // the bench writes a VAPID key into the temporary directory, starts a local
@@ -76,9 +72,9 @@ func startBenchServer(ctx context.Context, cfg benchConfig, stderr io.Writer, wi
 // startBenchServerWith is startBenchServer with extra server flags (the
 // replica phase's --store jetstream and --nats-url).
 func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer, withPush bool, extra []string) (*benchTarget, error) {
-	exe, err := benchExecutable()
+	exe, err := exec.LookPath(cfg.kezchat)
 	if err != nil {
-		return nil, fmt.Errorf("finding this binary to run the server: %w", err)
+		return nil, fmt.Errorf("--kezchat: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "kezchat-bench-")
 	if err != nil {
@@ -91,7 +87,7 @@ func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer
 		// there is no race between choosing a port and binding it.
 		"--bind", "127.0.0.1:0",
 		"--db", filepath.Join(dir, "bench.db"),
-		"--server", benchDomain,
+		"--domain", benchDomain,
 		"--metrics-bind", "",
 		"--log-format", "json",
 		"--register-rate", "0",
@@ -274,12 +270,12 @@ func (t *benchTarget) stop(stderr io.Writer) {
 		select {
 		case <-t.exited:
 		case <-time.After(15 * time.Second):
-			fmt.Fprintln(stderr, "kezchat bench: the server did not stop within 15s of SIGTERM; killing it")
+			fmt.Fprintln(stderr, "kezchat-bench: the server did not stop within 15s of SIGTERM; killing it")
 			_ = t.cmd.Process.Kill()
 			<-t.exited
 		}
 		if t.waitErr != nil {
-			fmt.Fprintf(stderr, "kezchat bench: the server exited with %v\n", t.waitErr)
+			fmt.Fprintf(stderr, "kezchat-bench: the server exited with %v\n", t.waitErr)
 		}
 	}
 	t.cleanup()

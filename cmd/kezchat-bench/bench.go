@@ -25,8 +25,9 @@ const (
 	targetIdleStreamKiB = 20                    // server memory per idle open stream
 )
 
-// benchConfig holds the settings of kezchat bench.
+// benchConfig holds the settings of kezchat-bench.
 type benchConfig struct {
+	kezchat      string // the binary of the bench's own servers
 	target       string
 	streams      int
 	messages     int
@@ -49,15 +50,16 @@ type benchConfig struct {
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cfg benchConfig
-	fs := newFlagSet("bench", "bench [flags]\n\n"+
+	fs := newFlagSet(
 		"Measures a chat server in four phases: the maximum message throughput\n"+
-		"(closed loop: each sender waits for its answer), then POST and delivery\n"+
-		"latency at a fixed rate (open loop: each message is sent at its scheduled\n"+
-		"time and its latency runs from that time), both with a stream open per\n"+
-		"recipient, then server memory per idle stream, then Web Push notifications\n"+
-		"per second to recipients without a stream, each VAPID-verified and\n"+
-		"decrypted by a local push service. Without --target it runs its own\n"+
-		"server (this binary) on a free loopback port with a temporary database.", stderr)
+			"(closed loop: each sender waits for its answer), then POST and delivery\n"+
+			"latency at a fixed rate (open loop: each message is sent at its scheduled\n"+
+			"time and its latency runs from that time), both with a stream open per\n"+
+			"recipient, then server memory per idle stream, then Web Push notifications\n"+
+			"per second to recipients without a stream, each VAPID-verified and\n"+
+			"decrypted by a local push service. Without --target it runs its own\n"+
+			"server (--kezchat server) on a free loopback port with a temporary database.", stderr)
+	fs.StringVar(&cfg.kezchat, "kezchat", defaultKezchat(), "the kezchat binary the bench runs its own servers with")
 	fs.StringVar(&cfg.target, "target", "", "URL of a running server to measure (loopback only); empty starts one")
 	fs.IntVar(&cfg.streams, "streams", targetStreams, "recipients with an open stream during both load phases")
 	fs.IntVar(&cfg.messages, "messages", 50000, "messages sent in the closed-loop throughput phase")
@@ -74,10 +76,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.replicas, "replicas", 0, "phase 5: run the load phases again on this many replicas (--store jetstream; 1 measures the store alone) sharing a NATS server with JetStream that the bench embeds, streams and senders spread over them, and compare with the one SQLite server of phases 1 and 2; 0 skips it")
 	fs.StringVar(&cfg.replicaSync, "replica-sync", syncAlways, "phase 5's JetStream: always (one NATS server fsyncing before each ack, what the operator configures for one), default (one server with nats-server's 2-minute sync interval), cluster (three clustered servers, stream and buckets replicated on all three, as the operator deploys with nats.replicas 3), both (always, then default) or all three")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up when the whole run takes longer")
-	// Like the other client commands, bench takes no settings from the
-	// environment: a KEZ_ variable left in a shell must not change a figure.
-	if err := parseArgs(fs, args, 0, 0); err != nil {
+	// The bench takes no settings from the environment: a KEZ_ variable
+	// left in a shell must not change a figure.
+	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if err := cfg.check(); err != nil {
 		return err
@@ -109,7 +114,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		hc.CloseIdleConnections()
 		target.stop(stderr)
 	}()
-	p.printf("kezchat bench: %s; %d CPUs, GOMAXPROCS %d, %s\n", target.describe(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	p.printf("kezchat-bench: %s; %d CPUs, GOMAXPROCS %d, %s\n", target.describe(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 
 	closed, open, err := runLoad(ctx, cfg, target, hc, tag, p)
 	if err != nil {

@@ -1,4 +1,7 @@
-package testutil
+// Package clienttest holds fixtures for tests that chat through the Go
+// client: a client of a test server, a registered identity, and what a
+// stream must deliver.
+package clienttest
 
 import (
 	"context"
@@ -9,12 +12,12 @@ import (
 	"kez.lat/chat/client"
 )
 
-// Client is a client of s on an HTTP transport of its own, whose idle
-// connections close when the test ends.
-func (s *Server) Client(t testing.TB, timeout time.Duration) *client.Client {
+// New is a client of the server at url on an HTTP transport of its own,
+// whose idle connections close when the test ends.
+func New(t testing.TB, url string, timeout time.Duration) *client.Client {
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
-	return client.New(s.URL, &http.Client{Transport: tr, Timeout: timeout})
+	return client.New(url, &http.Client{Transport: tr, Timeout: timeout})
 }
 
 // Register registers a new ed25519 identity for handle through c.

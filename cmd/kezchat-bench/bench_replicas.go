@@ -2,19 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
+	"kez.lat/chat/server/natstest"
 )
 
 // targetReplicaShare is what issue 8 asks of several replicas: together
@@ -79,12 +74,13 @@ func syncLabel(sync string) string {
 	return "sync_interval default (2 min)"
 }
 
-// benchNATS is the NATS server with JetStream that phase 5's replicas
-// share, embedded in the bench process on a free loopback port with its
-// store in a temporary directory.
+// benchNATS is the NATS servers with JetStream that phase 5's replicas
+// share, in the bench process on free loopback ports with their stores in
+// a temporary directory: one, or three clustered for syncCluster.
 type benchNATS struct {
-	srvs []*natsserver.Server
-	dir  string
+	one     *natstest.Server
+	cluster *natstest.Cluster
+	dir     string
 }
 
 func startBenchNATS(sync string) (*benchNATS, error) {
@@ -93,107 +89,48 @@ func startBenchNATS(sync string) (*benchNATS, error) {
 		return nil, err
 	}
 	n := &benchNATS{dir: dir}
-	servers := 1
-	var routes []*url.URL
-	var routePorts []int
+	opts := natstest.Options{
+		Name: "kezchat-bench",
+		Dir:  dir,
+		// The replicas' inbox subscriptions and JetStream's direct gets
+		// carry bursts of up to a catch-up page each.
+		MaxPending: 64 << 20,
+		SyncAlways: sync == syncAlways,
+	}
 	if sync == syncCluster {
-		servers = 3
-		for range servers {
-			port, err := freeLoopbackPort()
-			if err != nil {
-				os.RemoveAll(dir)
-				return nil, err
-			}
-			routePorts = append(routePorts, port)
-			routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", port)})
-		}
+		n.cluster, err = natstest.StartCluster(3, opts)
+	} else {
+		n.one, err = natstest.Start(opts)
 	}
-	for i := range servers {
-		opts := &natsserver.Options{
-			ServerName: fmt.Sprintf("kezchat-bench-%d", i),
-			Host:       "127.0.0.1",
-			Port:       natsserver.RANDOM_PORT,
-			JetStream:  true,
-			StoreDir:   filepath.Join(dir, strconv.Itoa(i)),
-			NoLog:      true,
-			NoSigs:     true,
-			// The replicas' inbox subscriptions and JetStream's direct gets
-			// carry bursts of up to a catch-up page each.
-			MaxPending: 64 << 20,
-			SyncAlways: sync == syncAlways,
-		}
-		if routes != nil {
-			opts.Cluster = natsserver.ClusterOpts{Name: "kezchat-bench", Host: "127.0.0.1", Port: routePorts[i]}
-			opts.Routes = routes
-		}
-		s, err := natsserver.NewServer(opts)
-		if err != nil {
-			n.stop()
-			return nil, fmt.Errorf("configuring nats-server: %w", err)
-		}
-		s.Start()
-		n.srvs = append(n.srvs, s)
-		if !s.ReadyForConnections(10 * time.Second) {
-			n.stop()
-			return nil, errors.New("nats-server was not ready within 10s")
-		}
-	}
-	// A cluster takes streams once JetStream has elected a meta leader
-	// that every server follows and that has heard from every server.
-	deadline := time.Now().Add(30 * time.Second)
-	for !n.jetStreamReady() {
-		if time.Now().After(deadline) {
-			n.stop()
-			return nil, errors.New("the NATS cluster's JetStream was not ready within 30s")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
 	return n, nil
-}
-
-func (n *benchNATS) jetStreamReady() bool {
-	if len(n.srvs) == 1 {
-		return true
-	}
-	leader := false
-	for _, s := range n.srvs {
-		if !s.JetStreamIsCurrent() {
-			return false
-		}
-		if s.JetStreamIsLeader() {
-			leader = len(s.JetStreamClusterPeers()) == len(n.srvs)
-		}
-	}
-	return leader
-}
-
-// freeLoopbackPort is a TCP port free on 127.0.0.1 a moment ago.
-func freeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // url is the client URL of each server, comma-separated as nats.go takes
 // them.
 func (n *benchNATS) url() string {
-	var urls []string
-	for _, s := range n.srvs {
-		urls = append(urls, s.ClientURL())
+	if n.cluster != nil {
+		return n.cluster.URL()
 	}
-	return strings.Join(urls, ",")
+	return n.one.URL
 }
 
 // streamReplicas is --jetstream-replicas for the replicas: one per server.
-func (n *benchNATS) streamReplicas() int { return len(n.srvs) }
+func (n *benchNATS) streamReplicas() int {
+	if n.cluster != nil {
+		return len(n.cluster.Servers)
+	}
+	return 1
+}
 
 func (n *benchNATS) stop() {
-	for _, s := range n.srvs {
-		s.Shutdown()
-		s.WaitForShutdown()
+	if n.cluster != nil {
+		n.cluster.Shutdown()
+	} else {
+		n.one.Shutdown()
 	}
 	os.RemoveAll(n.dir)
 }

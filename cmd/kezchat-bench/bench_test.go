@@ -234,20 +234,13 @@ func TestPushPhaseAgainstARealServer(t *testing.T) {
 	}
 }
 
-// TestBenchWithItsOwnServerRunsThePushPhase runs kezchat bench end to end
+// TestBenchWithItsOwnServerRunsThePushPhase runs kezchat-bench end to end
 // with tiny numbers: its own server processes, the push one started with
 // --vapid-subject, --vapid-key-path and --push-allow-endpoint.
 func TestBenchWithItsOwnServerRunsThePushPhase(t *testing.T) {
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatalf("building kezchat: %v", err)
-	}
-	old := benchExecutable
-	benchExecutable = func() (string, error) { return bin, nil }
-	t.Cleanup(func() { benchExecutable = old })
-
+	bin := testutil.KezchatBinary(t)
 	var stdout, stderr strings.Builder
-	err = runBench(t.Context(), []string{"--streams", "4", "--messages", "40", "--senders", "4", "--rate", "0",
+	err := runBench(t.Context(), []string{"--kezchat", bin, "--streams", "4", "--messages", "40", "--senders", "4", "--rate", "0",
 		"--skip-idle", "--push-recipients", "6", "--push-messages", "300", "--timeout", "1m"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
@@ -287,22 +280,15 @@ func TestBenchWithItsOwnServerRunsThePushPhase(t *testing.T) {
 	}
 }
 
-// TestBenchComparesReplicasOnJetStream runs kezchat bench --replicas 2 end
+// TestBenchComparesReplicasOnJetStream runs kezchat-bench --replicas 2 end
 // to end with tiny numbers: one SQLite server, then two replicas on an
 // embedded NATS JetStream (each sync setting), streams and POSTs spread
 // over both. Each must deliver everything exactly once, with seqs that
 // increase per stream (with gaps on JetStream).
 func TestBenchComparesReplicasOnJetStream(t *testing.T) {
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatalf("building kezchat: %v", err)
-	}
-	old := benchExecutable
-	benchExecutable = func() (string, error) { return bin, nil }
-	t.Cleanup(func() { benchExecutable = old })
-
+	bin := testutil.KezchatBinary(t)
 	var stdout, stderr strings.Builder
-	err = runBench(t.Context(), []string{"--streams", "6", "--messages", "60", "--senders", "4",
+	err := runBench(t.Context(), []string{"--kezchat", bin, "--streams", "6", "--messages", "60", "--senders", "4",
 		"--rate", "100", "--rate-duration", "300ms", "--in-flight", "8",
 		"--skip-idle", "--skip-push", "--replicas", "2", "--replica-sync", "all", "--timeout", "1m"}, &stdout, &stderr)
 	if err != nil {

@@ -1,0 +1,348 @@
+// Package app puts the chat server and the sig-server together from their
+// parts: which store, broker, push sender and key resolver, how they reach
+// the HTTP API, on which listeners with which limits, and in which order
+// they stop. It is the one place that decides how the parts fit: `kezchat
+// server` and `kezchat sig-server` build a Config from their flags,
+// server/testutil builds one for each test, and both run what New returns.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/httpapi"
+	"kez.lat/chat/server/jsstore"
+	"kez.lat/chat/server/membus"
+	"kez.lat/chat/server/natsauth"
+	"kez.lat/chat/server/natsbus"
+	"kez.lat/chat/server/push"
+	"kez.lat/chat/server/sigclient"
+	"kez.lat/chat/server/sqlite"
+)
+
+// Limit is a token-bucket rate limit per key (a client address or a
+// handle); a Rate of 0 turns it off.
+type Limit struct {
+	Rate  float64 // events per second
+	Burst int
+}
+
+// maxLimitKeys bounds the keys one limiter tracks.
+const maxLimitKeys = 100_000
+
+func (l Limit) limiter() *server.RateLimiter {
+	return server.NewRateLimiter(l.Rate, l.Burst, maxLimitKeys)
+}
+
+// Config is everything that decides how a chat server is put together.
+type Config struct {
+	// Service is the protocol's policy: the domain every signed payload
+	// names, retention, and the inbox, stream and push limits.
+	Service server.Config
+	// Version is reported by /v1/healthz and logged at start.
+	Version string
+	// PublicURL is the origin clients reach the server at (WebFinger).
+	PublicURL string
+
+	// Bind is the API's listen address ("127.0.0.1:0" takes a free port);
+	// MetricsBind is Prometheus /metrics's, or empty for none.
+	Bind, MetricsBind string
+	// MaxConnections bounds the API's connections at once.
+	MaxConnections int
+	// ShutdownTimeout bounds how long a stopping server waits for
+	// requests in flight and pushes queued.
+	ShutdownTimeout time.Duration
+	// TrustedProxies are the networks whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+	// Per client address: registrations, messages, failed authentications
+	// (also per handle); and messages per sending handle.
+	RegisterLimit, SendLimit, FailedAuthLimit, HandleSendLimit Limit
+	// KeepAlive and StreamWriteTimeout tune streams (httpapi's defaults
+	// when zero).
+	KeepAlive, StreamWriteTimeout time.Duration
+	// App serves the web app at /; nil serves a built-in page.
+	App http.Handler
+
+	// DBPath is the SQLite database; unused with JetStream.
+	DBPath string
+	// JetStream, when set, keeps messages and users on NATS JetStream, so
+	// that any number of replicas share them.
+	JetStream *jsstore.Config
+	// NATS, when set, carries envelopes to streams on other replicas and
+	// tells the push sender who streams where.
+	NATS *natsbus.Config
+	// Callout, when set with NATS, makes the server answer NATS's auth
+	// callout, so browsers follow their own inbox over NATS WebSocket.
+	Callout *natsauth.Config
+	// Push, when set, turns Web Push on; PushAllow are endpoints allowed
+	// beyond the push services' hosts (push.NewPolicy).
+	Push      *push.Config
+	PushAllow []string
+	// Keys, when set, resolves the device keys identities publish on a
+	// sig-server; SigServerPublicURL is that sig-server as clients reach
+	// it, linked from WebFinger.
+	Keys               *sigclient.Config
+	SigServerPublicURL string
+}
+
+// DefaultConfig is the defaults `kezchat server --help` documents: a
+// laptop's server on SQLite with every limit on.
+func DefaultConfig() Config {
+	return Config{
+		Service:         server.DefaultConfig(),
+		Version:         "dev",
+		Bind:            "127.0.0.1:6969",
+		MetricsBind:     "127.0.0.1:9469",
+		MaxConnections:  16384,
+		ShutdownTimeout: 10 * time.Second,
+		RegisterLimit:   Limit{Rate: 0.2, Burst: 20},
+		SendLimit:       Limit{Rate: 200, Burst: 400},
+		FailedAuthLimit: Limit{Rate: 1, Burst: 30},
+		HandleSendLimit: Limit{Rate: 30, Burst: 60},
+		DBPath:          "./kez-chat.db",
+	}
+}
+
+// Server is a chat server whose parts are made and whose listeners are
+// bound; Run serves it.
+type Server struct {
+	// The parts, for tests and metrics.
+	Service *server.Service
+	Store   server.Store
+	Bus     *natsbus.Bus // nil without NATS
+	API     *httpapi.Server
+	Keys    *sigclient.Resolver // nil without a sig-server
+	Metrics *prometheus.Registry
+
+	cfg     Config
+	log     *slog.Logger
+	http    *listeners
+	closers []func() error // in the order they run
+	runOnce sync.Once
+}
+
+// New makes a chat server's parts from cfg and binds its listeners; on
+// error nothing is left open.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
+	s := &Server{cfg: cfg, log: log, Metrics: newRegistry()}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if cfg.Callout != nil && cfg.NATS == nil {
+		return nil, errors.New("answering the NATS auth callout needs a NATS connection")
+	}
+	if s.Store, err = openStore(ctx, cfg, log); err != nil {
+		return nil, err
+	}
+	s.onClose(s.Store.Close)
+
+	var broker server.Broker = membus.New()
+	if cfg.NATS != nil {
+		if s.Bus, err = natsbus.New(*cfg.NATS, log); err != nil {
+			return nil, err
+		}
+		s.onClose(func() error { s.Bus.Close(); return nil })
+		broker = s.Bus
+		registerNATSMetrics(s.Metrics, s.Bus)
+	}
+	if js, ok := s.Store.(*jsstore.Store); ok {
+		registerWriterMetrics(s.Metrics, js)
+	}
+	s.Service = server.NewService(cfg.Service, s.Store, broker, log)
+	s.Service.SendLimiter = cfg.HandleSendLimit.limiter()
+	if cfg.Callout != nil {
+		if err := s.startCallout(*cfg.Callout); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Keys != nil {
+		if s.Keys, err = sigclient.New(*cfg.Keys, log, s.Metrics); err != nil {
+			return nil, fmt.Errorf("the sig-server's key resolver: %w", err)
+		}
+		s.Service.Keys = s.Keys
+	} else {
+		log.Info("device keys are off: set --sig-server-url to accept the keys identities publish on their sig-server")
+	}
+	var vapidPublicKey string
+	if cfg.Push != nil {
+		if vapidPublicKey, err = s.startPush(*cfg.Push, cfg.PushAllow); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Info("Web Push is off: set --vapid-subject to turn it on")
+	}
+	s.API = httpapi.New(httpapi.Config{
+		Version:            cfg.Version,
+		PublicURL:          cfg.PublicURL,
+		SigServerURL:       cfg.SigServerPublicURL,
+		TrustedProxies:     cfg.TrustedProxies,
+		KeepAlive:          cfg.KeepAlive,
+		StreamWriteTimeout: cfg.StreamWriteTimeout,
+		RegisterLimiter:    cfg.RegisterLimit.limiter(),
+		SendLimiter:        cfg.SendLimit.limiter(),
+		FailedAuthLimiter:  cfg.FailedAuthLimit.limiter(),
+		VAPIDPublicKey:     vapidPublicKey,
+		App:                cfg.App,
+	}, s.Service, log, s.Metrics)
+	// No write timeout: streams outlive any.
+	s.http, err = listen(apiServer(s.API.Handler(), 0, log), cfg.Bind, cfg.MaxConnections, cfg.MetricsBind, s.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// openStore opens SQLite at cfg.DBPath, or the JetStream store.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (server.Store, error) {
+	if cfg.JetStream == nil {
+		db, err := sqlite.Open(ctx, cfg.DBPath, log)
+		if err != nil {
+			return nil, fmt.Errorf("opening database %s: %w", cfg.DBPath, err)
+		}
+		return db, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	s, err := jsstore.Open(ctx, *cfg.JetStream, log)
+	if err != nil {
+		return nil, fmt.Errorf("opening the JetStream store: %w", err)
+	}
+	return s, nil
+}
+
+// startCallout answers NATS's auth callout on the bus's connection, and
+// returns once the NATS server has the subscription.
+func (s *Server) startCallout(cfg natsauth.Config) error {
+	co, err := natsauth.Start(s.Bus.Conn(), cfg, s.Service, s.log)
+	if err != nil {
+		return err
+	}
+	s.onClose(func() error { co.Close(); return nil })
+	if err := s.Bus.Conn().Flush(); err != nil {
+		return fmt.Errorf("subscribing to the NATS auth callout: %w", err)
+	}
+	pub, _ := cfg.Issuer.PublicKey()
+	s.log.Info("answering NATS auth callout", "issuer", pub)
+	return nil
+}
+
+// startPush starts the push sender and returns the VAPID public key
+// browsers subscribe with.
+func (s *Server) startPush(cfg push.Config, allow []string) (string, error) {
+	policy, err := push.NewPolicy(allow)
+	if err != nil {
+		return "", fmt.Errorf("push endpoints allowed: %w", err)
+	}
+	if s.Bus != nil {
+		cfg.Presence = s.Bus
+	}
+	sender := push.NewSender(cfg, s.Store, policy, s.log, s.Metrics)
+	sender.Start()
+	s.onClose(func() error {
+		// Pushes still queued go out, for as long as a shutdown waits.
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := sender.Close(ctx); err != nil {
+			s.log.Warn("push sender did not stop in time", "err", err)
+		}
+		return nil
+	})
+	s.Service.Pusher, s.Service.Endpoints = sender, policy
+	return push.PublicKey(cfg.Key), nil
+}
+
+// URL is the API's address as http://host:port.
+func (s *Server) URL() string { return "http://" + s.Addr().String() }
+
+// Addr is the address the API listens on.
+func (s *Server) Addr() net.Addr { return s.http.api.Addr() }
+
+// Run serves until ctx ends or a listener fails, then stops: it ends open
+// streams (clients resume elsewhere or later), lets requests in flight
+// finish within cfg.ShutdownTimeout, and closes every part, the store
+// last (queued pushes get as long again to go out). It returns the listener's error, or the
+// first error in closing; a Server runs once.
+func (s *Server) Run(ctx context.Context) error {
+	err := errors.New("the server has run already")
+	s.runOnce.Do(func() { err = s.run(ctx) })
+	return err
+}
+
+func (s *Server) run(ctx context.Context) error {
+	pruneCtx, stopPrune := context.WithCancel(context.Background())
+	var pruning sync.WaitGroup
+	pruning.Go(func() { s.Service.Run(pruneCtx, time.Minute) })
+	s.http.serve()
+	s.log.Info("serving", "domain", s.cfg.Service.Domain, "bind", s.Addr().String(), "public_url", s.cfg.PublicURL,
+		"metrics", s.cfg.MetricsBind, "store", storeKind(s.cfg), "db", s.cfg.DBPath, "nats", s.Bus != nil, "version", s.cfg.Version)
+
+	serveErr := s.http.wait(ctx, s.log)
+	// Streams first: Shutdown would wait for them, or not see those on
+	// connections they took over.
+	s.API.CloseStreams()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.http.shutdown(shutdownCtx, s.log)
+	stopPrune()
+	pruning.Wait()
+	closeErr := s.close()
+	if serveErr != nil {
+		return serveErr
+	}
+	if closeErr != nil {
+		return closeErr
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// Close releases a Server that will not Run: listeners, push sender,
+// connections and store.
+func (s *Server) Close() error {
+	err := errors.New("the server is running or has run")
+	s.runOnce.Do(func() {
+		s.http.close()
+		err = s.close()
+	})
+	return err
+}
+
+// onClose registers f to run when the server stops. Parts close in the
+// reverse of the order they were made, so the store, made first, closes
+// last.
+func (s *Server) onClose(f func() error) { s.closers = append(s.closers, f) }
+
+// close closes the parts, the last made first, and returns the first
+// error.
+func (s *Server) close() error {
+	var first error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		if err := s.closers[i](); err != nil {
+			s.log.Error("closing", "err", err)
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	s.closers = nil
+	return first
+}
+
+func storeKind(cfg Config) string {
+	if cfg.JetStream != nil {
+		return "jetstream"
+	}
+	return "sqlite"
+}

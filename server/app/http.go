@@ -1,0 +1,109 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"kez.lat/chat/server/httpapi"
+)
+
+// apiServer is a daemon's API server with the project's timeouts and
+// header limit. writeTimeout 0 means none: the chat server's SSE streams
+// outlive any write timeout.
+func apiServer(handler http.Handler, writeTimeout time.Duration, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// listeners are a daemon's API server and, when it has one, its
+// Prometheus /metrics server, bound; the chat server and the sig-server
+// serve and stop them the same way.
+type listeners struct {
+	api     net.Listener
+	servers []*http.Server
+	lns     []net.Listener
+	wg      sync.WaitGroup
+	errc    chan error
+}
+
+// listen binds api's listener on bind, accepting at most maxConns
+// connections at once, and unless metricsBind is empty a metrics listener
+// for reg. On error nothing is left bound.
+func listen(api *http.Server, bind string, maxConns int, metricsBind string, reg prometheus.Gatherer) (*listeners, error) {
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", bind, err)
+	}
+	l := &listeners{api: ln, servers: []*http.Server{api}, lns: []net.Listener{httpapi.LimitListener(ln, maxConns)}}
+	if metricsBind != "" {
+		mln, err := net.Listen("tcp", metricsBind)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listening for metrics on %s: %w", metricsBind, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		l.servers = append(l.servers, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second})
+		l.lns = append(l.lns, mln)
+	}
+	l.errc = make(chan error, len(l.servers))
+	return l, nil
+}
+
+// serve starts serving on every listener.
+func (l *listeners) serve() {
+	for i, s := range l.servers {
+		l.wg.Go(func() { l.errc <- s.Serve(l.lns[i]) })
+	}
+}
+
+// wait returns when ctx ends (nil) or a server stops serving (its error).
+func (l *listeners) wait(ctx context.Context, log *slog.Logger) error {
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return nil
+	case err := <-l.errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// shutdown stops accepting and lets requests in flight finish until ctx
+// ends, then closes what is left (connections a client opened and never
+// used, which net/http counts as active for 5 s, among them) and waits for
+// the servers' goroutines.
+func (l *listeners) shutdown(ctx context.Context, log *slog.Logger) {
+	for _, s := range l.servers {
+		if err := s.Shutdown(ctx); err != nil {
+			log.Warn("shutdown incomplete", "err", err)
+			s.Close()
+		}
+	}
+	l.wg.Wait()
+}
+
+// close releases listeners that never served.
+func (l *listeners) close() {
+	for _, ln := range l.lns {
+		ln.Close()
+	}
+}

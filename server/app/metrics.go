@@ -1,0 +1,55 @@
+package app
+
+import (
+	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"kez.lat/chat/server/jsstore"
+	"kez.lat/chat/server/natsbus"
+)
+
+// newRegistry is a daemon's metrics registry, with the Go runtime's and
+// the process's metrics in it.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// registerNATSMetrics exports whether the bus is connected.
+func registerNATSMetrics(reg prometheus.Registerer, bus *natsbus.Bus) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kezchat_nats_connected",
+		Help: "1 while the connection to NATS (fan-out to other replicas, presence) is up.",
+	}, func() float64 {
+		if bus.Ping(context.Background()) != nil {
+			return 0
+		}
+		return 1
+	}))
+}
+
+// registerWriterMetrics exports what the JetStream store's writer does.
+func registerWriterMetrics(reg prometheus.Registerer, js *jsstore.Store) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kezchat_jetstream_writer_lease",
+			Help: "1 while this replica holds the writer lease and stores every replica's envelopes.",
+		}, func() float64 {
+			if js.HoldsWriterLease() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kezchat_jetstream_writes_total",
+			Help: "JetStream writes of envelopes by this replica's writer: atomic batches and envelopes published alone.",
+		}, func() float64 { b, _ := js.WriterStats(); return float64(b) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kezchat_jetstream_envelopes_written_total",
+			Help: "Envelopes stored by this replica's writer (those other replicas forwarded included).",
+		}, func() float64 { _, e := js.WriterStats(); return float64(e) }),
+	)
+}

@@ -1,0 +1,141 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/httpapi"
+	"kez.lat/chat/server/sqlite"
+)
+
+// SigConfig is everything that decides how a sig-server is put together.
+type SigConfig struct {
+	// Version is reported by /v1/healthz and logged at start.
+	Version string
+	// DBPath is the key log's SQLite database.
+	DBPath string
+	// Bind is the API's listen address; MetricsBind is Prometheus
+	// /metrics's, or empty for none.
+	Bind, MetricsBind string
+	// MaxConnections bounds the API's connections at once.
+	MaxConnections int
+	// ShutdownTimeout bounds how long a stopping sig-server waits for
+	// requests in flight.
+	ShutdownTimeout time.Duration
+	// TrustedProxies are the networks whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+	// PublishLimit limits key document publications per client address:
+	// anyone can make a primary key, so the signature alone bounds nothing.
+	PublishLimit Limit
+	// Now is the directory's clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// DefaultSigConfig is the defaults `kezchat sig-server --help` documents.
+func DefaultSigConfig() SigConfig {
+	return SigConfig{
+		Version:         "dev",
+		DBPath:          "./kez-sig.db",
+		Bind:            "127.0.0.1:7878",
+		MetricsBind:     "127.0.0.1:9470",
+		MaxConnections:  4096,
+		ShutdownTimeout: 10 * time.Second,
+		PublishLimit:    Limit{Rate: 1, Burst: 20},
+	}
+}
+
+// SigServer is a sig-server whose parts are made and whose listeners are
+// bound; Run serves it.
+type SigServer struct {
+	Store     *sqlite.KeyLog
+	Directory *server.KeyDirectory
+	API       *httpapi.SigServer
+	Metrics   *prometheus.Registry
+
+	cfg     SigConfig
+	log     *slog.Logger
+	http    *listeners
+	runOnce sync.Once
+}
+
+// NewSigServer opens the key log and binds the sig-server's listeners; on
+// error nothing is left open.
+func NewSigServer(ctx context.Context, cfg SigConfig, log *slog.Logger) (*SigServer, error) {
+	store, err := sqlite.OpenKeyLog(ctx, cfg.DBPath, log)
+	if err != nil {
+		return nil, fmt.Errorf("opening key log %s: %w", cfg.DBPath, err)
+	}
+	s := &SigServer{Store: store, Metrics: newRegistry(), cfg: cfg, log: log}
+	s.Directory = server.NewKeyDirectory(store, log, cfg.Now)
+	s.API = httpapi.NewSigServer(httpapi.SigConfig{
+		Version:        cfg.Version,
+		TrustedProxies: cfg.TrustedProxies,
+		PublishLimiter: cfg.PublishLimit.limiter(),
+	}, s.Directory, log, s.Metrics)
+	s.http, err = listen(apiServer(s.API.Handler(), 30*time.Second, log), cfg.Bind, cfg.MaxConnections, cfg.MetricsBind, s.Metrics)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// URL is the API's address as http://host:port.
+func (s *SigServer) URL() string { return "http://" + s.Addr().String() }
+
+// Addr is the address the API listens on.
+func (s *SigServer) Addr() net.Addr { return s.http.api.Addr() }
+
+// Run serves until ctx ends or a listener fails, lets requests in flight
+// finish within cfg.ShutdownTimeout, and closes the key log. A SigServer
+// runs once.
+func (s *SigServer) Run(ctx context.Context) error {
+	err := errors.New("the sig-server has run already")
+	s.runOnce.Do(func() { err = s.run(ctx) })
+	return err
+}
+
+func (s *SigServer) run(ctx context.Context) error {
+	s.http.serve()
+	s.log.Info("serving sig-server", "bind", s.Addr().String(), "metrics", s.cfg.MetricsBind, "db", s.cfg.DBPath, "version", s.cfg.Version)
+	serveErr := s.http.wait(ctx, s.log)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.http.shutdown(shutdownCtx, s.log)
+	closeErr := s.closeStore()
+	if serveErr != nil {
+		return serveErr
+	}
+	if closeErr != nil {
+		return closeErr
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// Close releases a SigServer that will not Run.
+func (s *SigServer) Close() error {
+	err := errors.New("the sig-server is running or has run")
+	s.runOnce.Do(func() {
+		s.http.close()
+		err = s.closeStore()
+	})
+	return err
+}
+
+func (s *SigServer) closeStore() error {
+	if err := s.Store.Close(); err != nil {
+		s.log.Error("closing key log", "err", err)
+		return fmt.Errorf("closing key log: %w", err)
+	}
+	return nil
+}
