@@ -1,8 +1,10 @@
 // Package server holds the chat server's domain: the types every part of the
-// server shares (users, envelopes, errors), the interfaces between the parts
-// (Store, Broker, RateLimiter), and Service, which enforces the protocol rules
-// of docs/protocol.md. Each dependency lives in its own subpackage
-// (sqlite, membus, httpapi, ...) and cmd/kezchat wires them together.
+// server shares (users, envelopes, errors, rate limits), the interfaces
+// between the parts (Store, Broker, Pusher, KeyResolver, ...), and Service,
+// which enforces the protocol rules of docs/protocol.md; KeyDirectory does
+// the same for the sig-server. Each dependency lives in its own subpackage
+// (sqlite, jsstore, membus, natsbus, push, sigclient, httpapi, ...), and
+// server/app puts them together.
 //
 // The server only ever handles ciphertext: it verifies signatures, orders and
 // stores opaque envelopes, and relays them.

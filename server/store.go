@@ -6,7 +6,8 @@ import (
 )
 
 // Store keeps users, envelopes and the anti-replay state. server/sqlite
-// implements it for one replica; a JetStream store will for many.
+// implements it for one replica, server/jsstore on NATS JetStream for any
+// number of them.
 //
 // Implementations return *Error values for the outcomes a client can act on
 // (handle_taken, primary_id_taken, unknown_handle, message_id_conflict,
@@ -67,7 +68,7 @@ type PruneResult struct {
 }
 
 // Broker relays stored envelopes to the streams open for their recipient.
-// server/membus implements it in process; a NATS broker will across replicas.
+// server/membus implements it in process, server/natsbus across replicas.
 type Broker interface {
 	// Publish hands e to every subscription of e.Recipient without blocking:
 	// a subscription whose buffer is full is closed instead (its reader

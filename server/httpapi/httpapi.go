@@ -92,7 +92,7 @@ func New(cfg Config, svc *server.Service, log *slog.Logger, reg prometheus.Regis
 
 // Handler is the whole HTTP API with its middleware.
 func (s *Server) Handler() http.Handler {
-	return s.instrument(s.recoverPanics(s.mux))
+	return s.metrics.http.instrument(recoverPanics(s.mux, s.log))
 }
 
 // CloseStreams ends every open stream cleanly and waits until they have
@@ -145,8 +145,6 @@ func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 	}
 	writeError(w, server.Errorf(server.CodeNotFound, "no route %s", r.URL.Path))
 }
-
-func (s *Server) recoverPanics(next http.Handler) http.Handler { return recoverPanics(next, s.log) }
 
 func recoverPanics(next http.Handler, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

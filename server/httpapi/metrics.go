@@ -10,9 +10,64 @@ import (
 	"kez.lat/chat/server"
 )
 
+// requestMetrics count a daemon's HTTP requests by route and status and
+// time them: the chat server's as kezchat_http_*, the sig-server's as
+// kezsig_http_*.
+type requestMetrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	// untimed is the route whose duration says nothing (a stream).
+	untimed string
+}
+
+// newRequestMetrics registers prefix_http_requests_total and
+// prefix_http_request_duration_seconds with reg; what names the daemon in
+// their help.
+func newRequestMetrics(reg prometheus.Registerer, prefix, what, untimed string) *requestMetrics {
+	timed := "Time to answer HTTP requests to the " + what + " by route pattern."
+	if untimed != "" {
+		timed = "Time to answer HTTP requests to the " + what + " by route pattern (" + untimed + " excluded)."
+	}
+	m := &requestMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: prefix + "_http_requests_total",
+			Help: "HTTP requests to the " + what + " by route pattern and status code.",
+		}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    prefix + "_http_request_duration_seconds",
+			Help:    timed,
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"route"}),
+		untimed: untimed,
+	}
+	reg.MustRegister(m.requests, m.latency)
+	return m
+}
+
+// instrument counts next's requests by the route pattern they matched
+// (never the raw path, which would let clients mint label values), and
+// times them but for the untimed route.
+func (m *requestMetrics) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		route := r.Pattern
+		if route == "" {
+			route = "none"
+		}
+		if rec.status == 0 {
+			rec.status = http.StatusOK
+		}
+		m.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
+		if route != m.untimed {
+			m.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}
+	})
+}
+
 type metrics struct {
-	requests      *prometheus.CounterVec
-	latency       *prometheus.HistogramVec
+	http          *requestMetrics
 	authFailures  prometheus.Counter
 	rateLimited   prometheus.Counter
 	slowConsumers prometheus.Counter
@@ -20,15 +75,7 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, svc *server.Service) *metrics {
 	m := &metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kezchat_http_requests_total",
-			Help: "HTTP requests by route pattern and status code.",
-		}, []string{"route", "code"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "kezchat_http_request_duration_seconds",
-			Help:    "Time to answer HTTP requests by route pattern (streams excluded).",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
-		}, []string{"route"}),
+		http: newRequestMetrics(reg, "kezchat", "chat server", "GET /v1/inbox/{handle}/stream"),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kezchat_auth_failures_total",
 			Help: "Requests refused because their signature or auth did not prove the sender.",
@@ -42,7 +89,7 @@ func newMetrics(reg prometheus.Registerer, svc *server.Service) *metrics {
 			Help: "Streams disconnected because their reader fell behind.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.authFailures, m.rateLimited, m.slowConsumers,
+	reg.MustRegister(m.authFailures, m.rateLimited, m.slowConsumers,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kezchat_open_streams",
 			Help: "Inbox streams open on this replica.",
@@ -77,30 +124,3 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach Flush and deadlines.
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// instrument counts requests by the route pattern they matched (never the
-// raw path, which would let clients mint label values).
-func (s *Server) instrument(next http.Handler) http.Handler {
-	return instrument(next, s.metrics.requests, s.metrics.latency, "GET /v1/inbox/{handle}/stream")
-}
-
-// instrument counts next's requests and times them, but for the route
-// untimed (a stream, whose duration says nothing).
-func instrument(next http.Handler, requests *prometheus.CounterVec, latency *prometheus.HistogramVec, untimed string) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w}
-		next.ServeHTTP(rec, r)
-		route := r.Pattern
-		if route == "" {
-			route = "none"
-		}
-		if rec.status == 0 {
-			rec.status = http.StatusOK
-		}
-		requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
-		if route != untimed {
-			latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
-		}
-	})
-}

@@ -32,13 +32,12 @@ type SigConfig struct {
 
 // SigServer is the HTTP face of a server.KeyDirectory: the sig-server.
 type SigServer struct {
-	cfg      SigConfig
-	dir      *server.KeyDirectory
-	log      *slog.Logger
-	mux      *http.ServeMux
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-	limited  prometheus.Counter
+	cfg     SigConfig
+	dir     *server.KeyDirectory
+	log     *slog.Logger
+	mux     *http.ServeMux
+	metrics *requestMetrics
+	limited prometheus.Counter
 }
 
 // NewSigServer returns the sig-server's HTTP API over dir, registering its
@@ -46,21 +45,13 @@ type SigServer struct {
 func NewSigServer(cfg SigConfig, dir *server.KeyDirectory, log *slog.Logger, reg prometheus.Registerer) *SigServer {
 	s := &SigServer{
 		cfg: cfg, dir: dir, log: log, mux: http.NewServeMux(),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kezsig_http_requests_total",
-			Help: "Sig-server HTTP requests by route pattern and status code.",
-		}, []string{"route", "code"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "kezsig_http_request_duration_seconds",
-			Help:    "Time to answer sig-server HTTP requests by route pattern.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
-		}, []string{"route"}),
+		metrics: newRequestMetrics(reg, "kezsig", "sig-server", ""),
 		limited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kezsig_rate_limited_total",
 			Help: "Publications refused by the per-address rate limit.",
 		}),
 	}
-	reg.MustRegister(s.requests, s.latency, s.limited)
+	reg.MustRegister(s.limited)
 	s.mux.HandleFunc("GET /v1/healthz", s.healthz)
 	s.mux.HandleFunc("GET /v1/readyz", s.readyz)
 	s.mux.HandleFunc("POST /v1/keys", s.publish)
@@ -72,7 +63,7 @@ func NewSigServer(cfg SigConfig, dir *server.KeyDirectory, log *slog.Logger, reg
 
 // Handler is the whole sig-server API with its middleware.
 func (s *SigServer) Handler() http.Handler {
-	return instrument(recoverPanics(s.mux, s.log), s.requests, s.latency, "")
+	return s.metrics.instrument(recoverPanics(s.mux, s.log))
 }
 
 func (s *SigServer) healthz(w http.ResponseWriter, r *http.Request) {
