@@ -1,8 +1,10 @@
 package controllers
 
 import (
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
@@ -36,6 +38,80 @@ func (in Inputs) image(kc *chatv1.KezChat) string {
 		return kc.Spec.Image
 	}
 	return in.DefaultImage
+}
+
+// componentSpec is what the Deployment of one kez-chat component (the chat
+// server, the sig-server) sets; componentDeployment builds the rest, which
+// they share.
+type componentSpec struct {
+	name, component        string
+	replicas               int32
+	strategy               appsv1.DeploymentStrategy
+	annotations            map[string]string // the pod template's
+	scheduling             scheduling
+	terminationGracePeriod *int64
+	container              string
+	args                   []string
+	env                    []corev1.EnvVar
+	httpPort, metricsPort  int32
+	resources              corev1.ResourceRequirements
+	// volumes and mounts besides /tmp.
+	volumes []corev1.Volume
+	mounts  []corev1.VolumeMount
+}
+
+// scheduling is where a component's pods may run.
+type scheduling struct {
+	nodeSelector map[string]string
+	tolerations  []corev1.Toleration
+	affinity     *corev1.Affinity
+}
+
+// componentDeployment runs d's one container from the kez-chat image, as
+// an unprivileged user on a read-only root with a scratch /tmp, without
+// API credentials, serving HTTP and metrics on named ports with the
+// health and readiness probes every kez-chat daemon answers.
+func componentDeployment(kc *chatv1.KezChat, in Inputs, d componentSpec) *appsv1.Deployment {
+	tmp, tmpMount := tmpVolume()
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: d.name, Namespace: kc.Namespace, Labels: labels(kc, d.component)},
+		Spec: appsv1.DeploymentSpec{
+			Replicas:             ptr.To(d.replicas),
+			Selector:             &metav1.LabelSelector{MatchLabels: selectorLabels(kc, d.component)},
+			Strategy:             d.strategy,
+			RevisionHistoryLimit: ptr.To[int32](5),
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels(kc, d.component), Annotations: d.annotations},
+				Spec: corev1.PodSpec{
+					ServiceAccountName:            namesOf(kc).serviceAccount(),
+					AutomountServiceAccountToken:  ptr.To(false),
+					SecurityContext:               podSecurityContext(),
+					ImagePullSecrets:              kc.Spec.ImagePullSecrets,
+					NodeSelector:                  d.scheduling.nodeSelector,
+					Tolerations:                   d.scheduling.tolerations,
+					Affinity:                      d.scheduling.affinity,
+					TerminationGracePeriodSeconds: d.terminationGracePeriod,
+					Containers: []corev1.Container{{
+						Name:            d.container,
+						Image:           in.image(kc),
+						ImagePullPolicy: kc.Spec.ImagePullPolicy,
+						Args:            d.args,
+						Env:             d.env,
+						Ports: []corev1.ContainerPort{
+							{Name: "http", ContainerPort: d.httpPort, Protocol: corev1.ProtocolTCP},
+							{Name: "metrics", ContainerPort: d.metricsPort, Protocol: corev1.ProtocolTCP},
+						},
+						Resources:       d.resources,
+						LivenessProbe:   httpProbe("/v1/healthz", "http", 10, 3),
+						ReadinessProbe:  httpProbe("/v1/readyz", "http", 5, 2),
+						SecurityContext: containerSecurityContext(),
+						VolumeMounts:    append([]corev1.VolumeMount{tmpMount}, d.mounts...),
+					}},
+					Volumes: append([]corev1.Volume{tmp}, d.volumes...),
+				},
+			},
+		},
+	}
 }
 
 // podSecurityContext makes every pod run as an unprivileged user with the

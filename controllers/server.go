@@ -82,9 +82,8 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 		"--retention=" + s.RetentionPeriod().String(),
 		"--log-format=json",
 	}
-	tmp, tmpMount := tmpVolume()
-	volumes := []corev1.Volume{tmp}
-	mounts := []corev1.VolumeMount{tmpMount}
+	var volumes []corev1.Volume
+	var mounts []corev1.VolumeMount
 	if sqlite {
 		args = append(args, "--db="+serverDataDir+"/kez-chat.db")
 		volumes = append(volumes, corev1.Volume{Name: "data", VolumeSource: corev1.VolumeSource{
@@ -154,51 +153,25 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 				MaxSurge:       ptr.To(intstr.FromInt32(1)),
 			}}
 	}
-
-	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: n.server(), Namespace: kc.Namespace, Labels: labels(kc, componentServer)},
-		Spec: appsv1.DeploymentSpec{
-			Replicas:             ptr.To(s.ReplicaCount()),
-			Selector:             &metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentServer)},
-			Strategy:             strategy,
-			RevisionHistoryLimit: ptr.To[int32](5),
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{
-					Labels:      labels(kc, componentServer),
-					Annotations: podAnnotations(s.PodAnnotations, digest([]byte(in.VAPIDDigest), []byte(in.NATSAuth.digest))),
-				},
-				Spec: corev1.PodSpec{
-					ServiceAccountName:           n.serviceAccount(),
-					AutomountServiceAccountToken: ptr.To(false),
-					SecurityContext:              podSecurityContext(),
-					ImagePullSecrets:             kc.Spec.ImagePullSecrets,
-					NodeSelector:                 s.NodeSelector,
-					Tolerations:                  s.Tolerations,
-					Affinity:                     s.Affinity,
-					// The server drains streams and requests in flight on
-					// SIGTERM within its --shutdown-timeout (10s).
-					TerminationGracePeriodSeconds: ptr.To[int64](30),
-					Containers: []corev1.Container{{
-						Name:            "server",
-						Image:           in.image(kc),
-						ImagePullPolicy: kc.Spec.ImagePullPolicy,
-						Args:            args,
-						Env:             env,
-						Ports: []corev1.ContainerPort{
-							{Name: "http", ContainerPort: serverPort, Protocol: corev1.ProtocolTCP},
-							{Name: "metrics", ContainerPort: serverMetricsPort, Protocol: corev1.ProtocolTCP},
-						},
-						Resources:       resourcesOr(s.Resources, "50m", "64Mi"),
-						LivenessProbe:   httpProbe("/v1/healthz", "http", 10, 3),
-						ReadinessProbe:  httpProbe("/v1/readyz", "http", 5, 2),
-						SecurityContext: containerSecurityContext(),
-						VolumeMounts:    mounts,
-					}},
-					Volumes: volumes,
-				},
-			},
-		},
-	}
+	return componentDeployment(kc, in, componentSpec{
+		name:        n.server(),
+		component:   componentServer,
+		replicas:    s.ReplicaCount(),
+		strategy:    strategy,
+		annotations: podAnnotations(s.PodAnnotations, digest([]byte(in.VAPIDDigest), []byte(in.NATSAuth.digest))),
+		scheduling:  scheduling{nodeSelector: s.NodeSelector, tolerations: s.Tolerations, affinity: s.Affinity},
+		// The server drains streams and requests in flight on SIGTERM
+		// within its --shutdown-timeout (10s).
+		terminationGracePeriod: ptr.To[int64](30),
+		container:              "server",
+		args:                   args,
+		env:                    env,
+		httpPort:               serverPort,
+		metricsPort:            serverMetricsPort,
+		resources:              resourcesOr(s.Resources, "50m", "64Mi"),
+		volumes:                volumes,
+		mounts:                 mounts,
+	})
 }
 
 // serverService is the chat server's in-cluster address, which the

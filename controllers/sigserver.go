@@ -5,8 +5,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 )
@@ -23,55 +21,27 @@ func sigServerPVC(kc *chatv1.KezChat) *corev1.PersistentVolumeClaim {
 func sigServerDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 	n := namesOf(kc)
 	spec := &kc.Spec.SigServer
-	tmp, tmpMount := tmpVolume()
-	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: n.sigServer(), Namespace: kc.Namespace, Labels: labels(kc, componentSigServer)},
-		Spec: appsv1.DeploymentSpec{
-			Replicas:             ptr.To(spec.ReplicaCount()),
-			Selector:             &metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentSigServer)},
-			Strategy:             appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
-			RevisionHistoryLimit: ptr.To[int32](5),
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels(kc, componentSigServer)},
-				Spec: corev1.PodSpec{
-					ServiceAccountName:           n.serviceAccount(),
-					AutomountServiceAccountToken: ptr.To(false),
-					SecurityContext:              podSecurityContext(),
-					ImagePullSecrets:             kc.Spec.ImagePullSecrets,
-					Containers: []corev1.Container{{
-						Name:            "sig-server",
-						Image:           in.image(kc),
-						ImagePullPolicy: kc.Spec.ImagePullPolicy,
-						Args: []string{
-							"sig-server",
-							fmt.Sprintf("--bind=:%d", sigServerPort),
-							fmt.Sprintf("--metrics-bind=:%d", sigMetricsPort),
-							"--db=" + sigServerDataDir + "/kez-sig.db",
-							"--log-format=json",
-						},
-						Ports: []corev1.ContainerPort{
-							{Name: "http", ContainerPort: sigServerPort, Protocol: corev1.ProtocolTCP},
-							{Name: "metrics", ContainerPort: sigMetricsPort, Protocol: corev1.ProtocolTCP},
-						},
-						Resources:       resourcesOr(spec.Resources, "20m", "32Mi"),
-						LivenessProbe:   httpProbe("/v1/healthz", "http", 10, 3),
-						ReadinessProbe:  httpProbe("/v1/readyz", "http", 5, 2),
-						SecurityContext: containerSecurityContext(),
-						VolumeMounts: []corev1.VolumeMount{
-							tmpMount,
-							{Name: "data", MountPath: sigServerDataDir},
-						},
-					}},
-					Volumes: []corev1.Volume{
-						tmp,
-						{Name: "data", VolumeSource: corev1.VolumeSource{
-							PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: n.sigServerData()},
-						}},
-					},
-				},
-			},
+	return componentDeployment(kc, in, componentSpec{
+		name:      n.sigServer(),
+		component: componentSigServer,
+		replicas:  spec.ReplicaCount(),
+		strategy:  appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
+		container: "sig-server",
+		args: []string{
+			"sig-server",
+			fmt.Sprintf("--bind=:%d", sigServerPort),
+			fmt.Sprintf("--metrics-bind=:%d", sigMetricsPort),
+			"--db=" + sigServerDataDir + "/kez-sig.db",
+			"--log-format=json",
 		},
-	}
+		httpPort:    sigServerPort,
+		metricsPort: sigMetricsPort,
+		resources:   resourcesOr(spec.Resources, "20m", "32Mi"),
+		volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: n.sigServerData()},
+		}}},
+		mounts: []corev1.VolumeMount{{Name: "data", MountPath: sigServerDataDir}},
+	})
 }
 
 // sigServerService is the sig-server's in-cluster address.
