@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 )
@@ -49,4 +50,41 @@ func parseWithEnv(fs *flag.FlagSet, args []string) error {
 		}
 	})
 	return err
+}
+
+// logFlags are the logging settings of every daemon (server, sig-server,
+// operator).
+type logFlags struct{ format, level string }
+
+func (l *logFlags) register(fs *flag.FlagSet, format string) {
+	fs.StringVar(&l.format, "log-format", format, "log format: text or json")
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// parseDaemonFlags parses a daemon's flags, which take no arguments, and
+// their environment, and returns the logger they describe.
+func parseDaemonFlags(fs *flag.FlagSet, args []string, l *logFlags, stderr io.Writer) (*slog.Logger, error) {
+	if err := parseWithEnv(fs, args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return newLogger(stderr, l.format, l.level)
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("log format %q: want text or json", format)
+	}
 }

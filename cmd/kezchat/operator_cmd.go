@@ -34,7 +34,7 @@ type operatorFlags struct {
 	namespaces             string
 	image                  string
 	maxConcurrent          int
-	logFormat, logLevel    string
+	log                    logFlags
 }
 
 func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -50,15 +50,8 @@ func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error 
 	fs.StringVar(&f.namespaces, "watch-namespaces", "", "comma-separated namespaces to manage KezChats in; empty means all")
 	fs.StringVar(&f.image, "image", imageRepository+":"+version, "image for KezChats that name none: the operator's own, so versions match")
 	fs.IntVar(&f.maxConcurrent, "max-concurrent-reconciles", 4, "KezChats reconciled at once")
-	fs.StringVar(&f.logFormat, "log-format", "json", "log format: text or json")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	if err := parseWithEnv(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	f.log.register(fs, "json")
+	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ import (
 type serverFlags struct {
 	bind, db, domain, publicURL, metricsBind   string
 	domainAlias                                string // --server, the old name of --domain
-	logFormat, logLevel                        string
+	log                                        logFlags
 	trustedProxies                             string
 	retention, shutdownTimeout                 time.Duration
 	maxPending, maxStreams, maxConns           int
@@ -53,8 +53,7 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.domainAlias, "server", "", "deprecated: the old name of --domain")
 	fs.StringVar(&f.publicURL, "public-url", "", "origin clients reach the server at (default http://<bind> for localhost, else https://<domain>)")
 	fs.StringVar(&f.metricsBind, "metrics-bind", def.MetricsBind, "address to serve Prometheus /metrics on; empty disables")
-	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.log.register(fs, "text")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed")
 	fs.DurationVar(&f.retention, "retention", def.Service.Retention, "how long unacknowledged messages are kept")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", def.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
@@ -80,13 +79,7 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.natsCalloutSeedFile, "nats-callout-issuer-seed-file", "", "file holding the account nkey seed (SA...) whose public key is auth_callout.issuer in nats.conf: this server then answers NATS's auth callout, letting browsers follow their own inbox over NATS WebSocket; needs --nats-url")
 	fs.IntVar(&f.jsReplicas, "jetstream-replicas", 1, "with --store jetstream: replicas of the stream and KV buckets (1, 3 or 5 NATS servers)")
 	fs.Int64Var(&f.jsMaxBytes, "jetstream-max-bytes", 0, "with --store jetstream: bytes the message stream may hold, 0 for no limit")
-	if err := parseWithEnv(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {
 		return err
 	}
@@ -226,22 +219,6 @@ func (f *serverFlags) natsConfig() (natsbus.Config, error) {
 		cfg.Password = strings.TrimSpace(string(b))
 	}
 	return cfg, nil
-}
-
-func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log level %q: %w", level, err)
-	}
-	opts := &slog.HandlerOptions{Level: lvl}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	default:
-		return nil, fmt.Errorf("log format %q: want text or json", format)
-	}
 }
 
 func parsePrefixes(s string) ([]netip.Prefix, error) {

@@ -11,8 +11,8 @@ import (
 // sigServerFlags are the sig-server's settings; each also comes from its
 // KEZ_ environment variable.
 type sigServerFlags struct {
-	logFormat, logLevel string
-	trustedProxies      string
+	log            logFlags
+	trustedProxies string
 }
 
 func runSigServer(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -22,19 +22,12 @@ func runSigServer(ctx context.Context, args []string, _, stderr io.Writer) error
 	fs.StringVar(&cfg.Bind, "bind", cfg.Bind, "address to serve HTTP on")
 	fs.StringVar(&cfg.DBPath, "db", cfg.DBPath, "SQLite database file of the key log")
 	fs.StringVar(&cfg.MetricsBind, "metrics-bind", cfg.MetricsBind, "address to serve Prometheus /metrics on; empty disables")
-	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.log.register(fs, "text")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed")
 	fs.Float64Var(&cfg.PublishLimit.Rate, "publish-rate", cfg.PublishLimit.Rate, fmt.Sprintf("key document publications per second per client address, burst %d (0 disables)", cfg.PublishLimit.Burst))
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "HTTP connections served at once")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
-	if err := parseWithEnv(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -114,7 +113,10 @@ func DefaultConfig() Config {
 }
 
 // Server is a chat server whose parts are made and whose listeners are
-// bound; Run serves it.
+// bound. Run serves it; when it stops, open streams end first (clients
+// resume elsewhere or later), then requests in flight finish, then the
+// parts close: pruning, the push sender (queued pushes get the shutdown
+// timeout again), the NATS auth callout and connection, the store.
 type Server struct {
 	// The parts, for tests and metrics.
 	Service *server.Service
@@ -124,17 +126,13 @@ type Server struct {
 	Keys    *sigclient.Resolver // nil without a sig-server
 	Metrics *prometheus.Registry
 
-	cfg     Config
-	log     *slog.Logger
-	http    *listeners
-	closers []func() error // in the order they run
-	runOnce sync.Once
+	daemon
 }
 
 // New makes a chat server's parts from cfg and binds its listeners; on
 // error nothing is left open.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
-	s := &Server{cfg: cfg, log: log, Metrics: newRegistry()}
+	s := &Server{Metrics: newRegistry(), daemon: daemon{log: log, shutdownTimeout: cfg.ShutdownTimeout}}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -201,6 +199,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
+
+	pruneCtx, stopPrune := context.WithCancel(context.Background())
+	var pruning sync.WaitGroup
+	s.started = func() {
+		pruning.Go(func() { s.Service.Run(pruneCtx, time.Minute) })
+		log.Info("serving", "domain", cfg.Service.Domain, "bind", s.Addr().String(), "public_url", cfg.PublicURL,
+			"metrics", cfg.MetricsBind, "store", storeKind(cfg), "db", cfg.DBPath, "nats", s.Bus != nil, "version", cfg.Version)
+	}
+	// Streams end first: Shutdown would wait for them, or not see those on
+	// connections they took over; clients resume elsewhere or later.
+	s.stopping = s.API.CloseStreams
+	s.onClose(func() error { stopPrune(); pruning.Wait(); return nil })
 	return s, nil
 }
 
@@ -252,7 +262,7 @@ func (s *Server) startPush(cfg push.Config, allow []string) (string, error) {
 	sender.Start()
 	s.onClose(func() error {
 		// Pushes still queued go out, for as long as a shutdown waits.
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), s.shutdownTimeout)
 		defer cancel()
 		if err := sender.Close(ctx); err != nil {
 			s.log.Warn("push sender did not stop in time", "err", err)
@@ -261,83 +271,6 @@ func (s *Server) startPush(cfg push.Config, allow []string) (string, error) {
 	})
 	s.Service.Pusher, s.Service.Endpoints = sender, policy
 	return push.PublicKey(cfg.Key), nil
-}
-
-// URL is the API's address as http://host:port.
-func (s *Server) URL() string { return "http://" + s.Addr().String() }
-
-// Addr is the address the API listens on.
-func (s *Server) Addr() net.Addr { return s.http.api.Addr() }
-
-// Run serves until ctx ends or a listener fails, then stops: it ends open
-// streams (clients resume elsewhere or later), lets requests in flight
-// finish within cfg.ShutdownTimeout, and closes every part, the store
-// last (queued pushes get as long again to go out). It returns the listener's error, or the
-// first error in closing; a Server runs once.
-func (s *Server) Run(ctx context.Context) error {
-	err := errors.New("the server has run already")
-	s.runOnce.Do(func() { err = s.run(ctx) })
-	return err
-}
-
-func (s *Server) run(ctx context.Context) error {
-	pruneCtx, stopPrune := context.WithCancel(context.Background())
-	var pruning sync.WaitGroup
-	pruning.Go(func() { s.Service.Run(pruneCtx, time.Minute) })
-	s.http.serve()
-	s.log.Info("serving", "domain", s.cfg.Service.Domain, "bind", s.Addr().String(), "public_url", s.cfg.PublicURL,
-		"metrics", s.cfg.MetricsBind, "store", storeKind(s.cfg), "db", s.cfg.DBPath, "nats", s.Bus != nil, "version", s.cfg.Version)
-
-	serveErr := s.http.wait(ctx, s.log)
-	// Streams first: Shutdown would wait for them, or not see those on
-	// connections they took over.
-	s.API.CloseStreams()
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	defer cancel()
-	s.http.shutdown(shutdownCtx, s.log)
-	stopPrune()
-	pruning.Wait()
-	closeErr := s.close()
-	if serveErr != nil {
-		return serveErr
-	}
-	if closeErr != nil {
-		return closeErr
-	}
-	s.log.Info("stopped")
-	return nil
-}
-
-// Close releases a Server that will not Run: listeners, push sender,
-// connections and store.
-func (s *Server) Close() error {
-	err := errors.New("the server is running or has run")
-	s.runOnce.Do(func() {
-		s.http.close()
-		err = s.close()
-	})
-	return err
-}
-
-// onClose registers f to run when the server stops. Parts close in the
-// reverse of the order they were made, so the store, made first, closes
-// last.
-func (s *Server) onClose(f func() error) { s.closers = append(s.closers, f) }
-
-// close closes the parts, the last made first, and returns the first
-// error.
-func (s *Server) close() error {
-	var first error
-	for i := len(s.closers) - 1; i >= 0; i-- {
-		if err := s.closers[i](); err != nil {
-			s.log.Error("closing", "err", err)
-			if first == nil {
-				first = err
-			}
-		}
-	}
-	s.closers = nil
-	return first
 }
 
 func storeKind(cfg Config) string {

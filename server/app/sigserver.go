@@ -2,12 +2,9 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,10 +58,7 @@ type SigServer struct {
 	API       *httpapi.SigServer
 	Metrics   *prometheus.Registry
 
-	cfg     SigConfig
-	log     *slog.Logger
-	http    *listeners
-	runOnce sync.Once
+	daemon
 }
 
 // NewSigServer opens the key log and binds the sig-server's listeners; on
@@ -74,7 +68,13 @@ func NewSigServer(ctx context.Context, cfg SigConfig, log *slog.Logger) (*SigSer
 	if err != nil {
 		return nil, fmt.Errorf("opening key log %s: %w", cfg.DBPath, err)
 	}
-	s := &SigServer{Store: store, Metrics: newRegistry(), cfg: cfg, log: log}
+	s := &SigServer{Store: store, Metrics: newRegistry(), daemon: daemon{log: log, shutdownTimeout: cfg.ShutdownTimeout}}
+	s.onClose(func() error {
+		if err := store.Close(); err != nil {
+			return fmt.Errorf("closing key log: %w", err)
+		}
+		return nil
+	})
 	s.Directory = server.NewKeyDirectory(store, log, cfg.Now)
 	s.API = httpapi.NewSigServer(httpapi.SigConfig{
 		Version:        cfg.Version,
@@ -83,59 +83,11 @@ func NewSigServer(ctx context.Context, cfg SigConfig, log *slog.Logger) (*SigSer
 	}, s.Directory, log, s.Metrics)
 	s.http, err = listen(apiServer(s.API.Handler(), 30*time.Second, log), cfg.Bind, cfg.MaxConnections, cfg.MetricsBind, s.Metrics)
 	if err != nil {
-		store.Close()
+		s.close()
 		return nil, err
 	}
+	s.started = func() {
+		log.Info("serving sig-server", "bind", s.Addr().String(), "metrics", cfg.MetricsBind, "db", cfg.DBPath, "version", cfg.Version)
+	}
 	return s, nil
-}
-
-// URL is the API's address as http://host:port.
-func (s *SigServer) URL() string { return "http://" + s.Addr().String() }
-
-// Addr is the address the API listens on.
-func (s *SigServer) Addr() net.Addr { return s.http.api.Addr() }
-
-// Run serves until ctx ends or a listener fails, lets requests in flight
-// finish within cfg.ShutdownTimeout, and closes the key log. A SigServer
-// runs once.
-func (s *SigServer) Run(ctx context.Context) error {
-	err := errors.New("the sig-server has run already")
-	s.runOnce.Do(func() { err = s.run(ctx) })
-	return err
-}
-
-func (s *SigServer) run(ctx context.Context) error {
-	s.http.serve()
-	s.log.Info("serving sig-server", "bind", s.Addr().String(), "metrics", s.cfg.MetricsBind, "db", s.cfg.DBPath, "version", s.cfg.Version)
-	serveErr := s.http.wait(ctx, s.log)
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	defer cancel()
-	s.http.shutdown(shutdownCtx, s.log)
-	closeErr := s.closeStore()
-	if serveErr != nil {
-		return serveErr
-	}
-	if closeErr != nil {
-		return closeErr
-	}
-	s.log.Info("stopped")
-	return nil
-}
-
-// Close releases a SigServer that will not Run.
-func (s *SigServer) Close() error {
-	err := errors.New("the sig-server is running or has run")
-	s.runOnce.Do(func() {
-		s.http.close()
-		err = s.closeStore()
-	})
-	return err
-}
-
-func (s *SigServer) closeStore() error {
-	if err := s.Store.Close(); err != nil {
-		s.log.Error("closing key log", "err", err)
-		return fmt.Errorf("closing key log: %w", err)
-	}
-	return nil
 }
