@@ -58,7 +58,7 @@ func BenchmarkAppendMessageParallel(b *testing.B) {
 // server's maximum throughput; with 4, small ones, as at a rate the server
 // keeps up with. Besides appends/s it reports the bytes written to the
 // database and its WAL per append (Linux only), the store's write
-// amplification. Run it with -benchtime=50000x to match kezchat bench.
+// amplification. Run it with -benchtime=50000x to match kezchat-bench.
 func BenchmarkAppendMessageManyInboxes(b *testing.B) {
 	for _, callers := range []int{64, 4} {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) { benchmarkAppendMany(b, callers) })

@@ -1,11 +1,11 @@
 // Package pushtest runs a local Web Push service for tests and for
-// kezchat bench. It is not a mock: like a real push service it
+// kezchat-bench. It is not a mock: like a real push service it
 // authenticates every request (VAPID, RFC 8292), refuses malformed ones,
 // and decrypts the payload (RFC 8291) as the subscribed browser would, so a
 // caller sees exactly what a device would get. Tests can also script
 // failures: status codes, Retry-After, hangs.
 //
-// The package does not import testing, so a command (kezchat bench) can
+// The package does not import testing, so a command (kezchat-bench) can
 // link it: New takes a TB, which testing.TB satisfies, and NewServer needs
 // none.
 package pushtest

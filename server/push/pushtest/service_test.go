@@ -239,7 +239,7 @@ func vapidPublic(t *testing.T, k *ecdsa.PrivateKey) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// TestNewServerWorksOutsideATest runs the service as kezchat bench does,
+// TestNewServerWorksOutsideATest runs the service as kezchat-bench does,
 // without a testing.TB: it verifies and decrypts as New's does, counts
 // what it refuses, and Close ends hung requests and may be called twice.
 func TestNewServerWorksOutsideATest(t *testing.T) {
