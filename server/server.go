@@ -26,3 +26,7 @@ const (
 	// either way.
 	ClockSkew = 5 * time.Minute
 )
+
+// DefaultPageBytes is the default of Config.MaxPageBytes: an inbox page or
+// a stream's catch-up read holds about 1 MiB of messages at most.
+const DefaultPageBytes = 1 << 20

@@ -30,6 +30,10 @@ type Config struct {
 	// MaxPushSubscriptions is how many push subscriptions one handle may
 	// have; past it the oldest is evicted.
 	MaxPushSubscriptions int
+	// MaxPageBytes bounds the messages one inbox page or one stream
+	// catch-up read holds (the last one may cross it): what a reader costs
+	// the server in memory is bytes, not a count of envelopes.
+	MaxPageBytes int
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -43,6 +47,7 @@ func DefaultConfig() Config {
 		MaxStreamsPerHandle:  8,
 		StreamBuffer:         256,
 		MaxPushSubscriptions: 10,
+		MaxPageBytes:         DefaultPageBytes,
 	}
 }
 
@@ -256,7 +261,7 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 // Inbox returns handle's envelopes with seq > since, at most limit, and the
 // cursor for the next call.
 func (s *Service) Inbox(ctx context.Context, handle string, since uint64, limit int) ([]*Envelope, uint64, error) {
-	envs, err := s.store.Messages(ctx, handle, since, limit)
+	envs, err := s.store.Messages(ctx, handle, since, limit, s.cfg.MaxPageBytes)
 	if err != nil {
 		return nil, since, fmt.Errorf("reading inbox of %s: %w", handle, err)
 	}

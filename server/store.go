@@ -33,8 +33,11 @@ type Store interface {
 	// is accepted at all.
 	AppendMessage(ctx context.Context, e *Envelope, maxPending int) (duplicate bool, err error)
 	// Messages returns up to limit envelopes of recipient with seq > since,
-	// in seq order; none for an unknown recipient.
-	Messages(ctx context.Context, recipient string, since uint64, limit int) ([]*Envelope, error)
+	// in seq order; none for an unknown recipient. It stops after the
+	// envelope that brings their messages to maxBytes or more (0: no byte
+	// bound), so a page holds at most maxBytes plus one message: a reader
+	// never makes the store load more than that.
+	Messages(ctx context.Context, recipient string, since uint64, limit, maxBytes int) ([]*Envelope, error)
 	// Ack deletes recipient's envelopes with seq <= upto and reports how
 	// many (0 for an unknown recipient).
 	Ack(ctx context.Context, recipient string, upto uint64) (int, error)

@@ -5,7 +5,8 @@ import (
 	"fmt"
 )
 
-// catchUpPage is how many stored envelopes a stream reads at a time.
+// catchUpPage is how many stored envelopes a stream reads at a time, as
+// long as they stay within the Service's MaxPageBytes.
 const catchUpPage = 256
 
 // Stream delivers a recipient's envelopes in seq order, with no gap and no
@@ -133,12 +134,12 @@ func (st *Stream) catchUp(ctx context.Context) error {
 			drained = true
 		}
 	}
-	envs, err := st.svc.store.Messages(ctx, st.handle, st.last, catchUpPage)
+	envs, err := st.svc.store.Messages(ctx, st.handle, st.last, catchUpPage, st.svc.cfg.MaxPageBytes)
 	if err != nil {
 		return fmt.Errorf("reading inbox of %s after %d: %w", st.handle, st.last, err)
 	}
 	st.backlog = envs
-	st.live = len(envs) < catchUpPage
+	st.live = len(envs) < catchUpPage && messageBytes(envs) < st.svc.cfg.MaxPageBytes
 	return nil
 }
 
@@ -150,4 +151,13 @@ func (st *Stream) Close() {
 	st.closed = true
 	st.sub.Close()
 	st.svc.releaseStream(st.handle)
+}
+
+// messageBytes is what envs's messages add up to.
+func messageBytes(envs []*Envelope) int {
+	n := 0
+	for _, e := range envs {
+		n += len(e.Message)
+	}
+	return n
 }

@@ -107,13 +107,37 @@ func (s *Server) inbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if envs == nil {
-		envs = []*server.Envelope{}
+	s.writePage(w, envs, next)
+}
+
+// writePage answers an inbox page envelope by envelope, as
+// {"messages":[...],"next":N}: a client that does not read holds up this
+// handler, its socket buffers and one envelope, never a second copy of the
+// page, and only until the response's write deadline.
+func (s *Server) writePage(w http.ResponseWriter, envs []*server.Envelope, next uint64) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.ResponseWriteTimeout))
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	buf := make([]byte, 0, 4<<10)
+	buf = append(buf, `{"messages":[`...)
+	for i, e := range envs {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = e.AppendJSON(buf)
+		envs[i] = nil // written: the page holds no more of it
+		if len(buf) >= 4<<10 {
+			if _, err := w.Write(buf); err != nil {
+				return // the client went away, or its deadline passed
+			}
+			buf = buf[:0]
+		}
 	}
-	writeJSON(w, http.StatusOK, struct {
-		Messages []*server.Envelope `json:"messages"`
-		Next     uint64             `json:"next"`
-	}{envs, next})
+	buf = append(buf, `],"next":`...)
+	buf = strconv.AppendUint(buf, next, 10)
+	buf = append(buf, "}\n"...)
+	_, _ = w.Write(buf)
 }
 
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {

@@ -35,6 +35,9 @@ type Config struct {
 	// StreamWriteTimeout bounds one write to a stream: a client that takes
 	// longer to accept a frame is cut off and resumes later.
 	StreamWriteTimeout time.Duration
+	// ResponseWriteTimeout bounds writing an inbox page: a client that
+	// takes longer to read it is cut off.
+	ResponseWriteTimeout time.Duration
 	// Limits per client address.
 	RegisterLimiter   *server.RateLimiter
 	SendLimiter       *server.RateLimiter
@@ -80,6 +83,9 @@ func New(cfg Config, svc *server.Service, log *slog.Logger, reg prometheus.Regis
 	}
 	if cfg.StreamWriteTimeout <= 0 {
 		cfg.StreamWriteTimeout = 30 * time.Second
+	}
+	if cfg.ResponseWriteTimeout <= 0 {
+		cfg.ResponseWriteTimeout = 30 * time.Second
 	}
 	if cfg.App == nil {
 		cfg.App = fallbackApp()

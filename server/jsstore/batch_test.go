@@ -124,7 +124,7 @@ func TestABatchWithARetryAnswersItWithTheOriginalAndStoresTheOthers(t *testing.T
 	if server.ErrorCode(reuse.err) != server.CodeMessageIDConflict {
 		t.Fatalf("the id with another message: %v; want %s", reuse.err, server.CodeMessageIDConflict)
 	}
-	envs, err := s.Messages(context.Background(), "bob", 0, 10)
+	envs, err := s.Messages(context.Background(), "bob", 0, 10, 0)
 	if err != nil || len(envs) != 3 {
 		t.Fatalf("bob's inbox: %d envelopes, %v; want 3 (m1, m2, m3)", len(envs), err)
 	}

@@ -381,9 +381,14 @@ type directGet struct {
 	MaxBytes int    `json:"max_bytes,omitempty"`
 }
 
+// maxEnvelopeOverhead bounds the subject and headers JetStream sends with a
+// stored envelope (handles and ids are short).
+const maxEnvelopeOverhead = 1 << 10
+
 // Messages reads up to limit (clamped to [1, 1000]) envelopes of recipient
-// after since with one batch direct get.
-func (s *Store) Messages(ctx context.Context, recipient string, since uint64, limit int) ([]*server.Envelope, error) {
+// after since with one batch direct get, until their messages reach
+// maxBytes.
+func (s *Store) Messages(ctx context.Context, recipient string, since uint64, limit, maxBytes int) ([]*server.Envelope, error) {
 	limit = min(max(limit, 1), maxPage)
 	envs := make([]*server.Envelope, 0, min(limit, 64))
 	if since >= math.MaxInt64 {
@@ -391,7 +396,14 @@ func (s *Store) Messages(ctx context.Context, recipient string, since uint64, li
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	req, _ := json.Marshal(directGet{Seq: since + 1, NextFor: subject(recipient), Batch: limit, MaxBytes: 16 << 20})
+	if maxBytes <= 0 {
+		maxBytes = math.MaxInt32 - limit*maxEnvelopeOverhead
+	}
+	// JetStream stops once what it sent reaches MaxBytes, counting
+	// subjects and headers too: asked for that much more, it sends at
+	// least the messages server.Store promises, and the loop below stops
+	// where the messages alone reach maxBytes.
+	req, _ := json.Marshal(directGet{Seq: since + 1, NextFor: subject(recipient), Batch: limit, MaxBytes: maxBytes + limit*maxEnvelopeOverhead})
 	inbox := s.nc.NewRespInbox()
 	// The answer is at most limit messages and the end-of-batch status: a
 	// channel of that size holds it all. (SubscribeSync would allocate one
@@ -406,7 +418,7 @@ func (s *Store) Messages(ctx context.Context, recipient string, since uint64, li
 	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+StreamName, inbox, req); err != nil {
 		return nil, fmt.Errorf("reading inbox of %s: %w", recipient, err)
 	}
-	for {
+	for total := 0; total < maxBytes; {
 		var m *nats.Msg
 		select {
 		case m = <-ch:
@@ -429,7 +441,9 @@ func (s *Store) Messages(ctx context.Context, recipient string, since uint64, li
 			Recipient: recipient, Seq: seq, ReceivedAt: time.Unix(at, 0),
 			Sender: m.Header.Get(hdrFrom), ID: m.Header.Get(hdrID), Message: m.Data,
 		})
+		total += len(m.Data)
 	}
+	return envs, nil
 }
 
 // purgeResponse is the JetStream API's answer to a purge.

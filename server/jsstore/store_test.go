@@ -3,6 +3,7 @@ package jsstore_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -163,7 +164,7 @@ func TestAppendGivesEachInboxIncreasingSeqsAndRetriesTheOriginal(t *testing.T) {
 		t.Fatalf("unknown recipient: %v", err)
 	}
 
-	envs, err := s.Messages(ctx, "bob", 0, 100)
+	envs, err := s.Messages(ctx, "bob", 0, 100, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,10 +174,10 @@ func TestAppendGivesEachInboxIncreasingSeqsAndRetriesTheOriginal(t *testing.T) {
 	if e := envs[1]; e.Sender != "alice" || e.ID != "m3" || string(e.Message) != `{"n":3}` || e.ReceivedAt.IsZero() {
 		t.Fatalf("envelope %+v", e)
 	}
-	if envs, _ := s.Messages(ctx, "bob", b1, 100); len(envs) != 1 || envs[0].Seq != b2 {
+	if envs, _ := s.Messages(ctx, "bob", b1, 100, 0); len(envs) != 1 || envs[0].Seq != b2 {
 		t.Fatalf("after %d: %v", b1, seqs(envs))
 	}
-	if envs, _ := s.Messages(ctx, "nobody", 0, 100); len(envs) != 0 {
+	if envs, _ := s.Messages(ctx, "nobody", 0, 100, 0); len(envs) != 0 {
 		t.Fatalf("unknown recipient's inbox: %v", seqs(envs))
 	}
 }
@@ -194,7 +195,7 @@ func TestMessagesPagesBySinceAndLimit(t *testing.T) {
 	var got []uint64
 	since := uint64(0)
 	for {
-		page, err := s.Messages(ctx, "bob", since, 3)
+		page, err := s.Messages(ctx, "bob", since, 3, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -209,6 +210,27 @@ func TestMessagesPagesBySinceAndLimit(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("paged %v, want %v", got, want)
+	}
+}
+
+func TestMessagesStopOnceTheirBytesReachTheBound(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice", "bob")
+	for i := range 10 {
+		mustAppend(t, s, "bob", "alice", fmt.Sprint(i), strings.Repeat("m", 100))
+	}
+	for _, tt := range []struct {
+		maxBytes int
+		want     int
+	}{{0, 10}, {1, 1}, {100, 1}, {101, 2}, {250, 3}, {300, 3}, {1000, 10}, {5000, 10}} {
+		envs, err := s.Messages(context.Background(), "bob", 0, 100, tt.maxBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(envs) != tt.want {
+			t.Errorf("maxBytes %d: %d envelopes, want %d", tt.maxBytes, len(envs), tt.want)
+		}
 	}
 }
 
@@ -233,7 +255,7 @@ func TestAckDeletesUpToSeqAndFullInboxRefusesUntilAcked(t *testing.T) {
 	if k, err := s.Ack(ctx, "bob", s3); err != nil || k != 2 {
 		t.Fatalf("Ack(%d) = %d, %v; want 2", s3, k, err)
 	}
-	if envs, _ := s.Messages(ctx, "bob", 0, 10); len(envs) != 0 {
+	if envs, _ := s.Messages(ctx, "bob", 0, 10, 0); len(envs) != 0 {
 		t.Fatalf("inbox after acking all: %v", seqs(envs))
 	}
 	if k, err := s.Ack(ctx, "nobody", 99); err != nil || k != 0 {

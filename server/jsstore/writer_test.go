@@ -68,7 +68,7 @@ func TestConcurrentAppendsThroughTwoReplicasAreWrittenByOneAndEachPrevIsTheRecip
 	}
 	for to, got := range byRecipient {
 		slices.SortFunc(got, func(x, y stored) int { return int(x.seq) - int(y.seq) })
-		inbox, err := a.Messages(context.Background(), to, 0, 1000)
+		inbox, err := a.Messages(context.Background(), to, 0, 1000, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +127,7 @@ func TestRacingRetriesOfOneMessageIDAreStoredOnce(t *testing.T) {
 	if _, err := b.AppendMessage(context.Background(), conflict, 0); server.ErrorCode(err) != server.CodeMessageIDConflict {
 		t.Fatalf("same id, other message: %v; want %s", err, server.CodeMessageIDConflict)
 	}
-	if inbox, err := a.Messages(context.Background(), "bob", 0, 100); err != nil || len(inbox) != 1 {
+	if inbox, err := a.Messages(context.Background(), "bob", 0, 100, 0); err != nil || len(inbox) != 1 {
 		t.Fatalf("bob's inbox %v, %v; want one envelope", seqs(inbox), err)
 	}
 }
@@ -211,7 +211,7 @@ func TestTheWriterLeaseMovesToAnotherReplicaWhenItsHolderCloses(t *testing.T) {
 	if !other.HoldsWriterLease() {
 		t.Fatal("the remaining replica does not hold the lease")
 	}
-	if inbox, err := other.Messages(context.Background(), "bob", 0, 10); err != nil || !slices.Equal(seqs(inbox), []uint64{s1, s2}) {
+	if inbox, err := other.Messages(context.Background(), "bob", 0, 10, 0); err != nil || !slices.Equal(seqs(inbox), []uint64{s1, s2}) {
 		t.Fatalf("bob's inbox %v, %v; want [%d %d]", seqs(inbox), err, s1, s2)
 	}
 }
@@ -252,7 +252,7 @@ func TestOnAThreeServerClusterAppendsThroughTwoReplicasAreStoredOnceInOrder(t *t
 	}
 	total := 0
 	for _, to := range recipients {
-		inbox, err := b.Messages(context.Background(), to, 0, 1000)
+		inbox, err := b.Messages(context.Background(), to, 0, 1000, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -341,7 +341,7 @@ func TestAppendsGoOnWhileAnotherWriterKeepsWritingAndNoPrevSkipsItsEnvelopes(t *
 	// A Prev vouches that nothing of the recipient lies between it and the
 	// envelope: not even the other writer's.
 	for _, to := range []string{"bob", "carol"} {
-		inbox, err := s.Messages(context.Background(), to, 0, 1000)
+		inbox, err := s.Messages(context.Background(), to, 0, 1000, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -101,8 +101,10 @@ func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPen
 }
 
 // Messages returns up to limit (clamped to [1, 1000]) envelopes of
-// recipient with seq > since, in seq order, from the read pool.
-func (db *DB) Messages(ctx context.Context, recipient string, since uint64, limit int) ([]*server.Envelope, error) {
+// recipient with seq > since, in seq order, from the read pool, and no
+// more once their messages reach maxBytes: SQLite steps row by row, so
+// rows past that are never read.
+func (db *DB) Messages(ctx context.Context, recipient string, since uint64, limit, maxBytes int) ([]*server.Envelope, error) {
 	limit = min(max(limit, 1), maxPage)
 	if since >= math.MaxInt64 { // no stored seq is larger
 		return []*server.Envelope{}, nil
@@ -113,7 +115,8 @@ func (db *DB) Messages(ctx context.Context, recipient string, since uint64, limi
 	}
 	defer rows.Close()
 	envs := make([]*server.Envelope, 0, min(limit, 64))
-	for rows.Next() {
+	total := 0
+	for (maxBytes <= 0 || total < maxBytes) && rows.Next() {
 		e := &server.Envelope{Recipient: recipient}
 		var seq, at int64
 		var msg []byte
@@ -122,6 +125,7 @@ func (db *DB) Messages(ctx context.Context, recipient string, since uint64, limi
 		}
 		e.Seq, e.ReceivedAt, e.Message = uint64(seq), unixTime(at), msg
 		envs = append(envs, e)
+		total += len(msg)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -238,7 +239,7 @@ func TestAppendSetsReceivedAtToNow(t *testing.T) {
 	if e.ReceivedAt.Before(before) || e.ReceivedAt.After(time.Now()) {
 		t.Fatalf("ReceivedAt = %v, want about now", e.ReceivedAt)
 	}
-	envs, err := db.Messages(context.Background(), "bob", 0, 10)
+	envs, err := db.Messages(context.Background(), "bob", 0, 10, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,7 +368,7 @@ func TestMessagesPagesBySinceAndLimit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			envs, err := db.Messages(context.Background(), "bob", tt.since, tt.limit)
+			envs, err := db.Messages(context.Background(), "bob", tt.since, tt.limit, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -386,6 +387,26 @@ func TestMessagesPagesBySinceAndLimit(t *testing.T) {
 	}
 }
 
+func TestMessagesStopOnceTheirBytesReachTheBound(t *testing.T) {
+	db := openTest(t)
+	mustCreate(t, db, "alice", "bob")
+	for i := range 10 {
+		mustAppend(t, db, "bob", "alice", fmt.Sprint(i), strings.Repeat("m", 100))
+	}
+	for _, tt := range []struct {
+		maxBytes int
+		want     int
+	}{{0, 10}, {1, 1}, {100, 1}, {101, 2}, {250, 3}, {300, 3}, {1000, 10}, {5000, 10}} {
+		envs, err := db.Messages(context.Background(), "bob", 0, 100, tt.maxBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(envs) != tt.want {
+			t.Errorf("maxBytes %d: %d envelopes, want %d", tt.maxBytes, len(envs), tt.want)
+		}
+	}
+}
+
 func TestMessagesLimitIsClampedToAThousand(t *testing.T) {
 	db := openTest(t)
 	mustCreate(t, db, "alice", "bob")
@@ -399,7 +420,7 @@ func TestMessagesLimitIsClampedToAThousand(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	envs, err := db.Messages(ctx, "bob", 0, 5000)
+	envs, err := db.Messages(ctx, "bob", 0, 5000, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,7 +574,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if _, err := db.UserByHandle(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	envs, err := db.Messages(ctx, "bob", 0, 10)
+	envs, err := db.Messages(ctx, "bob", 0, 10, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -618,7 +639,7 @@ func TestConcurrentAppendsGiveEachInboxAGapFreeSequence(t *testing.T) {
 				t.Fatalf("%s: seq %d missing from 1..%d", to, s, n)
 			}
 		}
-		envs, err := db.Messages(context.Background(), to, 0, maxPage)
+		envs, err := db.Messages(context.Background(), to, 0, maxPage, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

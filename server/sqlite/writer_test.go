@@ -130,7 +130,7 @@ func TestBrokenTransactionFailsItsRequestsAndTheRestOfTheBatchGoesOn(t *testing.
 	if errs[2] != nil {
 		t.Fatalf("request after the broken transaction: %v", errs[2])
 	}
-	envs, err := db.Messages(context.Background(), "bob", 0, 10)
+	envs, err := db.Messages(context.Background(), "bob", 0, 10, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,225 @@
+// Package hostile_test attacks the kezchat server as a stranger on the
+// internet would: the built binary, run as its own process on loopback
+// with its default settings, a real SQLite file on disk, and its own
+// /metrics read for what the attacks cost it. Each test is an attack the
+// server once failed; each asserts a bound in bytes, connections or
+// status codes. KEZCHAT_BIN runs them against another build.
+package hostile_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"kez.lat/chat/client"
+	"kez.lat/chat/server/signing"
+	"kez.lat/chat/server/testutil"
+)
+
+// domain is what the attacked server answers for.
+const domain = "hostile.test"
+
+// target is a kezchat server process under attack.
+type target struct {
+	url, addr, metrics string
+	dir                string
+	cmd                *exec.Cmd
+	log                *lockedBuffer
+}
+
+// lockedBuffer keeps the server's log for a failing test to show.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.WriteString(string(p))
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// binary is the kezchat under attack: KEZCHAT_BIN, or a build of this tree.
+func binary(t *testing.T) string {
+	if bin := os.Getenv("KEZCHAT_BIN"); bin != "" {
+		return bin
+	}
+	return testutil.KezchatBinary(t)
+}
+
+// start runs `kezchat server` with its defaults but for the addresses, the
+// database's directory and args, and waits until it is ready.
+func start(t *testing.T, args ...string) *target {
+	t.Helper()
+	tg := &target{addr: testutil.FreeAddr(t), metrics: testutil.FreeAddr(t), dir: t.TempDir(), log: &lockedBuffer{}}
+	tg.url = "http://" + tg.addr
+	all := append([]string{"server", "--bind", tg.addr, "--metrics-bind", tg.metrics, "--domain", domain,
+		"--db", filepath.Join(tg.dir, "kez-chat.db"), "--log-format", "json"}, args...)
+	tg.cmd = exec.Command(binary(t), all...)
+	tg.cmd.Env = withoutKEZ(os.Environ())
+	tg.cmd.Stdout, tg.cmd.Stderr = tg.log, tg.log
+	if err := tg.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		tg.cmd.Process.Kill()
+		tg.cmd.Wait()
+		if t.Failed() {
+			t.Logf("server log:\n%s", tg.log.String())
+		}
+	})
+	testutil.Eventually(t, 20*time.Second, "the server to be ready", func() bool {
+		res, err := http.Get(tg.url + "/v1/readyz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	})
+	return tg
+}
+
+func withoutKEZ(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "KEZ_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// metric reads one sample of the server's /metrics.
+func (tg *target) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	res, err := http.Get("http://" + tg.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// heap is the server's heap in use, in bytes.
+func (tg *target) heap(t *testing.T) float64 { return tg.metric(t, "go_memstats_heap_inuse_bytes") }
+
+// peakHeapOver samples the server's heap for d and returns the largest.
+func (tg *target) peakHeapOver(t *testing.T, d time.Duration) float64 {
+	peak := 0.0
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		peak = max(peak, tg.heap(t))
+	}
+	return peak
+}
+
+// client is a Go client of the target that knows its domain.
+func (tg *target) client() *client.Client {
+	c := client.New(tg.url, &http.Client{Timeout: 30 * time.Second})
+	c.SetDomain(domain)
+	return c
+}
+
+// register makes a fresh ed25519 identity for handle.
+func (tg *target) register(t *testing.T, handle string) (*client.Identity, *client.User) {
+	t.Helper()
+	id, err := client.NewIdentity("ed25519")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := tg.client().Register(context.Background(), id, handle)
+	if err != nil {
+		t.Fatalf("registering %s: %v", handle, err)
+	}
+	return id, u
+}
+
+// bigText is a plaintext whose ciphertext is close to the protocol's 64 KiB.
+var bigText = strings.Repeat("A", 64<<10-512)
+
+// send posts n messages of bigText from id to u and returns the statuses'
+// error codes by count ("" for 201).
+func (tg *target) send(t *testing.T, id *client.Identity, u *client.User, n int) map[string]int {
+	t.Helper()
+	c := tg.client()
+	codes := map[string]int{}
+	for range n {
+		doc, err := client.NewMessage(id, u, client.NewMessageID(), bigText)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = c.Post(context.Background(), doc)
+		codes[client.ErrorCode(err)]++
+	}
+	return codes
+}
+
+// auth is an X-KEZ-Auth value for id's request, signed now.
+func auth(t *testing.T, id *client.Identity, method, path string, bindings ...string) string {
+	t.Helper()
+	v, err := signing.SignRequest(id.Signer, domain, method, path, time.Now().Unix(), bindings...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// rawRequest opens a connection, sends one request and never reads: the
+// client that costs the server the most.
+func (tg *target) rawRequest(t *testing.T, req string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", tg.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	// A small receive buffer, so the server's writes stall at once.
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetReadBuffer(4 << 10)
+	}
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// get is the text of a GET request for path with headers.
+func get(path string, headers ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n", path, domain)
+	for _, h := range headers {
+		b.WriteString(h + "\r\n")
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+const mib = 1 << 20
