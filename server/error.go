@@ -48,6 +48,10 @@ const (
 	CodeMessageIDConflict  = "message_id_conflict"
 	CodeCiphertextTooLarge = "ciphertext_too_large"
 	CodeInboxFull          = "inbox_full"
+	// CodeSenderQuota and CodeAddressQuota: the bytes one sending handle,
+	// or one client address, may have stored per day are spent.
+	CodeSenderQuota  = "sender_quota_exceeded"
+	CodeAddressQuota = "address_quota_exceeded"
 
 	// Key documents (the sig-server).
 	CodeNotPrimaryKey     = "not_primary_key"
@@ -73,7 +77,7 @@ const (
 type Error struct {
 	Code    string
 	Message string
-	// RetryAfter is set on rate_limited errors.
+	// RetryAfter is set where waiting helps: rate limits and quotas.
 	RetryAfter time.Duration
 }
 

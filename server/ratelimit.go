@@ -45,18 +45,35 @@ func NewRateLimiter(perSecond float64, burst, maxKeys int) *RateLimiter {
 
 // Allow spends one token of key's bucket, or reports how long until one is
 // available.
-func (l *RateLimiter) Allow(key string) (bool, time.Duration) {
+func (l *RateLimiter) Allow(key string) (bool, time.Duration) { return l.AllowN(key, 1) }
+
+// AllowN spends n tokens of key's bucket (a quota in bytes spends one a
+// byte), or reports how long until n are available. n larger than the
+// burst is never allowed.
+func (l *RateLimiter) AllowN(key string, n float64) (bool, time.Duration) {
 	if l == nil {
 		return true, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.refill(key)
-	if b.tokens >= 1 {
-		b.tokens--
+	if b.tokens >= n {
+		b.tokens -= n
 		return true, 0
 	}
-	return false, l.wait(b)
+	return false, l.waitFor(b, n)
+}
+
+// Refund gives back n tokens spent for something that did not happen.
+func (l *RateLimiter) Refund(key string, n float64) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b, ok := l.buckets[key]; ok {
+		b.tokens = min(l.burst, b.tokens+n)
+	}
 }
 
 // Check reports whether key has a token left without spending it.
@@ -77,8 +94,10 @@ func (l *RateLimiter) Check(key string) (bool, time.Duration) {
 	return false, l.wait(b)
 }
 
-func (l *RateLimiter) wait(b *bucket) time.Duration {
-	return time.Duration(math.Ceil((1 - b.tokens) / l.rate * float64(time.Second)))
+func (l *RateLimiter) wait(b *bucket) time.Duration { return l.waitFor(b, 1) }
+
+func (l *RateLimiter) waitFor(b *bucket, n float64) time.Duration {
+	return time.Duration(math.Ceil((min(n, l.burst) - b.tokens) / l.rate * float64(time.Second)))
 }
 
 // refill returns key's bucket, topped up for the time since its last use.

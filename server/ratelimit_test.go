@@ -95,3 +95,25 @@ func TestNilLimiterAllowsEverything(t *testing.T) {
 		t.Fatal("nil limiter refused")
 	}
 }
+
+func TestAByteQuotaSpendsBytesRefundsThemAndSaysWhenEnoughAreBack(t *testing.T) {
+	l, clock := newTestLimiter(100, 1000, 10) // 100 bytes a second, 1,000 at once
+	if ok, _ := l.AllowN("a", 600); !ok {
+		t.Fatal("600 of 1,000 refused")
+	}
+	ok, wait := l.AllowN("a", 500)
+	if ok || wait != time.Second {
+		t.Fatalf("500 more with 400 left: %v, retry after %v; want refused, 1s", ok, wait)
+	}
+	l.Refund("a", 600)
+	if ok, _ := l.AllowN("a", 1000); !ok {
+		t.Fatal("the whole quota refused after a refund")
+	}
+	clock.t = clock.t.Add(5 * time.Second)
+	if ok, _ := l.AllowN("a", 500); !ok {
+		t.Fatal("500 refused after 5 s at 100/s")
+	}
+	if ok, _ := l.AllowN("b", 1001); ok {
+		t.Fatal("more than the burst allowed")
+	}
+}

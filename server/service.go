@@ -20,8 +20,10 @@ type Config struct {
 	Domain string
 	// Retention is how long an unacknowledged envelope is kept.
 	Retention time.Duration
-	// MaxPending is how many unacknowledged envelopes one inbox may hold.
-	MaxPending int
+	// MaxPending is how many unacknowledged envelopes one inbox may hold,
+	// MaxPendingBytes how many bytes of messages.
+	MaxPending      int
+	MaxPendingBytes int64
 	// MaxStreamsPerHandle caps the streams open at once for one handle.
 	MaxStreamsPerHandle int
 	// StreamBuffer is how many live envelopes may wait for one stream
@@ -44,6 +46,7 @@ func DefaultConfig() Config {
 		Domain:               "localhost",
 		Retention:            30 * 24 * time.Hour,
 		MaxPending:           10000,
+		MaxPendingBytes:      64 << 20,
 		MaxStreamsPerHandle:  8,
 		StreamBuffer:         256,
 		MaxPushSubscriptions: 10,
@@ -63,6 +66,10 @@ type Service struct {
 	// consulted only after the signature verified, so nobody can spend
 	// another person's budget.
 	SendLimiter *RateLimiter
+	// SenderQuota limits the bytes of messages each sending handle stores
+	// (nil: none), a token a byte: a daily quota is a bucket of that many
+	// bytes refilled over a day.
+	SenderQuota *RateLimiter
 	// Pusher, when set, notifies recipients with no open stream; Endpoints
 	// then decides which push endpoints may be subscribed.
 	Pusher    Pusher
@@ -241,8 +248,18 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 	if err != nil {
 		return Receipt{}, false, fmt.Errorf("encoding envelope: %w", err)
 	}
+	// Spent before the append, so that concurrent sends cannot all pass;
+	// given back when nothing was stored.
+	size := float64(len(msg))
+	if ok, wait := s.SenderQuota.AllowN(p.From, size); !ok {
+		return Receipt{}, false, &Error{Code: CodeSenderQuota, RetryAfter: wait,
+			Message: fmt.Sprintf("%s has stored its day's quota of message bytes; wait %s", p.From, wait.Round(time.Second))}
+	}
 	e := &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg}
-	dup, err := s.store.AppendMessage(ctx, e, s.cfg.MaxPending)
+	dup, err := s.store.AppendMessage(ctx, e, InboxLimits{MaxPending: s.cfg.MaxPending, MaxPendingBytes: s.cfg.MaxPendingBytes})
+	if err != nil || dup {
+		s.SenderQuota.Refund(p.From, size)
+	}
 	if err != nil {
 		return Receipt{}, false, fmt.Errorf("storing message %s from %s: %w", p.ID, p.From, err)
 	}

@@ -23,15 +23,15 @@ type Store interface {
 	// that inbox, which strictly increases (gaps allowed), and sets e.Seq and
 	// e.ReceivedAt. If (e.Sender, e.ID) was stored before with the same
 	// message, it sets the original seq and reports duplicate; with a
-	// different message it returns message_id_conflict. An inbox already
-	// holding maxPending envelopes refuses with inbox_full (maxPending <= 0
-	// means no cap). It returns only once the envelope is on stable storage.
+	// different message it returns message_id_conflict. An inbox that would
+	// hold more than limits allow refuses with inbox_full. It returns only
+	// once the envelope is on stable storage.
 	// An error does not prove the envelope was not stored (the caller's ctx
 	// may end after the commit began): a retry with the same (Sender, ID)
 	// then answers the original seq. Idempotency keys are kept at least 15
 	// minutes, three times the clock-skew window in which a signed message
 	// is accepted at all.
-	AppendMessage(ctx context.Context, e *Envelope, maxPending int) (duplicate bool, err error)
+	AppendMessage(ctx context.Context, e *Envelope, limits InboxLimits) (duplicate bool, err error)
 	// Messages returns up to limit envelopes of recipient with seq > since,
 	// in seq order; none for an unknown recipient. It stops after the
 	// envelope that brings their messages to maxBytes or more (0: no byte
@@ -63,6 +63,13 @@ type Store interface {
 	// Ping fails while the store cannot serve.
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// InboxLimits bound what one inbox holds unacknowledged; an append past
+// either is refused with inbox_full. Zero means no limit.
+type InboxLimits struct {
+	MaxPending      int   // envelopes
+	MaxPendingBytes int64 // bytes of their messages
 }
 
 // PruneResult says what a Prune removed.

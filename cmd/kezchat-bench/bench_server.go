@@ -60,7 +60,7 @@ func (t *benchTarget) describe() string {
 }
 
 // startBenchServer runs cfg.kezchat as `kezchat server` on a free loopback
-// port with a temporary database, every rate limit off and room for all the
+// port with a temporary database, every rate limit and quota off and room for all the
 // bench's streams, and waits until it is ready. withPush turns Web Push on:
 // the bench writes a VAPID key into the temporary directory, starts a local
 // push service (pushtest) that accepts only pushes signed with that key
@@ -94,6 +94,9 @@ func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer
 		"--send-rate", "0",
 		"--handle-send-rate", "0",
 		"--failed-auth-rate", "0",
+		"--sender-quota-bytes", "0",
+		"--address-quota-bytes", "0",
+		"--max-pending-bytes", "0",
 		"--max-streams-per-handle", "1000000",
 		"--max-pending", strconv.Itoa(max(10000, 2*(cfg.messages+int(cfg.rate*cfg.rateDuration.Seconds())+cfg.pushMessages))),
 		"--max-connections", strconv.Itoa(max(16384, streams+max(cfg.senders, cfg.inFlight)+registerWorkers+256)),

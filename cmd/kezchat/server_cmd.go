@@ -30,6 +30,8 @@ type serverFlags struct {
 	trustedProxies                             string
 	retention, shutdownTimeout                 time.Duration
 	maxPending, maxStreams, maxConns           int
+	maxPendingBytes                            int64
+	senderQuota, addressQuota                  int64
 	registerRate, sendRate, handleSendRate     float64
 	failedAuthRate                             float64
 	vapidKeyPath, vapidSubject, pushAllow      string
@@ -58,6 +60,9 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&f.retention, "retention", def.Service.Retention, "how long unacknowledged messages are kept")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", def.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
 	fs.IntVar(&f.maxPending, "max-pending", def.Service.MaxPending, "unacknowledged messages one inbox may hold")
+	fs.Int64Var(&f.maxPendingBytes, "max-pending-bytes", def.Service.MaxPendingBytes, "bytes of unacknowledged messages one inbox may hold (0: no limit)")
+	fs.Int64Var(&f.senderQuota, "sender-quota-bytes", def.SenderQuota.BytesPerDay, "bytes of messages one sending handle may store a day (0: no limit)")
+	fs.Int64Var(&f.addressQuota, "address-quota-bytes", def.AddressQuota.BytesPerDay, "bytes of messages one client address may store a day (0: no limit)")
 	fs.IntVar(&f.maxStreams, "max-streams-per-handle", def.Service.MaxStreamsPerHandle, "inbox streams one handle may have open")
 	fs.IntVar(&f.maxConns, "max-connections", def.MaxConnections, "HTTP connections served at once")
 	fs.Float64Var(&f.registerRate, "register-rate", def.RegisterLimit.Rate, fmt.Sprintf("registrations per second per client address, burst %d (0 disables)", def.RegisterLimit.Burst))
@@ -128,6 +133,8 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 	cfg.Version = version
 	cfg.Service.Domain, cfg.Service.Retention = f.domain, f.retention
 	cfg.Service.MaxPending, cfg.Service.MaxStreamsPerHandle = f.maxPending, f.maxStreams
+	cfg.Service.MaxPendingBytes = f.maxPendingBytes
+	cfg.SenderQuota.BytesPerDay, cfg.AddressQuota.BytesPerDay = f.senderQuota, f.addressQuota
 	cfg.Service.MaxPushSubscriptions = f.maxPushSubscriptions
 	cfg.Bind, cfg.MetricsBind, cfg.DBPath = f.bind, f.metricsBind, f.db
 	cfg.MaxConnections, cfg.ShutdownTimeout = f.maxConns, f.shutdownTimeout

@@ -43,6 +43,17 @@ func (l Limit) limiter() *server.RateLimiter {
 	return server.NewRateLimiter(l.Rate, l.Burst, maxLimitKeys)
 }
 
+// Quota is how many bytes of messages one key (a sending handle, a client
+// address) may store a day, as a bucket of that many bytes refilled over
+// 24 hours; 0 turns it off.
+type Quota struct {
+	BytesPerDay int64
+}
+
+func (q Quota) limiter() *server.RateLimiter {
+	return server.NewRateLimiter(float64(q.BytesPerDay)/(24*60*60), int(q.BytesPerDay), maxLimitKeys)
+}
+
 // Config is everything that decides how a chat server is put together.
 type Config struct {
 	// Service is the protocol's policy: the domain every signed payload
@@ -66,6 +77,9 @@ type Config struct {
 	// Per client address: registrations, messages, failed authentications
 	// (also per handle); and messages per sending handle.
 	RegisterLimit, SendLimit, FailedAuthLimit, HandleSendLimit Limit
+	// The bytes of messages one sending handle, and one client address,
+	// may store a day.
+	SenderQuota, AddressQuota Quota
 	// KeepAlive and StreamWriteTimeout tune streams (httpapi's defaults
 	// when zero).
 	KeepAlive, StreamWriteTimeout time.Duration
@@ -108,7 +122,11 @@ func DefaultConfig() Config {
 		SendLimit:       Limit{Rate: 200, Burst: 400},
 		FailedAuthLimit: Limit{Rate: 1, Burst: 30},
 		HandleSendLimit: Limit{Rate: 30, Burst: 60},
-		DBPath:          "./kez-chat.db",
+		// 30 days of one address's quota, unacknowledged, are 720 MiB: the
+		// operator's default 1 GiB volume holds them.
+		SenderQuota:  Quota{BytesPerDay: 12 << 20},
+		AddressQuota: Quota{BytesPerDay: 24 << 20},
+		DBPath:       "./kez-chat.db",
 	}
 }
 
@@ -160,6 +178,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	s.Service = server.NewService(cfg.Service, s.Store, broker, log)
 	s.Service.SendLimiter = cfg.HandleSendLimit.limiter()
+	s.Service.SenderQuota = cfg.SenderQuota.limiter()
 	if cfg.Callout != nil {
 		if err := s.startCallout(*cfg.Callout); err != nil {
 			return nil, err
@@ -191,6 +210,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		RegisterLimiter:    cfg.RegisterLimit.limiter(),
 		SendLimiter:        cfg.SendLimit.limiter(),
 		FailedAuthLimiter:  cfg.FailedAuthLimit.limiter(),
+		AddressQuota:       cfg.AddressQuota.limiter(),
 		VAPIDPublicKey:     vapidPublicKey,
 		App:                cfg.App,
 	}, s.Service, log, s.Metrics)

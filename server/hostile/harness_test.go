@@ -8,6 +8,8 @@ package hostile_test
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"context"
 	"fmt"
 	"io"
@@ -223,3 +225,31 @@ func get(path string, headers ...string) string {
 }
 
 const mib = 1 << 20
+
+// post sends one bigText message from id to u and returns the status, the
+// error code, Retry-After and the body's size.
+func (tg *target) post(t *testing.T, id *client.Identity, u *client.User) (int, string, time.Duration, int) {
+	t.Helper()
+	doc, err := client.NewMessage(id, u, client.NewMessageID(), bigText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.Post(tg.url+"/v1/messages", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var e struct {
+		Error struct{ Code string } `json:"error"`
+	}
+	json.NewDecoder(res.Body).Decode(&e)
+	retry, _ := strconv.Atoi(res.Header.Get("Retry-After"))
+	return res.StatusCode, e.Error.Code, time.Duration(retry) * time.Second, len(body)
+}
+
+// waitRetry waits as a client told to retry after d would, at most 2 s.
+func waitRetry(d time.Duration) { time.Sleep(min(max(d, 50*time.Millisecond), 2*time.Second)) }

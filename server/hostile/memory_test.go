@@ -32,7 +32,7 @@ func fill(t *testing.T, tg *target, victim string, n int) *client.Identity {
 // 4 polls of 300 envelopes held 434 MB of heap for 45 s).
 func TestUnreadPollsOfAFullInboxHoldLittleMemory(t *testing.T) {
 	tg := start(t)
-	const polls, envelopes = 4, 300
+	const polls, envelopes = 4, 250
 	owner := fill(t, tg, "victim", envelopes)
 	path := "/v1/inbox/victim"
 	header := "X-KEZ-Auth: " + auth(t, owner, "GET", path, "since=0")
@@ -53,7 +53,7 @@ func TestUnreadPollsOfAFullInboxHoldLittleMemory(t *testing.T) {
 // bounded in bytes, at a time, and writes a frame at a time.
 func TestStreamsThatNeverReadHoldLittleMemory(t *testing.T) {
 	tg := start(t)
-	const streams, envelopes = 8, 300
+	const streams, envelopes = 8, 250
 	owner := fill(t, tg, "victim", envelopes)
 	path := "/v1/inbox/victim/stream"
 	before := tg.heap(t)

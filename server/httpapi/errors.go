@@ -43,6 +43,8 @@ var statusOf = map[string]int{
 	server.CodeMessageIDConflict:  http.StatusConflict,
 	server.CodeCiphertextTooLarge: http.StatusRequestEntityTooLarge,
 	server.CodeInboxFull:          http.StatusConflict,
+	server.CodeSenderQuota:        http.StatusTooManyRequests,
+	server.CodeAddressQuota:       http.StatusTooManyRequests,
 	server.CodeNotPrimaryKey:      http.StatusForbidden,
 	server.CodePrimaryKeyMissing:  http.StatusBadRequest,
 	server.CodeVersionGap:         http.StatusConflict,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -65,11 +66,27 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var doc signing.Signed
-	if err := readBody(w, r, maxMessageBody, func(body []byte) error { return server.DecodeSigned(body, &doc) }); err != nil {
+	var size float64
+	err := readBody(w, r, maxMessageBody, func(body []byte) error {
+		size = float64(len(body))
+		return server.DecodeSigned(body, &doc)
+	})
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	// The address pays for what it stores, about its bodies' size; what
+	// was not stored is given back.
+	if ok, wait := s.cfg.AddressQuota.AllowN(addr, size); !ok {
+		s.metrics.rateLimited.Inc()
+		s.fail(w, r, &server.Error{Code: server.CodeAddressQuota, RetryAfter: wait,
+			Message: fmt.Sprintf("this address has stored its day's quota of message bytes; wait %s", wait.Round(time.Second))})
+		return
+	}
 	receipt, replayed, err := s.svc.Send(r.Context(), doc)
+	if err != nil || replayed {
+		s.cfg.AddressQuota.Refund(addr, size)
+	}
 	if err != nil {
 		s.failAuth(w, r, "", err)
 		return

@@ -42,6 +42,9 @@ type Config struct {
 	RegisterLimiter   *server.RateLimiter
 	SendLimiter       *server.RateLimiter
 	FailedAuthLimiter *server.RateLimiter // per address and per handle
+	// AddressQuota limits the bytes of messages each client address
+	// stores, a token a byte (nil: none).
+	AddressQuota *server.RateLimiter
 	// VAPIDPublicKey is served to browsers for pushManager.subscribe when
 	// the Service has a Pusher.
 	VAPIDPublicKey string

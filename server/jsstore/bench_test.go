@@ -63,7 +63,7 @@ func benchmarkAppendMany(b *testing.B, replicas, callers int) {
 				ID:        base64.RawURLEncoding.EncodeToString(id[:]),
 				Message:   msg,
 			}
-			if _, err := stores[mrand.IntN(len(stores))].AppendMessage(ctx, e, 0); err != nil {
+			if _, err := stores[mrand.IntN(len(stores))].AppendMessage(ctx, e, server.InboxLimits{}); err != nil {
 				b.Error(err)
 				return
 			}

@@ -68,8 +68,8 @@ type Config struct {
 	// Retention is the max age of an envelope (default 30 days).
 	Retention time.Duration
 	// MaxPending is the per-recipient cap (the stream's max messages per
-	// subject); 0: none. AppendMessage's maxPending argument is not used:
-	// the cap is the stream's, set at Open.
+	// subject); 0: none. AppendMessage's limits are not used: the cap is
+	// the stream's, set at Open.
 	MaxPending int
 	// MaxBytes bounds the stream (0: no limit).
 	MaxBytes int64
@@ -350,9 +350,11 @@ func idKey(sender, id string) string {
 }
 
 // AppendMessage has the writer store e and waits for JetStream's
-// acknowledgement; see server.Store. The cap is the
-// stream's (Config.MaxPending), not maxPending.
-func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ int) (bool, error) {
+// acknowledgement; see server.Store. The inbox's cap is the stream's per
+// subject (Config.MaxPending), not limits: JetStream keeps no bytes per
+// subject, so an inbox's bytes are bounded by its count cap times the
+// largest message, and the stream by Config.MaxBytes.
+func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.InboxLimits) (bool, error) {
 	if _, err := s.UserByHandle(ctx, e.Recipient); err != nil {
 		return false, err
 	}

@@ -47,7 +47,7 @@ func mustCreate(t testing.TB, s *jsstore.Store, handles ...string) {
 func mustAppend(t testing.TB, s *jsstore.Store, to, from, id, msg string) uint64 {
 	t.Helper()
 	e := &server.Envelope{Recipient: to, Sender: from, ID: id, Message: []byte(msg)}
-	dup, err := s.AppendMessage(context.Background(), e, 0)
+	dup, err := s.AppendMessage(context.Background(), e, server.InboxLimits{})
 	if err != nil || dup {
 		t.Fatalf("AppendMessage(%s→%s %s) = %v, %v", from, to, id, dup, err)
 	}
@@ -152,15 +152,15 @@ func TestAppendGivesEachInboxIncreasingSeqsAndRetriesTheOriginal(t *testing.T) {
 	}
 
 	retry := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "m1", Message: []byte(`{"n":1}`)}
-	if dup, err := s.AppendMessage(ctx, retry, 0); err != nil || !dup || retry.Seq != b1 {
+	if dup, err := s.AppendMessage(ctx, retry, server.InboxLimits{}); err != nil || !dup || retry.Seq != b1 {
 		t.Fatalf("retry = %v, %v, seq %d; want duplicate of %d", dup, err, retry.Seq, b1)
 	}
 	conflict := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "m1", Message: []byte(`{"n":"other"}`)}
-	if _, err := s.AppendMessage(ctx, conflict, 0); server.ErrorCode(err) != server.CodeMessageIDConflict {
+	if _, err := s.AppendMessage(ctx, conflict, server.InboxLimits{}); server.ErrorCode(err) != server.CodeMessageIDConflict {
 		t.Fatalf("conflict: %v", err)
 	}
 	unknown := &server.Envelope{Recipient: "nobody", Sender: "alice", ID: "m9", Message: []byte(`{}`)}
-	if _, err := s.AppendMessage(ctx, unknown, 0); server.ErrorCode(err) != server.CodeUnknownHandle {
+	if _, err := s.AppendMessage(ctx, unknown, server.InboxLimits{}); server.ErrorCode(err) != server.CodeUnknownHandle {
 		t.Fatalf("unknown recipient: %v", err)
 	}
 
@@ -242,7 +242,7 @@ func TestAckDeletesUpToSeqAndFullInboxRefusesUntilAcked(t *testing.T) {
 	s1 := mustAppend(t, s, "bob", "alice", "m1", "{}")
 	s2 := mustAppend(t, s, "bob", "alice", "m2", "{}")
 	full := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "m3", Message: []byte("{}")}
-	if _, err := s.AppendMessage(ctx, full, 2); server.ErrorCode(err) != server.CodeInboxFull {
+	if _, err := s.AppendMessage(ctx, full, server.InboxLimits{MaxPending: 2}); server.ErrorCode(err) != server.CodeInboxFull {
 		t.Fatalf("third message: %v, want inbox_full", err)
 	}
 	if k, err := s.Ack(ctx, "bob", s1); err != nil || k != 1 {
@@ -325,7 +325,7 @@ func TestAppendSetsPrevToTheRecipientsLastSeqOnEveryReplica(t *testing.T) {
 	appendPrev := func(s *jsstore.Store, to, id string) (seq, prev uint64) {
 		t.Helper()
 		e := &server.Envelope{Recipient: to, Sender: "alice", ID: id, Message: []byte(`{"m":"` + id + `"}`)}
-		if dup, err := s.AppendMessage(ctx, e, 0); err != nil || dup {
+		if dup, err := s.AppendMessage(ctx, e, server.InboxLimits{}); err != nil || dup {
 			t.Fatalf("AppendMessage(%s): %v, %v", id, dup, err)
 		}
 		return e.Seq, e.Prev
@@ -353,7 +353,7 @@ func TestAppendSetsPrevToTheRecipientsLastSeqOnEveryReplica(t *testing.T) {
 	}
 	// A retry is answered with the original seq, as before.
 	e := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "3", Message: []byte(`{"m":"3"}`)}
-	if dup, err := a.AppendMessage(ctx, e, 0); err != nil || !dup || e.Seq != b2 {
+	if dup, err := a.AppendMessage(ctx, e, server.InboxLimits{}); err != nil || !dup || e.Seq != b2 {
 		t.Fatalf("retry: dup %v, seq %d, err %v; want the original %d", dup, e.Seq, err, b2)
 	}
 }

@@ -34,7 +34,7 @@ func appendAll(stores []*jsstore.Store, envs []*server.Envelope) []stored {
 	for range 64 {
 		wg.Go(func() {
 			for i := range next {
-				dup, err := stores[i%len(stores)].AppendMessage(context.Background(), envs[i], 0)
+				dup, err := stores[i%len(stores)].AppendMessage(context.Background(), envs[i], server.InboxLimits{})
 				out[i] = stored{to: envs[i].Recipient, seq: envs[i].Seq, prev: envs[i].Prev, dup: dup, err: err}
 			}
 		})
@@ -124,7 +124,7 @@ func TestRacingRetriesOfOneMessageIDAreStoredOnce(t *testing.T) {
 		t.Fatalf("%d appends answered as the first; want 1", firsts)
 	}
 	conflict := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "same", Message: []byte(`{"n":2}`)}
-	if _, err := b.AppendMessage(context.Background(), conflict, 0); server.ErrorCode(err) != server.CodeMessageIDConflict {
+	if _, err := b.AppendMessage(context.Background(), conflict, server.InboxLimits{}); server.ErrorCode(err) != server.CodeMessageIDConflict {
 		t.Fatalf("same id, other message: %v; want %s", err, server.CodeMessageIDConflict)
 	}
 	if inbox, err := a.Messages(context.Background(), "bob", 0, 100, 0); err != nil || len(inbox) != 1 {
@@ -179,14 +179,14 @@ func TestAnEnvelopeAnotherWriterStoredIsNeverVouchedOver(t *testing.T) {
 	}
 
 	e := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "m2", Message: []byte("{}")}
-	if _, err := s.AppendMessage(ctx, e, 0); err != nil {
+	if _, err := s.AppendMessage(ctx, e, server.InboxLimits{}); err != nil {
 		t.Fatal(err)
 	}
 	if e.Prev != 0 && e.Prev != other.Sequence {
 		t.Fatalf("prev %d after another writer stored %d (before it, %d); want 0 or %d", e.Prev, other.Sequence, s1, other.Sequence)
 	}
 	next := &server.Envelope{Recipient: "bob", Sender: "alice", ID: "m3", Message: []byte("{}")}
-	if _, err := s.AppendMessage(ctx, next, 0); err != nil || next.Prev != e.Seq {
+	if _, err := s.AppendMessage(ctx, next, server.InboxLimits{}); err != nil || next.Prev != e.Seq {
 		t.Fatalf("next prev %d, %v; want %d", next.Prev, err, e.Seq)
 	}
 }

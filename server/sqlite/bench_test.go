@@ -36,7 +36,7 @@ func BenchmarkAppendMessageParallel(b *testing.B) {
 			n := next.Add(1)
 			e := envelope(recipients[n%uint64(len(recipients))], "alice", fmt.Sprint(n), "")
 			e.Message = msg
-			if _, err := db.AppendMessage(ctx, e, 0); err != nil {
+			if _, err := db.AppendMessage(ctx, e, server.InboxLimits{}); err != nil {
 				b.Error(err)
 				return
 			}
@@ -95,7 +95,7 @@ func benchmarkAppendMany(b *testing.B, callers int) {
 				ID:        base64.RawURLEncoding.EncodeToString(id[:]),
 				Message:   msg,
 			}
-			if _, err := db.AppendMessage(ctx, e, 0); err != nil {
+			if _, err := db.AppendMessage(ctx, e, server.InboxLimits{}); err != nil {
 				b.Error(err)
 				return
 			}

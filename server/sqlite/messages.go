@@ -28,8 +28,8 @@ const (
 
 // AppendMessage stores e durably in e.Recipient's inbox with the next seq
 // of that inbox; see server.Store. It waits for the group commit that holds
-// it. maxPending <= 0 means no limit.
-func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, maxPending int) (duplicate bool, err error) {
+// it.
+func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, limits server.InboxLimits) (duplicate bool, err error) {
 	// The writer may still read these after a caller whose ctx ended has
 	// returned: it works on copies.
 	recipient, sender, id := e.Recipient, e.Sender, e.ID
@@ -38,16 +38,19 @@ func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, maxPending 
 		msg = []byte{}
 	}
 	sum := sha256.Sum256(msg)
-	limit := int64(math.MaxInt64)
-	if maxPending > 0 {
-		limit = int64(maxPending)
+	maxPending, maxBytes := int64(math.MaxInt64), int64(math.MaxInt64)
+	if limits.MaxPending > 0 {
+		maxPending = int64(limits.MaxPending)
+	}
+	if limits.MaxPendingBytes > 0 {
+		maxBytes = limits.MaxPendingBytes
 	}
 	var seq, at int64
 	// Bare: append refuses only before it writes, and the savepoint would
 	// cost two statements on the hottest path.
 	err = db.submitBare(ctx, func(w *writer) error {
 		var err error
-		seq, at, duplicate, err = w.append(recipient, sender, id, msg, sum[:], limit)
+		seq, at, duplicate, err = w.append(recipient, sender, id, msg, sum[:], maxPending, maxBytes)
 		return err
 	})
 	if err != nil {
@@ -61,7 +64,7 @@ func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, maxPending 
 // append is AppendMessage on the writer, run as a bare job: it checks
 // everything, and returns every refusal, before its first write. An error
 // after that is unexpected and rolls back the batch's transaction.
-func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPending int64) (seq, at int64, dup bool, err error) {
+func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPending, maxBytes int64) (seq, at int64, dup bool, err error) {
 	var prev []byte
 	err = queryRow(w.sentByID, sender, id).Scan(&seq, &prev, &at)
 	switch {
@@ -76,17 +79,17 @@ func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPen
 	}
 
 	at = w.batchTime.Unix()
-	err = queryRow(w.bumpSeq, recipient, maxPending).Scan(&seq)
+	err = queryRow(w.bumpSeq, recipient, maxPending, int64(len(msg)), maxBytes).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
-		var pending int64
-		switch err := queryRow(w.pendingOf, recipient).Scan(&pending); {
+		var pending, pendingBytes int64
+		switch err := queryRow(w.pendingOf, recipient).Scan(&pending, &pendingBytes); {
 		case errors.Is(err, sql.ErrNoRows):
 			return 0, 0, false, server.Errorf(server.CodeUnknownHandle, "no user %q", recipient)
 		case err != nil:
 			return 0, 0, false, fmt.Errorf("reading pending count: %w", err)
 		}
 		return 0, 0, false, server.Errorf(server.CodeInboxFull,
-			"the inbox of %s holds %d unacknowledged messages; try again later", recipient, pending)
+			"the inbox of %s holds %d unacknowledged messages of %d bytes; try again later", recipient, pending, pendingBytes)
 	}
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("assigning seq: %w", err)
@@ -139,15 +142,28 @@ func (db *DB) Ack(ctx context.Context, recipient string, upto uint64) (int, erro
 	u := int64(min(upto, math.MaxInt64))
 	var n int64
 	err := db.submit(ctx, func(w *writer) error {
-		res, err := exec(w.deleteUpTo, recipient, u)
+		rows, err := w.deleteUpTo.QueryContext(context.Background(), recipient, u)
 		if err != nil {
 			return fmt.Errorf("deleting envelopes: %w", err)
 		}
-		if n, err = res.RowsAffected(); err != nil {
-			return fmt.Errorf("counting deleted envelopes: %w", err)
+		var bytes int64
+		n = 0
+		for rows.Next() {
+			var size int64
+			if err := rows.Scan(&size); err != nil {
+				rows.Close()
+				return fmt.Errorf("deleting envelopes: %w", err)
+			}
+			n, bytes = n+1, bytes+size
+		}
+		if err := rows.Close(); err != nil {
+			return fmt.Errorf("deleting envelopes: %w", err)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("deleting envelopes: %w", err)
 		}
 		if n > 0 {
-			if _, err := exec(w.decPending, n, recipient); err != nil {
+			if _, err := exec(w.decPending, n, bytes, recipient); err != nil {
 				return fmt.Errorf("updating pending count: %w", err)
 			}
 		}
@@ -251,15 +267,18 @@ func (w *writer) pruneEnvelopesChunk(cutoff int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	perInbox := make(map[string]int64)
+	type freed struct{ envelopes, bytes int64 }
+	perInbox := make(map[string]freed)
 	n := 0
 	for rows.Next() {
 		var r string
-		if err := rows.Scan(&r); err != nil {
+		var size int64
+		if err := rows.Scan(&r, &size); err != nil {
 			rows.Close()
 			return 0, err
 		}
-		perInbox[r]++
+		f := perInbox[r]
+		perInbox[r] = freed{f.envelopes + 1, f.bytes + size}
 		n++
 	}
 	if err := rows.Close(); err != nil {
@@ -268,8 +287,8 @@ func (w *writer) pruneEnvelopesChunk(cutoff int64) (int, error) {
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
-	for r, k := range perInbox {
-		if _, err := exec(w.decPending, k, r); err != nil {
+	for r, f := range perInbox {
+		if _, err := exec(w.decPending, f.envelopes, f.bytes, r); err != nil {
 			return 0, fmt.Errorf("updating pending count of %s: %w", r, err)
 		}
 	}

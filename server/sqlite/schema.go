@@ -97,6 +97,12 @@ CREATE TABLE push_subscriptions (
 	PRIMARY KEY (handle, endpoint)
 ) STRICT, WITHOUT ROWID;
 `,
+	// 3: the bytes each inbox holds, for its byte cap.
+	`
+ALTER TABLE inboxes ADD COLUMN pending_bytes INTEGER NOT NULL DEFAULT 0 CHECK (pending_bytes >= 0);
+UPDATE inboxes SET pending_bytes = (
+	SELECT coalesce(sum(length(message)), 0) FROM envelopes WHERE recipient = inboxes.handle);
+`,
 }
 
 // migrate brings the database on conn up to len(steps), one step per

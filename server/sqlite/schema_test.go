@@ -197,3 +197,33 @@ func TestConnectionsHaveDurablePragmasAndReadsCannotWrite(t *testing.T) {
 		t.Fatal("a read connection could write")
 	}
 }
+
+func TestStepThreeCountsTheBytesInboxesAlreadyHold(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	conn := rawConn(t, path)
+	if _, err := migrate(context.Background(), conn, migrations[:2], slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`INSERT INTO users VALUES ('bob', 'p', 's', 'ed25519', x'00', x'00', 0), ('carol', 'q', 's', 'ed25519', x'00', x'00', 0)`,
+		`INSERT INTO inboxes (handle, last_seq, pending) VALUES ('bob', 2, 2), ('carol', 0, 0)`,
+		`INSERT INTO envelopes (recipient, seq, sender, msg_id, received_at, message) VALUES
+			('bob', 1, 'a', '1', 0, x'0102030405'), ('bob', 2, 'a', '2', 0, x'010203')`,
+	} {
+		if _, err := conn.ExecContext(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := migrate(context.Background(), conn, migrations, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	for handle, want := range map[string]int{"bob": 8, "carol": 0} {
+		var got int
+		if err := conn.QueryRowContext(context.Background(), "SELECT pending_bytes FROM inboxes WHERE handle = ?", handle).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("%s: pending_bytes = %d, want %d", handle, got, want)
+		}
+	}
+}

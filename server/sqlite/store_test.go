@@ -64,7 +64,7 @@ func envelope(to, from, id, msg string) *server.Envelope {
 func mustAppend(t testing.TB, db *DB, to, from, id, msg string) uint64 {
 	t.Helper()
 	e := envelope(to, from, id, msg)
-	dup, err := db.AppendMessage(context.Background(), e, 100)
+	dup, err := db.AppendMessage(context.Background(), e, server.InboxLimits{MaxPending: 100})
 	if err != nil {
 		t.Fatalf("AppendMessage(%s→%s %s): %v", from, to, id, err)
 	}
@@ -233,7 +233,7 @@ func TestAppendSetsReceivedAtToNow(t *testing.T) {
 	mustCreate(t, db, "alice", "bob")
 	before := time.Now().Truncate(time.Second)
 	e := envelope("bob", "alice", "m1", "hi")
-	if _, err := db.AppendMessage(context.Background(), e, 10); err != nil {
+	if _, err := db.AppendMessage(context.Background(), e, server.InboxLimits{MaxPending: 10}); err != nil {
 		t.Fatal(err)
 	}
 	if e.ReceivedAt.Before(before) || e.ReceivedAt.After(time.Now()) {
@@ -260,7 +260,7 @@ func TestAppendRetryOfSameMessageAnswersOriginalSeqAndStoresOnce(t *testing.T) {
 			}
 		}
 		e := envelope("bob", "alice", "m1", "hello")
-		dup, err := db.AppendMessage(context.Background(), e, 100)
+		dup, err := db.AppendMessage(context.Background(), e, server.InboxLimits{MaxPending: 100})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -280,7 +280,7 @@ func TestAppendSameIDWithDifferentMessageIsConflict(t *testing.T) {
 	db := openTest(t)
 	mustCreate(t, db, "alice", "bob")
 	mustAppend(t, db, "bob", "alice", "m1", "hello")
-	_, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "m1", "changed"), 100)
+	_, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "m1", "changed"), server.InboxLimits{MaxPending: 100})
 	wantCode(t, err, server.CodeMessageIDConflict)
 	if p := pending(t, db, "bob"); p != 1 {
 		t.Fatalf("pending = %d, want 1", p)
@@ -290,7 +290,7 @@ func TestAppendSameIDWithDifferentMessageIsConflict(t *testing.T) {
 func TestAppendToUnknownRecipientIsUnknownHandle(t *testing.T) {
 	db := openTest(t)
 	mustCreate(t, db, "alice")
-	_, err := db.AppendMessage(context.Background(), envelope("nobody", "alice", "m1", "hi"), 100)
+	_, err := db.AppendMessage(context.Background(), envelope("nobody", "alice", "m1", "hi"), server.InboxLimits{MaxPending: 100})
 	wantCode(t, err, server.CodeUnknownHandle)
 	if n := count(t, db, "SELECT count(*) FROM sent_ids"); n != 0 {
 		t.Fatalf("a refused message left %d message ids", n)
@@ -302,21 +302,56 @@ func TestFullInboxRefusesUntilAcked(t *testing.T) {
 	mustCreate(t, db, "alice", "bob")
 	const maxPending = 3
 	for i := range maxPending {
-		if _, err := db.AppendMessage(context.Background(), envelope("bob", "alice", fmt.Sprint(i), "x"), maxPending); err != nil {
+		if _, err := db.AppendMessage(context.Background(), envelope("bob", "alice", fmt.Sprint(i), "x"), server.InboxLimits{MaxPending: maxPending}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "over", "x"), maxPending)
+	_, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "over", "x"), server.InboxLimits{MaxPending: maxPending})
 	wantCode(t, err, server.CodeInboxFull)
 	if n, err := db.Ack(context.Background(), "bob", 1); err != nil || n != 1 {
 		t.Fatalf("Ack = %d, %v; want 1", n, err)
 	}
 	e := envelope("bob", "alice", "over", "x")
-	if _, err := db.AppendMessage(context.Background(), e, maxPending); err != nil {
+	if _, err := db.AppendMessage(context.Background(), e, server.InboxLimits{MaxPending: maxPending}); err != nil {
 		t.Fatalf("after an ack: %v", err)
 	}
 	if e.Seq != maxPending+1 {
 		t.Fatalf("seq = %d, want %d", e.Seq, maxPending+1)
+	}
+}
+
+func TestAnInboxRefusesPastItsBytesAndAcksAndExpiryFreeThem(t *testing.T) {
+	db := openTest(t)
+	mustCreate(t, db, "alice", "bob")
+	limits := server.InboxLimits{MaxPendingBytes: 250}
+	msg := strings.Repeat("m", 100)
+	for i := range 2 {
+		if _, err := db.AppendMessage(context.Background(), envelope("bob", "alice", fmt.Sprint(i), msg), limits); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "over", msg), limits)
+	wantCode(t, err, server.CodeInboxFull)
+	if b := count(t, db, "SELECT pending_bytes FROM inboxes WHERE handle = 'bob'"); b != 200 {
+		t.Fatalf("pending_bytes = %d, want 200", b)
+	}
+	if _, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "small", "s"), limits); err != nil {
+		t.Fatalf("a message that fits: %v", err)
+	}
+	if n, err := db.Ack(context.Background(), "bob", 1); err != nil || n != 1 {
+		t.Fatalf("Ack = %d, %v; want 1", n, err)
+	}
+	if b := count(t, db, "SELECT pending_bytes FROM inboxes WHERE handle = 'bob'"); b != 101 {
+		t.Fatalf("pending_bytes = %d after acking one, want 101", b)
+	}
+	if _, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "over", msg), limits); err != nil {
+		t.Fatalf("after an ack: %v", err)
+	}
+	if _, err := db.Prune(context.Background(), time.Now(), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if b := count(t, db, "SELECT pending_bytes FROM inboxes WHERE handle = 'bob'"); b != 0 {
+		t.Fatalf("pending_bytes = %d after expiring everything, want 0", b)
 	}
 }
 
@@ -414,7 +449,7 @@ func TestMessagesLimitIsClampedToAThousand(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 1001 {
 		wg.Go(func() {
-			if _, err := db.AppendMessage(ctx, envelope("bob", "alice", fmt.Sprint(i), "x"), 0); err != nil {
+			if _, err := db.AppendMessage(ctx, envelope("bob", "alice", fmt.Sprint(i), "x"), server.InboxLimits{}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -515,7 +550,7 @@ func TestPruneWorksInChunks(t *testing.T) {
 	for i := range n {
 		to := []string{"bob", "carol"}[i%2]
 		wg.Go(func() {
-			if _, err := db.AppendMessage(ctx, envelope(to, "alice", fmt.Sprint(i), "x"), 0); err != nil {
+			if _, err := db.AppendMessage(ctx, envelope(to, "alice", fmt.Sprint(i), "x"), server.InboxLimits{}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -560,7 +595,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() != 0 {
 		t.Fatalf("WAL holds %d bytes after Close, want it checkpointed", fi.Size())
 	}
-	if _, err := db.AppendMessage(ctx, envelope("bob", "alice", "late", "x"), 10); !errors.Is(err, ErrClosed) {
+	if _, err := db.AppendMessage(ctx, envelope("bob", "alice", "late", "x"), server.InboxLimits{MaxPending: 10}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("AppendMessage after Close = %v, want ErrClosed", err)
 	}
 	if err := db.Ping(ctx); err == nil {
@@ -588,7 +623,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 		t.Fatalf("replayed digest after reopening: fresh=%v, %v", fresh, err)
 	}
 	e := envelope("bob", "alice", "1", "message 1")
-	if dup, err := db.AppendMessage(ctx, e, 10); err != nil || !dup || e.Seq != 2 {
+	if dup, err := db.AppendMessage(ctx, e, server.InboxLimits{MaxPending: 10}); err != nil || !dup || e.Seq != 2 {
 		t.Fatalf("retry after reopening = seq %d, dup %v, %v; want seq 2, dup", e.Seq, dup, err)
 	}
 	if seq := mustAppend(t, db, "bob", "alice", "new", "x"); seq != 5 {
@@ -612,7 +647,7 @@ func TestConcurrentAppendsGiveEachInboxAGapFreeSequence(t *testing.T) {
 			for i := range each {
 				to := recipients[(g+i)%len(recipients)]
 				e := envelope(to, "alice", fmt.Sprintf("%d-%d", g, i), "x")
-				if _, err := db.AppendMessage(context.Background(), e, 0); err != nil {
+				if _, err := db.AppendMessage(context.Background(), e, server.InboxLimits{}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -706,7 +741,7 @@ func TestPruneKeepsMessageIDsUntilTheyExpireEvenIfTheClockStepsBack(t *testing.T
 		t.Fatalf("%d envelopes left, want all 5", n)
 	}
 	e := envelope("bob", "alice", "m3", "x")
-	if dup, err := db.AppendMessage(ctx, e, 10); err != nil || !dup || e.Seq != 3 {
+	if dup, err := db.AppendMessage(ctx, e, server.InboxLimits{MaxPending: 10}); err != nil || !dup || e.Seq != 3 {
 		t.Fatalf("retry of m3 = seq %d, dup %v, %v; want the original seq 3", e.Seq, dup, err)
 	}
 }

@@ -69,9 +69,9 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 		{&w.release, "RELEASE job"},
 		{&w.rollbackTo, "ROLLBACK TO job"},
 		{&w.sentByID, "SELECT seq, digest, created_at FROM sent_ids WHERE sender = ? AND msg_id = ?"},
-		{&w.bumpSeq, `UPDATE inboxes SET last_seq = last_seq + 1, pending = pending + 1
-			WHERE handle = ? AND pending < ? RETURNING last_seq`},
-		{&w.pendingOf, "SELECT pending FROM inboxes WHERE handle = ?"},
+		{&w.bumpSeq, `UPDATE inboxes SET last_seq = last_seq + 1, pending = pending + 1, pending_bytes = pending_bytes + ?3
+			WHERE handle = ?1 AND pending < ?2 AND pending_bytes + ?3 <= ?4 RETURNING last_seq`},
+		{&w.pendingOf, "SELECT pending, pending_bytes FROM inboxes WHERE handle = ?"},
 		{&w.insertEnvelope, `INSERT INTO envelopes (recipient, seq, sender, msg_id, received_at, message)
 			VALUES (?, ?, ?, ?, ?, ?)`},
 		{&w.insertSent, `INSERT INTO sent_ids (sender, msg_id, recipient, seq, digest, created_at)
@@ -81,8 +81,8 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 		{&w.insertUser, `INSERT INTO users (handle, primary_id, server, alg, key, enc_key, created_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?)`},
 		{&w.insertInbox, "INSERT INTO inboxes (handle) VALUES (?)"},
-		{&w.deleteUpTo, "DELETE FROM envelopes WHERE recipient = ? AND seq <= ?"},
-		{&w.decPending, "UPDATE inboxes SET pending = pending - ? WHERE handle = ?"},
+		{&w.deleteUpTo, "DELETE FROM envelopes WHERE recipient = ? AND seq <= ? RETURNING length(message)"},
+		{&w.decPending, "UPDATE inboxes SET pending = pending - ?1, pending_bytes = pending_bytes - ?2 WHERE handle = ?3"},
 		// A present but expired digest is recorded again (and counts as
 		// fresh); a present, unexpired one makes the upsert a no-op that
 		// returns no row.
@@ -92,7 +92,7 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 			RETURNING 1`},
 		{&w.pruneEnvelopes, `DELETE FROM envelopes WHERE id IN (
 			SELECT id FROM envelopes WHERE received_at < ? LIMIT ?)
-			RETURNING recipient`},
+			RETURNING recipient, length(message)`},
 		// The oldest pruneChunk ids, of which those created before the
 		// cutoff. A chunk with fewer ends the pruning (see pruneLoop); an
 		// entry behind a newer one (the clock stepped back) waits for a

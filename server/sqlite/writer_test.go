@@ -50,7 +50,7 @@ func queue(t *testing.T, db *DB, reqs ...func() error) (wait func() []error) {
 
 func appendReq(db *DB, e *server.Envelope, maxPending int) func() error {
 	return func() error {
-		_, err := db.AppendMessage(context.Background(), e, maxPending)
+		_, err := db.AppendMessage(context.Background(), e, server.InboxLimits{MaxPending: maxPending})
 		return err
 	}
 }
@@ -149,7 +149,7 @@ func TestRequestWhoseContextEndedWhileQueuedIsSkipped(t *testing.T) {
 	release := holdWriter(t, db)
 	ctx, cancel := context.WithCancel(context.Background())
 	wait := queue(t, db, func() error {
-		_, err := db.AppendMessage(ctx, envelope("bob", "alice", "gone", "x"), 10)
+		_, err := db.AppendMessage(ctx, envelope("bob", "alice", "gone", "x"), server.InboxLimits{MaxPending: 10})
 		return err
 	})
 	cancel()
@@ -170,7 +170,7 @@ func TestRequestWithEndedContextIsRefusedAtOnce(t *testing.T) {
 	mustCreate(t, db, "alice", "bob")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := db.AppendMessage(ctx, envelope("bob", "alice", "m", "x"), 10); !errors.Is(err, context.Canceled) {
+	if _, err := db.AppendMessage(ctx, envelope("bob", "alice", "m", "x"), server.InboxLimits{MaxPending: 10}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("AppendMessage = %v, want context.Canceled", err)
 	}
 }

@@ -1,0 +1,98 @@
+package hostile_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"kez.lat/chat/server"
+)
+
+// dbBytes is what the server's database files take on disk.
+func (tg *target) dbBytes(t *testing.T) int64 {
+	t.Helper()
+	var n int64
+	for _, name := range []string{"kez-chat.db", "kez-chat.db-wal"} {
+		if fi, err := os.Stat(filepath.Join(tg.dir, name)); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
+// One registered identity sends 64 KiB messages as fast as the rate limits
+// let it: past its daily quota of bytes (12 MiB by default) the server
+// refuses with sender_quota_exceeded and a Retry-After, so one identity
+// cannot fill the disk (before: nothing stopped it short of inbox_full at
+// 10,000 messages, 870 MB, in every inbox it could find).
+func TestOneIdentityCannotStoreMoreThanItsDailyQuota(t *testing.T) {
+	tg := start(t)
+	id, _ := tg.register(t, "flooder")
+	_, victim := tg.register(t, "victim")
+	stored, size := 0, 0
+	for i := range 400 {
+		status, code, retry, n := tg.post(t, id, victim)
+		size = n
+		if status == 201 {
+			stored++
+			continue
+		}
+		if code == server.CodeRateLimited {
+			waitRetry(retry)
+			continue
+		}
+		if code != server.CodeSenderQuota || retry <= 0 {
+			t.Fatalf("message %d: %d %s (Retry-After %v), want sender_quota_exceeded with a Retry-After", i, status, code, retry)
+		}
+		break
+	}
+	checkStored(t, stored, size, 12<<20)
+	t.Logf("one identity stored %d messages (%.1f MiB on disk) before sender_quota_exceeded", stored, float64(tg.dbBytes(t))/mib)
+}
+
+// One address registers identities and sends from each until the
+// address's daily quota (24 MiB by default) refuses with
+// address_quota_exceeded: fresh identities do not buy more disk.
+func TestOneAddressCannotStoreMoreThanItsDailyQuota(t *testing.T) {
+	tg := start(t)
+	_, victim := tg.register(t, "victim")
+	stored, size := 0, 0
+	for s := 0; ; s++ {
+		if s == 10 {
+			t.Fatalf("10 identities stored %d messages and the address quota never refused", stored)
+		}
+		id, _ := tg.register(t, fmt.Sprintf("flooder%d", s))
+		for {
+			status, code, retry, n := tg.post(t, id, victim)
+			size = n
+			if status == 201 {
+				stored++
+				continue
+			}
+			if code == server.CodeRateLimited {
+				waitRetry(retry)
+				continue
+			}
+			if code == server.CodeSenderQuota {
+				break // the next identity
+			}
+			if code != server.CodeAddressQuota || retry <= 0 {
+				t.Fatalf("%d %s (Retry-After %v), want address_quota_exceeded with a Retry-After", status, code, retry)
+			}
+			checkStored(t, stored, size, 24<<20)
+			t.Logf("one address stored %d messages (%.1f MiB on disk) before address_quota_exceeded", stored, float64(tg.dbBytes(t))/mib)
+			return
+		}
+	}
+}
+
+// checkStored fails unless n messages of size bytes come to quota, give or
+// take a message or two (the quota counts what is stored, about the size of
+// the bodies).
+func checkStored(t *testing.T, n, size, quota int) {
+	t.Helper()
+	if total := n * size; total > quota+size || total < quota-2*size {
+		t.Fatalf("%d messages of %d bytes (%d) stored before the quota of %d refused", n, size, total, quota)
+	}
+}
