@@ -69,7 +69,10 @@ const (
 	CodeRateLimited    = "rate_limited"
 	CodeTooManyStreams = "too_many_streams"
 	CodeUnavailable    = "unavailable"
-	CodeInternal       = "internal"
+	// CodeStorageFull: the server's disk (or its store's size limit) has
+	// no room for the write; it recovers once room returns.
+	CodeStorageFull = "storage_full"
+	CodeInternal    = "internal"
 )
 
 // Error is a failure the client can act on: a stable code and a message for

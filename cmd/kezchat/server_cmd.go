@@ -30,7 +30,7 @@ type serverFlags struct {
 	trustedProxies                             string
 	retention, shutdownTimeout                 time.Duration
 	maxPending, maxStreams, maxConns           int
-	maxPendingBytes                            int64
+	maxPendingBytes, maxDBBytes                int64
 	senderQuota, addressQuota                  int64
 	registerRate, sendRate, handleSendRate     float64
 	failedAuthRate                             float64
@@ -51,6 +51,7 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("server", "server [flags]\n\nRuns the chat server: the HTTP API, inbox streams and the web app.", stderr)
 	fs.StringVar(&f.bind, "bind", def.Bind, "address to serve HTTP on")
 	fs.StringVar(&f.db, "db", def.DBPath, "SQLite database file")
+	fs.Int64Var(&f.maxDBBytes, "max-db-bytes", 0, "bytes the SQLite database may grow to; writes past it answer storage_full (507) while the disk keeps room for the WAL (0: no limit)")
 	fs.StringVar(&f.domain, "domain", def.Service.Domain, "the chat's DNS name: handles are name@<domain>, and signed payloads must name it")
 	fs.StringVar(&f.domainAlias, "server", "", "deprecated: the old name of --domain")
 	fs.StringVar(&f.publicURL, "public-url", "", "origin clients reach the server at (default http://<bind> for localhost, else https://<domain>)")
@@ -136,7 +137,7 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 	cfg.Service.MaxPendingBytes = f.maxPendingBytes
 	cfg.SenderQuota.BytesPerDay, cfg.AddressQuota.BytesPerDay = f.senderQuota, f.addressQuota
 	cfg.Service.MaxPushSubscriptions = f.maxPushSubscriptions
-	cfg.Bind, cfg.MetricsBind, cfg.DBPath = f.bind, f.metricsBind, f.db
+	cfg.Bind, cfg.MetricsBind, cfg.DBPath, cfg.MaxDBBytes = f.bind, f.metricsBind, f.db, f.maxDBBytes
 	cfg.MaxConnections, cfg.ShutdownTimeout = f.maxConns, f.shutdownTimeout
 	cfg.RegisterLimit.Rate = f.registerRate
 	cfg.SendLimit = app.Limit{Rate: f.sendRate, Burst: int(2 * f.sendRate)}

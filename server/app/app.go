@@ -86,8 +86,11 @@ type Config struct {
 	// App serves the web app at /; nil serves a built-in page.
 	App http.Handler
 
-	// DBPath is the SQLite database; unused with JetStream.
-	DBPath string
+	// DBPath is the SQLite database; unused with JetStream. MaxDBBytes,
+	// when set, is as far as it may grow: writes past it answer
+	// storage_full while the disk still has room for the WAL.
+	DBPath     string
+	MaxDBBytes int64
 	// JetStream, when set, keeps messages and users on NATS JetStream, so
 	// that any number of replicas share them.
 	JetStream *jsstore.Config
@@ -176,6 +179,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if js, ok := s.Store.(*jsstore.Store); ok {
 		registerWriterMetrics(s.Metrics, js)
 	}
+	registerStorageMetrics(s.Metrics, s.Store)
 	s.Service = server.NewService(cfg.Service, s.Store, broker, log)
 	s.Service.SendLimiter = cfg.HandleSendLimit.limiter()
 	s.Service.SenderQuota = cfg.SenderQuota.limiter()
@@ -240,6 +244,12 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (server.Store,
 		db, err := sqlite.Open(ctx, cfg.DBPath, log)
 		if err != nil {
 			return nil, fmt.Errorf("opening database %s: %w", cfg.DBPath, err)
+		}
+		if cfg.MaxDBBytes > 0 {
+			if err := db.LimitSize(ctx, cfg.MaxDBBytes); err != nil {
+				db.Close()
+				return nil, err
+			}
 		}
 		return db, nil
 	}

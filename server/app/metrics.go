@@ -53,3 +53,37 @@ func registerWriterMetrics(reg prometheus.Registerer, js *jsstore.Store) {
 		}, func() float64 { _, e := js.WriterStats(); return float64(e) }),
 	)
 }
+
+// storageHealth is what a store that knows its write path reports.
+type storageHealth interface {
+	WriteFailures() (full, io uint64)
+	Writable() bool
+}
+
+// registerStorageMetrics exports whether the store can write and why
+// writes failed, for alerts on a filling disk.
+func registerStorageMetrics(reg prometheus.Registerer, store any) {
+	h, ok := store.(storageHealth)
+	if !ok {
+		return
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kezchat_store_writable",
+			Help: "1 when the last write probe (readiness) committed a large message's worth of bytes; 0 when the disk or the size limit had no room.",
+		}, func() float64 {
+			if h.Writable() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kezchat_store_full_total",
+			Help: "Writes refused with storage_full: no room on the disk or under the store's size limit.",
+		}, func() float64 { full, _ := h.WriteFailures(); return float64(full) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kezchat_store_io_failures_total",
+			Help: "Writes refused with unavailable because the store failed to write.",
+		}, func() float64 { _, io := h.WriteFailures(); return float64(io) }),
+	)
+}

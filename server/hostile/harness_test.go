@@ -9,8 +9,8 @@ package hostile_test
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -70,7 +70,13 @@ func binary(t *testing.T) string {
 // database's directory and args, and waits until it is ready.
 func start(t *testing.T, args ...string) *target {
 	t.Helper()
-	tg := &target{addr: testutil.FreeAddr(t), metrics: testutil.FreeAddr(t), dir: t.TempDir(), log: &lockedBuffer{}}
+	return startIn(t, t.TempDir(), args...)
+}
+
+// startIn is start with the database in dir.
+func startIn(t *testing.T, dir string, args ...string) *target {
+	t.Helper()
+	tg := &target{addr: testutil.FreeAddr(t), metrics: testutil.FreeAddr(t), dir: dir, log: &lockedBuffer{}}
 	tg.url = "http://" + tg.addr
 	all := append([]string{"server", "--bind", tg.addr, "--metrics-bind", tg.metrics, "--domain", domain,
 		"--db", filepath.Join(tg.dir, "kez-chat.db"), "--log-format", "json"}, args...)

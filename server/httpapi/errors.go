@@ -56,6 +56,7 @@ var statusOf = map[string]int{
 	server.CodeRateLimited:        http.StatusTooManyRequests,
 	server.CodeTooManyStreams:     http.StatusTooManyRequests,
 	server.CodeUnavailable:        http.StatusServiceUnavailable,
+	server.CodeStorageFull:        http.StatusInsufficientStorage,
 	server.CodeInternal:           http.StatusInternalServerError,
 }
 

@@ -28,6 +28,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.svc.Ready(ctx); err != nil {
 		s.log.WarnContext(ctx, "not ready", "err", err)
+		if server.ErrorCode(err) == server.CodeStorageFull {
+			writeError(w, err) // 507: the writer has no room
+			return
+		}
 		writeError(w, server.Errorf(server.CodeUnavailable, "the database is unavailable"))
 		return
 	}

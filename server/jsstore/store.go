@@ -90,9 +90,15 @@ type Store struct {
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
 
-	w         *writer
-	fw        *forwarder
-	leader    atomic.Bool // holds the writer lease
+	w        *writer
+	fw       *forwarder
+	leader   atomic.Bool   // holds the writer lease
+	full     atomic.Uint64 // appends refused with storage_full
+	writable atomic.Bool   // the last Ping found room
+
+	pingMu    sync.Mutex
+	pingedAt  time.Time
+	pingErr   error
 	stop      chan struct{}
 	leaseDone chan struct{}
 	closeOnce sync.Once
@@ -214,13 +220,59 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Ping fails while JetStream cannot answer.
+// Ping fails while JetStream cannot answer, and with storage_full while it
+// has no room for a large message. It asks JetStream at most once per
+// pingEvery (readiness is reachable by anyone) and answers with the last
+// outcome in between.
 func (s *Store) Ping(ctx context.Context) error {
-	if _, err := s.js.AccountInfo(ctx); err != nil {
+	s.pingMu.Lock()
+	defer s.pingMu.Unlock()
+	if !s.pingedAt.IsZero() && time.Since(s.pingedAt) < pingEvery {
+		return s.pingErr
+	}
+	err := s.checkRoom(ctx)
+	if ctx.Err() != nil {
+		return err
+	}
+	s.pingedAt, s.pingErr = time.Now(), err
+	s.writable.Store(err == nil)
+	return err
+}
+
+// pingEvery bounds how often Ping asks JetStream.
+const pingEvery = 2 * time.Second
+
+// roomNeeded is what Ping wants free: more than the largest message.
+const roomNeeded = 128 << 10
+
+// checkRoom fails while JetStream answers no account information, or has
+// no room for one more large message: in the account's storage, or under
+// the stream's MaxBytes (storage_full).
+func (s *Store) checkRoom(ctx context.Context) error {
+	info, err := s.js.AccountInfo(ctx)
+	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
+	}
+	full := &server.Error{Code: server.CodeStorageFull, RetryAfter: time.Minute, Message: "the message store is full"}
+	if max := info.Limits.MaxStore; max > 0 && int64(info.Store)+roomNeeded > max {
+		return full
+	}
+	si, err := s.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("JetStream stream %s: %w", StreamName, err)
+	}
+	if max := si.Config.MaxBytes; max > 0 && int64(si.State.Bytes)+roomNeeded > max {
+		return full
 	}
 	return nil
 }
+
+// WriteFailures counts the appends refused because the store was full; a
+// JetStream store tells no other write failure apart.
+func (s *Store) WriteFailures() (full, io uint64) { return s.full.Load(), 0 }
+
+// Writable reports the outcome of the last Ping.
+func (s *Store) Writable() bool { return s.writable.Load() }
 
 func subject(handle string) string { return SubjectPrefix + natsbus.Token(handle) }
 

@@ -396,3 +396,45 @@ func TestOpenTakesOverAStreamAnEarlierVersionCreated(t *testing.T) {
 		t.Fatalf("stream config: atomic %v, duplicate window %v; want true, 15m", cfg.AllowAtomicPublish, cfg.Duplicates)
 	}
 }
+
+func TestAFullStreamRefusesWithStorageFullAndPingSaysSo(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	openLimited := func() *jsstore.Store {
+		s, err := jsstore.Open(context.Background(), jsstore.Config{
+			NATS:     natsbus.Config{URL: n.URL, ReconnectWait: 20 * time.Millisecond},
+			MaxBytes: 1 << 20,
+		}, testutil.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s := openLimited()
+	mustCreate(t, s, "alice", "bob")
+	var err error
+	if err := s.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping of an empty stream: %v", err)
+	}
+	msg := strings.Repeat("m", 80_000)
+	for i := 0; ; i++ {
+		if i == 100 {
+			t.Fatal("100 messages of 80 KB fit a stream of 1 MiB")
+		}
+		_, err = s.AppendMessage(context.Background(), &server.Envelope{Recipient: "bob", Sender: "alice", ID: fmt.Sprint(i), Message: []byte(msg)}, server.InboxLimits{})
+		if err != nil {
+			break
+		}
+	}
+	if server.ErrorCode(err) != server.CodeStorageFull {
+		t.Fatalf("append to a full stream: %v, want storage_full", err)
+	}
+	if full, _ := s.WriteFailures(); full == 0 {
+		t.Fatal("the refusal was not counted")
+	}
+	// A fresh store asks JetStream: the other's answer is cached.
+	other := openLimited()
+	if err := other.Ping(context.Background()); server.ErrorCode(err) != server.CodeStorageFull || other.Writable() {
+		t.Fatalf("Ping of a full stream = %v, want storage_full", err)
+	}
+}

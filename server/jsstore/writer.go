@@ -476,6 +476,21 @@ const (
 	errCodeAtomicPublishDisabled jetstream.ErrorCode = 10174
 )
 
+// Error codes of JetStream without room: the account's or the server's
+// storage is used up (max_file_store).
+const (
+	errCodeInsufficientResources jetstream.ErrorCode = 10023
+	errCodeStorageExceeded       jetstream.ErrorCode = 10047
+)
+
+// storageFull reports whether JetStream refused for want of room: the
+// stream's MaxBytes, or the server's or account's storage.
+func storageFull(apiErr *jetstream.APIError) bool {
+	return apiErr.ErrorCode == errCodeInsufficientResources || apiErr.ErrorCode == errCodeStorageExceeded ||
+		strings.Contains(apiErr.Description, "maximum bytes exceeded") ||
+		strings.Contains(apiErr.Description, "resources exceeded")
+}
+
 // answerFailure answers r, which JetStream refused alone.
 func (w *writer) answerFailure(r *appendRequest, apiErr *jetstream.APIError) {
 	switch {
@@ -484,9 +499,10 @@ func (w *writer) answerFailure(r *appendRequest, apiErr *jetstream.APIError) {
 	case strings.Contains(apiErr.Description, "maximum messages per subject exceeded"):
 		r.err = server.Errorf(server.CodeInboxFull,
 			"the inbox of %s holds the most unacknowledged messages allowed; try again later", r.recipient)
-	case strings.Contains(apiErr.Description, "maximum bytes exceeded"),
-		strings.Contains(apiErr.Description, "resources exceeded"):
-		r.err = unavailable("the message store is full")
+	case storageFull(apiErr):
+		w.s.full.Add(1)
+		r.err = &server.Error{Code: server.CodeStorageFull, RetryAfter: time.Minute,
+			Message: "the message store is full; try again later"}
 	default:
 		r.err = fmt.Errorf("appending envelope for %s: %w", r.recipient, apiErr)
 	}

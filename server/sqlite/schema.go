@@ -97,11 +97,13 @@ CREATE TABLE push_subscriptions (
 	PRIMARY KEY (handle, endpoint)
 ) STRICT, WITHOUT ROWID;
 `,
-	// 3: the bytes each inbox holds, for its byte cap.
+	// 3: the bytes each inbox holds, for its byte cap; a table the
+	// readiness probe writes to and empties in one transaction.
 	`
 ALTER TABLE inboxes ADD COLUMN pending_bytes INTEGER NOT NULL DEFAULT 0 CHECK (pending_bytes >= 0);
 UPDATE inboxes SET pending_bytes = (
 	SELECT coalesce(sum(length(message)), 0) FROM envelopes WHERE recipient = inboxes.handle);
+CREATE TABLE write_probe (bytes BLOB NOT NULL) STRICT;
 `,
 }
 

@@ -52,6 +52,7 @@ type DB struct {
 	closing    chan struct{} // closed by Close: no new jobs are accepted
 	writerDone chan struct{} // closed when the writer goroutine has exited
 	commits    atomic.Uint64 // committed write transactions, for tests and benchmarks
+	health     health
 
 	closeOnce sync.Once
 	closeErr  error
@@ -165,8 +166,10 @@ func (db *DB) prepareReads(ctx context.Context) error {
 	return nil
 }
 
-// Ping runs a trivial query on the read pool and fails once the store is
-// closed.
+// Ping fails once the store is closed, when the read pool cannot answer,
+// and when the writer cannot commit a large message's worth of bytes (a
+// full disk or size limit): readiness follows the write path, not only
+// reads.
 func (db *DB) Ping(ctx context.Context) error {
 	select {
 	case <-db.closing:
@@ -176,6 +179,28 @@ func (db *DB) Ping(ctx context.Context) error {
 	var one int
 	if err := db.rdb.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
 		return fmt.Errorf("pinging database %s: %w", db.path, err)
+	}
+	if err := db.probeWrite(ctx); err != nil {
+		return fmt.Errorf("pinging database %s: %w", db.path, err)
+	}
+	return nil
+}
+
+// LimitSize makes the database refuse to grow past maxBytes (SQLite's
+// max_page_count): writes that need more answer storage_full, and the disk
+// keeps room for the WAL and a checkpoint. It cannot go below what the
+// file holds.
+func (db *DB) LimitSize(ctx context.Context, maxBytes int64) error {
+	err := db.submit(ctx, func(w *writer) error {
+		var pageSize int64
+		if err := w.conn.QueryRowContext(context.Background(), "PRAGMA page_size").Scan(&pageSize); err != nil {
+			return err
+		}
+		var pages int64
+		return w.conn.QueryRowContext(context.Background(), fmt.Sprintf("PRAGMA max_page_count = %d", max(maxBytes/pageSize, 1))).Scan(&pages)
+	})
+	if err != nil {
+		return fmt.Errorf("limiting database %s to %d bytes: %w", db.path, maxBytes, err)
 	}
 	return nil
 }

@@ -745,3 +745,39 @@ func TestPruneKeepsMessageIDsUntilTheyExpireEvenIfTheClockStepsBack(t *testing.T
 		t.Fatalf("retry of m3 = seq %d, dup %v, %v; want the original seq 3", e.Seq, dup, err)
 	}
 }
+
+func TestAFullDatabaseRefusesWithStorageFullAndPingFollowsTheWritePath(t *testing.T) {
+	db := openTest(t)
+	if err := db.LimitSize(context.Background(), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, db, "alice", "bob")
+	msg := strings.Repeat("m", 80_000)
+	var err error
+	for i := 0; err == nil; i++ {
+		if i == 100 {
+			t.Fatal("100 messages of 80 KB fit under a 1 MiB limit")
+		}
+		_, err = db.AppendMessage(context.Background(), envelope("bob", "alice", fmt.Sprint(i), msg), server.InboxLimits{})
+	}
+	wantCode(t, err, server.CodeStorageFull)
+	if full, _ := db.WriteFailures(); full == 0 {
+		t.Fatal("the refusal was not counted")
+	}
+	if err := db.Ping(context.Background()); server.ErrorCode(err) != server.CodeStorageFull || db.Writable() {
+		t.Fatalf("Ping with the database full = %v (writable %v), want storage_full", err, db.Writable())
+	}
+	// Acknowledging frees pages; the next probe (after probeEvery) passes.
+	if _, err := db.Ack(context.Background(), "bob", 1<<40); err != nil {
+		t.Fatalf("acknowledging with the database full: %v", err)
+	}
+	db.health.probeMu.Lock()
+	db.health.probedAt = time.Time{} // as if probeEvery had passed
+	db.health.probeMu.Unlock()
+	if err := db.Ping(context.Background()); err != nil || !db.Writable() {
+		t.Fatalf("Ping once room returned = %v (writable %v)", err, db.Writable())
+	}
+	if _, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "after", msg), server.InboxLimits{}); err != nil {
+		t.Fatalf("a message once room returned: %v", err)
+	}
+}

@@ -53,6 +53,7 @@ type writer struct {
 	insertUser, insertInbox              *sql.Stmt
 	deleteUpTo, decPending               *sql.Stmt
 	useOnce                              *sql.Stmt
+	probeInsert, probeDelete             *sql.Stmt
 	pruneEnvelopes, pruneSent, pruneAuth *sql.Stmt
 }
 
@@ -90,6 +91,8 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 			ON CONFLICT (digest) DO UPDATE SET expires_at = excluded.expires_at
 			WHERE used_auth.expires_at < ?3
 			RETURNING 1`},
+		{&w.probeInsert, "INSERT INTO write_probe (bytes) VALUES (zeroblob(?))"},
+		{&w.probeDelete, "DELETE FROM write_probe"},
 		{&w.pruneEnvelopes, `DELETE FROM envelopes WHERE id IN (
 			SELECT id FROM envelopes WHERE received_at < ? LIMIT ?)
 			RETURNING recipient, length(message)`},
@@ -182,11 +185,11 @@ func (db *DB) submitJob(ctx context.Context, run func(w *writer) error, bare boo
 	}
 	select {
 	case err := <-j.done:
-		return err
+		return db.storageError(err)
 	case <-ctx.Done():
 		select {
 		case err := <-j.done: // an answer that raced ctx wins
-			return err
+			return db.storageError(err)
 		default:
 			return ctx.Err()
 		}
@@ -195,7 +198,7 @@ func (db *DB) submitJob(ctx context.Context, run func(w *writer) error, bare boo
 		// queue after its last look is never run.
 		select {
 		case err := <-j.done:
-			return err
+			return db.storageError(err)
 		default:
 			return ErrClosed
 		}
@@ -324,11 +327,14 @@ func (w *writer) runJob(j *job) (err, fatal error) {
 		return nil, fmt.Errorf("opening savepoint: %w", err)
 	}
 	if err := j.run(w); err != nil {
+		// The request's own error is the one wrapped: a full disk makes
+		// SQLite roll back the whole transaction, savepoint and all, and
+		// the caller must hear storage_full, not "no such savepoint".
 		if _, rerr := exec(w.rollbackTo); rerr != nil {
-			return err, fmt.Errorf("undoing failed request (%v): %w", err, rerr)
+			return err, fmt.Errorf("request failed (%w) and undoing it failed: %v", err, rerr)
 		}
 		if _, rerr := exec(w.release); rerr != nil {
-			return err, fmt.Errorf("releasing savepoint after failed request (%v): %w", err, rerr)
+			return err, fmt.Errorf("request failed (%w) and releasing its savepoint failed: %v", err, rerr)
 		}
 		return err, nil
 	}
