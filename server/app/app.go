@@ -205,18 +205,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		log.Info("Web Push is off: set --vapid-subject to turn it on")
 	}
 	s.API = httpapi.New(httpapi.Config{
-		Version:            cfg.Version,
-		PublicURL:          cfg.PublicURL,
-		SigServerURL:       cfg.SigServerPublicURL,
-		TrustedProxies:     cfg.TrustedProxies,
-		KeepAlive:          cfg.KeepAlive,
-		StreamWriteTimeout: cfg.StreamWriteTimeout,
-		RegisterLimiter:    cfg.RegisterLimit.limiter(),
-		SendLimiter:        cfg.SendLimit.limiter(),
-		FailedAuthLimiter:  cfg.FailedAuthLimit.limiter(),
-		AddressQuota:       cfg.AddressQuota.limiter(),
-		VAPIDPublicKey:     vapidPublicKey,
-		App:                cfg.App,
+		Version:                 cfg.Version,
+		PublicURL:               cfg.PublicURL,
+		SigServerURL:            cfg.SigServerPublicURL,
+		TrustedProxies:          cfg.TrustedProxies,
+		KeepAlive:               cfg.KeepAlive,
+		StreamWriteTimeout:      cfg.StreamWriteTimeout,
+		RegisterLimiter:         cfg.RegisterLimit.limiter(),
+		SendLimiter:             cfg.SendLimit.limiter(),
+		FailedAuthLimiter:       cfg.FailedAuthLimit.limiter(),
+		FailedAuthHandleLimiter: cfg.FailedAuthLimit.limiter(),
+		AddressQuota:            cfg.AddressQuota.limiter(),
+		VAPIDPublicKey:          vapidPublicKey,
+		App:                     cfg.App,
 	}, s.Service, log, s.Metrics)
 	// No write timeout: streams outlive any.
 	s.http, err = listen(apiServer(s.API.Handler(), 0, log), cfg.Bind, cfg.MaxConnections, cfg.MetricsBind, s.Metrics)

@@ -192,12 +192,11 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 }
 
 // authenticate verifies a request's auth, answering and returning false if
-// it fails or the client is over its failed-auth limit.
+// it fails. The signature is checked first: a correctly signed request
+// passes whatever failures were charged to its address or handle, so
+// nobody can lock a person out by failing on their behalf, or by forging
+// their address.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, a server.RequestAuth) bool {
-	if ok, wait := s.cfg.FailedAuthLimiter.Check(s.clientAddr(r)); !ok {
-		s.fail(w, r, &server.Error{Code: server.CodeRateLimited, Message: "too many failed authentications from this address", RetryAfter: wait})
-		return false
-	}
 	if _, err := s.svc.Authenticate(r.Context(), a); err != nil {
 		s.failAuth(w, r, a.Handle, err)
 		return false
@@ -206,16 +205,17 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, a server.R
 }
 
 // failAuth answers err and, if it is an authentication failure, charges it
-// to the client's address and to the handle. A handle over its limit gets
-// 429 for its failures only: a correctly signed request still passes, so
-// nobody can lock a person out by failing on their behalf.
+// to the client's address and to the handle, each in a limiter of its own
+// (a flood of one cannot evict the other's buckets). Past either limit the
+// failure is answered 429 with Retry-After instead, which slows down
+// guessing without ever refusing a correct signature.
 func (s *Server) failAuth(w http.ResponseWriter, r *http.Request, handle string, err error) {
 	if authFailure(server.ErrorCode(err)) {
 		s.metrics.authFailures.Inc()
 		okAddr, waitAddr := s.cfg.FailedAuthLimiter.Allow(s.clientAddr(r))
 		okHandle, waitHandle := true, time.Duration(0)
 		if handle != "" {
-			okHandle, waitHandle = s.cfg.FailedAuthLimiter.Allow("handle:" + handle)
+			okHandle, waitHandle = s.cfg.FailedAuthHandleLimiter.Allow(handle)
 		}
 		if !okAddr || !okHandle {
 			err = &server.Error{Code: server.CodeRateLimited, Message: "too many failed authentications", RetryAfter: max(waitAddr, waitHandle)}

@@ -39,9 +39,12 @@ type Config struct {
 	// takes longer to read it is cut off.
 	ResponseWriteTimeout time.Duration
 	// Limits per client address.
-	RegisterLimiter   *server.RateLimiter
-	SendLimiter       *server.RateLimiter
-	FailedAuthLimiter *server.RateLimiter // per address and per handle
+	RegisterLimiter *server.RateLimiter
+	SendLimiter     *server.RateLimiter
+	// FailedAuthLimiter limits failed authentications per client address,
+	// FailedAuthHandleLimiter per handle.
+	FailedAuthLimiter       *server.RateLimiter
+	FailedAuthHandleLimiter *server.RateLimiter
 	// AddressQuota limits the bytes of messages each client address
 	// stores, a token a byte (nil: none).
 	AddressQuota *server.RateLimiter

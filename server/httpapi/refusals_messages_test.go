@@ -259,3 +259,19 @@ func TestRepeatedAuthFailuresFromOneAddressGet429(t *testing.T) {
 		t.Fatalf("codes %v: want bad_auth first and rate_limited once over the limit", codes)
 	}
 }
+
+func TestACorrectlySignedRequestPassesWhateverFailedFromItsAddressOrForItsHandle(t *testing.T) {
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) { c.FailedAuthLimit = app.Limit{Rate: 0.01, Burst: 3} }})
+	alice := newIdentity(t, "ed25519", "alice")
+	register(t, srv, alice)
+	bad := map[string]string{"X-KEZ-Auth": strconv.FormatInt(time.Now().Unix(), 10) + ":" + signing.EncodeB64(make([]byte, 64))}
+	for range 10 {
+		do(t, "GET", srv.URL+"/v1/inbox/alice", nil, bad)
+	}
+	if r := do(t, "GET", srv.URL+"/v1/inbox/alice", nil, bad); r.code != server.CodeRateLimited {
+		t.Fatalf("another failure: %d %s, want rate_limited", r.status, r.code)
+	}
+	// The same address and handle, signed by alice: poll fails the test
+	// on anything but 200.
+	poll(t, srv, alice, 0)
+}
