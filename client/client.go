@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"kez.lat/chat/server"
@@ -64,6 +65,8 @@ type Client struct {
 	domain string
 	users  map[string]*User
 	acks   map[string]lastAck
+
+	lastStreamTS atomic.Int64 // see streamTS
 }
 
 type lastAck struct {

@@ -38,7 +38,11 @@ type Stream struct {
 // come first, then live ones.
 func (c *Client) Stream(ctx context.Context, id *Identity, since uint64) (*Stream, error) {
 	path := inboxPath(id.Handle) + "/stream"
-	auth, err := c.authorize(ctx, id, http.MethodGet, path, c.now().Unix())
+	ts, err := c.streamTS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := c.authorize(ctx, id, http.MethodGet, path, ts)
 	if err != nil {
 		return nil, err
 	}
@@ -243,4 +247,26 @@ func (r idleReader) Read(p []byte) (int, error) {
 		r.idle.reset()
 	}
 	return n, err
+}
+
+// streamTS is the ts of a new stream's auth. The server accepts a stream
+// auth once, so no two of this client's share a ts (and so a signature):
+// a reconnect within the same second signs the next one. Should that run
+// a minute ahead of the clock, it waits, staying well inside the window.
+func (c *Client) streamTS(ctx context.Context) (int64, error) {
+	for {
+		last, now := c.lastStreamTS.Load(), c.now().Unix()
+		ts := max(now, last+1)
+		if ts > now+60 {
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if c.lastStreamTS.CompareAndSwap(last, ts) {
+			return ts, nil
+		}
+	}
 }

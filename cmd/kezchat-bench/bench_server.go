@@ -97,6 +97,8 @@ func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer
 		"--sender-quota-bytes", "0",
 		"--address-quota-bytes", "0",
 		"--max-pending-bytes", "0",
+		"--max-connections-per-address", "0",
+		"--max-streams-per-address", "0",
 		"--max-streams-per-handle", "1000000",
 		"--max-pending", strconv.Itoa(max(10000, 2*(cfg.messages+int(cfg.rate*cfg.rateDuration.Seconds())+cfg.pushMessages))),
 		"--max-connections", strconv.Itoa(max(16384, streams+max(cfg.senders, cfg.inFlight)+registerWorkers+256)),

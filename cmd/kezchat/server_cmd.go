@@ -30,6 +30,7 @@ type serverFlags struct {
 	trustedProxies                             string
 	retention, shutdownTimeout                 time.Duration
 	maxPending, maxStreams, maxConns           int
+	maxConnsPerAddr, maxStreamsPerAddr         int
 	maxPendingBytes, maxDBBytes                int64
 	senderQuota, addressQuota                  int64
 	registerRate, sendRate, handleSendRate     float64
@@ -66,6 +67,8 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.Int64Var(&f.addressQuota, "address-quota-bytes", def.AddressQuota.BytesPerDay, "bytes of messages one client address may store a day (0: no limit)")
 	fs.IntVar(&f.maxStreams, "max-streams-per-handle", def.Service.MaxStreamsPerHandle, "inbox streams one handle may have open")
 	fs.IntVar(&f.maxConns, "max-connections", def.MaxConnections, "HTTP connections served at once")
+	fs.IntVar(&f.maxConnsPerAddr, "max-connections-per-address", def.MaxConnectionsPerAddress, "HTTP connections one client address (an IPv6 /64) may hold; trusted proxies are not capped (0: no cap)")
+	fs.IntVar(&f.maxStreamsPerAddr, "max-streams-per-address", def.MaxStreamsPerAddress, "inbox streams one client address may hold open (0: no cap)")
 	fs.Float64Var(&f.registerRate, "register-rate", def.RegisterLimit.Rate, fmt.Sprintf("registrations per second per client address, burst %d (0 disables)", def.RegisterLimit.Burst))
 	fs.Float64Var(&f.sendRate, "send-rate", def.SendLimit.Rate, "messages per second per client address, burst 2x (0 disables)")
 	fs.Float64Var(&f.handleSendRate, "handle-send-rate", def.HandleSendLimit.Rate, "messages per second per sending handle, burst 2x (0 disables)")
@@ -139,6 +142,7 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 	cfg.Service.MaxPushSubscriptions = f.maxPushSubscriptions
 	cfg.Bind, cfg.MetricsBind, cfg.DBPath, cfg.MaxDBBytes = f.bind, f.metricsBind, f.db, f.maxDBBytes
 	cfg.MaxConnections, cfg.ShutdownTimeout = f.maxConns, f.shutdownTimeout
+	cfg.MaxConnectionsPerAddress, cfg.MaxStreamsPerAddress = f.maxConnsPerAddr, f.maxStreamsPerAddr
 	cfg.RegisterLimit.Rate = f.registerRate
 	cfg.SendLimit = app.Limit{Rate: f.sendRate, Burst: int(2 * f.sendRate)}
 	cfg.HandleSendLimit = app.Limit{Rate: f.handleSendRate, Burst: int(2 * f.handleSendRate)}

@@ -26,6 +26,7 @@ func runSigServer(ctx context.Context, args []string, _, stderr io.Writer) error
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed")
 	fs.Float64Var(&cfg.PublishLimit.Rate, "publish-rate", cfg.PublishLimit.Rate, fmt.Sprintf("key document publications per second per client address, burst %d (0 disables)", cfg.PublishLimit.Burst))
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "HTTP connections served at once")
+	fs.IntVar(&cfg.MaxConnectionsPerAddress, "max-connections-per-address", cfg.MaxConnectionsPerAddress, "HTTP connections one client address (an IPv6 /64) may hold; trusted proxies are not capped (0: no cap)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
 	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {

@@ -67,8 +67,12 @@ type Config struct {
 	// Bind is the API's listen address ("127.0.0.1:0" takes a free port);
 	// MetricsBind is Prometheus /metrics's, or empty for none.
 	Bind, MetricsBind string
-	// MaxConnections bounds the API's connections at once.
-	MaxConnections int
+	// MaxConnections bounds the API's connections at once, and
+	// MaxConnectionsPerAddress those of one client address (0: no cap;
+	// trusted proxies are not capped). MaxStreamsPerAddress bounds the
+	// inbox streams one client address holds open (0: no cap).
+	MaxConnections, MaxConnectionsPerAddress int
+	MaxStreamsPerAddress                     int
 	// ShutdownTimeout bounds how long a stopping server waits for
 	// requests in flight and pushes queued.
 	ShutdownTimeout time.Duration
@@ -115,16 +119,20 @@ type Config struct {
 // laptop's server on SQLite with every limit on.
 func DefaultConfig() Config {
 	return Config{
-		Service:         server.DefaultConfig(),
-		Version:         "dev",
-		Bind:            "127.0.0.1:6969",
-		MetricsBind:     "127.0.0.1:9469",
-		MaxConnections:  16384,
-		ShutdownTimeout: 10 * time.Second,
-		RegisterLimit:   Limit{Rate: 0.2, Burst: 20},
-		SendLimit:       Limit{Rate: 200, Burst: 400},
-		FailedAuthLimit: Limit{Rate: 1, Burst: 30},
-		HandleSendLimit: Limit{Rate: 30, Burst: 60},
+		Service:        server.DefaultConfig(),
+		Version:        "dev",
+		Bind:           "127.0.0.1:6969",
+		MetricsBind:    "127.0.0.1:9469",
+		MaxConnections: 16384,
+		// A household or an office behind one address, with a few
+		// devices and tabs each; a stranger with one host gets no more.
+		MaxConnectionsPerAddress: 256,
+		MaxStreamsPerAddress:     64,
+		ShutdownTimeout:          10 * time.Second,
+		RegisterLimit:            Limit{Rate: 0.2, Burst: 20},
+		SendLimit:                Limit{Rate: 200, Burst: 400},
+		FailedAuthLimit:          Limit{Rate: 1, Burst: 30},
+		HandleSendLimit:          Limit{Rate: 30, Burst: 60},
 		// 30 days of one address's quota, unacknowledged, are 720 MiB: the
 		// operator's default 1 GiB volume holds them.
 		SenderQuota:  Quota{BytesPerDay: 12 << 20},
@@ -216,11 +224,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		FailedAuthLimiter:       cfg.FailedAuthLimit.limiter(),
 		FailedAuthHandleLimiter: cfg.FailedAuthLimit.limiter(),
 		AddressQuota:            cfg.AddressQuota.limiter(),
+		MaxStreamsPerAddress:    cfg.MaxStreamsPerAddress,
 		VAPIDPublicKey:          vapidPublicKey,
 		App:                     cfg.App,
 	}, s.Service, log, s.Metrics)
 	// No write timeout: streams outlive any.
-	s.http, err = listen(apiServer(s.API.Handler(), 0, log), cfg.Bind, cfg.MaxConnections, cfg.MetricsBind, s.Metrics)
+	s.http, err = listen(apiServer(s.API.Handler(), 0, log), cfg.Bind, httpapi.ListenerLimits{
+		Total: cfg.MaxConnections, PerAddress: cfg.MaxConnectionsPerAddress, Trusted: cfg.TrustedProxies,
+	}, cfg.MetricsBind, s.Metrics)
 	if err != nil {
 		return nil, err
 	}

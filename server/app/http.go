@@ -25,9 +25,11 @@ func apiServer(handler http.Handler, writeTimeout time.Duration, log *slog.Logge
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      writeTimeout,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// An idle keep-alive holds a connection slot: a minute is plenty
+		// for a browser's next request.
+		IdleTimeout:    time.Minute,
+		MaxHeaderBytes: 16 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 }
 
@@ -42,15 +44,15 @@ type listeners struct {
 	errc    chan error
 }
 
-// listen binds api's listener on bind, accepting at most maxConns
-// connections at once, and unless metricsBind is empty a metrics listener
-// for reg. On error nothing is left bound.
-func listen(api *http.Server, bind string, maxConns int, metricsBind string, reg prometheus.Gatherer) (*listeners, error) {
+// listen binds api's listener on bind, serving connections within limits,
+// and unless metricsBind is empty a metrics listener for reg. On error
+// nothing is left bound.
+func listen(api *http.Server, bind string, limits httpapi.ListenerLimits, metricsBind string, reg prometheus.Gatherer) (*listeners, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", bind, err)
 	}
-	l := &listeners{api: ln, servers: []*http.Server{api}, lns: []net.Listener{httpapi.LimitListener(ln, maxConns)}}
+	l := &listeners{api: ln, servers: []*http.Server{api}, lns: []net.Listener{httpapi.LimitListener(ln, limits)}}
 	if metricsBind != "" {
 		mln, err := net.Listen("tcp", metricsBind)
 		if err != nil {

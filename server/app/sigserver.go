@@ -23,8 +23,9 @@ type SigConfig struct {
 	// Bind is the API's listen address; MetricsBind is Prometheus
 	// /metrics's, or empty for none.
 	Bind, MetricsBind string
-	// MaxConnections bounds the API's connections at once.
-	MaxConnections int
+	// MaxConnections bounds the API's connections at once,
+	// MaxConnectionsPerAddress those of one client address (0: no cap).
+	MaxConnections, MaxConnectionsPerAddress int
 	// ShutdownTimeout bounds how long a stopping sig-server waits for
 	// requests in flight.
 	ShutdownTimeout time.Duration
@@ -40,13 +41,14 @@ type SigConfig struct {
 // DefaultSigConfig is the defaults `kezchat sig-server --help` documents.
 func DefaultSigConfig() SigConfig {
 	return SigConfig{
-		Version:         "dev",
-		DBPath:          "./kez-sig.db",
-		Bind:            "127.0.0.1:7878",
-		MetricsBind:     "127.0.0.1:9470",
-		MaxConnections:  4096,
-		ShutdownTimeout: 10 * time.Second,
-		PublishLimit:    Limit{Rate: 1, Burst: 20},
+		Version:                  "dev",
+		DBPath:                   "./kez-sig.db",
+		Bind:                     "127.0.0.1:7878",
+		MetricsBind:              "127.0.0.1:9470",
+		MaxConnections:           4096,
+		MaxConnectionsPerAddress: 64,
+		ShutdownTimeout:          10 * time.Second,
+		PublishLimit:             Limit{Rate: 1, Burst: 20},
 	}
 }
 
@@ -81,7 +83,9 @@ func NewSigServer(ctx context.Context, cfg SigConfig, log *slog.Logger) (*SigSer
 		TrustedProxies: cfg.TrustedProxies,
 		PublishLimiter: cfg.PublishLimit.limiter(),
 	}, s.Directory, log, s.Metrics)
-	s.http, err = listen(apiServer(s.API.Handler(), 30*time.Second, log), cfg.Bind, cfg.MaxConnections, cfg.MetricsBind, s.Metrics)
+	s.http, err = listen(apiServer(s.API.Handler(), 30*time.Second, log), cfg.Bind, httpapi.ListenerLimits{
+		Total: cfg.MaxConnections, PerAddress: cfg.MaxConnectionsPerAddress, Trusted: cfg.TrustedProxies,
+	}, cfg.MetricsBind, s.Metrics)
 	if err != nil {
 		s.close()
 		return nil, err

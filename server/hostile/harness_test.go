@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,12 +194,32 @@ func (tg *target) send(t *testing.T, id *client.Identity, u *client.User, n int)
 // auth is an X-KEZ-Auth value for id's request, signed now.
 func auth(t *testing.T, id *client.Identity, method, path string, bindings ...string) string {
 	t.Helper()
-	v, err := signing.SignRequest(id.Signer, domain, method, path, time.Now().Unix(), bindings...)
+	return authAt(t, id, time.Now().Unix(), method, path, bindings...)
+}
+
+func authAt(t *testing.T, id *client.Identity, ts int64, method, path string, bindings ...string) string {
+	t.Helper()
+	v, err := signing.SignRequest(id.Signer, domain, method, path, ts, bindings...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return v
 }
+
+// streamAuth is the auth of a stream of id's: the server accepts each once,
+// so each gets a ts of its own.
+func streamAuth(t *testing.T, id *client.Identity) string {
+	t.Helper()
+	for {
+		last := lastStreamTS.Load()
+		ts := max(time.Now().Unix(), last+1)
+		if lastStreamTS.CompareAndSwap(last, ts) {
+			return authAt(t, id, ts, "GET", "/v1/inbox/"+id.Handle+"/stream")
+		}
+	}
+}
+
+var lastStreamTS atomic.Int64
 
 // rawRequest opens a connection, sends one request and never reads: the
 // client that costs the server the most.

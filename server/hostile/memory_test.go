@@ -58,7 +58,7 @@ func TestStreamsThatNeverReadHoldLittleMemory(t *testing.T) {
 	path := "/v1/inbox/victim/stream"
 	before := tg.heap(t)
 	for range streams {
-		tg.rawRequest(t, get(path+"?auth="+auth(t, owner, "GET", path)))
+		tg.rawRequest(t, get(path+"?auth="+streamAuth(t, owner)))
 	}
 	peak := tg.peakHeapOver(t, 3*time.Second)
 	grew := (peak - before) / mib

@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"kez.lat/chat/server"
+	"kez.lat/chat/server/app"
 	"kez.lat/chat/server/sigclient"
 	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/testutil"
@@ -98,7 +100,7 @@ func TestDeviceKeyOpensAStreamAndSubscribesNothingOnceRevoked(t *testing.T) {
 	chain.mustPublish(t, sig.URL, laptop.signer)
 	path := "/v1/inbox/alice/stream"
 	stream := func() int {
-		auth := laptop.auth(t, http.MethodGet, path, time.Now().Unix())
+		auth := laptop.auth(t, http.MethodGet, path, streamTS())
 		req, _ := http.NewRequest(http.MethodGet, srv.URL+path+"?auth="+url.QueryEscape(auth), nil)
 		res, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -310,5 +312,38 @@ func TestConcurrentChecksOfOneIdentityShareOneFetch(t *testing.T) {
 	fetches, _ := metricValue(t, sig.Metrics, "kezsig_http_requests_total", map[string]string{"route": "GET /v1/keys/{primary_id}"})
 	if fetches != 1 {
 		t.Errorf("the sig-server was asked %v times for alice's keys, want 1", fetches)
+	}
+}
+
+func TestAnOpenStreamEndsOnceItsDeviceKeyIsRevoked(t *testing.T) {
+	sig := testutil.StartSigServer(t, testutil.SigOptions{})
+	srv := testutil.StartServer(t, testutil.Options{SigServerURL: sig.URL,
+		Config: func(c *app.Config) { c.KeepAlive = 20 * time.Millisecond }})
+	chain := newKeyChain(t, "ed25519")
+	register(t, srv, chain.primary)
+	laptop := asDevice(chain.primary, newSigner(t, "ed25519"))
+	chain.mustPublish(t, sig.URL, laptop.signer)
+	path := "/v1/inbox/alice/stream"
+	auth := laptop.auth(t, http.MethodGet, path, streamTS())
+	res, err := http.Get(srv.URL + path + "?auth=" + url.QueryEscape(auth))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("stream opened by a published device key: %d", res.StatusCode)
+	}
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, res.Body); ended <- err }()
+	select {
+	case err := <-ended:
+		t.Fatalf("the stream ended before the revocation: %v", err)
+	case <-time.After(200 * time.Millisecond): // ten keep-alive checks
+	}
+	chain.mustPublish(t, sig.URL) // version 2 drops the laptop
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream of a revoked device key is still open 5 s after the revocation")
 	}
 }

@@ -114,13 +114,13 @@ func (s *Server) inbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if !s.authenticate(w, r, server.RequestAuth{
+	if _, ok := s.authenticate(w, r, server.RequestAuth{
 		Handle:   handle,
 		Method:   http.MethodGet,
 		Path:     "/v1/inbox/" + handle,
 		Bindings: []string{"since=" + strconv.FormatUint(since, 10)},
 		Header:   r.Header.Get("X-KEZ-Auth"),
-	}) {
+	}); !ok {
 		return
 	}
 	envs, next, err := s.svc.Inbox(r.Context(), handle, since, int(min(max(limit, 1), 1000)))
@@ -173,14 +173,14 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if !s.authenticate(w, r, server.RequestAuth{
+	if _, ok := s.authenticate(w, r, server.RequestAuth{
 		Handle:   handle,
 		Method:   http.MethodDelete,
 		Path:     "/v1/inbox/" + handle,
 		Bindings: []string{"upto=" + raw},
 		Header:   r.Header.Get("X-KEZ-Auth"),
 		Once:     true,
-	}) {
+	}); !ok {
 		return
 	}
 	n, err := s.svc.Ack(r.Context(), handle, upto)
@@ -196,12 +196,13 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 // passes whatever failures were charged to its address or handle, so
 // nobody can lock a person out by failing on their behalf, or by forging
 // their address.
-func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, a server.RequestAuth) bool {
-	if _, err := s.svc.Authenticate(r.Context(), a); err != nil {
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, a server.RequestAuth) (*server.Session, bool) {
+	sess, err := s.svc.Authenticate(r.Context(), a)
+	if err != nil {
 		s.failAuth(w, r, a.Handle, err)
-		return false
+		return nil, false
 	}
-	return true
+	return sess, true
 }
 
 // failAuth answers err and, if it is an authentication failure, charges it

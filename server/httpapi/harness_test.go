@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -183,5 +184,19 @@ func ack(t testing.TB, srv *testutil.Server, id *identity, upto uint64) int {
 
 // signingRequest signs the stream request string for a client identity.
 func signingRequest(id *client.Identity, path string) (string, error) {
-	return signing.SignRequest(id.Signer, testutil.Domain, http.MethodGet, path, time.Now().Unix())
+	return signing.SignRequest(id.Signer, testutil.Domain, http.MethodGet, path, streamTS())
+}
+
+// lastStreamTS makes every stream auth a test signs unique, as clients do:
+// the server accepts each once.
+var lastStreamTS atomic.Int64
+
+func streamTS() int64 {
+	for {
+		last := lastStreamTS.Load()
+		ts := max(time.Now().Unix(), last+1)
+		if lastStreamTS.CompareAndSwap(last, ts) {
+			return ts
+		}
+	}
 }

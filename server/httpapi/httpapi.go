@@ -48,6 +48,9 @@ type Config struct {
 	// AddressQuota limits the bytes of messages each client address
 	// stores, a token a byte (nil: none).
 	AddressQuota *server.RateLimiter
+	// MaxStreamsPerAddress bounds the streams one client address holds
+	// open (0: no cap).
+	MaxStreamsPerAddress int
 	// VAPIDPublicKey is served to browsers for pushManager.subscribe when
 	// the Service has a Pusher.
 	VAPIDPublicKey string
@@ -80,6 +83,9 @@ type Server struct {
 	// starts.
 	pumpsMu     sync.Mutex
 	pumpsClosed bool
+
+	streamsMu   sync.Mutex
+	addrStreams map[string]int // open streams per client address
 }
 
 // New returns a Server for svc, registering its metrics with reg.
@@ -96,7 +102,7 @@ func New(cfg Config, svc *server.Service, log *slog.Logger, reg prometheus.Regis
 	if cfg.App == nil {
 		cfg.App = fallbackApp()
 	}
-	s := &Server{cfg: cfg, svc: svc, log: log, mux: http.NewServeMux(), metrics: newMetrics(reg, svc)}
+	s := &Server{cfg: cfg, svc: svc, log: log, mux: http.NewServeMux(), metrics: newMetrics(reg, svc), addrStreams: make(map[string]int)}
 	s.shutdown, s.stopStreams = context.WithCancel(context.Background())
 	s.routes()
 	return s

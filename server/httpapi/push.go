@@ -56,7 +56,7 @@ func (s *Server) pushRequest(w http.ResponseWriter, r *http.Request, prefix stri
 		s.fail(w, r, err)
 		return "", sub, false
 	}
-	ok := s.authenticate(w, r, server.RequestAuth{
+	_, ok := s.authenticate(w, r, server.RequestAuth{
 		Handle:   handle,
 		Method:   http.MethodPost,
 		Path:     prefix + handle,

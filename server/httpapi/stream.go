@@ -45,18 +45,30 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if !s.authenticate(w, r, server.RequestAuth{
+	// The auth travels in the URL, where it may be seen (logs, a history):
+	// it opens one stream, once, and the stream ends when the auth leaves
+	// the window. The client reconnects with fresh auth from its cursor.
+	sess, ok := s.authenticate(w, r, server.RequestAuth{
 		Handle: handle,
 		Method: http.MethodGet,
 		Path:   "/v1/inbox/" + handle + "/stream",
 		Header: q.Get("auth"),
-	}) {
+		Once:   true,
+	})
+	if !ok {
 		return
 	}
 
+	addr := s.clientAddr(r)
+	if !s.holdStream(addr) {
+		s.fail(w, r, &server.Error{Code: server.CodeTooManyStreams, RetryAfter: 30 * time.Second,
+			Message: "this address has too many open streams"})
+		return
+	}
 	// The stream outlives the request on a taken-over connection, so it
 	// hangs off the server's shutdown context, not the request's.
-	ctx, cancel := context.WithCancel(s.shutdown)
+	ctx, cancel := context.WithDeadline(s.shutdown, sess.Expires)
+	context.AfterFunc(ctx, func() { s.releaseStream(addr) })
 	st, err := s.svc.OpenStream(ctx, handle, since)
 	if err != nil {
 		cancel()
@@ -74,7 +86,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		h.Set("Cache-Control", "no-store")
 		h.Set("X-Accel-Buffering", "no")
 		w.WriteHeader(http.StatusOK)
-		s.pump(ctx, st, handle, &responseSink{w: w, rc: rc, timeout: s.cfg.StreamWriteTimeout})
+		s.pump(ctx, st, sess, &responseSink{w: w, rc: rc, timeout: s.cfg.StreamWriteTimeout})
 		return
 	}
 	// Bytes a client pipelined after its GET are ignored: the connection
@@ -109,7 +121,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		defer conn.Close()
 		defer stopDeadline()
-		s.pump(ctx, st, handle, sink)
+		s.pump(ctx, st, sess, sink)
 	})
 }
 
@@ -148,13 +160,25 @@ func (r *responseSink) write(p []byte) error {
 }
 
 // pump writes st's envelopes, and keep-alives while there are none, to sink
-// until the stream, the sink or ctx ends. It closes st.
-func (s *Server) pump(ctx context.Context, st *server.Stream, handle string, sink eventSink) {
+// until the stream, the sink or ctx ends, or sess no longer holds (checked
+// at every keep-alive interval). It closes st.
+func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Session, sink eventSink) {
 	defer st.Close()
+	handle := sess.User.Handle
 	if sink.write([]byte(streamPreamble)) != nil {
 		return
 	}
+	checked := time.Now()
 	for {
+		if time.Since(checked) >= s.cfg.KeepAlive {
+			if err := s.svc.CheckSession(ctx, sess); err != nil {
+				if ctx.Err() == nil {
+					s.log.DebugContext(ctx, "ending a stream", "handle", handle, "reason", server.ErrorCode(err))
+				}
+				return
+			}
+			checked = time.Now()
+		}
 		next, cancelNext := context.WithTimeout(ctx, s.cfg.KeepAlive)
 		e, err := st.Next(next)
 		cancelNext()
@@ -197,4 +221,25 @@ func appendEvent(b []byte, e *server.Envelope) []byte {
 	b = append(b, "\ndata: "...)
 	b = e.AppendJSON(b)
 	return append(b, "\n\n"...)
+}
+
+// holdStream counts a stream against addr's cap, or reports that it is
+// full.
+func (s *Server) holdStream(addr string) bool {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.cfg.MaxStreamsPerAddress > 0 && s.addrStreams[addr] >= s.cfg.MaxStreamsPerAddress {
+		return false
+	}
+	s.addrStreams[addr]++
+	return true
+}
+
+// releaseStream gives back a stream of addr's.
+func (s *Server) releaseStream(addr string) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.addrStreams[addr]--; s.addrStreams[addr] <= 0 {
+		delete(s.addrStreams, addr)
+	}
 }

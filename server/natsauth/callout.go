@@ -19,6 +19,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -37,7 +39,7 @@ const Method = "NATS"
 
 // Authenticator verifies a request signature (server.Service).
 type Authenticator interface {
-	Authenticate(ctx context.Context, a server.RequestAuth) (*server.User, error)
+	Authenticate(ctx context.Context, a server.RequestAuth) (*server.Session, error)
 }
 
 // Config tunes the callout.
@@ -47,11 +49,19 @@ type Config struct {
 	// Account the users are placed in: "$G", the global account, unless
 	// nats.conf defines accounts.
 	Account string
-	// Validity is how long an issued user JWT lasts; the connection is
-	// closed then and the client connects again with a fresh signature
-	// (default 1 hour).
+	// Validity is how long an issued user JWT lasts at most (default 1
+	// hour); it never outlives the signature it was issued for, which
+	// leaves the clock-skew window within 10 minutes. The connection is
+	// closed then and the client connects again with a fresh signature.
 	Validity time.Duration
 }
+
+// Limits of an issued user: it subscribes to its inbox subject and
+// publishes nothing, so these bound a client that tries anything else.
+const (
+	maxSubscriptions = 4
+	maxPayload       = 1 << 10
+)
 
 // LoadIssuer reads an account seed (SA...) from path.
 func LoadIssuer(path string) (nkeys.KeyPair, error) {
@@ -75,6 +85,29 @@ type Callout struct {
 	auth Authenticator
 	log  *slog.Logger
 	sub  *nats.Subscription
+
+	// Refusals are counted, and logged at most once a second with how
+	// many were not: a stranger's failures cost one line a second.
+	refused  atomic.Uint64
+	mu       sync.Mutex
+	loggedAt time.Time
+	unlogged uint64
+}
+
+// Refused counts the authorization requests refused.
+func (c *Callout) Refused() uint64 { return c.refused.Load() }
+
+// logRefusal logs a refusal unless one was logged within the last second.
+func (c *Callout) logRefusal(handle, code string) {
+	c.refused.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.loggedAt) < time.Second {
+		c.unlogged++
+		return
+	}
+	c.log.Warn("NATS auth callout: refused", "handle", handle, "code", code, "refusals_not_logged", c.unlogged)
+	c.loggedAt, c.unlogged = time.Now(), 0
 }
 
 // Start subscribes nc, which must belong to one of auth_callout.auth_users,
@@ -124,19 +157,21 @@ func (c *Callout) authorize(req *jwt.AuthorizationRequestClaims) (string, string
 	defer cancel()
 	handle := req.ConnectOptions.Username
 	subject := natsbus.InboxSubject(handle)
-	_, err := c.auth.Authenticate(ctx, server.RequestAuth{
+	sess, err := c.auth.Authenticate(ctx, server.RequestAuth{
 		Handle: handle, Method: Method, Path: subject, Header: req.ConnectOptions.Password,
 	})
 	if err != nil {
-		c.log.Info("NATS auth callout: refused", "handle", handle, "code", server.ErrorCode(err))
+		c.logRefusal(handle, server.ErrorCode(err))
 		return "", "not authorized"
 	}
 	uc := jwt.NewUserClaims(req.UserNkey)
 	uc.Name = handle
 	uc.Audience = c.cfg.Account
-	uc.Expires = time.Now().Add(c.cfg.Validity).Unix()
+	uc.Expires = min(time.Now().Add(c.cfg.Validity).Unix(), sess.Expires.Unix())
 	uc.Pub.Deny.Add(">")
 	uc.Sub.Allow.Add(subject)
+	uc.Limits.Subs = maxSubscriptions
+	uc.Limits.Payload = maxPayload
 	tok, err := uc.Encode(c.cfg.Issuer)
 	if err != nil {
 		c.log.Error("NATS auth callout: signing a user JWT", "err", err)

@@ -15,6 +15,7 @@ import (
 
 	"kez.lat/chat/client"
 	"kez.lat/chat/client/clienttest"
+	"kez.lat/chat/server"
 	"kez.lat/chat/server/natsauth"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/signing"
@@ -134,5 +135,21 @@ func TestInvalidTokenIsRefused(t *testing.T) {
 				t.Fatalf("err = %v, want an authorization violation", err)
 			}
 		})
+	}
+}
+
+// A NATS connection lives no longer than the signature it was authorized
+// with (before: an hour, whatever the signature's age).
+func TestAConnectionEndsWhenItsSignatureLeavesTheWindow(t *testing.T) {
+	n, _, bob, _ := setup(t)
+	signed := time.Now().Add(-server.ClockSkew + 2*time.Second)
+	nc, err := connectWS(n, "bob", token(t, bob, signed), make(chan error, 4))
+	if err != nil {
+		t.Fatalf("connecting with a token 2 s from expiry: %v", err)
+	}
+	defer nc.Close()
+	testutil.Eventually(t, 15*time.Second, "NATS to close the connection once its signature expired", nc.IsClosed)
+	if took := time.Since(signed.Add(server.ClockSkew)); took > 5*time.Second {
+		t.Fatalf("the connection outlived its signature by %s", took)
 	}
 }

@@ -25,8 +25,8 @@ import (
 // Domain is the server name test servers answer for.
 const Domain = "chat.test"
 
-// Options change a test server; the zero value has no rate limits or
-// quotas.
+// Options change a test server; the zero value has no rate limits,
+// quotas or per-address caps.
 type Options struct {
 	// Config changes the server's app.Config last, after the options
 	// below (rate limits, stream tuning, the Service's policy).
@@ -84,6 +84,7 @@ func ServerConfig(t testing.TB, opts Options) app.Config {
 	cfg.Bind, cfg.MetricsBind, cfg.DBPath = "127.0.0.1:0", "", opts.DBPath
 	cfg.RegisterLimit, cfg.SendLimit, cfg.FailedAuthLimit, cfg.HandleSendLimit = app.Limit{}, app.Limit{}, app.Limit{}, app.Limit{}
 	cfg.SenderQuota, cfg.AddressQuota = app.Quota{}, app.Quota{}
+	cfg.MaxConnectionsPerAddress, cfg.MaxStreamsPerAddress = 0, 0
 	// A test may leave a push service or a client hanging; a stop then
 	// abandons what is in flight, as a real shutdown would.
 	cfg.ShutdownTimeout = 2 * time.Second

@@ -93,10 +93,16 @@ export async function ack(who: Signer, upto: number): Promise<{ deleted: number 
   return call('DELETE', `${path}?upto=${upto}`, { auth: await auth(who, 'DELETE', path, [`upto=${upto}`]) });
 }
 
+// A stream auth opens one stream (the server accepts it once): each gets a
+// ts of its own, so two reconnects within a second do not sign the same
+// string.
+let lastStreamTs = 0;
+
 /** The URL of the inbox stream, with fresh auth in the query (EventSource sets no headers). */
 export async function streamUrl(who: Signer, since: number): Promise<string> {
   const path = `/v1/inbox/${who.handle}/stream`;
-  const a = await auth(who, 'GET', path, []);
+  lastStreamTs = Math.max(now(), lastStreamTs + 1);
+  const a = await auth(who, 'GET', path, [], lastStreamTs);
   return `${base}${path}?auth=${encodeURIComponent(a)}&since=${since}`;
 }
 
