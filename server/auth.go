@@ -48,7 +48,8 @@ func (s *Service) Authenticate(ctx context.Context, a RequestAuth) (*Session, er
 	if err != nil {
 		return nil, Errorf(CodeBadAuth, "malformed auth: expected <ts>:<base64url signature>")
 	}
-	if !s.fresh(ts) {
+	checked := s.now()
+	if d := checked.Sub(time.Unix(ts, 0)); d > ClockSkew || d < -ClockSkew {
 		return nil, Errorf(CodeStaleAuth, "auth ts %d is more than %v from the server's clock", ts, ClockSkew)
 	}
 	u, err := s.User(ctx, a.Handle)
@@ -73,7 +74,7 @@ func (s *Service) Authenticate(ctx context.Context, a RequestAuth) (*Session, er
 	if a.Once {
 		digest := sha256.Sum256(append([]byte(a.Handle+"\x00"), sig...))
 		// Past ts+skew the timestamp check refuses the header anyway.
-		fresh, err := s.store.UseOnce(ctx, digest[:], sess.Expires)
+		fresh, err := s.store.UseOnce(ctx, digest[:], sess.Expires, checked)
 		if err != nil {
 			return nil, fmt.Errorf("recording request signature: %w", err)
 		}

@@ -43,8 +43,12 @@ type Store interface {
 	Ack(ctx context.Context, recipient string, upto uint64) (int, error)
 
 	// UseOnce records a request signature's digest until expires and
-	// reports false if it was already recorded (a replay).
-	UseOnce(ctx context.Context, digest []byte, expires time.Time) (bool, error)
+	// reports false if it was already recorded (a replay). A recorded
+	// digest counts as expired only if its expiry is before checked, the
+	// time the request's freshness was checked: a store that runs the
+	// write later (a stalled writer) must not take a live digest for an
+	// expired one.
+	UseOnce(ctx context.Context, digest []byte, expires, checked time.Time) (bool, error)
 
 	// SavePushSubscription stores sub, replacing the handle's subscription
 	// with the same endpoint; past max subscriptions per handle the oldest

@@ -535,7 +535,7 @@ func (s *Store) Ack(ctx context.Context, recipient string, upto uint64) (int, er
 
 // UseOnce creates digest's key in the replay bucket: a second create fails.
 // Entries live 15 minutes, past every expiry a signature's ts allows.
-func (s *Store) UseOnce(ctx context.Context, digest []byte, _ time.Time) (bool, error) {
+func (s *Store) UseOnce(ctx context.Context, digest []byte, _, _ time.Time) (bool, error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
 	_, err := s.replay.Create(ctx, hex.EncodeToString(digest), nil)

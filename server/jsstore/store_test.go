@@ -267,13 +267,13 @@ func TestUseOnceRefusesAReplayOnAnyReplica(t *testing.T) {
 	n := testutil.StartNATS(t, testutil.NATSOptions{})
 	a, b := open(t, n, 0), open(t, n, 0)
 	exp := time.Now().Add(5 * time.Minute)
-	if ok, err := a.UseOnce(context.Background(), []byte("digest-1"), exp); err != nil || !ok {
+	if ok, err := a.UseOnce(context.Background(), []byte("digest-1"), exp, time.Now()); err != nil || !ok {
 		t.Fatalf("first use = %v, %v", ok, err)
 	}
-	if ok, err := b.UseOnce(context.Background(), []byte("digest-1"), exp); err != nil || ok {
+	if ok, err := b.UseOnce(context.Background(), []byte("digest-1"), exp, time.Now()); err != nil || ok {
 		t.Fatalf("replay on another replica = %v, %v; want false", ok, err)
 	}
-	if ok, err := b.UseOnce(context.Background(), []byte("digest-2"), exp); err != nil || !ok {
+	if ok, err := b.UseOnce(context.Background(), []byte("digest-2"), exp, time.Now()); err != nil || !ok {
 		t.Fatalf("another digest = %v, %v", ok, err)
 	}
 }

@@ -176,14 +176,15 @@ func (db *DB) Ack(ctx context.Context, recipient string, upto uint64) (int, erro
 }
 
 // UseOnce records digest until expires (Unix-second precision) and reports
-// false if it is already recorded and not yet expired. An entry is expired
-// once the clock has passed its expiry second.
-func (db *DB) UseOnce(ctx context.Context, digest []byte, expires time.Time) (bool, error) {
+// false if it is already recorded and not expired at checked: an entry is
+// expired once checked has passed its expiry second. The writer's own
+// clock is not used, since it may run the request late.
+func (db *DB) UseOnce(ctx context.Context, digest []byte, expires, checked time.Time) (bool, error) {
 	d := bytes.Clone(digest)
 	var fresh bool
 	err := db.submit(ctx, func(w *writer) error {
 		var one int
-		err := queryRow(w.useOnce, d, expires.Unix(), w.batchTime.Unix()).Scan(&one)
+		err := queryRow(w.useOnce, d, expires.Unix(), checked.Unix()).Scan(&one)
 		switch {
 		case err == nil:
 			fresh = true

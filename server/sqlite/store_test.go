@@ -469,7 +469,7 @@ func TestUseOnceDetectsReplayUntilExpiry(t *testing.T) {
 	ctx := context.Background()
 	use := func(digest string, expires time.Time) bool {
 		t.Helper()
-		fresh, err := db.UseOnce(ctx, []byte(digest), expires)
+		fresh, err := db.UseOnce(ctx, []byte(digest), expires, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -494,6 +494,22 @@ func TestUseOnceDetectsReplayUntilExpiry(t *testing.T) {
 	}
 }
 
+// A writer that runs the request after its digest's expiry (it stalled
+// across the window's edge) still refuses the replay: the expiry is
+// compared with the time the request was checked, not the writer's.
+func TestUseOnceRefusesAReplayTheWriterRunsAfterTheExpiry(t *testing.T) {
+	db := openTest(t)
+	checked := time.Now()
+	expires := checked.Add(2 * time.Second)
+	if fresh, err := db.UseOnce(context.Background(), []byte("ack"), expires, checked); err != nil || !fresh {
+		t.Fatalf("first use: %v %v", fresh, err)
+	}
+	db.w.now = func() time.Time { return expires.Add(time.Minute) } // the writer runs late
+	if fresh, err := db.UseOnce(context.Background(), []byte("ack"), expires, checked.Add(time.Second)); err != nil || fresh {
+		t.Fatalf("a replay checked within the window, written after it: fresh %v, %v; want refused", fresh, err)
+	}
+}
+
 func TestPruneRemovesOldEnvelopesAndFixesPending(t *testing.T) {
 	db := openTest(t)
 	ctx := context.Background()
@@ -504,10 +520,10 @@ func TestPruneRemovesOldEnvelopesAndFixesPending(t *testing.T) {
 	for i := range 3 {
 		mustAppend(t, db, "carol", "alice", fmt.Sprint("c", i), "x")
 	}
-	if _, err := db.UseOnce(ctx, []byte("old"), time.Now().Add(-time.Hour)); err != nil {
+	if _, err := db.UseOnce(ctx, []byte("old"), time.Now().Add(-time.Hour), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.UseOnce(ctx, []byte("live"), time.Now().Add(time.Hour)); err != nil {
+	if _, err := db.UseOnce(ctx, []byte("live"), time.Now().Add(time.Hour), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 
@@ -583,7 +599,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if _, err := db.Ack(ctx, "bob", 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.UseOnce(ctx, []byte("sig"), time.Now().Add(time.Hour)); err != nil {
+	if _, err := db.UseOnce(ctx, []byte("sig"), time.Now().Add(time.Hour), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Close(); err != nil {
@@ -619,7 +635,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if p := pending(t, db, "bob"); p != 3 {
 		t.Fatalf("pending = %d, want 3", p)
 	}
-	if fresh, err := db.UseOnce(ctx, []byte("sig"), time.Now().Add(time.Hour)); err != nil || fresh {
+	if fresh, err := db.UseOnce(ctx, []byte("sig"), time.Now().Add(time.Hour), time.Now()); err != nil || fresh {
 		t.Fatalf("replayed digest after reopening: fresh=%v, %v", fresh, err)
 	}
 	e := envelope("bob", "alice", "1", "message 1")

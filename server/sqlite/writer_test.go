@@ -70,7 +70,7 @@ func TestGroupCommitFailsOnlyTheRequestsThatFail(t *testing.T) {
 		appendReq(db, envelope("bob", "alice", "m2", "x"), 2),       // full: m0 and m1 pending
 		appendReq(db, envelope("nobody", "alice", "m3", "x"), 2),    // unknown
 		func() (err error) {
-			fresh, err = db.UseOnce(context.Background(), []byte("d"), time.Now().Add(time.Hour))
+			fresh, err = db.UseOnce(context.Background(), []byte("d"), time.Now().Add(time.Hour), time.Now())
 			return err
 		},
 		appendReq(db, ok2, 2),
