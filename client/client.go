@@ -319,7 +319,9 @@ func (c *Client) do(ctx context.Context, r request, out any) (*http.Response, er
 		return resp, fmt.Errorf("%s %s: the answer is over %d bytes", r.method, r.path, r.limit)
 	}
 	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
+		// Exact member names: a server cannot make this client read a
+		// member other readers would not (later versions may add some).
+		if err := server.DecodeOpenJSON(data, out); err != nil {
 			return resp, fmt.Errorf("%s %s: decoding the answer: %w", r.method, r.path, err)
 		}
 	}

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bytes"
 	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/json"
@@ -106,10 +105,8 @@ func marshalIdentity(id *Identity) ([]byte, error) {
 
 // unmarshalIdentity decodes what marshalIdentity writes.
 func unmarshalIdentity(data []byte) (*Identity, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var f identityFile
-	if err := dec.Decode(&f); err != nil {
+	if err := server.DecodeJSON(data, &f); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	if f.Version != 1 {

@@ -1,13 +1,10 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -105,13 +102,8 @@ func (c *Client) Post(ctx context.Context, doc signing.Signed) (r Receipt, repla
 // sender's record can be looked up for Decrypt.
 func (e Envelope) Payload() (MessagePayload, error) {
 	var p MessagePayload
-	dec := json.NewDecoder(bytes.NewReader(e.Message.Payload))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	if err := server.DecodeJSON(e.Message.Payload, &p); err != nil {
 		return MessagePayload{}, fmt.Errorf("%w: payload: %w", ErrInvalidMessage, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return MessagePayload{}, fmt.Errorf("%w: payload has trailing data", ErrInvalidMessage)
 	}
 	return p, nil
 }

@@ -7,7 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+
+	"kez.lat/chat/server"
 )
 
 // hpkeInfo is the HPKE info string of every message ciphertext.
@@ -82,12 +83,8 @@ func marshalPlaintext(p Plaintext) ([]byte, error) {
 // Unknown members are ignored so later clients may add some.
 func parsePlaintext(b []byte) (Plaintext, error) {
 	var p Plaintext
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&p); err != nil {
-		return Plaintext{}, fmt.Errorf("plaintext is not valid JSON: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Plaintext{}, errors.New("plaintext has data after the JSON object")
+	if err := server.DecodeOpenJSON(b, &p); err != nil {
+		return Plaintext{}, fmt.Errorf("plaintext: %w", err)
 	}
 	if p.V != 1 {
 		return Plaintext{}, fmt.Errorf("plaintext version %d is not supported", p.V)

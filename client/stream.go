@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"kez.lat/chat/server"
 )
 
 // DefaultStreamIdleTimeout is Client.StreamIdleTimeout's default: three
@@ -109,7 +110,7 @@ func (s *Stream) Next() (Envelope, error) {
 			continue
 		}
 		var env Envelope
-		if err := json.Unmarshal([]byte(ev.Data), &env); err != nil {
+		if err := server.DecodeOpenJSON([]byte(ev.Data), &env); err != nil {
 			return Envelope{}, fmt.Errorf("inbox stream: event %q: %w", ev.ID, err)
 		}
 		if ev.ID != "" && ev.ID != strconv.FormatUint(env.Seq, 10) {

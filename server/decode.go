@@ -5,17 +5,38 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"reflect"
 	"strings"
 
 	"kez.lat/chat/server/signing"
 )
 
 // DecodeJSON decodes exactly one JSON value from data into v, refusing
-// unknown fields and trailing data, and turns every failure into an *Error
-// with a code that says what was wrong.
-func DecodeJSON(data []byte, v any) error {
+// unknown fields, member names that match a field only ignoring case,
+// members given twice, and trailing data, and turns every failure into an
+// *Error with a code that says what was wrong. Every reader of the
+// document, in Go or JavaScript, then sees the same values.
+func DecodeJSON(data []byte, v any) error { return decodeJSON(data, v, refuseUnknown) }
+
+// DecodeOpenJSON is DecodeJSON for documents later versions may add
+// members to: unknown members pass, but not one that is a field's name in
+// another case.
+func DecodeOpenJSON(data []byte, v any) error { return decodeJSON(data, v, ignoreUnknown) }
+
+func decodeJSON(data []byte, v any, unknown unknownMembers) error {
+	if json.Valid(data) {
+		if err := checkMembers(data, reflect.TypeOf(v), unknown); err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				return e
+			}
+			return Errorf(CodeInvalidJSON, "malformed JSON: %v", err)
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
+	if unknown == refuseUnknown {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
 	}

@@ -59,3 +59,41 @@ func TestFastDecodersTakeTheUsualShape(t *testing.T) {
 		t.Error("decodeMessagePayloadFast refused a usual canonical payload")
 	}
 }
+
+func TestDecodeJSONTakesOnlyExactMemberNamesEachOnce(t *testing.T) {
+	for _, tt := range []struct {
+		name, doc, code string
+	}{
+		{"exact names", `{"type":"t","server":"s","handle":"h","primary_id":"p","enc_key":"k","ts":1}`, ""},
+		{"a name in another case", `{"Handle":"h"}`, CodeUnknownField},
+		{"a long s (U+017F) for s", `{"ſerver":"s"}`, CodeUnknownField},
+		{"the Kelvin sign (U+212A) for k", "{\"enc_\u212aey\":\"k\"}", CodeUnknownField},
+		{"an escaped exact name", `{"h\u0061ndle":"h"}`, ""},
+		{"a member twice", `{"handle":"a","handle":"b"}`, CodeInvalidJSON},
+		{"twice, once in another case", `{"handle":"a","HANDLE":"b"}`, CodeUnknownField},
+		{"an unknown member", `{"x":1}`, CodeUnknownField},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var p RegisterPayload
+			err := DecodeJSON([]byte(tt.doc), &p)
+			if (tt.code == "" && err != nil) || (tt.code != "" && ErrorCode(err) != tt.code) {
+				t.Fatalf("DecodeJSON(%s): %v, want %q", tt.doc, err, tt.code)
+			}
+		})
+	}
+}
+
+func TestDecodeOpenJSONIgnoresNewMembersButNotOnesInAnotherCase(t *testing.T) {
+	var p struct {
+		V    int    `json:"v"`
+		From string `json:"from"`
+	}
+	if err := DecodeOpenJSON([]byte(`{"v":1,"from":"a","later":true}`), &p); err != nil || p.From != "a" {
+		t.Fatalf("a member of a later version: %v, %+v", err, p)
+	}
+	for _, doc := range []string{`{"v":1,"From":"b"}`, `{"v":1,"from":"a","from":"b"}`} {
+		if err := DecodeOpenJSON([]byte(doc), &p); err == nil {
+			t.Errorf("DecodeOpenJSON(%s) accepted it: %+v", doc, p)
+		}
+	}
+}

@@ -3,7 +3,7 @@ import { forceBackend, type Backend } from '../src/lib/backend';
 import { decodeB64, utf8, fromUtf8 } from '../src/lib/bytes';
 import { generateEncKeyPair, open, resetSuites, seal } from '../src/lib/crypto';
 import { claimedSender, InvalidMessage, newMessage, openEnvelope, type Envelope, type MessageKeys, type PublicUser } from '../src/lib/protocol';
-import { generateSigningKey, primaryId } from '../src/lib/signing';
+import { generateSigningKey, primaryId, signDocument } from '../src/lib/signing';
 import { encodeB64 } from '../src/lib/bytes';
 import { vectors } from './vectors';
 
@@ -71,5 +71,10 @@ describe('message envelopes', () => {
     expect(claimedSender(env)).toBe('alice');
     const pt = await openEnvelope(env, { handle: 'bob', server, signing: alice, encSecret: bobEnc.secret }, aliceRecord);
     expect(pt).toEqual({ v: 1, from: 'alice', to: 'bob', ts: 1764000000, body: 'hello <b>& 😀' });
+
+    // Signed by alice, with a member the Go server refuses (unknown_field).
+    const extra = await signDocument(alice, { ...doc.payload, From: 'mallory' });
+    const odd: Envelope = { seq: 2, received_at: 1764000001, message: JSON.parse(JSON.stringify(extra)) };
+    await expect(openEnvelope(odd, { handle: 'bob', server, signing: alice, encSecret: bobEnc.secret }, aliceRecord)).rejects.toThrow(/payload members/);
   });
 });

@@ -59,6 +59,9 @@ export interface MessageKeys {
   encSecret: Uint8Array<ArrayBuffer>;
 }
 
+/** A message payload's members, sorted. */
+const PAYLOAD_MEMBERS = 'ct,from,id,server,to,ts,type';
+
 export class InvalidMessage extends Error {
   override name = 'InvalidMessage';
 }
@@ -90,6 +93,10 @@ export async function openEnvelope(env: Envelope, me: MessageKeys, sender: Publi
   const bad = (why: string) => new InvalidMessage(`seq ${env.seq}: ${why}`);
   const p = env.message.payload;
   if (!(await verifyDocument(env.message, sender.alg, decodeB64(sender.key)))) throw bad(`not signed by the registered key of ${sender.handle}`);
+  // Exactly the members the Go server takes: a signed "From" beside "from"
+  // must not mean one thing here and another there.
+  const members = Object.keys(p).sort().join(',');
+  if (members !== PAYLOAD_MEMBERS) throw bad(`payload members are ${members}, not ${PAYLOAD_MEMBERS}`);
   if (p.type !== TYPE_MESSAGE) throw bad(`payload type is ${JSON.stringify(p.type)}`);
   if (p.from !== sender.handle) throw bad(`from ${JSON.stringify(p.from)}, but the key is ${sender.handle}'s`);
   if (p.to !== me.handle) throw bad(`addressed to ${JSON.stringify(p.to)}`);
