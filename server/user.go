@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"kez.lat/chat/server/signing"
@@ -32,15 +33,56 @@ var reservedHandles = map[string]bool{
 	"noreply": true, "no-reply": true, "help": true, "info": true,
 }
 
+// reservedSkeletons are the reserved handles' skeletons.
+var reservedSkeletons = func() map[string]string {
+	m := make(map[string]string, len(reservedHandles))
+	for h := range reservedHandles {
+		m[HandleSkeleton(h)] = h
+	}
+	return m
+}()
+
+// HandleSkeleton is what a handle looks like to a hurried reader: without
+// its separators (_ - .), with the digits and letter pairs that pass for
+// letters taken as those letters (0 o, 1 l i, 3 e, 4 a, 5 s, 7 t, rn m,
+// vv w). Two handles with one skeleton are look-alikes. The web app
+// computes the same (web/src/lib/keys.ts).
+func HandleSkeleton(h string) string {
+	var b strings.Builder
+	for i := 0; i < len(h); i++ {
+		switch c := h[i]; c {
+		case '_', '-', '.':
+		case '0':
+			b.WriteByte('o')
+		case '1', 'i':
+			b.WriteByte('l')
+		case '3':
+			b.WriteByte('e')
+		case '4':
+			b.WriteByte('a')
+		case '5':
+			b.WriteByte('s')
+		case '7':
+			b.WriteByte('t')
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return strings.NewReplacer("rn", "m", "vv", "w").Replace(b.String())
+}
+
 // ValidateHandle reports whether h is an acceptable handle: 3 to 32
-// characters of a-z 0-9 _ - ., starting with a letter or digit, and not
-// reserved.
+// characters of a-z 0-9 _ - ., starting with a letter or digit, and
+// neither reserved nor a look-alike of a reserved name (admin., adm1n).
 func ValidateHandle(h string) error {
 	if err := checkHandleSyntax(h); err != nil {
 		return err
 	}
-	if reservedHandles[h] {
-		return Errorf(CodeReservedHandle, "handle %q is reserved", h)
+	if r, ok := reservedSkeletons[HandleSkeleton(h)]; ok {
+		if r == h {
+			return Errorf(CodeReservedHandle, "handle %q is reserved", h)
+		}
+		return Errorf(CodeReservedHandle, "handle %q looks like the reserved %q", h, r)
 	}
 	return nil
 }

@@ -30,6 +30,15 @@ type vectors struct {
 	Signatures  []signatureVector `json:"signatures"`
 	RequestAuth []requestVector   `json:"request_auth"`
 	Messages    []messageVector   `json:"messages"`
+	Handles     []handleVector    `json:"handles"`
+}
+
+// handleVector is a handle's skeleton and whether the server refuses it
+// as reserved (or a look-alike of a reserved name).
+type handleVector struct {
+	Handle   string `json:"handle"`
+	Skeleton string `json:"skeleton"`
+	Reserved bool   `json:"reserved"`
 }
 
 type primaryIDVector struct {
@@ -152,6 +161,11 @@ func generateVectors(t *testing.T) vectors {
 			Plaintext: client.Plaintext{V: 1, From: "alice", To: "bob", TS: 1764000000, Body: body},
 		})
 	}
+	for _, h := range []string{"admin", "admin.", "admin_", "adm1n", "adrnin", "r00t", "no-reply", "wvvw", "he1p",
+		"alice", "adminton", "bob.smith", "info-desk", "l1l1", "v4s3.7"} {
+		v.Handles = append(v.Handles, handleVector{Handle: h, Skeleton: server.HandleSkeleton(h),
+			Reserved: server.ErrorCode(server.ValidateHandle(h)) == server.CodeReservedHandle})
+	}
 	return v
 }
 
@@ -173,7 +187,7 @@ func TestVectorsHoldForTheGoImplementation(t *testing.T) {
 	if err := json.Unmarshal(raw, &v); err != nil {
 		t.Fatal(err)
 	}
-	if len(v.PrimaryID) == 0 || len(v.Signatures) == 0 || len(v.RequestAuth) == 0 || len(v.Messages) == 0 {
+	if len(v.PrimaryID) == 0 || len(v.Signatures) == 0 || len(v.RequestAuth) == 0 || len(v.Messages) == 0 || len(v.Handles) == 0 {
 		t.Fatal("a vector section is empty")
 	}
 	for _, p := range v.PrimaryID {
@@ -211,6 +225,12 @@ func TestVectorsHoldForTheGoImplementation(t *testing.T) {
 		signer, _ := signing.NewSigner(r.Alg, priv)
 		if got, _ := signing.SignRequest(signer, r.Server, r.Method, r.Path, r.TS, r.Bindings...); got != r.Auth {
 			t.Errorf("auth for %q: %s, want %s", r.String, got, r.Auth)
+		}
+	}
+	for _, h := range v.Handles {
+		reserved := server.ErrorCode(server.ValidateHandle(h.Handle)) == server.CodeReservedHandle
+		if got := server.HandleSkeleton(h.Handle); got != h.Skeleton || reserved != h.Reserved {
+			t.Errorf("handle %q: skeleton %q, reserved %v; want %q, %v", h.Handle, got, reserved, h.Skeleton, h.Reserved)
 		}
 	}
 	for _, m := range v.Messages {

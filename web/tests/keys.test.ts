@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { encodeB64 } from '../src/lib/bytes';
-import { exportIdentity, generateKeys, handleProblem, importIdentity, recordMatches, registration, type Identity } from '../src/lib/keys';
+import { exportIdentity, generateKeys, handleProblem, handleSkeleton, importIdentity, recordMatches, registration, type Identity } from '../src/lib/keys';
+import { vectors } from './vectors';
 import { primaryId, verifyDocument } from '../src/lib/signing';
 
 async function identity(): Promise<Identity> {
@@ -16,6 +17,14 @@ describe('handles', () => {
     expect(handleProblem('Alice')).toMatch(/lowercase/);
     expect(handleProblem('-alice')).toMatch(/starting/);
     expect(handleProblem('admin')).toMatch(/reserved/);
+    expect(handleProblem('adm1n')).toMatch(/looks like the reserved "admin"/);
+  });
+
+  it('finds the look-alikes the Go server finds (shared vectors)', () => {
+    for (const h of vectors.handles) {
+      expect(handleSkeleton(h.handle), h.handle).toBe(h.skeleton);
+      expect(handleProblem(h.handle) !== null, h.handle).toBe(h.reserved);
+    }
   });
 });
 

@@ -12,6 +12,7 @@ export interface Vectors {
   signatures: { alg: string; private_key: string; public_key: string; payload: Record<string, unknown>; canonical: string; sig: string }[];
   request_auth: { alg: string; private_key: string; server: string; method: string; path: string; bindings: string[]; ts: number; string: string; auth: string }[];
   messages: { name: string; recipient_enc_private: string; recipient: PublicUser; sender: PublicUser; envelope: Envelope; plaintext: Plaintext }[];
+  handles: { handle: string; skeleton: string; reserved: boolean }[];
 }
 
 export const vectors = JSON.parse(readFileSync(here + '../testdata/vectors.json', 'utf8')) as Vectors;

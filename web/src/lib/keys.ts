@@ -35,10 +35,29 @@ export const RESERVED_HANDLES = new Set([
   'postmaster', 'hostmaster', 'webmaster', 'security', 'noreply', 'no-reply', 'help', 'info',
 ]);
 
+/**
+ * What a handle looks like to a hurried reader (server.HandleSkeleton):
+ * without _ - ., with 0 1 i 3 4 5 7 rn vv read as o l l e a s t m w. Two
+ * handles with one skeleton are look-alikes.
+ */
+export function handleSkeleton(handle: string): string {
+  const map: Record<string, string> = { '0': 'o', '1': 'l', i: 'l', '3': 'e', '4': 'a', '5': 's', '7': 't' };
+  let s = '';
+  for (const c of handle) {
+    if (c === '_' || c === '-' || c === '.') continue;
+    s += map[c] ?? c;
+  }
+  return s.replaceAll('rn', 'm').replaceAll('vv', 'w');
+}
+
+const reservedSkeletons = new Map([...RESERVED_HANDLES].map((h) => [handleSkeleton(h), h]));
+
 export function handleProblem(handle: string): string | null {
   if (handle.length < 3 || handle.length > 32) return 'A handle is 3 to 32 characters long.';
   if (!/^[a-z0-9][a-z0-9_.-]*$/.test(handle)) return 'Use lowercase letters, digits, _ - and . only, starting with a letter or digit.';
-  if (RESERVED_HANDLES.has(handle)) return `"${handle}" is reserved; pick another.`;
+  const reserved = reservedSkeletons.get(handleSkeleton(handle));
+  if (reserved === handle) return `"${handle}" is reserved; pick another.`;
+  if (reserved !== undefined) return `"${handle}" looks like the reserved "${reserved}"; pick another.`;
   return null;
 }
 
