@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"kez.lat/chat/server"
 )
@@ -168,13 +169,11 @@ func (p *Policy) CheckEndpoint(ctx context.Context, endpoint string) error {
 	host := strings.ToLower(u.Hostname())
 	addrs, err := p.lookup(ctx, host)
 	if err != nil {
-		var dnsErr *net.DNSError
-		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-			return notAllowed("endpoint host %s does not resolve", host)
-		}
-		// Not the endpoint's fault, and probably passing: the client may
-		// subscribe again later.
-		return &server.Error{Code: server.CodeUnavailable, Message: "cannot resolve the endpoint's host now; try again later"}
+		// The host is a push service's (checkURL allowed it): that it does
+		// not resolve now, even as "no such host", says more of this
+		// server's DNS than of the client, who may subscribe again later.
+		return &server.Error{Code: server.CodeUnavailable, RetryAfter: 30 * time.Second,
+			Message: "cannot resolve the endpoint's host " + host + " now; try again later"}
 	}
 	if len(addrs) == 0 {
 		return notAllowed("endpoint host %s has no address", host)

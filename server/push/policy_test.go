@@ -93,7 +93,7 @@ func TestCheckEndpoint(t *testing.T) {
 		{name: "a push service name resolving to a mapped private address", endpoint: "https://mapped.push.apple.com/x", wantCode: server.CodeEndpointNotAllowed, wantWhy: "resolves to 10.1.2.3"},
 		{name: "a push service name resolving through NAT64", endpoint: "https://nat64.push.apple.com/x", wantCode: server.CodeEndpointNotAllowed, wantWhy: "resolves to 64:ff9b::a00:1"},
 		{name: "a push service name without addresses", endpoint: "https://empty.push.apple.com/x", wantCode: server.CodeEndpointNotAllowed, wantWhy: "no address"},
-		{name: "a push service name that does not exist", endpoint: "https://nxdomain.push.apple.com/x", wantCode: server.CodeEndpointNotAllowed, wantWhy: "does not resolve"},
+		{name: "a push service name that does not resolve now", endpoint: "https://nxdomain.push.apple.com/x", wantCode: server.CodeUnavailable, wantWhy: "try again"},
 		{name: "a failing resolver", endpoint: "https://servfail.push.apple.com/x", wantCode: server.CodeUnavailable, wantWhy: "try again"},
 	}
 	for _, tt := range tests {
@@ -108,6 +108,9 @@ func TestCheckEndpoint(t *testing.T) {
 			var serr *server.Error
 			if !errors.As(err, &serr) || serr.Code != tt.wantCode || !strings.Contains(serr.Message, tt.wantWhy) {
 				t.Fatalf("CheckEndpoint(%s) = %v, want %s saying %q", tt.endpoint, err, tt.wantCode, tt.wantWhy)
+			}
+			if tt.wantCode == server.CodeUnavailable && serr.RetryAfter <= 0 {
+				t.Fatalf("CheckEndpoint(%s) = %v without a Retry-After", tt.endpoint, err)
 			}
 		})
 	}
