@@ -272,6 +272,19 @@ type KeyResolver interface {
 	ResolveKeys(ctx context.Context, primaryID string) (*KeyDocument, error)
 }
 
+// KeyCheckpoints keep, per identity, the highest key document a chat
+// server verified, in its store: no replica and no restart then takes an
+// older one from a sig-server that rolls back (and so undoes a
+// revocation), or another document for a version already verified.
+type KeyCheckpoints interface {
+	// KeyCheckpoint returns the stored document of primaryID (the signed
+	// JSON a sig-server served), nil when there is none.
+	KeyCheckpoint(ctx context.Context, primaryID string) ([]byte, error)
+	// SaveKeyCheckpoint stores doc, the verified document of version
+	// version, unless a version as high is stored already.
+	SaveKeyCheckpoint(ctx context.Context, primaryID string, version uint64, doc []byte) error
+}
+
 // KeyDirectory enforces the sig-server's rules: documents are verified,
 // and appended only as the next link of their identity's chain.
 type KeyDirectory struct {

@@ -60,6 +60,10 @@ type Store interface {
 	// PushSubscriptions returns handle's subscriptions, oldest first.
 	PushSubscriptions(ctx context.Context, handle string) ([]*PushSubscription, error)
 
+	// KeyCheckpoints keep the highest key document verified per identity,
+	// shared by every replica on the store.
+	KeyCheckpoints
+
 	// Prune deletes envelopes received before olderThan and expired
 	// anti-replay and idempotency entries.
 	Prune(ctx context.Context, now, olderThan time.Time) (PruneResult, error)

@@ -197,7 +197,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		}
 	}
 	if cfg.Keys != nil {
-		if s.Keys, err = sigclient.New(*cfg.Keys, log, s.Metrics); err != nil {
+		kcfg := *cfg.Keys
+		kcfg.Checkpoints = s.Store // shared by replicas, kept across restarts
+		if s.Keys, err = sigclient.New(kcfg, log, s.Metrics); err != nil {
 			return nil, fmt.Errorf("the sig-server's key resolver: %w", err)
 		}
 		s.Service.Keys = s.Keys

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -345,5 +346,42 @@ func TestAnOpenStreamEndsOnceItsDeviceKeyIsRevoked(t *testing.T) {
 	case <-ended:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the stream of a revoked device key is still open 5 s after the revocation")
+	}
+}
+
+// The highest document verified is kept in the chat server's store: a
+// restarted server (or another replica) refuses a rollback too (before, it
+// lived in memory, and a restart let the sig-server undo a revocation).
+func TestARestartedServerStillRefusesARollback(t *testing.T) {
+	current := testutil.StartSigServer(t, testutil.SigOptions{})
+	stale := testutil.StartSigServer(t, testutil.SigOptions{})
+	proxy := &switchProxy{}
+	proxy.point(t, current.URL)
+	front := httptest.NewServer(proxy)
+	t.Cleanup(front.Close)
+	db := filepath.Join(t.TempDir(), "kez-chat.db")
+	first := testutil.StartServer(t, testutil.Options{SigServerURL: front.URL, DBPath: db})
+	chain := newKeyChain(t, "ed25519")
+	bob := newIdentity(t, "ed25519", "bob")
+	register(t, first, chain.primary)
+	register(t, first, bob)
+	phone := asDevice(chain.primary, newSigner(t, "ed25519"))
+	chain.mustPublish(t, current.URL, phone.signer)
+	if r := postJSON(t, stale.URL+"/v1/keys", chain.docs[0]); r.status != http.StatusCreated {
+		t.Fatalf("copying version 1: %d %s", r.status, r.body)
+	}
+	chain.mustPublish(t, current.URL) // version 2 revokes the phone
+	if r := sendAs(t, first, phone, bob.handle); r.status != 403 {
+		t.Fatalf("revoked phone: %d %s, want 403", r.status, r.code)
+	}
+	first.Stop()
+
+	proxy.point(t, stale.URL)
+	second := testutil.StartServer(t, testutil.Options{SigServerURL: front.URL, DBPath: db})
+	if r := sendAs(t, second, phone, bob.handle); r.status != 403 || r.code != server.CodeKeyNotAuthorized {
+		t.Errorf("revoked phone on a restarted server after the sig-server rolled back: %d %s, want 403 %s", r.status, r.code, server.CodeKeyNotAuthorized)
+	}
+	if r := sendAs(t, second, chain.primary, bob.handle); r.status != http.StatusCreated {
+		t.Errorf("the registered key on the restarted server: %d %s", r.status, r.code)
 	}
 }

@@ -43,6 +43,7 @@ const (
 	BucketPrimary  = "kez_chat_primary_ids"
 	BucketPush     = "kez_chat_push"
 	BucketReplay   = "kez_chat_replay"
+	BucketKeys     = "kez_chat_key_checkpoints"
 	maxPage        = 1000
 	requestTimeout = 10 * time.Second
 )
@@ -85,7 +86,7 @@ type Store struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	users, primary, push, replay jetstream.KeyValue
+	users, primary, push, replay, keys jetstream.KeyValue
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
@@ -200,6 +201,9 @@ func (s *Store) setup(ctx context.Context, cfg Config) (lease jetstream.KeyValue
 		return nil, err
 	}
 	if s.replay, err = bucket(BucketReplay, "kez-chat used request signatures", idempotencyWindow); err != nil {
+		return nil, err
+	}
+	if s.keys, err = bucket(BucketKeys, "kez-chat highest key document verified, by primary_id", 0); err != nil {
 		return nil, err
 	}
 	return bucket(BucketWriter, "kez-chat: the replica that writes envelopes", leaseTTL)

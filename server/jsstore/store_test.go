@@ -438,3 +438,24 @@ func TestAFullStreamRefusesWithStorageFullAndPingSaysSo(t *testing.T) {
 		t.Fatalf("Ping of a full stream = %v, want storage_full", err)
 	}
 }
+
+func TestAKeyCheckpointOnlyMovesForwardAcrossReplicas(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	a, b := open(t, n, 0), open(t, n, 0)
+	ctx := context.Background()
+	if doc, err := a.KeyCheckpoint(ctx, "pid"); err != nil || doc != nil {
+		t.Fatalf("no checkpoint yet: %q, %v", doc, err)
+	}
+	for i, c := range []struct {
+		version uint64
+		doc     string
+	}{{2, "v2"}, {1, "v1"}, {3, "v3"}, {2, "v2 late"}} {
+		s := []*jsstore.Store{a, b}[i%2]
+		if err := s.SaveKeyCheckpoint(ctx, "pid", c.version, []byte(c.doc)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if doc, err := b.KeyCheckpoint(ctx, "pid"); err != nil || string(doc) != "v3" {
+		t.Fatalf("checkpoint = %q, %v; want v3", doc, err)
+	}
+}

@@ -50,6 +50,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Checkpoints, when set, keep the highest document verified per
+	// identity in the chat server's store, so a restart or another replica
+	// never takes an older one; nil keeps them in memory only.
+	Checkpoints server.KeyCheckpoints
 }
 
 // DefaultConfig returns the defaults of `kezchat server --help`.
@@ -195,7 +199,21 @@ func (e *entry) stale() (*server.KeyDocument, error) {
 func (r *Resolver) run(ctx context.Context, primaryID string, prior *server.KeyDocument, c *call) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
-	doc, outcome, err := r.fetch(ctx, primaryID, prior)
+	prior, err := r.checkpoint(ctx, primaryID, prior)
+	var doc *server.KeyDocument
+	var outcome string
+	var raw []byte
+	if err != nil {
+		outcome = outcomeUnreachable
+	} else {
+		doc, raw, outcome, err = r.fetch(ctx, primaryID, prior)
+	}
+	if outcome == outcomeUpdated && r.cfg.Checkpoints != nil {
+		if err := r.cfg.Checkpoints.SaveKeyCheckpoint(ctx, primaryID, doc.Version, raw); err != nil {
+			// Verified all the same; the next fetch saves it again.
+			r.log.WarnContext(ctx, "saving a verified key document", "primary_id", primaryID, "version", doc.Version, "err", err)
+		}
+	}
 	r.fetches.WithLabelValues(outcome).Inc()
 	if outcome == outcomeUnreachable {
 		r.up.Set(0)
@@ -219,6 +237,11 @@ func (r *Resolver) run(ctx context.Context, primaryID string, prior *server.KeyD
 	}
 	if err != nil {
 		e.failedAt, e.err = now, err
+		if !e.known && prior != nil {
+			// Verified before this process knew it (by a restart's
+			// predecessor or another replica): it keeps working.
+			e.doc, e.known = prior, true
+		}
 		if outcome == outcomeUnreachable {
 			r.log.WarnContext(ctx, "sig-server unreachable; using registered keys and cached documents", "primary_id", primaryID, "err", err)
 		} else {
@@ -232,54 +255,78 @@ func (r *Resolver) run(ctx context.Context, primaryID string, prior *server.KeyD
 	close(c.done)
 }
 
+// checkpoint is the higher of prior, what this resolver verified, and the
+// document the store keeps for primaryID (that a restart or another
+// replica verified).
+func (r *Resolver) checkpoint(ctx context.Context, primaryID string, prior *server.KeyDocument) (*server.KeyDocument, error) {
+	if r.cfg.Checkpoints == nil {
+		return prior, nil
+	}
+	raw, err := r.cfg.Checkpoints.KeyCheckpoint(ctx, primaryID)
+	if err != nil || raw == nil {
+		return prior, err
+	}
+	stored, err := server.ParseKeyDocumentJSON(raw)
+	if err != nil || stored.PrimaryID != primaryID {
+		// The store holds what this server verified: nothing to act on.
+		r.log.ErrorContext(ctx, "a stored key document does not verify; ignored", "primary_id", primaryID, "err", err)
+		return prior, nil
+	}
+	if prior == nil || stored.Version > prior.Version {
+		return stored, nil
+	}
+	return prior, nil
+}
+
 // fetch asks for the latest document and, when it is newer than prior,
-// verifies the chain from prior (or from version 1) up to it. A rollback or
-// fork keeps prior: it is logged and counted, not an error.
-func (r *Resolver) fetch(ctx context.Context, primaryID string, prior *server.KeyDocument) (*server.KeyDocument, string, error) {
+// verifies the chain from prior (or from version 1) up to it, and returns
+// it with its raw JSON. A rollback or fork keeps prior: it is logged and
+// counted, not an error.
+func (r *Resolver) fetch(ctx context.Context, primaryID string, prior *server.KeyDocument) (*server.KeyDocument, []byte, string, error) {
 	var raw json.RawMessage
 	err := r.get(ctx, "/v1/keys/"+primaryID, server.MaxKeyDocument+1024, &raw)
 	var nf notFound
 	switch {
 	case errors.As(err, &nf) && prior == nil:
-		return nil, outcomeNone, nil
+		return nil, nil, outcomeNone, nil
 	case errors.As(err, &nf):
 		r.log.WarnContext(ctx, "sig-server no longer has an identity whose keys were verified; keeping them (rollback refused)",
 			"primary_id", primaryID, "verified_version", prior.Version)
-		return prior, outcomeRollback, nil
+		return prior, nil, outcomeRollback, nil
 	case errors.Is(err, errInvalid):
-		return nil, outcomeInvalid, err
+		return nil, nil, outcomeInvalid, err
 	case err != nil:
-		return nil, outcomeUnreachable, err
+		return nil, nil, outcomeUnreachable, err
 	}
 	latest, err := server.ParseKeyDocumentJSON(raw)
 	if err != nil {
-		return nil, outcomeInvalid, fmt.Errorf("%w: latest document of %s: %v", errInvalid, primaryID, err)
+		return nil, nil, outcomeInvalid, fmt.Errorf("%w: latest document of %s: %v", errInvalid, primaryID, err)
 	}
 	if latest.PrimaryID != primaryID {
-		return nil, outcomeInvalid, fmt.Errorf("%w: asked for %s, got a document of %s", errInvalid, primaryID, latest.PrimaryID)
+		return nil, nil, outcomeInvalid, fmt.Errorf("%w: asked for %s, got a document of %s", errInvalid, primaryID, latest.PrimaryID)
 	}
 	if prior != nil {
 		switch {
 		case latest.Version < prior.Version:
 			r.log.WarnContext(ctx, "sig-server served an older key document than one already verified; keeping the newer (rollback refused)",
 				"primary_id", primaryID, "served_version", latest.Version, "verified_version", prior.Version)
-			return prior, outcomeRollback, nil
+			return prior, nil, outcomeRollback, nil
 		case latest.Version == prior.Version && string(latest.Hash) == string(prior.Hash):
-			return prior, outcomeUnchanged, nil
+			return prior, nil, outcomeUnchanged, nil
 		case latest.Version == prior.Version:
 			r.log.ErrorContext(ctx, "sig-server served a different document for a version already verified (a fork); keeping the verified one",
 				"primary_id", primaryID, "version", prior.Version)
-			return prior, outcomeFork, nil
+			return prior, nil, outcomeFork, nil
 		}
 	}
 	if err := r.verifyChain(ctx, prior, latest); err != nil {
 		var nf notFound
 		if errors.Is(err, errInvalid) || errors.As(err, &nf) {
-			return nil, outcomeInvalid, err
+			return nil, nil, outcomeInvalid, err
 		}
-		return nil, outcomeUnreachable, err
+		return nil, nil, outcomeUnreachable, err
 	}
-	return latest, outcomeUpdated, nil
+	return latest, raw, outcomeUpdated, nil
 }
 
 // verifyChain reads the log after prior (from version 1 when nil) and

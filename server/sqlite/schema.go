@@ -98,12 +98,21 @@ CREATE TABLE push_subscriptions (
 ) STRICT, WITHOUT ROWID;
 `,
 	// 3: the bytes each inbox holds, for its byte cap; a table the
-	// readiness probe writes to and empties in one transaction.
+	// readiness probe writes to and empties in one transaction; the key
+	// documents verified.
 	`
 ALTER TABLE inboxes ADD COLUMN pending_bytes INTEGER NOT NULL DEFAULT 0 CHECK (pending_bytes >= 0);
 UPDATE inboxes SET pending_bytes = (
 	SELECT coalesce(sum(length(message)), 0) FROM envelopes WHERE recipient = inboxes.handle);
 CREATE TABLE write_probe (bytes BLOB NOT NULL) STRICT;
+
+-- key_checkpoints holds the highest key document this server verified
+-- per identity, so that a restart cannot take an older one.
+CREATE TABLE key_checkpoints (
+	primary_id TEXT    PRIMARY KEY,
+	version    INTEGER NOT NULL CHECK (version >= 1),
+	document   BLOB    NOT NULL
+) STRICT, WITHOUT ROWID;
 `,
 }
 

@@ -797,3 +797,22 @@ func TestAFullDatabaseRefusesWithStorageFullAndPingFollowsTheWritePath(t *testin
 		t.Fatalf("a message once room returned: %v", err)
 	}
 }
+
+func TestAKeyCheckpointOnlyMovesForward(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	if doc, err := db.KeyCheckpoint(ctx, "pid"); err != nil || doc != nil {
+		t.Fatalf("no checkpoint yet: %q, %v", doc, err)
+	}
+	for _, c := range []struct {
+		version uint64
+		doc     string
+	}{{2, "v2"}, {1, "v1"}, {2, "v2 again"}, {3, "v3"}, {2, "v2 late"}} {
+		if err := db.SaveKeyCheckpoint(ctx, "pid", c.version, []byte(c.doc)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if doc, err := db.KeyCheckpoint(ctx, "pid"); err != nil || string(doc) != "v3" {
+		t.Fatalf("checkpoint = %q, %v; want v3", doc, err)
+	}
+}

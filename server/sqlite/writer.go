@@ -54,6 +54,7 @@ type writer struct {
 	deleteUpTo, decPending               *sql.Stmt
 	useOnce                              *sql.Stmt
 	probeInsert, probeDelete             *sql.Stmt
+	saveCheckpoint                       *sql.Stmt
 	pruneEnvelopes, pruneSent, pruneAuth *sql.Stmt
 }
 
@@ -92,6 +93,9 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 			WHERE used_auth.expires_at < ?3
 			RETURNING 1`},
 		{&w.probeInsert, "INSERT INTO write_probe (bytes) VALUES (zeroblob(?))"},
+		{&w.saveCheckpoint, `INSERT INTO key_checkpoints (primary_id, version, document) VALUES (?1, ?2, ?3)
+			ON CONFLICT (primary_id) DO UPDATE SET version = excluded.version, document = excluded.document
+			WHERE excluded.version > key_checkpoints.version`},
 		{&w.probeDelete, "DELETE FROM write_probe"},
 		{&w.pruneEnvelopes, `DELETE FROM envelopes WHERE id IN (
 			SELECT id FROM envelopes WHERE received_at < ? LIMIT ?)

@@ -60,7 +60,12 @@ type Server struct {
 	*app.Server
 	URL    string
 	DBPath string
+	stop   func()
 }
+
+// Stop stops the server as a shutdown would; a test may start another on
+// its DBPath.
+func (s *Server) Stop() { s.stop() }
 
 // Logger logs to the test's output when -v is given, else nowhere.
 func Logger(t testing.TB) *slog.Logger {
@@ -122,8 +127,8 @@ func StartServer(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatalf("starting a chat server: %v", err)
 	}
-	run(t, "chat server", srv.Run)
-	return &Server{Server: srv, URL: srv.URL(), DBPath: cfg.DBPath}
+	stop := run(t, "chat server", srv.Run)
+	return &Server{Server: srv, URL: srv.URL(), DBPath: cfg.DBPath, stop: stop}
 }
 
 // run runs a server until the test ends, and fails the test if it does
