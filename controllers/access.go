@@ -81,32 +81,53 @@ func fromPods(kc *chatv1.KezChat, component string) networkingv1.NetworkPolicyPe
 	return networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchLabels: selectorLabels(kc, component)}}
 }
 
-// serverNetworkPolicy admits traffic from anywhere to the chat server's
-// HTTP and metrics ports, and nothing else: the server is the one part
-// that outside traffic reaches.
+// fromIngress is who may reach what the Ingress routes to: the ingress
+// controller's namespace (and its pods, when their labels are given); nil,
+// anyone, when the Ingress is off (the admin exposes the Service another
+// way) or its namespace is "*".
+func fromIngress(kc *chatv1.KezChat) []networkingv1.NetworkPolicyPeer {
+	spec := &kc.Spec.Ingress
+	ns := spec.ControllerNamespaceOrDefault()
+	if !spec.IsEnabled() || ns == "*" {
+		return nil
+	}
+	peer := networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{
+		MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns},
+	}}
+	if len(spec.ControllerPodLabels) > 0 {
+		peer.PodSelector = &metav1.LabelSelector{MatchLabels: spec.ControllerPodLabels}
+	}
+	return []networkingv1.NetworkPolicyPeer{peer}
+}
+
+// serverNetworkPolicy admits the chat server's HTTP port from the ingress
+// controller only, so that no other tenant of the cluster reaches it (or
+// forges X-Forwarded-For), and its metrics port to scrapers.
 func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).server(), Namespace: kc.Namespace, Labels: labels(kc, componentServer)},
 		Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentServer)},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverPort), tcpPort(serverMetricsPort)},
-			}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{
+				{From: fromIngress(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverPort)}},
+				{Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverMetricsPort)}},
+			},
 		},
 	}
 }
 
 // natsNetworkPolicy lets only the chat server reach NATS's clients port,
 // and only NATS pods its cluster port. The WebSocket listener, when on, is
-// for browsers, which NATS's auth callout checks.
+// for browsers through the ingress controller, and NATS's auth callout
+// checks each.
 func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	rules := []networkingv1.NetworkPolicyIngressRule{
 		{From: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClientPort)}},
 		{From: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentNATS)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClusterPort)}},
 	}
 	if kc.Spec.NATS.WebSocket {
-		rules = append(rules, networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsWebSocketPort)}})
+		rules = append(rules, networkingv1.NetworkPolicyIngressRule{From: fromIngress(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsWebSocketPort)}})
 	}
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).nats(), Namespace: kc.Namespace, Labels: labels(kc, componentNATS)},
@@ -119,17 +140,21 @@ func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 }
 
 // sigServerNetworkPolicy admits the sig-server's HTTP port from the chat
-// server and, when the Ingress routes /v1/keys to it, from anywhere, since
-// the ingress controller may run anywhere (every write is signed by the
-// identity's primary key, and reads are public by design); and its
-// metrics port, like the chat server's, to scrapers.
+// server and, when the Ingress routes /v1/keys to it, from the ingress
+// controller (every write is signed by the identity's primary key, and
+// reads are public by design); and its metrics port, like the chat
+// server's, to scrapers.
 func sigServerNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	api := networkingv1.NetworkPolicyIngressRule{
 		From:  []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)},
 		Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigServerPort)},
 	}
 	if kc.Spec.Ingress.IsEnabled() {
-		api.From = nil
+		if peers := fromIngress(kc); peers != nil {
+			api.From = append(api.From, peers...)
+		} else {
+			api.From = nil // "*": anyone
+		}
 	}
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).sigServer(), Namespace: kc.Namespace, Labels: labels(kc, componentSigServer)},

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
@@ -259,6 +260,53 @@ func TestServerDeploymentWiring(t *testing.T) {
 	}
 }
 
+func TestOnlyTheNamedProxiesAreTrusted(t *testing.T) {
+	for _, d := range []*appsv1.Deployment{serverDeployment(newKezChat(), testInputs), sigServerDeployment(newKezChat(), testInputs)} {
+		if v, ok := envValue(d.Spec.Template.Spec.Containers[0], "KEZ_TRUSTED_PROXIES"); ok {
+			t.Errorf("%s trusts %q by default, want no proxy", d.Name, v)
+		}
+	}
+	kc := newKezChat(func(kc *chatv1.KezChat) {
+		kc.Spec.Ingress.TrustedProxies = []string{"10.244.0.0/16", "fd00:10:244::/56"}
+	})
+	for _, d := range []*appsv1.Deployment{serverDeployment(kc, testInputs), sigServerDeployment(kc, testInputs)} {
+		if v, _ := envValue(d.Spec.Template.Spec.Containers[0], "KEZ_TRUSTED_PROXIES"); v != "10.244.0.0/16,fd00:10:244::/56" {
+			t.Errorf("%s trusts %q, want the spec's ranges", d.Name, v)
+		}
+	}
+}
+
+func TestStorageLimitsFollowTheVolumeAndTheRetention(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		spec func(*chatv1.KezChat)
+		want []string
+	}{
+		// 1 GiB: 966,367,638 bytes for the database; 70% of that over 30 days.
+		{"the default volume", func(*chatv1.KezChat) {}, []string{"--max-db-bytes=966367638", "--address-quota-bytes=22548578", "--sender-quota-bytes=11274289"}},
+		{"10 GiB kept 7 days", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("10Gi"))
+			kc.Spec.Server.Retention = &metav1.Duration{Duration: 7 * 24 * time.Hour}
+		}, []string{"--max-db-bytes=9663676416", "--address-quota-bytes=966367641", "--sender-quota-bytes=483183820"}},
+		{"JetStream: the NATS volume's", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Replicas = ptr.To[int32](2)
+			kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("2Gi"))
+		}, []string{"--address-quota-bytes=45097156", "--sender-quota-bytes=22548578"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := serverDeployment(newKezChat(tt.spec), testInputs).Spec.Template.Spec.Containers[0].Args
+			for _, want := range tt.want {
+				if !slices.Contains(args, want) {
+					t.Errorf("args %q lack %s", args, want)
+				}
+			}
+			if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--max-db-bytes") }) != strings.HasPrefix(tt.want[0], "--max-db-bytes") {
+				t.Errorf("args %q: --max-db-bytes only for SQLite", args)
+			}
+		})
+	}
+}
+
 func TestServerPodTemplateChangesWithTheVAPIDKey(t *testing.T) {
 	kc := newKezChat()
 	a := serverDeployment(kc, testInputs).Spec.Template.Annotations[configHashAnnotation]
@@ -421,6 +469,8 @@ func TestIngressRoutesTheChatHost(t *testing.T) {
 
 // openPorts are the ports a NetworkPolicy admits from anywhere, and
 // peerComponents the components it admits on the others.
+// openPorts lists the ports a policy opens to anyone, and the peers it
+// admits by rule: a component's pods by name, a namespace as "ns:<name>".
 func openPorts(np *networkingv1.NetworkPolicy) (open []int32, peers []string) {
 	for _, rule := range np.Spec.Ingress {
 		if len(rule.From) == 0 {
@@ -430,7 +480,16 @@ func openPorts(np *networkingv1.NetworkPolicy) (open []int32, peers []string) {
 			continue
 		}
 		for _, peer := range rule.From {
-			peers = append(peers, peer.PodSelector.MatchLabels["app.kubernetes.io/component"])
+			switch {
+			case peer.NamespaceSelector != nil:
+				name := "ns:" + peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"]
+				if peer.PodSelector != nil {
+					name += "/" + peer.PodSelector.MatchLabels["app.kubernetes.io/name"]
+				}
+				peers = append(peers, name)
+			default:
+				peers = append(peers, peer.PodSelector.MatchLabels["app.kubernetes.io/component"])
+			}
 		}
 	}
 	slices.Sort(open)
@@ -441,6 +500,11 @@ func openPorts(np *networkingv1.NetworkPolicy) (open []int32, peers []string) {
 func TestNetworkPoliciesAdmitOnlyWhatEachPartNeeds(t *testing.T) {
 	noIngress := func(kc *chatv1.KezChat) { kc.Spec.Ingress.Enabled = ptr.To(false) }
 	websocket := func(kc *chatv1.KezChat) { kc.Spec.NATS.WebSocket = true }
+	controllerPods := func(kc *chatv1.KezChat) {
+		kc.Spec.Ingress.ControllerNamespace = "traefik"
+		kc.Spec.Ingress.ControllerPodLabels = map[string]string{"app.kubernetes.io/name": "traefik"}
+	}
+	anyNamespace := func(kc *chatv1.KezChat) { kc.Spec.Ingress.ControllerNamespace = "*" }
 	tests := []struct {
 		name  string
 		np    func(*chatv1.KezChat) *networkingv1.NetworkPolicy
@@ -448,11 +512,14 @@ func TestNetworkPoliciesAdmitOnlyWhatEachPartNeeds(t *testing.T) {
 		open  []int32
 		peers []string
 	}{
-		{"server: HTTP and metrics from anywhere", serverNetworkPolicy, func(*chatv1.KezChat) {}, []int32{serverPort, serverMetricsPort}, nil},
+		{"server: HTTP from the ingress controller's namespace, metrics from anywhere", serverNetworkPolicy, func(*chatv1.KezChat) {}, []int32{serverMetricsPort}, []string{"ns:ingress-nginx"}},
+		{"server: HTTP from the controller's own pods", serverNetworkPolicy, controllerPods, []int32{serverMetricsPort}, []string{"ns:traefik/traefik"}},
+		{"server: HTTP from anywhere without an Ingress", serverNetworkPolicy, noIngress, []int32{serverPort, serverMetricsPort}, nil},
+		{"server: HTTP from anywhere with the namespace *", serverNetworkPolicy, anyNamespace, []int32{serverPort, serverMetricsPort}, nil},
 		{"NATS: clients from the server, routes from NATS", natsNetworkPolicy, func(*chatv1.KezChat) {}, nil, []string{componentNATS, componentServer}},
-		{"NATS: WebSocket from anywhere when on", natsNetworkPolicy, websocket, []int32{natsWebSocketPort}, []string{componentNATS, componentServer}},
+		{"NATS: WebSocket from the ingress controller when on", natsNetworkPolicy, websocket, nil, []string{componentNATS, "ns:ingress-nginx", componentServer}},
 		{"sig-server: API from the server only without an Ingress", sigServerNetworkPolicy, noIngress, []int32{sigMetricsPort}, []string{componentServer}},
-		{"sig-server: API from anywhere when the Ingress routes /v1/keys", sigServerNetworkPolicy, func(*chatv1.KezChat) {}, []int32{sigServerPort, sigMetricsPort}, nil},
+		{"sig-server: API from the server and the ingress controller when the Ingress routes /v1/keys", sigServerNetworkPolicy, func(*chatv1.KezChat) {}, []int32{sigMetricsPort}, []string{"ns:ingress-nginx", componentServer}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -532,6 +532,8 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		{"retention under a minute", func(kc *chatv1.KezChat) { kc.Spec.Server.Retention = &metav1.Duration{Duration: 10e9} }, "retention must be at least 1m"},
 		{"unknown store", func(kc *chatv1.KezChat) { kc.Spec.Server.Store = "postgres" }, "spec.server.store"},
 		{"push subject not a URL", func(kc *chatv1.KezChat) { kc.Spec.Push.Subject = "ftp://x" }, "spec.push.subject"},
+		{"a trusted proxy not a CIDR", func(kc *chatv1.KezChat) { kc.Spec.Ingress.TrustedProxies = []string{"10.0.0.0/8", "ingress"} }, "trustedProxies must be CIDRs"},
+		{"an ingress namespace not a name", func(kc *chatv1.KezChat) { kc.Spec.Ingress.ControllerNamespace = "Ingress_NGINX" }, "spec.ingress.controllerNamespace"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,8 @@ package controllers
 import (
 	"fmt"
 	"net/url"
+	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -21,11 +23,36 @@ const (
 	vapidPublicKey  = "public-key"      // key in the VAPID Secret
 )
 
-// trustedProxies are the private address ranges, where a cluster's ingress
-// controller lives: without them every client would share the ingress
-// controller's address, and its rate limits. KEZ_TRUSTED_PROXIES in
-// spec.server.env replaces them.
-const trustedProxies = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+// trustedProxiesEnv is what the chat server and the sig-server believe
+// X-Forwarded-For from: only the networks the admin named as the ingress
+// controller's. None by default: a forged header from any other peer (a
+// pod of another tenant) then changes nothing.
+func trustedProxiesEnv(kc *chatv1.KezChat) []corev1.EnvVar {
+	if len(kc.Spec.Ingress.TrustedProxies) == 0 {
+		return nil
+	}
+	return []corev1.EnvVar{{Name: "KEZ_TRUSTED_PROXIES", Value: strings.Join(kc.Spec.Ingress.TrustedProxies, ",")}}
+}
+
+// storageLimits are the server's byte limits for kc's store: the SQLite
+// database stops at 90% of its volume (the rest keeps the WAL and a
+// checkpoint possible), and one client address may store a day what fills
+// 70% of the store over the retention, one sending handle half that, so
+// neither can fill the volume before its messages expire.
+func storageLimits(kc *chatv1.KezChat) []string {
+	s := &kc.Spec.Server
+	size := s.Storage.SizeOrDefault()
+	var args []string
+	if s.StoreKind() == chatv1.StoreSQLite {
+		args = append(args, fmt.Sprintf("--max-db-bytes=%d", size.Value()/10*9))
+	} else {
+		size = kc.Spec.NATS.Storage.SizeOrDefault() // max_file_store is 90% of it
+	}
+	capacity := size.Value() / 10 * 9
+	days := max(int64(s.RetentionPeriod()/(24*time.Hour)), 1)
+	address := capacity / 10 * 7 / days
+	return append(args, fmt.Sprintf("--address-quota-bytes=%d", address), fmt.Sprintf("--sender-quota-bytes=%d", address/2))
+}
 
 // PublicURL is where people reach kc: its ingress host, over https unless
 // the Ingress is made without TLS.
@@ -82,6 +109,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 		"--retention=" + s.RetentionPeriod().String(),
 		"--log-format=json",
 	}
+	args = append(args, storageLimits(kc)...)
 	var volumes []corev1.Volume
 	var mounts []corev1.VolumeMount
 	if sqlite {
@@ -106,10 +134,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 	// The wiring to NATS and the sig-server goes by environment, the
 	// server's KEZ_ variables, so it stays in place whatever flags a given
 	// server version knows.
-	env := []corev1.EnvVar{
-		{Name: "KEZ_STORE", Value: string(s.StoreKind())},
-		{Name: "KEZ_TRUSTED_PROXIES", Value: trustedProxies},
-	}
+	env := append([]corev1.EnvVar{{Name: "KEZ_STORE", Value: string(s.StoreKind())}}, trustedProxiesEnv(kc)...)
 	if kc.Spec.NATS.IsEnabled() {
 		env = append(env, corev1.EnvVar{Name: "KEZ_NATS_URL", Value: fmt.Sprintf("nats://%s:%d", n.nats(), natsClientPort)})
 		if s.StoreKind() == chatv1.StoreJetStream {

@@ -34,6 +34,7 @@ func sigServerDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 			"--db=" + sigServerDataDir + "/kez-sig.db",
 			"--log-format=json",
 		},
+		env:         trustedProxiesEnv(kc),
 		httpPort:    sigServerPort,
 		metricsPort: sigMetricsPort,
 		resources:   resourcesOr(spec.Resources, "20m", "32Mi"),

@@ -66,6 +66,15 @@ func (s *PushSpec) IsEnabled() bool { return boolOrDefault(s.Enabled, true) }
 // IsEnabled reports whether the Ingress is created (default true).
 func (s *IngressSpec) IsEnabled() bool { return boolOrDefault(s.Enabled, true) }
 
+// ControllerNamespaceOrDefault is the ingress controller's namespace
+// (default ingress-nginx; "*" for every namespace).
+func (s *IngressSpec) ControllerNamespaceOrDefault() string {
+	if s.ControllerNamespace == "" {
+		return "ingress-nginx"
+	}
+	return s.ControllerNamespace
+}
+
 // HostOr is the Ingress host, or domain when none is set.
 func (s *IngressSpec) HostOr(domain string) string {
 	if s.Host == "" {

@@ -270,6 +270,35 @@ type IngressSpec struct {
 	// Annotations of the Ingress (cert-manager, controller settings).
 	// +optional
 	Annotations map[string]string `json:"annotations,omitempty"`
+
+	// ControllerNamespace is where the ingress controller's pods run: with
+	// the Ingress on, the chat server's and the sig-server's HTTP ports
+	// admit connections from that namespace only (and the sig-server's
+	// from the chat server), so no other tenant of the cluster reaches
+	// them, and none can forge X-Forwarded-For. "*" admits every
+	// namespace.
+	// +optional
+	// +kubebuilder:default=ingress-nginx
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$`
+	ControllerNamespace string `json:"controllerNamespace,omitempty"`
+
+	// ControllerPodLabels, when set, narrows the admitted pods of that
+	// namespace to the controller's own.
+	// +optional
+	ControllerPodLabels map[string]string `json:"controllerPodLabels,omitempty"`
+
+	// TrustedProxies are the networks (CIDRs) of the ingress controller's
+	// pods, whose X-Forwarded-For the chat server and the sig-server
+	// believe, so that each client's own address gets its rate limits and
+	// quotas. Empty, no header is believed and every client shares the
+	// controller's address. Name only the controller's pod network: any
+	// peer in these ranges may say who it speaks for.
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=43
+	// +kubebuilder:validation:XValidation:rule="self.all(c, isCIDR(c))",message="trustedProxies must be CIDRs, e.g. 10.244.0.0/16"
+	TrustedProxies []string `json:"trustedProxies,omitempty"`
 }
 
 // Condition types of a KezChat.
