@@ -19,6 +19,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8slabels "k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -64,6 +65,7 @@ type KezChatReconciler struct {
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses;networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",resources=events,verbs=list
 
 // Reconcile brings one KezChat's children to what its spec asks for and
 // records what it sees in its status.
@@ -167,6 +169,14 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	var err error
 	if obs.server, err = r.observeDeployment(ctx, kc, n.server(), kc.Spec.Server.ReplicaCount()); err != nil {
 		return obs, ctrl.Result{}, err
+	}
+	if !obs.server.ready && obs.server.reason != ReasonNotCreated {
+		if obs.storageFull, err = r.serverStorageFull(ctx, kc, time.Now()); err != nil {
+			return obs, ctrl.Result{}, err
+		}
+		if obs.storageFull != "" && !meta.IsStatusConditionTrue(kc.Status.Conditions, chatv1.ConditionStorageFull) {
+			r.Recorder.Eventf(kc, nil, corev1.EventTypeWarning, ReasonStorageFull, "Observe", "%s", obs.storageFull)
+		}
 	}
 	if kc.Spec.NATS.IsEnabled() {
 		var sts appsv1.StatefulSet

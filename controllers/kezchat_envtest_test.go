@@ -307,6 +307,58 @@ func TestConditionsFollowTheWorkloads(t *testing.T) {
 	})
 }
 
+// A chat server that answers its readiness probe 507 storage_full (the
+// kubelet records it in an Unhealthy event of the pod) degrades the
+// KezChat with the StorageFull condition, until it is ready again.
+func TestAFullServerVolumeIsAConditionAndAnEvent(t *testing.T) {
+	ns := testNamespace(t)
+	startManager(t, ns)
+	createKezChat(t, ns)
+	markAllReady(t, ns)
+	waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionReady: "True", chatv1.ConditionStorageFull: "False"})
+
+	now := metav1.Now()
+	probe := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: "chat-server-5d4f-x7k2p.readiness", Namespace: ns},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "chat-server-5d4f-x7k2p"},
+		Reason:         "Unhealthy", Type: corev1.EventTypeWarning, Count: 3,
+		Message:        "Readiness probe failed: HTTP probe failed with statuscode: 507",
+		FirstTimestamp: now, LastTimestamp: now, Source: corev1.EventSource{Component: "kubelet"},
+	}
+	if err := k8s.Create(ctx, probe); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitTimeout, "the server going unready", func() error {
+		d, err := get[appsv1.Deployment](ns, "chat-server")
+		if err != nil {
+			return err
+		}
+		d.Status.ReadyReplicas, d.Status.AvailableReplicas, d.Status.UnavailableReplicas = 0, 0, 1
+		return k8s.Status().Update(ctx, d)
+	})
+	kc := waitForConditions(t, ns, map[string]metav1.ConditionStatus{
+		chatv1.ConditionStorageFull: "True", chatv1.ConditionDegraded: "True", chatv1.ConditionReady: "False"})
+	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionDegraded); c.Reason != "StorageFull" ||
+		!strings.Contains(c.Message, "spec.server.storage.size") {
+		t.Errorf("Degraded %+v, want reason StorageFull naming the volume", c)
+	}
+	eventually(t, waitTimeout, "a StorageFull event of the KezChat", func() error {
+		var events eventsv1.EventList
+		if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Reason == "StorageFull" && e.Regarding.Kind == "KezChat" {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events, none StorageFull", len(events.Items))
+	})
+
+	markDeploymentReady(t, ns, "chat-server")
+	waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionStorageFull: "False", chatv1.ConditionReady: "True"})
+}
+
 func TestDeletedOrEditedChildrenArePutBack(t *testing.T) {
 	ns := testNamespace(t)
 	startManager(t, ns)

@@ -25,6 +25,7 @@ const (
 	ReasonVAPIDSecret       = "VAPIDSecretInvalid"
 	ReasonNATSAuthSecret    = "NATSAuthSecretInvalid"
 	ReasonAsExpected        = "AsExpected"
+	ReasonStorageFull       = "StorageFull"
 )
 
 // componentState is what the reconcile saw of one component's workload.
@@ -100,6 +101,9 @@ type observed struct {
 	// failure is why the reconcile could not finish, if it could not.
 	failure       error
 	failureReason string
+	// storageFull says why the chat server has no room to write; empty
+	// when it has.
+	storageFull string
 }
 
 // computeStatus is the status kc should have after a reconcile that saw
@@ -150,9 +154,18 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 		}
 	}
 
+	if obs.server != nil {
+		if obs.storageFull != "" {
+			set(chatv1.ConditionStorageFull, true, ReasonStorageFull, obs.storageFull)
+		} else {
+			set(chatv1.ConditionStorageFull, false, ReasonAsExpected, "the chat server has room to write")
+		}
+	}
 	switch {
 	case obs.failure != nil:
 		set(chatv1.ConditionDegraded, true, obs.failureReason, obs.failure.Error())
+	case obs.storageFull != "":
+		set(chatv1.ConditionDegraded, true, ReasonStorageFull, obs.storageFull)
 	case len(failed) > 0:
 		set(chatv1.ConditionDegraded, true, ReasonRolloutFailed, strings.Join(failed, "; "))
 	default:

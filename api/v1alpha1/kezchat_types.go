@@ -309,6 +309,10 @@ const (
 	ConditionServerReady    = "ServerReady"
 	ConditionNATSReady      = "NATSReady"
 	ConditionSigServerReady = "SigServerReady"
+	// ConditionStorageFull is True while the chat server refuses writes
+	// for want of room (its readiness answers 507 storage_full): grow
+	// spec.server.storage.size, or spec.nats.storage.size on JetStream.
+	ConditionStorageFull = "StorageFull"
 )
 
 // ComponentStatus counts one component's replicas.
