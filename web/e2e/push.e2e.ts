@@ -65,7 +65,7 @@ describe('Web Push in the service worker', () => {
           open.onerror = () => reject(open.error);
           open.onsuccess = () => {
             const get = open.result.transaction('keyval').objectStore('keyval').get('history:bob');
-            get.onsuccess = () => resolve(get.result.conversations.alice.messages[0].seq);
+            get.onsuccess = () => resolve(get.result.conversations.find((c: { peer: string }) => c.peer === 'alice').messages[0].seq);
             get.onerror = () => reject(get.error);
           };
         }),

@@ -8,7 +8,7 @@ import { NetworkOnly } from 'workbox-strategies';
 import { clientsClaim } from 'workbox-core';
 import { get } from 'idb-keyval';
 import * as api from './lib/api';
-import { historyKey, type History } from './lib/history';
+import { conversationsOf, historyKey, type History } from './lib/history';
 import type { Identity } from './lib/keys';
 
 declare const self: ServiceWorkerGlobalScope & { __WB_MANIFEST: (string | { url: string; revision: string | null })[] };
@@ -43,7 +43,7 @@ async function senderOf(n: PushNotice): Promise<string | null> {
   const id = await get<Identity>('identity');
   if (!id || id.handle !== n.to) return null;
   const h = await get<History>(historyKey(id.handle));
-  for (const c of Object.values(h?.conversations ?? {})) {
+  for (const c of conversationsOf(h).values()) {
     if (c.messages.some((m) => m.seq === n.seq)) return c.peer;
   }
   // Only the envelope's routing metadata is read here; the page verifies

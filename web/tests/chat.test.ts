@@ -65,10 +65,10 @@ describe('Chat', () => {
     const b = new Chat(bob.id, srv.deps);
     await a.send('bob', 'hi bob');
     await a.send('bob', 'second');
-    expect(a.conversations.bob!.messages.map((m) => [m.body, m.state])).toEqual([['hi bob', 'sent'], ['second', 'sent']]);
+    expect(a.conversations.get('bob')!.messages.map((m) => [m.body, m.state])).toEqual([['hi bob', 'sent'], ['second', 'sent']]);
 
     await b.poll();
-    const conv = b.conversations.alice!;
+    const conv = b.conversations.get('alice')!;
     expect(conv.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
     expect(conv.unread).toBe(2);
     expect(srv.acks).toEqual([2]);
@@ -77,14 +77,14 @@ describe('Chat', () => {
 
     // An envelope at or before the cursor (a stream resuming, a poll racing it) is skipped.
     await b.ingest([{ seq: 2, received_at: 1, message: { payload: {}, signature: {} } as never }]);
-    expect(b.conversations.alice!.messages).toHaveLength(2);
+    expect(b.conversations.get('alice')!.messages).toHaveLength(2);
 
     const reloaded = new Chat(bob.id, srv.deps);
     await reloaded.load();
     expect(reloaded.cursor).toBe(2);
-    expect(reloaded.conversations.alice!.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
+    expect(reloaded.conversations.get('alice')!.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
     reloaded.markRead('alice');
-    expect(reloaded.conversations.alice!.unread).toBe(0);
+    expect(reloaded.conversations.get('alice')!.unread).toBe(0);
   });
 
   it('marks a failed send and a retry posts the same message once', async () => {
@@ -94,10 +94,10 @@ describe('Chat', () => {
     const a = new Chat(alice.id, srv.deps);
     srv.failNextPosts(1);
     await expect(a.send('bob', 'are you there?')).rejects.toThrow(/offline/);
-    const m = a.conversations.bob!.messages[0]!;
+    const m = a.conversations.get('bob')!.messages[0]!;
     expect(m.state).toBe('failed');
     await a.retry('bob', m.id);
-    expect(a.conversations.bob!.messages[0]!.state).toBe('sent');
+    expect(a.conversations.get('bob')!.messages[0]!.state).toBe('sent');
     expect(srv.inboxes.get('bob')!.map((e) => e.message.payload.id)).toEqual([m.id]);
   });
 
@@ -114,7 +114,7 @@ describe('Chat', () => {
       { seq: 5, received_at: 1, message: forged },
       { seq: 9, received_at: 1, message: ok },
     ]);
-    expect(b.conversations.alice!.messages.map((m) => m.body)).toEqual(['genuine']);
+    expect(b.conversations.get('alice')!.messages.map((m) => m.body)).toEqual(['genuine']);
     expect(b.cursor).toBe(9);
     expect(srv.acks).toEqual([9]);
   });
@@ -129,6 +129,33 @@ describe('Chat', () => {
     await b.ingest([{ seq: 3, received_at: 1, message: doc }]);
     expect(b.cursor).toBe(0);
     expect(srv.acks).toEqual([]);
+  });
+
+  it('keeps a conversation of its own for peers named like Object properties', async () => {
+    const bob = await person('bob');
+    const odd = await Promise.all(['constructor', '__proto__', 'toString', 'hasOwnProperty'].map(person));
+    const srv = fakeServer([bob.record, ...odd.map((p) => p.record)]);
+    for (const p of odd) await new Chat(p.id, srv.deps).send('bob', `from ${p.id.handle}`);
+    const b = new Chat(bob.id, srv.deps);
+    await b.poll();
+    expect(b.cursor).toBe(4);
+    for (const p of odd) expect(b.conversations.get(p.id.handle)?.messages.map((m) => m.body), p.id.handle).toEqual([`from ${p.id.handle}`]);
+    expect(b.list.map((c) => c.peer).sort()).toEqual(['__proto__', 'constructor', 'hasOwnProperty', 'toString']);
+
+    const reloaded = new Chat(bob.id, srv.deps);
+    await reloaded.load();
+    for (const p of odd) expect(reloaded.conversations.get(p.id.handle)?.messages.map((m) => m.body)).toEqual([`from ${p.id.handle}`]);
+    expect(Object.getPrototypeOf({})).toBe(Object.prototype); // nothing was polluted
+  });
+
+  it('reads a history stored before, keyed by peer', async () => {
+    const bob = await person('bob');
+    const srv = fakeServer([bob.record]);
+    srv.store.set(historyKey('bob'), { cursor: 3, conversations: { alice: { peer: 'alice', messages: [{ id: 'x', mine: false, body: 'old', ts: 1, seq: 3, state: 'received' }], unread: 1 } } });
+    const b = new Chat(bob.id, srv.deps);
+    await b.load();
+    expect(b.conversations.get('alice')?.messages.map((m) => m.body)).toEqual(['old']);
+    expect(b.cursor).toBe(3);
   });
 
   it('lists conversations by their latest message', async () => {

@@ -4,15 +4,22 @@
 // deletes only what is kept here.
 
 import { get, set } from 'idb-keyval';
+import { SvelteMap } from 'svelte/reactivity';
 import * as api from './api';
 import type { Identity } from './keys';
 import { claimedSender, InvalidMessage, newMessage, newMessageId, openEnvelope, type Envelope, type MessageKeys, type MessagePayload, type PublicUser } from './protocol';
 import type { Signed } from './signing';
 import type { LinkStatus } from './stream';
-import { historyKey, type ChatMessage, type Conversation, type History } from './history';
+import { conversationsOf, historyKey, type ChatMessage, type Conversation, type History } from './history';
 
 export type { ChatMessage, Conversation, History, MessageState } from './history';
 export { historyKey } from './history';
+
+/** A conversation the view follows as it changes. */
+function reactive(c: Conversation): Conversation {
+  const live = $state(c);
+  return live;
+}
 
 /** What Chat talks to; tests give fakes. */
 export interface ChatDeps {
@@ -38,7 +45,8 @@ export const browserDeps: ChatDeps = {
 const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
 
 export class Chat {
-  conversations = $state<Record<string, Conversation>>({});
+  /** Conversations by peer: a Map, since a handle may be any name, "constructor" and "__proto__" too. */
+  readonly conversations = new SvelteMap<string, Conversation>();
   status = $state<LinkStatus>('connecting');
   /** The open conversation: its messages are read as they arrive. */
   activePeer = $state<string | null>(null);
@@ -60,19 +68,23 @@ export class Chat {
   /** Conversations, the most recent first. */
   get list(): Conversation[] {
     const last = (c: Conversation) => c.messages.at(-1)?.ts ?? 0;
-    return Object.values(this.conversations).sort((a, b) => last(b) - last(a) || a.peer.localeCompare(b.peer));
+    return [...this.conversations.values()].sort((a, b) => last(b) - last(a) || a.peer.localeCompare(b.peer));
   }
 
   async load(): Promise<void> {
     const h = await this.deps.load(historyKey(this.me.handle));
     if (h) {
       this.cursor = this.acked = h.cursor;
-      this.conversations = h.conversations;
+      this.conversations.clear();
+      for (const [peer, c] of conversationsOf(h)) this.conversations.set(peer, reactive(c));
     }
   }
 
   private persist(): Promise<void> {
-    return this.deps.save(historyKey(this.me.handle), { cursor: this.cursor, conversations: $state.snapshot(this.conversations) as Record<string, Conversation> });
+    return this.deps.save(historyKey(this.me.handle), {
+      cursor: this.cursor,
+      conversations: [...this.conversations.values()].map((c) => $state.snapshot(c) as Conversation),
+    });
   }
 
   /** Runs f after everything queued before it: one ingest or send at a time. */
@@ -92,11 +104,16 @@ export class Chat {
   }
 
   conversation(peer: string): Conversation {
-    return (this.conversations[peer] ??= { peer, messages: [], unread: 0 });
+    let c = this.conversations.get(peer);
+    if (!c) {
+      c = reactive({ peer, messages: [], unread: 0 });
+      this.conversations.set(peer, c);
+    }
+    return c;
   }
 
   markRead(peer: string): void {
-    const c = this.conversations[peer];
+    const c = this.conversations.get(peer);
     if (c && c.unread) c.unread = 0;
     void this.serial(() => this.persist());
   }
@@ -163,7 +180,7 @@ export class Chat {
   }
 
   async retry(peer: string, id: string): Promise<void> {
-    const c = this.conversations[peer];
+    const c = this.conversations.get(peer);
     const i = c?.messages.findIndex((m) => m.mine && m.id === id) ?? -1;
     if (!c || i < 0 || c.messages[i]!.state !== 'failed') return;
     c.messages[i]!.state = 'pending';

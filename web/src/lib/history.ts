@@ -24,7 +24,18 @@ export interface Conversation {
 
 export interface History {
   cursor: number;
-  conversations: Record<string, Conversation>;
+  /**
+   * The conversations as a list: a handle is never a property name, so
+   * "constructor" or "__proto__" is a peer like any other. Histories
+   * written before held an object keyed by peer.
+   */
+  conversations: Conversation[] | Record<string, Conversation>;
+}
+
+/** The conversations of a stored history, by peer. */
+export function conversationsOf(h: History | undefined): Map<string, Conversation> {
+  const list = Array.isArray(h?.conversations) ? h.conversations : Object.entries(h?.conversations ?? {}).map(([, c]) => c);
+  return new Map(list.map((c) => [c.peer, c]));
 }
 
 /** The IndexedDB key of a handle's history. */
