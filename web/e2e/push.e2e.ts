@@ -73,7 +73,16 @@ describe('Web Push in the service worker', () => {
     await bob.goto('/#/settings');
     await bob.getByRole('heading', { name: 'Settings' }).waitFor();
 
-    // What the server sends: routing metadata only.
+    // What the server sends: routing metadata only. The notification names
+    // no one, as Settings says, though its click leads to alice's chat.
+    await deliverPush(JSON.stringify({ type: 'message', to: 'bob', seq }));
+    await expect.poll(() => notifications(sw)).toEqual([{ title: 'kez-chat', body: 'New message', tag: 'chat:alice', data: { hash: '#/chat/alice' } }]);
+    await sw.evaluate(async () => {
+      for (const n of await (self as unknown as ServiceWorkerGlobalScope).registration.getNotifications()) n.close();
+    });
+    // Bob chooses to see who wrote.
+    await bob.getByRole('switch', { name: 'Name who wrote' }).click();
+    await expect.poll(() => bob.getByRole('switch', { name: 'Name who wrote' }).getAttribute('aria-checked')).toBe('true');
     await deliverPush(JSON.stringify({ type: 'message', to: 'bob', seq }));
     await expect.poll(() => notifications(sw)).toEqual([
       { title: 'kez-chat', body: 'New message from @alice', tag: 'chat:alice', data: { hash: '#/chat/alice' } },

@@ -9,6 +9,7 @@ import { clientsClaim } from 'workbox-core';
 import { get } from 'idb-keyval';
 import * as api from './lib/api';
 import { conversationsOf, historyKey, type History } from './lib/history';
+import { notificationsNameSender } from './lib/push';
 import type { Identity } from './lib/keys';
 
 declare const self: ServiceWorkerGlobalScope & { __WB_MANIFEST: (string | { url: string; revision: string | null })[] };
@@ -62,8 +63,11 @@ async function showPush(data: PushMessageData | null): Promise<void> {
   const n = parseNotice(data);
   const from = await withTimeout(senderOf(n), 3000, null);
   const title = 'kez-chat';
+  // Who wrote is only for routing the click, unless the person chose to see
+  // it (Settings): a notification shows on a locked screen.
+  const named = from && (await notificationsNameSender().catch(() => false));
   const options: NotificationOptions & { renotify?: boolean } = {
-    body: from ? `New message from @${from}` : 'New message',
+    body: named ? `New message from @${from}` : 'New message',
     tag: from ? `chat:${from}` : `inbox:${n.to ?? ''}`,
     renotify: true,
     icon: '/icons/icon-192.png',

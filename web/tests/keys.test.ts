@@ -40,7 +40,7 @@ describe('registration', () => {
 describe('identity export', () => {
   it('round-trips with the passphrase, and holds no key in the clear', async () => {
     const id = await identity();
-    const text = await exportIdentity(id, 'correct horse battery', 1000);
+    const text = await exportIdentity(id, 'correct horse battery');
     expect(text).not.toContain(encodeB64(id.signing.secret));
     expect(text).not.toContain(encodeB64(id.enc.secret));
     const back = await importIdentity(text, 'correct horse battery');
@@ -50,12 +50,25 @@ describe('identity export', () => {
 
   it('refuses a wrong passphrase, an altered file and a short passphrase', async () => {
     const id = await identity();
-    const text = await exportIdentity(id, 'correct horse battery', 1000);
+    const text = await exportIdentity(id, 'correct horse battery');
     await expect(importIdentity(text, 'wrong horse battery')).rejects.toThrow(/Wrong passphrase/);
     const f = JSON.parse(text);
     f.data = f.data.slice(0, -2) + (f.data.endsWith('AA') ? 'AQ' : 'AA');
     await expect(importIdentity(JSON.stringify(f), 'correct horse battery')).rejects.toThrow();
     await expect(importIdentity('{"hello":1}', 'x')).rejects.toThrow(/not a kez-chat identity/);
     await expect(exportIdentity(id, 'short')).rejects.toThrow(/8 characters/);
+  });
+
+  it('refuses key derivations too cheap to protect the passphrase or too costly to run', async () => {
+    const id = await identity();
+    const text = await exportIdentity(id, 'correct horse battery');
+    for (const iterations of [1, 1000, 599_999, 6_000_001, 1e12, 1.5e6 + 0.5, '600000', null]) {
+      const f = JSON.parse(text);
+      f.kdf.iterations = iterations;
+      await expect(importIdentity(JSON.stringify(f), 'correct horse battery'), String(iterations)).rejects.toThrow(/key derivation/);
+    }
+    const f = JSON.parse(text);
+    f.kdf.hash = 'SHA-1';
+    await expect(importIdentity(JSON.stringify(f), 'correct horse battery')).rejects.toThrow(/not a kez-chat identity/);
   });
 });

@@ -77,6 +77,9 @@ export async function registration(keys: Keys, server: string, handle: string, t
 // passphrase with PBKDF2-SHA-256.
 const EXPORT_KIND = 'kez-chat-identity-export';
 const PBKDF2_ITERATIONS = 600_000;
+/** What an import accepts: OWASP's floor for PBKDF2-SHA-256, and ten times this app's count. */
+const MIN_PBKDF2_ITERATIONS = 600_000;
+const MAX_PBKDF2_ITERATIONS = 6_000_000;
 
 interface ExportFile {
   kind: string;
@@ -114,8 +117,14 @@ export async function importIdentity(text: string, passphrase: string): Promise<
   } catch {
     throw new Error('This is not a kez-chat identity export.');
   }
-  if (file?.kind !== EXPORT_KIND || file.v !== 1 || file.kdf?.name !== 'PBKDF2' || file.cipher?.name !== 'AES-GCM') {
+  if (file?.kind !== EXPORT_KIND || file.v !== 1 || file.kdf?.name !== 'PBKDF2' || file.kdf.hash !== 'SHA-256' || file.cipher?.name !== 'AES-GCM') {
     throw new Error('This is not a kez-chat identity export.');
+  }
+  // The iteration count comes from the file: bounded, so a crafted file can
+  // neither make the passphrase cheap to guess nor hang this device.
+  const n = file.kdf.iterations;
+  if (!Number.isSafeInteger(n) || n < MIN_PBKDF2_ITERATIONS || n > MAX_PBKDF2_ITERATIONS) {
+    throw new Error(`This export's key derivation (${String(n)} PBKDF2 iterations) is outside ${MIN_PBKDF2_ITERATIONS} to ${MAX_PBKDF2_ITERATIONS}; it was not made by kez-chat.`);
   }
   let plain: ArrayBuffer;
   try {

@@ -2,8 +2,18 @@
 // server, or undo both. The server's push says only that a message waits;
 // the service worker shows a generic notification.
 
+import { get, set } from 'idb-keyval';
 import * as api from './api';
 import { decodeB64 } from './bytes';
+
+/**
+ * Whether a notification names who wrote: off unless the person turns it
+ * on, since a notification shows on a locked screen. The service worker
+ * reads it; the server never knows (its push names no one).
+ */
+const NAME_SENDER_KEY = 'notify-name-sender';
+export const notificationsNameSender = async (): Promise<boolean> => (await get<boolean>(NAME_SENDER_KEY)) === true;
+export const setNotificationsNameSender = (on: boolean): Promise<void> => set(NAME_SENDER_KEY, on);
 
 /** pushManager.subscribe can hang forever (no push service, a stuck prompt). */
 const SUBSCRIBE_TIMEOUT_MS = 20_000;
