@@ -55,6 +55,12 @@ type Client struct {
 	// OnListenError, when set, is told of each error Listen recovers from,
 	// and how long it waits before reconnecting.
 	OnListenError func(err error, retryIn time.Duration)
+	// Pins, when set, makes every record looked up checked against what
+	// was first seen of it and its key documents (see checkPeer); a record
+	// that fails is refused with a *KeyChangedError. Self is the identity
+	// safety numbers are computed with.
+	Pins Pins
+	Self *Identity
 
 	base    *url.URL
 	baseErr error
@@ -210,6 +216,21 @@ func (c *Client) PostRegistration(ctx context.Context, doc signing.Signed) (*Use
 // Lookup fetches handle's public record from the server (GET /v1/u/{handle})
 // and refreshes the Client's cache of it.
 func (c *Client) Lookup(ctx context.Context, handle string) (*User, error) {
+	u, err := c.lookupUnchecked(ctx, handle)
+	if err != nil {
+		return nil, err
+	}
+	if c.Pins != nil {
+		if err := c.checkPeer(ctx, u); err != nil {
+			return nil, err
+		}
+	}
+	c.remember(u)
+	return u, nil
+}
+
+// lookupUnchecked is the record the server answers for handle, as it is.
+func (c *Client) lookupUnchecked(ctx context.Context, handle string) (*User, error) {
 	var uj server.PublicUser
 	if _, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/u/" + url.PathEscape(handle), limit: maxSmallBody}, &uj); err != nil {
 		return nil, err
@@ -221,8 +242,14 @@ func (c *Client) Lookup(ctx context.Context, handle string) (*User, error) {
 	if u.Handle != handle {
 		return nil, fmt.Errorf("asked for %q, the server answered the record of %q", handle, u.Handle)
 	}
-	c.remember(u)
 	return u, nil
+}
+
+// forget drops handle's cached record.
+func (c *Client) forget(handle string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.users, handle)
 }
 
 // user returns handle's record from the cache, or looks it up. A record's

@@ -94,7 +94,71 @@ func (f *clientFlags) registered() (*client.Identity, *client.Client, error) {
 	if id.Handle == "" {
 		return nil, nil, fmt.Errorf("the identity at %s has no handle yet; run 'kezchat register <handle>'", f.identity)
 	}
-	return id, client.New(f.url, nil), nil
+	c := client.New(f.url, nil)
+	// Every peer's keys are checked against what this identity first saw
+	// of them and against their key documents.
+	c.Pins, c.Self = &client.FilePins{Path: pinsPath(f.identity)}, id
+	return id, c, nil
+}
+
+// pinsPath is the file of the peers' keys an identity has seen, beside it:
+// identity.json's is identity.pins.json.
+func pinsPath(identity string) string {
+	return strings.TrimSuffix(identity, ".json") + ".pins.json"
+}
+
+// withKeyHelp adds to a refused key what the person can do about it.
+func withKeyHelp(err error) error {
+	var changed *client.KeyChangedError
+	switch {
+	case errors.As(err, &changed):
+		h := safeText(changed.Handle)
+		return fmt.Errorf("%w\n\nThe server answers other keys for %s than the ones this identity saw first. "+
+			"It may be a new identity of %s (a new device, a reinstall), or a server reading your messages: nothing was sent or shown. "+
+			"Compare the safety number with %s in person or over another channel:\n  kezchat safety-number %s\n"+
+			"If %s sees %s, accept the new keys with:\n  kezchat trust %s", err, h, h, h, h, h, changed.NowSafety, h)
+	case errors.Is(err, client.ErrKeyDocumentMismatch):
+		return fmt.Errorf("%w\n\nThe server answers keys the identity did not sign in its key document: nothing was sent or shown", err)
+	}
+	return err
+}
+
+func runSafetyNumber(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := newFlagSet("safety-number", "safety-number [flags] <handle>\n\nPrints the safety number of your identity and handle's (the keys you first saw of it): read it out to them, or compare it with theirs. The same on both sides means each has the other's keys.", stderr)
+	addClientFlags(fs, &f)
+	if err := parseArgs(fs, args, 1, 1); err != nil {
+		return err
+	}
+	_, c, err := f.registered()
+	if err != nil {
+		return err
+	}
+	n, err := c.Safety(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "safety number with %s:\n  %s\n", safeText(fs.Arg(0)), n)
+	return nil
+}
+
+func runTrust(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := newFlagSet("trust", "trust [flags] <handle>\n\nAccepts the keys the server now answers for handle, once you compared the new safety number with them.", stderr)
+	addClientFlags(fs, &f)
+	if err := parseArgs(fs, args, 1, 1); err != nil {
+		return err
+	}
+	_, c, err := f.registered()
+	if err != nil {
+		return err
+	}
+	n, err := c.Trust(ctx, fs.Arg(0))
+	if err != nil {
+		return withKeyHelp(err)
+	}
+	fmt.Fprintf(stdout, "trusting the current keys of %s; safety number:\n  %s\n", safeText(fs.Arg(0)), n)
+	return nil
 }
 
 func runKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -192,7 +256,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	r, err := c.Send(ctx, id, to, body)
 	if err != nil {
-		return err
+		return withKeyHelp(err)
 	}
 	fmt.Fprintf(stdout, "sent to %s (seq %d)\n", safeText(r.To), r.Seq)
 	return nil
@@ -292,7 +356,7 @@ func show(ctx context.Context, c *client.Client, id *client.Identity, env client
 		fmt.Fprintf(stderr, "[%d] skipped, not a valid message: %s\n", env.Seq, safeText(err.Error()))
 		return nil
 	default:
-		return fmt.Errorf("reading seq %d: %w", env.Seq, err)
+		return fmt.Errorf("reading seq %d: %w", env.Seq, withKeyHelp(err))
 	}
 }
 

@@ -3,16 +3,25 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"kez.lat/chat/client"
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/testutil"
 )
 
@@ -223,4 +232,65 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestTheCLIRefusesASwappedKeyAndSaysHowToAcceptIt: a server that answers
+// its own key for bob gets nothing from alice's CLI, which says how to
+// compare safety numbers and accept the key; once trusted, send works.
+func TestTheCLIRefusesASwappedKeyAndSaysHowToAcceptIt(t *testing.T) {
+	ctx := context.Background()
+	srv := testutil.StartServer(t, testutil.Options{})
+	var swap atomic.Pointer[[]byte] // the record answered for bob, when set
+	real, _ := url.Parse(srv.URL)
+	proxy := httputil.NewSingleHostReverseProxy(real)
+	proxy.ModifyResponse = func(res *http.Response) error {
+		if b := swap.Load(); b != nil && res.Request.URL.Path == "/v1/u/bob" {
+			res.Body, res.ContentLength = io.NopCloser(bytes.NewReader(*b)), int64(len(*b))
+			res.Header.Set("Content-Length", strconv.Itoa(len(*b)))
+		}
+		return nil
+	}
+	front := httptest.NewServer(proxy)
+	t.Cleanup(front.Close)
+	dir := t.TempDir()
+	alice, bob := filepath.Join(dir, "alice.json"), filepath.Join(dir, "bob.json")
+	for h, path := range map[string]string{"alice": alice, "bob": bob} {
+		if _, _, err := runCmd(t, ctx, runKeygen, "--identity", path); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := runCmd(t, ctx, runRegister, "--identity", path, "--url", front.URL, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := runCmd(t, ctx, runSend, "--identity", alice, "--url", front.URL, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	first, _, err := runCmd(t, ctx, runSafetyNumber, "--identity", alice, "--url", front.URL, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, _, err := runCmd(t, ctx, runSafetyNumber, "--identity", bob, "--url", front.URL, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	digits := func(out string) string { return strings.TrimSpace(out[strings.Index(out, "\n"):]) }
+	if digits(first) != digits(theirs) {
+		t.Fatalf("alice sees %q, bob sees %q: want one safety number", digits(first), digits(theirs))
+	}
+
+	mallory, _ := client.NewIdentity("ed25519")
+	rec := server.PublicUser{Handle: "bob", Server: testutil.Domain, PrimaryID: mallory.PrimaryID(), Alg: "ed25519",
+		Key: signing.EncodeB64(mallory.Signer.PublicKey()), EncKey: signing.EncodeB64(mallory.EncPublicKey()), CreatedAt: 1}
+	b, _ := json.Marshal(rec)
+	swap.Store(&b)
+	_, _, err = runCmd(t, ctx, runSend, "--identity", alice, "--url", front.URL, "bob", "for bob only")
+	if err == nil || !strings.Contains(err.Error(), "kezchat trust bob") || !strings.Contains(err.Error(), "kezchat safety-number bob") {
+		t.Fatalf("sending to a swapped key: %v; want a refusal that says how to check and accept", err)
+	}
+	if _, _, err := runCmd(t, ctx, runTrust, "--identity", alice, "--url", front.URL, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runCmd(t, ctx, runSend, "--identity", alice, "--url", front.URL, "bob", "now to the trusted key"); err != nil {
+		t.Fatalf("sending after trust: %v", err)
+	}
 }

@@ -30,17 +30,19 @@ type subcommand struct {
 }
 
 var commands = map[string]subcommand{
-	"server":     {runServer, "run the chat server"},
-	"operator":   {runOperator, "run the KezChat Kubernetes operator"},
-	"sig-server": {runSigServer, "run the sig-server, the signed directory of identities' keys"},
-	"keys":       {runKeys, "publish, add a device to, or revoke from the identity's key document"},
-	"keygen":     {runKeygen, "create an identity (signing and encryption keys)"},
-	"register":   {runRegister, "register a handle for the identity"},
-	"lookup":     {runLookup, "show a handle's public record"},
-	"send":       {runSend, "send an encrypted message"},
-	"inbox":      {runInbox, "read (and optionally acknowledge) the inbox"},
-	"listen":     {runListen, "follow the inbox live, acknowledging as messages arrive"},
-	"version":    {runVersion, "print the version"},
+	"server":        {runServer, "run the chat server"},
+	"operator":      {runOperator, "run the KezChat Kubernetes operator"},
+	"sig-server":    {runSigServer, "run the sig-server, the signed directory of identities' keys"},
+	"keys":          {runKeys, "publish, add a device to, or revoke from the identity's key document"},
+	"keygen":        {runKeygen, "create an identity (signing and encryption keys)"},
+	"register":      {runRegister, "register a handle for the identity"},
+	"lookup":        {runLookup, "show a handle's public record"},
+	"send":          {runSend, "send an encrypted message"},
+	"inbox":         {runInbox, "read (and optionally acknowledge) the inbox"},
+	"listen":        {runListen, "follow the inbox live, acknowledging as messages arrive"},
+	"safety-number": {runSafetyNumber, "print the safety number to compare with a peer"},
+	"trust":         {runTrust, "accept a peer's new keys once the safety numbers match"},
+	"version":       {runVersion, "print the version"},
 }
 
 func main() {
@@ -81,7 +83,7 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-13s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'kezchat <command> --help' for a command's flags.")
 }
