@@ -127,12 +127,12 @@ func (c *Client) verifiedKeys(ctx context.Context, u *User) (*KeyDocument, error
 		chain, err = sig.KeyLog(ctx, u.PrimaryID)
 	}
 	switch {
-	case sig == nil, ErrorCode(err) == server.CodeUnknownIdentity:
-		// No sig-server, or no document: the record's enc_key stands on
-		// its pin alone.
-		if u.KeysVersion > 0 {
-			return nil, fmt.Errorf("%w: the record of %s names key document version %d, which cannot be fetched", ErrKeyDocumentMismatch, u.Handle, u.KeysVersion)
-		}
+	case sig == nil, ErrorCode(err) == server.CodeUnknownIdentity, ErrorCode(err) == server.CodeNotFound:
+		// No sig-server linked (or none where the link points), or no
+		// document: the record's enc_key stands on its pin alone, and its
+		// device keys on nothing (checkPeer drops them). A server that
+		// hides the documents gains nothing: a pinned enc_key that
+		// changes without one is refused.
 		return nil, nil
 	case err != nil:
 		return nil, fmt.Errorf("checking the keys of %s: %w", u.Handle, err)

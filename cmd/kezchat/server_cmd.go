@@ -79,7 +79,7 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&f.pushTTL, "push-ttl", 24*time.Hour, "how long push services keep a notification for an offline device")
 	fs.IntVar(&f.maxPushSubscriptions, "max-push-subscriptions", def.Service.MaxPushSubscriptions, "push subscriptions one handle may have; the oldest is evicted")
 	fs.StringVar(&f.sigServerURL, "sig-server-url", "", "sig-server the chat server resolves device keys from, e.g. http://127.0.0.1:7878; empty: registered keys only")
-	fs.StringVar(&f.sigServerPublicURL, "sig-server-public-url", "", "origin clients reach the sig-server at, linked from WebFinger (default: the public URL, whose /v1/keys the proxy routes to the sig-server)")
+	fs.StringVar(&f.sigServerPublicURL, "sig-server-public-url", "", "origin clients reach the sig-server at, linked from WebFinger (default: the public URL, whose /v1/keys the proxy routes to the sig-server; for the domain localhost, --sig-server-url)")
 	fs.DurationVar(&f.keyCacheTTL, "key-cache-ttl", sigclient.DefaultConfig().TTL, "how long resolved device keys are used before the sig-server is asked again (bounds how long a revoked key works)")
 	fs.StringVar(&f.store, "store", "sqlite", "where messages and users are kept: sqlite (--db, one replica) or jetstream (NATS JetStream at --nats-url, any number of replicas)")
 	fs.StringVar(&f.natsURL, "nats-url", "", "NATS server, e.g. nats://kez-nats:4222: fan-out to streams on other replicas and presence for push; empty: this replica alone")
@@ -185,7 +185,13 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 		kcfg.URL, kcfg.TTL = f.sigServerURL, f.keyCacheTTL
 		cfg.Keys = &kcfg
 		cfg.SigServerPublicURL = f.sigServerPublicURL
-		if cfg.SigServerPublicURL == "" {
+		switch {
+		case cfg.SigServerPublicURL != "":
+		case f.domain == "localhost":
+			// No proxy routes /v1/keys on a laptop: clients go to the
+			// sig-server itself.
+			cfg.SigServerPublicURL = f.sigServerURL
+		default:
 			cfg.SigServerPublicURL = cfg.PublicURL
 		}
 	}
