@@ -31,6 +31,28 @@ type vectors struct {
 	RequestAuth []requestVector   `json:"request_auth"`
 	Messages    []messageVector   `json:"messages"`
 	Handles     []handleVector    `json:"handles"`
+	Safety      []safetyVector    `json:"safety_numbers"`
+	KeyChains   []keyChainVector  `json:"key_chains"`
+}
+
+// safetyVector is the safety number of two identities.
+type safetyVector struct {
+	AlgA     string `json:"alg_a"`
+	KeyA     string `json:"key_a"`
+	AddressA string `json:"address_a"`
+	AlgB     string `json:"alg_b"`
+	KeyB     string `json:"key_b"`
+	AddressB string `json:"address_b"`
+	Number   string `json:"number"`
+}
+
+// keyChainVector is an identity's key documents, as a sig-server serves
+// them, with each one's hash (what the next names as prev).
+type keyChainVector struct {
+	PrimaryID string            `json:"primary_id"`
+	Documents []json.RawMessage `json:"documents"`
+	Hashes    []string          `json:"hashes"`
+	EncKeys   []string          `json:"enc_keys"`
 }
 
 // handleVector is a handle's skeleton and whether the server refuses it
@@ -161,6 +183,38 @@ func generateVectors(t *testing.T) vectors {
 			Plaintext: client.Plaintext{V: 1, From: "alice", To: "bob", TS: 1764000000, Body: body},
 		})
 	}
+	for _, p := range [][2]string{{"ed25519", "ed25519"}, {"ed25519", "bip340"}} {
+		a, b := signerFor(t, p[0], "safety a "+p[0]), signerFor(t, p[1], "safety b "+p[1])
+		v.Safety = append(v.Safety, safetyVector{AlgA: p[0], KeyA: signing.EncodeB64(a.PublicKey()), AddressA: "alice@chat.example",
+			AlgB: p[1], KeyB: signing.EncodeB64(b.PublicKey()), AddressB: "bob@chat.example",
+			Number: client.SafetyNumber(p[0], a.PublicKey(), "alice@chat.example", p[1], b.PublicKey(), "bob@chat.example")})
+	}
+	{
+		primary, device := signerFor(t, "ed25519", "chain primary"), signerFor(t, "bip340", "chain device")
+		var chain keyChainVector
+		chain.PrimaryID = signing.PrimaryID(primary.Alg(), primary.PublicKey())
+		var prev *client.KeyDocument
+		for i, keys := range [][]client.SigningKey{
+			{{Alg: "ed25519", Key: primary.PublicKey(), Label: "primary"}},
+			{{Alg: "ed25519", Key: primary.PublicKey(), Label: "primary"}, {Alg: "bip340", Key: device.PublicKey(), Label: "phone"}},
+		} {
+			enc, _ := ecdh.X25519().NewPrivateKey(fixedKey("chain enc " + string(rune('0'+i))))
+			doc, err := client.NewKeyDocument(primary, prev, keys, enc.PublicKey().Bytes(), time.Unix(1764000000+int64(i), 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := server.ParseKeyDocument(doc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := json.Marshal(doc)
+			chain.Documents = append(chain.Documents, raw)
+			chain.Hashes = append(chain.Hashes, signing.EncodeB64(d.Hash))
+			chain.EncKeys = append(chain.EncKeys, signing.EncodeB64(enc.PublicKey().Bytes()))
+			prev = d
+		}
+		v.KeyChains = append(v.KeyChains, chain)
+	}
 	for _, h := range []string{"admin", "admin.", "admin_", "adm1n", "adrnin", "r00t", "no-reply", "wvvw", "he1p",
 		"alice", "adminton", "bob.smith", "info-desk", "l1l1", "v4s3.7"} {
 		v.Handles = append(v.Handles, handleVector{Handle: h, Skeleton: server.HandleSkeleton(h),
@@ -187,7 +241,8 @@ func TestVectorsHoldForTheGoImplementation(t *testing.T) {
 	if err := json.Unmarshal(raw, &v); err != nil {
 		t.Fatal(err)
 	}
-	if len(v.PrimaryID) == 0 || len(v.Signatures) == 0 || len(v.RequestAuth) == 0 || len(v.Messages) == 0 || len(v.Handles) == 0 {
+	if len(v.PrimaryID) == 0 || len(v.Signatures) == 0 || len(v.RequestAuth) == 0 || len(v.Messages) == 0 || len(v.Handles) == 0 ||
+		len(v.Safety) == 0 || len(v.KeyChains) == 0 {
 		t.Fatal("a vector section is empty")
 	}
 	for _, p := range v.PrimaryID {
@@ -231,6 +286,23 @@ func TestVectorsHoldForTheGoImplementation(t *testing.T) {
 		reserved := server.ErrorCode(server.ValidateHandle(h.Handle)) == server.CodeReservedHandle
 		if got := server.HandleSkeleton(h.Handle); got != h.Skeleton || reserved != h.Reserved {
 			t.Errorf("handle %q: skeleton %q, reserved %v; want %q, %v", h.Handle, got, reserved, h.Skeleton, h.Reserved)
+		}
+	}
+	for _, sv := range v.Safety {
+		a, _ := signing.DecodeB64(sv.KeyA)
+		b, _ := signing.DecodeB64(sv.KeyB)
+		if got := client.SafetyNumber(sv.AlgA, a, sv.AddressA, sv.AlgB, b, sv.AddressB); got != sv.Number {
+			t.Errorf("safety number %s, want %s", got, sv.Number)
+		}
+	}
+	for _, c := range v.KeyChains {
+		var prev *server.KeyDocument
+		for i, raw := range c.Documents {
+			d, err := server.ParseKeyDocumentJSON(raw)
+			if err != nil || d.Follows(prev) != nil || d.PrimaryID != c.PrimaryID || signing.EncodeB64(d.Hash) != c.Hashes[i] || signing.EncodeB64(d.EncKey) != c.EncKeys[i] {
+				t.Errorf("key chain document %d: %v", i+1, err)
+			}
+			prev = d
 		}
 	}
 	for _, m := range v.Messages {

@@ -13,6 +13,8 @@ export interface Vectors {
   request_auth: { alg: string; private_key: string; server: string; method: string; path: string; bindings: string[]; ts: number; string: string; auth: string }[];
   messages: { name: string; recipient_enc_private: string; recipient: PublicUser; sender: PublicUser; envelope: Envelope; plaintext: Plaintext }[];
   handles: { handle: string; skeleton: string; reserved: boolean }[];
+  safety_numbers: { alg_a: string; key_a: string; address_a: string; alg_b: string; key_b: string; address_b: string; number: string }[];
+  key_chains: { primary_id: string; documents: Record<string, unknown>[]; hashes: string[]; enc_keys: string[] }[];
 }
 
 export const vectors = JSON.parse(readFileSync(here + '../testdata/vectors.json', 'utf8')) as Vectors;

@@ -16,6 +16,9 @@ export interface PublicUser {
   key: string;
   enc_key: string;
   created_at: number;
+  /** The identity's device keys and key document version, when it published any. */
+  signing_keys?: { alg: string; key: string; label: string }[];
+  keys_version?: number;
 }
 
 export interface MessagePayload {
