@@ -92,6 +92,11 @@ func (c *Client) checkPeer(ctx context.Context, u *User) error {
 	if was == nil {
 		return c.Pins.SavePin(u.Handle, now)
 	}
+	if doc == nil {
+		// A server that hides the documents once must not lower the
+		// version pinned: a rollback would then pass for a first sight.
+		now.KeysVersion = was.KeysVersion
+	}
 	changed := func(why string) error {
 		e := &KeyChangedError{Handle: u.Handle, Was: *was, Now: now, Why: why}
 		e.WasSafety, _ = c.safetyWith(ctx, *was, u)
@@ -103,6 +108,8 @@ func (c *Client) checkPeer(ctx context.Context, u *User) error {
 		return changed("another primary key")
 	case doc != nil && doc.Version < was.KeysVersion:
 		return changed(fmt.Sprintf("key document version %d answered, %d seen before", doc.Version, was.KeysVersion))
+	case doc != nil && doc.Version == was.KeysVersion && was.EncKey != now.EncKey:
+		return changed(fmt.Sprintf("a second key document of version %d", doc.Version))
 	case was.EncKey != now.EncKey && doc == nil:
 		return changed("another enc_key, which no key document vouches for")
 	case *was == now:

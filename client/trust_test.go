@@ -30,6 +30,8 @@ import (
 type swappingServer struct {
 	*httptest.Server
 	swap atomic.Pointer[server.PublicUser] // answered for its Handle
+	// hideKeys makes WebFinger link no key document.
+	hideKeys atomic.Bool
 }
 
 func newSwappingServer(t *testing.T, target string) *swappingServer {
@@ -40,6 +42,13 @@ func newSwappingServer(t *testing.T, target string) *swappingServer {
 	s := &swappingServer{}
 	proxy := httputil.NewSingleHostReverseProxy(u)
 	proxy.ModifyResponse = func(res *http.Response) error {
+		if s.hideKeys.Load() && res.Request.URL.Path == "/.well-known/webfinger" {
+			b := []byte(`{"subject":"acct:hidden","links":[]}`)
+			res.Body = io.NopCloser(bytes.NewReader(b))
+			res.ContentLength = int64(len(b))
+			res.Header.Set("Content-Length", strconv.Itoa(len(b)))
+			return nil
+		}
 		fake := s.swap.Load()
 		if fake == nil || res.Request.URL.Path != "/v1/u/"+fake.Handle {
 			return nil
@@ -156,6 +165,17 @@ func TestAKeyDocumentSignedByThePinnedKeyMovesThePinAndAnUnsignedOneDoesNot(t *t
 	if _, err := pinningClient(front.URL, pins, alice).Send(ctx, alice, "bob", "to the new key"); err != nil {
 		t.Fatalf("sending after a signed key change: %v", err)
 	}
+
+	// A server that hides the documents once does not lower the version
+	// pinned (a rollback to version 1 would pass after it).
+	front.hideKeys.Store(true)
+	if _, err := pinningClient(front.URL, pins, alice).Send(ctx, alice, "bob", "directory hidden"); err != nil {
+		t.Fatalf("sending to the pinned enc_key with the directory hidden: %v", err)
+	}
+	if p, err := (&client.FilePins{Path: pins}).Pin("bob"); err != nil || p.KeysVersion != 2 {
+		t.Fatalf("pin after a hidden directory: %+v %v, want keys_version 2", p, err)
+	}
+	front.hideKeys.Store(false)
 
 	// The server answers yet another enc_key, which no document lists.
 	rec, _ := plain.Lookup(ctx, "bob")

@@ -68,6 +68,9 @@ describe('checking a peer', () => {
     await expect(checkPeer(record(2, encodeB64(new Uint8Array(32).fill(3))), pins, withDocs(2))).rejects.toBeInstanceOf(KeyDocumentMismatch);
     // Without the documents (hidden, or no sig-server), a changed enc_key stands on nothing.
     await expect(checkPeer(record(2, encodeB64(new Uint8Array(32).fill(3))), pins, noDirectory)).rejects.toBeInstanceOf(KeyChanged);
+    // The documents hidden once do not lower the version pinned.
+    await checkPeer(record(2), pins, noDirectory);
+    expect(pins.get('bob')?.keys_version).toBe(2);
     // Served version 1 after version 2 was seen: a rollback.
     await expect(checkPeer(record(1), pins, withDocs(1))).rejects.toThrow(/version 1 answered, 2 seen before/);
   });

@@ -71,7 +71,7 @@ export async function safetyNumber(algA: string, keyA: Uint8Array, addressA: str
 
 // --- key documents ----------------------------------------------------
 
-interface KeyPayload {
+export interface KeyPayload {
   type: string;
   primary_id: string;
   version: number;
@@ -216,8 +216,12 @@ export async function checkPeer(u: PublicUser, pins: Map<string, Pin>, deps: Tru
     pins.set(u.handle, now);
     return { record, changed: true };
   }
+  // A server that hides the documents once must not lower the version
+  // pinned: a rollback would then pass for a first sight.
+  if (!doc) now.keys_version = was.keys_version;
   if (was.primary_id !== now.primary_id || was.alg !== now.alg || was.key !== now.key) throw new KeyChanged(u.handle, was, now, 'another primary key');
   if (doc && doc.version < was.keys_version) throw new KeyChanged(u.handle, was, now, `key document version ${doc.version} answered, ${was.keys_version} seen before`);
+  if (doc && doc.version === was.keys_version && was.enc_key !== now.enc_key) throw new KeyChanged(u.handle, was, now, `a second key document of version ${doc.version}`);
   if (was.enc_key !== now.enc_key && !doc) throw new KeyChanged(u.handle, was, now, 'another enc_key, which no key document vouches for');
   if (samePin(was, now)) return { record, changed: false };
   pins.set(u.handle, now);
