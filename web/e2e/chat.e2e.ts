@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
-import { artifactsDir, bubble, launchBrowser, newUser, openChat, register, send, startServer, type ChatServer } from './harness';
+import { artifactsDir, bubble, launchBrowser, newUser, openChat, register, send, startServer, startSwappingProxy, type ChatServer } from './harness';
 
 describe('two people in two browsers, against the real server', () => {
   let server: ChatServer;
@@ -174,5 +174,89 @@ describe('two people in two browsers, against the real server', () => {
     // Reconnected with fresh auth, the stream resumes after the last seq seen.
     await expect.poll(() => bob.locator('[data-status]').getAttribute('data-status'), { timeout: 20_000 }).toBe('live');
     await expect.poll(() => bob.locator('a[data-peer="alice"]').textContent(), { timeout: 10_000 }).toMatch(/while you were offline/);
+  });
+});
+
+describe('a server that swaps a key is caught', () => {
+  let server: ChatServer;
+  let proxy: Awaited<ReturnType<typeof startSwappingProxy>>;
+  let browser: Browser;
+
+  beforeAll(async () => {
+    server = await startServer();
+    proxy = await startSwappingProxy(server.url);
+    browser = await launchBrowser();
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await proxy?.stop();
+    await server?.stop();
+  });
+
+  async function safetyNumber(page: Page, button: string): Promise<string> {
+    await page.getByRole('button', { name: button }).click();
+    const digits = page.getByTestId('safety-number');
+    await digits.waitFor();
+    await page.getByTestId('safety-qr').waitFor(); // the code is drawn too
+    const n = (await digits.textContent())!.replace(/\s+/g, '');
+    await page.getByRole('button', { name: 'Done' }).click();
+    await digits.waitFor({ state: 'detached' });
+    return n;
+  }
+
+  it('warns in the conversation, sends nothing to the swapped key, and shows safety numbers both sides can compare', async () => {
+    // Alice reaches the server through the proxy; bob directly.
+    const alice = (await newUser(browser, { ...server, url: proxy.url })).page;
+    const bob = (await newUser(browser, server)).page;
+    await register(alice, 'alice');
+    await register(bob, 'bob');
+    await openChat(alice, 'bob');
+    await send(alice, 'first contact pins your keys');
+    await expect.poll(() => bubble(alice, 'first contact pins your keys').getAttribute('data-state')).toBe('sent');
+    await bob.locator('a[data-peer="alice"]').click();
+    await bubble(bob, 'first contact pins your keys').waitFor({ timeout: 10_000 });
+
+    // Both sides show one safety number, and the Go CLI computes the same.
+    const fromAlice = await safetyNumber(alice, 'Safety number');
+    const fromBob = await safetyNumber(bob, 'Safety number');
+    expect(fromAlice).toMatch(/^\d{60}$/);
+    expect(fromBob).toBe(fromAlice);
+    await server.cli('carol', 'keygen');
+    await server.cli('carol', 'register', 'carol');
+    await openChat(bob, 'carol');
+    const { stdout } = await server.cli('carol', 'safety-number', 'bob');
+    expect(stdout.replace(/\D/g, '')).toBe(await safetyNumber(bob, 'Safety number'));
+
+    // The server now answers carol's keys under bob's handle.
+    const carol = await (await fetch(`${server.url}/v1/u/carol`)).json();
+    proxy.swap('bob', { ...carol, handle: 'bob' });
+    await alice.reload();
+    await alice.getByText('Signed in as @alice').waitFor();
+    await alice.locator('a[data-peer="bob"]').click();
+    const warning = alice.getByTestId('key-warning');
+    await warning.waitFor({ timeout: 10_000 });
+    expect(await warning.textContent()).toMatch(/The keys of @bob changed/);
+    await alice.screenshot({ path: artifactsDir() + 'key-warning-desktop.png' });
+
+    const before = proxy.posted();
+    await send(alice, 'this must not reach the swapped key');
+    await expect.poll(() => bubble(alice, 'this must not reach the swapped key').getAttribute('data-state')).toBe('failed');
+    expect(proxy.posted()).toBe(before);
+
+    // The new number is not the one bob shows: comparing catches the swap.
+    await alice.getByRole('button', { name: 'Compare safety numbers' }).click();
+    await alice.getByTestId('safety-qr').waitFor();
+    await alice.screenshot({ path: artifactsDir() + 'safety-number-desktop.png' });
+    await alice.getByRole('button', { name: 'Done' }).click();
+    const proposed = await safetyNumber(alice, 'Compare safety numbers');
+    expect(proposed).toMatch(/^\d{60}$/);
+    expect(proposed).not.toBe(fromBob);
+
+    // Accepting (here, wrongly) is the person's choice: the warning goes,
+    // and the conversation's safety number is the accepted one.
+    await alice.getByRole('button', { name: 'Accept the new keys' }).click();
+    await warning.waitFor({ state: 'detached' });
+    expect(await safetyNumber(alice, 'Safety number')).toBe(proposed);
   });
 });

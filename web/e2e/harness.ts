@@ -4,7 +4,7 @@
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { createServer, type IncomingMessage } from 'node:http';
+import { createServer, request, type IncomingMessage } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -117,4 +117,50 @@ export async function startPushReceiver(): Promise<{ origin: string; received: {
 export function artifactsDir(): string {
   mkdirSync(ARTIFACTS, { recursive: true });
   return ARTIFACTS;
+}
+
+/**
+ * A compromised server, as the browser sees it: a proxy in front of the
+ * real one that passes everything through (streams too) but, once told
+ * to, answers another record for a handle. It counts the messages posted
+ * through it.
+ */
+export async function startSwappingProxy(target: string): Promise<{
+  url: string;
+  posted: () => number;
+  swap: (handle: string, record: unknown) => void;
+  stop(): Promise<void>;
+}> {
+  const swapped = new Map<string, unknown>();
+  let posted = 0;
+  const upstream = new URL(target);
+  const srv = createServer((req, res) => {
+    const path = req.url ?? '/';
+    const handle = req.method === 'GET' ? /^\/v1\/u\/([^/?]+)$/.exec(path)?.[1] : undefined;
+    if (handle !== undefined && swapped.has(decodeURIComponent(handle))) {
+      req.resume();
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' }).end(JSON.stringify(swapped.get(decodeURIComponent(handle))));
+      return;
+    }
+    if (req.method === 'POST' && path === '/v1/messages') posted++;
+    const out = request({ host: upstream.hostname, port: upstream.port, method: req.method, path, headers: { ...req.headers, host: upstream.host } }, (up) => {
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    out.on('error', () => res.destroy());
+    res.on('close', () => out.destroy());
+    req.pipe(out);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    posted: () => posted,
+    swap: (handle, record) => swapped.set(handle, record),
+    stop: () =>
+      new Promise((r) => {
+        srv.closeAllConnections();
+        srv.close(() => r());
+      }),
+  };
 }

@@ -5,6 +5,7 @@ import { Chat, historyKey, type ChatDeps, type History } from '../src/lib/chat.s
 import { generateKeys, type Identity } from '../src/lib/keys';
 import { newMessage, type Envelope, type MessagePayload, type PublicUser } from '../src/lib/protocol';
 import { primaryId, type Signed } from '../src/lib/signing';
+import { KeyChanged, type Pin } from '../src/lib/trust';
 
 const SERVER = 'chat.example';
 
@@ -17,9 +18,13 @@ async function person(handle: string): Promise<{ id: Identity; record: PublicUse
   };
 }
 
-/** A fake server: one inbox per handle, acks recorded, failures on demand. */
+/**
+ * A fake server: one inbox per handle, acks recorded, failures on demand,
+ * no key directory (keys stand on their pins), records swapped on demand.
+ */
 function fakeServer(records: PublicUser[]) {
   const store = new Map<string, History>();
+  const pinStore = new Map<string, [string, Pin][]>();
   const inboxes = new Map<string, Envelope[]>();
   const acks: number[] = [];
   let seq = 0;
@@ -52,8 +57,13 @@ function fakeServer(records: PublicUser[]) {
     load: async (k) => structuredClone(store.get(k)),
     save: async (k, h) => void store.set(k, structuredClone(h)),
     now: () => Math.floor(Date.now() / 1000),
+    trust: { webfinger: async () => ({ links: [] }), keyLog: async () => ({ documents: [], next: 0 }) },
+    loadPins: async (me) => new Map(structuredClone(pinStore.get(me) ?? [])),
+    savePins: async (me, pins) => void pinStore.set(me, structuredClone([...pins])),
   };
-  return { deps, store, inboxes, acks, failNextPosts: (n: number) => (failPosts = n) };
+  /** Answers rec for its handle from now on, as a server that swaps keys would. */
+  const swap = (rec: PublicUser) => records.splice(records.findIndex((r) => r.handle === rec.handle), 1, rec);
+  return { deps, store, inboxes, acks, swap, failNextPosts: (n: number) => (failPosts = n) };
 }
 
 describe('Chat', () => {
@@ -156,6 +166,45 @@ describe('Chat', () => {
     await b.load();
     expect(b.conversations.get('alice')?.messages.map((m) => m.body)).toEqual(['old']);
     expect(b.cursor).toBe(3);
+  });
+
+  it('holds messages to and from a peer whose keys the server swapped until the person accepts them', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const mallory = await person('bob'); // the server's own keys under bob's handle
+    const srv = fakeServer([alice.record, bob.record]);
+    const a = new Chat(alice.id, srv.deps);
+    await a.load();
+    await a.send('bob', 'pinned'); // first contact pins bob's keys
+    const pinned = (await a.safetyNumbers('bob')).pinned;
+
+    srv.swap(mallory.record);
+    const reloaded = new Chat(alice.id, srv.deps);
+    await reloaded.load();
+    await expect(reloaded.send('bob', 'secret')).rejects.toBeInstanceOf(KeyChanged);
+    expect(reloaded.conversation('bob').messages.at(-1)!.state).toBe('failed');
+    expect(srv.inboxes.get('bob') ?? []).toHaveLength(1); // only what went to the pinned keys
+    expect(reloaded.keyProblems.get('bob')).toBeInstanceOf(KeyChanged);
+
+    // What the swapped keys sign is held, not shown, and still acknowledged (kept here).
+    const fake = await newMessage({ handle: 'bob', server: SERVER, signing: mallory.id.signing, encSecret: mallory.id.enc.secret }, alice.record, 'x1', 'trust me', 5);
+    await reloaded.ingest([{ seq: 7, received_at: 1, message: fake }]);
+    expect(reloaded.conversation('bob').messages.filter((m) => !m.mine)).toEqual([]);
+    expect(reloaded.conversation('bob').withheld?.map((e) => e.seq)).toEqual([7]);
+    expect(srv.acks).toContain(7);
+
+    const numbers = await reloaded.safetyNumbers('bob');
+    expect(numbers.pinned).toBe(pinned);
+    expect(numbers.proposed).toMatch(/^(\d{5} ){11}\d{5}$/);
+    expect(numbers.proposed).not.toBe(pinned);
+
+    // The person compared and accepts: what was held opens, sending works.
+    await reloaded.accept('bob');
+    expect(reloaded.keyProblems.has('bob')).toBe(false);
+    expect(reloaded.conversation('bob').messages.filter((m) => !m.mine).map((m) => m.body)).toEqual(['trust me']);
+    expect(reloaded.conversation('bob').withheld).toEqual([]);
+    await reloaded.send('bob', 'after accepting');
+    expect((await reloaded.safetyNumbers('bob')).pinned).toBe(numbers.proposed);
   });
 
   it('lists conversations by their latest message', async () => {

@@ -41,13 +41,13 @@ export function setBaseUrl(url: string): void {
 
 const now = () => Math.floor(Date.now() / 1000);
 
-async function call<T>(method: string, path: string, init: { body?: unknown; auth?: string; signal?: AbortSignal } = {}): Promise<T> {
+async function call<T>(method: string, path: string, init: { body?: unknown; auth?: string; signal?: AbortSignal; origin?: string } = {}): Promise<T> {
   const headers: Record<string, string> = {};
   if (init.body !== undefined) headers['Content-Type'] = 'application/json';
   if (init.auth) headers['X-KEZ-Auth'] = init.auth;
   let res: Response;
   try {
-    res = await fetch(base + path, {
+    res = await fetch((init.origin ?? base) + path, {
       method,
       headers,
       body: init.body === undefined ? undefined : JSON.stringify(init.body),
@@ -80,6 +80,14 @@ export const health = () => call<{ server: string; status: string; version: stri
 export const register = (doc: Signed<RegisterPayload>) => call<PublicUser>('POST', '/v1/register', { body: doc });
 
 export const lookup = (handle: string) => call<PublicUser>('GET', '/v1/u/' + encodeURIComponent(handle));
+
+/** The WebFinger document of acct:handle@server: it links the identity's key document. */
+export const webfinger = (handle: string, server: string) =>
+  call<{ links?: { rel: string; href?: string }[] }>('GET', '/.well-known/webfinger?resource=' + encodeURIComponent(`acct:${handle}@${server}`));
+
+/** A page of an identity's key log on the sig-server at origin (which may be another origin: it answers CORS). */
+export const keyLog = <D>(origin: string, primaryId: string, from: number) =>
+  call<{ documents: D[]; next: number }>('GET', `/v1/keys/${encodeURIComponent(primaryId)}/log?from=${from}`, { origin: origin.replace(/\/$/, '') });
 
 export const postMessage = (doc: Signed<MessagePayload>) => call<Receipt>('POST', '/v1/messages', { body: doc });
 

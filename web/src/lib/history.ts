@@ -1,7 +1,7 @@
 // The stored form of a chat history, in IndexedDB under historyKey(handle).
 // The page writes it; the service worker reads it to route a notification.
 
-import type { MessagePayload } from './protocol';
+import type { Envelope, MessagePayload } from './protocol';
 import type { Signed } from './signing';
 
 export type MessageState = 'pending' | 'sent' | 'failed' | 'received';
@@ -20,6 +20,8 @@ export interface Conversation {
   peer: string;
   messages: ChatMessage[];
   unread: number;
+  /** Envelopes from the peer held while its keys are in question (Chat.keyProblems). */
+  withheld?: Envelope[];
 }
 
 export interface History {
