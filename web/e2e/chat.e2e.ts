@@ -100,6 +100,33 @@ describe('two people in two browsers, against the real server', () => {
     await bubble(bob, 'hi alice 👋').waitFor();
   });
 
+  it('keeps its private keys non-extractable, with no raw key in IndexedDB', async () => {
+    const kept = await bob.evaluate(
+      () =>
+        new Promise<{ signing: unknown; enc: unknown; sealed: unknown; rawSigning: boolean; rawEnc: boolean; exportRefused: boolean }>((resolve, reject) => {
+          const req = indexedDB.open('keyval-store');
+          req.onerror = () => reject(req.error);
+          req.onsuccess = () => {
+            const get = req.result.transaction('keyval').objectStore('keyval').get('identity');
+            get.onsuccess = async () => {
+              const id = get.result;
+              let exportRefused = false;
+              await crypto.subtle.exportKey('jwk', id.signing.cryptoKey).catch(() => (exportRefused = true));
+              resolve({
+                signing: id.signing.cryptoKey?.extractable,
+                enc: id.enc.cryptoKey?.extractable,
+                sealed: id.sealed?.key?.extractable,
+                rawSigning: 'secret' in id.signing,
+                rawEnc: 'secret' in id.enc,
+                exportRefused,
+              });
+            };
+          };
+        }),
+    );
+    expect(kept).toEqual({ signing: false, enc: false, sealed: false, rawSigning: false, rawEnc: false, exportRefused: true });
+  });
+
   it('keeps screenshots of the chat at phone and desktop widths', async () => {
     const dir = artifactsDir();
     await bob.setViewportSize({ width: 1280, height: 800 });

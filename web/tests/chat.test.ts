@@ -117,8 +117,8 @@ describe('Chat', () => {
     const mallory = await person('mallory');
     const srv = fakeServer([alice.record, bob.record, mallory.record]);
     // Mallory signs a message claiming to be from alice.
-    const forged = await newMessage({ handle: 'alice', server: SERVER, signing: mallory.id.signing, encSecret: mallory.id.enc.secret }, bob.record, 'f1', 'forged', 1);
-    const ok = await newMessage({ handle: 'alice', server: SERVER, signing: alice.id.signing, encSecret: alice.id.enc.secret }, bob.record, 'g1', 'genuine', 2);
+    const forged = await newMessage({ handle: 'alice', server: SERVER, signing: mallory.id.signing, enc: mallory.id.enc }, bob.record, 'f1', 'forged', 1);
+    const ok = await newMessage({ handle: 'alice', server: SERVER, signing: alice.id.signing, enc: alice.id.enc }, bob.record, 'g1', 'genuine', 2);
     const b = new Chat(bob.id, srv.deps);
     await b.ingest([
       { seq: 5, received_at: 1, message: forged },
@@ -133,7 +133,7 @@ describe('Chat', () => {
     const alice = await person('alice');
     const bob = await person('bob');
     const srv = fakeServer([alice.record, bob.record]);
-    const doc = await newMessage({ handle: 'alice', server: SERVER, signing: alice.id.signing, encSecret: alice.id.enc.secret }, bob.record, 'm', 'later', 2);
+    const doc = await newMessage({ handle: 'alice', server: SERVER, signing: alice.id.signing, enc: alice.id.enc }, bob.record, 'm', 'later', 2);
     const offline: ChatDeps = { ...srv.deps, lookup: async () => { throw new ApiError(0, 'network', 'offline'); } };
     const b = new Chat(bob.id, offline);
     await b.ingest([{ seq: 3, received_at: 1, message: doc }]);
@@ -187,7 +187,7 @@ describe('Chat', () => {
     expect(reloaded.keyProblems.get('bob')).toBeInstanceOf(KeyChanged);
 
     // What the swapped keys sign is held, not shown, and still acknowledged (kept here).
-    const fake = await newMessage({ handle: 'bob', server: SERVER, signing: mallory.id.signing, encSecret: mallory.id.enc.secret }, alice.record, 'x1', 'trust me', 5);
+    const fake = await newMessage({ handle: 'bob', server: SERVER, signing: mallory.id.signing, enc: mallory.id.enc }, alice.record, 'x1', 'trust me', 5);
     await reloaded.ingest([{ seq: 7, received_at: 1, message: fake }]);
     expect(reloaded.conversation('bob').messages.filter((m) => !m.mine)).toEqual([]);
     expect(reloaded.conversation('bob').withheld?.map((e) => e.seq)).toEqual([7]);

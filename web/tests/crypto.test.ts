@@ -16,7 +16,7 @@ const bobKeys = (m: (typeof vectors.messages)[number]): MessageKeys => ({
   handle: m.recipient.handle,
   server: m.recipient.server,
   signing: { alg: 'ed25519', secret: new Uint8Array(32), publicKey: new Uint8Array(32) }, // unused to open
-  encSecret: decodeB64(m.recipient_enc_private),
+  enc: { publicKey: decodeB64(m.recipient.enc_key), secret: decodeB64(m.recipient_enc_private) },
 });
 
 for (const backend of ['webcrypto', 'noble'] as Backend[]) {
@@ -35,10 +35,10 @@ for (const backend of ['webcrypto', 'noble'] as Backend[]) {
       resetSuites();
       const bob = await generateEncKeyPair();
       const ct = await seal(bob.publicKey, utf8('hi bob'));
-      expect(fromUtf8(await open(bob.secret, ct))).toBe('hi bob');
+      expect(fromUtf8(await open(bob, ct))).toBe('hi bob');
       const eve = await generateEncKeyPair();
-      await expect(open(eve.secret, ct)).rejects.toThrow();
-      await expect(open(bob.secret, ct.slice(0, 20))).rejects.toThrow();
+      await expect(open(eve, ct)).rejects.toThrow();
+      await expect(open(bob, ct.slice(0, 20))).rejects.toThrow();
     });
   });
 }
@@ -66,15 +66,15 @@ describe('message envelopes', () => {
     const server = 'chat.example';
     const bob: PublicUser = { handle: 'bob', server, primary_id: 'x', alg: 'ed25519', key: encodeB64(new Uint8Array(32)), enc_key: encodeB64(bobEnc.publicKey), created_at: 1 };
     const aliceRecord: PublicUser = { handle: 'alice', server, primary_id: await primaryId('ed25519', alice.publicKey), alg: 'ed25519', key: encodeB64(alice.publicKey), enc_key: encodeB64(aliceEnc.publicKey), created_at: 1 };
-    const doc = await newMessage({ handle: 'alice', server, signing: alice, encSecret: aliceEnc.secret }, bob, 'm1', 'hello <b>& 😀', 1764000000);
+    const doc = await newMessage({ handle: 'alice', server, signing: alice, enc: aliceEnc }, bob, 'm1', 'hello <b>& 😀', 1764000000);
     const env: Envelope = { seq: 1, received_at: 1764000001, message: JSON.parse(JSON.stringify(doc)) };
     expect(claimedSender(env)).toBe('alice');
-    const pt = await openEnvelope(env, { handle: 'bob', server, signing: alice, encSecret: bobEnc.secret }, aliceRecord);
+    const pt = await openEnvelope(env, { handle: 'bob', server, signing: alice, enc: bobEnc }, aliceRecord);
     expect(pt).toEqual({ v: 1, from: 'alice', to: 'bob', ts: 1764000000, body: 'hello <b>& 😀' });
 
     // Signed by alice, with a member the Go server refuses (unknown_field).
     const extra = await signDocument(alice, { ...doc.payload, From: 'mallory' });
     const odd: Envelope = { seq: 2, received_at: 1764000001, message: JSON.parse(JSON.stringify(extra)) };
-    await expect(openEnvelope(odd, { handle: 'bob', server, signing: alice, encSecret: bobEnc.secret }, aliceRecord)).rejects.toThrow(/payload members/);
+    await expect(openEnvelope(odd, { handle: 'bob', server, signing: alice, enc: bobEnc }, aliceRecord)).rejects.toThrow(/payload members/);
   });
 });

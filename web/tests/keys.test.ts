@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { encodeB64 } from '../src/lib/bytes';
-import { exportIdentity, generateKeys, handleProblem, handleSkeleton, importIdentity, recordMatches, registration, type Identity } from '../src/lib/keys';
+import { open, seal } from '../src/lib/crypto';
+import { exportIdentity, generateKeys, handleProblem, handleSkeleton, importIdentity, keptIdentity, recordMatches, registration, type Identity } from '../src/lib/keys';
 import { vectors } from './vectors';
-import { primaryId, verifyDocument } from '../src/lib/signing';
+import { primaryId, signDocument, verifyDocument } from '../src/lib/signing';
 
 async function identity(): Promise<Identity> {
   const k = await generateKeys();
@@ -37,12 +38,36 @@ describe('registration', () => {
   });
 });
 
+describe('the kept identity', () => {
+  it('holds non-extractable keys and no raw key, signs and opens, and still exports what was made', async () => {
+    const made = await identity();
+    const kept = structuredClone(await keptIdentity(made)); // as IndexedDB stores it
+    expect(kept.signing.secret).toBeUndefined();
+    expect(kept.enc.secret).toBeUndefined();
+    for (const k of [kept.signing.cryptoKey!, kept.enc.cryptoKey!, kept.sealed!.key]) {
+      expect(k.extractable).toBe(false);
+      await expect(crypto.subtle.exportKey('jwk', k)).rejects.toThrow();
+    }
+    const stored = JSON.stringify(kept, (_, v) => (v instanceof Uint8Array ? encodeB64(v) : v));
+    expect(stored).not.toContain(encodeB64(made.signing.secret!));
+    expect(stored).not.toContain(encodeB64(made.enc.secret!));
+
+    const doc = await signDocument(kept.signing, { hello: 'world' });
+    expect(await verifyDocument(doc, 'ed25519', made.signing.publicKey)).toBe(true);
+    expect(new TextDecoder().decode(await open(kept.enc, await seal(made.enc.publicKey, new TextEncoder().encode('to the kept key'))))).toBe('to the kept key');
+
+    const back = await importIdentity(await exportIdentity(kept, 'correct horse battery'), 'correct horse battery');
+    expect(back).toEqual(made);
+    expect(await keptIdentity(kept)).toBe(kept); // kept once
+  });
+});
+
 describe('identity export', () => {
   it('round-trips with the passphrase, and holds no key in the clear', async () => {
     const id = await identity();
     const text = await exportIdentity(id, 'correct horse battery');
-    expect(text).not.toContain(encodeB64(id.signing.secret));
-    expect(text).not.toContain(encodeB64(id.enc.secret));
+    expect(text).not.toContain(encodeB64(id.signing.secret!));
+    expect(text).not.toContain(encodeB64(id.enc.secret!));
     const back = await importIdentity(text, 'correct horse battery');
     expect(back).toEqual(id);
     expect(recordMatches(back, { alg: 'ed25519', key: encodeB64(id.signing.publicKey), enc_key: encodeB64(id.enc.publicKey) })).toBe(true);

@@ -84,7 +84,7 @@ export class Chat {
   ) {}
 
   get keys(): MessageKeys {
-    return { handle: this.me.handle, server: this.me.server, signing: this.me.signing, encSecret: this.me.enc.secret };
+    return { handle: this.me.handle, server: this.me.server, signing: this.me.signing, enc: this.me.enc };
   }
 
   /** Conversations, the most recent first. */

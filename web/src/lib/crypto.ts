@@ -5,20 +5,35 @@
 import { CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
 import { Chacha20Poly1305 } from '@hpke/chacha20poly1305';
 import { webCryptoHas } from './backend';
-import { concat, decodeB64, utf8 } from './bytes';
+import { concat, decodeB64, encodeB64, utf8 } from './bytes';
 
 const INFO = utf8('kez-chat/v1 message');
 const ENC_SIZE = 32;
 
+/**
+ * An X25519 key pair. As kept, the private key is a non-extractable
+ * WebCrypto key where the browser has X25519; the raw private key is
+ * there only while a key is made, imported or exported, or where the
+ * browser lacks X25519.
+ */
 export interface EncKeyPair {
-  secret: Uint8Array<ArrayBuffer>; // raw X25519 private key
   publicKey: Uint8Array<ArrayBuffer>;
+  secret?: Uint8Array<ArrayBuffer>;
+  cryptoKey?: CryptoKey;
+}
+
+/** The pair as kept: a non-extractable WebCrypto key and no raw private key, where the browser has X25519. */
+export async function nonExtractableEncKey(pair: EncKeyPair): Promise<EncKeyPair> {
+  if (pair.cryptoKey || !pair.secret || !(await webCryptoHas('X25519'))) return pair;
+  const jwk: JsonWebKey = { kty: 'OKP', crv: 'X25519', d: encodeB64(pair.secret), x: encodeB64(pair.publicKey) };
+  const cryptoKey = await crypto.subtle.importKey('jwk', jwk, { name: 'X25519' }, false, ['deriveBits']);
+  return { publicKey: pair.publicKey, cryptoKey };
 }
 
 let suites: { native?: Promise<CipherSuite>; noble?: Promise<CipherSuite> } = {};
 
-async function suite(): Promise<CipherSuite> {
-  if (await webCryptoHas('X25519')) {
+async function suite(native = false): Promise<CipherSuite> {
+  if (native || (await webCryptoHas('X25519'))) {
     suites.native ??= Promise.resolve(new CipherSuite({ kem: new DhkemX25519HkdfSha256(), kdf: new HkdfSha256(), aead: new Chacha20Poly1305() }));
     return suites.native;
   }
@@ -57,10 +72,20 @@ export async function seal(recipientPublicKey: Uint8Array<ArrayBuffer>, plaintex
   return concat(new Uint8Array(enc), new Uint8Array(ct));
 }
 
-export async function open(recipientSecret: Uint8Array<ArrayBuffer>, ct: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+export async function open(recipient: EncKeyPair, ct: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
   if (ct.length < ENC_SIZE) throw new Error('ciphertext shorter than the encapsulated key');
-  const s = await suite();
-  const sk = await s.kem.deserializePrivateKey(recipientSecret);
-  const pt = await s.open({ recipientKey: sk, enc: ct.slice(0, ENC_SIZE), info: INFO }, ct.slice(ENC_SIZE));
+  let s: CipherSuite;
+  let recipientKey: CryptoKey | CryptoKeyPair;
+  if (recipient.cryptoKey) {
+    // A non-extractable key: the KEM cannot derive its public key, so it is given.
+    s = await suite(true);
+    recipientKey = { privateKey: recipient.cryptoKey, publicKey: await s.kem.deserializePublicKey(recipient.publicKey) };
+  } else if (recipient.secret) {
+    s = await suite();
+    recipientKey = await s.kem.deserializePrivateKey(recipient.secret);
+  } else {
+    throw new Error('this key pair holds neither a WebCrypto key nor a private key');
+  }
+  const pt = await s.open({ recipientKey, enc: ct.slice(0, ENC_SIZE), info: INFO }, ct.slice(ENC_SIZE));
   return new Uint8Array(pt);
 }

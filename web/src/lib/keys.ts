@@ -1,12 +1,16 @@
 // The identity: keys made in the browser and kept in IndexedDB, registered
 // under a handle; and its passphrase-encrypted export, the only form in
-// which a private key leaves the browser.
+// which a private key leaves the browser. Kept keys are non-extractable
+// WebCrypto keys where the browser has Ed25519 and X25519: page code signs
+// and decrypts with them but cannot read them. The raw keys, which only an
+// export needs, are kept sealed (AES-GCM under a non-extractable key of
+// their own), never as plain bytes beside the history.
 
 import { del, get, set } from 'idb-keyval';
 import { decodeB64, encodeB64, equalBytes, fromUtf8, utf8 } from './bytes';
-import { generateEncKeyPair, x25519PublicKey, type EncKeyPair } from './crypto';
+import { generateEncKeyPair, nonExtractableEncKey, x25519PublicKey, type EncKeyPair } from './crypto';
 import { TYPE_REGISTER, type RegisterPayload } from './protocol';
-import { ed25519PublicKey, generateSigningKey, primaryId, signDocument, type Signed, type SigningKey } from './signing';
+import { ed25519PublicKey, generateSigningKey, nonExtractableSigningKey, primaryId, signDocument, type Signed, type SigningKey } from './signing';
 
 export interface Keys {
   signing: SigningKey;
@@ -17,16 +21,69 @@ export interface Identity extends Keys {
   handle: string;
   server: string;
   primaryId: string;
+  /** The raw private keys, sealed, for an export: set once the identity is kept. */
+  sealed?: SealedKeys;
+}
+
+/** Raw private keys encrypted under a non-extractable AES-GCM key stored with them. */
+export interface SealedKeys {
+  key: CryptoKey;
+  iv: Uint8Array<ArrayBuffer>;
+  data: Uint8Array<ArrayBuffer>;
+}
+
+interface RawKeys {
+  signing_key: string; // the Ed25519 seed, base64url
+  enc_key: string; // the X25519 private key, base64url
 }
 
 const IDENTITY_KEY = 'identity';
+const SEALED_KIND = utf8('kez-chat-sealed-keys');
 
 export async function generateKeys(): Promise<Keys> {
   return { signing: await generateSigningKey(), enc: await generateEncKeyPair() };
 }
 
-export const loadIdentity = () => get<Identity>(IDENTITY_KEY);
-export const saveIdentity = (id: Identity) => set(IDENTITY_KEY, id);
+/** The identity as kept: non-extractable keys where the browser allows, the raw keys sealed. */
+export async function keptIdentity(id: Identity): Promise<Identity> {
+  if (id.sealed && !id.signing.secret && !id.enc.secret) return id;
+  const raw = await rawKeys(id);
+  const key = await crypto.subtle.generateKey({ name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']);
+  const iv = crypto.getRandomValues(new Uint8Array(12));
+  const data = new Uint8Array(await crypto.subtle.encrypt({ name: 'AES-GCM', iv, additionalData: SEALED_KIND }, key, utf8(JSON.stringify(raw))));
+  return {
+    handle: id.handle,
+    server: id.server,
+    primaryId: id.primaryId,
+    signing: await nonExtractableSigningKey(id.signing),
+    enc: await nonExtractableEncKey(id.enc),
+    sealed: { key, iv, data },
+  };
+}
+
+/** The raw private keys: from the sealed copy, or the key objects while they still hold them. */
+async function rawKeys(id: Identity): Promise<RawKeys> {
+  if (id.signing.secret && id.enc.secret) return { signing_key: encodeB64(id.signing.secret), enc_key: encodeB64(id.enc.secret) };
+  if (!id.sealed) throw new Error('This identity holds no private keys to export.');
+  const { key, iv, data } = id.sealed;
+  const plain = await crypto.subtle.decrypt({ name: 'AES-GCM', iv, additionalData: SEALED_KIND }, key, data);
+  return JSON.parse(fromUtf8(new Uint8Array(plain))) as RawKeys;
+}
+
+/** The kept identity; one stored before keys were kept non-extractable is converted, once. */
+export async function loadIdentity(): Promise<Identity | undefined> {
+  const id = await get<Identity>(IDENTITY_KEY);
+  if (id && (!id.sealed || id.signing.secret || id.enc.secret)) return saveIdentity(id);
+  return id;
+}
+
+/** Keeps id (non-extractable, raw keys sealed) and returns what was kept. */
+export async function saveIdentity(id: Identity): Promise<Identity> {
+  const kept = await keptIdentity(id);
+  await set(IDENTITY_KEY, kept);
+  return kept;
+}
+
 export const forgetIdentity = () => del(IDENTITY_KEY);
 
 /** The handle rules of docs/protocol.md, checked before asking the server. */
@@ -98,7 +155,8 @@ export async function exportIdentity(id: Identity, passphrase: string, iteration
   if (passphrase.length < 8) throw new Error('Use a passphrase of at least 8 characters.');
   const salt = crypto.getRandomValues(new Uint8Array(16));
   const iv = crypto.getRandomValues(new Uint8Array(12));
-  const plain = utf8(JSON.stringify({ v: 1, alg: id.signing.alg, signing_key: encodeB64(id.signing.secret), enc_key: encodeB64(id.enc.secret), handle: id.handle, server: id.server }));
+  const raw = await rawKeys(id);
+  const plain = utf8(JSON.stringify({ v: 1, alg: id.signing.alg, signing_key: raw.signing_key, enc_key: raw.enc_key, handle: id.handle, server: id.server }));
   const data = await crypto.subtle.encrypt({ name: 'AES-GCM', iv, additionalData: utf8(EXPORT_KIND) }, await passphraseKey(passphrase, salt, iterations), plain);
   const file: ExportFile = {
     kind: EXPORT_KIND,

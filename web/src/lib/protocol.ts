@@ -2,7 +2,7 @@
 // (docs/protocol.md, "POST /v1/messages", "Message encryption").
 
 import { decodeB64, encodeB64, fromUtf8, utf8 } from './bytes';
-import { open, seal } from './crypto';
+import { open, seal, type EncKeyPair } from './crypto';
 import { signDocument, verifyDocument, type Signed, type SigningKey } from './signing';
 
 export const TYPE_MESSAGE = 'kez.chat.message/v1';
@@ -59,7 +59,7 @@ export interface MessageKeys {
   handle: string;
   server: string;
   signing: SigningKey;
-  encSecret: Uint8Array<ArrayBuffer>;
+  enc: EncKeyPair;
 }
 
 /** A message payload's members, sorted. */
@@ -107,7 +107,7 @@ export async function openEnvelope(env: Envelope, me: MessageKeys, sender: Publi
   if (typeof p.ct !== 'string') throw bad('no ct');
   let raw: Uint8Array;
   try {
-    raw = await open(me.encSecret, decodeB64(p.ct));
+    raw = await open(me.enc, decodeB64(p.ct));
   } catch (e) {
     throw bad(`cannot be opened: ${(e as Error).message}`);
   }

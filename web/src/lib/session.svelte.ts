@@ -15,7 +15,7 @@ export async function restoreSession(): Promise<void> {
 }
 
 export async function startSession(id: Identity, save = true): Promise<void> {
-  if (save) await saveIdentity(id);
+  if (save) id = await saveIdentity(id);
   const chat = new Chat(id);
   await chat.load();
   session.chat = chat;

@@ -7,11 +7,18 @@ import { canonicalize } from './jcs';
 
 export type Alg = 'ed25519' | 'bip340';
 
-/** A key that signs: the web client makes Ed25519 identities only. */
+/**
+ * A key that signs: the web client makes Ed25519 identities only. A kept
+ * key holds a non-extractable WebCrypto key where the browser has Ed25519
+ * (page code can sign with it but never read it); the 32-byte seed is
+ * there only while a key is made, imported or exported, or where the
+ * browser lacks Ed25519 (then @noble/curves signs with it).
+ */
 export interface SigningKey {
   alg: 'ed25519';
-  secret: Uint8Array<ArrayBuffer>; // the 32-byte seed
   publicKey: Uint8Array<ArrayBuffer>;
+  secret?: Uint8Array<ArrayBuffer>;
+  cryptoKey?: CryptoKey;
 }
 
 export interface Signature {
@@ -28,8 +35,15 @@ export interface Signed<P = Record<string, unknown>> {
 const noble = () => import('@noble/curves/ed25519.js');
 const nobleSecp = () => import('@noble/curves/secp256k1.js');
 
-function ed25519Jwk(key: SigningKey): JsonWebKey {
+function ed25519Jwk(key: SigningKey & { secret: Uint8Array }): JsonWebKey {
   return { kty: 'OKP', crv: 'Ed25519', d: encodeB64(key.secret), x: encodeB64(key.publicKey) };
+}
+
+/** The key as kept: a non-extractable WebCrypto key and no seed, where the browser has Ed25519. */
+export async function nonExtractableSigningKey(key: SigningKey): Promise<SigningKey> {
+  if (key.cryptoKey || !key.secret || !(await webCryptoHas('Ed25519'))) return key;
+  const cryptoKey = await crypto.subtle.importKey('jwk', ed25519Jwk({ ...key, secret: key.secret }), { name: 'Ed25519' }, false, ['sign']);
+  return { alg: key.alg, publicKey: key.publicKey, cryptoKey };
 }
 
 const importedKeys = new WeakMap<SigningKey, Promise<CryptoKey>>();
@@ -52,16 +66,19 @@ export async function ed25519PublicKey(secret: Uint8Array): Promise<Uint8Array<A
 }
 
 export async function sign(key: SigningKey, msg: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+  if (key.cryptoKey) return new Uint8Array(await crypto.subtle.sign({ name: 'Ed25519' }, key.cryptoKey, msg));
+  const secret = key.secret;
+  if (!secret) throw new Error('this signing key holds neither a WebCrypto key nor a seed');
   if (await webCryptoHas('Ed25519')) {
     let k = importedKeys.get(key);
     if (!k) {
-      k = crypto.subtle.importKey('jwk', ed25519Jwk(key), { name: 'Ed25519' }, false, ['sign']);
+      k = crypto.subtle.importKey('jwk', ed25519Jwk({ ...key, secret }), { name: 'Ed25519' }, false, ['sign']);
       importedKeys.set(key, k);
     }
     return new Uint8Array(await crypto.subtle.sign({ name: 'Ed25519' }, await k, msg));
   }
   const { ed25519 } = await noble();
-  return new Uint8Array(ed25519.sign(msg, key.secret));
+  return new Uint8Array(ed25519.sign(msg, secret));
 }
 
 /** Verifies sig over msg under the suite alg; false for any failure. */
