@@ -41,6 +41,7 @@ type benchConfig struct {
 	timeout      time.Duration
 	// The Web Push phase.
 	skipPush       bool
+	limitsOn       bool
 	pushRecipients int
 	pushMessages   int
 	// The replica phase.
@@ -71,6 +72,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.msgSize, "msg-size", 100, "plaintext bytes per message")
 	fs.BoolVar(&cfg.skipIdle, "skip-idle", false, "skip the idle-memory phase")
 	fs.BoolVar(&cfg.skipPush, "skip-push", false, "skip the Web Push phase")
+	fs.BoolVar(&cfg.limitsOn, "limits-on", false, "run the server with its byte quotas and per-address caps on, set above what the load stores or opens: their accounting is measured, nothing is refused")
 	fs.IntVar(&cfg.pushRecipients, "push-recipients", 200, "recipients with a push subscription and no stream in the Web Push phase")
 	fs.IntVar(&cfg.pushMessages, "push-messages", 20000, "messages sent in the Web Push phase, one push each")
 	fs.IntVar(&cfg.replicas, "replicas", 0, "phase 5: run the load phases again on this many replicas (--store jetstream; 1 measures the store alone) sharing a NATS server with JetStream that the bench embeds, streams and senders spread over them, and compare with the one SQLite server of phases 1 and 2; 0 skips it")

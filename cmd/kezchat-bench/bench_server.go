@@ -82,6 +82,7 @@ func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer
 	}
 	t := &benchTarget{exited: make(chan struct{}), dir: dir}
 	streams := max(cfg.streams, cfg.idleStreams)
+	maxConns := max(16384, streams+max(cfg.senders, cfg.inFlight)+registerWorkers+256)
 	args := []string{"server",
 		// Port 0: the kernel picks a free port and the server logs it, so
 		// there is no race between choosing a port and binding it.
@@ -94,15 +95,27 @@ func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer
 		"--send-rate", "0",
 		"--handle-send-rate", "0",
 		"--failed-auth-rate", "0",
-		"--sender-quota-bytes", "0",
-		"--address-quota-bytes", "0",
-		"--max-pending-bytes", "0",
-		"--max-connections-per-address", "0",
-		"--max-streams-per-address", "0",
 		"--max-streams-per-handle", "1000000",
 		"--max-pending", strconv.Itoa(max(10000, 2*(cfg.messages+int(cfg.rate*cfg.rateDuration.Seconds())+cfg.pushMessages))),
-		"--max-connections", strconv.Itoa(max(16384, streams+max(cfg.senders, cfg.inFlight)+registerWorkers+256)),
+		"--max-connections", strconv.Itoa(maxConns),
 		"--shutdown-timeout", "5s",
+	}
+	if cfg.limitsOn {
+		// Every client of the bench is one loopback address: the caps are
+		// set where they count every byte and connection but refuse none.
+		args = append(args,
+			"--sender-quota-bytes", "1099511627776",
+			"--address-quota-bytes", "1099511627776",
+			"--max-pending-bytes", "1099511627776",
+			"--max-connections-per-address", strconv.Itoa(maxConns),
+			"--max-streams-per-address", "1000000")
+	} else {
+		args = append(args,
+			"--sender-quota-bytes", "0",
+			"--address-quota-bytes", "0",
+			"--max-pending-bytes", "0",
+			"--max-connections-per-address", "0",
+			"--max-streams-per-address", "0")
 	}
 	if withPush {
 		pushArgs, err := t.startPushService(dir)
