@@ -124,27 +124,23 @@ func withKeyHelp(err error) error {
 }
 
 func runSafetyNumber(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var f clientFlags
-	fs := newFlagSet("safety-number", "safety-number [flags] <handle>\n\nPrints the safety number of your identity and handle's (the keys you first saw of it): read it out to them, or compare it with theirs. The same on both sides means each has the other's keys.", stderr)
-	addClientFlags(fs, &f)
-	if err := parseArgs(fs, args, 1, 1); err != nil {
-		return err
-	}
-	_, c, err := f.registered()
-	if err != nil {
-		return err
-	}
-	n, err := c.Safety(ctx, fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "safety number with %s:\n  %s\n", safeText(fs.Arg(0)), n)
-	return nil
+	return runSafetyCommand(ctx, args, stdout, stderr, "safety-number",
+		"Prints the safety number of your identity and handle's (the keys you first saw of it): read it out to them, or compare it with theirs. The same on both sides means each has the other's keys.",
+		"safety number with %s:\n  %s\n", (*client.Client).Safety)
 }
 
 func runTrust(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return runSafetyCommand(ctx, args, stdout, stderr, "trust",
+		"Accepts the keys the server now answers for handle, once you compared the new safety number with them.",
+		"trusting the current keys of %s; safety number:\n  %s\n", (*client.Client).Trust)
+}
+
+// runSafetyCommand runs a command that takes a handle and prints a safety
+// number with it: what safety-number and trust share.
+func runSafetyCommand(ctx context.Context, args []string, stdout, stderr io.Writer, name, doc, out string,
+	number func(*client.Client, context.Context, string) (string, error)) error {
 	var f clientFlags
-	fs := newFlagSet("trust", "trust [flags] <handle>\n\nAccepts the keys the server now answers for handle, once you compared the new safety number with them.", stderr)
+	fs := newFlagSet(name, name+" [flags] <handle>\n\n"+doc, stderr)
 	addClientFlags(fs, &f)
 	if err := parseArgs(fs, args, 1, 1); err != nil {
 		return err
@@ -153,11 +149,11 @@ func runTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	n, err := c.Trust(ctx, fs.Arg(0))
+	n, err := number(c, ctx, fs.Arg(0))
 	if err != nil {
 		return withKeyHelp(err)
 	}
-	fmt.Fprintf(stdout, "trusting the current keys of %s; safety number:\n  %s\n", safeText(fs.Arg(0)), n)
+	fmt.Fprintf(stdout, out, safeText(fs.Arg(0)), n)
 	return nil
 }
 

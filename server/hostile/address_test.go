@@ -24,16 +24,8 @@ func (tg *target) do(t *testing.T, method, path string, body []byte, headers map
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var e struct {
-		Error struct{ Code string } `json:"error"`
-	}
-	json.NewDecoder(res.Body).Decode(&e)
-	return res.StatusCode, e.Error.Code
+	status, code, _ := answer(t, req)
+	return status, code
 }
 
 // A stranger who can forge X-Forwarded-For (it reaches the server through

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"kez.lat/chat/client"
+	"kez.lat/chat/server"
 	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/testutil"
 )
@@ -265,7 +266,40 @@ func (tg *target) post(t *testing.T, id *client.Identity, u *client.User) (int, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := http.Post(tg.url+"/v1/messages", "application/json", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, tg.url+"/v1/messages", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	status, code, retry := answer(t, req)
+	return status, code, retry, len(body)
+}
+
+// fill posts messages from id to u until the server refuses one for a
+// reason other than rate_limited (whose Retry-After it waits out), or
+// most were stored, and returns how many were stored, the size of each,
+// and the refusal.
+func (tg *target) fill(t *testing.T, id *client.Identity, u *client.User, most int) (stored, size int, code string, retry time.Duration) {
+	t.Helper()
+	for stored < most {
+		var status int
+		status, code, retry, size = tg.post(t, id, u)
+		switch {
+		case status == http.StatusCreated:
+			stored++
+		case code == server.CodeRateLimited:
+			waitRetry(retry)
+		default:
+			return stored, size, code, retry
+		}
+	}
+	return stored, size, "", 0
+}
+
+// answer sends req and returns the status, the error code and Retry-After.
+func answer(t *testing.T, req *http.Request) (int, string, time.Duration) {
+	t.Helper()
+	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +309,7 @@ func (tg *target) post(t *testing.T, id *client.Identity, u *client.User) (int, 
 	}
 	json.NewDecoder(res.Body).Decode(&e)
 	retry, _ := strconv.Atoi(res.Header.Get("Retry-After"))
-	return res.StatusCode, e.Error.Code, time.Duration(retry) * time.Second, len(body)
+	return res.StatusCode, e.Error.Code, time.Duration(retry) * time.Second
 }
 
 // waitRetry waits as a client told to retry after d would, at most 2 s.

@@ -30,22 +30,9 @@ func TestOneIdentityCannotStoreMoreThanItsDailyQuota(t *testing.T) {
 	tg := start(t)
 	id, _ := tg.register(t, "flooder")
 	_, victim := tg.register(t, "victim")
-	stored, size := 0, 0
-	for i := range 400 {
-		status, code, retry, n := tg.post(t, id, victim)
-		size = n
-		if status == 201 {
-			stored++
-			continue
-		}
-		if code == server.CodeRateLimited {
-			waitRetry(retry)
-			continue
-		}
-		if code != server.CodeSenderQuota || retry <= 0 {
-			t.Fatalf("message %d: %d %s (Retry-After %v), want sender_quota_exceeded with a Retry-After", i, status, code, retry)
-		}
-		break
+	stored, size, code, retry := tg.fill(t, id, victim, 400)
+	if code != server.CodeSenderQuota || retry <= 0 {
+		t.Fatalf("after %d messages: %q (Retry-After %v), want sender_quota_exceeded with a Retry-After", stored, code, retry)
 	}
 	checkStored(t, stored, size, 12<<20)
 	t.Logf("one identity stored %d messages (%.1f MiB on disk) before sender_quota_exceeded", stored, float64(tg.dbBytes(t))/mib)
@@ -57,34 +44,22 @@ func TestOneIdentityCannotStoreMoreThanItsDailyQuota(t *testing.T) {
 func TestOneAddressCannotStoreMoreThanItsDailyQuota(t *testing.T) {
 	tg := start(t)
 	_, victim := tg.register(t, "victim")
-	stored, size := 0, 0
-	for s := 0; ; s++ {
-		if s == 10 {
-			t.Fatalf("10 identities stored %d messages and the address quota never refused", stored)
-		}
+	stored := 0
+	for s := range 10 {
 		id, _ := tg.register(t, fmt.Sprintf("flooder%d", s))
-		for {
-			status, code, retry, n := tg.post(t, id, victim)
-			size = n
-			if status == 201 {
-				stored++
-				continue
-			}
-			if code == server.CodeRateLimited {
-				waitRetry(retry)
-				continue
-			}
-			if code == server.CodeSenderQuota {
-				break // the next identity
-			}
-			if code != server.CodeAddressQuota || retry <= 0 {
-				t.Fatalf("%d %s (Retry-After %v), want address_quota_exceeded with a Retry-After", status, code, retry)
-			}
-			checkStored(t, stored, size, 24<<20)
-			t.Logf("one address stored %d messages (%.1f MiB on disk) before address_quota_exceeded", stored, float64(tg.dbBytes(t))/mib)
-			return
+		n, size, code, retry := tg.fill(t, id, victim, 400)
+		stored += n
+		if code == server.CodeSenderQuota {
+			continue // the next identity
 		}
+		if code != server.CodeAddressQuota || retry <= 0 {
+			t.Fatalf("after %d messages: %q (Retry-After %v), want address_quota_exceeded with a Retry-After", stored, code, retry)
+		}
+		checkStored(t, stored, size, 24<<20)
+		t.Logf("one address stored %d messages (%.1f MiB on disk) before address_quota_exceeded", stored, float64(tg.dbBytes(t))/mib)
+		return
 	}
+	t.Fatalf("10 identities stored %d messages and the address quota never refused", stored)
 }
 
 // checkStored fails unless n messages of size bytes come to quota, give or

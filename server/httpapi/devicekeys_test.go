@@ -184,21 +184,29 @@ func (p *switchProxy) point(t *testing.T, rawURL string) {
 	p.target.Store(u)
 }
 
-func TestRollbackToAnOlderKeyDocumentIsRefusedAndCounted(t *testing.T) {
-	current := testutil.StartSigServer(t, testutil.SigOptions{})
-	stale := testutil.StartSigServer(t, testutil.SigOptions{})
+// frontOf serves the sig-server at url through a switchProxy, which a
+// test points elsewhere (a stale or forked sig-server) as the chat
+// server's one sig-server URL: the proxy and that URL.
+func frontOf(t *testing.T, url string) (*switchProxy, string) {
+	t.Helper()
 	proxy := &switchProxy{}
-	proxy.point(t, current.URL)
+	proxy.point(t, url)
 	front := httptest.NewServer(proxy)
 	t.Cleanup(front.Close)
-	srv := testutil.StartServer(t, testutil.Options{SigServerURL: front.URL})
-	chain := newKeyChain(t, "ed25519")
-	bob := newIdentity(t, "ed25519", "bob")
+	return proxy, front.URL
+}
+
+// revokePhone registers an identity and bob on srv, publishes on current
+// version 1 of the identity's keys, listing a phone, and copies it to
+// stale, then publishes version 2 without the phone on current and checks
+// that srv refuses the phone: stale is a sig-server to roll back to.
+func revokePhone(t *testing.T, srv *testutil.Server, current, stale *testutil.SigServer) (chain *keyChain, bob, phone *identity) {
+	t.Helper()
+	chain = newKeyChain(t, "ed25519")
+	bob = newIdentity(t, "ed25519", "bob")
 	register(t, srv, chain.primary)
 	register(t, srv, bob)
-	phone := asDevice(chain.primary, newSigner(t, "ed25519"))
-
-	// The stale sig-server has only version 1, which lists the phone.
+	phone = asDevice(chain.primary, newSigner(t, "ed25519"))
 	chain.mustPublish(t, current.URL, phone.signer)
 	if r := postJSON(t, stale.URL+"/v1/keys", chain.docs[0]); r.status != http.StatusCreated {
 		t.Fatalf("copying version 1: %d %s", r.status, r.body)
@@ -207,6 +215,15 @@ func TestRollbackToAnOlderKeyDocumentIsRefusedAndCounted(t *testing.T) {
 	if r := sendAs(t, srv, phone, bob.handle); r.status != 403 {
 		t.Fatalf("revoked phone: %d %s, want 403", r.status, r.code)
 	}
+	return chain, bob, phone
+}
+
+func TestRollbackToAnOlderKeyDocumentIsRefusedAndCounted(t *testing.T) {
+	current := testutil.StartSigServer(t, testutil.SigOptions{})
+	stale := testutil.StartSigServer(t, testutil.SigOptions{})
+	proxy, front := frontOf(t, current.URL)
+	srv := testutil.StartServer(t, testutil.Options{SigServerURL: front})
+	_, bob, phone := revokePhone(t, srv, current, stale)
 
 	proxy.point(t, stale.URL)
 	if r := sendAs(t, srv, phone, bob.handle); r.status != 403 || r.code != server.CodeKeyNotAuthorized {
@@ -226,11 +243,8 @@ func TestRollbackToAnOlderKeyDocumentIsRefusedAndCounted(t *testing.T) {
 func TestForkedHistoryFromTheSigServerIsRefused(t *testing.T) {
 	honest := testutil.StartSigServer(t, testutil.SigOptions{})
 	forked := testutil.StartSigServer(t, testutil.SigOptions{})
-	proxy := &switchProxy{}
-	proxy.point(t, honest.URL)
-	front := httptest.NewServer(proxy)
-	t.Cleanup(front.Close)
-	srv := testutil.StartServer(t, testutil.Options{SigServerURL: front.URL})
+	proxy, front := frontOf(t, honest.URL)
+	srv := testutil.StartServer(t, testutil.Options{SigServerURL: front})
 	chain := newKeyChain(t, "ed25519")
 	bob := newIdentity(t, "ed25519", "bob")
 	register(t, srv, chain.primary)
@@ -355,29 +369,14 @@ func TestAnOpenStreamEndsOnceItsDeviceKeyIsRevoked(t *testing.T) {
 func TestARestartedServerStillRefusesARollback(t *testing.T) {
 	current := testutil.StartSigServer(t, testutil.SigOptions{})
 	stale := testutil.StartSigServer(t, testutil.SigOptions{})
-	proxy := &switchProxy{}
-	proxy.point(t, current.URL)
-	front := httptest.NewServer(proxy)
-	t.Cleanup(front.Close)
+	proxy, front := frontOf(t, current.URL)
 	db := filepath.Join(t.TempDir(), "kez-chat.db")
-	first := testutil.StartServer(t, testutil.Options{SigServerURL: front.URL, DBPath: db})
-	chain := newKeyChain(t, "ed25519")
-	bob := newIdentity(t, "ed25519", "bob")
-	register(t, first, chain.primary)
-	register(t, first, bob)
-	phone := asDevice(chain.primary, newSigner(t, "ed25519"))
-	chain.mustPublish(t, current.URL, phone.signer)
-	if r := postJSON(t, stale.URL+"/v1/keys", chain.docs[0]); r.status != http.StatusCreated {
-		t.Fatalf("copying version 1: %d %s", r.status, r.body)
-	}
-	chain.mustPublish(t, current.URL) // version 2 revokes the phone
-	if r := sendAs(t, first, phone, bob.handle); r.status != 403 {
-		t.Fatalf("revoked phone: %d %s, want 403", r.status, r.code)
-	}
+	first := testutil.StartServer(t, testutil.Options{SigServerURL: front, DBPath: db})
+	chain, bob, phone := revokePhone(t, first, current, stale)
 	first.Stop()
 
 	proxy.point(t, stale.URL)
-	second := testutil.StartServer(t, testutil.Options{SigServerURL: front.URL, DBPath: db})
+	second := testutil.StartServer(t, testutil.Options{SigServerURL: front, DBPath: db})
 	if r := sendAs(t, second, phone, bob.handle); r.status != 403 || r.code != server.CodeKeyNotAuthorized {
 		t.Errorf("revoked phone on a restarted server after the sig-server rolled back: %d %s, want 403 %s", r.status, r.code, server.CodeKeyNotAuthorized)
 	}
