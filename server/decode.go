@@ -116,6 +116,9 @@ func decodeSignedFast(data []byte) (doc signing.Signed, ok bool) {
 			}
 			seenPayload = true
 			doc.Payload = bytes.Clone(s.value())
+			if !flatDistinct(doc.Payload) {
+				return doc, false // DecodeJSON checks it member by member
+			}
 		case "signature":
 			if seenSignature || s.b[s.i] != '{' {
 				return doc, false
@@ -129,6 +132,39 @@ func decodeSignedFast(data []byte) (doc signing.Signed, ok bool) {
 		}
 	}
 	return doc, true
+}
+
+// flatDistinct reports whether payload, valid JSON, is an object of at
+// most 16 members with plain, distinct names and no object or array
+// values: the shape of every usual payload, which needs no deeper check
+// for members given twice.
+func flatDistinct(payload []byte) bool {
+	s := plainScanner{b: payload}
+	s.space()
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		return false
+	}
+	s.i++
+	var names [16][]byte
+	n := 0
+	for s.member() {
+		name, ok := s.name()
+		if !ok || n == len(names) {
+			return false
+		}
+		for _, seen := range names[:n] {
+			if bytes.Equal(seen, name) {
+				return false
+			}
+		}
+		names[n] = name
+		n++
+		if c := s.b[s.i]; c == '{' || c == '[' {
+			return false
+		}
+		s.value()
+	}
+	return true
 }
 
 // signature reads the object at s.i into a Signature when it has the plain

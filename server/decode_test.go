@@ -21,6 +21,9 @@ var decodeSeeds = []string{
 	`{"ts":-0}`, `{"ts":0}`, `{"ts":1.5}`, `{"ts":1e3}`, `{"ts":"1"}`, `{"ts":null}`, `{"ts":-9223372036854775808}`,
 	`{"ts":123456789012345678}`, `{"ts":1234567890123456789}`, `{"ts":99999999999999999999}`, `{"type":1}`,
 	`{"type":"a","type":"b"}`, `{"TYPE":"a"}`, `{"to":{}}`, `{"to":"a","TO":"b"}`, `{"ct":"a b"}`, `{"id":"a\tb"}`,
+	// A member twice inside the payload (found by the fuzzer), at its top
+	// and deeper.
+	`{"payload":{"":0,"":""}}`, `{"payload":{"a":1,"b":2,"a":3}}`, `{"payload":{"a":{"b":1,"b":2}}}`, `{"payload":[{"b":1,"b":2}]}`,
 }
 
 func FuzzDecodeSigned(f *testing.F) {
