@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -53,6 +54,24 @@ type KezChatReconciler struct {
 	Recorder  recorder.EventRecorder
 	// DefaultImage runs a KezChat that names no image: the operator's own.
 	DefaultImage string
+
+	// Paced upgrades to new default images (upgrade.go).
+	//
+	// DefaultNATSImage runs NATS for a KezChat that names none; empty
+	// means the DefaultNATSImage constant.
+	DefaultNATSImage string
+	// MaxConcurrentUpgrades is how many KezChats may roll to new default
+	// images at once; nil means DefaultMaxConcurrentUpgrades, 0 none
+	// (every upgrade waits).
+	MaxConcurrentUpgrades *int
+	// UpgradeTimeout is how long an upgrade's new pods may take to turn
+	// Ready before it counts as failed; 0 means DefaultUpgradeTimeout.
+	UpgradeTimeout time.Duration
+	// PreUpgrade, when set, runs before a KezChat that took an upgrade
+	// slot changes its images: where a backup is taken first.
+	PreUpgrade PreUpgradeHook
+	// upgradeSlots serializes the taking of upgrade slots (claimSlot).
+	upgradeSlots sync.Mutex
 }
 
 // +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats,verbs=get;list;watch
@@ -111,7 +130,7 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 // should not, and observes its workloads.
 func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.KezChat) (observed, ctrl.Result, error) {
 	var obs observed
-	in := Inputs{DefaultImage: r.DefaultImage}
+	in := Inputs{DefaultImage: r.DefaultImage, DefaultNATSImage: r.DefaultNATSImage}
 	if kc.Spec.Push.IsEnabled() {
 		key, created, rotated, err := r.ensureVAPID(ctx, kc)
 		if err != nil {
@@ -138,6 +157,15 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 		}
 		in.NATSAuth = auth
 	}
+
+	// Which images: the operator's, or, queued for an upgrade, those
+	// running now.
+	upgrade, err := r.planUpgrade(ctx, kc, &in)
+	if err != nil {
+		return obs, ctrl.Result{}, err
+	}
+	obs.upgrade = upgrade
+	r.announceUpgrade(kc, upgrade)
 
 	for _, obj := range desiredObjects(kc, in) {
 		if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
@@ -166,7 +194,6 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	}
 
 	n := namesOf(kc)
-	var err error
 	if obs.server, err = r.observeDeployment(ctx, kc, n.server(), kc.Spec.Server.ReplicaCount()); err != nil {
 		return obs, ctrl.Result{}, err
 	}
@@ -195,7 +222,7 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			return obs, ctrl.Result{}, err
 		}
 	}
-	return obs, ctrl.Result{}, nil
+	return obs, ctrl.Result{RequeueAfter: upgrade.decision.requeueAfter}, nil
 }
 
 func (r *KezChatReconciler) observeDeployment(ctx context.Context, kc *chatv1.KezChat, name string, desired int32) (*componentState, error) {
@@ -264,6 +291,8 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		Owns(&networkingv1.Ingress{}).
 		Owns(&networkingv1.NetworkPolicy{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		// A KezChat that lets go of an upgrade slot wakes the queued ones.
+		Watches(&chatv1.KezChat{}, r.wakeQueued()).
 		WithOptions(opts).
 		Named("kezchat").
 		Complete(r)

@@ -92,10 +92,7 @@ func natsConfigMap(kc *chatv1.KezChat, in Inputs) *corev1.ConfigMap {
 func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 	n := namesOf(kc)
 	spec := &kc.Spec.NATS
-	image := spec.Image
-	if image == "" {
-		image = DefaultNATSImage
-	}
+	image := in.natsImage(kc)
 	ports := []corev1.ContainerPort{
 		{Name: "client", ContainerPort: natsClientPort, Protocol: corev1.ProtocolTCP},
 		{Name: "cluster", ContainerPort: natsClusterPort, Protocol: corev1.ProtocolTCP},

@@ -21,6 +21,12 @@ type Inputs struct {
 	// DefaultImage runs server and sig-server when the spec names none:
 	// the operator's own image.
 	DefaultImage string
+	// DefaultNATSImage runs NATS when the spec names none; empty means
+	// DefaultNATSImage, the constant.
+	DefaultNATSImage string
+	// HeldImage and HeldNATSImage, when set, replace the defaults: the
+	// images a KezChat queued for an upgrade keeps running (upgrade.go).
+	HeldImage, HeldNATSImage string
 	// VAPIDSecret names the Secret with the VAPID key; empty when push is
 	// off.
 	VAPIDSecret string
@@ -34,10 +40,32 @@ type Inputs struct {
 
 // image is the kez-chat image of kc's pods.
 func (in Inputs) image(kc *chatv1.KezChat) string {
-	if kc.Spec.Image != "" {
+	switch {
+	case kc.Spec.Image != "":
 		return kc.Spec.Image
+	case in.HeldImage != "":
+		return in.HeldImage
 	}
 	return in.DefaultImage
+}
+
+// natsImage is the NATS image of kc's pods.
+func (in Inputs) natsImage(kc *chatv1.KezChat) string {
+	switch {
+	case kc.Spec.NATS.Image != "":
+		return kc.Spec.NATS.Image
+	case in.HeldNATSImage != "":
+		return in.HeldNATSImage
+	}
+	return in.defaultNATSImage()
+}
+
+// defaultNATSImage is the operator's NATS image.
+func (in Inputs) defaultNATSImage() string {
+	if in.DefaultNATSImage != "" {
+		return in.DefaultNATSImage
+	}
+	return DefaultNATSImage
 }
 
 // componentSpec is what the Deployment of one kez-chat component (the chat

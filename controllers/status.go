@@ -35,6 +35,8 @@ type componentState struct {
 	reason   string
 	message  string
 	replicas chatv1.ComponentStatus
+	// image is what the pods run once rolled out; "" while rolling.
+	image string
 }
 
 // deploymentState judges a Deployment the way `kubectl rollout status`
@@ -67,8 +69,18 @@ func deploymentState(d *appsv1.Deployment, desired int32) componentState {
 		s.ready, s.reason, s.message = true, ReasonScaledToZero, "scaled to zero replicas"
 	default:
 		s.ready, s.reason, s.message = true, ReasonAvailable, fmt.Sprintf("%d of %d replicas available", st.AvailableReplicas, desired)
+		s.image = firstImage(&d.Spec.Template.Spec)
 	}
 	return s
+}
+
+// firstImage is the image of a pod template's first container, the
+// component's own.
+func firstImage(spec *corev1.PodSpec) string {
+	if len(spec.Containers) == 0 {
+		return ""
+	}
+	return spec.Containers[0].Image
 }
 
 // statefulSetState judges a StatefulSet like `kubectl rollout status`.
@@ -89,6 +101,9 @@ func statefulSetState(sts *appsv1.StatefulSet, desired int32) componentState {
 		s.reason, s.message = ReasonRollingOut, fmt.Sprintf("%d of %d replicas ready", st.ReadyReplicas, desired)
 	default:
 		s.ready, s.reason, s.message = true, ReasonAvailable, fmt.Sprintf("%d of %d replicas ready", st.ReadyReplicas, desired)
+		if desired > 0 {
+			s.image = firstImage(&sts.Spec.Template.Spec)
+		}
 	}
 	return s
 }
@@ -104,6 +119,9 @@ type observed struct {
 	// storageFull says why the chat server has no room to write; empty
 	// when it has.
 	storageFull string
+	// upgrade is the paced-upgrade decision; nil when the reconcile
+	// stopped before making one (the recorded one then stands).
+	upgrade *upgradeOutcome
 }
 
 // computeStatus is the status kc should have after a reconcile that saw
@@ -145,6 +163,13 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 		}
 		set(c.condition, c.state.ready, c.state.reason, c.state.message)
 		counts := c.state.replicas
+		// The image is recorded once rolled out, and kept while a new
+		// one rolls.
+		counts.Image = c.state.image
+		if counts.Image == "" && *c.counts != nil {
+			counts.Image = (*c.counts).Image
+		}
+		counts.Version = imageVersion(counts.Image)
 		*c.counts = &counts
 		switch {
 		case c.state.failed:
@@ -161,9 +186,22 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 			set(chatv1.ConditionStorageFull, false, ReasonAsExpected, "the chat server has room to write")
 		}
 	}
+	// The paced upgrade (upgrade.go): queued or under way is Progressing,
+	// failed is Degraded.
+	var upgrade *chatv1.UpgradeStatus
+	if obs.upgrade != nil {
+		upgrade = obs.upgrade.decision.status.DeepCopy()
+		st.Upgrade = upgrade
+	} else {
+		upgrade = st.Upgrade
+	}
+	upgradeFailed := upgrade != nil && upgrade.Phase == chatv1.UpgradeFailed
+
 	switch {
 	case obs.failure != nil:
 		set(chatv1.ConditionDegraded, true, obs.failureReason, obs.failure.Error())
+	case upgradeFailed:
+		set(chatv1.ConditionDegraded, true, ReasonUpgradeFailed, upgrade.Message)
 	case obs.storageFull != "":
 		set(chatv1.ConditionDegraded, true, ReasonStorageFull, obs.storageFull)
 	case len(failed) > 0:
@@ -172,17 +210,32 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 		set(chatv1.ConditionDegraded, false, ReasonAsExpected, "no failures")
 	}
 	progressing := obs.failure == nil && len(failed) == 0 && len(pending) > 0
-	if progressing {
+	switch {
+	case obs.failure != nil || upgradeFailed || len(failed) > 0:
+		set(chatv1.ConditionProgressing, false, ReasonAsExpected, "nothing in progress")
+	case upgrade != nil && upgrade.Phase == chatv1.UpgradeQueued:
+		set(chatv1.ConditionProgressing, true, ReasonUpgradeQueued, upgrade.Message)
+	case upgrade != nil && upgrade.Phase == chatv1.UpgradePreparing:
+		set(chatv1.ConditionProgressing, true, ReasonUpgradePreparing, upgrade.Message)
+	case upgrade != nil && upgrade.Phase == chatv1.UpgradeRolling:
+		msg := upgrade.Message
+		if len(pending) > 0 {
+			msg += ": " + strings.Join(pending, "; ")
+		}
+		set(chatv1.ConditionProgressing, true, ReasonUpgrading, msg)
+	case progressing:
 		set(chatv1.ConditionProgressing, true, ReasonComponentsPending, strings.Join(pending, "; "))
-	} else {
+	default:
 		set(chatv1.ConditionProgressing, false, ReasonAsExpected, "nothing in progress")
 	}
-	ready := obs.failure == nil && len(failed) == 0 && len(pending) == 0
+	ready := obs.failure == nil && !upgradeFailed && len(failed) == 0 && len(pending) == 0
 	switch {
 	case ready:
 		set(chatv1.ConditionReady, true, ReasonComponentsReady, "every component is ready")
 	case obs.failure != nil:
 		set(chatv1.ConditionReady, false, obs.failureReason, obs.failure.Error())
+	case upgradeFailed:
+		set(chatv1.ConditionReady, false, ReasonUpgradeFailed, upgrade.Message)
 	case len(failed) > 0:
 		set(chatv1.ConditionReady, false, ReasonRolloutFailed, strings.Join(failed, "; "))
 	default:

@@ -321,6 +321,14 @@ type ComponentStatus struct {
 	Replicas int32 `json:"replicas"`
 	// ReadyReplicas is how many of the current version are ready.
 	ReadyReplicas int32 `json:"readyReplicas"`
+	// Image is what the component's pods run, as observed: the image of
+	// the workload's pod template once its pods have rolled out to it. It
+	// keeps the previous value while a rollout is under way.
+	// +optional
+	Image string `json:"image,omitempty"`
+	// Version is Image's tag (or digest, for an image pinned by digest).
+	// +optional
+	Version string `json:"version,omitempty"`
 }
 
 // KezChatStatus is what the operator observes.
@@ -352,6 +360,12 @@ type KezChatStatus struct {
 	// SigServer counts the sig-server's replicas, when enabled.
 	// +optional
 	SigServer *ComponentStatus `json:"sigServer,omitempty"`
+
+	// Upgrade is the automatic upgrade of the images this KezChat takes
+	// from the operator (see UpgradeStatus); absent when none is waiting
+	// or under way.
+	// +optional
+	Upgrade *UpgradeStatus `json:"upgrade,omitempty"`
 }
 
 // KezChat is one self-hosted, end-to-end-encrypted chat instance.
@@ -362,6 +376,8 @@ type KezChatStatus struct {
 // +kubebuilder:printcolumn:name="Domain",type=string,JSONPath=`.spec.domain`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
+// +kubebuilder:printcolumn:name="Version",type=string,JSONPath=`.status.server.version`
+// +kubebuilder:printcolumn:name="Upgrade",type=string,JSONPath=`.status.upgrade.phase`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type KezChat struct {
 	metav1.TypeMeta   `json:",inline"`

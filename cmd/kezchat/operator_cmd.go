@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -34,7 +35,10 @@ type operatorFlags struct {
 	namespaces             string
 	image                  string
 	maxConcurrent          int
-	log                    logFlags
+	// Paced upgrades of the KezChats that run the operator's images.
+	maxUpgrades    int
+	upgradeTimeout time.Duration
+	log            logFlags
 }
 
 func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -50,12 +54,22 @@ func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error 
 	fs.StringVar(&f.namespaces, "watch-namespaces", "", "comma-separated namespaces to manage KezChats in; empty means all")
 	fs.StringVar(&f.image, "image", imageRepository+":"+version, "image for KezChats that name none: the operator's own, so versions match")
 	fs.IntVar(&f.maxConcurrent, "max-concurrent-reconciles", 4, "KezChats reconciled at once")
+	fs.IntVar(&f.maxUpgrades, "max-concurrent-upgrades", controllers.DefaultMaxConcurrentUpgrades,
+		"KezChats that roll to new --image at once, cluster-wide, after the operator is upgraded; the others keep their images until a slot frees (0: none rolls)")
+	fs.DurationVar(&f.upgradeTimeout, "upgrade-timeout", controllers.DefaultUpgradeTimeout,
+		"how long an upgraded KezChat's new pods may take to turn Ready before the upgrade counts as failed and stops the line")
 	f.log.register(fs, "json")
 	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {
 		return err
 	}
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
+	if f.maxUpgrades < 0 {
+		return fmt.Errorf("--max-concurrent-upgrades must be 0 or more, not %d", f.maxUpgrades)
+	}
+	if f.upgradeTimeout <= 0 {
+		return fmt.Errorf("--upgrade-timeout must be positive, not %s", f.upgradeTimeout)
+	}
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
@@ -99,6 +113,9 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		Scheme:       scheme,
 		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
 		DefaultImage: f.image,
+
+		MaxConcurrentUpgrades: &f.maxUpgrades,
+		UpgradeTimeout:        f.upgradeTimeout,
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: f.maxConcurrent}); err != nil {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)

@@ -119,3 +119,20 @@ func TestOperatorCommandReconcilesAgainstARealAPIServer(t *testing.T) {
 		t.Fatal("operator did not stop")
 	}
 }
+
+func TestOperatorRefusesBadUpgradePacing(t *testing.T) {
+	for _, tt := range []struct{ args, want string }{
+		{"--max-concurrent-upgrades=-1", "--max-concurrent-upgrades must be 0 or more"},
+		{"--upgrade-timeout=0s", "--upgrade-timeout must be positive"},
+		{"--upgrade-timeout=soon", "invalid value"},
+	} {
+		t.Run(tt.args, func(t *testing.T) {
+			var stderr bytes.Buffer
+			// The settings are checked before the cluster is looked for.
+			t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "none"))
+			if code := run(context.Background(), []string{"operator", tt.args}, io.Discard, &stderr); code == 0 || !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("exit %d, stderr %q: want an error with %q", code, stderr.String(), tt.want)
+			}
+		})
+	}
+}
