@@ -211,6 +211,12 @@ func TestChartDefaults(t *testing.T) {
 	if v, ok := envValue(c, "KEZ_WATCH_NAMESPACES"); !ok || v != "" {
 		t.Errorf("KEZ_WATCH_NAMESPACES = %q, %v; want empty (every namespace) with cluster scope", v, ok)
 	}
+	if v, _ := envValue(c, "KEZ_MAX_CONCURRENT_UPGRADES"); v != "1" {
+		t.Errorf("KEZ_MAX_CONCURRENT_UPGRADES = %q, want 1: one KezChat upgrades at a time", v)
+	}
+	if v, _ := envValue(c, "KEZ_UPGRADE_TIMEOUT"); v != "15m" {
+		t.Errorf("KEZ_UPGRADE_TIMEOUT = %q", v)
+	}
 	if !slices.Contains(c.Args, "--leader-elect") || c.Args[0] != "operator" {
 		t.Errorf("args %q", c.Args)
 	}
@@ -338,6 +344,15 @@ func TestChartOptions(t *testing.T) {
 			t.Errorf("by digest: image %q, KEZ_IMAGE %q", c.Image, v)
 		}
 	})
+	t.Run("upgrade pacing", func(t *testing.T) {
+		c := deployment(t, render(t, "operator.maxConcurrentUpgrades=3", "operator.upgradeTimeout=1h30m")).Spec.Template.Spec.Containers[0]
+		if v, _ := envValue(c, "KEZ_MAX_CONCURRENT_UPGRADES"); v != "3" {
+			t.Errorf("KEZ_MAX_CONCURRENT_UPGRADES = %q", v)
+		}
+		if v, _ := envValue(c, "KEZ_UPGRADE_TIMEOUT"); v != "1h30m" {
+			t.Errorf("KEZ_UPGRADE_TIMEOUT = %q", v)
+		}
+	})
 	t.Run("serviceMonitor", func(t *testing.T) {
 		objs := render(t, "serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")
 		sm := find(objs, "ServiceMonitor", "kc-kez-chat-operator")
@@ -390,6 +405,8 @@ func TestChartSchemaRefusesBadValues(t *testing.T) {
 		{"image.digest=latest"},
 		{"operator.logLevel=verbose"},
 		{"operator.maxConcurrentReconciles=0"},
+		{"operator.maxConcurrentUpgrades=-1"},
+		{"operator.upgradeTimeout=soon"},
 		{"kezChat.enabled=true", "kezChat.spec.domain=Not A Domain"},
 		{"kezChat.spec.domain=null"},
 		{"replicaCount=-1"},

@@ -1,9 +1,11 @@
 package controllers
 
 import (
+	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -71,6 +73,12 @@ func TestConfigDefaultInstallsTheOperatorLockedDown(t *testing.T) {
 	c := pod.Containers[0]
 	if v, _ := envValue(c, "KEZ_IMAGE"); v != c.Image {
 		t.Errorf("KEZ_IMAGE %q is not the operator's image %q: KezChats would run another version", v, c.Image)
+	}
+	if v, _ := envValue(c, "KEZ_MAX_CONCURRENT_UPGRADES"); v != fmt.Sprint(DefaultMaxConcurrentUpgrades) {
+		t.Errorf("KEZ_MAX_CONCURRENT_UPGRADES %q, want the operator's default %d", v, DefaultMaxConcurrentUpgrades)
+	}
+	if v, _ := envValue(c, "KEZ_UPGRADE_TIMEOUT"); v != "15m" || DefaultUpgradeTimeout != 15*time.Minute {
+		t.Errorf("KEZ_UPGRADE_TIMEOUT %q; the operator's default %s", v, DefaultUpgradeTimeout)
 	}
 	if pod.SecurityContext == nil || !ptr.Deref(pod.SecurityContext.RunAsNonRoot, false) || pod.SecurityContext.SeccompProfile == nil {
 		t.Errorf("operator pod security context %+v", pod.SecurityContext)
