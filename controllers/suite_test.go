@@ -81,8 +81,9 @@ type runningManager struct {
 }
 
 // startManager runs the operator, as `kezchat operator` does, watching
-// namespace only. It stops when t ends, or earlier by stop.
-func startManager(t testing.TB, namespace string) *runningManager {
+// namespace only, with its settings changed by configure. It stops when t
+// ends, or earlier by stop.
+func startManager(t testing.TB, namespace string, configure ...func(*KezChatReconciler)) *runningManager {
 	t.Helper()
 	mgr, err := ctrl.NewManager(testConfig, ctrl.Options{
 		Scheme:                 testScheme,
@@ -99,6 +100,9 @@ func startManager(t testing.TB, namespace string) *runningManager {
 		Scheme:       testScheme,
 		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
 		DefaultImage: "registry.example/kezchat:test",
+	}
+	for _, c := range configure {
+		c(r)
 	}
 	// Each test runs a manager of its own, so the controller's name repeats.
 	if err := r.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true), MaxConcurrentReconciles: 4}); err != nil {
