@@ -122,8 +122,16 @@ func startCluster(t *testing.T) *cluster {
 // which a failing test prints.
 func (c *cluster) start(t *testing.T, name, path string, args ...string) {
 	t.Helper()
+	c.startEnv(t, name, nil, path, args...)
+}
+
+// startEnv runs a component with env added to the test's environment,
+// until t ends or stop is called.
+func (c *cluster) startEnv(t *testing.T, name string, env []string, path string, args ...string) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = append(os.Environ(), env...)
 	logFile, err := os.Create(filepath.Join(c.logs, name+".log"))
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +142,7 @@ func (c *cluster) start(t *testing.T, name, path string, args ...string) {
 		t.Fatalf("starting %s: %v", name, err)
 	}
 	var once sync.Once
-	t.Cleanup(func() {
+	stop = func() {
 		once.Do(func() {
 			cancel()
 			cmd.Wait()
@@ -144,7 +152,9 @@ func (c *cluster) start(t *testing.T, name, path string, args ...string) {
 				t.Logf("last of %s's log:\n%s", name, tail(data, 3000))
 			}
 		})
-	})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func tail(b []byte, n int) []byte {
