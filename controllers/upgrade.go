@@ -43,6 +43,9 @@ const (
 	// queuedRecheck is how often a queued KezChat looks for a free slot on
 	// its own, besides being woken when a holder lets go of one.
 	queuedRecheck = time.Minute
+	// preparingRecheck is how often a Preparing KezChat asks its
+	// PreUpgradeHook again, besides the watches that wake it.
+	preparingRecheck = 10 * time.Second
 )
 
 // Upgrade event reasons; the condition reasons while one is under way.
@@ -154,6 +157,7 @@ func decideUpgrade(f upgradeFacts) upgradeDecision {
 			eventNote: fmt.Sprintf("upgrading from %s to %s", describeImages(st.FromImage, st.FromNATSImage), describeImages(st.Image, st.NATSImage))}
 		if f.preparing {
 			st.Phase, st.Message, d.hold = chatv1.UpgradePreparing, "preparing the upgrade", true
+			d.requeueAfter = time.Second // to run the hook
 			return d
 		}
 		st.Phase, st.Message = chatv1.UpgradeRolling, "rolling to "+describeImages(st.Image, st.NATSImage)
@@ -185,7 +189,7 @@ func decideUpgrade(f upgradeFacts) upgradeDecision {
 	case chatv1.UpgradePreparing:
 		if !f.prepared {
 			st.Message = "preparing the upgrade: " + f.prepareMessage
-			return upgradeDecision{hold: true, status: st}
+			return upgradeDecision{hold: true, status: st, requeueAfter: preparingRecheck}
 		}
 		// The timeout counts from when the new pods are asked for.
 		started := metav1.NewTime(f.now)

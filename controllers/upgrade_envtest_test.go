@@ -1,9 +1,11 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -412,6 +414,111 @@ func TestANATSUpgradeWhosePodsNeverTurnReadyFailsAfterTheTimeout(t *testing.T) {
 	waitChat(t, ns, "chat", func(kc *chatv1.KezChat) error {
 		if kc.Status.Upgrade != nil || kc.Status.NATS.Version != "2" || !meta.IsStatusConditionTrue(kc.Status.Conditions, chatv1.ConditionReady) {
 			return fmt.Errorf("upgrade %+v, nats %+v", kc.Status.Upgrade, kc.Status.NATS)
+		}
+		return nil
+	})
+}
+
+func TestAPreUpgradeHookRunsWithTheSlotHeldBeforeTheImagesChange(t *testing.T) {
+	ns := testNamespace(t)
+	m := startManager(t, ns, operatorAt(imageV1, 1))
+	for _, n := range []string{"a", "b"} {
+		createChat(t, ns, n)
+		markChatReady(t, ns, n)
+		waitChat(t, ns, n, readyAt("v1"))
+	}
+	m.stop()
+
+	// A hook that is done once the test says so, as a backup would be.
+	var mu sync.Mutex
+	finished := map[string]bool{}
+	asked := map[string]int{}
+	hook := func(_ context.Context, kc *chatv1.KezChat) (bool, string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		asked[kc.Name]++
+		return finished[kc.Name], "backup of " + kc.Name + " running", nil
+	}
+	m = startManager(t, ns, operatorAt(imageV2, 1), func(r *KezChatReconciler) { r.PreUpgrade = hook })
+
+	var preparing string
+	eventually(t, waitTimeout, "one KezChat preparing", func() error {
+		var found []string
+		for _, n := range []string{"a", "b"} {
+			kc, err := getChat(ns, n)
+			if err != nil {
+				return err
+			}
+			if upgradePhase(kc) == chatv1.UpgradePreparing && strings.Contains(kc.Status.Upgrade.Message, "backup of "+n) {
+				found = append(found, n)
+			}
+		}
+		if len(found) != 1 {
+			return fmt.Errorf("preparing: %v", found)
+		}
+		preparing = found[0]
+		return nil
+	})
+	// While it prepares, it holds the slot and its images.
+	if img, err := serverImage(ns, preparing); err != nil || img != imageV1 {
+		t.Fatalf("%s runs %s (%v) while preparing", preparing, img, err)
+	}
+	other := map[string]string{"a": "b", "b": "a"}[preparing]
+	if kc, _ := getChat(ns, other); upgradePhase(kc) != chatv1.UpgradeQueued {
+		t.Fatalf("%s is %q while %s prepares", other, upgradePhase(kc), preparing)
+	}
+
+	mu.Lock()
+	finished[preparing] = true
+	mu.Unlock()
+	// What the hook waits for (a backup) wakes the KezChat when it ends.
+	m.reconcileNow(t, &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: preparing}})
+	eventually(t, waitTimeout, preparing+" rolling", func() error {
+		kc, err := getChat(ns, preparing)
+		if err != nil {
+			return err
+		}
+		if img, err := serverImage(ns, preparing); err != nil || img != imageV2 || upgradePhase(kc) != chatv1.UpgradeRolling {
+			return fmt.Errorf("image %s (%v), phase %q", img, err, upgradePhase(kc))
+		}
+		return nil
+	})
+	mu.Lock()
+	if asked[other] != 0 {
+		t.Errorf("the hook ran for the queued %s", other)
+	}
+	mu.Unlock()
+}
+
+func TestDeletingAKezChatThatHoldsASlotLetsTheNextOneGo(t *testing.T) {
+	ns := testNamespace(t)
+	names := []string{"a", "b"}
+	m := startManager(t, ns, operatorAt(imageV1, 1))
+	for _, n := range names {
+		createChat(t, ns, n)
+		markChatReady(t, ns, n)
+		waitChat(t, ns, n, readyAt("v1"))
+	}
+	m.stop()
+	startManager(t, ns, operatorAt(imageV2, 1))
+	var s upgradeState
+	eventually(t, waitTimeout, "one rolling, one queued", func() error {
+		var err error
+		if s, err = observeUpgrade(t, ns, names, nil, 1); err != nil {
+			return err
+		}
+		if len(s.rolling) != 1 || len(s.queued) != 1 {
+			return fmt.Errorf("%+v", s)
+		}
+		return nil
+	})
+	if err := k8s.Delete(ctx, &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: s.rolling[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	next := s.queued[0]
+	waitChat(t, ns, next, func(kc *chatv1.KezChat) error {
+		if img, err := serverImage(ns, next); err != nil || img != imageV2 || upgradePhase(kc) != chatv1.UpgradeRolling {
+			return fmt.Errorf("image %s (%v), phase %q", img, err, upgradePhase(kc))
 		}
 		return nil
 	})
