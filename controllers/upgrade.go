@@ -166,10 +166,6 @@ func decideUpgrade(f upgradeFacts) upgradeDecision {
 	}
 
 	// rec holds a slot.
-	if f.targetImage == "" && f.targetNATSImage == "" {
-		return upgradeDecision{eventReason: ReasonUpgradeCancelled,
-			eventNote: "upgrade cancelled: the spec now pins every image (or turned the components off)"}
-	}
 	st := rec.DeepCopy()
 	// A later operator upgrade while this one holds its slot moves it on
 	// to the newest images: it has its slot already.
@@ -184,6 +180,12 @@ func decideUpgrade(f upgradeFacts) upgradeDecision {
 	}
 	if f.targetNATSImage == "" {
 		st.NATSImage, st.FromNATSImage = "", ""
+	}
+	if st.Image == "" && st.NATSImage == "" {
+		// Every image the upgrade changed is pinned now (or its
+		// component off): the admin took it over, or rolled it back.
+		return upgradeDecision{eventReason: ReasonUpgradeCancelled,
+			eventNote: "upgrade cancelled: the spec now pins the images it was changing"}
 	}
 	switch rec.Phase {
 	case chatv1.UpgradePreparing:

@@ -118,6 +118,17 @@ func TestDecideUpgrade(t *testing.T) {
 		{name: "failed, then the admin pins the old image: cancelled, the slot freed",
 			facts: func(f *upgradeFacts) { f.recorded, f.targetImage = rec(chatv1.UpgradeFailed, &longAgo), "" },
 			event: ReasonUpgradeCancelled},
+		{name: "failed, the admin pins the old image, NATS left to the operator but unchanged: cancelled",
+			facts: func(f *upgradeFacts) {
+				f.recorded, f.targetImage, f.targetNATSImage, f.runningNATSImage = rec(chatv1.UpgradeFailed, &longAgo), "", natsOld, natsOld
+			},
+			event: ReasonUpgradeCancelled},
+		{name: "rolling both, the admin pins the server image: NATS goes on",
+			facts: func(f *upgradeFacts) {
+				f.recorded = &chatv1.UpgradeStatus{Phase: chatv1.UpgradeRolling, Image: next, FromImage: old, NATSImage: natsNext, FromNATSImage: natsOld, StartedAt: &started}
+				f.targetImage, f.targetNATSImage, f.runningNATSImage = "", natsNext, natsOld
+			},
+			phase: chatv1.UpgradeRolling, msgSubstr: "NATS nats:2"},
 		{name: "rolling when the operator moves on again: to the newest",
 			facts: func(f *upgradeFacts) {
 				f.recorded, f.targetImage, f.atTarget = rec(chatv1.UpgradeRolling, &started), newer, false
