@@ -14,6 +14,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -30,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -76,11 +78,16 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !kc.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil // the garbage collector removes the children
+		// Even when paused: the data must not go with the KezChat unless
+		// its deletion policy says so.
+		return r.finalize(ctx, &kc)
 	}
 	if kc.Annotations[chatv1.ReconcileAnnotation] == chatv1.ReconcilePaused {
 		logger.V(1).Info("reconciliation paused by annotation", "annotation", chatv1.ReconcileAnnotation)
 		return ctrl.Result{}, nil
+	}
+	if err := r.ensureFinalizer(ctx, &kc); err != nil {
+		return ctrl.Result{}, err
 	}
 
 	obs, result, err := r.reconcileChildren(ctx, &kc)
@@ -253,7 +260,7 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		// Status writes change neither generation nor annotations, so the
 		// operator's own status updates do not wake it.
 		For(&chatv1.KezChat{}, builder.WithPredicates(predicate.Or(
-			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, beingDeleted))).
 		Owns(&appsv1.Deployment{}).
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.Service{}).
@@ -269,6 +276,17 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		Complete(r)
 }
 
+// beingDeleted passes the update that marks a KezChat deleted, so that
+// its finalizer runs.
+var beingDeleted = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		return !e.ObjectNew.GetDeletionTimestamp().IsZero()
+	},
+	CreateFunc:  func(event.CreateEvent) bool { return false },
+	DeleteFunc:  func(event.DeleteEvent) bool { return false },
+	GenericFunc: func(event.GenericEvent) bool { return false },
+}
+
 // CacheOptions limits the manager's cache to namespaces (all when empty)
 // and, for the kinds of child, to what the operator made: a cluster's
 // other Secrets and ConfigMaps never reach its memory.
@@ -280,6 +298,7 @@ func CacheOptions(namespaces []string) cache.Options {
 		&corev1.Service{}, &corev1.ConfigMap{}, &corev1.Secret{},
 		&corev1.PersistentVolumeClaim{}, &corev1.ServiceAccount{},
 		&networkingv1.Ingress{}, &networkingv1.NetworkPolicy{}, &policyv1.PodDisruptionBudget{},
+		&batchv1.Job{},
 	} {
 		opts.ByObject[obj] = cache.ByObject{Label: mine}
 	}

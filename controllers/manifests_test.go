@@ -56,7 +56,7 @@ func TestConfigDefaultInstallsTheOperatorLockedDown(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"Namespace/kez-chat-system", "CustomResourceDefinition/kezchats.chat.kez.lat",
+		"Namespace/kez-chat-system", "CustomResourceDefinition/kezchats.chat.kez.lat", "CustomResourceDefinition/kezchatbackups.chat.kez.lat",
 		"ClusterRole/kez-chat-manager-role", "ClusterRoleBinding/kez-chat-manager-rolebinding",
 		"ServiceAccount/kez-chat-operator", "Deployment/kez-chat-operator",
 	} {

@@ -1,0 +1,157 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
+)
+
+// The finalizer is added and removed by patching the KezChat; the data is
+// released by patching, or deleted.
+// +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats,verbs=patch
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims;secrets,verbs=patch;delete
+
+// dataFinalizer holds a deleted KezChat until its data is dealt with as
+// spec.deletionPolicy says: released from the KezChat (Retain), so the
+// garbage collector leaves it, or deleted (Delete).
+const dataFinalizer = "chat.kez.lat/data"
+
+// Reasons of the deletion's events.
+const (
+	ReasonDataRetained = "DataRetained"
+	ReasonDataDeleted  = "DataDeleted"
+	ReasonAdopted      = "Adopted"
+)
+
+// ensureFinalizer puts dataFinalizer on kc before it has any data.
+func (r *KezChatReconciler) ensureFinalizer(ctx context.Context, kc *chatv1.KezChat) error {
+	if controllerutil.ContainsFinalizer(kc, dataFinalizer) {
+		return nil
+	}
+	before := kc.DeepCopy()
+	controllerutil.AddFinalizer(kc, dataFinalizer)
+	if err := r.Client.Patch(ctx, kc, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("adding finalizer %s: %w", dataFinalizer, err)
+	}
+	return nil
+}
+
+// dataObjects are kc's data: the chat server's and the sig-server's
+// volumes, the NATS pods' JetStream volumes, and the VAPID Secret the
+// operator generated (its key is what every push subscription was made
+// for). Only those kc controls, or, for NATS's, that carry kc's labels
+// (the StatefulSet made them), count.
+func (r *KezChatReconciler) dataObjects(ctx context.Context, kc *chatv1.KezChat) ([]client.Object, error) {
+	n := namesOf(kc)
+	var objs []client.Object
+	for _, name := range []string{n.serverData(), n.sigServerData()} {
+		var pvc corev1.PersistentVolumeClaim
+		switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: kc.Namespace, Name: name}, &pvc); {
+		case err == nil:
+			if metav1.IsControlledBy(&pvc, kc) {
+				objs = append(objs, &pvc)
+			}
+		case !apierrors.IsNotFound(err):
+			return nil, fmt.Errorf("reading PersistentVolumeClaim %s: %w", name, err)
+		}
+	}
+	var nats corev1.PersistentVolumeClaimList
+	if err := r.Client.List(ctx, &nats, client.InNamespace(kc.Namespace), client.MatchingLabels(selectorLabels(kc, componentNATS))); err != nil {
+		return nil, fmt.Errorf("listing NATS's PersistentVolumeClaims: %w", err)
+	}
+	for i := range nats.Items {
+		objs = append(objs, &nats.Items[i])
+	}
+	var vapid corev1.Secret
+	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: kc.Namespace, Name: n.vapid()}, &vapid); {
+	case err == nil:
+		if metav1.IsControlledBy(&vapid, kc) {
+			objs = append(objs, &vapid)
+		}
+	case !apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("reading VAPID Secret %s: %w", n.vapid(), err)
+	}
+	return objs, nil
+}
+
+// withoutOwners is refs less those naming kc or the NATS StatefulSet
+// (which owns its volumes under a Delete claim retention policy).
+func withoutOwners(refs []metav1.OwnerReference, kc *chatv1.KezChat) []metav1.OwnerReference {
+	var out []metav1.OwnerReference
+	for _, ref := range refs {
+		if ref.UID == kc.UID || (ref.Kind == "StatefulSet" && ref.Name == namesOf(kc).nats()) {
+			continue
+		}
+		out = append(out, ref)
+	}
+	return out
+}
+
+// finalize deals with a deleted kc's data as its deletion policy says,
+// then lets it go.
+func (r *KezChatReconciler) finalize(ctx context.Context, kc *chatv1.KezChat) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(kc, dataFinalizer) {
+		return ctrl.Result{}, nil // the garbage collector removes the children
+	}
+	objs, err := r.dataObjects(ctx, kc)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	var names []string
+	for _, obj := range objs {
+		kind := "PersistentVolumeClaim"
+		if _, ok := obj.(*corev1.Secret); ok {
+			kind = "Secret"
+		}
+		names = append(names, kind+" "+obj.GetName())
+		if kc.Spec.DeletionPolicyOrDefault() == chatv1.DeletionDelete {
+			uid := obj.GetUID()
+			if err := r.Client.Delete(ctx, obj, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+				return ctrl.Result{}, fmt.Errorf("deleting %s %s: %w", kind, obj.GetName(), err)
+			}
+			continue
+		}
+		refs := withoutOwners(obj.GetOwnerReferences(), kc)
+		if len(refs) == len(obj.GetOwnerReferences()) {
+			continue
+		}
+		before := obj.DeepCopyObject().(client.Object)
+		obj.SetOwnerReferences(refs)
+		if err := r.Client.Patch(ctx, obj, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+			return ctrl.Result{}, fmt.Errorf("releasing %s %s from the KezChat: %w", kind, obj.GetName(), err)
+		}
+	}
+	if len(names) > 0 {
+		if kc.Spec.DeletionPolicyOrDefault() == chatv1.DeletionDelete {
+			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, ReasonDataDeleted, "Delete",
+				"deletionPolicy Delete: deleted %v", names)
+		} else {
+			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, ReasonDataRetained, "Delete",
+				"deletionPolicy Retain: kept %v; a KezChat named %s in this namespace adopts them", names, kc.Name)
+		}
+	}
+	before := kc.DeepCopy()
+	controllerutil.RemoveFinalizer(kc, dataFinalizer)
+	if err := r.Client.Patch(ctx, kc, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	return ctrl.Result{}, nil
+}
+
+// retainedVAPID reports whether s is a VAPID Secret the operator generated
+// for a KezChat of kc's name and kept when that was deleted: no owner, and
+// the labels it was made with. kc adopts it.
+func retainedVAPID(s *corev1.Secret, kc *chatv1.KezChat) bool {
+	return s.Name == namesOf(kc).vapid() && metav1.GetControllerOf(s) == nil &&
+		s.Labels[managedByLabel] == managedByValue && s.Labels["app.kubernetes.io/instance"] == kc.Name &&
+		s.Labels["app.kubernetes.io/component"] == componentServer
+}
