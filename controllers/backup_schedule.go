@@ -129,7 +129,9 @@ func (r *BackupScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, fmt.Errorf("listing KezChatBackups: %w", err)
 	}
 	for _, b := range list.Items {
-		if b.Spec.KezChat.Name == kc.Name && !b.IsFinished() {
+		// The due run's own backup, made by a reconcile that failed to
+		// record it, is not another.
+		if b.Spec.KezChat.Name == kc.Name && !b.IsFinished() && b.Name != scheduledBackupName(&kc, due) {
 			// One at a time: the due run starts once this one ends.
 			return ctrl.Result{RequeueAfter: retryScheduleBusy}, nil
 		}
