@@ -550,15 +550,20 @@ func deleteKezChat(t *testing.T, ns string) types.UID {
 
 var dataNames = []string{"chat-server-data", "chat-sig-server-data", "data-chat-nats-0"}
 
+// unowned fails for an object that has owners.
+func unowned(obj client.Object) error {
+	if refs := obj.GetOwnerReferences(); len(refs) > 0 {
+		return fmt.Errorf("%s is owned: %+v", obj.GetName(), refs)
+	}
+	return nil
+}
+
 func TestRetainKeepsTheDataForAKezChatOfTheSameName(t *testing.T) {
 	ns := testNamespace(t)
 	startManager(t, ns)
 	createKezChat(t, ns)
-	for _, name := range dataNames[:2] {
-		waitFor[corev1.PersistentVolumeClaim](t, ns, name, nil)
-	}
 	natsClaim(t, ns)
-	vapid := waitFor[corev1.Secret](t, ns, "chat-vapid", nil)
+	vapid := waitFor[corev1.Secret](t, ns, "chat-vapid", unownedSecret)
 	kc := waitFor[chatv1.KezChat](t, ns, "chat", func(kc *chatv1.KezChat) error {
 		if !slices.Contains(kc.Finalizers, dataFinalizer) || kc.Status.VAPIDPublicKey == "" {
 			return fmt.Errorf("finalizers %v, VAPID key %q", kc.Finalizers, kc.Status.VAPIDPublicKey)
@@ -571,6 +576,19 @@ func TestRetainKeepsTheDataForAKezChatOfTheSameName(t *testing.T) {
 		t.Errorf("NATS volumes whenDeleted %s", got)
 	}
 
+	// The owner references follow the policy, both ways.
+	updateKezChat(t, ns, func(kc *chatv1.KezChat) { kc.Spec.DeletionPolicy = chatv1.DeletionDelete })
+	for _, name := range dataNames[:2] {
+		waitFor[corev1.PersistentVolumeClaim](t, ns, name, func(pvc *corev1.PersistentVolumeClaim) error { return controlledBy(pvc, kc) })
+	}
+	waitFor[corev1.Secret](t, ns, "chat-vapid", func(s *corev1.Secret) error { return controlledBy(s, kc) })
+	updateKezChat(t, ns, func(kc *chatv1.KezChat) { kc.Spec.DeletionPolicy = chatv1.DeletionRetain })
+	uids := map[string]types.UID{}
+	for _, name := range dataNames[:2] {
+		uids[name] = waitFor[corev1.PersistentVolumeClaim](t, ns, name, func(pvc *corev1.PersistentVolumeClaim) error { return unowned(pvc) }).UID
+	}
+	waitFor[corev1.Secret](t, ns, "chat-vapid", unownedSecret)
+
 	uid := deleteKezChat(t, ns)
 	collectGarbage(t, ns, uid)
 	for _, name := range dataNames {
@@ -578,35 +596,53 @@ func TestRetainKeepsTheDataForAKezChatOfTheSameName(t *testing.T) {
 		if err != nil || !pvc.DeletionTimestamp.IsZero() {
 			t.Fatalf("volume %s not kept: %v", name, err)
 		}
-		if len(pvc.OwnerReferences) != 0 {
-			t.Errorf("volume %s still owned: %+v", name, pvc.OwnerReferences)
+		if err := unowned(pvc); err != nil {
+			t.Error(err)
 		}
 	}
 	kept, err := get[corev1.Secret](ns, "chat-vapid")
-	if err != nil || len(kept.OwnerReferences) != 0 || !bytes.Equal(kept.Data["private-key.pem"], vapid.Data["private-key.pem"]) {
+	if err != nil || unowned(kept) != nil || !bytes.Equal(kept.Data["private-key.pem"], vapid.Data["private-key.pem"]) {
 		t.Fatalf("VAPID Secret not kept as it was: %v %+v", err, kept.OwnerReferences)
 	}
 	if _, err := get[appsv1.Deployment](ns, "chat-server"); !apierrors.IsNotFound(err) {
 		t.Fatalf("the rest was not collected: %v", err)
 	}
+	waitForEvents(t, ns, "KezChat", "chat", ReasonDataRetained)
 
-	// A KezChat of the same name adopts them.
+	// A KezChat of the same name takes them up again: the same volumes,
+	// the same VAPID key.
 	createKezChat(t, ns)
-	kc = getKezChat(t, ns)
-	for _, name := range dataNames[:2] {
-		waitFor[corev1.PersistentVolumeClaim](t, ns, name, func(pvc *corev1.PersistentVolumeClaim) error { return controlledBy(pvc, kc) })
-	}
-	waitFor[corev1.Secret](t, ns, "chat-vapid", func(s *corev1.Secret) error {
-		if !bytes.Equal(s.Data["private-key.pem"], vapid.Data["private-key.pem"]) {
-			return fmt.Errorf("the VAPID key changed")
-		}
-		return controlledBy(s, kc)
-	})
 	kc = waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionDegraded: "False"})
 	if kc.Status.VAPIDPublicKey != oldKey {
 		t.Errorf("VAPID key %q, want the retained %q: push subscriptions would break", kc.Status.VAPIDPublicKey, oldKey)
 	}
-	waitForEvents(t, ns, "KezChat", "chat", ReasonDataRetained, ReasonAdopted)
+	for _, name := range dataNames[:2] {
+		pvc := waitFor[corev1.PersistentVolumeClaim](t, ns, name, func(pvc *corev1.PersistentVolumeClaim) error {
+			if !slices.Contains(managers(pvc), FieldOwner) {
+				return fmt.Errorf("not applied by the new KezChat yet")
+			}
+			return unowned(pvc)
+		})
+		if pvc.UID != uids[name] {
+			t.Errorf("volume %s was replaced", name)
+		}
+	}
+	d := waitFor[appsv1.Deployment](t, ns, "chat-server", nil)
+	if v := volumeNamed(d.Spec.Template.Spec.Volumes, "data"); v == nil || v.PersistentVolumeClaim.ClaimName != "chat-server-data" {
+		t.Errorf("the new chat server mounts %+v", v)
+	}
+	waitForEvents(t, ns, "KezChat", "chat", ReasonAdopted)
+}
+
+func unownedSecret(s *corev1.Secret) error { return unowned(s) }
+
+// managers are the field managers of obj.
+func managers(obj client.Object) []string {
+	var out []string
+	for _, m := range obj.GetManagedFields() {
+		out = append(out, m.Manager)
+	}
+	return out
 }
 
 func TestDeleteRemovesTheData(t *testing.T) {
@@ -617,13 +653,18 @@ func TestDeleteRemovesTheData(t *testing.T) {
 		waitFor[corev1.PersistentVolumeClaim](t, ns, name, nil)
 	}
 	natsClaim(t, ns)
-	waitFor[corev1.Secret](t, ns, "chat-vapid", nil)
-	waitFor[chatv1.KezChat](t, ns, "chat", func(kc *chatv1.KezChat) error {
+	kc := waitFor[chatv1.KezChat](t, ns, "chat", func(kc *chatv1.KezChat) error {
 		if !slices.Contains(kc.Finalizers, dataFinalizer) {
 			return fmt.Errorf("finalizers %v", kc.Finalizers)
 		}
 		return nil
 	})
+	// Owned, so that the garbage collector takes them even without the
+	// operator.
+	for _, name := range dataNames[:2] {
+		waitFor[corev1.PersistentVolumeClaim](t, ns, name, func(pvc *corev1.PersistentVolumeClaim) error { return controlledBy(pvc, kc) })
+	}
+	waitFor[corev1.Secret](t, ns, "chat-vapid", func(s *corev1.Secret) error { return controlledBy(s, kc) })
 	sts := waitFor[appsv1.StatefulSet](t, ns, "chat-nats", nil)
 	if got := sts.Spec.PersistentVolumeClaimRetentionPolicy.WhenDeleted; got != appsv1.DeletePersistentVolumeClaimRetentionPolicyType {
 		t.Errorf("NATS volumes whenDeleted %s", got)

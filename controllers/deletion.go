@@ -21,8 +21,8 @@ import (
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims;secrets,verbs=patch;delete
 
 // dataFinalizer holds a deleted KezChat until its data is dealt with as
-// spec.deletionPolicy says: released from the KezChat (Retain), so the
-// garbage collector leaves it, or deleted (Delete).
+// spec.deletionPolicy says: deleted (Delete), or, under Retain, released
+// from any owner reference left from a time it was under Delete.
 const dataFinalizer = "chat.kez.lat/data"
 
 // Reasons of the deletion's events.
@@ -31,6 +31,38 @@ const (
 	ReasonDataDeleted  = "DataDeleted"
 	ReasonAdopted      = "Adopted"
 )
+
+// ownsData reports whether kc's data (its volume claims, its generated
+// VAPID Secret) carries kc's owner reference. Only under deletionPolicy
+// Delete: under Retain nothing ties the data to the KezChat, so neither a
+// foreground deletion (Argo CD's), nor a KezChat deleted while no operator
+// runs to finalize it, nor the garbage collector takes it; a KezChat of the
+// same name finds it by name and labels.
+func ownsData(kc *chatv1.KezChat) bool {
+	return kc.Spec.DeletionPolicyOrDefault() == chatv1.DeletionDelete
+}
+
+// ownedByKezChat reports whether the desired child obj carries kc's
+// controller reference: every child but the data under Retain. Applied
+// without it, server-side apply removes a reference set before.
+func ownedByKezChat(kc *chatv1.KezChat, obj client.Object) bool {
+	if _, ok := obj.(*corev1.PersistentVolumeClaim); ok {
+		return ownsData(kc)
+	}
+	return true
+}
+
+// madeFor reports whether obj, a volume claim or Secret, is data the
+// operator made for kc: controlled by it, or, unowned, carrying the labels
+// it was made with for a KezChat of kc's name.
+func madeFor(obj client.Object, kc *chatv1.KezChat) bool {
+	if metav1.IsControlledBy(obj, kc) {
+		return true
+	}
+	l := obj.GetLabels()
+	return metav1.GetControllerOf(obj) == nil && l[managedByLabel] == managedByValue &&
+		l["app.kubernetes.io/instance"] == kc.Name && l["app.kubernetes.io/name"] == "kez-chat"
+}
 
 // ensureFinalizer puts dataFinalizer on kc before it has any data.
 func (r *KezChatReconciler) ensureFinalizer(ctx context.Context, kc *chatv1.KezChat) error {
@@ -48,8 +80,8 @@ func (r *KezChatReconciler) ensureFinalizer(ctx context.Context, kc *chatv1.KezC
 // dataObjects are kc's data: the chat server's and the sig-server's
 // volumes, the NATS pods' JetStream volumes, and the VAPID Secret the
 // operator generated (its key is what every push subscription was made
-// for). Only those kc controls, or, for NATS's, that carry kc's labels
-// (the StatefulSet made them), count.
+// for); those made for kc (madeFor), and for NATS's, those with the NATS
+// pods' labels (the StatefulSet made them).
 func (r *KezChatReconciler) dataObjects(ctx context.Context, kc *chatv1.KezChat) ([]client.Object, error) {
 	n := namesOf(kc)
 	var objs []client.Object
@@ -57,7 +89,7 @@ func (r *KezChatReconciler) dataObjects(ctx context.Context, kc *chatv1.KezChat)
 		var pvc corev1.PersistentVolumeClaim
 		switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: kc.Namespace, Name: name}, &pvc); {
 		case err == nil:
-			if metav1.IsControlledBy(&pvc, kc) {
+			if madeFor(&pvc, kc) {
 				objs = append(objs, &pvc)
 			}
 		case !apierrors.IsNotFound(err):
@@ -74,7 +106,7 @@ func (r *KezChatReconciler) dataObjects(ctx context.Context, kc *chatv1.KezChat)
 	var vapid corev1.Secret
 	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: kc.Namespace, Name: n.vapid()}, &vapid); {
 	case err == nil:
-		if metav1.IsControlledBy(&vapid, kc) {
+		if madeFor(&vapid, kc) {
 			objs = append(objs, &vapid)
 		}
 	case !apierrors.IsNotFound(err):
@@ -147,11 +179,10 @@ func (r *KezChatReconciler) finalize(ctx context.Context, kc *chatv1.KezChat) (c
 	return ctrl.Result{}, nil
 }
 
-// retainedVAPID reports whether s is a VAPID Secret the operator generated
-// for a KezChat of kc's name and kept when that was deleted: no owner, and
-// the labels it was made with. kc adopts it.
-func retainedVAPID(s *corev1.Secret, kc *chatv1.KezChat) bool {
-	return s.Name == namesOf(kc).vapid() && metav1.GetControllerOf(s) == nil &&
-		s.Labels[managedByLabel] == managedByValue && s.Labels["app.kubernetes.io/instance"] == kc.Name &&
+// generatedVAPIDFor reports whether s is the VAPID Secret the operator
+// generated for kc, or for an earlier KezChat of kc's name whose deletion
+// kept it.
+func generatedVAPIDFor(s *corev1.Secret, kc *chatv1.KezChat) bool {
+	return s.Name == namesOf(kc).vapid() && madeFor(s, kc) &&
 		s.Labels["app.kubernetes.io/component"] == componentServer
 }

@@ -147,8 +147,10 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	}
 
 	for _, obj := range desiredObjects(kc, in) {
-		if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
-			return obs, ctrl.Result{}, err
+		if ownedByKezChat(kc, obj) {
+			if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
+				return obs, ctrl.Result{}, err
+			}
 		}
 		res, err := r.apply(ctx, obj)
 		if err != nil {
