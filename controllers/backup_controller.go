@@ -17,9 +17,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
@@ -363,8 +368,27 @@ func (r *KezChatBackupReconciler) recordOnKezChat(ctx context.Context, kc *chatv
 	return nil
 }
 
+// waitingFor lists the unfinished backups of the KezChat obj is, or names.
+func (r *KezChatBackupReconciler) waitingFor(ctx context.Context, obj client.Object) []reconcile.Request {
+	name := obj.GetName()
+	if b, ok := obj.(*chatv1.KezChatBackup); ok {
+		name = b.Spec.KezChat.Name
+	}
+	var list chatv1.KezChatBackupList
+	if err := r.Client.List(ctx, &list, client.InNamespace(obj.GetNamespace())); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, b := range list.Items {
+		if b.Spec.KezChat.Name == name && !b.IsFinished() && b.Name != obj.GetName() {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&b)})
+		}
+	}
+	return reqs
+}
+
 // SetupWithManager registers the reconciler with mgr, watching
-// KezChatBackups and their Jobs.
+// KezChatBackups and their Jobs, and KezChats being created.
 func (r *KezChatBackupReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	if r.Recorder == nil {
 		return errors.New("KezChatBackupReconciler needs a Recorder")
@@ -372,6 +396,23 @@ func (r *KezChatBackupReconciler) SetupWithManager(mgr ctrl.Manager, opts contro
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&chatv1.KezChatBackup{}).
 		Owns(&batchv1.Job{}).
+		// A backup waiting for its KezChat starts when it is created, and
+		// one waiting for another backup when that one ends.
+		Watches(&chatv1.KezChat{}, handler.EnqueueRequestsFromMapFunc(r.waitingFor),
+			builder.WithPredicates(predicate.Funcs{
+				UpdateFunc:  func(event.UpdateEvent) bool { return false },
+				DeleteFunc:  func(event.DeleteEvent) bool { return false },
+				GenericFunc: func(event.GenericEvent) bool { return false },
+			})).
+		Watches(&chatv1.KezChatBackup{}, handler.EnqueueRequestsFromMapFunc(r.waitingFor),
+			builder.WithPredicates(predicate.Funcs{
+				UpdateFunc: func(e event.UpdateEvent) bool {
+					b, ok := e.ObjectNew.(*chatv1.KezChatBackup)
+					return ok && b.IsFinished()
+				},
+				CreateFunc:  func(event.CreateEvent) bool { return false },
+				GenericFunc: func(event.GenericEvent) bool { return false },
+			})).
 		WithOptions(opts).
 		Named("kezchatbackup").
 		Complete(r)

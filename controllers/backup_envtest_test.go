@@ -359,8 +359,13 @@ func TestFailedBackupPartFailsTheBackupAndSaysWhy(t *testing.T) {
 func TestBackupsOfOneKezChatRunOneAtATime(t *testing.T) {
 	ns := testNamespace(t)
 	startManager(t, ns)
-	createKezChat(t, ns, withBackup)
+	// A backup applied before its KezChat waits for it.
 	createBackup(t, ns, "first")
+	b := waitForBackupPhase(t, ns, "first", chatv1.BackupPending)
+	if !strings.Contains(b.Status.Message, "waiting for KezChat chat, which does not exist") {
+		t.Errorf("pending message %q", b.Status.Message)
+	}
+	createKezChat(t, ns, withBackup)
 	first := waitForBackupPhase(t, ns, "first", chatv1.BackupRunning)
 	createBackup(t, ns, "second")
 	second := waitForBackupPhase(t, ns, "second", chatv1.BackupPending)
