@@ -690,3 +690,48 @@ func TestDeleteRemovesTheData(t *testing.T) {
 		t.Errorf("VAPID Secret not deleted: %v", err)
 	}
 }
+
+func TestEditsOfTheUnownedDataWakeItsKezChat(t *testing.T) {
+	ns := testNamespace(t)
+	startManager(t, ns)
+	createKezChat(t, ns)
+	pvc := waitFor[corev1.PersistentVolumeClaim](t, ns, "chat-server-data", func(pvc *corev1.PersistentVolumeClaim) error { return unowned(pvc) })
+	hash := waitFor[appsv1.Deployment](t, ns, "chat-server", nil).Spec.Template.Annotations[configHashAnnotation]
+	waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionDegraded: "False"})
+
+	// A label changed by hand is put back.
+	eventually(t, waitTimeout, "relabelling the volume claim", func() error {
+		pvc, err := get[corev1.PersistentVolumeClaim](ns, pvc.Name)
+		if err != nil {
+			return err
+		}
+		pvc.Labels["app.kubernetes.io/part-of"] = "something-else"
+		return k8s.Update(ctx, pvc)
+	})
+	waitFor[corev1.PersistentVolumeClaim](t, ns, "chat-server-data", func(pvc *corev1.PersistentVolumeClaim) error {
+		if got := pvc.Labels["app.kubernetes.io/part-of"]; got != "kez-chat" {
+			return fmt.Errorf("part-of %q", got)
+		}
+		return nil
+	})
+
+	// A new key put in the generated VAPID Secret by hand rolls the server.
+	fresh, err := newVAPIDSecret(getKezChat(t, ns), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitTimeout, "a new key in the VAPID Secret", func() error {
+		vapid, err := get[corev1.Secret](ns, "chat-vapid")
+		if err != nil {
+			return err
+		}
+		vapid.Data = fresh.Data
+		return k8s.Update(ctx, vapid)
+	})
+	waitFor[appsv1.Deployment](t, ns, "chat-server", func(d *appsv1.Deployment) error {
+		if d.Spec.Template.Annotations[configHashAnnotation] == hash {
+			return fmt.Errorf("server pods not rolled for the new key")
+		}
+		return nil
+	})
+}

@@ -11,6 +11,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 )
@@ -185,4 +186,15 @@ func (r *KezChatReconciler) finalize(ctx context.Context, kc *chatv1.KezChat) (c
 func generatedVAPIDFor(s *corev1.Secret, kc *chatv1.KezChat) bool {
 	return s.Name == namesOf(kc).vapid() && madeFor(s, kc) &&
 		s.Labels["app.kubernetes.io/component"] == componentServer
+}
+
+// instanceOf is the KezChat an unowned object of the operator's (data kept
+// under Retain) belongs to, by its labels, so that a change to it wakes
+// that KezChat as an owned child's would.
+func instanceOf(_ context.Context, obj client.Object) []reconcile.Request {
+	l := obj.GetLabels()
+	if metav1.GetControllerOf(obj) != nil || l[managedByLabel] != managedByValue || l["app.kubernetes.io/instance"] == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: l["app.kubernetes.io/instance"]}}}
 }
