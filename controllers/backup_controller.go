@@ -79,8 +79,14 @@ func (r *KezChatBackupReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	if b.IsFinished() {
 		return ctrl.Result{}, nil
 	}
+	// A backup starts from its KezChat as it is now, not as the cache last
+	// saw it (a spec.backup just removed or changed).
+	reader := client.Reader(r.Client)
+	if b.Status.Phase != chatv1.BackupRunning {
+		reader = r.APIReader
+	}
 	var kc chatv1.KezChat
-	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: b.Spec.KezChat.Name}, &kc); {
+	switch err := reader.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: b.Spec.KezChat.Name}, &kc); {
 	case apierrors.IsNotFound(err):
 		if b.Status.Phase == chatv1.BackupRunning {
 			return ctrl.Result{}, r.finish(ctx, &b, nil, chatv1.BackupFailed, "KezChat "+b.Spec.KezChat.Name+" was deleted during the backup")
@@ -118,8 +124,10 @@ func (r *KezChatBackupReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // any: one at a time, so that two never read the same volume at once nor
 // prune each other's folders.
 func (r *KezChatBackupReconciler) runningBackupOf(ctx context.Context, b *chatv1.KezChatBackup) (string, error) {
+	// From the API server: the cache may not have seen a backup started
+	// a moment ago.
 	var list chatv1.KezChatBackupList
-	if err := r.Client.List(ctx, &list, client.InNamespace(b.Namespace)); err != nil {
+	if err := r.APIReader.List(ctx, &list, client.InNamespace(b.Namespace)); err != nil {
 		return "", fmt.Errorf("listing KezChatBackups: %w", err)
 	}
 	for _, o := range list.Items {
@@ -248,11 +256,16 @@ func (r *KezChatBackupReconciler) createJob(ctx context.Context, b *chatv1.KezCh
 		return nil, err
 	}
 	if err := r.Client.Create(ctx, job); err != nil {
-		if apierrors.IsAlreadyExists(err) {
-			// Made by an earlier reconcile the cache has not seen yet.
-			return nil, fmt.Errorf("Job %s exists but is not in the cache yet: %w", job.Name, err)
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("creating Job %s: %w", job.Name, err)
 		}
-		return nil, fmt.Errorf("creating Job %s: %w", job.Name, err)
+		// Made by an earlier reconcile the cache has not seen yet.
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(job), job); err != nil {
+			return nil, fmt.Errorf("reading Job %s: %w", job.Name, err)
+		}
+		if !metav1.IsControlledBy(job, b) {
+			return nil, fmt.Errorf("Job %s exists and is not this backup's", job.Name)
+		}
 	}
 	return job, nil
 }

@@ -111,7 +111,7 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		DefaultImage: f.image,
 	}
 	// One backup reconcile at a time: it keeps a KezChat's backups one
-	// at a time by what it reads of the others.
+	// at a time by what it reads of the others before starting one.
 	if err := backups.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 1}); err != nil {
 		return fmt.Errorf("setting up the KezChatBackup controller: %w", err)
 	}
