@@ -155,7 +155,6 @@ func objectStoreCAVolume(store *chatv1.ObjectStoreSpec, name string) ([]corev1.V
 // `kezchat restore`: the flags naming it, and the volumes holding it.
 type partSource struct {
 	args    []string
-	env     []corev1.EnvVar
 	volumes []corev1.Volume
 	mounts  []corev1.VolumeMount
 	// component whose pod mounts the same ReadWriteOnce volume, which a
@@ -281,7 +280,7 @@ func backupJob(kc *chatv1.KezChat, backup *chatv1.KezChatBackup, part chatv1.Bac
 						Image:           image,
 						ImagePullPolicy: kc.Spec.ImagePullPolicy,
 						Args:            backupArgs(kc, backup.Status.BackupID, part),
-						Env:             append(objectStoreEnv(store), src.env...),
+						Env:             objectStoreEnv(store),
 						Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
 							corev1.ResourceCPU:    resource.MustParse("50m"),
 							corev1.ResourceMemory: resource.MustParse("64Mi"),
@@ -318,7 +317,7 @@ func restoreInitContainer(kc *chatv1.KezChat, part chatv1.BackupPart, image stri
 		Image:           image,
 		ImagePullPolicy: kc.Spec.ImagePullPolicy,
 		Args:            args,
-		Env:             append(objectStoreEnv(&rec.ObjectStore), src.env...),
+		Env:             objectStoreEnv(&rec.ObjectStore),
 		Resources:       resources,
 		SecurityContext: containerSecurityContext(),
 		VolumeMounts:    append(append([]corev1.VolumeMount{tmpMount}, src.mounts...), caMounts...),
