@@ -172,7 +172,7 @@ func TestChartLints(t *testing.T) {
 func TestChartDefaults(t *testing.T) {
 	objs := render(t)
 	for _, want := range []string{
-		"CustomResourceDefinition/kezchats.chat.kez.lat",
+		"CustomResourceDefinition/kezchats.chat.kez.lat", "CustomResourceDefinition/kezchatbackups.chat.kez.lat",
 		"ClusterRole/kc-kez-chat-operator-manager", "ClusterRoleBinding/kc-kez-chat-operator-manager",
 		"kez-chat-system/Role/kc-kez-chat-operator-leader-election",
 		"kez-chat-system/RoleBinding/kc-kez-chat-operator-leader-election",

@@ -117,13 +117,24 @@ func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	}
 }
 
+// natsClients are the pods that connect to NATS's clients port: the chat
+// server, and on JetStream the backup Jobs, which read the streams with
+// the chat server's credentials.
+func natsClients(kc *chatv1.KezChat) []networkingv1.NetworkPolicyPeer {
+	peers := []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)}
+	if kc.Spec.Server.StoreKind() == chatv1.StoreJetStream {
+		peers = append(peers, fromPods(kc, componentBackup))
+	}
+	return peers
+}
+
 // natsNetworkPolicy lets only the chat server reach NATS's clients port,
 // and only NATS pods its cluster port. The WebSocket listener, when on, is
 // for browsers through the ingress controller, and NATS's auth callout
 // checks each.
 func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	rules := []networkingv1.NetworkPolicyIngressRule{
-		{From: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClientPort)}},
+		{From: natsClients(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClientPort)}},
 		{From: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentNATS)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClusterPort)}},
 	}
 	if kc.Spec.NATS.WebSocket {

@@ -517,6 +517,7 @@ func TestNetworkPoliciesAdmitOnlyWhatEachPartNeeds(t *testing.T) {
 		{"server: HTTP from anywhere without an Ingress", serverNetworkPolicy, noIngress, []int32{serverPort, serverMetricsPort}, nil},
 		{"server: HTTP from anywhere with the namespace *", serverNetworkPolicy, anyNamespace, []int32{serverPort, serverMetricsPort}, nil},
 		{"NATS: clients from the server, routes from NATS", natsNetworkPolicy, func(*chatv1.KezChat) {}, nil, []string{componentNATS, componentServer}},
+		{"NATS: clients from the backup Jobs too on JetStream", natsNetworkPolicy, func(kc *chatv1.KezChat) { kc.Spec.Server.Store = chatv1.StoreJetStream }, nil, []string{componentBackup, componentNATS, componentServer}},
 		{"NATS: WebSocket from the ingress controller when on", natsNetworkPolicy, websocket, nil, []string{componentNATS, "ns:ingress-nginx", componentServer}},
 		{"sig-server: API from the server only without an Ingress", sigServerNetworkPolicy, noIngress, []int32{sigMetricsPort}, []string{componentServer}},
 		{"sig-server: API from the server and the ingress controller when the Ingress routes /v1/keys", sigServerNetworkPolicy, func(*chatv1.KezChat) {}, []int32{sigMetricsPort}, []string{"ns:ingress-nginx", componentServer}},

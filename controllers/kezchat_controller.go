@@ -15,6 +15,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -31,6 +32,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -95,11 +98,16 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !kc.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil // the garbage collector removes the children
+		// Even when paused: the data must not go with the KezChat unless
+		// its deletion policy says so.
+		return r.finalize(ctx, &kc)
 	}
 	if kc.Annotations[chatv1.ReconcileAnnotation] == chatv1.ReconcilePaused {
 		logger.V(1).Info("reconciliation paused by annotation", "annotation", chatv1.ReconcileAnnotation)
 		return ctrl.Result{}, nil
+	}
+	if err := r.ensureFinalizer(ctx, &kc); err != nil {
+		return ctrl.Result{}, err
 	}
 
 	obs, result, err := r.reconcileChildren(ctx, &kc)
@@ -168,8 +176,10 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	r.announceUpgrade(kc, upgrade)
 
 	for _, obj := range desiredObjects(kc, in) {
-		if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
-			return obs, ctrl.Result{}, err
+		if ownedByKezChat(kc, obj) {
+			if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
+				return obs, ctrl.Result{}, err
+			}
 		}
 		res, err := r.apply(ctx, obj)
 		if err != nil {
@@ -280,7 +290,7 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		// Status writes change neither generation nor annotations, so the
 		// operator's own status updates do not wake it.
 		For(&chatv1.KezChat{}, builder.WithPredicates(predicate.Or(
-			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, beingDeleted))).
 		Owns(&appsv1.Deployment{}).
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.Service{}).
@@ -293,9 +303,23 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		Owns(&policyv1.PodDisruptionBudget{}).
 		// A KezChat that lets go of an upgrade slot wakes the queued ones.
 		Watches(&chatv1.KezChat{}, r.wakeQueued()).
+		// The data under deletionPolicy Retain has no owner.
+		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(instanceOf)).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(instanceOf)).
 		WithOptions(opts).
 		Named("kezchat").
 		Complete(r)
+}
+
+// beingDeleted passes the update that marks a KezChat deleted, so that
+// its finalizer runs.
+var beingDeleted = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		return !e.ObjectNew.GetDeletionTimestamp().IsZero()
+	},
+	CreateFunc:  func(event.CreateEvent) bool { return false },
+	DeleteFunc:  func(event.DeleteEvent) bool { return false },
+	GenericFunc: func(event.GenericEvent) bool { return false },
 }
 
 // CacheOptions limits the manager's cache to namespaces (all when empty)
@@ -309,6 +333,7 @@ func CacheOptions(namespaces []string) cache.Options {
 		&corev1.Service{}, &corev1.ConfigMap{}, &corev1.Secret{},
 		&corev1.PersistentVolumeClaim{}, &corev1.ServiceAccount{},
 		&networkingv1.Ingress{}, &networkingv1.NetworkPolicy{}, &policyv1.PodDisruptionBudget{},
+		&batchv1.Job{},
 	} {
 		opts.ByObject[obj] = cache.ByObject{Label: mine}
 	}

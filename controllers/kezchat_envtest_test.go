@@ -222,7 +222,7 @@ func TestKezChatGetsEveryChildWithTheRightContent(t *testing.T) {
 		t.Errorf("nats.conf does not name the generated issuer, or holds the password:\n%s", cm.Data["nats.conf"])
 	}
 
-	children := []client.Object{d, pvc, cm, sts, ing, secret, natsSecret}
+	children := []client.Object{d, cm, sts, ing, natsSecret}
 	for _, name := range []string{"chat-server", "chat-nats", "chat-nats-headless", "chat-sig-server"} {
 		children = append(children, waitFor[corev1.Service](t, ns, name, nil))
 	}
@@ -231,11 +231,17 @@ func TestKezChatGetsEveryChildWithTheRightContent(t *testing.T) {
 	}
 	children = append(children,
 		waitFor[appsv1.Deployment](t, ns, "chat-sig-server", nil),
-		waitFor[corev1.PersistentVolumeClaim](t, ns, "chat-sig-server-data", nil),
 		waitFor[corev1.ServiceAccount](t, ns, "chat", nil))
 	for _, child := range children {
 		if err := controlledBy(child, kc); err != nil {
 			t.Error(err)
+		}
+	}
+	// The data is no child under deletionPolicy Retain, the default: no
+	// deletion, of any propagation, takes it.
+	for _, data := range []client.Object{pvc, secret, waitFor[corev1.PersistentVolumeClaim](t, ns, "chat-sig-server-data", nil)} {
+		if refs := data.GetOwnerReferences(); len(refs) > 0 {
+			t.Errorf("%s is owned: %+v", data.GetName(), refs)
 		}
 	}
 	// One replica: no disruption budget.

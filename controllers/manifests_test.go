@@ -58,7 +58,7 @@ func TestConfigDefaultInstallsTheOperatorLockedDown(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"Namespace/kez-chat-system", "CustomResourceDefinition/kezchats.chat.kez.lat",
+		"Namespace/kez-chat-system", "CustomResourceDefinition/kezchats.chat.kez.lat", "CustomResourceDefinition/kezchatbackups.chat.kez.lat",
 		"ClusterRole/kez-chat-manager-role", "ClusterRoleBinding/kez-chat-manager-rolebinding",
 		"ServiceAccount/kez-chat-operator", "Deployment/kez-chat-operator",
 	} {
@@ -117,6 +117,16 @@ func TestSampleKezChatIsValid(t *testing.T) {
 		u.SetNamespace(ns)
 		if err := k8s.Create(ctx, u); err != nil {
 			t.Fatalf("creating sample %s: %v", u.GetName(), err)
+		}
+		if u.GetKind() == "KezChatBackup" {
+			var b chatv1.KezChatBackup
+			if err := k8s.Get(ctx, client.ObjectKeyFromObject(u), &b); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := get[chatv1.KezChat](ns, b.Spec.KezChat.Name); err != nil {
+				t.Errorf("sample KezChatBackup %s names KezChat %s, which no sample is: %v", b.Name, b.Spec.KezChat.Name, err)
+			}
+			continue
 		}
 		var kc chatv1.KezChat
 		if err := k8s.Get(ctx, client.ObjectKeyFromObject(u), &kc); err != nil {

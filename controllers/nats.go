@@ -163,7 +163,7 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 				},
 			}},
 			PersistentVolumeClaimRetentionPolicy: &appsv1.StatefulSetPersistentVolumeClaimRetentionPolicy{
-				WhenDeleted: appsv1.DeletePersistentVolumeClaimRetentionPolicyType,
+				WhenDeleted: natsClaimsWhenDeleted(kc),
 				WhenScaled:  appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
 			},
 		},
@@ -219,4 +219,14 @@ func natsEnv(in Inputs) []corev1.EnvVar {
 		}})
 	}
 	return env
+}
+
+// natsClaimsWhenDeleted follows spec.deletionPolicy: under Retain the
+// StatefulSet leaves its JetStream volumes when it goes, and a StatefulSet
+// of the same name (a KezChat of the same name) mounts them again.
+func natsClaimsWhenDeleted(kc *chatv1.KezChat) appsv1.PersistentVolumeClaimRetentionPolicyType {
+	if kc.Spec.DeletionPolicyOrDefault() == chatv1.DeletionDelete {
+		return appsv1.DeletePersistentVolumeClaimRetentionPolicyType
+	}
+	return appsv1.RetainPersistentVolumeClaimRetentionPolicyType
 }

@@ -86,6 +86,8 @@ type componentSpec struct {
 	// volumes and mounts besides /tmp.
 	volumes []corev1.Volume
 	mounts  []corev1.VolumeMount
+	// initContainers run before it: the restore of a recovered KezChat.
+	initContainers []corev1.Container
 }
 
 // scheduling is where a component's pods may run.
@@ -119,6 +121,7 @@ func componentDeployment(kc *chatv1.KezChat, in Inputs, d componentSpec) *appsv1
 					Tolerations:                   d.scheduling.tolerations,
 					Affinity:                      d.scheduling.affinity,
 					TerminationGracePeriodSeconds: d.terminationGracePeriod,
+					InitContainers:                d.initContainers,
 					Containers: []corev1.Container{{
 						Name:            d.container,
 						Image:           in.image(kc),

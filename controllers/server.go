@@ -113,7 +113,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 	var volumes []corev1.Volume
 	var mounts []corev1.VolumeMount
 	if sqlite {
-		args = append(args, "--db="+serverDataDir+"/kez-chat.db")
+		args = append(args, "--db="+serverDBFile)
 		volumes = append(volumes, corev1.Volume{Name: "data", VolumeSource: corev1.VolumeSource{
 			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: n.serverData()},
 		}})
@@ -178,6 +178,13 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 				MaxSurge:       ptr.To(intstr.FromInt32(1)),
 			}}
 	}
+	resources := resourcesOr(s.Resources, "50m", "64Mi")
+	var initContainers []corev1.Container
+	if kc.Spec.Bootstrap != nil {
+		restore, restoreVolumes := restoreInitContainer(kc, chatv1.BackupPartServer, in.image(kc), resources)
+		initContainers = append(initContainers, restore)
+		volumes = append(volumes, restoreVolumes...)
+	}
 	return componentDeployment(kc, in, componentSpec{
 		name:        n.server(),
 		component:   componentServer,
@@ -193,9 +200,10 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 		env:                    env,
 		httpPort:               serverPort,
 		metricsPort:            serverMetricsPort,
-		resources:              resourcesOr(s.Resources, "50m", "64Mi"),
+		resources:              resources,
 		volumes:                volumes,
 		mounts:                 mounts,
+		initContainers:         initContainers,
 	})
 }
 

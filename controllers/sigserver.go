@@ -21,6 +21,16 @@ func sigServerPVC(kc *chatv1.KezChat) *corev1.PersistentVolumeClaim {
 func sigServerDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 	n := namesOf(kc)
 	spec := &kc.Spec.SigServer
+	resources := resourcesOr(spec.Resources, "20m", "32Mi")
+	volumes := []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: n.sigServerData()},
+	}}}
+	var initContainers []corev1.Container
+	if kc.Spec.Bootstrap != nil {
+		restore, restoreVolumes := restoreInitContainer(kc, chatv1.BackupPartSigServer, in.image(kc), resources)
+		initContainers = append(initContainers, restore)
+		volumes = append(volumes, restoreVolumes...)
+	}
 	return componentDeployment(kc, in, componentSpec{
 		name:      n.sigServer(),
 		component: componentSigServer,
@@ -31,17 +41,16 @@ func sigServerDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 			"sig-server",
 			fmt.Sprintf("--bind=:%d", sigServerPort),
 			fmt.Sprintf("--metrics-bind=:%d", sigMetricsPort),
-			"--db=" + sigServerDataDir + "/kez-sig.db",
+			"--db=" + sigServerDBFile,
 			"--log-format=json",
 		},
-		env:         trustedProxiesEnv(kc),
-		httpPort:    sigServerPort,
-		metricsPort: sigMetricsPort,
-		resources:   resourcesOr(spec.Resources, "20m", "32Mi"),
-		volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: n.sigServerData()},
-		}}},
-		mounts: []corev1.VolumeMount{{Name: "data", MountPath: sigServerDataDir}},
+		env:            trustedProxiesEnv(kc),
+		httpPort:       sigServerPort,
+		metricsPort:    sigMetricsPort,
+		resources:      resources,
+		volumes:        volumes,
+		mounts:         []corev1.VolumeMount{{Name: "data", MountPath: sigServerDataDir}},
+		initContainers: initContainers,
 	})
 }
 

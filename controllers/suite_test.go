@@ -108,6 +108,24 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 	if err := r.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true), MaxConcurrentReconciles: 4}); err != nil {
 		t.Fatal(err)
 	}
+	backups := &KezChatBackupReconciler{
+		Client:       mgr.GetClient(),
+		APIReader:    mgr.GetAPIReader(),
+		Scheme:       testScheme,
+		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
+		DefaultImage: r.DefaultImage,
+	}
+	if err := backups.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true)}); err != nil {
+		t.Fatal(err)
+	}
+	schedule := &BackupScheduleReconciler{
+		Client:   mgr.GetClient(),
+		Scheme:   testScheme,
+		Recorder: mgr.GetEventRecorder("kez-chat-operator"),
+	}
+	if err := schedule.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true)}); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()

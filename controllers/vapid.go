@@ -101,8 +101,10 @@ func (r *KezChatReconciler) ensureVAPID(ctx context.Context, kc *chatv1.KezChat)
 		if err != nil {
 			return vapidKey{}, false, false, err
 		}
-		if err := controllerutil.SetControllerReference(kc, fresh, r.Scheme); err != nil {
-			return vapidKey{}, false, false, err
+		if ownsData(kc) {
+			if err := controllerutil.SetControllerReference(kc, fresh, r.Scheme); err != nil {
+				return vapidKey{}, false, false, err
+			}
 		}
 		err = r.Client.Create(ctx, fresh)
 		if err == nil {
@@ -120,8 +122,25 @@ func (r *KezChatReconciler) ensureVAPID(ctx context.Context, kc *chatv1.KezChat)
 	case err != nil:
 		return vapidKey{}, false, false, fmt.Errorf("reading VAPID secret: %w", err)
 	}
-	if !metav1.IsControlledBy(&s, kc) {
+	if !generatedVAPIDFor(&s, kc) {
 		return vapidKey{}, false, false, fmt.Errorf("%w %s exists but was not made for this KezChat; name it in spec.push.secretName to use it", errVAPIDSecret, s.Name)
+	}
+	if s.CreationTimestamp.Before(&kc.CreationTimestamp) && kc.Status.VAPIDPublicKey == "" {
+		// Kept by deletionPolicy Retain when a KezChat of this name was
+		// deleted: its key is what the push subscriptions were made for.
+		r.Recorder.Eventf(kc, &s, corev1.EventTypeNormal, ReasonAdopted, "Adopt",
+			"uses VAPID Secret %s, retained from a deleted KezChat of this name", s.Name)
+	}
+	if owned := metav1.IsControlledBy(&s, kc); owned != ownsData(kc) {
+		// The owner reference follows spec.deletionPolicy.
+		if owned {
+			s.OwnerReferences = withoutOwners(s.OwnerReferences, kc)
+		} else if err := controllerutil.SetControllerReference(kc, &s, r.Scheme); err != nil {
+			return vapidKey{}, false, false, err
+		}
+		if err := r.Client.Update(ctx, &s); err != nil {
+			return vapidKey{}, false, false, fmt.Errorf("setting the owner of VAPID secret %s: %w", s.Name, err)
+		}
 	}
 	if rotateFor != "" && s.Annotations[rotatedForAnnotation] != rotateFor {
 		fresh, err := newVAPIDSecret(kc, rotateFor)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -241,9 +242,23 @@ func TestInstallRunUpgradeAndRemove(t *testing.T) {
 	}
 	c.waitReady(t, chatNS, sampleName)
 
-	// Deleting the KezChat takes every child with it.
+	// Deleting the KezChat takes every child with it but its data, which
+	// deletionPolicy Retain (the default) keeps; deleting that by hand
+	// leaves nothing.
 	c.run(t, "kubectl", "delete", "--namespace", chatNS, "kezchat/"+sampleName, "--wait=true", kubectlLimit)
-	eventually(t, stepTimeout, "every child gone", func() error {
+	retained := []string{"PersistentVolumeClaim/data-" + sampleName + "-nats-0", "PersistentVolumeClaim/" + sampleName + "-server-data",
+		"PersistentVolumeClaim/" + sampleName + "-sig-server-data", "Secret/" + sampleName + "-vapid"}
+	eventually(t, stepTimeout, "every child gone but the data", func() error {
+		left := c.instanceObjects(t, chatNS, sampleName)
+		slices.Sort(left)
+		if !slices.Equal(left, retained) {
+			return fmt.Errorf("left: %v, want %v", left, retained)
+		}
+		return nil
+	})
+	c.run(t, "kubectl", "delete", "--namespace", chatNS, "pvc,secret", "-l",
+		"app.kubernetes.io/instance="+sampleName+",app.kubernetes.io/managed-by=kez-chat-operator", "--wait=true", kubectlLimit)
+	eventually(t, stepTimeout, "the retained data deleted", func() error {
 		if left := c.instanceObjects(t, chatNS, sampleName); len(left) > 0 {
 			return fmt.Errorf("left: %v", left)
 		}

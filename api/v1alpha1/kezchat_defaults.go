@@ -96,3 +96,20 @@ func boolOrDefault(p *bool, def bool) bool {
 	}
 	return *p
 }
+
+// DeletionPolicyOrDefault is what deleting the KezChat does to its data
+// (default Retain).
+func (s *KezChatSpec) DeletionPolicyOrDefault() DeletionPolicy {
+	if s.DeletionPolicy == "" {
+		return DeletionRetain
+	}
+	return s.DeletionPolicy
+}
+
+// CAKeyOrDefault is the CA bundle's key in its Secret (default ca.crt).
+func (r *SecretKeyReference) CAKeyOrDefault() string {
+	if r.Key == "" {
+		return DefaultCAKey
+	}
+	return r.Key
+}

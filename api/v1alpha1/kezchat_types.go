@@ -39,6 +39,7 @@ const (
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.server) || !has(self.server.replicas) || self.server.replicas <= 1 || !has(self.server.store) || self.server.store == 'jetstream'",message="server.replicas > 1 needs the jetstream store; one SQLite file serves one replica"
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) != 'jetstream' || !has(self.nats) || !has(self.nats.enabled) || self.nats.enabled",message="the jetstream store (server.store: jetstream, or more than one replica) needs nats.enabled"
+// +kubebuilder:validation:XValidation:rule="has(self.bootstrap) == has(oldSelf.bootstrap)",message="spec.bootstrap is set only when a KezChat is created, and stays: a running KezChat is never restored over"
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) == (has(oldSelf.server) && has(oldSelf.server.store) ? oldSelf.server.store : (has(oldSelf.server) && has(oldSelf.server.replicas) && oldSelf.server.replicas > 1 ? 'jetstream' : 'sqlite'))",message="the store cannot change once created: it holds the users and messages (create the KezChat with server.store: jetstream to scale it later)"
 type KezChatSpec struct {
 	// Domain is the chat server's name: handles are handle@domain and every
@@ -90,6 +91,24 @@ type KezChatSpec struct {
 	// +optional
 	// +kubebuilder:default={}
 	Ingress IngressSpec `json:"ingress,omitempty"`
+
+	// Backup is the object store backups go to, and their schedule and
+	// retention. Unset: no backups.
+	// +optional
+	Backup *BackupSpec `json:"backup,omitempty"`
+
+	// Bootstrap restores a new KezChat from a backup. It is set only when
+	// the KezChat is created, and never changes.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.bootstrap is immutable"
+	Bootstrap *BootstrapSpec `json:"bootstrap,omitempty"`
+
+	// DeletionPolicy is what deleting the KezChat does to its data:
+	// Retain (the default) keeps the volumes and the generated VAPID
+	// Secret for a KezChat of the same name to adopt; Delete deletes them.
+	// +optional
+	// +kubebuilder:default=Retain
+	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
 }
 
 // ServerSpec is the chat server's workload.
@@ -366,6 +385,15 @@ type KezChatStatus struct {
 	// or under way.
 	// +optional
 	Upgrade *UpgradeStatus `json:"upgrade,omitempty"`
+	// LastSuccessfulBackup is the latest backup that completed.
+	// +optional
+	LastSuccessfulBackup *BackupRecord `json:"lastSuccessfulBackup,omitempty"`
+	// LastScheduleTime is when spec.backup.schedule last started a backup.
+	// +optional
+	LastScheduleTime *metav1.Time `json:"lastScheduleTime,omitempty"`
+	// NextScheduleTime is when it starts the next.
+	// +optional
+	NextScheduleTime *metav1.Time `json:"nextScheduleTime,omitempty"`
 }
 
 // KezChat is one self-hosted, end-to-end-encrypted chat instance.
@@ -378,6 +406,7 @@ type KezChatStatus struct {
 // +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
 // +kubebuilder:printcolumn:name="Version",type=string,JSONPath=`.status.server.version`
 // +kubebuilder:printcolumn:name="Upgrade",type=string,JSONPath=`.status.upgrade.phase`
+// +kubebuilder:printcolumn:name="Last Backup",type=date,JSONPath=`.status.lastSuccessfulBackup.completedAt`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type KezChat struct {
 	metav1.TypeMeta   `json:",inline"`

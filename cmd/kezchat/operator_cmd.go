@@ -120,6 +120,26 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: f.maxConcurrent}); err != nil {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)
 	}
+	backups := &controllers.KezChatBackupReconciler{
+		Client:       mgr.GetClient(),
+		APIReader:    mgr.GetAPIReader(),
+		Scheme:       scheme,
+		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
+		DefaultImage: f.image,
+	}
+	// One backup reconcile at a time: it keeps a KezChat's backups one
+	// at a time by what it reads of the others before starting one.
+	if err := backups.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 1}); err != nil {
+		return fmt.Errorf("setting up the KezChatBackup controller: %w", err)
+	}
+	schedule := &controllers.BackupScheduleReconciler{
+		Client:   mgr.GetClient(),
+		Scheme:   scheme,
+		Recorder: mgr.GetEventRecorder("kez-chat-operator"),
+	}
+	if err := schedule.SetupWithManager(mgr, controller.Options{}); err != nil {
+		return fmt.Errorf("setting up the backup schedule controller: %w", err)
+	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
