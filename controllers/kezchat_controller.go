@@ -137,6 +137,9 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "Created", "Create", "created NATS auth Secret %s", auth.secretName)
 		}
 		in.NATSAuth = auth
+		if in.NATSClaimTemplateSize, err = r.expandNATSVolumes(ctx, kc); err != nil {
+			return obs, ctrl.Result{}, err
+		}
 	}
 
 	for _, obj := range desiredObjects(kc, in) {

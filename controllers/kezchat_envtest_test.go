@@ -607,7 +607,7 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		want   string
 	}{
 		{"domain", func(kc *chatv1.KezChat) { kc.Spec.Domain = "other.example.org" }, "domain is immutable"},
-		{"NATS storage", func(kc *chatv1.KezChat) { kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("9Gi")) }, "nats.storage is immutable"},
+		{"NATS storage class", func(kc *chatv1.KezChat) { kc.Spec.NATS.Storage.StorageClassName = ptr.To("slow") }, "storageClassName is immutable"},
 		{"server storage class", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = ptr.To("slow") }, "storageClassName is immutable"},
 		{"server storage class removed", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = nil }, "storageClassName is immutable"},
 		{"store, by scaling a SQLite chat past one replica", func(kc *chatv1.KezChat) {
@@ -625,11 +625,12 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 			}
 		})
 	}
-	// Growing the server's volume is allowed.
+	// Growing the server's and NATS's volumes is allowed.
 	kc := getKezChat(t, ns)
 	kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("20Gi"))
+	kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("20Gi"))
 	if err := k8s.Update(ctx, kc); err != nil {
-		t.Errorf("growing the server volume: %v", err)
+		t.Errorf("growing the server and NATS volumes: %v", err)
 	}
 	// Defaults are filled in.
 	kc = getKezChat(t, ns)

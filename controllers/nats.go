@@ -6,6 +6,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -43,6 +44,8 @@ func natsConf(kc *chatv1.KezChat, in Inputs) string {
 		b.WriteString("  sync_interval: always\n")
 	}
 	// Leave a tenth of the volume to the file system and NATS's own files.
+	// The size is the spec's, so a grown volume lifts the cap: the new
+	// configuration's digest rolls the pods.
 	fmt.Fprintf(&b, "  max_file_store: %d\n", size.Value()/10*9)
 	b.WriteString("}\n")
 	if replicas := spec.ReplicaCount(); replicas > 1 {
@@ -156,12 +159,12 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 				},
 			},
 			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{{
-				ObjectMeta: metav1.ObjectMeta{Name: "data", Labels: labels(kc, componentNATS)},
+				ObjectMeta: metav1.ObjectMeta{Name: natsDataClaim, Labels: labels(kc, componentNATS)},
 				Spec: corev1.PersistentVolumeClaimSpec{
 					AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 					StorageClassName: spec.Storage.StorageClassName,
 					Resources: corev1.VolumeResourceRequirements{
-						Requests: corev1.ResourceList{corev1.ResourceStorage: spec.Storage.SizeOrDefault()},
+						Requests: corev1.ResourceList{corev1.ResourceStorage: natsTemplateSize(kc, in)},
 					},
 				},
 			}},
@@ -171,6 +174,16 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 			},
 		},
 	}
+}
+
+// natsTemplateSize is the size of the StatefulSet's claim template: the
+// one it was made with, since a template cannot change (the claims grow
+// instead), or the spec's for a new StatefulSet.
+func natsTemplateSize(kc *chatv1.KezChat, in Inputs) resource.Quantity {
+	if in.NATSClaimTemplateSize != nil {
+		return in.NATSClaimTemplateSize.DeepCopy()
+	}
+	return kc.Spec.NATS.Storage.SizeOrDefault()
 }
 
 // natsHeadlessService gives each NATS pod a stable name for cluster routes.

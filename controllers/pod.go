@@ -30,6 +30,10 @@ type Inputs struct {
 	// NATSAuth holds the chat server's NATS credentials and the auth
 	// callout's issuer; zero when NATS is off.
 	NATSAuth natsAuth
+	// NATSClaimTemplateSize is the size in the claim template of NATS's
+	// StatefulSet as it exists, which cannot change; nil before it is
+	// made, when the spec's size is used.
+	NATSClaimTemplateSize *resource.Quantity
 }
 
 // image is the kez-chat image of kc's pods.

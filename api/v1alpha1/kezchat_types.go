@@ -181,11 +181,13 @@ type NATSSpec struct {
 	// +kubebuilder:validation:Enum=1;3
 	Replicas *int32 `json:"replicas,omitempty"`
 
-	// Storage is each NATS replica's JetStream volume. A StatefulSet's
-	// volume claims cannot change, so neither can this.
+	// Storage is each NATS replica's JetStream volume. Its size may grow
+	// where the storage class allows expansion: the operator expands each
+	// replica's claim itself (a StatefulSet's claim templates cannot
+	// change) and JetStream's max_file_store follows. The class cannot
+	// change.
 	// +optional
 	// +kubebuilder:default={}
-	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="nats.storage is immutable: StatefulSet volume claims cannot change"
 	Storage StorageSpec `json:"storage,omitempty"`
 
 	// WebSocket opens NATS's WebSocket listener, for browsers that follow
