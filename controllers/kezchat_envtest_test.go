@@ -610,6 +610,9 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		{"NATS storage class", func(kc *chatv1.KezChat) { kc.Spec.NATS.Storage.StorageClassName = ptr.To("slow") }, "storageClassName is immutable"},
 		{"server storage class", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = ptr.To("slow") }, "storageClassName is immutable"},
 		{"server storage class removed", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = nil }, "storageClassName is immutable"},
+		{"server storage, shrunk", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("1023Mi")) }, "storage.size cannot shrink below 1Gi"},
+		{"sig-server storage, shrunk", func(kc *chatv1.KezChat) { kc.Spec.SigServer.Storage.Size = ptr.To(resource.MustParse("512Mi")) }, "storage.size cannot shrink below 1Gi"},
+		{"NATS storage, shrunk", func(kc *chatv1.KezChat) { kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("0.5Gi")) }, "storage.size cannot shrink below 1Gi"},
 		{"store, by scaling a SQLite chat past one replica", func(kc *chatv1.KezChat) {
 			kc.Spec.Server.Store, kc.Spec.Server.Replicas = "", ptr.To[int32](2)
 		}, "the store cannot change"},
@@ -625,8 +628,14 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 			}
 		})
 	}
-	// Growing the server's and NATS's volumes is allowed.
+	// The same size written another way is no shrink.
 	kc := getKezChat(t, ns)
+	kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("1024Mi"))
+	if err := k8s.Update(ctx, kc); err != nil {
+		t.Errorf("1Gi as 1024Mi: %v", err)
+	}
+	// Growing the server's and NATS's volumes is allowed.
+	kc = getKezChat(t, ns)
 	kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("20Gi"))
 	kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("20Gi"))
 	if err := k8s.Update(ctx, kc); err != nil {

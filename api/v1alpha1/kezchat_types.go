@@ -150,6 +150,7 @@ type ServerSpec struct {
 // StorageSpec is a persistent volume.
 //
 // +kubebuilder:validation:XValidation:rule="has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",message="storageClassName is immutable"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.size) || (has(self.size) && quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0)",messageExpression="'storage.size cannot shrink below ' + string(oldSelf.size) + ': a volume only grows'",reason=FieldValueForbidden
 type StorageSpec struct {
 	// Size of the volume. It may grow where the storage class allows
 	// expansion; a volume never shrinks.
