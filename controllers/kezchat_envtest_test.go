@@ -586,6 +586,9 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		{"push subject not a URL", func(kc *chatv1.KezChat) { kc.Spec.Push.Subject = "ftp://x" }, "spec.push.subject"},
 		{"a trusted proxy not a CIDR", func(kc *chatv1.KezChat) { kc.Spec.Ingress.TrustedProxies = []string{"10.0.0.0/8", "ingress"} }, "trustedProxies must be CIDRs"},
 		{"an ingress namespace not a name", func(kc *chatv1.KezChat) { kc.Spec.Ingress.ControllerNamespace = "Ingress_NGINX" }, "spec.ingress.controllerNamespace"},
+		{"a name with a dot", func(kc *chatv1.KezChat) { kc.Name = "chat.example" }, "metadata.name must be at most 47 characters"},
+		{"a name too long for its children", func(kc *chatv1.KezChat) { kc.Name = strings.Repeat("c", chatv1.MaxNameLength+1) }, "metadata.name must be at most 47"},
+		{"a name starting with a digit (no Service name)", func(kc *chatv1.KezChat) { kc.Name = "1chat" }, "metadata.name must be"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -597,6 +600,13 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 				t.Errorf("got %v, want Invalid mentioning %q", err, tt.want)
 			}
 		})
+	}
+
+	// The longest name admitted makes valid children.
+	longest := &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Name: strings.Repeat("c", chatv1.MaxNameLength), Namespace: ns},
+		Spec: chatv1.KezChatSpec{Domain: "chat.example.org"}}
+	if err := k8s.Create(ctx, longest); err != nil {
+		t.Errorf("a name of %d characters: %v", chatv1.MaxNameLength, err)
 	}
 
 	// Rules on changes.

@@ -357,8 +357,16 @@ type KezChatStatus struct {
 	SigServer *ComponentStatus `json:"sigServer,omitempty"`
 }
 
+// MaxNameLength is the longest KezChat name whose children's names and
+// labels are all valid: the NATS StatefulSet <name>-nats labels its pods
+// controller-revision-hash=<name>-nats-<hash of up to 10>, at most 63
+// characters. The CEL rule on KezChat states it as a literal; a test in
+// controllers derives it from the child names.
+const MaxNameLength = 47
+
 // KezChat is one self-hosted, end-to-end-encrypted chat instance.
 //
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 47 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be at most 47 characters of lowercase letters, digits and '-', start with a letter, end with a letter or digit, and hold no dot: the Services, StatefulSet and labels of the KezChat's parts are named after it"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=kc,categories=kez
