@@ -638,8 +638,37 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 			}
 		})
 	}
-	// The same size written another way is no shrink.
+	// On SQLite, NATS holds no data, so its replicas may change.
 	kc := getKezChat(t, ns)
+	kc.Spec.NATS.Replicas = ptr.To[int32](3)
+	if err := k8s.Update(ctx, kc); err != nil {
+		t.Errorf("changing NATS replicas of a SQLite chat: %v", err)
+	}
+	// On JetStream they hold every message, so they may not.
+	js := &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Name: "js", Namespace: ns},
+		Spec: chatv1.KezChatSpec{Domain: "chat.example.org", Server: chatv1.ServerSpec{Store: chatv1.StoreJetStream}}}
+	if err := k8s.Create(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	for _, replicas := range []*int32{ptr.To[int32](3), nil} {
+		if replicas == nil { // 3 to 1, on a chat created with 3
+			js = &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Name: "js3", Namespace: ns},
+				Spec: chatv1.KezChatSpec{Domain: "chat.example.org", Server: chatv1.ServerSpec{Store: chatv1.StoreJetStream},
+					NATS: chatv1.NATSSpec{Replicas: ptr.To[int32](3)}}}
+			if err := k8s.Create(ctx, js); err != nil {
+				t.Fatal(err)
+			}
+			replicas = ptr.To[int32](1)
+		}
+		js.Spec.NATS.Replicas = replicas
+		if err := k8s.Update(ctx, js); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "nats.replicas cannot change on the jetstream store") ||
+			!strings.Contains(err.Error(), "restore the backup into a new KezChat") {
+			t.Errorf("NATS replicas to %d on JetStream: got %v, want Invalid saying how to do it by hand", *replicas, err)
+		}
+	}
+
+	// The same size written another way is no shrink.
+	kc = getKezChat(t, ns)
 	kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("1024Mi"))
 	if err := k8s.Update(ctx, kc); err != nil {
 		t.Errorf("1Gi as 1024Mi: %v", err)

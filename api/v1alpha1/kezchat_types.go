@@ -40,6 +40,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="!has(self.server) || !has(self.server.replicas) || self.server.replicas <= 1 || !has(self.server.store) || self.server.store == 'jetstream'",message="server.replicas > 1 needs the jetstream store; one SQLite file serves one replica"
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) != 'jetstream' || !has(self.nats) || !has(self.nats.enabled) || self.nats.enabled",message="the jetstream store (server.store: jetstream, or more than one replica) needs nats.enabled"
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) == (has(oldSelf.server) && has(oldSelf.server.store) ? oldSelf.server.store : (has(oldSelf.server) && has(oldSelf.server.replicas) && oldSelf.server.replicas > 1 ? 'jetstream' : 'sqlite'))",message="the store cannot change once created: it holds the users and messages (create the KezChat with server.store: jetstream to scale it later)"
+// +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) != 'jetstream' || (has(self.nats) && has(self.nats.replicas) ? self.nats.replicas : 1) == (has(oldSelf.nats) && has(oldSelf.nats.replicas) ? oldSelf.nats.replicas : 1)",message="nats.replicas cannot change on the jetstream store: 3 to 1 would remove two JetStream peers at once while every stream keeps three replicas, and 1 to 3 would leave every stream on one. To change it, back up this KezChat and restore the backup into a new KezChat with the replicas you want (README: Changing nats.replicas)"
 type KezChatSpec struct {
 	// Domain is the chat server's name: handles are handle@domain and every
 	// signed request names it, so it cannot change.
@@ -176,7 +177,7 @@ type NATSSpec struct {
 	Image string `json:"image,omitempty"`
 
 	// Replicas of NATS: 1, or 3 for a JetStream cluster that survives the
-	// loss of one.
+	// loss of one. On the jetstream store it cannot change after creation.
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Enum=1;3
