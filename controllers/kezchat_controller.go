@@ -38,8 +38,8 @@ import (
 )
 
 // retryUserError is how soon a KezChat that needs its user's attention (a
-// missing VAPID Secret) is looked at again, since the operator does not
-// watch the user's Secrets.
+// missing VAPID Secret) is looked at again; the watch of users' Secrets
+// (usersecrets.go) usually wakes it sooner.
 const retryUserError = time.Minute
 
 // KezChatReconciler reconciles KezChat objects.
@@ -53,6 +53,9 @@ type KezChatReconciler struct {
 	Recorder  recorder.EventRecorder
 	// DefaultImage runs a KezChat that names no image: the operator's own.
 	DefaultImage string
+	// Namespaces the operator manages KezChats in (all when empty), for
+	// the watch of users' Secrets.
+	Namespaces []string
 }
 
 // +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats,verbs=get;list;watch
@@ -252,6 +255,10 @@ func (r *KezChatReconciler) writeStatus(ctx context.Context, kc *chatv1.KezChat,
 // SetupWithManager registers the reconciler with mgr, watching KezChats
 // and every kind of child, so that a deleted or edited child is put back.
 func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+	userSecrets, err := r.userSecretSource(mgr)
+	if err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		// Status writes change neither generation nor annotations, so the
 		// operator's own status updates do not wake it.
@@ -267,6 +274,7 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		Owns(&networkingv1.Ingress{}).
 		Owns(&networkingv1.NetworkPolicy{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		WatchesRawSource(userSecrets).
 		WithOptions(opts).
 		Named("kezchat").
 		Complete(r)

@@ -99,6 +99,7 @@ func startManager(t testing.TB, namespace string) *runningManager {
 		Scheme:       testScheme,
 		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
 		DefaultImage: "registry.example/kezchat:test",
+		Namespaces:   []string{namespace},
 	}
 	// Each test runs a manager of its own, so the controller's name repeats.
 	if err := r.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true), MaxConcurrentReconciles: 4}); err != nil {

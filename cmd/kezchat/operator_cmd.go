@@ -99,6 +99,7 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		Scheme:       scheme,
 		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
 		DefaultImage: f.image,
+		Namespaces:   namespaces,
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: f.maxConcurrent}); err != nil {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)
