@@ -407,3 +407,46 @@ func TestChartSchemaRefusesBadValues(t *testing.T) {
 		}
 	}
 }
+
+// Values the schema passes but that would run the operator unsafely are
+// refused with a message that says what to set.
+func TestChartRefusesUnsafeValues(t *testing.T) {
+	for _, tt := range []struct {
+		set  []string
+		want string
+	}{
+		{[]string{"replicaCount=2", "operator.leaderElect=false"}, "replicaCount > 1 needs operator.leaderElect=true"},
+		{[]string{"serviceAccount.create=false"}, "serviceAccount.create=false needs serviceAccount.name"},
+		{[]string{"serviceAccount.create=false", "rbac.scope=namespace"}, "serviceAccount.create=false needs serviceAccount.name"},
+	} {
+		args := []string{"template", "kc", chart}
+		for _, s := range tt.set {
+			args = append(args, "--set", s)
+		}
+		out, err := helm(t, nil, args...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: got %v, want a failure saying %q", tt.set, err, tt.want)
+		}
+		if strings.Contains(out, "name: default") {
+			t.Errorf("%q binds a role to the default ServiceAccount:\n%s", tt.set, out)
+		}
+	}
+	// The safe forms render: one replica without leader election, and a
+	// ServiceAccount of the user's, which the roles are bound to.
+	render(t, "replicaCount=1", "operator.leaderElect=false")
+	objs := render(t, "serviceAccount.create=false", "serviceAccount.name=ops-operator")
+	for _, kind := range []string{"ClusterRoleBinding", "RoleBinding"} {
+		for _, u := range objs {
+			if u.GetKind() != kind {
+				continue
+			}
+			subjects, _, _ := unstructured.NestedSlice(u.Object, "subjects")
+			if len(subjects) != 1 || subjects[0].(map[string]any)["name"] != "ops-operator" {
+				t.Errorf("%s %s binds %v, want ServiceAccount ops-operator", kind, u.GetName(), subjects)
+			}
+		}
+	}
+	if find(objs, "ServiceAccount", "ops-operator") != nil {
+		t.Error("serviceAccount.create=false made a ServiceAccount")
+	}
+}
