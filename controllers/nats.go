@@ -127,6 +127,11 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 					AutomountServiceAccountToken:  ptr.To(false),
 					SecurityContext:               podSecurityContext(),
 					ImagePullSecrets:              kc.Spec.ImagePullSecrets,
+					NodeSelector:                  spec.NodeSelector,
+					Tolerations:                   spec.Tolerations,
+					Affinity:                      spec.Affinity,
+					TopologySpreadConstraints:     natsTopologySpread(kc),
+					PriorityClassName:             spec.PriorityClassName,
 					TerminationGracePeriodSeconds: ptr.To[int64](60), // lame duck mode, then exit
 					Containers: []corev1.Container{{
 						Name:            "nats",
@@ -173,6 +178,26 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 				WhenScaled:  appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
 			},
 		},
+	}
+}
+
+// natsTopologySpread is the spec's spread of NATS pods or, when it sets
+// none, for a cluster: one pod per node, so that losing a node loses one
+// peer of three; a node whose taints the pods do not tolerate counts for
+// nothing, and on fewer nodes than replicas the pods share them as evenly
+// as they can (the skew is counted over nodes that exist). Across zones
+// too, where the cluster has them, but never at the cost of scheduling.
+func natsTopologySpread(kc *chatv1.KezChat) []corev1.TopologySpreadConstraint {
+	spec := &kc.Spec.NATS
+	if len(spec.TopologySpreadConstraints) > 0 || spec.ReplicaCount() <= 1 {
+		return spec.TopologySpreadConstraints
+	}
+	selector := &metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentNATS)}
+	return []corev1.TopologySpreadConstraint{
+		{MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.DoNotSchedule, LabelSelector: selector,
+			NodeTaintsPolicy: ptr.To(corev1.NodeInclusionPolicyHonor)},
+		{MaxSkew: 1, TopologyKey: corev1.LabelTopologyZone, WhenUnsatisfiable: corev1.ScheduleAnyway, LabelSelector: selector,
+			NodeTaintsPolicy: ptr.To(corev1.NodeInclusionPolicyHonor)},
 	}
 }
 

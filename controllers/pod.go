@@ -52,7 +52,7 @@ type componentSpec struct {
 	replicas               int32
 	strategy               appsv1.DeploymentStrategy
 	annotations            map[string]string // the pod template's
-	scheduling             scheduling
+	scheduling             chatv1.Scheduling
 	terminationGracePeriod *int64
 	container              string
 	args                   []string
@@ -62,13 +62,6 @@ type componentSpec struct {
 	// volumes and mounts besides /tmp.
 	volumes []corev1.Volume
 	mounts  []corev1.VolumeMount
-}
-
-// scheduling is where a component's pods may run.
-type scheduling struct {
-	nodeSelector map[string]string
-	tolerations  []corev1.Toleration
-	affinity     *corev1.Affinity
 }
 
 // componentDeployment runs d's one container from the kez-chat image, as
@@ -91,9 +84,11 @@ func componentDeployment(kc *chatv1.KezChat, in Inputs, d componentSpec) *appsv1
 					AutomountServiceAccountToken:  ptr.To(false),
 					SecurityContext:               podSecurityContext(),
 					ImagePullSecrets:              kc.Spec.ImagePullSecrets,
-					NodeSelector:                  d.scheduling.nodeSelector,
-					Tolerations:                   d.scheduling.tolerations,
-					Affinity:                      d.scheduling.affinity,
+					NodeSelector:                  d.scheduling.NodeSelector,
+					Tolerations:                   d.scheduling.Tolerations,
+					Affinity:                      d.scheduling.Affinity,
+					TopologySpreadConstraints:     d.scheduling.TopologySpreadConstraints,
+					PriorityClassName:             d.scheduling.PriorityClassName,
 					TerminationGracePeriodSeconds: d.terminationGracePeriod,
 					Containers: []corev1.Container{{
 						Name:            d.container,

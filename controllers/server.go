@@ -184,7 +184,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 		replicas:    s.ReplicaCount(),
 		strategy:    strategy,
 		annotations: podAnnotations(s.PodAnnotations, digest([]byte(in.VAPIDDigest), []byte(in.NATSAuth.digest))),
-		scheduling:  scheduling{nodeSelector: s.NodeSelector, tolerations: s.Tolerations, affinity: s.Affinity},
+		scheduling:  s.Scheduling,
 		// The server drains streams and requests in flight on SIGTERM
 		// within its --shutdown-timeout (10s).
 		terminationGracePeriod: ptr.To[int64](30),

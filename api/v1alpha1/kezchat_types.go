@@ -130,22 +130,40 @@ type ServerSpec struct {
 	// +listMapKey=name
 	Env []corev1.EnvVar `json:"env,omitempty"`
 
-	// NodeSelector of the chat server pods.
-	// +optional
-	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
-
-	// Tolerations of the chat server pods.
-	// +optional
-	// +listType=atomic
-	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
-
-	// Affinity of the chat server pods.
-	// +optional
-	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// Scheduling of the chat server pods.
+	Scheduling `json:",inline"`
 
 	// PodAnnotations are added to the chat server pods.
 	// +optional
 	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+}
+
+// Scheduling is where a component's pods may run.
+type Scheduling struct {
+	// NodeSelector of the pods.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// Tolerations of the pods.
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// Affinity of the pods.
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+
+	// TopologySpreadConstraints of the pods. For NATS with three
+	// replicas, empty means one replica per node where there are nodes
+	// enough, and across zones where they can be.
+	// +optional
+	// +listType=atomic
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+
+	// PriorityClassName of the pods.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	PriorityClassName string `json:"priorityClassName,omitempty"`
 }
 
 // StorageSpec is a persistent volume.
@@ -200,6 +218,9 @@ type NATSSpec struct {
 	// Resources of the NATS container.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// Scheduling of the NATS pods.
+	Scheduling `json:",inline"`
 }
 
 // SigServerSpec is the signed key directory.
@@ -225,6 +246,9 @@ type SigServerSpec struct {
 	// Resources of the sig-server container.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// Scheduling of the sig-server pods.
+	Scheduling `json:",inline"`
 }
 
 // PushSpec is Web Push.
