@@ -141,10 +141,11 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 						Env:             natsEnv(in),
 						Ports:           ports,
 						Resources:       resourcesOr(spec.Resources, "50m", "64Mi"),
-						LivenessProbe:   httpProbe("/healthz?js-enabled-only=true", "monitor", 10, 3),
-						ReadinessProbe:  httpProbe("/healthz?js-server-only=true", "monitor", 5, 3),
-						// JetStream may take a while to recover its streams.
-						StartupProbe: httpProbe("/healthz", "monitor", 5, 60),
+						LivenessProbe:   natsProbe("/healthz?js-enabled-only=true", 30, 3),
+						ReadinessProbe:  natsProbe("/healthz?js-server-only=true", 10, 3),
+						// A large JetStream takes a while to recover its
+						// streams: up to 15 minutes before a restart.
+						StartupProbe: natsProbe("/healthz", 10, 90),
 						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
 							Exec: &corev1.ExecAction{Command: []string{"nats-server", "-sl=ldm=/var/run/nats/nats.pid"}},
 						}},
@@ -179,6 +180,16 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 			},
 		},
 	}
+}
+
+// natsProbe checks path on NATS's monitor port with the timings of the
+// upstream NATS Helm chart (nats-io/k8s, helm/charts/nats): a 10 s start,
+// 5 s timeouts, period and failures as given.
+func natsProbe(path string, period, failures int32) *corev1.Probe {
+	p := httpProbe(path, "monitor", period, failures)
+	p.InitialDelaySeconds = 10
+	p.TimeoutSeconds = 5
+	return p
 }
 
 // natsTopologySpread is the spec's spread of NATS pods or, when it sets

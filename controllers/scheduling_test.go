@@ -94,3 +94,28 @@ func TestSchedulingFieldsReachThePods(t *testing.T) {
 		t.Errorf("NATS scheduling %+v", got)
 	}
 }
+
+// NATS's probes are the upstream chart's: a large JetStream recovers for
+// up to 15 minutes before the kubelet restarts it.
+func TestNATSProbesMatchTheUpstreamChart(t *testing.T) {
+	c := natsStatefulSet(newKezChat(), testInputs).Spec.Template.Spec.Containers[0]
+	for _, tt := range []struct {
+		name                   string
+		probe                  *corev1.Probe
+		path                   string
+		period, timeout, fails int32
+	}{
+		{"startup", c.StartupProbe, "/healthz", 10, 5, 90},
+		{"readiness", c.ReadinessProbe, "/healthz?js-server-only=true", 10, 5, 3},
+		{"liveness", c.LivenessProbe, "/healthz?js-enabled-only=true", 30, 5, 3},
+	} {
+		p := tt.probe
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != tt.path || p.HTTPGet.Port.String() != "monitor" ||
+			p.PeriodSeconds != tt.period || p.TimeoutSeconds != tt.timeout || p.FailureThreshold != tt.fails || p.InitialDelaySeconds != 10 {
+			t.Errorf("%s probe %+v, want %s every %ds, %ds timeout, %d failures, 10s initial delay", tt.name, p, tt.path, tt.period, tt.timeout, tt.fails)
+		}
+	}
+	if budget := c.StartupProbe.InitialDelaySeconds + c.StartupProbe.PeriodSeconds*c.StartupProbe.FailureThreshold; budget < 15*60 {
+		t.Errorf("JetStream gets %ds to recover before a restart, want 15 minutes", budget)
+	}
+}
