@@ -136,7 +136,7 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 					Containers: []corev1.Container{{
 						Name:            "nats",
 						Image:           image,
-						ImagePullPolicy: kc.Spec.ImagePullPolicy,
+						ImagePullPolicy: spec.ImagePullPolicy,
 						Args:            []string{"--config", natsConfigDir + "/" + natsConfigFile},
 						Env:             natsEnv(in),
 						Ports:           ports,

@@ -119,3 +119,19 @@ func TestNATSProbesMatchTheUpstreamChart(t *testing.T) {
 		t.Errorf("JetStream gets %ds to recover before a restart, want 15 minutes", budget)
 	}
 }
+
+func TestImagePullPoliciesApplyToTheirOwnImages(t *testing.T) {
+	kc := newKezChat(func(kc *chatv1.KezChat) { kc.Spec.ImagePullPolicy = corev1.PullAlways })
+	if got := natsStatefulSet(kc, testInputs).Spec.Template.Spec.Containers[0].ImagePullPolicy; got != "" {
+		t.Errorf("spec.imagePullPolicy reaches the NATS container: %q", got)
+	}
+	for name, d := range map[string]*appsv1.Deployment{"server": serverDeployment(kc, testInputs), "sig-server": sigServerDeployment(kc, testInputs)} {
+		if got := d.Spec.Template.Spec.Containers[0].ImagePullPolicy; got != corev1.PullAlways {
+			t.Errorf("%s pull policy %q, want spec.imagePullPolicy's Always", name, got)
+		}
+	}
+	kc.Spec.NATS.ImagePullPolicy = corev1.PullNever
+	if got := natsStatefulSet(kc, testInputs).Spec.Template.Spec.Containers[0].ImagePullPolicy; got != corev1.PullNever {
+		t.Errorf("nats.imagePullPolicy Never gives %q", got)
+	}
+}

@@ -57,7 +57,8 @@ type KezChatSpec struct {
 	// +optional
 	Image string `json:"image,omitempty"`
 
-	// ImagePullPolicy of the kez-chat containers.
+	// ImagePullPolicy of the kez-chat containers (chat server and
+	// sig-server); NATS's is nats.imagePullPolicy.
 	// +optional
 	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
 	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
@@ -193,6 +194,12 @@ type NATSSpec struct {
 	// tested with.
 	// +optional
 	Image string `json:"image,omitempty"`
+
+	// ImagePullPolicy of the NATS container; empty means Kubernetes's
+	// default for its image. spec.imagePullPolicy does not apply to it.
+	// +optional
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
 
 	// Replicas of NATS: 1, or 3 for a JetStream cluster that survives the
 	// loss of one. On the jetstream store it cannot change after creation.
