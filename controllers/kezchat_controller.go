@@ -83,8 +83,9 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	if kc.Annotations[chatv1.ReconcileAnnotation] == chatv1.ReconcilePaused {
 		logger.V(1).Info("reconciliation paused by annotation", "annotation", chatv1.ReconcileAnnotation)
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.notePaused(ctx, &kc)
 	}
+	r.noteResumed(&kc)
 
 	obs, result, err := r.reconcileChildren(ctx, &kc)
 	if apierrors.IsConflict(err) {

@@ -717,6 +717,13 @@ func TestPausedKezChatIsLeftAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	mgr.reconcileNow(t, kc)
+	paused := waitForEvent(t, ns, ReasonPaused)
+	if !strings.Contains(paused.Note, chatv1.ReconcileAnnotation) {
+		t.Errorf("Paused event %q does not name the annotation", paused.Note)
+	}
+	if c := meta.FindStatusCondition(getKezChat(t, ns).Status.Conditions, chatv1.ConditionPaused); c == nil || c.Status != "True" {
+		t.Errorf("Paused condition %+v, want True", c)
+	}
 	if d, _ := get[appsv1.Deployment](ns, "chat-server"); d.Spec.Template.Spec.Containers[0].Image != "registry.example/kezchat:test" {
 		t.Error("a paused KezChat's Deployment changed")
 	}
@@ -732,6 +739,44 @@ func TestPausedKezChatIsLeftAlone(t *testing.T) {
 		return nil
 	})
 	waitFor[corev1.Service](t, ns, "chat-server", nil)
+	waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionPaused: "False"})
+	waitForEvent(t, ns, ReasonResumed)
+	var events eventsv1.EventList
+	if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	pauses := 0
+	for _, e := range events.Items {
+		if e.Reason == ReasonPaused {
+			pauses++
+			if e.DeprecatedCount > 1 || e.Series != nil {
+				pauses++
+			}
+		}
+	}
+	if pauses != 1 {
+		t.Errorf("the pause was said %d times, want once", pauses)
+	}
+}
+
+// waitForEvent waits for an event of the KezChat with reason.
+func waitForEvent(t *testing.T, ns, reason string) eventsv1.Event {
+	t.Helper()
+	var found eventsv1.Event
+	eventually(t, waitTimeout, "a "+reason+" event of the KezChat", func() error {
+		var events eventsv1.EventList
+		if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Reason == reason && e.Regarding.Kind == "KezChat" {
+				found = e
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events, none %s", len(events.Items), reason)
+	})
+	return found
 }
 
 func TestDisablingAComponentRemovesItsWorkloadButKeepsItsData(t *testing.T) {

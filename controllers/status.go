@@ -188,5 +188,6 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 	default:
 		set(chatv1.ConditionReady, false, ReasonComponentsPending, strings.Join(pending, "; "))
 	}
+	resumedCondition(&st, gen)
 	return st
 }

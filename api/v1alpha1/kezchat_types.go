@@ -348,6 +348,10 @@ const (
 	// for want of room (its readiness answers 507 storage_full): grow
 	// spec.server.storage.size, or spec.nats.storage.size on JetStream.
 	ConditionStorageFull = "StorageFull"
+	// ConditionPaused is True while the chat.kez.lat/reconcile: paused
+	// annotation stops the operator, and False (reason Resumed) once it
+	// is removed; absent on a KezChat never paused.
+	ConditionPaused = "Paused"
 )
 
 // ComponentStatus counts one component's replicas.
