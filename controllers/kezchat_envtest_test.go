@@ -167,6 +167,7 @@ func markAllReady(t *testing.T, ns string) {
 var readyConditions = map[string]metav1.ConditionStatus{
 	chatv1.ConditionReady: "True", chatv1.ConditionProgressing: "False", chatv1.ConditionDegraded: "False",
 	chatv1.ConditionServerReady: "True", chatv1.ConditionNATSReady: "True", chatv1.ConditionSigServerReady: "True",
+	chatv1.ConditionReconciling: "False", chatv1.ConditionStalled: "False",
 }
 
 func controlledBy(obj client.Object, kc *chatv1.KezChat) error {

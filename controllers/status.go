@@ -189,5 +189,6 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 		set(chatv1.ConditionReady, false, ReasonComponentsPending, strings.Join(pending, "; "))
 	}
 	resumedCondition(&st, gen)
+	kstatusConditions(&st, gen)
 	return st
 }

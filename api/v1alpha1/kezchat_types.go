@@ -352,6 +352,12 @@ const (
 	// annotation stops the operator, and False (reason Resumed) once it
 	// is removed; absent on a KezChat never paused.
 	ConditionPaused = "Paused"
+	// ConditionReconciling and ConditionStalled are kstatus's
+	// abnormal-true conditions (sigs.k8s.io/cli-utils/pkg/kstatus), which
+	// Flux, kubectl and kstatus-based tools read: Reconciling mirrors
+	// Progressing, Stalled mirrors Degraded.
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
 )
 
 // ComponentStatus counts one component's replicas.
