@@ -338,6 +338,21 @@ func TestChartOptions(t *testing.T) {
 			t.Errorf("by digest: image %q, KEZ_IMAGE %q", c.Image, v)
 		}
 	})
+	t.Run("platformAssignsUID", func(t *testing.T) {
+		for _, assigns := range []bool{false, true} {
+			ps := deployment(t, render(t, fmt.Sprintf("platformAssignsUID=%v", assigns))).Spec.Template.Spec
+			sc := ps.SecurityContext
+			if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+				t.Errorf("platformAssignsUID=%v: the operator may run as root: %+v", assigns, sc)
+			}
+			if named := sc.RunAsUser != nil || sc.RunAsGroup != nil; named == assigns {
+				t.Errorf("platformAssignsUID=%v: runAsUser %v runAsGroup %v", assigns, sc.RunAsUser, sc.RunAsGroup)
+			}
+			if v, _ := envValue(ps.Containers[0], "KEZ_PLATFORM_ASSIGNS_UID"); v != fmt.Sprint(assigns) {
+				t.Errorf("platformAssignsUID=%v: KEZ_PLATFORM_ASSIGNS_UID=%q, so KezChat pods would not follow", assigns, v)
+			}
+		}
+	})
 	t.Run("serviceMonitor", func(t *testing.T) {
 		objs := render(t, "serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")
 		sm := find(objs, "ServiceMonitor", "kc-kez-chat-operator")

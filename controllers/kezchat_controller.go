@@ -56,6 +56,9 @@ type KezChatReconciler struct {
 	// Namespaces the operator manages KezChats in (all when empty), for
 	// the watch of users' Secrets.
 	Namespaces []string
+	// PlatformAssignsUID leaves the pods' uid, gid and fsGroup to the
+	// platform (OpenShift's restricted SCC).
+	PlatformAssignsUID bool
 }
 
 // +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats,verbs=get;list;watch
@@ -115,7 +118,7 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 // should not, and observes its workloads.
 func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.KezChat) (observed, ctrl.Result, error) {
 	var obs observed
-	in := Inputs{DefaultImage: r.DefaultImage}
+	in := Inputs{DefaultImage: r.DefaultImage, PlatformAssignsUID: r.PlatformAssignsUID}
 	if kc.Spec.Push.IsEnabled() {
 		key, created, rotated, err := r.ensureVAPID(ctx, kc)
 		if err != nil {

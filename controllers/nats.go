@@ -125,7 +125,7 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 				Spec: corev1.PodSpec{
 					ServiceAccountName:            n.serviceAccount(),
 					AutomountServiceAccountToken:  ptr.To(false),
-					SecurityContext:               podSecurityContext(),
+					SecurityContext:               podSecurityContext(in),
 					ImagePullSecrets:              kc.Spec.ImagePullSecrets,
 					NodeSelector:                  spec.NodeSelector,
 					Tolerations:                   spec.Tolerations,

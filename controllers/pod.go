@@ -12,7 +12,8 @@ import (
 )
 
 // kezUID is the user the kez-chat image runs as; NATS runs as the same, so
-// every volume is writable through fsGroup.
+// every volume is writable through fsGroup. Where the platform assigns
+// users (Inputs.PlatformAssignsUID), pods name none.
 const kezUID = 10001
 
 // Inputs is what the builders need beyond the KezChat: the operator's
@@ -34,6 +35,10 @@ type Inputs struct {
 	// StatefulSet as it exists, which cannot change; nil before it is
 	// made, when the spec's size is used.
 	NATSClaimTemplateSize *resource.Quantity
+	// PlatformAssignsUID leaves the pods' user, group and fsGroup to the
+	// platform (OpenShift's restricted SCC assigns them from the
+	// namespace's range and refuses pods that name others).
+	PlatformAssignsUID bool
 }
 
 // image is the kez-chat image of kc's pods.
@@ -82,7 +87,7 @@ func componentDeployment(kc *chatv1.KezChat, in Inputs, d componentSpec) *appsv1
 				Spec: corev1.PodSpec{
 					ServiceAccountName:            namesOf(kc).serviceAccount(),
 					AutomountServiceAccountToken:  ptr.To(false),
-					SecurityContext:               podSecurityContext(),
+					SecurityContext:               podSecurityContext(in),
 					ImagePullSecrets:              kc.Spec.ImagePullSecrets,
 					NodeSelector:                  d.scheduling.NodeSelector,
 					Tolerations:                   d.scheduling.Tolerations,
@@ -114,16 +119,21 @@ func componentDeployment(kc *chatv1.KezChat, in Inputs, d componentSpec) *appsv1
 }
 
 // podSecurityContext makes every pod run as an unprivileged user with the
-// runtime's default seccomp profile.
-func podSecurityContext() *corev1.PodSecurityContext {
-	return &corev1.PodSecurityContext{
+// runtime's default seccomp profile: uid 10001, or the one the platform
+// assigns when in says so (the images write only to their volumes, which
+// fsGroup, the platform's then, makes writable).
+func podSecurityContext(in Inputs) *corev1.PodSecurityContext {
+	sc := &corev1.PodSecurityContext{
 		RunAsNonRoot:        ptr.To(true),
-		RunAsUser:           ptr.To[int64](kezUID),
-		RunAsGroup:          ptr.To[int64](kezUID),
-		FSGroup:             ptr.To[int64](kezUID),
 		FSGroupChangePolicy: ptr.To(corev1.FSGroupChangeOnRootMismatch),
 		SeccompProfile:      &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 	}
+	if !in.PlatformAssignsUID {
+		sc.RunAsUser = ptr.To[int64](kezUID)
+		sc.RunAsGroup = ptr.To[int64](kezUID)
+		sc.FSGroup = ptr.To[int64](kezUID)
+	}
+	return sc
 }
 
 // containerSecurityContext drops every capability and keeps the root file

@@ -34,6 +34,7 @@ type operatorFlags struct {
 	namespaces             string
 	image                  string
 	maxConcurrent          int
+	platformAssignsUID     bool
 	log                    logFlags
 }
 
@@ -50,6 +51,8 @@ func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error 
 	fs.StringVar(&f.namespaces, "watch-namespaces", "", "comma-separated namespaces to manage KezChats in; empty means all")
 	fs.StringVar(&f.image, "image", imageRepository+":"+version, "image for KezChats that name none: the operator's own, so versions match")
 	fs.IntVar(&f.maxConcurrent, "max-concurrent-reconciles", 4, "KezChats reconciled at once")
+	fs.BoolVar(&f.platformAssignsUID, "platform-assigns-uid", false,
+		"name no runAsUser, runAsGroup or fsGroup in KezChat pods (still runAsNonRoot): the platform assigns them, as OpenShift's restricted SCC does")
 	f.log.register(fs, "json")
 	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {
@@ -94,12 +97,13 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		return fmt.Errorf("creating the controller manager: %w", err)
 	}
 	r := &controllers.KezChatReconciler{
-		Client:       mgr.GetClient(),
-		APIReader:    mgr.GetAPIReader(),
-		Scheme:       scheme,
-		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
-		DefaultImage: f.image,
-		Namespaces:   namespaces,
+		Client:             mgr.GetClient(),
+		APIReader:          mgr.GetAPIReader(),
+		Scheme:             scheme,
+		Recorder:           mgr.GetEventRecorder("kez-chat-operator"),
+		DefaultImage:       f.image,
+		Namespaces:         namespaces,
+		PlatformAssignsUID: f.platformAssignsUID,
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: f.maxConcurrent}); err != nil {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)
