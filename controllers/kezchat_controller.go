@@ -99,10 +99,13 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err != nil {
 		obs.failure = err
 		obs.failureReason = ReasonReconcileFailed
-		if errors.Is(err, errVAPIDSecret) || errors.Is(err, errNATSAuthSecret) {
+		if errors.Is(err, errVAPIDSecret) || errors.Is(err, errNATSAuthSecret) || errors.Is(err, errVolumeExpansion) {
 			obs.failureReason = ReasonVAPIDSecret
 			if errors.Is(err, errNATSAuthSecret) {
 				obs.failureReason = ReasonNATSAuthSecret
+			}
+			if errors.Is(err, errVolumeExpansion) {
+				obs.failureReason = ReasonVolumeExpansion
 			}
 			result, err = ctrl.Result{RequeueAfter: retryUserError}, nil
 		}
@@ -118,6 +121,7 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 // should not, and observes its workloads.
 func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.KezChat) (observed, ctrl.Result, error) {
 	var obs observed
+	var expansionRefused error
 	in := Inputs{DefaultImage: r.DefaultImage, PlatformAssignsUID: r.PlatformAssignsUID}
 	if kc.Spec.Push.IsEnabled() {
 		key, created, rotated, err := r.ensureVAPID(ctx, kc)
@@ -144,9 +148,14 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "Created", "Create", "created NATS auth Secret %s", auth.secretName)
 		}
 		in.NATSAuth = auth
-		if in.NATSClaimTemplateSize, err = r.expandNATSVolumes(ctx, kc); err != nil {
+		vols, err := r.expandNATSVolumes(ctx, kc)
+		if err != nil {
 			return obs, ctrl.Result{}, err
 		}
+		in.NATSClaimTemplateSize, in.NATSStoreSize = vols.templateSize, vols.storeSize
+		// A refused expansion is the user's to fix; the rest of the spec
+		// applies meanwhile, and the status says so at the end.
+		expansionRefused = vols.refused
 	}
 
 	for _, obj := range desiredObjects(kc, in) {
@@ -205,7 +214,7 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			return obs, ctrl.Result{}, err
 		}
 	}
-	return obs, ctrl.Result{}, nil
+	return obs, ctrl.Result{}, expansionRefused
 }
 
 func (r *KezChatReconciler) observeDeployment(ctx context.Context, kc *chatv1.KezChat, name string, desired int32) (*componentState, error) {

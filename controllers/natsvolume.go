@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -60,49 +61,88 @@ func claimToGrow(pvc *corev1.PersistentVolumeClaim, want resource.Quantity) bool
 	return !ok || have.Cmp(want) < 0
 }
 
+// errVolumeExpansion marks a claim the API server would not grow (its
+// storage class does not allow expansion): the user must act, and
+// everything else of the spec still applies.
+var errVolumeExpansion = errors.New("NATS volume expansion refused")
+
+// natsVolumes is what expandNATSVolumes found and did.
+type natsVolumes struct {
+	// templateSize is the size in the StatefulSet's claim template, to
+	// keep applying; nil when there is no StatefulSet yet.
+	templateSize *resource.Quantity
+	// storeSize is the least any replica's claim asks for after the
+	// expansion, which max_file_store is sized from; nil when there are
+	// no claims yet.
+	storeSize *resource.Quantity
+	// refused says which claims the API server would not grow.
+	refused error
+}
+
 // expandNATSVolumes grows every NATS replica's JetStream claim to
-// spec.nats.storage.size, where the claim asks for less, and returns the
-// size of the StatefulSet's claim template to keep applying (nil when the
-// StatefulSet does not exist yet). The volume grows where the storage class
-// allows expansion; max_file_store, sized from the spec, lifts with it when
-// the new configuration rolls the pods.
-func (r *KezChatReconciler) expandNATSVolumes(ctx context.Context, kc *chatv1.KezChat) (*resource.Quantity, error) {
+// spec.nats.storage.size, where the claim asks for less. The volume grows
+// where the storage class allows expansion; max_file_store, sized from
+// what the claims ask for, lifts with it when the new configuration rolls
+// the pods. A claim the API server refuses to grow is reported in
+// refused, and keeps its size and its cap.
+func (r *KezChatReconciler) expandNATSVolumes(ctx context.Context, kc *chatv1.KezChat) (natsVolumes, error) {
+	var out natsVolumes
 	n := namesOf(kc)
 	var sts appsv1.StatefulSet
-	var found *appsv1.StatefulSet
 	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: kc.Namespace, Name: n.nats()}, &sts); {
 	case err == nil:
-		found = &sts
+		out.templateSize = natsClaimTemplateSize(&sts)
 	case !apierrors.IsNotFound(err):
-		return nil, fmt.Errorf("reading StatefulSet %s: %w", n.nats(), err)
+		return out, fmt.Errorf("reading StatefulSet %s: %w", n.nats(), err)
 	}
 	want := kc.Spec.NATS.Storage.SizeOrDefault()
 	var claims corev1.PersistentVolumeClaimList
 	if err := r.Client.List(ctx, &claims, client.InNamespace(kc.Namespace), client.MatchingLabels(selectorLabels(kc, componentNATS))); err != nil {
-		return nil, fmt.Errorf("listing NATS volume claims: %w", err)
+		return out, fmt.Errorf("listing NATS volume claims: %w", err)
 	}
+	var refused []error
 	for i := range claims.Items {
 		pvc := &claims.Items[i]
-		if !isNATSDataClaim(kc, pvc) || !claimToGrow(pvc, want) {
+		if !isNATSDataClaim(kc, pvc) {
 			continue
 		}
-		before := pvc.DeepCopy()
-		had := pvc.Spec.Resources.Requests[corev1.ResourceStorage]
-		if pvc.Spec.Resources.Requests == nil {
-			pvc.Spec.Resources.Requests = corev1.ResourceList{}
-		}
-		pvc.Spec.Resources.Requests[corev1.ResourceStorage] = want
-		// A merge patch of the one field: the StatefulSet controller owns
-		// the claim, the operator only asks for more room.
-		if err := r.Client.Patch(ctx, pvc, client.MergeFrom(before)); err != nil {
-			hint := ""
-			if apierrors.IsForbidden(err) {
-				hint = " (the claim's storage class must set allowVolumeExpansion: true)"
+		if claimToGrow(pvc, want) {
+			if err := r.growClaim(ctx, kc, pvc, want); errors.Is(err, errVolumeExpansion) {
+				refused = append(refused, err)
+			} else if err != nil {
+				return out, err
 			}
-			return nil, fmt.Errorf("expanding NATS volume claim %s to %s%s: %w", pvc.Name, want.String(), hint, err)
 		}
-		r.Recorder.Eventf(kc, pvc, corev1.EventTypeNormal, "VolumeExpanding", "Update",
-			"expanding PersistentVolumeClaim %s from %s to %s", pvc.Name, had.String(), want.String())
+		have := pvc.Spec.Resources.Requests[corev1.ResourceStorage]
+		if out.storeSize == nil || have.Cmp(*out.storeSize) < 0 {
+			out.storeSize = &have
+		}
 	}
-	return natsClaimTemplateSize(found), nil
+	out.refused = errors.Join(refused...)
+	return out, nil
+}
+
+// growClaim asks for want in pvc, by a merge patch of the one field: the
+// StatefulSet controller owns the claim, the operator only asks for more
+// room. On success pvc holds the new request.
+func (r *KezChatReconciler) growClaim(ctx context.Context, kc *chatv1.KezChat, pvc *corev1.PersistentVolumeClaim, want resource.Quantity) error {
+	had := pvc.Spec.Resources.Requests[corev1.ResourceStorage]
+	grown := pvc.DeepCopy()
+	if grown.Spec.Resources.Requests == nil {
+		grown.Spec.Resources.Requests = corev1.ResourceList{}
+	}
+	grown.Spec.Resources.Requests[corev1.ResourceStorage] = want
+	err := r.Client.Patch(ctx, grown, client.MergeFrom(pvc))
+	switch {
+	case apierrors.IsForbidden(err) || apierrors.IsInvalid(err):
+		// Most often a class without allowVolumeExpansion: true.
+		return fmt.Errorf("%w: PersistentVolumeClaim %s stays at %s (its storage class must allow expansion: allowVolumeExpansion: true): %v",
+			errVolumeExpansion, pvc.Name, had.String(), err)
+	case err != nil:
+		return fmt.Errorf("expanding NATS volume claim %s to %s: %w", pvc.Name, want.String(), err)
+	}
+	*pvc = *grown
+	r.Recorder.Eventf(kc, pvc, corev1.EventTypeNormal, "VolumeExpanding", "Update",
+		"expanding PersistentVolumeClaim %s from %s to %s", pvc.Name, had.String(), want.String())
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -30,6 +31,12 @@ func TestNATSClaimTemplateKeepsItsSizeWhileTheCapFollowsTheSpec(t *testing.T) {
 	before := natsStatefulSet(newKezChat(), in)
 	if sts.Spec.Template.Annotations[configHashAnnotation] == before.Spec.Template.Annotations[configHashAnnotation] {
 		t.Error("growing the volume does not roll the NATS pods onto the new max_file_store")
+	}
+	// While a claim still asks for less (its expansion refused), the cap
+	// stays what that claim holds.
+	in.NATSStoreSize = ptr.To(resource.MustParse("1Gi"))
+	if conf := natsConf(grown, in); !strings.Contains(conf, "max_file_store: 966367638\n") {
+		t.Errorf("max_file_store is not 90%% of the smallest claim's 1Gi:\n%s", conf)
 	}
 	fresh := natsStatefulSet(grown, testInputs)
 	if got := fresh.Spec.VolumeClaimTemplates[0].Spec.Resources.Requests[corev1.ResourceStorage]; got.Cmp(resource.MustParse("10Gi")) != 0 {
@@ -133,4 +140,59 @@ func TestGrowingNATSStorageExpandsTheReplicasClaims(t *testing.T) {
 	}
 	// Nothing failed on the way: the apply of the StatefulSet went through.
 	waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionDegraded: "False"})
+}
+
+// A storage class without expansion cannot grow the claims: the KezChat
+// says so (Degraded, reason VolumeExpansionRefused), max_file_store keeps
+// to the volume, and the rest of the spec still applies.
+func TestARefusedNATSExpansionIsReportedAndBlocksNothingElse(t *testing.T) {
+	ns := testNamespace(t)
+	class := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: ns + "-fixed"}, Provisioner: "example.org/test"}
+	if err := k8s.Create(ctx, class); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k8s.Delete(ctx, class) })
+	startManager(t, ns)
+	createKezChat(t, ns, func(kc *chatv1.KezChat) {
+		kc.Spec.Server.Store = chatv1.StoreJetStream
+		kc.Spec.NATS.Storage.StorageClassName = ptr.To(class.Name)
+	})
+	sts := waitFor[appsv1.StatefulSet](t, ns, "chat-nats", nil)
+	tmpl := sts.Spec.VolumeClaimTemplates[0]
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: "data-chat-nats-0", Namespace: ns, Labels: tmpl.Labels},
+		Spec:       tmpl.Spec,
+	}
+	pvc.Spec.VolumeName = "pv-" + ns
+	if err := k8s.Create(ctx, pvc); err != nil {
+		t.Fatal(err)
+	}
+	pvc.Status = corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound,
+		Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}
+	if err := k8s.Status().Update(ctx, pvc); err != nil {
+		t.Fatal(err)
+	}
+
+	updateKezChat(t, ns, func(kc *chatv1.KezChat) {
+		kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("5Gi"))
+		kc.Spec.Image = "registry.example/kezchat:v2"
+	})
+	kc := waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionDegraded: "True", chatv1.ConditionStalled: "True"})
+	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionDegraded); c.Reason != ReasonVolumeExpansion ||
+		!strings.Contains(c.Message, "data-chat-nats-0") || !strings.Contains(c.Message, "allowVolumeExpansion") {
+		t.Errorf("Degraded %s: %s", c.Reason, c.Message)
+	}
+	waitFor[appsv1.Deployment](t, ns, "chat-server", func(d *appsv1.Deployment) error {
+		if d.Spec.Template.Spec.Containers[0].Image != "registry.example/kezchat:v2" {
+			return errors.New("the rest of the spec did not apply")
+		}
+		return nil
+	})
+	cm := waitFor[corev1.ConfigMap](t, ns, "chat-nats-config", nil)
+	if !strings.Contains(cm.Data[natsConfigFile], "max_file_store: 966367638\n") {
+		t.Errorf("max_file_store left the 1Gi volume behind:\n%s", cm.Data[natsConfigFile])
+	}
+	if got, _ := get[corev1.PersistentVolumeClaim](ns, "data-chat-nats-0"); got.Spec.Resources.Requests.Storage().Cmp(resource.MustParse("1Gi")) != 0 {
+		t.Errorf("claim asks for %s", got.Spec.Resources.Requests.Storage())
+	}
 }

@@ -35,6 +35,10 @@ type Inputs struct {
 	// StatefulSet as it exists, which cannot change; nil before it is
 	// made, when the spec's size is used.
 	NATSClaimTemplateSize *resource.Quantity
+	// NATSStoreSize is the least a NATS replica's claim asks for, which
+	// max_file_store is sized from; nil before there are claims, when the
+	// spec's size is used.
+	NATSStoreSize *resource.Quantity
 	// PlatformAssignsUID leaves the pods' user, group and fsGroup to the
 	// platform (OpenShift's restricted SCC assigns them from the
 	// namespace's range and refuses pods that name others).

@@ -26,6 +26,7 @@ const (
 	ReasonNATSAuthSecret    = "NATSAuthSecretInvalid"
 	ReasonAsExpected        = "AsExpected"
 	ReasonStorageFull       = "StorageFull"
+	ReasonVolumeExpansion   = "VolumeExpansionRefused"
 )
 
 // componentState is what the reconcile saw of one component's workload.
