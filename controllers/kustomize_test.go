@@ -5,7 +5,10 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
 )
 
 // `kubectl apply -k config/default` runs the release the chart installs,
@@ -40,4 +43,29 @@ func TestConfigDefaultRunsTheChartsRelease(t *testing.T) {
 		return
 	}
 	t.Fatal("config/default has no Deployment")
+}
+
+// config/openshift is config/default with the users left to the platform.
+func TestConfigOpenShiftLeavesTheUserToThePlatform(t *testing.T) {
+	var found bool
+	for _, u := range kustomizeBuild(t, "openshift") {
+		if u.GetKind() != "Deployment" {
+			continue
+		}
+		found = true
+		var d appsv1.Deployment
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &d); err != nil {
+			t.Fatal(err)
+		}
+		sc := d.Spec.Template.Spec.SecurityContext
+		if sc == nil || !ptr.Deref(sc.RunAsNonRoot, false) || sc.RunAsUser != nil || sc.RunAsGroup != nil {
+			t.Errorf("operator pod security context %+v, want non-root with no user or group", sc)
+		}
+		if v, _ := envValue(d.Spec.Template.Spec.Containers[0], "KEZ_PLATFORM_ASSIGNS_UID"); v != "true" {
+			t.Errorf("KEZ_PLATFORM_ASSIGNS_UID=%q: the KezChats' pods would name uid 10001", v)
+		}
+	}
+	if !found {
+		t.Fatal("config/openshift has no Deployment")
+	}
 }
