@@ -407,6 +407,8 @@ func TestChartSchemaRefusesBadValues(t *testing.T) {
 		{"operator.maxConcurrentReconciles=0"},
 		{"kezChat.enabled=true", "kezChat.spec.domain=Not A Domain"},
 		{"kezChat.spec.domain=null"},
+		{"kezChat.enabled=true", "kezChat.spec.domain=chat.example.org", "kezChat.name=chat.example"},
+		{"kezChat.enabled=true", "kezChat.spec.domain=chat.example.org", "kezChat.name=" + strings.Repeat("c", 48)},
 		{"replicaCount=-1"},
 		{"typo=true"},
 	} {
