@@ -158,11 +158,28 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 		expansionRefused = vols.refused
 	}
 
+	claims, err := r.claimSizes(ctx, kc)
+	if err != nil {
+		return obs, ctrl.Result{}, err
+	}
+	if size, ok := claims[namesOf(kc).serverData()]; ok {
+		in.ServerStoreSize = &size
+	}
 	for _, obj := range desiredObjects(kc, in) {
 		if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
 			return obs, ctrl.Result{}, err
 		}
 		res, err := r.apply(ctx, obj)
+		if pvc, ok := obj.(*corev1.PersistentVolumeClaim); ok && err != nil {
+			// A bigger claim the API server will not grow is the
+			// user's to fix; it blocks nothing else of the spec.
+			if had, existed := claims[pvc.Name]; existed {
+				if refused := refusedGrowth(pvc, had, err); refused != nil {
+					expansionRefused = errors.Join(expansionRefused, refused)
+					continue
+				}
+			}
+		}
 		if err != nil {
 			return obs, ctrl.Result{}, err
 		}
@@ -185,7 +202,6 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	}
 
 	n := namesOf(kc)
-	var err error
 	if obs.server, err = r.observeDeployment(ctx, kc, n.server(), kc.Spec.Server.ReplicaCount()); err != nil {
 		return obs, ctrl.Result{}, err
 	}

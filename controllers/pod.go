@@ -39,6 +39,9 @@ type Inputs struct {
 	// max_file_store is sized from; nil before there are claims, when the
 	// spec's size is used.
 	NATSStoreSize *resource.Quantity
+	// ServerStoreSize is what the SQLite volume's claim asks for, which the
+	// server's byte limits follow; nil before the claim exists.
+	ServerStoreSize *resource.Quantity
 	// PlatformAssignsUID leaves the pods' user, group and fsGroup to the
 	// platform (OpenShift's restricted SCC assigns them from the
 	// namespace's range and refuses pods that name others).

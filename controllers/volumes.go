@@ -146,3 +146,30 @@ func (r *KezChatReconciler) growClaim(ctx context.Context, kc *chatv1.KezChat, p
 		"expanding PersistentVolumeClaim %s from %s to %s", pvc.Name, had.String(), want.String())
 	return nil
 }
+
+// claimSizes is what each of kc's own claims (the server's, the
+// sig-server's) asks for now, by name, from the cache.
+func (r *KezChatReconciler) claimSizes(ctx context.Context, kc *chatv1.KezChat) (map[string]resource.Quantity, error) {
+	sizes := map[string]resource.Quantity{}
+	n := namesOf(kc)
+	for _, name := range []string{n.serverData(), n.sigServerData()} {
+		var pvc corev1.PersistentVolumeClaim
+		switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: kc.Namespace, Name: name}, &pvc); {
+		case err == nil:
+			sizes[name] = pvc.Spec.Resources.Requests[corev1.ResourceStorage]
+		case !apierrors.IsNotFound(err):
+			return nil, fmt.Errorf("reading PersistentVolumeClaim %s: %w", name, err)
+		}
+	}
+	return sizes, nil
+}
+
+// refusedGrowth tells whether err, from applying an existing claim, is the
+// API server refusing to grow it, and says so for the status.
+func refusedGrowth(pvc *corev1.PersistentVolumeClaim, had resource.Quantity, err error) error {
+	if !apierrors.IsForbidden(err) && !apierrors.IsInvalid(err) {
+		return nil
+	}
+	return fmt.Errorf("%w: PersistentVolumeClaim %s stays at %s (its storage class must allow expansion: allowVolumeExpansion: true): %v",
+		errVolumeExpansion, pvc.Name, had.String(), err)
+}

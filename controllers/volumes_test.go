@@ -3,6 +3,7 @@ package controllers
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -194,5 +195,70 @@ func TestARefusedNATSExpansionIsReportedAndBlocksNothingElse(t *testing.T) {
 	}
 	if got, _ := get[corev1.PersistentVolumeClaim](ns, "data-chat-nats-0"); got.Spec.Resources.Requests.Storage().Cmp(resource.MustParse("1Gi")) != 0 {
 		t.Errorf("claim asks for %s", got.Spec.Resources.Requests.Storage())
+	}
+}
+
+// The same for the SQLite volume: a class without expansion keeps the
+// claim and the server's --max-db-bytes at the old size, says so, and
+// blocks nothing else; the user cannot shrink the spec back (the CRD
+// refuses), so a blocked reconcile would be for good.
+func TestARefusedServerVolumeGrowthBlocksNothingElse(t *testing.T) {
+	ns := testNamespace(t)
+	class := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: ns + "-fixed"}, Provisioner: "example.org/test"}
+	if err := k8s.Create(ctx, class); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k8s.Delete(ctx, class) })
+	startManager(t, ns)
+	createKezChat(t, ns, func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = ptr.To(class.Name) })
+	waitFor[corev1.PersistentVolumeClaim](t, ns, "chat-server-data", nil)
+	// Bound, as a provisioner would leave it, so that only the class
+	// stands in the way of growing it.
+	eventually(t, waitTimeout, "binding the claim", func() error {
+		pvc, err := get[corev1.PersistentVolumeClaim](ns, "chat-server-data")
+		if err != nil {
+			return err
+		}
+		pvc.Spec.VolumeName = "pv-" + ns
+		if err := k8s.Update(ctx, pvc); err != nil {
+			return err
+		}
+		pvc.Status = corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound,
+			Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}
+		return k8s.Status().Update(ctx, pvc)
+	})
+
+	updateKezChat(t, ns, func(kc *chatv1.KezChat) {
+		kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("5Gi"))
+		kc.Spec.Image = "registry.example/kezchat:v2"
+	})
+	kc := waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionDegraded: "True"})
+	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionDegraded); c.Reason != ReasonVolumeExpansion ||
+		!strings.Contains(c.Message, "chat-server-data") {
+		t.Errorf("Degraded %s: %s", c.Reason, c.Message)
+	}
+	d := waitFor[appsv1.Deployment](t, ns, "chat-server", func(d *appsv1.Deployment) error {
+		if d.Spec.Template.Spec.Containers[0].Image != "registry.example/kezchat:v2" {
+			return errors.New("the rest of the spec did not apply")
+		}
+		return nil
+	})
+	if args := d.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--max-db-bytes=966367638") {
+		t.Errorf("args %q: --max-db-bytes left the 1Gi volume behind", args)
+	}
+}
+
+// The server's limits follow what its claim asks for, never more than the
+// spec: a claim still at 1Gi (growth refused) keeps the 1Gi limits.
+func TestServerLimitsFollowTheClaim(t *testing.T) {
+	kc := newKezChat(func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("10Gi")) })
+	in := testInputs
+	in.ServerStoreSize = ptr.To(resource.MustParse("1Gi"))
+	if args := storageLimits(kc, in); !slices.Contains(args, "--max-db-bytes=966367638") {
+		t.Errorf("claim at 1Gi: %q", args)
+	}
+	in.ServerStoreSize = ptr.To(resource.MustParse("20Gi"))
+	if args := storageLimits(kc, in); !slices.Contains(args, "--max-db-bytes=9663676416") {
+		t.Errorf("claim bigger than the spec: %q, want the spec's 10Gi", args)
 	}
 }
