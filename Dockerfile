@@ -47,6 +47,9 @@ RUN mkdir -p /rootfs/etc/ssl/certs \
 	&& echo 'kezchat:x:10001:' >/rootfs/etc/group
 
 # Nothing but the binary, CA certificates and uid 10001: no shell, no libc.
+# Any other uid works as well (OpenShift assigns one, with the operator's
+# --platform-assigns-uid): every file here is world-readable and nothing in
+# the image is written, only volumes and /tmp.
 FROM scratch
 ARG VERSION=dev
 ARG COMMIT=unknown

@@ -353,6 +353,21 @@ func TestChartOptions(t *testing.T) {
 			t.Errorf("KEZ_UPGRADE_TIMEOUT = %q", v)
 		}
 	})
+	t.Run("platformAssignsUID", func(t *testing.T) {
+		for _, assigns := range []bool{false, true} {
+			ps := deployment(t, render(t, fmt.Sprintf("platformAssignsUID=%v", assigns))).Spec.Template.Spec
+			sc := ps.SecurityContext
+			if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+				t.Errorf("platformAssignsUID=%v: the operator may run as root: %+v", assigns, sc)
+			}
+			if named := sc.RunAsUser != nil || sc.RunAsGroup != nil; named == assigns {
+				t.Errorf("platformAssignsUID=%v: runAsUser %v runAsGroup %v", assigns, sc.RunAsUser, sc.RunAsGroup)
+			}
+			if v, _ := envValue(ps.Containers[0], "KEZ_PLATFORM_ASSIGNS_UID"); v != fmt.Sprint(assigns) {
+				t.Errorf("platformAssignsUID=%v: KEZ_PLATFORM_ASSIGNS_UID=%q, so KezChat pods would not follow", assigns, v)
+			}
+		}
+	})
 	t.Run("serviceMonitor", func(t *testing.T) {
 		objs := render(t, "serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")
 		sm := find(objs, "ServiceMonitor", "kc-kez-chat-operator")
@@ -409,6 +424,8 @@ func TestChartSchemaRefusesBadValues(t *testing.T) {
 		{"operator.upgradeTimeout=soon"},
 		{"kezChat.enabled=true", "kezChat.spec.domain=Not A Domain"},
 		{"kezChat.spec.domain=null"},
+		{"kezChat.enabled=true", "kezChat.spec.domain=chat.example.org", "kezChat.name=chat.example"},
+		{"kezChat.enabled=true", "kezChat.spec.domain=chat.example.org", "kezChat.name=" + strings.Repeat("c", 48)},
 		{"replicaCount=-1"},
 		{"typo=true"},
 	} {
@@ -422,5 +439,48 @@ func TestChartSchemaRefusesBadValues(t *testing.T) {
 		} else if !strings.Contains(err.Error(), "values don't meet the specifications of the schema") {
 			t.Errorf("refuses %q, but not by the schema: %v", set, err)
 		}
+	}
+}
+
+// Values the schema passes but that would run the operator unsafely are
+// refused with a message that says what to set.
+func TestChartRefusesUnsafeValues(t *testing.T) {
+	for _, tt := range []struct {
+		set  []string
+		want string
+	}{
+		{[]string{"replicaCount=2", "operator.leaderElect=false"}, "replicaCount > 1 needs operator.leaderElect=true"},
+		{[]string{"serviceAccount.create=false"}, "serviceAccount.create=false needs serviceAccount.name"},
+		{[]string{"serviceAccount.create=false", "rbac.scope=namespace"}, "serviceAccount.create=false needs serviceAccount.name"},
+	} {
+		args := []string{"template", "kc", chart}
+		for _, s := range tt.set {
+			args = append(args, "--set", s)
+		}
+		out, err := helm(t, nil, args...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: got %v, want a failure saying %q", tt.set, err, tt.want)
+		}
+		if strings.Contains(out, "name: default") {
+			t.Errorf("%q binds a role to the default ServiceAccount:\n%s", tt.set, out)
+		}
+	}
+	// The safe forms render: one replica without leader election, and a
+	// ServiceAccount of the user's, which the roles are bound to.
+	render(t, "replicaCount=1", "operator.leaderElect=false")
+	objs := render(t, "serviceAccount.create=false", "serviceAccount.name=ops-operator")
+	for _, kind := range []string{"ClusterRoleBinding", "RoleBinding"} {
+		for _, u := range objs {
+			if u.GetKind() != kind {
+				continue
+			}
+			subjects, _, _ := unstructured.NestedSlice(u.Object, "subjects")
+			if len(subjects) != 1 || subjects[0].(map[string]any)["name"] != "ops-operator" {
+				t.Errorf("%s %s binds %v, want ServiceAccount ops-operator", kind, u.GetName(), subjects)
+			}
+		}
+	}
+	if find(objs, "ServiceAccount", "ops-operator") != nil {
+		t.Error("serviceAccount.create=false made a ServiceAccount")
 	}
 }

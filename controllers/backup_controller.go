@@ -51,6 +51,9 @@ type KezChatBackupReconciler struct {
 	// DefaultImage takes the backup when the chat server's Deployment
 	// does not exist to say which image runs: the operator's own.
 	DefaultImage string
+	// PlatformAssignsUID leaves the backup pods' uid, gid and fsGroup to
+	// the platform, as the KezChat's own pods.
+	PlatformAssignsUID bool
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -251,7 +254,7 @@ func (r *KezChatBackupReconciler) createJob(ctx context.Context, b *chatv1.KezCh
 	if err != nil {
 		return nil, err
 	}
-	job := backupJob(kc, b, part, image)
+	job := backupJob(kc, b, part, image, Inputs{PlatformAssignsUID: r.PlatformAssignsUID})
 	if err := controllerutil.SetControllerReference(b, job, r.Scheme); err != nil {
 		return nil, err
 	}

@@ -225,7 +225,7 @@ func backupArgs(kc *chatv1.KezChat, id string, part chatv1.BackupPart) []string 
 // a read-only root, without API credentials) beside the pod that mounts
 // the part's ReadWriteOnce volume, on the same node, so both may mount it.
 // Its result is the container's termination message.
-func backupJob(kc *chatv1.KezChat, backup *chatv1.KezChatBackup, part chatv1.BackupPart, image string) *batchv1.Job {
+func backupJob(kc *chatv1.KezChat, backup *chatv1.KezChatBackup, part chatv1.BackupPart, image string, in Inputs) *batchv1.Job {
 	n := namesOf(kc)
 	store := &kc.Spec.Backup.ObjectStore
 	src := sourceOf(kc, part)
@@ -242,9 +242,9 @@ func backupJob(kc *chatv1.KezChat, backup *chatv1.KezChatBackup, part chatv1.Bac
 	podLabels[backupNameLabel] = backup.Name
 	podLabels[backupPartLabel] = string(part)
 
-	var sched scheduling
+	var sched chatv1.Scheduling
 	if src.component != "" {
-		sched.affinity = &corev1.Affinity{PodAffinity: &corev1.PodAffinity{
+		sched.Affinity = &corev1.Affinity{PodAffinity: &corev1.PodAffinity{
 			RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
 				LabelSelector: &metav1.LabelSelector{MatchLabels: selectorLabels(kc, src.component)},
 				TopologyKey:   corev1.LabelHostname,
@@ -252,7 +252,8 @@ func backupJob(kc *chatv1.KezChat, backup *chatv1.KezChatBackup, part chatv1.Bac
 		}}
 		if src.component == componentServer {
 			// Wherever the chat server may run, its backup may too.
-			sched.nodeSelector, sched.tolerations = kc.Spec.Server.NodeSelector, kc.Spec.Server.Tolerations
+			sched.NodeSelector, sched.Tolerations = kc.Spec.Server.NodeSelector, kc.Spec.Server.Tolerations
+			sched.PriorityClassName = kc.Spec.Server.PriorityClassName
 		}
 	}
 
@@ -270,11 +271,12 @@ func backupJob(kc *chatv1.KezChat, backup *chatv1.KezChatBackup, part chatv1.Bac
 					RestartPolicy:                corev1.RestartPolicyNever,
 					ServiceAccountName:           n.serviceAccount(),
 					AutomountServiceAccountToken: ptr.To(false),
-					SecurityContext:              podSecurityContext(),
+					SecurityContext:              podSecurityContext(in),
 					ImagePullSecrets:             kc.Spec.ImagePullSecrets,
-					NodeSelector:                 sched.nodeSelector,
-					Tolerations:                  sched.tolerations,
-					Affinity:                     sched.affinity,
+					NodeSelector:                 sched.NodeSelector,
+					Tolerations:                  sched.Tolerations,
+					Affinity:                     sched.Affinity,
+					PriorityClassName:            sched.PriorityClassName,
 					Containers: []corev1.Container{{
 						Name:            "backup",
 						Image:           image,

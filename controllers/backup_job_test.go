@@ -101,7 +101,7 @@ func TestBackupJobRunsBesideThePartsVolumeLockedDown(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			kc := newKezChat(tt.spec...)
-			job := backupJob(kc, newBackup("20261202T030000Z-abcd1234"), tt.part, "registry.example/kezchat:v1")
+			job := backupJob(kc, newBackup("20261202T030000Z-abcd1234"), tt.part, "registry.example/kezchat:v1", Inputs{})
 			pod := job.Spec.Template.Spec
 			c := pod.Containers[0]
 
@@ -174,7 +174,7 @@ func TestBackupJobTrustsTheNamedCA(t *testing.T) {
 	kc := newKezChat(withBackup, func(kc *chatv1.KezChat) {
 		kc.Spec.Backup.ObjectStore.CASecret = &chatv1.SecretKeyReference{Name: "s3-ca"}
 	})
-	pod := backupJob(kc, newBackup("ID"), chatv1.BackupPartServer, "img").Spec.Template.Spec
+	pod := backupJob(kc, newBackup("ID"), chatv1.BackupPartServer, "img", Inputs{}).Spec.Template.Spec
 	ca := volumeNamed(pod.Volumes, "s3-ca")
 	if ca == nil || ca.Secret.SecretName != "s3-ca" || ca.Secret.Items[0].Key != "ca.crt" || ca.Secret.Items[0].Path != "ca.crt" {
 		t.Fatalf("CA volume %+v", ca)

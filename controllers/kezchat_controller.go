@@ -42,8 +42,8 @@ import (
 )
 
 // retryUserError is how soon a KezChat that needs its user's attention (a
-// missing VAPID Secret) is looked at again, since the operator does not
-// watch the user's Secrets.
+// missing VAPID Secret) is looked at again; the watch of users' Secrets
+// (usersecrets.go) usually wakes it sooner.
 const retryUserError = time.Minute
 
 // KezChatReconciler reconciles KezChat objects.
@@ -75,6 +75,12 @@ type KezChatReconciler struct {
 	PreUpgrade PreUpgradeHook
 	// upgradeSlots serializes the taking of upgrade slots (claimSlot).
 	upgradeSlots sync.Mutex
+	// Namespaces the operator manages KezChats in (all when empty), for
+	// the watch of users' Secrets.
+	Namespaces []string
+	// PlatformAssignsUID leaves the pods' uid, gid and fsGroup to the
+	// platform (OpenShift's restricted SCC).
+	PlatformAssignsUID bool
 }
 
 // +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats,verbs=get;list;watch
@@ -104,11 +110,12 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	if kc.Annotations[chatv1.ReconcileAnnotation] == chatv1.ReconcilePaused {
 		logger.V(1).Info("reconciliation paused by annotation", "annotation", chatv1.ReconcileAnnotation)
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.notePaused(ctx, &kc)
 	}
 	if err := r.ensureFinalizer(ctx, &kc); err != nil {
 		return ctrl.Result{}, err
 	}
+	r.noteResumed(&kc)
 
 	obs, result, err := r.reconcileChildren(ctx, &kc)
 	if apierrors.IsConflict(err) {
@@ -119,10 +126,13 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err != nil {
 		obs.failure = err
 		obs.failureReason = ReasonReconcileFailed
-		if errors.Is(err, errVAPIDSecret) || errors.Is(err, errNATSAuthSecret) {
+		if errors.Is(err, errVAPIDSecret) || errors.Is(err, errNATSAuthSecret) || errors.Is(err, errVolumeExpansion) {
 			obs.failureReason = ReasonVAPIDSecret
 			if errors.Is(err, errNATSAuthSecret) {
 				obs.failureReason = ReasonNATSAuthSecret
+			}
+			if errors.Is(err, errVolumeExpansion) {
+				obs.failureReason = ReasonVolumeExpansion
 			}
 			result, err = ctrl.Result{RequeueAfter: retryUserError}, nil
 		}
@@ -138,7 +148,8 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 // should not, and observes its workloads.
 func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.KezChat) (observed, ctrl.Result, error) {
 	var obs observed
-	in := Inputs{DefaultImage: r.DefaultImage, DefaultNATSImage: r.DefaultNATSImage}
+	var expansionRefused error
+	in := Inputs{DefaultImage: r.DefaultImage, DefaultNATSImage: r.DefaultNATSImage, PlatformAssignsUID: r.PlatformAssignsUID}
 	if kc.Spec.Push.IsEnabled() {
 		key, created, rotated, err := r.ensureVAPID(ctx, kc)
 		if err != nil {
@@ -164,6 +175,14 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "Created", "Create", "created NATS auth Secret %s", auth.secretName)
 		}
 		in.NATSAuth = auth
+		vols, err := r.expandNATSVolumes(ctx, kc)
+		if err != nil {
+			return obs, ctrl.Result{}, err
+		}
+		in.NATSClaimTemplateSize, in.NATSStoreSize = vols.templateSize, vols.storeSize
+		// A refused expansion is the user's to fix; the rest of the spec
+		// applies meanwhile, and the status says so at the end.
+		expansionRefused = vols.refused
 	}
 
 	// Which images: the operator's, or, queued for an upgrade, those
@@ -175,6 +194,13 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	obs.upgrade = upgrade
 	r.announceUpgrade(kc, upgrade)
 
+	claims, err := r.claimSizes(ctx, kc)
+	if err != nil {
+		return obs, ctrl.Result{}, err
+	}
+	if size, ok := claims[namesOf(kc).serverData()]; ok {
+		in.ServerStoreSize = &size
+	}
 	for _, obj := range desiredObjects(kc, in) {
 		if ownedByKezChat(kc, obj) {
 			if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
@@ -182,6 +208,16 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			}
 		}
 		res, err := r.apply(ctx, obj)
+		if pvc, ok := obj.(*corev1.PersistentVolumeClaim); ok && err != nil {
+			// A bigger claim the API server will not grow is the
+			// user's to fix; it blocks nothing else of the spec.
+			if had, existed := claims[pvc.Name]; existed {
+				if refused := refusedGrowth(pvc, had, err); refused != nil {
+					expansionRefused = errors.Join(expansionRefused, refused)
+					continue
+				}
+			}
+		}
 		if err != nil {
 			return obs, ctrl.Result{}, err
 		}
@@ -232,7 +268,7 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			return obs, ctrl.Result{}, err
 		}
 	}
-	return obs, ctrl.Result{RequeueAfter: upgrade.decision.requeueAfter}, nil
+	return obs, ctrl.Result{RequeueAfter: upgrade.decision.requeueAfter}, expansionRefused
 }
 
 func (r *KezChatReconciler) observeDeployment(ctx context.Context, kc *chatv1.KezChat, name string, desired int32) (*componentState, error) {
@@ -286,6 +322,10 @@ func (r *KezChatReconciler) writeStatus(ctx context.Context, kc *chatv1.KezChat,
 // SetupWithManager registers the reconciler with mgr, watching KezChats
 // and every kind of child, so that a deleted or edited child is put back.
 func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+	userSecrets, err := r.userSecretSource(mgr)
+	if err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		// Status writes change neither generation nor annotations, so the
 		// operator's own status updates do not wake it.
@@ -306,6 +346,7 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		// The data under deletionPolicy Retain has no owner.
 		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(instanceOf)).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(instanceOf)).
+		WatchesRawSource(userSecrets).
 		WithOptions(opts).
 		Named("kezchat").
 		Complete(r)

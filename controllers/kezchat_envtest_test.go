@@ -167,6 +167,7 @@ func markAllReady(t *testing.T, ns string) {
 var readyConditions = map[string]metav1.ConditionStatus{
 	chatv1.ConditionReady: "True", chatv1.ConditionProgressing: "False", chatv1.ConditionDegraded: "False",
 	chatv1.ConditionServerReady: "True", chatv1.ConditionNATSReady: "True", chatv1.ConditionSigServerReady: "True",
+	chatv1.ConditionReconciling: "False", chatv1.ConditionStalled: "False",
 }
 
 func controlledBy(obj client.Object, kc *chatv1.KezChat) error {
@@ -592,6 +593,9 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		{"push subject not a URL", func(kc *chatv1.KezChat) { kc.Spec.Push.Subject = "ftp://x" }, "spec.push.subject"},
 		{"a trusted proxy not a CIDR", func(kc *chatv1.KezChat) { kc.Spec.Ingress.TrustedProxies = []string{"10.0.0.0/8", "ingress"} }, "trustedProxies must be CIDRs"},
 		{"an ingress namespace not a name", func(kc *chatv1.KezChat) { kc.Spec.Ingress.ControllerNamespace = "Ingress_NGINX" }, "spec.ingress.controllerNamespace"},
+		{"a name with a dot", func(kc *chatv1.KezChat) { kc.Name = "chat.example" }, "metadata.name must be at most 47 characters"},
+		{"a name too long for its children", func(kc *chatv1.KezChat) { kc.Name = strings.Repeat("c", chatv1.MaxNameLength+1) }, "metadata.name must be at most 47"},
+		{"a name starting with a digit (no Service name)", func(kc *chatv1.KezChat) { kc.Name = "1chat" }, "metadata.name must be"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -605,6 +609,13 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		})
 	}
 
+	// The longest name admitted makes valid children.
+	longest := &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Name: strings.Repeat("c", chatv1.MaxNameLength), Namespace: ns},
+		Spec: chatv1.KezChatSpec{Domain: "chat.example.org"}}
+	if err := k8s.Create(ctx, longest); err != nil {
+		t.Errorf("a name of %d characters: %v", chatv1.MaxNameLength, err)
+	}
+
 	// Rules on changes.
 	createKezChat(t, ns, func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = ptr.To("fast") })
 	changes := []struct {
@@ -613,9 +624,12 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		want   string
 	}{
 		{"domain", func(kc *chatv1.KezChat) { kc.Spec.Domain = "other.example.org" }, "domain is immutable"},
-		{"NATS storage", func(kc *chatv1.KezChat) { kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("9Gi")) }, "nats.storage is immutable"},
+		{"NATS storage class", func(kc *chatv1.KezChat) { kc.Spec.NATS.Storage.StorageClassName = ptr.To("slow") }, "storageClassName is immutable"},
 		{"server storage class", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = ptr.To("slow") }, "storageClassName is immutable"},
 		{"server storage class removed", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.StorageClassName = nil }, "storageClassName is immutable"},
+		{"server storage, shrunk", func(kc *chatv1.KezChat) { kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("1023Mi")) }, "storage.size cannot shrink below 1Gi"},
+		{"sig-server storage, shrunk", func(kc *chatv1.KezChat) { kc.Spec.SigServer.Storage.Size = ptr.To(resource.MustParse("512Mi")) }, "storage.size cannot shrink below 1Gi"},
+		{"NATS storage, shrunk", func(kc *chatv1.KezChat) { kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("0.5Gi")) }, "storage.size cannot shrink below 1Gi"},
 		{"store, by scaling a SQLite chat past one replica", func(kc *chatv1.KezChat) {
 			kc.Spec.Server.Store, kc.Spec.Server.Replicas = "", ptr.To[int32](2)
 		}, "the store cannot change"},
@@ -631,11 +645,47 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 			}
 		})
 	}
-	// Growing the server's volume is allowed.
+	// On SQLite, NATS holds no data, so its replicas may change.
 	kc := getKezChat(t, ns)
-	kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("20Gi"))
+	kc.Spec.NATS.Replicas = ptr.To[int32](3)
 	if err := k8s.Update(ctx, kc); err != nil {
-		t.Errorf("growing the server volume: %v", err)
+		t.Errorf("changing NATS replicas of a SQLite chat: %v", err)
+	}
+	// On JetStream they hold every message, so they may not.
+	js := &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Name: "js", Namespace: ns},
+		Spec: chatv1.KezChatSpec{Domain: "chat.example.org", Server: chatv1.ServerSpec{Store: chatv1.StoreJetStream}}}
+	if err := k8s.Create(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	for _, replicas := range []*int32{ptr.To[int32](3), nil} {
+		if replicas == nil { // 3 to 1, on a chat created with 3
+			js = &chatv1.KezChat{ObjectMeta: metav1.ObjectMeta{Name: "js3", Namespace: ns},
+				Spec: chatv1.KezChatSpec{Domain: "chat.example.org", Server: chatv1.ServerSpec{Store: chatv1.StoreJetStream},
+					NATS: chatv1.NATSSpec{Replicas: ptr.To[int32](3)}}}
+			if err := k8s.Create(ctx, js); err != nil {
+				t.Fatal(err)
+			}
+			replicas = ptr.To[int32](1)
+		}
+		js.Spec.NATS.Replicas = replicas
+		if err := k8s.Update(ctx, js); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "nats.replicas cannot change on the jetstream store") ||
+			!strings.Contains(err.Error(), "restore the backup into a new KezChat") {
+			t.Errorf("NATS replicas to %d on JetStream: got %v, want Invalid saying how to do it by hand", *replicas, err)
+		}
+	}
+
+	// The same size written another way is no shrink.
+	kc = getKezChat(t, ns)
+	kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("1024Mi"))
+	if err := k8s.Update(ctx, kc); err != nil {
+		t.Errorf("1Gi as 1024Mi: %v", err)
+	}
+	// Growing the server's and NATS's volumes is allowed.
+	kc = getKezChat(t, ns)
+	kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("20Gi"))
+	kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("20Gi"))
+	if err := k8s.Update(ctx, kc); err != nil {
+		t.Errorf("growing the server and NATS volumes: %v", err)
 	}
 	// Defaults are filled in.
 	kc = getKezChat(t, ns)
@@ -674,6 +724,13 @@ func TestPausedKezChatIsLeftAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	mgr.reconcileNow(t, kc)
+	paused := waitForEvent(t, ns, ReasonPaused)
+	if !strings.Contains(paused.Note, chatv1.ReconcileAnnotation) {
+		t.Errorf("Paused event %q does not name the annotation", paused.Note)
+	}
+	if c := meta.FindStatusCondition(getKezChat(t, ns).Status.Conditions, chatv1.ConditionPaused); c == nil || c.Status != "True" {
+		t.Errorf("Paused condition %+v, want True", c)
+	}
 	if d, _ := get[appsv1.Deployment](ns, "chat-server"); d.Spec.Template.Spec.Containers[0].Image != "registry.example/kezchat:test" {
 		t.Error("a paused KezChat's Deployment changed")
 	}
@@ -689,6 +746,44 @@ func TestPausedKezChatIsLeftAlone(t *testing.T) {
 		return nil
 	})
 	waitFor[corev1.Service](t, ns, "chat-server", nil)
+	waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionPaused: "False"})
+	waitForEvent(t, ns, ReasonResumed)
+	var events eventsv1.EventList
+	if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	pauses := 0
+	for _, e := range events.Items {
+		if e.Reason == ReasonPaused {
+			pauses++
+			if e.DeprecatedCount > 1 || e.Series != nil {
+				pauses++
+			}
+		}
+	}
+	if pauses != 1 {
+		t.Errorf("the pause was said %d times, want once", pauses)
+	}
+}
+
+// waitForEvent waits for an event of the KezChat with reason.
+func waitForEvent(t *testing.T, ns, reason string) eventsv1.Event {
+	t.Helper()
+	var found eventsv1.Event
+	eventually(t, waitTimeout, "a "+reason+" event of the KezChat", func() error {
+		var events eventsv1.EventList
+		if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Reason == reason && e.Regarding.Kind == "KezChat" {
+				found = e
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events, none %s", len(events.Items), reason)
+	})
+	return found
 }
 
 func TestDisablingAComponentRemovesItsWorkloadButKeepsItsData(t *testing.T) {

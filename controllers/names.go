@@ -68,6 +68,48 @@ func (n names) vapid() string          { return n.base + "-vapid" }
 func (n names) serviceAccount() string { return n.base }
 func (n names) ingress() string        { return n.base }
 
+// nameKind is what the API server requires of a child's name.
+type nameKind int
+
+const (
+	// subdomainName: a DNS subdomain (RFC 1123) of up to 253 characters,
+	// what most kinds need.
+	subdomainName nameKind = iota
+	// serviceName: a DNS label (RFC 1035) of up to 63 characters that
+	// starts with a letter.
+	serviceName
+	// statefulSetName: a subdomain whose pods carry the label
+	// controller-revision-hash=<name>-<hash of up to 10 characters>, a
+	// label value of up to 63 characters.
+	statefulSetName
+)
+
+// childName is one name namesOf gives, with what it must be.
+type childName struct {
+	method, name string
+	kind         nameKind
+}
+
+// all is every child name of n, for the test that derives the longest
+// KezChat name (chatv1.MaxNameLength) from them; a names method missing
+// here fails that test.
+func (n names) all() []childName {
+	return []childName{
+		{"server", n.server(), serviceName},
+		{"serverData", n.serverData(), subdomainName},
+		{"nats", n.nats(), serviceName},
+		{"nats", n.nats(), statefulSetName},
+		{"natsHeadless", n.natsHeadless(), serviceName},
+		{"natsConfig", n.natsConfig(), subdomainName},
+		{"natsAuth", n.natsAuth(), subdomainName},
+		{"sigServer", n.sigServer(), serviceName},
+		{"sigServerData", n.sigServerData(), subdomainName},
+		{"vapid", n.vapid(), subdomainName},
+		{"serviceAccount", n.serviceAccount(), subdomainName},
+		{"ingress", n.ingress(), subdomainName},
+	}
+}
+
 // selectorLabels pick one component's pods; they are part of immutable
 // selectors, so they never change.
 func selectorLabels(kc *chatv1.KezChat, component string) map[string]string {

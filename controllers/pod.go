@@ -12,7 +12,8 @@ import (
 )
 
 // kezUID is the user the kez-chat image runs as; NATS runs as the same, so
-// every volume is writable through fsGroup.
+// every volume is writable through fsGroup. Where the platform assigns
+// users (Inputs.PlatformAssignsUID), pods name none.
 const kezUID = 10001
 
 // Inputs is what the builders need beyond the KezChat: the operator's
@@ -36,6 +37,21 @@ type Inputs struct {
 	// NATSAuth holds the chat server's NATS credentials and the auth
 	// callout's issuer; zero when NATS is off.
 	NATSAuth natsAuth
+	// NATSClaimTemplateSize is the size in the claim template of NATS's
+	// StatefulSet as it exists, which cannot change; nil before it is
+	// made, when the spec's size is used.
+	NATSClaimTemplateSize *resource.Quantity
+	// NATSStoreSize is the least a NATS replica's claim asks for, which
+	// max_file_store is sized from; nil before there are claims, when the
+	// spec's size is used.
+	NATSStoreSize *resource.Quantity
+	// ServerStoreSize is what the SQLite volume's claim asks for, which the
+	// server's byte limits follow; nil before the claim exists.
+	ServerStoreSize *resource.Quantity
+	// PlatformAssignsUID leaves the pods' user, group and fsGroup to the
+	// platform (OpenShift's restricted SCC assigns them from the
+	// namespace's range and refuses pods that name others).
+	PlatformAssignsUID bool
 }
 
 // image is the kez-chat image of kc's pods.
@@ -76,7 +92,7 @@ type componentSpec struct {
 	replicas               int32
 	strategy               appsv1.DeploymentStrategy
 	annotations            map[string]string // the pod template's
-	scheduling             scheduling
+	scheduling             chatv1.Scheduling
 	terminationGracePeriod *int64
 	container              string
 	args                   []string
@@ -88,13 +104,6 @@ type componentSpec struct {
 	mounts  []corev1.VolumeMount
 	// initContainers run before it: the restore of a recovered KezChat.
 	initContainers []corev1.Container
-}
-
-// scheduling is where a component's pods may run.
-type scheduling struct {
-	nodeSelector map[string]string
-	tolerations  []corev1.Toleration
-	affinity     *corev1.Affinity
 }
 
 // componentDeployment runs d's one container from the kez-chat image, as
@@ -115,11 +124,13 @@ func componentDeployment(kc *chatv1.KezChat, in Inputs, d componentSpec) *appsv1
 				Spec: corev1.PodSpec{
 					ServiceAccountName:            namesOf(kc).serviceAccount(),
 					AutomountServiceAccountToken:  ptr.To(false),
-					SecurityContext:               podSecurityContext(),
+					SecurityContext:               podSecurityContext(in),
 					ImagePullSecrets:              kc.Spec.ImagePullSecrets,
-					NodeSelector:                  d.scheduling.nodeSelector,
-					Tolerations:                   d.scheduling.tolerations,
-					Affinity:                      d.scheduling.affinity,
+					NodeSelector:                  d.scheduling.NodeSelector,
+					Tolerations:                   d.scheduling.Tolerations,
+					Affinity:                      d.scheduling.Affinity,
+					TopologySpreadConstraints:     d.scheduling.TopologySpreadConstraints,
+					PriorityClassName:             d.scheduling.PriorityClassName,
 					TerminationGracePeriodSeconds: d.terminationGracePeriod,
 					InitContainers:                d.initContainers,
 					Containers: []corev1.Container{{
@@ -146,16 +157,21 @@ func componentDeployment(kc *chatv1.KezChat, in Inputs, d componentSpec) *appsv1
 }
 
 // podSecurityContext makes every pod run as an unprivileged user with the
-// runtime's default seccomp profile.
-func podSecurityContext() *corev1.PodSecurityContext {
-	return &corev1.PodSecurityContext{
+// runtime's default seccomp profile: uid 10001, or the one the platform
+// assigns when in says so (the images write only to their volumes, which
+// fsGroup, the platform's then, makes writable).
+func podSecurityContext(in Inputs) *corev1.PodSecurityContext {
+	sc := &corev1.PodSecurityContext{
 		RunAsNonRoot:        ptr.To(true),
-		RunAsUser:           ptr.To[int64](kezUID),
-		RunAsGroup:          ptr.To[int64](kezUID),
-		FSGroup:             ptr.To[int64](kezUID),
 		FSGroupChangePolicy: ptr.To(corev1.FSGroupChangeOnRootMismatch),
 		SeccompProfile:      &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 	}
+	if !in.PlatformAssignsUID {
+		sc.RunAsUser = ptr.To[int64](kezUID)
+		sc.RunAsGroup = ptr.To[int64](kezUID)
+		sc.FSGroup = ptr.To[int64](kezUID)
+	}
+	return sc
 }
 
 // containerSecurityContext drops every capability and keeps the root file

@@ -8,6 +8,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -39,19 +40,30 @@ func trustedProxiesEnv(kc *chatv1.KezChat) []corev1.EnvVar {
 // checkpoint possible), and one client address may store a day what fills
 // 70% of the store over the retention, one sending handle half that, so
 // neither can fill the volume before its messages expire.
-func storageLimits(kc *chatv1.KezChat) []string {
+func storageLimits(kc *chatv1.KezChat, in Inputs) []string {
 	s := &kc.Spec.Server
-	size := s.Storage.SizeOrDefault()
+	size := serverStoreSize(kc, in)
 	var args []string
 	if s.StoreKind() == chatv1.StoreSQLite {
 		args = append(args, fmt.Sprintf("--max-db-bytes=%d", size.Value()/10*9))
 	} else {
-		size = kc.Spec.NATS.Storage.SizeOrDefault() // max_file_store is 90% of it
+		size = natsStoreSize(kc, in) // max_file_store is 90% of it
 	}
 	capacity := size.Value() / 10 * 9
 	days := max(int64(s.RetentionPeriod()/(24*time.Hour)), 1)
 	address := capacity / 10 * 7 / days
 	return append(args, fmt.Sprintf("--address-quota-bytes=%d", address), fmt.Sprintf("--sender-quota-bytes=%d", address/2))
+}
+
+// serverStoreSize is the SQLite volume's size the limits follow: what its
+// claim asks for, never more than the spec's (a claim whose expansion was
+// refused keeps its old size); the spec's before the claim exists.
+func serverStoreSize(kc *chatv1.KezChat, in Inputs) resource.Quantity {
+	size := kc.Spec.Server.Storage.SizeOrDefault()
+	if in.ServerStoreSize != nil && in.ServerStoreSize.Cmp(size) < 0 {
+		return in.ServerStoreSize.DeepCopy()
+	}
+	return size
 }
 
 // PublicURL is where people reach kc: its ingress host, over https unless
@@ -109,7 +121,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 		"--retention=" + s.RetentionPeriod().String(),
 		"--log-format=json",
 	}
-	args = append(args, storageLimits(kc)...)
+	args = append(args, storageLimits(kc, in)...)
 	var volumes []corev1.Volume
 	var mounts []corev1.VolumeMount
 	if sqlite {
@@ -191,7 +203,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 		replicas:    s.ReplicaCount(),
 		strategy:    strategy,
 		annotations: podAnnotations(s.PodAnnotations, digest([]byte(in.VAPIDDigest), []byte(in.NATSAuth.digest))),
-		scheduling:  scheduling{nodeSelector: s.NodeSelector, tolerations: s.Tolerations, affinity: s.Affinity},
+		scheduling:  s.Scheduling,
 		// The server drains streams and requests in flight on SIGTERM
 		// within its --shutdown-timeout (10s).
 		terminationGracePeriod: ptr.To[int64](30),

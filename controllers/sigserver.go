@@ -32,11 +32,12 @@ func sigServerDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 		volumes = append(volumes, restoreVolumes...)
 	}
 	return componentDeployment(kc, in, componentSpec{
-		name:      n.sigServer(),
-		component: componentSigServer,
-		replicas:  spec.ReplicaCount(),
-		strategy:  appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
-		container: "sig-server",
+		name:       n.sigServer(),
+		component:  componentSigServer,
+		replicas:   spec.ReplicaCount(),
+		strategy:   appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
+		scheduling: spec.Scheduling,
+		container:  "sig-server",
 		args: []string{
 			"sig-server",
 			fmt.Sprintf("--bind=:%d", sigServerPort),

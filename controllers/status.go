@@ -26,6 +26,7 @@ const (
 	ReasonNATSAuthSecret    = "NATSAuthSecretInvalid"
 	ReasonAsExpected        = "AsExpected"
 	ReasonStorageFull       = "StorageFull"
+	ReasonVolumeExpansion   = "VolumeExpansionRefused"
 )
 
 // componentState is what the reconcile saw of one component's workload.
@@ -241,5 +242,7 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 	default:
 		set(chatv1.ConditionReady, false, ReasonComponentsPending, strings.Join(pending, "; "))
 	}
+	resumedCondition(&st, gen)
+	kstatusConditions(&st, gen)
 	return st
 }

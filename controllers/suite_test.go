@@ -100,6 +100,7 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 		Scheme:       testScheme,
 		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
 		DefaultImage: "registry.example/kezchat:test",
+		Namespaces:   []string{namespace},
 	}
 	for _, c := range configure {
 		c(r)

@@ -41,6 +41,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) != 'jetstream' || !has(self.nats) || !has(self.nats.enabled) || self.nats.enabled",message="the jetstream store (server.store: jetstream, or more than one replica) needs nats.enabled"
 // +kubebuilder:validation:XValidation:rule="has(self.bootstrap) == has(oldSelf.bootstrap)",message="spec.bootstrap is set only when a KezChat is created, and stays: a running KezChat is never restored over"
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) == (has(oldSelf.server) && has(oldSelf.server.store) ? oldSelf.server.store : (has(oldSelf.server) && has(oldSelf.server.replicas) && oldSelf.server.replicas > 1 ? 'jetstream' : 'sqlite'))",message="the store cannot change once created: it holds the users and messages (create the KezChat with server.store: jetstream to scale it later)"
+// +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) != 'jetstream' || (has(self.nats) && has(self.nats.replicas) ? self.nats.replicas : 1) == (has(oldSelf.nats) && has(oldSelf.nats.replicas) ? oldSelf.nats.replicas : 1)",message="nats.replicas cannot change on the jetstream store: 3 to 1 would remove two JetStream peers at once while every stream keeps three replicas, and 1 to 3 would leave every stream on one. To change it, back up this KezChat and restore the backup into a new KezChat with the replicas you want (README: Changing nats.replicas)"
 type KezChatSpec struct {
 	// Domain is the chat server's name: handles are handle@domain and every
 	// signed request names it, so it cannot change.
@@ -57,7 +58,8 @@ type KezChatSpec struct {
 	// +optional
 	Image string `json:"image,omitempty"`
 
-	// ImagePullPolicy of the kez-chat containers.
+	// ImagePullPolicy of the kez-chat containers (chat server and
+	// sig-server); NATS's is nats.imagePullPolicy.
 	// +optional
 	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
 	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
@@ -148,27 +150,46 @@ type ServerSpec struct {
 	// +listMapKey=name
 	Env []corev1.EnvVar `json:"env,omitempty"`
 
-	// NodeSelector of the chat server pods.
-	// +optional
-	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
-
-	// Tolerations of the chat server pods.
-	// +optional
-	// +listType=atomic
-	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
-
-	// Affinity of the chat server pods.
-	// +optional
-	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// Scheduling of the chat server pods.
+	Scheduling `json:",inline"`
 
 	// PodAnnotations are added to the chat server pods.
 	// +optional
 	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
 }
 
+// Scheduling is where a component's pods may run.
+type Scheduling struct {
+	// NodeSelector of the pods.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// Tolerations of the pods.
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// Affinity of the pods.
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+
+	// TopologySpreadConstraints of the pods. For NATS with three
+	// replicas, empty means one replica per node where there are nodes
+	// enough, and across zones where they can be.
+	// +optional
+	// +listType=atomic
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+
+	// PriorityClassName of the pods.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+}
+
 // StorageSpec is a persistent volume.
 //
 // +kubebuilder:validation:XValidation:rule="has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",message="storageClassName is immutable"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.size) || (has(self.size) && quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0)",messageExpression="'storage.size cannot shrink below ' + string(oldSelf.size) + ': a volume only grows'",reason=FieldValueForbidden
 type StorageSpec struct {
 	// Size of the volume. It may grow where the storage class allows
 	// expansion; a volume never shrinks.
@@ -193,18 +214,26 @@ type NATSSpec struct {
 	// +optional
 	Image string `json:"image,omitempty"`
 
+	// ImagePullPolicy of the NATS container; empty means Kubernetes's
+	// default for its image. spec.imagePullPolicy does not apply to it.
+	// +optional
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
 	// Replicas of NATS: 1, or 3 for a JetStream cluster that survives the
-	// loss of one.
+	// loss of one. On the jetstream store it cannot change after creation.
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Enum=1;3
 	Replicas *int32 `json:"replicas,omitempty"`
 
-	// Storage is each NATS replica's JetStream volume. A StatefulSet's
-	// volume claims cannot change, so neither can this.
+	// Storage is each NATS replica's JetStream volume. Its size may grow
+	// where the storage class allows expansion: the operator expands each
+	// replica's claim itself (a StatefulSet's claim templates cannot
+	// change) and JetStream's max_file_store follows. The class cannot
+	// change.
 	// +optional
 	// +kubebuilder:default={}
-	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="nats.storage is immutable: StatefulSet volume claims cannot change"
 	Storage StorageSpec `json:"storage,omitempty"`
 
 	// WebSocket opens NATS's WebSocket listener, for browsers that follow
@@ -215,6 +244,9 @@ type NATSSpec struct {
 	// Resources of the NATS container.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// Scheduling of the NATS pods.
+	Scheduling `json:",inline"`
 }
 
 // SigServerSpec is the signed key directory.
@@ -240,6 +272,9 @@ type SigServerSpec struct {
 	// Resources of the sig-server container.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// Scheduling of the sig-server pods.
+	Scheduling `json:",inline"`
 }
 
 // PushSpec is Web Push.
@@ -332,6 +367,16 @@ const (
 	// for want of room (its readiness answers 507 storage_full): grow
 	// spec.server.storage.size, or spec.nats.storage.size on JetStream.
 	ConditionStorageFull = "StorageFull"
+	// ConditionPaused is True while the chat.kez.lat/reconcile: paused
+	// annotation stops the operator, and False (reason Resumed) once it
+	// is removed; absent on a KezChat never paused.
+	ConditionPaused = "Paused"
+	// ConditionReconciling and ConditionStalled are kstatus's
+	// abnormal-true conditions (sigs.k8s.io/cli-utils/pkg/kstatus), which
+	// Flux, kubectl and kstatus-based tools read: Reconciling mirrors
+	// Progressing, Stalled mirrors Degraded.
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
 )
 
 // ComponentStatus counts one component's replicas.
@@ -396,8 +441,16 @@ type KezChatStatus struct {
 	NextScheduleTime *metav1.Time `json:"nextScheduleTime,omitempty"`
 }
 
+// MaxNameLength is the longest KezChat name whose children's names and
+// labels are all valid: the NATS StatefulSet <name>-nats labels its pods
+// controller-revision-hash=<name>-nats-<hash of up to 10>, at most 63
+// characters. The CEL rule on KezChat states it as a literal; a test in
+// controllers derives it from the child names.
+const MaxNameLength = 47
+
 // KezChat is one self-hosted, end-to-end-encrypted chat instance.
 //
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 47 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be at most 47 characters of lowercase letters, digits and '-', start with a letter, end with a letter or digit, and hold no dot: the Services, StatefulSet and labels of the KezChat's parts are named after it"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=kc,categories=kez

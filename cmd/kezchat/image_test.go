@@ -69,7 +69,10 @@ next:
 func TestImageBinary(t *testing.T) {
 	bin := buildLikeImage(t)
 	t.Run("static", func(t *testing.T) { checkStatic(t, bin) })
-	t.Run("runs in an empty root", func(t *testing.T) { checkRunsInEmptyRoot(t, bin) })
+	t.Run("runs in an empty root", func(t *testing.T) { checkRunsInEmptyRoot(t, bin, 10001, 10001) })
+	// OpenShift's restricted SCC runs a pod as a uid from the namespace's
+	// range, in group 0, with no passwd entry.
+	t.Run("runs in an empty root as a uid the platform assigns", func(t *testing.T) { checkRunsInEmptyRoot(t, bin, 1000680000, 0) })
 }
 
 // checkStatic: the runtime image has no libc and no dynamic loader, so the
@@ -150,9 +153,9 @@ func TestTheBinaryLinksNoTestRig(t *testing.T) {
 }
 
 // checkRunsInEmptyRoot runs `kezchat version` chrooted into a directory
-// that holds only the binary, as uid 10001 when the test runs as root, as
+// that holds only the binary, as uid:gid when the test runs as root, as
 // the image does, and checks it prints what was stamped.
-func checkRunsInEmptyRoot(t *testing.T, bin string) {
+func checkRunsInEmptyRoot(t *testing.T, bin string, uid, gid uint32) {
 	rootfs := t.TempDir()
 	if err := os.Chmod(rootfs, 0o755); err != nil {
 		t.Fatal(err)
@@ -167,7 +170,7 @@ func checkRunsInEmptyRoot(t *testing.T, bin string) {
 
 	attr := &syscall.SysProcAttr{Chroot: rootfs}
 	if os.Geteuid() == 0 {
-		attr.Credential = &syscall.Credential{Uid: 10001, Gid: 10001}
+		attr.Credential = &syscall.Credential{Uid: uid, Gid: gid}
 	} else {
 		// Unprivileged: chroot inside a user namespace where we are root,
 		// where the kernel allows one.

@@ -36,9 +36,10 @@ type operatorFlags struct {
 	image                  string
 	maxConcurrent          int
 	// Paced upgrades of the KezChats that run the operator's images.
-	maxUpgrades    int
-	upgradeTimeout time.Duration
-	log            logFlags
+	maxUpgrades        int
+	upgradeTimeout     time.Duration
+	platformAssignsUID bool
+	log                logFlags
 }
 
 func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -58,6 +59,8 @@ func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error 
 		"KezChats that roll to new --image at once, cluster-wide, after the operator is upgraded; the others keep their images until a slot frees (0: none rolls)")
 	fs.DurationVar(&f.upgradeTimeout, "upgrade-timeout", controllers.DefaultUpgradeTimeout,
 		"how long an upgraded KezChat's new pods may take to turn Ready before the upgrade counts as failed and stops the line")
+	fs.BoolVar(&f.platformAssignsUID, "platform-assigns-uid", false,
+		"name no runAsUser, runAsGroup or fsGroup in KezChat pods (still runAsNonRoot): the platform assigns them, as OpenShift's restricted SCC does")
 	f.log.register(fs, "json")
 	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {
@@ -108,11 +111,13 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		return fmt.Errorf("creating the controller manager: %w", err)
 	}
 	r := &controllers.KezChatReconciler{
-		Client:       mgr.GetClient(),
-		APIReader:    mgr.GetAPIReader(),
-		Scheme:       scheme,
-		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
-		DefaultImage: f.image,
+		Client:             mgr.GetClient(),
+		APIReader:          mgr.GetAPIReader(),
+		Scheme:             scheme,
+		Recorder:           mgr.GetEventRecorder("kez-chat-operator"),
+		DefaultImage:       f.image,
+		Namespaces:         namespaces,
+		PlatformAssignsUID: f.platformAssignsUID,
 
 		MaxConcurrentUpgrades: &f.maxUpgrades,
 		UpgradeTimeout:        f.upgradeTimeout,
@@ -121,11 +126,12 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)
 	}
 	backups := &controllers.KezChatBackupReconciler{
-		Client:       mgr.GetClient(),
-		APIReader:    mgr.GetAPIReader(),
-		Scheme:       scheme,
-		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
-		DefaultImage: f.image,
+		Client:             mgr.GetClient(),
+		APIReader:          mgr.GetAPIReader(),
+		Scheme:             scheme,
+		Recorder:           mgr.GetEventRecorder("kez-chat-operator"),
+		DefaultImage:       f.image,
+		PlatformAssignsUID: f.platformAssignsUID,
 	}
 	// One backup reconcile at a time: it keeps a KezChat's backups one
 	// at a time by what it reads of the others before starting one.
