@@ -101,6 +101,7 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
 		DefaultImage: "registry.example/kezchat:test",
 	}
+	r.PreUpgrade = &PreUpgradeBackup{Client: r.Client, APIReader: r.APIReader, Scheme: r.Scheme}
 	for _, c := range configure {
 		c(r)
 	}
