@@ -36,6 +36,9 @@ func upgradeChatWithBackup(t *testing.T, ns string, configure func(*KezChatRecon
 	markChatReady(t, ns, "chat")
 	waitChat(t, ns, "chat", readyAt("v1"))
 	m.stop()
+	if configure == nil {
+		return startManager(t, ns, operatorAt(imageV2, 1))
+	}
 	return startManager(t, ns, operatorAt(imageV2, 1), configure)
 }
 
