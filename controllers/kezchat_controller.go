@@ -341,6 +341,9 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		Owns(&networkingv1.Ingress{}).
 		Owns(&networkingv1.NetworkPolicy{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		// A pre-upgrade backup that finishes or is deleted wakes its
+		// KezChat (preupgrade_backup.go).
+		Owns(&chatv1.KezChatBackup{}, builder.WithPredicates(preUpgradeBackupChanges)).
 		// A KezChat that lets go of an upgrade slot wakes the queued ones.
 		Watches(&chatv1.KezChat{}, r.wakeQueued()).
 		// The data under deletionPolicy Retain has no owner.

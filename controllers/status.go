@@ -197,12 +197,20 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 		upgrade = st.Upgrade
 	}
 	upgradeFailed := upgrade != nil && upgrade.Phase == chatv1.UpgradeFailed
+	// An upgrade stopped before its images changed (a failed pre-upgrade
+	// backup) is Degraded too, though what runs is as ready as before.
+	var upgradeStalled string
+	if obs.upgrade != nil && upgrade != nil {
+		upgradeStalled = obs.upgrade.decision.stalledReason
+	}
 
 	switch {
 	case obs.failure != nil:
 		set(chatv1.ConditionDegraded, true, obs.failureReason, obs.failure.Error())
 	case upgradeFailed:
 		set(chatv1.ConditionDegraded, true, ReasonUpgradeFailed, upgrade.Message)
+	case upgradeStalled != "":
+		set(chatv1.ConditionDegraded, true, upgradeStalled, upgrade.Message)
 	case obs.storageFull != "":
 		set(chatv1.ConditionDegraded, true, ReasonStorageFull, obs.storageFull)
 	case len(failed) > 0:
@@ -212,7 +220,7 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 	}
 	progressing := obs.failure == nil && len(failed) == 0 && len(pending) > 0
 	switch {
-	case obs.failure != nil || upgradeFailed || len(failed) > 0:
+	case obs.failure != nil || upgradeFailed || upgradeStalled != "" || len(failed) > 0:
 		set(chatv1.ConditionProgressing, false, ReasonAsExpected, "nothing in progress")
 	case upgrade != nil && upgrade.Phase == chatv1.UpgradeQueued:
 		set(chatv1.ConditionProgressing, true, ReasonUpgradeQueued, upgrade.Message)

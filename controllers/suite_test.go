@@ -102,6 +102,7 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 		DefaultImage: "registry.example/kezchat:test",
 		Namespaces:   []string{namespace},
 	}
+	r.PreUpgrade = &PreUpgradeBackup{Client: r.Client, APIReader: r.APIReader, Scheme: r.Scheme}
 	for _, c := range configure {
 		c(r)
 	}

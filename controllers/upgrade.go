@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -61,11 +62,40 @@ const (
 
 // PreUpgradeHook runs once a KezChat holds an upgrade slot and before its
 // workloads take the new images: where a backup is taken first, when the
-// KezChat configures backups. It is called again at each reconcile while
-// it reports not done (message says what it waits for), so it must be
-// idempotent (create the backup once, then watch it). An error leaves the
-// KezChat Preparing, holding its slot, and is retried.
-type PreUpgradeHook func(ctx context.Context, kc *chatv1.KezChat) (done bool, message string, err error)
+// KezChat configures backups (PreUpgradeBackup).
+type PreUpgradeHook interface {
+	// Needed reports, from kc alone, whether it has anything to prepare.
+	// When not, a KezChat that takes a slot rolls at once, without a
+	// Preparing round trip.
+	Needed(kc *chatv1.KezChat) bool
+	// Prepare is called at each reconcile of a Preparing KezChat until it
+	// reports done (message says what it waits for), so it must be
+	// idempotent (create the backup once, then watch it). A
+	// *PreUpgradeStopped error keeps the KezChat Preparing, holding its
+	// slot and its images, Degraded until the admin acts; any other error
+	// does the same for one reconcile, and is retried.
+	Prepare(ctx context.Context, kc *chatv1.KezChat) (done bool, message string, err error)
+}
+
+// PreUpgradeFunc is a PreUpgradeHook that every KezChat needs.
+type PreUpgradeFunc func(ctx context.Context, kc *chatv1.KezChat) (done bool, message string, err error)
+
+func (PreUpgradeFunc) Needed(*chatv1.KezChat) bool { return true }
+
+func (f PreUpgradeFunc) Prepare(ctx context.Context, kc *chatv1.KezChat) (bool, string, error) {
+	return f(ctx, kc)
+}
+
+// PreUpgradeStopped is what a PreUpgradeHook returns when what it waited
+// for failed, and only the admin can let the upgrade go on.
+type PreUpgradeStopped struct {
+	// Reason is the Degraded condition's and the event's reason.
+	Reason string
+	// Message says what failed and how to go on.
+	Message string
+}
+
+func (e *PreUpgradeStopped) Error() string { return e.Message }
 
 // upgradeFacts is what decideUpgrade decides from.
 type upgradeFacts struct {
@@ -94,8 +124,11 @@ type upgradeFacts struct {
 	// prepared: the hook reported done (only asked while Preparing).
 	preparing, prepared bool
 	prepareMessage      string
-	now                 time.Time
-	timeout             time.Duration
+	// prepareStopped: the hook reported that the upgrade cannot go on
+	// (a *PreUpgradeStopped), its reason; prepareMessage says why.
+	prepareStopped string
+	now            time.Time
+	timeout        time.Duration
 }
 
 // needsUpgrade reports whether a component the operator images runs
@@ -115,6 +148,10 @@ type upgradeDecision struct {
 	// event, if any, is the transition to announce: its reason and note.
 	eventReason, eventNote string
 	eventWarning           bool
+	// stalledReason, when set, is why the upgrade stopped before the
+	// images changed, for the Degraded condition (status.Message says
+	// more); the KezChat keeps its slot and its images meanwhile.
+	stalledReason string
 	// requeueAfter: look again then even if nothing changes (a queued
 	// KezChat's recheck, a rolling one's timeout).
 	requeueAfter time.Duration
@@ -189,6 +226,17 @@ func decideUpgrade(f upgradeFacts) upgradeDecision {
 	}
 	switch rec.Phase {
 	case chatv1.UpgradePreparing:
+		if f.prepareStopped != "" {
+			st.Message = fmt.Sprintf("upgrade to %s stopped before it started: %s",
+				describeImages(st.Image, st.NATSImage), f.prepareMessage)
+			// Nothing to look at again: what the admin does (delete the
+			// failed backup, change the spec) wakes the KezChat.
+			d := upgradeDecision{hold: true, status: st, stalledReason: f.prepareStopped}
+			if rec.Message != st.Message {
+				d.eventReason, d.eventNote, d.eventWarning = f.prepareStopped, st.Message, true
+			}
+			return d
+		}
 		if !f.prepared {
 			st.Message = "preparing the upgrade: " + f.prepareMessage
 			return upgradeDecision{hold: true, status: st, requeueAfter: preparingRecheck}
@@ -413,16 +461,26 @@ func (r *KezChatReconciler) planUpgrade(ctx context.Context, kc *chatv1.KezChat,
 		recorded:  kc.Status.Upgrade,
 		rolledOut: rolledOut, rolloutFailed: failed, rolloutMessage: msg, atTarget: atTarget,
 		maxSlots:  r.maxUpgrades(),
-		preparing: r.PreUpgrade != nil,
+		preparing: r.PreUpgrade != nil && r.PreUpgrade.Needed(kc),
 		now:       time.Now(),
 		timeout:   r.upgradeTimeout(),
 	}
-	if kc.Status.Upgrade != nil && kc.Status.Upgrade.Phase == chatv1.UpgradePreparing && r.PreUpgrade != nil {
-		done, message, err := r.PreUpgrade(ctx, kc)
-		if err != nil {
-			return nil, fmt.Errorf("preparing the upgrade: %w", err)
+	if kc.Status.Upgrade != nil && kc.Status.Upgrade.Phase == chatv1.UpgradePreparing {
+		// Without a hook (an operator restarted without one) there is
+		// nothing left to prepare.
+		f.prepared = true
+		if r.PreUpgrade != nil {
+			done, message, err := r.PreUpgrade.Prepare(ctx, kc)
+			var stopped *PreUpgradeStopped
+			switch {
+			case errors.As(err, &stopped):
+				f.prepared, f.prepareStopped, f.prepareMessage = false, stopped.Reason, stopped.Message
+			case err != nil:
+				return nil, fmt.Errorf("preparing the upgrade: %w", err)
+			default:
+				f.prepared, f.prepareMessage = done, message
+			}
 		}
-		f.prepared, f.prepareMessage = done, message
 	}
 	var d upgradeDecision
 	if wantsSlot(f) {

@@ -439,7 +439,7 @@ func TestAPreUpgradeHookRunsWithTheSlotHeldBeforeTheImagesChange(t *testing.T) {
 		asked[kc.Name]++
 		return finished[kc.Name], "backup of " + kc.Name + " running", nil
 	}
-	m = startManager(t, ns, operatorAt(imageV2, 1), func(r *KezChatReconciler) { r.PreUpgrade = hook })
+	m = startManager(t, ns, operatorAt(imageV2, 1), func(r *KezChatReconciler) { r.PreUpgrade = PreUpgradeFunc(hook) })
 
 	var preparing string
 	eventually(t, waitTimeout, "one KezChat preparing", func() error {

@@ -88,6 +88,19 @@ func TestDecideUpgrade(t *testing.T) {
 				f.recorded, f.preparing, f.prepared = rec(chatv1.UpgradePreparing, &started), true, true
 			},
 			phase: chatv1.UpgradeRolling},
+		{name: "preparing, hook stopped (a failed backup): holds its images and slot, with a warning",
+			facts: func(f *upgradeFacts) {
+				f.recorded, f.preparing = rec(chatv1.UpgradePreparing, &started), true
+				f.prepareStopped, f.prepareMessage = ReasonPreUpgradeBackupFailed, "KezChatBackup chat-pre-upgrade-x failed"
+			},
+			hold: true, phase: chatv1.UpgradePreparing, event: ReasonPreUpgradeBackupFailed, msgSubstr: "stopped before it started: KezChatBackup chat-pre-upgrade-x failed"},
+		{name: "preparing, still stopped: no second event",
+			facts: func(f *upgradeFacts) {
+				f.recorded, f.preparing = rec(chatv1.UpgradePreparing, &started), true
+				f.recorded.Message = "upgrade to kez:v2 stopped before it started: KezChatBackup chat-pre-upgrade-x failed"
+				f.prepareStopped, f.prepareMessage = ReasonPreUpgradeBackupFailed, "KezChatBackup chat-pre-upgrade-x failed"
+			},
+			hold: true, phase: chatv1.UpgradePreparing},
 		{name: "rolling, new pods not yet ready",
 			facts: func(f *upgradeFacts) { f.recorded, f.atTarget = rec(chatv1.UpgradeRolling, &started), true },
 			phase: chatv1.UpgradeRolling},

@@ -116,6 +116,21 @@ type BackupSpec struct {
 	// taken never is.
 	// +optional
 	Retention BackupRetention `json:"retention,omitempty"`
+
+	// BeforeUpgrade takes a backup (a KezChatBackup named
+	// <name>-pre-upgrade-<hash of the new images>) before the operator
+	// moves this KezChat to new default images, and rolls only once it
+	// completed. A failed one stops the upgrade until it is deleted (to
+	// retry) or this is set to false (to upgrade without).
+	// +optional
+	// +kubebuilder:default=true
+	BeforeUpgrade *bool `json:"beforeUpgrade,omitempty"`
+}
+
+// BacksUpBeforeUpgrade reports whether the operator takes a backup before
+// an automatic upgrade: spec.backup is set and beforeUpgrade is not false.
+func (b *BackupSpec) BacksUpBeforeUpgrade() bool {
+	return b != nil && boolOrDefault(b.BeforeUpgrade, true)
 }
 
 // BackupRetention limits the backups kept. Unset limits keep everything.

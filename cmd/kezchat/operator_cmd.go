@@ -121,6 +121,10 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 
 		MaxConcurrentUpgrades: &f.maxUpgrades,
 		UpgradeTimeout:        f.upgradeTimeout,
+		// A KezChat with spec.backup is backed up before it upgrades.
+		PreUpgrade: &controllers.PreUpgradeBackup{
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme,
+		},
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: f.maxConcurrent}); err != nil {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)
