@@ -3,7 +3,6 @@ package backup_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -135,4 +134,4 @@ func readFile(t testing.TB, path string) []byte {
 
 func tempPath(t testing.TB, name string) string { return filepath.Join(t.TempDir(), name) }
 
-var _ = io.EOF
+func writeFile(path string, data []byte) error { return os.WriteFile(path, data, 0o644) }
