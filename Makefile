@@ -10,7 +10,7 @@ DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator
+.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup
 .PHONY: web web-test web-e2e
 
 all: build
@@ -82,6 +82,11 @@ bench: build
 ## bench-operator: one manager reconciling 200 KezChats on a real API server
 bench-operator: k8s-tools
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test -run='^$$' -bench=Reconcile200 -benchtime=1x ./controllers/
+
+## bench-backup: backup and restore of a 100,000-message chat database to versitygw,
+## and the store's write throughput with and without a backup running (docs/benchmarks.md)
+bench-backup: versitygw
+	$(GO) test -run='^$$' -bench=BackupRestore100k -benchtime=1x -timeout=30m ./server/backup/
 
 CONTROLLER_GEN = $(GO) tool controller-gen
 

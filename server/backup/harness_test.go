@@ -2,6 +2,7 @@ package backup_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"os"
@@ -62,7 +63,7 @@ func openKeyLog(t testing.TB, path string) *sqlite.KeyLog {
 }
 
 func user(handle string) *server.User {
-	return &server.User{Handle: handle, Server: "chat.test", PrimaryID: fmt.Sprintf("%040x", len(handle)*7919+int(handle[0])),
+	return &server.User{Handle: handle, Server: "chat.test", PrimaryID: fmt.Sprintf("%x", sha256.Sum256([]byte(handle)))[:40],
 		Alg: "ed25519", Key: []byte("signing-key-" + handle), EncKey: []byte("enc-key-" + handle),
 		CreatedAt: time.Unix(1_764_000_000, 0)}
 }

@@ -1,0 +1,123 @@
+package backup_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/backup"
+	"kez.lat/chat/server/sqlite"
+)
+
+// BenchmarkBackupRestore100k measures what docs/benchmarks.md reports for
+// backups (make bench-backup): a chat database holding 100,000 undelivered
+// messages to 1,000 recipients, each message the size of a signed, encrypted
+// 100-byte text (about 560 bytes of JSON, its ciphertext base64); the time
+// and size of a backup to versitygw on loopback, the time of a restore, and
+// the store's write throughput (16 concurrent senders) with no backup
+// running and with backups running back to back.
+func BenchmarkBackupRestore100k(b *testing.B) {
+	ctx := context.Background()
+	const messages, recipients, senders = 100_000, 1_000, 16
+	window := 10 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("KEZ_BENCH_WINDOW")); err == nil {
+		window = d
+	}
+	bk := newBucket(b)
+	path := tempPath(b, "kez-chat.db")
+	chat := openChat(b, path)
+	for i := range recipients {
+		if err := chat.CreateUser(ctx, user(fmt.Sprintf("user%04d", i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fill := time.Now()
+	appendLoad(b, chat, senders, recipients, func(n int64) bool { return n < messages }, "fill")
+	b.Logf("filled %d messages in %s", messages, time.Since(fill).Round(time.Millisecond))
+	src := backup.SQLiteSource{Path: path, DB: sqlite.ChatDatabase}
+	fi, _ := os.Stat(path)
+
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		start := time.Now()
+		res := take(b, bk, src, fmt.Sprintf("bench-%d", i), backup.PartServer)
+		backupTook := time.Since(start)
+
+		dst := tempPath(b, "restored.db")
+		start = time.Now()
+		if _, err := restore(bk, backup.SQLiteTarget{Path: dst, DB: sqlite.ChatDatabase}, res.ID, backup.PartServer); err != nil {
+			b.Fatal(err)
+		}
+		restoreTook := time.Since(start)
+
+		// Throughput without, then with, backups running.
+		deadline := time.Now().Add(window)
+		idle := appendLoad(b, chat, senders, recipients, func(int64) bool { return time.Now().Before(deadline) }, fmt.Sprintf("idle-%d", i))
+		var backups atomic.Int64
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for j := 0; ; j++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				take(b, bk, src, fmt.Sprintf("load-%d-%d", i, j), backup.PartServer)
+				backups.Add(1)
+			}
+		}()
+		deadline = time.Now().Add(window)
+		busy := appendLoad(b, chat, senders, recipients, func(int64) bool { return time.Now().Before(deadline) }, fmt.Sprintf("busy-%d", i))
+		close(stop)
+		<-done
+
+		b.ReportMetric(backupTook.Seconds(), "backup-s")
+		b.ReportMetric(float64(res.Bytes)/(1<<20), "backup-MiB")
+		b.ReportMetric(float64(fi.Size())/(1<<20), "db-MiB")
+		b.ReportMetric(restoreTook.Seconds(), "restore-s")
+		b.ReportMetric(float64(idle)/window.Seconds(), "writes/s-idle")
+		b.ReportMetric(float64(busy)/window.Seconds(), "writes/s-during-backup")
+		b.ReportMetric(float64(backups.Load()), "backups-during-window")
+	}
+}
+
+// appendLoad appends messages from senders goroutines while more says so,
+// and returns how many were stored.
+func appendLoad(b *testing.B, chat *sqlite.DB, senders, recipients int, more func(n int64) bool, tag string) int64 {
+	ctx := context.Background()
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	for s := range senders {
+		wg.Go(func() {
+			ct := make([]byte, 148)
+			for i := 0; ; i++ {
+				if !more(n.Add(1) - 1) {
+					n.Add(-1)
+					return
+				}
+				rand.Read(ct)
+				to := fmt.Sprintf("user%04d", (s*7919+i)%recipients)
+				from := fmt.Sprintf("user%04d", s)
+				id := fmt.Sprintf("%s-%d-%d", tag, s, i)
+				msg := fmt.Sprintf(`{"payload":{"ciphertext":%q,"from":"%s@chat.test","id":%q,"to":"%s@chat.test","ts":1764000000,"type":"kez.msg/v1"},"signature":{"alg":"ed25519","key":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","sig":%q}}`,
+					base64.RawURLEncoding.EncodeToString(ct), from, id, to, base64.RawURLEncoding.EncodeToString(ct[:64]))
+				e := &server.Envelope{Recipient: to, Sender: from, ID: id, Message: []byte(msg)}
+				if _, err := chat.AppendMessage(ctx, e, server.InboxLimits{}); err != nil {
+					b.Errorf("append: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return n.Load()
+}
