@@ -10,9 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nkeys"
+
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/backup/s3test"
+	"kez.lat/chat/server/jsstore"
+	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/sqlite"
+	"kez.lat/chat/server/testutil"
 )
 
 func TestBackupAndRestoreRefuseBadFlagsClearly(t *testing.T) {
@@ -160,4 +165,74 @@ func TestBackupCommandPrintsAndWritesItsResult(t *testing.T) {
 	if code := run(ctx, restoreArgs, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "restore skipped") {
 		t.Errorf("restore onto an existing database: exit %d: %s", code, stderr.String())
 	}
+}
+
+// TestBackupAndRestoreOfTheJetStreamStore runs both commands with --store
+// jetstream against real nats-servers, authenticating with the chat
+// server's user and password file.
+func TestBackupAndRestoreOfTheJetStreamStore(t *testing.T) {
+	ctx := context.Background()
+	bucket := s3test.Start(t)
+	for _, kv := range bucket.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	dir := t.TempDir()
+	password := filepath.Join(dir, "nats-password")
+	if err := os.WriteFile(password, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := testutil.StartNATS(t, testutil.NATSOptions{User: "kezchat", Password: "s3cret", CalloutIssuer: calloutIssuer(t)})
+	store, err := jsstore.Open(ctx, jsstore.Config{NATS: natsbus.Config{URL: src.URL, User: "kezchat", Password: "s3cret"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	alice := &server.User{Handle: "alice", Server: "chat.test", PrimaryID: strings.Repeat("a", 40), Alg: "ed25519", Key: []byte("k"), EncKey: []byte("e"), CreatedAt: time.Unix(1, 0)}
+	if err := store.CreateUser(ctx, alice); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendMessage(ctx, &server.Envelope{Recipient: "alice", Sender: "alice", ID: "m1", Message: []byte(`{"payload":{}}`)}, server.InboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	s3flags := []string{"--s3-endpoint", bucket.Endpoint, "--s3-insecure-http", "--s3-bucket", bucket.Bucket}
+	nats := func(url string) []string {
+		return []string{"--store", "jetstream", "--nats-url", url, "--nats-user", "kezchat", "--nats-password-file", password}
+	}
+	var stdout, stderr bytes.Buffer
+	args := append(append([]string{"backup", "--part", "server", "--id", "js1", "--result-file", filepath.Join(dir, "result")}, s3flags...), nats(src.URL)...)
+	if code := run(ctx, args, &stdout, &stderr); code != 0 {
+		t.Fatalf("backup: exit %d: %s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), `"objects":13`) {
+		t.Errorf("result %s: want 6 streams of 2 objects and the manifest", stdout.String())
+	}
+
+	dst := testutil.StartNATS(t, testutil.NATSOptions{User: "kezchat", Password: "s3cret", CalloutIssuer: calloutIssuer(t)})
+	stderr.Reset()
+	args = append(append([]string{"restore", "--part", "server", "--id", "js1"}, s3flags...), nats(dst.URL)...)
+	if code := run(ctx, args, &stdout, &stderr); code != 0 {
+		t.Fatalf("restore: exit %d: %s", code, stderr.String())
+	}
+	restored, err := jsstore.Open(ctx, jsstore.Config{NATS: natsbus.Config{URL: dst.URL, User: "kezchat", Password: "s3cret"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restored.Close()
+	if _, err := restored.UserByHandle(ctx, "alice"); err != nil {
+		t.Errorf("restored user: %v", err)
+	}
+	if msgs, err := restored.Messages(ctx, "alice", 0, 10, 0); err != nil || len(msgs) != 1 || msgs[0].ID != "m1" {
+		t.Errorf("restored messages %v, %v", msgs, err)
+	}
+}
+
+func calloutIssuer(t *testing.T) string {
+	t.Helper()
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	return pub
 }

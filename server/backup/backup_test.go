@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -554,5 +555,41 @@ func TestTakeNeverReplacesACompletedBackup(t *testing.T) {
 	list, _, _ := backup.List(ctx, b.store, backup.Layout{Prefix: "kez/prod"}, backup.PartServer)
 	if len(list) != 1 || !list[0].CompletedAt.Equal(first.CompletedAt) {
 		t.Errorf("the first backup changed: %+v", list)
+	}
+}
+
+func TestABackupRemovesTheCopyAKilledBackupLeftButNotARecentOne(t *testing.T) {
+	ctx := context.Background()
+	b := newBucket(t)
+	path := tempPath(t, "kez-chat.db")
+	if err := openChat(t, path).CreateUser(ctx, user("alice")); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(path)
+	stale, recent := filepath.Join(dir, ".kezchat-backup-111"), filepath.Join(dir, ".kezchat-backup-222")
+	for _, d := range []string{stale, recent} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "snapshot.db"), []byte("partial copy"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-7 * time.Hour)
+	for _, p := range []string{stale, filepath.Join(stale, "snapshot.db")} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	take(t, b, backup.SQLiteSource{Path: path, DB: sqlite.ChatDatabase}, "b1", backup.PartServer)
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stale copy is still there: %v", err)
+	}
+	if _, err := os.Stat(recent); err != nil {
+		t.Errorf("a recent copy (maybe a backup running) was removed: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, ".kezchat-backup-*"))
+	if len(left) != 1 {
+		t.Errorf("left beside the database: %q", left)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"kez.lat/chat/server/sqlite"
 )
@@ -30,7 +31,8 @@ func (SQLiteSource) Kind() string { return KindSQLite }
 // directory beside it, on the same volume, checks the copy as a restore
 // would, and hands it over gzip-compressed.
 func (s SQLiteSource) Snapshot(ctx context.Context, put func(string, io.Reader) error) error {
-	tmp, err := os.MkdirTemp(filepath.Dir(s.Path), ".kezchat-backup-")
+	s.removeStale()
+	tmp, err := os.MkdirTemp(filepath.Dir(s.Path), snapshotDirPattern)
 	if err != nil {
 		return fmt.Errorf("making a directory for the snapshot beside %s: %w", s.Path, err)
 	}
@@ -60,6 +62,35 @@ func (s SQLiteSource) Snapshot(ctx context.Context, put func(string, io.Reader) 
 	err = put(SQLiteObject, pr)
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the compressor if put failed
 	return err
+}
+
+// snapshotDirPattern names the temporary directories of snapshots beside
+// the database.
+const snapshotDirPattern = ".kezchat-backup-"
+
+// staleAfter is how long a snapshot's file goes unwritten before it is
+// taken for one a killed backup left (a copy being written is written to
+// all the time; a running backup's upload reads it for minutes at most).
+const staleAfter = 6 * time.Hour
+
+// removeStale removes what a backup that was killed left beside the
+// database: a whole copy of it, which would fill the volume over time.
+func (s SQLiteSource) removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(filepath.Dir(s.Path), snapshotDirPattern+"*"))
+	for _, d := range dirs {
+		newest := time.Time{}
+		for _, p := range []string{d, filepath.Join(d, "snapshot.db")} {
+			if fi, err := os.Stat(p); err == nil && fi.ModTime().After(newest) {
+				newest = fi.ModTime()
+			}
+		}
+		if !newest.IsZero() && time.Since(newest) > staleAfter {
+			err := os.RemoveAll(d)
+			if s.Log != nil {
+				s.Log.Warn("removed the snapshot an interrupted backup left", "dir", d, "err", err)
+			}
+		}
+	}
 }
 
 // SQLiteTarget is a SQLite database file to restore.
