@@ -128,9 +128,10 @@ func New(c Config) (*Store, error) {
 		Secure:    u.Scheme == "https",
 		Region:    region,
 		Transport: transport,
-		// Path-style works with every S3-compatible service; virtual hosts
-		// need DNS for each bucket.
-		BucketLookup: minio.BucketLookupPath,
+		// Virtual-host style for AWS, whose newer regions expect it; path
+		// style for every other endpoint, which works without a DNS name
+		// per bucket.
+		BucketLookup: minio.BucketLookupAuto,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("S3 client for %s: %w", c.Endpoint, err)
