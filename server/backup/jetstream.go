@@ -3,7 +3,6 @@ package backup
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,8 +25,11 @@ const (
 // JetStreamSource is the chat server's JetStream store (jsstore): its
 // stream of envelopes and its KV buckets.
 type JetStreamSource struct {
-	NC  *nats.Conn
-	Log *slog.Logger
+	NC *nats.Conn
+	// TempDir holds each stream's snapshot while it is uploaded
+	// (os.TempDir when empty).
+	TempDir string
+	Log     *slog.Logger
 }
 
 func (JetStreamSource) Kind() string { return KindJetStream }
@@ -49,16 +51,19 @@ func (s JetStreamSource) Snapshot(ctx context.Context, put func(string, io.Reade
 			s.log().Warn("stream not found, not backed up", "stream", stream)
 			continue
 		}
-		pr, pw := io.Pipe()
-		metaCh := make(chan *jsstore.StreamSnapshotMeta, 1)
-		go func() {
-			meta, err := jsstore.SnapshotStream(ctx, s.NC, stream, pw)
-			metaCh <- meta
-			pw.CloseWithError(err)
-		}()
-		err = put(stream+snapshotSuffix, pr)
-		pr.CloseWithError(errors.New("upload ended"))
-		meta := <-metaCh
+		// Spooled to a local file first: JetStream abandons a snapshot whose
+		// chunks go unanswered for 5 s, which an upload to a slow bucket
+		// would cause.
+		f, err := os.CreateTemp(s.TempDir, "kezchat-backup-"+stream+"-")
+		if err != nil {
+			return fmt.Errorf("making a temporary file for %s: %w", stream, err)
+		}
+		meta, err := spoolSnapshot(ctx, s.NC, stream, f)
+		if err == nil {
+			err = put(stream+snapshotSuffix, f)
+		}
+		f.Close()
+		os.Remove(f.Name())
 		if err != nil {
 			return err
 		}
@@ -72,6 +77,17 @@ func (s JetStreamSource) Snapshot(ctx context.Context, put func(string, io.Reade
 		s.log().Info("stream snapshot taken", "stream", stream, "messages", msgs)
 	}
 	return nil
+}
+
+func spoolSnapshot(ctx context.Context, nc *nats.Conn, stream string, f *os.File) (*jsstore.StreamSnapshotMeta, error) {
+	meta, err := jsstore.SnapshotStream(ctx, nc, stream, f)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return meta, nil
 }
 
 func (s JetStreamSource) log() *slog.Logger {

@@ -63,7 +63,7 @@ func TestJetStreamRoundTripRestoresUsersUndeliveredMessagesAndKeyCheckpoints(t *
 		t.Fatal(err)
 	}
 
-	take(t, b, backup.JetStreamSource{NC: connect(t, src)}, "js-1", backup.PartServer)
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js-1", backup.PartServer)
 
 	dst := testutil.StartNATS(t, testutil.NATSOptions{})
 	if _, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "js-1", backup.PartServer); err != nil {
@@ -160,7 +160,7 @@ func TestJetStreamBackupUnderWriteLoadHasEveryMessageAcknowledgedBeforeItStarted
 		return nil
 	})
 	started := time.Now()
-	take(t, b, backup.JetStreamSource{NC: connect(t, src)}, "load", backup.PartServer)
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "load", backup.PartServer)
 	n := count()
 	testutil.WaitFor(t, 30*time.Second, "writes after the backup", func() error {
 		if count() < n+100 {
@@ -212,7 +212,7 @@ func TestJetStreamRestoreOfADamagedSnapshotCreatesNoStream(t *testing.T) {
 	if _, err := store.AppendMessage(ctx, envelope("alice", "alice", "m1"), server.InboxLimits{}); err != nil {
 		t.Fatal(err)
 	}
-	take(t, b, backup.JetStreamSource{NC: connect(t, src)}, "js", backup.PartServer)
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js", backup.PartServer)
 	// The users bucket's snapshot, restored after the envelopes', is damaged:
 	// nothing may be restored at all.
 	obj := b.ObjectPath("kez/prod/js/server/KV_" + jsstore.BucketUsers + ".snapshot")
