@@ -14,7 +14,9 @@ import (
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/backup"
+	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/sqlite"
+	"kez.lat/chat/server/testutil"
 )
 
 // BenchmarkBackupRestore100k measures what docs/benchmarks.md reports for
@@ -109,7 +111,7 @@ func median(v []float64) float64 {
 
 // appendLoad appends messages from senders goroutines while more says so,
 // and returns how many were stored.
-func appendLoad(b *testing.B, chat *sqlite.DB, senders, recipients int, more func(n int64) bool, tag string) int64 {
+func appendLoad(b *testing.B, chat server.Store, senders, recipients int, more func(n int64) bool, tag string) int64 {
 	ctx := context.Background()
 	var n atomic.Int64
 	var wg sync.WaitGroup
@@ -137,4 +139,43 @@ func appendLoad(b *testing.B, chat *sqlite.DB, senders, recipients int, more fun
 	}
 	wg.Wait()
 	return n.Load()
+}
+
+// BenchmarkJetStreamBackupRestore100k: the same 100,000 messages in the
+// JetStream store (one nats-server in process, file storage), backed up
+// through JetStream's snapshot API and restored into a second nats-server.
+func BenchmarkJetStreamBackupRestore100k(b *testing.B) {
+	ctx := context.Background()
+	const messages, recipients, senders = 100_000, 1_000, 64
+	bk := newBucket(b)
+	src := testutil.StartNATS(b, testutil.NATSOptions{})
+	store := openJetStream(b, src)
+	for i := range recipients {
+		if err := store.CreateUser(ctx, user(fmt.Sprintf("user%04d", i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fill := time.Now()
+	appendLoad(b, store, senders, recipients, func(n int64) bool { return n < messages }, "fill")
+	b.Logf("filled %d messages in %s", messages, time.Since(fill).Round(time.Millisecond))
+
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		start := time.Now()
+		res := take(b, bk, backup.JetStreamSource{NC: connect(b, src), TempDir: b.TempDir()}, fmt.Sprintf("js-%d", i), backup.PartServer)
+		backupTook := time.Since(start)
+		dst := testutil.StartNATS(b, testutil.NATSOptions{})
+		start = time.Now()
+		if _, err := restore(bk, backup.JetStreamTarget{NC: connect(b, dst), TempDir: b.TempDir()}, res.ID, backup.PartServer); err != nil {
+			b.Fatal(err)
+		}
+		restoreTook := time.Since(start)
+		_, msgs, err := jsstore.StreamMessages(ctx, connect(b, dst), jsstore.StreamName)
+		if err != nil || msgs != messages {
+			b.Fatalf("restored %d messages (%v), want %d", msgs, err, messages)
+		}
+		b.ReportMetric(backupTook.Seconds(), "backup-s")
+		b.ReportMetric(float64(res.Bytes)/(1<<20), "backup-MiB")
+		b.ReportMetric(restoreTook.Seconds(), "restore-s")
+	}
 }
