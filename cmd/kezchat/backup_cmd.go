@@ -30,7 +30,6 @@ type backupFlags struct {
 	keepCount         int
 	keepAge           time.Duration
 	resultFile        string
-	restore           bool
 }
 
 func (f *backupFlags) register(fs *flag.FlagSet) {
