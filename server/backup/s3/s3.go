@@ -67,19 +67,26 @@ func (c *Config) Validate() error {
 	}
 	u, err := url.Parse(c.Endpoint)
 	if err != nil {
-		return fmt.Errorf("--s3-endpoint %q: %w", c.Endpoint, err)
+		return fmt.Errorf("--s3-endpoint is not a URL: want https://host[:port]")
+	}
+	// Never echo credentials someone put in the URL.
+	shown := c.Endpoint
+	if u.User != nil {
+		shown = u.Scheme + "://***@" + u.Host + u.Path
 	}
 	switch {
+	case u.User != nil:
+		return fmt.Errorf("--s3-endpoint %q: want only scheme, host and port; credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", shown)
 	case u.Scheme == "http" && !c.InsecureHTTP:
-		return fmt.Errorf("--s3-endpoint %q is plain http: credentials and backups would cross the network in the clear; use https, or pass --s3-insecure-http to allow it", c.Endpoint)
+		return fmt.Errorf("--s3-endpoint %q is plain http: credentials and backups would cross the network in the clear; use https, or pass --s3-insecure-http to allow it", shown)
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("--s3-endpoint %q: want https://host[:port] or http://host[:port]", c.Endpoint)
+		return fmt.Errorf("--s3-endpoint %q: want https://host[:port] or http://host[:port]", shown)
 	case u.Host == "":
-		return fmt.Errorf("--s3-endpoint %q has no host", c.Endpoint)
-	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.User != nil:
-		return fmt.Errorf("--s3-endpoint %q: want only scheme, host and port; the bucket is --s3-bucket and the folder --s3-prefix", c.Endpoint)
+		return fmt.Errorf("--s3-endpoint %q has no host", shown)
+	case u.Path != "" && u.Path != "/", u.RawQuery != "":
+		return fmt.Errorf("--s3-endpoint %q: want only scheme, host and port; the bucket is --s3-bucket and the folder --s3-prefix", shown)
 	case c.CAFile != "" && u.Scheme != "https":
-		return fmt.Errorf("--s3-ca-file is for an https endpoint, not %q", c.Endpoint)
+		return fmt.Errorf("--s3-ca-file is for an https endpoint, not %q", shown)
 	}
 	return nil
 }
