@@ -174,6 +174,20 @@ func (t JetStreamTarget) Restore(ctx context.Context, m *Manifest, open func(str
 			return err
 		}
 	}
+	// A restore cut short takes back the streams it made: the next attempt
+	// would otherwise find data, and leave half a store in place.
+	var restored []string
+	ok := false
+	defer func() {
+		if ok {
+			return
+		}
+		for _, stream := range restored {
+			if err := jsstore.DeleteStream(context.WithoutCancel(ctx), t.NC, stream); err != nil && t.Log != nil {
+				t.Log.Error("removing a stream of a failed restore", "stream", stream, "err", err)
+			}
+		}
+	}()
 	for _, it := range items {
 		exists, msgs, err := jsstore.StreamMessages(ctx, t.NC, it.stream)
 		if err != nil {
@@ -190,6 +204,7 @@ func (t JetStreamTarget) Restore(ctx context.Context, m *Manifest, open func(str
 		if _, err := it.data.Seek(0, io.SeekStart); err != nil {
 			return err
 		}
+		restored = append(restored, it.stream)
 		if err := jsstore.RestoreStream(ctx, t.NC, it.stream, it.meta, it.data); err != nil {
 			return err
 		}
@@ -201,6 +216,7 @@ func (t JetStreamTarget) Restore(ctx context.Context, m *Manifest, open func(str
 			t.Log.Info("stream restored", "stream", it.stream, "messages", msgs)
 		}
 	}
+	ok = true
 	return nil
 }
 

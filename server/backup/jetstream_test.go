@@ -233,3 +233,46 @@ func TestJetStreamRestoreOfADamagedSnapshotCreatesNoStream(t *testing.T) {
 		}
 	}
 }
+
+func TestJetStreamRestoreThatFailsHalfWayTakesBackTheStreamsItMade(t *testing.T) {
+	ctx := context.Background()
+	b := newBucket(t)
+	src := testutil.StartNATS(t, testutil.NATSOptions{})
+	store := openJetStream(t, src)
+	if err := store.CreateUser(ctx, user("alice")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendMessage(ctx, envelope("alice", "alice", "m1"), server.InboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js", backup.PartServer)
+	// The users bucket's configuration names another stream, checksums and
+	// all: JetStream refuses it after the envelopes are restored.
+	folder := "kez/prod/js/server/"
+	meta := readFile(t, b.ObjectPath(folder+"KV_"+jsstore.BucketUsers+".json"))
+	bad := bytes.Replace(meta, []byte(`"name":"KV_`+jsstore.BucketUsers+`"`), []byte(`"name":"KV_other"`), 1)
+	if bytes.Equal(bad, meta) {
+		t.Fatalf("no stream name in %s", meta)
+	}
+	replaceObject(t, b, folder, "KV_"+jsstore.BucketUsers+".json", bad)
+
+	dst := testutil.StartNATS(t, testutil.NATSOptions{})
+	nc := connect(t, dst)
+	_, err := restore(b, backup.JetStreamTarget{NC: nc, TempDir: t.TempDir()}, "js", backup.PartServer)
+	if err == nil || !strings.Contains(err.Error(), "KV_"+jsstore.BucketUsers) {
+		t.Fatalf("restore with a bad stream configuration: %v", err)
+	}
+	for _, stream := range jsstore.BackupStreams() {
+		if exists, _, err := jsstore.StreamMessages(ctx, nc, stream); err != nil || exists {
+			t.Errorf("stream %s is left after a failed restore (%v)", stream, err)
+		}
+	}
+	// Fixed, the next attempt restores everything.
+	replaceObject(t, b, folder, "KV_"+jsstore.BucketUsers+".json", meta)
+	if _, err := restore(b, backup.JetStreamTarget{NC: nc, TempDir: t.TempDir()}, "js", backup.PartServer); err != nil {
+		t.Fatalf("the restore after the failed one: %v", err)
+	}
+	if _, msgs, _ := jsstore.StreamMessages(ctx, nc, jsstore.StreamName); msgs != 1 {
+		t.Errorf("%d envelopes restored, want 1", msgs)
+	}
+}
