@@ -10,7 +10,7 @@ DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator
+.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup
 .PHONY: web web-test web-e2e
 
 all: build
@@ -50,7 +50,7 @@ vet:
 
 # The operator's tests run against a real kube-apiserver and etcd (envtest),
 # built once by k8s-tools.
-unit: k8s-tools
+unit: k8s-tools versitygw
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/e2e$$')
 	@# Allocation counts are only true without the race detector, which
 	@# makes sync.Pool drop items; those tests skip under -race and run here.
@@ -59,7 +59,7 @@ unit: k8s-tools
 ## e2e: helm install and kubectl apply -k on a local control plane (kube-apiserver,
 ## etcd, kube-controller-manager, kube-scheduler, kwok), a KezChat from apply to
 ## Ready, a rollout, helm upgrade, deletion
-e2e: build k8s-tools
+e2e: build k8s-tools versitygw
 	KEZCHAT_BIN=$(abspath $(BIN)) KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test -count=1 ./e2e/
 
 # Each fuzz target runs briefly; the seed corpora run in `unit` as well.
@@ -82,6 +82,11 @@ bench: build
 ## bench-operator: one manager reconciling 200 KezChats on a real API server
 bench-operator: k8s-tools
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test -run='^$$' -bench=Reconcile200 -benchtime=1x ./controllers/
+
+## bench-backup: backup and restore of a 100,000-message chat database to versitygw,
+## and the store's write throughput with and without a backup running (docs/benchmarks.md)
+bench-backup: versitygw
+	$(GO) test -run='^$$' -bench=BackupRestore100k -benchtime=1x -timeout=30m ./server/backup/
 
 CONTROLLER_GEN = $(GO) tool controller-gen
 
@@ -118,6 +123,12 @@ clean:
 #   KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test ...
 ENVTEST_ASSETS ?= $(shell bash hack/tools/install-k8s-tools.sh --print-dir)
 
-.PHONY: k8s-tools
+.PHONY: k8s-tools versitygw
 k8s-tools:
 	bash hack/tools/install-k8s-tools.sh
+
+# versitygw, the real S3 server (POSIX backend) the backup tests run
+# (server/backup/s3test), built the same way into the same cache; k8s-tools
+# builds it too. Tests find it by running the script, or at $KEZ_VERSITYGW.
+versitygw:
+	bash hack/tools/install-k8s-tools.sh versitygw

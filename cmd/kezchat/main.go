@@ -43,6 +43,8 @@ var commands = map[string]subcommand{
 	"safety-number": {runSafetyNumber, "print the safety number to compare with a peer"},
 	"trust":         {runTrust, "accept a peer's new keys once the safety numbers match"},
 	"version":       {runVersion, "print the version"},
+	"backup":        {runBackup, "back a part of a KezChat up to an S3-compatible object store"},
+	"restore":       {runRestore, "restore a part of a KezChat from a backup, unless its data exists"},
 }
 
 func main() {

@@ -34,6 +34,7 @@ TOOLS=(
 	"etcd                    etcd    go.etcd.io/etcd/server/v3"
 	"helm                    helm    helm.sh/helm/v4/cmd/helm"
 	"kwok                    kwok    sigs.k8s.io/kwok/cmd/kwok"
+	"versitygw               versitygw github.com/versity/versitygw/cmd/versitygw"
 )
 
 # Bump to rebuild every cached binary after a change to how they are built.
@@ -89,6 +90,9 @@ ldflags() {
 		v="$(modversion helm helm.sh/helm/v4)"
 		flags+=" -X helm.sh/helm/v4/internal/version.version=$v"
 		flags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+		;;
+	versitygw)
+		flags+=" -X main.Version=$(modversion versitygw github.com/versity/versitygw)"
 		;;
 	esac
 	echo "$flags"

@@ -1,0 +1,278 @@
+package backup_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/backup"
+	"kez.lat/chat/server/jsstore"
+	"kez.lat/chat/server/natsbus"
+	"kez.lat/chat/server/testutil"
+)
+
+func openJetStream(t testing.TB, n *testutil.NATS) *jsstore.Store {
+	t.Helper()
+	s, err := jsstore.Open(context.Background(), jsstore.Config{NATS: natsbus.Config{URL: n.URL, ReconnectWait: 20 * time.Millisecond}}, testLog(t))
+	if err != nil {
+		t.Fatalf("opening the JetStream store: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func connect(t testing.TB, n *testutil.NATS) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func TestJetStreamRoundTripRestoresUsersUndeliveredMessagesAndKeyCheckpoints(t *testing.T) {
+	ctx := context.Background()
+	b := newBucket(t)
+	src := testutil.StartNATS(t, testutil.NATSOptions{})
+	store := openJetStream(t, src)
+	handles := []string{"alice", "bob", "carol"}
+	for _, h := range handles {
+		if err := store.CreateUser(ctx, user(h)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 30 {
+		if _, err := store.AppendMessage(ctx, envelope(handles[i%3], handles[(i+1)%3], fmt.Sprintf("m%02d", i)), server.InboxLimits{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, _ := store.Messages(ctx, "bob", 0, 3, 0)
+	if _, err := store.Ack(ctx, "bob", first[2].Seq); err != nil {
+		t.Fatal(err)
+	}
+	checkpoint := []byte(`{"payload":"v2","signature":{}}`)
+	if err := store.SaveKeyCheckpoint(ctx, user("alice").PrimaryID, 2, checkpoint); err != nil {
+		t.Fatal(err)
+	}
+
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js-1", backup.PartServer)
+
+	dst := testutil.StartNATS(t, testutil.NATSOptions{})
+	if _, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "js-1", backup.PartServer); err != nil {
+		t.Fatal(err)
+	}
+	got := openJetStream(t, dst)
+	for _, h := range handles {
+		want, _ := store.UserByHandle(ctx, h)
+		u, err := got.UserByHandle(ctx, h)
+		if err != nil {
+			t.Fatalf("restored user %s: %v", h, err)
+		}
+		if u.PrimaryID != want.PrimaryID || !bytes.Equal(u.Key, want.Key) {
+			t.Errorf("restored %s = %+v, want %+v", h, u, want)
+		}
+		wantMsgs, _ := store.Messages(ctx, h, 0, 100, 0)
+		msgs, err := got.Messages(ctx, h, 0, 100, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) != len(wantMsgs) || len(msgs) == 0 {
+			t.Fatalf("%s: %d undelivered messages restored, want %d", h, len(msgs), len(wantMsgs))
+		}
+		for i := range msgs {
+			if msgs[i].Seq != wantMsgs[i].Seq || msgs[i].ID != wantMsgs[i].ID || !bytes.Equal(msgs[i].Message, wantMsgs[i].Message) {
+				t.Errorf("%s message %d = %d %s, want %d %s", h, i, msgs[i].Seq, msgs[i].ID, wantMsgs[i].Seq, wantMsgs[i].ID)
+			}
+		}
+	}
+	if msgs, _ := got.Messages(ctx, "bob", 0, 100, 0); len(msgs) != 7 {
+		t.Errorf("bob has %d messages after the restore, want the 7 he had not acknowledged", len(msgs))
+	}
+	if cp, err := got.KeyCheckpoint(ctx, user("alice").PrimaryID); err != nil || !bytes.Equal(cp, checkpoint) {
+		t.Errorf("restored key checkpoint %q, %v", cp, err)
+	}
+	// The handle stays taken, and the restored store takes new messages.
+	if err := got.CreateUser(ctx, user("alice")); err == nil {
+		t.Errorf("alice could register again after the restore")
+	}
+	if _, err := got.AppendMessage(ctx, envelope("alice", "bob", "after"), server.InboxLimits{}); err != nil {
+		t.Errorf("append after restore: %v", err)
+	}
+
+	// A second restore finds the data and does nothing.
+	res, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "js-1", backup.PartServer)
+	if err != nil || !res.Skipped || !strings.Contains(res.Existing, jsstore.StreamName) {
+		t.Errorf("restore onto a store with data: %+v, %v", res, err)
+	}
+}
+
+func TestJetStreamBackupUnderWriteLoadHasEveryMessageAcknowledgedBeforeItStarted(t *testing.T) {
+	ctx := context.Background()
+	b := newBucket(t)
+	src := testutil.StartNATS(t, testutil.NATSOptions{})
+	store := openJetStream(t, src)
+	handles := []string{"alice", "bob", "carol", "dave"}
+	for _, h := range handles {
+		if err := store.CreateUser(ctx, user(h)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	type acked struct {
+		to, id string
+		at     time.Time
+	}
+	var log []acked
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(log) }
+	for w := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				to, id := handles[(w+i)%4], fmt.Sprintf("w%d-%d", w, i)
+				if _, err := store.AppendMessage(ctx, envelope(to, handles[w], id), server.InboxLimits{}); err != nil {
+					t.Errorf("append: %v", err)
+					return
+				}
+				mu.Lock()
+				log = append(log, acked{to, id, time.Now()})
+				mu.Unlock()
+			}
+		})
+	}
+	testutil.WaitFor(t, 30*time.Second, "500 messages acknowledged", func() error {
+		if n := count(); n < 500 {
+			return fmt.Errorf("%d so far", n)
+		}
+		return nil
+	})
+	started := time.Now()
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "load", backup.PartServer)
+	n := count()
+	testutil.WaitFor(t, 30*time.Second, "writes after the backup", func() error {
+		if count() < n+100 {
+			return fmt.Errorf("%d so far", count())
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+
+	dst := testutil.StartNATS(t, testutil.NATSOptions{})
+	if _, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "load", backup.PartServer); err != nil {
+		t.Fatal(err)
+	}
+	got := openJetStream(t, dst)
+	have := map[string]bool{}
+	for _, h := range handles {
+		if _, err := got.UserByHandle(ctx, h); err != nil {
+			t.Fatalf("user %s: %v", h, err)
+		}
+		msgs, err := got.Messages(ctx, h, 0, 1_000_000, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			have[h+"/"+m.ID] = true
+		}
+	}
+	before := 0
+	for _, a := range log {
+		if a.at.Before(started) {
+			before++
+			if !have[a.to+"/"+a.id] {
+				t.Errorf("message %s to %s, acknowledged before the backup started, is not in it", a.id, a.to)
+			}
+		}
+	}
+	t.Logf("%d acknowledged before the backup, %d restored", before, len(have))
+}
+
+func TestJetStreamRestoreOfADamagedSnapshotCreatesNoStream(t *testing.T) {
+	ctx := context.Background()
+	b := newBucket(t)
+	src := testutil.StartNATS(t, testutil.NATSOptions{})
+	store := openJetStream(t, src)
+	if err := store.CreateUser(ctx, user("alice")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendMessage(ctx, envelope("alice", "alice", "m1"), server.InboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js", backup.PartServer)
+	// The users bucket's snapshot, restored after the envelopes', is damaged:
+	// nothing may be restored at all.
+	obj := b.ObjectPath("kez/prod/js/server/KV_" + jsstore.BucketUsers + ".snapshot")
+	data := readFile(t, obj)
+	data[len(data)/2] ^= 0x40
+	if err := writeFile(obj, data); err != nil {
+		t.Fatal(err)
+	}
+	dst := testutil.StartNATS(t, testutil.NATSOptions{})
+	nc := connect(t, dst)
+	_, err := restore(b, backup.JetStreamTarget{NC: nc, TempDir: t.TempDir()}, "js", backup.PartServer)
+	if err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("restore of a damaged snapshot: %v", err)
+	}
+	for _, stream := range jsstore.BackupStreams() {
+		if exists, _, err := jsstore.StreamMessages(ctx, nc, stream); err != nil || exists {
+			t.Errorf("stream %s exists after a refused restore (%v)", stream, err)
+		}
+	}
+}
+
+func TestJetStreamRestoreThatFailsHalfWayTakesBackTheStreamsItMade(t *testing.T) {
+	ctx := context.Background()
+	b := newBucket(t)
+	src := testutil.StartNATS(t, testutil.NATSOptions{})
+	store := openJetStream(t, src)
+	if err := store.CreateUser(ctx, user("alice")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendMessage(ctx, envelope("alice", "alice", "m1"), server.InboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js", backup.PartServer)
+	// The users bucket's configuration names another stream, checksums and
+	// all: JetStream refuses it after the envelopes are restored.
+	folder := "kez/prod/js/server/"
+	meta := readFile(t, b.ObjectPath(folder+"KV_"+jsstore.BucketUsers+".json"))
+	bad := bytes.Replace(meta, []byte(`"name":"KV_`+jsstore.BucketUsers+`"`), []byte(`"name":"KV_other"`), 1)
+	if bytes.Equal(bad, meta) {
+		t.Fatalf("no stream name in %s", meta)
+	}
+	replaceObject(t, b, folder, "KV_"+jsstore.BucketUsers+".json", bad)
+
+	dst := testutil.StartNATS(t, testutil.NATSOptions{})
+	nc := connect(t, dst)
+	_, err := restore(b, backup.JetStreamTarget{NC: nc, TempDir: t.TempDir()}, "js", backup.PartServer)
+	if err == nil || !strings.Contains(err.Error(), "KV_"+jsstore.BucketUsers) {
+		t.Fatalf("restore with a bad stream configuration: %v", err)
+	}
+	for _, stream := range jsstore.BackupStreams() {
+		if exists, _, err := jsstore.StreamMessages(ctx, nc, stream); err != nil || exists {
+			t.Errorf("stream %s is left after a failed restore (%v)", stream, err)
+		}
+	}
+	// Fixed, the next attempt restores everything.
+	replaceObject(t, b, folder, "KV_"+jsstore.BucketUsers+".json", meta)
+	if _, err := restore(b, backup.JetStreamTarget{NC: nc, TempDir: t.TempDir()}, "js", backup.PartServer); err != nil {
+		t.Fatalf("the restore after the failed one: %v", err)
+	}
+	if _, msgs, _ := jsstore.StreamMessages(ctx, nc, jsstore.StreamName); msgs != 1 {
+		t.Errorf("%d envelopes restored, want 1", msgs)
+	}
+}
