@@ -21,6 +21,10 @@ import (
 // value rotates exactly once.
 const rotatedForAnnotation = "chat.kez.lat/rotated-for"
 
+// madeForAnnotation on a generated VAPID Secret is the UID of the KezChat
+// that made it.
+const madeForAnnotation = "chat.kez.lat/made-for"
+
 // errVAPIDSecret marks a VAPID Secret the operator cannot use; the user
 // must fix it, so the reconcile reports it rather than retry at once.
 var errVAPIDSecret = errors.New("VAPID secret")
@@ -53,8 +57,11 @@ func newVAPIDSecret(kc *chatv1.KezChat, rotateFor string) (*corev1.Secret, error
 			vapidPublicKey:  []byte(push.PublicKey(key)),
 		},
 	}
+	// Which KezChat made it: a KezChat of the same name that finds it
+	// made by another (retained when that one was deleted) adopts it.
+	s.Annotations = map[string]string{madeForAnnotation: string(kc.UID)}
 	if rotateFor != "" {
-		s.Annotations = map[string]string{rotatedForAnnotation: rotateFor}
+		s.Annotations[rotatedForAnnotation] = rotateFor
 	}
 	return s, nil
 }
@@ -125,7 +132,12 @@ func (r *KezChatReconciler) ensureVAPID(ctx context.Context, kc *chatv1.KezChat)
 	if !generatedVAPIDFor(&s, kc) {
 		return vapidKey{}, false, false, fmt.Errorf("%w %s exists but was not made for this KezChat; name it in spec.push.secretName to use it", errVAPIDSecret, s.Name)
 	}
-	if s.CreationTimestamp.Before(&kc.CreationTimestamp) && kc.Status.VAPIDPublicKey == "" {
+	madeFor, known := s.Annotations[madeForAnnotation]
+	adopted := madeFor != string(kc.UID)
+	if !known { // made before the annotation was
+		adopted = s.CreationTimestamp.Before(&kc.CreationTimestamp)
+	}
+	if adopted && kc.Status.VAPIDPublicKey == "" {
 		// Kept by deletionPolicy Retain when a KezChat of this name was
 		// deleted: its key is what the push subscriptions were made for.
 		r.Recorder.Eventf(kc, &s, corev1.EventTypeNormal, ReasonAdopted, "Adopt",
