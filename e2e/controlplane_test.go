@@ -47,7 +47,7 @@ var controllers = []string{
 	"deployment-controller", "replicaset-controller", "statefulset-controller", "node-lifecycle-controller",
 	"garbage-collector-controller", "persistentvolume-binder-controller",
 	"persistentvolume-protection-controller", "persistentvolumeclaim-protection-controller",
-	"endpointslice-controller", "disruption-controller", "namespace-controller",
+	"endpointslice-controller", "disruption-controller", "namespace-controller", "job-controller",
 }
 
 // startCluster brings the control plane up; it stops when t ends.
