@@ -205,6 +205,11 @@ func (r *KezChatBackupReconciler) follow(ctx context.Context, b *chatv1.KezChatB
 				return fmt.Errorf("reading Job %s: %w", p.Job, err)
 			}
 		}
+		if !metav1.IsControlledBy(job, b) {
+			// A Job of an earlier KezChatBackup of this name, not yet
+			// collected: its result is not this backup's.
+			return fmt.Errorf("Job %s belongs to an earlier backup named %s; waiting for it to be deleted", job.Name, b.Name)
+		}
 		var pods []corev1.Pod
 		if done, _, _ := jobFinished(job); done {
 			var list corev1.PodList

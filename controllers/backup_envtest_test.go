@@ -735,3 +735,70 @@ func TestEditsOfTheUnownedDataWakeItsKezChat(t *testing.T) {
 		return nil
 	})
 }
+
+func TestABackupMadeAgainUnderAUsedNameWaitsForTheOldJobsInsteadOfTakingTheirResults(t *testing.T) {
+	ns := testNamespace(t)
+	startManager(t, ns)
+	createKezChat(t, ns, withBackup)
+	waitFor[appsv1.Deployment](t, ns, "chat-server", nil)
+
+	createBackup(t, ns, "again")
+	old := waitForBackupPhase(t, ns, "again", chatv1.BackupRunning)
+	oldID := old.Status.BackupID
+	finishBackupJob(t, ns, "again-server", corev1.PodSucceeded, resultJSON(oldID, "server", 4096))
+	finishBackupJob(t, ns, "again-sigserver", corev1.PodSucceeded, resultJSON(oldID, "sigserver", 512))
+	waitForBackupPhase(t, ns, "again", chatv1.BackupCompleted)
+
+	// Deleted, its Jobs left behind (envtest runs no garbage collector: as
+	// a collector does for a while, or kubectl delete --cascade=orphan for
+	// good), then made again.
+	if err := k8s.Delete(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitTimeout, "the first backup gone", func() error {
+		if _, err := get[chatv1.KezChatBackup](ns, "again"); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
+	createBackup(t, ns, "again")
+	// The old Jobs, finished and successful, are not this backup's: it
+	// must not complete on their results.
+	b := waitFor[chatv1.KezChatBackup](t, ns, "again", func(b *chatv1.KezChatBackup) error {
+		if b.Status.BackupID == "" {
+			return fmt.Errorf("no backup id yet: %+v", b.Status)
+		}
+		return nil
+	})
+	if b.Status.BackupID == oldID {
+		t.Fatalf("the new backup took the old one's id %s", oldID)
+	}
+	// Once the old Jobs are gone it runs its own, and ends on their
+	// results.
+	for _, part := range []string{"server", "sigserver"} {
+		job, err := get[batchv1.Job](ns, "again-"+part)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if metav1.IsControlledBy(job, b) {
+			t.Fatalf("Job %s belongs to the new backup before the old one was deleted", job.Name)
+		}
+		if err := k8s.Delete(ctx, job, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, part := range []string{"server", "sigserver"} {
+		waitFor[batchv1.Job](t, ns, "again-"+part, func(job *batchv1.Job) error {
+			if !metav1.IsControlledBy(job, b) {
+				return fmt.Errorf("still the old Job")
+			}
+			return nil
+		})
+	}
+	finishBackupJob(t, ns, "again-server", corev1.PodSucceeded, resultJSON(b.Status.BackupID, "server", 100))
+	finishBackupJob(t, ns, "again-sigserver", corev1.PodSucceeded, resultJSON(b.Status.BackupID, "sigserver", 10))
+	b = waitForBackupPhase(t, ns, "again", chatv1.BackupCompleted)
+	if b.Status.Bytes != 110 {
+		t.Errorf("the new backup's bytes %d, want its own Jobs' 110 (the old ones said 4608)", b.Status.Bytes)
+	}
+}
