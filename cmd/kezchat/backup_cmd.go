@@ -30,6 +30,7 @@ type backupFlags struct {
 	keepCount         int
 	keepAge           time.Duration
 	resultFile        string
+	restoreWait       time.Duration
 }
 
 func (f *backupFlags) register(fs *flag.FlagSet) {
@@ -157,6 +158,7 @@ func runRestore(ctx context.Context, args []string, _, stderr io.Writer) error {
 		"does nothing and exits 0, so it can run before every start. It checks every object's size and\n"+
 		"SHA-256, the database's integrity, and every identity's key-log chain before moving anything into place.", stderr)
 	f.register(fs)
+	fs.DurationVar(&f.restoreWait, "wait-timeout", 30*time.Minute, "with --store jetstream: how long to wait for another restore into the same NATS (another chat server replica's) to finish before failing")
 	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {
 		return err
@@ -164,6 +166,9 @@ func runRestore(ctx context.Context, args []string, _, stderr io.Writer) error {
 	part, layout, err := f.check()
 	if err != nil {
 		return err
+	}
+	if f.restoreWait <= 0 {
+		return fmt.Errorf("--wait-timeout %s: want a positive duration", f.restoreWait)
 	}
 	store, err := s3.New(f.s3)
 	if err != nil {

@@ -74,6 +74,13 @@ func TestBackupAndRestoreRefuseBadFlagsClearly(t *testing.T) {
 			})
 		}
 	}
+	t.Run("restore/no wait", func(t *testing.T) {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"restore"}, with("--wait-timeout", "0s")...)
+		if code := run(context.Background(), args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "--wait-timeout 0s: want a positive duration") {
+			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+	})
 	t.Run("no credentials", func(t *testing.T) {
 		t.Setenv("AWS_ACCESS_KEY_ID", "")
 		t.Setenv("AWS_SECRET_ACCESS_KEY", "")
@@ -224,6 +231,11 @@ func TestBackupAndRestoreOfTheJetStreamStore(t *testing.T) {
 	}
 	if msgs, err := restored.Messages(ctx, "alice", 0, 10, 0); err != nil || len(msgs) != 1 || msgs[0].ID != "m1" {
 		t.Errorf("restored messages %v, %v", msgs, err)
+	}
+	// The next start of a chat server replica finds the marker.
+	stderr.Reset()
+	if code := run(ctx, args, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "backup js1 was restored by") {
+		t.Errorf("restore after the restore: exit %d: %s", code, stderr.String())
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"kez.lat/chat/server/backup"
+	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/natsbus"
 )
 
@@ -42,5 +43,5 @@ func (f *backupFlags) jetStreamTarget(_ context.Context, log *slog.Logger) (back
 	if err != nil {
 		return nil, nil, err
 	}
-	return backup.JetStreamTarget{NC: nc, Log: log}, nc.Close, nil
+	return backup.JetStreamTarget{NC: nc, Log: log, Lock: jsstore.RestoreLockOptions{Wait: f.restoreWait}}, nc.Close, nil
 }

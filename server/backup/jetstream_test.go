@@ -38,19 +38,25 @@ func connect(t testing.TB, n *testutil.NATS) *nats.Conn {
 	return nc
 }
 
-func TestJetStreamRoundTripRestoresUsersUndeliveredMessagesAndKeyCheckpoints(t *testing.T) {
+var (
+	jsHandles    = []string{"alice", "bob", "carol"}
+	jsCheckpoint = []byte(`{"payload":"v2","signature":{}}`)
+)
+
+// seedJetStream fills a JetStream store with users, messages (some of
+// bob's acknowledged) and a key checkpoint, and backs it up as id.
+func seedJetStream(t *testing.T, b *bucket, id string) *jsstore.Store {
+	t.Helper()
 	ctx := context.Background()
-	b := newBucket(t)
 	src := testutil.StartNATS(t, testutil.NATSOptions{})
 	store := openJetStream(t, src)
-	handles := []string{"alice", "bob", "carol"}
-	for _, h := range handles {
+	for _, h := range jsHandles {
 		if err := store.CreateUser(ctx, user(h)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i := range 30 {
-		if _, err := store.AppendMessage(ctx, envelope(handles[i%3], handles[(i+1)%3], fmt.Sprintf("m%02d", i)), server.InboxLimits{}); err != nil {
+		if _, err := store.AppendMessage(ctx, envelope(jsHandles[i%3], jsHandles[(i+1)%3], fmt.Sprintf("m%02d", i)), server.InboxLimits{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -58,19 +64,20 @@ func TestJetStreamRoundTripRestoresUsersUndeliveredMessagesAndKeyCheckpoints(t *
 	if _, err := store.Ack(ctx, "bob", first[2].Seq); err != nil {
 		t.Fatal(err)
 	}
-	checkpoint := []byte(`{"payload":"v2","signature":{}}`)
-	if err := store.SaveKeyCheckpoint(ctx, user("alice").PrimaryID, 2, checkpoint); err != nil {
+	if err := store.SaveKeyCheckpoint(ctx, user("alice").PrimaryID, 2, jsCheckpoint); err != nil {
 		t.Fatal(err)
 	}
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, id, backup.PartServer)
+	return store
+}
 
-	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js-1", backup.PartServer)
-
-	dst := testutil.StartNATS(t, testutil.NATSOptions{})
-	if _, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "js-1", backup.PartServer); err != nil {
-		t.Fatal(err)
-	}
+// checkJetStreamRestored checks that the store on dst holds what
+// seedJetStream put in store, and takes new messages.
+func checkJetStreamRestored(t *testing.T, store *jsstore.Store, dst *testutil.NATS) {
+	t.Helper()
+	ctx := context.Background()
 	got := openJetStream(t, dst)
-	for _, h := range handles {
+	for _, h := range jsHandles {
 		want, _ := store.UserByHandle(ctx, h)
 		u, err := got.UserByHandle(ctx, h)
 		if err != nil {
@@ -96,7 +103,7 @@ func TestJetStreamRoundTripRestoresUsersUndeliveredMessagesAndKeyCheckpoints(t *
 	if msgs, _ := got.Messages(ctx, "bob", 0, 100, 0); len(msgs) != 7 {
 		t.Errorf("bob has %d messages after the restore, want the 7 he had not acknowledged", len(msgs))
 	}
-	if cp, err := got.KeyCheckpoint(ctx, user("alice").PrimaryID); err != nil || !bytes.Equal(cp, checkpoint) {
+	if cp, err := got.KeyCheckpoint(ctx, user("alice").PrimaryID); err != nil || !bytes.Equal(cp, jsCheckpoint) {
 		t.Errorf("restored key checkpoint %q, %v", cp, err)
 	}
 	// The handle stays taken, and the restored store takes new messages.
@@ -106,11 +113,21 @@ func TestJetStreamRoundTripRestoresUsersUndeliveredMessagesAndKeyCheckpoints(t *
 	if _, err := got.AppendMessage(ctx, envelope("alice", "bob", "after"), server.InboxLimits{}); err != nil {
 		t.Errorf("append after restore: %v", err)
 	}
+}
 
-	// A second restore finds the data and does nothing.
+func TestJetStreamRoundTripRestoresUsersUndeliveredMessagesAndKeyCheckpoints(t *testing.T) {
+	b := newBucket(t)
+	store := seedJetStream(t, b, "js-1")
+	dst := testutil.StartNATS(t, testutil.NATSOptions{})
+	if _, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "js-1", backup.PartServer); err != nil {
+		t.Fatal(err)
+	}
+	checkJetStreamRestored(t, store, dst)
+
+	// A second restore finds the marker and does nothing.
 	res, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "js-1", backup.PartServer)
-	if err != nil || !res.Skipped || !strings.Contains(res.Existing, jsstore.StreamName) {
-		t.Errorf("restore onto a store with data: %+v, %v", res, err)
+	if err != nil || !res.Skipped || !strings.Contains(res.Existing, "backup js-1 was restored") {
+		t.Errorf("restore onto a restored store: %+v, %v", res, err)
 	}
 }
 

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +21,13 @@ type Target interface {
 	// manifest says, checks what they hold, and only then puts it in place.
 	Restore(ctx context.Context, m *Manifest, open func(name string) (io.ReadCloser, error)) error
 }
+
+// SkipRestore is what a Target's Restore returns when, once it could look
+// without racing another restore, it found no restore wanted: What says
+// why (the data is there, or another restore put it there).
+type SkipRestore struct{ What string }
+
+func (e *SkipRestore) Error() string { return "restore skipped: " + e.What }
 
 // RestoreOptions say which backup to restore.
 type RestoreOptions struct {
@@ -75,6 +83,10 @@ func Restore(ctx context.Context, dst Target, opts RestoreOptions) (*RestoreResu
 		return nil, fmt.Errorf("backup %s part %s has no object %q", m.ID, m.Part, name)
 	}
 	if err := dst.Restore(ctx, m, open); err != nil {
+		if skip := (*SkipRestore)(nil); errors.As(err, &skip) {
+			opts.Log.Info("restore skipped: the target holds data already, which a restore never overwrites", "existing", skip.What, "id", opts.ID, "part", opts.Part)
+			return &RestoreResult{Skipped: true, Existing: skip.What}, nil
+		}
 		return nil, fmt.Errorf("restoring backup %s part %s: %w", m.ID, m.Part, err)
 	}
 	opts.Log.Info("restored", "id", m.ID, "part", m.Part, "took", time.Since(start).Round(time.Millisecond))
