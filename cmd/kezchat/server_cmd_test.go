@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -86,24 +85,6 @@ func TestServerRefusesAnUnknownStoreOrJetStreamWithoutNATS(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer a server's log and a test may share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestTheDeprecatedServerFlagStillNamesTheDomain(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "db")
 	for _, tt := range []struct {
@@ -120,7 +101,7 @@ func TestTheDeprecatedServerFlagStillNamesTheDomain(t *testing.T) {
 				os.Unsetenv("KEZ_SERVER")
 			}
 			ctx, cancel := context.WithCancel(context.Background())
-			var log lockedBuffer
+			var log testutil.LockedBuffer
 			done := make(chan int, 1)
 			go func() {
 				done <- run(ctx, append([]string{"server", "--db", db, "--bind", "127.0.0.1:0", "--metrics-bind", ""}, tt.args...), &log, &log)

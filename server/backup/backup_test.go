@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -141,58 +140,13 @@ func TestBackupUnderWriteLoadRestoresEveryMessageAcknowledgedBeforeItStarted(t *
 		}
 	}
 
-	type acked struct {
-		to, id string
-		at     time.Time
-	}
-	var mu sync.Mutex
-	var log []acked
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				to, id := handles[(w+i)%4], fmt.Sprintf("w%d-%d", w, i)
-				if _, err := chat.AppendMessage(ctx, envelope(to, handles[w], id), server.InboxLimits{}); err != nil {
-					t.Errorf("append: %v", err)
-					return
-				}
-				mu.Lock()
-				log = append(log, acked{to, id, time.Now()})
-				mu.Unlock()
-			}
-		})
-	}
+	load := startWriteLoad(t, chat, handles)
 	// Let the writers run, then back up while they go on.
-	waitForAcks := func(n int) {
-		for {
-			mu.Lock()
-			l := len(log)
-			mu.Unlock()
-			if l >= n {
-				return
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-	}
-	waitForAcks(200)
+	load.waitFor(t, 200)
 	started := time.Now()
 	take(t, b, backup.SQLiteSource{Path: path, DB: sqlite.ChatDatabase}, "under-load", backup.PartServer)
-	mu.Lock()
-	during := len(log)
-	mu.Unlock()
-	waitForAcks(during + 100) // the writers went on after it, too
-	close(stop)
-	wg.Wait()
+	load.waitFor(t, load.count()+100) // the writers went on after it, too
+	load.end()
 
 	restored := tempPath(t, "kez-chat.db")
 	if _, err := restore(b, backup.SQLiteTarget{Path: restored, DB: sqlite.ChatDatabase}, "under-load", backup.PartServer); err != nil {
@@ -220,18 +174,7 @@ func TestBackupUnderWriteLoadRestoresEveryMessageAcknowledgedBeforeItStarted(t *
 			t.Fatalf("%s: append after restore got seq %d (%v), want %d", h, e.Seq, err, len(msgs)+1)
 		}
 	}
-	before, after := 0, 0
-	for _, a := range log {
-		switch {
-		case a.at.Before(started):
-			before++
-			if !have[a.to+"/"+a.id] {
-				t.Errorf("message %s to %s, acknowledged before the backup started, is not in it", a.id, a.to)
-			}
-		case have[a.to+"/"+a.id]:
-			after++
-		}
-	}
+	before, after := load.checkAckedBefore(t, started, have)
 	if before < 200 || total < 2000+before {
 		t.Fatalf("restored %d messages; %d were acknowledged before the backup", total, before)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"kez.lat/chat/server/backup/s3test"
 	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/sqlite"
+	"kez.lat/chat/server/testutil"
 )
 
 // bucket is a real S3 server (versitygw) and a backup.ObjectStore on it.
@@ -136,3 +138,90 @@ func readFile(t testing.TB, path string) []byte {
 func tempPath(t testing.TB, name string) string { return filepath.Join(t.TempDir(), name) }
 
 func writeFile(path string, data []byte) error { return os.WriteFile(path, data, 0o644) }
+
+// ackedMessage is a message a store acknowledged, and when.
+type ackedMessage struct {
+	to, id string
+	at     time.Time
+}
+
+// writeLoad is four writers appending messages among handles to a store,
+// each acknowledgement recorded with its time, until stopped.
+type writeLoad struct {
+	mu    sync.Mutex
+	acked []ackedMessage
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func startWriteLoad(t *testing.T, store server.Store, handles []string) *writeLoad {
+	l := &writeLoad{stop: make(chan struct{})}
+	for w := range 4 {
+		l.wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				to, id := handles[(w+i)%len(handles)], fmt.Sprintf("w%d-%d", w, i)
+				if _, err := store.AppendMessage(context.Background(), envelope(to, handles[w%len(handles)], id), server.InboxLimits{}); err != nil {
+					t.Errorf("append: %v", err)
+					return
+				}
+				l.mu.Lock()
+				l.acked = append(l.acked, ackedMessage{to, id, time.Now()})
+				l.mu.Unlock()
+			}
+		})
+	}
+	t.Cleanup(l.end)
+	return l
+}
+
+func (l *writeLoad) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.acked)
+}
+
+// waitFor waits until n appends in all were acknowledged.
+func (l *writeLoad) waitFor(t *testing.T, n int) {
+	t.Helper()
+	testutil.WaitFor(t, 30*time.Second, fmt.Sprintf("%d messages acknowledged", n), func() error {
+		if got := l.count(); got < n {
+			return fmt.Errorf("%d so far", got)
+		}
+		return nil
+	})
+}
+
+// end stops the writers; it may be called more than once.
+func (l *writeLoad) end() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+// checkAckedBefore fails t for every message acknowledged before started
+// that restored (by "handle/id") lacks, and says how many there were and
+// how many acknowledged later made it in.
+func (l *writeLoad) checkAckedBefore(t *testing.T, started time.Time, restored map[string]bool) (before, after int) {
+	t.Helper()
+	l.end()
+	for _, a := range l.acked {
+		switch {
+		case a.at.Before(started):
+			before++
+			if !restored[a.to+"/"+a.id] {
+				t.Errorf("message %s to %s, acknowledged before the backup started, is not in it", a.id, a.to)
+			}
+		case restored[a.to+"/"+a.id]:
+			after++
+		}
+	}
+	return before, after
+}

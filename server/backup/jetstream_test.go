@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -142,51 +141,12 @@ func TestJetStreamBackupUnderWriteLoadHasEveryMessageAcknowledgedBeforeItStarted
 			t.Fatal(err)
 		}
 	}
-	var mu sync.Mutex
-	type acked struct {
-		to, id string
-		at     time.Time
-	}
-	var log []acked
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(log) }
-	for w := range 4 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				to, id := handles[(w+i)%4], fmt.Sprintf("w%d-%d", w, i)
-				if _, err := store.AppendMessage(ctx, envelope(to, handles[w], id), server.InboxLimits{}); err != nil {
-					t.Errorf("append: %v", err)
-					return
-				}
-				mu.Lock()
-				log = append(log, acked{to, id, time.Now()})
-				mu.Unlock()
-			}
-		})
-	}
-	testutil.WaitFor(t, 30*time.Second, "500 messages acknowledged", func() error {
-		if n := count(); n < 500 {
-			return fmt.Errorf("%d so far", n)
-		}
-		return nil
-	})
+	load := startWriteLoad(t, store, handles)
+	load.waitFor(t, 500)
 	started := time.Now()
 	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "load", backup.PartServer)
-	n := count()
-	testutil.WaitFor(t, 30*time.Second, "writes after the backup", func() error {
-		if count() < n+100 {
-			return fmt.Errorf("%d so far", count())
-		}
-		return nil
-	})
-	close(stop)
-	wg.Wait()
+	load.waitFor(t, load.count()+100) // the writers went on after it, too
+	load.end()
 
 	dst := testutil.StartNATS(t, testutil.NATSOptions{})
 	if _, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "load", backup.PartServer); err != nil {
@@ -206,15 +166,7 @@ func TestJetStreamBackupUnderWriteLoadHasEveryMessageAcknowledgedBeforeItStarted
 			have[h+"/"+m.ID] = true
 		}
 	}
-	before := 0
-	for _, a := range log {
-		if a.at.Before(started) {
-			before++
-			if !have[a.to+"/"+a.id] {
-				t.Errorf("message %s to %s, acknowledged before the backup started, is not in it", a.id, a.to)
-			}
-		}
-	}
+	before, _ := load.checkAckedBefore(t, started, have)
 	t.Logf("%d acknowledged before the backup, %d restored", before, len(have))
 }
 

@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,25 +38,7 @@ type target struct {
 	url, addr, metrics string
 	dir                string
 	cmd                *exec.Cmd
-	log                *lockedBuffer
-}
-
-// lockedBuffer keeps the server's log for a failing test to show.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.WriteString(string(p))
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log                *testutil.LockedBuffer
 }
 
 // binary is the kezchat under attack: KEZCHAT_BIN, or a build of this tree.
@@ -78,7 +59,7 @@ func start(t *testing.T, args ...string) *target {
 // startIn is start with the database in dir.
 func startIn(t *testing.T, dir string, args ...string) *target {
 	t.Helper()
-	tg := &target{addr: testutil.FreeAddr(t), metrics: testutil.FreeAddr(t), dir: dir, log: &lockedBuffer{}}
+	tg := &target{addr: testutil.FreeAddr(t), metrics: testutil.FreeAddr(t), dir: dir, log: &testutil.LockedBuffer{}}
 	tg.url = "http://" + tg.addr
 	all := append([]string{"server", "--bind", tg.addr, "--metrics-bind", tg.metrics, "--domain", domain,
 		"--db", filepath.Join(tg.dir, "kez-chat.db"), "--log-format", "json"}, args...)
