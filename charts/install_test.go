@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -61,10 +62,37 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 		}
 	}
 	const ns = "kez-chat-system"
-	install := []string{"install", "kc", chart, "-n", ns, "--create-namespace",
+	// --wait, as the README says to with kezChat.enabled: Helm then sees
+	// the CRD it created Established before it builds the first KezChat
+	// (without it, a slow API server fails the hook: "no matches for kind
+	// KezChat").
+	install := []string{"install", "kc", chart, "-n", ns, "--create-namespace", "--wait", "--timeout=2m",
 		"--set", "kezChat.enabled=true", "--set", "kezChat.name=team", "--set", "kezChat.spec.domain=chat.example.org"}
 
-	helmOK(install...)
+	// envtest runs no deployment controller: the test reports the
+	// operator's Deployment rolled out, as that controller would, so that
+	// --wait ends.
+	installWaiting := func() {
+		t.Helper()
+		rolledOut := make(chan struct{})
+		go func() {
+			defer close(rolledOut)
+			status := `{"status":{"observedGeneration":1,"replicas":1,"updatedReplicas":1,"readyReplicas":1,"availableReplicas":1,` +
+				`"conditions":[{"type":"Available","status":"True","reason":"MinimumReplicasAvailable"},` +
+				`{"type":"Progressing","status":"True","reason":"NewReplicaSetAvailable"}]}}`
+			for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				cmd := exec.Command(filepath.Join(toolsDir(t), "kubectl"), "-n", ns, "patch", "deployment", "kc-kez-chat-operator",
+					"--subresource=status", "--type=merge", "-p", status)
+				cmd.Env = append(os.Environ(), kenv...)
+				if cmd.Run() == nil {
+					return
+				}
+			}
+		}()
+		helmOK(install...)
+		<-rolledOut
+	}
+	installWaiting()
 	if got := kubectl("get", "crd", "kezchats.chat.kez.lat", "-o", "jsonpath={.metadata.annotations.helm\\.sh/resource-policy}"); got != "keep" {
 		t.Errorf("CRD resource-policy %q", got)
 	}
@@ -98,7 +126,7 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	}
 
 	// Installing again adopts the kept CRD and keeps the KezChat.
-	helmOK(install...)
+	installWaiting()
 	if got := kubectl("-n", ns, "get", "kezchat", "team", "-o", "jsonpath={.metadata.uid}"); got != uid {
 		t.Errorf("after reinstall: KezChat uid %q, want %q (replaced)", got, uid)
 	}

@@ -206,9 +206,12 @@ func TestBackupAndRestoreOfTheJetStreamStore(t *testing.T) {
 	nats := func(url string) []string {
 		return []string{"--store", "jetstream", "--nats-url", url, "--nats-user", "kezchat", "--nats-password-file", password}
 	}
-	var stdout, stderr bytes.Buffer
+	// NATS callbacks may still log after run returns: a buffer the test
+	// can read meanwhile.
+	var stdout bytes.Buffer
+	stderr := &testutil.LockedBuffer{}
 	args := append(append([]string{"backup", "--part", "server", "--id", "js1", "--result-file", filepath.Join(dir, "result")}, s3flags...), nats(src.URL)...)
-	if code := run(ctx, args, &stdout, &stderr); code != 0 {
+	if code := run(ctx, args, &stdout, stderr); code != 0 {
 		t.Fatalf("backup: exit %d: %s", code, stderr.String())
 	}
 	if !strings.Contains(stdout.String(), `"objects":13`) {
@@ -216,9 +219,9 @@ func TestBackupAndRestoreOfTheJetStreamStore(t *testing.T) {
 	}
 
 	dst := testutil.StartNATS(t, testutil.NATSOptions{User: "kezchat", Password: "s3cret", CalloutIssuer: calloutIssuer(t)})
-	stderr.Reset()
+	stderr = &testutil.LockedBuffer{}
 	args = append(append([]string{"restore", "--part", "server", "--id", "js1"}, s3flags...), nats(dst.URL)...)
-	if code := run(ctx, args, &stdout, &stderr); code != 0 {
+	if code := run(ctx, args, &stdout, stderr); code != 0 {
 		t.Fatalf("restore: exit %d: %s", code, stderr.String())
 	}
 	restored, err := jsstore.Open(ctx, jsstore.Config{NATS: natsbus.Config{URL: dst.URL, User: "kezchat", Password: "s3cret"}}, nil)
@@ -233,8 +236,8 @@ func TestBackupAndRestoreOfTheJetStreamStore(t *testing.T) {
 		t.Errorf("restored messages %v, %v", msgs, err)
 	}
 	// The next start of a chat server replica finds the marker.
-	stderr.Reset()
-	if code := run(ctx, args, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "backup js1 was restored by") {
+	stderr = &testutil.LockedBuffer{}
+	if code := run(ctx, args, &stdout, stderr); code != 0 || !strings.Contains(stderr.String(), "backup js1 was restored by") {
 		t.Errorf("restore after the restore: exit %d: %s", code, stderr.String())
 	}
 }
