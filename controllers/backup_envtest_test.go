@@ -12,8 +12,6 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -499,12 +497,7 @@ func TestRecoveryAddsRestoreInitContainers(t *testing.T) {
 // it deletes what the object of uid owns.
 func collectGarbage(t *testing.T, ns string, uid types.UID) {
 	t.Helper()
-	lists := []client.ObjectList{
-		&appsv1.DeploymentList{}, &appsv1.StatefulSetList{}, &corev1.ServiceList{}, &corev1.ConfigMapList{},
-		&corev1.SecretList{}, &corev1.PersistentVolumeClaimList{}, &corev1.ServiceAccountList{},
-		&networkingv1.IngressList{}, &networkingv1.NetworkPolicyList{}, &policyv1.PodDisruptionBudgetList{},
-	}
-	for _, list := range lists {
+	for _, list := range childLists() {
 		if err := k8s.List(ctx, list, client.InNamespace(ns)); err != nil {
 			t.Fatal(err)
 		}

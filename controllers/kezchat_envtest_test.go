@@ -836,12 +836,7 @@ func TestDisablingAComponentRemovesItsWorkloadButKeepsItsData(t *testing.T) {
 func resourceVersions(t *testing.T, ns string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	lists := []client.ObjectList{
-		&chatv1.KezChatList{}, &appsv1.DeploymentList{}, &appsv1.StatefulSetList{}, &corev1.ServiceList{},
-		&corev1.ConfigMapList{}, &corev1.SecretList{}, &corev1.PersistentVolumeClaimList{}, &corev1.ServiceAccountList{},
-		&networkingv1.IngressList{}, &networkingv1.NetworkPolicyList{}, &policyv1.PodDisruptionBudgetList{},
-	}
-	for _, l := range lists {
+	for _, l := range append([]client.ObjectList{&chatv1.KezChatList{}}, childLists()...) {
 		if err := k8s.List(ctx, l, client.InNamespace(ns)); err != nil {
 			t.Fatal(err)
 		}

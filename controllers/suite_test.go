@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -174,3 +177,12 @@ func (m *runningManager) reconcileNow(t *testing.T, kc *chatv1.KezChat) {
 var eventually = testutil.WaitFor
 
 const waitTimeout = 20 * time.Second
+
+// childLists are empty lists of every kind of child a KezChat has.
+func childLists() []client.ObjectList {
+	return []client.ObjectList{
+		&appsv1.DeploymentList{}, &appsv1.StatefulSetList{}, &corev1.ServiceList{}, &corev1.ConfigMapList{},
+		&corev1.SecretList{}, &corev1.PersistentVolumeClaimList{}, &corev1.ServiceAccountList{},
+		&networkingv1.IngressList{}, &networkingv1.NetworkPolicyList{}, &policyv1.PodDisruptionBudgetList{},
+	}
+}

@@ -70,6 +70,22 @@ func seedJetStream(t *testing.T, b *bucket, id string) *jsstore.Store {
 	return store
 }
 
+// backUpOneMessage backs up, as id, a JetStream store holding alice and
+// one message to her.
+func backUpOneMessage(t *testing.T, b *bucket, id string) {
+	t.Helper()
+	ctx := context.Background()
+	src := testutil.StartNATS(t, testutil.NATSOptions{})
+	store := openJetStream(t, src)
+	if err := store.CreateUser(ctx, user("alice")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendMessage(ctx, envelope("alice", "alice", "m1"), server.InboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, id, backup.PartServer)
+}
+
 // checkJetStreamRestored checks that the store on dst holds what
 // seedJetStream put in store, and takes new messages.
 func checkJetStreamRestored(t *testing.T, store *jsstore.Store, dst *testutil.NATS) {
@@ -173,15 +189,7 @@ func TestJetStreamBackupUnderWriteLoadHasEveryMessageAcknowledgedBeforeItStarted
 func TestJetStreamRestoreOfADamagedSnapshotCreatesNoStream(t *testing.T) {
 	ctx := context.Background()
 	b := newBucket(t)
-	src := testutil.StartNATS(t, testutil.NATSOptions{})
-	store := openJetStream(t, src)
-	if err := store.CreateUser(ctx, user("alice")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := store.AppendMessage(ctx, envelope("alice", "alice", "m1"), server.InboxLimits{}); err != nil {
-		t.Fatal(err)
-	}
-	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js", backup.PartServer)
+	backUpOneMessage(t, b, "js")
 	// The users bucket's snapshot, restored after the envelopes', is damaged:
 	// nothing may be restored at all.
 	obj := b.ObjectPath("kez/prod/js/server/KV_" + jsstore.BucketUsers + ".snapshot")
@@ -206,15 +214,7 @@ func TestJetStreamRestoreOfADamagedSnapshotCreatesNoStream(t *testing.T) {
 func TestJetStreamRestoreThatFailsHalfWayTakesBackTheStreamsItMade(t *testing.T) {
 	ctx := context.Background()
 	b := newBucket(t)
-	src := testutil.StartNATS(t, testutil.NATSOptions{})
-	store := openJetStream(t, src)
-	if err := store.CreateUser(ctx, user("alice")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := store.AppendMessage(ctx, envelope("alice", "alice", "m1"), server.InboxLimits{}); err != nil {
-		t.Fatal(err)
-	}
-	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, "js", backup.PartServer)
+	backUpOneMessage(t, b, "js")
 	// The users bucket's configuration names another stream, checksums and
 	// all: JetStream refuses it after the envelopes are restored.
 	folder := "kez/prod/js/server/"
