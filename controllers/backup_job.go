@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
+	"kez.lat/chat/server/backup"
 )
 
 // The backup of one part of a KezChat runs as a Job of its own (see
@@ -326,17 +327,11 @@ func restoreInitContainer(kc *chatv1.KezChat, part chatv1.BackupPart, image stri
 	}, caVolumes
 }
 
-// backupResult is what `kezchat backup` reports, as one JSON line.
+// backupResult is what `kezchat backup` reports, as one JSON line: its
+// backup.Result, or on failure only the error.
 type backupResult struct {
-	ID          string    `json:"id"`
-	Part        string    `json:"part"`
-	Bytes       int64     `json:"bytes"`
-	Objects     int64     `json:"objects"`
-	StartedAt   time.Time `json:"startedAt"`
-	CompletedAt time.Time `json:"completedAt"`
-	Version     string    `json:"version"`
-	Deleted     []string  `json:"deleted"`
-	Error       string    `json:"error"`
+	backup.Result
+	Error string `json:"error"`
 }
 
 // parseBackupResult reads a backup container's termination message: the

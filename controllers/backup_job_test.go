@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
+	"kez.lat/chat/server/backup"
 )
 
 // withBackup gives a KezChat an object store at https://s3.example.org.
@@ -229,8 +230,8 @@ func TestBackupResultIsReadFromTheTerminationMessage(t *testing.T) {
 		wantErr string
 	}{
 		{"success line", `{"id":"X","part":"server","bytes":12345,"objects":2,"startedAt":"2026-12-02T03:00:00Z","completedAt":"2026-12-02T03:00:09Z","version":"v1.2.3","deleted":["old"]}`,
-			backupResult{ID: "X", Part: "server", Bytes: 12345, Objects: 2, StartedAt: time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC),
-				CompletedAt: time.Date(2026, 12, 2, 3, 0, 9, 0, time.UTC), Version: "v1.2.3", Deleted: []string{"old"}}, ""},
+			backupResult{Result: backup.Result{ID: "X", Part: "server", Bytes: 12345, Objects: 2, StartedAt: time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC),
+				CompletedAt: time.Date(2026, 12, 2, 3, 0, 9, 0, time.UTC), Version: "v1.2.3", Deleted: []string{"old"}}}, ""},
 		{"failure line", `{"error":"uploading manifest.json: 403 AccessDenied"}`, backupResult{Error: "uploading manifest.json: 403 AccessDenied"}, ""},
 		{"the result after log lines (FallbackToLogsOnError)", "{\"level\":\"INFO\",\"msg\":\"uploading\"}\n{\"error\":\"disk full\"}\n", backupResult{Error: "disk full"}, ""},
 		{"only a log", "panic: runtime error\ngoroutine 1 [running]:", backupResult{}, "its last output: goroutine 1 [running]:"},

@@ -103,13 +103,13 @@ func partStatus(part chatv1.BackupPart, jobName, backupID string, job *batchv1.J
 	case r.Error != "":
 		st.Phase, st.Message = chatv1.BackupFailed, r.Error
 		return st
-	case r.ID != backupID || r.Part != string(part):
+	case r.ID != backupID || string(r.Part) != string(part):
 		st.Phase = chatv1.BackupFailed
 		st.Message = fmt.Sprintf("the backup container reports backup %s part %s, not %s part %s", r.ID, r.Part, backupID, part)
 		return st
 	}
 	st.Phase = chatv1.BackupCompleted
-	st.Bytes, st.Objects, st.Version, st.Deleted = r.Bytes, r.Objects, r.Version, r.Deleted
+	st.Bytes, st.Objects, st.Version, st.Deleted = r.Bytes, int64(r.Objects), r.Version, r.Deleted
 	if !r.StartedAt.IsZero() {
 		st.StartedAt = &metav1.Time{Time: r.StartedAt}
 	}

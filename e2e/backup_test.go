@@ -224,17 +224,7 @@ func startInstance(t *testing.T, ctx context.Context, c *cluster, pods *localPod
 		ctr := &spec.Containers[0]
 		pods.start(t, ctx, backupNS, &spec, ctr, "--bind="+bind, "--metrics-bind="+metrics, "--log-format=text")
 		url := "http://" + bind
-		eventually(t, time.Minute, deployment+" ready", func() error {
-			res, err := http.Get(url + "/v1/readyz")
-			if err != nil {
-				return err
-			}
-			res.Body.Close()
-			if res.StatusCode != http.StatusOK {
-				return fmt.Errorf("readyz %d", res.StatusCode)
-			}
-			return nil
-		})
+		waitReadyz(t, time.Minute, deployment+" ready", url+"/v1/readyz")
 		pods.serve(deployment, servicePort(t, ctx, c, deployment), bind)
 		urls[component] = url
 	}

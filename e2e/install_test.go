@@ -70,8 +70,14 @@ func (c *cluster) runOperator(t *testing.T, bin string) {
 	c.start(t, "operator", bin, "operator", "--image="+firstImage, "--leader-elect=false",
 		"--metrics-bind=0", "--health-probe-bind="+probes, "--log-format=text")
 	// It finds the cluster through KUBECONFIG, which the test sets.
-	eventually(t, time.Minute, "the operator is ready", func() error {
-		res, err := http.Get("http://" + probes + "/readyz")
+	waitReadyz(t, time.Minute, "the operator is ready", "http://"+probes+"/readyz")
+}
+
+// waitReadyz waits until url answers 200 OK.
+func waitReadyz(t *testing.T, timeout time.Duration, what, url string) {
+	t.Helper()
+	eventually(t, timeout, what, func() error {
+		res, err := http.Get(url)
 		if err != nil {
 			return err
 		}

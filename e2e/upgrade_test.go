@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -45,17 +44,7 @@ func (c *cluster) runOperatorAsDeployed(t *testing.T, bin, name string) (stop fu
 	// cluster's network.
 	stop = c.startEnv(t, name, env, bin, "operator", "--leader-elect=false",
 		"--metrics-bind=0", "--health-probe-bind="+probes, "--log-format=text")
-	eventually(t, time.Minute, name+" ready", func() error {
-		res, err := http.Get("http://" + probes + "/readyz")
-		if err != nil {
-			return err
-		}
-		res.Body.Close()
-		if res.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz %d", res.StatusCode)
-		}
-		return nil
-	})
+	waitReadyz(t, time.Minute, name+" ready", "http://"+probes+"/readyz")
 	return stop
 }
 

@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -197,7 +196,7 @@ func TestChatBetweenTwoTerminals(t *testing.T) {
 
 	// listen prints and acknowledges live messages until interrupted.
 	lctx, cancel := context.WithCancel(ctx)
-	var lout syncBuffer
+	var lout testutil.LockedBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- runListen(lctx, []string{"--identity", bob, "--url", srv.URL}, &lout, &bytes.Buffer{})
@@ -214,24 +213,6 @@ func TestChatBetweenTwoTerminals(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestTheCLIRefusesASwappedKeyAndSaysHowToAcceptIt: a server that answers
