@@ -216,7 +216,13 @@ func (r *KezChatBackupReconciler) follow(ctx context.Context, b *chatv1.KezChatB
 			if err := r.APIReader.List(ctx, &list, client.InNamespace(b.Namespace), client.MatchingLabels{jobNameLabel: job.Name}); err != nil {
 				return fmt.Errorf("reading the pods of Job %s: %w", job.Name, err)
 			}
-			pods = list.Items
+			// Pods of an earlier Job of this name, not yet collected,
+			// carry its name too: only this Job's speak for it.
+			for _, pod := range list.Items {
+				if metav1.IsControlledBy(&pod, job) {
+					pods = append(pods, pod)
+				}
+			}
 		}
 		parts = append(parts, partStatus(p.Part, p.Job, b.Status.BackupID, job, pods))
 	}

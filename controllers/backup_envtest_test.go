@@ -157,8 +157,10 @@ func finishBackupJob(t *testing.T, ns, jobName string, phase corev1.PodPhase, ms
 	t.Helper()
 	job := waitFor[batchv1.Job](t, ns, jobName, nil)
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: jobName + "-", Namespace: ns, Labels: map[string]string{jobNameLabel: jobName}},
-		Spec:       *job.Spec.Template.Spec.DeepCopy(),
+		ObjectMeta: metav1.ObjectMeta{GenerateName: jobName + "-", Namespace: ns, Labels: map[string]string{jobNameLabel: jobName},
+			// Controlled by its Job, as the Job controller makes them.
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(job, batchv1.SchemeGroupVersion.WithKind("Job"))}},
+		Spec: *job.Spec.Template.Spec.DeepCopy(),
 	}
 	if err := k8s.Create(ctx, pod); err != nil {
 		t.Fatalf("creating the Job's pod: %v", err)
