@@ -1,14 +1,28 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
+	"reflect"
+	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/managedfields"
+	"k8s.io/client-go/applyconfigurations"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
+	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
 )
 
 // applyResult says what an apply did to the object.
@@ -23,49 +37,277 @@ const (
 // apply makes obj's fields as the operator sets them true on the API
 // server by server-side apply, as FieldOwner, taking back any field
 // someone else changed. Fields the operator does not set are left to
-// whoever set them. Applying what is already there writes nothing: the
-// resourceVersion stays, and no watch fires, so a steady KezChat costs no
-// writes.
-func (r *KezChatReconciler) apply(ctx context.Context, obj client.Object) (applyResult, error) {
+// whoever set them.
+//
+// It sends nothing when the cached object already holds, under the
+// operator's field manager, exactly the fields obj sets: a steady KezChat
+// costs the API server no request at all, while an edit of an owned field
+// (which moves or drops the operator's ownership of it) shows as a
+// difference and is applied back.
+func (r *KezChatReconciler) apply(ctx context.Context, kc *chatv1.KezChat, obj client.Object) (applyResult, error) {
 	gvk, err := apiutil.GVKForObject(obj, r.Scheme)
 	if err != nil {
 		return unchanged, err
 	}
-	// The version before, from the cache, tells a create or an update
-	// from a no-op, for events.
+	digest, err := r.desiredDigest(obj)
+	if err != nil {
+		return unchanged, fmt.Errorf("encoding %s %s: %w", gvk.Kind, obj.GetName(), err)
+	}
+	key := appliedKey{client.ObjectKeyFromObject(kc), gvk.GroupKind(), obj.GetName()}
+
 	before, err := r.Scheme.New(gvk)
 	if err != nil {
 		return unchanged, err
 	}
-	beforeVersion := ""
-	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(obj), before.(client.Object)); {
+	cached := before.(client.Object)
+	var content map[string]any
+	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(obj), cached); {
 	case err == nil:
-		beforeVersion = before.(client.Object).GetResourceVersion()
-	case !apierrors.IsNotFound(err):
+		// Seen as it is now, with this same desired state, before.
+		if r.applied.matches(key, cached.GetResourceVersion(), digest) {
+			return unchanged, nil
+		}
+		if content, err = r.applyConfiguration(obj, gvk); err != nil {
+			return unchanged, err
+		}
+		same, err := r.ownsAsDesired(cached, content)
+		if err != nil {
+			return unchanged, fmt.Errorf("comparing %s %s with what the operator applied: %w", gvk.Kind, obj.GetName(), err)
+		}
+		if same {
+			r.applied.record(key, cached.GetResourceVersion(), digest)
+			return unchanged, nil
+		}
+	case apierrors.IsNotFound(err):
+		cached = nil
+		if content, err = r.applyConfiguration(obj, gvk); err != nil {
+			return unchanged, err
+		}
+	default:
 		return unchanged, fmt.Errorf("reading %s %s: %w", gvk.Kind, obj.GetName(), err)
 	}
 
+	u := &unstructured.Unstructured{Object: content}
+	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
+		client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return unchanged, fmt.Errorf("applying %s %s: %w", gvk.Kind, obj.GetName(), err)
+	}
+	// The answer is the object as this apply left it.
+	r.applied.record(key, u.GetResourceVersion(), digest)
+	switch {
+	case cached == nil:
+		return created, nil
+	case u.GetResourceVersion() != cached.GetResourceVersion():
+		return updated, nil
+	}
+	return unchanged, nil
+}
+
+// desiredDigest identifies obj's desired state.
+func (r *KezChatReconciler) desiredDigest(obj client.Object) ([sha256.Size]byte, error) {
+	desired, err := json.Marshal(obj)
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	return sha256.Sum256(desired), nil
+}
+
+// appliedKey names a child of a KezChat.
+type appliedKey struct {
+	kezChat types.NamespacedName
+	kind    schema.GroupKind
+	name    string
+}
+
+// appliedVersions remembers, per child, the resourceVersion at which it
+// was last found to hold (or was applied with) a desired state, by digest.
+// The same version with the same desired state needs no comparison: what
+// deciding not to apply costs in CPU is then a digest and a map lookup,
+// not a walk of the object's schema. An entry is one per child; children
+// of a deleted KezChat are forgotten with it (forget).
+type appliedVersions struct {
+	mu   sync.Mutex
+	byKC map[types.NamespacedName]map[appliedKey]appliedVersion
+}
+
+type appliedVersion struct {
+	resourceVersion string
+	digest          [sha256.Size]byte
+}
+
+func (a *appliedVersions) matches(key appliedKey, resourceVersion string, digest [sha256.Size]byte) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.byKC[key.kezChat][key]
+	return ok && v.resourceVersion == resourceVersion && v.digest == digest
+}
+
+func (a *appliedVersions) record(key appliedKey, resourceVersion string, digest [sha256.Size]byte) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.byKC == nil {
+		a.byKC = map[types.NamespacedName]map[appliedKey]appliedVersion{}
+	}
+	kc := key.kezChat
+	if a.byKC[kc] == nil {
+		a.byKC[kc] = map[appliedKey]appliedVersion{}
+	}
+	a.byKC[kc][key] = appliedVersion{resourceVersion, digest}
+}
+
+// forget drops what is remembered of kc's children.
+func (a *appliedVersions) forget(kc types.NamespacedName) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.byKC, kc)
+}
+
+// applyConfiguration is obj as an apply configuration: only the fields
+// the operator sets, with its apiVersion and kind.
+func (r *KezChatReconciler) applyConfiguration(obj client.Object, gvk schema.GroupVersionKind) (map[string]any, error) {
 	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
 	if err != nil {
-		return unchanged, fmt.Errorf("converting %s %s: %w", gvk.Kind, obj.GetName(), err)
+		return nil, fmt.Errorf("converting %s %s: %w", gvk.Kind, obj.GetName(), err)
 	}
 	// A typed object carries empty status and null timestamps; applied,
 	// they would claim fields the operator has no opinion on.
 	delete(content, "status")
 	dropNulls(content)
-	u := &unstructured.Unstructured{Object: content}
-	u.SetGroupVersionKind(gvk)
-	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
-		client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-		return unchanged, fmt.Errorf("applying %s %s: %w", gvk.Kind, obj.GetName(), err)
+	content["apiVersion"], content["kind"] = gvk.GroupVersion().String(), gvk.Kind
+	return content, nil
+}
+
+// ownsAsDesired reports whether live holds, under the operator's apply
+// field manager, exactly the fields and values of desired (an apply
+// configuration as unstructured content): what server-side apply of
+// desired would leave as it is. Fields others own are not compared.
+//
+// Two checks, as server-side apply itself sees the object:
+//   - the set of fields the operator owns is the set desired names, so
+//     a field it no longer sets, or one it lost to someone else's edit
+//     (an update or a forced apply of an owned field moves its ownership
+//     away), counts as a difference;
+//   - each owned value holds what desired says. Within an atomic owned
+//     value (a volume claim template, a fieldRef) the API server may
+//     have added defaults; anyone else's change to it would have taken it
+//     over, so only desired's fields are compared there.
+func (r *KezChatReconciler) ownsAsDesired(live runtime.Object, desired map[string]any) (bool, error) {
+	accessor, err := meta.Accessor(live)
+	if err != nil {
+		return false, err
 	}
-	switch {
-	case beforeVersion == "":
-		return created, nil
-	case u.GetResourceVersion() != beforeVersion:
-		return updated, nil
+	var entry *metav1.ManagedFieldsEntry
+	for i, e := range accessor.GetManagedFields() {
+		if e.Manager == FieldOwner && e.Operation == metav1.ManagedFieldsOperationApply && e.Subresource == "" {
+			entry = &accessor.GetManagedFields()[i]
+			break
+		}
 	}
-	return unchanged, nil
+	if entry == nil || entry.FieldsV1 == nil {
+		return false, nil
+	}
+	owned := &fieldpath.Set{}
+	if err := owned.FromJSON(bytes.NewReader(entry.FieldsV1.Raw)); err != nil {
+		return false, fmt.Errorf("reading the operator's managed fields: %w", err)
+	}
+
+	converter := r.typeConverter()
+	want, err := converter.ObjectToTyped(&unstructured.Unstructured{Object: desired})
+	if err != nil {
+		return false, err
+	}
+	wantFields, err := want.ToFieldSet()
+	if err != nil {
+		return false, err
+	}
+	// The API server keeps no ownership of an object's identity.
+	if !owned.Equals(wantFields.Difference(identityFields)) {
+		return false, nil
+	}
+	typed, err := converter.ObjectToTyped(live)
+	if err != nil {
+		return false, err
+	}
+	have := typed.ExtractItems(owned.Leaves()).AsValue().Unstructured()
+	return holds(have, want.AsValue().Unstructured(), true), nil
+}
+
+// identityFields are the fields of an apply that name the object rather
+// than set it.
+var identityFields = fieldpath.NewSet(
+	fieldpath.MakePathOrDie("apiVersion"),
+	fieldpath.MakePathOrDie("kind"),
+	fieldpath.MakePathOrDie("metadata", "name"),
+	fieldpath.MakePathOrDie("metadata", "namespace"),
+)
+
+// holds reports whether have holds every value of want: the same scalars,
+// every key of want's maps, lists of the same length whose items hold
+// want's. An empty map or list in want asks for nothing. At the top (an
+// object's own keys) the identity fields are not compared.
+func holds(have, want any, top bool) bool {
+	switch w := want.(type) {
+	case map[string]any:
+		h, _ := have.(map[string]any)
+		for k, wv := range w {
+			if top && (k == "apiVersion" || k == "kind") {
+				continue
+			}
+			if top && k == "metadata" {
+				wm, _ := wv.(map[string]any)
+				hm, _ := h["metadata"].(map[string]any)
+				for mk, mv := range wm {
+					if mk != "name" && mk != "namespace" && !holds(hm[mk], mv, false) {
+						return false
+					}
+				}
+				continue
+			}
+			if !holds(h[k], wv, false) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		h, _ := have.([]any)
+		if len(w) == 0 {
+			return true
+		}
+		if len(h) != len(w) {
+			return false
+		}
+		for i := range w {
+			if !holds(h[i], w[i], false) {
+				return false
+			}
+		}
+		return true
+	case nil:
+		return true
+	}
+	return reflect.DeepEqual(normalNumber(have), normalNumber(want))
+}
+
+// normalNumber makes the integers of either side of a comparison one type.
+func normalNumber(v any) any {
+	switch n := v.(type) {
+	case int:
+		return int64(n)
+	case int32:
+		return int64(n)
+	case float64:
+		if n == float64(int64(n)) {
+			return int64(n)
+		}
+	}
+	return v
+}
+
+// typeConverter turns typed objects into the structured values server-side
+// apply works on; built once, from the scheme and client-go's schemas.
+func (r *KezChatReconciler) typeConverter() managedfields.TypeConverter {
+	r.converterOnce.Do(func() { r.converter = applyconfigurations.NewTypeConverter(r.Scheme) })
+	return r.converter
 }
 
 // dropNulls removes the null values from m and the maps inside it.

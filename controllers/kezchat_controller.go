@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	k8slabels "k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/managedfields"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -81,6 +83,14 @@ type KezChatReconciler struct {
 	// PlatformAssignsUID leaves the pods' uid, gid and fsGroup to the
 	// platform (OpenShift's restricted SCC).
 	PlatformAssignsUID bool
+
+	// converter compares what the cache holds with what apply would send
+	// (apply.go).
+	converterOnce sync.Once
+	converter     managedfields.TypeConverter
+	// applied spares comparing a child the cache holds at the version
+	// last found as desired (apply.go).
+	applied appliedVersions
 }
 
 // +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats,verbs=get;list;watch
@@ -101,6 +111,9 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	logger := log.FromContext(ctx)
 	var kc chatv1.KezChat
 	if err := r.Client.Get(ctx, req.NamespacedName, &kc); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.applied.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !kc.DeletionTimestamp.IsZero() {
@@ -201,13 +214,14 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	if size, ok := claims[namesOf(kc).serverData()]; ok {
 		in.ServerStoreSize = &size
 	}
+	changed, firstChanged := map[applyResult][]string{}, map[applyResult]client.Object{}
 	for _, obj := range desiredObjects(kc, in) {
 		if ownedByKezChat(kc, obj) {
 			if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
 				return obs, ctrl.Result{}, err
 			}
 		}
-		res, err := r.apply(ctx, obj)
+		res, err := r.apply(ctx, kc, obj)
 		if pvc, ok := obj.(*corev1.PersistentVolumeClaim); ok && err != nil {
 			// A bigger claim the API server will not grow is the
 			// user's to fix; it blocks nothing else of the spec.
@@ -226,12 +240,21 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			if gvk, err := r.Client.GroupVersionKindFor(obj); err == nil {
 				kind = gvk.Kind
 			}
-			reason, action := "Created", "Create"
-			if res == updated {
-				reason, action = "Updated", "Update"
+			if len(changed[res]) == 0 {
+				firstChanged[res] = obj
 			}
-			r.Recorder.Eventf(kc, obj, corev1.EventTypeNormal, reason, action, "%s %s %s", reason, kind, obj.GetName())
+			changed[res] = append(changed[res], kind+" "+obj.GetName())
 		}
+	}
+	// One event per kind of change, not per child: each event is a
+	// request to the API server, and a new KezChat has twenty children.
+	// It relates to the first child it names: events of the same reason
+	// and related object merge into one series.
+	if names := changed[created]; len(names) > 0 {
+		r.Recorder.Eventf(kc, firstChanged[created], corev1.EventTypeNormal, "Created", "Create", "created %s", listNote(names))
+	}
+	if names := changed[updated]; len(names) > 0 {
+		r.Recorder.Eventf(kc, firstChanged[updated], corev1.EventTypeNormal, "Updated", "Update", "updated %s", listNote(names))
 	}
 	for _, obj := range unwantedObjects(kc) {
 		if err := r.deleteIfOwned(ctx, kc, obj); err != nil {
@@ -243,7 +266,9 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	if obs.server, err = r.observeDeployment(ctx, kc, n.server(), kc.Spec.Server.ReplicaCount()); err != nil {
 		return obs, ctrl.Result{}, err
 	}
-	if !obs.server.ready && obs.server.reason != ReasonNotCreated {
+	// The kubelet's probe events are read from the API server, so only
+	// while there are pods whose probes fail.
+	if !obs.server.ready && obs.server.hasPods {
 		if obs.storageFull, err = r.serverStorageFull(ctx, kc, time.Now()); err != nil {
 			return obs, ctrl.Result{}, err
 		}
@@ -282,6 +307,24 @@ func (r *KezChatReconciler) observeDeployment(ctx context.Context, kc *chatv1.Ke
 	}
 	s := deploymentState(found, desired)
 	return &s, nil
+}
+
+// listNote joins names for an event's note, which the API server caps at
+// 1 kB: past 900 bytes, the rest is counted, not named.
+func listNote(names []string) string {
+	const most = 900
+	var b strings.Builder
+	for i, n := range names {
+		if b.Len()+len(n) > most {
+			fmt.Fprintf(&b, " and %d more", len(names)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(n)
+	}
+	return b.String()
 }
 
 // deleteIfOwned deletes obj if it exists and kc controls it; anything else
@@ -371,7 +414,7 @@ var beingDeleted = predicate.Funcs{
 // other Secrets and ConfigMaps never reach its memory.
 func CacheOptions(namespaces []string) cache.Options {
 	mine := k8slabels.SelectorFromSet(k8slabels.Set{managedByLabel: managedByValue})
-	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{}}
+	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{}, DefaultTransform: ownManagedFieldsOnly}
 	for _, obj := range []client.Object{
 		&appsv1.Deployment{}, &appsv1.StatefulSet{},
 		&corev1.Service{}, &corev1.ConfigMap{}, &corev1.Secret{},
@@ -388,4 +431,27 @@ func CacheOptions(namespaces []string) cache.Options {
 		}
 	}
 	return opts
+}
+
+// ownManagedFieldsOnly drops from a cached object every managed-fields
+// entry but the operator's own apply: that one is what apply compares
+// with (apply.go); the others, one per controller or user that ever wrote
+// the object, only cost memory.
+func ownManagedFieldsOnly(obj any) (any, error) {
+	o, ok := obj.(metav1.Object)
+	if !ok {
+		return obj, nil
+	}
+	entries := o.GetManagedFields()
+	kept := entries[:0]
+	for _, e := range entries {
+		if e.Manager == FieldOwner && e.Operation == metav1.ManagedFieldsOperationApply {
+			kept = append(kept, e)
+		}
+	}
+	if len(kept) == 0 {
+		kept = nil
+	}
+	o.SetManagedFields(kept)
+	return obj, nil
 }

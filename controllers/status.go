@@ -38,6 +38,9 @@ type componentState struct {
 	replicas chatv1.ComponentStatus
 	// image is what the pods run once rolled out; "" while rolling.
 	image string
+	// hasPods says the workload's controller reports pods: only then can
+	// their probes have failed.
+	hasPods bool
 }
 
 // deploymentState judges a Deployment the way `kubectl rollout status`
@@ -50,6 +53,7 @@ func deploymentState(d *appsv1.Deployment, desired int32) componentState {
 		return s
 	}
 	st := d.Status
+	s.hasPods = st.Replicas > 0
 	s.replicas.ReadyReplicas = min(st.ReadyReplicas, st.UpdatedReplicas)
 	for _, c := range st.Conditions {
 		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {

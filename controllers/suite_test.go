@@ -3,7 +3,10 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,14 +84,60 @@ func testNamespace(t testing.TB) string {
 type runningManager struct {
 	reconciler *KezChatReconciler
 	stop       func()
+	requests   *requestLog
 }
+
+// requestLog records the requests a manager sends to the API server.
+type requestLog struct {
+	mu   sync.Mutex
+	sent []string
+}
+
+func (l *requestLog) wrap(next http.RoundTripper) http.RoundTripper {
+	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		l.mu.Lock()
+		l.sent = append(l.sent, req.Method+" "+req.URL.RequestURI())
+		l.mu.Unlock()
+		return next.RoundTrip(req)
+	})
+}
+
+// mark is where the requests sent from now on start, for since.
+func (l *requestLog) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.sent)
+}
+
+// since is the requests sent after mark, but for watches, which informers
+// open again from time to time whatever the reconciler does.
+func (l *requestLog) since(mark int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, r := range l.sent[mark:] {
+		if !strings.Contains(r, "watch=true") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 // startManager runs the operator, as `kezchat operator` does, watching
 // namespace only, with its settings changed by configure. It stops when t
 // ends, or earlier by stop.
 func startManager(t testing.TB, namespace string, configure ...func(*KezChatReconciler)) *runningManager {
 	t.Helper()
-	mgr, err := ctrl.NewManager(testConfig, ctrl.Options{
+	// Every request the manager sends is logged, for the tests that count
+	// them.
+	requests := &requestLog{}
+	cfg := rest.CopyConfig(testConfig)
+	cfg.Wrap(requests.wrap)
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 testScheme,
 		Cache:                  CacheOptions([]string{namespace}),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -152,7 +201,7 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 		}
 	}
 	t.Cleanup(stop)
-	return &runningManager{reconciler: r, stop: stop}
+	return &runningManager{reconciler: r, stop: stop, requests: requests}
 }
 
 // reconcileNow runs one reconcile of kc by hand, as a watch event would.
