@@ -39,9 +39,22 @@ func Assets() (string, error) {
 	return dir, nil
 }
 
+// Option changes the control plane Start runs.
+type Option func(*envtest.Environment)
+
+// APIServerFlag runs kube-apiserver with --name=values, in place of
+// envtest's own value of that flag, if any: for example
+// APIServerFlag("service-cluster-ip-range", "10.96.0.0/16") for more than
+// the 256 ClusterIPs of envtest's /24.
+func APIServerFlag(name string, values ...string) Option {
+	return func(env *envtest.Environment) {
+		env.ControlPlane.GetAPIServer().Configure().Set(name, values...)
+	}
+}
+
 // Start runs kube-apiserver and etcd with the CRDs of config/crd/bases
-// installed. Stop the returned environment when done.
-func Start() (*envtest.Environment, *rest.Config, error) {
+// installed, changed by opts. Stop the returned environment when done.
+func Start(opts ...Option) (*envtest.Environment, *rest.Config, error) {
 	assets, err := Assets()
 	if err != nil {
 		return nil, nil, err
@@ -50,6 +63,9 @@ func Start() (*envtest.Environment, *rest.Config, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(repoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
+	}
+	for _, opt := range opts {
+		opt(env)
 	}
 	cfg, err := env.Start()
 	if err != nil {
