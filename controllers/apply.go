@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -87,17 +88,29 @@ func (r *KezChatReconciler) apply(ctx context.Context, kc *chatv1.KezChat, obj c
 		return unchanged, fmt.Errorf("reading %s %s: %w", gvk.Kind, obj.GetName(), err)
 	}
 
-	u := &unstructured.Unstructured{Object: content}
-	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
+	patch, err := json.Marshal(content)
+	if err != nil {
+		return unchanged, fmt.Errorf("encoding %s %s: %w", gvk.Kind, obj.GetName(), err)
+	}
+	// The answer is decoded into a typed object, which costs far less
+	// memory than an unstructured one.
+	answer, err := r.Scheme.New(gvk)
+	if err != nil {
+		return unchanged, err
+	}
+	after := answer.(client.Object)
+	after.SetNamespace(obj.GetNamespace())
+	after.SetName(obj.GetName())
+	if err := r.Client.Patch(ctx, after, client.RawPatch(types.ApplyPatchType, patch),
 		client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		return unchanged, fmt.Errorf("applying %s %s: %w", gvk.Kind, obj.GetName(), err)
 	}
 	// The answer is the object as this apply left it.
-	r.applied.record(key, u.GetResourceVersion(), digest)
+	r.applied.record(key, after.GetResourceVersion(), digest)
 	switch {
 	case cached == nil:
 		return created, nil
-	case u.GetResourceVersion() != cached.GetResourceVersion():
+	case after.GetResourceVersion() != cached.GetResourceVersion():
 		return updated, nil
 	}
 	return unchanged, nil
@@ -123,36 +136,45 @@ type appliedKey struct {
 // was last found to hold (or was applied with) a desired state, by digest.
 // The same version with the same desired state needs no comparison: what
 // deciding not to apply costs in CPU is then a digest and a map lookup,
-// not a walk of the object's schema. An entry is one per child; children
-// of a deleted KezChat are forgotten with it (forget).
+// not a walk of the object's schema. It holds 32 bytes per child, kept by
+// KezChat, so the children of a deleted one are forgotten with it
+// (forget).
 type appliedVersions struct {
 	mu   sync.Mutex
-	byKC map[types.NamespacedName]map[appliedKey]appliedVersion
+	byKC map[types.NamespacedName]map[[16]byte][16]byte
 }
 
-type appliedVersion struct {
-	resourceVersion string
-	digest          [sha256.Size]byte
+// ids are what appliedVersions keeps of a child and of a version with a
+// desired state: halves of their SHA-256 digests.
+func (key appliedKey) ids(resourceVersion string, digest [sha256.Size]byte) (child, seen [16]byte) {
+	c := sha256.Sum256([]byte(key.kind.String() + "/" + key.name))
+	s := sha256.Sum256(append([]byte(resourceVersion+"/"), digest[:]...))
+	copy(child[:], c[:])
+	copy(seen[:], s[:])
+	return child, seen
 }
 
 func (a *appliedVersions) matches(key appliedKey, resourceVersion string, digest [sha256.Size]byte) bool {
+	child, seen := key.ids(resourceVersion, digest)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	v, ok := a.byKC[key.kezChat][key]
-	return ok && v.resourceVersion == resourceVersion && v.digest == digest
+	v, ok := a.byKC[key.kezChat][child]
+	return ok && v == seen
 }
 
 func (a *appliedVersions) record(key appliedKey, resourceVersion string, digest [sha256.Size]byte) {
+	child, seen := key.ids(resourceVersion, digest)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.byKC == nil {
-		a.byKC = map[types.NamespacedName]map[appliedKey]appliedVersion{}
+		a.byKC = map[types.NamespacedName]map[[16]byte][16]byte{}
 	}
-	kc := key.kezChat
-	if a.byKC[kc] == nil {
-		a.byKC[kc] = map[appliedKey]appliedVersion{}
+	children := a.byKC[key.kezChat]
+	if children == nil {
+		children = map[[16]byte][16]byte{}
+		a.byKC[key.kezChat] = children
 	}
-	a.byKC[kc][key] = appliedVersion{resourceVersion, digest}
+	children[child] = seen
 }
 
 // forget drops what is remembered of kc's children.
@@ -196,21 +218,16 @@ func (r *KezChatReconciler) ownsAsDesired(live runtime.Object, desired map[strin
 	if err != nil {
 		return false, err
 	}
-	var entry *metav1.ManagedFieldsEntry
-	for i, e := range accessor.GetManagedFields() {
-		if e.Manager == FieldOwner && e.Operation == metav1.ManagedFieldsOperationApply && e.Subresource == "" {
-			entry = &accessor.GetManagedFields()[i]
+	var owned []byte
+	for _, e := range accessor.GetManagedFields() {
+		if e.Manager == FieldOwner && e.Operation == metav1.ManagedFieldsOperationApply && e.Subresource == "" && e.FieldsV1 != nil {
+			owned = e.FieldsV1.Raw
 			break
 		}
 	}
-	if entry == nil || entry.FieldsV1 == nil {
+	if owned == nil {
 		return false, nil
 	}
-	owned := &fieldpath.Set{}
-	if err := owned.FromJSON(bytes.NewReader(entry.FieldsV1.Raw)); err != nil {
-		return false, fmt.Errorf("reading the operator's managed fields: %w", err)
-	}
-
 	converter := r.typeConverter()
 	want, err := converter.ObjectToTyped(&unstructured.Unstructured{Object: desired})
 	if err != nil {
@@ -221,16 +238,58 @@ func (r *KezChatReconciler) ownsAsDesired(live runtime.Object, desired map[strin
 		return false, err
 	}
 	// The API server keeps no ownership of an object's identity.
-	if !owned.Equals(wantFields.Difference(identityFields)) {
+	wantFields = wantFields.Difference(identityFields)
+	// The API server writes a field set as this same library does, so
+	// equal sets have equal JSON.
+	wantJSON, err := wantFields.ToJSON()
+	if err != nil {
+		return false, err
+	}
+	if !bytes.Equal(owned, fieldsDigest(wantJSON)) {
 		return false, nil
 	}
 	typed, err := converter.ObjectToTyped(live)
 	if err != nil {
 		return false, err
 	}
-	have := typed.ExtractItems(owned.Leaves()).AsValue().Unstructured()
+	have := typed.ExtractItems(wantFields.Leaves()).AsValue().Unstructured()
 	return holds(have, want.AsValue().Unstructured(), true), nil
 }
+
+// ownManagedFieldsOnly is the cache's transform of every object: it drops
+// every managed-fields entry but the operator's own apply, and keeps of
+// that one only a digest of its field set, which is all apply compares
+// (ownsAsDesired). The others, one per controller or user that ever wrote
+// the object, and the field sets themselves, only cost memory.
+func ownManagedFieldsOnly(obj any) (any, error) {
+	o, ok := obj.(metav1.Object)
+	if !ok {
+		return obj, nil
+	}
+	var kept []metav1.ManagedFieldsEntry
+	for _, e := range o.GetManagedFields() {
+		if e.Manager == FieldOwner && e.Operation == metav1.ManagedFieldsOperationApply && e.Subresource == "" && e.FieldsV1 != nil {
+			// The informer may hand an object it already transformed
+			// to the transform again (a relist replaces what it holds).
+			if !bytes.HasPrefix(e.FieldsV1.Raw, fieldsDigestPrefix) {
+				e.FieldsV1 = &metav1.FieldsV1{Raw: fieldsDigest(e.FieldsV1.Raw)}
+			}
+			kept = append(kept, e)
+		}
+	}
+	o.SetManagedFields(kept)
+	return obj, nil
+}
+
+// fieldsDigest stands for a field set's JSON in the cache. It is JSON
+// itself, since a cached object may be encoded (to compute a merge patch);
+// it is never sent as managed fields (an update clears them first).
+func fieldsDigest(fieldsJSON []byte) []byte {
+	sum := sha256.Sum256(fieldsJSON)
+	return []byte(string(fieldsDigestPrefix) + hex.EncodeToString(sum[:]) + `"}`)
+}
+
+var fieldsDigestPrefix = []byte(`{"sha256":"`)
 
 // identityFields are the fields of an apply that name the object rather
 // than set it.

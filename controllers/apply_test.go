@@ -2,15 +2,21 @@ package controllers
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
+
+	chatv1 "kez.lat/chat/api/v1alpha1"
 )
 
 // applied returns obj as the API server holds it after the operator
@@ -45,6 +51,10 @@ func applied(t testing.TB, r *KezChatReconciler, obj client.Object) (client.Obje
 		{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{}}`)}},
 		{Manager: FieldOwner, Operation: metav1.ManagedFieldsOperationApply, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: raw}},
 	})
+	// As the cache holds it.
+	if _, err := ownManagedFieldsOnly(live); err != nil {
+		t.Fatal(err)
+	}
 	return live, content
 }
 
@@ -124,6 +134,89 @@ func TestListNoteNamesWhatFitsAnEventAndCountsTheRest(t *testing.T) {
 			}
 			if len("created "+got) > 1024 {
 				t.Errorf("%d bytes, more than an event's note may hold", len(got))
+			}
+		})
+	}
+}
+
+// ownsAsDesired is what spares an apply: a child the operator left as it
+// wants matches, whatever others or the API server's defaults added; any
+// change to what the operator set, or to which fields it sets, does not.
+func TestOwnsAsDesiredMatchesOnlyWhatApplyWouldLeaveAlone(t *testing.T) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	r := &KezChatReconciler{Scheme: scheme}
+	kc := newKezChat(func(kc *chatv1.KezChat) { kc.Spec.NATS.Enabled = ptr.To(true) })
+	// find is the child of kind like and name.
+	find := func(like client.Object, name string) client.Object {
+		for _, o := range desiredObjects(kc, testInputs) {
+			if reflect.TypeOf(o) == reflect.TypeOf(like) && o.GetName() == name {
+				return o
+			}
+		}
+		t.Fatalf("no %T %s", like, name)
+		return nil
+	}
+	deployment, statefulSet := &appsv1.Deployment{}, &appsv1.StatefulSet{}
+	tests := []struct {
+		name  string
+		kind  client.Object
+		child string
+		// live changes the object as the cache holds it; desired the
+		// object the reconcile builds now.
+		live, desired func(client.Object)
+		want          bool
+	}{
+		{name: "as applied", kind: deployment, child: "chat-server", want: true},
+		{name: "someone else's annotation", kind: deployment, child: "chat-server", want: true,
+			live: func(o client.Object) { o.SetAnnotations(map[string]string{"example.com/team": "ops"}) }},
+		{name: "defaults inside an atomic value", kind: statefulSet, child: "chat-nats", want: true, live: func(o client.Object) {
+			sts := o.(*appsv1.StatefulSet)
+			sts.Spec.VolumeClaimTemplates[0].Spec.VolumeMode = ptr.To(corev1.PersistentVolumeFilesystem)
+			sts.Spec.VolumeClaimTemplates[0].Status.Phase = corev1.ClaimPending
+		}},
+		{name: "an owned value changed", kind: deployment, child: "chat-server", want: false,
+			live: func(o client.Object) {
+				o.(*appsv1.Deployment).Spec.Template.Spec.Containers[0].Image = "evil.example/x:1"
+			}},
+		{name: "a new desired value", kind: deployment, child: "chat-server", want: false,
+			desired: func(o client.Object) { o.(*appsv1.Deployment).Spec.Replicas = ptr.To[int32](2) }},
+		{name: "a field no longer set", kind: deployment, child: "chat-server", want: false,
+			desired: func(o client.Object) { o.(*appsv1.Deployment).Spec.RevisionHistoryLimit = nil }},
+		{name: "a field newly set", kind: deployment, child: "chat-server", want: false,
+			desired: func(o client.Object) { o.SetAnnotations(map[string]string{"chat.kez.lat/new": "x"}) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			obj := find(tc.kind, tc.child)
+			live, _ := applied(t, r, obj)
+			if tc.live != nil {
+				tc.live(live)
+			}
+			// The informer may transform an object twice.
+			if _, err := ownManagedFieldsOnly(live); err != nil {
+				t.Fatal(err)
+			}
+			want := obj.DeepCopyObject().(client.Object)
+			if tc.desired != nil {
+				tc.desired(want)
+			}
+			gvk, err := apiutil.GVKForObject(want, scheme)
+			if err != nil {
+				t.Fatal(err)
+			}
+			content, err := r.applyConfiguration(want, gvk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.ownsAsDesired(live, content)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("ownsAsDesired = %v, want %v", got, tc.want)
 			}
 		})
 	}

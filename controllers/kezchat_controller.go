@@ -432,26 +432,3 @@ func CacheOptions(namespaces []string) cache.Options {
 	}
 	return opts
 }
-
-// ownManagedFieldsOnly drops from a cached object every managed-fields
-// entry but the operator's own apply: that one is what apply compares
-// with (apply.go); the others, one per controller or user that ever wrote
-// the object, only cost memory.
-func ownManagedFieldsOnly(obj any) (any, error) {
-	o, ok := obj.(metav1.Object)
-	if !ok {
-		return obj, nil
-	}
-	entries := o.GetManagedFields()
-	kept := entries[:0]
-	for _, e := range entries {
-		if e.Manager == FieldOwner && e.Operation == metav1.ManagedFieldsOperationApply {
-			kept = append(kept, e)
-		}
-	}
-	if len(kept) == 0 {
-		kept = nil
-	}
-	o.SetManagedFields(kept)
-	return obj, nil
-}

@@ -931,6 +931,26 @@ func TestDisablingAComponentRemovesItsWorkloadButKeepsItsData(t *testing.T) {
 	}
 }
 
+// An operator started again finds a steady KezChat's children as it
+// left them, from its fresh cache alone: its reconcile sends nothing.
+func TestRestartedOperatorSendsNothingForASteadyKezChat(t *testing.T) {
+	ns := testNamespace(t)
+	first := startManager(t, ns)
+	kc := createKezChat(t, ns)
+	waitFor[appsv1.Deployment](t, ns, "chat-sig-server", nil)
+	markAllReady(t, ns)
+	waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionReady: "True"})
+	first.reconcileNow(t, kc)
+	first.stop()
+
+	again := startManager(t, ns)
+	mark := again.requests.mark()
+	again.reconcileNow(t, kc)
+	if sent := again.requests.since(mark); len(sent) > 0 {
+		t.Errorf("the restarted operator's reconcile of a steady KezChat sent %d requests: %q", len(sent), sent)
+	}
+}
+
 // A steady KezChat costs the API server nothing: twenty reconciles on top
 // of whatever the watches cause meanwhile send no request at all, neither
 // a write nor a read, since every child already holds what the operator

@@ -150,6 +150,9 @@ func (r *KezChatReconciler) ensureVAPID(ctx context.Context, kc *chatv1.KezChat)
 		} else if err := controllerutil.SetControllerReference(kc, &s, r.Scheme); err != nil {
 			return vapidKey{}, false, false, err
 		}
+		// The cache keeps only a digest of managed fields, which an
+		// update would write over the object's.
+		s.ManagedFields = nil
 		if err := r.Client.Update(ctx, &s); err != nil {
 			return vapidKey{}, false, false, fmt.Errorf("setting the owner of VAPID secret %s: %w", s.Name, err)
 		}
@@ -163,6 +166,7 @@ func (r *KezChatReconciler) ensureVAPID(ctx context.Context, kc *chatv1.KezChat)
 		metav1.SetMetaDataAnnotation(&s.ObjectMeta, rotatedForAnnotation, rotateFor)
 		// Update carries the resourceVersion read: a concurrent change
 		// makes it fail rather than rotate twice.
+		s.ManagedFields = nil
 		if err := r.Client.Update(ctx, &s); err != nil {
 			return vapidKey{}, false, false, fmt.Errorf("rotating VAPID key: %w", err)
 		}
