@@ -162,15 +162,36 @@ func (r *KezChatReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.KezChat) (observed, ctrl.Result, error) {
 	var obs observed
 	var expansionRefused error
+	// What the reconcile creates or updates, for one event of each.
+	changed, firstChanged := map[applyResult][]string{}, map[applyResult]client.Object{}
+	noteChange := func(res applyResult, kind string, obj client.Object) {
+		if len(changed[res]) == 0 {
+			firstChanged[res] = obj
+		}
+		changed[res] = append(changed[res], kind+" "+obj.GetName())
+	}
+	// One event per kind of change, not per child: each event is a
+	// request to the API server, and a new KezChat has twenty children.
+	// It relates to the first child it names: events of the same reason
+	// and related object merge into one series. Recorded however the
+	// reconcile ends.
+	defer func() {
+		if names := changed[created]; len(names) > 0 {
+			r.Recorder.Eventf(kc, firstChanged[created], corev1.EventTypeNormal, "Created", "Create", "created %s", listNote(names))
+		}
+		if names := changed[updated]; len(names) > 0 {
+			r.Recorder.Eventf(kc, firstChanged[updated], corev1.EventTypeNormal, "Updated", "Update", "updated %s", listNote(names))
+		}
+	}()
 	in := Inputs{DefaultImage: r.DefaultImage, DefaultNATSImage: r.DefaultNATSImage, PlatformAssignsUID: r.PlatformAssignsUID}
 	if kc.Spec.Push.IsEnabled() {
-		key, created, rotated, err := r.ensureVAPID(ctx, kc)
+		key, made, rotated, err := r.ensureVAPID(ctx, kc)
 		if err != nil {
 			return obs, ctrl.Result{}, err
 		}
 		switch {
-		case created:
-			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "Created", "Create", "created VAPID Secret %s", key.secretName)
+		case made:
+			noteChange(created, "Secret", &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: kc.Namespace, Name: key.secretName}})
 		case rotated:
 			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "VAPIDKeyRotated", "Update",
 				"rotated the VAPID key in Secret %s: existing push subscriptions stop working", key.secretName)
@@ -180,12 +201,12 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	}
 
 	if kc.Spec.NATS.IsEnabled() {
-		auth, created, err := r.ensureNATSAuth(ctx, kc)
+		auth, made, err := r.ensureNATSAuth(ctx, kc)
 		if err != nil {
 			return obs, ctrl.Result{}, err
 		}
-		if created {
-			r.Recorder.Eventf(kc, nil, corev1.EventTypeNormal, "Created", "Create", "created NATS auth Secret %s", auth.secretName)
+		if made {
+			noteChange(created, "Secret", &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: kc.Namespace, Name: auth.secretName}})
 		}
 		in.NATSAuth = auth
 		vols, err := r.expandNATSVolumes(ctx, kc)
@@ -214,7 +235,6 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 	if size, ok := claims[namesOf(kc).serverData()]; ok {
 		in.ServerStoreSize = &size
 	}
-	changed, firstChanged := map[applyResult][]string{}, map[applyResult]client.Object{}
 	for _, obj := range desiredObjects(kc, in) {
 		if ownedByKezChat(kc, obj) {
 			if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
@@ -240,21 +260,8 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			if gvk, err := r.Client.GroupVersionKindFor(obj); err == nil {
 				kind = gvk.Kind
 			}
-			if len(changed[res]) == 0 {
-				firstChanged[res] = obj
-			}
-			changed[res] = append(changed[res], kind+" "+obj.GetName())
+			noteChange(res, kind, obj)
 		}
-	}
-	// One event per kind of change, not per child: each event is a
-	// request to the API server, and a new KezChat has twenty children.
-	// It relates to the first child it names: events of the same reason
-	// and related object merge into one series.
-	if names := changed[created]; len(names) > 0 {
-		r.Recorder.Eventf(kc, firstChanged[created], corev1.EventTypeNormal, "Created", "Create", "created %s", listNote(names))
-	}
-	if names := changed[updated]; len(names) > 0 {
-		r.Recorder.Eventf(kc, firstChanged[updated], corev1.EventTypeNormal, "Updated", "Update", "updated %s", listNote(names))
 	}
 	for _, obj := range unwantedObjects(kc) {
 		if err := r.deleteIfOwned(ctx, kc, obj); err != nil {

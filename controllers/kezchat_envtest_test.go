@@ -265,7 +265,8 @@ func TestKezChatGetsEveryChildWithTheRightContent(t *testing.T) {
 		for _, e := range events.Items {
 			// One event names every child the reconcile created.
 			if e.Regarding.Name == "chat" && e.Reason == "Created" &&
-				strings.Contains(e.Note, "Deployment chat-server") && strings.Contains(e.Note, "Service chat-server") {
+				strings.Contains(e.Note, "Deployment chat-server") && strings.Contains(e.Note, "Service chat-server") &&
+				strings.Contains(e.Note, "Secret chat-vapid") {
 				return nil
 			}
 		}
@@ -273,7 +274,7 @@ func TestKezChatGetsEveryChildWithTheRightContent(t *testing.T) {
 		for _, e := range events.Items {
 			notes = append(notes, e.Reason+": "+e.Note)
 		}
-		return fmt.Errorf("events %q, none Created for the KezChat naming its server's Deployment and Service", notes)
+		return fmt.Errorf("events %q, none Created for the KezChat naming its server's Deployment and Service and its VAPID Secret", notes)
 	})
 }
 

@@ -54,7 +54,7 @@ func runOperator(ctx context.Context, args []string, _, stderr io.Writer) error 
 	fs.StringVar(&f.leaderElectionNS, "leader-election-namespace", "", "namespace of the leader-election Lease (default: the pod's own)")
 	fs.StringVar(&f.namespaces, "watch-namespaces", "", "comma-separated namespaces to manage KezChats in; empty means all")
 	fs.StringVar(&f.image, "image", imageRepository+":"+version, "image for KezChats that name none: the operator's own, so versions match")
-	fs.IntVar(&f.maxConcurrent, "max-concurrent-reconciles", 4, "KezChats reconciled at once")
+	fs.IntVar(&f.maxConcurrent, "max-concurrent-reconciles", 16, "KezChats reconciled at once")
 	fs.IntVar(&f.maxUpgrades, "max-concurrent-upgrades", controllers.DefaultMaxConcurrentUpgrades,
 		"KezChats that roll to new --image at once, cluster-wide, after the operator is upgraded; the others keep their images until a slot frees (0: none rolls)")
 	fs.DurationVar(&f.upgradeTimeout, "upgrade-timeout", controllers.DefaultUpgradeTimeout,
