@@ -50,6 +50,7 @@ var commands = map[string]subcommand{
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	limitMemoryToContainer(os.ReadFile)
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
