@@ -209,7 +209,7 @@ func (r *KezChatReconciler) applyConfiguration(obj client.Object, gvk schema.Gro
 //     a field it no longer sets, or one it lost to someone else's edit
 //     (an update or a forced apply of an owned field moves its ownership
 //     away), counts as a difference;
-//   - each owned value holds what desired says. Within an atomic owned
+//   - each value desired sets is in the object. Within an atomic owned
 //     value (a volume claim template, a fieldRef) the API server may
 //     have added defaults; anyone else's change to it would have taken it
 //     over, so only desired's fields are compared there.
@@ -248,12 +248,16 @@ func (r *KezChatReconciler) ownsAsDesired(live runtime.Object, desired map[strin
 	if !bytes.Equal(owned, fieldsDigest(wantJSON)) {
 		return false, nil
 	}
-	typed, err := converter.ObjectToTyped(live)
+	// The fields are the operator's; their values are compared on the
+	// whole object, so that an item someone else added to a list the
+	// operator sets counts as a difference too (an apply that finds
+	// nothing to change, then remembered): reading the object as a plain
+	// map costs far less than extracting the owned fields by schema.
+	have, err := runtime.DefaultUnstructuredConverter.ToUnstructured(live)
 	if err != nil {
 		return false, err
 	}
-	have := typed.ExtractItems(wantFields.Leaves()).AsValue().Unstructured()
-	return holds(have, want.AsValue().Unstructured(), true), nil
+	return holds(have, desired, true), nil
 }
 
 // ownManagedFieldsOnly is the cache's transform of every object: it drops

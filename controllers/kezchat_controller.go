@@ -376,6 +376,13 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 	if err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.PersistentVolumeClaim{}, natsClaimIndex, natsClaimOf); err != nil {
+		return fmt.Errorf("indexing NATS volume claims: %w", err)
+	}
+	// The schemas apply compares with are parsed now, before the cache
+	// fills: parsing makes some 20 MB of garbage, which would otherwise
+	// land on top of the informers' first lists.
+	r.typeConverter()
 	return ctrl.NewControllerManagedBy(mgr).
 		// Status writes change neither generation nor annotations, so the
 		// operator's own status updates do not wake it.

@@ -20,6 +20,21 @@ import (
 // replica i's claim is data-<statefulset>-<i>.
 const natsDataClaim = "data"
 
+// natsClaimIndex indexes the cached volume claims of NATS replicas by the
+// KezChat they belong to, so that a reconcile finds its own without
+// going through every claim of a namespace with many KezChats.
+const natsClaimIndex = "kezchat.nats-claims"
+
+// natsClaimOf is natsClaimIndex's key: the KezChat whose NATS's claim the
+// object is, by its labels.
+func natsClaimOf(obj client.Object) []string {
+	l := obj.GetLabels()
+	if l["app.kubernetes.io/component"] != componentNATS || l["app.kubernetes.io/name"] != "kez-chat" || l["app.kubernetes.io/instance"] == "" {
+		return nil
+	}
+	return []string{l["app.kubernetes.io/instance"]}
+}
+
 // natsClaimTemplateSize is the size in the volume claim template of NATS's
 // StatefulSet as it exists, or nil when there is none yet. A StatefulSet's
 // claim templates cannot change, so the operator keeps applying the size it
@@ -97,7 +112,7 @@ func (r *KezChatReconciler) expandNATSVolumes(ctx context.Context, kc *chatv1.Ke
 	}
 	want := kc.Spec.NATS.Storage.SizeOrDefault()
 	var claims corev1.PersistentVolumeClaimList
-	if err := r.Client.List(ctx, &claims, client.InNamespace(kc.Namespace), client.MatchingLabels(selectorLabels(kc, componentNATS))); err != nil {
+	if err := r.Client.List(ctx, &claims, client.InNamespace(kc.Namespace), client.MatchingFields{natsClaimIndex: kc.Name}); err != nil {
 		return out, fmt.Errorf("listing NATS volume claims: %w", err)
 	}
 	var refused []error
