@@ -39,7 +39,7 @@ func TestBackupDeleteAndRestoreIntoANewKezChat(t *testing.T) {
 	ctx := context.Background()
 	bin := kezchatBinary(t)
 	c.run(t, "kubectl", "apply", "--server-side", "-f", "../config/crd/bases")
-	c.run(t, "kubectl", "wait", "--for=condition=Established", "crd/kezchats.chat.kez.lat", "crd/kezchatbackups.chat.kez.lat", kubectlLimit)
+	c.waitEstablished(t, "kezchats.chat.kez.lat", "kezchatbackups.chat.kez.lat")
 	c.runOperator(t, bin)
 
 	s3 := s3test.Start(t)

@@ -244,5 +244,26 @@ func (c *cluster) try(tool string, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// waitEstablished waits until the API server serves the named CRDs.
+// Not `kubectl wait --for=condition=Established`: that fails at once,
+// instead of waiting, on a CRD that has no conditions yet.
+func (c *cluster) waitEstablished(t *testing.T, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		eventually(t, 2*time.Minute, "CRD "+name+" Established", func() error {
+			var crd apiextensionsv1.CustomResourceDefinition
+			if err := c.client.Get(context.Background(), client.ObjectKey{Name: name}, &crd); err != nil {
+				return err
+			}
+			for _, cond := range crd.Status.Conditions {
+				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+					return nil
+				}
+			}
+			return fmt.Errorf("conditions %+v", crd.Status.Conditions)
+		})
+	}
+}
+
 // eventually waits for cond; see testutil.WaitFor.
 var eventually = testutil.WaitFor

@@ -280,7 +280,7 @@ func TestInstallRunUpgradeAndRemove(t *testing.T) {
 	// Or install with kustomize, in a fresh namespace.
 	c.run(t, "kubectl", "apply", "-k", "../config/default")
 	c.run(t, "kubectl", "rollout", "status", "--namespace", "kez-chat-system", "deployment/kez-chat-operator", kubectlLimit)
-	c.run(t, "kubectl", "wait", "--for=condition=Established", "crd/kezchats.chat.kez.lat", kubectlLimit)
+	c.waitEstablished(t, "kezchats.chat.kez.lat")
 	c.run(t, "kubectl", "create", "namespace", "chat-2")
 	c.run(t, "kubectl", "apply", "--namespace", "chat-2", "-f", sample)
 	c.waitReady(t, "chat-2", sampleName)
