@@ -257,7 +257,7 @@ func (r *KezChatReconciler) ownsAsDesired(live runtime.Object, desired map[strin
 	if err != nil {
 		return false, err
 	}
-	return holds(have, desired, true), nil
+	return holds(have, desired), nil
 }
 
 // ownManagedFieldsOnly is the cache's transform of every object: it drops
@@ -306,27 +306,14 @@ var identityFields = fieldpath.NewSet(
 
 // holds reports whether have holds every value of want: the same scalars,
 // every key of want's maps, lists of the same length whose items hold
-// want's. An empty map or list in want asks for nothing. At the top (an
-// object's own keys) the identity fields are not compared.
-func holds(have, want any, top bool) bool {
+// want's. An empty map or list in want asks for nothing. Both sides come
+// from the same converter, so equal numbers have equal types.
+func holds(have, want any) bool {
 	switch w := want.(type) {
 	case map[string]any:
 		h, _ := have.(map[string]any)
 		for k, wv := range w {
-			if top && (k == "apiVersion" || k == "kind") {
-				continue
-			}
-			if top && k == "metadata" {
-				wm, _ := wv.(map[string]any)
-				hm, _ := h["metadata"].(map[string]any)
-				for mk, mv := range wm {
-					if mk != "name" && mk != "namespace" && !holds(hm[mk], mv, false) {
-						return false
-					}
-				}
-				continue
-			}
-			if !holds(h[k], wv, false) {
+			if !holds(h[k], wv) {
 				return false
 			}
 		}
@@ -340,7 +327,7 @@ func holds(have, want any, top bool) bool {
 			return false
 		}
 		for i := range w {
-			if !holds(h[i], w[i], false) {
+			if !holds(h[i], w[i]) {
 				return false
 			}
 		}
@@ -348,22 +335,7 @@ func holds(have, want any, top bool) bool {
 	case nil:
 		return true
 	}
-	return reflect.DeepEqual(normalNumber(have), normalNumber(want))
-}
-
-// normalNumber makes the integers of either side of a comparison one type.
-func normalNumber(v any) any {
-	switch n := v.(type) {
-	case int:
-		return int64(n)
-	case int32:
-		return int64(n)
-	case float64:
-		if n == float64(int64(n)) {
-			return int64(n)
-		}
-	}
-	return v
+	return reflect.DeepEqual(have, want)
 }
 
 // typeConverter turns typed objects into the structured values server-side
