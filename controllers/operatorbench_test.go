@@ -5,9 +5,7 @@ package controllers
 // workloads it makes.
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
@@ -267,72 +267,35 @@ func (ms metricSamples) by(name, label string) map[string]float64 {
 	return out
 }
 
-// parseMetrics reads Prometheus's text exposition format: enough of it
-// for counters and gauges (histogram lines are read as samples too).
+// parseMetrics reads the counters and gauges of Prometheus's text
+// format, with Prometheus's own parser.
 func parseMetrics(r io.Reader) (metricSamples, error) {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, err
+	}
 	var out metricSamples
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		s := metricSample{name: line}
-		rest := ""
-		if i := strings.IndexAny(line, "{ "); i >= 0 {
-			s.name, rest = line[:i], line[i:]
-		}
-		if strings.HasPrefix(rest, "{") {
-			var err error
-			if s.labels, rest, err = parseLabels(rest[1:]); err != nil {
-				return nil, fmt.Errorf("metrics line %q: %w", line, err)
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			s := metricSample{name: name, labels: map[string]string{}}
+			for _, l := range m.GetLabel() {
+				s.labels[l.GetName()] = l.GetValue()
 			}
-		}
-		fields := strings.Fields(rest)
-		if len(fields) == 0 {
-			return nil, fmt.Errorf("metrics line %q: no value", line)
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("metrics line %q: %w", line, err)
-		}
-		s.value = v
-		out = append(out, s)
-	}
-	return out, sc.Err()
-}
-
-// parseLabels reads `a="x",b="y"}` and returns what follows it.
-func parseLabels(s string) (map[string]string, string, error) {
-	labels := map[string]string{}
-	for {
-		s = strings.TrimLeft(s, " ,")
-		if rest, ok := strings.CutPrefix(s, "}"); ok {
-			return labels, rest, nil
-		}
-		key, rest, ok := strings.Cut(s, "=")
-		if !ok || !strings.HasPrefix(rest, `"`) {
-			return nil, "", errors.New("bad label")
-		}
-		var val strings.Builder
-		i := 1
-		for ; i < len(rest) && rest[i] != '"'; i++ {
-			if rest[i] == '\\' && i+1 < len(rest) {
-				i++
-				if rest[i] == 'n' {
-					val.WriteByte('\n')
-					continue
-				}
+			switch {
+			case m.Counter != nil:
+				s.value = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				s.value = m.GetGauge().GetValue()
+			case m.Untyped != nil:
+				s.value = m.GetUntyped().GetValue()
+			default: // histograms and summaries: the bench reads none
+				continue
 			}
-			val.WriteByte(rest[i])
+			out = append(out, s)
 		}
-		if i >= len(rest) {
-			return nil, "", errors.New("unterminated label value")
-		}
-		labels[strings.TrimSpace(key)] = val.String()
-		s = rest[i+1:]
 	}
+	return out, nil
 }
 
 // formatCounts is counts as "GET 812, PATCH 3", in order of the keys.
