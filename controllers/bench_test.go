@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 	"kez.lat/chat/controllers/testenv"
@@ -103,17 +102,9 @@ func benchOperatorBinary(b *testing.B, bin string, n int) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { env.Stop() })
-	admin, err := env.AddUser(envtest.User{Name: "kezchat-operator", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	kubeconfig, err := admin.KubeConfig()
-	if err != nil {
-		b.Fatal(err)
-	}
 	dir := b.TempDir()
 	kubeconfigPath := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfigPath, kubeconfig, 0o600); err != nil {
+	if err := testenv.WriteKubeconfig(env, "kezchat-operator", kubeconfigPath); err != nil {
 		b.Fatal(err)
 	}
 

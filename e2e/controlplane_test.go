@@ -68,17 +68,9 @@ func startCluster(t *testing.T) *cluster {
 		t.Fatalf("starting kube-apiserver and etcd: %v", err)
 	}
 	t.Cleanup(func() { env.Stop() })
-	admin, err := env.AddUser(envtest.User{Name: "e2e-admin", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig, err := admin.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	c := &cluster{kubeconfig: filepath.Join(dir, "kubeconfig"), bin: assets, logs: filepath.Join(dir, "logs")}
-	if err := os.WriteFile(c.kubeconfig, kubeconfig, 0o600); err != nil {
+	if err := testenv.WriteKubeconfig(env, "e2e-admin", c.kubeconfig); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.MkdirAll(c.logs, 0o755); err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 	"kez.lat/chat/controllers/testenv"
@@ -31,16 +29,8 @@ func TestOperatorCommandReconcilesAgainstARealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { env.Stop() })
-	admin, err := env.AddUser(envtest.User{Name: "operator-test", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig, err := admin.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
 	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
+	if err := testenv.WriteKubeconfig(env, "operator-test", path); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("KUBECONFIG", path)

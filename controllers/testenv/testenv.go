@@ -73,3 +73,18 @@ func Start(opts ...Option) (*envtest.Environment, *rest.Config, error) {
 	}
 	return env, cfg, nil
 }
+
+// WriteKubeconfig adds to env an administrator (group system:masters)
+// named user and writes a kubeconfig for it at path: how a process of its
+// own (kubectl, helm, `kezchat operator`) reaches the control plane.
+func WriteKubeconfig(env *envtest.Environment, user, path string) error {
+	admin, err := env.AddUser(envtest.User{Name: user, Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("adding user %s: %w", user, err)
+	}
+	kubeconfig, err := admin.KubeConfig()
+	if err != nil {
+		return fmt.Errorf("a kubeconfig for %s: %w", user, err)
+	}
+	return os.WriteFile(path, kubeconfig, 0o600)
+}
