@@ -96,21 +96,7 @@ func TestGrowingNATSStorageExpandsTheReplicasClaims(t *testing.T) {
 	})
 	sts := waitFor[appsv1.StatefulSet](t, ns, "chat-nats", nil)
 	for i := range 3 {
-		tmpl := sts.Spec.VolumeClaimTemplates[0]
-		pvc := &corev1.PersistentVolumeClaim{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("data-chat-nats-%d", i), Namespace: ns, Labels: tmpl.Labels},
-			Spec:       tmpl.Spec,
-		}
-		pvc.Spec.VolumeName = fmt.Sprintf("pv-%s-%d", ns, i)
-		if err := k8s.Create(ctx, pvc); err != nil {
-			t.Fatal(err)
-		}
-		// Only a bound claim may grow.
-		pvc.Status = corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound,
-			Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}
-		if err := k8s.Status().Update(ctx, pvc); err != nil {
-			t.Fatal(err)
-		}
+		createBoundNATSClaim(t, sts, i)
 	}
 	markAllReady(t, ns)
 	waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionReady: "True"})
@@ -159,20 +145,7 @@ func TestARefusedNATSExpansionIsReportedAndBlocksNothingElse(t *testing.T) {
 		kc.Spec.NATS.Storage.StorageClassName = ptr.To(class.Name)
 	})
 	sts := waitFor[appsv1.StatefulSet](t, ns, "chat-nats", nil)
-	tmpl := sts.Spec.VolumeClaimTemplates[0]
-	pvc := &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: "data-chat-nats-0", Namespace: ns, Labels: tmpl.Labels},
-		Spec:       tmpl.Spec,
-	}
-	pvc.Spec.VolumeName = "pv-" + ns
-	if err := k8s.Create(ctx, pvc); err != nil {
-		t.Fatal(err)
-	}
-	pvc.Status = corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound,
-		Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}
-	if err := k8s.Status().Update(ctx, pvc); err != nil {
-		t.Fatal(err)
-	}
+	createBoundNATSClaim(t, sts, 0)
 
 	updateKezChat(t, ns, func(kc *chatv1.KezChat) {
 		kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("5Gi"))
@@ -260,5 +233,26 @@ func TestServerLimitsFollowTheClaim(t *testing.T) {
 	in.ServerStoreSize = ptr.To(resource.MustParse("20Gi"))
 	if args := storageLimits(kc, in); !slices.Contains(args, "--max-db-bytes=9663676416") {
 		t.Errorf("claim bigger than the spec: %q, want the spec's 10Gi", args)
+	}
+}
+
+// createBoundNATSClaim makes replica i's JetStream claim from sts's claim
+// template, as the StatefulSet controller would, bound with 1Gi as a
+// provisioner would leave it: only a bound claim may grow.
+func createBoundNATSClaim(t *testing.T, sts *appsv1.StatefulSet, i int) {
+	t.Helper()
+	tmpl := sts.Spec.VolumeClaimTemplates[0]
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("data-%s-%d", sts.Name, i), Namespace: sts.Namespace, Labels: tmpl.Labels},
+		Spec:       tmpl.Spec,
+	}
+	pvc.Spec.VolumeName = fmt.Sprintf("pv-%s-%d", sts.Namespace, i)
+	if err := k8s.Create(ctx, pvc); err != nil {
+		t.Fatal(err)
+	}
+	pvc.Status = corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound,
+		Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}
+	if err := k8s.Status().Update(ctx, pvc); err != nil {
+		t.Fatal(err)
 	}
 }
