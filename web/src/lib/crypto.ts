@@ -65,14 +65,26 @@ export async function x25519PublicKey(secret: Uint8Array): Promise<Uint8Array<Ar
   return new Uint8Array(x25519.getPublicKey(secret));
 }
 
-export async function seal(recipientPublicKey: Uint8Array<ArrayBuffer>, plaintext: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+export function seal(recipientPublicKey: Uint8Array<ArrayBuffer>, plaintext: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+  return sealInfo(recipientPublicKey, plaintext, INFO);
+}
+
+export function open(recipient: EncKeyPair, ct: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+  return openInfo(recipient, ct, INFO);
+}
+
+/** The same HPKE under another info (typing indicators, device links). */
+export const sealWithInfo = (pk: Uint8Array<ArrayBuffer>, plaintext: Uint8Array<ArrayBuffer>, info: string) => sealInfo(pk, plaintext, utf8(info));
+export const openWithInfo = (recipient: EncKeyPair, ct: Uint8Array<ArrayBuffer>, info: string) => openInfo(recipient, ct, utf8(info));
+
+async function sealInfo(recipientPublicKey: Uint8Array<ArrayBuffer>, plaintext: Uint8Array<ArrayBuffer>, info: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
   const s = await suite();
   const pk = await s.kem.deserializePublicKey(recipientPublicKey);
-  const { ct, enc } = await s.seal({ recipientPublicKey: pk, info: INFO }, plaintext);
+  const { ct, enc } = await s.seal({ recipientPublicKey: pk, info }, plaintext);
   return concat(new Uint8Array(enc), new Uint8Array(ct));
 }
 
-export async function open(recipient: EncKeyPair, ct: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+async function openInfo(recipient: EncKeyPair, ct: Uint8Array<ArrayBuffer>, info: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
   if (ct.length < ENC_SIZE) throw new Error('ciphertext shorter than the encapsulated key');
   let s: CipherSuite;
   let recipientKey: CryptoKey | CryptoKeyPair;
@@ -86,6 +98,6 @@ export async function open(recipient: EncKeyPair, ct: Uint8Array<ArrayBuffer>): 
   } else {
     throw new Error('this key pair holds neither a WebCrypto key nor a private key');
   }
-  const pt = await s.open({ recipientKey, enc: ct.slice(0, ENC_SIZE), info: INFO }, ct.slice(ENC_SIZE));
+  const pt = await s.open({ recipientKey, enc: ct.slice(0, ENC_SIZE), info }, ct.slice(ENC_SIZE));
   return new Uint8Array(pt);
 }

@@ -1,0 +1,133 @@
+import { describe, expect, it } from 'vitest';
+import { addMembers, checkState, controlRecipients, groupHash, Groups, leaveGroup, newGroup, promoteMember, removeMember, renameGroup, SnapshotDropped, type GroupState } from '../src/lib/groups';
+import { canonicalize } from '../src/lib/jcs';
+import { encodeB64, sha256, utf8 } from '../src/lib/bytes';
+
+async function taken(self: string, ...snaps: GroupState[]): Promise<Groups> {
+  const g = new Groups(self);
+  for (const s of snaps) await g.take(s.by, s);
+  return g;
+}
+
+describe('group snapshots', () => {
+  it('hashes the JCS canonical JSON, unknown members included', async () => {
+    const s = { ...newGroup('alice', 'team', ['bob']), extra: 'x' };
+    expect(await groupHash(s)).toBe(encodeB64(await sha256(utf8(canonicalize(s)))));
+    expect(await groupHash(s)).not.toBe(await groupHash({ ...s, extra: 'y' }));
+  });
+
+  it.each([
+    ['an unsorted member list', { members: ['bob', 'alice'] }],
+    ['duplicate members', { members: ['alice', 'alice'] }],
+    ['an admin who is not a member', { admins: ['carol'] }],
+    ['no admin', { admins: [] }],
+    ['an empty name', { name: '' }],
+    ['a name of 65 characters', { name: 'n'.repeat(65) }],
+    ['a version 1 with a prev', { prev: 'x' }],
+    ['an unknown op', { op: 'merge' }],
+    ['a short id', { id: 'abc' }],
+    ['a fractional version', { version: 1.5 }],
+  ])('refuses %s', (_, change) => {
+    expect(() => checkState({ ...newGroup('alice', 'team', ['bob']), ...change })).toThrow(SnapshotDropped);
+  });
+});
+
+describe('Groups.take', () => {
+  it('rule 1: takes an unknown group that lists it, drops one that does not', async () => {
+    const v1 = newGroup('alice', 'team', ['bob']);
+    expect(await (await taken('bob', v1)).state(v1.id)).toEqual(v1);
+    await expect(new Groups('carol').take('alice', v1)).rejects.toThrow(/does not list/);
+  });
+
+  it('drops a snapshot whose by is not its sender', async () => {
+    const v1 = newGroup('alice', 'team', ['bob']);
+    await expect(new Groups('bob').take('mallory', v1)).rejects.toThrow(SnapshotDropped);
+  });
+
+  it('rule 2: drops a snapshot that does not build on a version held', async () => {
+    const v1 = newGroup('alice', 'team', ['bob']);
+    const g = await taken('bob', v1);
+    const v2 = await addMembers(v1, 'alice', ['carol']);
+    await expect(g.take('alice', { ...v2, prev: encodeB64(new Uint8Array(32)) })).rejects.toThrow(/does not build/);
+    const v3 = await renameGroup(v2, 'alice', 'x');
+    await expect(g.take('alice', v3)).rejects.toThrow(/does not build/);
+    expect(await g.take('alice', v2)).toBe(true);
+    expect(await g.take('alice', v3)).toBe(true);
+    expect(g.state(v1.id)!.name).toBe('x');
+  });
+
+  it('rule 3: a member who is not an admin may only leave', async () => {
+    const v1 = newGroup('alice', 'team', ['bob', 'carol']);
+    const g = await taken('carol', v1);
+    const rename = { ...(await renameGroup(v1, 'alice', 'mine')), by: 'bob' };
+    await expect(g.take('bob', rename)).rejects.toThrow(/may only leave/);
+    const leave = await leaveGroup(v1, 'bob');
+    expect(await g.take('bob', leave)).toBe(true);
+    expect(g.state(v1.id)!.members).toEqual(['alice', 'carol']);
+    await expect(nextLeaveChangingName(v1)).rejects.toThrow(/may only leave/);
+  });
+
+  it('rule 3: a leaving last admin names another admin', async () => {
+    const v1 = newGroup('alice', 'team', ['bob', 'carol']);
+    const v2 = await leaveGroup(v1, 'alice', 'carol');
+    expect(v2.admins).toEqual(['carol']);
+    expect(v2.members).toEqual(['bob', 'carol']);
+    const g = await taken('bob', v1, v2);
+    expect(g.state(v1.id)!.admins).toEqual(['carol']);
+  });
+
+  it('rule 4: of two snapshots of one version the smaller hash wins, whichever came first', async () => {
+    const v1 = newGroup('alice', 'team', ['bob', 'carol']);
+    const v2 = await promoteMember(v1, 'alice', 'bob');
+    // bob and alice remove each other at once.
+    const a = await removeMember(v2, 'alice', 'bob');
+    const b = await removeMember(v2, 'bob', 'alice');
+    const [win, lose] = (await groupHash(a)) < (await groupHash(b)) ? [a, b] : [b, a];
+    for (const order of [
+      [a, b],
+      [b, a],
+    ]) {
+      const g = await taken('carol', v1, v2);
+      for (const s of order) await g.take(s.by, s).catch((e) => expect(e).toBeInstanceOf(SnapshotDropped));
+      expect(g.state(v1.id)).toEqual(win);
+    }
+    // What builds on the loser is dropped.
+    const g = await taken('carol', v1, v2, win);
+    const onLoser = await renameGroup(lose, lose.by, 'x');
+    await expect(g.take(onLoser.by, onLoser)).rejects.toThrow(SnapshotDropped);
+  });
+
+  it('drops a snapshot older than the state', async () => {
+    const v1 = newGroup('alice', 'team', ['bob']);
+    const v2 = await renameGroup(v1, 'alice', 'a');
+    const v3 = await renameGroup(v2, 'alice', 'b');
+    const g = await taken('bob', v1, v2, v3);
+    const oldFork = await renameGroup(v1, 'alice', 'c');
+    await expect(g.take('alice', oldFork)).rejects.toThrow(/older/);
+  });
+
+  it('shows nothing of a group it was removed from, and accepts messages only from members', async () => {
+    const v1 = newGroup('alice', 'team', ['bob', 'carol']);
+    const v2 = await removeMember(v1, 'alice', 'carol');
+    const g = await taken('carol', v1);
+    expect(g.accepts(v1.id, 'bob')).toBe(true);
+    await g.take('alice', v2);
+    expect(g.list()).toEqual([]);
+    expect(g.accepts(v1.id, 'bob')).toBe(false);
+    const bob = await taken('bob', v1, v2);
+    expect(bob.accepts(v1.id, 'carol')).toBe(false);
+    expect(controlRecipients(v1, v2)).toEqual(['alice', 'bob', 'carol']);
+  });
+
+  it('refuses to make a change its author may not make', async () => {
+    const v1 = newGroup('alice', 'team', ['bob']);
+    await expect(addMembers(v1, 'bob', ['carol'])).rejects.toThrow(SnapshotDropped);
+    await expect(removeMember(v1, 'alice', 'alice')).rejects.toThrow(SnapshotDropped);
+  });
+});
+
+async function nextLeaveChangingName(v1: GroupState) {
+  const g = await taken('alice', v1);
+  const leave = { ...(await leaveGroup(v1, 'carol')), name: 'other' };
+  return g.take('carol', leave);
+}
