@@ -72,6 +72,14 @@ describe('message envelopes', () => {
     const pt = await openEnvelope(env, { handle: 'bob', server, signing: alice, enc: bobEnc }, aliceRecord);
     expect(pt).toEqual({ v: 1, from: 'alice', to: 'bob', ts: 1764000000, body: 'hello <b>& 😀' });
 
+    // Signed by one of alice's device keys: accepted only when her record lists it.
+    const phone = await generateSigningKey();
+    const fromPhone = await newMessage({ handle: 'alice', server, signing: phone, enc: aliceEnc }, bob, 'm2', 'from the phone', 1764000000);
+    const phoneEnv: Envelope = { seq: 3, received_at: 1, message: JSON.parse(JSON.stringify(fromPhone)) };
+    await expect(openEnvelope(phoneEnv, { handle: 'bob', server, signing: alice, enc: bobEnc }, aliceRecord)).rejects.toThrow(/device key/);
+    const withDevice = { ...aliceRecord, signing_keys: [{ alg: 'ed25519', key: encodeB64(phone.publicKey), label: 'phone' }] };
+    expect((await openEnvelope(phoneEnv, { handle: 'bob', server, signing: alice, enc: bobEnc }, withDevice)).body).toBe('from the phone');
+
     // Signed by alice, with a member the Go server refuses (unknown_field).
     const extra = await signDocument(alice, { ...doc.payload, From: 'mallory' });
     const odd: Envelope = { seq: 2, received_at: 1764000001, message: JSON.parse(JSON.stringify(extra)) };

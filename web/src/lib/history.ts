@@ -1,6 +1,8 @@
 // The stored form of a chat history, in IndexedDB under historyKey(handle).
 // The page writes it; the service worker reads it to route a notification.
 
+import type { Attachment, Reactions, ReceiptKind, Receipts, Reply } from './conversation';
+import type { GroupHistory } from './groups';
 import type { Envelope, MessagePayload } from './protocol';
 import type { Signed } from './signing';
 
@@ -14,6 +16,23 @@ export interface ChatMessage {
   seq?: number; // the inbox seq of a received message
   state: MessageState;
   doc?: Signed<MessagePayload>; // an own message, kept for retry until sent
+  /** The documents of an own message sent as a group send (one per recipient, and the sync copy), kept for retry. */
+  docs?: Signed<MessagePayload>[];
+  /** Who wrote it (in a group; an own message: me). Absent in histories written before: the peer, or me. */
+  from?: string;
+  /** text (the default) or note: a group change shown as a line. */
+  kind?: 'text' | 'note';
+  reply?: Reply;
+  attachments?: Attachment[];
+  /** Own messages: how far each recipient got. */
+  receipts?: Receipts;
+  reactions?: Reactions;
+  /** Deleted for everyone by its sender: no body, no attachments. */
+  deleted?: boolean;
+  /** Received messages: the last receipt sent for it. */
+  receiptSent?: ReceiptKind;
+  /** An own message's upload, 0 to 1, while its attachments upload. */
+  progress?: number;
 }
 
 export interface Conversation {
@@ -22,6 +41,8 @@ export interface Conversation {
   unread: number;
   /** Envelopes from the peer held while its keys are in question (Chat.keyProblems). */
   withheld?: Envelope[];
+  /** A group conversation (peer is "g:<id>"): its name, and whether this client is in it. */
+  group?: { id: string; name: string; member: boolean };
 }
 
 export interface History {
@@ -32,6 +53,8 @@ export interface History {
    * written before held an object keyed by peer.
    */
   conversations: Conversation[] | Record<string, Conversation>;
+  /** The groups' versions this client took, by group id. */
+  groups?: [string, GroupHistory][];
 }
 
 /** The conversations of a stored history, by peer. */

@@ -29,6 +29,8 @@ export interface MessagePayload {
   id: string;
   ts: number;
   ct: string;
+  /** The blobs the message names (attachments), so the server keeps them. */
+  blobs?: string[];
 }
 
 export interface RegisterPayload {
@@ -62,8 +64,9 @@ export interface MessageKeys {
   enc: EncKeyPair;
 }
 
-/** A message payload's members, sorted. */
+/** A message payload's members, sorted; blobs is optional. */
 const PAYLOAD_MEMBERS = 'ct,from,id,server,to,ts,type';
+const PAYLOAD_MEMBERS_BLOBS = 'blobs,ct,from,id,server,to,ts,type';
 
 export class InvalidMessage extends Error {
   override name = 'InvalidMessage';
@@ -80,6 +83,17 @@ export async function newMessage(me: MessageKeys, to: PublicUser, id: string, bo
   return signDocument(me.signing, { type: TYPE_MESSAGE, server: to.server, from: me.handle, to: to.handle, id, ts, ct: encodeB64(ct) });
 }
 
+/**
+ * A message document of any plaintext (docs/protocol.md, "Conversations"):
+ * sealed to `to`, with the blobs it names.
+ */
+export async function newMessageOf(me: MessageKeys, to: PublicUser, id: string, plaintext: Record<string, unknown>, ts: number, blobs: string[] = []): Promise<Signed<MessagePayload>> {
+  const ct = await seal(decodeB64(to.enc_key), utf8(JSON.stringify(plaintext)));
+  const payload: MessagePayload = { type: TYPE_MESSAGE, server: to.server, from: me.handle, to: to.handle, id, ts, ct: encodeB64(ct) };
+  if (blobs.length) payload.blobs = [...new Set(blobs)];
+  return signDocument(me.signing, payload);
+}
+
 /** Who an envelope claims to be from, before verifying (to look them up). */
 export function claimedSender(env: Envelope): string {
   const from = env?.message?.payload?.from;
@@ -93,13 +107,31 @@ export function claimedSender(env: Envelope): string {
  * me on this server, and the plaintext must name the same from and to.
  */
 export async function openEnvelope(env: Envelope, me: MessageKeys, sender: PublicUser): Promise<Plaintext> {
+  const pt = (await openEnvelopeRaw(env, me, sender)) as unknown as Plaintext;
+  if (typeof pt.body !== 'string' || typeof pt.ts !== 'number') throw new InvalidMessage(`seq ${env.seq}: plaintext has no body or ts`);
+  return { v: 1, from: pt.from, to: pt.to, ts: pt.ts, body: pt.body };
+}
+
+/** The keys a sender's documents may be signed with: its registered key and its (verified) device keys. */
+function senderKeys(sender: PublicUser): { alg: string; key: string }[] {
+  return [{ alg: sender.alg, key: sender.key }, ...(sender.signing_keys ?? [])];
+}
+
+/**
+ * openEnvelope's checks, answering the plaintext as parsed JSON, v 1 and
+ * from/to checked (lib/conversation reads the rest). A document signed by
+ * one of the sender's device keys is accepted as by its registered key.
+ */
+export async function openEnvelopeRaw(env: Envelope, me: MessageKeys, sender: PublicUser): Promise<Record<string, unknown>> {
   const bad = (why: string) => new InvalidMessage(`seq ${env.seq}: ${why}`);
   const p = env.message.payload;
-  if (!(await verifyDocument(env.message, sender.alg, decodeB64(sender.key)))) throw bad(`not signed by the registered key of ${sender.handle}`);
+  const sig = env.message.signature;
+  const key = senderKeys(sender).find((k) => k.alg === sig?.alg && k.key === sig?.key) ?? { alg: sender.alg, key: sender.key };
+  if (!(await verifyDocument(env.message, key.alg, decodeB64(key.key)))) throw bad(`not signed by the registered key or a device key of ${sender.handle}`);
   // Exactly the members the Go server takes: a signed "From" beside "from"
   // must not mean one thing here and another there.
   const members = Object.keys(p).sort().join(',');
-  if (members !== PAYLOAD_MEMBERS) throw bad(`payload members are ${members}, not ${PAYLOAD_MEMBERS}`);
+  if (members !== PAYLOAD_MEMBERS && members !== PAYLOAD_MEMBERS_BLOBS) throw bad(`payload members are ${members}, not ${PAYLOAD_MEMBERS}`);
   if (p.type !== TYPE_MESSAGE) throw bad(`payload type is ${JSON.stringify(p.type)}`);
   if (p.from !== sender.handle) throw bad(`from ${JSON.stringify(p.from)}, but the key is ${sender.handle}'s`);
   if (p.to !== me.handle) throw bad(`addressed to ${JSON.stringify(p.to)}`);
@@ -111,14 +143,13 @@ export async function openEnvelope(env: Envelope, me: MessageKeys, sender: Publi
   } catch (e) {
     throw bad(`cannot be opened: ${(e as Error).message}`);
   }
-  let pt: Plaintext;
+  let pt: Record<string, unknown>;
   try {
-    pt = JSON.parse(fromUtf8(raw)) as Plaintext;
+    pt = JSON.parse(fromUtf8(raw)) as Record<string, unknown>;
   } catch {
     throw bad('plaintext is not JSON');
   }
-  if (pt === null || typeof pt !== 'object' || pt.v !== 1) throw bad(`plaintext version ${JSON.stringify(pt?.v)} is not supported`);
+  if (pt === null || typeof pt !== 'object' || Array.isArray(pt) || pt.v !== 1) throw bad(`plaintext version ${JSON.stringify(pt?.v)} is not supported`);
   if (pt.from !== p.from || pt.to !== p.to) throw bad('plaintext from/to differ from the envelope');
-  if (typeof pt.body !== 'string' || typeof pt.ts !== 'number') throw bad('plaintext has no body or ts');
-  return { v: 1, from: pt.from, to: pt.to, ts: pt.ts, body: pt.body };
+  return pt;
 }

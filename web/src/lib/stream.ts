@@ -13,6 +13,8 @@ export interface InboxStreamOptions {
   /** The last seq handled; read at each (re)connect. */
   since: () => number;
   onEnvelope: (env: Envelope) => void;
+  /** A typing event: never stored, no id (docs/protocol.md, "POST /v1/typing"). */
+  onTyping?: (e: { from: string; ct: string }) => void;
   onStatus: (s: LinkStatus) => void;
   /** Delay before reconnecting, growing on repeated failures (ms). */
   retryDelay?: (attempt: number) => number;
@@ -50,6 +52,14 @@ export function openInboxStream(opts: InboxStreamOptions): InboxStream {
         opts.onEnvelope(JSON.parse((e as MessageEvent<string>).data) as Envelope);
       } catch {
         // A frame that is not an envelope: the poll backstop catches up.
+      }
+    });
+    es.addEventListener('typing', (e) => {
+      try {
+        const t = JSON.parse((e as MessageEvent<string>).data) as { from?: unknown; ct?: unknown };
+        if (typeof t.from === 'string' && typeof t.ct === 'string') opts.onTyping?.({ from: t.from, ct: t.ct });
+      } catch {
+        // Not a typing event: ignored, it is only a hint.
       }
     });
     es.onerror = () => retry();
