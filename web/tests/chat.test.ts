@@ -76,6 +76,7 @@ function fakeServer(records: PublicUser[]) {
     },
     saveFile: async (me, blob, bytes) => void files.set(`${me}:${blob}`, bytes),
     deleteFile: async (me, blob) => void files.delete(`${me}:${blob}`),
+    loadFile: async (me, blob) => files.get(`${me}:${blob}`),
     loadSetting: async (k) => settings.get(k),
     saveSetting: async (k, v) => void settings.set(k, v),
     inbox: async (who, since): Promise<InboxPage> => {

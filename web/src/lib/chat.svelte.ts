@@ -55,6 +55,7 @@ export interface ChatDeps {
   /** Attachments kept on this device, decrypted, by blob id. */
   saveFile: (me: string, blob: string, bytes: Uint8Array<ArrayBuffer>) => Promise<void>;
   deleteFile: (me: string, blob: string) => Promise<void>;
+  loadFile: (me: string, blob: string) => Promise<Uint8Array<ArrayBuffer> | undefined>;
   /** Settings kept on this device. */
   loadSetting: (key: string) => Promise<unknown>;
   saveSetting: (key: string, value: unknown) => Promise<void>;
@@ -76,6 +77,7 @@ export const browserDeps: ChatDeps = {
   getBlob: api.getBlob,
   saveFile: (me, blob, bytes) => set(fileKey(me, blob), bytes),
   deleteFile: (me, blob) => del(fileKey(me, blob)),
+  loadFile: (me, blob) => get(fileKey(me, blob)),
   loadSetting: (k) => get(k),
   saveSetting: (k, v) => set(k, v),
   inbox: api.inbox,
@@ -649,6 +651,16 @@ export class Chat {
     } finally {
       await this.serial(() => this.persist());
     }
+  }
+
+  /** An attachment kept on this device (decrypted), or undefined. */
+  file(blob: string): Promise<Uint8Array<ArrayBuffer> | undefined> {
+    return this.deps.loadFile(this.me.handle, blob);
+  }
+
+  /** Keeps a file sent from here, so its own message shows it. */
+  keepFile(blob: string, bytes: Uint8Array<ArrayBuffer>): Promise<void> {
+    return this.deps.saveFile(this.me.handle, blob, bytes);
   }
 
   // --- receipts, reactions, deletion ------------------------------------------
