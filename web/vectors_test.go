@@ -33,6 +33,7 @@ type vectors struct {
 	Handles     []handleVector    `json:"handles"`
 	Safety      []safetyVector    `json:"safety_numbers"`
 	KeyChains   []keyChainVector  `json:"key_chains"`
+	Groups      []groupVector     `json:"groups"`
 }
 
 // safetyVector is the safety number of two identities.
@@ -215,6 +216,7 @@ func generateVectors(t *testing.T) vectors {
 		}
 		v.KeyChains = append(v.KeyChains, chain)
 	}
+	v.Groups = groupVectors(t)
 	for _, h := range []string{"admin", "admin.", "admin_", "adm1n", "adrnin", "r00t", "no-reply", "wvvw", "he1p",
 		"alice", "adminton", "bob.smith", "info-desk", "l1l1", "v4s3.7"} {
 		v.Handles = append(v.Handles, handleVector{Handle: h, Skeleton: server.HandleSkeleton(h),
@@ -242,7 +244,7 @@ func TestVectorsHoldForTheGoImplementation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(v.PrimaryID) == 0 || len(v.Signatures) == 0 || len(v.RequestAuth) == 0 || len(v.Messages) == 0 || len(v.Handles) == 0 ||
-		len(v.Safety) == 0 || len(v.KeyChains) == 0 {
+		len(v.Safety) == 0 || len(v.KeyChains) == 0 || len(v.Groups) == 0 {
 		t.Fatal("a vector section is empty")
 	}
 	for _, p := range v.PrimaryID {
@@ -305,6 +307,7 @@ func TestVectorsHoldForTheGoImplementation(t *testing.T) {
 			prev = d
 		}
 	}
+	checkGroupVectors(t, v.Groups)
 	for _, m := range v.Messages {
 		encRaw, _ := signing.DecodeB64(m.RecipientEncPriv)
 		enc, err := ecdh.X25519().NewPrivateKey(encRaw)
