@@ -2,6 +2,9 @@ package web
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
 	"encoding/json"
 	"slices"
 	"testing"
@@ -192,5 +195,59 @@ func checkGroupVectors(t *testing.T, cases []groupVector) {
 	}
 	if !seen["taken"] || !seen["dropped"] {
 		t.Error("the group vectors do not both take and drop snapshots")
+	}
+}
+
+// attachmentVector is a file encrypted as docs/protocol.md ("Attachments")
+// says, with a fixed key and nonce.
+type attachmentVector struct {
+	Key    string `json:"key"`
+	Nonce  string `json:"nonce"`
+	File   string `json:"file"`
+	Blob   string `json:"blob"`
+	SHA256 string `json:"sha256"`
+}
+
+// sealAttachment is the attachment encryption written out with the
+// standard library alone, apart from the client's.
+func sealAttachment(t *testing.T, key, nonce, file []byte) []byte {
+	t.Helper()
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcm, err := cipher.NewGCM(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gcm.Seal(bytes.Clone(nonce), nonce, file, []byte("kez-chat/v1 attachment"))
+}
+
+func attachmentVectors(t *testing.T) []attachmentVector {
+	var out []attachmentVector
+	for _, file := range [][]byte{{}, []byte("hello, file ✓"), bytes.Repeat([]byte{0, 1, 2, 254, 255}, 100)} {
+		key, nonce := fixedKey("attachment key"), fixedKey("attachment nonce")[:12]
+		blob := sealAttachment(t, key, nonce, file)
+		sum := sha256.Sum256(blob)
+		out = append(out, attachmentVector{Key: signing.EncodeB64(key), Nonce: signing.EncodeB64(nonce), File: signing.EncodeB64(file),
+			Blob: signing.EncodeB64(blob), SHA256: signing.EncodeB64(sum[:])})
+	}
+	return out
+}
+
+func checkAttachmentVectors(t *testing.T, vs []attachmentVector) {
+	t.Helper()
+	for i, v := range vs {
+		key, _ := signing.DecodeB64(v.Key)
+		nonce, _ := signing.DecodeB64(v.Nonce)
+		file, _ := signing.DecodeB64(v.File)
+		blob, _ := signing.DecodeB64(v.Blob)
+		if !bytes.Equal(sealAttachment(t, key, nonce, file), blob) {
+			t.Errorf("attachment %d: the blob is not the file encrypted", i)
+		}
+		got, err := client.DecryptAttachment(blob, key, v.SHA256)
+		if err != nil || !bytes.Equal(got, file) {
+			t.Errorf("attachment %d: the client decrypts %q (%v)", i, got, err)
+		}
 	}
 }
