@@ -18,16 +18,6 @@ const hpkeInfo = "kez-chat/v1 message"
 // a ciphertext.
 const encSize = 32
 
-// Plaintext is the decrypted content of a message (docs/protocol.md,
-// "Message encryption").
-type Plaintext struct {
-	V    int    `json:"v"`
-	From string `json:"from"`
-	To   string `json:"to"`
-	TS   int64  `json:"ts"`
-	Body string `json:"body"`
-}
-
 // Seal encrypts plaintext to a recipient's raw X25519 public key with HPKE
 // base mode: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305,
 // info "kez-chat/v1 message", no aad. The result is enc (32 bytes) ||
@@ -88,6 +78,9 @@ func parsePlaintext(b []byte) (Plaintext, error) {
 	}
 	if p.V != 1 {
 		return Plaintext{}, fmt.Errorf("plaintext version %d is not supported", p.V)
+	}
+	if err := p.Check(); err != nil {
+		return Plaintext{}, fmt.Errorf("plaintext: %w", err)
 	}
 	return p, nil
 }

@@ -25,14 +25,16 @@ var update = flag.Bool("update", false, "rewrite testdata/vectors.json from the 
 const vectorsPath = "testdata/vectors.json"
 
 type vectors struct {
-	Provenance  string            `json:"provenance"`
-	PrimaryID   []primaryIDVector `json:"primary_id"`
-	Signatures  []signatureVector `json:"signatures"`
-	RequestAuth []requestVector   `json:"request_auth"`
-	Messages    []messageVector   `json:"messages"`
-	Handles     []handleVector    `json:"handles"`
-	Safety      []safetyVector    `json:"safety_numbers"`
-	KeyChains   []keyChainVector  `json:"key_chains"`
+	Provenance  string             `json:"provenance"`
+	PrimaryID   []primaryIDVector  `json:"primary_id"`
+	Signatures  []signatureVector  `json:"signatures"`
+	RequestAuth []requestVector    `json:"request_auth"`
+	Messages    []messageVector    `json:"messages"`
+	Handles     []handleVector     `json:"handles"`
+	Safety      []safetyVector     `json:"safety_numbers"`
+	KeyChains   []keyChainVector   `json:"key_chains"`
+	Groups      []groupVector      `json:"groups"`
+	Attachments []attachmentVector `json:"attachments"`
 }
 
 // safetyVector is the safety number of two identities.
@@ -215,6 +217,8 @@ func generateVectors(t *testing.T) vectors {
 		}
 		v.KeyChains = append(v.KeyChains, chain)
 	}
+	v.Groups = groupVectors(t)
+	v.Attachments = attachmentVectors(t)
 	for _, h := range []string{"admin", "admin.", "admin_", "adm1n", "adrnin", "r00t", "no-reply", "wvvw", "he1p",
 		"alice", "adminton", "bob.smith", "info-desk", "l1l1", "v4s3.7"} {
 		v.Handles = append(v.Handles, handleVector{Handle: h, Skeleton: server.HandleSkeleton(h),
@@ -242,7 +246,8 @@ func TestVectorsHoldForTheGoImplementation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(v.PrimaryID) == 0 || len(v.Signatures) == 0 || len(v.RequestAuth) == 0 || len(v.Messages) == 0 || len(v.Handles) == 0 ||
-		len(v.Safety) == 0 || len(v.KeyChains) == 0 {
+		len(v.Safety) == 0 || len(v.KeyChains) == 0 || len(v.Groups) == 0 ||
+		len(v.Attachments) == 0 {
 		t.Fatal("a vector section is empty")
 	}
 	for _, p := range v.PrimaryID {
@@ -305,6 +310,8 @@ func TestVectorsHoldForTheGoImplementation(t *testing.T) {
 			prev = d
 		}
 	}
+	checkGroupVectors(t, v.Groups)
+	checkAttachmentVectors(t, v.Attachments)
 	for _, m := range v.Messages {
 		encRaw, _ := signing.DecodeB64(m.RecipientEncPriv)
 		enc, err := ecdh.X25519().NewPrivateKey(encRaw)
