@@ -311,7 +311,7 @@ describe('Chat conversations (groups, receipts, reactions, deletion, attachments
     const before = a.groups.state(gid)!;
     const { removeMember } = await import('../src/lib/groups');
     await a.changeGroup(before, await removeMember(before, 'alice', 'carol'));
-    expect(srv.batches.at(-1)).toEqual(['bob', 'carol']); // the removed member is told
+    expect(srv.batches.at(-1)).toEqual(['alice', 'bob', 'carol']); // the removed member is told, and the author reads its change back
     await c.poll();
     expect(c.list).toEqual([]);
     await a.send(g, 'without carol');

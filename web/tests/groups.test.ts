@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { addMembers, checkState, controlRecipients, groupHash, Groups, leaveGroup, newGroup, promoteMember, removeMember, renameGroup, SnapshotDropped, type GroupState } from '../src/lib/groups';
 import { canonicalize } from '../src/lib/jcs';
 import { encodeB64, sha256, utf8 } from '../src/lib/bytes';
+import { vectors } from './vectors';
 
 async function taken(self: string, ...snaps: GroupState[]): Promise<Groups> {
   const g = new Groups(self);
@@ -131,3 +132,29 @@ async function nextLeaveChangingName(v1: GroupState) {
   const leave = { ...(await leaveGroup(v1, 'carol')), name: 'other' };
   return g.take('carol', leave);
 }
+
+describe('group vectors (testdata/vectors.json, shared with the Go client)', () => {
+  it.each(vectors.groups.map((c) => [c.name, c] as const))('%s', async (_, c) => {
+    const g = new Groups(c.client);
+    for (const [i, input] of c.inputs.entries()) {
+      expect(canonicalize(input.state), `input ${i} canonical`).toBe(input.canonical);
+      expect(await groupHash(input.state as GroupState), `input ${i} hash`).toBe(input.hash);
+      const taken = await g.take(input.from, structuredClone(input.state)).then(
+        () => true,
+        (e: unknown) => {
+          expect(e).toBeInstanceOf(SnapshotDropped);
+          return false;
+        },
+      );
+      expect(taken, `input ${i} taken`).toBe(input.taken);
+    }
+    const id = (c.inputs[0]!.state as { id: string }).id;
+    if (c.final === null) {
+      expect(g.state(id)).toBeUndefined();
+    } else {
+      expect(g.state(id)).toEqual(c.final);
+      expect(await groupHash(g.state(id)!)).toBe(c.final_hash);
+    }
+    expect(g.list().some((s) => s.id === id)).toBe(c.member);
+  });
+});

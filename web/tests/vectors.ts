@@ -15,6 +15,14 @@ export interface Vectors {
   handles: { handle: string; skeleton: string; reserved: boolean }[];
   safety_numbers: { alg_a: string; key_a: string; address_a: string; alg_b: string; key_b: string; address_b: string; number: string }[];
   key_chains: { primary_id: string; documents: Record<string, unknown>[]; hashes: string[]; enc_keys: string[] }[];
+  groups: {
+    name: string;
+    client: string;
+    inputs: { from: string; state: Record<string, unknown>; canonical: string; hash: string; taken: boolean }[];
+    final: Record<string, unknown> | null;
+    final_hash?: string;
+    member: boolean;
+  }[];
 }
 
 export const vectors = JSON.parse(readFileSync(here + '../testdata/vectors.json', 'utf8')) as Vectors;

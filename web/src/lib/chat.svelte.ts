@@ -559,8 +559,8 @@ export class Chat {
    */
   private async documents(conv: string, c: Content, recipients: string[], blobs: string[] = []): Promise<Signed<MessagePayload>[]> {
     const me = this.me.handle;
-    const to = [...recipients];
-    if (await this.hasOtherDevices()) to.push(me);
+    const to = [...new Set(recipients)];
+    if (!to.includes(me) && (await this.hasOtherDevices())) to.push(me);
     const batch = to.length > 1 || !!c.group;
     const ts = this.deps.now();
     const peer = groupIdOf(conv) ? undefined : conv;
@@ -729,20 +729,15 @@ export class Chat {
   }
 
   /**
-   * Takes a change made here and sends it, in one group send, to the
-   * members before and after it.
+   * Sends a change made here, in one group send, to the members before and
+   * after it, this client included: it takes its own change when it reads
+   * it back from its inbox, in the order every member reads it
+   * (docs/protocol.md, "Groups").
    */
   async changeGroup(before: GroupState | undefined, next: GroupState): Promise<void> {
     await Promise.all(next.members.filter((m) => m !== this.me.handle).map((h) => this.user(h)));
-    const mid = newMessageId();
-    const recipients = controlRecipients(before, next).filter((m) => m !== this.me.handle);
-    // Sent before taken here: a change the others never receive is not shown as made.
-    await this.sendControl(groupKey(next.id), groupContent(mid, next), recipients);
-    await this.serial(async () => {
-      await this.groups.take(this.me.handle, next);
-      this.showGroupChange(before, this.groups.state(next.id)!, mid, this.deps.now(), true);
-      await this.persist();
-    });
+    await this.sendControl(groupKey(next.id), groupContent(newMessageId(), next), controlRecipients(before, next));
+    await this.poll().catch(() => {}); // the stream would bring it too; reading it now shows it at once
   }
 
   // --- typing -----------------------------------------------------------------
