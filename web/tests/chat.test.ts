@@ -1,7 +1,10 @@
+import 'fake-indexeddb/auto';
+import { IDBFactory } from 'fake-indexeddb';
 import { describe, expect, it } from 'vitest';
 import { ApiError, type InboxPage, type Receipt } from '../src/lib/api';
 import { encodeB64 } from '../src/lib/bytes';
-import { Chat, historyKey, type ChatDeps, type History } from '../src/lib/chat.svelte';
+import { Chat, historyKey, PAGE_SIZE, peerConv, type ChatDeps, type ChatMessage } from '../src/lib/chat.svelte';
+import { appendMessage, getMeta, openHistory, type LegacyHistory } from '../src/lib/history';
 import { generateKeys, type Identity } from '../src/lib/keys';
 import { newMessage, type Envelope, type MessagePayload, type PublicUser } from '../src/lib/protocol';
 import { primaryId, type Signed } from '../src/lib/signing';
@@ -23,7 +26,9 @@ async function person(handle: string): Promise<{ id: Identity; record: PublicUse
  * no key directory (keys stand on their pins), records swapped on demand.
  */
 function fakeServer(records: PublicUser[]) {
-  const store = new Map<string, History>();
+  // Every fake server has an IndexedDB of its own: each test starts empty.
+  const idb = new IDBFactory();
+  const legacy = new Map<string, LegacyHistory>();
   const pinStore = new Map<string, [string, Pin][]>();
   const inboxes = new Map<string, Envelope[]>();
   const acks: number[] = [];
@@ -54,8 +59,8 @@ function fakeServer(records: PublicUser[]) {
       inboxes.set(who.handle, (inboxes.get(who.handle) ?? []).filter((e) => e.seq > upto));
       return { deleted: 0 };
     },
-    load: async (k) => structuredClone(store.get(k)),
-    save: async (k, h) => void store.set(k, structuredClone(h)),
+    openHistory: (handle) => openHistory(handle, idb),
+    legacy: { get: async (k) => structuredClone(legacy.get(k)), del: async (k) => void legacy.delete(k) },
     now: () => Math.floor(Date.now() / 1000),
     trust: { webfinger: async () => ({ links: [] }), keyLog: async () => ({ documents: [], next: 0 }) },
     loadPins: async (me) => new Map(structuredClone(pinStore.get(me) ?? [])),
@@ -63,7 +68,14 @@ function fakeServer(records: PublicUser[]) {
   };
   /** Answers rec for its handle from now on, as a server that swaps keys would. */
   const swap = (rec: PublicUser) => records.splice(records.findIndex((r) => r.handle === rec.handle), 1, rec);
-  return { deps, store, inboxes, acks, swap, failNextPosts: (n: number) => (failPosts = n) };
+  /** A value of handle's history meta store, as the next load reads it. */
+  const meta = async (handle: string, key: 'cursor' | 'order' | 'legacyImported') => getMeta(await openHistory(handle, idb), key);
+  return { deps, idb, legacy, meta, inboxes, acks, swap, failNextPosts: (n: number) => (failPosts = n) };
+}
+
+/** The messages of the conversation with peer, as its screen shows them (the latest page). */
+async function shown(chat: Chat, peer: string): Promise<ChatMessage[]> {
+  return (await chat.openConversation(peerConv(peer))).messages;
 }
 
 describe('Chat', () => {
@@ -75,26 +87,31 @@ describe('Chat', () => {
     const b = new Chat(bob.id, srv.deps);
     await a.send('bob', 'hi bob');
     await a.send('bob', 'second');
-    expect(a.conversations.get('bob')!.messages.map((m) => [m.body, m.state])).toEqual([['hi bob', 'sent'], ['second', 'sent']]);
+    expect((await shown(a, 'bob')).map((m) => [m.body, m.state])).toEqual([['hi bob', 'sent'], ['second', 'sent']]);
 
     await b.poll();
-    const conv = b.conversations.get('alice')!;
-    expect(conv.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
-    expect(conv.unread).toBe(2);
+    expect(b.conversations.get('p:alice')!.unread).toBe(2);
+    expect(b.conversations.get('p:alice')!.last?.body).toBe('second');
+    expect((await shown(b, 'alice')).map((m) => m.body)).toEqual(['hi bob', 'second']);
     expect(srv.acks).toEqual([2]);
     expect(srv.inboxes.get('bob')).toEqual([]);
-    expect(srv.store.get(historyKey('bob'))!.cursor).toBe(2);
+    expect(await srv.meta('bob', 'cursor')).toBe(2);
 
     // An envelope at or before the cursor (a stream resuming, a poll racing it) is skipped.
     await b.ingest([{ seq: 2, received_at: 1, message: { payload: {}, signature: {} } as never }]);
-    expect(b.conversations.get('alice')!.messages).toHaveLength(2);
+    expect(await shown(b, 'alice')).toHaveLength(2);
 
     const reloaded = new Chat(bob.id, srv.deps);
     await reloaded.load();
     expect(reloaded.cursor).toBe(2);
-    expect(reloaded.conversations.get('alice')!.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
-    reloaded.markRead('alice');
-    expect(reloaded.conversations.get('alice')!.unread).toBe(0);
+    expect(reloaded.conversations.get('p:alice')!.messages).toEqual([]); // read as the conversation opens
+    expect(reloaded.conversations.get('p:alice')!.unread).toBe(2);
+    expect((await shown(reloaded, 'alice')).map((m) => m.body)).toEqual(['hi bob', 'second']);
+    reloaded.markRead('p:alice');
+    expect(reloaded.conversations.get('p:alice')!.unread).toBe(0);
+    const again = new Chat(bob.id, srv.deps);
+    await again.load();
+    expect(again.conversations.get('p:alice')!.unread).toBe(0);
   });
 
   it('marks a failed send and a retry posts the same message once', async () => {
@@ -104,10 +121,10 @@ describe('Chat', () => {
     const a = new Chat(alice.id, srv.deps);
     srv.failNextPosts(1);
     await expect(a.send('bob', 'are you there?')).rejects.toThrow(/offline/);
-    const m = a.conversations.get('bob')!.messages[0]!;
+    const m = (await shown(a, 'bob'))[0]!;
     expect(m.state).toBe('failed');
-    await a.retry('bob', m.id);
-    expect(a.conversations.get('bob')!.messages[0]!.state).toBe('sent');
+    await a.retry('bob', m.mid);
+    expect((await shown(a, 'bob'))[0]!.state).toBe('sent');
     expect(srv.inboxes.get('bob')!.map((e) => e.message.payload.id)).toEqual([m.id]);
   });
 
@@ -124,7 +141,7 @@ describe('Chat', () => {
       { seq: 5, received_at: 1, message: forged },
       { seq: 9, received_at: 1, message: ok },
     ]);
-    expect(b.conversations.get('alice')!.messages.map((m) => m.body)).toEqual(['genuine']);
+    expect((await shown(b, 'alice')).map((m) => m.body)).toEqual(['genuine']);
     expect(b.cursor).toBe(9);
     expect(srv.acks).toEqual([9]);
   });
@@ -149,23 +166,24 @@ describe('Chat', () => {
     const b = new Chat(bob.id, srv.deps);
     await b.poll();
     expect(b.cursor).toBe(4);
-    for (const p of odd) expect(b.conversations.get(p.id.handle)?.messages.map((m) => m.body), p.id.handle).toEqual([`from ${p.id.handle}`]);
-    expect(b.list.map((c) => c.peer).sort()).toEqual(['__proto__', 'constructor', 'hasOwnProperty', 'toString']);
+    for (const p of odd) expect((await shown(b, p.id.handle)).map((m) => m.body), p.id.handle).toEqual([`from ${p.id.handle}`]);
+    expect(b.list.map((c) => c.title).sort()).toEqual(['__proto__', 'constructor', 'hasOwnProperty', 'toString']);
 
     const reloaded = new Chat(bob.id, srv.deps);
     await reloaded.load();
-    for (const p of odd) expect(reloaded.conversations.get(p.id.handle)?.messages.map((m) => m.body)).toEqual([`from ${p.id.handle}`]);
+    for (const p of odd) expect((await shown(reloaded, p.id.handle)).map((m) => m.body)).toEqual([`from ${p.id.handle}`]);
     expect(Object.getPrototypeOf({})).toBe(Object.prototype); // nothing was polluted
   });
 
   it('reads a history stored before, keyed by peer', async () => {
     const bob = await person('bob');
     const srv = fakeServer([bob.record]);
-    srv.store.set(historyKey('bob'), { cursor: 3, conversations: { alice: { peer: 'alice', messages: [{ id: 'x', mine: false, body: 'old', ts: 1, seq: 3, state: 'received' }], unread: 1 } } });
+    srv.legacy.set(historyKey('bob'), { cursor: 3, conversations: { alice: { peer: 'alice', messages: [{ id: 'x', mine: false, body: 'old', ts: 1, seq: 3, state: 'received' }], unread: 1 } } });
     const b = new Chat(bob.id, srv.deps);
     await b.load();
-    expect(b.conversations.get('alice')?.messages.map((m) => m.body)).toEqual(['old']);
+    expect((await shown(b, 'alice')).map((m) => m.body)).toEqual(['old']);
     expect(b.cursor).toBe(3);
+    expect(srv.legacy.has(historyKey('bob'))).toBe(false); // migrated once, then deleted
   });
 
   it('holds messages to and from a peer whose keys the server swapped until the person accepts them', async () => {
@@ -182,7 +200,7 @@ describe('Chat', () => {
     const reloaded = new Chat(alice.id, srv.deps);
     await reloaded.load();
     await expect(reloaded.send('bob', 'secret')).rejects.toBeInstanceOf(KeyChanged);
-    expect(reloaded.conversation('bob').messages.at(-1)!.state).toBe('failed');
+    expect((await shown(reloaded, 'bob')).at(-1)!.state).toBe('failed');
     expect(srv.inboxes.get('bob') ?? []).toHaveLength(1); // only what went to the pinned keys
     expect(reloaded.keyProblems.get('bob')).toBeInstanceOf(KeyChanged);
 
@@ -207,12 +225,57 @@ describe('Chat', () => {
     expect((await reloaded.safetyNumbers('bob')).pinned).toBe(numbers.proposed);
   });
 
+  it('holds in memory only the pages of messages opened, and reads earlier ones on demand', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const carol = await person('carol');
+    const srv = fakeServer([alice.record, bob.record, carol.record]);
+    const a = new Chat(alice.id, srv.deps);
+    for (let i = 1; i <= PAGE_SIZE + 5; i++) await a.send('bob', `to bob ${i}`);
+    await new Chat(carol.id, srv.deps).send('bob', 'from carol');
+    const b = new Chat(bob.id, srv.deps);
+    await b.poll();
+    // Nothing is open: memory has the list (previews, unread counts), no messages.
+    expect(b.list.map((c) => [c.conv, c.unread, c.last?.body, c.messages.length])).toEqual([
+      ['p:carol', 1, 'from carol', 0],
+      ['p:alice', PAGE_SIZE + 5, `to bob ${PAGE_SIZE + 5}`, 0],
+    ]);
+    const c = await b.openConversation('p:alice');
+    expect(c.messages.map((m) => m.body)).toEqual(Array.from({ length: PAGE_SIZE }, (_, i) => `to bob ${i + 6}`));
+    expect(c.more).toBe(true);
+    expect(b.conversations.get('p:carol')!.messages).toEqual([]);
+    await b.loadEarlier('p:alice');
+    expect(c.messages.map((m) => m.body)).toEqual(Array.from({ length: PAGE_SIZE + 5 }, (_, i) => `to bob ${i + 1}`));
+    expect(c.more).toBe(false);
+    // What arrives in an open conversation is appended; in another, it only counts.
+    await a.send('bob', 'one more');
+    await new Chat(carol.id, srv.deps).send('bob', 'again');
+    b.activeConv = 'p:alice';
+    await b.poll();
+    expect(c.messages.at(-1)?.body).toBe('one more');
+    expect(b.conversations.get('p:carol')).toMatchObject({ unread: 2, messages: [], last: { body: 'again' } });
+  }, 60_000); // 60 signed and encrypted messages on a busy machine
+
+  it('shows a message left pending by a page that closed mid-send as failed, and Retry sends it', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const srv = fakeServer([alice.record, bob.record]);
+    const db = await srv.deps.openHistory('alice');
+    await appendMessage(db, { conv: 'p:bob', id: 'cut', mid: 'cut', from: 'alice', mine: true, body: 'cut short', ts: srv.deps.now(), state: 'pending', kind: 'text' });
+    const a = new Chat(alice.id, srv.deps);
+    await a.load();
+    expect((await shown(a, 'bob')).map((m) => m.state)).toEqual(['failed']);
+    await a.retry('bob', 'cut');
+    expect((await shown(a, 'bob')).map((m) => m.state)).toEqual(['sent']);
+    expect(srv.inboxes.get('bob')!.map((e) => e.message.payload.id)).toEqual(['cut']);
+  });
+
   it('lists conversations by their latest message', async () => {
     const me = await person('me');
     const srv = fakeServer([me.record]);
     const c = new Chat(me.id, srv.deps);
-    c.conversation('old').messages.push({ id: '1', mine: false, body: 'x', ts: 10, state: 'received' });
-    c.conversation('new').messages.push({ id: '2', mine: false, body: 'y', ts: 20, state: 'received' });
+    c.conversation('old').last = { from: 'old', mine: false, body: 'x', ts: 10, order: 2, kind: 'text' };
+    c.conversation('new').last = { from: 'new', mine: false, body: 'y', ts: 20, order: 1, kind: 'text' };
     c.conversation('empty');
     expect(c.list.map((x) => x.peer)).toEqual(['new', 'old', 'empty']);
   });

@@ -1,35 +1,72 @@
-// The chat state of one identity: conversations, history and the inbox
-// cursor. Every envelope, from the stream or the poll, goes through ingest(),
-// which decrypts it, stores it and then acknowledges it, so the server
-// deletes only what is kept here.
+// The chat state of one identity: the conversation list, the pages of
+// messages on screen and the inbox cursor. The history itself is in
+// IndexedDB (./history), one record per message, written as each message
+// comes and goes; memory holds only what is shown. Every envelope, from the
+// stream or the poll, goes through ingest(), which decrypts it, stores it
+// and then acknowledges it, so the server deletes only what is kept here.
 
-import { get, set } from 'idb-keyval';
+import { del, get } from 'idb-keyval';
 import { SvelteMap } from 'svelte/reactivity';
 import * as api from './api';
 import type { Identity } from './keys';
 import { claimedSender, InvalidMessage, newMessage, newMessageId, openEnvelope, type Envelope, type MessageKeys, type MessagePayload, type PublicUser } from './protocol';
 import type { Signed } from './signing';
 import type { LinkStatus } from './stream';
-import { conversationsOf, historyKey, type ChatMessage, type Conversation, type History } from './history';
+import {
+  appendMessage,
+  conversations as storedConversations,
+  getConversation,
+  getMeta,
+  lastPage,
+  migrateLegacy,
+  newConversation,
+  openHistory,
+  peerConv,
+  setMeta,
+  updateConversation,
+  updateMessage,
+  type ConversationRecord,
+  type LegacyHistory,
+  type LegacyStore,
+  type MessageRecord,
+  type Stored,
+} from './history';
 import { checkPeer, KeyChanged, KeyDocumentMismatch, loadPins, safetyWith, savePins, type KeyPayload, type Pin, type TrustDeps } from './trust';
 
-export type { ChatMessage, Conversation, History, MessageState } from './history';
-export { historyKey } from './history';
+export type { MessageState } from './history';
+export { historyKey, peerConv, peerOf } from './history';
+
+export type ChatMessage = MessageRecord;
+
+/** A conversation as the view follows it: its stored record and the pages of its messages loaded. */
+export interface Conversation extends ConversationRecord {
+  /** The messages loaded, oldest first: the latest page and the pages before it that were asked for. */
+  messages: ChatMessage[];
+  /** Whether messages ends at the latest message, so that new ones are appended (false until opened). */
+  loaded: boolean;
+  /** Whether older messages than the first of messages are stored. */
+  more: boolean;
+}
+
+/** Messages read from the history at a time: what a screen shows and some. */
+export const PAGE_SIZE = 50;
 
 /** A conversation the view follows as it changes. */
-function reactive(c: Conversation): Conversation {
-  const live = $state(c);
+function reactive(r: ConversationRecord): Conversation {
+  const live = $state<Conversation>({ ...r, messages: [], loaded: false, more: true });
   return live;
 }
 
-/** What Chat talks to; tests give fakes. */
+/** What Chat talks to; tests give fakes (and fake-indexeddb). */
 export interface ChatDeps {
   lookup: (handle: string) => Promise<PublicUser>;
   postMessage: (doc: Signed<MessagePayload>) => Promise<api.Receipt>;
   inbox: (who: api.Signer, since: number) => Promise<api.InboxPage>;
   ack: (who: api.Signer, upto: number) => Promise<unknown>;
-  load: (key: string) => Promise<History | undefined>;
-  save: (key: string, h: History) => Promise<void>;
+  /** The handle's history database (./history openHistory). */
+  openHistory: (handle: string) => Promise<IDBDatabase>;
+  /** Where the history was kept before, migrated on first use. */
+  legacy: LegacyStore;
   now: () => number;
   trust: TrustDeps;
   loadPins: (me: string) => Promise<Map<string, Pin>>;
@@ -41,8 +78,8 @@ export const browserDeps: ChatDeps = {
   postMessage: api.postMessage,
   inbox: api.inbox,
   ack: api.ack,
-  load: (k) => get<History>(k),
-  save: (k, h) => set(k, h),
+  openHistory: (handle) => openHistory(handle),
+  legacy: { get: (k) => get<LegacyHistory>(k), del: (k) => del(k) },
   now: () => Math.floor(Date.now() / 1000),
   trust: { webfinger: api.webfinger, keyLog: (origin, pid, from) => api.keyLog<Signed<KeyPayload>>(origin, pid, from) },
   loadPins,
@@ -60,11 +97,11 @@ const isKeyProblem = (e: unknown): e is KeyProblem => e instanceof KeyChanged ||
 const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
 
 export class Chat {
-  /** Conversations by peer: a Map, since a handle may be any name, "constructor" and "__proto__" too. */
+  /** Conversations by conv (peerConv(handle), groupConv(id)): a Map, since a handle may be any name, "constructor" too. */
   readonly conversations = new SvelteMap<string, Conversation>();
   status = $state<LinkStatus>('connecting');
-  /** The open conversation: its messages are read as they arrive. */
-  activePeer = $state<string | null>(null);
+  /** The open conversation (a conv): its messages are read as they arrive. */
+  activeConv = $state<string | null>(null);
   cursor = 0;
   /**
    * Peers whose keys are in question: their messages are held, and none
@@ -77,6 +114,9 @@ export class Chat {
   private users = new Map<string, Promise<PublicUser>>();
   private pins = new Map<string, Pin>();
   private chain: Promise<unknown> = Promise.resolve();
+  private history?: Promise<IDBDatabase>;
+  /** The mids of own messages this session is posting: any other stored as pending was cut short (a reload) and failed. */
+  private sending = new Set<string>();
 
   constructor(
     readonly me: Identity,
@@ -89,32 +129,67 @@ export class Chat {
 
   /** Conversations, the most recent first. */
   get list(): Conversation[] {
-    const last = (c: Conversation) => c.messages.at(-1)?.ts ?? 0;
-    return [...this.conversations.values()].sort((a, b) => last(b) - last(a) || a.peer.localeCompare(b.peer));
+    const last = (c: Conversation) => c.last?.ts ?? 0;
+    return [...this.conversations.values()].sort((a, b) => last(b) - last(a) || (b.last?.order ?? 0) - (a.last?.order ?? 0) || a.conv.localeCompare(b.conv));
   }
 
+  /** The history database, opened (and the legacy document migrated) on first use. */
+  db(): Promise<IDBDatabase> {
+    if (!this.history) {
+      const opening = (async () => {
+        const db = await this.deps.openHistory(this.me.handle);
+        await migrateLegacy(db, this.me.handle, this.deps.legacy);
+        return db;
+      })();
+      opening.catch(() => (this.history = undefined)); // tried again on next use
+      this.history = opening;
+    }
+    return this.history;
+  }
+
+  /** Reads the conversation list and the cursor; messages are read as conversations open. */
   async load(): Promise<void> {
     this.pins = await this.deps.loadPins(this.me.handle);
-    const h = await this.deps.load(historyKey(this.me.handle));
-    if (h) {
-      this.cursor = this.acked = h.cursor;
-      this.conversations.clear();
-      for (const [peer, c] of conversationsOf(h)) this.conversations.set(peer, reactive(c));
-    }
+    const db = await this.db();
+    const [records, cursor] = await Promise.all([storedConversations(db), getMeta<number>(db, 'cursor')]);
+    this.cursor = this.acked = cursor ?? 0;
+    this.conversations.clear();
+    for (const r of records) this.conversations.set(r.conv, reactive(r));
   }
 
-  private persist(): Promise<void> {
-    return this.deps.save(historyKey(this.me.handle), {
-      cursor: this.cursor,
-      conversations: [...this.conversations.values()].map((c) => $state.snapshot(c) as Conversation),
-    });
-  }
-
-  /** Runs f after everything queued before it: one ingest or send at a time. */
+  /** Runs f after everything queued before it: one ingest or history write at a time. */
   private serial<T>(f: () => Promise<T>): Promise<T> {
     const p = this.chain.then(f, f);
     this.chain = p.catch(() => {});
     return p;
+  }
+
+  /** Brings the in-memory conversation up to its stored record. */
+  private mirrorConversation(r: ConversationRecord): Conversation {
+    const c = this.conversations.get(r.conv);
+    if (!c) {
+      const fresh = reactive(r);
+      this.conversations.set(r.conv, fresh);
+      return fresh;
+    }
+    c.group = r.group;
+    c.title = r.title;
+    c.peer = r.peer;
+    c.last = r.last;
+    c.unread = r.unread;
+    c.withheld = r.withheld;
+    return c;
+  }
+
+  /** Brings memory up to a write: the conversation, and the message when its page is loaded. */
+  private mirror(s: Stored): Conversation {
+    const c = this.mirrorConversation(s.conversation);
+    if (c.loaded) {
+      const i = c.messages.findIndex((m) => m.order === s.message.order);
+      if (i >= 0) c.messages[i] = s.message;
+      else if (s.message.order > (c.messages.at(-1)?.order ?? 0)) c.messages.push(s.message);
+    }
+    return c;
   }
 
   /** The peer's record, its keys checked against its key documents and its pin (once a session). */
@@ -154,12 +229,12 @@ export class Chat {
     this.users.delete(peer);
     await this.user(peer); // the server must still answer what was accepted
     await this.serial(async () => {
-      const c = this.conversations.get(peer);
-      const held = c?.withheld ?? [];
-      if (!c || held.length === 0) return;
-      c.withheld = [];
+      const db = await this.db();
+      const conv = peerConv(peer);
+      const held = (await getConversation(db, conv))?.withheld ?? [];
+      if (held.length === 0) return;
+      this.mirrorConversation(await updateConversation(db, conv, (c) => void (c.withheld = [])));
       for (const env of held) await this.open(env);
-      await this.persist();
     });
   }
 
@@ -180,19 +255,64 @@ export class Chat {
     };
   }
 
+  /** The conversation with peer, kept (empty) from now on, as a new chat is. */
   conversation(peer: string): Conversation {
-    let c = this.conversations.get(peer);
+    const conv = peerConv(peer);
+    let c = this.conversations.get(conv);
     if (!c) {
-      c = reactive({ peer, messages: [], unread: 0 });
-      this.conversations.set(peer, c);
+      c = reactive(newConversation(conv));
+      this.conversations.set(conv, c);
+      // Writes nothing over a stored record: answers it, so memory catches up.
+      void this.serial(async () => this.mirrorConversation(await updateConversation(await this.db(), conv, () => {}))).catch((e) =>
+        console.warn('storing a new conversation:', e),
+      );
     }
     return c;
   }
 
-  markRead(peer: string): void {
-    const c = this.conversations.get(peer);
-    if (c && c.unread) c.unread = 0;
-    void this.serial(() => this.persist());
+  /** Reads the latest page of conv's messages, once: from then on arrivals are appended. */
+  openConversation(conv: string): Promise<Conversation> {
+    return this.serial(async () => {
+      const c = this.conversations.get(conv) ?? this.mirrorConversation(newConversation(conv));
+      if (c.loaded) return c;
+      const page = await lastPage(await this.db(), conv, PAGE_SIZE);
+      c.messages = await this.failCutShort(page.messages);
+      c.more = page.more;
+      c.loaded = true;
+      return c;
+    });
+  }
+
+  /** Reads the page before the first loaded message of conv. */
+  loadEarlier(conv: string): Promise<void> {
+    return this.serial(async () => {
+      const c = this.conversations.get(conv);
+      if (!c?.loaded || !c.more) return;
+      const page = await lastPage(await this.db(), conv, PAGE_SIZE, c.messages[0]?.order);
+      c.messages = [...(await this.failCutShort(page.messages)), ...c.messages];
+      c.more = page.more;
+    });
+  }
+
+  /** Own messages stored as pending that no one is posting (the page closed mid-send) are failed: Retry shows. */
+  private async failCutShort(messages: ChatMessage[]): Promise<ChatMessage[]> {
+    const db = await this.db();
+    for (const [i, m] of messages.entries()) {
+      if (!m.mine || m.state !== 'pending' || this.sending.has(m.mid)) continue;
+      const s = await updateMessage(db, m.conv, m.from, m.mid, (r) => (r.state === 'pending' ? void (r.state = 'failed') : false));
+      if (s) messages[i] = s.message;
+    }
+    return messages;
+  }
+
+  markRead(conv: string): void {
+    const c = this.conversations.get(conv);
+    if (!c || !c.unread) return;
+    c.unread = 0;
+    void this.serial(async () => {
+      const r = await updateConversation(await this.db(), conv, (r) => (r.unread ? void (r.unread = 0) : false));
+      this.mirrorConversation(r);
+    }).catch((e) => console.warn('marking a conversation read:', e));
   }
 
   /** Decrypts, stores and acknowledges envelopes; safe to call concurrently and with repeats. */
@@ -205,13 +325,13 @@ export class Chat {
         this.cursor = env.seq;
       }
       if (this.cursor === start) return;
-      await this.persist();
+      await setMeta(await this.db(), 'cursor', this.cursor);
       await this.acknowledge();
     });
   }
 
   /**
-   * Verifies, opens and files one envelope; false when it should be tried
+   * Verifies, opens and stores one envelope; false when it should be tried
    * again later (the server could not say who sent it). An envelope from a
    * peer whose keys are in question is held in its conversation, to be
    * opened once the person accepts the new keys.
@@ -221,34 +341,38 @@ export class Chat {
     try {
       from = claimedSender(env);
       const pt = await openEnvelope(env, this.keys, await this.user(from));
-      const c = this.conversation(from);
+      const conv = peerConv(from);
       const id = env.message.payload.id;
-      if (!c.messages.some((m) => !m.mine && m.id === id)) {
-        c.messages.push({ id, mine: false, body: pt.body, ts: pt.ts, seq: env.seq, state: 'received' });
-        if (this.activePeer !== from || !pageVisible()) c.unread++;
-      }
+      const stored = await appendMessage(
+        await this.db(),
+        { conv, id, mid: id, from, mine: false, body: pt.body, ts: pt.ts, seq: env.seq, state: 'received', kind: 'text' },
+        { unread: this.activeConv !== conv || !pageVisible() },
+      );
+      if (stored) this.mirror(stored);
     } catch (e) {
       if (isKeyProblem(e) && from !== undefined) {
-        this.withhold(from, env);
+        await this.withhold(from, env);
         return true;
       }
-      // Not being able to ask the server who sent it is worth a retry;
-      // a message that does not verify or open never will be.
-      if (e instanceof api.ApiError && e.code !== 'unknown_handle') return false;
+      // Not being able to ask the server who sent it (or to store it) is
+      // worth a retry; a message that does not verify or open never will be.
+      if ((e instanceof api.ApiError && e.code !== 'unknown_handle') || e instanceof DOMException) return false;
       console.warn('dropping an envelope that cannot be read:', e instanceof InvalidMessage || e instanceof api.ApiError ? e.message : e);
     }
     return true;
   }
 
-  private withhold(peer: string, env: Envelope): void {
-    const c = this.conversation(peer);
-    const held = (c.withheld ??= []);
-    if (held.some((h) => h.seq === env.seq)) return;
-    held.push(env);
-    // Bounded in bytes: a server that swaps keys cannot fill the browser's
-    // storage through one conversation. The oldest goes first.
-    let bytes = held.reduce((n, h) => n + JSON.stringify(h).length, 0);
-    while (bytes > MAX_WITHHELD_BYTES && held.length > 1) bytes -= JSON.stringify(held.shift()).length;
+  private async withhold(peer: string, env: Envelope): Promise<void> {
+    const r = await updateConversation(await this.db(), peerConv(peer), (c) => {
+      const held = (c.withheld ??= []);
+      if (held.some((h) => h.seq === env.seq)) return false;
+      held.push(env);
+      // Bounded in bytes: a server that swaps keys cannot fill the browser's
+      // storage through one conversation. The oldest goes first.
+      let bytes = held.reduce((n, h) => n + JSON.stringify(h).length, 0);
+      while (bytes > MAX_WITHHELD_BYTES && held.length > 1) bytes -= JSON.stringify(held.shift()).length;
+    });
+    this.mirrorConversation(r);
   }
 
   private async acknowledge(): Promise<void> {
@@ -276,40 +400,67 @@ export class Chat {
   }
 
   async send(peer: string, body: string): Promise<void> {
-    const c = this.conversation(peer);
-    const ts = this.deps.now();
-    const msg: ChatMessage = { id: newMessageId(), mine: true, body, ts, state: 'pending' };
-    c.messages.push(msg);
-    await this.deliver(peer, c.messages.length - 1);
+    const conv = peerConv(peer);
+    this.conversation(peer);
+    await this.openConversation(conv);
+    const id = newMessageId();
+    this.sending.add(id);
+    try {
+      const stored = await this.serial(async () => {
+        const s = await appendMessage(await this.db(), { conv, id, mid: id, from: this.me.handle, mine: true, body, ts: this.deps.now(), state: 'pending', kind: 'text' });
+        if (s) this.mirror(s);
+        return s;
+      });
+      if (stored) await this.deliver(peer, stored.message);
+    } finally {
+      this.sending.delete(id);
+    }
   }
 
-  async retry(peer: string, id: string): Promise<void> {
-    const c = this.conversations.get(peer);
-    const i = c?.messages.findIndex((m) => m.mine && m.id === id) ?? -1;
-    if (!c || i < 0 || c.messages[i]!.state !== 'failed') return;
-    c.messages[i]!.state = 'pending';
-    await this.deliver(peer, i);
+  /** Sends a failed message of mine (by mid) again. */
+  async retry(peer: string, mid: string): Promise<void> {
+    const conv = peerConv(peer);
+    this.sending.add(mid);
+    try {
+      const stored = await this.serial(async () => {
+        const s = await updateMessage(await this.db(), conv, this.me.handle, mid, (m) => (m.mine && m.state === 'failed' ? void (m.state = 'pending') : false));
+        if (s) this.mirror(s);
+        return s;
+      });
+      if (stored) await this.deliver(peer, stored.message);
+    } finally {
+      this.sending.delete(mid);
+    }
   }
 
-  private async deliver(peer: string, index: number): Promise<void> {
-    const c = this.conversation(peer);
-    const m = c.messages[index]!;
+  private async deliver(peer: string, m: ChatMessage): Promise<void> {
+    let doc = m.doc;
+    let id = m.id;
+    let failure: { error: unknown } | undefined;
     try {
       // A retry posts the same document: the server answers the original
       // receipt if the first try got through. A document too old to be
-      // accepted is signed again under a new id.
-      if (!m.doc || this.deps.now() - m.doc.payload.ts > 240) {
-        if (m.doc) m.id = newMessageId();
-        m.doc = await newMessage(this.keys, await this.user(peer), m.id, m.body, this.deps.now());
+      // accepted is signed again under a new id (a message to one person
+      // names no mid, so its mid is its id and changes too).
+      if (!doc || this.deps.now() - doc.payload.ts > 240) {
+        const fresh = doc ? newMessageId() : id;
+        doc = await newMessage(this.keys, await this.user(peer), fresh, m.body, this.deps.now());
+        id = fresh;
       }
-      await this.deps.postMessage(m.doc);
-      m.state = 'sent';
-      delete m.doc;
-    } catch (e) {
-      m.state = 'failed';
-      throw e;
-    } finally {
-      await this.serial(() => this.persist());
+      await this.deps.postMessage(doc);
+    } catch (error) {
+      failure = { error };
     }
+    const kept = doc;
+    await this.serial(async () => {
+      const s = await updateMessage(await this.db(), m.conv, m.from, m.mid, (r) => {
+        r.id = r.mid = id;
+        r.state = failure ? 'failed' : 'sent';
+        if (failure && kept) r.doc = kept;
+        else delete r.doc;
+      });
+      if (s) this.mirror(s);
+    });
+    if (failure) throw failure.error;
   }
 }
