@@ -61,11 +61,12 @@ describe('Web Push in the service worker', () => {
     const seq = await bob.evaluate(
       () =>
         new Promise<number>((resolve, reject) => {
-          const open = indexedDB.open('keyval-store');
+          const open = indexedDB.open('kez-history:bob');
           open.onerror = () => reject(open.error);
           open.onsuccess = () => {
-            const get = open.result.transaction('keyval').objectStore('keyval').get('history:bob');
-            get.onsuccess = () => resolve(get.result.conversations.find((c: { peer: string }) => c.peer === 'alice').messages[0].seq);
+            const range = IDBKeyRange.bound(['p:alice', -Infinity], ['p:alice', Infinity]);
+            const get = open.result.transaction('messages').objectStore('messages').getAll(range);
+            get.onsuccess = () => resolve(get.result[0].seq);
             get.onerror = () => reject(get.error);
           };
         }),

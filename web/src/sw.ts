@@ -8,7 +8,7 @@ import { NetworkOnly } from 'workbox-strategies';
 import { clientsClaim } from 'workbox-core';
 import { get } from 'idb-keyval';
 import * as api from './lib/api';
-import { conversationsOf, historyKey, type History } from './lib/history';
+import { messageBySeq, openHistory } from './lib/history';
 import { notificationsNameSender } from './lib/push';
 import type { Identity } from './lib/keys';
 
@@ -43,9 +43,12 @@ async function senderOf(n: PushNotice): Promise<string | null> {
   if (typeof n.seq !== 'number' || typeof n.to !== 'string') return null;
   const id = await get<Identity>('identity');
   if (!id || id.handle !== n.to) return null;
-  const h = await get<History>(historyKey(id.handle));
-  for (const c of conversationsOf(h).values()) {
-    if (c.messages.some((m) => m.seq === n.seq)) return c.peer;
+  const db = await openHistory(id.handle);
+  try {
+    const m = await messageBySeq(db, n.seq);
+    if (m && !m.mine) return m.from;
+  } finally {
+    db.close();
   }
   // Only the envelope's routing metadata is read here; the page verifies
   // and decrypts when it fetches the message.

@@ -111,20 +111,23 @@ describe('building', () => {
 
 describe('receipts', () => {
   it('moves from delivered to read and never back', () => {
-    const r: Receipts = {};
+    const r: Receipts = { delivered: [], read: [] };
     expect(applyReceipt(r, 'bob', 'delivered')).toBe(true);
+    expect(applyReceipt(r, 'bob', 'delivered')).toBe(false);
     expect(applyReceipt(r, 'bob', 'read')).toBe(true);
     expect(applyReceipt(r, 'bob', 'delivered')).toBe(false);
-    expect(r.bob).toBe('read');
+    expect(r).toEqual({ delivered: ['bob'], read: ['bob'] });
+    expect(applyReceipt(r, 'constructor', 'read')).toBe(true);
+    expect(r.read).toEqual(['bob', 'constructor']);
   });
 
   it('ticks read only once every recipient read, and not at all with read receipts off', () => {
-    const r: Receipts = { bob: 'read', carol: 'delivered' };
+    const r: Receipts = { delivered: ['bob', 'carol'], read: ['bob'] };
     expect(ticks(r, ['bob', 'carol'], true)).toBe('delivered');
-    r.carol = 'read';
+    applyReceipt(r, 'carol', 'read');
     expect(ticks(r, ['bob', 'carol'], true)).toBe('read');
     expect(ticks(r, ['bob', 'carol'], false)).toBe('delivered');
-    expect(ticks({ bob: 'delivered' }, ['bob', 'carol'], true)).toBe('sent');
+    expect(ticks({ delivered: ['bob'], read: [] }, ['bob', 'carol'], true)).toBe('sent');
     expect(seenBy(r, true)).toEqual(['bob', 'carol']);
     expect(seenBy(r, false)).toEqual([]);
   });
@@ -132,18 +135,18 @@ describe('receipts', () => {
 
 describe('reactions', () => {
   it('keeps one reaction per person, changeable and removable', () => {
-    const r: Reactions = {};
+    const r: Reactions = [];
     applyReaction(r, 'bob', '👍');
     applyReaction(r, 'carol', '👍');
-    applyReaction(r, 'dave', '🎉');
+    applyReaction(r, '__proto__', '🎉');
     expect(reactionSummary(r)).toEqual([
       { emoji: '👍', by: ['bob', 'carol'] },
-      { emoji: '🎉', by: ['dave'] },
+      { emoji: '🎉', by: ['__proto__'] },
     ]);
     expect(applyReaction(r, 'bob', '🎉')).toBe(true);
     expect(applyReaction(r, 'carol', '')).toBe(true);
     expect(applyReaction(r, 'carol', '')).toBe(false);
-    expect(reactionSummary(r)).toEqual([{ emoji: '🎉', by: ['bob', 'dave'] }]);
+    expect(reactionSummary(r)).toEqual([{ emoji: '🎉', by: ['__proto__', 'bob'] }]);
   });
 });
 

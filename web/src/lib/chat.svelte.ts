@@ -1,9 +1,11 @@
-// The chat state of one identity: conversations, history and the inbox
-// cursor. Every envelope, from the stream or the poll, goes through ingest(),
-// which decrypts it, stores it and then acknowledges it, so the server
-// deletes only what is kept here.
+// The chat state of one identity: the conversation list, the pages of
+// messages on screen and the inbox cursor. The history itself is in
+// IndexedDB (./history), one record per message, written as each message
+// comes and goes; memory holds only what is shown. Every envelope, from the
+// stream or the poll, goes through ingest(), which decrypts it, stores it
+// and then acknowledges it, so the server deletes only what is kept here.
 
-import { del, get, set } from 'idb-keyval';
+import { del, get } from 'idb-keyval';
 import { SvelteMap } from 'svelte/reactivity';
 import * as api from './api';
 import type { Identity } from './keys';
@@ -28,76 +30,44 @@ import {
   type ReceiptKind,
   type Reply,
 } from './conversation';
-import { controlRecipients, Groups, newGroup, SnapshotDropped, type GroupState } from './groups';
+import { controlRecipients, groupHash, Groups, SnapshotDropped, type GroupHistory, type GroupState, newGroup } from './groups';
 import { decryptAttachment } from './attachments';
 import { openTyping, sealTyping, TYPING_SHOWN_MS, TypingBoard, TypingSender } from './typing';
 import type { Signed } from './signing';
 import type { LinkStatus } from './stream';
-import { conversationsOf, historyKey, type ChatMessage, type Conversation, type History } from './history';
+import {
+  appendMessage,
+  conversations as storedConversations,
+  deleteFile,
+  getConversation,
+  getFile,
+  getMeta,
+  groupConv,
+  groupStates,
+  lastPage,
+  migrateLegacy,
+  newConversation,
+  openHistory,
+  peerConv,
+  peerOf,
+  putFile,
+  putGroupState,
+  setMeta,
+  updateConversation,
+  updateMessage,
+  type ConversationRecord,
+  type LegacyHistory,
+  type LegacyStore,
+  type MessageRecord,
+  type Stored,
+} from './history';
 import { checkPeer, KeyChanged, KeyDocumentMismatch, loadPins, safetyWith, savePins, type KeyPayload, type Pin, type TrustDeps } from './trust';
 
-export type { ChatMessage, Conversation, History, MessageState } from './history';
-export { historyKey } from './history';
+export type { MessageState } from './history';
+export { groupConv, historyKey, peerConv, peerOf } from './history';
 
-/** A conversation the view follows as it changes. */
-function reactive(c: Conversation): Conversation {
-  const live = $state(c);
-  return live;
-}
-
-/** What Chat talks to; tests give fakes. */
-export interface ChatDeps {
-  lookup: (handle: string) => Promise<PublicUser>;
-  postMessage: (doc: Signed<MessagePayload>) => Promise<api.Receipt>;
-  postBatch: (who: api.Signer, docs: Signed<MessagePayload>[]) => Promise<{ receipts: api.Receipt[] }>;
-  postTyping: (who: api.Signer, to: { to: string; ct: string }[]) => Promise<unknown>;
-  getBlob: (id: string) => Promise<Uint8Array<ArrayBuffer>>;
-  /** Attachments kept on this device, decrypted, by blob id. */
-  saveFile: (me: string, blob: string, bytes: Uint8Array<ArrayBuffer>) => Promise<void>;
-  deleteFile: (me: string, blob: string) => Promise<void>;
-  loadFile: (me: string, blob: string) => Promise<Uint8Array<ArrayBuffer> | undefined>;
-  /** Settings kept on this device. */
-  loadSetting: (key: string) => Promise<unknown>;
-  saveSetting: (key: string, value: unknown) => Promise<void>;
-  inbox: (who: api.Signer, since: number) => Promise<api.InboxPage>;
-  ack: (who: api.Signer, upto: number) => Promise<unknown>;
-  load: (key: string) => Promise<History | undefined>;
-  save: (key: string, h: History) => Promise<void>;
-  now: () => number;
-  trust: TrustDeps;
-  loadPins: (me: string) => Promise<Map<string, Pin>>;
-  savePins: (me: string, pins: Map<string, Pin>) => Promise<void>;
-}
-
-export const browserDeps: ChatDeps = {
-  lookup: api.lookup,
-  postMessage: api.postMessage,
-  postBatch: api.postBatch,
-  postTyping: api.postTyping,
-  getBlob: api.getBlob,
-  saveFile: (me, blob, bytes) => set(fileKey(me, blob), bytes),
-  deleteFile: (me, blob) => del(fileKey(me, blob)),
-  loadFile: (me, blob) => get(fileKey(me, blob)),
-  loadSetting: (k) => get(k),
-  saveSetting: (k, v) => set(k, v),
-  inbox: api.inbox,
-  ack: api.ack,
-  load: (k) => get<History>(k),
-  save: (k, h) => set(k, h),
-  now: () => Math.floor(Date.now() / 1000),
-  trust: { webfinger: api.webfinger, keyLog: (origin, pid, from) => api.keyLog<Signed<KeyPayload>>(origin, pid, from) },
-  loadPins,
-  savePins,
-};
-
-/** The IndexedDB key of an attachment kept on this device, decrypted. */
-export const fileKey = (me: string, blob: string) => `file:${me}:${blob}`;
-
-/** The conversation key of a group: handles never hold ':'. */
-export const groupKey = (id: string) => 'g:' + id;
+/** The group id of a conversation key, or undefined for a two-person one. */
 export const groupIdOf = (conv: string) => (conv.startsWith('g:') ? conv.slice(2) : undefined);
-
-const OP_WORDS: Record<string, string> = { create: 'created the group', add: 'added', remove: 'removed', leave: 'left', rename: 'renamed the group', promote: 'made admin' };
 
 /** One line for a group change: who did what, from the states before and after. */
 export function describeChange(before: GroupState | undefined, after: GroupState): string {
@@ -116,20 +86,10 @@ export function describeChange(before: GroupState | undefined, after: GroupState
     case 'rename':
       return `${after.by} renamed the group to "${after.name}"`;
     case 'promote':
-      return `${after.by} made ${promoted.join(', ') || 'someone'} admin`;
+      return `${after.by} made ${promoted.join(', ')} admin`;
   }
-  return `${after.by} ${OP_WORDS[after.op] ?? 'changed the group'}`;
+  return `${after.by} changed the group`;
 }
-
-/** What a conversation holds of a peer's messages while their keys are in question, in bytes of ciphertext. */
-export const MAX_WITHHELD_BYTES = 8 << 20;
-
-/** Why a peer's keys are in question: changed (the person may accept them) or not what the peer signed. */
-export type KeyProblem = KeyChanged | KeyDocumentMismatch;
-
-const isKeyProblem = (e: unknown): e is KeyProblem => e instanceof KeyChanged || e instanceof KeyDocumentMismatch;
-
-const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
 
 /** A receipt waiting to be sent: to one sender, in one conversation. */
 interface PendingReceipt {
@@ -146,16 +106,78 @@ export interface SendExtra {
   blobs?: string[];
 }
 
+export type ChatMessage = MessageRecord;
+
+/** A conversation as the view follows it: its stored record and the pages of its messages loaded. */
+export interface Conversation extends ConversationRecord {
+  /** The messages loaded, oldest first: the latest page and the pages before it that were asked for. */
+  messages: ChatMessage[];
+  /** Whether messages ends at the latest message, so that new ones are appended (false until opened). */
+  loaded: boolean;
+  /** Whether older messages than the first of messages are stored. */
+  more: boolean;
+}
+
+/** Messages read from the history at a time: what a screen shows and some. */
+export const PAGE_SIZE = 50;
+
+/** A conversation the view follows as it changes. */
+function reactive(r: ConversationRecord): Conversation {
+  const live = $state<Conversation>({ ...r, messages: [], loaded: false, more: true });
+  return live;
+}
+
+/** What Chat talks to; tests give fakes (and fake-indexeddb). */
+export interface ChatDeps {
+  lookup: (handle: string) => Promise<PublicUser>;
+  postMessage: (doc: Signed<MessagePayload>) => Promise<api.Receipt>;
+  postBatch: (who: api.Signer, docs: Signed<MessagePayload>[]) => Promise<{ receipts: api.Receipt[] }>;
+  postTyping: (who: api.Signer, to: { to: string; ct: string }[]) => Promise<unknown>;
+  getBlob: (id: string) => Promise<Uint8Array<ArrayBuffer>>;
+  inbox: (who: api.Signer, since: number) => Promise<api.InboxPage>;
+  ack: (who: api.Signer, upto: number) => Promise<unknown>;
+  /** The handle's history database (./history openHistory). */
+  openHistory: (handle: string) => Promise<IDBDatabase>;
+  /** Where the history was kept before, migrated on first use. */
+  legacy: LegacyStore;
+  now: () => number;
+  trust: TrustDeps;
+  loadPins: (me: string) => Promise<Map<string, Pin>>;
+  savePins: (me: string, pins: Map<string, Pin>) => Promise<void>;
+}
+
+export const browserDeps: ChatDeps = {
+  lookup: api.lookup,
+  postMessage: api.postMessage,
+  postBatch: api.postBatch,
+  postTyping: api.postTyping,
+  getBlob: api.getBlob,
+  inbox: api.inbox,
+  ack: api.ack,
+  openHistory: (handle) => openHistory(handle),
+  legacy: { get: (k) => get<LegacyHistory>(k), del: (k) => del(k) },
+  now: () => Math.floor(Date.now() / 1000),
+  trust: { webfinger: api.webfinger, keyLog: (origin, pid, from) => api.keyLog<Signed<KeyPayload>>(origin, pid, from) },
+  loadPins,
+  savePins,
+};
+
+/** What a conversation holds of a peer's messages while their keys are in question, in bytes of ciphertext. */
+export const MAX_WITHHELD_BYTES = 8 << 20;
+
+/** Why a peer's keys are in question: changed (the person may accept them) or not what the peer signed. */
+export type KeyProblem = KeyChanged | KeyDocumentMismatch;
+
+const isKeyProblem = (e: unknown): e is KeyProblem => e instanceof KeyChanged || e instanceof KeyDocumentMismatch;
+
+const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
+
 export class Chat {
-  /** Conversations by peer (or "g:<group id>"): a Map, since a handle may be any name, "constructor" and "__proto__" too. */
+  /** Conversations by conv (peerConv(handle), groupConv(id)): a Map, since a handle may be any name, "constructor" too. */
   readonly conversations = new SvelteMap<string, Conversation>();
   status = $state<LinkStatus>('connecting');
-  /** The open conversation: its messages are read as they arrive. */
-  activePeer = $state<string | null>(null);
-  /** Whether read receipts are sent and shown (a setting of this device). */
-  readReceipts = $state(true);
-  /** Who types where, by conversation key (kept current for 6 s after each note). */
-  readonly typing = new SvelteMap<string, string[]>();
+  /** The open conversation (a conv): its messages are read as they arrive. */
+  activeConv = $state<string | null>(null);
   cursor = 0;
   /**
    * Peers whose keys are in question: their messages are held, and none
@@ -163,16 +185,27 @@ export class Chat {
    * the new keys (docs/protocol.md, "Checking keys").
    */
   readonly keyProblems = new SvelteMap<string, KeyProblem>();
+  /** Whether read receipts are sent and shown (a setting of this device). */
+  readReceipts = $state(true);
+  /** Who types where, by conv (kept current for 6 s after each note). */
+  readonly typing = new SvelteMap<string, string[]>();
+  /** The upload progress (0 to 1) of own messages whose attachments upload, by mid. */
+  readonly progress = new SvelteMap<string, number>();
+  /** The groups' versions this client took (docs/protocol.md, "Groups"). */
   groups: Groups;
 
+  private pendingReceipts = new Map<string, PendingReceipt>();
+  private receiptChain: Promise<void> = Promise.resolve();
+  private typingBoard = new TypingBoard();
+  private typingSenders = new Map<string, TypingSender>();
+  private ownDevices: { at: number; many: Promise<boolean> } | null = null;
   private acked = 0;
   private users = new Map<string, Promise<PublicUser>>();
   private pins = new Map<string, Pin>();
   private chain: Promise<unknown> = Promise.resolve();
-  private pendingReceipts = new Map<string, PendingReceipt>();
-  private typingBoard = new TypingBoard();
-  private typingSenders = new Map<string, TypingSender>();
-  private ownDevices: { at: number; many: Promise<boolean> } | null = null;
+  private history?: Promise<IDBDatabase>;
+  /** The mids of own messages this session is posting: any other stored as pending was cut short (a reload) and failed. */
+  private sending = new Set<string>();
 
   constructor(
     readonly me: Identity,
@@ -185,49 +218,84 @@ export class Chat {
     return { handle: this.me.handle, server: this.me.server, signing: this.me.signing, enc: this.me.enc };
   }
 
-  /** Conversations, the most recent first; groups this client is not in are not shown. */
+  /** Conversations, the most recent first. */
   get list(): Conversation[] {
-    const last = (c: Conversation) => c.messages.at(-1)?.ts ?? 0;
-    return [...this.conversations.values()].filter((c) => !c.group || c.group.member).sort((a, b) => last(b) - last(a) || a.peer.localeCompare(b.peer));
+    const last = (c: Conversation) => c.last?.ts ?? 0;
+    return [...this.conversations.values()].filter((c) => !c.left).sort((a, b) => last(b) - last(a) || (b.last?.order ?? 0) - (a.last?.order ?? 0) || a.conv.localeCompare(b.conv));
   }
 
-  /** The name a conversation is shown under. */
-  title(key: string): string {
-    const c = this.conversations.get(key);
-    return c?.group ? c.group.name : key;
+  /** The history database, opened (and the legacy document migrated) on first use. */
+  db(): Promise<IDBDatabase> {
+    if (!this.history) {
+      const opening = (async () => {
+        const db = await this.deps.openHistory(this.me.handle);
+        await migrateLegacy(db, this.me.handle, this.deps.legacy);
+        return db;
+      })();
+      opening.catch(() => (this.history = undefined)); // tried again on next use
+      this.history = opening;
+    }
+    return this.history;
   }
 
+  /** Reads the conversation list and the cursor; messages are read as conversations open. */
   async load(): Promise<void> {
     this.pins = await this.deps.loadPins(this.me.handle);
-    const h = await this.deps.load(historyKey(this.me.handle));
-    if (h) {
-      this.cursor = this.acked = h.cursor;
-      this.conversations.clear();
-      for (const [peer, c] of conversationsOf(h)) this.conversations.set(peer, reactive(c));
-      this.groups = new Groups(this.me.handle, h.groups ?? []);
+    const db = await this.db();
+    const [records, cursor] = await Promise.all([storedConversations(db), getMeta<number>(db, 'cursor')]);
+    this.cursor = this.acked = cursor ?? 0;
+    this.conversations.clear();
+    for (const r of records) this.conversations.set(r.conv, reactive(r));
+    const histories: [string, GroupHistory][] = [];
+    for (const r of records) {
+      const id = groupIdOf(r.conv);
+      if (!id) continue;
+      const versions = (await groupStates<GroupState>(db, id)).sort((a, b) => a.version - b.version).slice(-16);
+      histories.push([id, { versions: await Promise.all(versions.map(async (v) => ({ state: v.state, hash: await groupHash(v.state) }))) }]);
     }
-    const rr = await this.deps.loadSetting(`settings:${this.me.handle}:read-receipts`).catch(() => undefined);
-    this.readReceipts = rr !== false;
+    this.groups = new Groups(this.me.handle, histories);
+    this.readReceipts = (await getMeta<boolean>(db, 'setting:read-receipts')) !== false;
   }
 
   async setReadReceipts(on: boolean): Promise<void> {
     this.readReceipts = on;
-    await this.deps.saveSetting(`settings:${this.me.handle}:read-receipts`, on);
+    await setMeta(await this.db(), 'setting:read-receipts', on);
   }
 
-  private persist(): Promise<void> {
-    return this.deps.save(historyKey(this.me.handle), {
-      cursor: this.cursor,
-      conversations: [...this.conversations.values()].map((c) => $state.snapshot(c) as Conversation),
-      groups: [...this.groups.histories].map(([id, h]) => [id, structuredClone(h)]),
-    });
-  }
-
-  /** Runs f after everything queued before it: one ingest or send at a time. */
+  /** Runs f after everything queued before it: one ingest or history write at a time. */
   private serial<T>(f: () => Promise<T>): Promise<T> {
     const p = this.chain.then(f, f);
     this.chain = p.catch(() => {});
     return p;
+  }
+
+  /** Brings the in-memory conversation up to its stored record. */
+  private mirrorConversation(r: ConversationRecord): Conversation {
+    const c = this.conversations.get(r.conv);
+    if (!c) {
+      const fresh = reactive(r);
+      this.conversations.set(r.conv, fresh);
+      return fresh;
+    }
+    c.group = r.group;
+    c.title = r.title;
+    c.peer = r.peer;
+    c.last = r.last;
+    c.unread = r.unread;
+    c.withheld = r.withheld;
+    c.left = r.left;
+    return c;
+  }
+
+  /** Brings memory up to a write: the conversation, and the message when its page is loaded. */
+  private mirror(s: Stored): Conversation {
+    const c = this.mirrorConversation(s.conversation);
+    if (c.loaded) {
+      const i = c.messages.findIndex((m) => m.order === s.message.order);
+      if (i >= 0) c.messages[i] = s.message;
+      else if (s.message.order > (c.messages.at(-1)?.order ?? 0)) c.messages.push(s.message);
+    }
+    return c;
   }
 
   /** The peer's record, its keys checked against its key documents and its pin (once a session). */
@@ -255,29 +323,6 @@ export class Chat {
   }
 
   /**
-   * Whether this identity lists more than one signing key: then everything
-   * sent goes to its own inbox too, a sync copy for its other devices.
-   * Asked again after a minute (a device may have been linked meanwhile).
-   */
-  private hasOtherDevices(): Promise<boolean> {
-    const now = Date.now();
-    if (!this.ownDevices || now - this.ownDevices.at > 60_000) {
-      const many = this.deps
-        .lookup(this.me.handle)
-        .then((u) => (u.signing_keys?.length ?? 0) > 1)
-        .catch(() => false);
-      this.ownDevices = { at: now, many };
-    }
-    return this.ownDevices.many;
-  }
-
-  /** Forgets what was learnt of this identity's devices (after linking one). */
-  devicesChanged(): void {
-    this.ownDevices = null;
-    this.users.delete(this.me.handle);
-  }
-
-  /**
    * Pins the keys the person compared (the change's new keys) and opens
    * what was held: called only after the safety numbers matched.
    */
@@ -290,14 +335,13 @@ export class Chat {
     this.users.delete(peer);
     await this.user(peer); // the server must still answer what was accepted
     await this.serial(async () => {
-      const c = this.conversations.get(peer);
-      const held = c?.withheld ?? [];
-      if (!c || held.length === 0) return;
-      c.withheld = [];
+      const db = await this.db();
+      const conv = peerConv(peer);
+      const held = (await getConversation(db, conv))?.withheld ?? [];
+      if (held.length === 0) return;
+      this.mirrorConversation(await updateConversation(db, conv, (c) => void (c.withheld = [])));
       for (const env of held) await this.open(env);
-      await this.persist();
     });
-    void this.flushReceipts();
   }
 
   /**
@@ -317,42 +361,76 @@ export class Chat {
     };
   }
 
+  /** The conversation with peer, kept (empty) from now on, as a new chat is. */
   conversation(peer: string): Conversation {
-    let c = this.conversations.get(peer);
+    const conv = peerConv(peer);
+    let c = this.conversations.get(conv);
     if (!c) {
-      c = reactive({ peer, messages: [], unread: 0 });
-      this.conversations.set(peer, c);
+      c = reactive(newConversation(conv));
+      this.conversations.set(conv, c);
+      // Writes nothing over a stored record: answers it, so memory catches up.
+      void this.serial(async () => this.mirrorConversation(await updateConversation(await this.db(), conv, () => {}))).catch((e) =>
+        console.warn('storing a new conversation:', e),
+      );
     }
     return c;
   }
 
-  /** The handle who wrote a message of conversation c. */
-  authorOf(c: Conversation, m: ChatMessage): string {
-    return m.from ?? (m.mine ? this.me.handle : c.peer);
+  /** Reads the latest page of conv's messages, once: from then on arrivals are appended. */
+  openConversation(conv: string): Promise<Conversation> {
+    return this.serial(async () => {
+      const c = this.conversations.get(conv) ?? this.mirrorConversation(newConversation(conv));
+      if (c.loaded) return c;
+      const page = await lastPage(await this.db(), conv, PAGE_SIZE);
+      c.messages = await this.failCutShort(page.messages);
+      c.more = page.more;
+      c.loaded = true;
+      return c;
+    });
   }
 
-  /** Who a conversation's messages go to: the other person, or the group's other members. */
-  recipients(conv: string): string[] {
-    const gid = groupIdOf(conv);
-    if (!gid) return [conv];
-    const s = this.groups.state(gid);
-    if (!s || !s.members.includes(this.me.handle)) return [];
-    return s.members.filter((m) => m !== this.me.handle);
+  /** Reads the page before the first loaded message of conv. */
+  loadEarlier(conv: string): Promise<void> {
+    return this.serial(async () => {
+      const c = this.conversations.get(conv);
+      if (!c?.loaded || !c.more) return;
+      const page = await lastPage(await this.db(), conv, PAGE_SIZE, c.messages[0]?.order);
+      c.messages = [...(await this.failCutShort(page.messages)), ...c.messages];
+      c.more = page.more;
+    });
   }
 
-  /** Marks the conversation read here, and tells its senders (when read receipts are on). */
-  markRead(peer: string): void {
-    const c = this.conversations.get(peer);
-    if (c && c.unread) c.unread = 0;
-    if (c && this.readReceipts) {
-      for (const m of c.messages) {
-        if (m.mine || m.kind === 'note' || m.deleted || m.receiptSent === 'read' || m.state !== 'received') continue;
-        m.receiptSent = 'read';
-        this.queueReceipt(this.authorOf(c, m), c.group?.id, 'read', m.id);
-      }
+  /** Own messages stored as pending that no one is posting (the page closed mid-send) are failed: Retry shows. */
+  private async failCutShort(messages: ChatMessage[]): Promise<ChatMessage[]> {
+    const db = await this.db();
+    for (const [i, m] of messages.entries()) {
+      if (!m.mine || m.state !== 'pending' || this.sending.has(m.mid)) continue;
+      const s = await updateMessage(db, m.conv, m.from, m.mid, (r) => (r.state === 'pending' ? void (r.state = 'failed') : false));
+      if (s) messages[i] = s.message;
     }
-    void this.serial(() => this.persist());
-    void this.flushReceipts();
+    return messages;
+  }
+
+  /** Marks conv read here, and tells its senders which messages were shown (when read receipts are on). */
+  markRead(conv: string): void {
+    const c = this.conversations.get(conv);
+    if (!c) return;
+    const unread = c.unread;
+    if (unread) c.unread = 0;
+    const shownNow = this.readReceipts ? (c.messages ?? []).filter((m) => !m.mine && m.kind === 'text' && !m.deleted && m.state === 'received' && m.receiptSent !== 'read') : [];
+    if (!unread && shownNow.length === 0) return;
+    void this.serial(async () => {
+      const db = await this.db();
+      if (unread) this.mirrorConversation(await updateConversation(db, conv, (r) => (r.unread ? void (r.unread = 0) : false)));
+      for (const m of shownNow) {
+        const s = await updateMessage(db, conv, m.from, m.mid, (r) => (r.receiptSent === 'read' ? false : void (r.receiptSent = 'read')));
+        if (!s) continue;
+        this.mirror(s);
+        this.queueReceipt(m.from, groupIdOf(conv), 'read', m.mid);
+      }
+    })
+      .then(() => this.flushReceipts())
+      .catch((e) => console.warn('marking a conversation read:', e));
   }
 
   /** Decrypts, stores and acknowledges envelopes; safe to call concurrently and with repeats. */
@@ -365,18 +443,18 @@ export class Chat {
         this.cursor = env.seq;
       }
       if (this.cursor === start) return;
-      await this.persist();
+      await setMeta(await this.db(), 'cursor', this.cursor);
       await this.acknowledge();
     });
     void this.flushReceipts();
   }
 
   /**
-   * Verifies, opens and files one envelope; false when it should be tried
-   * again later (the server could not say who sent it, or an attachment
-   * could not be fetched). An envelope from a peer whose keys are in
-   * question is held in its conversation, to be opened once the person
-   * accepts the new keys.
+   * Verifies, opens and stores one envelope; false when it should be tried
+   * again later (the server could not say who sent it, an attachment could
+   * not be fetched, or the history could not be written). An envelope from
+   * a peer whose keys are in question is held in its conversation, to be
+   * opened once the person accepts the new keys.
    */
   private async open(env: Envelope): Promise<boolean> {
     let from: string | undefined;
@@ -384,147 +462,152 @@ export class Chat {
       from = claimedSender(env);
       const raw = await openEnvelopeRaw(env, this.keys, await this.user(from));
       const p = env.message.payload;
-      const pt = parsePlaintext(raw, { from: p.from, to: p.to, id: p.id });
-      return await this.apply(pt, env);
+      await this.apply(parsePlaintext(raw, { from: p.from, to: p.to, id: p.id }), env);
     } catch (e) {
       if (isKeyProblem(e) && from !== undefined) {
-        this.withhold(from, env);
+        await this.withhold(from, env);
         return true;
       }
-      // Not being able to ask the server who sent it is worth a retry;
-      // a message that does not verify or open never will be.
-      if (e instanceof api.ApiError && e.code !== 'unknown_handle' && e.code !== 'unknown_blob') return false;
+      // Not being able to ask the server who sent it (or to store it) is
+      // worth a retry; a message that does not verify or open never will be.
+      if ((e instanceof api.ApiError && e.code !== 'unknown_handle' && e.code !== 'unknown_blob') || e instanceof DOMException) return false;
       console.warn('dropping an envelope that cannot be read:', e instanceof InvalidMessage || e instanceof InvalidPlaintext || e instanceof api.ApiError ? e.message : e);
     }
     return true;
   }
 
-  /** Files one plaintext in its conversation (docs/protocol.md, "Conversations"). */
-  private async apply(pt: ConvPlaintext, env: Envelope): Promise<boolean> {
+  /** Stores one plaintext in its conversation (docs/protocol.md, "Conversations"). */
+  private async apply(pt: ConvPlaintext, env: Envelope): Promise<void> {
     const me = this.me.handle;
     const mine = pt.from === me;
+    const db = await this.db();
     if (pt.kind === 'group') {
       const gid = pt.group!.id;
       const before = this.groups.state(gid);
       try {
-        if (!(await this.groups.take(pt.from, pt.state))) return true;
+        if (!(await this.groups.take(pt.from, pt.state))) return;
       } catch (e) {
-        if (e instanceof SnapshotDropped) {
-          console.warn(`group snapshot from ${pt.from} dropped: ${e.message}`);
-          return true;
-        }
+        if (e instanceof SnapshotDropped) return void console.warn(`group snapshot from ${pt.from} dropped: ${e.message}`);
         throw e;
       }
-      this.showGroupChange(before, this.groups.state(gid)!, pt.mid, pt.ts, mine);
-      return true;
+      const after = this.groups.state(gid)!;
+      await putGroupState(db, { group: gid, version: after.version, state: after });
+      const conv = groupConv(gid);
+      const s = await appendMessage(db, { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: describeChange(before, after), ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'group' });
+      if (s) this.mirror(s);
+      const left = !after.members.includes(me);
+      this.mirrorConversation(await updateConversation(db, conv, (c) => ((c.title = after.name), (c.group = true), left ? void (c.left = true) : void delete c.left)));
+      return;
     }
-    const key = conversationOf(pt, me);
-    if (key === null) return true;
+    const where = conversationOf(pt, me);
+    if (where === null) return;
     // Group messages only from members, and only in a group this client is in.
-    if (pt.group && !this.groups.accepts(pt.group.id, pt.from)) return true;
-    const c = this.conversation(key);
+    if (pt.group && !this.groups.accepts(pt.group.id, pt.from)) return;
+    const conv = pt.group ? groupConv(pt.group.id) : peerConv(where);
+    const gid = pt.group?.id;
     switch (pt.kind) {
       case 'text': {
-        if (c.messages.some((m) => m.id === pt.mid && this.authorOf(c, m) === pt.from)) return true;
         // Every attachment is kept here before the message is acknowledged.
         for (const a of pt.attachments ?? []) {
-          await this.fetchAttachment(a.blob, a.key, a.sha256);
-          if (a.thumb) await this.fetchAttachment(a.thumb.blob, a.thumb.key, a.thumb.sha256);
+          await this.fetchAttachment(a.blob, a.key, a.sha256, a.type, a.name);
+          if (a.thumb) await this.fetchAttachment(a.thumb.blob, a.thumb.key, a.thumb.sha256, 'image/*');
         }
-        const m: ChatMessage = { id: pt.mid, from: pt.from, mine, body: pt.body, ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received' };
-        if (pt.reply) m.reply = pt.reply;
-        if (pt.attachments) m.attachments = pt.attachments;
-        c.messages.push(m);
+        const active = this.activeConv === conv && pageVisible();
+        const rec = { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: pt.body, ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'text' } as const;
+        const s = await appendMessage(
+          db,
+          { ...rec, ...(pt.reply ? { reply: pt.reply } : {}), ...(pt.attachments ? { attachments: pt.attachments } : {}), ...(mine ? {} : { receiptSent: active && this.readReceipts ? 'read' : 'delivered' }) },
+          { unread: !mine && !active },
+        );
+        if (!s) return;
+        this.mirror(s);
         if (!mine) {
-          if (this.activePeer !== key || !pageVisible()) c.unread++;
-          m.receiptSent = 'delivered';
-          this.queueReceipt(pt.from, pt.group?.id, 'delivered', pt.mid);
-          if (this.activePeer === key && pageVisible() && this.readReceipts) {
-            m.receiptSent = 'read';
-            this.queueReceipt(pt.from, pt.group?.id, 'read', pt.mid);
-          }
+          this.queueReceipt(pt.from, gid, 'delivered', pt.mid);
+          if (s.message.receiptSent === 'read') this.queueReceipt(pt.from, gid, 'read', pt.mid);
         }
-        return true;
+        return;
       }
       case 'receipt': {
-        if (mine) {
-          // Sent by another of this identity's devices: what it read is read here.
-          if (pt.receipt === 'read') {
-            let read = 0;
-            for (const m of c.messages) {
-              if (m.mine || !pt.mids!.includes(m.id) || m.receiptSent === 'read') continue;
-              m.receiptSent = 'read';
-              read++;
-            }
-            c.unread = Math.max(0, c.unread - read);
-          }
-          return true;
+        for (const mid of pt.mids!) {
+          const s = mine
+            ? // Sent by another of this identity's devices: what it read is read here.
+              pt.receipt === 'read'
+              ? await updateMessage(db, conv, conv.startsWith('p:') ? peerOf(conv)! : '', mid, (m) => (m.receiptSent === 'read' ? false : void (m.receiptSent = 'read')))
+              : undefined
+            : await updateMessage(db, conv, me, mid, (m) => applyReceipt((m.receipts ??= { delivered: [], read: [] }), pt.from, pt.receipt!));
+          if (s) this.mirror(s);
         }
-        for (const m of c.messages) if (m.mine && pt.mids!.includes(m.id)) applyReceipt((m.receipts ??= {}), pt.from, pt.receipt!);
-        return true;
+        return;
       }
       case 'reaction': {
-        const m = this.find(c, pt.target!.from, pt.target!.mid);
-        if (m && !m.deleted) applyReaction((m.reactions ??= {}), pt.from, pt.emoji!);
-        return true;
+        const t = pt.target!;
+        const s = await updateMessage(db, conv, t.from, t.mid, (m) => !m.deleted && applyReaction((m.reactions ??= []), pt.from, pt.emoji!));
+        if (s) this.mirror(s);
+        return;
       }
       case 'delete': {
-        if (!deleteAllowed(pt.from, pt.target!)) return true;
-        const m = this.find(c, pt.target!.from, pt.target!.mid);
-        if (m) await this.markDeleted(m);
-        return true;
+        if (!deleteAllowed(pt.from, pt.target!)) return;
+        await this.markDeleted(conv, pt.target!.from, pt.target!.mid);
+        return;
       }
     }
-    return true;
   }
 
-  private find(c: Conversation, from: string, mid: string): ChatMessage | undefined {
-    return c.messages.find((m) => m.id === mid && m.kind !== 'note' && this.authorOf(c, m) === from);
-  }
-
-  private async markDeleted(m: ChatMessage): Promise<void> {
-    for (const a of m.attachments ?? []) {
-      await this.deps.deleteFile(this.me.handle, a.blob).catch(() => {});
-      if (a.thumb) await this.deps.deleteFile(this.me.handle, a.thumb.blob).catch(() => {});
-    }
-    m.deleted = true;
-    m.body = '';
-    delete m.attachments;
-    delete m.reply;
-    delete m.reactions;
+  private async markDeleted(conv: string, from: string, mid: string): Promise<void> {
+    const db = await this.db();
+    let blobs: string[] = [];
+    const s = await updateMessage(db, conv, from, mid, (m) => {
+      if (m.deleted) return false;
+      blobs = (m.attachments ?? []).flatMap((a) => (a.thumb ? [a.blob, a.thumb.blob] : [a.blob]));
+      m.deleted = true;
+      m.body = '';
+      delete m.attachments;
+      delete m.reply;
+      delete m.reactions;
+    });
+    if (s) this.mirror(s);
+    for (const b of blobs) await deleteFile(db, b).catch(() => {});
   }
 
   /** Downloads a blob, checks it, decrypts it and keeps it on this device. */
-  private async fetchAttachment(blob: string, key: string, sha256: string): Promise<void> {
+  private async fetchAttachment(blob: string, key: string, sha256: string, type: string, name?: string): Promise<void> {
+    const db = await this.db();
+    if (await getFile(db, blob)) return;
     const bytes = await this.deps.getBlob(blob);
     let plain: Uint8Array<ArrayBuffer>;
     try {
       plain = await decryptAttachment(bytes, key, sha256);
     } catch (e) {
-      // Altered or not the one named: never shown; the message still is.
+      // Altered, or not the one named: never shown; the message still is.
       console.warn(`attachment ${blob}: ${(e as Error).message}`);
       return;
     }
-    await this.deps.saveFile(this.me.handle, blob, plain);
+    await putFile(db, { id: blob, data: plain.buffer, type, size: plain.length, ...(name ? { name } : {}) });
   }
 
-  private showGroupChange(before: GroupState | undefined, after: GroupState, mid: string, ts: number, mine: boolean): void {
-    const c = this.conversation(groupKey(after.id));
-    c.group = { id: after.id, name: after.name, member: after.members.includes(this.me.handle) };
-    if (!c.messages.some((m) => m.kind === 'note' && m.id === mid)) {
-      c.messages.push({ id: mid, from: after.by, mine, kind: 'note', body: describeChange(before, after), ts, state: mine ? 'sent' : 'received' });
-    }
+  /** An attachment kept on this device (decrypted), or undefined. */
+  async file(blob: string): Promise<Uint8Array<ArrayBuffer> | undefined> {
+    const f = await getFile(await this.db(), blob);
+    if (!f) return undefined;
+    return f.data instanceof Blob ? new Uint8Array(await f.data.arrayBuffer()) : new Uint8Array(f.data);
   }
 
-  private withhold(peer: string, env: Envelope): void {
-    const c = this.conversation(peer);
-    const held = (c.withheld ??= []);
-    if (held.some((h) => h.seq === env.seq)) return;
-    held.push(env);
-    // Bounded in bytes: a server that swaps keys cannot fill the browser's
-    // storage through one conversation. The oldest goes first.
-    let bytes = held.reduce((n, h) => n + JSON.stringify(h).length, 0);
-    while (bytes > MAX_WITHHELD_BYTES && held.length > 1) bytes -= JSON.stringify(held.shift()).length;
+  /** Keeps a file sent from here, so its own message shows it. */
+  async keepFile(blob: string, bytes: Uint8Array<ArrayBuffer>, type: string, name?: string): Promise<void> {
+    await putFile(await this.db(), { id: blob, data: bytes.slice().buffer, type, size: bytes.length, ...(name ? { name } : {}) });
+  }
+
+  private async withhold(peer: string, env: Envelope): Promise<void> {
+    const r = await updateConversation(await this.db(), peerConv(peer), (c) => {
+      const held = (c.withheld ??= []);
+      if (held.some((h) => h.seq === env.seq)) return false;
+      held.push(env);
+      // Bounded in bytes: a server that swaps keys cannot fill the browser's
+      // storage through one conversation. The oldest goes first.
+      let bytes = held.reduce((n, h) => n + JSON.stringify(h).length, 0);
+      while (bytes > MAX_WITHHELD_BYTES && held.length > 1) bytes -= JSON.stringify(held.shift()).length;
+    });
+    this.mirrorConversation(r);
   }
 
   private async acknowledge(): Promise<void> {
@@ -554,6 +637,38 @@ export class Chat {
   // --- sending ---------------------------------------------------------------
 
   /**
+   * Whether this identity lists more than one signing key: then everything
+   * sent goes to its own inbox too, a sync copy for its other devices.
+   * Asked again after a minute (a device may have been linked meanwhile).
+   */
+  private hasOtherDevices(): Promise<boolean> {
+    const now = Date.now();
+    if (!this.ownDevices || now - this.ownDevices.at > 60_000) {
+      const many = this.deps
+        .lookup(this.me.handle)
+        .then((u) => (u.signing_keys?.length ?? 0) > 1)
+        .catch(() => false);
+      this.ownDevices = { at: now, many };
+    }
+    return this.ownDevices.many;
+  }
+
+  /** Forgets what was learnt of this identity's devices (after linking one). */
+  devicesChanged(): void {
+    this.ownDevices = null;
+    this.users.delete(this.me.handle);
+  }
+
+  /** Who conv's messages go to: the other person, or the group's other members (none once out of it). */
+  recipients(conv: string): string[] {
+    const gid = groupIdOf(conv);
+    if (!gid) return [peerOf(conv)!];
+    const s = this.groups.state(gid);
+    if (!s || !s.members.includes(this.me.handle)) return [];
+    return s.members.filter((m) => m !== this.me.handle);
+  }
+
+  /**
    * The documents of one content to recipients, and to this identity's
    * own inbox when it has other devices: one per recipient, sealed to each.
    */
@@ -563,11 +678,11 @@ export class Chat {
     if (!to.includes(me) && (await this.hasOtherDevices())) to.push(me);
     const batch = to.length > 1 || !!c.group;
     const ts = this.deps.now();
-    const peer = groupIdOf(conv) ? undefined : conv;
+    const peer = peerOf(conv) ?? undefined;
     return Promise.all(to.map(async (r) => newMessageOf(this.keys, await this.user(r), envelopeId(c.mid, r, batch), plaintextFor(c, me, r, ts, peer), ts, blobs)));
   }
 
-  /** Posts documents: one message alone, more as one group send. */
+  /** Posts documents: one message alone, more (or any group's) as one group send. */
   private async post(docs: Signed<MessagePayload>[]): Promise<void> {
     if (docs.length === 0) return;
     if (docs.length === 1 && !docs[0]!.payload.id.includes(':')) await this.deps.postMessage(docs[0]!);
@@ -579,88 +694,117 @@ export class Chat {
     await this.post(await this.documents(conv, c, recipients));
   }
 
-  async send(peer: string, body: string, extra: SendExtra = {}): Promise<void> {
-    const c = this.conversation(peer);
-    const ts = this.deps.now();
-    const msg: ChatMessage = { id: newMessageId(), from: this.me.handle, mine: true, body, ts, state: 'pending' };
-    if (extra.reply) msg.reply = extra.reply;
-    if (extra.attachments?.length) msg.attachments = extra.attachments;
-    c.messages.push(msg);
-    await this.deliver(peer, c.messages.length - 1, extra.blobs ?? []);
+  /** Stores an own message as pending: shown at once, sent by deliver. */
+  private async appendOwn(conv: string, body: string, extra: SendExtra = {}): Promise<ChatMessage | undefined> {
+    if (peerOf(conv)) this.conversation(peerOf(conv)!);
+    await this.openConversation(conv);
+    const id = newMessageId();
+    const stored = await this.serial(async () => {
+      const m = { conv, id, mid: id, from: this.me.handle, mine: true, body, ts: this.deps.now(), state: 'pending', kind: 'text' } as const;
+      const s = await appendMessage(await this.db(), { ...m, ...(extra.reply ? { reply: extra.reply } : {}), ...(extra.attachments?.length ? { attachments: extra.attachments } : {}) });
+      if (s) this.mirror(s);
+      return s;
+    });
+    return stored?.message;
   }
 
-  /** Shows an own message before its attachments are uploaded; finish() sends it. */
-  draft(peer: string, body: string, reply?: Reply): ChatMessage {
-    const c = this.conversation(peer);
-    const msg: ChatMessage = { id: newMessageId(), from: this.me.handle, mine: true, body, ts: this.deps.now(), state: 'pending', progress: 0 };
-    if (reply) msg.reply = reply;
-    c.messages.push(msg);
-    return c.messages.at(-1)!;
+  /** Sends a text to peer (a handle). */
+  send(peer: string, body: string, extra: SendExtra = {}): Promise<void> {
+    return this.sendIn(peerConv(peer), body, extra);
   }
 
-  async finish(peer: string, id: string, attachments: Attachment[], blobs: string[]): Promise<void> {
-    const c = this.conversation(peer);
-    const i = c.messages.findIndex((m) => m.mine && m.id === id);
-    if (i < 0) return;
-    const m = c.messages[i]!;
-    m.attachments = attachments;
-    delete m.progress;
-    await this.deliver(peer, i, blobs);
-  }
-
-  failDraft(peer: string, id: string): void {
-    const m = this.conversations.get(peer)?.messages.find((x) => x.mine && x.id === id);
-    if (m) {
-      m.state = 'failed';
-      delete m.progress;
+  /** Sends a text in conv (a person's or a group's). */
+  async sendIn(conv: string, body: string, extra: SendExtra = {}): Promise<void> {
+    const m = await this.appendOwn(conv, body, extra);
+    if (!m) return;
+    this.sending.add(m.mid);
+    try {
+      await this.deliver(m, extra.blobs ?? []);
+    } finally {
+      this.sending.delete(m.mid);
     }
   }
 
-  async retry(peer: string, id: string): Promise<void> {
-    const c = this.conversations.get(peer);
-    const i = c?.messages.findIndex((m) => m.mine && m.id === id) ?? -1;
-    if (!c || i < 0 || c.messages[i]!.state !== 'failed') return;
-    const m = c.messages[i]!;
-    m.state = 'pending';
-    const blobs = (m.attachments ?? []).flatMap((a) => (a.thumb ? [a.blob, a.thumb.blob] : [a.blob]));
-    await this.deliver(peer, i, blobs);
+  /** Shows an own message while its attachments upload; finish() sends it, failDraft() marks it not sent. */
+  async draft(conv: string, body: string, reply?: Reply): Promise<ChatMessage | undefined> {
+    const m = await this.appendOwn(conv, body, { reply });
+    if (m) {
+      this.sending.add(m.mid);
+      this.progress.set(m.mid, 0);
+    }
+    return m;
   }
 
-  private async deliver(peer: string, index: number, blobs: string[]): Promise<void> {
-    const c = this.conversation(peer);
-    const m = c.messages[index]!;
+  async finish(m: ChatMessage, attachments: Attachment[], blobs: string[]): Promise<void> {
     try {
-      if (m.doc && !m.docs) m.docs = [m.doc];
-      delete m.doc;
+      const s = await this.serial(async () => updateMessage(await this.db(), m.conv, m.from, m.mid, (r) => void (r.attachments = attachments)));
+      if (s) this.mirror(s);
+      this.progress.delete(m.mid);
+      if (s) await this.deliver(s.message, blobs);
+    } finally {
+      this.sending.delete(m.mid);
+    }
+  }
+
+  async failDraft(m: ChatMessage): Promise<void> {
+    this.progress.delete(m.mid);
+    this.sending.delete(m.mid);
+    const s = await this.serial(async () => updateMessage(await this.db(), m.conv, m.from, m.mid, (r) => void (r.state = 'failed')));
+    if (s) this.mirror(s);
+  }
+
+  /** Sends a failed message of mine (by mid) to peer again. */
+  retry(peer: string, mid: string): Promise<void> {
+    return this.retryIn(peerConv(peer), mid);
+  }
+
+  async retryIn(conv: string, mid: string): Promise<void> {
+    this.sending.add(mid);
+    try {
+      const stored = await this.serial(async () => {
+        const s = await updateMessage(await this.db(), conv, this.me.handle, mid, (m) => (m.mine && m.state === 'failed' ? void (m.state = 'pending') : false));
+        if (s) this.mirror(s);
+        return s;
+      });
+      if (stored) await this.deliver(stored.message, (stored.message.attachments ?? []).flatMap((a) => (a.thumb ? [a.blob, a.thumb.blob] : [a.blob])));
+    } finally {
+      this.sending.delete(mid);
+    }
+  }
+
+  private async deliver(m: ChatMessage, blobs: string[]): Promise<void> {
+    let docs = m.batch ?? (m.doc ? [m.doc] : undefined);
+    let id = m.id;
+    let mid = m.mid;
+    let failure: { error: unknown } | undefined;
+    try {
       // A retry posts the same documents: the server answers the original
       // receipts if the first try got through. Documents too old to be
-      // accepted are signed again under a new id.
-      if (!m.docs || this.deps.now() - (m.docs[0]?.payload.ts ?? 0) > 240) {
-        if (m.docs) m.id = newMessageId();
-        const gid = groupIdOf(peer);
-        const recipients = this.recipients(peer);
+      // accepted are signed again under a new mid.
+      if (!docs || this.deps.now() - (docs[0]?.payload.ts ?? 0) > 240) {
+        if (docs) mid = newMessageId();
+        const recipients = this.recipients(m.conv);
         if (recipients.length === 0) throw new Error('you are not in this group');
-        m.docs = await this.documents(peer, textContent(m.id, m.body, { group: gid, reply: m.reply, attachments: m.attachments }), recipients, blobs);
+        docs = await this.documents(m.conv, textContent(mid, m.body, { group: groupIdOf(m.conv), reply: m.reply, attachments: m.attachments }), recipients, blobs);
+        id = docs[0]!.payload.id;
       }
-      await this.post(m.docs);
-      m.state = 'sent';
-      delete m.docs;
-    } catch (e) {
-      m.state = 'failed';
-      throw e;
-    } finally {
-      await this.serial(() => this.persist());
+      await this.post(docs);
+    } catch (error) {
+      failure = { error };
     }
-  }
-
-  /** An attachment kept on this device (decrypted), or undefined. */
-  file(blob: string): Promise<Uint8Array<ArrayBuffer> | undefined> {
-    return this.deps.loadFile(this.me.handle, blob);
-  }
-
-  /** Keeps a file sent from here, so its own message shows it. */
-  keepFile(blob: string, bytes: Uint8Array<ArrayBuffer>): Promise<void> {
-    return this.deps.saveFile(this.me.handle, blob, bytes);
+    const kept = docs;
+    await this.serial(async () => {
+      const s = await updateMessage(await this.db(), m.conv, m.from, m.mid, (r) => {
+        r.id = id;
+        r.mid = mid;
+        r.state = failure ? 'failed' : 'sent';
+        delete r.doc;
+        if (failure && kept) r.batch = kept;
+        else delete r.batch;
+      });
+      if (s) this.mirror(s);
+    });
+    if (failure) throw failure.error;
   }
 
   // --- receipts, reactions, deletion ------------------------------------------
@@ -673,8 +817,6 @@ export class Chat {
     this.pendingReceipts.set(k, p);
   }
 
-  private receiptChain: Promise<void> = Promise.resolve();
-
   /** Sends the receipts queued, batching mids per sender, one flush at a time. */
   private flushReceipts(): Promise<void> {
     this.receiptChain = this.receiptChain.then(() => this.sendReceipts());
@@ -683,7 +825,7 @@ export class Chat {
 
   /** Resolves once the receipts queued so far went out (or failed). */
   receiptsSent(): Promise<void> {
-    return this.receiptChain;
+    return this.serial(async () => {}).then(() => this.receiptChain);
   }
 
   /** A failure is dropped: receipts are a courtesy, not worth holding the inbox for. */
@@ -691,7 +833,7 @@ export class Chat {
     const pending = [...this.pendingReceipts.values()];
     this.pendingReceipts.clear();
     for (const p of pending) {
-      const conv = p.group ? groupKey(p.group) : p.to;
+      const conv = p.group ? groupConv(p.group) : peerConv(p.to);
       for (const c of receiptContents(newMessageId, p.kind, p.mids, p.group)) {
         await this.sendControl(conv, c, [p.to]).catch((e: unknown) => console.warn(`receipt to ${p.to} not sent:`, (e as Error).message));
       }
@@ -699,33 +841,29 @@ export class Chat {
   }
 
   /** Reacts to a message with emoji, or takes the reaction back when it is the one given already. */
-  async react(conv: string, m: ChatMessage, emoji: string): Promise<void> {
-    const c = this.conversation(conv);
-    const target = { from: this.authorOf(c, m), mid: m.id };
-    const mineNow = m.reactions?.[this.me.handle];
-    const next = mineNow === emoji ? '' : emoji;
-    applyReaction((m.reactions ??= {}), this.me.handle, next);
-    await this.serial(() => this.persist());
-    await this.sendControl(conv, reactionContent(newMessageId(), target, next, groupIdOf(conv)), this.recipients(conv));
+  async react(m: ChatMessage, emoji: string): Promise<void> {
+    const next = m.reactions?.find((r) => r.from === this.me.handle)?.emoji === emoji ? '' : emoji;
+    const s = await this.serial(async () => updateMessage(await this.db(), m.conv, m.from, m.mid, (r) => applyReaction((r.reactions ??= []), this.me.handle, next)));
+    if (s) this.mirror(s);
+    await this.sendControl(m.conv, reactionContent(newMessageId(), { from: m.from, mid: m.mid }, next, groupIdOf(m.conv)), this.recipients(m.conv));
   }
 
   /** Deletes an own message for everyone. */
-  async deleteForEveryone(conv: string, m: ChatMessage): Promise<void> {
+  async deleteForEveryone(m: ChatMessage): Promise<void> {
     if (!m.mine) throw new Error('only your own messages can be deleted for everyone');
-    await this.sendControl(conv, deleteContent(newMessageId(), { from: this.me.handle, mid: m.id }, groupIdOf(conv)), this.recipients(conv));
-    await this.markDeleted(m);
-    await this.serial(() => this.persist());
+    await this.sendControl(m.conv, deleteContent(newMessageId(), { from: this.me.handle, mid: m.mid }, groupIdOf(m.conv)), this.recipients(m.conv));
+    await this.serial(() => this.markDeleted(m.conv, m.from, m.mid));
   }
 
   // --- groups -----------------------------------------------------------------
 
-  /** Creates a group of me and members (checked to exist first), and tells them. */
+  /** Creates a group of me and members (checked to exist first), and tells them; answers its conv. */
   async createGroup(name: string, members: string[]): Promise<string> {
-    const others = [...new Set(members.map((m) => m.trim().toLowerCase()).filter((m) => m && m !== this.me.handle))];
+    const others = [...new Set(members.map((m) => m.trim().replace(/^@/, '').toLowerCase()).filter((m) => m && m !== this.me.handle))];
     await Promise.all(others.map((h) => this.user(h)));
     const state = newGroup(this.me.handle, name.trim(), others);
     await this.changeGroup(undefined, state);
-    return groupKey(state.id);
+    return groupConv(state.id);
   }
 
   /**
@@ -736,8 +874,8 @@ export class Chat {
    */
   async changeGroup(before: GroupState | undefined, next: GroupState): Promise<void> {
     await Promise.all(next.members.filter((m) => m !== this.me.handle).map((h) => this.user(h)));
-    await this.sendControl(groupKey(next.id), groupContent(newMessageId(), next), controlRecipients(before, next));
-    await this.poll().catch(() => {}); // the stream would bring it too; reading it now shows it at once
+    await this.sendControl(groupConv(next.id), groupContent(newMessageId(), next), controlRecipients(before, next));
+    await this.poll().catch(() => {}); // the stream brings it too; reading it now shows it at once
   }
 
   // --- typing -----------------------------------------------------------------
@@ -769,13 +907,13 @@ export class Chat {
     }
   }
 
-  /** A typing event from the stream. */
+  /** A typing event from the stream: shown for 6 s in its conversation. */
   async onTyping(e: { from: string; ct: string }): Promise<void> {
     const note = await openTyping({ handle: this.me.handle, enc: this.me.enc }, e);
     if (!note) return;
-    const conv = note.group ? groupKey(note.group.id) : note.from;
     if (note.group && !this.groups.accepts(note.group.id, note.from)) return;
-    if (!note.group && !this.conversations.has(conv)) return;
+    const conv = note.group ? groupConv(note.group.id) : peerConv(note.from);
+    if (!this.conversations.has(conv)) return;
     this.typingBoard.note(conv, note.from, note.typing, Date.now());
     this.refreshTyping(conv);
     if (note.typing) setTimeout(() => this.refreshTyping(conv), TYPING_SHOWN_MS + 50);

@@ -265,16 +265,22 @@ export function conversationOf(pt: ConvPlaintext, me: string): string | null {
   return pt.from;
 }
 
-// --- receipts -------------------------------------------------------------
+// --- receipts ---------------------------------------------------------------
+// Lists, never objects keyed by handle: a person may be called "constructor".
 
-/** A message's receipts: recipient → the furthest it went. */
-export type Receipts = Record<string, ReceiptKind>;
+/** An own message's receipts: who has it, who read it (read implies delivered). */
+export interface Receipts {
+  delivered: string[];
+  read: string[];
+}
 
 /** Records a receipt from `from`; read is never taken back to delivered. True when something changed. */
 export function applyReceipt(r: Receipts, from: string, kind: ReceiptKind): boolean {
-  if (r[from] === 'read' || r[from] === kind) return false;
-  r[from] = kind;
-  return true;
+  if (r.read.includes(from)) return false;
+  const had = r.delivered.includes(from);
+  if (!had) r.delivered.push(from);
+  if (kind === 'read') r.read.push(from);
+  return kind === 'read' || !had;
 }
 
 export type Ticks = 'sent' | 'delivered' | 'read';
@@ -285,41 +291,40 @@ export type Ticks = 'sent' | 'delivered' | 'read';
  */
 export function ticks(r: Receipts | undefined, recipients: string[], showRead: boolean): Ticks {
   if (!r || recipients.length === 0) return 'sent';
-  const all = (ok: (k: ReceiptKind | undefined) => boolean) => recipients.every((h) => ok(r[h]));
-  if (showRead && all((k) => k === 'read')) return 'read';
-  if (all((k) => k === 'delivered' || k === 'read')) return 'delivered';
+  if (showRead && recipients.every((h) => r.read.includes(h))) return 'read';
+  if (recipients.every((h) => r.delivered.includes(h))) return 'delivered';
   return 'sent';
 }
 
 /** Who read a message, sorted ("seen by" in a group); none when read receipts are off. */
 export function seenBy(r: Receipts | undefined, showRead: boolean): string[] {
   if (!r || !showRead) return [];
-  return Object.keys(r)
-    .filter((h) => r[h] === 'read')
-    .sort();
+  return [...r.read].sort();
 }
 
 // --- reactions ------------------------------------------------------------
 
-/** A message's reactions: person → emoji. */
-export type Reactions = Record<string, string>;
+/** A message's reactions: one per person. */
+export type Reactions = { from: string; emoji: string }[];
 
 /** The sender's reaction replaces its earlier one; "" takes it back. True when something changed. */
 export function applyReaction(r: Reactions, from: string, emoji: string): boolean {
+  const i = r.findIndex((x) => x.from === from);
   if (emoji === '') {
-    if (!(from in r)) return false;
-    delete r[from];
+    if (i < 0) return false;
+    r.splice(i, 1);
     return true;
   }
-  if (r[from] === emoji) return false;
-  r[from] = emoji;
+  if (i >= 0 && r[i]!.emoji === emoji) return false;
+  if (i >= 0) r[i]!.emoji = emoji;
+  else r.push({ from, emoji });
   return true;
 }
 
 /** Reactions grouped for display: each emoji once, with who chose it, the most chosen first. */
 export function reactionSummary(r: Reactions | undefined): { emoji: string; by: string[] }[] {
   const by = new Map<string, string[]>();
-  for (const [who, e] of Object.entries(r ?? {}).sort(([a], [b]) => (a < b ? -1 : 1))) by.set(e, [...(by.get(e) ?? []), who]);
+  for (const { from, emoji } of [...(r ?? [])].sort((a, b) => (a.from < b.from ? -1 : 1))) by.set(emoji, [...(by.get(emoji) ?? []), from]);
   return [...by].map(([emoji, who]) => ({ emoji, by: who })).sort((a, b) => b.by.length - a.by.length || (a.emoji < b.emoji ? -1 : 1));
 }
 

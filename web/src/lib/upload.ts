@@ -51,37 +51,38 @@ async function prepare(file: File, downscale: boolean): Promise<Prepared> {
  */
 export async function sendWithFiles(chat: Chat, conv: string, text: string, files: File[], opts: { downscale: boolean; reply?: Reply }): Promise<void> {
   if (files.length > MAX_ATTACHMENTS) throw new Error(`At most ${MAX_ATTACHMENTS} files in one message.`);
-  const m = chat.draft(conv, text, opts.reply);
+  const m = await chat.draft(conv, text, opts.reply);
+  if (!m) return;
   try {
     const prepared = await Promise.all(files.map((f) => prepare(f, opts.downscale)));
     const sealed = await Promise.all(prepared.map(async (p) => ({ p, file: await encryptAttachment(p.bytes), thumb: p.thumb ? await encryptAttachment(p.thumb.bytes) : undefined })));
     const total = sealed.reduce((n, s) => n + s.file.blob.length + (s.thumb?.blob.length ?? 0), 0);
     let done = 0;
     const upload = async (blob: Uint8Array<ArrayBuffer>) => {
-      const r = await api.uploadBlob(chat.me, blob, (sent) => (m.progress = Math.min(1, (done + sent) / total)));
+      const r = await api.uploadBlob(chat.me, blob, (sent) => chat.progress.set(m.mid, Math.min(1, (done + sent) / total)));
       done += blob.length;
-      m.progress = done / total;
+      chat.progress.set(m.mid, done / total);
       return r.id;
     };
     const attachments: Attachment[] = [];
     const blobs: string[] = [];
     for (const { p, file, thumb } of sealed) {
       const id = await upload(file.blob);
-      await chat.keepFile(id, p.bytes);
+      await chat.keepFile(id, p.bytes, p.type, p.name);
       const a: Attachment = { blob: id, key: file.key, sha256: file.sha256, size: p.bytes.length, type: p.type, name: p.name };
       blobs.push(id);
       if (p.width && p.height) Object.assign(a, { width: p.width, height: p.height });
       if (thumb && p.thumb) {
         const tid = await upload(thumb.blob);
-        await chat.keepFile(tid, p.thumb.bytes);
+        await chat.keepFile(tid, p.thumb.bytes, 'image/*');
         a.thumb = { blob: tid, key: thumb.key, sha256: thumb.sha256, size: p.thumb.bytes.length, width: p.thumb.width, height: p.thumb.height };
         blobs.push(tid);
       }
       attachments.push(a);
     }
-    await chat.finish(conv, m.id, attachments, blobs);
+    await chat.finish(m, attachments, blobs);
   } catch (e) {
-    chat.failDraft(conv, m.id);
+    await chat.failDraft(m);
     throw e;
   }
 }
