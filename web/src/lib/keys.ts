@@ -61,6 +61,11 @@ export async function keptIdentity(id: Identity): Promise<Identity> {
   };
 }
 
+/** The raw X25519 private key, base64url: what a device link hands to the new device (sealed to it). */
+export async function encPrivateKey(id: Identity): Promise<string> {
+  return (await rawKeys(id)).enc_key;
+}
+
 /** The raw private keys: from the sealed copy, or the key objects while they still hold them. */
 async function rawKeys(id: Identity): Promise<RawKeys> {
   if (id.signing.secret && id.enc.secret) return { signing_key: encodeB64(id.signing.secret), enc_key: encodeB64(id.enc.secret) };
