@@ -44,6 +44,7 @@ const (
 	BucketPush     = "kez_chat_push"
 	BucketReplay   = "kez_chat_replay"
 	BucketKeys     = "kez_chat_key_checkpoints"
+	BucketLinks    = "kez_chat_links"
 	maxPage        = 1000
 	requestTimeout = 10 * time.Second
 )
@@ -87,6 +88,7 @@ type Store struct {
 	now    func() time.Time
 
 	users, primary, push, replay, keys jetstream.KeyValue
+	links                              jetstream.KeyValue
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
@@ -204,6 +206,9 @@ func (s *Store) setup(ctx context.Context, cfg Config) (lease jetstream.KeyValue
 		return nil, err
 	}
 	if s.keys, err = bucket(BucketKeys, "kez-chat highest key document verified, by primary_id", 0); err != nil {
+		return nil, err
+	}
+	if s.links, err = bucket(BucketLinks, "kez-chat device-linking channels, and the channels each handle opened", server.LinkTTL); err != nil {
 		return nil, err
 	}
 	return bucket(BucketWriter, "kez-chat: the replica that writes envelopes", leaseTTL)
@@ -657,7 +662,8 @@ func sortPush(recs []pushRecord) {
 }
 
 // Prune does nothing: the stream's max age expires envelopes and the
-// buckets' TTL message ids and request digests, on the NATS server.
+// buckets' TTL message ids, request digests and link channels, on the NATS
+// server.
 func (s *Store) Prune(context.Context, time.Time, time.Time) (server.PruneResult, error) {
 	return server.PruneResult{}, nil
 }

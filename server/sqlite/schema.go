@@ -114,6 +114,9 @@ CREATE TABLE key_checkpoints (
 	document   BLOB    NOT NULL
 ) STRICT, WITHOUT ROWID;
 `,
+	// 4: link channels, the device-linking mailboxes (POST /v1/link).
+	// (Self-contained, so it can be renumbered after steps added alongside.)
+	linkChannelsSchema,
 }
 
 // migrate brings the database on conn up to len(steps), one step per
