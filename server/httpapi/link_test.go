@@ -209,7 +209,9 @@ func TestLinkRequestsOutOfBoundsOrNotTheOpenersAreRefused(t *testing.T) {
 			return putRequest(t, srv, second, []byte(`{"data":"`+strings.Repeat("A", 64<<10)+`"}`))
 		}, 413, server.CodeBodyTooLarge},
 		{"request: unknown member", func() response { return putRequest(t, srv, second, []byte(`{"data":"AAAA","x":1}`)) }, 400, server.CodeUnknownField},
-		{"no such slot", func() response { return do(t, http.MethodPut, srv.URL+"/v1/link/"+second+"/other", linkBody([]byte("x")), nil) }, 404, server.CodeNotFound},
+		{"no such slot", func() response {
+			return do(t, http.MethodPut, srv.URL+"/v1/link/"+second+"/other", linkBody([]byte("x")), nil)
+		}, 404, server.CodeNotFound},
 		{"response: signed by another handle", func() response {
 			return putResponse(t, srv, clock, alice, "alice", second, linkBody([]byte("x")))
 		}, 403, server.CodeKeyNotAuthorized},
