@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,31 +169,51 @@ func TestTypingRequestsOutOfBoundsAreRefused(t *testing.T) {
 	})
 }
 
-func TestTypingFloodDoesNotEndOrHoldUpAStreamThatNeverReads(t *testing.T) {
-	srv := testutil.StartServer(t, testutil.Options{})
+func TestTypingFloodOnAStreamThatDoesNotReadIsDroppedNotQueuedAndNeverEndsIt(t *testing.T) {
+	srv := testutil.StartServer(t, testutil.Options{Config: func(c *app.Config) { c.StreamWriteTimeout = time.Minute }})
 	c, alice, bob := chatPair(t, srv)
-	st := openRaw(t, srv, bob, "") // never read until the end
+	// A reader with a small, fixed receive window, so the server's writes
+	// block once the socket buffers are full.
+	st := openRawWithDialer(t, srv, bob, &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}, "")
 	testutil.Eventually(t, 5*time.Second, "the stream to open", func() bool { return srv.Service.OpenStreams() == 1 })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	for i := range 300 {
-		if ctx.Err() != nil {
-			t.Fatalf("typing %d: the flood took over 30 s", i)
+	// 12 MiB of messages: more than the socket buffers hold, fewer
+	// envelopes than the stream's buffer, so the pump is stuck in a write.
+	body := strings.Repeat("x", 60<<10)
+	var last uint64
+	for i := range 200 {
+		r, err := c.Send(ctx, alice, "bob", body)
+		if err != nil {
+			t.Fatalf("send %d: %v", i, err)
 		}
+		last = r.Seq
+	}
+	for i := range 300 {
 		body := typingBody(t, server.TypingRecipient{To: "bob", CT: signing.EncodeB64(randomCT(t, server.MaxTypingCiphertext))})
 		if r := postTyping(t, srv, alice, body); r.status != http.StatusAccepted {
-			t.Fatalf("typing %d: %d %s", i, r.status, r.code)
+			t.Fatalf("typing %d while bob's stream is stuck: %d %s", i, r.status, r.code)
 		}
 	}
 	if n := srv.Service.OpenStreams(); n != 1 {
 		t.Fatalf("%d open streams after the flood; typing must never end one", n)
 	}
-	// The stream still carries envelopes, after whatever typing got through.
-	sent, err := c.Send(ctx, alice, "bob", "after the flood")
-	if err != nil {
-		t.Fatal(err)
+	// Reading now yields every envelope, and of the 300 typing events only
+	// what waited in the stream's bounded buffer.
+	typing := 0
+	for seq := uint64(0); seq < last; {
+		for _, line := range st.nextEvent(t) {
+			if line == "event: typing" {
+				typing++
+			}
+			if id, ok := strings.CutPrefix(line, "id: "); ok {
+				seq, _ = strconv.ParseUint(id, 10, 64)
+			}
+		}
 	}
-	if id := st.nextID(t); id != sent.Seq {
-		t.Fatalf("next envelope %d, want %d", id, sent.Seq)
+	if typing > server.TypingBuffer+1 {
+		t.Fatalf("%d typing events reached a stream that was not reading; at most %d may wait", typing, server.TypingBuffer+1)
 	}
 }
