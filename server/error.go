@@ -61,6 +61,12 @@ const (
 	CodeVersionTaken      = "version_taken"
 	CodeUnknownIdentity   = "unknown_identity"
 
+	// Device linking: the short-lived mailboxes of POST /v1/link.
+	CodeLinkExists   = "link_exists"
+	CodeLinkUsed     = "link_used"
+	CodeUnknownLink  = "unknown_link"
+	CodeTooManyLinks = "too_many_links"
+
 	// Web Push.
 	CodePushDisabled       = "push_disabled"
 	CodeEndpointNotAllowed = "endpoint_not_allowed"

@@ -70,6 +70,9 @@ type Service struct {
 	// (nil: none), a token a byte: a daily quota is a bucket of that many
 	// bytes refilled over a day.
 	SenderQuota *RateLimiter
+	// TypingLimiter limits typing requests per sending handle (nil: no
+	// limit), after their auth verified.
+	TypingLimiter *RateLimiter
 	// Pusher, when set, notifies recipients with no open stream; Endpoints
 	// then decides which push endpoints may be subscribed.
 	Pusher    Pusher
@@ -80,6 +83,8 @@ type Service struct {
 
 	mu      sync.Mutex
 	streams map[string]int // open streams per handle
+
+	links linkWaiters
 
 	openStreams    atomic.Int64
 	messagesStored atomic.Uint64

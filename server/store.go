@@ -76,8 +76,12 @@ type Store interface {
 	// shared by every replica on the store.
 	KeyCheckpoints
 
+	// LinkChannels keep the device-linking mailboxes, shared by every
+	// replica on the store.
+	LinkChannels
+
 	// Prune deletes envelopes received before olderThan and expired
-	// anti-replay and idempotency entries.
+	// anti-replay and idempotency entries and link channels.
 	Prune(ctx context.Context, now, olderThan time.Time) (PruneResult, error)
 
 	// Ping fails while the store cannot serve.
@@ -107,6 +111,10 @@ type Broker interface {
 	// Subscribe follows recipient's new envelopes. buffer bounds what may
 	// wait unread.
 	Subscribe(ctx context.Context, recipient string, buffer int) (Subscription, error)
+	// PublishTyping hands t to every subscription of t.Recipient, on every
+	// replica, without blocking and without storing it: a subscription
+	// whose typing buffer is full misses it and stays open.
+	PublishTyping(ctx context.Context, t *Typing) error
 }
 
 // Subscription is one stream's view of a recipient's new envelopes.
@@ -114,5 +122,8 @@ type Subscription interface {
 	// C yields envelopes in publish order; it is closed when the
 	// subscription is dropped for being too slow, or after Close.
 	C() <-chan *Envelope
+	// Typing yields typing events, at most TypingBuffer waiting; it is
+	// never closed (select on it together with C).
+	Typing() <-chan *Typing
 	Close()
 }

@@ -68,11 +68,25 @@ func (s *Service) releaseStream(handle string) {
 func (st *Stream) Last() uint64 { return st.last }
 
 // Next returns the next envelope, waiting for one until ctx ends. It returns
-// ErrSlowConsumer when the stream fell too far behind the live feed.
+// ErrSlowConsumer when the stream fell too far behind the live feed. Typing
+// events that arrive meanwhile are skipped.
 func (st *Stream) Next(ctx context.Context) (*Envelope, error) {
 	for {
+		e, t, err := st.NextEvent(ctx)
+		if t == nil {
+			return e, err
+		}
+	}
+}
+
+// NextEvent is Next that also returns the typing events that arrive while
+// it waits for a live envelope: exactly one of the envelope and the typing
+// event is set when err is nil. Typing events are not ordered with
+// envelopes and do not move the resume point.
+func (st *Stream) NextEvent(ctx context.Context) (*Envelope, *Typing, error) {
+	for {
 		if st.closed {
-			return nil, errStreamClosed
+			return nil, nil, errStreamClosed
 		}
 		if len(st.backlog) > 0 {
 			e := st.backlog[0]
@@ -82,11 +96,11 @@ func (st *Stream) Next(ctx context.Context) (*Envelope, error) {
 				continue
 			}
 			st.last = e.Seq
-			return e, nil
+			return e, nil, nil
 		}
 		if !st.live {
 			if err := st.catchUp(ctx); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			continue
 		}
@@ -94,16 +108,18 @@ func (st *Stream) Next(ctx context.Context) (*Envelope, error) {
 		case e, ok := <-st.sub.C():
 			switch {
 			case !ok:
-				return nil, ErrSlowConsumer
+				return nil, nil, ErrSlowConsumer
 			case e.Seq <= st.last:
 			case follows(e, st.last):
 				st.last = e.Seq
-				return e, nil
+				return e, nil, nil
 			default:
 				st.live = false
 			}
+		case t := <-st.sub.Typing():
+			return nil, t, nil
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 	}
 }

@@ -34,6 +34,7 @@ type serverFlags struct {
 	maxPendingBytes, maxDBBytes                int64
 	senderQuota, addressQuota                  int64
 	registerRate, sendRate, handleSendRate     float64
+	typingRate                                 float64
 	failedAuthRate                             float64
 	vapidKeyPath, vapidSubject, pushAllow      string
 	pushTTL                                    time.Duration
@@ -72,6 +73,7 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.Float64Var(&f.registerRate, "register-rate", def.RegisterLimit.Rate, fmt.Sprintf("registrations per second per client address, burst %d (0 disables)", def.RegisterLimit.Burst))
 	fs.Float64Var(&f.sendRate, "send-rate", def.SendLimit.Rate, "messages per second per client address, burst 2x (0 disables)")
 	fs.Float64Var(&f.handleSendRate, "handle-send-rate", def.HandleSendLimit.Rate, "messages per second per sending handle, burst 2x (0 disables)")
+	fs.Float64Var(&f.typingRate, "typing-rate", def.TypingLimit.Rate, "typing indicators per second per sending handle, burst 5x (0 disables)")
 	fs.Float64Var(&f.failedAuthRate, "failed-auth-rate", def.FailedAuthLimit.Rate, fmt.Sprintf("failed authentications per second per client address and per handle, burst %d (0 disables)", def.FailedAuthLimit.Burst))
 	fs.StringVar(&f.vapidSubject, "vapid-subject", "", "Web Push contact, a mailto: or https: URL (a bare e-mail address is made mailto:); Web Push is off without it")
 	fs.StringVar(&f.vapidKeyPath, "vapid-key-path", "./kez-chat-vapid.pem", "VAPID key (PEM PKCS#8), generated on first start and never replaced while it exists")
@@ -146,6 +148,7 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 	cfg.RegisterLimit.Rate = f.registerRate
 	cfg.SendLimit = app.Limit{Rate: f.sendRate, Burst: int(2 * f.sendRate)}
 	cfg.HandleSendLimit = app.Limit{Rate: f.handleSendRate, Burst: int(2 * f.handleSendRate)}
+	cfg.TypingLimit = app.Limit{Rate: f.typingRate, Burst: int(5 * f.typingRate)}
 	cfg.FailedAuthLimit.Rate = f.failedAuthRate
 	cfg.App = web.Handler() // nil without a web build: the built-in page
 	var err error

@@ -81,6 +81,8 @@ type Config struct {
 	// Per client address: registrations, messages, failed authentications
 	// (also per handle); and messages per sending handle.
 	RegisterLimit, SendLimit, FailedAuthLimit, HandleSendLimit Limit
+	// TypingLimit limits typing requests per sending handle.
+	TypingLimit Limit
 	// The bytes of messages one sending handle, and one client address,
 	// may store a day.
 	SenderQuota, AddressQuota Quota
@@ -133,6 +135,7 @@ func DefaultConfig() Config {
 		SendLimit:                Limit{Rate: 200, Burst: 400},
 		FailedAuthLimit:          Limit{Rate: 1, Burst: 30},
 		HandleSendLimit:          Limit{Rate: 30, Burst: 60},
+		TypingLimit:              Limit{Rate: 1, Burst: 5},
 		// 30 days of one address's quota, unacknowledged, are 720 MiB: the
 		// operator's default 1 GiB volume holds them.
 		SenderQuota:  Quota{BytesPerDay: 12 << 20},
@@ -190,6 +193,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	registerStorageMetrics(s.Metrics, s.Store)
 	s.Service = server.NewService(cfg.Service, s.Store, broker, log)
 	s.Service.SendLimiter = cfg.HandleSendLimit.limiter()
+	s.Service.TypingLimiter = cfg.TypingLimit.limiter()
 	s.Service.SenderQuota = cfg.SenderQuota.limiter()
 	if cfg.Callout != nil {
 		if err := s.startCallout(*cfg.Callout); err != nil {

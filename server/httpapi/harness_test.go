@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -199,4 +200,10 @@ func streamTS() int64 {
 			return ts
 		}
 	}
+}
+
+// digestBinding is the "sha256=<D>" line that binds a request body.
+func digestBinding(body []byte) string {
+	sum := sha256.Sum256(body)
+	return "sha256=" + signing.EncodeB64(sum[:])
 }

@@ -141,6 +141,10 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/push/vapid-public-key", s.vapidPublicKey)
 	s.mux.HandleFunc("POST /v1/push/subscribe/{handle}", s.pushSubscribe)
 	s.mux.HandleFunc("POST /v1/push/unsubscribe/{handle}", s.pushUnsubscribe)
+	s.mux.HandleFunc("POST /v1/typing/{handle}", s.typing)
+	s.mux.HandleFunc("POST /v1/link/{handle}", s.openLink)
+	s.mux.HandleFunc("PUT /v1/link/{channel}/{slot}", s.writeLink)
+	s.mux.HandleFunc("GET /v1/link/{channel}/{slot}", s.readLink)
 	s.mux.HandleFunc("/v1/", s.noRoute)
 	s.mux.HandleFunc("/", s.app)
 }
@@ -157,7 +161,7 @@ func (s *Server) app(w http.ResponseWriter, r *http.Request) {
 // noRoute answers paths under /v1/ that no route takes: 405 when the path
 // exists with another method, else 404.
 func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
 		probe := r.Clone(r.Context())
 		probe.Method = m
 		if _, pattern := s.mux.Handler(probe); pattern != "/v1/" && pattern != "/" && pattern != "" {

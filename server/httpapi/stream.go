@@ -180,12 +180,14 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 			checked = time.Now()
 		}
 		next, cancelNext := context.WithTimeout(ctx, s.cfg.KeepAlive)
-		e, err := st.Next(next)
+		e, t, err := st.NextEvent(next)
 		cancelNext()
 		// A frame is built per event and not kept: an idle stream holds no
 		// buffer.
 		var frame []byte
 		switch {
+		case err == nil && t != nil:
+			frame = appendTypingEvent(make([]byte, 0, len(t.From)+len(t.CT)+typingOverhead), t)
 		case err == nil:
 			frame = appendEvent(make([]byte, 0, len(e.Message)+eventOverhead), e)
 		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
@@ -221,6 +223,20 @@ func appendEvent(b []byte, e *server.Envelope) []byte {
 	b = append(b, "\ndata: "...)
 	b = e.AppendJSON(b)
 	return append(b, "\n\n"...)
+}
+
+// typingOverhead is what a typing event adds to its from and ct.
+const typingOverhead = 64
+
+// appendTypingEvent frames t as one SSE typing event. It has no id line:
+// it is not stored, so it must not move the client's resume point. Handles
+// and base64url need no JSON escaping.
+func appendTypingEvent(b []byte, t *server.Typing) []byte {
+	b = append(b, "event: typing\ndata: {\"from\":\""...)
+	b = append(b, t.From...)
+	b = append(b, "\",\"ct\":\""...)
+	b = append(b, t.CT...)
+	return append(b, "\"}\n\n"...)
 }
 
 // holdStream counts a stream against addr's cap, or reports that it is

@@ -117,12 +117,18 @@ type sseConn struct {
 
 func openRaw(t *testing.T, srv *testutil.Server, id *client.Identity, header string) *sseConn {
 	t.Helper()
+	return openRawWithDialer(t, srv, id, &net.Dialer{}, header)
+}
+
+// openRawWithDialer is openRaw through d.
+func openRawWithDialer(t *testing.T, srv *testutil.Server, id *client.Identity, d *net.Dialer, header string) *sseConn {
+	t.Helper()
 	path := "/v1/inbox/" + id.Handle + "/stream"
 	auth, err := signingRequest(id, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	conn, err := d.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,7 @@ const (
 	BucketReplay   = "kez_chat_replay"
 	BucketKeys     = "kez_chat_key_checkpoints"
 	BucketAcks     = "kez_chat_acks"
+	BucketLinks    = "kez_chat_links"
 	maxPage        = 1000
 	requestTimeout = 10 * time.Second
 )
@@ -88,6 +89,7 @@ type Store struct {
 	now    func() time.Time
 
 	users, primary, push, replay, keys, acks jetstream.KeyValue
+	links                                    jetstream.KeyValue
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
@@ -216,6 +218,9 @@ func (s *Store) setup(ctx context.Context, cfg Config) (lease jetstream.KeyValue
 		return nil, err
 	}
 	if s.acks, err = bucket(BucketAcks, "kez-chat acknowledgement points of each handle's devices", 0); err != nil {
+		return nil, err
+	}
+	if s.links, err = bucket(BucketLinks, "kez-chat device-linking channels, and the channels each handle opened", server.LinkTTL); err != nil {
 		return nil, err
 	}
 	return bucket(BucketWriter, "kez-chat: the replica that writes envelopes", leaseTTL)
@@ -763,7 +768,8 @@ func sortPush(recs []pushRecord) {
 }
 
 // Prune does nothing: the stream's max age expires envelopes and the
-// buckets' TTL message ids and request digests, on the NATS server.
+// buckets' TTL message ids, request digests and link channels, on the NATS
+// server.
 func (s *Store) Prune(context.Context, time.Time, time.Time) (server.PruneResult, error) {
 	return server.PruneResult{}, nil
 }

@@ -56,9 +56,27 @@ func (b *Bus) Publish(_ context.Context, e *server.Envelope) error {
 	return nil
 }
 
-// Subscribe follows recipient's envelopes with room for buffer unread ones.
+// PublishTyping offers t to every subscription of its recipient. One
+// whose typing buffer is full misses it: unlike an envelope, a typing
+// event is not in the store, and it is worth nothing seconds later, so it
+// neither waits nor ends the stream.
+func (b *Bus) PublishTyping(_ context.Context, t *server.Typing) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for sub := range b.subs[t.Recipient] {
+		select {
+		case sub.typing <- t:
+		default:
+		}
+	}
+	return nil
+}
+
+// Subscribe follows recipient's envelopes with room for buffer unread ones,
+// and its typing events with room for server.TypingBuffer.
 func (b *Bus) Subscribe(_ context.Context, recipient string, buffer int) (server.Subscription, error) {
-	sub := &subscription{bus: b, recipient: recipient, ch: make(chan *server.Envelope, buffer)}
+	sub := &subscription{bus: b, recipient: recipient, ch: make(chan *server.Envelope, buffer),
+		typing: make(chan *server.Typing, server.TypingBuffer)}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	set := b.subs[recipient]
@@ -116,9 +134,12 @@ type subscription struct {
 	bus       *Bus
 	recipient string
 	ch        chan *server.Envelope
+	typing    chan *server.Typing // never closed: C's closing ends a stream
 }
 
 func (s *subscription) C() <-chan *server.Envelope { return s.ch }
+
+func (s *subscription) Typing() <-chan *server.Typing { return s.typing }
 
 func (s *subscription) Close() {
 	s.bus.mu.Lock()

@@ -112,3 +112,30 @@ func TestAFirstHookErrorRefusesTheSubscription(t *testing.T) {
 		t.Fatalf("bus tracks %d recipients after a refusal", len(b.subs))
 	}
 }
+
+func TestTypingFloodIsBoundedPerSubscriptionAndNeverEndsIt(t *testing.T) {
+	ctx := context.Background()
+	b := New()
+	sub, _ := b.Subscribe(ctx, "bob", 4)
+	for range 1000 {
+		b.PublishTyping(ctx, &server.Typing{Recipient: "bob", From: "alice", CT: "AAAA"})
+	}
+	if n := len(sub.Typing()); n != server.TypingBuffer {
+		t.Fatalf("%d typing events wait for a reader that never reads; the bound is %d", n, server.TypingBuffer)
+	}
+	// Still subscribed: envelopes get through, and typing after a read.
+	b.Publish(ctx, envelope("bob", 1))
+	select {
+	case e, ok := <-sub.C():
+		if !ok || e.Seq != 1 {
+			t.Fatalf("envelope after the flood: %v %v", e, ok)
+		}
+	default:
+		t.Fatal("the subscription lost an envelope after a typing flood")
+	}
+	<-sub.Typing()
+	b.PublishTyping(ctx, &server.Typing{Recipient: "bob", From: "carol", CT: "BBBB"})
+	if n := len(sub.Typing()); n != server.TypingBuffer {
+		t.Fatalf("%d typing events wait after one was read and one published, want %d", n, server.TypingBuffer)
+	}
+}

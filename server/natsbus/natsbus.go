@@ -31,10 +31,13 @@ import (
 	"kez.lat/chat/server/membus"
 )
 
-// Subjects. A handle becomes a subject token by Token.
+// Subjects. A handle becomes a subject token by Token. Typing events have
+// a subject of their own: followers of an inbox subject over NATS
+// WebSocket read everything there as envelopes.
 const (
 	InboxPrefix    = "kez.chat.inbox."
 	PresencePrefix = "kez.chat.presence."
+	TypingPrefix   = "kez.chat.typing."
 )
 
 // HeaderPrev, on an envelope published on an inbox subject, is the seq of
@@ -50,6 +53,9 @@ func Token(handle string) string { return strings.ReplaceAll(handle, ".", "=") }
 
 // InboxSubject is the subject handle's live envelopes are published on.
 func InboxSubject(handle string) string { return InboxPrefix + Token(handle) }
+
+// TypingSubject is the subject handle's typing events are relayed on.
+func TypingSubject(handle string) string { return TypingPrefix + Token(handle) }
 
 // PresenceSubject is the subject a replica streaming handle answers on.
 func PresenceSubject(handle string) string { return PresencePrefix + Token(handle) }
@@ -163,6 +169,7 @@ var (
 // handle is what a replica holds on NATS for one handle with open streams.
 type handle struct {
 	inbox    *nats.Subscription
+	typing   *nats.Subscription
 	presence *nats.Subscription
 	// ready is closed once the NATS server has the subscriptions, so that
 	// no envelope published after Subscribe returns can be missed.
@@ -273,6 +280,11 @@ func (b *Bus) subscribeNATS(recipient string) error {
 	if err != nil {
 		return fmt.Errorf("subscribing to the inbox of %s: %w", recipient, err)
 	}
+	h.typing, err = b.nc.Subscribe(TypingSubject(recipient), func(m *nats.Msg) { b.receiveTyping(recipient, m) })
+	if err != nil {
+		_ = h.inbox.Unsubscribe()
+		return fmt.Errorf("subscribing to the typing events of %s: %w", recipient, err)
+	}
 	h.presence, err = b.nc.Subscribe(PresenceSubject(recipient), func(m *nats.Msg) {
 		if m.Reply != "" {
 			_ = m.Respond(nil)
@@ -280,11 +292,15 @@ func (b *Bus) subscribeNATS(recipient string) error {
 	})
 	if err != nil {
 		_ = h.inbox.Unsubscribe()
+		_ = h.typing.Unsubscribe()
 		return fmt.Errorf("subscribing to the presence of %s: %w", recipient, err)
 	}
 	// Bounded: past these the NATS client drops messages and reports a
 	// slow consumer, which closes the handle's subscriptions.
 	_ = h.inbox.SetPendingLimits(4096, 32<<20)
+	// Typing events past these are dropped (and logged as a slow
+	// consumer); the streams stay open, since nothing stored was lost.
+	_ = h.typing.SetPendingLimits(256, 256<<10)
 	b.mu.Lock()
 	b.handles[recipient] = h
 	b.mu.Unlock()
@@ -308,6 +324,7 @@ func (b *Bus) unsubscribeNATS(recipient string) {
 	b.mu.Unlock()
 	if h != nil {
 		_ = h.inbox.Unsubscribe()
+		_ = h.typing.Unsubscribe()
 		_ = h.presence.Unsubscribe()
 	}
 }
@@ -330,6 +347,54 @@ func (b *Bus) receive(recipient string, m *nats.Msg) {
 		ReceivedAt: time.Unix(w.ReceivedAt, 0),
 		Message:    w.Message,
 	})
+}
+
+// typingWire is a typing event on a typing subject: what its SSE event
+// carries.
+type typingWire struct {
+	From string `json:"from"`
+	CT   string `json:"ct"`
+}
+
+// PublishTyping delivers t to this replica's subscriptions and publishes
+// it for the others, at most once: an error means other replicas' streams
+// miss it, which the sender's next indicator (within seconds) makes good.
+func (b *Bus) PublishTyping(ctx context.Context, t *server.Typing) error {
+	_ = b.local.PublishTyping(ctx, t)
+	data, err := json.Marshal(typingWire{From: t.From, CT: t.CT})
+	if err != nil {
+		return fmt.Errorf("encoding a typing event for %s: %w", t.Recipient, err)
+	}
+	if err := b.nc.Publish(TypingSubject(t.Recipient), data); err != nil {
+		return fmt.Errorf("publishing a typing event for %s: %w", t.Recipient, err)
+	}
+	return nil
+}
+
+// receiveTyping decodes a typing event another replica published.
+func (b *Bus) receiveTyping(recipient string, m *nats.Msg) {
+	var w typingWire
+	// What goes on a stream must be what the sending replica checked: a
+	// handle and base64url, which need no escaping in the event's JSON.
+	if err := json.Unmarshal(m.Data, &w); err != nil || !plainToken(w.From) || !plainToken(w.CT) {
+		b.log.Warn("dropping a malformed typing event from NATS", "subject", m.Subject, "err", err)
+		return
+	}
+	_ = b.local.PublishTyping(context.Background(), &server.Typing{Recipient: recipient, From: w.From, CT: w.CT})
+}
+
+// plainToken reports whether s is 1 to 1024 bytes of handle and base64url
+// characters.
+func plainToken(s string) bool {
+	if len(s) == 0 || len(s) > 1024 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // Streaming reports whether any other replica has a stream open for

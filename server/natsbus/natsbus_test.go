@@ -1,17 +1,23 @@
 package natsbus_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"kez.lat/chat/client/clienttest"
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/natsbus"
+	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/testutil"
 )
 
@@ -202,3 +208,148 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+func TestTypingReachesSubscriptionsOnEveryReplicaAndNeverTheInboxSubject(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	a, b := newBus(t, n), newBus(t, n)
+	onA, err := a.Subscribe(ctx, "bob.smith", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB, err := b.Subscribe(ctx, "bob.smith", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A follower of the inbox subject over NATS WebSocket reads envelopes
+	// there; a typing event must never appear on it.
+	follower := make(chan string, 4)
+	inboxSub, err := b.Conn().Subscribe(natsbus.InboxSubject("bob.smith"), func(m *nats.Msg) { follower <- string(m.Data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inboxSub.Unsubscribe()
+	if err := b.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.PublishTyping(ctx, &server.Typing{Recipient: "bob.smith", From: "alice", CT: "AAAA"}); err != nil {
+		t.Fatal(err)
+	}
+	for name, sub := range map[string]server.Subscription{"local": onA, "remote": onB} {
+		select {
+		case ty := <-sub.Typing():
+			if ty.From != "alice" || ty.CT != "AAAA" || ty.Recipient != "bob.smith" {
+				t.Fatalf("%s typing event %+v", name, ty)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no typing event on the %s replica", name)
+		}
+	}
+	if err := a.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-follower:
+		t.Fatalf("a typing event reached the inbox subject: %s", m)
+	case e := <-onB.C():
+		t.Fatalf("a typing event arrived as envelope %d", e.Seq)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestTypingFromNATSThatIsNotAHandleAndBase64urlIsDropped(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	b := newBus(t, n)
+	sub, err := b.Subscribe(ctx, "bob", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for _, data := range []string{`{"from":"alice","ct":"a\"}\n\nevent: message"}`, `{"from":"","ct":"AAAA"}`, `not json`, `{"from":"alice","ct":"AAAA"}`} {
+		if err := nc.Publish(natsbus.TypingSubject("bob"), []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case ty := <-sub.Typing():
+		if ty.CT != "AAAA" || ty.From != "alice" {
+			t.Fatalf("a malformed typing event got through: %+v", ty)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the well-formed typing event did not arrive")
+	}
+}
+
+func TestTypingSentThroughOneReplicaReachesAStreamOnAnother(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	db := filepath.Join(t.TempDir(), "shared.db")
+	a := testutil.StartServer(t, testutil.Options{NATS: n, DBPath: db})
+	b := testutil.StartServer(t, testutil.Options{NATS: n, DBPath: db})
+	ca := clienttest.New(t, a.URL, 10*time.Second)
+	bob := clienttest.Register(t, ca, "bob.smith")
+	alice := clienttest.Register(t, ca, "alice")
+
+	path := "/v1/inbox/bob.smith/stream"
+	auth, err := signing.SignRequest(bob.Signer, testutil.Domain, http.MethodGet, path, time.Now().Unix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.Get(b.URL + path + "?auth=" + auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("stream on b: %d", res.StatusCode)
+	}
+	testutil.Eventually(t, 5*time.Second, "bob's stream on b", func() bool { return b.Service.HasStream("bob.smith") })
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(res.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+
+	body := []byte(`{"to":[{"to":"bob.smith","ct":"AAAA"}]}`)
+	sum := sha256.Sum256(body)
+	tpath := "/v1/typing/alice"
+	tauth, err := signing.SignRequest(alice.Signer, testutil.Domain, http.MethodPost, tpath, time.Now().Unix(), "sha256="+signing.EncodeB64(sum[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, a.URL+tpath, bytes.NewReader(body))
+	req.Header.Set("X-KEZ-Auth", tauth)
+	tres, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tres.Body.Close()
+	if tres.StatusCode != http.StatusAccepted {
+		t.Fatalf("typing through a: %d", tres.StatusCode)
+	}
+	var event []string
+	timeout := time.After(10 * time.Second)
+	for len(event) < 2 {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatal("stream ended")
+			}
+			if strings.HasPrefix(line, "event:") || strings.HasPrefix(line, "data:") || strings.HasPrefix(line, "id:") {
+				event = append(event, line)
+			}
+		case <-timeout:
+			t.Fatalf("no typing event on b; got %q", event)
+		}
+	}
+	if event[0] != "event: typing" || event[1] != `data: {"from":"alice","ct":"AAAA"}` {
+		t.Fatalf("event on b: %q", event)
+	}
+}

@@ -317,8 +317,8 @@ func (db *DB) UseOnce(ctx context.Context, digest []byte, expires, checked time.
 }
 
 // Prune deletes envelopes received before olderThan (fixing their inboxes'
-// pending counts), idempotency keys older than 15 minutes before now and
-// anti-replay entries expired at now. It works in chunks through the writer
+// pending counts), idempotency keys older than 15 minutes before now, and
+// anti-replay entries and link channels expired at now. It works in chunks through the writer
 // and stops early when ctx ends.
 func (db *DB) Prune(ctx context.Context, now, olderThan time.Time) (server.PruneResult, error) {
 	var res server.PruneResult
@@ -338,10 +338,14 @@ func (db *DB) Prune(ctx context.Context, now, olderThan time.Time) (server.Prune
 	if err != nil {
 		return res, fmt.Errorf("pruning used request digests: %w", err)
 	}
+	links, err := db.pruneLoop(ctx, func(w *writer) (int, error) { return w.pruneLinksChunk(authCutoff) })
+	if err != nil {
+		return res, fmt.Errorf("pruning expired link channels: %w", err)
+	}
 	if res.Envelopes > 0 {
-		db.log.Info("pruned expired envelopes", "envelopes", res.Envelopes, "message_ids", sent, "request_digests", auth)
+		db.log.Info("pruned expired envelopes", "envelopes", res.Envelopes, "message_ids", sent, "request_digests", auth, "link_channels", links)
 	} else {
-		db.log.Debug("pruned", "message_ids", sent, "request_digests", auth)
+		db.log.Debug("pruned", "message_ids", sent, "request_digests", auth, "link_channels", links)
 	}
 	return res, nil
 }

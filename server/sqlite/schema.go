@@ -124,6 +124,9 @@ CREATE TABLE ack_points (
 	PRIMARY KEY (handle, device)
 ) STRICT, WITHOUT ROWID;
 `,
+	// 5: link channels, the device-linking mailboxes (POST /v1/link).
+	// (Self-contained, so it can be renumbered after steps added alongside.)
+	linkChannelsSchema,
 }
 
 // migrate brings the database on conn up to len(steps), one step per

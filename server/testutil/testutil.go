@@ -89,6 +89,7 @@ func ServerConfig(t testing.TB, opts Options) app.Config {
 	cfg.Bind, cfg.MetricsBind, cfg.DBPath = "127.0.0.1:0", "", opts.DBPath
 	cfg.RegisterLimit, cfg.SendLimit, cfg.FailedAuthLimit, cfg.HandleSendLimit = app.Limit{}, app.Limit{}, app.Limit{}, app.Limit{}
 	cfg.SenderQuota, cfg.AddressQuota = app.Quota{}, app.Quota{}
+	cfg.TypingLimit = app.Limit{}
 	cfg.MaxConnectionsPerAddress, cfg.MaxStreamsPerAddress = 0, 0
 	// A test may leave a push service or a client hanging; a stop then
 	// abandons what is in flight, as a real shutdown would.
