@@ -85,6 +85,12 @@ func (s *Service) Authenticate(ctx context.Context, a RequestAuth) (*Session, er
 	return sess, nil
 }
 
+// DeviceID names a device of an identity by the key it signs with:
+// "<alg>:<base64url key>". A store keeps acknowledgement points under it.
+func DeviceID(alg string, key []byte) string {
+	return alg + ":" + signing.EncodeB64(key)
+}
+
 // CheckSession reports whether sess still holds: its auth has not left the
 // window, and a device key is still published (a revoked one ends what it
 // opened, within the key cache's TTL).

@@ -82,6 +82,9 @@ type Error struct {
 	Message string
 	// RetryAfter is set where waiting helps: rate limits and quotas.
 	RetryAfter time.Duration
+	// Index, when set, is the position in a group send of the document
+	// the refusal is about.
+	Index *int
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -89,6 +92,19 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 // Errorf returns an *Error with code and a formatted message.
 func Errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// AtIndex returns err as a refusal about the document at index i of a
+// group send: a copy of its *Error with Index set. Any other error is
+// returned as it is (an internal failure is about no document).
+func AtIndex(err error, i int) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	c := *e
+	c.Index = &i
+	return &c
 }
 
 // ErrorCode returns the code of err's *Error, or CodeInternal when err is

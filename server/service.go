@@ -207,23 +207,8 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 		return Receipt{}, false, err
 	}
 	var p MessagePayload
-	if err := decodeMessagePayload(canonical, &p); err != nil {
+	if err := s.checkMessagePayload(canonical, &p); err != nil {
 		return Receipt{}, false, err
-	}
-	if err := s.checkPayloadHeader(p.Type, TypeMessage, p.Server, p.TS); err != nil {
-		return Receipt{}, false, err
-	}
-	if err := checkMessageID(p.ID); err != nil {
-		return Receipt{}, false, err
-	}
-	ct, err := signing.DecodeB64(p.CT)
-	switch {
-	case err != nil:
-		return Receipt{}, false, Errorf(CodeInvalidEncoding, "ct is not base64url without padding")
-	case len(ct) == 0:
-		return Receipt{}, false, Errorf(CodeInvalidField, "ct is empty")
-	case len(ct) > MaxCiphertext:
-		return Receipt{}, false, Errorf(CodeCiphertextTooLarge, "ct is %d bytes; at most %d are allowed", len(ct), MaxCiphertext)
 	}
 	sender, err := s.lookup(ctx, p.From, CodeUnknownSender)
 	if err != nil {
@@ -275,6 +260,31 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 	return Receipt{To: p.To, Seq: e.Seq, ID: p.ID}, dup, nil
 }
 
+// checkMessagePayload decodes a canonical kez.chat.message/v1 payload into
+// p and checks every field of it on its own: type, server, ts, id, ct.
+// Single and group sends share it.
+func (s *Service) checkMessagePayload(canonical []byte, p *MessagePayload) error {
+	if err := decodeMessagePayload(canonical, p); err != nil {
+		return err
+	}
+	if err := s.checkPayloadHeader(p.Type, TypeMessage, p.Server, p.TS); err != nil {
+		return err
+	}
+	if err := checkMessageID(p.ID); err != nil {
+		return err
+	}
+	ct, err := signing.DecodeB64(p.CT)
+	switch {
+	case err != nil:
+		return Errorf(CodeInvalidEncoding, "ct is not base64url without padding")
+	case len(ct) == 0:
+		return Errorf(CodeInvalidField, "ct is empty")
+	case len(ct) > MaxCiphertext:
+		return Errorf(CodeCiphertextTooLarge, "ct is %d bytes; at most %d are allowed", len(ct), MaxCiphertext)
+	}
+	return nil
+}
+
 // Inbox returns handle's envelopes with seq > since, at most limit, and the
 // cursor for the next call.
 func (s *Service) Inbox(ctx context.Context, handle string, since uint64, limit int) ([]*Envelope, uint64, error) {
@@ -289,13 +299,48 @@ func (s *Service) Inbox(ctx context.Context, handle string, since uint64, limit 
 	return envs, next, nil
 }
 
-// Ack deletes handle's envelopes up to and including seq upto.
-func (s *Service) Ack(ctx context.Context, handle string, upto uint64) (int, error) {
-	n, err := s.store.Ack(ctx, handle, upto)
+// Ack moves the acknowledgement point of the device that signed sess to
+// upto and deletes handle's envelopes that every device of handle has
+// acknowledged (docs/protocol.md, DELETE /v1/inbox/{handle}).
+func (s *Service) Ack(ctx context.Context, sess *Session, upto uint64) (int, error) {
+	u := sess.User
+	devices, err := s.authorizedDevices(ctx, u)
 	if err != nil {
-		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %w", handle, upto, err)
+		return 0, err
+	}
+	n, err := s.store.Ack(ctx, u.Handle, DeviceID(sess.Alg, sess.Key), upto, devices)
+	if err != nil {
+		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %w", u.Handle, upto, err)
 	}
 	return n, nil
+}
+
+// authorizedDevices lists the keys that speak for u now, as DeviceIDs: its
+// registered key and its published device keys (at most 1 +
+// MaxSigningKeys). When the device keys cannot be learnt now it is nil,
+// so that no device loses its acknowledgement point to an outage of the
+// sig-server.
+func (s *Service) authorizedDevices(ctx context.Context, u *User) ([]string, error) {
+	devices := []string{DeviceID(u.Alg, u.Key)}
+	if s.Keys == nil {
+		return devices, nil
+	}
+	doc, err := s.Keys.ResolveKeys(ctx, u.PrimaryID)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("resolving device keys of %s: %w", u.Handle, ctx.Err())
+		}
+		s.log.WarnContext(ctx, "keeping every acknowledgement point: device keys cannot be resolved", "handle", u.Handle, "err", err)
+		return nil, nil
+	}
+	if doc != nil {
+		for _, k := range doc.SigningKeys {
+			if id := DeviceID(k.Alg, k.Key); id != devices[0] {
+				devices = append(devices, id)
+			}
+		}
+	}
+	return devices, nil
 }
 
 // Run prunes expired envelopes and anti-replay state until ctx ends.
@@ -347,29 +392,40 @@ func verifySigned(doc signing.Signed) (canonical, pub []byte, err error) {
 // appendVerified is verifySigned writing the canonical payload to the end
 // of dst; it returns the extended buffer and the canonical part of it.
 func appendVerified(dst []byte, doc signing.Signed) (out, canonical, pub []byte, err error) {
-	if len(doc.Payload) == 0 || doc.Payload[0] != '{' {
-		return nil, nil, nil, Errorf(CodeInvalidField, "payload must be a JSON object")
-	}
-	out, err = signing.AppendCanonical(dst, doc.Payload)
-	if err != nil {
-		return nil, nil, nil, Errorf(CodeInvalidJSON, "payload cannot be canonicalized: %v", err)
-	}
-	canonical = out[len(dst):]
-	if _, err := signing.Lookup(doc.Signature.Alg); err != nil {
-		return nil, nil, nil, Errorf(CodeUnknownAlg, "signature.alg %q is not one of %v", doc.Signature.Alg, signing.Algorithms())
-	}
-	pub, err = decodeKey("signature.key", doc.Signature.Key)
+	out, canonical, pub, sig, err := appendWellFormed(dst, doc)
 	if err != nil {
 		return nil, nil, nil, err
-	}
-	sig, err := signing.DecodeB64(doc.Signature.Sig)
-	if err != nil {
-		return nil, nil, nil, Errorf(CodeInvalidEncoding, "signature.sig is not base64url without padding")
 	}
 	if err := signing.Verify(doc.Signature.Alg, pub, canonical, sig); err != nil {
 		return nil, nil, nil, Errorf(CodeBadSignature, "the signature does not verify over the payload")
 	}
 	return out, canonical, pub, nil
+}
+
+// appendWellFormed is appendVerified without the verification: the
+// payload canonicalized onto dst, the suite known, the key and signature
+// decoded.
+func appendWellFormed(dst []byte, doc signing.Signed) (out, canonical, pub, sig []byte, err error) {
+	if len(doc.Payload) == 0 || doc.Payload[0] != '{' {
+		return nil, nil, nil, nil, Errorf(CodeInvalidField, "payload must be a JSON object")
+	}
+	out, err = signing.AppendCanonical(dst, doc.Payload)
+	if err != nil {
+		return nil, nil, nil, nil, Errorf(CodeInvalidJSON, "payload cannot be canonicalized: %v", err)
+	}
+	canonical = out[len(dst):]
+	if _, err := signing.Lookup(doc.Signature.Alg); err != nil {
+		return nil, nil, nil, nil, Errorf(CodeUnknownAlg, "signature.alg %q is not one of %v", doc.Signature.Alg, signing.Algorithms())
+	}
+	pub, err = decodeKey("signature.key", doc.Signature.Key)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	sig, err = signing.DecodeB64(doc.Signature.Sig)
+	if err != nil {
+		return nil, nil, nil, nil, Errorf(CodeInvalidEncoding, "signature.sig is not base64url without padding")
+	}
+	return out, canonical, pub, sig, nil
 }
 
 // checkPayloadHeader checks the fields every signed payload carries, so a

@@ -32,15 +32,27 @@ type Store interface {
 	// minutes, three times the clock-skew window in which a signed message
 	// is accepted at all.
 	AppendMessage(ctx context.Context, e *Envelope, limits InboxLimits) (duplicate bool, err error)
+	// AppendMessages stores envs, each in its Recipient's inbox as
+	// AppendMessage would, atomically: every one of them or, when one is
+	// refused, none. Their (Sender, ID) are distinct. An envelope whose
+	// (Sender, ID) was stored before with the same message gets the
+	// original seq and is stored again nowhere (dups[i]); one with a
+	// different message refuses the whole call with message_id_conflict.
+	// A refusal about one envelope carries its index (server.AtIndex).
+	AppendMessages(ctx context.Context, envs []*Envelope, limits InboxLimits) (dups []bool, err error)
 	// Messages returns up to limit envelopes of recipient with seq > since,
 	// in seq order; none for an unknown recipient. It stops after the
 	// envelope that brings their messages to maxBytes or more (0: no byte
 	// bound), so a page holds at most maxBytes plus one message: a reader
 	// never makes the store load more than that.
 	Messages(ctx context.Context, recipient string, since uint64, limit, maxBytes int) ([]*Envelope, error)
-	// Ack deletes recipient's envelopes with seq <= upto and reports how
-	// many (0 for an unknown recipient).
-	Ack(ctx context.Context, recipient string, upto uint64) (int, error)
+	// Ack moves device's acknowledgement point of recipient's inbox to
+	// upto (never back), forgets the points of devices not in devices (the
+	// keys authorized for recipient now; nil: forget none), and deletes the
+	// envelopes with seq at or below every remaining point. It reports how
+	// many it deleted (0 for an unknown recipient). Devices are
+	// DeviceID strings.
+	Ack(ctx context.Context, recipient, device string, upto uint64, devices []string) (int, error)
 
 	// UseOnce records a request signature's digest until expires and
 	// reports false if it was already recorded (a replay). A recorded

@@ -45,7 +45,7 @@ func TestRoundTripRestoresUsersUndeliveredMessagesAndKeyDocuments(t *testing.T) 
 		}
 	}
 	// bob read his first three: only what is undelivered stays.
-	if _, err := chat.Ack(ctx, "bob", 3); err != nil {
+	if _, err := chat.Ack(ctx, "bob", "dev", 3, []string{"dev"}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -60,7 +60,7 @@ func seedJetStream(t *testing.T, b *bucket, id string) *jsstore.Store {
 		}
 	}
 	first, _ := store.Messages(ctx, "bob", 0, 3, 0)
-	if _, err := store.Ack(ctx, "bob", first[2].Seq); err != nil {
+	if _, err := store.Ack(ctx, "bob", "dev", first[2].Seq, []string{"dev"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := store.SaveKeyCheckpoint(ctx, user("alice").PrimaryID, 2, jsCheckpoint); err != nil {

@@ -74,6 +74,8 @@ type errorBody struct {
 	Error struct {
 		Code    string `json:"code"`
 		Message string `json:"message"`
+		// Index names the document of a group send the error is about.
+		Index *int `json:"index,omitempty"`
 	} `json:"error"`
 }
 
@@ -93,7 +95,7 @@ func writeError(w http.ResponseWriter, err error) {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}
 	var body errorBody
-	body.Error.Code, body.Error.Message = e.Code, e.Message
+	body.Error.Code, body.Error.Message, body.Error.Index = e.Code, e.Message, e.Index
 	writeJSON(w, status, body)
 }
 

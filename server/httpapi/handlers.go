@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -101,6 +102,61 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, receipt)
 }
 
+// sendBatch stores one message per recipient, all or none. The header's
+// signature binds the body's SHA-256; it is not use-once, since a retry
+// stores nothing new.
+func (s *Server) sendBatch(w http.ResponseWriter, r *http.Request) {
+	addr := s.clientAddr(r)
+	if !s.allow(w, s.cfg.SendLimiter, addr) {
+		return
+	}
+	handle := r.PathValue("handle")
+	var body server.BatchBody
+	var sess *server.Session
+	var size float64
+	err := readBody(w, r, maxBatchBody, func(b []byte) error {
+		size = float64(len(b))
+		digest := sha256.Sum256(b)
+		var err error
+		sess, err = s.svc.Authenticate(r.Context(), server.RequestAuth{
+			Handle:   handle,
+			Method:   http.MethodPost,
+			Path:     "/v1/batch/" + handle,
+			Bindings: []string{"sha256=" + signing.EncodeB64(digest[:])},
+			Header:   r.Header.Get("X-KEZ-Auth"),
+		})
+		if err != nil {
+			return err
+		}
+		return server.DecodeJSON(b, &body)
+	})
+	if err != nil {
+		s.failAuth(w, r, handle, err)
+		return
+	}
+	if ok, wait := s.cfg.AddressQuota.AllowN(addr, size); !ok {
+		s.metrics.rateLimited.Inc()
+		s.fail(w, r, &server.Error{Code: server.CodeAddressQuota, RetryAfter: wait,
+			Message: fmt.Sprintf("this address has stored its day's quota of message bytes; wait %s", wait.Round(time.Second))})
+		return
+	}
+	res, err := s.svc.SendBatch(r.Context(), sess, body.Messages)
+	if err != nil {
+		s.cfg.AddressQuota.Refund(addr, size)
+		s.fail(w, r, err)
+		return
+	}
+	// The address pays for the bytes stored, not for retried documents
+	// nor the body's framing.
+	s.cfg.AddressQuota.Refund(addr, max(size-float64(res.StoredBytes), 0))
+	status := http.StatusCreated
+	if res.Stored == 0 {
+		w.Header().Set("Idempotent-Replayed", "true")
+		status = http.StatusOK
+	}
+	writeJSON(w, status, map[string][]server.Receipt{"receipts": res.Receipts})
+}
+
 func (s *Server) inbox(w http.ResponseWriter, r *http.Request) {
 	handle := r.PathValue("handle")
 	q := r.URL.Query()
@@ -173,17 +229,18 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if _, ok := s.authenticate(w, r, server.RequestAuth{
+	sess, ok := s.authenticate(w, r, server.RequestAuth{
 		Handle:   handle,
 		Method:   http.MethodDelete,
 		Path:     "/v1/inbox/" + handle,
 		Bindings: []string{"upto=" + raw},
 		Header:   r.Header.Get("X-KEZ-Auth"),
 		Once:     true,
-	}); !ok {
+	})
+	if !ok {
 		return
 	}
-	n, err := s.svc.Ack(r.Context(), handle, upto)
+	n, err := s.svc.Ack(r.Context(), sess, upto)
 	if err != nil {
 		s.fail(w, r, err)
 		return

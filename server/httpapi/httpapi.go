@@ -62,6 +62,9 @@ type Config struct {
 const (
 	maxRegisterBody = 4 << 10
 	maxMessageBody  = 96 << 10
+	// maxBatchBody holds 256 documents of about 16 KiB each, or fewer
+	// larger ones.
+	maxBatchBody = 4 << 20
 )
 
 // Server is the HTTP face of a server.Service.
@@ -131,6 +134,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/u/{handle}", s.user)
 	s.mux.HandleFunc("GET /.well-known/webfinger", s.webfinger)
 	s.mux.HandleFunc("POST /v1/messages", s.sendMessage)
+	s.mux.HandleFunc("POST /v1/batch/{handle}", s.sendBatch)
 	s.mux.HandleFunc("GET /v1/inbox/{handle}", s.inbox)
 	s.mux.HandleFunc("DELETE /v1/inbox/{handle}", s.ack)
 	s.mux.HandleFunc("GET /v1/inbox/{handle}/stream", s.stream)

@@ -1,10 +1,14 @@
 package jsstore
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -332,4 +336,256 @@ func decodeAnswers(b []byte, reqs []*appendRequest) error {
 		return fmt.Errorf("%d answers for %d envelopes", len(reqs)+1, len(reqs))
 	}
 	return nil
+}
+
+// Group sends: the envelopes of one AppendMessages go to the writer as one
+// unit (makeGroup) and are never parted. A replica without the lease sends
+// them to the holder on GroupSubject, one group per request, in the
+// records of a forwarded request; a group larger than half the NATS
+// server's max_payload goes in parts, each a request with the headers
+// Kez-Group (an id for the group), Kez-Group-Part (1 to n) and
+// Kez-Group-Parts (n), sent in order: the holder answers the parts before
+// the last with an empty reply, and queues the group once it holds every
+// part. The last part's reply holds the answers, as for WriterSubject,
+// and, when the group was refused for one envelope, its index in the
+// header Kez-Index. A
+// reply with the header Kez-Busy asks for the whole group again (a holder
+// without room for it, or one that did not get its first parts).
+// Holders of an earlier version do not serve GroupSubject: a group waits
+// for a holder that does (no responders) rather than be parted.
+
+// GroupSubject is where replicas without the lease send group sends.
+const GroupSubject = "kez.chat.writer.group"
+
+const (
+	hdrGroup      = "Kez-Group"
+	hdrGroupPart  = "Kez-Group-Part"
+	hdrGroupParts = "Kez-Group-Parts"
+	hdrGroupBusy  = "Kez-Busy"
+	hdrGroupIndex = "Kez-Index"
+	// maxAssemblyBytes bounds what the holder keeps of groups whose parts
+	// are still coming; past it a part is answered busy.
+	maxAssemblyBytes = 32 << 20
+	// maxGroupParts bounds the parts of one group (a 4 MiB body in parts
+	// of at least 64 KiB).
+	maxGroupParts = 64
+)
+
+// submitGroup has reqs stored as one group and waits for the answers, up
+// to ctx's deadline.
+func (s *Store) submitGroup(ctx context.Context, reqs []*appendRequest) error {
+	if s.leader.Load() {
+		done := make(chan struct{})
+		first := makeGroup(reqs)
+		first.finish = sync.OnceFunc(func() { close(done) })
+		if err := enqueue(ctx, s.w.queue, s.w.stop, first); err != nil {
+			return err
+		}
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return unavailable("the message store did not answer in time")
+		}
+	}
+	select {
+	case s.groupSlots <- struct{}{}:
+		defer func() { <-s.groupSlots }()
+	case <-ctx.Done():
+		return unavailable("the message store is busy")
+	}
+	return s.forwardGroup(ctx, reqs)
+}
+
+// forwardGroup sends reqs to the lease holder until they are answered or
+// ctx ends; a holder too busy, or none, is tried again.
+func (s *Store) forwardGroup(ctx context.Context, reqs []*appendRequest) error {
+	wait := 5 * time.Millisecond
+	for {
+		done, err := s.sendGroup(ctx, reqs)
+		if done || err != nil {
+			return err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return unavailable("no replica is writing messages")
+		case <-s.stop:
+			return errStoreClosed
+		}
+		wait = min(2*wait, 200*time.Millisecond)
+	}
+}
+
+// sendGroup makes one attempt to forward reqs: done when each has its
+// answer.
+func (s *Store) sendGroup(ctx context.Context, reqs []*appendRequest) (done bool, err error) {
+	parts := splitGroup(reqs, int(s.nc.MaxPayload()/2))
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	var resp *nats.Msg
+	for k, part := range parts {
+		m := &nats.Msg{Subject: GroupSubject, Data: encodeForward(part)}
+		if len(parts) > 1 {
+			m.Header = nats.Header{hdrGroup: {id}, hdrGroupPart: {strconv.Itoa(k + 1)}, hdrGroupParts: {strconv.Itoa(len(parts))}}
+		}
+		actx, cancel := context.WithTimeout(ctx, forwardAttempt)
+		resp, err = s.nc.RequestMsgWithContext(actx, m)
+		cancel()
+		switch {
+		case errors.Is(err, nats.ErrNoResponders): // no holder now
+			return false, nil
+		case err != nil:
+			if k == len(parts)-1 { // no answer: they may have been stored
+				for _, r := range reqs {
+					r.ambiguous = true
+				}
+			}
+			return false, nil
+		case resp.Header.Get(hdrGroupBusy) != "": // busy, or the holder changed
+			return false, nil
+		}
+	}
+	if err := decodeAnswers(resp.Data, reqs); err != nil {
+		s.log.Warn("decoding the writer's answer", "err", err)
+		return true, fmt.Errorf("forwarding a group send: %w", err)
+	}
+	if i, err := strconv.Atoi(resp.Header.Get(hdrGroupIndex)); err == nil && i >= 0 && i < len(reqs) {
+		for _, r := range reqs {
+			if r.err != nil {
+				r.err = server.AtIndex(r.err, i)
+			}
+		}
+	}
+	for _, r := range reqs {
+		if server.ErrorCode(r.err) == codeBusy {
+			return false, nil
+		}
+	}
+	for _, r := range reqs {
+		if r.dup && r.ambiguous { // stored by an earlier attempt of this request
+			r.dup, r.prev = false, 0
+		}
+	}
+	return true, nil
+}
+
+// splitGroup parts reqs into runs whose records take at most about max
+// bytes each (at least one envelope each).
+func splitGroup(reqs []*appendRequest, max int) [][]*appendRequest {
+	var parts [][]*appendRequest
+	start, size := 0, 0
+	for i, r := range reqs {
+		n := len(r.recipient) + len(r.sender) + len(r.id) + len(r.digest) + len(r.message) + 32
+		if i > start && size+n > max {
+			parts = append(parts, reqs[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	return append(parts, reqs[start:])
+}
+
+// groupAssembly is a group whose parts are coming in.
+type groupAssembly struct {
+	parts   [][]byte
+	got     int
+	bytes   int
+	started time.Time
+}
+
+// serveGroup queues a forwarded group once it holds every part of it; the
+// writer answers its envelopes, and the last answer sends the reply.
+func (s *Store) serveGroup(m *nats.Msg) {
+	data, ok := s.assemble(m)
+	if !ok {
+		return
+	}
+	reqs, err := decodeForward(data)
+	if err != nil || len(reqs) > server.MaxBatchDocuments {
+		s.log.Warn("a forwarded group send that does not decode", "err", err, "envelopes", len(reqs))
+		return // the sender's attempt times out and goes again
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), forwardAttempt)
+	for i, r := range reqs {
+		r.ctx, r.index = ctx, i
+	}
+	first := makeGroup(reqs)
+	first.finish = sync.OnceFunc(func() {
+		cancel()
+		reply := &nats.Msg{Data: encodeAnswers(reqs)}
+		for _, r := range reqs {
+			var e *server.Error
+			if errors.As(r.err, &e) && e.Index != nil {
+				reply.Header = nats.Header{hdrGroupIndex: {strconv.Itoa(*e.Index)}}
+				break
+			}
+		}
+		if err := m.RespondMsg(reply); err != nil {
+			s.log.Warn("answering a forwarded group send", "err", err)
+		}
+	})
+	select {
+	case s.w.queue <- first:
+	default:
+		failAll(reqs, server.Errorf(codeBusy, "the writer's queue is full"))
+		first.finish()
+	}
+}
+
+// assemble returns the whole group m is a part of once m is its last part
+// and every part arrived. A part before the last is answered (empty:
+// kept; with Kez-Busy: send the group again).
+func (s *Store) assemble(m *nats.Msg) ([]byte, bool) {
+	id := m.Header.Get(hdrGroup)
+	if id == "" {
+		return m.Data, true
+	}
+	k, err1 := strconv.Atoi(m.Header.Get(hdrGroupPart))
+	n, err2 := strconv.Atoi(m.Header.Get(hdrGroupParts))
+	if err1 != nil || err2 != nil || n < 2 || n > maxGroupParts || k < 1 || k > n {
+		s.log.Warn("a forwarded group part with bad headers")
+		return nil, false
+	}
+	s.assemblyMu.Lock()
+	defer s.assemblyMu.Unlock()
+	now := time.Now()
+	for gid, a := range s.assemblies { // what a sender gave up on
+		if now.Sub(a.started) > 2*forwardAttempt {
+			s.assemblyBytes -= a.bytes
+			delete(s.assemblies, gid)
+		}
+	}
+	a := s.assemblies[id]
+	if a == nil {
+		if k != 1 {
+			respondBusy(m) // the holder changed: start again
+			return nil, false
+		}
+		a = &groupAssembly{parts: make([][]byte, n), started: now}
+		s.assemblies[id] = a
+	}
+	if len(a.parts) != n || k != a.got+1 || s.assemblyBytes+len(m.Data) > maxAssemblyBytes {
+		s.assemblyBytes -= a.bytes
+		delete(s.assemblies, id)
+		respondBusy(m)
+		return nil, false
+	}
+	a.parts[k-1], a.got, a.bytes = m.Data, k, a.bytes+len(m.Data)
+	s.assemblyBytes += len(m.Data)
+	if k < n {
+		if err := m.Respond(nil); err != nil {
+			s.log.Warn("answering a forwarded group part", "err", err)
+		}
+		return nil, false
+	}
+	s.assemblyBytes -= a.bytes
+	delete(s.assemblies, id)
+	return bytes.Join(a.parts, nil), true
+}
+
+// respondBusy asks the sender of m to send its group again.
+func respondBusy(m *nats.Msg) {
+	_ = m.RespondMsg(&nats.Msg{Header: nats.Header{hdrGroupBusy: {"1"}}})
 }

@@ -34,13 +34,13 @@ func (s *Store) holdLease(kv jetstream.KeyValue) {
 	id := []byte(hex.EncodeToString(b[:]))
 	var rev uint64
 	var renewed time.Time // the last create or update that took
-	var sub *nats.Subscription
+	var subs []*nats.Subscription
 	stepDown := func() {
 		s.leader.Store(false)
-		if sub != nil {
+		for _, sub := range subs {
 			_ = sub.Unsubscribe()
-			sub = nil
 		}
+		subs = nil
 	}
 	takeOver := func(r uint64) {
 		renewed = time.Now()
@@ -52,10 +52,17 @@ func (s *Store) holdLease(kv jetstream.KeyValue) {
 		case s.w.resync <- struct{}{}:
 		default:
 		}
-		var err error
-		if sub, err = s.nc.QueueSubscribe(WriterSubject, writerQueue, s.serveForwarded); err != nil {
-			s.log.Warn("serving forwarded envelopes", "err", err)
-			return
+		for subj, serve := range map[string]nats.MsgHandler{WriterSubject: s.serveForwarded, GroupSubject: s.serveGroup} {
+			sub, err := s.nc.QueueSubscribe(subj, writerQueue, serve)
+			if err != nil {
+				s.log.Warn("serving forwarded envelopes", "subject", subj, "err", err)
+				for _, sub := range subs {
+					_ = sub.Unsubscribe()
+				}
+				subs = nil
+				return
+			}
+			subs = append(subs, sub)
 		}
 		rev = r
 		s.leader.Store(true)

@@ -18,7 +18,7 @@ import (
 // in the later snapshot of the users. The writer lease is left out: it
 // lapses by itself and a restored store takes a new one.
 func BackupStreams() []string {
-	return []string{StreamName, "KV_" + BucketUsers, "KV_" + BucketPrimary, "KV_" + BucketKeys, "KV_" + BucketPush, "KV_" + BucketReplay}
+	return []string{StreamName, "KV_" + BucketUsers, "KV_" + BucketPrimary, "KV_" + BucketKeys, "KV_" + BucketPush, "KV_" + BucketAcks, "KV_" + BucketReplay}
 }
 
 // snapshotChunk is the chunk size asked of JetStream for snapshots and

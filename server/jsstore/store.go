@@ -44,6 +44,7 @@ const (
 	BucketPush     = "kez_chat_push"
 	BucketReplay   = "kez_chat_replay"
 	BucketKeys     = "kez_chat_key_checkpoints"
+	BucketAcks     = "kez_chat_acks"
 	maxPage        = 1000
 	requestTimeout = 10 * time.Second
 )
@@ -86,16 +87,23 @@ type Store struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	users, primary, push, replay, keys jetstream.KeyValue
+	users, primary, push, replay, keys, acks jetstream.KeyValue
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
 
-	w        *writer
-	fw       *forwarder
-	leader   atomic.Bool   // holds the writer lease
-	full     atomic.Uint64 // appends refused with storage_full
-	writable atomic.Bool   // the last Ping found room
+	w  *writer
+	fw *forwarder
+	// groupSlots bounds the group sends this replica forwards at once.
+	groupSlots chan struct{}
+	// assemblies are the forwarded group sends whose parts are coming in
+	// (forward.go), assemblyBytes their size.
+	assemblyMu    sync.Mutex
+	assemblies    map[string]*groupAssembly
+	assemblyBytes int
+	leader        atomic.Bool   // holds the writer lease
+	full          atomic.Uint64 // appends refused with storage_full
+	writable      atomic.Bool   // the last Ping found room
 
 	pingMu    sync.Mutex
 	pingedAt  time.Time
@@ -131,7 +139,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{nc: nc, log: log, now: time.Now, cache: make(map[string]*server.User),
-		stop: make(chan struct{}), leaseDone: make(chan struct{})}
+		stop: make(chan struct{}), leaseDone: make(chan struct{}),
+		groupSlots: make(chan struct{}, forwardInFlight), assemblies: make(map[string]*groupAssembly)}
 	s.w, s.fw = newWriter(s), newForwarder(s)
 	lease, err := s.setup(ctx, cfg)
 	if err != nil {
@@ -204,6 +213,9 @@ func (s *Store) setup(ctx context.Context, cfg Config) (lease jetstream.KeyValue
 		return nil, err
 	}
 	if s.keys, err = bucket(BucketKeys, "kez-chat highest key document verified, by primary_id", 0); err != nil {
+		return nil, err
+	}
+	if s.acks, err = bucket(BucketAcks, "kez-chat acknowledgement points of each handle's devices", 0); err != nil {
 		return nil, err
 	}
 	return bucket(BucketWriter, "kez-chat: the replica that writes envelopes", leaseTTL)
@@ -416,19 +428,61 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	sum := sha256.Sum256(e.Message)
-	r := &appendRequest{
-		ctx: ctx, recipient: e.Recipient, sender: e.Sender, id: e.ID, key: idKey(e.Sender, e.ID),
-		digest: hex.EncodeToString(sum[:]), at: s.now().Unix(), message: e.Message,
-	}
+	r := s.newAppendRequest(ctx, e)
 	if err := s.submit(ctx, r); err != nil {
 		return false, err
 	}
 	if r.err != nil {
 		return false, r.err
 	}
-	e.Seq, e.Prev, e.ReceivedAt = r.seq, r.prev, time.Unix(r.at, 0)
+	r.answer(e)
 	return r.dup, nil
+}
+
+// AppendMessages has the writer store envs in one atomic batch, never
+// parted, and waits for JetStream's acknowledgement; see server.Store.
+func (s *Store) AppendMessages(ctx context.Context, envs []*server.Envelope, _ server.InboxLimits) ([]bool, error) {
+	for i, e := range envs {
+		if _, err := s.UserByHandle(ctx, e.Recipient); err != nil {
+			return nil, server.AtIndex(err, i)
+		}
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	reqs := make([]*appendRequest, len(envs))
+	for i, e := range envs {
+		reqs[i] = s.newAppendRequest(ctx, e)
+		reqs[i].index = i
+	}
+	if err := s.submitGroup(ctx, reqs); err != nil {
+		return nil, err
+	}
+	dups := make([]bool, len(envs))
+	for i, r := range reqs {
+		if r.err != nil {
+			return nil, r.err
+		}
+		r.answer(envs[i])
+		dups[i] = r.dup
+	}
+	return dups, nil
+}
+
+// newAppendRequest is e on its way to the stream. AppendMessage and
+// AppendMessages both make each envelope's request here, and envelopeMsg
+// (writer.go) makes each stream message; what an envelope carries to the
+// stream is decided in these two places only.
+func (s *Store) newAppendRequest(ctx context.Context, e *server.Envelope) *appendRequest {
+	sum := sha256.Sum256(e.Message)
+	return &appendRequest{
+		ctx: ctx, recipient: e.Recipient, sender: e.Sender, id: e.ID, key: idKey(e.Sender, e.ID),
+		digest: hex.EncodeToString(sum[:]), at: s.now().Unix(), message: e.Message,
+	}
+}
+
+// answer sets e's seq, prev and received-at from r's answer.
+func (r *appendRequest) answer(e *server.Envelope) {
+	e.Seq, e.Prev, e.ReceivedAt = r.seq, r.prev, time.Unix(r.at, 0)
 }
 
 // directGet is the batch direct-get request of the JetStream API.
@@ -511,13 +565,65 @@ type purgeResponse struct {
 	Error   *jetstream.APIError `json:"error,omitempty"`
 }
 
-// Ack purges recipient's subject below upto+1.
-func (s *Store) Ack(ctx context.Context, recipient string, upto uint64) (int, error) {
-	if upto == 0 {
+// ackPoints are a handle's devices' acknowledgement points, the value of
+// its key in the acks bucket.
+type ackPoints map[string]uint64
+
+// Ack records device's point in the acks bucket by compare-and-set, then
+// purges recipient's subject below the lowest point + 1; see server.Store.
+// Purges only ever move forward, so two acks at once purge what the later
+// points allow.
+func (s *Store) Ack(ctx context.Context, recipient, device string, upto uint64, devices []string) (int, error) {
+	if _, err := s.UserByHandle(ctx, recipient); server.ErrorCode(err) == server.CodeUnknownHandle {
 		return 0, nil
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
+	key := natsbus.Token(recipient)
+	var lowest uint64
+	for attempt := 0; ; attempt++ {
+		points := ackPoints{}
+		var rev uint64
+		e, err := s.acks.Get(ctx, key)
+		switch {
+		case err == nil:
+			rev = e.Revision()
+			if err := json.Unmarshal(e.Value(), &points); err != nil {
+				return 0, fmt.Errorf("decoding the acknowledgement points of %s: %w", recipient, err)
+			}
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return 0, fmt.Errorf("reading the acknowledgement points of %s: %w", recipient, err)
+		}
+		points[device] = max(points[device], upto)
+		lowest = upto
+		for d, p := range points {
+			if devices != nil && !slices.Contains(devices, d) {
+				delete(points, d) // no longer authorized
+				continue
+			}
+			lowest = min(lowest, p)
+		}
+		val, _ := json.Marshal(points)
+		if rev == 0 {
+			_, err = s.acks.Create(ctx, key, val)
+		} else {
+			_, err = s.acks.Update(ctx, key, val, rev)
+		}
+		if err == nil {
+			break
+		}
+		if attempt >= 10 || ctx.Err() != nil {
+			return 0, fmt.Errorf("writing the acknowledgement points of %s: %w", recipient, err)
+		}
+	}
+	if lowest == 0 {
+		return 0, nil
+	}
+	return s.purgeUpTo(ctx, recipient, lowest)
+}
+
+// purgeUpTo purges recipient's subject below upto+1.
+func (s *Store) purgeUpTo(ctx context.Context, recipient string, upto uint64) (int, error) {
 	req := map[string]any{"filter": subject(recipient)}
 	if upto < math.MaxUint64 {
 		req["seq"] = upto + 1

@@ -245,20 +245,20 @@ func TestAckDeletesUpToSeqAndFullInboxRefusesUntilAcked(t *testing.T) {
 	if _, err := s.AppendMessage(ctx, full, server.InboxLimits{MaxPending: 2}); server.ErrorCode(err) != server.CodeInboxFull {
 		t.Fatalf("third message: %v, want inbox_full", err)
 	}
-	if k, err := s.Ack(ctx, "bob", s1); err != nil || k != 1 {
+	if k, err := s.Ack(ctx, "bob", "dev", s1, []string{"dev"}); err != nil || k != 1 {
 		t.Fatalf("Ack(%d) = %d, %v; want 1", s1, k, err)
 	}
 	s3 := mustAppend(t, s, "bob", "alice", "m3", "{}")
 	if s3 <= s2 {
 		t.Fatalf("seq %d after ack is not above %d", s3, s2)
 	}
-	if k, err := s.Ack(ctx, "bob", s3); err != nil || k != 2 {
+	if k, err := s.Ack(ctx, "bob", "dev", s3, []string{"dev"}); err != nil || k != 2 {
 		t.Fatalf("Ack(%d) = %d, %v; want 2", s3, k, err)
 	}
 	if envs, _ := s.Messages(ctx, "bob", 0, 10, 0); len(envs) != 0 {
 		t.Fatalf("inbox after acking all: %v", seqs(envs))
 	}
-	if k, err := s.Ack(ctx, "nobody", 99); err != nil || k != 0 {
+	if k, err := s.Ack(ctx, "nobody", "dev", 99, []string{"dev"}); err != nil || k != 0 {
 		t.Fatalf("Ack of unknown = %d, %v", k, err)
 	}
 }
@@ -343,7 +343,7 @@ func TestAppendSetsPrevToTheRecipientsLastSeqOnEveryReplica(t *testing.T) {
 	if p != b2 {
 		t.Fatalf("bob's third envelope, with a stale guess: prev %d, want %d", p, b2)
 	}
-	if _, err := a.Ack(ctx, "bob", b3); err != nil {
+	if _, err := a.Ack(ctx, "bob", "dev", b3, []string{"dev"}); err != nil {
 		t.Fatal(err)
 	}
 	// Acknowledged envelopes are gone, and nothing was stored after b3:

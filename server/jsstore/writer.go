@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -71,6 +72,15 @@ type appendRequest struct {
 	// ambiguous: an earlier attempt may have stored it, so finding it
 	// stored means it was stored by this request, not by another.
 	ambiguous bool
+	// group holds, in each envelope of a group send (AppendMessages), the
+	// envelopes that are stored together or not at all, in order: their
+	// first is the one queued, and stands for all. gi is the envelope's
+	// place in group, index its place in the request (for errors).
+	// groupBytes: the group's messages, on the first. nil for a single
+	// envelope.
+	group      []*appendRequest
+	gi, index  int
+	groupBytes int
 
 	// The answer, set by the writer before finish.
 	seq, prev uint64
@@ -173,18 +183,68 @@ func (w *writer) run() {
 }
 
 // gather takes first and whatever else is queued, up to maxBatchEnvelopes
-// or until the messages exceed maxBytes.
+// or until the messages exceed maxBytes. A group send counts all its
+// envelopes, so a batch may end up to MaxBatchDocuments-1 envelopes and
+// one group's bytes past the bounds (JetStream takes 1,000).
 func gather(queue <-chan *appendRequest, first *appendRequest, maxBytes int) []*appendRequest {
-	batch, size := []*appendRequest{first}, len(first.message)
-	for len(batch) < maxBatchEnvelopes && size < maxBytes {
+	batch, size, n := []*appendRequest{first}, first.bytes(), first.envelopes()
+	for n < maxBatchEnvelopes && size < maxBytes {
 		select {
 		case r := <-queue:
-			batch, size = append(batch, r), size+len(r.message)
+			batch, size, n = append(batch, r), size+r.bytes(), n+r.envelopes()
 		default:
 			return batch
 		}
 	}
 	return batch
+}
+
+// envelopes counts what r stands for in a queue: a group's envelopes, or 1.
+func (r *appendRequest) envelopes() int {
+	if r.group != nil {
+		return len(r.group)
+	}
+	return 1
+}
+
+// bytes is the size of the messages r stands for in a queue.
+func (r *appendRequest) bytes() int {
+	if r.group != nil {
+		return r.groupBytes
+	}
+	return len(r.message)
+}
+
+// makeGroup ties reqs, the envelopes of one group send in order, together
+// and returns the one to queue. A group of one is a single envelope.
+func makeGroup(reqs []*appendRequest) *appendRequest {
+	if len(reqs) == 1 {
+		reqs[0].group = nil
+		return reqs[0]
+	}
+	size := 0
+	for i, r := range reqs {
+		r.group, r.gi = reqs, i
+		size += len(r.message)
+	}
+	reqs[0].groupBytes = size
+	return reqs[0]
+}
+
+// unitEnd is the end of the unit of reqs starting at i: the rest of a
+// group send (whose envelopes are consecutive in every list the writer
+// makes), or the single envelope.
+func unitEnd(reqs []*appendRequest, i int) int {
+	if g := reqs[i].group; g != nil {
+		return i + len(g) - reqs[i].gi
+	}
+	return i + 1
+}
+
+// oneGroup reports whether reqs are exactly the envelopes of one group
+// send, which must be stored together.
+func oneGroup(reqs []*appendRequest) bool {
+	return reqs[0].group != nil && reqs[0].gi == 0 && len(reqs[0].group) == len(reqs)
 }
 
 // process commits batch and answers every request of it.
@@ -196,11 +256,11 @@ func (w *writer) process(batch []*appendRequest) {
 	}()
 	// A request whose caller gave up is not stored; a request for a
 	// (from, id) already in the batch waits for the next round, where its
-	// record exists.
+	// record exists. A group send goes whole, or waits whole.
 	pending := make([]*appendRequest, 0, len(batch))
 	for _, r := range batch {
 		if r.ctx.Err() != nil {
-			r.err = unavailable("the message store did not answer in time")
+			failUnit(r, unavailable("the message store did not answer in time"))
 			continue
 		}
 		pending = append(pending, r)
@@ -210,16 +270,36 @@ func (w *writer) process(batch []*appendRequest) {
 		var firsts, later []*appendRequest
 		clear(seen)
 		for _, r := range pending {
-			if seen[r.key] {
+			if r.group == nil {
+				if seen[r.key] {
+					later = append(later, r)
+					continue
+				}
+				seen[r.key] = true
+				firsts = append(firsts, r)
+				continue
+			}
+			if slices.ContainsFunc(r.group, func(m *appendRequest) bool { return seen[m.key] }) {
 				later = append(later, r)
 				continue
 			}
-			seen[r.key] = true
-			firsts = append(firsts, r)
+			for _, m := range r.group {
+				seen[m.key] = true
+			}
+			firsts = append(firsts, r.group...)
 		}
 		w.commit(firsts)
 		pending = later
 	}
+}
+
+// failUnit answers every envelope r stands for with err.
+func failUnit(r *appendRequest, err error) {
+	if r.group == nil {
+		r.err = err
+		return
+	}
+	failAll(r.group, err)
 }
 
 // commit stores reqs as one atomic batch, or, when one of them cannot be
@@ -227,11 +307,17 @@ func (w *writer) process(batch []*appendRequest) {
 // publishing them one by one is expected to take less time than a batch
 // (few envelopes, or a NATS server that does not fsync each message), it
 // does that instead.
+//
+// The envelopes of a group send are consecutive in reqs and never parted:
+// they go in one batch, and are refused together.
 func (w *writer) commit(reqs []*appendRequest) {
-	if len(reqs) > 1 && float64(len(reqs))*w.costAlone < w.costBatch && w.aloneRun < batchProbe {
+	group := oneGroup(reqs)
+	if len(reqs) > 1 && !group && float64(len(reqs))*w.costAlone < w.costBatch && w.aloneRun < batchProbe {
 		w.aloneRun++
-		for _, r := range reqs {
-			w.commit([]*appendRequest{r})
+		for i := 0; i < len(reqs); {
+			j := unitEnd(reqs, i)
+			w.commit(reqs[i:j])
+			i = j
 		}
 		return
 	}
@@ -288,9 +374,16 @@ func (w *writer) commit(reqs []*appendRequest) {
 			// The stream's config lost allow_atomic (a replica of an
 			// earlier version updated it): publish one by one until a
 			// batch is tried again.
+			// A group send cannot go one by one: it waits for a batch.
 			w.costAlone, w.costBatch, w.aloneRun = 0, math.Inf(1), 0
-			for _, r := range reqs {
-				w.commit([]*appendRequest{r})
+			for i := 0; i < len(reqs); {
+				j := unitEnd(reqs, i)
+				if j-i > 1 {
+					failAll(reqs[i:j], unavailable("the message store takes no atomic batches now"))
+				} else {
+					w.commit(reqs[i:j])
+				}
+				i = j
 			}
 			return
 		}
@@ -298,8 +391,20 @@ func (w *writer) commit(reqs []*appendRequest) {
 			w.answerFailure(reqs[0], apiErr)
 			return
 		}
-		w.commit(reqs[:len(reqs)/2])
-		w.commit(reqs[len(reqs)/2:])
+		if group {
+			w.groupRefused(reqs, apiErr)
+			return
+		}
+		// Halves, moved to the nearest start of a unit.
+		mid := len(reqs) / 2
+		if reqs[mid].group != nil {
+			mid -= reqs[mid].gi
+		}
+		if mid == 0 {
+			mid = unitEnd(reqs, 0)
+		}
+		w.commit(reqs[:mid])
+		w.commit(reqs[mid:])
 		return
 	}
 }
@@ -542,4 +647,121 @@ func (w *writer) answerDuplicate(r *appendRequest, seq uint64) {
 		r.at, _ = strconv.ParseInt(orig.Header.Get(hdrAt), 10, 64)
 		r.seq, r.prev, r.dup = seq, 0, !r.ambiguous
 	}
+}
+
+// groupRefused answers g, the envelopes of one group send, which JetStream
+// refused as a batch: the whole group fails, with the index of the
+// envelope at fault where it can be found, except when envelopes of it
+// were stored before (a retry): those are answered with their seqs and
+// the others committed again as a group.
+func (w *writer) groupRefused(g []*appendRequest, apiErr *jetstream.APIError) {
+	switch {
+	case apiErr.ErrorCode == errCodeBatchDuplicate, apiErr.ErrorCode == errCodeDuplicateInProcess:
+		w.groupRetried(g)
+	case strings.Contains(apiErr.Description, "maximum messages per subject exceeded"):
+		err := error(server.Errorf(server.CodeInboxFull,
+			"an inbox holds the most unacknowledged messages allowed; try again later"))
+		if r := w.fullInbox(g); r != nil {
+			err = server.AtIndex(server.Errorf(server.CodeInboxFull,
+				"the inbox of %s holds the most unacknowledged messages allowed; try again later", r.recipient), r.index)
+		}
+		failAll(g, err)
+	case storageFull(apiErr):
+		w.s.full.Add(1)
+		failAll(g, &server.Error{Code: server.CodeStorageFull, RetryAfter: time.Minute,
+			Message: "the message store is full; try again later"})
+	default:
+		failAll(g, fmt.Errorf("appending a group of %d envelopes: %w", len(g), apiErr))
+	}
+}
+
+// groupRetried answers g, refused for a message id the stream has seen:
+// each envelope whose id it knows is answered as a retry (or the group is
+// refused with message_id_conflict), and the rest commit as a group.
+func (w *writer) groupRetried(g []*appendRequest) {
+	var fresh []*appendRequest
+	for _, r := range g {
+		known, err := w.knownID(r)
+		if err != nil {
+			w.s.log.Warn("looking up the message ids of a group send", "err", err)
+			failAll(g, unavailable("the message store did not answer"))
+			return
+		}
+		if !known {
+			fresh = append(fresh, r)
+			continue
+		}
+		// Known, so published alone it is acknowledged as a duplicate and
+		// not stored (unless its id leaves the window just now).
+		w.answerRetry(r)
+		if r.err != nil {
+			failAll(g, server.AtIndex(r.err, r.index))
+			return
+		}
+	}
+	switch {
+	case len(fresh) == 0:
+	case len(fresh) == len(g): // refused for an id that none has: a lost race with the window
+		failAll(g, unavailable("the message store refused a group send"))
+	default:
+		makeGroup(fresh)
+		w.commit(fresh)
+	}
+}
+
+// knownID reports whether the stream's duplicate window holds r's message
+// id, without storing r: JetStream checks an atomic batch's message ids
+// before its expected last sequence, so a batch of r alone that expects a
+// last seq the stream never has is refused as a duplicate when the id is
+// known, and for the sequence when it is not.
+func (w *writer) knownID(r *appendRequest) (bool, error) {
+	w.batches++
+	m := envelopeMsg(r)
+	m.Header[hdrBatchID] = []string{w.prefix + strconv.FormatUint(w.batches, 36)}
+	m.Header[hdrBatchSeq] = []string{"1"}
+	m.Header[hdrBatchCommit] = []string{"1"}
+	m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatInt(math.MaxInt64, 10)}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := w.s.nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return false, fmt.Errorf("probing message id %q from %s: %w", r.id, r.sender, err)
+	}
+	var ack batchAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return false, fmt.Errorf("decoding a probe's answer: %w", err)
+	}
+	switch {
+	case ack.Error == nil:
+		return false, fmt.Errorf("a probe of message id %q from %s was stored", r.id, r.sender)
+	case ack.Error.ErrorCode == errCodeBatchDuplicate, ack.Error.ErrorCode == errCodeDuplicateInProcess:
+		return true, nil
+	case ack.Error.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
+		return false, nil
+	default:
+		return false, fmt.Errorf("probing message id %q from %s: %w", r.id, r.sender, ack.Error)
+	}
+}
+
+// fullInbox returns the envelope of g whose inbox holds the most envelopes
+// the stream allows, nil when none does (any more).
+func (w *writer) fullInbox(g []*appendRequest) *appendRequest {
+	limit := w.s.stream.CachedInfo().Config.MaxMsgsPerSubject
+	if limit <= 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	for _, r := range g {
+		subj := subject(r.recipient)
+		info, err := w.s.stream.Info(ctx, jetstream.WithSubjectFilter(subj))
+		if err != nil {
+			w.s.log.Warn("counting the envelopes of an inbox", "err", err)
+			return nil
+		}
+		if int64(info.State.Subjects[subj]) >= limit {
+			return r
+		}
+	}
+	return nil
 }

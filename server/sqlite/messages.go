@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"kez.lat/chat/server"
@@ -30,77 +31,131 @@ const (
 // of that inbox; see server.Store. It waits for the group commit that holds
 // it.
 func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, limits server.InboxLimits) (duplicate bool, err error) {
-	// The writer may still read these after a caller whose ctx ended has
-	// returned: it works on copies.
-	recipient, sender, id := e.Recipient, e.Sender, e.ID
+	a := newAppend(e)
+	maxPending, maxBytes := inboxCaps(limits)
+	// Bare: append refuses only before it writes, and the savepoint would
+	// cost two statements on the hottest path.
+	err = db.submitBare(ctx, func(w *writer) error {
+		return w.append(a, maxPending, maxBytes)
+	})
+	if err != nil {
+		return false, fmt.Errorf("appending envelope for %s: %w", a.recipient, err)
+	}
+	a.answer(e)
+	return a.dup, nil
+}
+
+// AppendMessages stores envs atomically: one job, in a savepoint of its
+// own, so that a refusal of any envelope undoes the others'; see
+// server.Store.
+func (db *DB) AppendMessages(ctx context.Context, envs []*server.Envelope, limits server.InboxLimits) ([]bool, error) {
+	as := make([]*pendingAppend, len(envs))
+	for i, e := range envs {
+		as[i] = newAppend(e)
+	}
+	maxPending, maxBytes := inboxCaps(limits)
+	err := db.submit(ctx, func(w *writer) error {
+		for i, a := range as {
+			if err := w.append(a, maxPending, maxBytes); err != nil {
+				return server.AtIndex(err, i)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("appending %d envelopes: %w", len(envs), err)
+	}
+	dups := make([]bool, len(envs))
+	for i, a := range as {
+		a.answer(envs[i])
+		dups[i] = a.dup
+	}
+	return dups, nil
+}
+
+// pendingAppend is one envelope on its way to the writer and its answer.
+// The writer may still read it after a caller whose ctx ended has
+// returned: it holds copies.
+type pendingAppend struct {
+	recipient, sender, id string
+	msg, digest           []byte
+
+	seq, at int64
+	dup     bool
+}
+
+func newAppend(e *server.Envelope) *pendingAppend {
 	msg := bytes.Clone([]byte(e.Message))
 	if msg == nil {
 		msg = []byte{}
 	}
 	sum := sha256.Sum256(msg)
-	maxPending, maxBytes := int64(math.MaxInt64), int64(math.MaxInt64)
+	return &pendingAppend{recipient: e.Recipient, sender: e.Sender, id: e.ID, msg: msg, digest: sum[:]}
+}
+
+// answer sets e's seq and received-at from what the writer stored.
+func (a *pendingAppend) answer(e *server.Envelope) {
+	e.Seq = uint64(a.seq)
+	e.ReceivedAt = unixTime(a.at)
+}
+
+// inboxCaps turns limits into the writer's bounds (0: none).
+func inboxCaps(limits server.InboxLimits) (maxPending, maxBytes int64) {
+	maxPending, maxBytes = int64(math.MaxInt64), int64(math.MaxInt64)
 	if limits.MaxPending > 0 {
 		maxPending = int64(limits.MaxPending)
 	}
 	if limits.MaxPendingBytes > 0 {
 		maxBytes = limits.MaxPendingBytes
 	}
-	var seq, at int64
-	// Bare: append refuses only before it writes, and the savepoint would
-	// cost two statements on the hottest path.
-	err = db.submitBare(ctx, func(w *writer) error {
-		var err error
-		seq, at, duplicate, err = w.append(recipient, sender, id, msg, sum[:], maxPending, maxBytes)
-		return err
-	})
-	if err != nil {
-		return false, fmt.Errorf("appending envelope for %s: %w", recipient, err)
-	}
-	e.Seq = uint64(seq)
-	e.ReceivedAt = unixTime(at)
-	return duplicate, nil
+	return maxPending, maxBytes
 }
 
-// append is AppendMessage on the writer, run as a bare job: it checks
-// everything, and returns every refusal, before its first write. An error
-// after that is unexpected and rolls back the batch's transaction.
-func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPending, maxBytes int64) (seq, at int64, dup bool, err error) {
+// append stores one envelope on the writer; AppendMessage and
+// AppendMessages both store each envelope here, and only here. It checks
+// everything, and returns every refusal, before its first write, so that
+// AppendMessage can run it as a bare job; an error after that is
+// unexpected and rolls back the batch's transaction.
+func (w *writer) append(a *pendingAppend, maxPending, maxBytes int64) error {
 	var prev []byte
-	err = queryRow(w.sentByID, sender, id).Scan(&seq, &prev, &at)
+	var seq, at int64
+	err := queryRow(w.sentByID, a.sender, a.id).Scan(&seq, &prev, &at)
 	switch {
 	case err == nil:
-		if bytes.Equal(prev, digest) {
-			return seq, at, true, nil
+		if bytes.Equal(prev, a.digest) {
+			a.seq, a.at, a.dup = seq, at, true
+			return nil
 		}
-		return 0, 0, false, server.Errorf(server.CodeMessageIDConflict,
-			"message id %q from %s was already used for a different message", id, sender)
+		return server.Errorf(server.CodeMessageIDConflict,
+			"message id %q from %s was already used for a different message", a.id, a.sender)
 	case !errors.Is(err, sql.ErrNoRows):
-		return 0, 0, false, fmt.Errorf("looking up message id %q from %s: %w", id, sender, err)
+		return fmt.Errorf("looking up message id %q from %s: %w", a.id, a.sender, err)
 	}
 
 	at = w.batchTime.Unix()
-	err = queryRow(w.bumpSeq, recipient, maxPending, int64(len(msg)), maxBytes).Scan(&seq)
+	err = queryRow(w.bumpSeq, a.recipient, maxPending, int64(len(a.msg)), maxBytes).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		var pending, pendingBytes int64
-		switch err := queryRow(w.pendingOf, recipient).Scan(&pending, &pendingBytes); {
+		switch err := queryRow(w.pendingOf, a.recipient).Scan(&pending, &pendingBytes); {
 		case errors.Is(err, sql.ErrNoRows):
-			return 0, 0, false, server.Errorf(server.CodeUnknownHandle, "no user %q", recipient)
+			return server.Errorf(server.CodeUnknownHandle, "no user %q", a.recipient)
 		case err != nil:
-			return 0, 0, false, fmt.Errorf("reading pending count: %w", err)
+			return fmt.Errorf("reading pending count: %w", err)
 		}
-		return 0, 0, false, server.Errorf(server.CodeInboxFull,
-			"the inbox of %s holds %d unacknowledged messages of %d bytes; try again later", recipient, pending, pendingBytes)
+		return server.Errorf(server.CodeInboxFull,
+			"the inbox of %s holds %d unacknowledged messages of %d bytes; try again later", a.recipient, pending, pendingBytes)
 	}
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("assigning seq: %w", err)
+		return fmt.Errorf("assigning seq: %w", err)
 	}
-	if _, err := exec(w.insertEnvelope, recipient, seq, sender, id, at, msg); err != nil {
-		return 0, 0, false, fmt.Errorf("inserting envelope %d: %w", seq, err)
+	if _, err := exec(w.insertEnvelope, a.recipient, seq, a.sender, a.id, at, a.msg); err != nil {
+		return fmt.Errorf("inserting envelope %d: %w", seq, err)
 	}
-	if _, err := exec(w.insertSent, sender, id, recipient, seq, digest, at); err != nil {
-		return 0, 0, false, fmt.Errorf("recording message id %q from %s: %w", id, sender, err)
+	if _, err := exec(w.insertSent, a.sender, a.id, a.recipient, seq, a.digest, at); err != nil {
+		return fmt.Errorf("recording message id %q from %s: %w", a.id, a.sender, err)
 	}
-	return seq, at, false, nil
+	a.seq, a.at, a.dup = seq, at, false
+	return nil
 }
 
 // Messages returns up to limit (clamped to [1, 1000]) envelopes of
@@ -136,41 +191,99 @@ func (db *DB) Messages(ctx context.Context, recipient string, since uint64, limi
 	return envs, nil
 }
 
-// Ack deletes recipient's envelopes with seq <= upto and reports how many.
-// Seqs keep increasing after an ack: the counter lives in inboxes.
-func (db *DB) Ack(ctx context.Context, recipient string, upto uint64) (int, error) {
+// Ack records device's acknowledgement point and deletes what every
+// device has acknowledged; see server.Store. Seqs keep increasing after an
+// ack: the counter lives in inboxes.
+func (db *DB) Ack(ctx context.Context, recipient, device string, upto uint64, devices []string) (int, error) {
 	u := int64(min(upto, math.MaxInt64))
-	var n int64
+	var n int
 	err := db.submit(ctx, func(w *writer) error {
-		rows, err := w.deleteUpTo.QueryContext(context.Background(), recipient, u)
-		if err != nil {
-			return fmt.Errorf("deleting envelopes: %w", err)
-		}
-		var bytes int64
-		n = 0
-		for rows.Next() {
-			var size int64
-			if err := rows.Scan(&size); err != nil {
-				rows.Close()
-				return fmt.Errorf("deleting envelopes: %w", err)
-			}
-			n, bytes = n+1, bytes+size
-		}
-		if err := rows.Close(); err != nil {
-			return fmt.Errorf("deleting envelopes: %w", err)
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("deleting envelopes: %w", err)
-		}
-		if n > 0 {
-			if _, err := exec(w.decPending, n, bytes, recipient); err != nil {
-				return fmt.Errorf("updating pending count: %w", err)
-			}
-		}
-		return nil
+		var err error
+		n, err = w.ack(recipient, device, u, devices)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %w", recipient, upto, err)
+	}
+	return n, nil
+}
+
+// ack is Ack on the writer, in a savepoint of its own.
+func (w *writer) ack(recipient, device string, upto int64, devices []string) (int, error) {
+	var pending, pendingBytes int64
+	switch err := queryRow(w.pendingOf, recipient).Scan(&pending, &pendingBytes); {
+	case errors.Is(err, sql.ErrNoRows):
+		return 0, nil // no such inbox
+	case err != nil:
+		return 0, fmt.Errorf("reading inbox: %w", err)
+	}
+	if _, err := exec(w.upsertAckPoint, recipient, device, upto); err != nil {
+		return 0, fmt.Errorf("recording the acknowledgement point of %s: %w", device, err)
+	}
+	// The points of the inbox: at most one per key ever authorized since
+	// the last ack, a few.
+	rows, err := w.ackPointsOf.QueryContext(context.Background(), recipient)
+	if err != nil {
+		return 0, fmt.Errorf("reading acknowledgement points: %w", err)
+	}
+	lowest := upto
+	var revoked []string
+	for rows.Next() {
+		var d string
+		var p int64
+		if err := rows.Scan(&d, &p); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("reading acknowledgement points: %w", err)
+		}
+		if devices != nil && !slices.Contains(devices, d) {
+			revoked = append(revoked, d)
+			continue
+		}
+		lowest = min(lowest, p)
+	}
+	if err := rows.Close(); err != nil {
+		return 0, fmt.Errorf("reading acknowledgement points: %w", err)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("reading acknowledgement points: %w", err)
+	}
+	for _, d := range revoked {
+		if _, err := exec(w.deleteAckPoint, recipient, d); err != nil {
+			return 0, fmt.Errorf("forgetting the acknowledgement point of %s: %w", d, err)
+		}
+	}
+	if lowest == 0 {
+		return 0, nil
+	}
+	return w.deleteUpTo(recipient, lowest)
+}
+
+// deleteUpTo deletes recipient's envelopes with seq <= upto and takes them
+// off its pending counts.
+func (w *writer) deleteUpTo(recipient string, upto int64) (int, error) {
+	rows, err := w.deleteEnvelopesUpTo.QueryContext(context.Background(), recipient, upto)
+	if err != nil {
+		return 0, fmt.Errorf("deleting envelopes: %w", err)
+	}
+	var n, bytes int64
+	for rows.Next() {
+		var size int64
+		if err := rows.Scan(&size); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("deleting envelopes: %w", err)
+		}
+		n, bytes = n+1, bytes+size
+	}
+	if err := rows.Close(); err != nil {
+		return 0, fmt.Errorf("deleting envelopes: %w", err)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("deleting envelopes: %w", err)
+	}
+	if n > 0 {
+		if _, err := exec(w.decPending, n, bytes, recipient); err != nil {
+			return 0, fmt.Errorf("updating pending count: %w", err)
+		}
 	}
 	return int(n), nil
 }

@@ -114,6 +114,16 @@ CREATE TABLE key_checkpoints (
 	document   BLOB    NOT NULL
 ) STRICT, WITHOUT ROWID;
 `,
+	// 4: acknowledgement points, one per device (signing key) of an inbox:
+	// an envelope is deleted once every device's point has passed it.
+	`
+CREATE TABLE ack_points (
+	handle TEXT    NOT NULL REFERENCES inboxes (handle),
+	device TEXT    NOT NULL, -- server.DeviceID: "<alg>:<base64url key>"
+	upto   INTEGER NOT NULL CHECK (upto >= 0),
+	PRIMARY KEY (handle, device)
+) STRICT, WITHOUT ROWID;
+`,
 }
 
 // migrate brings the database on conn up to len(steps), one step per

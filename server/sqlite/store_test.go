@@ -255,7 +255,7 @@ func TestAppendRetryOfSameMessageAnswersOriginalSeqAndStoresOnce(t *testing.T) {
 	seq := mustAppend(t, db, "bob", "alice", "m1", "hello")
 	for _, ackFirst := range []bool{false, true} {
 		if ackFirst { // the key outlives the envelope
-			if _, err := db.Ack(context.Background(), "bob", seq); err != nil {
+			if _, err := db.Ack(context.Background(), "bob", "dev", seq, []string{"dev"}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -308,7 +308,7 @@ func TestFullInboxRefusesUntilAcked(t *testing.T) {
 	}
 	_, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "over", "x"), server.InboxLimits{MaxPending: maxPending})
 	wantCode(t, err, server.CodeInboxFull)
-	if n, err := db.Ack(context.Background(), "bob", 1); err != nil || n != 1 {
+	if n, err := db.Ack(context.Background(), "bob", "dev", 1, []string{"dev"}); err != nil || n != 1 {
 		t.Fatalf("Ack = %d, %v; want 1", n, err)
 	}
 	e := envelope("bob", "alice", "over", "x")
@@ -338,7 +338,7 @@ func TestAnInboxRefusesPastItsBytesAndAcksAndExpiryFreeThem(t *testing.T) {
 	if _, err := db.AppendMessage(context.Background(), envelope("bob", "alice", "small", "s"), limits); err != nil {
 		t.Fatalf("a message that fits: %v", err)
 	}
-	if n, err := db.Ack(context.Background(), "bob", 1); err != nil || n != 1 {
+	if n, err := db.Ack(context.Background(), "bob", "dev", 1, []string{"dev"}); err != nil || n != 1 {
 		t.Fatalf("Ack = %d, %v; want 1", n, err)
 	}
 	if b := count(t, db, "SELECT pending_bytes FROM inboxes WHERE handle = 'bob'"); b != 101 {
@@ -361,14 +361,14 @@ func TestAckDeletesUpToSeqAndSeqsAreNeverReused(t *testing.T) {
 	for i := range 5 {
 		mustAppend(t, db, "bob", "alice", fmt.Sprint(i), "x")
 	}
-	n, err := db.Ack(context.Background(), "bob", 3)
+	n, err := db.Ack(context.Background(), "bob", "dev", 3, []string{"dev"})
 	if err != nil || n != 3 {
 		t.Fatalf("Ack(3) = %d, %v; want 3", n, err)
 	}
-	if n, err := db.Ack(context.Background(), "bob", 3); err != nil || n != 0 {
+	if n, err := db.Ack(context.Background(), "bob", "dev", 3, []string{"dev"}); err != nil || n != 0 {
 		t.Fatalf("repeated Ack(3) = %d, %v; want 0", n, err)
 	}
-	if n, err := db.Ack(context.Background(), "bob", ^uint64(0)); err != nil || n != 2 {
+	if n, err := db.Ack(context.Background(), "bob", "dev", ^uint64(0), []string{"dev"}); err != nil || n != 2 {
 		t.Fatalf("Ack(max) = %d, %v; want 2", n, err)
 	}
 	if p := pending(t, db, "bob"); p != 0 {
@@ -596,7 +596,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	for i := range 4 {
 		mustAppend(t, db, "bob", "alice", fmt.Sprint(i), fmt.Sprint("message ", i))
 	}
-	if _, err := db.Ack(ctx, "bob", 1); err != nil {
+	if _, err := db.Ack(ctx, "bob", "dev", 1, []string{"dev"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := db.UseOnce(ctx, []byte("sig"), time.Now().Add(time.Hour), time.Now()); err != nil {
@@ -784,7 +784,7 @@ func TestAFullDatabaseRefusesWithStorageFullAndPingFollowsTheWritePath(t *testin
 		t.Fatalf("Ping with the database full = %v (writable %v), want storage_full", err, db.Writable())
 	}
 	// Acknowledging frees pages; the next probe (after probeEvery) passes.
-	if _, err := db.Ack(context.Background(), "bob", 1<<40); err != nil {
+	if _, err := db.Ack(context.Background(), "bob", "dev", 1<<40, []string{"dev"}); err != nil {
 		t.Fatalf("acknowledging with the database full: %v", err)
 	}
 	db.health.probeMu.Lock()

@@ -51,7 +51,9 @@ type writer struct {
 	insertEnvelope, insertSent           *sql.Stmt
 	handleExists, primaryIDExists        *sql.Stmt
 	insertUser, insertInbox              *sql.Stmt
-	deleteUpTo, decPending               *sql.Stmt
+	deleteEnvelopesUpTo, decPending      *sql.Stmt
+	upsertAckPoint, ackPointsOf          *sql.Stmt
+	deleteAckPoint                       *sql.Stmt
 	useOnce                              *sql.Stmt
 	probeInsert, probeDelete             *sql.Stmt
 	saveCheckpoint                       *sql.Stmt
@@ -83,7 +85,11 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 		{&w.insertUser, `INSERT INTO users (handle, primary_id, server, alg, key, enc_key, created_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?)`},
 		{&w.insertInbox, "INSERT INTO inboxes (handle) VALUES (?)"},
-		{&w.deleteUpTo, "DELETE FROM envelopes WHERE recipient = ? AND seq <= ? RETURNING length(message)"},
+		{&w.deleteEnvelopesUpTo, "DELETE FROM envelopes WHERE recipient = ? AND seq <= ? RETURNING length(message)"},
+		{&w.upsertAckPoint, `INSERT INTO ack_points (handle, device, upto) VALUES (?1, ?2, ?3)
+			ON CONFLICT (handle, device) DO UPDATE SET upto = max(upto, excluded.upto)`},
+		{&w.ackPointsOf, "SELECT device, upto FROM ack_points WHERE handle = ?"},
+		{&w.deleteAckPoint, "DELETE FROM ack_points WHERE handle = ? AND device = ?"},
 		{&w.decPending, "UPDATE inboxes SET pending = pending - ?1, pending_bytes = pending_bytes - ?2 WHERE handle = ?3"},
 		// A present but expired digest is recorded again (and counts as
 		// fresh); a present, unexpired one makes the upsert a no-op that
