@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 
+	"kez.lat/chat/server"
 	"kez.lat/chat/server/signing"
 )
 
@@ -348,7 +349,7 @@ func (c *Client) SyncGroups(ctx context.Context, id *Identity, g *Groups) error 
 		for _, env := range page.Messages {
 			pt, err := c.Decrypt(ctx, id, env)
 			switch {
-			case errors.Is(err, ErrInvalidMessage), ErrorCode(err) == "unknown_handle":
+			case errors.Is(err, ErrInvalidMessage), ErrorCode(err) == server.CodeUnknownHandle:
 				g.Pass(env.Seq)
 			case err != nil:
 				return fmt.Errorf("reading seq %d for group changes: %w", env.Seq, err)
