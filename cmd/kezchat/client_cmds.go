@@ -261,11 +261,13 @@ func runInbox(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		for _, env := range page.Messages {
 			if err := r.show(ctx, env); err != nil {
+				r.flushReceipts(ctx)
 				return errors.Join(err, acknowledge())
 			}
 			handled = env.Seq
 			printed++
 		}
+		r.flushReceipts(ctx)
 		cursor = page.Next
 	}
 	if printed == 0 {
@@ -297,6 +299,7 @@ func runListen(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err := r.show(ctx, env); err != nil {
 			return err
 		}
+		r.flushReceipts(ctx)
 		if _, err := s.c.Ack(ctx, s.id, env.Seq); err != nil && ctx.Err() == nil {
 			// Not fatal: the next acknowledgement covers this one too.
 			fmt.Fprintf(stderr, "acknowledging seq %d: %v\n", env.Seq, err)

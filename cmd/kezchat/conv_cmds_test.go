@@ -248,15 +248,33 @@ func TestRepliesAndReactionsAtTheTerminal(t *testing.T) {
 	if out := tt.inbox("bob", "--mids"); !strings.Contains(out, " "+mid[1]+"] alice: lunch?\n") {
 		t.Fatalf("bob's inbox --mids:\n%s", out)
 	}
-	tt.run("bob", runSend, "--reply-to", mid[1], "alice", "yes!")
+	midOf := func(out string) string {
+		t.Helper()
+		m := regexp.MustCompile(`mid ([A-Za-z0-9_-]+)\)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("send printed %q, without the mid", out)
+		}
+		return m[1]
+	}
+	yes := midOf(tt.run("bob", runSend, "--reply-to", mid[1], "alice", "yes!"))
 	tt.run("bob", runReact, "alice", mid[1], "👍")
 	tt.run("bob", runReact, "--author", "alice", "alice", mid[1], "")
 	out = tt.inbox("alice")
-	for _, want := range []string{"bob: yes!\n    (reply to alice's " + mid[1] + ")\n",
+	for _, want := range []string{"bob has read " + mid[1] + "\n", "bob: yes!\n    (reply to alice's " + mid[1] + ")\n",
 		"bob reacted 👍 to alice's " + mid[1] + "\n", "bob took back the reaction to alice's " + mid[1] + "\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("alice's inbox lacks %q:\n%s", want, out)
 		}
+	}
+	// Alice read bob's reply, and only that: no receipt for a reaction.
+	more := midOf(tt.run("bob", runSend, "alice", "one more"))
+	tt.inbox("alice", "--no-read-receipts")
+	out = tt.inbox("bob")
+	if want := "alice has read " + yes + "\n"; !strings.Contains(out, want) || strings.Count(out, "alice has read") != 1 {
+		t.Errorf("bob's inbox, want %q once:\n%s", want, out)
+	}
+	if want := "alice received " + more + "\n"; !strings.Contains(out, want) {
+		t.Errorf("bob's inbox lacks %q (read receipts off):\n%s", want, out)
 	}
 	if _, _, err := tt.try("bob", runSend, "--reply-from", "alice", "alice", "x"); err == nil {
 		t.Error("--reply-from without --reply-to was sent")

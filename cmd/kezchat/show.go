@@ -17,17 +17,23 @@ import (
 
 // readerFlags are what inbox and listen share.
 type readerFlags struct {
-	filesDir string
-	mids     bool
+	filesDir       string
+	mids           bool
+	noReadReceipts bool
 }
 
 func addReaderFlags(fs *flag.FlagSet, f *readerFlags) {
 	fs.StringVar(&f.filesDir, "files-dir", defaultFilesDir, "save received files in this directory (never over a file there)")
 	fs.BoolVar(&f.mids, "mids", false, "print each message's mid, to reply or react to it: [seq mid]")
+	fs.BoolVar(&f.noReadReceipts, "no-read-receipts", false, "tell senders their messages were delivered, not that they were read")
 }
 
 func (f *readerFlags) reader(s *session, stdout, stderr io.Writer) *reader {
-	return &reader{s: s, filesDir: f.filesDir, mids: f.mids, stdout: stdout, stderr: stderr}
+	receipt := client.ReceiptRead
+	if f.noReadReceipts {
+		receipt = client.ReceiptDelivered
+	}
+	return &reader{s: s, filesDir: f.filesDir, mids: f.mids, receipt: receipt, stdout: stdout, stderr: stderr}
 }
 
 // reader shows the messages of an inbox, in order: it applies each to the
@@ -36,8 +42,24 @@ type reader struct {
 	s              *session
 	filesDir       string
 	mids           bool
+	receipt        string // what the receipts of shown messages say
 	stdout, stderr io.Writer
+	// receipts are the mids shown since the last flush, per sender and
+	// conversation, in the order first shown.
+	receipts []*pendingReceipt
 }
+
+// pendingReceipt is the mids of one sender's messages, in one
+// conversation, that a receipt will name.
+type pendingReceipt struct {
+	to    string
+	group *client.GroupRef
+	mids  []string
+}
+
+// maxPendingReceipts bounds the conversations receipts wait for between
+// flushes; past it, they are flushed.
+const maxPendingReceipts = 64
 
 // show handles one envelope. A message that fails verification, or that
 // its group does not allow, is reported on stderr and counts as handled (it
@@ -71,7 +93,42 @@ func (r *reader) show(ctx context.Context, env client.Envelope) error {
 		mid = p.ID
 	}
 	r.print(env.Seq, mid, &pt, saved)
+	if pt.KindOrText() == client.KindText && pt.From != s.id.Handle {
+		r.queueReceipt(ctx, pt.From, pt.Group, mid)
+	}
 	return s.groups.Save(s.groupsPath)
+}
+
+// queueReceipt adds mid to the receipt its sender will get at the next
+// flush. Receipts are only for texts (never for receipts, reactions,
+// deletions or group changes), and to the sender only.
+func (r *reader) queueReceipt(ctx context.Context, to string, group *client.GroupRef, mid string) {
+	for _, p := range r.receipts {
+		if p.to == to && (p.group == nil) == (group == nil) && (group == nil || p.group.ID == group.ID) {
+			p.mids = append(p.mids, mid)
+			if len(p.mids) == client.MaxReceiptMIDs {
+				r.flushReceipts(ctx)
+			}
+			return
+		}
+	}
+	if len(r.receipts) == maxPendingReceipts {
+		r.flushReceipts(ctx)
+	}
+	r.receipts = append(r.receipts, &pendingReceipt{to: to, group: group, mids: []string{mid}})
+}
+
+// flushReceipts sends the receipts of the messages shown since the last
+// flush. One that fails is reported, not retried: a receipt is a courtesy,
+// and the messages it is about were shown.
+func (r *reader) flushReceipts(ctx context.Context) {
+	for _, p := range r.receipts {
+		pt := client.Plaintext{Kind: client.KindReceipt, Receipt: r.receipt, MIDs: p.mids, Group: p.group}
+		if _, _, err := r.s.c.SendTo(ctx, r.s.id, p.to, pt, nil); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(r.stderr, "sending %s a receipt: %s\n", safeText(p.to), safeText(err.Error()))
+		}
+	}
+	r.receipts = nil
 }
 
 // saveAttachments downloads, checks, decrypts and saves each of the
