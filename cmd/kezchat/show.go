@@ -186,7 +186,10 @@ func (r *reader) print(seq uint64, mid string, pt *client.Plaintext, saved []str
 	}
 	switch pt.KindOrText() {
 	case client.KindText:
-		fmt.Fprintf(&b, "%s: %s", who, indent(safeText(pt.Body)))
+		b.WriteString(who + ":")
+		if pt.Body != "" || len(pt.Attachments) == 0 {
+			b.WriteString(" " + indent(safeText(pt.Body)))
+		}
 		if rp := pt.Reply; rp != nil {
 			fmt.Fprintf(&b, "\n    (reply to %s's %s", safeText(rp.From), rp.MID)
 			if rp.Body != "" {
