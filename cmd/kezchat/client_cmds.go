@@ -238,6 +238,7 @@ func runInbox(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	r := rf.reader(s, stdout, stderr)
 	cursor, handled, printed := *since, *since, 0
 	acknowledge := func() error {
@@ -290,13 +291,22 @@ func runListen(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	r := rf.reader(s, stdout, stderr)
 	s.c.OnListenError = func(err error, wait time.Duration) {
 		fmt.Fprintf(stderr, "connection lost (%v); reconnecting in %v\n", err, wait.Round(time.Millisecond))
 	}
 	fmt.Fprintf(stderr, "listening as %s@%s on %s (Ctrl-C to stop)\n", safeText(s.id.Handle), safeText(s.id.Server), s.c.BaseURL())
+	// Commands of this identity in other terminals change the groups too:
+	// between messages, listen lets them.
+	s.release()
 	err = s.c.Listen(ctx, s.id, *since, func(env client.Envelope) error {
-		if err := r.show(ctx, env); err != nil {
+		if err := s.lock(); err != nil {
+			return err
+		}
+		err := r.show(ctx, env)
+		s.release()
+		if err != nil {
 			return err
 		}
 		r.flushReceipts(ctx)

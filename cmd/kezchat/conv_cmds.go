@@ -38,12 +38,14 @@ func groupsPath(identity string) string {
 	return strings.TrimSuffix(identity, ".json") + ".groups.json"
 }
 
-// session is a registered identity, its client and its groups.
+// session is a registered identity, its client and its groups, which it
+// holds the lock of (see lockFile) until close, or release.
 type session struct {
 	id         *client.Identity
 	c          *client.Client
 	groups     *client.Groups
 	groupsPath string
+	unlock     func()
 }
 
 func (f *clientFlags) session() (*session, error) {
@@ -51,12 +53,33 @@ func (f *clientFlags) session() (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	path := groupsPath(f.identity)
-	g, err := client.LoadGroups(path, id.Handle)
-	if err != nil {
+	s := &session{id: id, c: c, groupsPath: groupsPath(f.identity), unlock: func() {}}
+	if err := s.lock(); err != nil {
 		return nil, err
 	}
-	return &session{id: id, c: c, groups: g, groupsPath: path}, nil
+	return s, nil
+}
+
+// lock takes the groups file's lock and reads the groups anew: another
+// command may have changed them since.
+func (s *session) lock() error {
+	unlock, err := lockFile(s.groupsPath + ".lock")
+	if err != nil {
+		return err
+	}
+	g, err := client.LoadGroups(s.groupsPath, s.id.Handle)
+	if err != nil {
+		unlock()
+		return err
+	}
+	s.groups, s.unlock = g, unlock
+	return nil
+}
+
+// release lets the other commands of the identity at the groups file.
+func (s *session) release() {
+	s.unlock()
+	s.unlock = func() {}
 }
 
 // sync takes the group changes waiting in the inbox and saves the groups.
@@ -213,6 +236,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	pt, blobs, err := cf.compose(ctx, s, fs.Args()[1:], to)
 	if err != nil {
 		return withKeyHelp(err)
@@ -238,6 +262,7 @@ func runReact(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	pt := client.Plaintext{Kind: client.KindReaction, Emoji: &emoji, Target: &client.Target{From: *author, MID: mid}}
 	if err := s.sync(ctx); err != nil {
 		return err
@@ -349,6 +374,7 @@ func runGroupCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	if err := s.sync(ctx); err != nil {
 		return err
 	}
@@ -372,6 +398,7 @@ func runGroupChange(op string) command {
 		if err != nil {
 			return err
 		}
+		defer s.release()
 		if err := s.sync(ctx); err != nil {
 			return err
 		}
@@ -411,6 +438,7 @@ func runGroupLeave(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	if err := s.sync(ctx); err != nil {
 		return err
 	}
@@ -450,6 +478,7 @@ func runGroupRename(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	if err := s.sync(ctx); err != nil {
 		return err
 	}
@@ -479,6 +508,7 @@ func runGroupSend(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	if err := s.sync(ctx); err != nil {
 		return err
 	}
@@ -510,6 +540,7 @@ func runGroupList(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	defer s.release()
 	if !*offline {
 		if err := s.sync(ctx); err != nil {
 			return err
