@@ -95,7 +95,8 @@ func marshalBatch(docs []signing.Signed) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// UploadBlob uploads an encrypted attachment (POST /v1/blobs/{handle}).
+// UploadBlob uploads an encrypted attachment (POST
+// /v1/blobs/{handle}?sha256=<D>).
 func (c *Client) UploadBlob(ctx context.Context, id *Identity, blob []byte) (BlobInfo, error) {
 	if int64(len(blob)) > c.maxBlobBytes() {
 		return BlobInfo{}, usageError{fmt.Errorf("the blob is %d bytes, over %d", len(blob), c.maxBlobBytes())}
@@ -112,6 +113,7 @@ func (c *Client) UploadBlob(ctx context.Context, id *Identity, blob []byte) (Blo
 	_, err = c.do(ctx, request{
 		method:      http.MethodPost,
 		path:        "/v1/blobs/" + url.PathEscape(id.Handle),
+		query:       url.Values{"sha256": {sum}}, // so the server checks the auth before the body
 		header:      http.Header{"X-Kez-Auth": {auth}},
 		body:        blob,
 		contentType: "application/octet-stream",
