@@ -61,6 +61,9 @@ type Client struct {
 	// safety numbers are computed with.
 	Pins Pins
 	Self *Identity
+	// MaxBlobBytes bounds the blobs the client uploads and downloads
+	// (attachments); DefaultMaxBlobBytes when 0.
+	MaxBlobBytes int64
 
 	base    *url.URL
 	baseErr error
@@ -310,7 +313,8 @@ type request struct {
 	method, path string
 	query        url.Values
 	header       http.Header
-	body         []byte // JSON
+	body         []byte // JSON unless contentType says otherwise
+	contentType  string
 	accept       string
 	limit        int64 // bound of a 2xx body
 }
@@ -325,6 +329,9 @@ func (c *Client) do(ctx context.Context, r request, out any) (*http.Response, er
 	}
 	for k, v := range r.header {
 		req.Header[k] = v
+	}
+	if r.contentType != "" {
+		req.Header.Set("Content-Type", r.contentType)
 	}
 	if r.accept == "" {
 		r.accept = "application/json"

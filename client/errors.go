@@ -25,6 +25,9 @@ type APIError struct {
 	// RetryAfter is the Retry-After header (rate_limited, too_many_streams,
 	// unavailable), zero when absent.
 	RetryAfter time.Duration
+	// Index is, for a refused group send (POST /v1/batch), the position of
+	// the document the refusal is about; -1 when the answer names none.
+	Index int
 }
 
 func (e *APIError) Error() string {
@@ -35,6 +38,9 @@ func (e *APIError) Error() string {
 	}
 	if e.Message != "" {
 		b.WriteString(": " + e.Message)
+	}
+	if e.Index >= 0 {
+		fmt.Fprintf(&b, " (document %d)", e.Index)
 	}
 	if e.RetryAfter > 0 {
 		fmt.Fprintf(&b, " (retry after %v)", e.RetryAfter)
@@ -72,16 +78,20 @@ func retryable(err error) bool {
 // parseAPIError builds the APIError of a non-2xx response, reading at most
 // maxErrorBody bytes of its body.
 func parseAPIError(resp *http.Response) *APIError {
-	e := &APIError{Status: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+	e := &APIError{Status: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()), Index: -1}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	var doc struct {
 		Error struct {
 			Code    string `json:"code"`
 			Message string `json:"message"`
+			Index   *int   `json:"index"`
 		} `json:"error"`
 	}
 	if json.Unmarshal(body, &doc) == nil && doc.Error.Code != "" {
 		e.Code, e.Message = doc.Error.Code, doc.Error.Message
+		if doc.Error.Index != nil && *doc.Error.Index >= 0 {
+			e.Index = *doc.Error.Index
+		}
 		return e
 	}
 	// Not the protocol's error JSON: keep a short, printable excerpt.

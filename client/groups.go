@@ -30,8 +30,8 @@ const (
 	MaxGroupName     = 64 // characters
 	groupIDBytes     = 16
 	maxSafeInteger   = 1<<53 - 1 // a version must read the same in JavaScript
-	maxGroupVersions = 16        // versions kept per group; see groupHistory
-	maxGroups        = 1024      // groups one client keeps; see Groups.add
+	maxGroupVersions = 4         // versions kept per group; see groupHistory
+	maxGroups        = 256       // groups one client keeps; see Groups.add
 )
 
 // GroupState is a group's state, the snapshot every control message carries
@@ -245,9 +245,17 @@ func (h *groupHistory) at(v uint64) *GroupState {
 // concurrent use.
 type Groups struct {
 	// Self is the client's handle.
-	Self   string
-	groups map[string]*groupHistory
-	order  []string // group ids, oldest first: List's order, and eviction's
+	Self string
+	// Seq is the last seq of Self's inbox whose messages were received
+	// (Receive): a reader that reads the inbox again passes over those, so
+	// each snapshot is taken once, in inbox order.
+	Seq uint64
+	// dropped are the seqs, at or below Seq, of the messages ReceiveAt
+	// refused, so that reading them again refuses them again; the oldest
+	// beyond an inbox's worth are let go.
+	dropped []uint64
+	groups  map[string]*groupHistory
+	order   []string // group ids, oldest first: List's order, and eviction's
 }
 
 // NewGroups returns an empty Groups of the client self.
@@ -289,6 +297,69 @@ func (g *Groups) List() []*GroupState {
 func (g *Groups) Accepts(groupID, sender string) bool {
 	s := g.State(groupID)
 	return s != nil && s.IsMember(g.Self) && s.IsMember(sender)
+}
+
+// ErrNotInGroup is returned by Receive for a group message of a group the
+// client is not in, or from a handle that is not a member.
+var ErrNotInGroup = errors.New("not a message of a group this client is in, from a member")
+
+// Receive applies a verified, decrypted message to the groups: a control
+// message's snapshot is taken (or dropped, wrapping ErrSnapshotDropped);
+// any other group message must be of a group the client is in, from a
+// member (else ErrNotInGroup). A message of no group passes.
+func (g *Groups) Receive(pt *Plaintext) error {
+	switch {
+	case pt.Kind == KindGroup:
+		return g.Take(pt.From, pt.State)
+	case pt.Group != nil && !g.Accepts(pt.Group.ID, pt.From):
+		return fmt.Errorf("%w: group %s, from %s", ErrNotInGroup, pt.Group.ID, pt.From)
+	}
+	return nil
+}
+
+// maxDroppedSeqs is the most refused seqs Groups remembers: a full inbox
+// of them (the server's default cap on unacknowledged messages).
+const maxDroppedSeqs = 10000
+
+// ErrDroppedBefore is ReceiveAt's answer for a message it refused when it
+// was first received.
+var ErrDroppedBefore = errors.New("refused when it was first received")
+
+// ReceiveAt is Receive for the message of inbox seq, each message once, in
+// inbox order: one at or below Seq was received before, and gets the
+// answer it got then (nil, or ErrDroppedBefore) without being applied
+// again. A reader calls it for every message it reads, and Pass for one it
+// cannot read.
+func (g *Groups) ReceiveAt(seq uint64, pt *Plaintext) error {
+	if seq <= g.Seq {
+		if _, ok := slices.BinarySearch(g.dropped, seq); ok {
+			return ErrDroppedBefore
+		}
+		return nil
+	}
+	g.Seq = seq
+	err := g.Receive(pt)
+	if err != nil {
+		g.dropped = append(g.dropped, seq)
+		if len(g.dropped) > maxDroppedSeqs {
+			g.dropped = slices.Delete(g.dropped, 0, len(g.dropped)-maxDroppedSeqs)
+		}
+	}
+	return err
+}
+
+// Pass moves Seq past a message that could not be read (it was not valid).
+func (g *Groups) Pass(seq uint64) { g.Seq = max(g.Seq, seq) }
+
+// ChangeRecipients is whom a control message from before to after goes to:
+// the members of both (so a removed member learns it), the author among
+// them. before is nil for a create.
+func ChangeRecipients(before, after *GroupState) []string {
+	hs := slices.Clone(after.Members)
+	if before != nil {
+		hs = append(hs, before.Members...)
+	}
+	return sortedSet(hs)
 }
 
 // Take applies the rules of docs/protocol.md ("Groups") to snapshot t

@@ -142,19 +142,29 @@ func (id *Identity) Save(path string) error { return id.write(path, true) }
 // wrapping fs.ErrExist, when path already exists.
 func (id *Identity) Create(path string) error { return id.write(path, false) }
 
-func (id *Identity) write(path string, replace bool) (err error) {
+func (id *Identity) write(path string, replace bool) error {
 	data, err := marshalIdentity(id)
 	if err != nil {
 		return fmt.Errorf("saving identity: %w", err)
 	}
-	data = append(data, '\n')
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := writePrivateFile(path, append(data, '\n'), replace); err != nil {
 		return fmt.Errorf("saving identity: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".identity-*.tmp") // mode 0600
+	return nil
+}
+
+// writePrivateFile writes data to path with mode 0600 through a temporary
+// file, so a reader never sees half of it: replacing what is there, or,
+// unless replace, failing with an error wrapping fs.ErrExist when path
+// exists. Missing parent directories are created with mode 0700.
+func writePrivateFile(path string, data []byte, replace bool) (err error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".kezchat-*.tmp") // mode 0600
 	if err != nil {
-		return fmt.Errorf("saving identity: %w", err)
+		return err
 	}
 	defer func() {
 		if err != nil {
@@ -163,29 +173,26 @@ func (id *Identity) write(path string, replace bool) (err error) {
 		}
 	}()
 	if err := tmp.Chmod(0o600); err != nil && runtime.GOOS != "windows" {
-		return fmt.Errorf("saving identity: %w", err)
+		return err
 	}
 	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("saving identity: %w", err)
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("saving identity: %w", err)
+		return err
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("saving identity: %w", err)
+		return err
 	}
 	if replace {
-		if err := os.Rename(tmp.Name(), path); err != nil {
-			return fmt.Errorf("saving identity: %w", err)
-		}
-		return nil
+		return os.Rename(tmp.Name(), path)
 	}
 	// A hard link never replaces an existing file, so creation is atomic.
 	if err := os.Link(tmp.Name(), path); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("saving identity: %s: %w", path, fs.ErrExist)
+			return fmt.Errorf("%s: %w", path, fs.ErrExist)
 		}
-		return fmt.Errorf("saving identity: %w", err)
+		return err
 	}
 	os.Remove(tmp.Name())
 	return nil

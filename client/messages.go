@@ -36,18 +36,37 @@ func NewMessage(id *Identity, to *User, msgID, body string) (signing.Signed, err
 
 // NewMessageAt is NewMessage with the timestamp given.
 func NewMessageAt(id *Identity, to *User, msgID, body string, ts time.Time) (signing.Signed, error) {
+	return NewMessageDoc(id, to, msgID, Plaintext{Body: body}, nil, ts)
+}
+
+// messagePayload is the signed payload of a message with the blobs it names
+// (docs/protocol.md, POST /v1/messages), which the server keeps while the
+// envelope is stored.
+type messagePayload struct {
+	server.MessagePayload
+	Blobs []string `json:"blobs,omitempty"`
+}
+
+// NewMessageDoc encrypts pt to the recipient and signs the message
+// document as id, with envelope id msgID, timestamped ts, naming blobs.
+// pt's v, from, to and ts are set here.
+func NewMessageDoc(id *Identity, to *User, msgID string, pt Plaintext, blobs []string, ts time.Time) (signing.Signed, error) {
 	if id.Handle == "" {
 		return signing.Signed{}, errors.New("message: the identity has no handle; register it first")
 	}
-	pt, err := marshalPlaintext(Plaintext{V: 1, From: id.Handle, To: to.Handle, TS: ts.Unix(), Body: body})
+	pt.V, pt.From, pt.To, pt.TS = 1, id.Handle, to.Handle, ts.Unix()
+	raw, err := marshalPlaintext(pt)
 	if err != nil {
 		return signing.Signed{}, fmt.Errorf("message: %w", err)
 	}
-	ct, err := Seal(to.EncKey, pt)
+	ct, err := Seal(to.EncKey, raw)
 	if err != nil {
 		return signing.Signed{}, fmt.Errorf("message to %s: %w", to.Handle, err)
 	}
-	doc, err := signing.Sign(id.Signer, MessagePayload{
+	if len(ct) > server.MaxCiphertext {
+		return signing.Signed{}, fmt.Errorf("message to %s: the ciphertext is %d bytes, over %d", to.Handle, len(ct), server.MaxCiphertext)
+	}
+	doc, err := signing.Sign(id.Signer, messagePayload{MessagePayload: MessagePayload{
 		Type:   server.TypeMessage,
 		Server: to.Server,
 		From:   id.Handle,
@@ -55,7 +74,7 @@ func NewMessageAt(id *Identity, to *User, msgID, body string, ts time.Time) (sig
 		ID:     msgID,
 		TS:     ts.Unix(),
 		CT:     signing.EncodeB64(ct),
-	})
+	}, Blobs: blobs})
 	if err != nil {
 		return signing.Signed{}, fmt.Errorf("message: %w", err)
 	}
@@ -101,11 +120,11 @@ func (c *Client) Post(ctx context.Context, doc signing.Signed) (r Receipt, repla
 // signature: only to learn who claims to have sent it (From), so the
 // sender's record can be looked up for Decrypt.
 func (e Envelope) Payload() (MessagePayload, error) {
-	var p MessagePayload
+	var p messagePayload
 	if err := server.DecodeJSON(e.Message.Payload, &p); err != nil {
 		return MessagePayload{}, fmt.Errorf("%w: payload: %w", ErrInvalidMessage, err)
 	}
-	return p, nil
+	return p.MessagePayload, nil
 }
 
 // errKeyNotListed marks a refusal that a fresher record of the sender may

@@ -13,7 +13,6 @@ import (
 	"unicode"
 
 	"kez.lat/chat/client"
-	"kez.lat/chat/server"
 	"kez.lat/chat/server/signing"
 )
 
@@ -224,59 +223,29 @@ func runLookup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var f clientFlags
-	fs := newFlagSet("send", "send [flags] <handle> [text...]\n\nEncrypts and sends a message; with no text, the message is read from stdin.", stderr)
-	addClientFlags(fs, &f)
-	if err := parseArgs(fs, args, 1, -1); err != nil {
-		return err
-	}
-	to := fs.Arg(0)
-	body := strings.Join(fs.Args()[1:], " ")
-	if fs.NArg() == 1 {
-		data, err := io.ReadAll(io.LimitReader(stdin, server.MaxCiphertext+1))
-		if err != nil {
-			return fmt.Errorf("reading the message from stdin: %w", err)
-		}
-		if len(data) > server.MaxCiphertext {
-			return fmt.Errorf("the message is over %d bytes", server.MaxCiphertext)
-		}
-		body = strings.TrimRight(string(data), "\r\n")
-	}
-	if strings.TrimSpace(body) == "" {
-		return errors.New("nothing to send")
-	}
-	id, c, err := f.registered()
-	if err != nil {
-		return err
-	}
-	r, err := c.Send(ctx, id, to, body)
-	if err != nil {
-		return withKeyHelp(err)
-	}
-	fmt.Fprintf(stdout, "sent to %s (seq %d)\n", safeText(r.To), r.Seq)
-	return nil
-}
-
 func runInbox(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f clientFlags
-	fs := newFlagSet("inbox", "inbox [flags]\n\nPrints the messages waiting in the inbox, decrypted, as \"[seq] from: body\".", stderr)
+	var rf readerFlags
+	fs := newFlagSet("inbox", "inbox [flags]\n\nPrints the messages waiting in the inbox, decrypted, as \"[seq] from: body\", and saves the files they carry.", stderr)
 	addClientFlags(fs, &f)
+	addReaderFlags(fs, &rf)
 	since := fs.Uint64("since", 0, "print only messages after this seq")
 	ack := fs.Bool("ack", false, "acknowledge (delete) the printed messages on the server")
 	if err := parseArgs(fs, args, 0, 0); err != nil {
 		return err
 	}
-	id, c, err := f.registered()
+	s, err := f.session()
 	if err != nil {
 		return err
 	}
+	defer s.release()
+	r := rf.reader(s, stdout, stderr)
 	cursor, handled, printed := *since, *since, 0
 	acknowledge := func() error {
 		if !*ack || handled <= *since {
 			return nil
 		}
-		n, err := c.Ack(ctx, id, handled)
+		n, err := s.c.Ack(ctx, s.id, handled)
 		if err != nil {
 			return fmt.Errorf("acknowledging up to seq %d: %w", handled, err)
 		}
@@ -284,7 +253,7 @@ func runInbox(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	for {
-		page, err := c.Poll(ctx, id, cursor, 500)
+		page, err := s.c.Poll(ctx, s.id, cursor, 500)
 		if err != nil {
 			return errors.Join(err, acknowledge())
 		}
@@ -292,12 +261,14 @@ func runInbox(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			break
 		}
 		for _, env := range page.Messages {
-			if err := show(ctx, c, id, env, stdout, stderr); err != nil {
+			if err := r.show(ctx, env); err != nil {
+				r.flushReceipts(ctx)
 				return errors.Join(err, acknowledge())
 			}
 			handled = env.Seq
 			printed++
 		}
+		r.flushReceipts(ctx)
 		cursor = page.Next
 	}
 	if printed == 0 {
@@ -308,25 +279,38 @@ func runInbox(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func runListen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f clientFlags
-	fs := newFlagSet("listen", "listen [flags]\n\nFollows the inbox live, printing messages decrypted and acknowledging each one; stop with Ctrl-C.", stderr)
+	var rf readerFlags
+	fs := newFlagSet("listen", "listen [flags]\n\nFollows the inbox live, printing messages decrypted, saving the files they carry and acknowledging each one; stop with Ctrl-C.", stderr)
 	addClientFlags(fs, &f)
+	addReaderFlags(fs, &rf)
 	since := fs.Uint64("since", 0, "start after this seq (messages up to it are not printed)")
 	if err := parseArgs(fs, args, 0, 0); err != nil {
 		return err
 	}
-	id, c, err := f.registered()
+	s, err := f.session()
 	if err != nil {
 		return err
 	}
-	c.OnListenError = func(err error, wait time.Duration) {
+	defer s.release()
+	r := rf.reader(s, stdout, stderr)
+	s.c.OnListenError = func(err error, wait time.Duration) {
 		fmt.Fprintf(stderr, "connection lost (%v); reconnecting in %v\n", err, wait.Round(time.Millisecond))
 	}
-	fmt.Fprintf(stderr, "listening as %s@%s on %s (Ctrl-C to stop)\n", safeText(id.Handle), safeText(id.Server), c.BaseURL())
-	err = c.Listen(ctx, id, *since, func(env client.Envelope) error {
-		if err := show(ctx, c, id, env, stdout, stderr); err != nil {
+	fmt.Fprintf(stderr, "listening as %s@%s on %s (Ctrl-C to stop)\n", safeText(s.id.Handle), safeText(s.id.Server), s.c.BaseURL())
+	// Commands of this identity in other terminals change the groups too:
+	// between messages, listen lets them.
+	s.release()
+	err = s.c.Listen(ctx, s.id, *since, func(env client.Envelope) error {
+		if err := s.lock(); err != nil {
 			return err
 		}
-		if _, err := c.Ack(ctx, id, env.Seq); err != nil && ctx.Err() == nil {
+		err := r.show(ctx, env)
+		s.release()
+		if err != nil {
+			return err
+		}
+		r.flushReceipts(ctx)
+		if _, err := s.c.Ack(ctx, s.id, env.Seq); err != nil && ctx.Err() == nil {
 			// Not fatal: the next acknowledgement covers this one too.
 			fmt.Fprintf(stderr, "acknowledging seq %d: %v\n", env.Seq, err)
 		}
@@ -336,24 +320,6 @@ func runListen(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil // interrupted: the normal way to stop
 	}
 	return err
-}
-
-// show prints one envelope as "[seq] from: body". A message that fails
-// verification is reported on stderr and counts as handled (it can never
-// become readable); any other failure, such as the sender's record being
-// unreachable, is returned so the message is not acknowledged unread.
-func show(ctx context.Context, c *client.Client, id *client.Identity, env client.Envelope, stdout, stderr io.Writer) error {
-	pt, err := c.Decrypt(ctx, id, env)
-	switch {
-	case err == nil:
-		fmt.Fprintf(stdout, "[%d] %s: %s\n", env.Seq, safeText(pt.From), indent(safeText(pt.Body)))
-		return nil
-	case errors.Is(err, client.ErrInvalidMessage), client.ErrorCode(err) == server.CodeUnknownHandle:
-		fmt.Fprintf(stderr, "[%d] skipped, not a valid message: %s\n", env.Seq, safeText(err.Error()))
-		return nil
-	default:
-		return fmt.Errorf("reading seq %d: %w", env.Seq, withKeyHelp(err))
-	}
 }
 
 // safeText makes text from the network safe to print on a terminal: control
