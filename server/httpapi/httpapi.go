@@ -137,6 +137,8 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/push/vapid-public-key", s.vapidPublicKey)
 	s.mux.HandleFunc("POST /v1/push/subscribe/{handle}", s.pushSubscribe)
 	s.mux.HandleFunc("POST /v1/push/unsubscribe/{handle}", s.pushUnsubscribe)
+	s.mux.HandleFunc("POST /v1/blobs/{handle}", s.uploadBlob)
+	s.mux.HandleFunc("GET /v1/blobs/{id}", s.downloadBlob)
 	s.mux.HandleFunc("/v1/", s.noRoute)
 	s.mux.HandleFunc("/", s.app)
 }

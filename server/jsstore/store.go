@@ -87,6 +87,8 @@ type Store struct {
 	now    func() time.Time
 
 	users, primary, push, replay, keys jetstream.KeyValue
+	blobRefs                           jetstream.KeyValue
+	objects                            jetstream.ObjectStore
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
@@ -204,6 +206,9 @@ func (s *Store) setup(ctx context.Context, cfg Config) (lease jetstream.KeyValue
 		return nil, err
 	}
 	if s.keys, err = bucket(BucketKeys, "kez-chat highest key document verified, by primary_id", 0); err != nil {
+		return nil, err
+	}
+	if err := s.setupBlobs(ctx, cfg, storage); err != nil {
 		return nil, err
 	}
 	return bucket(BucketWriter, "kez-chat: the replica that writes envelopes", leaseTTL)
@@ -421,13 +426,19 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.
 		ctx: ctx, recipient: e.Recipient, sender: e.Sender, id: e.ID, key: idKey(e.Sender, e.ID),
 		digest: hex.EncodeToString(sum[:]), at: s.now().Unix(), message: e.Message,
 	}
-	if err := s.submit(ctx, r); err != nil {
+	err := s.referenceBlobs(ctx, e, func() error {
+		if err := s.submit(ctx, r); err != nil {
+			return err
+		}
+		if r.err != nil {
+			return r.err
+		}
+		e.Seq, e.Prev, e.ReceivedAt = r.seq, r.prev, time.Unix(r.at, 0)
+		return nil
+	})
+	if err != nil {
 		return false, err
 	}
-	if r.err != nil {
-		return false, r.err
-	}
-	e.Seq, e.Prev, e.ReceivedAt = r.seq, r.prev, time.Unix(r.at, 0)
 	return r.dup, nil
 }
 
@@ -533,6 +544,10 @@ func (s *Store) Ack(ctx context.Context, recipient string, upto uint64) (int, er
 	}
 	if r.Error != nil || !r.Success {
 		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %v", recipient, upto, r.Error)
+	}
+	if err := s.ReleaseBlobRefs(ctx, recipient, upto); err != nil {
+		// The envelopes are gone; PruneBlobs finds their references dead.
+		s.log.Warn("releasing blob references", "handle", recipient, "upto", upto, "err", err)
 	}
 	return int(r.Purged), nil
 }

@@ -32,7 +32,7 @@ const (
 func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, limits server.InboxLimits) (duplicate bool, err error) {
 	// The writer may still read these after a caller whose ctx ended has
 	// returned: it works on copies.
-	recipient, sender, id := e.Recipient, e.Sender, e.ID
+	recipient, sender, id, blobs := e.Recipient, e.Sender, e.ID, append([]string(nil), e.Blobs...)
 	msg := bytes.Clone([]byte(e.Message))
 	if msg == nil {
 		msg = []byte{}
@@ -50,7 +50,7 @@ func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, limits serv
 	// cost two statements on the hottest path.
 	err = db.submitBare(ctx, func(w *writer) error {
 		var err error
-		seq, at, duplicate, err = w.append(recipient, sender, id, msg, sum[:], maxPending, maxBytes)
+		seq, at, duplicate, err = w.append(recipient, sender, id, msg, sum[:], blobs, maxPending, maxBytes)
 		return err
 	})
 	if err != nil {
@@ -64,7 +64,7 @@ func (db *DB) AppendMessage(ctx context.Context, e *server.Envelope, limits serv
 // append is AppendMessage on the writer, run as a bare job: it checks
 // everything, and returns every refusal, before its first write. An error
 // after that is unexpected and rolls back the batch's transaction.
-func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPending, maxBytes int64) (seq, at int64, dup bool, err error) {
+func (w *writer) append(recipient, sender, id string, msg, digest []byte, blobs []string, maxPending, maxBytes int64) (seq, at int64, dup bool, err error) {
 	var prev []byte
 	err = queryRow(w.sentByID, sender, id).Scan(&seq, &prev, &at)
 	switch {
@@ -78,6 +78,9 @@ func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPen
 		return 0, 0, false, fmt.Errorf("looking up message id %q from %s: %w", id, sender, err)
 	}
 
+	if err := w.checkBlobs(sender, blobs); err != nil {
+		return 0, 0, false, err
+	}
 	at = w.batchTime.Unix()
 	err = queryRow(w.bumpSeq, recipient, maxPending, int64(len(msg)), maxBytes).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -94,8 +97,18 @@ func (w *writer) append(recipient, sender, id string, msg, digest []byte, maxPen
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("assigning seq: %w", err)
 	}
-	if _, err := exec(w.insertEnvelope, recipient, seq, sender, id, at, msg); err != nil {
+	res, err := exec(w.insertEnvelope, recipient, seq, sender, id, at, msg)
+	if err != nil {
 		return 0, 0, false, fmt.Errorf("inserting envelope %d: %w", seq, err)
+	}
+	if len(blobs) > 0 {
+		row, err := res.LastInsertId()
+		if err != nil {
+			return 0, 0, false, fmt.Errorf("reading the row of envelope %d: %w", seq, err)
+		}
+		if err := w.refBlobs(row, blobs); err != nil {
+			return 0, 0, false, err
+		}
 	}
 	if _, err := exec(w.insertSent, sender, id, recipient, seq, digest, at); err != nil {
 		return 0, 0, false, fmt.Errorf("recording message id %q from %s: %w", id, sender, err)
