@@ -461,8 +461,8 @@ func newPattern(n int64) *pattern { return &pattern{n: n, rng: rand.NewChaCha8([
 // time: the heap of the whole process (the client included) grows by far
 // less than the blob. On SQLite only: with JetStream the test's
 // nats-server runs in this process, and its ingest queue and block cache,
-// not the chat server, would be measured (the JetStream store hands the
-// body to Object Store Put, which reads it 128 KiB at a time).
+// not the chat server, would be measured; server/hostile measures both
+// stores on the binary (TestA25MiBBlobPassesThroughTheServerWithoutBeingHeld).
 func TestA25MiBBlobIsStreamedNotHeld(t *testing.T) {
 	const size = 25 << 20
 	for _, store := range []string{"sqlite"} {
