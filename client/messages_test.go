@@ -218,3 +218,17 @@ func TestNewMessageID(t *testing.T) {
 		}
 	}
 }
+
+func TestPayloadReadsAMessageThatNamesBlobs(t *testing.T) {
+	id := server.NewBlobID()
+	e := Envelope{Seq: 1, Message: signing.Signed{Payload: json.RawMessage(`{"blobs":["` + id + `"],"ct":"AAAA","from":"alice","id":"m-1","server":"chat.test","to":"bob","ts":1764000000,"type":"kez.chat.message/v1"}`)}}
+	p, err := e.Payload()
+	if err != nil || len(p.Blobs) != 1 || p.Blobs[0] != id {
+		t.Fatalf("Payload: %+v, %v", p, err)
+	}
+	// The member is omitted when a message names none, as before.
+	b, _ := json.Marshal(MessagePayload{Type: server.TypeMessage, From: "alice"})
+	if strings.Contains(string(b), "blobs") {
+		t.Errorf("a payload without blobs encodes %s", b)
+	}
+}

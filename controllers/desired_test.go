@@ -283,15 +283,20 @@ func TestStorageLimitsFollowTheVolumeAndTheRetention(t *testing.T) {
 		want []string
 	}{
 		// 1 GiB: 966,367,638 bytes for the database; 70% of that over 30 days.
-		{"the default volume", func(*chatv1.KezChat) {}, []string{"--max-db-bytes=966367638", "--address-quota-bytes=22548578", "--sender-quota-bytes=11274289"}},
+		// An attachment is at most a handle's day's quota, below the 25Mi default.
+		{"the default volume", func(*chatv1.KezChat) {}, []string{"--max-db-bytes=966367638", "--address-quota-bytes=22548578",
+			"--sender-quota-bytes=11274289", "--max-blob-bytes=11274289"}},
 		{"10 GiB kept 7 days", func(kc *chatv1.KezChat) {
 			kc.Spec.Server.Storage.Size = ptr.To(resource.MustParse("10Gi"))
 			kc.Spec.Server.Retention = &metav1.Duration{Duration: 7 * 24 * time.Hour}
-		}, []string{"--max-db-bytes=9663676416", "--address-quota-bytes=966367641", "--sender-quota-bytes=483183820"}},
+		}, []string{"--max-db-bytes=9663676416", "--address-quota-bytes=966367641", "--sender-quota-bytes=483183820", "--max-blob-bytes=26214400"}},
 		{"JetStream: the NATS volume's", func(kc *chatv1.KezChat) {
 			kc.Spec.Server.Replicas = ptr.To[int32](2)
 			kc.Spec.NATS.Storage.Size = ptr.To(resource.MustParse("2Gi"))
-		}, []string{"--address-quota-bytes=45097156", "--sender-quota-bytes=22548578"}},
+		}, []string{"--address-quota-bytes=45097156", "--sender-quota-bytes=22548578", "--max-blob-bytes=22548578"}},
+		{"attachments of at most 5Mi", func(kc *chatv1.KezChat) {
+			kc.Spec.Attachments.MaxSize = ptr.To(resource.MustParse("5Mi"))
+		}, []string{"--sender-quota-bytes=11274289", "--max-blob-bytes=5242880"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := serverDeployment(newKezChat(tt.spec), testInputs).Spec.Template.Spec.Containers[0].Args

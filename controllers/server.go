@@ -39,7 +39,11 @@ func trustedProxiesEnv(kc *chatv1.KezChat) []corev1.EnvVar {
 // database stops at 90% of its volume (the rest keeps the WAL and a
 // checkpoint possible), and one client address may store a day what fills
 // 70% of the store over the retention, one sending handle half that, so
-// neither can fill the volume before its messages expire.
+// neither can fill the volume before its messages expire. Attachments
+// count against the same quotas (their files share the SQLite volume; on
+// JetStream their object store shares max_file_store), and one may be as
+// large as spec.attachments.maxSize but never more than a handle's day's
+// quota, or it could never be sent.
 func storageLimits(kc *chatv1.KezChat, in Inputs) []string {
 	s := &kc.Spec.Server
 	size := serverStoreSize(kc, in)
@@ -52,7 +56,10 @@ func storageLimits(kc *chatv1.KezChat, in Inputs) []string {
 	capacity := size.Value() / 10 * 9
 	days := max(int64(s.RetentionPeriod()/(24*time.Hour)), 1)
 	address := capacity / 10 * 7 / days
-	return append(args, fmt.Sprintf("--address-quota-bytes=%d", address), fmt.Sprintf("--sender-quota-bytes=%d", address/2))
+	sender := address / 2
+	maxBlob := kc.Spec.Attachments.MaxSizeOrDefault()
+	return append(args, fmt.Sprintf("--address-quota-bytes=%d", address), fmt.Sprintf("--sender-quota-bytes=%d", sender),
+		fmt.Sprintf("--max-blob-bytes=%d", max(min(maxBlob.Value(), sender), 1)))
 }
 
 // serverStoreSize is the SQLite volume's size the limits follow: what its

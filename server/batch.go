@@ -141,7 +141,7 @@ func (s *Service) checkBatchDocument(ctx context.Context, sender *User, doc sign
 	if err != nil {
 		return nil, fmt.Errorf("encoding envelope: %w", err)
 	}
-	return &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg}, nil
+	return &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg, Blobs: p.Blobs}, nil
 }
 
 // signatureBytes is the size of a signature of every suite (ed25519,

@@ -159,8 +159,16 @@ func flatDistinct(payload []byte) bool {
 		}
 		names[n] = name
 		n++
-		if c := s.b[s.i]; c == '{' || c == '[' {
+		switch s.b[s.i] {
+		case '{':
 			return false
+		case '[':
+			// An array of plain strings (a message's blobs) has no
+			// members to repeat.
+			if _, ok := s.plainStrings(); !ok {
+				return false
+			}
+			continue
 		}
 		s.value()
 	}
@@ -205,7 +213,8 @@ func (s *plainScanner) signature() (sig signing.Signature, ok bool) {
 // decodeMessagePayload decodes a message payload as DecodeJSON(data, p)
 // does, with the same result and error for every input. Canonical
 // payloads of the usual shape (exact member names, each once, plain ASCII
-// strings, an integer ts of at most 18 digits) are read by hand; anything
+// strings, an integer ts of at most 18 digits, blobs an array of at most
+// 16 plain strings) are read by hand; anything
 // else goes to DecodeJSON. FuzzDecodeMessagePayload holds the two to the
 // same answers.
 func decodeMessagePayload(data []byte, p *MessagePayload) error {
@@ -221,7 +230,7 @@ func decodeMessagePayloadFast(data []byte) (p MessagePayload, ok bool) {
 	if !ok {
 		return p, false
 	}
-	var seen [7]bool
+	var seen [8]bool
 	for s.member() {
 		name, ok := s.name()
 		if !ok {
@@ -244,6 +253,8 @@ func decodeMessagePayloadFast(data []byte) (p MessagePayload, ok bool) {
 			field, i = &p.CT, 5
 		case "ts":
 			i = 6
+		case "blobs":
+			i = 7
 		default:
 			return p, false
 		}
@@ -251,6 +262,12 @@ func decodeMessagePayloadFast(data []byte) (p MessagePayload, ok bool) {
 			return p, false
 		}
 		seen[i] = true
+		if i == 7 {
+			if p.Blobs, ok = s.plainStrings(); !ok {
+				return p, false
+			}
+			continue
+		}
 		if field == nil {
 			if p.TS, ok = s.smallInt(); !ok {
 				return p, false
@@ -344,6 +361,40 @@ func (s *plainScanner) plainString() ([]byte, bool) {
 		}
 	}
 	return nil, false
+}
+
+// plainStrings reads an array of plain strings (see plainString); ok is
+// false for any other value. An empty array gives an empty, non-nil slice,
+// as encoding/json does.
+func (s *plainScanner) plainStrings() ([]string, bool) {
+	if s.b[s.i] != '[' {
+		return nil, false
+	}
+	s.i++
+	out := []string{}
+	s.space()
+	if s.b[s.i] == ']' {
+		s.i++
+		return out, true
+	}
+	for {
+		v, ok := s.plainString()
+		if !ok || len(out) == MaxMessageBlobs {
+			return nil, false // longer arrays are refused by the full decoder's caller anyway
+		}
+		out = append(out, string(v))
+		s.space()
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+			s.space()
+		case ']':
+			s.i++
+			return out, true
+		default:
+			return nil, false
+		}
+	}
 }
 
 // smallInt reads an integer of at most 18 digits, which fits an int64.

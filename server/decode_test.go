@@ -24,6 +24,16 @@ var decodeSeeds = []string{
 	// A member twice inside the payload (found by the fuzzer), at its top
 	// and deeper.
 	`{"payload":{"":0,"":""}}`, `{"payload":{"a":1,"b":2,"a":3}}`, `{"payload":{"a":{"b":1,"b":2}}}`, `{"payload":[{"b":1,"b":2}]}`,
+	// A message's blobs: the usual shape, and every way an array can
+	// differ from it.
+	`{"blobs":["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],"ct":"AAAA","from":"alice","id":"m-1","server":"chat.test","to":"bob","ts":1700000000,"type":"kez.chat.message/v1"}`,
+	`{"payload":{"blobs":["a","b"],"ct":"AAAA","from":"alice"},"signature":{"alg":"ed25519","key":"k","sig":"s"}}`,
+	`{"blobs":[]}`, `{"blobs":[ ]}`, `{"blobs":null}`, `{"blobs":"a"}`, `{"blobs":[1]}`, `{"blobs":["a",1]}`, `{"blobs":[null]}`,
+	`{"blobs":[["a"]]}`, `{"blobs":[{"a":1}]}`, `{"blobs":["a"],"blobs":["b"]}`, `{"BLOBS":["a"]}`, `{"blobs":["\u0041"]}`,
+	`{"blobs":[ "a" , "b" ]}`, `{"blobs":["a","a"]}`, `{"blobs":["é"]}`, `{"blobs":{}}`,
+	`{"blobs":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16"]}`,
+	`{"blobs":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}`,
+	`{"payload":{"a":["x","y"],"a":["z"]}}`, `{"payload":{"a":["x",{"b":1,"b":2}]}}`,
 }
 
 func FuzzDecodeSigned(f *testing.F) {
@@ -48,7 +58,7 @@ func FuzzDecodeMessagePayload(f *testing.F) {
 		var fast, slow MessagePayload
 		errFast := decodeMessagePayload(data, &fast)
 		errSlow := DecodeJSON(data, &slow)
-		if !reflect.DeepEqual(errFast, errSlow) || fast != slow {
+		if !reflect.DeepEqual(errFast, errSlow) || !reflect.DeepEqual(fast, slow) {
 			t.Fatalf("decodeMessagePayload(%q) = %+v, %v; DecodeJSON gives %+v, %v", data, fast, errFast, slow, errSlow)
 		}
 	})
@@ -60,6 +70,14 @@ func TestFastDecodersTakeTheUsualShape(t *testing.T) {
 	}
 	if _, ok := decodeMessagePayloadFast([]byte(decodeSeeds[1])); !ok {
 		t.Error("decodeMessagePayloadFast refused a usual canonical payload")
+	}
+	withBlobs := `{"blobs":["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],"ct":"AAAA","from":"alice","id":"m-1","server":"chat.test","to":"bob","ts":1700000000,"type":"kez.chat.message/v1"}`
+	if p, ok := decodeMessagePayloadFast([]byte(withBlobs)); !ok || len(p.Blobs) != 1 {
+		t.Errorf("decodeMessagePayloadFast on a payload with blobs: %+v, %v", p, ok)
+	}
+	signed := `{"payload":` + withBlobs + `,"signature":{"alg":"ed25519","key":"k","sig":"s"}}`
+	if _, ok := decodeSignedFast([]byte(signed)); !ok {
+		t.Error("decodeSignedFast refused a message whose payload has blobs")
 	}
 }
 

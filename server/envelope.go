@@ -22,6 +22,9 @@ type Envelope struct {
 	// one, when the store vouches for it (JetStream, whose seqs have gaps,
 	// checks it as it stores); 0 when unknown, and then only Seq-1 follows.
 	Prev uint64 `json:"-"`
+	// Blobs are the ids the payload's blobs member names: the store keeps
+	// them while it keeps the envelope.
+	Blobs []string `json:"-"`
 	// Message is {"payload": <canonical JSON>, "signature": {...}}; the
 	// recipient verifies it itself.
 	Message json.RawMessage `json:"message"`
@@ -128,4 +131,6 @@ type MessagePayload struct {
 	ID     string `json:"id"`
 	TS     int64  `json:"ts"`
 	CT     string `json:"ct"`
+	// Blobs, optional, names 1 to 16 blobs the sender uploaded.
+	Blobs []string `json:"blobs,omitempty"`
 }

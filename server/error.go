@@ -53,6 +53,11 @@ const (
 	CodeSenderQuota  = "sender_quota_exceeded"
 	CodeAddressQuota = "address_quota_exceeded"
 
+	// Attachment blobs.
+	CodeBlobTooLarge   = "blob_too_large"
+	CodeDigestMismatch = "digest_mismatch"
+	CodeUnknownBlob    = "unknown_blob"
+
 	// Key documents (the sig-server).
 	CodeNotPrimaryKey     = "not_primary_key"
 	CodePrimaryKeyMissing = "primary_key_missing"

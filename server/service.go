@@ -36,6 +36,8 @@ type Config struct {
 	// catch-up read holds (the last one may cross it): what a reader costs
 	// the server in memory is bytes, not a count of envelopes.
 	MaxPageBytes int
+	// MaxBlobBytes is the largest attachment blob (--max-blob-bytes).
+	MaxBlobBytes int64
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -51,6 +53,7 @@ func DefaultConfig() Config {
 		StreamBuffer:         256,
 		MaxPushSubscriptions: 10,
 		MaxPageBytes:         DefaultPageBytes,
+		MaxBlobBytes:         DefaultMaxBlobBytes,
 	}
 }
 
@@ -245,7 +248,7 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 		return Receipt{}, false, &Error{Code: CodeSenderQuota, RetryAfter: wait,
 			Message: fmt.Sprintf("%s has stored its day's quota of message bytes; wait %s", p.From, wait.Round(time.Second))}
 	}
-	e := &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg}
+	e := &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg, Blobs: p.Blobs}
 	dup, err := s.store.AppendMessage(ctx, e, InboxLimits{MaxPending: s.cfg.MaxPending, MaxPendingBytes: s.cfg.MaxPendingBytes})
 	if err != nil || dup {
 		s.SenderQuota.Refund(p.From, size)
@@ -287,7 +290,7 @@ func (s *Service) checkMessagePayload(canonical []byte, p *MessagePayload) error
 	case len(ct) > MaxCiphertext:
 		return Errorf(CodeCiphertextTooLarge, "ct is %d bytes; at most %d are allowed", len(ct), MaxCiphertext)
 	}
-	return nil
+	return checkBlobIDs(p.Blobs)
 }
 
 // Inbox returns handle's envelopes with seq > since, at most limit, and the
@@ -348,24 +351,37 @@ func (s *Service) authorizedDevices(ctx context.Context, u *User) ([]string, err
 	return devices, nil
 }
 
-// Run prunes expired envelopes and anti-replay state until ctx ends.
+// Run prunes expired envelopes, anti-replay state and blobs until ctx ends.
 func (s *Service) Run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		now := s.now()
-		res, err := s.store.Prune(ctx, now, now.Add(-s.cfg.Retention))
-		switch {
-		case err != nil && ctx.Err() == nil:
-			s.log.ErrorContext(ctx, "pruning store", "err", err)
-		case res.Envelopes > 0:
-			s.log.InfoContext(ctx, "expired unacknowledged envelopes", "count", res.Envelopes)
-		}
+		s.Prune(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// Prune runs one round of Run: expired envelopes first, so that the blobs
+// they named are released in the same round.
+func (s *Service) Prune(ctx context.Context) {
+	now := s.now()
+	res, err := s.store.Prune(ctx, now, now.Add(-s.cfg.Retention))
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.ErrorContext(ctx, "pruning store", "err", err)
+	case res.Envelopes > 0:
+		s.log.InfoContext(ctx, "expired unacknowledged envelopes", "count", res.Envelopes)
+	}
+	n, err := s.store.PruneBlobs(ctx, now, now.Add(-BlobUnreferencedTTL), now.Add(-s.cfg.Retention))
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.ErrorContext(ctx, "pruning blobs", "err", err)
+	case n > 0:
+		s.log.InfoContext(ctx, "deleted blobs", "count", n)
 	}
 }
 

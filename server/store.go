@@ -72,6 +72,11 @@ type Store interface {
 	// PushSubscriptions returns handle's subscriptions, oldest first.
 	PushSubscriptions(ctx context.Context, handle string) ([]*PushSubscription, error)
 
+	// BlobStore keeps attachment blobs; AppendMessage references those
+	// e.Blobs names (unknown_blob when one is not the sender's), and the
+	// reference goes with the envelope.
+	BlobStore
+
 	// KeyCheckpoints keep the highest key document verified per identity,
 	// shared by every replica on the store.
 	KeyCheckpoints

@@ -14,6 +14,17 @@ import (
 // DefaultStorageSize is the size of every volume not given one.
 var DefaultStorageSize = resource.MustParse("1Gi")
 
+// DefaultAttachmentSize is the largest attachment when not given.
+var DefaultAttachmentSize = resource.MustParse("25Mi")
+
+// MaxSizeOrDefault is the largest attachment (default 25Mi).
+func (a *AttachmentsSpec) MaxSizeOrDefault() resource.Quantity {
+	if a.MaxSize == nil || a.MaxSize.IsZero() {
+		return DefaultAttachmentSize.DeepCopy()
+	}
+	return a.MaxSize.DeepCopy()
+}
+
 // DefaultRetention is how long an unacknowledged message is kept.
 const DefaultRetention = 30 * 24 * time.Hour
 

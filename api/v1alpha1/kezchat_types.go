@@ -94,6 +94,12 @@ type KezChatSpec struct {
 	// +kubebuilder:default={}
 	Ingress IngressSpec `json:"ingress,omitempty"`
 
+	// Attachments are the encrypted files people send: the server keeps
+	// each one while a message names it, at most the retention.
+	// +optional
+	// +kubebuilder:default={}
+	Attachments AttachmentsSpec `json:"attachments,omitempty"`
+
 	// Backup is the object store backups go to, and their schedule and
 	// retention. Unset: no backups.
 	// +optional
@@ -200,6 +206,18 @@ type StorageSpec struct {
 	// StorageClassName of the volume; empty means the cluster's default.
 	// +optional
 	StorageClassName *string `json:"storageClassName,omitempty"`
+}
+
+// AttachmentsSpec bounds attachment blobs.
+// +kubebuilder:validation:XValidation:rule="!has(self.maxSize) || quantity(string(self.maxSize)).compareTo(quantity('1Ki')) >= 0",message="attachments.maxSize must be at least 1Ki"
+type AttachmentsSpec struct {
+	// MaxSize of one attachment (the server's --max-blob-bytes). The
+	// server takes the smaller of it and the daily quota of one sending
+	// handle, which the operator sizes from the store's volume, so one
+	// attachment always fits a day's quota.
+	// +optional
+	// +kubebuilder:default="25Mi"
+	MaxSize *resource.Quantity `json:"maxSize,omitempty"`
 }
 
 // NATSSpec is the NATS server deployed beside the chat server.

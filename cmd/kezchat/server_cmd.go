@@ -31,7 +31,7 @@ type serverFlags struct {
 	retention, shutdownTimeout                 time.Duration
 	maxPending, maxStreams, maxConns           int
 	maxConnsPerAddr, maxStreamsPerAddr         int
-	maxPendingBytes, maxDBBytes                int64
+	maxPendingBytes, maxDBBytes, maxBlobBytes  int64
 	senderQuota, addressQuota                  int64
 	registerRate, sendRate, handleSendRate     float64
 	typingRate                                 float64
@@ -64,8 +64,9 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", def.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
 	fs.IntVar(&f.maxPending, "max-pending", def.Service.MaxPending, "unacknowledged messages one inbox may hold")
 	fs.Int64Var(&f.maxPendingBytes, "max-pending-bytes", def.Service.MaxPendingBytes, "bytes of unacknowledged messages one inbox may hold (0: no limit)")
-	fs.Int64Var(&f.senderQuota, "sender-quota-bytes", def.SenderQuota.BytesPerDay, "bytes of messages one sending handle may store a day (0: no limit)")
-	fs.Int64Var(&f.addressQuota, "address-quota-bytes", def.AddressQuota.BytesPerDay, "bytes of messages one client address may store a day (0: no limit)")
+	fs.Int64Var(&f.senderQuota, "sender-quota-bytes", def.SenderQuota.BytesPerDay, "bytes of messages and attachments one sending handle may store a day (0: no limit)")
+	fs.Int64Var(&f.addressQuota, "address-quota-bytes", def.AddressQuota.BytesPerDay, "bytes of messages and attachments one client address may store a day (0: no limit)")
+	fs.Int64Var(&f.maxBlobBytes, "max-blob-bytes", def.Service.MaxBlobBytes, "bytes one attachment blob may hold (blob_too_large past it)")
 	fs.IntVar(&f.maxStreams, "max-streams-per-handle", def.Service.MaxStreamsPerHandle, "inbox streams one handle may have open")
 	fs.IntVar(&f.maxConns, "max-connections", def.MaxConnections, "HTTP connections served at once")
 	fs.IntVar(&f.maxConnsPerAddr, "max-connections-per-address", def.MaxConnectionsPerAddress, "HTTP connections one client address (an IPv6 /64) may hold; trusted proxies are not capped (0: no cap)")
@@ -140,6 +141,10 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 	cfg.Service.Domain, cfg.Service.Retention = f.domain, f.retention
 	cfg.Service.MaxPending, cfg.Service.MaxStreamsPerHandle = f.maxPending, f.maxStreams
 	cfg.Service.MaxPendingBytes = f.maxPendingBytes
+	if f.maxBlobBytes <= 0 {
+		return cfg, fmt.Errorf("--max-blob-bytes %d: want a positive number of bytes", f.maxBlobBytes)
+	}
+	cfg.Service.MaxBlobBytes = f.maxBlobBytes
 	cfg.SenderQuota.BytesPerDay, cfg.AddressQuota.BytesPerDay = f.senderQuota, f.addressQuota
 	cfg.Service.MaxPushSubscriptions = f.maxPushSubscriptions
 	cfg.Bind, cfg.MetricsBind, cfg.DBPath, cfg.MaxDBBytes = f.bind, f.metricsBind, f.db, f.maxDBBytes

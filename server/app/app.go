@@ -136,10 +136,11 @@ func DefaultConfig() Config {
 		FailedAuthLimit:          Limit{Rate: 1, Burst: 30},
 		HandleSendLimit:          Limit{Rate: 30, Burst: 60},
 		TypingLimit:              Limit{Rate: 1, Burst: 5},
-		// 30 days of one address's quota, unacknowledged, are 720 MiB: the
-		// operator's default 1 GiB volume holds them.
-		SenderQuota:  Quota{BytesPerDay: 12 << 20},
-		AddressQuota: Quota{BytesPerDay: 24 << 20},
+		// A day's quota holds two attachments of the largest size
+		// (--max-blob-bytes, 25 MiB) from one handle, four from one
+		// address. The operator sizes both from its volume instead.
+		SenderQuota:  Quota{BytesPerDay: 64 << 20},
+		AddressQuota: Quota{BytesPerDay: 128 << 20},
 		DBPath:       "./kez-chat.db",
 	}
 }

@@ -21,13 +21,18 @@ func (tg *target) dbBytes(t *testing.T) int64 {
 	return n
 }
 
+// The quotas these tests run with: smaller than the defaults (64 and 128
+// MiB a day, room for attachments), so that a flood reaches them before
+// the victim's inbox is full (64 MiB).
+var quotaFlags = []string{"--sender-quota-bytes", fmt.Sprint(12 << 20), "--address-quota-bytes", fmt.Sprint(24 << 20)}
+
 // One registered identity sends 64 KiB messages as fast as the rate limits
-// let it: past its daily quota of bytes (12 MiB by default) the server
+// let it: past its daily quota of bytes (12 MiB here) the server
 // refuses with sender_quota_exceeded and a Retry-After, so one identity
 // cannot fill the disk (before: nothing stopped it short of inbox_full at
 // 10,000 messages, 870 MB, in every inbox it could find).
 func TestOneIdentityCannotStoreMoreThanItsDailyQuota(t *testing.T) {
-	tg := start(t)
+	tg := start(t, quotaFlags...)
 	id, _ := tg.register(t, "flooder")
 	_, victim := tg.register(t, "victim")
 	stored, size, code, retry := tg.fill(t, id, victim, 400)
@@ -39,10 +44,10 @@ func TestOneIdentityCannotStoreMoreThanItsDailyQuota(t *testing.T) {
 }
 
 // One address registers identities and sends from each until the
-// address's daily quota (24 MiB by default) refuses with
+// address's daily quota (24 MiB here) refuses with
 // address_quota_exceeded: fresh identities do not buy more disk.
 func TestOneAddressCannotStoreMoreThanItsDailyQuota(t *testing.T) {
-	tg := start(t)
+	tg := start(t, quotaFlags...)
 	_, victim := tg.register(t, "victim")
 	stored := 0
 	for s := range 10 {

@@ -145,6 +145,8 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /v1/link/{handle}", s.openLink)
 	s.mux.HandleFunc("PUT /v1/link/{channel}/{slot}", s.writeLink)
 	s.mux.HandleFunc("GET /v1/link/{channel}/{slot}", s.readLink)
+	s.mux.HandleFunc("POST /v1/blobs/{handle}", s.uploadBlob)
+	s.mux.HandleFunc("GET /v1/blobs/{id}", s.downloadBlob)
 	s.mux.HandleFunc("/v1/", s.noRoute)
 	s.mux.HandleFunc("/", s.app)
 }

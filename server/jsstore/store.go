@@ -89,7 +89,8 @@ type Store struct {
 	now    func() time.Time
 
 	users, primary, push, replay, keys, acks jetstream.KeyValue
-	links                                    jetstream.KeyValue
+	links, blobRefs                          jetstream.KeyValue
+	objects                                  jetstream.ObjectStore
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
@@ -221,6 +222,9 @@ func (s *Store) setup(ctx context.Context, cfg Config) (lease jetstream.KeyValue
 		return nil, err
 	}
 	if s.links, err = bucket(BucketLinks, "kez-chat device-linking channels, and the channels each handle opened", server.LinkTTL); err != nil {
+		return nil, err
+	}
+	if err := s.setupBlobs(ctx, cfg, storage); err != nil {
 		return nil, err
 	}
 	return bucket(BucketWriter, "kez-chat: the replica that writes envelopes", leaseTTL)
@@ -434,13 +438,19 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
 	r := s.newAppendRequest(ctx, e)
-	if err := s.submit(ctx, r); err != nil {
+	err := s.referenceBlobs(ctx, e, func() error {
+		if err := s.submit(ctx, r); err != nil {
+			return err
+		}
+		if r.err != nil {
+			return r.err
+		}
+		r.answer(e)
+		return nil
+	})
+	if err != nil {
 		return false, err
 	}
-	if r.err != nil {
-		return false, r.err
-	}
-	r.answer(e)
 	return r.dup, nil
 }
 
@@ -459,18 +469,43 @@ func (s *Store) AppendMessages(ctx context.Context, envs []*server.Envelope, _ s
 		reqs[i] = s.newAppendRequest(ctx, e)
 		reqs[i].index = i
 	}
-	if err := s.submitGroup(ctx, reqs); err != nil {
+	dups := make([]bool, len(envs))
+	err := s.referenceEveryBlob(ctx, envs, 0, func() error {
+		if err := s.submitGroup(ctx, reqs); err != nil {
+			return err
+		}
+		for i, r := range reqs {
+			if r.err != nil {
+				return r.err
+			}
+			r.answer(envs[i])
+			dups[i] = r.dup
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	dups := make([]bool, len(envs))
-	for i, r := range reqs {
-		if r.err != nil {
-			return nil, r.err
-		}
-		r.answer(envs[i])
-		dups[i] = r.dup
-	}
 	return dups, nil
+}
+
+// referenceEveryBlob runs store, the atomic append of envs[from:], inside
+// referenceBlobs of each envelope: every envelope's blobs are referenced
+// pending before it, and stored (or withdrawn) after it. A refusal of one
+// envelope's blobs names its index.
+func (s *Store) referenceEveryBlob(ctx context.Context, envs []*server.Envelope, from int, store func() error) error {
+	if from == len(envs) {
+		return store()
+	}
+	inner := false
+	err := s.referenceBlobs(ctx, envs[from], func() error {
+		inner = true
+		return s.referenceEveryBlob(ctx, envs, from+1, store)
+	})
+	if err != nil && !inner {
+		return server.AtIndex(err, from)
+	}
+	return err
 }
 
 // newAppendRequest is e on its way to the stream. AppendMessage and
@@ -644,6 +679,10 @@ func (s *Store) purgeUpTo(ctx context.Context, recipient string, upto uint64) (i
 	}
 	if r.Error != nil || !r.Success {
 		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %v", recipient, upto, r.Error)
+	}
+	if err := s.ReleaseBlobRefs(ctx, recipient, upto); err != nil {
+		// The envelopes are gone; PruneBlobs finds their references dead.
+		s.log.Warn("releasing blob references", "handle", recipient, "upto", upto, "err", err)
 	}
 	return int(r.Purged), nil
 }

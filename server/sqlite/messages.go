@@ -79,6 +79,7 @@ func (db *DB) AppendMessages(ctx context.Context, envs []*server.Envelope, limit
 type pendingAppend struct {
 	recipient, sender, id string
 	msg, digest           []byte
+	blobs                 []string
 
 	seq, at int64
 	dup     bool
@@ -90,7 +91,7 @@ func newAppend(e *server.Envelope) *pendingAppend {
 		msg = []byte{}
 	}
 	sum := sha256.Sum256(msg)
-	return &pendingAppend{recipient: e.Recipient, sender: e.Sender, id: e.ID, msg: msg, digest: sum[:]}
+	return &pendingAppend{recipient: e.Recipient, sender: e.Sender, id: e.ID, msg: msg, digest: sum[:], blobs: append([]string(nil), e.Blobs...)}
 }
 
 // answer sets e's seq and received-at from what the writer stored.
@@ -132,6 +133,9 @@ func (w *writer) append(a *pendingAppend, maxPending, maxBytes int64) error {
 		return fmt.Errorf("looking up message id %q from %s: %w", a.id, a.sender, err)
 	}
 
+	if err := w.checkBlobs(a.sender, a.blobs); err != nil {
+		return err
+	}
 	at = w.batchTime.Unix()
 	err = queryRow(w.bumpSeq, a.recipient, maxPending, int64(len(a.msg)), maxBytes).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -148,8 +152,18 @@ func (w *writer) append(a *pendingAppend, maxPending, maxBytes int64) error {
 	if err != nil {
 		return fmt.Errorf("assigning seq: %w", err)
 	}
-	if _, err := exec(w.insertEnvelope, a.recipient, seq, a.sender, a.id, at, a.msg); err != nil {
+	res, err := exec(w.insertEnvelope, a.recipient, seq, a.sender, a.id, at, a.msg)
+	if err != nil {
 		return fmt.Errorf("inserting envelope %d: %w", seq, err)
+	}
+	if len(a.blobs) > 0 {
+		row, err := res.LastInsertId()
+		if err != nil {
+			return fmt.Errorf("reading the row of envelope %d: %w", seq, err)
+		}
+		if err := w.refBlobs(row, a.blobs); err != nil {
+			return err
+		}
 	}
 	if _, err := exec(w.insertSent, a.sender, a.id, a.recipient, seq, a.digest, at); err != nil {
 		return fmt.Errorf("recording message id %q from %s: %w", a.id, a.sender, err)

@@ -127,6 +127,30 @@ CREATE TABLE ack_points (
 	// 5: link channels, the device-linking mailboxes (POST /v1/link).
 	// (Self-contained, so it can be renumbered after steps added alongside.)
 	linkChannelsSchema,
+	// 6: attachment blobs (their bytes are files in <db>.blobs/) and the
+	// envelopes that name them. A reference goes with its envelope (ON
+	// DELETE CASCADE), so acknowledging and expiring release it with no
+	// code of their own; a blob that was referenced and has none left is
+	// deleted by PruneBlobs.
+	`
+CREATE TABLE blobs (
+	id         TEXT    PRIMARY KEY,
+	uploader   TEXT    NOT NULL REFERENCES users (handle),
+	size       INTEGER NOT NULL CHECK (size >= 0),
+	sha256     BLOB    NOT NULL,
+	created_at INTEGER NOT NULL, -- Unix seconds
+	-- referenced is 1 once a stored envelope named the blob.
+	referenced INTEGER NOT NULL DEFAULT 0
+) STRICT, WITHOUT ROWID;
+CREATE INDEX blobs_created_at ON blobs (created_at);
+
+CREATE TABLE blob_refs (
+	envelope_id INTEGER NOT NULL REFERENCES envelopes (id) ON DELETE CASCADE,
+	blob_id     TEXT    NOT NULL REFERENCES blobs (id) ON DELETE CASCADE,
+	PRIMARY KEY (envelope_id, blob_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX blob_refs_blob_id ON blob_refs (blob_id);
+`,
 }
 
 // migrate brings the database on conn up to len(steps), one step per

@@ -45,6 +45,10 @@ type DB struct {
 
 	getUser     *sql.Stmt
 	getMessages *sql.Stmt
+	getBlob     *sql.Stmt
+
+	blobs     string    // the directory of blob files
+	sweepOnce sync.Once // blob files left by a crash are removed once a process
 
 	users *userCache
 
@@ -70,6 +74,9 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*DB, error) {
 	}
 	if err := createPrivate(path); err != nil {
 		return nil, fmt.Errorf("creating database file %s: %w", path, err)
+	}
+	if err := os.MkdirAll(blobDir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating the blob directory of %s: %w", path, err)
 	}
 
 	wdb, err := sql.Open("sqlite", dsn(path, []string{
@@ -132,6 +139,7 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*DB, error) {
 
 	db := &DB{
 		path:       path,
+		blobs:      blobDir(path),
 		log:        log,
 		wdb:        wdb,
 		w:          w,
@@ -162,6 +170,10 @@ func (db *DB) prepareReads(ctx context.Context) error {
 		FROM envelopes WHERE recipient = ? AND seq > ?
 		ORDER BY seq LIMIT ?`); err != nil {
 		return fmt.Errorf("preparing inbox read: %w", err)
+	}
+	if db.getBlob, err = db.rdb.PrepareContext(ctx, `
+		SELECT uploader, size, sha256, created_at FROM blobs WHERE id = ?`); err != nil {
+		return fmt.Errorf("preparing blob lookup: %w", err)
 	}
 	return nil
 }
@@ -226,7 +238,7 @@ func (db *DB) Close() error {
 // open, then checkpoints and closes the writer.
 func (db *DB) closeHandles() error {
 	var errs []error
-	for _, s := range []*sql.Stmt{db.getUser, db.getMessages} {
+	for _, s := range []*sql.Stmt{db.getUser, db.getMessages, db.getBlob} {
 		if s != nil {
 			s.Close()
 		}

@@ -58,6 +58,8 @@ type writer struct {
 	probeInsert, probeDelete             *sql.Stmt
 	saveCheckpoint                       *sql.Stmt
 	pruneEnvelopes, pruneSent, pruneAuth *sql.Stmt
+	insertBlob, blobOf, insertBlobRef    *sql.Stmt
+	markBlobReferenced, pruneBlobs       *sql.Stmt
 }
 
 func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, error) {
@@ -115,6 +117,18 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 			WHERE created_at < ?1)`},
 		{&w.pruneAuth, `DELETE FROM used_auth WHERE digest IN (
 			SELECT digest FROM used_auth WHERE expires_at < ? LIMIT ?)`},
+		{&w.insertBlob, `INSERT INTO blobs (id, uploader, size, sha256, created_at) VALUES (?, ?, ?, ?, ?)`},
+		{&w.blobOf, "SELECT 1 FROM blobs WHERE id = ? AND uploader = ?"},
+		{&w.insertBlobRef, "INSERT INTO blob_refs (envelope_id, blob_id) VALUES (?, ?)"},
+		{&w.markBlobReferenced, "UPDATE blobs SET referenced = 1 WHERE id = ? AND referenced = 0"},
+		// A blob goes at the retention after its upload, once the last
+		// envelope naming it is gone, or, never named, a day after upload.
+		{&w.pruneBlobs, `DELETE FROM blobs WHERE id IN (
+			SELECT id FROM blobs b WHERE b.created_at < ?1
+				OR (NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.blob_id = b.id)
+					AND (b.referenced = 1 OR b.created_at < ?2))
+			LIMIT ?3)
+			RETURNING id`},
 	} {
 		s, err := conn.PrepareContext(ctx, p.sql)
 		if err != nil {

@@ -84,5 +84,13 @@ describe('message envelopes', () => {
     const extra = await signDocument(alice, { ...doc.payload, From: 'mallory' });
     const odd: Envelope = { seq: 2, received_at: 1764000001, message: JSON.parse(JSON.stringify(extra)) };
     await expect(openEnvelope(odd, { handle: 'bob', server, signing: alice, enc: bobEnc }, aliceRecord)).rejects.toThrow(/payload members/);
+
+    // With blobs, as the Go server takes them (an attachment's ids).
+    const withBlobs = await signDocument(alice, { ...doc.payload, blobs: ['AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'] });
+    const attached: Envelope = { seq: 3, received_at: 1764000001, message: JSON.parse(JSON.stringify(withBlobs)) };
+    expect(await openEnvelope(attached, { handle: 'bob', server, signing: alice, enc: bobEnc }, aliceRecord)).toEqual(pt);
+    const noBlobs = await signDocument(alice, { ...doc.payload, blobs: [] });
+    const empty: Envelope = { seq: 4, received_at: 1764000001, message: JSON.parse(JSON.stringify(noBlobs)) };
+    await expect(openEnvelope(empty, { handle: 'bob', server, signing: alice, enc: bobEnc }, aliceRecord)).rejects.toThrow(/blobs/);
   });
 });

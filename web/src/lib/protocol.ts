@@ -29,7 +29,7 @@ export interface MessagePayload {
   id: string;
   ts: number;
   ct: string;
-  /** The blobs the message names (attachments), so the server keeps them. */
+  /** Ids of attachment blobs the message names, so the server keeps them. */
   blobs?: string[];
 }
 
@@ -64,7 +64,7 @@ export interface MessageKeys {
   enc: EncKeyPair;
 }
 
-/** A message payload's members, sorted; blobs is optional. */
+/** A message payload's members, sorted: without attachments, and with. */
 const PAYLOAD_MEMBERS = 'ct,from,id,server,to,ts,type';
 const PAYLOAD_MEMBERS_BLOBS = 'blobs,ct,from,id,server,to,ts,type';
 
@@ -131,7 +131,10 @@ export async function openEnvelopeRaw(env: Envelope, me: MessageKeys, sender: Pu
   // Exactly the members the Go server takes: a signed "From" beside "from"
   // must not mean one thing here and another there.
   const members = Object.keys(p).sort().join(',');
-  if (members !== PAYLOAD_MEMBERS && members !== PAYLOAD_MEMBERS_BLOBS) throw bad(`payload members are ${members}, not ${PAYLOAD_MEMBERS}`);
+  if (members !== PAYLOAD_MEMBERS && members !== PAYLOAD_MEMBERS_BLOBS) throw bad(`payload members are ${members}, not ${PAYLOAD_MEMBERS}[,blobs]`);
+  if (p.blobs !== undefined && (!Array.isArray(p.blobs) || p.blobs.length < 1 || p.blobs.length > 16 || !p.blobs.every((b) => typeof b === 'string'))) {
+    throw bad('blobs is not 1 to 16 ids');
+  }
   if (p.type !== TYPE_MESSAGE) throw bad(`payload type is ${JSON.stringify(p.type)}`);
   if (p.from !== sender.handle) throw bad(`from ${JSON.stringify(p.from)}, but the key is ${sender.handle}'s`);
   if (p.to !== me.handle) throw bad(`addressed to ${JSON.stringify(p.to)}`);
