@@ -50,6 +50,9 @@ type benchConfig struct {
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "group" {
+		return runGroupBench(ctx, args[1:], stdout, stderr)
+	}
 	var cfg benchConfig
 	fs := newFlagSet(
 		"Measures a chat server in four phases: the maximum message throughput\n"+
