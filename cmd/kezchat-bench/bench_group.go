@@ -285,7 +285,7 @@ func runBlobs(ctx context.Context, cfg groupConfig, target *benchTarget, hc *htt
 			if err != nil {
 				return err
 			}
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.url+path, bytes.NewReader(data))
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.url+path+"?sha256="+digest, bytes.NewReader(data))
 			if err != nil {
 				return err
 			}
