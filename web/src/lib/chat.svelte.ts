@@ -78,7 +78,8 @@ export function describeChange(before: GroupState | undefined, after: GroupState
     case 'create':
       return `${after.by} created "${after.name}"`;
     case 'add':
-      return `${after.by} added ${added.join(', ')}`;
+      // Added from a state never received: only that this client is in it is known.
+      return before ? `${after.by} added ${added.join(', ')}` : `${after.by} added you to "${after.name}"`;
     case 'remove':
       return `${after.by} removed ${gone.join(', ')}`;
     case 'leave':
