@@ -34,11 +34,30 @@ export interface ChatServer {
   cli(who: string, ...args: string[]): Promise<{ stdout: string; stderr: string }>;
 }
 
-export async function startServer(opts: { pushEndpointOrigin?: string } = {}): Promise<ChatServer> {
+/**
+ * A chat server; with sigServer, a `kezchat sig-server` process beside it
+ * and, as the production ingress does, one origin in front of both that
+ * routes /v1/keys to the sig-server (url is then that origin's).
+ */
+export async function startServer(opts: { pushEndpointOrigin?: string; sigServer?: boolean } = {}): Promise<ChatServer> {
   const dir = mkdtempSync(join(tmpdir(), 'kezchat-e2e-'));
   const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const args = ['server', '--bind', `127.0.0.1:${port}`, '--db', join(dir, 'kez-chat.db'), '--domain', 'e2e.test', '--public-url', url,
+  let url = `http://127.0.0.1:${port}`;
+  const extra: { stop(): Promise<void> }[] = [];
+  const sigArgs: string[] = [];
+  if (opts.sigServer) {
+    const sigPort = await freePort();
+    const sig = spawn(KEZCHAT, ['sig-server', '--bind', `127.0.0.1:${sigPort}`, '--db', join(dir, 'sig.db'), '--metrics-bind', '', '--publish-rate', '0'], {
+      stdio: ['ignore', 'ignore', process.env.E2E_VERBOSE ? 'inherit' : 'ignore'],
+    });
+    const sigExited = new Promise<void>((r) => sig.once('exit', () => r()));
+    extra.push({ stop: async () => void (sig.kill('SIGTERM'), await sigExited) });
+    const front = await startFront({ '/v1/keys': `http://127.0.0.1:${sigPort}` }, url);
+    extra.push(front);
+    sigArgs.push('--sig-server-url', `http://127.0.0.1:${sigPort}`, '--sig-server-public-url', front.url, '--key-cache-ttl', '1s');
+    url = front.url;
+  }
+  const args = ['server', '--bind', `127.0.0.1:${port}`, '--db', join(dir, 'kez-chat.db'), '--domain', 'e2e.test', '--public-url', url, ...sigArgs,
     '--metrics-bind', '', '--register-rate', '0', '--send-rate', '0', '--handle-send-rate', '0', '--failed-auth-rate', '0',
     '--vapid-subject', 'mailto:e2e@example.test', '--vapid-key-path', join(dir, 'vapid.pem')];
   if (opts.pushEndpointOrigin) args.push('--push-allow-endpoint', opts.pushEndpointOrigin);
@@ -58,9 +77,36 @@ export async function startServer(opts: { pushEndpointOrigin?: string } = {}): P
     async stop() {
       proc.kill('SIGTERM');
       await exited;
+      for (const e of extra) await e.stop();
       rmSync(dir, { recursive: true, force: true });
     },
     cli: (who, ...cmd) => run(KEZCHAT, cmd, { env: { ...process.env, KEZ_URL: url, KEZ_IDENTITY: join(dir, who + '.json') } }),
+  };
+}
+
+/** One origin in front of several servers: a path prefix to its upstream, else fallback (streams pass through). */
+async function startFront(routes: Record<string, string>, fallback: string): Promise<{ url: string; stop(): Promise<void> }> {
+  const srv = createServer((req, res) => {
+    const path = req.url ?? '/';
+    const prefix = Object.keys(routes).find((p) => path === p || path.startsWith(p + '/') || path.startsWith(p + '?'));
+    const upstream = new URL(prefix ? routes[prefix]! : fallback);
+    const out = request({ host: upstream.hostname, port: upstream.port, method: req.method, path, headers: { ...req.headers, host: upstream.host } }, (up) => {
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    out.on('error', () => res.destroy());
+    res.on('close', () => out.destroy());
+    req.pipe(out);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stop: () =>
+      new Promise((r) => {
+        srv.closeAllConnections();
+        srv.close(() => r());
+      }),
   };
 }
 

@@ -192,7 +192,7 @@ export async function postTyping(who: Signer, to: { to: string; ct: string }[]):
 
 export async function openLink(who: Signer, channel: string): Promise<{ channel: string; expires: number }> {
   const path = `/v1/link/${who.handle}`;
-  return callJSON('POST', path, { raw: '', auth: await auth(who, 'POST', path, [`channel=${channel}`]) });
+  return callJSON('POST', `${path}?channel=${channel}`, { raw: '', auth: await auth(who, 'POST', path, [`channel=${channel}`]) });
 }
 
 export const putLinkRequest = (channel: string, data: string) => call('PUT', `/v1/link/${channel}/request`, { body: { data } });

@@ -78,7 +78,8 @@ export function describeChange(before: GroupState | undefined, after: GroupState
     case 'create':
       return `${after.by} created "${after.name}"`;
     case 'add':
-      return `${after.by} added ${added.join(', ')}`;
+      // Added from a state never received: only that this client is in it is known.
+      return before ? `${after.by} added ${added.join(', ')}` : `${after.by} added you to "${after.name}"`;
     case 'remove':
       return `${after.by} removed ${gone.join(', ')}`;
     case 'leave':
@@ -460,7 +461,15 @@ export class Chat {
     let from: string | undefined;
     try {
       from = claimedSender(env);
-      const raw = await openEnvelopeRaw(env, this.keys, await this.user(from));
+      let sender = await this.user(from);
+      const sig = env.message.signature;
+      if (sig?.key !== sender.key && !sender.signing_keys?.some((k) => k.key === sig?.key)) {
+        // Signed by a key the record read this session does not list: a
+        // device linked since. Its record is read (and checked) again once.
+        this.users.delete(from);
+        sender = await this.user(from);
+      }
+      const raw = await openEnvelopeRaw(env, this.keys, sender);
       const p = env.message.payload;
       await this.apply(parsePlaintext(raw, { from: p.from, to: p.to, id: p.id }), env);
     } catch (e) {
