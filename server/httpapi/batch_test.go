@@ -299,3 +299,56 @@ func TestGroupSendSpendsOneSendTokenPerRequest(t *testing.T) {
 		t.Fatalf("third group send: %d %s, want 429 rate_limited", r.status, r.code)
 	}
 }
+
+func TestGroupSendTakesADeviceKeysHeaderAndDocumentsUntilTheKeyIsRevoked(t *testing.T) {
+	sig, srv, chain, bob := chatWithSigServer(t, nil)
+	phone := asDevice(chain.primary, newSigner(t, "ed25519"))
+	docs := func(id string) []any {
+		return []any{phone.sign(t, phone.messagePayload("bob", id+":bob", []byte("x"))),
+			phone.sign(t, phone.messagePayload(phone.handle, id+":"+phone.handle, []byte("x")))}
+	}
+	if r := sendGroup(t, srv, phone, docs("before")...); r.status != http.StatusUnauthorized || r.code != server.CodeBadAuth {
+		t.Fatalf("group send by an unpublished device key: %d %s, want 401 %s", r.status, r.code, server.CodeBadAuth)
+	}
+	// The registered key's header does not make the phone's documents
+	// authorized.
+	body := groupBody(t, docs("mixed")...)
+	if r := postBatch(t, srv, phone.handle, body, batchAuth(t, chain.primary, phone.handle, body)); r.status != 403 || r.code != server.CodeKeyNotAuthorized || errorIndex(t, r) != 0 {
+		t.Fatalf("an unpublished device key's documents: %d %s index %d", r.status, r.code, errorIndex(t, r))
+	}
+	chain.mustPublish(t, sig.URL, phone.signer)
+	if r := sendGroup(t, srv, phone, docs("published")...); r.status != http.StatusCreated {
+		t.Fatalf("group send by a published device key: %d %s %s", r.status, r.code, r.body)
+	}
+	chain.mustPublish(t, sig.URL) // version 2 drops the phone
+	if r := sendGroup(t, srv, phone, docs("revoked")...); r.status != http.StatusUnauthorized || r.code != server.CodeBadAuth {
+		t.Fatalf("group send by a revoked device key: %d %s, want 401 %s", r.status, r.code, server.CodeBadAuth)
+	}
+	if n := len(poll(t, srv, bob, 0).Messages); n != 1 {
+		t.Fatalf("bob's inbox holds %d messages, want 1", n)
+	}
+}
+
+func TestGroupSendTakes256DocumentsInABodyOfAlmost4MiB(t *testing.T) {
+	srv := testutil.StartServer(t, testutil.Options{})
+	alice := newIdentity(t, "ed25519", "alice")
+	register(t, srv, alice)
+	docs := make([]any, server.MaxBatchDocuments)
+	for i := range docs {
+		to := newIdentity(t, "ed25519", fmt.Sprint("rcpt", i))
+		register(t, srv, to)
+		docs[i] = alice.sign(t, alice.messagePayload(to.handle, "big:"+to.handle, randomCT(t, 12000)))
+	}
+	body := groupBody(t, docs...)
+	if len(body) < 4<<20-64<<10 || len(body) > 4<<20 {
+		t.Fatalf("the body is %d bytes, not just under 4 MiB", len(body))
+	}
+	r := postBatch(t, srv, "alice", body, batchAuth(t, alice, "alice", body))
+	if r.status != http.StatusCreated {
+		t.Fatalf("256 documents in %d bytes: %d %s", len(body), r.status, r.code)
+	}
+	var got receipts
+	if err := json.Unmarshal(r.body, &got); err != nil || len(got.Receipts) != server.MaxBatchDocuments || got.Receipts[255].To != "rcpt255" {
+		t.Fatalf("receipts: %d, %v", len(got.Receipts), err)
+	}
+}

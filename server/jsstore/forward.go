@@ -369,6 +369,12 @@ const (
 	// maxGroupParts bounds the parts of one group (a 4 MiB body in parts
 	// of at least 64 KiB).
 	maxGroupParts = 64
+	// groupAttempt bounds the wait for a forwarded group's answer: up to
+	// 256 envelopes and 4 MiB in one batch may take the writer longer
+	// than a few single envelopes, and a group sent again after a lost
+	// answer costs a look-up per envelope. It leaves the request's
+	// deadline (requestTimeout) room for the parts before.
+	groupAttempt = 8 * time.Second
 )
 
 // submitGroup has reqs stored as one group and waits for the answers, up
@@ -430,7 +436,11 @@ func (s *Store) sendGroup(ctx context.Context, reqs []*appendRequest) (done bool
 		if len(parts) > 1 {
 			m.Header = nats.Header{hdrGroup: {id}, hdrGroupPart: {strconv.Itoa(k + 1)}, hdrGroupParts: {strconv.Itoa(len(parts))}}
 		}
-		actx, cancel := context.WithTimeout(ctx, forwardAttempt)
+		wait := forwardAttempt
+		if k == len(parts)-1 {
+			wait = groupAttempt
+		}
+		actx, cancel := context.WithTimeout(ctx, wait)
 		resp, err = s.nc.RequestMsgWithContext(actx, m)
 		cancel()
 		switch {
@@ -507,7 +517,7 @@ func (s *Store) serveGroup(m *nats.Msg) {
 		s.log.Warn("a forwarded group send that does not decode", "err", err, "envelopes", len(reqs))
 		return // the sender's attempt times out and goes again
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), forwardAttempt)
+	ctx, cancel := context.WithTimeout(context.Background(), groupAttempt)
 	for i, r := range reqs {
 		r.ctx, r.index = ctx, i
 	}

@@ -258,3 +258,34 @@ func TestConcurrentAcksOfTwoDevicesLoseNeitherPoint(t *testing.T) {
 		t.Fatalf("bob's inbox holds %d, want 10 (the laptop's point lost?)", k)
 	}
 }
+
+func TestAnAckBehindTheDevicesPointDeletesUpToThePoint(t *testing.T) {
+	ctx := context.Background()
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice", "bob")
+	var seq []uint64
+	for i := range 6 {
+		seq = append(seq, mustAppend(t, s, "bob", "alice", fmt.Sprint(i), "{}"))
+	}
+	both := []string{"laptop", "phone"}
+	for _, a := range []struct {
+		device      string
+		upto        uint64
+		devices     []string
+		wantDeleted int
+	}{
+		{"laptop", 0, both, 0},
+		{"phone", seq[4], both, 0},
+		{"laptop", seq[1], both, 2},
+		// The laptop is revoked; the phone acknowledges behind its point,
+		// which stays and now alone holds the inbox.
+		{"phone", seq[3], []string{"phone"}, 3},
+		{"phone", seq[5], []string{"phone"}, 1},
+	} {
+		k, err := s.Ack(ctx, "bob", a.device, a.upto, a.devices)
+		if err != nil || k != a.wantDeleted {
+			t.Fatalf("%s acknowledging %d: deleted %d, %v; want %d", a.device, a.upto, k, err, a.wantDeleted)
+		}
+	}
+}

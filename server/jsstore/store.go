@@ -595,9 +595,9 @@ func (s *Store) Ack(ctx context.Context, recipient, device string, upto uint64, 
 			return 0, fmt.Errorf("reading the acknowledgement points of %s: %w", recipient, err)
 		}
 		points[device] = max(points[device], upto)
-		lowest = upto
+		lowest = math.MaxUint64 // the device's own point is among them, kept
 		for d, p := range points {
-			if devices != nil && !slices.Contains(devices, d) {
+			if d != device && devices != nil && !slices.Contains(devices, d) {
 				delete(points, d) // no longer authorized
 				continue
 			}

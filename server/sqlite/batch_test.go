@@ -150,3 +150,32 @@ func TestAckDeletesOnlyWhatEveryDeviceAcknowledged(t *testing.T) {
 		t.Fatalf("Ack of an unknown inbox: %d, %v", n, err)
 	}
 }
+
+func TestAnAckBehindTheDevicesPointDeletesUpToThePoint(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t)
+	mustCreate(t, db, "alice", "bob")
+	for i := range 6 {
+		mustAppend(t, db, "bob", "alice", fmt.Sprint(i), "x")
+	}
+	both := []string{"laptop", "phone"}
+	for _, a := range []struct {
+		device      string
+		upto        uint64
+		devices     []string
+		wantDeleted int
+	}{
+		{"laptop", 0, both, 0},
+		{"phone", 5, both, 0},
+		{"laptop", 2, both, 2},
+		// The laptop is revoked; the phone acknowledges behind its point,
+		// which stays at 5 and now alone holds the inbox.
+		{"phone", 4, []string{"phone"}, 3},
+		{"phone", 6, []string{"phone"}, 1},
+	} {
+		n, err := db.Ack(ctx, "bob", a.device, a.upto, a.devices)
+		if err != nil || n != a.wantDeleted {
+			t.Fatalf("%s acknowledging %d: deleted %d, %v; want %d", a.device, a.upto, n, err, a.wantDeleted)
+		}
+	}
+}

@@ -226,7 +226,9 @@ func (w *writer) ack(recipient, device string, upto int64, devices []string) (in
 	if err != nil {
 		return 0, fmt.Errorf("reading acknowledgement points: %w", err)
 	}
-	lowest := upto
+	// The device's own point is among them: it just authenticated, so it
+	// is kept even when devices (read a moment before) lacks it.
+	lowest := int64(math.MaxInt64)
 	var revoked []string
 	for rows.Next() {
 		var d string
@@ -235,7 +237,7 @@ func (w *writer) ack(recipient, device string, upto int64, devices []string) (in
 			rows.Close()
 			return 0, fmt.Errorf("reading acknowledgement points: %w", err)
 		}
-		if devices != nil && !slices.Contains(devices, d) {
+		if d != device && devices != nil && !slices.Contains(devices, d) {
 			revoked = append(revoked, d)
 			continue
 		}
