@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -218,5 +221,79 @@ func TestGroupsAcceptMessagesOnlyFromMembersOfGroupsTheClientIsIn(t *testing.T) 
 	}
 	if g.Accepts(v1.ID, "alice") || len(g.List()) != 0 {
 		t.Error("a removed member still shows the group")
+	}
+}
+
+func TestGroupsReceiveEachMessageOnceAndRememberWhatTheyRefused(t *testing.T) {
+	g, v1 := created(t)
+	g.Seq = 10
+	group := &GroupRef{ID: v1.ID}
+	fromStranger := Plaintext{From: "mallory", Group: group, Body: "hi"}
+	if err := g.ReceiveAt(11, &fromStranger); !errors.Is(err, ErrNotInGroup) {
+		t.Fatalf("a stranger's group message: %v, want ErrNotInGroup", err)
+	}
+	v2, err := v1.Next("alice", OpRemove, func(n *GroupState) { n.Members = Without(n.Members, "carol") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.ReceiveAt(12, &Plaintext{From: "alice", Kind: KindGroup, Group: group, State: v2}); err != nil {
+		t.Fatal(err)
+	}
+	fromCarol := Plaintext{From: "carol", Group: group, Body: "still here"}
+	if err := g.ReceiveAt(13, &fromCarol); !errors.Is(err, ErrNotInGroup) {
+		t.Fatalf("a removed member's message: %v", err)
+	}
+	// Read again (an inbox read twice): the same answers, nothing applied
+	// again.
+	for seq, want := range map[uint64]error{11: ErrDroppedBefore, 12: nil, 13: ErrDroppedBefore} {
+		if err := g.ReceiveAt(seq, &fromCarol); !errors.Is(err, want) && err != want {
+			t.Errorf("seq %d again: %v, want %v", seq, err, want)
+		}
+	}
+	g.Pass(20)
+	if g.Seq != 20 || g.State(v1.ID).Version != 2 {
+		t.Errorf("seq %d, version %d", g.Seq, g.State(v1.ID).Version)
+	}
+
+	path := filepath.Join(t.TempDir(), "id.groups.json")
+	if err := g.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); runtime.GOOS != "windows" && st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v", st.Mode().Perm())
+	}
+	back, err := LoadGroups(path, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Seq != 20 || back.State(v1.ID).Hash() != v2.Hash() || len(back.Versions(v1.ID)) != 2 ||
+		!errors.Is(back.ReceiveAt(13, &fromCarol), ErrDroppedBefore) {
+		t.Errorf("loaded back: seq %d, %+v", back.Seq, back.State(v1.ID))
+	}
+	if _, err := LoadGroups(path, "carol"); err == nil {
+		t.Error("bob's groups loaded as carol's")
+	}
+	if g, err := LoadGroups(filepath.Join(t.TempDir(), "none.json"), "bob"); err != nil || len(g.List()) != 0 {
+		t.Errorf("no file: %v", err)
+	}
+	data, _ := os.ReadFile(path)
+	for name, bad := range map[string]string{
+		"a version that does not follow": strings.Replace(string(data), `"version":2`, `"version":3`, 1),
+		"an unknown member":              strings.Replace(string(data), `{"v":1`, `{"v":1,"x":1`, 1),
+		"dropped seqs beyond seq":        strings.Replace(string(data), `"seq":20`, `"seq":12`, 1),
+	} {
+		p := filepath.Join(t.TempDir(), "bad.json")
+		if err := os.WriteFile(p, []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadGroups(p, "bob"); err == nil {
+			t.Errorf("%s: loaded", name)
+		}
+	}
+	if runtime.GOOS != "windows" {
+		os.Chmod(path, 0o644)
+		if _, err := LoadGroups(path, "bob"); err == nil {
+			t.Error("a groups file others may read was loaded")
+		}
 	}
 }
