@@ -149,8 +149,8 @@ export class Chat {
 
   /** Reads the conversation list and the cursor; messages are read as conversations open. */
   async load(): Promise<void> {
-    this.pins = await this.deps.loadPins(this.me.handle);
-    const db = await this.db();
+    const [pins, db] = await Promise.all([this.deps.loadPins(this.me.handle), this.db()]);
+    this.pins = pins;
     const [records, cursor] = await Promise.all([storedConversations(db), getMeta<number>(db, 'cursor')]);
     this.cursor = this.acked = cursor ?? 0;
     this.conversations.clear();

@@ -255,21 +255,28 @@ export function updateMessage(db: IDBDatabase, conv: string, from: string, mid: 
  * when given (the page before the one shown); more: whether older ones exist.
  */
 export function lastPage(db: IDBDatabase, conv: string, n: number, beforeOrder?: number): Promise<{ messages: MessageRecord[]; more: boolean }> {
+  if (!(n >= 1)) return Promise.reject(new RangeError(`a page of ${n} messages`));
   return inTransaction(db, [MESSAGES], 'readonly', async (tx) => {
-    const range = IDBKeyRange.bound([conv, -Infinity], [conv, beforeOrder ?? Infinity], false, beforeOrder !== undefined);
-    const cursor = tx.objectStore(MESSAGES).openCursor(range, 'prev');
-    const messages: MessageRecord[] = [];
-    const more = await new Promise<boolean>((resolve, reject) => {
+    const store = tx.objectStore(MESSAGES);
+    const upper: [string, number] = [conv, beforeOrder ?? Infinity];
+    const range = IDBKeyRange.bound([conv, -Infinity], upper, false, beforeOrder !== undefined);
+    // A cursor step is a round trip to the browser's database process: find
+    // the page's first key with one key cursor (newest first, then skip n),
+    // then read the page with one getAll.
+    const cursor = store.openKeyCursor(range, 'prev');
+    const bound = await new Promise<IDBValidKey | null>((resolve, reject) => {
+      let skipped = false;
       cursor.onerror = () => reject(cursor.error);
       cursor.onsuccess = () => {
         const c = cursor.result;
-        if (!c) return resolve(false);
-        if (messages.length === n) return resolve(true);
-        messages.push(c.value as MessageRecord);
-        c.continue();
+        if (!c || skipped) return resolve(c ? c.primaryKey : null);
+        skipped = true;
+        c.advance(n);
       };
     });
-    return { messages: messages.reverse(), more };
+    const page = bound === null ? range : IDBKeyRange.bound(bound, upper, true, beforeOrder !== undefined);
+    const messages = (await request(store.getAll(page))) as MessageRecord[];
+    return { messages, more: bound !== null };
   });
 }
 
