@@ -109,9 +109,11 @@ describe('Chat', () => {
     expect((await shown(reloaded, 'alice')).map((m) => m.body)).toEqual(['hi bob', 'second']);
     reloaded.markRead('p:alice');
     expect(reloaded.conversations.get('p:alice')!.unread).toBe(0);
+    // The conversation the app opens at is read with the list.
     const again = new Chat(bob.id, srv.deps);
-    await again.load();
-    expect(again.conversations.get('p:alice')!.unread).toBe(0);
+    await again.load('p:alice');
+    expect(again.conversations.get('p:alice')).toMatchObject({ unread: 0, loaded: true, more: false });
+    expect(again.conversations.get('p:alice')!.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
   });
 
   it('marks a failed send and a retry posts the same message once', async () => {
@@ -183,6 +185,7 @@ describe('Chat', () => {
     await b.load();
     expect((await shown(b, 'alice')).map((m) => m.body)).toEqual(['old']);
     expect(b.cursor).toBe(3);
+    await b.legacyImport;
     expect(srv.legacy.has(historyKey('bob'))).toBe(false); // migrated once, then deleted
   });
 

@@ -115,6 +115,8 @@ export class Chat {
   private pins = new Map<string, Pin>();
   private chain: Promise<unknown> = Promise.resolve();
   private history?: Promise<IDBDatabase>;
+  /** The rest of a legacy document's import, running in the background, if one started. */
+  legacyImport?: Promise<void>;
   /** The mids of own messages this session is posting: any other stored as pending was cut short (a reload) and failed. */
   private sending = new Set<string>();
 
@@ -138,7 +140,9 @@ export class Chat {
     if (!this.history) {
       const opening = (async () => {
         const db = await this.deps.openHistory(this.me.handle);
-        await migrateLegacy(db, this.me.handle, this.deps.legacy);
+        // The conversations and their latest messages now, the rest in the background.
+        const imported = await migrateLegacy(db, this.me.handle, this.deps.legacy);
+        this.legacyImport = imported?.rest.catch((e) => console.warn('moving the old history into the new one (tried again next time):', e));
         return db;
       })();
       opening.catch(() => (this.history = undefined)); // tried again on next use
@@ -147,14 +151,28 @@ export class Chat {
     return this.history;
   }
 
-  /** Reads the conversation list and the cursor; messages are read as conversations open. */
-  async load(): Promise<void> {
+  /**
+   * Reads the conversation list and the cursor, and the latest page of
+   * conv when given (the conversation the app opens at, read alongside the
+   * list rather than after it); other messages are read as conversations open.
+   */
+  async load(conv?: string): Promise<void> {
     const [pins, db] = await Promise.all([this.deps.loadPins(this.me.handle), this.db()]);
     this.pins = pins;
-    const [records, cursor] = await Promise.all([storedConversations(db), getMeta<number>(db, 'cursor')]);
+    const [records, cursor, page] = await Promise.all([
+      storedConversations(db),
+      getMeta<number>(db, 'cursor'),
+      conv === undefined ? undefined : lastPage(db, conv, PAGE_SIZE),
+    ]);
     this.cursor = this.acked = cursor ?? 0;
     this.conversations.clear();
     for (const r of records) this.conversations.set(r.conv, reactive(r));
+    const c = conv === undefined ? undefined : this.conversations.get(conv);
+    if (c && page) {
+      c.messages = await this.failCutShort(page.messages);
+      c.more = page.more;
+      c.loaded = true;
+    }
   }
 
   /** Runs f after everything queued before it: one ingest or history write at a time. */
