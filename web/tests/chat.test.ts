@@ -160,6 +160,18 @@ describe('Chat', () => {
     expect(srv.acks).toEqual([]);
   });
 
+  it('does not move past or acknowledge a message it could not store', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const srv = fakeServer([alice.record, bob.record]);
+    const doc = await newMessage({ handle: 'alice', server: SERVER, signing: alice.id.signing, enc: alice.id.enc }, bob.record, 'm', 'kept later', 2);
+    const b = new Chat(bob.id, srv.deps);
+    (await b.db()).close(); // every write fails from now on
+    await b.ingest([{ seq: 3, received_at: 1, message: doc }]);
+    expect(b.cursor).toBe(0);
+    expect(srv.acks).toEqual([]);
+  });
+
   it('keeps a conversation of its own for peers named like Object properties', async () => {
     const bob = await person('bob');
     const odd = await Promise.all(['constructor', '__proto__', 'toString', 'hasOwnProperty'].map(person));

@@ -361,20 +361,29 @@ export class Chat {
       const pt = await openEnvelope(env, this.keys, await this.user(from));
       const conv = peerConv(from);
       const id = env.message.payload.id;
-      const stored = await appendMessage(
-        await this.db(),
-        { conv, id, mid: id, from, mine: false, body: pt.body, ts: pt.ts, seq: env.seq, state: 'received', kind: 'text' },
-        { unread: this.activeConv !== conv || !pageVisible() },
-      );
+      let stored: Stored | undefined;
+      try {
+        stored = await appendMessage(
+          await this.db(),
+          { conv, id, mid: id, from, mine: false, body: pt.body, ts: pt.ts, seq: env.seq, state: 'received', kind: 'text' },
+          { unread: this.activeConv !== conv || !pageVisible() },
+        );
+      } catch (e) {
+        // Not kept, so not acknowledged: the inbox holds it until a write works.
+        console.warn('storing a message (tried again later):', e);
+        return false;
+      }
       if (stored) this.mirror(stored);
     } catch (e) {
       if (isKeyProblem(e) && from !== undefined) {
-        await this.withhold(from, env);
-        return true;
+        return this.withhold(from, env).then(
+          () => true,
+          (err) => (console.warn('holding a message (tried again later):', err), false),
+        );
       }
-      // Not being able to ask the server who sent it (or to store it) is
-      // worth a retry; a message that does not verify or open never will be.
-      if ((e instanceof api.ApiError && e.code !== 'unknown_handle') || e instanceof DOMException) return false;
+      // Not being able to ask the server who sent it is worth a retry; a
+      // message that does not verify or open never will be.
+      if (e instanceof api.ApiError && e.code !== 'unknown_handle') return false;
       console.warn('dropping an envelope that cannot be read:', e instanceof InvalidMessage || e instanceof api.ApiError ? e.message : e);
     }
     return true;
