@@ -11,7 +11,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.d
 FUZZTIME  ?= 10s
 
 .PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup
-.PHONY: web web-test web-e2e
+.PHONY: web web-test web-e2e bench-web
 
 all: build
 
@@ -38,6 +38,12 @@ web-test: web
 ## against bin/kezchat and its real database; screenshots in web/e2e/artifacts
 web-e2e: build
 	cd web && KEZCHAT_BIN=$(abspath $(BIN)) npx vitest run --config vitest.e2e.config.ts
+
+## bench-web: the web app's load time with 100,000 messages in its history
+## (docs/benchmarks.md), in Debian's chromium against bin/kezchat;
+## BENCH_WEB_ARGS="--layout legacy" seeds the single-document layout before issue 17
+bench-web: build
+	cd web && KEZCHAT_BIN=$(abspath $(BIN)) node scripts/bench-history.mjs $(BENCH_WEB_ARGS)
 
 check: fmt-check vet check-generated
 

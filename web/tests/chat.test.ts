@@ -139,9 +139,11 @@ describe('Chat', () => {
     expect((await shown(reloaded, 'alice')).map((m) => m.body)).toEqual(['hi bob', 'second']);
     reloaded.markRead('p:alice');
     expect(reloaded.conversations.get('p:alice')!.unread).toBe(0);
+    // The conversation the app opens at is read with the list.
     const again = new Chat(bob.id, srv.deps);
-    await again.load();
-    expect(again.conversations.get('p:alice')!.unread).toBe(0);
+    await again.load('p:alice');
+    expect(again.conversations.get('p:alice')).toMatchObject({ unread: 0, loaded: true, more: false });
+    expect(again.conversations.get('p:alice')!.messages.map((m) => m.body)).toEqual(['hi bob', 'second']);
   });
 
   it('marks a failed send and a retry posts the same message once', async () => {
@@ -188,6 +190,18 @@ describe('Chat', () => {
     expect(srv.acks).toEqual([]);
   });
 
+  it('does not move past or acknowledge a message it could not store', async () => {
+    const alice = await person('alice');
+    const bob = await person('bob');
+    const srv = fakeServer([alice.record, bob.record]);
+    const doc = await newMessage({ handle: 'alice', server: SERVER, signing: alice.id.signing, enc: alice.id.enc }, bob.record, 'm', 'kept later', 2);
+    const b = new Chat(bob.id, srv.deps);
+    (await b.db()).close(); // every write fails from now on
+    await b.ingest([{ seq: 3, received_at: 1, message: doc }]);
+    expect(b.cursor).toBe(0);
+    expect(srv.acks).toEqual([]);
+  });
+
   it('keeps a conversation of its own for peers named like Object properties', async () => {
     const bob = await person('bob');
     const odd = await Promise.all(['constructor', '__proto__', 'toString', 'hasOwnProperty'].map(person));
@@ -213,6 +227,7 @@ describe('Chat', () => {
     await b.load();
     expect((await shown(b, 'alice')).map((m) => m.body)).toEqual(['old']);
     expect(b.cursor).toBe(3);
+    await b.legacyImport;
     expect(srv.legacy.has(historyKey('bob'))).toBe(false); // migrated once, then deleted
   });
 

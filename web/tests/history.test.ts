@@ -173,7 +173,8 @@ describe('history', () => {
     it('moves every message and conversation into the stores once, then deletes the document', async () => {
       const db = await fresh();
       const legacy = legacyStore({ [historyKey('me')]: doc() });
-      expect(await migrateLegacy(db, 'me', legacy)).toBe(true);
+      const imported = await migrateLegacy(db, 'me', legacy);
+      await imported?.rest;
       expect(legacy.docs.size).toBe(0);
       expect(await getMeta(db, 'cursor')).toBe(7);
       const alice = await lastPage(db, peerConv('alice'), 10);
@@ -189,13 +190,13 @@ describe('history', () => {
       expect(convs.get('p:quiet')?.last).toBeUndefined();
       // New messages follow the migrated ones.
       expect((await appendMessage(db, text('p:alice', 'a3', 'alice')))?.message.order).toBe(4);
-      expect(await migrateLegacy(db, 'me', legacy)).toBe(false);
+      expect(await migrateLegacy(db, 'me', legacy)).toBeUndefined();
     });
 
     it('reads the oldest documents, keyed by peer', async () => {
       const db = await fresh();
       const legacy = legacyStore({ [historyKey('me')]: { cursor: 3, conversations: { alice: { peer: 'alice', messages: [{ id: 'x', mine: false, body: 'old', ts: 1, seq: 3, state: 'received' }], unread: 1 } } } });
-      await migrateLegacy(db, 'me', legacy);
+      await (await migrateLegacy(db, 'me', legacy))?.rest;
       expect((await lastPage(db, 'p:alice', 5)).messages.map((m) => m.body)).toEqual(['old']);
     });
 
@@ -206,18 +207,45 @@ describe('history', () => {
       legacy.del = async () => {
         throw new Error('the tab closed');
       };
-      await expect(migrateLegacy(db, 'me', legacy)).rejects.toThrow(/tab closed/);
+      await expect((await migrateLegacy(db, 'me', legacy))?.rest).rejects.toThrow(/tab closed/);
       expect(legacy.docs.size).toBe(1);
       legacy.del = kept;
-      expect(await migrateLegacy(db, 'me', legacy)).toBe(false);
+      await (await migrateLegacy(db, 'me', legacy))?.rest;
       expect(legacy.docs.size).toBe(0);
       expect((await lastPage(db, 'p:alice', 10)).messages).toHaveLength(2);
+    });
+
+    it('stores the latest messages first and, cut short, resumes without duplicating or overwriting anything', async () => {
+      const factory = new IDBFactory();
+      let db = await openHistory('me', factory);
+      const legacy = legacyStore({ [historyKey('me')]: doc() });
+      const imported = await migrateLegacy(db, 'me', legacy, { recent: 1, chunk: 1 });
+      // The first transaction holds each conversation's latest message: what the app shows first.
+      expect((await lastPage(db, 'p:alice', 1)).messages.map((m) => m.mid)).toEqual(['a2']);
+      expect((await lastPage(db, 'p:constructor', 1)).messages.map((m) => m.mid)).toEqual(['c1']);
+      db.close(); // the tab closes while the rest is being written
+      await expect(imported?.rest).rejects.toThrow();
+      expect(legacy.docs.size).toBe(1);
+
+      db = await openHistory('me', factory);
+      // Used in between: a migrated message changed, a new one arrived.
+      await updateMessage(db, 'p:alice', 'me', 'a2', (m) => void (m.state = 'sent'));
+      expect((await appendMessage(db, text('p:alice', 'a3', 'alice')))?.message.order).toBe(4);
+      await (await migrateLegacy(db, 'me', legacy, { recent: 1, chunk: 1 }))?.rest;
+      expect(legacy.docs.size).toBe(0);
+      expect((await lastPage(db, 'p:alice', 10)).messages.map((m) => [m.mid, m.order, m.state])).toEqual([
+        ['a1', 1, 'received'],
+        ['a2', 2, 'sent'],
+        ['a3', 4, 'received'],
+      ]);
+      expect((await getConversation(db, 'p:alice'))?.last?.body).toBe('body a3');
+      expect(await getMeta(db, 'cursor')).toBe(7);
     });
 
     it('leaves another identity\'s document alone', async () => {
       const db = await fresh();
       const legacy = legacyStore({ [historyKey('someone')]: doc() });
-      expect(await migrateLegacy(db, 'me', legacy)).toBe(false);
+      expect(await migrateLegacy(db, 'me', legacy)).toBeUndefined();
       expect(legacy.docs.size).toBe(1);
       expect(await conversations(db)).toEqual([]);
     });

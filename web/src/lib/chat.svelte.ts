@@ -205,6 +205,8 @@ export class Chat {
   private pins = new Map<string, Pin>();
   private chain: Promise<unknown> = Promise.resolve();
   private history?: Promise<IDBDatabase>;
+  /** The rest of a legacy document's import, running in the background, if one started. */
+  legacyImport?: Promise<void>;
   /** The mids of own messages this session is posting: any other stored as pending was cut short (a reload) and failed. */
   private sending = new Set<string>();
 
@@ -230,7 +232,9 @@ export class Chat {
     if (!this.history) {
       const opening = (async () => {
         const db = await this.deps.openHistory(this.me.handle);
-        await migrateLegacy(db, this.me.handle, this.deps.legacy);
+        // The conversations and their latest messages now, the rest in the background.
+        const imported = await migrateLegacy(db, this.me.handle, this.deps.legacy);
+        this.legacyImport = imported?.rest.catch((e) => console.warn('moving the old history into the new one (tried again next time):', e));
         return db;
       })();
       opening.catch(() => (this.history = undefined)); // tried again on next use
@@ -239,14 +243,28 @@ export class Chat {
     return this.history;
   }
 
-  /** Reads the conversation list and the cursor; messages are read as conversations open. */
-  async load(): Promise<void> {
-    this.pins = await this.deps.loadPins(this.me.handle);
-    const db = await this.db();
-    const [records, cursor] = await Promise.all([storedConversations(db), getMeta<number>(db, 'cursor')]);
+  /**
+   * Reads the conversation list and the cursor, and the latest page of
+   * conv when given (the conversation the app opens at, read alongside the
+   * list rather than after it); other messages are read as conversations open.
+   */
+  async load(conv?: string): Promise<void> {
+    const [pins, db] = await Promise.all([this.deps.loadPins(this.me.handle), this.db()]);
+    this.pins = pins;
+    const [records, cursor, page] = await Promise.all([
+      storedConversations(db),
+      getMeta<number>(db, 'cursor'),
+      conv === undefined ? undefined : lastPage(db, conv, PAGE_SIZE),
+    ]);
     this.cursor = this.acked = cursor ?? 0;
     this.conversations.clear();
     for (const r of records) this.conversations.set(r.conv, reactive(r));
+    const c = conv === undefined ? undefined : this.conversations.get(conv);
+    if (c && page) {
+      c.messages = await this.failCutShort(page.messages);
+      c.more = page.more;
+      c.loaded = true;
+    }
     const histories: [string, GroupHistory][] = [];
     for (const r of records) {
       const id = groupIdOf(r.conv);
@@ -474,8 +492,10 @@ export class Chat {
       await this.apply(parsePlaintext(raw, { from: p.from, to: p.to, id: p.id }), env);
     } catch (e) {
       if (isKeyProblem(e) && from !== undefined) {
-        await this.withhold(from, env);
-        return true;
+        return this.withhold(from, env).then(
+          () => true,
+          (err) => (console.warn('holding a message (tried again later):', err), false),
+        );
       }
       // Not being able to ask the server who sent it (or to store it) is
       // worth a retry; a message that does not verify or open never will be.

@@ -2,9 +2,8 @@
 // mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305,
 // info "kez-chat/v1 message", no aad; ct = enc (32 bytes) || ciphertext.
 
-import { CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
-import { Chacha20Poly1305 } from '@hpke/chacha20poly1305';
 import { webCryptoHas } from './backend';
+import type { CipherSuite } from './hpke';
 import { concat, decodeB64, encodeB64, utf8 } from './bytes';
 
 const INFO = utf8('kez-chat/v1 message');
@@ -33,13 +32,12 @@ export async function nonExtractableEncKey(pair: EncKeyPair): Promise<EncKeyPair
 let suites: { native?: Promise<CipherSuite>; noble?: Promise<CipherSuite> } = {};
 
 async function suite(native = false): Promise<CipherSuite> {
+  // HPKE loads with the first message sealed or opened, not with the page.
   if (native || (await webCryptoHas('X25519'))) {
-    suites.native ??= Promise.resolve(new CipherSuite({ kem: new DhkemX25519HkdfSha256(), kdf: new HkdfSha256(), aead: new Chacha20Poly1305() }));
+    suites.native ??= import('./hpke').then((m) => m.makeSuite(true));
     return suites.native;
   }
-  suites.noble ??= import('@hpke/dhkem-x25519').then(
-    (m) => new CipherSuite({ kem: new m.DhkemX25519HkdfSha256(), kdf: new HkdfSha256(), aead: new Chacha20Poly1305() }),
-  );
+  suites.noble ??= import('./hpke').then((m) => m.makeSuite(false));
   return suites.noble;
 }
 

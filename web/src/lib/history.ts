@@ -250,21 +250,28 @@ export function updateMessage(db: IDBDatabase, conv: string, from: string, mid: 
  * when given (the page before the one shown); more: whether older ones exist.
  */
 export function lastPage(db: IDBDatabase, conv: string, n: number, beforeOrder?: number): Promise<{ messages: MessageRecord[]; more: boolean }> {
+  if (!(n >= 1)) return Promise.reject(new RangeError(`a page of ${n} messages`));
   return inTransaction(db, [MESSAGES], 'readonly', async (tx) => {
-    const range = IDBKeyRange.bound([conv, -Infinity], [conv, beforeOrder ?? Infinity], false, beforeOrder !== undefined);
-    const cursor = tx.objectStore(MESSAGES).openCursor(range, 'prev');
-    const messages: MessageRecord[] = [];
-    const more = await new Promise<boolean>((resolve, reject) => {
+    const store = tx.objectStore(MESSAGES);
+    const upper: [string, number] = [conv, beforeOrder ?? Infinity];
+    const range = IDBKeyRange.bound([conv, -Infinity], upper, false, beforeOrder !== undefined);
+    // A cursor step is a round trip to the browser's database process: find
+    // the page's first key with one key cursor (newest first, then skip n),
+    // then read the page with one getAll.
+    const cursor = store.openKeyCursor(range, 'prev');
+    const bound = await new Promise<IDBValidKey | null>((resolve, reject) => {
+      let skipped = false;
       cursor.onerror = () => reject(cursor.error);
       cursor.onsuccess = () => {
         const c = cursor.result;
-        if (!c) return resolve(false);
-        if (messages.length === n) return resolve(true);
-        messages.push(c.value as MessageRecord);
-        c.continue();
+        if (!c || skipped) return resolve(c ? c.primaryKey : null);
+        skipped = true;
+        c.advance(n);
       };
     });
-    return { messages: messages.reverse(), more };
+    const page = bound === null ? range : IDBKeyRange.bound(bound, upper, true, beforeOrder !== undefined);
+    const messages = (await request(store.getAll(page))) as MessageRecord[];
+    return { messages, more: bound !== null };
   });
 }
 
@@ -317,7 +324,7 @@ export function deleteConversation(db: IDBDatabase, conv: string): Promise<void>
 }
 
 /** The meta keys this module gives a meaning: the inbox cursor, the last order given, the legacy import done. */
-export type MetaKey = 'cursor' | 'order' | 'legacyImported' | `setting:${string}`;
+export type MetaKey = 'cursor' | 'order' | 'legacyBase' | 'legacyImported' | `setting:${string}`;
 
 export function getMeta<T>(db: IDBDatabase, key: MetaKey): Promise<T | undefined> {
   return inTransaction(db, [META], 'readonly', (tx) => request(tx.objectStore(META).get(key)));
@@ -396,42 +403,96 @@ function legacyConversations(h: LegacyHistory): LegacyConversation[] {
   return Array.isArray(h.conversations) ? h.conversations : Object.values(h.conversations);
 }
 
+/** Adds m unless its key is taken (a record written since counts): no error, no abort. */
+function addIfAbsent(store: IDBObjectStore, m: MessageRecord): void {
+  const r = store.add(m);
+  r.onerror = (e) => {
+    e.preventDefault(); // a ConstraintError would abort the transaction
+    e.stopPropagation();
+  };
+}
+
+/** The import of a legacy document: started when the first part is stored; rest settles when it is all in and the document deleted. */
+export interface LegacyImport {
+  rest: Promise<void>;
+}
+
 /**
- * Moves me's legacy document, if any, into db in one transaction, then
- * deletes it. A crash between the two leaves meta legacyImported set, so
- * the document is deleted, not imported twice, next time. True when it
- * imported something.
+ * Moves me's legacy document, if any, into db, then deletes it. The first
+ * transaction stores the conversations, the cursor and the recent latest
+ * messages of each conversation, and reserves an order for every message,
+ * so the app can show them at once; the rest follows in transactions of
+ * chunk messages (rest). Every message's order is fixed by the reservation
+ * (meta legacyBase), and a message is added only where its key is free, so
+ * an import cut short (a closed tab) runs again from the start without
+ * duplicating or overwriting anything, until meta legacyImported is set;
+ * after that the document is only deleted. Undefined when there is no
+ * document.
  */
-export async function migrateLegacy(db: IDBDatabase, me: string, legacy: LegacyStore): Promise<boolean> {
+export async function migrateLegacy(db: IDBDatabase, me: string, legacy: LegacyStore, opts: { recent?: number; chunk?: number } = {}): Promise<LegacyImport | undefined> {
   const key = historyKey(me);
   const old = await legacy.get(key);
-  if (!old) return false;
-  const imported = await inTransaction(db, [MESSAGES, CONVERSATIONS, META], 'readwrite', async (tx) => {
-    const meta = tx.objectStore(META);
-    const [done, lastOrder, cursor] = await Promise.all([request(meta.get('legacyImported')), request(meta.get('order')), request(meta.get('cursor'))]);
-    if (done) return false;
-    const messages = tx.objectStore(MESSAGES);
-    const convs = tx.objectStore(CONVERSATIONS);
-    let order = (lastOrder as number | undefined) ?? 0;
-    for (const lc of legacyConversations(old)) {
-      if (typeof lc?.peer !== 'string') continue;
-      const conv = peerConv(lc.peer);
-      const c: ConversationRecord = { ...newConversation(conv), unread: lc.unread ?? 0 };
-      if (lc.withheld?.length) c.withheld = lc.withheld;
-      for (const lm of lc.messages ?? []) {
-        const m: MessageRecord = { conv, order: ++order, id: lm.id, mid: lm.id, from: lm.mine ? me : lc.peer, mine: lm.mine, body: lm.body, ts: lm.ts, state: lm.state, kind: 'text' };
-        if (lm.seq !== undefined) m.seq = lm.seq;
-        if (lm.doc) m.doc = lm.doc;
-        messages.put(m);
-        c.last = previewOf(m);
-      }
-      convs.put(c);
+  if (!old) return undefined;
+  const recent = opts.recent ?? 50;
+  const chunk = opts.chunk ?? 2000;
+  // Conversation by conversation, in the document's order: message i gets order base + 1 + i.
+  const all: MessageRecord[] = [];
+  const convs: ConversationRecord[] = [];
+  const ends: number[] = []; // where each conversation's messages end in all
+  for (const lc of legacyConversations(old)) {
+    if (typeof lc?.peer !== 'string') continue;
+    const conv = peerConv(lc.peer);
+    const c: ConversationRecord = { ...newConversation(conv), unread: lc.unread ?? 0 };
+    if (lc.withheld?.length) c.withheld = lc.withheld;
+    for (const lm of lc.messages ?? []) {
+      const m: MessageRecord = { conv, order: all.length + 1, id: lm.id, mid: lm.id, from: lm.mine ? me : lc.peer, mine: lm.mine, body: lm.body, ts: lm.ts, state: lm.state, kind: 'text' };
+      if (lm.seq !== undefined) m.seq = lm.seq;
+      if (lm.doc) m.doc = lm.doc;
+      all.push(m);
     }
-    meta.put(order, 'order');
-    meta.put(Math.max(old.cursor ?? 0, (cursor as number | undefined) ?? 0), 'cursor');
-    meta.put(true, 'legacyImported');
-    return true;
+    convs.push(c);
+    ends.push(all.length);
+  }
+  const first = await inTransaction(db, [MESSAGES, CONVERSATIONS, META], 'readwrite', async (tx) => {
+    const meta = tx.objectStore(META);
+    const [done, reserved, lastOrder, cursor] = await Promise.all([
+      request(meta.get('legacyImported')),
+      request(meta.get('legacyBase')) as Promise<number | undefined>,
+      request(meta.get('order')) as Promise<number | undefined>,
+      request(meta.get('cursor')) as Promise<number | undefined>,
+    ]);
+    if (done) return { done: true, base: 0 };
+    const base = reserved ?? lastOrder ?? 0;
+    for (const m of all) m.order += base;
+    convs.forEach((c, i) => {
+      const last = ends[i]! > (ends[i - 1] ?? 0) ? all[ends[i]! - 1] : undefined;
+      if (last) c.last = previewOf(last);
+    });
+    if (reserved === undefined) {
+      meta.put(base, 'legacyBase');
+      meta.put(base + all.length, 'order');
+      meta.put(Math.max(old.cursor ?? 0, cursor ?? 0), 'cursor');
+      const store = tx.objectStore(CONVERSATIONS);
+      for (const c of convs) store.put(c);
+    }
+    const messages = tx.objectStore(MESSAGES);
+    // The latest of each conversation: the page the app shows first.
+    ends.forEach((end, i) => {
+      for (let j = Math.max(ends[i - 1] ?? 0, end - recent); j < end; j++) addIfAbsent(messages, all[j]!);
+    });
+    return { done: false, base };
   });
-  await legacy.del(key);
-  return imported;
+  const rest = (async () => {
+    if (!first.done) {
+      for (let i = 0; i < all.length; i += chunk) {
+        await inTransaction(db, [MESSAGES], 'readwrite', async (tx) => {
+          const messages = tx.objectStore(MESSAGES);
+          for (const m of all.slice(i, i + chunk)) addIfAbsent(messages, m);
+        });
+      }
+      await setMeta(db, 'legacyImported', true);
+    }
+    await legacy.del(key);
+  })();
+  return { rest };
 }
