@@ -296,7 +296,7 @@ func TestStorageLimitsFollowTheVolumeAndTheRetention(t *testing.T) {
 		}, []string{"--address-quota-bytes=45097156", "--sender-quota-bytes=22548578", "--max-blob-bytes=22548578"}},
 		{"attachments of at most 5Mi", func(kc *chatv1.KezChat) {
 			kc.Spec.Attachments.MaxSize = ptr.To(resource.MustParse("5Mi"))
-		}, []string{"--sender-quota-bytes=11274289", "--max-blob-bytes=5242880"}},
+		}, []string{"--max-db-bytes=966367638", "--sender-quota-bytes=11274289", "--max-blob-bytes=5242880"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := serverDeployment(newKezChat(tt.spec), testInputs).Spec.Template.Spec.Containers[0].Args

@@ -697,6 +697,7 @@ func TestInvalidKezChatsAreRefusedAtAdmission(t *testing.T) {
 		{"a name with a dot", func(kc *chatv1.KezChat) { kc.Name = "chat.example" }, "metadata.name must be at most 47 characters"},
 		{"a name too long for its children", func(kc *chatv1.KezChat) { kc.Name = strings.Repeat("c", chatv1.MaxNameLength+1) }, "metadata.name must be at most 47"},
 		{"a name starting with a digit (no Service name)", func(kc *chatv1.KezChat) { kc.Name = "1chat" }, "metadata.name must be"},
+		{"attachments under 1Ki", func(kc *chatv1.KezChat) { kc.Spec.Attachments.MaxSize = ptr.To(resource.MustParse("512")) }, "attachments.maxSize must be at least 1Ki"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
