@@ -150,10 +150,12 @@ export async function postBatch(who: Signer, docs: Signed<MessagePayload>[]): Pr
 /** Uploads an encrypted attachment, reporting progress (bytes sent, of total). */
 export async function uploadBlob(who: Signer, blob: Uint8Array<ArrayBuffer>, onProgress?: (sent: number, total: number) => void): Promise<{ id: string; size: number; sha256: string }> {
   const path = `/v1/blobs/${who.handle}`;
-  const a = await auth(who, 'POST', path, [`sha256=${await bodyDigest(blob)}`]);
+  const digest = await bodyDigest(blob);
+  const a = await auth(who, 'POST', path, [`sha256=${digest}`]);
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open('POST', base + path);
+    // The digest rides in the query too, so the server checks the auth before the body.
+    xhr.open('POST', `${base}${path}?sha256=${digest}`);
     xhr.setRequestHeader('Content-Type', 'application/octet-stream');
     xhr.setRequestHeader('X-KEZ-Auth', a);
     xhr.upload.onprogress = (e) => onProgress?.(e.loaded, e.total || blob.length);
