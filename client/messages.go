@@ -39,14 +39,6 @@ func NewMessageAt(id *Identity, to *User, msgID, body string, ts time.Time) (sig
 	return NewMessageDoc(id, to, msgID, Plaintext{Body: body}, nil, ts)
 }
 
-// messagePayload is the signed payload of a message with the blobs it names
-// (docs/protocol.md, POST /v1/messages), which the server keeps while the
-// envelope is stored.
-type messagePayload struct {
-	server.MessagePayload
-	Blobs []string `json:"blobs,omitempty"`
-}
-
 // NewMessageDoc encrypts pt to the recipient and signs the message
 // document as id, with envelope id msgID, timestamped ts, naming blobs.
 // pt's v, from, to and ts are set here.
@@ -66,7 +58,7 @@ func NewMessageDoc(id *Identity, to *User, msgID string, pt Plaintext, blobs []s
 	if len(ct) > server.MaxCiphertext {
 		return signing.Signed{}, fmt.Errorf("message to %s: the ciphertext is %d bytes, over %d", to.Handle, len(ct), server.MaxCiphertext)
 	}
-	doc, err := signing.Sign(id.Signer, messagePayload{MessagePayload: MessagePayload{
+	doc, err := signing.Sign(id.Signer, MessagePayload{
 		Type:   server.TypeMessage,
 		Server: to.Server,
 		From:   id.Handle,
@@ -74,7 +66,8 @@ func NewMessageDoc(id *Identity, to *User, msgID string, pt Plaintext, blobs []s
 		ID:     msgID,
 		TS:     ts.Unix(),
 		CT:     signing.EncodeB64(ct),
-	}, Blobs: blobs})
+		Blobs:  blobs,
+	})
 	if err != nil {
 		return signing.Signed{}, fmt.Errorf("message: %w", err)
 	}
@@ -120,11 +113,11 @@ func (c *Client) Post(ctx context.Context, doc signing.Signed) (r Receipt, repla
 // signature: only to learn who claims to have sent it (From), so the
 // sender's record can be looked up for Decrypt.
 func (e Envelope) Payload() (MessagePayload, error) {
-	var p messagePayload
+	var p MessagePayload
 	if err := server.DecodeJSON(e.Message.Payload, &p); err != nil {
 		return MessagePayload{}, fmt.Errorf("%w: payload: %w", ErrInvalidMessage, err)
 	}
-	return p.MessagePayload, nil
+	return p, nil
 }
 
 // errKeyNotListed marks a refusal that a fresher record of the sender may

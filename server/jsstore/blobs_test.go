@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"io"
 	"testing"
 	"time"
@@ -183,5 +184,48 @@ func TestPruneDropsReferencesWhoseEnvelopeIsGone(t *testing.T) {
 	}
 	if _, _, err := s.OpenBlob(context.Background(), id); server.ErrorCode(err) != server.CodeUnknownBlob {
 		t.Fatalf("OpenBlob after pruning: %v", err)
+	}
+}
+
+func TestAGroupSendReferencesTheBlobForEveryRecipientOrNone(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice", "bob", "carol")
+	id := putBlob(t, s, "alice", []byte("attachment"))
+	group := func(mid string, blobs ...string) []*server.Envelope {
+		var envs []*server.Envelope
+		for _, to := range []string{"bob", "carol", "alice"} {
+			envs = append(envs, &server.Envelope{Recipient: to, Sender: "alice", ID: mid + ":" + to, Message: []byte("msg " + mid + to), Blobs: blobs})
+		}
+		return envs
+	}
+	envs := group("m-1", id)
+	if _, err := s.AppendMessages(context.Background(), envs, server.InboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	if refs, referenced := record(t, n, id); len(refs) != 3 || !referenced {
+		t.Fatalf("after a group send to three: refs %v, referenced %v", refs, referenced)
+	}
+	// A group naming a blob that is not alice's stores nothing and names the
+	// envelope it is about.
+	other := putBlob(t, s, "bob", []byte("bob's"))
+	_, err := s.AppendMessages(context.Background(), group("m-2", other), server.InboxLimits{})
+	if server.ErrorCode(err) != server.CodeUnknownBlob {
+		t.Fatalf("a group naming another's blob: %v, want unknown_blob", err)
+	}
+	var se *server.Error
+	if !errors.As(err, &se) || se.Index == nil || *se.Index != 0 {
+		t.Fatalf("the refusal names no envelope: %#v", err)
+	}
+	if refs, _ := record(t, n, other); len(refs) != 0 {
+		t.Fatalf("a refused group left references: %v", refs)
+	}
+	for i, to := range []string{"bob", "carol"} {
+		if _, err := s.Ack(context.Background(), to, "dev", envs[i].Seq, []string{"dev"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if refs, _ := record(t, n, id); len(refs) != 1 {
+		t.Fatalf("after bob and carol acknowledged: refs %v, want alice's sync copy only", refs)
 	}
 }
