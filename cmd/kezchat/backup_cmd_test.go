@@ -214,8 +214,8 @@ func TestBackupAndRestoreOfTheJetStreamStore(t *testing.T) {
 	if code := run(ctx, args, &stdout, stderr); code != 0 {
 		t.Fatalf("backup: exit %d: %s", code, stderr.String())
 	}
-	if !strings.Contains(stdout.String(), `"objects":13`) {
-		t.Errorf("result %s: want 6 streams of 2 objects and the manifest", stdout.String())
+	if !strings.Contains(stdout.String(), `"objects":15`) {
+		t.Errorf("result %s: want 7 streams of 2 objects and the manifest", stdout.String())
 	}
 
 	dst := testutil.StartNATS(t, testutil.NATSOptions{User: "kezchat", Password: "s3cret", CalloutIssuer: calloutIssuer(t)})
