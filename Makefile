@@ -10,7 +10,7 @@ DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup
+.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup bench-group
 .PHONY: web web-test web-e2e bench-web
 
 all: build
@@ -84,6 +84,12 @@ fuzz:
 bench: build
 	$(GO) build -trimpath -o $(BENCH_BIN) ./cmd/kezchat-bench
 	./$(BENCH_BIN) --kezchat $(BIN) $(BENCH_ARGS)
+
+## bench-group: a message to a 100-member group, every member streaming (POST /v1/batch:
+## requests/s, delivery of every copy), and 25 MiB attachments up and down (docs/benchmarks.md)
+bench-group: build
+	$(GO) build -trimpath -o $(BENCH_BIN) ./cmd/kezchat-bench
+	./$(BENCH_BIN) group --kezchat $(BIN) $(BENCH_GROUP_ARGS)
 
 ## bench-operator: the built `kezchat operator` as a process of its own against a real
 ## API server (envtest), per size in KEZ_BENCH_KEZCHATS (default 200,1000): KezChats
