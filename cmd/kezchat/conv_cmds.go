@@ -60,6 +60,29 @@ func (f *clientFlags) session() (*session, error) {
 	return s, nil
 }
 
+// groupSession is session, with the group changes waiting in the inbox
+// taken, and the group ref names: what every command about one group
+// starts with. The caller releases the session.
+func (f *clientFlags) groupSession(ctx context.Context, ref string) (*session, *client.GroupState, error) {
+	s, err := f.session()
+	if err != nil {
+		return nil, nil, err
+	}
+	g, err := s.findGroupSynced(ctx, ref)
+	if err != nil {
+		s.release()
+		return nil, nil, err
+	}
+	return s, g, nil
+}
+
+func (s *session) findGroupSynced(ctx context.Context, ref string) (*client.GroupState, error) {
+	if err := s.sync(ctx); err != nil {
+		return nil, err
+	}
+	return s.findGroup(ref)
+}
+
 // lock takes the groups file's lock and reads the groups anew: another
 // command may have changed them since.
 func (s *session) lock() error {
@@ -394,18 +417,11 @@ func runGroupChange(op string) command {
 		if err := parseArgs(fs, args, 2, 2); err != nil {
 			return err
 		}
-		s, err := f.session()
+		s, g, err := f.groupSession(ctx, fs.Arg(0))
 		if err != nil {
 			return err
 		}
 		defer s.release()
-		if err := s.sync(ctx); err != nil {
-			return err
-		}
-		g, err := s.findGroup(fs.Arg(0))
-		if err != nil {
-			return err
-		}
 		h := fs.Arg(1)
 		next, err := g.Next(s.id.Handle, op, func(n *client.GroupState) {
 			switch op {
@@ -434,18 +450,11 @@ func runGroupLeave(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := parseArgs(fs, args, 1, 1); err != nil {
 		return err
 	}
-	s, err := f.session()
+	s, g, err := f.groupSession(ctx, fs.Arg(0))
 	if err != nil {
 		return err
 	}
 	defer s.release()
-	if err := s.sync(ctx); err != nil {
-		return err
-	}
-	g, err := s.findGroup(fs.Arg(0))
-	if err != nil {
-		return err
-	}
 	me := s.id.Handle
 	if g.IsAdmin(me) && len(g.Admins) == 1 && *admin == "" {
 		return errors.New("you are the group's last admin: name another with --admin <handle>")
@@ -474,18 +483,11 @@ func runGroupRename(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := parseArgs(fs, args, 2, 2); err != nil {
 		return err
 	}
-	s, err := f.session()
+	s, g, err := f.groupSession(ctx, fs.Arg(0))
 	if err != nil {
 		return err
 	}
 	defer s.release()
-	if err := s.sync(ctx); err != nil {
-		return err
-	}
-	g, err := s.findGroup(fs.Arg(0))
-	if err != nil {
-		return err
-	}
 	next, err := g.Next(s.id.Handle, client.OpRename, func(n *client.GroupState) { n.Name = fs.Arg(1) })
 	if err != nil {
 		return err
@@ -504,18 +506,11 @@ func runGroupSend(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if cf.replyTo == "" && cf.replyFrom != "" {
 		return errors.New("--reply-from needs --reply-to")
 	}
-	s, err := f.session()
+	s, g, err := f.groupSession(ctx, fs.Arg(0))
 	if err != nil {
 		return err
 	}
 	defer s.release()
-	if err := s.sync(ctx); err != nil {
-		return err
-	}
-	g, err := s.findGroup(fs.Arg(0))
-	if err != nil {
-		return err
-	}
 	pt, blobs, err := cf.compose(ctx, s, fs.Args()[1:], "")
 	if err != nil {
 		return withKeyHelp(err)
