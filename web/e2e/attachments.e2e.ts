@@ -82,8 +82,9 @@ describe('attachments between two people, against the real server', () => {
     browser = await launchBrowser();
     alice = (await newUser(browser, server)).page;
     bob = (await newUser(browser, server)).page;
-    alice.on('request', (r) => {
-      if (r.method() === 'POST' && r.url().includes('/v1/blobs/')) uploads.push({ url: r.url(), body: r.postDataBuffer() ?? Buffer.alloc(0) });
+    alice.on('requestfinished', (r) => {
+      if (r.method() === 'POST' && r.url().includes('/v1/blobs/'))
+        void r.response().then((res) => res?.status() === 201 && uploads.push({ url: r.url(), body: r.postDataBuffer() ?? Buffer.alloc(0) }));
     });
     bob.on('response', (r) => {
       if (r.request().method() === 'GET' && r.url().includes('/v1/blobs/') && r.ok()) void r.body().then((b) => fetched.push(b));
@@ -149,10 +150,31 @@ describe('attachments between two people, against the real server', () => {
     expect(sha256(got)).toBe(sha256(file.buffer));
   });
 
+  it('a file whose upload failed offline is uploaded and sent by Retry', async () => {
+    const again = { name: 'again.bin', mimeType: 'application/octet-stream', buffer: randomBytes(64 * 1024) };
+    await alice.context().setOffline(true);
+    try {
+      await attach(alice, [again], 'sent from a tunnel, with a file');
+      await expect.poll(() => bubble(alice, 'sent from a tunnel, with a file').getAttribute('data-state')).toBe('failed');
+    } finally {
+      await alice.context().setOffline(false);
+    }
+    await bubble(alice, 'sent from a tunnel, with a file').getByRole('button', { name: 'Retry' }).click();
+    await expect.poll(() => bubble(alice, 'sent from a tunnel, with a file').getAttribute('data-state'), { timeout: 20_000 }).toBe('sent');
+    const received = bubble(bob, 'sent from a tunnel, with a file');
+    await received.waitFor({ timeout: 15_000 });
+    await shot(bob, 'retried-received');
+    const link = received.getByTestId('attachment-download');
+    await link.waitFor({ timeout: 15_000 });
+    const [download] = await Promise.all([bob.waitForEvent('download'), link.click()]);
+    expect(download.suggestedFilename()).toBe('again.bin');
+    expect(sha256(readFileSync((await download.path())!))).toBe(sha256(again.buffer));
+  });
+
   it('the server was handed ciphertext only, and the recipient fetched that', async () => {
     // Each upload names its digest in the query; the file's blob is
     // nonce (12) || AES-GCM(file) with its 16-byte tag, and holds no run of the file.
-    expect(uploads.length).toBe(3); // the image, its thumbnail, the file
+    expect(uploads.length).toBe(4); // the image, its thumbnail, the file, the retried file (the offline try never reached the server)
     for (const u of uploads) expect(u.url).toMatch(/\/v1\/blobs\/alice\?sha256=[A-Za-z0-9_-]{43}$/);
     const sealed = uploads.find((u) => u.body.length === file.buffer.length + 28);
     expect(sealed).toBeDefined();
