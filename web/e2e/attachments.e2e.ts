@@ -182,4 +182,20 @@ describe('attachments between two people, against the real server', () => {
     // Bob downloaded exactly what alice uploaded.
     expect(fetched.map(sha256).sort()).toEqual(uploads.map((u) => sha256(u.body)).sort());
   });
+
+  it('bob keeps the files on his device: after a reload they show and download from there', async () => {
+    // (The server deletes an acknowledged message's blobs at its next prune, not at once.)
+    const before = fetched.length;
+    await bob.reload();
+    await bob.getByText('Signed in as @bob').waitFor();
+    await bubble(bob, 'a picture for you').getByTestId('attachment-image').waitFor();
+    expect(await decoded(bob, '[data-testid="attachment-image"]')).toEqual({ w: 320, h: 240 });
+    const link = bubble(bob, 'and some random bytes').getByTestId('attachment-download');
+    await link.waitFor();
+    const [download] = await Promise.all([bob.waitForEvent('download'), link.click()]);
+    expect(sha256(readFileSync((await download.path())!))).toBe(sha256(file.buffer));
+    await shot(bob, 'after-reload');
+    // Shown from IndexedDB: nothing was downloaded again.
+    expect(fetched.length).toBe(before);
+  });
 });
