@@ -100,6 +100,12 @@ interface PendingReceipt {
   mids: string[];
 }
 
+/** A message's attachments, uploaded: what it names, and the blob ids its payload lists. */
+export interface Uploaded {
+  attachments: Attachment[];
+  blobs: string[];
+}
+
 export interface SendExtra {
   reply?: Reply;
   attachments?: Attachment[];
@@ -209,6 +215,8 @@ export class Chat {
   legacyImport?: Promise<void>;
   /** The mids of own messages this session is posting: any other stored as pending was cut short (a reload) and failed. */
   private sending = new Set<string>();
+  /** The uploads of own messages whose attachments did not upload, by mid: Retry runs them again. */
+  private uploads = new Map<string, () => Promise<Uploaded>>();
 
   constructor(
     readonly me: Identity,
@@ -764,6 +772,26 @@ export class Chat {
     return m;
   }
 
+  /**
+   * Uploads a draft's attachments with run, then sends it; a failed upload
+   * marks it not sent, and a Retry in this session runs the upload again
+   * (its files are kept in memory only: a reload forgets them).
+   */
+  async upload(m: ChatMessage, run: () => Promise<Uploaded>): Promise<void> {
+    this.uploads.set(m.mid, run);
+    let done: Uploaded;
+    try {
+      this.sending.add(m.mid);
+      this.progress.set(m.mid, 0);
+      done = await run();
+    } catch (e) {
+      await this.failDraft(m);
+      throw e;
+    }
+    this.uploads.delete(m.mid);
+    await this.finish(m, done.attachments, done.blobs);
+  }
+
   async finish(m: ChatMessage, attachments: Attachment[], blobs: string[]): Promise<void> {
     try {
       const s = await this.serial(async () => updateMessage(await this.db(), m.conv, m.from, m.mid, (r) => void (r.attachments = attachments)));
@@ -795,7 +823,10 @@ export class Chat {
         if (s) this.mirror(s);
         return s;
       });
-      if (stored) await this.deliver(stored.message, (stored.message.attachments ?? []).flatMap((a) => (a.thumb ? [a.blob, a.thumb.blob] : [a.blob])));
+      if (!stored) return;
+      const upload = this.uploads.get(mid);
+      if (upload && !stored.message.attachments) return await this.upload(stored.message, upload);
+      await this.deliver(stored.message, (stored.message.attachments ?? []).flatMap((a) => (a.thumb ? [a.blob, a.thumb.blob] : [a.blob])));
     } finally {
       this.sending.delete(mid);
     }

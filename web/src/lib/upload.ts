@@ -4,7 +4,7 @@
 
 import * as api from './api';
 import { encryptAttachment, fitWithin, isInlineImage, renderImage, shouldDownscale, thumbSize, DOWNSCALE_MAX } from './attachments';
-import type { Chat } from './chat.svelte';
+import type { Chat, Uploaded } from './chat.svelte';
 import type { Attachment, Reply } from './conversation';
 import { MAX_ATTACHMENTS } from './conversation';
 
@@ -47,42 +47,43 @@ async function prepare(file: File, downscale: boolean): Promise<Prepared> {
 
 /**
  * Shows the message at once (with its upload's progress), uploads every
- * file and thumbnail, then sends it. A failed upload marks it not sent.
+ * file and thumbnail, then sends it. A failed upload marks it not sent,
+ * and Retry uploads the files again.
  */
 export async function sendWithFiles(chat: Chat, conv: string, text: string, files: File[], opts: { downscale: boolean; reply?: Reply }): Promise<void> {
   if (files.length > MAX_ATTACHMENTS) throw new Error(`At most ${MAX_ATTACHMENTS} files in one message.`);
   const m = await chat.draft(conv, text, opts.reply);
   if (!m) return;
-  try {
-    const prepared = await Promise.all(files.map((f) => prepare(f, opts.downscale)));
-    const sealed = await Promise.all(prepared.map(async (p) => ({ p, file: await encryptAttachment(p.bytes), thumb: p.thumb ? await encryptAttachment(p.thumb.bytes) : undefined })));
-    const total = sealed.reduce((n, s) => n + s.file.blob.length + (s.thumb?.blob.length ?? 0), 0);
-    let done = 0;
-    const upload = async (blob: Uint8Array<ArrayBuffer>) => {
-      const r = await api.uploadBlob(chat.me, blob, (sent) => chat.progress.set(m.mid, Math.min(1, (done + sent) / total)));
-      done += blob.length;
-      chat.progress.set(m.mid, done / total);
-      return r.id;
-    };
-    const attachments: Attachment[] = [];
-    const blobs: string[] = [];
-    for (const { p, file, thumb } of sealed) {
-      const id = await upload(file.blob);
-      await chat.keepFile(id, p.bytes, p.type, p.name);
-      const a: Attachment = { blob: id, key: file.key, sha256: file.sha256, size: p.bytes.length, type: p.type, name: p.name };
-      blobs.push(id);
-      if (p.width && p.height) Object.assign(a, { width: p.width, height: p.height });
-      if (thumb && p.thumb) {
-        const tid = await upload(thumb.blob);
-        await chat.keepFile(tid, p.thumb.bytes, 'image/*');
-        a.thumb = { blob: tid, key: thumb.key, sha256: thumb.sha256, size: p.thumb.bytes.length, width: p.thumb.width, height: p.thumb.height };
-        blobs.push(tid);
-      }
-      attachments.push(a);
+  await chat.upload(m, () => uploadAll(chat, m.mid, files, opts.downscale));
+}
+
+/** Prepares, encrypts and uploads every file (and thumbnail), keeping each on this device: what the message names. */
+async function uploadAll(chat: Chat, mid: string, files: File[], downscale: boolean): Promise<Uploaded> {
+  const prepared = await Promise.all(files.map((f) => prepare(f, downscale)));
+  const sealed = await Promise.all(prepared.map(async (p) => ({ p, file: await encryptAttachment(p.bytes), thumb: p.thumb ? await encryptAttachment(p.thumb.bytes) : undefined })));
+  const total = sealed.reduce((n, s) => n + s.file.blob.length + (s.thumb?.blob.length ?? 0), 0);
+  let done = 0;
+  const upload = async (blob: Uint8Array<ArrayBuffer>) => {
+    const r = await api.uploadBlob(chat.me, blob, (sent) => chat.progress.set(mid, Math.min(1, (done + sent) / total)));
+    done += blob.length;
+    chat.progress.set(mid, done / total);
+    return r.id;
+  };
+  const attachments: Attachment[] = [];
+  const blobs: string[] = [];
+  for (const { p, file, thumb } of sealed) {
+    const id = await upload(file.blob);
+    await chat.keepFile(id, p.bytes, p.type, p.name);
+    const a: Attachment = { blob: id, key: file.key, sha256: file.sha256, size: p.bytes.length, type: p.type, name: p.name };
+    blobs.push(id);
+    if (p.width && p.height) Object.assign(a, { width: p.width, height: p.height });
+    if (thumb && p.thumb) {
+      const tid = await upload(thumb.blob);
+      await chat.keepFile(tid, p.thumb.bytes, 'image/*');
+      a.thumb = { blob: tid, key: thumb.key, sha256: thumb.sha256, size: p.thumb.bytes.length, width: p.thumb.width, height: p.thumb.height };
+      blobs.push(tid);
     }
-    await chat.finish(m, attachments, blobs);
-  } catch (e) {
-    await chat.failDraft(m);
-    throw e;
+    attachments.push(a);
   }
+  return { attachments, blobs };
 }
