@@ -153,6 +153,10 @@ function observe({ conversations, page }) {
     if (marks.shell === undefined && document.getElementById('app')?.firstElementChild) marks.shell = performance.now();
     if (marks.list === undefined && document.querySelectorAll('a[data-peer]').length >= conversations) marks.list = performance.now();
     if (marks.page === undefined && document.querySelectorAll('[role="log"] li[data-state]').length >= page) marks.page = performance.now();
+    // Tells the bench through the console: waiting with waitForFunction
+    // would compile Playwright's injected script in the page as it loads,
+    // on the main thread the app needs (about 60-120 ms).
+    if (marks.list !== undefined && marks.page !== undefined && !marks.told) console.log('bench: shown', (marks.told = true));
   }).observe(document, { subtree: true, childList: true });
 }
 
@@ -178,8 +182,9 @@ try {
 
   const load = async () => {
     await page.goto('about:blank');
+    const shown = page.waitForEvent('console', { predicate: (m) => m.text().startsWith('bench: shown'), timeout: 120_000 });
     await page.goto(`/#/chat/${TARGET}`);
-    await page.waitForFunction(() => window.__benchMarks.list !== undefined && window.__benchMarks.page !== undefined, null, { timeout: 120_000, polling: 100 });
+    await shown;
     return page.evaluate(() => window.__benchMarks);
   };
   const first = await load();

@@ -44,6 +44,7 @@ import {
   getMeta,
   groupConv,
   groupStates,
+  historyKey,
   lastPage,
   migrateLegacy,
   newConversation,
@@ -239,9 +240,13 @@ export class Chat {
   db(): Promise<IDBDatabase> {
     if (!this.history) {
       const opening = (async () => {
+        // The legacy document is looked for while the database opens, not after.
+        const legacy = this.deps.legacy;
+        const old = legacy.get(historyKey(this.me.handle));
+        old.catch(() => {}); // answered through migrateLegacy, when the database opened
         const db = await this.deps.openHistory(this.me.handle);
         // The conversations and their latest messages now, the rest in the background.
-        const imported = await migrateLegacy(db, this.me.handle, this.deps.legacy);
+        const imported = await migrateLegacy(db, this.me.handle, { get: () => old, del: (k) => legacy.del(k) });
         this.legacyImport = imported?.rest.catch((e) => console.warn('moving the old history into the new one (tried again next time):', e));
         return db;
       })();
@@ -259,10 +264,11 @@ export class Chat {
   async load(conv?: string): Promise<void> {
     const [pins, db] = await Promise.all([this.deps.loadPins(this.me.handle), this.db()]);
     this.pins = pins;
-    const [records, cursor, page] = await Promise.all([
+    const [records, cursor, page, readReceipts] = await Promise.all([
       storedConversations(db),
       getMeta<number>(db, 'cursor'),
       conv === undefined ? undefined : lastPage(db, conv, PAGE_SIZE),
+      getMeta<boolean>(db, 'setting:read-receipts'),
     ]);
     this.cursor = this.acked = cursor ?? 0;
     this.conversations.clear();
@@ -273,15 +279,16 @@ export class Chat {
       c.more = page.more;
       c.loaded = true;
     }
-    const histories: [string, GroupHistory][] = [];
-    for (const r of records) {
-      const id = groupIdOf(r.conv);
-      if (!id) continue;
-      const versions = (await groupStates<GroupState>(db, id)).sort((a, b) => a.version - b.version).slice(-16);
-      histories.push([id, { versions: await Promise.all(versions.map(async (v) => ({ state: v.state, hash: await groupHash(v.state) }))) }]);
-    }
+    // Every group's states at once, not one group after another.
+    const groupIds = records.map((r) => groupIdOf(r.conv)).filter((id): id is string => !!id);
+    const histories = await Promise.all(
+      groupIds.map(async (id): Promise<[string, GroupHistory]> => {
+        const versions = (await groupStates<GroupState>(db, id)).sort((a, b) => a.version - b.version).slice(-16);
+        return [id, { versions: await Promise.all(versions.map(async (v) => ({ state: v.state, hash: await groupHash(v.state) }))) }];
+      }),
+    );
     this.groups = new Groups(this.me.handle, histories);
-    this.readReceipts = (await getMeta<boolean>(db, 'setting:read-receipts')) !== false;
+    this.readReceipts = readReceipts !== false;
   }
 
   async setReadReceipts(on: boolean): Promise<void> {
