@@ -93,7 +93,12 @@ func startCluster(t *testing.T) *cluster {
 	c.start(t, "kube-controller-manager", filepath.Join(assets, "kube-controller-manager"),
 		"--kubeconfig="+c.kubeconfig, "--leader-elect=false", "--secure-port=0",
 		"--controllers="+strings.Join(controllers, ","),
-		"--concurrent-deployment-syncs=10", "--concurrent-statefulset-syncs=10")
+		"--concurrent-deployment-syncs=10", "--concurrent-statefulset-syncs=10",
+		// kwok renews the node's lease, but on a busy machine a renewal can
+		// come late; past the default 50 s grace the node would turn
+		// NotReady and its pods unavailable for a while, failing a rollout
+		// wait for a reason no test is about (seen in CI at load 5).
+		"--node-monitor-grace-period=10m")
 	c.start(t, "kube-scheduler", filepath.Join(assets, "kube-scheduler"),
 		"--kubeconfig="+c.kubeconfig, "--leader-elect=false", "--secure-port=0")
 	stages, err := filepath.Abs(filepath.Join("testdata", "kwok-stages.yaml"))
