@@ -116,13 +116,12 @@ func (s *Server) sendBatch(w http.ResponseWriter, r *http.Request) {
 	var size float64
 	err := readBody(w, r, maxBatchBody, func(b []byte) error {
 		size = float64(len(b))
-		digest := sha256.Sum256(b)
 		var err error
 		sess, err = s.svc.Authenticate(r.Context(), server.RequestAuth{
 			Handle:   handle,
 			Method:   http.MethodPost,
 			Path:     "/v1/batch/" + handle,
-			Bindings: []string{"sha256=" + signing.EncodeB64(digest[:])},
+			Bindings: []string{bodyDigestBinding(b)},
 			Header:   r.Header.Get("X-KEZ-Auth"),
 		})
 		if err != nil {
@@ -246,6 +245,13 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+}
+
+// bodyDigestBinding is the "sha256=<D>" line a request string binds its
+// body with: every byte as sent.
+func bodyDigestBinding(body []byte) string {
+	sum := sha256.Sum256(body)
+	return "sha256=" + signing.EncodeB64(sum[:])
 }
 
 // authenticate verifies a request's auth, answering and returning false if

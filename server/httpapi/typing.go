@@ -1,23 +1,14 @@
 package httpapi
 
 import (
-	"crypto/sha256"
 	"net/http"
 
 	"kez.lat/chat/server"
-	"kez.lat/chat/server/signing"
 )
 
 // maxTypingBody bounds a typing request: 256 recipients with 512 bytes of
 // ct each fit.
 const maxTypingBody = 64 << 10
-
-// bodyDigestBinding is the "sha256=<D>" line a request string binds its
-// body with: every byte as sent.
-func bodyDigestBinding(body []byte) string {
-	sum := sha256.Sum256(body)
-	return "sha256=" + signing.EncodeB64(sum[:])
-}
 
 // typing relays a typing indicator to the recipients' open streams.
 func (s *Server) typing(w http.ResponseWriter, r *http.Request) {
