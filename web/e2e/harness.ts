@@ -4,7 +4,7 @@
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { createServer, request, type IncomingMessage } from 'node:http';
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -84,29 +84,42 @@ export async function startServer(opts: { pushEndpointOrigin?: string; sigServer
   };
 }
 
+/** Passes req on to upstream at path and its answer back (streams included). */
+function forward(upstream: URL, path: string, req: IncomingMessage, res: ServerResponse): void {
+  const out = request({ host: upstream.hostname, port: upstream.port, method: req.method, path, headers: { ...req.headers, host: upstream.host } }, (up) => {
+    res.writeHead(up.statusCode ?? 502, up.headers);
+    up.pipe(res);
+  });
+  out.on('error', () => res.destroy());
+  res.on('close', () => out.destroy());
+  req.pipe(out);
+}
+
+/** Listens on a free loopback port and returns the server's URL. */
+async function listenLocal(srv: Server): Promise<string> {
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  return `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+}
+
+function stopServer(srv: Server): Promise<void> {
+  return new Promise((r) => {
+    srv.closeAllConnections();
+    srv.close(() => r());
+  });
+}
+
 /** One origin in front of several servers: a path prefix to its upstream, else fallback (streams pass through). */
 async function startFront(routes: Record<string, string>, fallback: string): Promise<{ url: string; stop(): Promise<void> }> {
   const srv = createServer((req, res) => {
     const path = req.url ?? '/';
     const prefix = Object.keys(routes).find((p) => path === p || path.startsWith(p + '/') || path.startsWith(p + '?'));
     const upstream = new URL(prefix ? routes[prefix]! : fallback);
-    const out = request({ host: upstream.hostname, port: upstream.port, method: req.method, path, headers: { ...req.headers, host: upstream.host } }, (up) => {
-      res.writeHead(up.statusCode ?? 502, up.headers);
-      up.pipe(res);
-    });
-    out.on('error', () => res.destroy());
-    res.on('close', () => out.destroy());
-    req.pipe(out);
+    forward(upstream, path, req, res);
   });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as AddressInfo;
+  const url = await listenLocal(srv);
   return {
-    url: `http://127.0.0.1:${port}`,
-    stop: () =>
-      new Promise((r) => {
-        srv.closeAllConnections();
-        srv.close(() => r());
-      }),
+    url,
+    stop: () => stopServer(srv),
   };
 }
 
@@ -189,24 +202,13 @@ export async function startSwappingProxy(target: string): Promise<{
       return;
     }
     if (req.method === 'POST' && path === '/v1/messages') posted++;
-    const out = request({ host: upstream.hostname, port: upstream.port, method: req.method, path, headers: { ...req.headers, host: upstream.host } }, (up) => {
-      res.writeHead(up.statusCode ?? 502, up.headers);
-      up.pipe(res);
-    });
-    out.on('error', () => res.destroy());
-    res.on('close', () => out.destroy());
-    req.pipe(out);
+    forward(upstream, path, req, res);
   });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as AddressInfo;
+  const url = await listenLocal(srv);
   return {
-    url: `http://127.0.0.1:${port}`,
+    url,
     posted: () => posted,
     swap: (handle, record) => swapped.set(handle, record),
-    stop: () =>
-      new Promise((r) => {
-        srv.closeAllConnections();
-        srv.close(() => r());
-      }),
+    stop: () => stopServer(srv),
   };
 }
