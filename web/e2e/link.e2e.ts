@@ -69,4 +69,21 @@ describe('a second device of one person, linked, in sync', () => {
     await bubble(laptop, 'hi both').waitFor({ timeout: 20_000 });
     await shot(phone, 'in-sync');
   });
+
+  it("both devices show bob the one safety number he sees: the identity's, not a device's", async () => {
+    const safetyNumber = async (page: Page) => {
+      await page.getByRole('button', { name: 'Safety number' }).click();
+      const digits = page.getByTestId('safety-number');
+      const n = (await digits.textContent({ timeout: 15_000 }))!.replace(/\s+/g, '');
+      await page.getByRole('button', { name: 'Done' }).click();
+      await digits.waitFor({ state: 'detached' });
+      return n;
+    };
+    await bob.goto('/#/chat/alice');
+    const fromBob = await safetyNumber(bob);
+    expect(fromBob).toMatch(/^\d{60}$/);
+    expect(await safetyNumber(laptop)).toBe(fromBob);
+    await phone.goto('/#/chat/bob');
+    expect(await safetyNumber(phone)).toBe(fromBob);
+  });
 });

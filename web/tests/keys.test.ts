@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { encodeB64 } from '../src/lib/bytes';
 import { open, seal } from '../src/lib/crypto';
-import { exportIdentity, generateKeys, handleProblem, handleSkeleton, importIdentity, keptIdentity, recordMatches, registration, type Identity } from '../src/lib/keys';
+import { exportIdentity, generateKeys, handleProblem, handleSkeleton, importIdentity, keptIdentity, primaryKey, recordMatches, registration, type Identity } from '../src/lib/keys';
 import { vectors } from './vectors';
 import { primaryId, signDocument, verifyDocument } from '../src/lib/signing';
 
@@ -71,6 +71,18 @@ describe('identity export', () => {
     const back = await importIdentity(text, 'correct horse battery');
     expect(back).toEqual(id);
     expect(recordMatches(back, { alg: 'ed25519', key: encodeB64(id.signing.publicKey), enc_key: encodeB64(id.enc.publicKey) })).toBe(true);
+  });
+
+  it("keeps the primary key a linked device's identity names, and refuses one that is not its identity's", async () => {
+    const primary = await generateKeys();
+    const device = await identity();
+    const linked: Identity = { ...device, primaryId: await primaryId('ed25519', primary.signing.publicKey), primary: { alg: 'ed25519', publicKey: primary.signing.publicKey } };
+    const back = await importIdentity(await exportIdentity(linked, 'correct horse battery'), 'correct horse battery');
+    expect(back).toEqual(linked);
+    expect(primaryKey(back).publicKey).toEqual(primary.signing.publicKey);
+    expect(primaryKey(device).publicKey).toEqual(device.signing.publicKey);
+    const forged: Identity = { ...linked, primary: { alg: 'ed25519', publicKey: (await generateKeys()).signing.publicKey } };
+    await expect(importIdentity(await exportIdentity(forged, 'correct horse battery'), 'correct horse battery')).rejects.toThrow(/not its identity/);
   });
 
   it('refuses a wrong passphrase, an altered file and a short passphrase', async () => {

@@ -8,7 +8,7 @@
 import { del, get } from 'idb-keyval';
 import { SvelteMap } from 'svelte/reactivity';
 import * as api from './api';
-import type { Identity } from './keys';
+import { primaryKey, type Identity } from './keys';
 import { claimedSender, InvalidMessage, newMessageId, newMessageOf, openEnvelopeRaw, type Envelope, type MessageKeys, type MessagePayload, type PublicUser } from './protocol';
 import {
   applyReaction,
@@ -387,7 +387,8 @@ export class Chat {
     const problem = this.keyProblems.get(peer);
     if (!this.pins.has(peer) && !problem) await this.user(peer);
     const me = `${this.me.handle}@${this.me.server}`;
-    const with_ = (p: Pin) => safetyWith(this.me.signing.alg, this.me.signing.publicKey, me, p, `${peer}@${this.me.server}`);
+    const mine = primaryKey(this.me); // a linked device's own key is not what the peer pins
+    const with_ = (p: Pin) => safetyWith(mine.alg, mine.publicKey, me, p, `${peer}@${this.me.server}`);
     const pin = this.pins.get(peer);
     return {
       pinned: pin && (await with_(pin)),

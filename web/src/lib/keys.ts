@@ -21,6 +21,11 @@ export interface Identity extends Keys {
   handle: string;
   server: string;
   primaryId: string;
+  /**
+   * The identity's primary public key, on a linked device (whose signing
+   * key is its own device key); absent where the signing key is the primary.
+   */
+  primary?: PublicKey;
   /** The raw private keys, sealed, for an export: set once the identity is kept. */
   sealed?: SealedKeys;
 }
@@ -40,6 +45,14 @@ interface RawKeys {
 const IDENTITY_KEY = 'identity';
 const SEALED_KIND = utf8('kez-chat-sealed-keys');
 
+export interface PublicKey {
+  alg: string;
+  publicKey: Uint8Array<ArrayBuffer>;
+}
+
+/** The identity's primary public key: what safety numbers and key documents are made of. */
+export const primaryKey = (id: Identity): PublicKey => id.primary ?? { alg: id.signing.alg, publicKey: id.signing.publicKey };
+
 export async function generateKeys(): Promise<Keys> {
   return { signing: await generateSigningKey(), enc: await generateEncKeyPair() };
 }
@@ -55,6 +68,7 @@ export async function keptIdentity(id: Identity): Promise<Identity> {
     handle: id.handle,
     server: id.server,
     primaryId: id.primaryId,
+    ...(id.primary && { primary: id.primary }),
     signing: await nonExtractableSigningKey(id.signing),
     enc: await nonExtractableEncKey(id.enc),
     sealed: { key, iv, data },
@@ -161,7 +175,9 @@ export async function exportIdentity(id: Identity, passphrase: string, iteration
   const salt = crypto.getRandomValues(new Uint8Array(16));
   const iv = crypto.getRandomValues(new Uint8Array(12));
   const raw = await rawKeys(id);
-  const plain = utf8(JSON.stringify({ v: 1, alg: id.signing.alg, signing_key: raw.signing_key, enc_key: raw.enc_key, handle: id.handle, server: id.server }));
+  // A linked device's export names the primary key its own key is a device of.
+  const primary = id.primary && { primary_id: id.primaryId, primary_alg: id.primary.alg, primary_key: encodeB64(id.primary.publicKey) };
+  const plain = utf8(JSON.stringify({ v: 1, alg: id.signing.alg, signing_key: raw.signing_key, enc_key: raw.enc_key, handle: id.handle, server: id.server, ...primary }));
   const data = await crypto.subtle.encrypt({ name: 'AES-GCM', iv, additionalData: utf8(EXPORT_KIND) }, await passphraseKey(passphrase, salt, iterations), plain);
   const file: ExportFile = {
     kind: EXPORT_KIND,
@@ -196,13 +212,29 @@ export async function importIdentity(text: string, passphrase: string): Promise<
   } catch {
     throw new Error('Wrong passphrase, or the file was altered.');
   }
-  const f = JSON.parse(fromUtf8(new Uint8Array(plain))) as { v: number; alg: string; signing_key: string; enc_key: string; handle: string; server: string };
+  const f = JSON.parse(fromUtf8(new Uint8Array(plain))) as {
+    v: number;
+    alg: string;
+    signing_key: string;
+    enc_key: string;
+    handle: string;
+    server: string;
+    primary_id?: string;
+    primary_alg?: string;
+    primary_key?: string;
+  };
   if (f.v !== 1 || f.alg !== 'ed25519' || !f.handle || !f.server) throw new Error('This export holds an identity this app cannot use.');
   const secret = decodeB64(f.signing_key);
   const encSecret = decodeB64(f.enc_key);
   const signing: SigningKey = { alg: 'ed25519', secret, publicKey: await ed25519PublicKey(secret) };
   const enc: EncKeyPair = { secret: encSecret, publicKey: await x25519PublicKey(encSecret) };
-  return { signing, enc, handle: f.handle, server: f.server, primaryId: await primaryId('ed25519', signing.publicKey) };
+  const id: Identity = { signing, enc, handle: f.handle, server: f.server, primaryId: await primaryId('ed25519', signing.publicKey) };
+  if (f.primary_key !== undefined) {
+    const primary = { alg: f.primary_alg ?? '', publicKey: decodeB64(f.primary_key) };
+    if (primary.alg !== 'ed25519' || (await primaryId(primary.alg, primary.publicKey)) !== f.primary_id) throw new Error('This export names a primary key that is not its identity’s.');
+    Object.assign(id, { primary, primaryId: f.primary_id });
+  }
+  return id;
 }
 
 /** Whether a public record is this identity's (after import, before use). */
