@@ -6,17 +6,22 @@
 // straight into the page's IndexedDB, then loads the app at one
 // conversation again and again and reports, from navigation start and from
 // the app's first render (its script running: "Opening kez-chat…"), when
-// the conversation list and the conversation's last page are in the document.
+// the first screen of the conversation list and of the conversation's last
+// page is in the document and painted, and when the whole list and page are.
 //
 //   node scripts/bench-history.mjs [--messages 100000] [--conversations 200]
-//     [--runs 5] [--page 50] [--layout records|legacy]
+//     [--runs 5] [--page 50] [--layout records|legacy] [--trace FILE]
+//
+// --trace writes a Chrome trace of one more load (open it in
+// chrome://tracing or Perfetto) and prints where its main thread's time
+// went, by trace event.
 //
 // --layout legacy writes the history as the app stored it before issue 17:
 // one idb-keyval document, history:<handle>. The app of that time reads it
 // as it is; the app of now migrates it on the first load (reported apart).
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +35,7 @@ const { values: opt } = parseArgs({
     runs: { type: 'string', default: '5' },
     page: { type: 'string', default: '50' },
     layout: { type: 'string', default: 'records' },
+    trace: { type: 'string' },
   },
 });
 const MESSAGES = Number(opt.messages);
@@ -146,17 +152,34 @@ async function oneWrite({ layout, me }) {
   return ms;
 }
 
-/** Added to every document: notes when the list and the page are in the document. */
-function observe({ conversations, page }) {
+/**
+ * Added to every document: notes when the first screen (the rows and
+ * messages the app renders at once, src/lib/firstscreen.ts) is in the
+ * document and when it is painted, and when the whole list and page are in
+ * the document (the app adds them in the frame after).
+ */
+function observe({ conversations, page, firstRows, firstMessages }) {
   const marks = (window.__benchMarks = {});
-  new MutationObserver(() => {
-    if (marks.shell === undefined && document.getElementById('app')?.firstElementChild) marks.shell = performance.now();
-    if (marks.list === undefined && document.querySelectorAll('a[data-peer]').length >= conversations) marks.list = performance.now();
-    if (marks.page === undefined && document.querySelectorAll('[role="log"] li[data-state]').length >= page) marks.page = performance.now();
+  const rows = () => document.querySelectorAll('a[data-peer]').length;
+  const bubbles = () => document.querySelectorAll('[role="log"] li[data-state]').length;
+  const tell = () => {
     // Tells the bench through the console: waiting with waitForFunction
     // would compile Playwright's injected script in the page as it loads,
     // on the main thread the app needs (about 60-120 ms).
-    if (marks.list !== undefined && marks.page !== undefined && !marks.told) console.log('bench: shown', (marks.told = true));
+    if (marks.paint !== undefined && marks.list !== undefined && marks.page !== undefined && !marks.told) console.log('bench: shown', (marks.told = true));
+  };
+  new MutationObserver(() => {
+    if (marks.shell === undefined && document.getElementById('app')?.firstElementChild) marks.shell = performance.now();
+    if (marks.first === undefined && rows() >= Math.min(conversations, firstRows) && bubbles() >= Math.min(page, firstMessages)) {
+      marks.first = performance.now();
+      // Painted: requestAnimationFrame runs just before the frame's style,
+      // layout and paint; a task queued from it runs once the frame is done,
+      // and a user-blocking one before the app's own (the rest of the list).
+      requestAnimationFrame(() => scheduler.postTask(() => ((marks.paint = performance.now()), tell()), { priority: 'user-blocking' }));
+    }
+    if (marks.list === undefined && rows() >= conversations) marks.list = performance.now();
+    if (marks.page === undefined && bubbles() >= page) marks.page = performance.now();
+    tell();
   }).observe(document, { subtree: true, childList: true });
 }
 
@@ -178,7 +201,14 @@ try {
   await page.evaluate(seed, { layout: LAYOUT, me: ME, messages: MESSAGES, conversations: CONVERSATIONS, peers });
   t0 = performance.now();
   console.log(`seeded ${MESSAGES} messages in ${CONVERSATIONS} conversations (${LAYOUT} layout)`);
-  await context.addInitScript(observe, { conversations: CONVERSATIONS, page: Math.min(PAGE, Math.floor(MESSAGES / CONVERSATIONS)) });
+  const firstScreen = readFileSync(new URL('../src/lib/firstscreen.ts', import.meta.url), 'utf8');
+  const constant = (name) => Number(new RegExp(`${name} = (\\d+)`).exec(firstScreen)[1]);
+  await context.addInitScript(observe, {
+    conversations: CONVERSATIONS,
+    page: Math.min(PAGE, Math.floor(MESSAGES / CONVERSATIONS)),
+    firstRows: constant('FIRST_ROWS'),
+    firstMessages: constant('FIRST_MESSAGES'),
+  });
 
   const load = async () => {
     await page.goto('about:blank');
@@ -188,7 +218,7 @@ try {
     return page.evaluate(() => window.__benchMarks);
   };
   const first = await load();
-  console.log(`first load (not counted; with --layout legacy on the new app, the migration): app script running ${ms(first.shell)}, list ${ms(first.list)}, page ${ms(first.page)}`);
+  console.log(`first load (not counted; with --layout legacy on the new app, the migration): app script running ${ms(first.shell)}, first screen painted ${ms(first.paint)}, whole list ${ms(first.list)}, whole page ${ms(first.page)}`);
   if (LAYOUT === 'legacy') {
     // The new app moves the document in the background after showing the
     // latest messages; the old one never does. Wait (on the same page) for
@@ -212,12 +242,33 @@ try {
   for (let i = 0; i < RUNS; i++) {
     const r = await load();
     runs.push(r);
-    console.log(`run ${i + 1}: app script running ${ms(r.shell)}, conversation list ${ms(r.list)}, last page of @${TARGET} ${ms(r.page)}`);
+    console.log(`run ${i + 1}: app script running ${ms(r.shell)}, first screen ${ms(r.first)}, painted ${ms(r.paint)}; whole conversation list ${ms(r.list)}, last page of @${TARGET} ${ms(r.page)}`);
   }
   const med = (k) => ms(median(runs.map((r) => r[k])));
   const after = (k) => ms(median(runs.map((r) => r[k] - r.shell)));
-  console.log(`median of ${RUNS} from navigation start: app script running ${med('shell')}, conversation list ${med('list')}, last page ${med('page')}`);
-  console.log(`median of ${RUNS} from the app's first render: conversation list ${after('list')}, last page ${after('page')}`);
+  console.log(`median of ${RUNS} from navigation start: app script running ${med('shell')}, first screen in the document ${med('first')}, painted ${med('paint')}; whole list ${med('list')}, whole last page ${med('page')}`);
+  console.log(`median of ${RUNS} from the app's first render: first screen ${after('first')}, painted ${after('paint')}; whole list ${after('list')}, whole last page ${after('page')}`);
+
+  if (opt.trace) {
+    const { writeFileSync } = await import('node:fs');
+    await page.goto('about:blank');
+    await browser.startTracing(page, { categories: ['devtools.timeline', 'disabled-by-default-devtools.timeline', 'v8.execute', 'blink', 'loading'] });
+    const r = await load();
+    const buf = await browser.stopTracing();
+    writeFileSync(opt.trace, buf);
+    const { traceEvents } = JSON.parse(buf.toString());
+    const nav = traceEvents.find((e) => e.name === 'navigationStart' && e.args?.data?.documentLoaderURL?.includes('#/chat'));
+    const start = nav ? nav.ts : Math.min(...traceEvents.filter((e) => e.ts > 0).map((e) => e.ts));
+    const end = start + r.paint * 1000;
+    const main = traceEvents.find((e) => e.name === 'thread_name' && e.args?.name === 'CrRendererMain');
+    const totals = new Map();
+    for (const e of traceEvents) {
+      if (e.ph !== 'X' || !e.dur || e.ts < start || e.ts > end || (main && (e.pid !== main.pid || e.tid !== main.tid))) continue;
+      totals.set(e.name, (totals.get(e.name) ?? 0) + e.dur / 1000);
+    }
+    console.log(`trace of one load (painted at ${ms(r.paint)}) in ${opt.trace}; main-thread events until the paint, inclusive ms:`);
+    for (const [name, t] of [...totals].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.log(`  ${name.padEnd(28)} ${t.toFixed(1)}`);
+  }
 
   const writeLayout = LAYOUT === 'legacy' && (await page.evaluate(() => new Promise((ok) => {
     // The new app migrated the legacy document away: time the layout it left.
