@@ -24,27 +24,27 @@ import (
 // serverFlags are the chat server's settings; each also comes from its
 // KEZ_ environment variable.
 type serverFlags struct {
-	bind, db, domain, publicURL, metricsBind   string
-	domainAlias                                string // --server, the old name of --domain
-	log                                        logFlags
-	trustedProxies                             string
-	retention, shutdownTimeout                 time.Duration
-	maxPending, maxStreams, maxConns           int
-	maxConnsPerAddr, maxStreamsPerAddr         int
-	maxPendingBytes, maxDBBytes, maxBlobBytes  int64
-	senderQuota, addressQuota                  int64
-	registerRate, sendRate, handleSendRate     float64
-	typingRate                                 float64
-	failedAuthRate                             float64
-	vapidKeyPath, vapidSubject, pushAllow      string
-	pushTTL                                    time.Duration
-	maxPushSubscriptions                       int
-	sigServerURL, sigServerPublicURL           string
-	keyCacheTTL                                time.Duration
-	store, natsURL, natsUser, natsPasswordFile string
-	natsCalloutSeedFile                        string
-	jsReplicas                                 int
-	jsMaxBytes                                 int64
+	bind, db, domain, publicURL, metricsBind, pprofBind string
+	domainAlias                                         string // --server, the old name of --domain
+	log                                                 logFlags
+	trustedProxies                                      string
+	retention, shutdownTimeout                          time.Duration
+	maxPending, maxStreams, maxConns                    int
+	maxConnsPerAddr, maxStreamsPerAddr                  int
+	maxPendingBytes, maxDBBytes, maxBlobBytes           int64
+	senderQuota, addressQuota                           int64
+	registerRate, sendRate, handleSendRate              float64
+	typingRate                                          float64
+	failedAuthRate                                      float64
+	vapidKeyPath, vapidSubject, pushAllow               string
+	pushTTL                                             time.Duration
+	maxPushSubscriptions                                int
+	sigServerURL, sigServerPublicURL                    string
+	keyCacheTTL                                         time.Duration
+	store, natsURL, natsUser, natsPasswordFile          string
+	natsCalloutSeedFile                                 string
+	jsReplicas                                          int
+	jsMaxBytes                                          int64
 }
 
 func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -58,6 +58,7 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.domainAlias, "server", "", "deprecated: the old name of --domain")
 	fs.StringVar(&f.publicURL, "public-url", "", "origin clients reach the server at (default http://<bind> for localhost, else https://<domain>)")
 	fs.StringVar(&f.metricsBind, "metrics-bind", def.MetricsBind, "address to serve Prometheus /metrics on; empty disables")
+	fs.StringVar(&f.pprofBind, "pprof-bind", "", "address to serve Go's runtime profiles (/debug/pprof/) on, for benchmarks and debugging; empty (the default) disables. Loopback only: it exposes memory profiles")
 	f.log.register(fs, "text")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed")
 	fs.DurationVar(&f.retention, "retention", def.Service.Retention, "how long unacknowledged messages are kept")
@@ -147,7 +148,7 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 	cfg.Service.MaxBlobBytes = f.maxBlobBytes
 	cfg.SenderQuota.BytesPerDay, cfg.AddressQuota.BytesPerDay = f.senderQuota, f.addressQuota
 	cfg.Service.MaxPushSubscriptions = f.maxPushSubscriptions
-	cfg.Bind, cfg.MetricsBind, cfg.DBPath, cfg.MaxDBBytes = f.bind, f.metricsBind, f.db, f.maxDBBytes
+	cfg.Bind, cfg.MetricsBind, cfg.PprofBind, cfg.DBPath, cfg.MaxDBBytes = f.bind, f.metricsBind, f.pprofBind, f.db, f.maxDBBytes
 	cfg.MaxConnections, cfg.ShutdownTimeout = f.maxConns, f.shutdownTimeout
 	cfg.MaxConnectionsPerAddress, cfg.MaxStreamsPerAddress = f.maxConnsPerAddr, f.maxStreamsPerAddr
 	cfg.RegisterLimit.Rate = f.registerRate

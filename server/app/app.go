@@ -65,8 +65,9 @@ type Config struct {
 	PublicURL string
 
 	// Bind is the API's listen address ("127.0.0.1:0" takes a free port);
-	// MetricsBind is Prometheus /metrics's, or empty for none.
-	Bind, MetricsBind string
+	// MetricsBind is Prometheus /metrics's, or empty for none; PprofBind
+	// Go's runtime profiles' (/debug/pprof/), empty (none) unless asked.
+	Bind, MetricsBind, PprofBind string
 	// MaxConnections bounds the API's connections at once, and
 	// MaxConnectionsPerAddress those of one client address (0: no cap;
 	// trusted proxies are not capped). MaxStreamsPerAddress bounds the
@@ -238,7 +239,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	// No write timeout: streams outlive any.
 	s.http, err = listen(apiServer(s.API.Handler(), 0, log), cfg.Bind, httpapi.ListenerLimits{
 		Total: cfg.MaxConnections, PerAddress: cfg.MaxConnectionsPerAddress, Trusted: cfg.TrustedProxies,
-	}, cfg.MetricsBind, s.Metrics)
+	}, metricsListener(cfg.MetricsBind, s.Metrics), pprofListener(cfg.PprofBind))
 	if err != nil {
 		return nil, err
 	}

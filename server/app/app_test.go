@@ -53,6 +53,45 @@ func TestRunServesUntilItsContextEndsThenClosesEveryPart(t *testing.T) {
 	}
 }
 
+func TestProfilesAreServedOnlyWhereAskedAndNeverOnTheAPI(t *testing.T) {
+	if app.DefaultConfig().PprofBind != "" {
+		t.Fatal("profiles are served by default")
+	}
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().String()
+	free.Close()
+	cfg := testConfig(t)
+	cfg.PprofBind = addr
+	srv, err := app.New(t.Context(), cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for _, tt := range []struct {
+		url  string
+		want int
+	}{
+		{"http://" + addr + "/debug/pprof/", http.StatusOK},
+		{"http://" + addr + "/debug/pprof/goroutine?debug=1", http.StatusOK},
+		{srv.URL() + "/debug/pprof/", http.StatusNotFound},
+	} {
+		res, err := http.Get(tt.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != tt.want {
+			t.Errorf("GET %s = %d, want %d", tt.url, res.StatusCode, tt.want)
+		}
+	}
+}
+
 func TestCloseReleasesAServerThatNeverRan(t *testing.T) {
 	srv, err := app.New(t.Context(), testConfig(t), quiet)
 	if err != nil {
@@ -86,6 +125,7 @@ func TestNewRefusesWhatCannotBeWired(t *testing.T) {
 		{"a callout without NATS", func(c *app.Config) { c.Callout = &natsauth.Config{} }, "needs a NATS connection"},
 		{"a taken port", func(c *app.Config) { c.Bind = taken.Addr().String() }, "listening on"},
 		{"a taken metrics port", func(c *app.Config) { c.MetricsBind = taken.Addr().String() }, "listening for metrics on"},
+		{"a taken profiles port", func(c *app.Config) { c.PprofBind = taken.Addr().String() }, "listening for profiles on"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := testConfig(t)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -44,25 +45,54 @@ type listeners struct {
 	errc    chan error
 }
 
+// sideListener is a listener beside the API's: what it serves, for
+// errors, and where; an empty bind is none.
+type sideListener struct {
+	what, bind string
+	handler    http.Handler
+}
+
+// metricsListener serves Prometheus /metrics for reg on bind.
+func metricsListener(bind string, reg prometheus.Gatherer) sideListener {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return sideListener{what: "metrics", bind: bind, handler: mux}
+}
+
+// pprofListener serves Go's runtime profiles (/debug/pprof/) on bind. Off
+// unless asked: whoever reaches it reads the process's memory profile and
+// can make it spend CPU, so it belongs on loopback, for benchmarks and
+// debugging.
+func pprofListener(bind string) sideListener {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	return sideListener{what: "profiles", bind: bind, handler: mux}
+}
+
 // listen binds api's listener on bind, serving connections within limits,
-// and unless metricsBind is empty a metrics listener for reg. On error
-// nothing is left bound.
-func listen(api *http.Server, bind string, limits httpapi.ListenerLimits, metricsBind string, reg prometheus.Gatherer) (*listeners, error) {
+// and a listener for each side that has a bind. On error nothing is left
+// bound.
+func listen(api *http.Server, bind string, limits httpapi.ListenerLimits, sides ...sideListener) (*listeners, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", bind, err)
 	}
 	l := &listeners{api: ln, servers: []*http.Server{api}, lns: []net.Listener{httpapi.LimitListener(ln, limits)}}
-	if metricsBind != "" {
-		mln, err := net.Listen("tcp", metricsBind)
-		if err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("listening for metrics on %s: %w", metricsBind, err)
+	for _, side := range sides {
+		if side.bind == "" {
+			continue
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		l.servers = append(l.servers, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second})
-		l.lns = append(l.lns, mln)
+		sln, err := net.Listen("tcp", side.bind)
+		if err != nil {
+			l.close()
+			return nil, fmt.Errorf("listening for %s on %s: %w", side.what, side.bind, err)
+		}
+		l.servers = append(l.servers, &http.Server{Handler: side.handler, ReadHeaderTimeout: 10 * time.Second})
+		l.lns = append(l.lns, sln)
 	}
 	l.errc = make(chan error, len(l.servers))
 	return l, nil

@@ -85,7 +85,7 @@ func NewSigServer(ctx context.Context, cfg SigConfig, log *slog.Logger) (*SigSer
 	}, s.Directory, log, s.Metrics)
 	s.http, err = listen(apiServer(s.API.Handler(), 30*time.Second, log), cfg.Bind, httpapi.ListenerLimits{
 		Total: cfg.MaxConnections, PerAddress: cfg.MaxConnectionsPerAddress, Trusted: cfg.TrustedProxies,
-	}, cfg.MetricsBind, s.Metrics)
+	}, metricsListener(cfg.MetricsBind, s.Metrics))
 	if err != nil {
 		s.close()
 		return nil, err
