@@ -129,7 +129,7 @@ func TestBackupCommandPrintsAndWritesItsResult(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 		t.Fatalf("stdout %q: %v", stdout.String(), err)
 	}
-	if res.ID != "b1" || res.Part != "server" || res.Bytes <= 0 || res.Objects != 2 || res.Version != version || res.Deleted == nil || res.StartedAt.IsZero() {
+	if res.ID != "b1" || res.Part != "server" || res.Bytes <= 0 || res.Objects != 3 || res.Version != version || res.Deleted == nil || res.StartedAt.IsZero() {
 		t.Errorf("result %+v", res)
 	}
 	if f, _ := os.ReadFile(resultFile); !bytes.Equal(f, stdout.Bytes()) {
@@ -214,8 +214,8 @@ func TestBackupAndRestoreOfTheJetStreamStore(t *testing.T) {
 	if code := run(ctx, args, &stdout, stderr); code != 0 {
 		t.Fatalf("backup: exit %d: %s", code, stderr.String())
 	}
-	if !strings.Contains(stdout.String(), `"objects":15`) {
-		t.Errorf("result %s: want 7 streams of 2 objects and the manifest", stdout.String())
+	if !strings.Contains(stdout.String(), `"objects":19`) {
+		t.Errorf("result %s: want 9 streams of 2 objects and the manifest", stdout.String())
 	}
 
 	dst := testutil.StartNATS(t, testutil.NATSOptions{User: "kezchat", Password: "s3cret", CalloutIssuer: calloutIssuer(t)})

@@ -56,7 +56,7 @@ func TestRoundTripRestoresUsersUndeliveredMessagesAndKeyDocuments(t *testing.T) 
 
 	res := take(t, b, backup.SQLiteSource{Path: chatPath, DB: sqlite.ChatDatabase}, "daily-1", backup.PartServer)
 	take(t, b, backup.SQLiteSource{Path: sigPath, DB: sqlite.KeyLogDatabase}, "daily-1", backup.PartSigServer)
-	if res.Objects != 2 || res.Bytes <= 0 || res.Version != "test" || !res.CompletedAt.After(res.StartedAt) && !res.CompletedAt.Equal(res.StartedAt) {
+	if res.Objects != 3 || res.Bytes <= 0 || res.Version != "test" || !res.CompletedAt.After(res.StartedAt) && !res.CompletedAt.Equal(res.StartedAt) {
 		t.Errorf("result %+v", res)
 	}
 

@@ -1,9 +1,11 @@
 package backup_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -224,4 +226,34 @@ func (l *writeLoad) checkAckedBefore(t *testing.T, started time.Time, restored m
 		}
 	}
 	return before, after
+}
+
+// putBlob uploads data as a blob of uploader's and returns it.
+func putBlob(t testing.TB, store server.BlobStore, uploader string, data []byte) *server.Blob {
+	t.Helper()
+	sum := sha256.Sum256(data)
+	b := &server.Blob{ID: server.NewBlobID(), Uploader: uploader, SHA256: sum[:], CreatedAt: time.Now()}
+	if err := store.PutBlob(context.Background(), b, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatalf("uploading a blob: %v", err)
+	}
+	return b
+}
+
+// blobBytes reads blob id, or reports why it cannot.
+func blobBytes(store server.BlobStore, id string) ([]byte, error) {
+	_, rc, err := store.OpenBlob(context.Background(), id)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// envelopeWithBlobs is envelope(to, from, id) naming blobs.
+func envelopeWithBlobs(to, from, id string, blobs ...*server.Blob) *server.Envelope {
+	e := envelope(to, from, id)
+	for _, b := range blobs {
+		e.Blobs = append(e.Blobs, b.ID)
+	}
+	return e
 }

@@ -98,7 +98,7 @@ func checkOneRestored(t *testing.T, outcomes []restoreOutcome) string {
 
 func TestConcurrentJetStreamRestoresRestoreOnceAndTheOthersSkip(t *testing.T) {
 	b := newBucket(t)
-	store := seedJetStream(t, b, "js-1")
+	seed := seedJetStream(t, b, "js-1")
 	dst := testutil.StartNATS(t, testutil.NATSOptions{})
 
 	start := make(chan struct{})
@@ -117,7 +117,7 @@ func TestConcurrentJetStreamRestoresRestoreOnceAndTheOthersSkip(t *testing.T) {
 	close(start)
 	wg.Wait()
 	restorer := checkOneRestored(t, outcomes)
-	checkJetStreamRestored(t, store, dst)
+	checkJetStreamRestored(t, seed, dst)
 	rec, err := jsstore.ReadRestoreRecord(context.Background(), connect(t, dst))
 	if err != nil || rec == nil || rec.Phase != jsstore.RestoreRestored || rec.Holder != restorer || rec.BackupID != "js-1" {
 		t.Errorf("restore record %+v, %v: want restored by %s", rec, err, restorer)
@@ -126,7 +126,7 @@ func TestConcurrentJetStreamRestoresRestoreOnceAndTheOthersSkip(t *testing.T) {
 
 func TestJetStreamRestoresWaitForTheOneInProgressAndSkipOnItsMarker(t *testing.T) {
 	b := newBucket(t)
-	store := seedJetStream(t, b, "js-1")
+	seed := seedJetStream(t, b, "js-1")
 	dst := testutil.StartNATS(t, testutil.NATSOptions{})
 	gate := gatedStore{ObjectStore: b.store, open: make(chan struct{})}
 	nc := connect(t, dst)
@@ -174,7 +174,7 @@ func TestJetStreamRestoresWaitForTheOneInProgressAndSkipOnItsMarker(t *testing.T
 	if restorer := checkOneRestored(t, outcomes); restorer != "pod-0" {
 		t.Errorf("%s restored, want pod-0, which held the lock", restorer)
 	}
-	checkJetStreamRestored(t, store, dst)
+	checkJetStreamRestored(t, seed, dst)
 }
 
 // deadHolder takes the restore lock for js-1 with a one-second lease on its
@@ -195,7 +195,7 @@ func deadHolder(t *testing.T, dst *testutil.NATS, act func(*jsstore.RestoreLease
 func TestJetStreamRestoreTakesOverFromAHolderThatDiedPartWay(t *testing.T) {
 	ctx := context.Background()
 	b := newBucket(t)
-	store := seedJetStream(t, b, "js-1")
+	seed := seedJetStream(t, b, "js-1")
 	dst := testutil.StartNATS(t, testutil.NATSOptions{})
 	deadHolder(t, dst, func(lease *jsstore.RestoreLease) {
 		if err := lease.Restoring(ctx); err != nil {
@@ -225,7 +225,7 @@ func TestJetStreamRestoreTakesOverFromAHolderThatDiedPartWay(t *testing.T) {
 	if err != nil || res.Skipped {
 		t.Fatalf("restore after a holder died part-way: %+v, %v", res, err)
 	}
-	checkJetStreamRestored(t, store, dst)
+	checkJetStreamRestored(t, seed, dst)
 	if rec, err := jsstore.ReadRestoreRecord(ctx, nc); err != nil || rec.Phase != jsstore.RestoreRestored || rec.Holder != "pod-1" {
 		t.Errorf("restore record %+v, %v", rec, err)
 	}

@@ -42,9 +42,18 @@ var (
 	jsCheckpoint = []byte(`{"payload":"v2","signature":{}}`)
 )
 
+// jsSeed is what seedJetStream stored.
+type jsSeed struct {
+	store *jsstore.Store
+	// blob is alice's, named by a message to carol; blobData its bytes.
+	blob     *server.Blob
+	blobData []byte
+}
+
 // seedJetStream fills a JetStream store with users, messages (some of
-// bob's acknowledged) and a key checkpoint, and backs it up as id.
-func seedJetStream(t *testing.T, b *bucket, id string) *jsstore.Store {
+// bob's acknowledged, one to carol naming a blob) and a key checkpoint, and
+// backs it up as id.
+func seedJetStream(t *testing.T, b *bucket, id string) *jsSeed {
 	t.Helper()
 	ctx := context.Background()
 	src := testutil.StartNATS(t, testutil.NATSOptions{})
@@ -66,8 +75,13 @@ func seedJetStream(t *testing.T, b *bucket, id string) *jsstore.Store {
 	if err := store.SaveKeyCheckpoint(ctx, user("alice").PrimaryID, 2, jsCheckpoint); err != nil {
 		t.Fatal(err)
 	}
+	seed := &jsSeed{store: store, blobData: bytes.Repeat([]byte("blob"), 100_000)}
+	seed.blob = putBlob(t, store, "alice", seed.blobData)
+	if _, err := store.AppendMessage(ctx, envelopeWithBlobs("carol", "alice", "with-file", seed.blob), server.InboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
 	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, id, backup.PartServer)
-	return store
+	return seed
 }
 
 // backUpOneMessage backs up, as id, a JetStream store holding alice and
@@ -88,10 +102,14 @@ func backUpOneMessage(t *testing.T, b *bucket, id string) {
 
 // checkJetStreamRestored checks that the store on dst holds what
 // seedJetStream put in store, and takes new messages.
-func checkJetStreamRestored(t *testing.T, store *jsstore.Store, dst *testutil.NATS) {
+func checkJetStreamRestored(t *testing.T, seed *jsSeed, dst *testutil.NATS) {
 	t.Helper()
 	ctx := context.Background()
+	store := seed.store
 	got := openJetStream(t, dst)
+	if d, err := blobBytes(got, seed.blob.ID); err != nil || !bytes.Equal(d, seed.blobData) {
+		t.Errorf("restored blob: %d bytes, %v; want its %d bytes", len(d), err, len(seed.blobData))
+	}
 	for _, h := range jsHandles {
 		want, _ := store.UserByHandle(ctx, h)
 		u, err := got.UserByHandle(ctx, h)
@@ -132,12 +150,12 @@ func checkJetStreamRestored(t *testing.T, store *jsstore.Store, dst *testutil.NA
 
 func TestJetStreamRoundTripRestoresUsersUndeliveredMessagesAndKeyCheckpoints(t *testing.T) {
 	b := newBucket(t)
-	store := seedJetStream(t, b, "js-1")
+	seed := seedJetStream(t, b, "js-1")
 	dst := testutil.StartNATS(t, testutil.NATSOptions{})
 	if _, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "js-1", backup.PartServer); err != nil {
 		t.Fatal(err)
 	}
-	checkJetStreamRestored(t, store, dst)
+	checkJetStreamRestored(t, seed, dst)
 
 	// A second restore finds the marker and does nothing.
 	res, err := restore(b, backup.JetStreamTarget{NC: connect(t, dst), TempDir: t.TempDir()}, "js-1", backup.PartServer)

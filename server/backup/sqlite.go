@@ -15,8 +15,13 @@ import (
 )
 
 // SQLiteObject is the data object of a SQLite part: the database,
-// gzip-compressed.
+// gzip-compressed. A chat server's part holds BlobsObject too.
 const SQLiteObject = "database.sqlite.gz"
+
+// BlobsObject is the attachment blobs of a chat server's SQLite part: a tar
+// archive of the files its database's blob rows name, each entry named by
+// the blob's id. Not compressed: blobs are ciphertext.
+const BlobsObject = "blobs.tar"
 
 // SQLiteSource is a SQLite database that a server may be writing to.
 type SQLiteSource struct {
@@ -29,7 +34,8 @@ func (SQLiteSource) Kind() string { return KindSQLite }
 
 // Snapshot copies the database online (sqlite.Snapshot) into a temporary
 // directory beside it, on the same volume, checks the copy as a restore
-// would, and hands it over gzip-compressed.
+// would, and hands it over gzip-compressed; then, for a chat database, the
+// blob files its rows name (BlobsObject).
 func (s SQLiteSource) Snapshot(ctx context.Context, put func(string, io.Reader) error) error {
 	s.removeStale()
 	tmp, err := os.MkdirTemp(filepath.Dir(s.Path), snapshotDirPattern)
@@ -45,22 +51,38 @@ func (s SQLiteSource) Snapshot(ctx context.Context, put func(string, io.Reader) 
 	if err != nil {
 		return fmt.Errorf("checking the snapshot of %s: %w", s.Path, err)
 	}
+	var blobs []blobLink
+	if s.DB == sqlite.ChatDatabase {
+		if blobs, err = linkBlobs(ctx, snap, sqlite.BlobDir(s.Path), filepath.Join(tmp, "blobs"), s.Log); err != nil {
+			return err
+		}
+	}
 	if s.Log != nil {
-		s.Log.Info("snapshot taken", "db", s.Path, "schema_version", rep.SchemaVersion, "identities", rep.Identities, "key_documents", rep.KeyDocuments)
+		s.Log.Info("snapshot taken", "db", s.Path, "schema_version", rep.SchemaVersion, "identities", rep.Identities,
+			"key_documents", rep.KeyDocuments, "blobs", len(blobs))
 	}
 	f, err := os.Open(snap)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	pr, pw := io.Pipe()
-	go func() {
-		zw, _ := gzip.NewWriterLevel(pw, gzip.BestSpeed)
+	err = putPiped(put, SQLiteObject, func(w io.Writer) error {
+		zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
 		_, err := io.Copy(zw, f)
-		pw.CloseWithError(errors.Join(err, zw.Close()))
-	}()
-	err = put(SQLiteObject, pr)
-	pr.CloseWithError(errors.New("upload ended")) // unblocks the compressor if put failed
+		return errors.Join(err, zw.Close())
+	})
+	if err != nil || s.DB != sqlite.ChatDatabase {
+		return err
+	}
+	return putPiped(put, BlobsObject, func(w io.Writer) error { return writeBlobArchive(w, blobs) })
+}
+
+// putPiped uploads as name what write writes.
+func putPiped(put func(string, io.Reader) error, name string, write func(io.Writer) error) error {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(write(pw)) }()
+	err := put(name, pr)
+	pr.CloseWithError(errors.New("upload ended")) // unblocks the writer if put failed
 	return err
 }
 
@@ -112,23 +134,31 @@ func (t SQLiteTarget) Existing(context.Context) (string, bool, error) {
 }
 
 // Restore decompresses the database into Path.restore-tmp, checks it
-// (integrity, schema, and for a key log every chain), syncs it, and renames
-// it to Path.
+// (integrity, schema, and for a key log every chain), restores a chat
+// database's blobs into Path.blobs.restore-tmp (restoreBlobs), syncs it
+// all, and moves the blobs, then the database, into place: the database
+// last, since its presence is what says a restore is done.
 func (t SQLiteTarget) Restore(ctx context.Context, m *Manifest, open func(string) (io.ReadCloser, error)) error {
-	if len(m.Objects) != 1 || m.Objects[0].Name != SQLiteObject {
-		return fmt.Errorf("a SQLite backup holds the one object %s; this one lists %d", SQLiteObject, len(m.Objects))
+	withBlobs := len(m.Objects) == 2 && m.Objects[1].Name == BlobsObject && t.DB == sqlite.ChatDatabase
+	if len(m.Objects) == 0 || m.Objects[0].Name != SQLiteObject || len(m.Objects) > 2 || len(m.Objects) == 2 && !withBlobs {
+		return fmt.Errorf("a SQLite backup of a %s holds %s (and %s for a chat server); this one lists %d objects", t.DB, SQLiteObject, BlobsObject, len(m.Objects))
 	}
 	tmp := t.Path + ".restore-tmp"
-	// A temporary file of an earlier attempt that failed is ours to replace.
+	blobTmp := sqlite.BlobDir(t.Path) + ".restore-tmp"
+	// What an earlier attempt that failed left is ours to replace.
 	for _, p := range []string{tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("removing %s of an earlier attempt: %w", p, err)
 		}
 	}
+	if err := os.RemoveAll(blobTmp); err != nil {
+		return fmt.Errorf("removing %s of an earlier attempt: %w", blobTmp, err)
+	}
 	ok := false
 	defer func() {
 		if !ok {
 			os.Remove(tmp)
+			os.RemoveAll(blobTmp)
 		}
 	}()
 	if err := t.download(open, tmp); err != nil {
@@ -142,16 +172,58 @@ func (t SQLiteTarget) Restore(ctx context.Context, m *Manifest, open func(string
 		t.Log.Info("restored database checked", "path", tmp, "integrity", "ok", "schema_version", rep.SchemaVersion,
 			"identities", rep.Identities, "key_documents", rep.KeyDocuments)
 	}
+	if t.DB == sqlite.ChatDatabase {
+		if err := t.restoreBlobs(ctx, tmp, blobTmp, withBlobs, open); err != nil {
+			return err
+		}
+	}
 	// Checked again: a restore must never replace a database that appeared
 	// meanwhile.
 	if _, exists, err := t.Existing(ctx); err != nil || exists {
 		return errors.Join(err, fmt.Errorf("%s appeared during the restore; left alone", t.Path))
+	}
+	if t.DB == sqlite.ChatDatabase {
+		if err := moveBlobs(blobTmp, sqlite.BlobDir(t.Path)); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(tmp, t.Path); err != nil {
 		return fmt.Errorf("moving the restored database into place: %w", err)
 	}
 	ok = true
 	return syncDir(filepath.Dir(t.Path))
+}
+
+// restoreBlobs restores BlobsObject, when the backup holds it, beside the
+// database file db; a damaged object is reported as such (a
+// *ChecksumError), not as whatever tar made of the damage.
+func (t SQLiteTarget) restoreBlobs(ctx context.Context, db, dir string, withBlobs bool, open func(string) (io.ReadCloser, error)) error {
+	var rc io.ReadCloser
+	if withBlobs {
+		var err error
+		if rc, err = open(BlobsObject); err != nil {
+			return err
+		}
+		defer rc.Close()
+	}
+	var r io.Reader
+	if rc != nil {
+		r = rc
+	}
+	restored, dropped, err := restoreBlobs(ctx, db, dir, r)
+	if err != nil {
+		var ce *ChecksumError
+		if rc != nil && !errors.As(err, &ce) {
+			if _, derr := io.Copy(io.Discard, rc); errors.As(derr, &ce) {
+				return ce
+			}
+		}
+		return err
+	}
+	if t.Log != nil {
+		t.Log.Info("restored blobs checked", "dir", dir, "blobs", restored, "dropped_without_file", dropped)
+	}
+	return nil
 }
 
 // download writes the decompressed database to path and syncs it. A

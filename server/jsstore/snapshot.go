@@ -15,10 +15,13 @@ import (
 // BackupStreams are the streams that hold the store's state, in the order a
 // backup snapshots them: the envelopes first, then the KV buckets, so that
 // every recipient of a backed-up envelope registered before it was sent is
-// in the later snapshot of the users. The writer lease is left out: it
-// lapses by itself and a restored store takes a new one.
+// in the later snapshot of the users, and every blob a backed-up envelope
+// names (uploaded before it) is in the later snapshots of the blobs' records
+// and objects, unless acknowledged meanwhile. The writer lease is left out:
+// it lapses by itself and a restored store takes a new one.
 func BackupStreams() []string {
-	return []string{StreamName, "KV_" + BucketUsers, "KV_" + BucketPrimary, "KV_" + BucketKeys, "KV_" + BucketPush, "KV_" + BucketAcks, "KV_" + BucketReplay}
+	return []string{StreamName, "KV_" + BucketUsers, "KV_" + BucketPrimary, "KV_" + BucketKeys, "KV_" + BucketPush, "KV_" + BucketAcks, "KV_" + BucketReplay,
+		"KV_" + BucketBlobRefs, "OBJ_" + BucketBlobs}
 }
 
 // snapshotChunk is the chunk size asked of JetStream for snapshots and

@@ -190,3 +190,80 @@ func Exists(path string) (bool, error) {
 	}
 	return false, nil
 }
+
+// BlobDir is the directory of a chat database's blob files.
+func BlobDir(dbPath string) string { return blobDir(dbPath) }
+
+// BlobFile is a blob a chat database holds a row for; its bytes are the
+// file BlobDir(db)/ID.
+type BlobFile struct {
+	ID     string
+	Size   int64
+	SHA256 []byte
+}
+
+// ListBlobs lists the blobs of the chat database at path, which no server
+// uses (a Snapshot, or a file being restored): none when its schema
+// predates attachments.
+func ListBlobs(ctx context.Context, path string) ([]BlobFile, error) {
+	db, err := sql.Open("sqlite", dsn(path, []string{"query_only(1)"}, "mode=ro"))
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer db.Close()
+	var tables int
+	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'blobs'").Scan(&tables); err != nil {
+		return nil, fmt.Errorf("reading the schema of %s: %w", path, err)
+	}
+	if tables == 0 {
+		return nil, nil
+	}
+	rows, err := db.QueryContext(ctx, "SELECT id, size, sha256 FROM blobs ORDER BY id")
+	if err != nil {
+		return nil, fmt.Errorf("listing the blobs of %s: %w", path, err)
+	}
+	defer rows.Close()
+	var blobs []BlobFile
+	for rows.Next() {
+		var b BlobFile
+		if err := rows.Scan(&b.ID, &b.Size, &b.SHA256); err != nil {
+			return nil, fmt.Errorf("listing the blobs of %s: %w", path, err)
+		}
+		blobs = append(blobs, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing the blobs of %s: %w", path, err)
+	}
+	return blobs, nil
+}
+
+// DropBlobs deletes the rows of ids, and with them every reference to
+// them, from the chat database at path, which no server uses: a restore
+// drops the blobs whose files the backup does not hold (deleted after its
+// snapshot, because every recipient had acknowledged them), so the
+// restored database names no file it lacks. The messages stay; their
+// attachments answer unknown_blob, as they would have on the live server.
+func DropBlobs(ctx context.Context, path string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	db, err := sql.Open("sqlite", dsn(path, []string{"foreign_keys(1)"}, "mode=rw"))
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer db.Close()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("dropping blobs from %s: %w", path, err)
+	}
+	defer tx.Rollback()
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM blobs WHERE id = ?", id); err != nil {
+			return fmt.Errorf("dropping blob %s from %s: %w", id, path, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("dropping blobs from %s: %w", path, err)
+	}
+	return db.Close()
+}
