@@ -137,7 +137,7 @@ clean:
 #   KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test ...
 ENVTEST_ASSETS ?= $(shell bash hack/tools/install-k8s-tools.sh --print-dir)
 
-.PHONY: k8s-tools versitygw
+.PHONY: k8s-tools versitygw centrifugo
 k8s-tools:
 	bash hack/tools/install-k8s-tools.sh
 
@@ -146,3 +146,10 @@ k8s-tools:
 # builds it too. Tests find it by running the script, or at $KEZ_VERSITYGW.
 versitygw:
 	bash hack/tools/install-k8s-tools.sh versitygw
+
+# Centrifugo, the real-time server `make bench-anchor` measures kezchat
+# against, built the same way into the same cache. Only that bench needs it:
+# k8s-tools (and so CI) does not build it.
+CENTRIFUGO_BIN ?= $(shell bash hack/tools/install-k8s-tools.sh --print-dir)/centrifugo
+centrifugo:
+	bash hack/tools/install-k8s-tools.sh centrifugo

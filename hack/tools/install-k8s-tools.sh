@@ -14,7 +14,8 @@
 # was built from changed, so a warm run takes no time and starts no `go`.
 #
 # Usage: install-k8s-tools.sh [--print-dir] [TOOL...]
-#   TOOL        build only these (default: every tool below)
+#   TOOL        build only these (default: every tool in TOOLS; those in
+#               OPTIONAL_TOOLS, such as centrifugo, only when named)
 #   --print-dir print the directory and exit, building nothing
 #
 # Each tool is built from a module of its own under hack/tools/<module>/,
@@ -35,6 +36,12 @@ TOOLS=(
 	"helm                    helm    helm.sh/helm/v4/cmd/helm"
 	"kwok                    kwok    sigs.k8s.io/kwok/cmd/kwok"
 	"versitygw               versitygw github.com/versity/versitygw/cmd/versitygw"
+)
+
+# Built only when named (`install-k8s-tools.sh centrifugo`, `make centrifugo`),
+# never by default, so `make k8s-tools` and CI do not spend minutes on them.
+OPTIONAL_TOOLS=(
+	"centrifugo              centrifugo github.com/centrifugal/centrifugo/v6"
 )
 
 # Bump to rebuild every cached binary after a change to how they are built.
@@ -94,6 +101,10 @@ ldflags() {
 	versitygw)
 		flags+=" -X main.Version=$(modversion versitygw github.com/versity/versitygw)"
 		;;
+	centrifugo)
+		v="$(modversion centrifugo github.com/centrifugal/centrifugo/v6)"
+		flags+=" -X github.com/centrifugal/centrifugo/v6/internal/build.Version=${v#v}"
+		;;
 	esac
 	echo "$flags"
 }
@@ -127,11 +138,11 @@ declare -A pkgs_by_module=()
 modules=()
 for name in "${want[@]}"; do
 	found=""
-	for t in "${TOOLS[@]}"; do
+	for t in "${TOOLS[@]}" "${OPTIONAL_TOOLS[@]}"; do
 		read -r n mod pkg <<<"$t"
 		[[ $n == "$name" ]] && found="$mod $pkg"
 	done
-	[[ -n $found ]] || die "unknown tool $name (known: $(printf '%s ' "${TOOLS[@]}" | awk '{for (i = 1; i <= NF; i += 3) printf "%s ", $i}'))"
+	[[ -n $found ]] || die "unknown tool $name (known: $(printf '%s ' "${TOOLS[@]}" "${OPTIONAL_TOOLS[@]}" | awk '{for (i = 1; i <= NF; i += 3) printf "%s ", $i}'))"
 	read -r mod pkg <<<"$found"
 	bin="$dir/$name"
 	if [[ -x $bin ]]; then
