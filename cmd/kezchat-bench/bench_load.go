@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -60,6 +61,8 @@ type loadResult struct {
 	// CPU used while sending, in cores (CPU time / wall time); the server's
 	// is 0 for a --target.
 	serverCores, benchCores float64
+	// The same as CPU time, from the first send to the last answer.
+	serverCPU, benchCPU time.Duration
 }
 
 // exactlyOnce reports whether every accepted message was delivered once, in
@@ -159,6 +162,9 @@ func marshalSigned(doc signing.Signed) ([]byte, error) {
 type deliveryLog struct {
 	index map[string]int // message id -> i; read-only once built
 	base  time.Time
+	// timed is set for a closed loop that runs for a duration: the
+	// messages it did not reach by then were not sent, not refused.
+	timed bool
 	// sentAt is when message i was sent: just before its POST in the closed
 	// loop, its scheduled time in the open loop. Both latencies run from it.
 	sentAt     []atomic.Int64
@@ -193,8 +199,8 @@ func newDeliveryLog(ids []string) *deliveryLog {
 func (l *deliveryLog) now() int64 { return int64(time.Since(l.base)) }
 
 // deliver records that a stream delivered the message with id.
-func (l *deliveryLog) deliver(id string) {
-	i, ok := l.index[id]
+func (l *deliveryLog) deliver(id []byte) {
+	i, ok := l.index[string(id)]
 	if !ok {
 		l.unexpected.Add(1)
 		return
@@ -221,42 +227,55 @@ func (f *failureCounts) add(why string, n int) {
 	f.mu.Unlock()
 }
 
-// postOne posts message i and records when it began and how it was answered.
-func postOne(ctx context.Context, hc *http.Client, u string, body []byte, i int, log *deliveryLog, fail *failureCounts) {
+// sendFunc sends prepared message i and reports whether the server
+// accepted it, and if not, a short reason.
+type sendFunc func(ctx context.Context, i int) (ok bool, why string)
+
+// sendOne sends message i and records when it began and how it was answered.
+func sendOne(ctx context.Context, send sendFunc, i int, log *deliveryLog, fail *failureCounts) {
 	log.startedAt[i] = log.now()
-	status, why := post(ctx, hc, u, body)
+	ok, why := send(ctx, i)
 	log.answeredAt[i] = log.now()
-	if status == http.StatusCreated {
+	if ok {
 		log.accepted[i] = true
 	} else {
 		fail.add(why, 1)
 	}
 }
 
-// sendClosedLoop posts every body from senders goroutines, each sending its
-// next message as soon as the last one is answered (a closed loop: the
-// server's speed sets the pace). Each message's latency runs from just
-// before its POST.
-func sendClosedLoop(ctx context.Context, hc *http.Client, urlFor func(i int) string, bodies [][]byte, senders int, log *deliveryLog, fail *failureCounts) {
+// errTimeUp ends a closed loop that runs for a duration.
+var errTimeUp = errors.New("the duration is over")
+
+// sendClosedLoop sends messages 0 to n-1 from senders goroutines, each
+// sending its next message as soon as the last one is answered (a closed
+// loop: the server's speed sets the pace). Each message's latency runs from
+// just before it is sent. With until > 0 (on log's clock) a sender starts
+// no message after until, and the messages left are not sent (log.timed).
+func sendClosedLoop(ctx context.Context, send sendFunc, n, senders int, until int64, log *deliveryLog, fail *failureCounts) {
+	log.timed = until > 0
 	var started atomic.Int64
-	err := forEachIndex(ctx, len(bodies), senders, func(_ context.Context, i int) error {
+	err := forEachIndex(ctx, n, senders, func(_ context.Context, i int) error {
+		now := log.now()
+		if until > 0 && now >= until {
+			return errTimeUp
+		}
 		started.Add(1)
-		log.sentAt[i].Store(log.now())
-		postOne(ctx, hc, urlFor(i), bodies[i], i, log, fail)
+		log.sentAt[i].Store(now)
+		sendOne(ctx, send, i, log, fail)
 		return nil
 	})
-	if unsent := len(bodies) - int(started.Load()); err != nil && unsent > 0 {
+	if unsent := n - int(started.Load()); err != nil && !errors.Is(err, errTimeUp) && unsent > 0 {
 		fail.add(err.Error(), unsent)
 	}
 }
 
-// sendOpenLoop posts the bodies on a fixed schedule, message i at
+// sendOpenLoop sends messages 0 to n-1 on a fixed schedule, message i at
 // i/rate after the start, from at most inFlight requests at once. Each
 // message's latency runs from its scheduled time (see openLoop).
-func sendOpenLoop(ctx context.Context, hc *http.Client, urlFor func(i int) string, bodies [][]byte, rate float64, inFlight int, log *deliveryLog, fail *failureCounts) {
-	unsent := openLoop(ctx, len(bodies), rate, inFlight, log.now, func(i int, due int64) {
+func sendOpenLoop(ctx context.Context, send sendFunc, n int, rate float64, inFlight int, log *deliveryLog, fail *failureCounts) {
+	unsent := openLoop(ctx, n, rate, inFlight, log.now, func(i int, due int64) {
 		log.sentAt[i].Store(due)
-		postOne(ctx, hc, urlFor(i), bodies[i], i, log, fail)
+		sendOne(ctx, send, i, log, fail)
 	})
 	if unsent > 0 {
 		fail.add("not sent: "+context.Cause(ctx).Error(), unsent)
@@ -340,16 +359,44 @@ func postAnswer(ctx context.Context, hc *http.Client, u string, body []byte) (in
 	return resp.StatusCode, nil, fmt.Sprintf("%d %s", resp.StatusCode, e.Error.Code)
 }
 
-// loadRun is what the two load phases share: the registered users, one
-// open stream per recipient and its reader, which records each delivery in
-// the log of the phase under way.
+// loadServer is what the load phases need to know of the server they load:
+// how to open recipient i's stream, which then recognises the server's
+// deliveries itself (rawStream.parse), and how to send prepared message i.
+// kezchat's is kezchatLoad; the anchor bench's Centrifugo, centrifugoLoad.
+type loadServer interface {
+	openStream(ctx context.Context, i, bufSize int) (*rawStream, error)
+	send(ctx context.Context, hc *http.Client, i int, body []byte) (ok bool, why string)
+}
+
+// kezchatLoad is a kezchat server, or replicas sharing a store: message i is
+// a signed document POSTed to /v1/messages, and recipient i's stream is its
+// inbox's, on targets[i mod len(targets)].
+type kezchatLoad struct {
+	targets    []*benchTarget
+	postURLs   []string // each target's /v1/messages
+	domain     string
+	recipients []benchUser
+}
+
+func (k *kezchatLoad) openStream(ctx context.Context, i, bufSize int) (*rawStream, error) {
+	return openRawStream(ctx, k.targets[i%len(k.targets)].addr, k.domain, k.recipients[i].id, bufSize)
+}
+
+func (k *kezchatLoad) send(ctx context.Context, hc *http.Client, i int, body []byte) (bool, string) {
+	status, why := post(ctx, hc, k.postURL(i), body)
+	return status == http.StatusCreated, why
+}
+
+// loadRun is what the load phases share: the server, its registered users,
+// one open stream per recipient and its reader, which records each delivery
+// in the log of the phase under way.
 type loadRun struct {
 	cfg benchConfig
 	t   *benchTarget // targets[0]
 	// targets are the servers: one, or the replicas of the replica phase,
 	// which share a store. Recipient i's stream is on targets[i mod n].
-	targets  []*benchTarget
-	postURLs []string // each target's /v1/messages
+	targets []*benchTarget
+	srv     loadServer
 	// phase1 and phase2 name the two phases in the output.
 	phase1, phase2 string
 	hc             *http.Client
@@ -369,9 +416,11 @@ func startLoad(ctx context.Context, cfg benchConfig, targets []*benchTarget, hc 
 	t := targets[0]
 	r := &loadRun{cfg: cfg, t: t, targets: targets, hc: hc, p: p,
 		phase1: "phase 1, maximum throughput", phase2: "phase 2, latency at a fixed rate"}
+	k := &kezchatLoad{targets: targets}
 	for _, tt := range targets {
-		r.postURLs = append(r.postURLs, tt.url+"/v1/messages")
+		k.postURLs = append(k.postURLs, tt.url+"/v1/messages")
 	}
+	r.srv = k
 	c := client.New(t.url, hc)
 	domain, err := c.Domain(ctx)
 	if err != nil {
@@ -388,19 +437,29 @@ func startLoad(ctx context.Context, cfg benchConfig, targets []*benchTarget, hc 
 	if err != nil {
 		return nil, err
 	}
-	err = p.step(fmt.Sprintf("opening %d streams", cfg.streams), func() error {
+	k.domain, k.recipients = domain, r.recipients
+	if err := r.openStreams(ctx, cfg.streams); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// openStreams opens n streams of r.srv, recipients 0 to n-1, and starts
+// their readers.
+func (r *loadRun) openStreams(ctx context.Context, n int) error {
+	err := r.p.step(fmt.Sprintf("opening %d streams", n), func() error {
 		var err error
-		r.streams, err = openStreams(ctx, targets, domain, r.recipients, 4<<10)
+		r.streams, err = openStreamsOf(ctx, r.srv, n, 4<<10)
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	r.log.Store(newDeliveryLog(nil))
 	for _, st := range r.streams {
 		r.readers.Go(func() { st.follow(&r.log) })
 	}
-	return r, nil
+	return nil
 }
 
 // postURL is where message i is posted. Message i goes to recipient
@@ -408,13 +467,20 @@ func startLoad(ctx context.Context, cfg benchConfig, targets []*benchTarget, hc 
 // posting it to target (i mod R + i div R) mod n sends every recipient's
 // messages to each replica in turn, so with two replicas half the
 // deliveries cross NATS, and each replica takes half the POSTs.
-func (r *loadRun) postURL(i int) string {
-	n := len(r.postURLs)
+func (k *kezchatLoad) postURL(i int) string {
+	n := len(k.postURLs)
 	if n == 1 {
-		return r.postURLs[0]
+		return k.postURLs[0]
 	}
-	rcpt := len(r.recipients)
-	return r.postURLs[(i%rcpt+i/rcpt)%n]
+	rcpt := len(k.recipients)
+	return k.postURLs[(i%rcpt+i/rcpt)%n]
+}
+
+// sender sends prepared message i, bodies[i], to r.srv.
+func (r *loadRun) sender(bodies [][]byte) sendFunc {
+	return func(ctx context.Context, i int) (bool, string) {
+		return r.srv.send(ctx, r.hc, i, bodies[i])
+	}
 }
 
 // close ends the streams and waits for their readers.
@@ -459,7 +525,7 @@ func (r *loadRun) closedLoop(ctx context.Context) (*loadResult, error) {
 	// Both processes share the machine's cores: record what each used.
 	cpu := startCPUMeter(r.targets...)
 	var fail failureCounts
-	sendClosedLoop(ctx, r.hc, r.postURL, bodies, r.cfg.senders, log, &fail)
+	sendClosedLoop(ctx, r.sender(bodies), len(bodies), r.cfg.senders, 0, log, &fail)
 	res := r.collect(ctx, log, cpu, &fail)
 	r.p.printf("%s: %d of %d messages accepted in %s: %.0f messages/s\n",
 		r.phase1, res.accepted, res.sent, fmtDuration(res.wall), res.rate)
@@ -479,7 +545,7 @@ func (r *loadRun) openLoop(ctx context.Context) (*loadResult, error) {
 	r.p.printf("sending %d messages at %.0f/s (open loop, at most %d in flight) ... ", n, r.cfg.rate, r.cfg.inFlight)
 	cpu := startCPUMeter(r.targets...)
 	var fail failureCounts
-	sendOpenLoop(ctx, r.hc, r.postURL, bodies, r.cfg.rate, r.cfg.inFlight, log, &fail)
+	sendOpenLoop(ctx, r.sender(bodies), len(bodies), r.cfg.rate, r.cfg.inFlight, log, &fail)
 	res := r.collect(ctx, log, cpu, &fail)
 	res.offered = r.cfg.rate
 	r.p.printf("%s: %d of %d messages accepted; offered %.0f/s, achieved %.0f/s\n",
@@ -493,13 +559,18 @@ func (r *loadRun) openLoop(ctx context.Context) (*loadResult, error) {
 func (r *loadRun) collect(ctx context.Context, log *deliveryLog, cpu *cpuMeter, fail *failureCounts) *loadResult {
 	n := len(log.sentAt)
 	res := &loadResult{sent: n}
+	res.serverCPU, res.benchCPU = cpu.used()
 	res.serverCores, res.benchCores = cpu.cores()
 	first, last := int64(-1), int64(0)
 	postLat := make([]time.Duration, 0, n)
 	lag := make([]time.Duration, 0, n)
 	for i := range n {
-		if log.startedAt[i] == 0 { // never sent: ctx ended first
-			res.failed++
+		if log.startedAt[i] == 0 {
+			if log.timed { // the duration ended first
+				res.sent--
+			} else { // ctx ended first
+				res.failed++
+			}
 			continue
 		}
 		if s := log.sentAt[i].Load(); first < 0 || s < first {
@@ -590,11 +661,20 @@ func startCPUMeter(ts ...*benchTarget) *cpuMeter {
 // cores is the CPU each used since start, in cores; 0 when unknown.
 func (m *cpuMeter) cores() (server, self float64) {
 	wall := time.Since(m.start).Seconds()
-	if s, err := serversCPUTime(m.ts); err == nil && m.serverErr == nil && wall > 0 {
-		server = (s - m.server).Seconds() / wall
+	if wall <= 0 {
+		return 0, 0
 	}
-	if s, err := processCPUTime(os.Getpid()); err == nil && m.selfErr == nil && wall > 0 {
-		self = (s - m.self).Seconds() / wall
+	s, b := m.used()
+	return s.Seconds() / wall, b.Seconds() / wall
+}
+
+// used is the CPU time each used since start; 0 when unknown.
+func (m *cpuMeter) used() (server, self time.Duration) {
+	if s, err := serversCPUTime(m.ts); err == nil && m.serverErr == nil {
+		server = s - m.server
+	}
+	if s, err := processCPUTime(os.Getpid()); err == nil && m.selfErr == nil {
+		self = s - m.self
 	}
 	return server, self
 }

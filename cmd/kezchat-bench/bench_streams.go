@@ -4,14 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -30,14 +28,96 @@ const (
 	idleBuffer = 512
 )
 
-// rawStream is one inbox stream on a bare TCP connection with a handwritten
-// request. client.Stream carries an http.Transport, large buffers and an
-// idle timer per stream; the bench holds thousands, so it keeps only the
-// connection and, while it reads, two small buffers.
+// rawStream is one stream of Server-Sent Events on a bare TCP connection
+// with a handwritten request: a kezchat inbox stream, or in the anchor bench
+// a Centrifugo uni_sse connection. client.Stream carries an http.Transport,
+// large buffers and an idle timer per stream; the bench holds thousands, so
+// it keeps only the connection and, while it reads, two small buffers.
 type rawStream struct {
 	conn  net.Conn
 	lines *bufio.Reader // the de-chunked event stream
 	long  []byte        // holds a line longer than lines' buffer
+	// parse recognises the server's deliveries among the stream's events.
+	parse deliveryParser
+}
+
+// eventKind is what a deliveryParser makes of one event.
+type eventKind int
+
+const (
+	// notDelivery is an event the bench ignores: a ping, an event of
+	// another type.
+	notDelivery eventKind = iota
+	// delivery is a message, with its id and the server's order for it.
+	delivery
+	// malformedDelivery looks like a delivery, but its id or order cannot
+	// be read (or disagree): it counts as unexpected.
+	malformedDelivery
+)
+
+// deliveryParser recognises a delivery in one event of a stream, from its
+// event, id and data fields (empty when absent): the message's id and the
+// server's sequence number for it, which must increase along the stream.
+// The results may point into the fields. Both servers' parsers find the id
+// the same cheap way (messageID), without decoding the JSON, so the bench's
+// own CPU per delivery is the same for either.
+type deliveryParser func(event, id, data []byte) (msgID []byte, seq uint64, kind eventKind)
+
+// idKey opens the message id in a delivery's JSON.
+var idKey = []byte(`"id":"`)
+
+// messageID returns the message id in a delivery's data without decoding
+// it: the string of its first "id" member. Both servers deliver the signed
+// message document unchanged, and the payload's id is the document's only
+// "id" member (the ciphertext is base64url; the other members are handles,
+// numbers and the signature's alg, key and sig, none of which can hold a
+// quote), so the first is the one. nil when there is none.
+func messageID(data []byte) []byte {
+	i := bytes.Index(data, idKey)
+	if i < 0 {
+		return nil
+	}
+	rest := data[i+len(idKey):]
+	j := bytes.IndexByte(rest, '"')
+	if j <= 0 {
+		return nil
+	}
+	return rest[:j]
+}
+
+// parseSeq reads a decimal sequence number (digits only, at least one).
+func parseSeq(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 19 { // 19 digits always fit in a uint64
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
+}
+
+// kezchatDelivery recognises a kezchat inbox event: "event: message", the
+// seq as its id, and as data the envelope {"seq":<the same seq>,
+// "received_at":...,"message":<the signed document>}.
+func kezchatDelivery(event, id, data []byte) ([]byte, uint64, eventKind) {
+	if string(event) != "message" {
+		return nil, 0, notDelivery // typing, or a future event type
+	}
+	seq, ok := parseSeq(id)
+	// The envelope repeats the seq: it must agree with the event's id.
+	rest, prefixed := bytes.CutPrefix(data, []byte(`{"seq":`))
+	if !ok || !prefixed || !bytes.HasPrefix(rest, id) || len(rest) == len(id) || rest[len(id)] != ',' {
+		return nil, 0, malformedDelivery
+	}
+	mid := messageID(rest)
+	if mid == nil {
+		return nil, 0, malformedDelivery
+	}
+	return mid, seq, delivery
 }
 
 // openRawStream opens id's stream and returns once the server has sent its
@@ -49,6 +129,32 @@ func openRawStream(ctx context.Context, addr, domain string, id *client.Identity
 	if err != nil {
 		return nil, err
 	}
+	st, err := dialStream(ctx, addr, path+"?auth="+url.QueryEscape(auth), bufSize, kezchatDelivery, func(st *rawStream) error {
+		line, err := st.readLine()
+		if err != nil {
+			return err
+		}
+		if !bytes.HasPrefix(line, []byte(":")) {
+			return fmt.Errorf("the first frame is %q, not a comment", line)
+		}
+		for len(line) > 0 { // the rest of the frame, up to its blank line
+			if line, err = st.readLine(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream of %s: %w", id.Handle, err)
+	}
+	return st, nil
+}
+
+// dialStream connects to addr, sends GET target (a path and query) for an
+// event stream and returns the stream once the server has answered 200 and
+// first has read what the server sends first and found it right, all
+// within streamHandshake. The stream recognises deliveries with parse.
+func dialStream(ctx context.Context, addr, target string, bufSize int, parse deliveryParser, first func(*rawStream) error) (*rawStream, error) {
 	d := net.Dialer{Timeout: streamHandshake}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -56,10 +162,10 @@ func openRawStream(ctx context.Context, addr, domain string, id *client.Identity
 	}
 	fail := func(err error) (*rawStream, error) {
 		conn.Close()
-		return nil, fmt.Errorf("stream of %s: %w", id.Handle, err)
+		return nil, err
 	}
 	_ = conn.SetDeadline(time.Now().Add(streamHandshake))
-	req := "GET " + path + "?auth=" + url.QueryEscape(auth) + " HTTP/1.1\r\n" +
+	req := "GET " + target + " HTTP/1.1\r\n" +
 		"Host: " + addr + "\r\n" +
 		"Accept: text/event-stream\r\n" +
 		"Cache-Control: no-store\r\n\r\n"
@@ -75,29 +181,26 @@ func openRawStream(ctx context.Context, addr, domain string, id *client.Identity
 		return fail(fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(body)))
 	}
 	// resp.Body undoes the chunked transfer encoding.
-	st := &rawStream{conn: conn, lines: bufio.NewReaderSize(resp.Body, bufSize)}
-	line, err := st.readLine()
-	if err != nil {
+	st := &rawStream{conn: conn, lines: bufio.NewReaderSize(resp.Body, bufSize), parse: parse}
+	if err := first(st); err != nil {
 		return fail(fmt.Errorf("reading the first frame: %w", err))
-	}
-	if !bytes.HasPrefix(line, []byte(":")) {
-		return fail(fmt.Errorf("the first frame is %q, not a comment", line))
-	}
-	for len(line) > 0 { // the rest of the frame, up to its blank line
-		if line, err = st.readLine(); err != nil {
-			return fail(fmt.Errorf("reading the first frame: %w", err))
-		}
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return st, nil
 }
 
-// openStreams opens one stream per user, openWorkers at a time; user i's
-// on targets[i mod len(targets)].
+// openStreams opens one kezchat stream per user, openWorkers at a time;
+// user i's on targets[i mod len(targets)].
 func openStreams(ctx context.Context, targets []*benchTarget, domain string, users []benchUser, bufSize int) ([]*rawStream, error) {
-	streams := make([]*rawStream, len(users))
-	err := forEachIndex(ctx, len(users), openWorkers, func(ctx context.Context, i int) error {
-		st, err := openRawStream(ctx, targets[i%len(targets)].addr, domain, users[i].id, bufSize)
+	return openStreamsOf(ctx, &kezchatLoad{targets: targets, domain: domain, recipients: users}, len(users), bufSize)
+}
+
+// openStreamsOf opens srv's streams of recipients 0 to n-1, openWorkers at
+// a time, and closes them all if one fails.
+func openStreamsOf(ctx context.Context, srv loadServer, n, bufSize int) ([]*rawStream, error) {
+	streams := make([]*rawStream, n)
+	err := forEachIndex(ctx, n, openWorkers, func(ctx context.Context, i int) error {
+		st, err := srv.openStream(ctx, i, bufSize)
 		if err != nil {
 			return err
 		}
@@ -141,25 +244,16 @@ func (st *rawStream) readLine() ([]byte, error) {
 	}
 }
 
-// follow reads events until the connection ends, recording each message's
-// delivery by its payload id (no decryption: the id is in the signed
-// payload) in the log cur holds at the time, and checking that seqs
-// increase.
+// follow reads events until the connection ends, recording each delivery
+// st.parse recognises by its message id (no decryption: the id is in the
+// signed payload) in the log cur holds at the time, and checking that the
+// server's sequence numbers increase along the stream.
 func (st *rawStream) follow(cur *atomic.Pointer[deliveryLog]) {
 	var (
-		data         []byte
-		hasData      bool
-		event        string
-		seq, lastSeq uint64
+		event, id, data []byte
+		hasData         bool
+		lastSeq         uint64
 	)
-	var env struct {
-		Seq     uint64 `json:"seq"`
-		Message struct {
-			Payload struct {
-				ID string `json:"id"`
-			} `json:"payload"`
-		} `json:"message"`
-	}
 	for {
 		line, err := st.readLine()
 		if err != nil {
@@ -169,25 +263,25 @@ func (st *rawStream) follow(cur *atomic.Pointer[deliveryLog]) {
 		value = bytes.TrimPrefix(value, []byte(" "))
 		switch {
 		case len(line) == 0: // end of an event
-			if event == "message" && hasData {
-				log := cur.Load()
-				env.Message.Payload.ID = ""
-				if json.Unmarshal(data, &env) != nil || env.Seq != seq {
-					log.unexpected.Add(1)
-				} else {
+			if hasData {
+				switch mid, seq, kind := st.parse(event, id, data); kind {
+				case delivery:
+					log := cur.Load()
 					if seq <= lastSeq {
 						log.outOfOrder.Add(1)
 					}
 					lastSeq = seq
-					log.deliver(env.Message.Payload.ID)
+					log.deliver(mid)
+				case malformedDelivery:
+					cur.Load().unexpected.Add(1)
 				}
 			}
-			event, hasData, seq = "", false, 0
+			event, id, data, hasData = event[:0], id[:0], data[:0], false
 		case len(field) == 0: // a comment: keep-alive
 		case string(field) == "event":
-			event = string(value)
+			event = append(event[:0], value...)
 		case string(field) == "id":
-			seq, _ = strconv.ParseUint(string(value), 10, 64)
+			id = append(id[:0], value...)
 		case string(field) == "data":
 			data, hasData = append(data[:0], value...), true
 		}

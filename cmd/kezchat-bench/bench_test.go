@@ -66,7 +66,7 @@ func TestFollowCountsEachDeliveryAndChecksOrder(t *testing.T) {
 	log := newDeliveryLog([]string{"id0", "id1", "id2"})
 	var cur atomic.Pointer[deliveryLog]
 	cur.Store(log)
-	st := &rawStream{lines: bufio.NewReaderSize(strings.NewReader(stream), 64)}
+	st := &rawStream{lines: bufio.NewReaderSize(strings.NewReader(stream), 64), parse: kezchatDelivery}
 	st.follow(&cur)
 
 	if got := log.delivered.Load(); got != 4 {
@@ -82,6 +82,32 @@ func TestFollowCountsEachDeliveryAndChecksOrder(t *testing.T) {
 	}
 	if got := log.unexpected.Load(); got != 1 {
 		t.Errorf("unexpected %d, want 1", got)
+	}
+}
+
+// TestKezchatDeliveryReadsTheIDWithoutDecoding: the parser takes the seq
+// from the event's id, checks the envelope repeats it, and finds the
+// payload's id; anything else is ignored or counted as unexpected.
+func TestKezchatDeliveryReadsTheIDWithoutDecoding(t *testing.T) {
+	doc := `{"payload":{"ct":"QUJD","from":"s1","id":"m-1:bob","server":"x","to":"bob","ts":1,"type":"message"},"signature":{"alg":"ed25519","key":"k","sig":"s"}}`
+	for _, c := range []struct {
+		event, id, data string
+		mid             string
+		seq             uint64
+		kind            eventKind
+	}{
+		{"message", "17", `{"seq":17,"received_at":5,"message":` + doc + `}`, "m-1:bob", 17, delivery},
+		{"typing", "", `{"from":"alice","ct":"QUJD"}`, "", 0, notDelivery},
+		{"message", "17", `{"seq":171,"received_at":5,"message":` + doc + `}`, "", 0, malformedDelivery}, // seqs disagree
+		{"message", "1x", `{"seq":1x,"message":` + doc + `}`, "", 0, malformedDelivery},
+		{"message", "", `{"seq":,"message":` + doc + `}`, "", 0, malformedDelivery},
+		{"message", "3", `{"seq":3,"message":{"payload":{}}}`, "", 0, malformedDelivery}, // no id
+		{"message", "3", `{"seq":3,"message":{"payload":{"id":""}}}`, "", 0, malformedDelivery},
+	} {
+		mid, seq, kind := kezchatDelivery([]byte(c.event), []byte(c.id), []byte(c.data))
+		if string(mid) != c.mid || seq != c.seq || kind != c.kind {
+			t.Errorf("kezchatDelivery(%q, %q, %q) = %q, %d, %d; want %q, %d, %d", c.event, c.id, c.data, mid, seq, kind, c.mid, c.seq, c.kind)
+		}
 	}
 }
 
