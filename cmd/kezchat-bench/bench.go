@@ -53,6 +53,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(args) > 0 && args[0] == "group" {
 		return runGroupBench(ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "anchor" {
+		return runAnchorBench(ctx, args[1:], stdout, stderr)
+	}
 	var cfg benchConfig
 	fs := newFlagSet(
 		"Measures a chat server in four phases: the maximum message throughput\n"+

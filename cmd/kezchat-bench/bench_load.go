@@ -338,25 +338,39 @@ func post(ctx context.Context, hc *http.Client, u string, body []byte) (int, str
 
 // postAnswer is post that also returns the body of a 201 (the receipt).
 func postAnswer(ctx context.Context, hc *http.Client, u string, body []byte) (int, []byte, string) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	status, data, err := postRequest(ctx, hc, u, body, "", "")
 	if err != nil {
 		return 0, nil, err.Error()
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return 0, nil, err.Error()
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10)) // read to the end, so the connection is reused
-	if resp.StatusCode == http.StatusCreated {
-		return resp.StatusCode, data, ""
+	if status == http.StatusCreated {
+		return status, data, ""
 	}
 	var e struct {
 		Error struct{ Code string } `json:"error"`
 	}
 	_ = json.Unmarshal(data, &e)
-	return resp.StatusCode, nil, fmt.Sprintf("%d %s", resp.StatusCode, e.Error.Code)
+	return status, nil, fmt.Sprintf("%d %s", status, e.Error.Code)
+}
+
+// postRequest POSTs a JSON body, with the header key: value when key is
+// set, and returns the status and the answer (up to 64 KiB), read to the
+// end so the connection is reused.
+func postRequest(ctx context.Context, hc *http.Client, u string, body []byte, key, value string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set(key, value)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, data, nil
 }
 
 // loadServer is what the load phases need to know of the server they load:

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -197,10 +198,14 @@ func (t *benchTarget) startPushService(dir string) ([]string, error) {
 
 // envWithoutKEZ is this process's environment less the KEZ_ variables, which
 // would otherwise set server flags the bench did not choose.
-func envWithoutKEZ() []string {
+func envWithoutKEZ() []string { return envWithout("KEZ_") }
+
+// envWithout is this process's environment less the variables whose names
+// start with one of prefixes.
+func envWithout(prefixes ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KEZ_") {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(kv, p) }) {
 			env = append(env, kv)
 		}
 	}

@@ -45,14 +45,23 @@ func newFlagSet(synopsis string, stderr io.Writer) *flag.FlagSet {
 // defaultKezchat is the kezchat binary beside this one (make bench builds
 // both into bin/), else the one on PATH.
 func defaultKezchat() string {
-	if exe, err := os.Executable(); err == nil {
-		beside := filepath.Join(filepath.Dir(exe), "kezchat")
-		if _, err := os.Stat(beside); err == nil {
-			return beside
-		}
+	if p := beside("kezchat"); p != "" {
+		return p
 	}
 	if p, err := exec.LookPath("kezchat"); err == nil {
 		return p
 	}
 	return "kezchat"
+}
+
+// beside is the path of the file name in this binary's directory, or ""
+// when there is none.
+func beside(name string) string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
 }
