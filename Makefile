@@ -10,7 +10,7 @@ DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup bench-group
+.PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup bench-group bench-anchor
 .PHONY: web web-test web-e2e bench-web
 
 all: build
@@ -90,6 +90,13 @@ bench: build
 bench-group: build
 	$(GO) build -trimpath -o $(BENCH_BIN) ./cmd/kezchat-bench
 	./$(BENCH_BIN) group --kezchat $(BIN) $(BENCH_GROUP_ARGS)
+
+## bench-anchor: kezchat against Centrifugo (make centrifugo) under the same load and client:
+## 1,000 streams, 64 and 8 closed-loop senders, 300-byte messages, 10 s a phase, 3 rounds,
+## side by side with the ratio, CPU per message and RSS (docs/benchmarks.md)
+bench-anchor: build centrifugo
+	$(GO) build -trimpath -o $(BENCH_BIN) ./cmd/kezchat-bench
+	./$(BENCH_BIN) anchor --kezchat $(BIN) --centrifugo $(CENTRIFUGO_BIN) $(BENCH_ANCHOR_ARGS)
 
 ## bench-operator: the built `kezchat operator` as a process of its own against a real
 ## API server (envtest), per size in KEZ_BENCH_KEZCHATS (default 200,1000): KezChats

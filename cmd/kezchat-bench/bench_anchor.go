@@ -147,14 +147,19 @@ func runAnchorBench(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
-	version := centrifugoVersion(ctx, cfExe)
+	version, _, _ := strings.Cut(centrifugoVersion(ctx, cfExe), " (") // "Centrifugo v6.9.1 (Go version: ...)"
 	p := &benchPrinter{w: stdout}
-	p.printf("kezchat-bench anchor: kezchat (%s, SQLite) against %s (memory engine, history %d per channel for %s, uni_sse, HTTP API)\n",
-		cfg.kezchat, version, cfg.historySize, cfg.historyTTL)
-	p.printf("%d streams, %s senders, %d-byte messages, closed loop for %s, %d rounds; %d CPUs, GOMAXPROCS %d, %s\n",
-		cfg.streams, cfg.senders.String(), cfg.msgSize, cfg.duration, cfg.rounds, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	p.printf("kezchat-bench anchor: kezchat (%s, SQLite) against %s (%s; memory engine, history %d per channel for %s, uni_sse, HTTP API)\n",
+		cfg.kezchat, version, cfExe, cfg.historySize, cfg.historyTTL)
+	rounds := "rounds"
+	if cfg.rounds == 1 {
+		rounds = "round"
+	}
+	p.printf("%d streams, %s senders, %d-byte messages, closed loop for %s, %d %s; %d CPUs, GOMAXPROCS %d, %s\n",
+		cfg.streams, strings.ReplaceAll(cfg.senders.String(), ",", " then "), cfg.msgSize, cfg.duration, cfg.rounds, rounds,
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 
-	var rounds []*anchorRound
+	var results []*anchorRound
 	for n := 1; n <= cfg.rounds; n++ {
 		p.printf("\nround %d of %d\n", n, cfg.rounds)
 		rd, err := runAnchorRound(ctx, cfg, n, p, stderr)
@@ -162,11 +167,11 @@ func runAnchorBench(ctx context.Context, args []string, stdout, stderr io.Writer
 			return fmt.Errorf("round %d: %w", n, benchErr(ctx, err))
 		}
 		printAnchorRound(stdout, cfg, rd)
-		rounds = append(rounds, rd)
+		results = append(results, rd)
 	}
-	printAnchorSummary(stdout, cfg, version, rounds)
+	printAnchorSummary(stdout, cfg, version, results)
 	var bad []string
-	for _, rd := range rounds {
+	for _, rd := range results {
 		for _, side := range []struct {
 			name string
 			rs   []*anchorResult
