@@ -287,14 +287,8 @@ func runAnchorRound(ctx context.Context, cfg anchorConfig, n int, p *benchPrinte
 			}
 			return log, bodies, err
 		}
-		for _, s := range cfg.senders {
-			a, err := anchorPhase(ctx, cfg, run, t, s, prepare)
-			if err != nil {
-				return fmt.Errorf("kezchat, %d senders: %w", s, err)
-			}
-			rd.kezchat = append(rd.kezchat, a)
-		}
-		return nil
+		rd.kezchat, err = anchorPhases(ctx, cfg, run, t, "kezchat", prepare)
+		return err
 	}()
 	if err != nil {
 		return nil, err
@@ -341,19 +335,26 @@ func runAnchorRound(ctx context.Context, cfg anchorConfig, n int, p *benchPrinte
 			})
 			return log, bodies, err
 		}
-		for _, s := range cfg.senders {
-			a, err := anchorPhase(ctx, cfg, run, t, s, prepare)
-			if err != nil {
-				return fmt.Errorf("centrifugo, %d senders: %w", s, err)
-			}
-			rd.centrifugo = append(rd.centrifugo, a)
-		}
-		return nil
+		rd.centrifugo, err = anchorPhases(ctx, cfg, run, t, "centrifugo", prepare)
+		return err
 	}()
 	if err != nil {
 		return nil, err
 	}
 	return rd, nil
+}
+
+// anchorPhases runs anchorPhase on one server for each sender count.
+func anchorPhases(ctx context.Context, cfg anchorConfig, run *loadRun, t *benchTarget, name string, prepare preparer) ([]*anchorResult, error) {
+	var rs []*anchorResult
+	for _, s := range cfg.senders {
+		a, err := anchorPhase(ctx, cfg, run, t, s, prepare)
+		if err != nil {
+			return nil, fmt.Errorf("%s, %d senders: %w", name, s, err)
+		}
+		rs = append(rs, a)
+	}
+	return rs, nil
 }
 
 // anchorPhase runs a warm-up of anchorWarmPerStream messages per stream

@@ -302,38 +302,12 @@ func startCentrifugo(ctx context.Context, exe string, historySize int, historyTT
 	}()
 	t.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	t.url = "http://" + t.addr
-	if err := waitHealthy(ctx, t, 15*time.Second); err != nil {
+	if err := waitOK(ctx, t.url+"/health", 15*time.Second, t.exited); err != nil {
 		t.stop(stderr)
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("centrifugo: %w", err)
 	}
 	c := &centrifugoLoad{addr: t.addr, publishURL: t.url + "/api/publish", apiKey: s.apiKey, hmacSecret: s.hmacSecret}
 	return t, c, nil
-}
-
-// waitHealthy polls Centrifugo's /health until it answers 200.
-func waitHealthy(ctx context.Context, t *benchTarget, within time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, within)
-	defer cancel()
-	hc := &http.Client{Timeout: 2 * time.Second}
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.url+"/health", nil)
-		if err != nil {
-			return err
-		}
-		if resp, err := hc.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-t.exited:
-			return fmt.Errorf("centrifugo exited at start: %v", t.waitErr)
-		case <-ctx.Done():
-			return fmt.Errorf("centrifugo at %s was not healthy within %s", t.url, within)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // scanCentrifugoLog passes what Centrifugo logs (warnings and up, as

@@ -252,13 +252,19 @@ func scanServerLog(r io.Reader, bound chan<- string, stderr io.Writer) {
 	io.Copy(io.Discard, r) // a line over the scanner's limit: keep draining
 }
 
-// waitReady polls /v1/readyz until it answers 200.
+// waitReady polls the server's /v1/readyz until it answers 200.
 func waitReady(ctx context.Context, base string, within time.Duration) error {
+	return waitOK(ctx, base+"/v1/readyz", within, nil)
+}
+
+// waitOK polls u until it answers 200, for at most within, and gives up at
+// once when exited (the server's process; nil for none) closes.
+func waitOK(ctx context.Context, u string, within time.Duration, exited <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	hc := &http.Client{Timeout: 2 * time.Second}
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/readyz", nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
 			return err
 		}
@@ -269,8 +275,10 @@ func waitReady(ctx context.Context, base string, within time.Duration) error {
 			}
 		}
 		select {
+		case <-exited:
+			return fmt.Errorf("the server exited before %s answered", u)
 		case <-ctx.Done():
-			return fmt.Errorf("the server at %s was not ready within %s", base, within)
+			return fmt.Errorf("%s did not answer 200 within %s", u, within)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
