@@ -57,17 +57,7 @@ func TestFollowReadsACentrifugoStream(t *testing.T) {
 	cur.Store(log)
 	st := &rawStream{lines: bufio.NewReaderSize(strings.NewReader(stream), 64), parse: centrifugoDelivery}
 	st.follow(&cur)
-	if got := log.delivered.Load(); got != 4 {
-		t.Errorf("delivered %d, want 4", got)
-	}
-	for i, want := range []int32{1, 2, 1} {
-		if got := log.deliveries[i].Load(); got != want {
-			t.Errorf("message %d delivered %d times, want %d", i, got, want)
-		}
-	}
-	if o, u := log.outOfOrder.Load(), log.unexpected.Load(); o != 1 || u != 1 {
-		t.Errorf("out of order %d, unexpected %d; want 1 and 1", o, u)
-	}
+	checkDeliveryLog(t, log, 4, []int32{1, 2, 1}, 1, 1)
 }
 
 func TestCentrifugoConfigIsWhatTheBenchMeasures(t *testing.T) {

@@ -68,20 +68,23 @@ func TestFollowCountsEachDeliveryAndChecksOrder(t *testing.T) {
 	cur.Store(log)
 	st := &rawStream{lines: bufio.NewReaderSize(strings.NewReader(stream), 64), parse: kezchatDelivery}
 	st.follow(&cur)
+	checkDeliveryLog(t, log, 4, []int32{1, 2, 1}, 1, 1)
+}
 
-	if got := log.delivered.Load(); got != 4 {
-		t.Errorf("delivered %d, want 4", got)
+// checkDeliveryLog checks what a stream's follow counted: deliveries in
+// all, per prepared message, out of order and unexpected.
+func checkDeliveryLog(t *testing.T, log *deliveryLog, delivered int64, perMessage []int32, outOfOrder, unexpected int64) {
+	t.Helper()
+	if got := log.delivered.Load(); got != delivered {
+		t.Errorf("delivered %d, want %d", got, delivered)
 	}
-	for i, want := range []int32{1, 2, 1} {
+	for i, want := range perMessage {
 		if got := log.deliveries[i].Load(); got != want {
 			t.Errorf("message %d delivered %d times, want %d", i, got, want)
 		}
 	}
-	if got := log.outOfOrder.Load(); got != 1 {
-		t.Errorf("out of order %d, want 1", got)
-	}
-	if got := log.unexpected.Load(); got != 1 {
-		t.Errorf("unexpected %d, want 1", got)
+	if o, u := log.outOfOrder.Load(), log.unexpected.Load(); o != outOfOrder || u != unexpected {
+		t.Errorf("out of order %d, unexpected %d; want %d and %d", o, u, outOfOrder, unexpected)
 	}
 }
 
