@@ -470,6 +470,20 @@ describe('Chat conversations (groups, receipts, reactions, deletion, attachments
     expect(b.typing.has('p:carol')).toBe(false);
   });
 
+  it("shows on a linked device the safety number of the identity, learning a primary key it did not keep from its own record", async () => {
+    const [alice, bob] = await Promise.all(['alice', 'bob'].map(person));
+    const srv = fakeServer([alice!.record, bob!.record]);
+    const fromPrimary = (await new Chat(alice!.id, srv.deps).safetyNumbers('bob')).pinned;
+    expect(fromPrimary).toMatch(/^\d{5}( \d{5}){11}$/);
+    // A device linked before identities kept their primary key: its own
+    // signing key, the identity's id, no primary.
+    const device = { ...alice!.id, signing: (await generateKeys()).signing };
+    expect((await new Chat(device, srv.deps).safetyNumbers('bob')).pinned).toBe(fromPrimary);
+    // A server that answers another key for the identity is not believed.
+    const liar = fakeServer([{ ...alice!.record, key: bob!.record.key }, bob!.record]);
+    await expect(new Chat(device, liar.deps).safetyNumbers('bob')).rejects.toThrow(/not this identity/);
+  });
+
   it('sends a sync copy when the identity has other devices, and that device shows it as its own', async () => {
     const [alice, bob] = await Promise.all(['alice', 'bob'].map(person));
     const devices = { ...alice!.record, signing_keys: [{ alg: 'ed25519', key: alice!.record.key, label: 'primary' }, { alg: 'ed25519', key: encodeB64(new Uint8Array(32).fill(4)), label: 'phone' }] };

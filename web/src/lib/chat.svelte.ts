@@ -8,7 +8,7 @@
 import { del, get } from 'idb-keyval';
 import { SvelteMap } from 'svelte/reactivity';
 import * as api from './api';
-import { primaryKey, type Identity } from './keys';
+import { primaryKey, saveIdentity, type Identity, type PublicKey } from './keys';
 import { claimedSender, InvalidMessage, newMessageId, newMessageOf, openEnvelopeRaw, type Envelope, type MessageKeys, type MessagePayload, type PublicUser } from './protocol';
 import {
   applyReaction,
@@ -33,7 +33,8 @@ import {
 import { controlRecipients, groupHash, Groups, SnapshotDropped, type GroupHistory, type GroupState, newGroup } from './groups';
 import { decryptAttachment } from './attachments';
 import { openTyping, sealTyping, TYPING_SHOWN_MS, TypingBoard, TypingSender } from './typing';
-import type { Signed } from './signing';
+import { primaryId, type Signed } from './signing';
+import { decodeB64 } from './bytes';
 import type { LinkStatus } from './stream';
 import {
   appendMessage,
@@ -387,13 +388,32 @@ export class Chat {
     const problem = this.keyProblems.get(peer);
     if (!this.pins.has(peer) && !problem) await this.user(peer);
     const me = `${this.me.handle}@${this.me.server}`;
-    const mine = primaryKey(this.me); // a linked device's own key is not what the peer pins
+    const mine = await this.primaryKey(); // a linked device's own key is not what the peer pins
     const with_ = (p: Pin) => safetyWith(mine.alg, mine.publicKey, me, p, `${peer}@${this.me.server}`);
     const pin = this.pins.get(peer);
     return {
       pinned: pin && (await with_(pin)),
       proposed: problem instanceof KeyChanged ? await with_(problem.now) : undefined,
     };
+  }
+
+  #primary?: PublicKey;
+
+  /**
+   * My identity's primary public key. A device linked before identities
+   * kept it learns it once from its own record, and keeps it: the primary
+   * id is that key's hash, so the server cannot answer another.
+   */
+  private async primaryKey(): Promise<PublicKey> {
+    if (this.#primary) return this.#primary;
+    const me = this.me;
+    if (me.primary || (await primaryId(me.signing.alg, me.signing.publicKey)) === me.primaryId) return (this.#primary = primaryKey(me));
+    const rec = await this.deps.lookup(me.handle);
+    const key = decodeB64(rec.key);
+    if (rec.primary_id !== me.primaryId || (await primaryId(rec.alg, key)) !== me.primaryId) throw new Error('the server answers a primary key that is not this identity’s');
+    this.#primary = { alg: rec.alg, publicKey: key };
+    await saveIdentity({ ...me, primary: this.#primary });
+    return this.#primary;
   }
 
   /** The conversation with peer, kept (empty) from now on, as a new chat is. */
