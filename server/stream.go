@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 )
 
 // catchUpPage is how many stored envelopes a stream reads at a time, as
@@ -84,44 +86,105 @@ func (st *Stream) Next(ctx context.Context) (*Envelope, error) {
 // event is set when err is nil. Typing events are not ordered with
 // envelopes and do not move the resume point.
 func (st *Stream) NextEvent(ctx context.Context) (*Envelope, *Typing, error) {
+	return st.NextEventBefore(ctx, nil)
+}
+
+// ErrIdle is what NextEventBefore returns when its idle channel fires
+// before an event comes.
+var ErrIdle = errors.New("no event before the idle deadline")
+
+// NextEventBefore is NextEvent that returns ErrIdle once idle fires: a
+// stream's writer waits with one timer it resets, rather than a context
+// and a timer per event.
+func (st *Stream) NextEventBefore(ctx context.Context, idle <-chan time.Time) (*Envelope, *Typing, error) {
 	for {
-		if st.closed {
-			return nil, nil, errStreamClosed
+		e, t, err := st.next(ctx, idle, true)
+		if e != nil || t != nil || err != nil {
+			return e, t, err
 		}
-		if len(st.backlog) > 0 {
-			e := st.backlog[0]
-			st.backlog[0] = nil
-			st.backlog = st.backlog[1:]
-			if e.Seq <= st.last {
-				continue
-			}
-			st.last = e.Seq
-			return e, nil, nil
+	}
+}
+
+// Ready returns an event that is there without waiting and without reading
+// the store (a live envelope that follows, or a typing event), or false: a
+// writer adds the events that came meanwhile to the frame it writes, one
+// write for a burst. Whatever is not ready (the stream fell behind, a gap)
+// the next NextEvent handles.
+func (st *Stream) Ready() (*Envelope, *Typing, bool) {
+	for !st.closed && (len(st.backlog) > 0 || st.live) {
+		e, t, err := st.next(context.Background(), nil, false)
+		if err != nil {
+			return nil, nil, false
 		}
-		if !st.live {
-			if err := st.catchUp(ctx); err != nil {
-				return nil, nil, err
-			}
-			continue
+		if e != nil || t != nil {
+			return e, t, true
 		}
+		if len(st.backlog) == 0 && !st.pending() {
+			break
+		}
+	}
+	return nil, nil, false
+}
+
+// pending reports whether the subscription holds something to read now.
+func (st *Stream) pending() bool { return len(st.sub.C()) > 0 || len(st.sub.Typing()) > 0 }
+
+// next returns the next event, nothing (to be called again: an envelope
+// was skipped, or the stream went back to the store), or an error. It waits
+// only when block is set; without it a stream behind the live feed reports
+// nothing rather than read the store.
+func (st *Stream) next(ctx context.Context, idle <-chan time.Time, block bool) (*Envelope, *Typing, error) {
+	if st.closed {
+		return nil, nil, errStreamClosed
+	}
+	if len(st.backlog) > 0 {
+		e := st.backlog[0]
+		st.backlog[0] = nil
+		st.backlog = st.backlog[1:]
+		if e.Seq <= st.last {
+			return nil, nil, nil
+		}
+		st.last = e.Seq
+		return e, nil, nil
+	}
+	if !st.live {
+		if !block {
+			return nil, nil, nil
+		}
+		return nil, nil, st.catchUp(ctx)
+	}
+	var e *Envelope
+	var ok bool
+	if block {
 		select {
-		case e, ok := <-st.sub.C():
-			switch {
-			case !ok:
-				return nil, nil, ErrSlowConsumer
-			case e.Seq <= st.last:
-			case follows(e, st.last):
-				st.last = e.Seq
-				return e, nil, nil
-			default:
-				st.live = false
-			}
+		case e, ok = <-st.sub.C():
 		case t := <-st.sub.Typing():
 			return nil, t, nil
+		case <-idle:
+			return nil, nil, ErrIdle
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}
+	} else {
+		select {
+		case e, ok = <-st.sub.C():
+		case t := <-st.sub.Typing():
+			return nil, t, nil
+		default:
+			return nil, nil, nil
+		}
 	}
+	switch {
+	case !ok:
+		return nil, nil, ErrSlowConsumer
+	case e.Seq <= st.last:
+	case follows(e, st.last):
+		st.last = e.Seq
+		return e, nil, nil
+	default:
+		st.live = false
+	}
+	return nil, nil, nil
 }
 
 // follows reports whether the live envelope e, with e.Seq > last, is the

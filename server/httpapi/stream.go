@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -169,6 +170,10 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 		return
 	}
 	checked := time.Now()
+	// One timer for the keep-alives, reset per wait: no context or timer per
+	// event.
+	idle := time.NewTimer(s.cfg.KeepAlive)
+	defer idle.Stop()
 	for {
 		if time.Since(checked) >= s.cfg.KeepAlive {
 			if err := s.svc.CheckSession(ctx, sess); err != nil {
@@ -179,18 +184,24 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 			}
 			checked = time.Now()
 		}
-		next, cancelNext := context.WithTimeout(ctx, s.cfg.KeepAlive)
-		e, t, err := st.NextEvent(next)
-		cancelNext()
-		// A frame is built per event and not kept: an idle stream holds no
+		idle.Reset(s.cfg.KeepAlive)
+		e, t, err := st.NextEventBefore(ctx, idle.C)
+		// A frame is built per write and not kept: an idle stream holds no
 		// buffer.
 		var frame []byte
 		switch {
-		case err == nil && t != nil:
-			frame = appendTypingEvent(make([]byte, 0, len(t.From)+len(t.CT)+typingOverhead), t)
 		case err == nil:
-			frame = appendEvent(make([]byte, 0, len(e.Message)+eventOverhead), e)
-		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+			frame = appendStreamEvent(nil, e, t)
+			// What came meanwhile goes in the same write: a burst (a group's
+			// messages, a catch-up) costs one syscall, not one per event.
+			for len(frame) < maxCoalescedFrame {
+				e, t, ok := st.Ready()
+				if !ok {
+					break
+				}
+				frame = appendStreamEvent(frame, e, t)
+			}
+		case errors.Is(err, server.ErrIdle) && ctx.Err() == nil:
 			frame = []byte(keepAlive)
 		case errors.Is(err, server.ErrSlowConsumer):
 			s.metrics.slowConsumers.Inc()
@@ -205,6 +216,19 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 			return
 		}
 	}
+}
+
+// maxCoalescedFrame is where a write stops taking events that came
+// meanwhile; the next write takes the rest.
+const maxCoalescedFrame = 64 << 10
+
+// appendStreamEvent frames an envelope or a typing event (one of e and t
+// is set) after b.
+func appendStreamEvent(b []byte, e *server.Envelope, t *server.Typing) []byte {
+	if t != nil {
+		return appendTypingEvent(slices.Grow(b, len(t.From)+len(t.CT)+typingOverhead), t)
+	}
+	return appendEvent(slices.Grow(b, len(e.Message)+eventOverhead), e)
 }
 
 // keepAlive is the comment frame written while a stream is idle.
