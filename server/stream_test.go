@@ -53,27 +53,13 @@ func TestReadyHandsOverWhatCameMeanwhileAndNeverWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	seqs = append(seqs, e.Seq)
-	for {
-		e, _, ok := st.Ready()
-		if !ok {
-			break
-		}
-		seqs = append(seqs, e.Seq)
-	}
+	seqs = append(seqs, readySeqs(st)...)
 	if len(seqs) != 5 || seqs[0] != 1 || seqs[4] != 5 {
 		t.Fatalf("NextEvent then Ready delivered seqs %v, want 1 to 5 once each", seqs)
 	}
 	// Live ones, published before Send answered.
 	send(3)
-	seqs = seqs[:0]
-	for {
-		e, _, ok := st.Ready()
-		if !ok {
-			break
-		}
-		seqs = append(seqs, e.Seq)
-	}
-	if len(seqs) != 3 || seqs[0] != 6 || seqs[2] != 8 {
+	if seqs = readySeqs(st); len(seqs) != 3 || seqs[0] != 6 || seqs[2] != 8 {
 		t.Fatalf("Ready delivered live seqs %v, want 6 to 8", seqs)
 	}
 	// Nothing left: NextEventBefore gives up when its idle channel fires.
@@ -81,5 +67,17 @@ func TestReadyHandsOverWhatCameMeanwhileAndNeverWaits(t *testing.T) {
 	defer idle.Stop()
 	if _, _, err := st.NextEventBefore(ctx, idle.C); !errors.Is(err, server.ErrIdle) {
 		t.Fatalf("NextEventBefore with nothing to deliver: %v, want ErrIdle", err)
+	}
+}
+
+// readySeqs takes every envelope Ready hands over, and returns their seqs.
+func readySeqs(st *server.Stream) []uint64 {
+	var seqs []uint64
+	for {
+		e, _, ok := st.Ready()
+		if !ok {
+			return seqs
+		}
+		seqs = append(seqs, e.Seq)
 	}
 }
