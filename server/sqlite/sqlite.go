@@ -144,7 +144,7 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*DB, error) {
 		wdb:        wdb,
 		w:          w,
 		rdb:        rdb,
-		users:      newUserCache(userCacheSize),
+		users:      newUserCache(userCacheBytes),
 		jobs:       make(chan *job, queueSize),
 		closing:    make(chan struct{}),
 		writerDone: make(chan struct{}),

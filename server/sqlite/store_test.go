@@ -122,7 +122,7 @@ func TestCreatedUserCanBeLookedUp(t *testing.T) {
 	if err := db.CreateUser(context.Background(), want); err != nil {
 		t.Fatal(err)
 	}
-	db.users = newUserCache(userCacheSize) // read it from the file, not the cache
+	db.users = newUserCache(userCacheBytes) // read it from the file, not the cache
 	for range 2 {                          // the second lookup is a cache hit
 		got, err := db.UserByHandle(context.Background(), "alice")
 		if err != nil {

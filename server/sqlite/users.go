@@ -15,10 +15,12 @@ import (
 	"kez.lat/chat/server"
 )
 
-// userCacheSize bounds the users kept in memory. The Store has no way to
-// change or delete a user, so a cached record never goes stale; only
-// lookups that found a user are cached.
-const userCacheSize = 4096
+// userCacheBytes bounds the memory of the users kept in memory, by their
+// size (about 300 bytes each, so some 28,000 users: every recipient of a
+// replica with 10,000 open streams, whose sends each look up a sender and a
+// recipient). The Store has no way to change or delete a user, so a cached
+// record never goes stale; only lookups that found a user are cached.
+const userCacheBytes = 8 << 20
 
 // CreateUser registers u. A taken handle or primary_id is a handle_taken or
 // primary_id_taken *server.Error; the single writer makes the check and the
@@ -125,6 +127,12 @@ func cloneUser(u *server.User) *server.User {
 	c := *u
 	c.Key = bytes.Clone(u.Key)
 	c.EncKey = bytes.Clone(u.EncKey)
+	if u.SigningKeys != nil {
+		c.SigningKeys = make([]server.SigningKey, len(u.SigningKeys))
+		for i, k := range u.SigningKeys {
+			c.SigningKeys[i] = server.SigningKey{Alg: k.Alg, Key: bytes.Clone(k.Key), Label: k.Label}
+		}
+	}
 	return &c
 }
 
@@ -136,16 +144,26 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
-// userCache is a small bounded map of users; when full, an arbitrary entry
-// makes room. It hands out copies.
+// userCache is a map of users bounded in bytes; when full, arbitrary
+// entries make room. It hands out copies.
 type userCache struct {
-	mu  sync.Mutex
-	max int
-	m   map[string]*server.User
+	mu        sync.Mutex
+	max, used int // bytes: the bound, and what the entries take (userBytes)
+	m         map[string]*server.User
 }
 
-func newUserCache(max int) *userCache {
-	return &userCache{max: max, m: make(map[string]*server.User, max)}
+func newUserCache(maxBytes int) *userCache {
+	return &userCache{max: maxBytes, m: make(map[string]*server.User)}
+}
+
+// userBytes is about what u takes in memory: its fields' bytes, plus the
+// headers of the struct, its slices and its map entry.
+func userBytes(u *server.User) int {
+	n := 200 + len(u.Handle) + len(u.Server) + len(u.PrimaryID) + len(u.Alg) + len(u.Key) + len(u.EncKey)
+	for _, k := range u.SigningKeys {
+		n += 64 + len(k.Alg) + len(k.Key) + len(k.Label)
+	}
+	return n
 }
 
 func (c *userCache) get(handle string) (*server.User, bool) {
@@ -160,13 +178,23 @@ func (c *userCache) get(handle string) (*server.User, bool) {
 
 // put stores u, which the caller must not modify afterwards.
 func (c *userCache) put(u *server.User) {
+	size := userBytes(u)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.m[u.Handle]; !ok && len(c.m) >= c.max {
-		for h := range c.m {
-			delete(c.m, h)
+	if old, ok := c.m[u.Handle]; ok {
+		c.used -= userBytes(old)
+		delete(c.m, u.Handle)
+	}
+	if size > c.max {
+		return
+	}
+	for h, v := range c.m {
+		if c.used+size <= c.max {
 			break
 		}
+		c.used -= userBytes(v)
+		delete(c.m, h)
 	}
 	c.m[u.Handle] = u
+	c.used += size
 }
