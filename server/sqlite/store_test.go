@@ -123,7 +123,7 @@ func TestCreatedUserCanBeLookedUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.users = newUserCache(userCacheBytes) // read it from the file, not the cache
-	for range 2 {                          // the second lookup is a cache hit
+	for range 2 {                           // the second lookup is a cache hit
 		got, err := db.UserByHandle(context.Background(), "alice")
 		if err != nil {
 			t.Fatal(err)
