@@ -5,6 +5,8 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
 
 const algEd25519 = "ed25519"
@@ -14,14 +16,22 @@ type ed25519Suite struct{}
 
 func (ed25519Suite) Name() string { return algEd25519 }
 
+// stdlibRules are crypto/ed25519's acceptance rules, which verification
+// keeps exactly: cofactorless, S < L required, non-canonical and small-order
+// keys and R accepted as the standard library accepts them. curve25519-voi
+// verifies under them in about 60% of crypto/ed25519's time (AVX2 and a
+// wider precomputed table); TestEd25519VerifyMatchesStdlib holds the two to
+// the same answers on the edge cases where verifiers are known to differ.
+var stdlibRules = &voi.Options{Verify: voi.VerifyOptionsStdLib}
+
 // Verify cannot tell a 32-byte string that is not a curve point from a wrong
-// signature (crypto/ed25519 reports neither separately), so both give
+// signature (neither library reports them separately), so both give
 // ErrBadSignature.
 func (ed25519Suite) Verify(pub, msg, sig []byte) error {
 	if err := checkSizes(pub, sig); err != nil {
 		return err
 	}
-	if !ed25519.Verify(pub, msg, sig) {
+	if !voi.VerifyWithOptions(voi.PublicKey(pub), msg, sig, stdlibRules) {
 		return ErrBadSignature
 	}
 	return nil
