@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"kez.lat/chat/server"
@@ -186,12 +187,14 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 		}
 		idle.Reset(s.cfg.KeepAlive)
 		e, t, err := st.NextEventBefore(ctx, idle.C)
-		// A frame is built per write and not kept: an idle stream holds no
-		// buffer.
+		// A frame's buffer comes from a pool shared by all streams and goes
+		// back after the write: an idle stream holds no buffer, and a busy
+		// one allocates none per event.
 		var frame []byte
+		pooled := false
 		switch {
 		case err == nil:
-			frame = appendStreamEvent(nil, e, t)
+			frame, pooled = appendStreamEvent(getFrame(), e, t), true
 			// What came meanwhile goes in the same write: a burst (a group's
 			// messages, a catch-up) costs one syscall, not one per event.
 			for len(frame) < maxCoalescedFrame {
@@ -212,10 +215,29 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 			s.log.ErrorContext(ctx, "streaming inbox", "handle", handle, "after", st.Last(), "err", err)
 			return
 		}
-		if sink.write(frame) != nil {
+		werr := sink.write(frame) // the sinks keep no reference to frame
+		if pooled {
+			putFrame(frame)
+		}
+		if werr != nil {
 			return
 		}
 	}
+}
+
+// framePool holds frame buffers between writes; buffers larger than
+// maxPooledFrame (a large message's) are left to the collector.
+var framePool = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledFrame = 16 << 10
+
+func getFrame() []byte { return (*framePool.Get().(*[]byte))[:0] }
+
+func putFrame(b []byte) {
+	if cap(b) > maxPooledFrame {
+		return
+	}
+	framePool.Put(&b)
 }
 
 // maxCoalescedFrame is where a write stops taking events that came

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"filippo.io/edwards25519"
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
 
 // The server verifies Ed25519 with curve25519-voi under crypto/ed25519's
@@ -182,10 +183,12 @@ func TestEd25519VerifyMatchesStdlib(t *testing.T) {
 	accepted := 0
 	for _, c := range ed25519EdgeCases(t) {
 		want := ed25519.Verify(c.pub, c.msg, c.sig)
-		got := Verify(algEd25519, c.pub, c.msg, c.sig) == nil
-		if got != want {
-			t.Errorf("%s: Verify accepts = %v, crypto/ed25519 accepts = %v (pub %s sig %s)",
-				c.name, got, want, hex.EncodeToString(c.pub), hex.EncodeToString(c.sig))
+		for _, cached := range []bool{false, true} {
+			got := verifyEd25519With(c, cached)
+			if got != want {
+				t.Errorf("%s (key cached: %v): Verify accepts = %v, crypto/ed25519 accepts = %v (pub %s sig %s)",
+					c.name, cached, got, want, hex.EncodeToString(c.pub), hex.EncodeToString(c.sig))
+			}
 		}
 		if want {
 			accepted++
@@ -195,6 +198,63 @@ func TestEd25519VerifyMatchesStdlib(t *testing.T) {
 	// the standard library, and must be here too.
 	if accepted < 2 {
 		t.Errorf("crypto/ed25519 accepted %d edge cases; the set should exercise acceptance too", accepted)
+	}
+}
+
+// verifyEd25519With verifies c with the key's expansion cached or not
+// (where the key is a point at all).
+func verifyEd25519With(c ed25519Case, cached bool) bool {
+	expandedKeys.clear()
+	if cached {
+		if k, err := voi.NewExpandedPublicKey(voi.PublicKey(c.pub)); err == nil {
+			expandedKeys.add(c.pub, k)
+		}
+	}
+	return Verify(algEd25519, c.pub, c.msg, c.sig) == nil
+}
+
+func TestExpandedKeyCacheStaysWithinItsBound(t *testing.T) {
+	expandedKeys.clear()
+	msg := []byte("m")
+	for range expandedKeys.max + 50 {
+		s, err := GenerateKey(algEd25519)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, _ := s.Sign(msg)
+		if err := Verify(algEd25519, s.PublicKey(), msg, sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := expandedKeys.len(); n != expandedKeys.max {
+		t.Fatalf("the cache holds %d keys, want its bound %d", n, expandedKeys.max)
+	}
+	if bytes := expandedKeys.max * expandedKeyBytes; bytes > expandedKeyCacheBytes {
+		t.Fatalf("%d keys of %d bytes exceed the %d-byte budget", expandedKeys.max, expandedKeyBytes, expandedKeyCacheBytes)
+	}
+}
+
+// Only a key that verified is kept: a stranger's failed attempts do not
+// take room.
+func TestExpandedKeyCacheKeepsOnlyKeysThatVerified(t *testing.T) {
+	expandedKeys.clear()
+	s := fixedSigner(t, algEd25519)
+	sig, _ := s.Sign([]byte("m"))
+	if Verify(algEd25519, s.PublicKey(), []byte("other"), sig) == nil {
+		t.Fatal("a signature over other bytes verified")
+	}
+	if n := expandedKeys.len(); n != 0 {
+		t.Fatalf("a failed verification left %d keys in the cache", n)
+	}
+	if err := Verify(algEd25519, s.PublicKey(), []byte("m"), sig); err != nil {
+		t.Fatal(err)
+	}
+	if n := expandedKeys.len(); n != 1 {
+		t.Fatalf("%d keys cached after a verification, want 1", n)
+	}
+	// Cached, the key still refuses what it did not sign.
+	if Verify(algEd25519, s.PublicKey(), []byte("other"), sig) == nil {
+		t.Fatal("a signature over other bytes verified under the cached key")
 	}
 }
 
@@ -229,4 +289,17 @@ func FuzzEd25519VerifyMatchesStdlib(f *testing.F) {
 			t.Fatalf("Verify accepts = %v, crypto/ed25519 accepts = %v (pub %x msg %x sig %x)", got, want, pub, msg, sig)
 		}
 	})
+}
+
+// len and clear are for tests: the server never empties the cache.
+func (c *expandedKeyCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.keys)
+}
+
+func (c *expandedKeyCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.keys)
 }
