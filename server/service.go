@@ -32,9 +32,10 @@ type Config struct {
 	// MaxPushSubscriptions is how many push subscriptions one handle may
 	// have; past it the oldest is evicted.
 	MaxPushSubscriptions int
-	// MaxPageBytes bounds the messages one inbox page or one stream
-	// catch-up read holds (the last one may cross it): what a reader costs
-	// the server in memory is bytes, not a count of envelopes.
+	// MaxPageBytes bounds the messages one inbox page holds, and one
+	// stream catch-up read when below the stream's own 256 KiB (the last
+	// one may cross it): what a reader costs the server in memory is
+	// bytes, not a count of envelopes.
 	MaxPageBytes int
 	// MaxBlobBytes is the largest attachment blob (--max-blob-bytes).
 	MaxBlobBytes int64

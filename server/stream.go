@@ -8,8 +8,15 @@ import (
 )
 
 // catchUpPage is how many stored envelopes a stream reads at a time, as
-// long as they stay within the Service's MaxPageBytes.
+// long as they stay within catchUpBytes (or the Service's MaxPageBytes,
+// when lower).
 const catchUpPage = 256
+
+// catchUpBytes bounds the messages of one catch-up read: a stream whose
+// client stops reading holds the rest of its page until it is closed, so
+// the page is kept to a quarter of a poll's (more reads for a long
+// catch-up, each still hundreds of envelopes of a usual size).
+const catchUpBytes = 256 << 10
 
 // Stream delivers a recipient's envelopes in seq order, with no gap and no
 // duplicate: first what is stored after the resume point, then live ones.
@@ -213,12 +220,13 @@ func (st *Stream) catchUp(ctx context.Context) error {
 			drained = true
 		}
 	}
-	envs, err := st.svc.store.Messages(ctx, st.handle, st.last, catchUpPage, st.svc.cfg.MaxPageBytes)
+	pageBytes := min(catchUpBytes, st.svc.cfg.MaxPageBytes)
+	envs, err := st.svc.store.Messages(ctx, st.handle, st.last, catchUpPage, pageBytes)
 	if err != nil {
 		return fmt.Errorf("reading inbox of %s after %d: %w", st.handle, st.last, err)
 	}
 	st.backlog = envs
-	st.live = len(envs) < catchUpPage && messageBytes(envs) < st.svc.cfg.MaxPageBytes
+	st.live = len(envs) < catchUpPage && messageBytes(envs) < pageBytes
 	return nil
 }
 
