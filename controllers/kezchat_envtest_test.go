@@ -483,7 +483,7 @@ func TestOwnedFieldEditsAreUndoneAndOthersKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mark := mgr.requests.mark()
+	mark, emitted := mgr.requests.mark(), mgr.events.n.Load()
 	metav1.SetMetaDataAnnotation(&d.ObjectMeta, "example.com/owner-team", "chat-ops")
 	if err := k8s.Update(ctx, d, client.FieldOwner("kubectl-edit")); err != nil {
 		t.Fatal(err)
@@ -500,9 +500,14 @@ func TestOwnedFieldEditsAreUndoneAndOthersKept(t *testing.T) {
 	})
 	mgr.reconcileNow(t, kc)
 	for _, r := range mgr.requests.since(mark) {
-		if !strings.HasPrefix(r, "GET ") {
+		// The recorder may still be sending the events of the edits
+		// above; whether this reconcile made any is counted below.
+		if !strings.HasPrefix(r, "GET ") && !strings.Contains(r, "/apis/events.k8s.io/") {
 			t.Errorf("someone else's annotation made the operator send %s", r)
 		}
+	}
+	if n := mgr.events.n.Load() - emitted; n != 0 {
+		t.Errorf("someone else's annotation made the operator emit %d events", n)
 	}
 	if got, err := get[appsv1.Deployment](ns, "chat-server"); err != nil || got.Annotations["example.com/owner-team"] != "chat-ops" {
 		t.Errorf("the annotation went: %v %v", got.Annotations, err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 	"kez.lat/chat/controllers/testenv"
@@ -85,6 +87,25 @@ type runningManager struct {
 	reconciler *KezChatReconciler
 	stop       func()
 	requests   *requestLog
+	events     *countingRecorder
+}
+
+// countingRecorder counts the events the reconcilers emit. The recorder
+// sends them (and updates a repeated event's series) later, on a goroutine
+// of its own, so the requests it sends do not say when an event was made.
+type countingRecorder struct {
+	recorder.EventRecorder
+	n atomic.Int64
+}
+
+func (c *countingRecorder) Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any) {
+	c.n.Add(1)
+	c.EventRecorder.Eventf(regarding, related, eventtype, reason, action, note, args...)
+}
+
+func (c *countingRecorder) AnnotatedEventf(regarding, related runtime.Object, annotations map[string]string, eventtype, reason, action, note string, args ...any) {
+	c.n.Add(1)
+	c.EventRecorder.AnnotatedEventf(regarding, related, annotations, eventtype, reason, action, note, args...)
 }
 
 // requestLog records the requests a manager sends to the API server.
@@ -146,11 +167,12 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 	if err != nil {
 		t.Fatal(err)
 	}
+	events := &countingRecorder{EventRecorder: mgr.GetEventRecorder("kez-chat-operator")}
 	r := &KezChatReconciler{
 		Client:       mgr.GetClient(),
 		APIReader:    mgr.GetAPIReader(),
 		Scheme:       testScheme,
-		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
+		Recorder:     events,
 		DefaultImage: "registry.example/kezchat:test",
 		Namespaces:   []string{namespace},
 	}
@@ -166,7 +188,7 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 		Client:       mgr.GetClient(),
 		APIReader:    mgr.GetAPIReader(),
 		Scheme:       testScheme,
-		Recorder:     mgr.GetEventRecorder("kez-chat-operator"),
+		Recorder:     events,
 		DefaultImage: r.DefaultImage,
 	}
 	if err := backups.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true)}); err != nil {
@@ -175,7 +197,7 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 	schedule := &BackupScheduleReconciler{
 		Client:   mgr.GetClient(),
 		Scheme:   testScheme,
-		Recorder: mgr.GetEventRecorder("kez-chat-operator"),
+		Recorder: events,
 	}
 	if err := schedule.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true)}); err != nil {
 		t.Fatal(err)
@@ -201,7 +223,7 @@ func startManager(t testing.TB, namespace string, configure ...func(*KezChatReco
 		}
 	}
 	t.Cleanup(stop)
-	return &runningManager{reconciler: r, stop: stop, requests: requests}
+	return &runningManager{reconciler: r, stop: stop, requests: requests, events: events}
 }
 
 // reconcileNow runs one reconcile of kc by hand, as a watch event would.
