@@ -17,10 +17,9 @@ import (
 // idle for each fsync while the next batch queued behind it. The writer
 // now commits with synchronous=NORMAL (the frames written, not synced) and
 // hands the batch to the syncer goroutine, which fdatasyncs the WAL file
-// and only then answers the batch's callers: no write is acknowledged
-// before it is on disk, as with FULL. Meanwhile the writer runs the next
-// batch's statements, and commits them once the syncer is free (runWriter),
-// so that batches stay as large as when it waited.
+// (one sync for every batch committed meanwhile) and only then answers the
+// batch's callers: no write is acknowledged before it is on disk, as with
+// FULL, while the writer already runs the next batch.
 //
 // Until that sync, the batch's rows are visible to the read pool. The one
 // read whose answer a client keeps is the inbox: a message read there and
@@ -192,11 +191,6 @@ func (db *DB) runSyncer() {
 				}
 				j.done <- err
 			}
-		}
-		db.answered.Add(uint64(len(pending)))
-		select {
-		case db.syncNote <- struct{}{}:
-		default:
 		}
 		clear(pending)
 	}

@@ -58,9 +58,6 @@ type DB struct {
 	toSync     chan *committedBatch // from the writer to the syncer; closed when the writer exits
 	writerDone chan struct{}        // closed when the syncer has answered the writer's last batch
 
-	handed     uint64        // batches the writer handed to the syncer; the writer's own
-	answered   atomic.Uint64 // batches the syncer answered
-	syncNote   chan struct{} // the syncer answered a round (capacity 1; a wake-up, not a count)
 	wal        *walFile
 	syncWAL    func() error // wal.sync; tests replace it
 	syncBroken atomic.Bool  // a sync failed: no more writes (see errSyncFailed)
@@ -161,7 +158,6 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*DB, error) {
 		jobs:       make(chan *job, queueSize),
 		closing:    make(chan struct{}),
 		toSync:     make(chan *committedBatch, syncQueue),
-		syncNote:   make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 		wal:        &walFile{path: path + "-wal"},
 		gate:       newDurableGate(),

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"kez.lat/chat/server"
@@ -234,130 +233,101 @@ func (db *DB) submitJob(ctx context.Context, run func(w *writer) error, bare boo
 	}
 }
 
-// runWriter is the writer goroutine. It opens a transaction for the first
-// job queued and runs in it every job that comes while the previous batch
-// is being synced (up to maxBatch), committing as soon as the syncer is
-// free: the statements overlap the disk's sync, and a batch takes in all
-// that came during one, as large as when the writer itself waited for the
-// disk. After Close it drains the queue, closes toSync and exits.
+// runWriter is the writer goroutine: it takes every job queued (up to
+// maxBatch), runs them in one transaction and hands them to the syncer,
+// which answers them. After Close it drains the queue, closes toSync and
+// exits.
 func (db *DB) runWriter() {
 	defer close(db.toSync)
-	b := &openBatch{jobs: make([]*job, 0, maxBatch), results: make([]result, 0, maxBatch)}
-	closing := false
+	batch := make([]*job, 0, maxBatch)
+	results := make([]result, 0, maxBatch)
 	for {
-		var first *job
-		if closing {
-			select {
-			case first = <-db.jobs:
-			default:
-				return
-			}
-		} else {
-			select {
-			case first = <-db.jobs:
-			case <-db.closing:
-				closing = true
-				continue
+		select {
+		case j := <-db.jobs:
+			batch = append(batch[:0], j)
+		case <-db.closing:
+			for {
+				batch = db.gather(batch[:0])
+				if len(batch) == 0 {
+					return
+				}
+				db.runBatch(batch, results)
+				clear(batch)
 			}
 		}
-		db.startBatch(b)
-		db.runInBatch(b, first)
-	fill:
-		for len(b.jobs) < maxBatch {
-			select {
-			case j := <-db.jobs:
-				db.runInBatch(b, j)
-				continue
-			default:
-			}
-			if closing || db.syncerIdle() {
-				break
-			}
-			select {
-			case j := <-db.jobs:
-				db.runInBatch(b, j)
-			case <-db.syncNote: // the loop looks again
-			case <-db.closing:
-				closing = true
-				break fill
-			}
-		}
-		db.finishBatch(b)
+		batch = db.gather(batch)
+		db.runBatch(batch, results)
+		clear(batch) // drop references to handed-over jobs
 	}
 }
 
-// syncerIdle reports whether every batch handed to the syncer is answered.
-func (db *DB) syncerIdle() bool { return db.handed == db.answered.Load() }
+// gather appends the jobs already queued, without waiting, up to maxBatch.
+func (db *DB) gather(batch []*job) []*job {
+	for len(batch) < maxBatch {
+		select {
+		case j := <-db.jobs:
+			batch = append(batch, j)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
 
 type result struct {
 	err error
 	ran bool // run inside the current transaction (its outcome depends on the commit)
 }
 
-// openBatch is the batch the writer is running: its jobs in order, their
-// outcomes so far, and its transaction.
-type openBatch struct {
-	jobs    []*job
-	results []result
-	inTx    bool
-	txStart int // first job of the current transaction
-}
-
-func (db *DB) startBatch(b *openBatch) {
+// runBatch runs batch in as few transactions as possible (one, unless a
+// transaction breaks) and hands every job's outcome to the syncer, which
+// answers once the commit is durable.
+func (db *DB) runBatch(batch []*job, results []result) {
 	w := db.w
 	w.batchTime = w.now()
 	w.batchNo++
 	w.batchFirstID = 0
-	clear(b.jobs)
-	b.jobs, b.results = b.jobs[:0], b.results[:0]
-	b.inTx, b.txStart = false, 0
-}
-
-// runInBatch runs j in the batch's transaction, opening one if needed. A
-// job that breaks the transaction fails everything run in it so far; the
-// next job opens a fresh one.
-func (db *DB) runInBatch(b *openBatch, j *job) {
-	w := db.w
-	i := len(b.jobs)
-	b.jobs = append(b.jobs, j)
-	b.results = append(b.results, result{})
-	if db.syncBroken.Load() {
-		b.results[i].err = errSyncFailed
-		return
-	}
-	if err := j.ctx.Err(); err != nil {
-		b.results[i].err = err
-		return
-	}
-	if !b.inTx {
-		if _, err := exec(w.begin); err != nil {
-			err = fmt.Errorf("beginning write transaction: %w", err)
-			w.log.Error("write batch failed", "err", err)
-			b.results[i].err = err
-			return
-		}
-		b.inTx, b.txStart = true, i
-	}
-	err, fatal := w.runJob(j)
-	b.results[i] = result{err: err, ran: true}
-	if fatal != nil {
-		exec(w.rollback) // it may already be rolled back
-		w.log.Error("write transaction aborted", "err", fatal)
-		for k := b.txStart; k <= i; k++ {
-			if b.results[k].ran {
-				b.results[k] = result{err: fatal}
-			}
-		}
-		b.inTx = false
-	}
-}
-
-// finishBatch commits the batch's transaction and hands every job's
-// outcome to the syncer, which answers once the commit is durable.
-func (db *DB) finishBatch(b *openBatch) {
-	w := db.w
+	results = results[:len(batch)]
+	clear(results)
+	inTx := false
 	wrote := false
-	if b.inTx {
+	txStart := 0 // first job of the current transaction
+	for i, j := range batch {
+		if db.syncBroken.Load() {
+			results[i].err = errSyncFailed
+			continue
+		}
+		if err := j.ctx.Err(); err != nil {
+			results[i].err = err
+			continue
+		}
+		if !inTx {
+			if _, err := exec(w.begin); err != nil {
+				err = fmt.Errorf("beginning write transaction: %w", err)
+				w.log.Error("write batch failed", "err", err)
+				for k := i; k < len(batch); k++ {
+					results[k] = result{err: err}
+				}
+				break
+			}
+			inTx, txStart = true, i
+		}
+		err, fatal := w.runJob(j)
+		results[i] = result{err: err, ran: true}
+		if fatal != nil {
+			// The transaction is lost: everything run in it so far fails;
+			// the rest of the batch gets a fresh transaction.
+			exec(w.rollback) // it may already be rolled back
+			w.log.Error("write transaction aborted", "err", fatal)
+			for k := txStart; k <= i; k++ {
+				if results[k].ran {
+					results[k] = result{err: fatal}
+				}
+			}
+			inTx = false
+		}
+	}
+	if inTx {
 		if w.batchFirstID != 0 {
 			db.gate.hold(w.batchNo, w.batchFirstID)
 		}
@@ -365,25 +335,23 @@ func (db *DB) finishBatch(b *openBatch) {
 			exec(w.rollback)
 			db.gate.drop(w.batchNo)
 			err = fmt.Errorf("committing write transaction: %w", err)
-			w.log.Error("write batch failed", "err", err, "requests", len(b.jobs)-b.txStart)
-			for k := b.txStart; k < len(b.jobs); k++ {
-				if b.results[k].ran {
-					b.results[k] = result{err: err}
+			w.log.Error("write batch failed", "err", err, "requests", len(batch)-txStart)
+			for k := txStart; k < len(batch); k++ {
+				if results[k].ran {
+					results[k] = result{err: err}
 				}
 			}
 		} else {
 			db.commits.Add(1)
 			wrote = true
 		}
-		b.inTx = false
 	}
-	cb := &committedBatch{n: w.batchNo, jobs: slices.Clone(b.jobs), errs: make([]error, len(b.jobs)), wrote: wrote}
-	for i := range b.results {
-		cb.errs[i] = b.results[i].err
+	cb := &committedBatch{n: w.batchNo, jobs: make([]*job, len(batch)), errs: make([]error, len(batch)), wrote: wrote}
+	copy(cb.jobs, batch)
+	for i := range results {
+		cb.errs[i] = results[i].err
 	}
-	db.handed++
 	db.toSync <- cb
-	clear(b.jobs) // drop references to handed-over jobs
 }
 
 // runJob runs j in a savepoint, or bare. err is j's own outcome (its writes
