@@ -186,8 +186,7 @@ func TestConnectionsHaveDurablePragmasAndReadsCannotWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// NORMAL (1): COMMIT writes the WAL, the syncer syncs it (durable.go).
-	if want := map[string]int{"synchronous": 1, "foreign_keys": 1, "busy_timeout": busyTimeoutMS}; !maps.Equal(got, want) {
+	if want := map[string]int{"synchronous": 2, "foreign_keys": 1, "busy_timeout": busyTimeoutMS}; !maps.Equal(got, want) {
 		t.Fatalf("writer pragmas = %v, want %v", got, want)
 	}
 	q := func(s string) *sql.Row { return db.rdb.QueryRowContext(ctx, s) }

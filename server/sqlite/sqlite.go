@@ -1,12 +1,11 @@
 // Package sqlite implements server.Store on one SQLite file, for a server
 // run as a single replica. It uses modernc.org/sqlite (pure Go, no cgo).
 //
-// The database runs in WAL mode. All writes go through one writer goroutine
-// that owns the only write connection and commits whatever requests are
-// queued in one transaction (group commit); a syncer goroutine then syncs
-// the WAL, one fdatasync for every batch committed meanwhile, and only
-// then answers the batch's callers (see durable.go). Reads use a separate
-// pool of query_only connections and never wait on the writer.
+// The database runs in WAL mode with synchronous=FULL. All writes go
+// through one writer goroutine that owns the only write connection and
+// commits whatever requests are queued in one transaction (group commit), so
+// one fsync makes a whole batch durable. Reads use a separate pool of
+// query_only connections and never wait on the writer.
 package sqlite
 
 import (
@@ -54,14 +53,8 @@ type DB struct {
 	users *userCache
 
 	jobs       chan *job
-	closing    chan struct{}        // closed by Close: no new jobs are accepted
-	toSync     chan *committedBatch // from the writer to the syncer; closed when the writer exits
-	writerDone chan struct{}        // closed when the syncer has answered the writer's last batch
-
-	wal        *walFile
-	syncWAL    func() error // wal.sync; tests replace it
-	syncBroken atomic.Bool  // a sync failed: no more writes (see errSyncFailed)
-	gate       *durableGate
+	closing    chan struct{} // closed by Close: no new jobs are accepted
+	writerDone chan struct{} // closed when the writer goroutine has exited
 	commits    atomic.Uint64 // committed write transactions, for tests and benchmarks
 	health     health
 
@@ -90,10 +83,7 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*DB, error) {
 		fmt.Sprintf("busy_timeout(%d)", busyTimeoutMS),
 		"foreign_keys(1)",
 		"journal_mode(WAL)",
-		// NORMAL: COMMIT writes the WAL frames without syncing them; the
-		// syncer does, before any caller hears (durable.go). Checkpoints
-		// still sync the WAL before copying it and the database after.
-		"synchronous(NORMAL)",
+		"synchronous(FULL)",
 		// Keep an idle WAL file from staying at its high-water mark.
 		"journal_size_limit(67108864)",
 		// SQLite's default: the writer copies the WAL into the database file
@@ -157,18 +147,13 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*DB, error) {
 		users:      newUserCache(userCacheBytes),
 		jobs:       make(chan *job, queueSize),
 		closing:    make(chan struct{}),
-		toSync:     make(chan *committedBatch, syncQueue),
 		writerDone: make(chan struct{}),
-		wal:        &walFile{path: path + "-wal"},
-		gate:       newDurableGate(),
 	}
-	db.syncWAL = db.wal.sync
 	if err := db.prepareReads(ctx); err != nil {
 		db.closeHandles()
 		return nil, fmt.Errorf("preparing reads of %s: %w", path, err)
 	}
 	go db.runWriter()
-	go db.runSyncer()
 	log.Info("opened database", "path", path, "schema_version", version)
 	return db, nil
 }
@@ -182,8 +167,8 @@ func (db *DB) prepareReads(ctx context.Context) error {
 	}
 	if db.getMessages, err = db.rdb.PrepareContext(ctx, `
 		SELECT seq, sender, msg_id, received_at, message
-		FROM envelopes WHERE recipient = ?1 AND seq > ?2 AND id < ?4
-		ORDER BY seq LIMIT ?3`); err != nil {
+		FROM envelopes WHERE recipient = ? AND seq > ?
+		ORDER BY seq LIMIT ?`); err != nil {
 		return fmt.Errorf("preparing inbox read: %w", err)
 	}
 	if db.getBlob, err = db.rdb.PrepareContext(ctx, `

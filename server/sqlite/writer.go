@@ -42,10 +42,6 @@ type writer struct {
 	// batchTime is the clock reading for the batch being run; every row a
 	// batch writes carries the same time.
 	batchTime time.Time
-	// batchNo numbers the batches; batchFirstID is the lowest envelope row
-	// the batch being run inserted (0: none), for the durable gate.
-	batchNo      uint64
-	batchFirstID int64
 
 	stmts []*sql.Stmt
 
@@ -234,11 +230,10 @@ func (db *DB) submitJob(ctx context.Context, run func(w *writer) error, bare boo
 }
 
 // runWriter is the writer goroutine: it takes every job queued (up to
-// maxBatch), runs them in one transaction and hands them to the syncer,
-// which answers them. After Close it drains the queue, closes toSync and
-// exits.
+// maxBatch), runs them in one transaction and answers them. After Close it
+// drains the queue and exits.
 func (db *DB) runWriter() {
-	defer close(db.toSync)
+	defer close(db.writerDone)
 	batch := make([]*job, 0, maxBatch)
 	results := make([]result, 0, maxBatch)
 	for {
@@ -257,7 +252,7 @@ func (db *DB) runWriter() {
 		}
 		batch = db.gather(batch)
 		db.runBatch(batch, results)
-		clear(batch) // drop references to handed-over jobs
+		clear(batch) // drop references to answered jobs
 	}
 }
 
@@ -280,23 +275,16 @@ type result struct {
 }
 
 // runBatch runs batch in as few transactions as possible (one, unless a
-// transaction breaks) and hands every job's outcome to the syncer, which
-// answers once the commit is durable.
+// transaction breaks) and answers every job once its transaction has
+// committed.
 func (db *DB) runBatch(batch []*job, results []result) {
 	w := db.w
 	w.batchTime = w.now()
-	w.batchNo++
-	w.batchFirstID = 0
 	results = results[:len(batch)]
 	clear(results)
 	inTx := false
-	wrote := false
 	txStart := 0 // first job of the current transaction
 	for i, j := range batch {
-		if db.syncBroken.Load() {
-			results[i].err = errSyncFailed
-			continue
-		}
 		if err := j.ctx.Err(); err != nil {
 			results[i].err = err
 			continue
@@ -328,12 +316,8 @@ func (db *DB) runBatch(batch []*job, results []result) {
 		}
 	}
 	if inTx {
-		if w.batchFirstID != 0 {
-			db.gate.hold(w.batchNo, w.batchFirstID)
-		}
 		if _, err := exec(w.commit); err != nil {
 			exec(w.rollback)
-			db.gate.drop(w.batchNo)
 			err = fmt.Errorf("committing write transaction: %w", err)
 			w.log.Error("write batch failed", "err", err, "requests", len(batch)-txStart)
 			for k := txStart; k < len(batch); k++ {
@@ -343,15 +327,11 @@ func (db *DB) runBatch(batch []*job, results []result) {
 			}
 		} else {
 			db.commits.Add(1)
-			wrote = true
 		}
 	}
-	cb := &committedBatch{n: w.batchNo, jobs: make([]*job, len(batch)), errs: make([]error, len(batch)), wrote: wrote}
-	copy(cb.jobs, batch)
-	for i := range results {
-		cb.errs[i] = results[i].err
+	for i, j := range batch {
+		j.done <- results[i].err
 	}
-	db.toSync <- cb
 }
 
 // runJob runs j in a savepoint, or bare. err is j's own outcome (its writes
