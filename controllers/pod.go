@@ -239,9 +239,6 @@ func mergeEnv(base, extra []corev1.EnvVar) []corev1.EnvVar {
 	return out
 }
 
-// resourceOne is the divisor that gives a resource in plain units (bytes).
-var resourceOne = resource.MustParse("1")
-
 // resourcesOr is r, or modest requests when r sets none, so that a pod is
 // never scheduled as if it used nothing.
 func resourcesOr(r corev1.ResourceRequirements, cpu, memory string) corev1.ResourceRequirements {

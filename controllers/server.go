@@ -181,12 +181,10 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 	if kc.Spec.SigServer.IsEnabled() {
 		env = append(env, corev1.EnvVar{Name: "KEZ_SIG_SERVER_URL", Value: fmt.Sprintf("http://%s:%d", n.sigServer(), sigServerPort)})
 	}
-	if _, ok := s.Resources.Limits[corev1.ResourceMemory]; ok {
-		// Let the Go runtime collect before the kernel kills.
-		env = append(env, corev1.EnvVar{Name: "GOMEMLIMIT", ValueFrom: &corev1.EnvVarSource{
-			ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory", Divisor: resourceOne},
-		}})
-	}
+	// No GOMEMLIMIT: the server reads its container's memory limit from
+	// its cgroup and keeps the Go runtime to 90% of it, leaving room for
+	// what SQLite allocates outside Go's heap, and paces its collector by
+	// that limit (a GOMEMLIMIT of the whole limit would override both).
 	env = mergeEnv(env, s.Env)
 
 	strategy := appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType}

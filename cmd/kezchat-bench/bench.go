@@ -40,10 +40,12 @@ type benchConfig struct {
 	skipIdle     bool
 	timeout      time.Duration
 	// The Web Push phase.
-	skipPush       bool
-	limitsOn       bool
-	pushRecipients int
-	pushMessages   int
+	skipPush bool
+	limitsOn bool
+	// serverMemoryLimit is the GOMEMLIMIT the server runs with ("": none).
+	serverMemoryLimit string
+	pushRecipients    int
+	pushMessages      int
 	// The replica phase.
 	replicas    int
 	replicaSync string
@@ -78,6 +80,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.msgSize, "msg-size", 100, "plaintext bytes per message")
 	fs.BoolVar(&cfg.skipIdle, "skip-idle", false, "skip the idle-memory phase")
 	fs.BoolVar(&cfg.skipPush, "skip-push", false, "skip the Web Push phase")
+	fs.StringVar(&cfg.serverMemoryLimit, "server-memory-limit", defaultServerMemoryLimit, serverMemoryLimitUsage)
 	fs.BoolVar(&cfg.limitsOn, "limits-on", false, "run the server with its byte quotas and per-address caps on, set above what the load stores or opens: their accounting is measured, nothing is refused")
 	fs.IntVar(&cfg.pushRecipients, "push-recipients", 200, "recipients with a push subscription and no stream in the Web Push phase")
 	fs.IntVar(&cfg.pushMessages, "push-messages", 20000, "messages sent in the Web Push phase, one push each")

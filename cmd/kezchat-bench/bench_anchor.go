@@ -27,6 +27,7 @@ type anchorConfig struct {
 	historySize         int
 	historyTTL          time.Duration
 	timeout             time.Duration
+	serverMemoryLimit   string
 }
 
 const anchorSynopsis = `kezchat-bench anchor: kezchat against Centrifugo (the anchor) under the same
@@ -129,6 +130,7 @@ func runAnchorBench(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&cfg.historySize, "history-size", 100, "Centrifugo's history_size: publications kept per channel")
 	fs.DurationVar(&cfg.historyTTL, "history-ttl", 5*time.Minute, "Centrifugo's history_ttl")
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Minute, "give up when the whole run takes longer")
+	fs.StringVar(&cfg.serverMemoryLimit, "server-memory-limit", defaultServerMemoryLimit, serverMemoryLimitUsage)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -235,10 +237,11 @@ func (cfg anchorConfig) benchConfig() benchConfig {
 		msgSize:  cfg.msgSize,
 		// Room in each inbox (--max-pending) for everything the phases
 		// may send it.
-		messages: anchorMaxPrepared * len(cfg.senders),
-		skipIdle: true,
-		skipPush: true,
-		timeout:  cfg.timeout,
+		messages:          anchorMaxPrepared * len(cfg.senders),
+		skipIdle:          true,
+		skipPush:          true,
+		timeout:           cfg.timeout,
+		serverMemoryLimit: cfg.serverMemoryLimit,
 	}
 }
 

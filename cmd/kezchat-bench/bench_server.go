@@ -52,6 +52,11 @@ func (t *benchTarget) local() bool { return t.cmd != nil }
 func (t *benchTarget) describe() string {
 	if t.local() {
 		d := fmt.Sprintf("own server %s (pid %d, temporary database)", t.url, t.cmd.Process.Pid)
+		for _, kv := range t.cmd.Env {
+			if v, ok := strings.CutPrefix(kv, "GOMEMLIMIT="); ok {
+				d += ", GOMEMLIMIT " + v
+			}
+		}
 		if t.push != nil {
 			d += fmt.Sprintf(", Web Push on to a local push service at %s", t.push.Origin())
 		}
@@ -129,6 +134,9 @@ func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer
 	args = append(args, extra...)
 	cmd := exec.Command(exe, args...)
 	cmd.Env = envWithoutKEZ()
+	if cfg.serverMemoryLimit != "" {
+		cmd.Env = append(envWithout("KEZ_", "GOMEMLIMIT="), "GOMEMLIMIT="+cfg.serverMemoryLimit)
+	}
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
 		t.cleanup()
@@ -358,3 +366,12 @@ func (t *benchTarget) rssKiB() (int64, error) {
 	}
 	return processRSSKiB(t.cmd.Process.Pid)
 }
+
+// defaultServerMemoryLimit is the memory limit the bench's server runs
+// under, as a pod with a 1 GiB limit does (the server takes 90% of its
+// container's limit): the server paces its collector by the limit
+// (serverGCPercent in cmd/kezchat), so a server measured without one
+// would not be the one deployed.
+const defaultServerMemoryLimit = "900MiB"
+
+const serverMemoryLimitUsage = "GOMEMLIMIT of the kezchat server the bench runs, as the server sets it from a pod's memory limit (90% of it); empty runs it without a limit, and with Go's default GC pacing"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -41,4 +42,29 @@ func cgroupMemoryLimit(readFile func(string) ([]byte, error)) (int64, bool) {
 		return v, true
 	}
 	return 0, false
+}
+
+// serverGCPercent is the chat server's garbage collection target when a
+// memory limit bounds its heap and GOGC sets none. The server's live heap
+// is small (tens of MiB at 1,000 streams) and every message leaves a few
+// KiB of garbage, so with Go's default of 100 it collected about once per
+// doubling of very little: 400 took a tenth off the server's CPU per
+// message under load (docs/benchmarks.md). The limit, not GOGC, then
+// bounds the heap: near it the collector runs as often as it must.
+const serverGCPercent = 400
+
+// paceGCUnderLimit sets the GC target to percent when a memory limit is in
+// effect (GOMEMLIMIT, or the container's from limitMemoryToContainer) and
+// GOGC sets none; without a limit a higher target would let the heap grow
+// unbounded by anything, so the default stays. It reports whether it set
+// the target.
+func paceGCUnderLimit(percent int) bool {
+	if os.Getenv("GOGC") != "" {
+		return false
+	}
+	if debug.SetMemoryLimit(-1) == math.MaxInt64 { // -1 reads the limit
+		return false
+	}
+	debug.SetGCPercent(percent)
+	return true
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"io/fs"
+	"math"
+	"runtime/debug"
 	"testing"
 )
 
@@ -29,6 +31,31 @@ func TestCgroupMemoryLimitIsReadFromV2ThenV1(t *testing.T) {
 			got, ok := cgroupMemoryLimit(read)
 			if got != tc.want || ok != tc.ok {
 				t.Errorf("cgroupMemoryLimit = %d, %v; want %d, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestServerGCIsPacedHigherOnlyUnderAMemoryLimitAndWithoutGOGC(t *testing.T) {
+	prevLimit, prevPercent := debug.SetMemoryLimit(-1), debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetMemoryLimit(prevLimit); debug.SetGCPercent(prevPercent) })
+	for _, tc := range []struct {
+		name  string
+		gogc  string
+		limit int64
+		want  int
+	}{
+		{"a limit, no GOGC", "", 256 << 20, 400},
+		{"no limit", "", math.MaxInt64, 100},
+		{"GOGC set", "150", 256 << 20, 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("GOGC", tc.gogc)
+			debug.SetMemoryLimit(tc.limit)
+			debug.SetGCPercent(100)
+			paceGCUnderLimit(serverGCPercent)
+			if got := debug.SetGCPercent(100); got != tc.want {
+				t.Errorf("GC percent = %d, want %d", got, tc.want)
 			}
 		})
 	}

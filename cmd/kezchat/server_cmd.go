@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -98,6 +99,9 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if err := f.resolveDomain(fs, log); err != nil {
 		return err
+	}
+	if paceGCUnderLimit(serverGCPercent) {
+		log.Info("garbage collection paced by the memory limit", "gogc", serverGCPercent, "memory_limit_bytes", debug.SetMemoryLimit(-1))
 	}
 	cfg, err := f.config(log)
 	if err != nil {
