@@ -73,6 +73,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzCanonicalize$$' -fuzztime=$(FUZZTIME) ./server/signing/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseAuth$$' -fuzztime=$(FUZZTIME) ./server/signing/
 	$(GO) test -run='^$$' -fuzz='^FuzzSignedVerify$$' -fuzztime=$(FUZZTIME) ./server/signing/
+	$(GO) test -run='^$$' -fuzz='^FuzzEd25519VerifyMatchesStdlib$$' -fuzztime=$(FUZZTIME) ./server/signing/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeSigned$$' -fuzztime=$(FUZZTIME) ./server/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeMessagePayload$$' -fuzztime=$(FUZZTIME) ./server/
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestBodies$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
