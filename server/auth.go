@@ -61,11 +61,15 @@ func (s *Service) Authenticate(ctx context.Context, a RequestAuth) (*Session, er
 	// The header does not name its key: the registered key is tried first
 	// (no sig-server involved), then each published device key.
 	if err := signing.Verify(u.Alg, u.Key, msg, sig); err != nil {
-		keys, err := s.deviceKeys(ctx, u)
+		var k SigningKey
+		_, ok, err := s.deviceKeysHolding(ctx, u, func(d *KeyDocument) bool {
+			var found bool
+			k, found = verifyingKey(d, msg, sig)
+			return found
+		})
 		if err != nil {
 			return nil, err
 		}
-		k, ok := verifyingKey(keys, msg, sig)
 		if !ok {
 			return nil, Errorf(CodeBadAuth, "auth signature does not verify for %q", a.Handle)
 		}

@@ -126,14 +126,18 @@ func (s *Service) checkBatchDocument(ctx context.Context, sender *User, doc sign
 	if err := checkHandleSyntax(p.To); err != nil {
 		return nil, Errorf(CodeUnknownRecipient, "no user %q", p.To)
 	}
-	if !keyAuthorized(sender, doc.Signature.Alg, pub) {
-		if !*resolved {
-			if *deviceKeys, err = s.deviceKeys(ctx, sender); err != nil {
-				return nil, err
-			}
-			*resolved = true
+	if !keyAuthorized(sender, doc.Signature.Alg, pub) && !(*deviceKeys).Authorizes(doc.Signature.Alg, pub) {
+		// Resolved (and refreshed on a miss) once per batch.
+		if *resolved {
+			return nil, Errorf(CodeKeyNotAuthorized, "the signing key is not authorized for %q", p.From)
 		}
-		if !(*deviceKeys).Authorizes(doc.Signature.Alg, pub) {
+		var ok bool
+		*deviceKeys, ok, err = s.deviceKeysHolding(ctx, sender, func(d *KeyDocument) bool { return d.Authorizes(doc.Signature.Alg, pub) })
+		if err != nil {
+			return nil, err
+		}
+		*resolved = true
+		if !ok {
 			return nil, Errorf(CodeKeyNotAuthorized, "the signing key is not authorized for %q", p.From)
 		}
 	}

@@ -270,6 +270,11 @@ type KeyResolver interface {
 	// nil when the identity has published none. An error means it cannot be
 	// known now (the sig-server is unreachable and nothing is cached).
 	ResolveKeys(ctx context.Context, primaryID string) (*KeyDocument, error)
+	// RefreshKeys is ResolveKeys for a key the cached document does not
+	// hold: it asks the sig-server again unless it did so a moment ago, so
+	// that a device linked since the document was cached is known at once
+	// while unknown keys cost at most one request per identity per moment.
+	RefreshKeys(ctx context.Context, primaryID string) (*KeyDocument, error)
 }
 
 // KeyCheckpoints keep, per identity, the highest key document a chat

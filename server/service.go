@@ -203,6 +203,25 @@ func (s *Service) deviceKeys(ctx context.Context, u *User) (*KeyDocument, error)
 	return doc, nil
 }
 
+// deviceKeysHolding returns u's key document and whether holds accepts it.
+// When the cached document does not, it asks the sig-server again (at most
+// once per identity per moment: KeyResolver.RefreshKeys): a device linked
+// since the document was cached is accepted at once, not after the
+// cache's TTL.
+func (s *Service) deviceKeysHolding(ctx context.Context, u *User, holds func(*KeyDocument) bool) (*KeyDocument, bool, error) {
+	doc, err := s.deviceKeys(ctx, u)
+	if err != nil || holds(doc) || s.Keys == nil {
+		return doc, err == nil && holds(doc), err
+	}
+	fresh, err := s.Keys.RefreshKeys(ctx, u.PrimaryID)
+	if err != nil {
+		// What was cached stands: the key is not in it.
+		s.log.DebugContext(ctx, "refreshing device keys", "handle", u.Handle, "err", err)
+		return doc, false, nil
+	}
+	return fresh, holds(fresh), nil
+}
+
 // Send verifies a signed kez.chat.message/v1 document from a registered
 // sender, stores it durably in the recipient's inbox and relays it to the
 // recipient's open streams. A retry of an accepted message answers the
@@ -224,11 +243,11 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 		return Receipt{}, false, err
 	}
 	if !keyAuthorized(sender, doc.Signature.Alg, pub) {
-		keys, err := s.deviceKeys(ctx, sender)
+		_, ok, err := s.deviceKeysHolding(ctx, sender, func(d *KeyDocument) bool { return d.Authorizes(doc.Signature.Alg, pub) })
 		if err != nil {
 			return Receipt{}, false, err
 		}
-		if !keys.Authorizes(doc.Signature.Alg, pub) {
+		if !ok {
 			return Receipt{}, false, Errorf(CodeKeyNotAuthorized, "the signing key is not authorized for %q", p.From)
 		}
 	}

@@ -384,3 +384,50 @@ func TestARestartedServerStillRefusesARollback(t *testing.T) {
 		t.Errorf("the registered key on the restarted server: %d %s", r.status, r.code)
 	}
 }
+
+// A device linked after its identity's keys were cached (a TTL of an hour
+// here) is accepted at once: a key the cached document lacks makes the
+// server ask the sig-server again.
+func TestADeviceLinkedAfterItsIdentitysKeysWereCachedIsAcceptedAtOnce(t *testing.T) {
+	sig, srv, chain, bob := chatWithSigServer(t, func(c *sigclient.Config) { c.TTL, c.MinRefresh = time.Hour, 0 })
+	if r := do(t, http.MethodGet, srv.URL+"/v1/u/"+chain.primary.handle, nil, nil); r.status != http.StatusOK {
+		t.Fatalf("looking alice up: %d %s", r.status, r.code)
+	}
+	phone := asDevice(chain.primary, newSigner(t, "ed25519"))
+	chain.mustPublish(t, sig.URL, phone.signer)
+	if r := pollAs(t, srv, phone); r.status != http.StatusOK {
+		t.Errorf("poll by a device published after the cache: %d %s", r.status, r.code)
+	}
+	laptop := asDevice(chain.primary, newSigner(t, "ed25519"))
+	chain.mustPublish(t, sig.URL, phone.signer, laptop.signer)
+	if r := sendAs(t, srv, laptop, bob.handle); r.status != http.StatusCreated {
+		t.Errorf("message from a device published after the cache: %d %s %s", r.status, r.code, r.body)
+	}
+}
+
+// What bounds that: keys the document lacks make the server ask the
+// sig-server at most once per identity per MinRefresh (an hour here),
+// however many come.
+func TestUnknownKeysAskTheSigServerAtMostOncePerMinRefresh(t *testing.T) {
+	sig, srv, chain, bob := chatWithSigServer(t, func(c *sigclient.Config) { c.TTL, c.MinRefresh = time.Hour, time.Hour })
+	fetches := func() float64 {
+		n, _ := metricValue(t, sig.Metrics, "kezsig_http_requests_total", map[string]string{"route": "GET /v1/keys/{primary_id}"})
+		return n
+	}
+	if r := do(t, http.MethodGet, srv.URL+"/v1/u/"+chain.primary.handle, nil, nil); r.status != http.StatusOK {
+		t.Fatalf("looking alice up: %d %s", r.status, r.code)
+	}
+	before := fetches()
+	for range 10 {
+		stranger := asDevice(chain.primary, newSigner(t, "ed25519"))
+		if r := sendAs(t, srv, stranger, bob.handle); r.status != http.StatusForbidden {
+			t.Fatalf("message from an unknown key: %d %s", r.status, r.code)
+		}
+		if r := pollAs(t, srv, stranger); r.status != http.StatusUnauthorized {
+			t.Fatalf("poll by an unknown key: %d %s", r.status, r.code)
+		}
+	}
+	if got := fetches() - before; got != 1 {
+		t.Errorf("20 requests with unknown keys asked the sig-server %v more times, want once: for the first, and none within MinRefresh of it", got)
+	}
+}

@@ -38,6 +38,11 @@ type Config struct {
 	// asked again; it bounds how long a revoked key keeps working. Zero
 	// asks every time (tests).
 	TTL time.Duration
+	// MinRefresh is how long after the sig-server was last asked about an
+	// identity a key its cached document does not hold makes the resolver
+	// ask again (RefreshKeys): a device linked a moment ago is known at
+	// once, and unknown keys cost one request per identity per MinRefresh.
+	MinRefresh time.Duration
 	// RetryAfter is how long after a failed fetch the sig-server is left
 	// alone, so an outage costs one request per identity per RetryAfter.
 	RetryAfter time.Duration
@@ -58,7 +63,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults of `kezchat server --help`.
 func DefaultConfig() Config {
-	return Config{TTL: 30 * time.Second, RetryAfter: 5 * time.Second, MaxIdentities: 100_000, Timeout: 5 * time.Second}
+	return Config{TTL: 30 * time.Second, MinRefresh: time.Second, RetryAfter: 5 * time.Second, MaxIdentities: 100_000, Timeout: 5 * time.Second}
 }
 
 // Fetch outcomes, the values of the outcome label.
@@ -94,6 +99,7 @@ type entry struct {
 	doc      *server.KeyDocument // highest verified version; nil: none published
 	known    bool                // a fetch has succeeded at least once
 	checked  time.Time           // last successful fetch
+	missedAt time.Time           // last fetch a key the document lacked asked for (RefreshKeys)
 	failedAt time.Time           // last failed fetch
 	err      error               // why it failed
 }
@@ -154,6 +160,21 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Resolver, er
 // ResolveKeys returns the latest verified key document of primaryID, nil
 // when it has published none.
 func (r *Resolver) ResolveKeys(ctx context.Context, primaryID string) (*server.KeyDocument, error) {
+	return r.resolve(ctx, primaryID, false)
+}
+
+// RefreshKeys asks the sig-server again unless a key the cached document
+// lacked did so less than MinRefresh ago; see server.KeyResolver. It counts
+// misses, not fetches: a fetch made for the TTL just before a device was
+// published does not hide the device.
+func (r *Resolver) RefreshKeys(ctx context.Context, primaryID string) (*server.KeyDocument, error) {
+	return r.resolve(ctx, primaryID, true)
+}
+
+// resolve answers from the cache while it is fresh (within the TTL; for a
+// miss, within MinRefresh of the last miss), else from the sig-server (one
+// fetch shared by concurrent callers).
+func (r *Resolver) resolve(ctx context.Context, primaryID string, miss bool) (*server.KeyDocument, error) {
 	if !server.ValidPrimaryID(primaryID) {
 		return nil, fmt.Errorf("resolving keys: malformed primary_id %.64q", primaryID)
 	}
@@ -161,12 +182,16 @@ func (r *Resolver) ResolveKeys(ctx context.Context, primaryID string) (*server.K
 	r.mu.Lock()
 	e := r.entries[primaryID]
 	switch {
-	case e != nil && e.known && now.Sub(e.checked) < r.cfg.TTL:
+	case e != nil && e.known && !miss && now.Sub(e.checked) < r.cfg.TTL,
+		e != nil && e.known && miss && now.Sub(e.missedAt) < r.cfg.MinRefresh:
 		r.mu.Unlock()
 		return e.doc, nil
 	case e != nil && !e.failedAt.IsZero() && now.Sub(e.failedAt) < r.cfg.RetryAfter:
 		r.mu.Unlock()
 		return e.stale()
+	}
+	if miss && e != nil {
+		e.missedAt = now
 	}
 	c, shared := r.inflight[primaryID]
 	if !shared {
