@@ -11,7 +11,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.d
 FUZZTIME  ?= 10s
 
 .PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup bench-group bench-anchor
-.PHONY: web web-test web-e2e bench-web
+.PHONY: web web-test web-e2e bench-web image
 
 all: build
 
@@ -79,6 +79,20 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestBodies$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzKeyDocuments$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeForward$$' -fuzztime=$(FUZZTIME) ./server/jsstore/
+
+## image: the kezchat image without a Docker engine: the Dockerfile's
+## files, user and entrypoint for linux/amd64 and linux/arm64 in one OCI
+## index, an OCI image layout in $(IMAGE_DIR), an SPDX SBOM beside it.
+IMAGE_DIR ?= bin/image
+image: web
+	for arch in amd64 arm64; do \
+		GOOS=linux GOARCH=$$arch $(MAKE) -s -o web build BIN=$(IMAGE_DIR)-build/$$arch/kezchat \
+			VERSION=$(VERSION) COMMIT=$(COMMIT) DATE=$(DATE) || exit 1; \
+	done
+	$(GO) run ./hack/image --out $(IMAGE_DIR) \
+		--bin linux/amd64=$(IMAGE_DIR)-build/amd64/kezchat --bin linux/arm64=$(IMAGE_DIR)-build/arm64/kezchat \
+		--version $(VERSION) --commit $(COMMIT) --created $(DATE) \
+		--ca-certs /etc/ssl/certs/ca-certificates.crt --npm-lock web/package-lock.json
 
 ## bench: the figures in docs/benchmarks.md. The load generator is a binary
 ## of its own (cmd/kezchat-bench): it runs bin/kezchat's server as it ships.
