@@ -218,7 +218,9 @@ func TestTimedClosedLoopStopsAtItsDuration(t *testing.T) {
 	if !res.exactlyOnce() || res.delivered != res.sent {
 		t.Fatalf("delivery %+v", res)
 	}
-	if res.wall < 100*time.Millisecond || res.wall > 2*time.Second {
+	// The wall ends with the last answer, which may come a little before
+	// the end when no sender had time for another message.
+	if res.wall < 95*time.Millisecond || res.wall > 2*time.Second {
 		t.Fatalf("wall %s, want about 100ms", res.wall)
 	}
 }
