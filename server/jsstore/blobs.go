@@ -2,9 +2,12 @@ package jsstore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"slices"
 	"strings"
@@ -86,6 +89,9 @@ func (s *Store) setupBlobs(ctx context.Context, cfg Config, storage jetstream.St
 		Storage: storage, Replicas: cfg.Replicas,
 	}); err != nil {
 		return fmt.Errorf("creating object store %s: %w", BucketBlobs, err)
+	}
+	if s.objectStream, err = s.js.Stream(ctx, "OBJ_"+BucketBlobs); err != nil {
+		return fmt.Errorf("opening the stream of object store %s: %w", BucketBlobs, err)
 	}
 	if s.blobRefs, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: BucketBlobRefs, Description: "kez-chat blobs' uploaders and references; inbox.<token>: envelopes naming blobs",
@@ -173,26 +179,27 @@ func (s *Store) OpenBlob(ctx context.Context, id string) (*server.Blob, io.ReadS
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return nil, nil, fmt.Errorf("decoding blob %s: %w", id, err)
 	}
-	if _, err := s.objects.GetInfo(ctx, id); err != nil {
+	info, err := s.objects.GetInfo(ctx, id)
+	if err != nil {
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			return nil, nil, server.Errorf(server.CodeUnknownBlob, "no blob %q", id)
 		}
 		return nil, nil, fmt.Errorf("reading blob %s: %w", id, err)
 	}
 	b := &server.Blob{ID: id, Uploader: rec.Uploader, Size: rec.Size, SHA256: rec.SHA256, CreatedAt: time.Unix(rec.CreatedAt, 0)}
-	return b, &objectReader{ctx: ctx, objects: s.objects, name: id, size: rec.Size}, nil
+	return b, &objectReader{ctx: ctx, stream: s.objectStream, info: info, size: rec.Size}, nil
 }
 
 // objectReader reads an object from offset pos, opening it at the first
 // Read after a seek.
 type objectReader struct {
-	ctx     context.Context
-	objects jetstream.ObjectStore
-	name    string
-	size    int64
+	ctx    context.Context
+	stream jetstream.Stream
+	info   *jetstream.ObjectInfo
+	size   int64
 
 	pos  int64
-	open jetstream.ObjectResult // reading at pos; nil after a seek
+	open *chunkReader // reading at pos; nil after a seek
 }
 
 func (o *objectReader) Read(p []byte) (int, error) {
@@ -200,13 +207,9 @@ func (o *objectReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if o.open == nil {
-		r, err := o.objects.Get(o.ctx, o.name)
-		if err != nil {
-			return 0, fmt.Errorf("reading blob %s: %w", o.name, err)
-		}
+		r := newChunkReader(o.ctx, o.stream, o.info)
 		if _, err := io.CopyN(io.Discard, r, o.pos); err != nil {
-			r.Close()
-			return 0, fmt.Errorf("reading blob %s to offset %d: %w", o.name, o.pos, err)
+			return 0, fmt.Errorf("reading blob %s to offset %d: %w", o.info.Name, o.pos, err)
 		}
 		o.open = r
 	}
@@ -226,19 +229,62 @@ func (o *objectReader) Seek(offset int64, whence int) (int64, error) {
 	if pos < 0 {
 		return 0, errors.New("seeking before the start of a blob")
 	}
-	if pos != o.pos && o.open != nil {
-		o.open.Close()
+	if pos != o.pos {
 		o.open = nil
 	}
 	o.pos = pos
 	return pos, nil
 }
 
-func (o *objectReader) Close() error {
-	if o.open != nil {
-		return o.open.Close()
+func (o *objectReader) Close() error { return nil }
+
+// chunkReader reads an object's chunks one at a time, each by a get of the
+// next message on the object's chunk subject: it holds one chunk however
+// slowly its client reads. (The object store's own reader is an ordered
+// push consumer, which NATS fills ahead of the reader up to its flow-control
+// window: megabytes per download.) At the end it checks the object's
+// SHA-256, as that reader does.
+type chunkReader struct {
+	ctx     context.Context
+	stream  jetstream.Stream
+	name    string
+	subject string
+	next    uint64 // the stream sequence the next chunk is looked for from
+	left    uint32 // chunks not read yet
+	chunk   []byte // the unread rest of the current chunk
+	digest  hash.Hash
+	want    string // "SHA-256=<base64url>", the object's digest
+}
+
+func newChunkReader(ctx context.Context, stream jetstream.Stream, info *jetstream.ObjectInfo) *chunkReader {
+	return &chunkReader{ctx: ctx, stream: stream, name: info.Name,
+		subject: fmt.Sprintf("$O.%s.C.%s", info.Bucket, info.NUID),
+		next:    1, left: info.Chunks, digest: sha256.New(), want: info.Digest}
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.chunk) == 0 {
+		if c.left == 0 {
+			return 0, io.EOF
+		}
+		m, err := c.stream.GetMsg(c.ctx, c.next, jetstream.WithGetMsgSubject(c.subject))
+		if err != nil {
+			return 0, fmt.Errorf("reading a chunk of blob %s: %w", c.name, err)
+		}
+		c.next, c.left, c.chunk = m.Sequence+1, c.left-1, m.Data
+		c.digest.Write(m.Data)
+		// Checked before the last chunk is handed out: a reader that stops
+		// at the blob's size never asks past it.
+		if c.left == 0 {
+			if got := "SHA-256=" + base64.URLEncoding.EncodeToString(c.digest.Sum(nil)); c.want != "" && got != c.want {
+				c.chunk = nil
+				return 0, fmt.Errorf("reading blob %s: its chunks do not match its digest", c.name)
+			}
+		}
 	}
-	return nil
+	n := copy(p, c.chunk)
+	c.chunk = c.chunk[n:]
+	return n, nil
 }
 
 // updateRecord applies change to id's record by compare-and-set, reading

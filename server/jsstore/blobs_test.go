@@ -229,3 +229,82 @@ func TestAGroupSendReferencesTheBlobForEveryRecipientOrNone(t *testing.T) {
 		t.Fatalf("after bob and carol acknowledged: refs %v, want alice's sync copy only", refs)
 	}
 }
+
+// A blob of several chunks reads back whole and from any offset (a Range
+// request seeks), a chunk at a time; a chunk replaced behind the store's
+// back fails the read at its end, the object's SHA-256 not matching.
+func TestABlobReadsBackAChunkAtATimeAndAReplacedChunkFailsTheDigest(t *testing.T) {
+	n := testutil.StartNATS(t, testutil.NATSOptions{})
+	s := open(t, n, 0)
+	mustCreate(t, s, "alice")
+	data := make([]byte, 3*128<<10+1000) // four chunks of the object store's 128 KiB
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	id := putBlob(t, s, "alice", data)
+
+	_, r, err := s.OpenBlob(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("whole read: %d bytes, %v; want the %d put", len(got), err, len(data))
+	}
+	for _, off := range []int64{0, 1, 128 << 10, 3*128<<10 + 999} {
+		if _, err := r.Seek(off, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, data[off:]) {
+			t.Fatalf("read from %d: %d bytes, %v; want %d", off, len(got), err, len(data)-int(off))
+		}
+	}
+	r.Close()
+
+	// Replace the second chunk: delete its message, publish other bytes on
+	// its subject (after the last chunk, where a reader by subject finds it).
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	obs, err := js.ObjectStore(context.Background(), jsstore.BucketBlobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := obs.GetInfo(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(context.Background(), "OBJ_"+jsstore.BucketBlobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := "$O." + jsstore.BucketBlobs + ".C." + info.NUID
+	first, err := stream.GetMsg(context.Background(), 1, jetstream.WithGetMsgSubject(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := stream.GetMsg(context.Background(), first.Sequence+1, jetstream.WithGetMsgSubject(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.DeleteMsg(context.Background(), second.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	forged := bytes.Clone(second.Data)
+	forged[0] ^= 1
+	if _, err := js.Publish(context.Background(), subject, forged); err != nil {
+		t.Fatal(err)
+	}
+	_, r, err = s.OpenBlob(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := io.Copy(io.Discard, r); err == nil {
+		t.Fatal("a blob with a replaced chunk read to its end without an error")
+	}
+}

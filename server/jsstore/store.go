@@ -91,6 +91,7 @@ type Store struct {
 	users, primary, push, replay, keys, acks jetstream.KeyValue
 	links, blobRefs                          jetstream.KeyValue
 	objects                                  jetstream.ObjectStore
+	objectStream                             jetstream.Stream // the object store's, read a chunk at a time
 
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
