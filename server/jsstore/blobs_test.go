@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"kez.lat/chat/server"
@@ -39,12 +38,7 @@ func appendNaming(s *jsstore.Store, to, from, id string, blobs ...string) (*serv
 // record reads a blob's record in the refs bucket, as another replica would.
 func record(t *testing.T, n *testutil.NATS, id string) (refs []map[string]any, referenced bool) {
 	t.Helper()
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, n)
 	kv, err := js.KeyValue(context.Background(), jsstore.BucketBlobRefs)
 	if err != nil {
 		t.Fatal(err)
@@ -166,12 +160,7 @@ func TestPruneDropsReferencesWhoseEnvelopeIsGone(t *testing.T) {
 	if _, _, err := appendNaming(s, "bob", "alice", "m-1", id); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, n)
 	stream, err := js.Stream(context.Background(), jsstore.StreamName)
 	if err != nil {
 		t.Fatal(err)
@@ -264,12 +253,7 @@ func TestABlobReadsBackAChunkAtATimeAndAReplacedChunkFailsTheDigest(t *testing.T
 
 	// Replace the second chunk: delete its message, publish other bytes on
 	// its subject (after the last chunk, where a reader by subject finds it).
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, n)
 	obs, err := js.ObjectStore(context.Background(), jsstore.BucketBlobs)
 	if err != nil {
 		t.Fatal(err)

@@ -360,12 +360,7 @@ func TestAppendSetsPrevToTheRecipientsLastSeqOnEveryReplica(t *testing.T) {
 
 func TestOpenTakesOverAStreamAnEarlierVersionCreated(t *testing.T) {
 	n := testutil.StartNATS(t, testutil.NATSOptions{})
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, n)
 	ctx := context.Background()
 	// As the store before the writer made it: per-message publishes, a
 	// 2-minute duplicate window, no atomic batches.
@@ -458,4 +453,21 @@ func TestAKeyCheckpointOnlyMovesForwardAcrossReplicas(t *testing.T) {
 	if doc, err := b.KeyCheckpoint(ctx, "pid"); err != nil || string(doc) != "v3" {
 		t.Fatalf("checkpoint = %q, %v; want v3", doc, err)
 	}
+}
+
+// jetStreamOf connects to n as another process would (another replica, or
+// someone changing the store behind its back); the connection closes with
+// the test.
+func jetStreamOf(t *testing.T, n *testutil.NATS) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }

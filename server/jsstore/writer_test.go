@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/natsbus"
@@ -164,15 +161,7 @@ func TestAnEnvelopeAnotherWriterStoredIsNeverVouchedOver(t *testing.T) {
 	s1 := mustAppend(t, s, "bob", "alice", "m1", "{}")
 
 	// A replica that still thinks it holds the lease writes too.
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStreamOf(t, n)
 	other, err := js.Publish(ctx, jsstore.SubjectPrefix+"bob", []byte("{}"))
 	if err != nil {
 		t.Fatal(err)
@@ -273,12 +262,7 @@ func TestAHolderWhoseLeaseWasTakenStepsDownAndAppendsGoOn(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "the writer lease", s.HoldsWriterLease)
 
 	// Another replica's claim, as after a lapse this one did not notice.
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, n)
 	kv, err := js.KeyValue(context.Background(), jsstore.BucketWriter)
 	if err != nil {
 		t.Fatal(err)
@@ -301,12 +285,7 @@ func TestAppendsGoOnWhileAnotherWriterKeepsWritingAndNoPrevSkipsItsEnvelopes(t *
 
 	// A replica of an earlier version, during a rolling update, publishes
 	// envelopes of its own all along.
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, n)
 	stop := make(chan struct{})
 	rogue := make(chan error, 1)
 	go func() {
