@@ -210,8 +210,15 @@ func (s *Service) deviceKeys(ctx context.Context, u *User) (*KeyDocument, error)
 // cache's TTL.
 func (s *Service) deviceKeysHolding(ctx context.Context, u *User, holds func(*KeyDocument) bool) (*KeyDocument, bool, error) {
 	doc, err := s.deviceKeys(ctx, u)
-	if err != nil || holds(doc) || s.Keys == nil {
-		return doc, err == nil && holds(doc), err
+	if err != nil {
+		return nil, false, err
+	}
+	// holds may verify a signature per key: called once per document.
+	if holds(doc) {
+		return doc, true, nil
+	}
+	if s.Keys == nil {
+		return doc, false, nil
 	}
 	fresh, err := s.Keys.RefreshKeys(ctx, u.PrimaryID)
 	if err != nil {

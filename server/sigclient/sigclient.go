@@ -38,10 +38,11 @@ type Config struct {
 	// asked again; it bounds how long a revoked key keeps working. Zero
 	// asks every time (tests).
 	TTL time.Duration
-	// MinRefresh is how long after the sig-server was last asked about an
-	// identity a key its cached document does not hold makes the resolver
-	// ask again (RefreshKeys): a device linked a moment ago is known at
-	// once, and unknown keys cost one request per identity per MinRefresh.
+	// MinRefresh is how long after the last such request a key the cached
+	// document does not hold makes the resolver ask again (RefreshKeys):
+	// a device linked a moment ago is known at once, and unknown keys cost
+	// one request per identity per MinRefresh. Fetches for the TTL do not
+	// count, so one made just before a device was published hides nothing.
 	MinRefresh time.Duration
 	// RetryAfter is how long after a failed fetch the sig-server is left
 	// alone, so an outage costs one request per identity per RetryAfter.
