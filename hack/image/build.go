@@ -64,13 +64,18 @@ func build(spec imageSpec, out string) error {
 	if err != nil {
 		return fmt.Errorf("reading the CA certificates: %w", err)
 	}
-	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-	for _, b := range spec.binaries {
-		bin, err := os.ReadFile(b.path)
+	// Each binary is read once: into its layer, and for the SBOM.
+	bins := make([]readBinary, len(spec.binaries))
+	for i, b := range spec.binaries {
+		data, err := os.ReadFile(b.path)
 		if err != nil {
 			return fmt.Errorf("reading the %s/%s binary: %w", b.os, b.arch, err)
 		}
-		img, err := platformImage(spec, b, bin, certs)
+		bins[i] = readBinary{b, data}
+	}
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for _, b := range bins {
+		img, err := platformImage(spec, b.platformBinary, b.data, certs)
 		if err != nil {
 			return fmt.Errorf("building the %s/%s image: %w", b.os, b.arch, err)
 		}
@@ -88,7 +93,7 @@ func build(spec imageSpec, out string) error {
 	if _, err := layout.Write(out, idx); err != nil {
 		return fmt.Errorf("writing the image layout to %s: %w", out, err)
 	}
-	sbom, err := buildSBOM(spec, time.Now().UTC())
+	sbom, err := buildSBOM(spec, bins, time.Now().UTC())
 	if err != nil {
 		return fmt.Errorf("building the SBOM: %w", err)
 	}
@@ -142,6 +147,12 @@ func platformImage(spec imageSpec, b platformBinary, bin, certs []byte) (v1.Imag
 		Labels:     spec.labels(),
 	}
 	return mutate.ConfigFile(img, cfg)
+}
+
+// readBinary is a platform's binary and its bytes.
+type readBinary struct {
+	platformBinary
+	data []byte
 }
 
 type layerFile struct {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"debug/buildinfo"
 	"encoding/hex"
@@ -38,15 +39,9 @@ type spdxPackage struct {
 	VersionInfo      string       `json:"versionInfo,omitempty"`
 	DownloadLocation string       `json:"downloadLocation"`
 	FilesAnalyzed    bool         `json:"filesAnalyzed"`
-	Checksums        []spdxSum    `json:"checksums,omitempty"`
 	ExternalRefs     []spdxExtRef `json:"externalRefs,omitempty"`
 	PrimaryPurpose   string       `json:"primaryPackagePurpose,omitempty"`
 	Comment          string       `json:"comment,omitempty"`
-}
-
-type spdxSum struct {
-	Algorithm     string `json:"algorithm"`
-	ChecksumValue string `json:"checksumValue"`
 }
 
 type spdxExtRef struct {
@@ -61,26 +56,22 @@ type spdxRelationship struct {
 	Related string `json:"relatedSpdxElement"`
 }
 
-// buildSBOM describes spec's binaries (their build info must agree on the
+// buildSBOM describes the binaries (their build info must agree on the
 // modules) and the web app's npm packages.
-func buildSBOM(spec imageSpec, now time.Time) ([]byte, error) {
+func buildSBOM(spec imageSpec, bins []readBinary, now time.Time) ([]byte, error) {
 	var info *buildinfo.BuildInfo
 	root := spdxPackage{Name: "kezchat", SPDXID: "SPDXRef-Package-kezchat", VersionInfo: spec.version,
 		DownloadLocation: "NOASSERTION", PrimaryPurpose: "APPLICATION"}
-	for _, b := range spec.binaries {
-		bi, err := buildinfo.ReadFile(b.path)
+	for _, b := range bins {
+		bi, err := buildinfo.Read(bytes.NewReader(b.data))
 		if err != nil {
 			return nil, fmt.Errorf("reading the build info of %s: %w", b.path, err)
 		}
 		if info != nil && depsKey(bi) != depsKey(info) {
-			return nil, fmt.Errorf("%s was built from other modules than %s", b.path, spec.binaries[0].path)
+			return nil, fmt.Errorf("%s was built from other modules than %s", b.path, bins[0].path)
 		}
 		info = bi
-		data, err := os.ReadFile(b.path)
-		if err != nil {
-			return nil, err
-		}
-		sum := sha256.Sum256(data)
+		sum := sha256.Sum256(b.data)
 		root.Comment += fmt.Sprintf("%s/%s binary sha256 %s; ", b.os, b.arch, hex.EncodeToString(sum[:]))
 	}
 	root.Comment = strings.TrimSuffix(root.Comment, "; ")
