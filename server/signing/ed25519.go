@@ -31,28 +31,24 @@ func (ed25519Suite) Verify(pub, msg, sig []byte) error {
 	if err := checkSizes(pub, sig); err != nil {
 		return err
 	}
-	if k := expandedKeys.get(pub); k != nil {
-		if !voi.VerifyExpandedWithOptions(k, msg, sig, stdlibRules) {
+	k := expandedKeys.get(pub)
+	cached := k != nil
+	if !cached {
+		var err error
+		if k, err = voi.NewExpandedPublicKey(voi.PublicKey(pub)); err != nil {
+			// Not a point: refused, as the standard library refuses it.
 			return ErrBadSignature
 		}
-		return nil
-	}
-	k, err := voi.NewExpandedPublicKey(voi.PublicKey(pub))
-	if err != nil {
-		// Not a point: the standard library refuses it too, and the
-		// check below says so under the same rules.
-		if !voi.VerifyWithOptions(voi.PublicKey(pub), msg, sig, stdlibRules) {
-			return ErrBadSignature
-		}
-		return nil
 	}
 	if !voi.VerifyExpandedWithOptions(k, msg, sig, stdlibRules) {
 		return ErrBadSignature
 	}
-	// Kept only once a signature verified under it: a stranger's fresh
-	// keys cost what they cost before, and can only push others' keys out
-	// of a cache bounded in bytes.
-	expandedKeys.add(pub, k)
+	if !cached {
+		// Kept only once a signature verified under it: a stranger's fresh
+		// keys cost what they cost before, and can only push others' keys
+		// out of a cache bounded in bytes.
+		expandedKeys.add(pub, k)
+	}
 	return nil
 }
 
