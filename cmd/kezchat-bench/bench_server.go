@@ -133,9 +133,11 @@ func startBenchServerWith(ctx context.Context, cfg benchConfig, stderr io.Writer
 	}
 	args = append(args, extra...)
 	cmd := exec.Command(exe, args...)
-	cmd.Env = envWithoutKEZ()
+	// Without KEZ_ variables, which would set server flags the bench did
+	// not choose, and with the bench's memory limit, not the shell's.
+	cmd.Env = envWithout("KEZ_", "GOMEMLIMIT=")
 	if cfg.serverMemoryLimit != "" {
-		cmd.Env = append(envWithout("KEZ_", "GOMEMLIMIT="), "GOMEMLIMIT="+cfg.serverMemoryLimit)
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+cfg.serverMemoryLimit)
 	}
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
@@ -203,10 +205,6 @@ func (t *benchTarget) startPushService(dir string) ([]string, error) {
 		"--push-allow-endpoint", t.push.Origin(),
 	}, nil
 }
-
-// envWithoutKEZ is this process's environment less the KEZ_ variables, which
-// would otherwise set server flags the bench did not choose.
-func envWithoutKEZ() []string { return envWithout("KEZ_") }
 
 // envWithout is this process's environment less the variables whose names
 // start with one of prefixes.
