@@ -70,15 +70,15 @@ e2e: build k8s-tools versitygw
 
 # Each fuzz target runs briefly; the seed corpora run in `unit` as well.
 fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzCanonicalize$$' -fuzztime=$(FUZZTIME) ./server/signing/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseAuth$$' -fuzztime=$(FUZZTIME) ./server/signing/
-	$(GO) test -run='^$$' -fuzz='^FuzzSignedVerify$$' -fuzztime=$(FUZZTIME) ./server/signing/
-	$(GO) test -run='^$$' -fuzz='^FuzzEd25519VerifyMatchesStdlib$$' -fuzztime=$(FUZZTIME) ./server/signing/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeSigned$$' -fuzztime=$(FUZZTIME) ./server/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeMessagePayload$$' -fuzztime=$(FUZZTIME) ./server/
-	$(GO) test -run='^$$' -fuzz='^FuzzRequestBodies$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzKeyDocuments$$' -fuzztime=$(FUZZTIME) ./server/httpapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeForward$$' -fuzztime=$(FUZZTIME) ./server/jsstore/
+	GO=$(GO) bash hack/fuzz.sh FuzzCanonicalize ./server/signing/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzParseAuth ./server/signing/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzSignedVerify ./server/signing/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzEd25519VerifyMatchesStdlib ./server/signing/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzDecodeSigned ./server/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzDecodeMessagePayload ./server/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzRequestBodies ./server/httpapi/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzKeyDocuments ./server/httpapi/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzDecodeForward ./server/jsstore/ $(FUZZTIME)
 
 ## image: the kezchat image without a Docker engine: the Dockerfile's
 ## files, user and entrypoint for linux/amd64 and linux/arm64 in one OCI
