@@ -225,17 +225,17 @@ func startInstance(t *testing.T, ctx context.Context, c *cluster, pods *localPod
 		pods.start(t, ctx, backupNS, &spec, ctr, "--bind="+bind, "--metrics-bind="+metrics, "--log-format=text")
 		url := "http://" + bind
 		waitReadyz(t, time.Minute, deployment+" ready", url+"/v1/readyz")
-		pods.serve(deployment, servicePort(t, ctx, c, deployment), bind)
+		pods.serve(deployment, servicePort(t, ctx, c, backupNS, deployment), bind)
 		urls[component] = url
 	}
 	return urls
 }
 
-// servicePort is the port the Service name answers on.
-func servicePort(t *testing.T, ctx context.Context, c *cluster, name string) int32 {
+// servicePort is the port the Service name of ns answers on.
+func servicePort(t *testing.T, ctx context.Context, c *cluster, ns, name string) int32 {
 	t.Helper()
 	var svc corev1.Service
-	if err := c.client.Get(ctx, client.ObjectKey{Namespace: backupNS, Name: name}, &svc); err != nil {
+	if err := c.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &svc); err != nil {
 		t.Fatalf("Service %s: %v", name, err)
 	}
 	for _, p := range svc.Spec.Ports {

@@ -53,7 +53,10 @@ func kezchatBinary(t *testing.T) string {
 		return abs
 	}
 	bin := filepath.Join(t.TempDir(), "kezchat")
-	out, err := exec.Command("go", "build", "-o", bin, "../cmd/kezchat").CombinedOutput()
+	build := exec.Command("go", "build", "-o", bin, "../cmd/kezchat")
+	// Static, as `make build` makes it: the image has no libc.
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
 	if err != nil {
 		t.Fatalf("building kezchat: %v\n%s", err, out)
 	}
