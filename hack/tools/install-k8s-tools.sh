@@ -36,6 +36,8 @@ TOOLS=(
 	"helm                    helm    helm.sh/helm/v4/cmd/helm"
 	"kwok                    kwok    sigs.k8s.io/kwok/cmd/kwok"
 	"versitygw               versitygw github.com/versity/versitygw/cmd/versitygw"
+	"registry                registry github.com/distribution/distribution/v3/cmd/registry"
+	"ct                      ct      github.com/helm/chart-testing/v3/ct"
 )
 
 # Built only when named (`install-k8s-tools.sh centrifugo`, `make centrifugo`),
@@ -100,6 +102,12 @@ ldflags() {
 		;;
 	versitygw)
 		flags+=" -X main.Version=$(modversion versitygw github.com/versity/versitygw)"
+		;;
+	ct)
+		flags+=" -X github.com/helm/chart-testing/v3/ct/cmd.Version=$(modversion ct github.com/helm/chart-testing/v3)"
+		;;
+	registry)
+		flags+=" -X github.com/distribution/distribution/v3/version.version=$(modversion registry github.com/distribution/distribution/v3)"
 		;;
 	centrifugo)
 		v="$(modversion centrifugo github.com/centrifugal/centrifugo/v6)"
