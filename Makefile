@@ -70,7 +70,9 @@ unit: k8s-tools versitygw
 ## e2e: helm install and kubectl apply -k on a local control plane (kube-apiserver,
 ## etcd, kube-controller-manager, kube-scheduler, kwok), a KezChat from apply to
 ## Ready, a rollout, helm upgrade, deletion; the image of `make image` running the
-## operator's pods under runc (as root; Debian's runc)
+## operator's pods under runc, pushed with the chart to a local OCI registry and
+## installed from it, and run by a real node (kubelet, containerd, runc) beside kwok;
+## as root
 e2e: build image k8s-tools versitygw
 	KEZCHAT_BIN=$(abspath $(BIN)) KEZCHAT_IMAGE=$(abspath $(IMAGE_DIR)) KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) $(GO) test -count=1 ./e2e/
 

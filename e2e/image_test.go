@@ -104,7 +104,7 @@ spec:
 	sigURL := startRunc(t, ctx, pods, sig, "solo-sig-server")
 	local.serve("solo-sig-server", servicePort(t, ctx, c, imageNS, "solo-sig-server"), strings.TrimPrefix(sigURL, "http://"))
 	serverURL := startRunc(t, ctx, pods, server, "solo-server")
-	hc := pods.httpClient()
+	hc := pods.netns.httpClient()
 	res, err := hc.Get(serverURL + "/v1/healthz")
 	if err != nil || res.StatusCode != http.StatusOK {
 		t.Fatalf("/v1/healthz: %v %v", res, err)
@@ -175,7 +175,7 @@ func startRunc(t *testing.T, ctx context.Context, pods *runcPods, spec *corev1.P
 	_, stop := pods.start(t, run)
 	pods.running[name] = append(pods.running[name], stop)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	hc := pods.httpClient()
+	hc := pods.netns.httpClient()
 	testutil.WaitFor(t, time.Minute, name+" ready under runc", func() error {
 		res, err := hc.Get(url + "/v1/readyz")
 		if err != nil {

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +22,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -34,14 +31,13 @@ import (
 // the runtime spec as the kubelet and containerd turn it (user and
 // groups, read-only root, capabilities, no_new_privs, seccomp
 // RuntimeDefault, masked /proc paths), its volumes bind-mounted. Every
-// container runs in one network namespace the test makes, reached only
-// through dialNetns: no address or route of this machine changes.
+// container runs in one network namespace the test makes.
 type runcPods struct {
 	local  *localPods // volumes, Secrets and env, as for local processes
 	rootfs string     // the image's files, unpacked once
 	config v1.Config  // the image's entrypoint, cmd, env, user
 	state  string     // runc's --root
-	netns  string     // path of the network namespace
+	netns  *netns     // the containers' network
 	seq    atomic.Int32
 	// running holds the stop functions of the containers started, by
 	// the name the test gave them.
@@ -73,15 +69,7 @@ func newRuncPods(t *testing.T, local *localPods, image string) *runcPods {
 		}
 	})
 
-	name := fmt.Sprintf("kez-e2e-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up in %s: %v: %s", name, err, out)
-	}
-	p.netns = "/var/run/netns/" + name
+	p.netns = newNetns(t, "kez-e2e")
 	return p
 }
 
@@ -257,7 +245,7 @@ func (p *runcPods) runtimeSpec(t *testing.T, ctx context.Context, ns string, pod
 		Linux: &specs.Linux{
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
-				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: p.netns},
+				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: p.netns.path},
 			},
 			CgroupsPath: "/" + p.cgroupParent + "/" + id,
 			Resources:   resources(ctr),
@@ -522,41 +510,6 @@ func (p *runcPods) start(t *testing.T, c container) (logs string, stop func() er
 		}
 	})
 	return logs, stop
-}
-
-// httpClient reaches the containers' network namespace: each connection
-// is opened from a thread that entered the namespace, so the socket
-// lives there, and that thread is never used for anything else.
-func (p *runcPods) httpClient() *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: p.dialNetns}}
-}
-
-func (p *runcPods) dialNetns(ctx context.Context, network, addr string) (net.Conn, error) {
-	type dialed struct {
-		conn net.Conn
-		err  error
-	}
-	ch := make(chan dialed, 1)
-	go func() {
-		// Never unlocked: the thread ends with this goroutine rather
-		// than going back to the scheduler inside the namespace.
-		runtime.LockOSThread()
-		fd, err := unix.Open(p.netns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			ch <- dialed{err: fmt.Errorf("opening %s: %w", p.netns, err)}
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			ch <- dialed{err: fmt.Errorf("entering %s: %w", p.netns, err)}
-			return
-		}
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, network, addr)
-		ch <- dialed{conn, err}
-	}()
-	r := <-ch
-	return r.conn, r.err
 }
 
 // stopAll stops the containers started under name and fails t if one did

@@ -38,6 +38,9 @@ TOOLS=(
 	"versitygw               versitygw github.com/versity/versitygw/cmd/versitygw"
 	"registry                registry github.com/distribution/distribution/v3/cmd/registry"
 	"ct                      ct      github.com/helm/chart-testing/v3/ct"
+	"kubelet                 kubelet k8s.io/kubernetes/cmd/kubelet"
+	"containerd              containerd github.com/containerd/containerd/v2/cmd/containerd"
+	"containerd-shim-runc-v2 containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
 )
 
 # Built only when named (`install-k8s-tools.sh centrifugo`, `make centrifugo`),
@@ -82,7 +85,7 @@ fi
 ldflags() {
 	local flags="-s -w" v
 	case $1 in
-	k8s)
+	k8s | kubelet)
 		v="$k8s_version"
 		local major="${v#v}" minor
 		minor="${major#*.}"
@@ -103,6 +106,9 @@ ldflags() {
 	versitygw)
 		flags+=" -X main.Version=$(modversion versitygw github.com/versity/versitygw)"
 		;;
+	containerd)
+		flags+=" -X github.com/containerd/containerd/v2/version.Version=$(modversion containerd github.com/containerd/containerd/v2)"
+		;;
 	ct)
 		flags+=" -X github.com/helm/chart-testing/v3/ct/cmd.Version=$(modversion ct github.com/helm/chart-testing/v3)"
 		;;
@@ -115,6 +121,15 @@ ldflags() {
 		;;
 	esac
 	echo "$flags"
+}
+
+# buildtags MODULE: build tags a module's binaries need without cgo.
+buildtags() {
+	case $1 in
+	# containerd's snapshotters for btrfs, devmapper and zfs need cgo or
+	# tools the node does not have; the node uses the native snapshotter.
+	containerd) echo "-tags=no_btrfs,no_devmapper,no_zfs" ;;
+	esac
 }
 
 # stamp MODULE PACKAGE: what a binary was built from (go.mod less its
@@ -191,7 +206,7 @@ for mod in "${modules[@]}"; do
 	start=$SECONDS
 	(
 		cd "$here/$mod"
-		GOWORK=off CGO_ENABLED=0 go build -trimpath -buildvcs=false \
+		GOWORK=off CGO_ENABLED=0 go build -trimpath -buildvcs=false $(buildtags "$mod") \
 			-ldflags "$(ldflags "$mod")" -o "$out" "${pkgs[@]}"
 	)
 	for i in "${!names[@]}"; do
