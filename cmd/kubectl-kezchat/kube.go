@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
@@ -121,4 +122,14 @@ func validComponent(c string) error {
 		}
 	}
 	return usagef("unknown component %q: one of server, sig-server, nats", c)
+}
+
+// parseFlags parses a command's flags; a bad flag is a usage error
+// (exit status 2), --help is pflag.ErrHelp.
+func parseFlags(fs *pflag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err == nil || errors.Is(err, pflag.ErrHelp) {
+		return err
+	}
+	return usageError{err.Error()}
 }

@@ -31,7 +31,7 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&o.since, "since", 0, "only lines newer than this (5m, 1h)")
 	fs.BoolVarP(&o.previous, "previous", "p", false, "the log of each container's previous run")
 	fs.BoolVar(&o.timestamps, "timestamps", false, "prefix each line with its time")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 2 {

@@ -26,7 +26,7 @@ const serverHTTPPort = "http"
 func runPortForward(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, conn := newFlagSet("port-forward", "NAME [LOCAL_PORT]", stderr)
 	address := fs.String("address", "127.0.0.1", "local address to listen on")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() < 1 || fs.NArg() > 2 {

@@ -152,7 +152,7 @@ func redactArgs(args []any) {
 var (
 	// key=value, key: value and "key":"value" where key is sensitive; a
 	// value that is a $reference stays.
-	sensitivePair = regexp.MustCompile(`(?i)("?[\w.-]*(?:password|passwd|passphrase|secret|token|credential|api[-_]?key|private[-_]?key|access[-_]?key|authorization|cookie)[\w.-]*"?\s*[:=]\s*)("[^"$][^"]*"|[^\s"$,;}][^\s,;}]*)`)
+	sensitivePair = regexp.MustCompile(`(?i)("?[\w.-]*(?:password|passwd|passphrase|secret|token|credential|api[-_]?key|private[-_]?key|access[-_]?key|authorization|cookie)[\w.-]*"?\s*[:=]\s*)("[^"$][^"]*"|(?:(?:bearer|basic)\s+)?[^\s"$,;}][^\s,;}]*)`)
 	bearerToken   = regexp.MustCompile(`(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+`)
 	jwt           = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(\.[A-Za-z0-9_-]*)?`)
 	pemBlock      = regexp.MustCompile(`(?s)-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)`)
@@ -163,8 +163,9 @@ var (
 func redactText(s string) string {
 	s = pemBlock.ReplaceAllString(s, redacted)
 	s = jwt.ReplaceAllString(s, redacted)
-	s = bearerToken.ReplaceAllString(s, "${1}"+redacted)
 	s = urlPassword.ReplaceAllString(s, "${1}"+redacted+"@")
+	// A pair first, so that "Authorization: Bearer x" loses the scheme
+	// with the token; then bearer tokens outside pairs.
 	s = sensitivePair.ReplaceAllStringFunc(s, func(m string) string {
 		sub := sensitivePair.FindStringSubmatch(m)
 		if strings.HasPrefix(sub[2], `"`) {
@@ -172,5 +173,5 @@ func redactText(s string) string {
 		}
 		return sub[1] + redacted
 	})
-	return s
+	return bearerToken.ReplaceAllString(s, "${1}"+redacted)
 }

@@ -38,7 +38,7 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var o reportOptions
 	fs.Int64Var(&o.logLines, "log-lines", 500, "last lines of each container's log")
 	fs.BoolVar(&o.noLogs, "no-logs", false, "leave the pods' logs out")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

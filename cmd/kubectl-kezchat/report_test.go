@@ -182,13 +182,13 @@ func TestReportHoldsNoSecretValueAndNeverReadsSecrets(t *testing.T) {
 		}
 	}
 	contains := []struct{ file, want string }{
-		{"kezchat.yaml", "KEZ_MAX_PENDING"},                     // an innocent env value stays
-		{"kezchat.yaml", "value: \"5000\""},                     // ...with its value
+		{"kezchat.yaml", "KEZ_MAX_PENDING"}, // an innocent env value stays
+		{"kezchat.yaml", "value: \"5000\""}, // ...with its value
 		{"kezchat.yaml", "cert-manager.io/cluster-issuer: letsencrypt"},
 		{"kezchat.yaml", "example.com/api-token: REDACTED"},
 		{"deployments.yaml", "--nats-password=REDACTED"},
-		{"deployments.yaml", "name: team-nats-auth"},            // a reference stays
-		{"configmaps.yaml", "$NATS_PASSWORD"},                   // so does a $reference
+		{"deployments.yaml", "name: team-nats-auth"}, // a reference stays
+		{"configmaps.yaml", "$NATS_PASSWORD"},        // so does a $reference
 		{"kezchatbackups.yaml", "team-nightly"},
 		{"pods.yaml", "team-server-abc"},
 		{"events.yaml", "login failed: token=REDACTED"},
@@ -196,7 +196,7 @@ func TestReportHoldsNoSecretValueAndNeverReadsSecrets(t *testing.T) {
 		{"secrets.txt", "team-vapid\tDeployment team-server volume vapid"},
 		{"secrets.txt", "team-nats-auth\tDeployment team-server container server env KEZ_NATS_PASSWORD"},
 		{"status.txt", "Ready"},
-		{"status.txt", "5h ago"}, // the KezChatBackup's completion
+		{"status.txt", "5h ago"},                                       // the KezChatBackup's completion
 		{"errors.txt", "logs of pod team-server-abc container server"}, // no kubelet serves them
 	}
 	for _, c := range contains {

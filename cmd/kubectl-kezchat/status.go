@@ -78,7 +78,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	all := fs.BoolP("all-namespaces", "A", false, "KezChats of every namespace")
 	output := fs.StringP("output", "o", "table", "table, wide, json or yaml")
 	usage := fs.Bool("usage", true, "read volume use from the kubelets (nodes/proxy); skipped where forbidden")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	switch *output {

@@ -14,7 +14,7 @@ import (
 
 func runVAPIDKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, conn := newFlagSet("vapid-key", "NAME", stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
