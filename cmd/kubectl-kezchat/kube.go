@@ -51,11 +51,23 @@ func newFlagSet(name, args string, stderr io.Writer) (*pflag.FlagSet, *connectio
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &connection{loading: clientcmd.NewDefaultClientConfigLoadingRules()}
-	fs.StringVar(&c.loading.ExplicitPath, "kubeconfig", "", "path to the kubeconfig file")
-	clientcmd.BindOverrideFlags(&c.overrides, fs, clientcmd.RecommendedConfigOverrideFlags(""))
+	kubectlFlags := pflag.NewFlagSet("kubectl", pflag.ContinueOnError)
+	kubectlFlags.StringVar(&c.loading.ExplicitPath, "kubeconfig", "", "path to the kubeconfig file")
+	clientcmd.BindOverrideFlags(&c.overrides, kubectlFlags, clientcmd.RecommendedConfigOverrideFlags(""))
+	fs.AddFlagSet(kubectlFlags)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: kubectl kezchat %s %s\n\nFlags:\n", name, args)
-		fs.PrintDefaults()
+		// The command's own flags first, then kubectl's.
+		own := pflag.NewFlagSet(name, pflag.ContinueOnError)
+		fs.VisitAll(func(f *pflag.Flag) {
+			if kubectlFlags.Lookup(f.Name) == nil {
+				own.AddFlag(f)
+			}
+		})
+		fmt.Fprintf(stderr, "Usage: kubectl kezchat %s %s\n", name, args)
+		if own.HasFlags() {
+			fmt.Fprintf(stderr, "\nFlags:\n%s", own.FlagUsages())
+		}
+		fmt.Fprintf(stderr, "\nkubectl's flags:\n%s", kubectlFlags.FlagUsages())
 	}
 	return fs, c
 }

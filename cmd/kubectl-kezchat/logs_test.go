@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,10 +21,13 @@ import (
 
 type fakeLogs struct {
 	lines map[string][]string // by pod
+	mu    sync.Mutex          // --follow opens the pods' logs at once
 	asked []*corev1.PodLogOptions
 }
 
 func (f *fakeLogs) open(_ context.Context, pod *corev1.Pod, opts *corev1.PodLogOptions) (io.ReadCloser, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.asked = append(f.asked, opts)
 	lines, ok := f.lines[pod.Name]
 	if !ok {
