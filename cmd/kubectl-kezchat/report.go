@@ -241,6 +241,12 @@ func objectsYAML(b *bundle, objs ...client.Object) []byte {
 		redactObject(u)
 		if gvk.Kind == "ConfigMap" {
 			redactStrings(u["data"])
+			// Binary files cannot be searched for credentials: left out.
+			if bd, ok := u["binaryData"].(map[string]any); ok {
+				for k := range bd {
+					bd[k] = redacted + " (binary)"
+				}
+			}
 		}
 		y, err := yaml.Marshal(u)
 		if err != nil {

@@ -120,6 +120,7 @@ func TestReportHoldsNoSecretValueAndNeverReadsSecrets(t *testing.T) {
 		&corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "team-nats-config", Labels: operatorLabels(name, componentNATS)},
 			Data:       map[string]string{"nats.conf": "authorization {\n  users: [ { user: kez, password: $NATS_PASSWORD } ]\n  token: " + sentinel + "\n}\n"},
+			BinaryData: map[string][]byte{"blob": []byte(sentinel)},
 		},
 		// A ConfigMap of the user's, not the operator's: not in the report.
 		&corev1.ConfigMap{
@@ -189,6 +190,7 @@ func TestReportHoldsNoSecretValueAndNeverReadsSecrets(t *testing.T) {
 		{"deployments.yaml", "--nats-password=REDACTED"},
 		{"deployments.yaml", "name: team-nats-auth"}, // a reference stays
 		{"configmaps.yaml", "$NATS_PASSWORD"},        // so does a $reference
+		{"configmaps.yaml", "blob: REDACTED (binary)"},
 		{"kezchatbackups.yaml", "team-nightly"},
 		{"pods.yaml", "team-server-abc"},
 		{"events.yaml", "login failed: token=REDACTED"},

@@ -106,6 +106,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func collectStatus(ctx context.Context, k *kube, ns string, names []string, readUsage bool) ([]instanceStatus, error) {
 	var kcs chatv1.KezChatList
 	if err := k.client.List(ctx, &kcs, client.InNamespace(ns)); err != nil {
+		if meta.IsNoMatchError(err) {
+			return nil, fmt.Errorf("this cluster has no KezChat resource: install the kez-chat operator first (%w)", err)
+		}
 		return nil, fmt.Errorf("listing KezChats: %w", err)
 	}
 	items := kcs.Items
