@@ -131,6 +131,10 @@ func streamLogs(ctx context.Context, pods []corev1.Pod, o logOptions, w io.Write
 		}
 		return nil
 	}
+	// One stream failing ends the others: a follow that silently lost a
+	// pod would look like a quiet pod.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errs := make(chan error, len(pods))
 	for i := range pods {
 		go func() { errs <- copyPod(&pods[i]) }()
@@ -139,6 +143,7 @@ func streamLogs(ctx context.Context, pods []corev1.Pod, o logOptions, w io.Write
 	for range pods {
 		if err := <-errs; err != nil && first == nil {
 			first = err
+			cancel()
 		}
 	}
 	return first

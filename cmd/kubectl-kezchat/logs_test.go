@@ -134,3 +134,37 @@ func TestLogsCommandRefusesWhatItCannotShow(t *testing.T) {
 		})
 	}
 }
+
+// blockingLog is a followed log that has nothing more to say: it ends
+// only when its request is cancelled.
+type blockingLog struct{ ctx context.Context }
+
+func (b blockingLog) Read([]byte) (int, error) {
+	<-b.ctx.Done()
+	return 0, b.ctx.Err()
+}
+
+func (b blockingLog) Close() error { return nil }
+
+func TestFollowingEndsWhenOnePodsLogFails(t *testing.T) {
+	pods := []corev1.Pod{
+		*serverPod("ns", "team", "team-server-a", "n"),
+		*serverPod("ns", "team", "team-server-b", "n"),
+	}
+	open := func(ctx context.Context, pod *corev1.Pod, _ *corev1.PodLogOptions) (io.ReadCloser, error) {
+		if pod.Name == "team-server-a" {
+			return nil, fmt.Errorf("container restarting")
+		}
+		return blockingLog{ctx}, nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- streamLogs(context.Background(), pods, logOptions{tail: -1, follow: true}, io.Discard, open) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "log of pod team-server-a: container restarting") {
+			t.Errorf("err = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("following went on without the pod whose log failed")
+	}
+}
