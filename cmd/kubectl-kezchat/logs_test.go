@@ -158,7 +158,9 @@ func TestFollowingEndsWhenOnePodsLogFails(t *testing.T) {
 		return blockingLog{ctx}, nil
 	}
 	done := make(chan error, 1)
-	go func() { done <- streamLogs(context.Background(), pods, logOptions{tail: -1, follow: true}, io.Discard, open) }()
+	go func() {
+		done <- streamLogs(context.Background(), pods, logOptions{tail: -1, follow: true}, io.Discard, open)
+	}()
 	select {
 	case err := <-done:
 		if err == nil || !strings.Contains(err.Error(), "log of pod team-server-a: container restarting") {
