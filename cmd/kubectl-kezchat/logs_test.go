@@ -15,9 +15,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// envtest has no kubelet to serve pods/log: the pods are chosen by the
-// API server here, and their logs come from a stand-in logSource that
-// records what was asked of it.
+// Here the pods are chosen by the API server and their logs come from a
+// stand-in logSource that records what was asked of it; kubelet_test.go
+// reads logs through the API server from a stand-in kubelet.
 
 type fakeLogs struct {
 	lines map[string][]string // by pod

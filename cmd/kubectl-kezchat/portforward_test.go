@@ -11,10 +11,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-// envtest has no kubelet, so no port-forward can carry bytes here: the
-// choice of pod and port and the URL are pure functions tested on their
-// own, the selection against the API server, and the forward only as far
-// as the API server refusing it.
+// The choice of pod and port and the URL are pure functions tested on
+// their own, the selection against the API server; a forward to a pod on
+// no node fails cleanly here, and kubelet_test.go carries one through the
+// API server to a stand-in kubelet.
 
 func pod(name string, phase corev1.PodPhase, ready bool, created time.Time) corev1.Pod {
 	p := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.NewTime(created)}}
