@@ -16,12 +16,31 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.d
 FUZZTIME  ?= 10s
 
 .PHONY: all build run test check vet fmt-check unit e2e fuzz bench clean manifests generate check-generated bench-operator bench-backup bench-group bench-anchor
-.PHONY: web web-test web-e2e bench-web image
+.PHONY: web web-test web-e2e bench-web image plugin plugin-dist
 
-all: build
+all: build plugin
 
 build: web
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/kezchat
+
+## plugin: the kubectl plugin, bin/kubectl-kezchat (`kubectl kezchat` once on the PATH);
+## a client tool, not in the image. Its krew manifest template is hack/krew/kezchat.yaml.
+PLUGIN_BIN ?= bin/kubectl-kezchat
+plugin:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(PLUGIN_BIN) ./cmd/kubectl-kezchat
+
+## plugin-dist: the plugin's krew archives for each platform of hack/krew/kezchat.yaml,
+## in bin/krew, with their SHA-256 sums to fill the manifest in
+PLUGIN_PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
+plugin-dist:
+	rm -rf bin/krew && mkdir -p bin/krew
+	for p in $(PLUGIN_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
+		dir=bin/krew/kubectl-kezchat_$${os}_$${arch}; mkdir -p $$dir || exit 1; \
+		GOOS=$$os GOARCH=$$arch $(MAKE) -s plugin PLUGIN_BIN=$$dir/kubectl-kezchat$$ext || exit 1; \
+		tar -C $$dir -czf $$dir.tar.gz kubectl-kezchat$$ext && rm -rf $$dir || exit 1; \
+	done
+	cd bin/krew && sha256sum *.tar.gz
 
 ## run: a chat server with laptop defaults (database ./kez-chat.db)
 run: build
