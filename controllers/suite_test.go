@@ -164,10 +164,16 @@ func (f roundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) {
 // ends, or earlier by stop.
 func startManager(t testing.TB, namespace string, configure ...func(*KezChatReconciler)) *runningManager {
 	t.Helper()
+	return startManagerOn(t, testConfig, namespace, configure...)
+}
+
+// startManagerOn is startManager on the control plane of config.
+func startManagerOn(t testing.TB, config *rest.Config, namespace string, configure ...func(*KezChatReconciler)) *runningManager {
+	t.Helper()
 	// Every request the manager sends is logged, for the tests that count
 	// them.
 	requests := &requestLog{}
-	cfg := rest.CopyConfig(testConfig)
+	cfg := rest.CopyConfig(config)
 	cfg.Wrap(requests.wrap)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 testScheme,
