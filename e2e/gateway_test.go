@@ -32,10 +32,10 @@ func TestKezChatThroughAGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range append(crds, "../config/crd/bases/chat.kez.lat_kezchats.yaml") {
+	for _, f := range append(crds, "../config/crd/bases") {
 		c.run(t, "kubectl", "apply", "--server-side", "-f", f)
 	}
-	c.waitEstablished(t, "kezchats.chat.kez.lat", "httproutes.gateway.networking.k8s.io")
+	c.waitEstablished(t, "kezchats.chat.kez.lat", "kezchatbackups.chat.kez.lat", "httproutes.gateway.networking.k8s.io")
 	c.runOperator(t, kezchatBinary(t))
 
 	const ns, name = "routed", "routed"
