@@ -100,8 +100,30 @@ func fromIngress(kc *chatv1.KezChat) []networkingv1.NetworkPolicyPeer {
 	return []networkingv1.NetworkPolicyPeer{peer}
 }
 
+// fromEdge is who may reach what the Ingress and the HTTPRoute route to:
+// the ingress controller and the Gateways' data plane, whichever are on;
+// nil, anyone, when either admits every namespace, or when neither is on
+// (the admin exposes the Service another way).
+func fromEdge(kc *chatv1.KezChat) []networkingv1.NetworkPolicyPeer {
+	gateway, anyone := fromGateway(kc)
+	if !kc.Spec.Gateway.IsEnabled() {
+		return fromIngress(kc)
+	}
+	if anyone {
+		return nil
+	}
+	if !kc.Spec.Ingress.IsEnabled() {
+		return gateway
+	}
+	ingress := fromIngress(kc)
+	if ingress == nil {
+		return nil // "*"
+	}
+	return append(ingress, gateway...)
+}
+
 // serverNetworkPolicy admits the chat server's HTTP port from the ingress
-// controller only, so that no other tenant of the cluster reaches it (or
+// controller and the Gateways' data plane only, so that no other tenant of the cluster reaches it (or
 // forges X-Forwarded-For), and its metrics port to scrapers.
 func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	return &networkingv1.NetworkPolicy{
@@ -110,7 +132,7 @@ func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentServer)},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
 			Ingress: []networkingv1.NetworkPolicyIngressRule{
-				{From: fromIngress(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverPort)}},
+				{From: fromEdge(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverPort)}},
 				{Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverMetricsPort)}},
 			},
 		},
@@ -130,7 +152,7 @@ func natsClients(kc *chatv1.KezChat) []networkingv1.NetworkPolicyPeer {
 
 // natsNetworkPolicy lets only the chat server reach NATS's clients port,
 // and only NATS pods its cluster port. The WebSocket listener, when on, is
-// for browsers through the ingress controller, and NATS's auth callout
+// for browsers through the ingress controller or the Gateway, and NATS's auth callout
 // checks each.
 func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	rules := []networkingv1.NetworkPolicyIngressRule{
@@ -138,7 +160,7 @@ func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 		{From: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentNATS)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClusterPort)}},
 	}
 	if kc.Spec.NATS.WebSocket {
-		rules = append(rules, networkingv1.NetworkPolicyIngressRule{From: fromIngress(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsWebSocketPort)}})
+		rules = append(rules, networkingv1.NetworkPolicyIngressRule{From: fromEdge(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsWebSocketPort)}})
 	}
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).nats(), Namespace: kc.Namespace, Labels: labels(kc, componentNATS)},
@@ -151,8 +173,8 @@ func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 }
 
 // sigServerNetworkPolicy admits the sig-server's HTTP port from the chat
-// server and, when the Ingress routes /v1/keys to it, from the ingress
-// controller (every write is signed by the identity's primary key, and
+// server and, when the Ingress or the HTTPRoute routes /v1/keys to it,
+// from the ingress controller and the Gateways' data plane (every write is signed by the identity's primary key, and
 // reads are public by design); and its metrics port, like the chat
 // server's, to scrapers.
 func sigServerNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
@@ -160,8 +182,8 @@ func sigServerNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 		From:  []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)},
 		Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigServerPort)},
 	}
-	if kc.Spec.Ingress.IsEnabled() {
-		if peers := fromIngress(kc); peers != nil {
+	if kc.Spec.Ingress.IsEnabled() || kc.Spec.Gateway.IsEnabled() {
+		if peers := fromEdge(kc); peers != nil {
 			api.From = append(api.From, peers...)
 		} else {
 			api.From = nil // "*": anyone

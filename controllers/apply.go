@@ -21,7 +21,10 @@ import (
 	"k8s.io/client-go/applyconfigurations"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayapplyconfiguration "sigs.k8s.io/gateway-api/applyconfiguration"
 	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
+	"sigs.k8s.io/structured-merge-diff/v6/typed"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 )
@@ -339,10 +342,41 @@ func holds(have, want any) bool {
 }
 
 // typeConverter turns typed objects into the structured values server-side
-// apply works on; built once, from the scheme and client-go's schemas.
+// apply works on; built once, from the scheme and the schemas of
+// client-go and, for HTTPRoutes, of the Gateway API.
 func (r *KezChatReconciler) typeConverter() managedfields.TypeConverter {
-	r.converterOnce.Do(func() { r.converter = applyconfigurations.NewTypeConverter(r.Scheme) })
+	r.converterOnce.Do(func() {
+		r.converter = byGroupTypeConverter{
+			builtin: applyconfigurations.NewTypeConverter(r.Scheme),
+			groups: map[string]managedfields.TypeConverter{
+				gatewayv1.GroupName: gatewayapplyconfiguration.NewTypeConverter(r.Scheme),
+			},
+		}
+	})
 	return r.converter
+}
+
+// byGroupTypeConverter converts an object with the schemas of its API
+// group: each generated converter knows only its own module's types.
+type byGroupTypeConverter struct {
+	builtin managedfields.TypeConverter
+	groups  map[string]managedfields.TypeConverter
+}
+
+func (c byGroupTypeConverter) of(group string) managedfields.TypeConverter {
+	if tc, ok := c.groups[group]; ok {
+		return tc
+	}
+	return c.builtin
+}
+
+func (c byGroupTypeConverter) ObjectToTyped(obj runtime.Object, opts ...typed.ValidationOptions) (*typed.TypedValue, error) {
+	return c.of(obj.GetObjectKind().GroupVersionKind().Group).ObjectToTyped(obj, opts...)
+}
+
+func (c byGroupTypeConverter) TypedToObject(value *typed.TypedValue) (runtime.Object, error) {
+	// Turning a value back into an object needs no schema.
+	return c.builtin.TypedToObject(value)
 }
 
 // dropNulls removes the null values from m and the maps inside it.

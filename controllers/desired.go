@@ -7,6 +7,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 )
@@ -36,13 +37,17 @@ func desiredObjects(kc *chatv1.KezChat, in Inputs) []client.Object {
 	if kc.Spec.Ingress.IsEnabled() {
 		objs = append(objs, ingress(kc))
 	}
+	if kc.Spec.Gateway.IsEnabled() && in.GatewayAPI {
+		objs = append(objs, httpRoute(kc))
+	}
 	return objs
 }
 
 // unwantedObjects names the children kc's spec no longer asks for, which
-// the reconcile deletes if it made them. Volumes are never among them:
+// the reconcile deletes if it made them (an HTTPRoute only where the
+// cluster serves them: in.GatewayAPI). Volumes are never among them:
 // turning a component off keeps its data until the KezChat is deleted.
-func unwantedObjects(kc *chatv1.KezChat) []client.Object {
+func unwantedObjects(kc *chatv1.KezChat, in Inputs) []client.Object {
 	n := namesOf(kc)
 	meta := func(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name, Namespace: kc.Namespace} }
 	var objs []client.Object
@@ -70,6 +75,9 @@ func unwantedObjects(kc *chatv1.KezChat) []client.Object {
 	}
 	if !kc.Spec.Ingress.IsEnabled() {
 		objs = append(objs, &networkingv1.Ingress{ObjectMeta: meta(n.ingress())})
+	}
+	if !kc.Spec.Gateway.IsEnabled() && in.GatewayAPI {
+		objs = append(objs, &gatewayv1.HTTPRoute{ObjectMeta: meta(n.httpRoute())})
 	}
 	return objs
 }

@@ -111,7 +111,7 @@ func TestDesiredObjectsDependOnTheSpec(t *testing.T) {
 				t.Errorf("desired objects:\n got %q\nwant %q", got, tt.want)
 			}
 			// Nothing is both wanted and deleted.
-			for _, u := range kindNames(unwantedObjects(kc)) {
+			for _, u := range kindNames(unwantedObjects(kc, testInputs)) {
 				if slices.Contains(got, u) {
 					t.Errorf("%s is both desired and unwanted", u)
 				}
@@ -124,7 +124,7 @@ func TestUnwantedObjectsNeverIncludeVolumes(t *testing.T) {
 	kc := newKezChat(func(kc *chatv1.KezChat) {
 		kc.Spec.NATS.Enabled, kc.Spec.SigServer.Enabled, kc.Spec.Ingress.Enabled = ptr.To(false), ptr.To(false), ptr.To(false)
 	})
-	got := kindNames(unwantedObjects(kc))
+	got := kindNames(unwantedObjects(kc, testInputs))
 	for _, name := range got {
 		if strings.Contains(name, "PersistentVolumeClaim") {
 			t.Errorf("unwanted objects include volume %s", name)

@@ -39,6 +39,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 )
@@ -91,6 +92,9 @@ type KezChatReconciler struct {
 	// applied spares comparing a child the cache holds at the version
 	// last found as desired (apply.go).
 	applied appliedVersions
+	// gatewayAPI says the cluster served HTTPRoutes when the operator
+	// started, so that it watches and makes them (gateway.go).
+	gatewayAPI bool
 }
 
 // +kubebuilder:rbac:groups=chat.kez.lat,resources=kezchats,verbs=get;list;watch
@@ -102,6 +106,7 @@ type KezChatReconciler struct {
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses;networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=list
 
@@ -183,7 +188,7 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			r.Recorder.Eventf(kc, firstChanged[updated], corev1.EventTypeNormal, "Updated", "Update", "updated %s", listNote(names))
 		}
 	}()
-	in := Inputs{DefaultImage: r.DefaultImage, DefaultNATSImage: r.DefaultNATSImage, PlatformAssignsUID: r.PlatformAssignsUID}
+	in := Inputs{DefaultImage: r.DefaultImage, DefaultNATSImage: r.DefaultNATSImage, PlatformAssignsUID: r.PlatformAssignsUID, GatewayAPI: r.gatewayAPI}
 	if kc.Spec.Push.IsEnabled() {
 		key, made, rotated, err := r.ensureVAPID(ctx, kc)
 		if err != nil {
@@ -263,7 +268,7 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			noteChange(res, kind, obj)
 		}
 	}
-	for _, obj := range unwantedObjects(kc) {
+	for _, obj := range unwantedObjects(kc, in) {
 		if err := r.deleteIfOwned(ctx, kc, obj); err != nil {
 			return obs, ctrl.Result{}, err
 		}
@@ -299,6 +304,9 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 		if obs.sigServer, err = r.observeDeployment(ctx, kc, n.sigServer(), kc.Spec.SigServer.ReplicaCount()); err != nil {
 			return obs, ctrl.Result{}, err
 		}
+	}
+	if obs.route, err = r.observeRoute(ctx, kc); err != nil {
+		return obs, ctrl.Result{}, err
 	}
 	return obs, ctrl.Result{RequeueAfter: upgrade.decision.requeueAfter}, expansionRefused
 }
@@ -379,11 +387,15 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.PersistentVolumeClaim{}, natsClaimIndex, natsClaimOf); err != nil {
 		return fmt.Errorf("indexing NATS volume claims: %w", err)
 	}
+	// HTTPRoutes are watched only where the cluster serves them.
+	if r.gatewayAPI, err = httpRoutesServed(mgr.GetRESTMapper()); err != nil {
+		return err
+	}
 	// The schemas apply compares with are parsed now, before the cache
 	// fills: parsing makes some 20 MB of garbage, which would otherwise
 	// land on top of the informers' first lists.
 	r.typeConverter()
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		// Status writes change neither generation nor annotations, so the
 		// operator's own status updates do not wake it.
 		For(&chatv1.KezChat{}, builder.WithPredicates(predicate.Or(
@@ -406,8 +418,11 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		// The data under deletionPolicy Retain has no owner.
 		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(instanceOf)).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(instanceOf)).
-		WatchesRawSource(userSecrets).
-		WithOptions(opts).
+		WatchesRawSource(userSecrets)
+	if r.gatewayAPI {
+		b = b.Owns(&gatewayv1.HTTPRoute{})
+	}
+	return b.WithOptions(opts).
 		Named("kezchat").
 		Complete(r)
 }

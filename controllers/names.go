@@ -67,6 +67,7 @@ func (n names) sigServerData() string  { return n.base + "-sig-server-data" }
 func (n names) vapid() string          { return n.base + "-vapid" }
 func (n names) serviceAccount() string { return n.base }
 func (n names) ingress() string        { return n.base }
+func (n names) httpRoute() string      { return n.base }
 
 // nameKind is what the API server requires of a child's name.
 type nameKind int
@@ -107,6 +108,7 @@ func (n names) all() []childName {
 		{"vapid", n.vapid(), subdomainName},
 		{"serviceAccount", n.serviceAccount(), subdomainName},
 		{"ingress", n.ingress(), subdomainName},
+		{"httpRoute", n.httpRoute(), subdomainName},
 	}
 }
 

@@ -52,6 +52,9 @@ type Inputs struct {
 	// platform (OpenShift's restricted SCC assigns them from the
 	// namespace's range and refuses pods that name others).
 	PlatformAssignsUID bool
+	// GatewayAPI says the cluster serves the Gateway API's HTTPRoutes:
+	// without them, spec.gateway makes none (gateway.go).
+	GatewayAPI bool
 }
 
 // image is the kez-chat image of kc's pods.

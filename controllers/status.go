@@ -127,6 +127,8 @@ type observed struct {
 	// upgrade is the paced-upgrade decision; nil when the reconcile
 	// stopped before making one (the recorded one then stands).
 	upgrade *upgradeOutcome
+	// route is the HTTPRoute's state; nil when kc asks for none.
+	route *routeState
 }
 
 // computeStatus is the status kc should have after a reconcile that saw
@@ -254,6 +256,9 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 	default:
 		set(chatv1.ConditionReady, false, ReasonComponentsPending, strings.Join(pending, "; "))
 	}
+	// The route is the Gateway's to accept: it tells, but holds back
+	// neither Ready nor the rest of the KezChat.
+	setRouteCondition(&st, obs.route, gen)
 	resumedCondition(&st, gen)
 	kstatusConditions(&st, gen)
 	return st

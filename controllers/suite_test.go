@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 	"kez.lat/chat/controllers/testenv"
@@ -55,7 +56,17 @@ func runWithAPIServer(m *testing.M) int {
 	if err := chatv1.AddToScheme(testScheme); err != nil {
 		panic(err)
 	}
-	env, cfg, err := testenv.Start()
+	if err := gatewayv1.Install(testScheme); err != nil {
+		panic(err)
+	}
+	// With the Gateway API's CRDs, as a cluster that serves HTTPRoutes
+	// (gateway_envtest_test.go starts one without them).
+	gatewayAPI, err := testenv.GatewayAPI()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	env, cfg, err := testenv.Start(gatewayAPI)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -153,14 +164,21 @@ func (f roundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) {
 // ends, or earlier by stop.
 func startManager(t testing.TB, namespace string, configure ...func(*KezChatReconciler)) *runningManager {
 	t.Helper()
+	return startManagerOn(t, testConfig, namespace, configure...)
+}
+
+// startManagerOn is startManager on the control plane of config.
+func startManagerOn(t testing.TB, config *rest.Config, namespace string, configure ...func(*KezChatReconciler)) *runningManager {
+	t.Helper()
 	// Every request the manager sends is logged, for the tests that count
 	// them.
 	requests := &requestLog{}
-	cfg := rest.CopyConfig(testConfig)
+	cfg := rest.CopyConfig(config)
 	cfg.Wrap(requests.wrap)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 testScheme,
 		Cache:                  CacheOptions([]string{namespace}),
+		NewCache:               NewCache,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 	})
@@ -255,5 +273,6 @@ func childLists() []client.ObjectList {
 		&appsv1.DeploymentList{}, &appsv1.StatefulSetList{}, &corev1.ServiceList{}, &corev1.ConfigMapList{},
 		&corev1.SecretList{}, &corev1.PersistentVolumeClaimList{}, &corev1.ServiceAccountList{},
 		&networkingv1.IngressList{}, &networkingv1.NetworkPolicyList{}, &policyv1.PodDisruptionBudgetList{},
+		&gatewayv1.HTTPRouteList{},
 	}
 }

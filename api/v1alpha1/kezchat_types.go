@@ -94,6 +94,11 @@ type KezChatSpec struct {
 	// +kubebuilder:default={}
 	Ingress IngressSpec `json:"ingress,omitempty"`
 
+	// Gateway exposes the chat server through a Gateway API HTTPRoute,
+	// beside or instead of the Ingress.
+	// +optional
+	Gateway *GatewaySpec `json:"gateway,omitempty"`
+
 	// Attachments are the encrypted files people send: the server keeps
 	// each one while a message names it, at most the retention.
 	// +optional

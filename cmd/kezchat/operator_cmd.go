@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
 	"kez.lat/chat/controllers"
@@ -106,6 +107,10 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	if err := chatv1.AddToScheme(scheme); err != nil {
 		return err
 	}
+	// HTTPRoutes, made where the cluster serves them (spec.gateway).
+	if err := gatewayv1.Install(scheme); err != nil {
+		return err
+	}
 	var namespaces []string
 	for _, ns := range strings.Split(f.namespaces, ",") {
 		if ns = strings.TrimSpace(ns); ns != "" {
@@ -115,6 +120,7 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Cache:                         controllers.CacheOptions(namespaces),
+		NewCache:                      controllers.NewCache,
 		Metrics:                       metricsserver.Options{BindAddress: f.metricsBind},
 		HealthProbeBindAddress:        f.probeBind,
 		LeaderElection:                f.leaderElect,

@@ -52,6 +52,42 @@ func APIServerFlag(name string, values ...string) Option {
 	}
 }
 
+// GatewayAPICRDs are the files of the Gateway API's CRDs (standard
+// channel) that the operator's tests install: GatewayClass, Gateway and
+// HTTPRoute, from the module sigs.k8s.io/gateway-api that go.mod requires,
+// so that the CRDs are those of the Go types the operator builds routes
+// with.
+func GatewayAPICRDs() ([]string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api")
+	cmd.Dir = repoRoot()
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("finding the module sigs.k8s.io/gateway-api: %w", err)
+	}
+	dir := filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard")
+	var files []string
+	for _, kind := range []string{"gatewayclasses", "gateways", "httproutes"} {
+		f := filepath.Join(dir, "gateway.networking.k8s.io_"+kind+".yaml")
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("the Gateway API's %s CRD: %w", kind, err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+// GatewayAPI installs the Gateway API's CRDs (GatewayAPICRDs) beside the
+// KezChat's.
+func GatewayAPI() (Option, error) {
+	files, err := GatewayAPICRDs()
+	if err != nil {
+		return nil, err
+	}
+	return func(env *envtest.Environment) {
+		env.CRDDirectoryPaths = append(env.CRDDirectoryPaths, files...)
+	}, nil
+}
+
 // Start runs kube-apiserver and etcd with the CRDs of config/crd/bases
 // installed, changed by opts. Stop the returned environment when done.
 func Start(opts ...Option) (*envtest.Environment, *rest.Config, error) {
