@@ -17,6 +17,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
@@ -143,6 +144,10 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: f.maxConcurrent}); err != nil {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)
+	}
+	// The age of each KezChat's last backup, for the backup alert.
+	if err := ctrlmetrics.Registry.Register(controllers.BackupMetrics{Reader: mgr.GetClient()}); err != nil {
+		return fmt.Errorf("registering backup metrics: %w", err)
 	}
 	backups := &controllers.KezChatBackupReconciler{
 		Client:             mgr.GetClient(),
