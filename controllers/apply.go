@@ -341,7 +341,7 @@ func holds(have, want any) bool {
 // typeConverter turns typed objects into the structured values server-side
 // apply works on; built once, from the scheme and client-go's schemas.
 func (r *KezChatReconciler) typeConverter() managedfields.TypeConverter {
-	r.converterOnce.Do(func() { r.converter = applyconfigurations.NewTypeConverter(r.Scheme) })
+	r.converterOnce.Do(func() { r.converter = withDeducedFallback(applyconfigurations.NewTypeConverter(r.Scheme)) })
 	return r.converter
 }
 

@@ -83,6 +83,9 @@ type KezChatReconciler struct {
 	// PlatformAssignsUID leaves the pods' uid, gid and fsGroup to the
 	// platform (OpenShift's restricted SCC).
 	PlatformAssignsUID bool
+	// PrometheusOperator says the cluster serves PodMonitors
+	// (HasPodMonitorCRD), which spec.monitoring.podMonitor makes.
+	PrometheusOperator bool
 
 	// converter compares what the cache holds with what apply would send
 	// (apply.go).
@@ -267,6 +270,9 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 		if err := r.deleteIfOwned(ctx, kc, obj); err != nil {
 			return obs, ctrl.Result{}, err
 		}
+	}
+	if err := r.applyPodMonitors(ctx, kc); err != nil {
+		return obs, ctrl.Result{}, err
 	}
 
 	n := namesOf(kc)

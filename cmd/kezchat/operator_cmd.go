@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"io"
 	"net/http"
 	"os"
@@ -107,6 +108,9 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	if err := chatv1.AddToScheme(scheme); err != nil {
 		return err
 	}
+	if err := monitoringv1.AddToScheme(scheme); err != nil {
+		return err
+	}
 	var namespaces []string
 	for _, ns := range strings.Split(f.namespaces, ",") {
 		if ns = strings.TrimSpace(ns); ns != "" {
@@ -126,6 +130,11 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	if err != nil {
 		return fmt.Errorf("creating the controller manager: %w", err)
 	}
+	// PodMonitors only where the Prometheus Operator's CRDs are: asked once.
+	promOperator, err := controllers.HasPodMonitorCRD(mgr.GetRESTMapper())
+	if err != nil {
+		return fmt.Errorf("looking for the PodMonitor CRD: %w", err)
+	}
 	r := &controllers.KezChatReconciler{
 		Client:             mgr.GetClient(),
 		APIReader:          mgr.GetAPIReader(),
@@ -134,6 +143,7 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		DefaultImage:       f.image,
 		Namespaces:         namespaces,
 		PlatformAssignsUID: f.platformAssignsUID,
+		PrometheusOperator: promOperator,
 
 		MaxConcurrentUpgrades: &f.maxUpgrades,
 		UpgradeTimeout:        f.upgradeTimeout,
