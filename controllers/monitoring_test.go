@@ -2,10 +2,12 @@ package controllers
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
@@ -150,5 +152,32 @@ func TestMetricsPortsAdmitOnlyTheScraperNamespace(t *testing.T) {
 	}
 	if from := metricsPeers(t, serverNetworkPolicy(kc), serverMetricsPort); len(from) != 1 {
 		t.Errorf("server metrics admit %v without spec.monitoring, want the monitoring namespace", from)
+	}
+}
+
+// TestConfigPrometheusHoldsTheRulesAndTheDashboard: `kubectl apply -k
+// config/prometheus` makes the PrometheusRule and the dashboard ConfigMap
+// that Grafana's sidecar picks.
+func TestConfigPrometheusHoldsTheRulesAndTheDashboard(t *testing.T) {
+	found := map[string]bool{}
+	for _, u := range kustomizeBuild(t, "prometheus") {
+		found[u.GetKind()+"/"+u.GetName()] = true
+		switch u.GetKind() {
+		case "PrometheusRule":
+			groups, _, _ := unstructured.NestedSlice(u.Object, "spec", "groups")
+			if len(groups) == 0 {
+				t.Errorf("PrometheusRule %s has no rule groups", u.GetName())
+			}
+		case "ConfigMap":
+			if u.GetLabels()["grafana_dashboard"] != "1" {
+				t.Errorf("dashboard ConfigMap labels %v", u.GetLabels())
+			}
+			if data, _, _ := unstructured.NestedString(u.Object, "data", "kez-chat.json"); !strings.Contains(data, `"panels"`) {
+				t.Error("the dashboard ConfigMap holds no dashboard")
+			}
+		}
+	}
+	if !found["PrometheusRule/kez-chat"] || !found["ConfigMap/kez-chat-dashboard"] {
+		t.Errorf("config/prometheus makes %v", found)
 	}
 }

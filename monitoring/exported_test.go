@@ -181,8 +181,8 @@ func metricNames(expr string) []string {
 func TestMetricNamesFindsSelectorsOnly(t *testing.T) {
 	for expr, want := range map[string][]string{
 		`sum by (namespace, kezchat) (rate(a_total{x=~"b|c", y="d"}[5m])) / on (pod) group_left (e) f > 0.5 and g offset 1h`: {"a_total", "f", "g"},
-		`{__name__=~"a_total|b_total", code=~"5.."}`:                           {"a_total", "b_total"},
-		`predict_linear(v{pvc=~".+-data"}[6h], 4 * 3600) < 1e9`:                {"v"},
+		`{__name__=~"a_total|b_total", code=~"5.."}`:                               {"a_total", "b_total"},
+		`predict_linear(v{pvc=~".+-data"}[6h], 4 * 3600) < 1e9`:                    {"v"},
 		`histogram_quantile(0.99, sum by (le) (rate(h_bucket[$__rate_interval])))`: {"h_bucket"},
 	} {
 		if got := metricNames(expr); !slices.Equal(got, want) {
