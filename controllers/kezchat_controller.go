@@ -271,7 +271,7 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			return obs, ctrl.Result{}, err
 		}
 	}
-	if err := r.applyPodMonitors(ctx, kc); err != nil {
+	if obs.podMonitors, err = r.applyPodMonitors(ctx, kc); err != nil {
 		return obs, ctrl.Result{}, err
 	}
 

@@ -25,7 +25,8 @@ import (
 // server, serves NATS's state as Prometheus metrics.
 const natsExporterPort = 7777
 
-// Reasons of the Monitoring condition.
+// The Monitoring condition, present while spec.monitoring.podMonitor asks
+// for PodMonitors, and its reasons.
 const (
 	ConditionMonitoring = "Monitoring"
 	// ReasonPrometheusOperatorMissing: spec.monitoring.podMonitor asks for
@@ -157,31 +158,65 @@ func (c deducedFallback) TypedToObject(v *typed.TypedValue) (runtime.Object, err
 
 // +kubebuilder:rbac:groups=monitoring.coreos.com,resources=podmonitors,verbs=get;list;watch;create;patch;delete
 
+// podMonitorOutcome is what a reconcile did about PodMonitors, for the
+// Monitoring condition.
+type podMonitorOutcome int
+
+const (
+	podMonitorsNotReached podMonitorOutcome = iota // the reconcile stopped before: the condition stands
+	podMonitorsOff                                 // not asked for: no condition
+	podMonitorsApplied
+	podMonitorsNoCRD
+)
+
 // applyPodMonitors makes the PodMonitors kc asks for and deletes those it
 // no longer does, when the cluster has the Prometheus Operator's CRDs;
-// without them, a PodMonitor asked for is a Warning event.
-func (r *KezChatReconciler) applyPodMonitors(ctx context.Context, kc *chatv1.KezChat) error {
+// without them, a PodMonitor asked for is a Warning event and the
+// Monitoring condition False.
+func (r *KezChatReconciler) applyPodMonitors(ctx context.Context, kc *chatv1.KezChat) (podMonitorOutcome, error) {
 	if !r.PrometheusOperator {
-		if kc.Spec.Monitoring.PodMonitorsEnabled() {
-			r.Recorder.Eventf(kc, nil, corev1.EventTypeWarning, ReasonPrometheusOperatorMissing, "Apply",
-				"spec.monitoring.podMonitor.enabled, but the cluster has no monitoring.coreos.com PodMonitor CRD (install the Prometheus Operator)")
+		if !kc.Spec.Monitoring.PodMonitorsEnabled() {
+			return podMonitorsOff, nil
 		}
-		return nil
+		if !meta.IsStatusConditionFalse(kc.Status.Conditions, ConditionMonitoring) {
+			r.Recorder.Eventf(kc, nil, corev1.EventTypeWarning, ReasonPrometheusOperatorMissing, "Apply",
+				"spec.monitoring.podMonitor.enabled, but the cluster has no monitoring.coreos.com PodMonitor CRD (install the Prometheus Operator, then restart the operator)")
+		}
+		return podMonitorsNoCRD, nil
 	}
 	for _, obj := range podMonitors(kc) {
 		if err := controllerutil.SetControllerReference(kc, obj, r.Scheme); err != nil {
-			return err
+			return podMonitorsNotReached, err
 		}
 		if _, err := r.apply(ctx, kc, obj); err != nil {
-			return err
+			return podMonitorsNotReached, err
 		}
 	}
 	for _, obj := range unwantedPodMonitors(kc) {
 		if err := r.deleteIfOwned(ctx, kc, obj); err != nil {
-			return err
+			return podMonitorsNotReached, err
 		}
 	}
-	return nil
+	if !kc.Spec.Monitoring.PodMonitorsEnabled() {
+		return podMonitorsOff, nil
+	}
+	return podMonitorsApplied, nil
+}
+
+// setMonitoringCondition records o in st: Monitoring True when the
+// PodMonitors are applied, False (PrometheusOperatorMissing) when the
+// cluster cannot hold them, absent when none are asked for.
+func setMonitoringCondition(st *chatv1.KezChatStatus, gen int64, o podMonitorOutcome) {
+	switch o {
+	case podMonitorsOff:
+		meta.RemoveStatusCondition(&st.Conditions, ConditionMonitoring)
+	case podMonitorsApplied:
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionMonitoring, Status: metav1.ConditionTrue,
+			Reason: ReasonPodMonitorsApplied, Message: "a PodMonitor scrapes each component that runs", ObservedGeneration: gen})
+	case podMonitorsNoCRD:
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionMonitoring, Status: metav1.ConditionFalse,
+			Reason: ReasonPrometheusOperatorMissing, Message: "spec.monitoring.podMonitor asks for PodMonitors and the cluster has no monitoring.coreos.com CRDs", ObservedGeneration: gen})
+	}
 }
 
 // HasPodMonitorCRD reports whether the API server serves

@@ -10,6 +10,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -41,11 +43,29 @@ func hasPodMonitorCRD(t *testing.T) bool {
 	return found
 }
 
+// waitForMonitoringCondition waits until the KezChat named chat in ns has
+// the Monitoring condition with status and reason ("absent": none).
+func waitForMonitoringCondition(t *testing.T, ns string, status metav1.ConditionStatus, reason string) {
+	t.Helper()
+	waitFor[chatv1.KezChat](t, ns, "chat", func(kc *chatv1.KezChat) error {
+		c := meta.FindStatusCondition(kc.Status.Conditions, ConditionMonitoring)
+		switch {
+		case c == nil && status == "absent":
+			return nil
+		case c == nil:
+			return fmt.Errorf("no Monitoring condition, want %s %s", status, reason)
+		case c.Status != status || c.Reason != reason || c.ObservedGeneration != kc.Generation:
+			return fmt.Errorf("Monitoring %s %s (generation %d of %d), want %s %s", c.Status, c.Reason, c.ObservedGeneration, kc.Generation, status, reason)
+		}
+		return nil
+	})
+}
+
 // TestPodMonitorsFollowSpecMonitoringWhereThePrometheusOperatorIs: without
 // the CRD, a KezChat asking for PodMonitors gets a Warning event and the
-// rest of it reconciled; with it, one PodMonitor per component is made,
-// owned by the KezChat, not applied again while it holds, and deleted
-// when the spec stops asking.
+// Monitoring condition False, and the rest of it reconciled; with it, one PodMonitor per component is made,
+// owned by the KezChat (Monitoring True), not applied again while it holds, and deleted
+// when the spec stops asking, with the condition.
 func TestPodMonitorsFollowSpecMonitoringWhereThePrometheusOperatorIs(t *testing.T) {
 	if hasPodMonitorCRD(t) {
 		t.Fatal("the PodMonitor CRD is installed before the test installs it")
@@ -55,6 +75,7 @@ func TestPodMonitorsFollowSpecMonitoringWhereThePrometheusOperatorIs(t *testing.
 	createKezChat(t, missing, withPodMonitors)
 	waitFor[appsv1.Deployment](t, missing, "chat-server", nil)
 	waitForEvents(t, missing, "KezChat", "chat", ReasonPrometheusOperatorMissing)
+	waitForMonitoringCondition(t, missing, metav1.ConditionFalse, ReasonPrometheusOperatorMissing)
 
 	crds, err := envtest.InstallCRDs(testConfig, envtest.CRDInstallOptions{
 		Paths: []string{filepath.Join("testdata", "prometheus-operator-crds")}, ErrorIfPathMissing: true,
@@ -92,6 +113,8 @@ func TestPodMonitorsFollowSpecMonitoringWhereThePrometheusOperatorIs(t *testing.
 		return nil
 	})
 
+	waitForMonitoringCondition(t, ns, metav1.ConditionTrue, ReasonPodMonitorsApplied)
+
 	// Held as applied: reconciles send no PodMonitor write.
 	m.reconcileNow(t, kc)
 	mark := m.requests.mark()
@@ -103,6 +126,7 @@ func TestPodMonitorsFollowSpecMonitoringWhereThePrometheusOperatorIs(t *testing.
 	}
 
 	updateKezChat(t, ns, func(kc *chatv1.KezChat) { kc.Spec.Monitoring.PodMonitor.Enabled = false })
+	waitForMonitoringCondition(t, ns, "absent", "")
 	for _, name := range []string{"chat-server", "chat-nats", "chat-sig-server"} {
 		eventually(t, waitTimeout, "PodMonitor "+name+" deleted", func() error {
 			if _, err := get[monitoringv1.PodMonitor](ns, name); !apierrors.IsNotFound(err) {

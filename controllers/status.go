@@ -127,6 +127,9 @@ type observed struct {
 	// upgrade is the paced-upgrade decision; nil when the reconcile
 	// stopped before making one (the recorded one then stands).
 	upgrade *upgradeOutcome
+	// podMonitors is what became of spec.monitoring.podMonitor
+	// (monitoring.go).
+	podMonitors podMonitorOutcome
 }
 
 // computeStatus is the status kc should have after a reconcile that saw
@@ -148,6 +151,8 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 			Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen,
 		})
 	}
+
+	setMonitoringCondition(&st, gen, obs.podMonitors)
 
 	components := []struct {
 		condition string
