@@ -281,8 +281,8 @@ func load(ctx context.Context, base, sigBase string, duration time.Duration) err
 type dashboard struct {
 	Title  string `json:"title"`
 	Panels []struct {
-		Title   string `json:"title"`
-		GridPos struct{ X, Y, W, H int } `json:"gridPos"`
+		Title       string                   `json:"title"`
+		GridPos     struct{ X, Y, W, H int } `json:"gridPos"`
 		FieldConfig struct {
 			Defaults struct {
 				Unit string   `json:"unit"`
