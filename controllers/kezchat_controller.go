@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -389,7 +390,11 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 	// fills: parsing makes some 20 MB of garbage, which would otherwise
 	// land on top of the informers' first lists.
 	r.typeConverter()
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr)
+	if r.PrometheusOperator {
+		b = b.Owns(&monitoringv1.PodMonitor{})
+	}
+	return b.
 		// Status writes change neither generation nor annotations, so the
 		// operator's own status updates do not wake it.
 		For(&chatv1.KezChat{}, builder.WithPredicates(predicate.Or(

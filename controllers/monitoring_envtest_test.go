@@ -64,7 +64,7 @@ func waitForMonitoringCondition(t *testing.T, ns string, status metav1.Condition
 // TestPodMonitorsFollowSpecMonitoringWhereThePrometheusOperatorIs: without
 // the CRD, a KezChat asking for PodMonitors gets a Warning event and the
 // Monitoring condition False, and the rest of it reconciled; with it, one PodMonitor per component is made,
-// owned by the KezChat (Monitoring True), not applied again while it holds, and deleted
+// owned by the KezChat (Monitoring True), put back when deleted, not applied again while it holds, and deleted
 // when the spec stops asking, with the condition.
 func TestPodMonitorsFollowSpecMonitoringWhereThePrometheusOperatorIs(t *testing.T) {
 	if hasPodMonitorCRD(t) {
@@ -114,6 +114,21 @@ func TestPodMonitorsFollowSpecMonitoringWhereThePrometheusOperatorIs(t *testing.
 	})
 
 	waitForMonitoringCondition(t, ns, metav1.ConditionTrue, ReasonPodMonitorsApplied)
+
+	// A PodMonitor deleted by hand comes back (the operator watches them).
+	gone, err := get[monitoringv1.PodMonitor](ns, "chat-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Delete(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	waitFor[monitoringv1.PodMonitor](t, ns, "chat-server", func(pm *monitoringv1.PodMonitor) error {
+		if pm.UID == gone.UID {
+			return fmt.Errorf("not deleted yet")
+		}
+		return nil
+	})
 
 	// Held as applied: reconciles send no PodMonitor write.
 	m.reconcileNow(t, kc)
