@@ -1,8 +1,9 @@
 // Command dashboard-shot renders the Grafana dashboard's panels
 // (monitoring/dashboard.json) on real data into a PNG, without Grafana
 // (AGPL, not used here): it runs bin/kezchat's chat server (JetStream
-// store), sig-server and nats-exporter beside an in-process nats-server,
-// a real Prometheus (hack/tools/prometheus, `install-k8s-tools.sh
+// store), sig-server and nats-exporter beside an in-process nats-server
+// and a local push service (pushtest) every person subscribes to, a real
+// Prometheus (hack/tools/prometheus, `install-k8s-tools.sh
 // prometheus`) scraping them with the labels the PodMonitors give, puts a
 // chat load on them, queries every panel's expression over the run, and
 // draws the results as SVG in an HTML page that Debian's chromium
@@ -12,8 +13,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,7 +28,7 @@ import (
 	"io"
 	"log"
 	"math"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -37,8 +44,14 @@ import (
 
 	"kez.lat/chat/client"
 	"kez.lat/chat/monitoring"
+	"kez.lat/chat/server"
 	"kez.lat/chat/server/natstest"
+	"kez.lat/chat/server/push/pushtest"
+	"kez.lat/chat/server/signing"
 )
+
+// domain is the chat's name, which signed requests carry.
+const domain = "chat.example.org"
 
 func main() {
 	out := flag.String("out", "docs/monitoring-dashboard.png", "the PNG to write")
@@ -93,6 +106,31 @@ func run(out string, duration time.Duration, kezchat string) error {
 	}
 	defer nats.Shutdown()
 
+	// Web Push to a local push service (pushtest, which checks VAPID and
+	// decrypts): the server's VAPID key is made here so the service knows it.
+	const subject = "mailto:admin@example.org"
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	vapidPath := filepath.Join(dir, "vapid.pem")
+	if err := os.WriteFile(vapidPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	pushes, err := pushtest.NewServer(subject, &key.PublicKey)
+	if err != nil {
+		return err
+	}
+	defer pushes.Close()
+	go func() {
+		for range pushes.Received() {
+		}
+	}()
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var procs sync.WaitGroup
@@ -111,10 +149,10 @@ func run(out string, duration time.Duration, kezchat string) error {
 	exporter := freeAddr()
 	promAddr := freeAddr()
 	start("server", kezchat, "server", "--bind", chatAddr, "--metrics-bind", chatMetrics,
-		"--store", "jetstream", "--nats-url", nats.URL, "--domain", "chat.example.org",
+		"--store", "jetstream", "--nats-url", nats.URL, "--domain", domain,
 		"--register-rate", "0", "--send-rate", "0", "--handle-send-rate", "0",
 		"--max-streams-per-address", "0", "--max-connections-per-address", "0", "--max-connections", "400",
-		"--vapid-subject", "mailto:admin@example.org", "--vapid-key-path", filepath.Join(dir, "vapid.pem"))
+		"--vapid-subject", subject, "--vapid-key-path", vapidPath, "--push-allow-endpoint", pushes.Origin())
 	start("sig-server", kezchat, "sig-server", "--bind", sigAddr, "--metrics-bind", sigMetrics, "--db", filepath.Join(dir, "sig.db"))
 	start("nats-exporter", kezchat, "nats-exporter", "--nats-monitor-url", fmt.Sprintf("http://%s", nats.Server.MonitorAddr()), "--metrics-bind", exporter)
 
@@ -147,7 +185,7 @@ scrape_configs:
 	}
 	begin := time.Now()
 	log.Printf("load for %s", duration)
-	if err := load(ctx, base, "http://"+sigAddr, duration); err != nil {
+	if err := load(ctx, base, "http://"+sigAddr, pushes, duration); err != nil {
 		return err
 	}
 	time.Sleep(10 * time.Second) // the last scrapes
@@ -195,7 +233,7 @@ func waitHTTP(u string, timeout time.Duration) error {
 // load registers people, keeps most of them streaming, and sends messages
 // at a rate that rises and falls over the run, with a few sig-server
 // lookups.
-func load(ctx context.Context, base, sigBase string, duration time.Duration) error {
+func load(ctx context.Context, base, sigBase string, pushes *pushtest.Service, duration time.Duration) error {
 	c := client.New(base, nil)
 	const people = 60
 	ids := make([]*client.Identity, people)
@@ -208,6 +246,19 @@ func load(ctx context.Context, base, sigBase string, duration time.Duration) err
 			return fmt.Errorf("registering: %w", err)
 		}
 		ids[i] = id
+		// Every person's browser subscribes to Web Push; a few push
+		// services misbehave: one answers 500 for a while (retried, then
+		// failed), one says the subscription is gone (pruned).
+		sub := pushes.Subscribe()
+		if err := subscribePush(ctx, base, id, sub); err != nil {
+			return err
+		}
+		switch i {
+		case 3:
+			pushes.SetResponse(sub.Endpoint, http.StatusInternalServerError, 400)
+		case 7:
+			pushes.SetResponse(sub.Endpoint, http.StatusGone, 1)
+		}
 	}
 	runCtx, stop := context.WithTimeout(ctx, duration)
 	defer stop()
@@ -222,7 +273,7 @@ func load(ctx context.Context, base, sigBase string, duration time.Duration) err
 					time.Sleep(time.Second)
 					continue
 				}
-				stay := time.After(time.Duration(20+rand.IntN(60)) * time.Second)
+				stay := time.After(time.Duration(20+mrand.IntN(60)) * time.Second)
 				last := uint64(0)
 				done := make(chan struct{})
 				go func() {
@@ -244,7 +295,7 @@ func load(ctx context.Context, base, sigBase string, duration time.Duration) err
 				if last > 0 {
 					c.Ack(context.Background(), ids[i], last)
 				}
-				time.Sleep(time.Duration(rand.IntN(5)) * time.Second)
+				time.Sleep(time.Duration(mrand.IntN(5)) * time.Second)
 			}
 		})
 	}
@@ -257,7 +308,7 @@ func load(ctx context.Context, base, sigBase string, duration time.Duration) err
 				phase := float64(time.Since(begin)) / float64(duration)
 				rate := 4 + 16*math.Sin(math.Pi*phase) // per sender per second
 				time.Sleep(time.Duration(float64(time.Second) / rate))
-				from, to := ids[(s*7+rand.IntN(people))%people], rand.IntN(people)
+				from, to := ids[(s*7+mrand.IntN(people))%people], mrand.IntN(people)
 				if _, err := c.Send(runCtx, from, fmt.Sprintf("user%02d", to), "hello from the dashboard shot"); err == nil {
 					sent.Add(1)
 				}
@@ -275,6 +326,33 @@ func load(ctx context.Context, base, sigBase string, duration time.Duration) err
 	})
 	wg.Wait()
 	log.Printf("sent %d messages", sent.Load())
+	return nil
+}
+
+// subscribePush registers sub for id's handle, as the web app does: the
+// request is signed, and the signature names the endpoint.
+func subscribePush(ctx context.Context, base string, id *client.Identity, sub server.PushSubscriptionJSON) error {
+	path := "/v1/push/subscribe/" + id.Handle
+	auth, err := signing.SignRequest(id.Signer, domain, http.MethodPost, path, time.Now().Unix(), "endpoint="+sub.Endpoint)
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(sub)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-KEZ-Auth", auth)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		msg, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("subscribing %s: %s %s", id.Handle, resp.Status, msg)
+	}
 	return nil
 }
 
