@@ -196,6 +196,15 @@ k8s-tools:
 versitygw:
 	bash hack/tools/install-k8s-tools.sh versitygw
 
+# dashboard-shot: docs/monitoring-dashboard.png, the Grafana dashboard's
+# panels (monitoring/dashboard.json) drawn from a real Prometheus scraping
+# kezchat under load (hack/dashboard-shot; Prometheus built into the tool
+# cache like the rest). Not part of `make test`.
+.PHONY: dashboard-shot
+dashboard-shot:
+	bash hack/tools/install-k8s-tools.sh prometheus
+	$(GO) run ./hack/dashboard-shot --out docs/monitoring-dashboard.png $(DASHBOARD_SHOT_ARGS)
+
 # Centrifugo, the real-time server `make bench-anchor` measures kezchat
 # against, built the same way into the same cache. Only that bench needs it:
 # k8s-tools (and so CI) does not build it.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -22,6 +23,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+
+	"kez.lat/chat/monitoring"
 )
 
 const chart = "kez-chat-operator"
@@ -155,6 +159,7 @@ func TestChartLints(t *testing.T) {
 		nil,
 		{"rbac.scope=namespace", "rbac.watchNamespaces={team-a,team-b}"},
 		{"kezChat.enabled=true", "serviceMonitor.enabled=true", "crds.install=false"},
+		{"prometheusRule.enabled=true", "grafanaDashboard.enabled=true"},
 	} {
 		args := []string{"lint", "--strict", chart}
 		for _, s := range set {
@@ -383,6 +388,33 @@ func TestChartOptions(t *testing.T) {
 			if svc.GetLabels()[k] != v {
 				t.Errorf("ServiceMonitor selects %s=%s; the metrics Service has %v", k, v, svc.GetLabels())
 			}
+		}
+	})
+	t.Run("prometheusRule and grafanaDashboard", func(t *testing.T) {
+		if objs := render(t); find(objs, "PrometheusRule", "kc-kez-chat-operator-kez-chat") != nil ||
+			find(objs, "ConfigMap", "kc-kez-chat-operator-dashboard") != nil {
+			t.Errorf("rules or dashboard by default: %q", kinds(objs))
+		}
+		objs := render(t, "prometheusRule.enabled=true", "prometheusRule.labels.release=prom",
+			"grafanaDashboard.enabled=true", "grafanaDashboard.namespace=grafana")
+		rule := find(objs, "PrometheusRule", "kc-kez-chat-operator-kez-chat")
+		if rule == nil {
+			t.Fatalf("no PrometheusRule: %q", kinds(objs))
+		}
+		var want map[string]any
+		if err := yaml.Unmarshal(monitoring.Rules, &want); err != nil {
+			t.Fatal(err)
+		}
+		if spec := rule.Object["spec"]; !reflect.DeepEqual(spec, want) || rule.GetLabels()["release"] != "prom" {
+			t.Errorf("PrometheusRule labels %v, spec is monitoring/rules.yaml: %v", rule.GetLabels(), reflect.DeepEqual(spec, want))
+		}
+		cm := find(objs, "ConfigMap", "kc-kez-chat-operator-dashboard")
+		if cm == nil {
+			t.Fatalf("no dashboard ConfigMap: %q", kinds(objs))
+		}
+		data, _, _ := unstructured.NestedString(cm.Object, "data", "kez-chat.json")
+		if cm.GetLabels()["grafana_dashboard"] != "1" || cm.GetNamespace() != "grafana" || data != strings.TrimSuffix(string(monitoring.Dashboard), "\n") {
+			t.Errorf("dashboard ConfigMap in %s labelled %v; holds monitoring/dashboard.json: %v", cm.GetNamespace(), cm.GetLabels(), data == string(monitoring.Dashboard))
 		}
 	})
 	t.Run("kezChat", func(t *testing.T) {

@@ -123,8 +123,9 @@ func fromEdge(kc *chatv1.KezChat) []networkingv1.NetworkPolicyPeer {
 }
 
 // serverNetworkPolicy admits the chat server's HTTP port from the ingress
-// controller and the Gateways' data plane only, so that no other tenant of the cluster reaches it (or
-// forges X-Forwarded-For), and its metrics port to scrapers.
+// controller and the Gateways' data plane only, so that no other tenant
+// of the cluster reaches it (or forges X-Forwarded-For), and its metrics
+// port to the scrapers' namespace (spec.monitoring.scraperNamespace).
 func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).server(), Namespace: kc.Namespace, Labels: labels(kc, componentServer)},
@@ -133,7 +134,7 @@ func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
 			Ingress: []networkingv1.NetworkPolicyIngressRule{
 				{From: fromEdge(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverPort)}},
-				{Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverMetricsPort)}},
+				{From: fromScrapers(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(serverMetricsPort)}},
 			},
 		},
 	}
@@ -162,6 +163,9 @@ func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	if kc.Spec.NATS.WebSocket {
 		rules = append(rules, networkingv1.NetworkPolicyIngressRule{From: fromEdge(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsWebSocketPort)}})
 	}
+	if kc.Spec.Monitoring != nil {
+		rules = append(rules, networkingv1.NetworkPolicyIngressRule{From: fromScrapers(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsExporterPort)}})
+	}
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).nats(), Namespace: kc.Namespace, Labels: labels(kc, componentNATS)},
 		Spec: networkingv1.NetworkPolicySpec{
@@ -176,7 +180,7 @@ func natsNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 // server and, when the Ingress or the HTTPRoute routes /v1/keys to it,
 // from the ingress controller and the Gateways' data plane (every write is signed by the identity's primary key, and
 // reads are public by design); and its metrics port, like the chat
-// server's, to scrapers.
+// server's, to the scrapers' namespace.
 func sigServerNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 	api := networkingv1.NetworkPolicyIngressRule{
 		From:  []networkingv1.NetworkPolicyPeer{fromPods(kc, componentServer)},
@@ -196,7 +200,7 @@ func sigServerNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
 			Ingress: []networkingv1.NetworkPolicyIngressRule{
 				api,
-				{Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigMetricsPort)}},
+				{From: fromScrapers(kc), Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigMetricsPort)}},
 			},
 		},
 	}

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"sync"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -350,6 +351,12 @@ func (r *KezChatReconciler) typeConverter() managedfields.TypeConverter {
 			builtin: applyconfigurations.NewTypeConverter(r.Scheme),
 			groups: map[string]managedfields.TypeConverter{
 				gatewayv1.GroupName: gatewayapplyconfiguration.NewTypeConverter(r.Scheme),
+				// client-go has no schema of the Prometheus Operator's
+				// kinds: they are compared with one deduced from the
+				// object. Its field sets need not match the API server's,
+				// which then costs one apply that changes nothing, after
+				// which the applied version is remembered.
+				monitoringv1.SchemeGroupVersion.Group: managedfields.NewDeducedTypeConverter(),
 			},
 		}
 	})

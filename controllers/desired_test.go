@@ -517,15 +517,15 @@ func TestNetworkPoliciesAdmitOnlyWhatEachPartNeeds(t *testing.T) {
 		open  []int32
 		peers []string
 	}{
-		{"server: HTTP from the ingress controller's namespace, metrics from anywhere", serverNetworkPolicy, func(*chatv1.KezChat) {}, []int32{serverMetricsPort}, []string{"ns:ingress-nginx"}},
-		{"server: HTTP from the controller's own pods", serverNetworkPolicy, controllerPods, []int32{serverMetricsPort}, []string{"ns:traefik/traefik"}},
-		{"server: HTTP from anywhere without an Ingress", serverNetworkPolicy, noIngress, []int32{serverPort, serverMetricsPort}, nil},
-		{"server: HTTP from anywhere with the namespace *", serverNetworkPolicy, anyNamespace, []int32{serverPort, serverMetricsPort}, nil},
+		{"server: HTTP from the ingress controller's namespace, metrics from the monitoring namespace", serverNetworkPolicy, func(*chatv1.KezChat) {}, nil, []string{"ns:ingress-nginx", "ns:monitoring"}},
+		{"server: HTTP from the controller's own pods", serverNetworkPolicy, controllerPods, nil, []string{"ns:monitoring", "ns:traefik/traefik"}},
+		{"server: HTTP from anywhere without an Ingress", serverNetworkPolicy, noIngress, []int32{serverPort}, []string{"ns:monitoring"}},
+		{"server: HTTP from anywhere with the namespace *", serverNetworkPolicy, anyNamespace, []int32{serverPort}, []string{"ns:monitoring"}},
 		{"NATS: clients from the server, routes from NATS", natsNetworkPolicy, func(*chatv1.KezChat) {}, nil, []string{componentNATS, componentServer}},
 		{"NATS: clients from the backup Jobs too on JetStream", natsNetworkPolicy, func(kc *chatv1.KezChat) { kc.Spec.Server.Store = chatv1.StoreJetStream }, nil, []string{componentBackup, componentNATS, componentServer}},
 		{"NATS: WebSocket from the ingress controller when on", natsNetworkPolicy, websocket, nil, []string{componentNATS, "ns:ingress-nginx", componentServer}},
-		{"sig-server: API from the server only without an Ingress", sigServerNetworkPolicy, noIngress, []int32{sigMetricsPort}, []string{componentServer}},
-		{"sig-server: API from the server and the ingress controller when the Ingress routes /v1/keys", sigServerNetworkPolicy, func(*chatv1.KezChat) {}, []int32{sigMetricsPort}, []string{"ns:ingress-nginx", componentServer}},
+		{"sig-server: API from the server only without an Ingress", sigServerNetworkPolicy, noIngress, nil, []string{"ns:monitoring", componentServer}},
+		{"sig-server: API from the server and the ingress controller when the Ingress routes /v1/keys", sigServerNetworkPolicy, func(*chatv1.KezChat) {}, nil, []string{"ns:ingress-nginx", "ns:monitoring", componentServer}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -84,6 +85,9 @@ type KezChatReconciler struct {
 	// PlatformAssignsUID leaves the pods' uid, gid and fsGroup to the
 	// platform (OpenShift's restricted SCC).
 	PlatformAssignsUID bool
+	// PrometheusOperator says the cluster serves PodMonitors
+	// (HasPodMonitorCRD), which spec.monitoring.podMonitor makes.
+	PrometheusOperator bool
 
 	// converter compares what the cache holds with what apply would send
 	// (apply.go).
@@ -273,6 +277,9 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			return obs, ctrl.Result{}, err
 		}
 	}
+	if obs.podMonitors, err = r.applyPodMonitors(ctx, kc); err != nil {
+		return obs, ctrl.Result{}, err
+	}
 
 	n := namesOf(kc)
 	if obs.server, err = r.observeDeployment(ctx, kc, n.server(), kc.Spec.Server.ReplicaCount()); err != nil {
@@ -421,6 +428,9 @@ func (r *KezChatReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		WatchesRawSource(userSecrets)
 	if r.gatewayAPI {
 		b = b.Owns(&gatewayv1.HTTPRoute{})
+	}
+	if r.PrometheusOperator {
+		b = b.Owns(&monitoringv1.PodMonitor{})
 	}
 	return b.WithOptions(opts).
 		Named("kezchat").

@@ -104,7 +104,7 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 	if spec.WebSocket {
 		ports = append(ports, corev1.ContainerPort{Name: "websocket", ContainerPort: natsWebSocketPort, Protocol: corev1.ProtocolTCP})
 	}
-	return &appsv1.StatefulSet{
+	sts := &appsv1.StatefulSet{
 		ObjectMeta: metav1.ObjectMeta{Name: n.nats(), Namespace: kc.Namespace, Labels: labels(kc, componentNATS)},
 		Spec: appsv1.StatefulSetSpec{
 			Replicas:    ptr.To(spec.ReplicaCount()),
@@ -177,6 +177,11 @@ func natsStatefulSet(kc *chatv1.KezChat, in Inputs) *appsv1.StatefulSet {
 			},
 		},
 	}
+	if kc.Spec.Monitoring != nil {
+		pod := &sts.Spec.Template.Spec
+		pod.Containers = append(pod.Containers, natsExporterContainer(kc, in))
+	}
+	return sts
 }
 
 // natsProbe checks path on NATS's monitor port with the timings of the

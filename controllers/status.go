@@ -129,6 +129,9 @@ type observed struct {
 	upgrade *upgradeOutcome
 	// route is the HTTPRoute's state; nil when kc asks for none.
 	route *routeState
+	// podMonitors is what became of spec.monitoring.podMonitor
+	// (monitoring.go).
+	podMonitors podMonitorOutcome
 }
 
 // computeStatus is the status kc should have after a reconcile that saw
@@ -150,6 +153,8 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 			Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen,
 		})
 	}
+
+	setMonitoringCondition(&st, gen, obs.podMonitors)
 
 	components := []struct {
 		condition string

@@ -145,7 +145,7 @@ func (s *Service) checkBatchDocument(ctx context.Context, sender *User, doc sign
 	if err != nil {
 		return nil, fmt.Errorf("encoding envelope: %w", err)
 	}
-	return &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg, Blobs: p.Blobs}, nil
+	return &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg, Blobs: p.Blobs, AcceptedAt: time.Now()}, nil
 }
 
 // signatureBytes is the size of a signature of every suite (ed25519,

@@ -28,6 +28,11 @@ type Envelope struct {
 	// Message is {"payload": <canonical JSON>, "signature": {...}}; the
 	// recipient verifies it itself.
 	Message json.RawMessage `json:"message"`
+	// AcceptedAt is when this process took the envelope to store it (with
+	// the monotonic clock, unlike ReceivedAt's seconds), for the delivery
+	// latency metric; zero for envelopes read back from the store or
+	// published by another replica.
+	AcceptedAt time.Time `json:"-"`
 }
 
 // MarshalJSON writes received_at as Unix seconds, like every timestamp of

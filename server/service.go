@@ -275,7 +275,7 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 		return Receipt{}, false, &Error{Code: CodeSenderQuota, RetryAfter: wait,
 			Message: fmt.Sprintf("%s has stored its day's quota of message bytes; wait %s", p.From, wait.Round(time.Second))}
 	}
-	e := &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg, Blobs: p.Blobs}
+	e := &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg, Blobs: p.Blobs, AcceptedAt: time.Now()}
 	dup, err := s.store.AppendMessage(ctx, e, InboxLimits{MaxPending: s.cfg.MaxPending, MaxPendingBytes: s.cfg.MaxPendingBytes})
 	if err != nil || dup {
 		s.SenderQuota.Refund(p.From, size)

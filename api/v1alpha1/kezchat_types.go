@@ -110,6 +110,12 @@ type KezChatSpec struct {
 	// +optional
 	Backup *BackupSpec `json:"backup,omitempty"`
 
+	// Monitoring is how Prometheus scrapes the instance (monitoring_types.go).
+	// Unset: no NATS exporter, no PodMonitors, metrics ports open to the
+	// "monitoring" namespace only.
+	// +optional
+	Monitoring *MonitoringSpec `json:"monitoring,omitempty"`
+
 	// Bootstrap restores a new KezChat from a backup. It is set only when
 	// the KezChat is created, and never changes.
 	// +optional

@@ -33,6 +33,7 @@ var commands = map[string]subcommand{
 	"server":        {runServer, "run the chat server"},
 	"operator":      {runOperator, "run the KezChat Kubernetes operator"},
 	"sig-server":    {runSigServer, "run the sig-server, the signed directory of identities' keys"},
+	"nats-exporter": {runNATSExporter, "serve a nats-server's monitoring endpoint as Prometheus metrics"},
 	"keys":          {runKeys, "publish, add a device to, or revoke from the identity's key document"},
 	"keygen":        {runKeygen, "create an identity (signing and encryption keys)"},
 	"register":      {runRegister, "register a handle for the identity"},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"io"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -111,6 +113,9 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	if err := gatewayv1.Install(scheme); err != nil {
 		return err
 	}
+	if err := monitoringv1.AddToScheme(scheme); err != nil {
+		return err
+	}
 	var namespaces []string
 	for _, ns := range strings.Split(f.namespaces, ",") {
 		if ns = strings.TrimSpace(ns); ns != "" {
@@ -131,6 +136,11 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	if err != nil {
 		return fmt.Errorf("creating the controller manager: %w", err)
 	}
+	// PodMonitors only where the Prometheus Operator's CRDs are: asked once.
+	promOperator, err := controllers.HasPodMonitorCRD(mgr.GetRESTMapper())
+	if err != nil {
+		return fmt.Errorf("looking for the PodMonitor CRD: %w", err)
+	}
 	r := &controllers.KezChatReconciler{
 		Client:             mgr.GetClient(),
 		APIReader:          mgr.GetAPIReader(),
@@ -139,6 +149,7 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 		DefaultImage:       f.image,
 		Namespaces:         namespaces,
 		PlatformAssignsUID: f.platformAssignsUID,
+		PrometheusOperator: promOperator,
 
 		MaxConcurrentUpgrades: &f.maxUpgrades,
 		UpgradeTimeout:        f.upgradeTimeout,
@@ -149,6 +160,10 @@ func runManager(ctx context.Context, cfg *rest.Config, f operatorFlags) error {
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: f.maxConcurrent}); err != nil {
 		return fmt.Errorf("setting up the KezChat controller: %w", err)
+	}
+	// The age of each KezChat's last backup, for the backup alert.
+	if err := ctrlmetrics.Registry.Register(controllers.BackupMetrics{Reader: mgr.GetClient()}); err != nil {
+		return fmt.Errorf("registering backup metrics: %w", err)
 	}
 	backups := &controllers.KezChatBackupReconciler{
 		Client:             mgr.GetClient(),

@@ -193,6 +193,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		registerWriterMetrics(s.Metrics, js)
 	}
 	registerStorageMetrics(s.Metrics, s.Store)
+	registerLimitMetrics(s.Metrics, cfg.MaxConnections)
 	s.Service = server.NewService(cfg.Service, s.Store, broker, log)
 	s.Service.SendLimiter = cfg.HandleSendLimit.limiter()
 	s.Service.TypingLimiter = cfg.TypingLimit.limiter()

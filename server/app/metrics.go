@@ -87,3 +87,16 @@ func registerStorageMetrics(reg prometheus.Registerer, store any) {
 		}, func() float64 { _, io := h.WriteFailures(); return float64(io) }),
 	)
 }
+
+// registerLimitMetrics exports the connection cap, which every open inbox
+// stream counts against, so that an alert can compare kezchat_open_streams
+// with it.
+func registerLimitMetrics(reg prometheus.Registerer, maxConnections int) {
+	if maxConnections <= 0 {
+		return
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kezchat_max_connections",
+		Help: "HTTP connections the chat server serves at once (--max-connections); each open inbox stream holds one.",
+	}, func() float64 { return float64(maxConnections) }))
+}

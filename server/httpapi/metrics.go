@@ -71,6 +71,10 @@ type metrics struct {
 	authFailures  prometheus.Counter
 	rateLimited   prometheus.Counter
 	slowConsumers prometheus.Counter
+	// deliveryLatency times a message from its POST's acceptance to its
+	// frame on an open stream of the recipient, for messages this replica
+	// accepted and streams it holds.
+	deliveryLatency prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, svc *server.Service) *metrics {
@@ -88,8 +92,13 @@ func newMetrics(reg prometheus.Registerer, svc *server.Service) *metrics {
 			Name: "kezchat_stream_slow_consumers_total",
 			Help: "Streams disconnected because their reader fell behind.",
 		}),
+		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kezchat_delivery_latency_seconds",
+			Help:    "Time from accepting a message to writing it to an open stream of its recipient on the same replica (catch-up after a reconnect and other replicas' messages excluded).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
 	}
-	reg.MustRegister(m.authFailures, m.rateLimited, m.slowConsumers,
+	reg.MustRegister(m.authFailures, m.rateLimited, m.slowConsumers, m.deliveryLatency,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kezchat_open_streams",
 			Help: "Inbox streams open on this replica.",

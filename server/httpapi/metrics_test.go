@@ -46,7 +46,7 @@ func value(m *dto.Metric) float64 {
 	return 0
 }
 
-func TestMetricsCountRequestsByRouteStreamsAndStoredMessages(t *testing.T) {
+func TestMetricsCountRequestsByRouteStreamsStoredMessagesAndLiveDeliveries(t *testing.T) {
 	srv := testutil.StartServer(t, testutil.Options{})
 	c, alice, bob := chatPair(t, srv)
 	ctx := context.Background()
@@ -61,16 +61,25 @@ func TestMetricsCountRequestsByRouteStreamsAndStoredMessages(t *testing.T) {
 	if _, err := st.Next(); err != nil {
 		t.Fatal(err)
 	}
+	// The first message came by catch-up from the store, untimed; this one
+	// live, timed from its POST to its frame.
+	if _, err := c.Send(ctx, alice, "bob", "again"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Next(); err != nil {
+		t.Fatal(err)
+	}
 	checks := []struct {
 		name   string
 		labels map[string]string
 		want   float64
 	}{
 		{"kezchat_http_requests_total", map[string]string{"route": "POST /v1/register", "code": "201"}, 2},
-		{"kezchat_http_requests_total", map[string]string{"route": "POST /v1/messages", "code": "201"}, 1},
-		{"kezchat_http_request_duration_seconds", map[string]string{"route": "POST /v1/messages"}, 1},
+		{"kezchat_http_requests_total", map[string]string{"route": "POST /v1/messages", "code": "201"}, 2},
+		{"kezchat_http_request_duration_seconds", map[string]string{"route": "POST /v1/messages"}, 2},
 		{"kezchat_open_streams", nil, 1},
-		{"kezchat_messages_stored_total", nil, 1},
+		{"kezchat_messages_stored_total", nil, 2},
+		{"kezchat_delivery_latency_seconds", nil, 1},
 	}
 	for _, c := range checks {
 		if got, ok := metricValue(t, srv.Metrics, c.name, c.labels); !ok || got != c.want {

@@ -195,6 +195,7 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 		switch {
 		case err == nil:
 			frame, pooled = appendStreamEvent(getFrame(), e, t), true
+			s.observeDelivery(e)
 			// What came meanwhile goes in the same write: a burst (a group's
 			// messages, a catch-up) costs one syscall, not one per event.
 			for len(frame) < maxCoalescedFrame {
@@ -203,6 +204,7 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 					break
 				}
 				frame = appendStreamEvent(frame, e, t)
+				s.observeDelivery(e)
 			}
 		case errors.Is(err, server.ErrIdle) && ctx.Err() == nil:
 			frame = []byte(keepAlive)
@@ -222,6 +224,14 @@ func (s *Server) pump(ctx context.Context, st *server.Stream, sess *server.Sessi
 		if werr != nil {
 			return
 		}
+	}
+}
+
+// observeDelivery times e (nil for a typing event) from its acceptance on
+// this replica to its frame.
+func (s *Server) observeDelivery(e *server.Envelope) {
+	if e != nil && !e.AcceptedAt.IsZero() {
+		s.metrics.deliveryLatency.Observe(time.Since(e.AcceptedAt).Seconds())
 	}
 }
 

@@ -40,6 +40,9 @@ type Options struct {
 	// MaxPending bounds what the server buffers for one client (nats-server's
 	// default when zero).
 	MaxPending int64
+	// Monitor serves nats-server's HTTP monitoring endpoints (/varz,
+	// /jsz, /healthz) on a free loopback port: Server.MonitorAddr().
+	Monitor bool
 }
 
 // Server is one nats-server.
@@ -197,7 +200,7 @@ func serverOptions(o Options, name, dir string) (*natsserver.Options, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &natsserver.Options{
+	opts := &natsserver.Options{
 		ServerName: name,
 		Host:       "127.0.0.1",
 		Port:       port,
@@ -207,7 +210,14 @@ func serverOptions(o Options, name, dir string) (*natsserver.Options, error) {
 		NoSigs:     true,
 		SyncAlways: o.SyncAlways,
 		MaxPending: o.MaxPending,
-	}, nil
+	}
+	if o.Monitor {
+		if opts.HTTPPort, err = FreePort(); err != nil {
+			return nil, err
+		}
+		opts.HTTPHost = "127.0.0.1"
+	}
+	return opts, nil
 }
 
 // startServer starts a server and waits until it takes connections.
