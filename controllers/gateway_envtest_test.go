@@ -200,7 +200,7 @@ func TestKezChatWithGatewayOnAClusterWithoutGatewayAPIIsMadeAndSaysSo(t *testing
 			return c.Get(ctx, types.NamespacedName{Namespace: ns, Name: obj.GetName()}, obj)
 		})
 		if np, ok := obj.(*networkingv1.NetworkPolicy); ok {
-			if _, peers := openPorts(np); !slices.Equal(peers, []string{"ns:gateways", "ns:ingress-nginx"}) {
+			if _, peers := openPorts(np); !slices.Equal(peers, []string{"ns:gateways", "ns:ingress-nginx", "ns:monitoring"}) {
 				t.Errorf("the server's policy admits %q", peers)
 			}
 		}

@@ -180,33 +180,33 @@ func TestNetworkPoliciesAdmitTheGatewayDataPlane(t *testing.T) {
 		peers []string
 	}{
 		{"server: HTTP from the Gateway's namespace without an Ingress", serverNetworkPolicy, gatewayOnly,
-			[]int32{serverMetricsPort}, []string{"ns:gateways"}},
+			nil, []string{"ns:gateways", "ns:monitoring"}},
 		{"server: HTTP from the ingress controller and the Gateway", serverNetworkPolicy, withGateway,
-			[]int32{serverMetricsPort}, []string{"ns:gateways", "ns:ingress-nginx"}},
+			nil, []string{"ns:gateways", "ns:ingress-nginx", "ns:monitoring"}},
 		{"server: a Gateway named without a namespace is in the KezChat's", serverNetworkPolicy, func(kc *chatv1.KezChat) {
 			gatewayOnly(kc)
 			kc.Spec.Gateway.ParentRefs = append(kc.Spec.Gateway.ParentRefs, gatewayv1.ParentReference{Name: "local"},
 				gatewayv1.ParentReference{Name: "other", Namespace: ptr.To[gatewayv1.Namespace]("gateways")})
-		}, []int32{serverMetricsPort}, []string{"ns:gateways", "ns:team"}},
+		}, nil, []string{"ns:gateways", "ns:monitoring", "ns:team"}},
 		{"server: the data plane's namespace and pods when given", serverNetworkPolicy, func(kc *chatv1.KezChat) {
 			gatewayOnly(kc)
 			kc.Spec.Gateway.ControllerNamespace = "envoy-gateway-system"
 			kc.Spec.Gateway.ControllerPodLabels = map[string]string{"app.kubernetes.io/name": "envoy"}
-		}, []int32{serverMetricsPort}, []string{"ns:envoy-gateway-system/envoy"}},
+		}, nil, []string{"ns:envoy-gateway-system/envoy", "ns:monitoring"}},
 		{"server: HTTP from anywhere with the Gateway's namespace *", serverNetworkPolicy, func(kc *chatv1.KezChat) {
 			withGateway(kc)
 			kc.Spec.Gateway.ControllerNamespace = "*"
-		}, []int32{serverPort, serverMetricsPort}, nil},
+		}, []int32{serverPort}, []string{"ns:monitoring"}},
 		{"server: HTTP from anywhere with the Ingress's namespace *", serverNetworkPolicy, func(kc *chatv1.KezChat) {
 			withGateway(kc)
 			kc.Spec.Ingress.ControllerNamespace = "*"
-		}, []int32{serverPort, serverMetricsPort}, nil},
+		}, []int32{serverPort}, []string{"ns:monitoring"}},
 		{"server: a disabled gateway admits nothing more", serverNetworkPolicy, func(kc *chatv1.KezChat) {
 			withGateway(kc)
 			kc.Spec.Gateway.Enabled = ptr.To(false)
-		}, []int32{serverMetricsPort}, []string{"ns:ingress-nginx"}},
+		}, nil, []string{"ns:ingress-nginx", "ns:monitoring"}},
 		{"sig-server: API from the server and the Gateway when the route has /v1/keys", sigServerNetworkPolicy, gatewayOnly,
-			[]int32{sigMetricsPort}, []string{"ns:gateways", componentServer}},
+			nil, []string{"ns:gateways", "ns:monitoring", componentServer}},
 		{"NATS: WebSocket from the Gateway when on", natsNetworkPolicy, func(kc *chatv1.KezChat) {
 			gatewayOnly(kc)
 			kc.Spec.NATS.WebSocket = true
