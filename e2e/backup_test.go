@@ -54,7 +54,7 @@ func TestBackupDeleteAndRestoreIntoANewKezChat(t *testing.T) {
       path: chats/alpha
       credentialsSecret:
         name: s3`, s3.Endpoint, s3.Bucket)
-	apply(t, c, fmt.Sprintf(`apiVersion: chat.kez.lat/v1alpha1
+	c.apply(t, backupNS, fmt.Sprintf(`apiVersion: chat.kez.lat/v1alpha1
 kind: KezChat
 metadata:
   name: alpha
@@ -96,7 +96,7 @@ spec:
 	vapid := c.kezChat(t, backupNS, "alpha").Status.VAPIDPublicKey
 
 	// An on-demand backup, as a cluster admin asks for one.
-	apply(t, c, `apiVersion: chat.kez.lat/v1alpha1
+	c.apply(t, backupNS, `apiVersion: chat.kez.lat/v1alpha1
 kind: KezChatBackup
 metadata:
   name: alpha-first
@@ -139,7 +139,7 @@ spec:
 	// but the new one starts from the backup alone: fresh volumes).
 	c.run(t, "kubectl", "delete", "--namespace", backupNS, "kezchat/alpha", "--wait=true", kubectlLimit)
 
-	apply(t, c, fmt.Sprintf(`apiVersion: chat.kez.lat/v1alpha1
+	c.apply(t, backupNS, fmt.Sprintf(`apiVersion: chat.kez.lat/v1alpha1
 kind: KezChat
 metadata:
   name: beta
@@ -191,13 +191,15 @@ spec:
 	}
 }
 
-func apply(t *testing.T, c *cluster, manifest string) {
+// apply writes manifest to a file and applies it in ns with kubectl, as a
+// user would.
+func (c *cluster) apply(t *testing.T, ns, manifest string) {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "manifest.yaml")
 	if err := os.WriteFile(f, []byte(manifest), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.run(t, "kubectl", "apply", "--namespace", backupNS, "-f", f)
+	c.run(t, "kubectl", "apply", "--namespace", ns, "-f", f)
 }
 
 // startInstance runs the sig-server and the chat server of KezChat name

@@ -18,7 +18,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kez "kez.lat/chat/client"
-	"kez.lat/chat/server/testutil"
 )
 
 const imageNS = "chat-image"
@@ -53,8 +52,7 @@ func TestTheImageRunsTheOperatorsPodsUnderRunc(t *testing.T) {
 	c.waitEstablished(t, "kezchats.chat.kez.lat", "kezchatbackups.chat.kez.lat")
 	c.runOperator(t, bin)
 	c.run(t, "kubectl", "create", "namespace", imageNS)
-	manifest := filepath.Join(t.TempDir(), "solo.yaml")
-	if err := os.WriteFile(manifest, []byte(`apiVersion: chat.kez.lat/v1alpha1
+	c.apply(t, imageNS, `apiVersion: chat.kez.lat/v1alpha1
 kind: KezChat
 metadata:
   name: solo
@@ -62,10 +60,7 @@ spec:
   domain: chat.example.org
   nats:
     enabled: false
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.run(t, "kubectl", "apply", "--namespace", imageNS, "-f", manifest)
+`)
 	c.waitReady(t, imageNS, "solo")
 
 	local := newLocalPods(t, c, bin)
@@ -176,17 +171,7 @@ func startRunc(t *testing.T, ctx context.Context, pods *runcPods, spec *corev1.P
 	pods.running[name] = append(pods.running[name], stop)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	hc := pods.netns.httpClient()
-	testutil.WaitFor(t, time.Minute, name+" ready under runc", func() error {
-		res, err := hc.Get(url + "/v1/readyz")
-		if err != nil {
-			return err
-		}
-		res.Body.Close()
-		if res.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz %d", res.StatusCode)
-		}
-		return nil
-	})
+	waitReadyzVia(t, hc, time.Minute, name+" ready under runc", url+"/v1/readyz")
 	// What the kernel says the server runs with: the pod's uid and
 	// groups, no capability, no_new_privs, a seccomp filter, a read-only
 	// root.

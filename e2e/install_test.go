@@ -79,8 +79,14 @@ func (c *cluster) runOperator(t *testing.T, bin string) {
 // waitReadyz waits until url answers 200 OK.
 func waitReadyz(t *testing.T, timeout time.Duration, what, url string) {
 	t.Helper()
+	waitReadyzVia(t, http.DefaultClient, timeout, what, url)
+}
+
+// waitReadyzVia waits until url answers 200 OK to hc.
+func waitReadyzVia(t *testing.T, hc *http.Client, timeout time.Duration, what, url string) {
+	t.Helper()
 	eventually(t, timeout, what, func() error {
-		res, err := http.Get(url)
+		res, err := hc.Get(url)
 		if err != nil {
 			return err
 		}

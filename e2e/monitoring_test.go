@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
@@ -32,8 +30,7 @@ func TestKezChatMonitorsOnALocalControlPlane(t *testing.T) {
 
 	const ns, name = "watched", "watched"
 	c.run(t, "kubectl", "create", "namespace", ns)
-	manifest := filepath.Join(t.TempDir(), "watched.yaml")
-	if err := os.WriteFile(manifest, []byte(`apiVersion: chat.kez.lat/v1alpha1
+	c.apply(t, ns, `apiVersion: chat.kez.lat/v1alpha1
 kind: KezChat
 metadata:
   name: watched
@@ -45,10 +42,7 @@ spec:
       labels:
         release: kube-prometheus-stack
     scraperNamespace: prometheus
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.run(t, "kubectl", "apply", "--namespace", ns, "-f", manifest)
+`)
 	kc := c.waitReady(t, ns, name)
 	if !meta.IsStatusConditionTrue(kc.Status.Conditions, "Monitoring") {
 		t.Errorf("the Monitoring condition: %+v", meta.FindStatusCondition(kc.Status.Conditions, "Monitoring"))

@@ -402,8 +402,7 @@ func TestARealNodeRunsAKezChatFromTheRegistry(t *testing.T) {
 			t.Logf("pods on the real node:\n%s", tail([]byte(out), 6000))
 		}
 	})
-	manifest := filepath.Join(t.TempDir(), "real.yaml")
-	if err := os.WriteFile(manifest, []byte(fmt.Sprintf(`apiVersion: chat.kez.lat/v1alpha1
+	c.apply(t, nodeNS, fmt.Sprintf(`apiVersion: chat.kez.lat/v1alpha1
 kind: KezChat
 metadata:
   name: real
@@ -419,10 +418,7 @@ spec:
       kubernetes.io/hostname: %s
     storage:
       storageClassName: %s
-`, ref, realNode, realNodeStorage)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.run(t, "kubectl", "apply", "--namespace", nodeNS, "-f", manifest)
+`, ref, realNode, realNodeStorage))
 	c.waitReady(t, nodeNS, "real")
 
 	var pods corev1.PodList
