@@ -60,7 +60,7 @@ func startNode(t *testing.T, c *cluster, reg string) *node {
 			t.Fatalf("%s is missing (Debian's runc, util-linux and containernetworking-plugins; .ci/run installs them)", bin)
 		}
 	}
-	for _, bin := range []string{"kubelet", "containerd", "containerd-shim-runc-v2"} {
+	for _, bin := range []string{"kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2"} {
 		if _, err := os.Stat(filepath.Join(c.bin, bin)); err != nil {
 			t.Fatalf("no %s in %s: run `make k8s-tools`", bin, c.bin)
 		}
@@ -140,6 +140,27 @@ state = "%[1]s/containerd-state"
 		// cgroup v1 here: the kubelet must be told it may run on it.
 		// Swap, disk pressure and node allocatable are the machine's
 		// business, not the test's.
+		// Services by iptables in the node's namespace. Conntrack limits
+		// are the machine's (maxPerCore 0 leaves them), and NodePorts
+		// stay off loopback (no route_localnet sysctl).
+		"kube-proxy.yaml": fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: %[1]s
+mode: iptables
+hostnameOverride: %[2]s
+clusterCIDR: 10.88.0.0/24
+bindAddress: %[3]s
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+iptables:
+  localhostNodePorts: false
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+`, c.kubeconfig, realNode, realNodeIP),
 		"kubelet.yaml": fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
@@ -181,6 +202,8 @@ podLogsDir: %[1]s/logs
 		filepath.Join(c.bin, "kubelet"), "--config", filepath.Join(n.root, "kubelet.yaml"),
 		"--kubeconfig", c.kubeconfig, "--root-dir", filepath.Join(n.root, "kubelet"),
 		"--hostname-override", realNode, "--node-ip", realNodeIP, "--node-labels", "type=real")
+	c.startEnv(t, "kube-proxy", path, "nsenter", "--net="+n.net.path, "--",
+		filepath.Join(c.bin, "kube-proxy"), "--config", filepath.Join(n.root, "kube-proxy.yaml"))
 	eventually(t, 2*time.Minute, "node "+realNode+" Ready", func() error {
 		var nd corev1.Node
 		if err := c.client.Get(context.Background(), client.ObjectKey{Name: realNode}, &nd); err != nil {
@@ -380,8 +403,8 @@ func pushImage(t *testing.T, ctx context.Context, reg, image, tag string) name.T
 // A real node runs a KezChat's chat server from the image in the
 // registry: the kubelet pulls it through containerd, runs it under runc
 // with the pod's security context, probes it, and the KezChat turns Ready
-// because the server answers; people then chat with it at its pod's
-// address on the node's network.
+// because the server answers; people then chat with it through its
+// Service, which kube-proxy's rules on the node carry to the pod.
 func TestARealNodeRunsAKezChatFromTheRegistry(t *testing.T) {
 	c := startCluster(t)
 	t.Setenv("KUBECONFIG", c.kubeconfig)
@@ -450,14 +473,15 @@ spec:
 		t.Errorf("the server container: %+v, %d restarts", st.State, st.RestartCount)
 	}
 
-	var port int32
-	for _, p := range pod.Spec.Containers[0].Ports {
-		if p.Name == "http" {
-			port = p.ContainerPort
-		}
+	// Through the server's Service, as a client on the cluster's network
+	// reaches it: kube-proxy's rules take the ClusterIP to the pod.
+	var svc corev1.Service
+	if err := c.client.Get(ctx, client.ObjectKey{Namespace: nodeNS, Name: "real-server"}, &svc); err != nil {
+		t.Fatal(err)
 	}
-	url := fmt.Sprintf("http://%s:%d", pod.Status.PodIP, port)
+	url := fmt.Sprintf("http://%s:%d", svc.Spec.ClusterIP, servicePort(t, ctx, c, nodeNS, "real-server"))
 	hc := n.net.httpClient()
+	waitReadyzVia(t, hc, time.Minute, "the server through its Service", url+"/v1/readyz")
 	api := kez.New(url, hc)
 	alice, bob := registerOn(t, api, "alice"), registerOn(t, api, "bob")
 	stream, err := api.Stream(ctx, bob, 0)

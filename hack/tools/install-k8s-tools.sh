@@ -39,6 +39,7 @@ TOOLS=(
 	"registry                registry github.com/distribution/distribution/v3/cmd/registry"
 	"ct                      ct      github.com/helm/chart-testing/v3/ct"
 	"kubelet                 kubelet k8s.io/kubernetes/cmd/kubelet"
+	"kube-proxy              kubelet k8s.io/kubernetes/cmd/kube-proxy"
 	"containerd              containerd github.com/containerd/containerd/v2/cmd/containerd"
 	"containerd-shim-runc-v2 containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
 	"promtool                prometheus github.com/prometheus/prometheus/cmd/promtool"
