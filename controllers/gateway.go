@@ -11,12 +11,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	k8slabels "k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	chatv1 "kez.lat/chat/api/v1alpha1"
@@ -142,41 +138,12 @@ func fromGateway(kc *chatv1.KezChat) (peers []networkingv1.NetworkPolicyPeer, an
 // httpRouteKind is what the cluster must serve for spec.gateway.
 var httpRouteKind = gatewayv1.SchemeGroupVersion.WithKind("HTTPRoute")
 
-// httpRoutesServed reports whether the API server serves HTTPRoutes
-// (gateway.networking.k8s.io/v1): the Gateway API's CRDs are installed.
-// A watch of a kind the API server does not serve would fail the
-// manager, so the operator watches HTTPRoutes only if they are, as seen
-// when it starts.
+// httpRoutesServed says whether the Gateway API's CRDs are installed. A
+// watch of a kind the API server does not serve would fail the manager,
+// so the operator watches HTTPRoutes only if they are, as seen when it
+// starts.
 func httpRoutesServed(mapper meta.RESTMapper) (bool, error) {
-	_, err := mapper.RESTMapping(httpRouteKind.GroupKind(), httpRouteKind.Version)
-	switch {
-	case err == nil:
-		return true, nil
-	case meta.IsNoMatchError(err):
-		return false, nil
-	}
-	return false, fmt.Errorf("finding out whether the cluster serves %s: %w", httpRouteKind, err)
-}
-
-// NewCache makes the manager's cache (ctrl.Options.NewCache) from
-// CacheOptions: where the cluster serves HTTPRoutes it holds, of those,
-// only the operator's own, like every other kind of child. The cache
-// refuses options for a kind the cluster does not serve, so this is
-// decided here, where the cluster is known.
-func NewCache(config *rest.Config, opts cache.Options) (cache.Cache, error) {
-	served, err := httpRoutesServed(opts.Mapper)
-	if err != nil {
-		return nil, err
-	}
-	if served {
-		byObject := make(map[client.Object]cache.ByObject, len(opts.ByObject)+1)
-		for obj, by := range opts.ByObject {
-			byObject[obj] = by
-		}
-		byObject[&gatewayv1.HTTPRoute{}] = cache.ByObject{Label: k8slabels.SelectorFromSet(k8slabels.Set{managedByLabel: managedByValue})}
-		opts.ByObject = byObject
-	}
-	return cache.New(config, opts)
+	return served(mapper, httpRouteKind)
 }
 
 // routeState is what the reconcile saw of the HTTPRoute spec.gateway asks

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -10,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -72,10 +72,13 @@ func fromScrapers(kc *chatv1.KezChat) []networkingv1.NetworkPolicyPeer {
 // adds namespace and pod.
 func podMonitor(kc *chatv1.KezChat, name, component string) *monitoringv1.PodMonitor {
 	spec := &kc.Spec.Monitoring.PodMonitor
-	l := labels(kc, component)
-	for k, v := range spec.Labels {
-		l[k] = v
+	// The user's labels (a Prometheus's podMonitorSelector), under the
+	// operator's own: the cache and the owner lookups go by those.
+	l := maps.Clone(spec.Labels)
+	if l == nil {
+		l = map[string]string{}
 	}
+	maps.Copy(l, labels(kc, component))
 	endpoint := monitoringv1.PodMetricsEndpoint{
 		Port: ptr.To("metrics"),
 		Path: "/metrics",
@@ -197,12 +200,5 @@ func setMonitoringCondition(st *chatv1.KezChatStatus, gen int64, o podMonitorOut
 // HasPodMonitorCRD reports whether the API server serves
 // monitoring.coreos.com/v1 PodMonitors; the operator asks once, at start.
 func HasPodMonitorCRD(mapper meta.RESTMapper) (bool, error) {
-	_, err := mapper.RESTMapping(schema.GroupKind{Group: monitoringv1.SchemeGroupVersion.Group, Kind: monitoringv1.PodMonitorsKind}, monitoringv1.SchemeGroupVersion.Version)
-	switch {
-	case err == nil:
-		return true, nil
-	case meta.IsNoMatchError(err):
-		return false, nil
-	}
-	return false, err
+	return served(mapper, podMonitorKind)
 }

@@ -75,6 +75,23 @@ func TestPodMonitorScrapesTheMetricsPortWithTheLabelsTheRulesGroupBy(t *testing.
 	}
 }
 
+// A user's label of the operator's own name does not take the
+// PodMonitor out of the operator's cache (which holds only what is
+// labelled managed by it), nor move it to another instance.
+func TestPodMonitorLabelsFromTheSpecDoNotOverrideTheOperators(t *testing.T) {
+	kc := newKezChat(withPodMonitors, func(kc *chatv1.KezChat) {
+		kc.Spec.Monitoring.PodMonitor.Labels = map[string]string{
+			managedByLabel: "someone-else", "app.kubernetes.io/instance": "other", "release": "prom",
+		}
+	})
+	for _, obj := range podMonitors(kc) {
+		l := obj.GetLabels()
+		if l[managedByLabel] != managedByValue || l["app.kubernetes.io/instance"] != kc.Name || l["release"] != "prom" {
+			t.Errorf("%s labels %v", obj.GetName(), l)
+		}
+	}
+}
+
 func TestNATSExporterRunsBesideNATSOnlyWithSpecMonitoring(t *testing.T) {
 	plain := natsStatefulSet(newKezChat(), testInputs)
 	if n := len(plain.Spec.Template.Spec.Containers); n != 1 {
