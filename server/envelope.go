@@ -113,8 +113,11 @@ func plain(s string) bool {
 // Receipt answers an accepted message.
 type Receipt struct {
 	To  string `json:"to"`
-	Seq uint64 `json:"seq"`
+	Seq uint64 `json:"seq,omitempty"` // absent for a document queued for another server
 	ID  string `json:"id"`
+	// State is "queued" for a document queued for another server, whose
+	// To is then the recipient's address; absent for one stored here.
+	State string `json:"state,omitempty"`
 }
 
 // RegisterPayload is the signed body of POST /v1/register.

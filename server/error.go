@@ -84,6 +84,15 @@ const (
 	// no room for the write; it recovers once room returns.
 	CodeStorageFull = "storage_full"
 	CodeInternal    = "internal"
+
+	// Federation (docs/protocol.md, "Federation").
+	CodeFederationDisabled = "federation_disabled"
+	CodeDomainBlocked      = "domain_blocked"
+	CodeSenderBlocked      = "sender_blocked"
+	CodeStrangerRefused    = "stranger_refused"
+	CodeSenderKeyChanged   = "sender_key_changed"
+	CodeDomainQuota        = "domain_quota_exceeded"
+	CodeOutboxFull         = "outbox_full"
 )
 
 // Error is a failure the client can act on: a stable code and a message for

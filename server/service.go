@@ -84,6 +84,10 @@ type Service struct {
 	// Keys, when set, authorizes the device keys each identity publishes on
 	// its sig-server besides its registered key.
 	Keys KeyResolver
+	// Fed, when set, federates: documents for other servers are queued
+	// for them, and other servers' documents accepted (docs/protocol.md,
+	// "Federation").
+	Fed *Federation
 
 	mu      sync.Mutex
 	streams map[string]int // open streams per handle
@@ -242,10 +246,18 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 		return Receipt{}, false, err
 	}
 	var p MessagePayload
-	if err := s.checkMessagePayload(canonical, &p); err != nil {
+	remote, err := s.checkMessagePayload(canonical, &p, true)
+	if err != nil {
 		return Receipt{}, false, err
 	}
-	sender, err := s.lookup(ctx, p.From, CodeUnknownSender)
+	from := p.From
+	if remote {
+		// A document for another server names its sender by address.
+		if from, err = s.localSender(p.From); err != nil {
+			return Receipt{}, false, err
+		}
+	}
+	sender, err := s.lookup(ctx, from, CodeUnknownSender)
 	if err != nil {
 		return Receipt{}, false, err
 	}
@@ -258,11 +270,13 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 			return Receipt{}, false, Errorf(CodeKeyNotAuthorized, "the signing key is not authorized for %q", p.From)
 		}
 	}
-	if ok, wait := s.SendLimiter.Allow(p.From); !ok {
-		return Receipt{}, false, &Error{Code: CodeRateLimited, Message: "too many messages from " + p.From, RetryAfter: wait}
+	if ok, wait := s.SendLimiter.Allow(from); !ok {
+		return Receipt{}, false, &Error{Code: CodeRateLimited, Message: "too many messages from " + from, RetryAfter: wait}
 	}
-	if _, err := s.lookup(ctx, p.To, CodeUnknownRecipient); err != nil {
-		return Receipt{}, false, err
+	if !remote {
+		if _, err := s.lookup(ctx, p.To, CodeUnknownRecipient); err != nil {
+			return Receipt{}, false, err
+		}
 	}
 	msg, err := appendEnvelopeSignature(buf, doc.Signature)
 	if err != nil {
@@ -271,9 +285,19 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 	// Spent before the append, so that concurrent sends cannot all pass;
 	// given back when nothing was stored.
 	size := float64(len(msg))
-	if ok, wait := s.SenderQuota.AllowN(p.From, size); !ok {
+	if ok, wait := s.SenderQuota.AllowN(from, size); !ok {
 		return Receipt{}, false, &Error{Code: CodeSenderQuota, RetryAfter: wait,
-			Message: fmt.Sprintf("%s has stored its day's quota of message bytes; wait %s", p.From, wait.Round(time.Second))}
+			Message: fmt.Sprintf("%s has stored its day's quota of message bytes; wait %s", from, wait.Round(time.Second))}
+	}
+	if remote {
+		dup, err := s.queue(ctx, []*OutboundDoc{outboundDoc(from, &p, msg)})
+		if err != nil || dup[0] {
+			s.SenderQuota.Refund(from, size)
+		}
+		if err != nil {
+			return Receipt{}, false, err
+		}
+		return queuedReceipt(&p), dup[0], nil
 	}
 	e := &Envelope{Recipient: p.To, Sender: p.From, ID: p.ID, Message: msg, Blobs: p.Blobs, AcceptedAt: time.Now()}
 	dup, err := s.store.AppendMessage(ctx, e, InboxLimits{MaxPending: s.cfg.MaxPending, MaxPendingBytes: s.cfg.MaxPendingBytes})
@@ -297,14 +321,26 @@ func (s *Service) Send(ctx context.Context, doc signing.Signed) (r Receipt, repl
 
 // checkMessagePayload decodes a canonical kez.chat.message/v1 payload into
 // p and checks every field of it on its own: type, server, ts, id, ct.
-// Single and group sends share it.
-func (s *Service) checkMessagePayload(canonical []byte, p *MessagePayload) error {
+// Single and group sends share it. With relay, a document for another
+// server is accepted when this one federates with it (remote); its from
+// and to are left to the caller.
+func (s *Service) checkMessagePayload(canonical []byte, p *MessagePayload, relay bool) (remote bool, err error) {
 	if err := decodeMessagePayload(canonical, p); err != nil {
-		return err
+		return false, err
 	}
-	if err := s.checkPayloadHeader(p.Type, TypeMessage, p.Server, p.TS); err != nil {
-		return err
+	if relay && p.Server != s.cfg.Domain {
+		if err := s.checkRelayHeader(p); err != nil {
+			return false, err
+		}
+		remote = true
+	} else if err := s.checkPayloadHeader(p.Type, TypeMessage, p.Server, p.TS); err != nil {
+		return false, err
 	}
+	return remote, checkMessageBody(p)
+}
+
+// checkMessageBody checks a message payload's id, ct and blobs.
+func checkMessageBody(p *MessagePayload) error {
 	if err := checkMessageID(p.ID); err != nil {
 		return err
 	}

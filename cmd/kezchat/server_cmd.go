@@ -46,6 +46,8 @@ type serverFlags struct {
 	natsCalloutSeedFile                                 string
 	jsReplicas                                          int
 	jsMaxBytes                                          int64
+	federation, federationLoopback                      bool
+	federationAllow, federationBlock                    string
 }
 
 func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -93,6 +95,10 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.natsCalloutSeedFile, "nats-callout-issuer-seed-file", "", "file holding the account nkey seed (SA...) whose public key is auth_callout.issuer in nats.conf: this server then answers NATS's auth callout, letting browsers follow their own inbox over NATS WebSocket; needs --nats-url")
 	fs.IntVar(&f.jsReplicas, "jetstream-replicas", 1, "with --store jetstream: replicas of the stream and KV buckets (1, 3 or 5 NATS servers)")
 	fs.Int64Var(&f.jsMaxBytes, "jetstream-max-bytes", 0, "with --store jetstream: bytes the message stream may hold, 0 for no limit")
+	fs.BoolVar(&f.federation, "federation", false, "exchange messages with people on other servers (addresses handle@domain); needs --store sqlite")
+	fs.StringVar(&f.federationAllow, "federation-allow", "", "comma-separated domains: federate with these only (default: every domain not blocked)")
+	fs.StringVar(&f.federationBlock, "federation-block", "", "comma-separated domains never to federate with")
+	fs.BoolVar(&f.federationLoopback, "federation-insecure-loopback", false, "tests only: also federate with 127.0.0.1:<port> and localhost:<port> over plain HTTP")
 	log, err := parseDaemonFlags(fs, args, &f.log, stderr)
 	if err != nil {
 		return err
@@ -208,15 +214,16 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 			cfg.SigServerPublicURL = cfg.PublicURL
 		}
 	}
+	if f.federation {
+		fed := app.DefaultFederation()
+		fed.Allow, fed.Block, fed.Loopback = splitList(f.federationAllow), splitList(f.federationBlock), f.federationLoopback
+		cfg.Federation = &fed
+	}
 	if f.vapidSubject != "" {
 		if cfg.Push, err = f.pushConfig(log); err != nil {
 			return cfg, err
 		}
-		for _, e := range strings.Split(f.pushAllow, ",") {
-			if e = strings.TrimSpace(e); e != "" {
-				cfg.PushAllow = append(cfg.PushAllow, e)
-			}
-		}
+		cfg.PushAllow = splitList(f.pushAllow)
 	}
 	return cfg, nil
 }
@@ -266,4 +273,15 @@ func parsePrefixes(s string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// splitList splits a comma-separated flag, dropping blanks.
+func splitList(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"kez.lat/chat/server"
+	"kez.lat/chat/server/federation"
 	"kez.lat/chat/server/httpapi"
 	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/membus"
@@ -116,6 +118,38 @@ type Config struct {
 	// it, linked from WebFinger.
 	Keys               *sigclient.Config
 	SigServerPublicURL string
+	// Federation, when set, federates with other servers (SQLite store
+	// only, in this version).
+	Federation *Federation
+	// Listener, when set, is the API's listener instead of one bound on
+	// Bind: a test that must know its address (a federated test server's
+	// domain) before the server is made.
+	Listener net.Listener
+}
+
+// Federation is how a chat server federates (--federation and its
+// flags).
+type Federation struct {
+	Allow, Block []string
+	// Loopback admits the test domains 127.0.0.1:<port> and
+	// localhost:<port> over plain HTTP (--federation-insecure-loopback).
+	Loopback bool
+	// Tuning, the protocol's defaults when zero.
+	Resolver federation.Config
+	// Limits on what comes from other servers, per remote domain and per
+	// remote sender (requests), and their bytes a day.
+	DomainLimit, SenderLimit Limit
+	SenderQuota, DomainQuota Quota
+}
+
+// DefaultFederation is the protocol's limits (docs/protocol.md, "Limits").
+func DefaultFederation() Federation {
+	return Federation{
+		DomainLimit: Limit{Rate: 50, Burst: 100},
+		SenderLimit: Limit{Rate: 30, Burst: 60},
+		SenderQuota: Quota{BytesPerDay: 64 << 20},
+		DomainQuota: Quota{BytesPerDay: 1 << 30},
+	}
 }
 
 // DefaultConfig is the defaults `kezchat server --help` documents: a
@@ -213,6 +247,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	} else {
 		log.Info("device keys are off: set --sig-server-url to accept the keys identities publish on their sig-server")
 	}
+	var courier *federation.Courier
+	if cfg.Federation != nil {
+		if courier, err = s.federate(cfg, log); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Info("federation is off: set --federation to exchange messages with other servers")
+	}
 	var vapidPublicKey string
 	if cfg.Push != nil {
 		if vapidPublicKey, err = s.startPush(*cfg.Push, cfg.PushAllow); err != nil {
@@ -238,7 +280,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		App:                     cfg.App,
 	}, s.Service, log, s.Metrics)
 	// No write timeout: streams outlive any.
-	s.http, err = listen(apiServer(s.API.Handler(), 0, log), cfg.Bind, httpapi.ListenerLimits{
+	s.http, err = listen(apiServer(s.API.Handler(), 0, log), cfg.Listener, cfg.Bind, httpapi.ListenerLimits{
 		Total: cfg.MaxConnections, PerAddress: cfg.MaxConnectionsPerAddress, Trusted: cfg.TrustedProxies,
 	}, metricsListener(cfg.MetricsBind, s.Metrics), pprofListener(cfg.PprofBind))
 	if err != nil {
@@ -249,6 +291,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	var pruning sync.WaitGroup
 	s.started = func() {
 		pruning.Go(func() { s.Service.Run(pruneCtx, time.Minute) })
+		if courier != nil {
+			pruning.Go(func() { courier.Run(pruneCtx) })
+		}
 		log.Info("serving", "domain", cfg.Service.Domain, "bind", s.Addr().String(), "public_url", cfg.PublicURL,
 			"metrics", cfg.MetricsBind, "store", storeKind(cfg), "db", cfg.DBPath, "nats", s.Bus != nil, "version", cfg.Version)
 	}
@@ -329,4 +374,36 @@ func storeKind(cfg Config) string {
 		return "jetstream"
 	}
 	return "sqlite"
+}
+
+// federate gives the Service its federation: the resolver of remote
+// senders' keys and the courier of the outbox, on the SQLite store.
+func (s *Server) federate(cfg Config, log *slog.Logger) (*federation.Courier, error) {
+	f := cfg.Federation
+	db, ok := s.Store.(*sqlite.DB)
+	if !ok {
+		return nil, errors.New("federation needs the SQLite store in this version (--store sqlite)")
+	}
+	for _, d := range append(append([]string(nil), f.Allow...), f.Block...) {
+		if err := server.CheckDomain(d, f.Loopback); err != nil {
+			return nil, fmt.Errorf("federation domain %q: %w", d, err)
+		}
+	}
+	rcfg := f.Resolver
+	rcfg.Loopback = f.Loopback
+	courier := federation.NewCourier(rcfg, db, log, s.Metrics)
+	s.Service.Fed = &server.Federation{
+		Store:         db,
+		Resolver:      federation.NewResolver(rcfg, db, db, log),
+		Domains:       server.NewDomainPolicy(f.Allow, f.Block),
+		Loopback:      f.Loopback,
+		Outbox:        server.DefaultOutboxLimits(),
+		DomainLimiter: f.DomainLimit.limiter(),
+		SenderLimiter: f.SenderLimit.limiter(),
+		SenderQuota:   f.SenderQuota.limiter(),
+		DomainQuota:   f.DomainQuota.limiter(),
+		Queued:        courier.Wake,
+	}
+	log.Info("federation is on", "allow", f.Allow, "block", f.Block, "loopback", f.Loopback)
+	return courier, nil
 }

@@ -84,10 +84,12 @@ func pprofListener(bind string) sideListener {
 // listen binds api's listener on bind, serving connections within limits,
 // and a listener for each side that has a bind. On error nothing is left
 // bound.
-func listen(api *http.Server, bind string, limits httpapi.ListenerLimits, sides ...sideListener) (*listeners, error) {
-	ln, err := net.Listen("tcp", bind)
-	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", bind, err)
+func listen(api *http.Server, ln net.Listener, bind string, limits httpapi.ListenerLimits, sides ...sideListener) (*listeners, error) {
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", bind); err != nil {
+			return nil, fmt.Errorf("listening on %s: %w", bind, err)
+		}
 	}
 	l := &listeners{api: ln, servers: []*http.Server{api}, lns: []net.Listener{httpapi.LimitListener(ln, limits)}}
 	for _, side := range sides {

@@ -83,7 +83,7 @@ func NewSigServer(ctx context.Context, cfg SigConfig, log *slog.Logger) (*SigSer
 		TrustedProxies: cfg.TrustedProxies,
 		PublishLimiter: cfg.PublishLimit.limiter(),
 	}, s.Directory, log, s.Metrics)
-	s.http, err = listen(apiServer(s.API.Handler(), 30*time.Second, log), cfg.Bind, httpapi.ListenerLimits{
+	s.http, err = listen(apiServer(s.API.Handler(), 30*time.Second, log), nil, cfg.Bind, httpapi.ListenerLimits{
 		Total: cfg.MaxConnections, PerAddress: cfg.MaxConnectionsPerAddress, Trusted: cfg.TrustedProxies,
 	}, metricsListener(cfg.MetricsBind, s.Metrics))
 	if err != nil {

@@ -94,6 +94,10 @@ func (i *idleReader) Read(p []byte) (int, error) {
 // downloadBlob answers GET /v1/blobs/{id} with the bytes as uploaded;
 // http.ServeContent honours Range and conditional requests.
 func (s *Server) downloadBlob(w http.ResponseWriter, r *http.Request) {
+	// The id is the capability, not a cookie: a reader on another server
+	// downloads it from its web app (docs/protocol.md, "Conversations
+	// across servers").
+	w.Header().Set("Access-Control-Allow-Origin", "*")
 	b, content, err := s.svc.OpenBlob(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.fail(w, r, err)

@@ -65,6 +65,13 @@ var statusOf = map[string]int{
 	server.CodeUnavailable:        http.StatusServiceUnavailable,
 	server.CodeStorageFull:        http.StatusInsufficientStorage,
 	server.CodeInternal:           http.StatusInternalServerError,
+	server.CodeFederationDisabled: http.StatusForbidden,
+	server.CodeDomainBlocked:      http.StatusForbidden,
+	server.CodeSenderBlocked:      http.StatusForbidden,
+	server.CodeStrangerRefused:    http.StatusForbidden,
+	server.CodeSenderKeyChanged:   http.StatusConflict,
+	server.CodeDomainQuota:        http.StatusTooManyRequests,
+	server.CodeOutboxFull:         http.StatusConflict,
 }
 
 // authFailure reports whether code means a request failed to prove who sent

@@ -57,6 +57,8 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) user(w http.ResponseWriter, r *http.Request) {
+	// Public, and read by web apps of other servers' people.
+	w.Header().Set("Access-Control-Allow-Origin", "*")
 	u, err := s.svc.Record(r.Context(), r.PathValue("handle"))
 	if err != nil {
 		s.fail(w, r, err)
@@ -99,7 +101,11 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	if replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
 	}
-	writeJSON(w, http.StatusCreated, receipt)
+	status := http.StatusCreated
+	if receipt.State == server.OutboxQueued {
+		status = http.StatusAccepted // stored here, to be delivered to another server
+	}
+	writeJSON(w, status, receipt)
 }
 
 // sendBatch stores one message per recipient, all or none. The header's

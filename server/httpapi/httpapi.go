@@ -147,6 +147,10 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/link/{channel}/{slot}", s.readLink)
 	s.mux.HandleFunc("POST /v1/blobs/{handle}", s.uploadBlob)
 	s.mux.HandleFunc("GET /v1/blobs/{id}", s.downloadBlob)
+	s.mux.HandleFunc("POST /v1/federation/messages", s.receiveFederated)
+	s.mux.HandleFunc("GET /v1/outbox/{handle}", s.outbox)
+	s.mux.HandleFunc("GET /v1/privacy/{handle}", s.privacy)
+	s.mux.HandleFunc("PUT /v1/privacy/{handle}", s.setPrivacy)
 	s.mux.HandleFunc("/v1/", s.noRoute)
 	s.mux.HandleFunc("/", s.app)
 }

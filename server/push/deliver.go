@@ -16,6 +16,7 @@ import (
 	webpush "github.com/SherClockHolmes/webpush-go"
 
 	"kez.lat/chat/server"
+	"kez.lat/chat/server/egress"
 )
 
 // result is what one request to a push service came to.
@@ -113,7 +114,7 @@ func (s *Sender) post(sub *server.PushSubscription, payload []byte, topic string
 func retryable(r result) bool {
 	if r.err != nil {
 		var uerr *url.Error // the request was made, and had no answer
-		return errors.As(r.err, &uerr) && !errors.Is(r.err, errNonPublicAddress)
+		return errors.As(r.err, &uerr) && !errors.Is(r.err, egress.ErrNonPublicAddress)
 	}
 	return r.status == http.StatusTooManyRequests || r.status >= 500
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"kez.lat/chat/server"
+	"kez.lat/chat/server/egress"
 )
 
 // DefaultHosts are the push services of the browsers that support Web
@@ -179,7 +180,7 @@ func (p *Policy) CheckEndpoint(ctx context.Context, endpoint string) error {
 		return notAllowed("endpoint host %s has no address", host)
 	}
 	for _, a := range addrs {
-		if !isPublic(a) {
+		if !egress.IsPublic(a) {
 			return notAllowed("endpoint host %s resolves to %s, which is not a public address", host, a.Unmap())
 		}
 	}
@@ -204,7 +205,7 @@ func (p *Policy) checkURL(endpoint string) (u *url.URL, trusted bool, err error)
 		return nil, false, notAllowed("endpoint must be https")
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
-		if !isPublic(ip) {
+		if !egress.IsPublic(ip) {
 			return nil, false, notAllowed("endpoint host %s is not a public address", host)
 		}
 		return nil, false, notAllowed("endpoint host %s is an address, not a push service's name", host)

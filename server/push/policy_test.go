@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"kez.lat/chat/server"
+	"kez.lat/chat/server/egress"
 )
 
 // fakeDNS answers lookups from a table: the policy's only injected part, so
@@ -143,50 +144,6 @@ func TestNewPolicyRefusesMalformedExtraEntries(t *testing.T) {
 	}
 }
 
-func TestIsPublic(t *testing.T) {
-	tests := []struct {
-		addr string
-		want bool
-	}{
-		{"142.250.74.10", true},
-		{"17.188.128.10", true},
-		{"2a00:1450:4001:80b::200a", true},
-		{"::ffff:142.250.74.10", true},
-		{"0.0.0.0", false},
-		{"10.0.0.1", false},
-		{"100.64.0.1", false},
-		{"127.0.0.1", false},
-		{"127.255.255.254", false},
-		{"169.254.169.254", false},
-		{"172.16.0.1", false},
-		{"172.31.255.255", false},
-		{"192.168.1.1", false},
-		{"192.0.2.1", false},
-		{"198.18.0.1", false},
-		{"224.0.0.1", false},
-		{"239.255.255.250", false},
-		{"255.255.255.255", false},
-		{"::", false},
-		{"::1", false},
-		{"::ffff:127.0.0.1", false},
-		{"::ffff:10.0.0.1", false},
-		{"fe80::1", false},
-		{"fe80::1%eth0", false},
-		{"fc00::1", false},
-		{"fd12:3456::1", false},
-		{"ff02::1", false},
-		{"64:ff9b::a00:1", false},
-		{"2001:db8::1", false},
-		{"2002:a00:1::1", false},
-		{"2001:0:4136:e378::1", false},
-	}
-	for _, tt := range tests {
-		if got := isPublic(netip.MustParseAddr(tt.addr)); got != tt.want {
-			t.Errorf("isPublic(%s) = %v, want %v", tt.addr, got, tt.want)
-		}
-	}
-}
-
 func TestHTTPClientDialerRefusesNonPublicAddressesOfUntrustedHosts(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "http://10.0.0.1/elsewhere", http.StatusFound)
@@ -217,7 +174,7 @@ func TestHTTPClientDialerRefusesNonPublicAddressesOfUntrustedHosts(t *testing.T)
 		t.Run(tt.name, func(t *testing.T) {
 			resp, err := tt.policy.HTTPClient(5 * time.Second).Get(tt.url)
 			if tt.refused {
-				if !errors.Is(err, errNonPublicAddress) {
+				if !errors.Is(err, egress.ErrNonPublicAddress) {
 					t.Fatalf("GET %s = %v, want refused as non-public", tt.url, err)
 				}
 				return

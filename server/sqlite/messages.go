@@ -120,7 +120,12 @@ func inboxCaps(limits server.InboxLimits) (maxPending, maxBytes int64) {
 func (w *writer) append(a *pendingAppend, maxPending, maxBytes int64) error {
 	var prev []byte
 	var seq, at int64
-	err := queryRow(w.sentByID, a.sender, a.id).Scan(&seq, &prev, &at)
+	// A remote sender's ids are kept for the federation window, apart.
+	sentByID, insertSent := w.sentByID, w.insertSent
+	if remoteSender(a.sender) {
+		sentByID, insertSent = w.remoteSentByID, w.insertRemoteSent
+	}
+	err := queryRow(sentByID, a.sender, a.id).Scan(&seq, &prev, &at)
 	switch {
 	case err == nil:
 		if bytes.Equal(prev, a.digest) {
@@ -165,7 +170,7 @@ func (w *writer) append(a *pendingAppend, maxPending, maxBytes int64) error {
 			return err
 		}
 	}
-	if _, err := exec(w.insertSent, a.sender, a.id, a.recipient, seq, a.digest, at); err != nil {
+	if _, err := exec(insertSent, a.sender, a.id, a.recipient, seq, a.digest, at); err != nil {
 		return fmt.Errorf("recording message id %q from %s: %w", a.id, a.sender, err)
 	}
 	a.seq, a.at, a.dup = seq, at, false
@@ -355,6 +360,10 @@ func (db *DB) Prune(ctx context.Context, now, olderThan time.Time) (server.Prune
 	links, err := db.pruneLoop(ctx, func(w *writer) (int, error) { return w.pruneLinksChunk(authCutoff) })
 	if err != nil {
 		return res, fmt.Errorf("pruning expired link channels: %w", err)
+	}
+	remoteCutoff, outboxCutoff := now.Add(-server.RemoteIDWindow).Unix(), now.Add(-server.OutboxKeep).Unix()
+	if _, err := db.pruneLoop(ctx, func(w *writer) (int, error) { return w.pruneFederationChunk(remoteCutoff, outboxCutoff) }); err != nil {
+		return res, fmt.Errorf("pruning remote message ids and the outbox: %w", err)
 	}
 	if res.Envelopes > 0 {
 		db.log.Info("pruned expired envelopes", "envelopes", res.Envelopes, "message_ids", sent, "request_digests", auth, "link_channels", links)

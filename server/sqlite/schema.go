@@ -151,6 +151,8 @@ CREATE TABLE blob_refs (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX blob_refs_blob_id ON blob_refs (blob_id);
 `,
+	// 7: federation (self-contained, like step 5).
+	federationSchema,
 }
 
 // migrate brings the database on conn up to len(steps), one step per

@@ -49,6 +49,7 @@ type writer struct {
 	savepoint, release, rollbackTo       *sql.Stmt
 	sentByID, bumpSeq, pendingOf         *sql.Stmt
 	insertEnvelope, insertSent           *sql.Stmt
+	remoteSentByID, insertRemoteSent     *sql.Stmt
 	handleExists, primaryIDExists        *sql.Stmt
 	insertUser, insertInbox              *sql.Stmt
 	deleteEnvelopesUpTo, decPending      *sql.Stmt
@@ -81,6 +82,9 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 		{&w.insertEnvelope, `INSERT INTO envelopes (recipient, seq, sender, msg_id, received_at, message)
 			VALUES (?, ?, ?, ?, ?, ?)`},
 		{&w.insertSent, `INSERT INTO sent_ids (sender, msg_id, recipient, seq, digest, created_at)
+			VALUES (?, ?, ?, ?, ?, ?)`},
+		{&w.remoteSentByID, "SELECT seq, digest, created_at FROM remote_sent_ids WHERE sender = ? AND msg_id = ?"},
+		{&w.insertRemoteSent, `INSERT INTO remote_sent_ids (sender, msg_id, recipient, seq, digest, created_at)
 			VALUES (?, ?, ?, ?, ?, ?)`},
 		{&w.handleExists, "SELECT 1 FROM users WHERE handle = ?"},
 		{&w.primaryIDExists, "SELECT 1 FROM users WHERE primary_id = ?"},
@@ -125,7 +129,7 @@ func newWriter(ctx context.Context, conn *sql.Conn, log *slog.Logger) (*writer, 
 		// envelope naming it is gone, or, never named, a day after upload.
 		{&w.pruneBlobs, `DELETE FROM blobs WHERE id IN (
 			SELECT id FROM blobs b WHERE b.created_at < ?1
-				OR (NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.blob_id = b.id)
+				OR (b.federated = 0 AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.blob_id = b.id)
 					AND (b.referenced = 1 OR b.created_at < ?2))
 			LIMIT ?3)
 			RETURNING id`},

@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -53,6 +54,14 @@ type Options struct {
 	// Callout, when set with NATS, makes the server answer NATS's auth
 	// callout requests.
 	Callout *natsauth.Config
+	// Federation, when set, makes a federated server whose domain is its
+	// own loopback address (127.0.0.1:<port>, reached over plain HTTP:
+	// Loopback is set), so that several test servers federate with each
+	// other. Its limits are off unless set.
+	Federation *app.Federation
+	// Bind, with Federation, is the address to listen on (default a free
+	// port): a test restarts a federated server at its domain with it.
+	Bind string
 }
 
 // Server is a running test server: app.Server's parts, and where it is.
@@ -113,6 +122,21 @@ func ServerConfig(t testing.TB, opts Options) app.Config {
 			opts.Keys(&kcfg)
 		}
 		cfg.Keys, cfg.SigServerPublicURL = &kcfg, opts.SigServerURL
+	}
+	if opts.Federation != nil {
+		bind := opts.Bind
+		if bind == "" {
+			bind = "127.0.0.1:0"
+		}
+		ln, err := net.Listen("tcp", bind)
+		if err != nil {
+			t.Fatalf("listening for a federated test server: %v", err)
+		}
+		fed := *opts.Federation
+		fed.Loopback = true
+		cfg.Listener, cfg.Federation = ln, &fed
+		cfg.Service.Domain = ln.Addr().String()
+		cfg.PublicURL = "http://" + cfg.Service.Domain
 	}
 	if opts.Config != nil {
 		opts.Config(&cfg)

@@ -1,4 +1,8 @@
-package push
+// Package egress is how the server connects out to addresses a client
+// or another server named (push endpoints, other servers): only to public
+// addresses, checked when connecting, after DNS, so that nobody can make
+// it reach its own network (SSRF).
+package egress
 
 import "net/netip"
 
@@ -43,10 +47,10 @@ func prefixes(ss ...string) []netip.Prefix {
 	return ps
 }
 
-// isPublic reports whether ip is a public unicast address: not loopback,
+// IsPublic reports whether ip is a public unicast address: not loopback,
 // link-local, private, unspecified, multicast, reserved or otherwise
 // special. An IPv4-mapped IPv6 address is judged as the IPv4 address.
-func isPublic(ip netip.Addr) bool {
+func IsPublic(ip netip.Addr) bool {
 	ip = ip.Unmap()
 	if !ip.IsValid() || ip.Zone() != "" {
 		return false

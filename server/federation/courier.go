@@ -1,0 +1,250 @@
+package federation
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"kez.lat/chat/server"
+)
+
+// Courier delivers the outbox: each destination's units in queue order,
+// one request at a time per destination, at most Workers destinations at
+// once; failures are retried with backoff until the documents leave the
+// federation window (docs/protocol.md, "Delivery between servers").
+type Courier struct {
+	cfg   Config
+	store server.FederationStore
+	http  *http.Client
+	log   *slog.Logger
+	wake  chan struct{}
+
+	// Workers bounds the destinations delivered to at once; Poll is how
+	// often the queue is read without being woken.
+	Workers int
+	Poll    time.Duration
+
+	deliveries *prometheus.CounterVec
+}
+
+// Delivery outcomes, the values of the outcome label.
+const (
+	outcomeDelivered = "delivered"
+	outcomeRetry     = "retry"
+	outcomeFailed    = "failed"
+)
+
+// Backoff bounds.
+const (
+	minBackoff = time.Second
+	maxBackoff = 10 * time.Minute
+)
+
+// NewCourier returns a Courier over store, registering its metrics with
+// reg.
+func NewCourier(cfg Config, store server.FederationStore, log *slog.Logger, reg prometheus.Registerer) *Courier {
+	cfg = withDefaults(cfg)
+	c := &Courier{
+		cfg: cfg, store: store, http: httpClient(cfg, cfg.DeliveryTimeout), log: log,
+		wake: make(chan struct{}, 1), Workers: 8, Poll: time.Second,
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kezchat_federation_deliveries_total",
+			Help: "Attempts to deliver queued documents to other servers, by outcome: delivered, retry, failed.",
+		}, []string{"outcome"}),
+	}
+	reg.MustRegister(c.deliveries)
+	return c
+}
+
+// Wake tells the courier that units were queued; it never blocks.
+func (c *Courier) Wake() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run delivers until ctx ends. An attempt cut short by the end is not
+// recorded: its unit is tried again after a restart, and the other
+// server's idempotency answers it if it had been stored.
+func (c *Courier) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var mu sync.Mutex
+	busy := make(map[string]bool) // destinations with a delivery in flight
+	// A destination whose delivery finished after a read of the queue
+	// began is skipped in that read's round: the read may show the unit
+	// as it was before (delivered twice, or its emptied documents).
+	var gen uint64
+	finished := make(map[string]uint64)
+	done := make(chan struct{}, 1)
+	t := time.NewTicker(c.Poll)
+	defer t.Stop()
+	for {
+		mu.Lock()
+		read := gen
+		for d, g := range finished {
+			if g <= read {
+				delete(finished, d)
+			}
+		}
+		mu.Unlock()
+		due, err := c.store.DueDeliveries(ctx, c.cfg.Now(), 2*c.Workers)
+		if err != nil && ctx.Err() == nil {
+			c.log.Error("reading the outbox", "err", err)
+		}
+		for _, d := range due {
+			mu.Lock()
+			skip := busy[d.Domain] || finished[d.Domain] > read || len(busy) >= c.Workers
+			if !skip {
+				busy[d.Domain] = true
+			}
+			mu.Unlock()
+			if skip {
+				continue
+			}
+			wg.Go(func() {
+				c.deliver(ctx, d)
+				mu.Lock()
+				delete(busy, d.Domain)
+				gen++
+				finished[d.Domain] = gen
+				mu.Unlock()
+				select {
+				case done <- struct{}{}:
+				default:
+				}
+			})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wake:
+		case <-done:
+		case <-t.C:
+		}
+	}
+}
+
+// deliver makes one attempt at d and records its result.
+func (c *Courier) deliver(ctx context.Context, d *server.Delivery) {
+	now := c.cfg.Now()
+	if !now.Before(d.Expires) {
+		c.finish(ctx, d, server.DeliveryResult{State: server.OutboxFailed, At: now, Code: "expired",
+			Message: fmt.Sprintf("not delivered to %s within %v", d.Domain, server.FederationWindow)})
+		return
+	}
+	code, msg, retry, retryAfter, err := c.post(ctx, d)
+	if ctx.Err() != nil {
+		return
+	}
+	now = c.cfg.Now()
+	switch {
+	case err == nil && code == "":
+		c.finish(ctx, d, server.DeliveryResult{State: server.OutboxDelivered, At: now})
+	case err == nil && !retry:
+		c.finish(ctx, d, server.DeliveryResult{State: server.OutboxFailed, At: now, Code: code, Message: msg})
+	default:
+		if err != nil {
+			code, msg = server.CodeUnavailable, err.Error()
+		}
+		next := now.Add(max(retryAfter, backoff(d.Attempts)))
+		if next.After(d.Expires) {
+			next = d.Expires
+		}
+		c.finish(ctx, d, server.DeliveryResult{State: server.OutboxQueued, At: now, NextAt: next, Code: code, Message: msg})
+	}
+}
+
+func (c *Courier) finish(ctx context.Context, d *server.Delivery, r server.DeliveryResult) {
+	switch r.State {
+	case server.OutboxDelivered:
+		c.deliveries.WithLabelValues(outcomeDelivered).Inc()
+	case server.OutboxFailed:
+		c.deliveries.WithLabelValues(outcomeFailed).Inc()
+		c.log.Warn("delivery to another server failed", "domain", d.Domain, "sender", d.Sender, "documents", len(d.Messages), "code", r.Code, "err", r.Message)
+	default:
+		c.deliveries.WithLabelValues(outcomeRetry).Inc()
+		c.log.Info("delivery to another server will be retried", "domain", d.Domain, "attempts", d.Attempts+1, "next", r.NextAt, "code", r.Code, "err", r.Message)
+	}
+	if err := c.store.FinishDelivery(ctx, d.Unit, r); err != nil && ctx.Err() == nil {
+		c.log.Error("recording a delivery", "domain", d.Domain, "unit", d.Unit, "err", err)
+	}
+}
+
+// post sends d's documents; code is "" for a 2xx, else the answer's error
+// code, and retry whether it is worth another attempt; err is a failure to
+// get an answer.
+func (c *Courier) post(ctx context.Context, d *server.Delivery) (code, msg string, retry bool, retryAfter time.Duration, err error) {
+	var body bytes.Buffer
+	body.WriteString(`{"messages":[`)
+	for i, m := range d.Messages {
+		if i > 0 {
+			body.WriteByte(',')
+		}
+		body.Write(m)
+	}
+	body.WriteString("]}")
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, BaseURL(d.Domain, c.cfg.Loopback)+"/v1/federation/messages", &body)
+	if err != nil {
+		return "", "", false, 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "kezchat-server/1")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", "", true, 0, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return "", "", false, 0, nil
+	}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+		retryAfter = min(time.Duration(s)*time.Second, maxBackoff)
+	}
+	var e struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(data, &e)
+	code, msg = e.Error.Code, e.Error.Message
+	if code == "" {
+		code = fmt.Sprintf("http_%d", resp.StatusCode)
+	}
+	retry = resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || retriable(code)
+	return code, fmt.Sprintf("%s answered %d: %s", d.Domain, resp.StatusCode, msg), retry, retryAfter, nil
+}
+
+// retriable reports whether a refusal's code is worth another attempt:
+// rate limits and quotas, an unavailable or full server or inbox.
+func retriable(code string) bool {
+	switch code {
+	case server.CodeRateLimited, server.CodeSenderQuota, server.CodeDomainQuota, server.CodeUnavailable,
+		server.CodeStorageFull, server.CodeInboxFull:
+		return true
+	}
+	return false
+}
+
+// backoff is the wait after attempts failed ones: 1 s doubling to 10
+// minutes, ±20%.
+func backoff(attempts int) time.Duration {
+	d := maxBackoff
+	if attempts < 20 {
+		d = min(minBackoff<<attempts, maxBackoff)
+	}
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}

@@ -1,0 +1,490 @@
+package federation_test
+
+import (
+	"bytes"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/app"
+	"kez.lat/chat/server/signing"
+	"kez.lat/chat/server/testutil"
+)
+
+// These tests run several real chat servers on loopback, each its own
+// domain (127.0.0.1:<port>), federating over HTTP as they would over
+// HTTPS, and speak the protocol's wire format directly.
+
+// startFederated starts a federated server whose federation settings
+// change may adjust (limits off unless set).
+func startFederated(t *testing.T, change func(*app.Federation), opts ...func(*testutil.Options)) *testutil.Server {
+	t.Helper()
+	fed := app.Federation{}
+	if change != nil {
+		change(&fed)
+	}
+	o := testutil.Options{Federation: &fed}
+	for _, f := range opts {
+		f(&o)
+	}
+	return testutil.StartServer(t, o)
+}
+
+func domainOf(srv *testutil.Server) string { return srv.Service.Domain() }
+
+// person is a registered identity on one server.
+type person struct {
+	signer signing.Signer
+	enc    []byte
+	handle string
+	srv    *testutil.Server
+}
+
+func (p *person) address() string { return p.handle + "@" + domainOf(p.srv) }
+
+func newPerson(t *testing.T, srv *testutil.Server, handle string) *person {
+	t.Helper()
+	s, err := signing.GenerateKey("ed25519")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &person{signer: s, enc: k.PublicKey().Bytes(), handle: handle, srv: srv}
+	doc := p.sign(t, map[string]any{
+		"type": server.TypeRegister, "server": domainOf(srv), "handle": handle,
+		"primary_id": signing.PrimaryID(s.Alg(), s.PublicKey()), "enc_key": signing.EncodeB64(p.enc), "ts": time.Now().Unix(),
+	})
+	if r := post(t, srv.URL+"/v1/register", doc, nil); r.status != http.StatusCreated {
+		t.Fatalf("registering %s: %d %s", handle, r.status, r.body)
+	}
+	return p
+}
+
+func (p *person) sign(t *testing.T, payload map[string]any) signing.Signed {
+	t.Helper()
+	doc, err := signing.Sign(p.signer, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+// message is p's signed document to handle on domain with id.
+func (p *person) message(t *testing.T, to *person, id string) signing.Signed {
+	t.Helper()
+	from := p.handle
+	if to.srv != p.srv {
+		from = p.address()
+	}
+	return p.sign(t, map[string]any{
+		"type": server.TypeMessage, "server": domainOf(to.srv), "from": from, "to": to.handle,
+		"id": id, "ts": time.Now().Unix(), "ct": signing.EncodeB64([]byte("ciphertext of " + id)),
+	})
+}
+
+func (p *person) auth(t *testing.T, method, path string, bindings ...string) string {
+	t.Helper()
+	v, err := signing.SignRequest(p.signer, domainOf(p.srv), method, path, time.Now().Unix(), bindings...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+type response struct {
+	status int
+	code   string
+	header http.Header
+	body   []byte
+}
+
+func do(t *testing.T, method, url string, body []byte, header map[string]string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	r := response{status: res.StatusCode, header: res.Header, body: b}
+	if res.StatusCode >= 400 {
+		var e struct {
+			Error struct{ Code, Message string }
+		}
+		if err := json.Unmarshal(b, &e); err != nil || e.Error.Code == "" {
+			t.Fatalf("%s %s: %d with a body that is not an error: %q", method, url, res.StatusCode, b)
+		}
+		r.code = e.Error.Code
+	}
+	return r
+}
+
+func post(t *testing.T, url string, v any, header map[string]string) response {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return do(t, http.MethodPost, url, b, header)
+}
+
+// send posts a single document to p's own server.
+func (p *person) send(t *testing.T, doc signing.Signed) response {
+	t.Helper()
+	return post(t, p.srv.URL+"/v1/messages", doc, nil)
+}
+
+// batch posts a group send of docs to p's own server.
+func (p *person) batch(t *testing.T, docs ...signing.Signed) response {
+	t.Helper()
+	body, err := json.Marshal(map[string]any{"messages": docs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(body)
+	path := "/v1/batch/" + p.handle
+	return do(t, http.MethodPost, p.srv.URL+path, body, map[string]string{
+		"X-KEZ-Auth": p.auth(t, http.MethodPost, path, "sha256="+signing.EncodeB64(sum[:])),
+	})
+}
+
+type stored struct {
+	Seq     uint64         `json:"seq"`
+	Message signing.Signed `json:"message"`
+}
+
+// inbox reads p's whole inbox.
+func (p *person) inbox(t *testing.T) []stored {
+	t.Helper()
+	path := "/v1/inbox/" + p.handle
+	r := do(t, http.MethodGet, p.srv.URL+path+"?since=0", nil, map[string]string{"X-KEZ-Auth": p.auth(t, http.MethodGet, path, "since=0")})
+	if r.status != http.StatusOK {
+		t.Fatalf("polling %s: %d %s", p.handle, r.status, r.code)
+	}
+	var page struct{ Messages []stored }
+	if err := json.Unmarshal(r.body, &page); err != nil {
+		t.Fatal(err)
+	}
+	return page.Messages
+}
+
+// waitInbox waits until p's inbox holds n envelopes and returns them.
+func (p *person) waitInbox(t *testing.T, n int) []stored {
+	t.Helper()
+	var got []stored
+	testutil.Eventually(t, 20*time.Second, fmt.Sprintf("%d envelopes for %s", n, p.address()), func() bool {
+		got = p.inbox(t)
+		return len(got) >= n
+	})
+	if len(got) != n {
+		t.Fatalf("%s holds %d envelopes, want %d", p.address(), len(got), n)
+	}
+	return got
+}
+
+type payload struct {
+	Server, From, To, ID string
+}
+
+func payloadOf(t *testing.T, s stored) payload {
+	t.Helper()
+	var p payload
+	if err := json.Unmarshal(s.Message.Payload, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// outbox reads p's outbox.
+func (p *person) outbox(t *testing.T) []server.OutboxEntry {
+	t.Helper()
+	path := "/v1/outbox/" + p.handle
+	r := do(t, http.MethodGet, p.srv.URL+path, nil, map[string]string{"X-KEZ-Auth": p.auth(t, http.MethodGet, path)})
+	if r.status != http.StatusOK {
+		t.Fatalf("reading the outbox of %s: %d %s", p.handle, r.status, r.code)
+	}
+	var body struct{ Entries []server.OutboxEntry }
+	if err := json.Unmarshal(r.body, &body); err != nil {
+		t.Fatal(err)
+	}
+	return body.Entries
+}
+
+// waitOutbox waits until p's outbox entry id is in state and returns it.
+func (p *person) waitOutbox(t *testing.T, id, state string) server.OutboxEntry {
+	t.Helper()
+	var got server.OutboxEntry
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, e := range p.outbox(t) {
+			if e.ID == id {
+				got = e
+			}
+		}
+		if got.State == state {
+			return got
+		}
+	}
+	t.Fatalf("outbox entry %s is %+v (error %+v), want %s", id, got, got.Error, state)
+	return got
+}
+
+func TestAMessageToAnotherServerIsQueuedThenStoredThereAndAReplyComesBack(t *testing.T) {
+	one, two := startFederated(t, nil), startFederated(t, nil)
+	alice, bob := newPerson(t, one, "alice"), newPerson(t, two, "bob")
+
+	first := alice.message(t, bob, "m1")
+	r := alice.send(t, first)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("sending to %s: %d %s, want 202", bob.address(), r.status, r.body)
+	}
+	var receipt server.Receipt
+	json.Unmarshal(r.body, &receipt)
+	if receipt != (server.Receipt{To: bob.address(), ID: "m1", State: server.OutboxQueued}) {
+		t.Fatalf("receipt %+v", receipt)
+	}
+	got := bob.waitInbox(t, 1)
+	if p := payloadOf(t, got[0]); p.From != alice.address() || p.To != "bob" || p.Server != domainOf(two) {
+		t.Fatalf("bob received %+v", p)
+	}
+	if e := alice.waitOutbox(t, "m1", server.OutboxDelivered); e.To != bob.address() || e.Error != nil || e.Attempts != 1 {
+		t.Fatalf("outbox entry %+v", e)
+	}
+
+	if r := bob.send(t, bob.message(t, alice, "r1")); r.status != http.StatusAccepted {
+		t.Fatalf("replying: %d %s", r.status, r.body)
+	}
+	back := alice.waitInbox(t, 1)
+	if p := payloadOf(t, back[0]); p.From != bob.address() || p.To != "alice" {
+		t.Fatalf("alice received %+v", p)
+	}
+	// A retry of the first message is answered as before and stores
+	// nothing more anywhere; another document under its id is refused.
+	if r := alice.send(t, first); r.status != http.StatusAccepted || r.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("a retry: %d %s", r.status, r.body)
+	}
+	other := alice.sign(t, map[string]any{
+		"type": server.TypeMessage, "server": domainOf(two), "from": alice.address(), "to": "bob",
+		"id": "m1", "ts": time.Now().Unix(), "ct": signing.EncodeB64([]byte("another")),
+	})
+	if r := alice.send(t, other); r.status != http.StatusConflict || r.code != server.CodeMessageIDConflict {
+		t.Fatalf("the same id with another document: %d %s", r.status, r.code)
+	}
+	if n := len(bob.inbox(t)); n != 1 {
+		t.Fatalf("bob holds %d envelopes after the retry, want 1", n)
+	}
+}
+
+func TestAGroupSendSpansThreeServersAndItsLocalPart(t *testing.T) {
+	one, two, three := startFederated(t, nil), startFederated(t, nil), startFederated(t, nil)
+	alice, dave := newPerson(t, one, "alice"), newPerson(t, one, "dave")
+	bob, bea := newPerson(t, two, "bob"), newPerson(t, two, "bea")
+	carol := newPerson(t, three, "carol")
+
+	r := alice.batch(t, alice.message(t, bob, "g1:bob"), alice.message(t, dave, "g1:dave"),
+		alice.message(t, carol, "g1:carol"), alice.message(t, bea, "g1:bea"))
+	if r.status != http.StatusCreated {
+		t.Fatalf("group send: %d %s", r.status, r.body)
+	}
+	var body struct{ Receipts []server.Receipt }
+	json.Unmarshal(r.body, &body)
+	want := []server.Receipt{
+		{To: bob.address(), ID: "g1:bob", State: server.OutboxQueued},
+		{To: "dave", Seq: 1, ID: "g1:dave"},
+		{To: carol.address(), ID: "g1:carol", State: server.OutboxQueued},
+		{To: bea.address(), ID: "g1:bea", State: server.OutboxQueued},
+	}
+	for i := range want {
+		if body.Receipts[i] != want[i] {
+			t.Fatalf("receipt %d = %+v, want %+v", i, body.Receipts[i], want[i])
+		}
+	}
+	for _, p := range []*person{bob, bea, carol, dave} {
+		got := p.waitInbox(t, 1)
+		if pl := payloadOf(t, got[0]); pl.ID != "g1:"+p.handle {
+			t.Fatalf("%s received %+v", p.address(), pl)
+		}
+	}
+	// The two documents for two.example went as one unit.
+	for _, id := range []string{"g1:bob", "g1:carol", "g1:bea"} {
+		if e := alice.waitOutbox(t, id, server.OutboxDelivered); e.Attempts != 1 {
+			t.Fatalf("outbox entry %+v, want delivered at the first attempt", e)
+		}
+	}
+}
+
+func TestASenderItsDomainDoesNotPublishIsRefused(t *testing.T) {
+	one, two := startFederated(t, nil), startFederated(t, nil)
+	alice, bob := newPerson(t, one, "alice"), newPerson(t, two, "bob")
+	mallory := newPerson(t, one, "mallory")
+
+	forge := func(from string, signer *person, id string) signing.Signed {
+		return signer.sign(t, map[string]any{
+			"type": server.TypeMessage, "server": domainOf(two), "from": from, "to": "bob",
+			"id": id, "ts": time.Now().Unix(), "ct": signing.EncodeB64([]byte("x")),
+		})
+	}
+	tests := []struct {
+		name string
+		doc  signing.Signed
+		code string
+	}{
+		{"alice's address with mallory's key", forge(alice.address(), mallory, "f1"), server.CodeKeyNotAuthorized},
+		{"a handle its domain does not know", forge("nobody@"+domainOf(one), mallory, "f2"), server.CodeKeyNotAuthorized},
+		{"an address on the recipient's own server", forge("bob@"+domainOf(two), mallory, "f3"), server.CodeInvalidField},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := post(t, two.URL+"/v1/federation/messages", map[string]any{"messages": []signing.Signed{tt.doc}}, nil)
+			if r.code != tt.code {
+				t.Fatalf("POST /v1/federation/messages: %d %s, want %s", r.status, r.code, tt.code)
+			}
+		})
+	}
+	if n := len(bob.inbox(t)); n != 0 {
+		t.Fatalf("bob holds %d forged envelopes", n)
+	}
+}
+
+func TestAServerThatIsDownGetsTheMessagesLaterInOrderExactlyOnce(t *testing.T) {
+	one := startFederated(t, nil)
+	dbPath := t.TempDir() + "/two.db"
+	two := startFederated(t, nil, func(o *testutil.Options) { o.DBPath = dbPath })
+	alice, bob := newPerson(t, one, "alice"), newPerson(t, two, "bob")
+	bind := domainOf(two)
+	two.Stop()
+
+	const n = 5
+	for i := range n {
+		if r := alice.send(t, alice.message(t, bob, "d"+strconv.Itoa(i))); r.status != http.StatusAccepted {
+			t.Fatalf("sending while two is down: %d %s", r.status, r.body)
+		}
+	}
+	e := alice.waitOutbox(t, "d0", server.OutboxQueued)
+	testutil.Eventually(t, 10*time.Second, "a failed attempt recorded", func() bool {
+		e = alice.waitOutbox(t, "d0", server.OutboxQueued)
+		return e.Attempts > 0
+	})
+	if e.Error == nil || e.Error.Code != server.CodeUnavailable {
+		t.Fatalf("outbox entry while two is down: %+v", e)
+	}
+
+	two = startFederated(t, nil, func(o *testutil.Options) { o.DBPath, o.Bind = dbPath, bind })
+	bob.srv = two
+	got := bob.waitInbox(t, n)
+	for i, s := range got {
+		if p := payloadOf(t, s); p.ID != "d"+strconv.Itoa(i) {
+			t.Fatalf("envelope %d is %s; want the order they were sent in", i, p.ID)
+		}
+	}
+	for i := range n {
+		alice.waitOutbox(t, "d"+strconv.Itoa(i), server.OutboxDelivered)
+	}
+	if again := bob.inbox(t); len(again) != n {
+		t.Fatalf("bob holds %d envelopes, want %d exactly once", len(again), n)
+	}
+}
+
+func TestTheSameRelayedRequestTwiceStoresOnce(t *testing.T) {
+	one, two := startFederated(t, nil), startFederated(t, nil)
+	alice, bob := newPerson(t, one, "alice"), newPerson(t, two, "bob")
+	body := map[string]any{"messages": []signing.Signed{alice.message(t, bob, "once")}}
+	first := post(t, two.URL+"/v1/federation/messages", body, nil)
+	second := post(t, two.URL+"/v1/federation/messages", body, nil)
+	if first.status != http.StatusCreated || second.status != http.StatusOK || second.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("first %d %s, second %d %s", first.status, first.body, second.status, second.body)
+	}
+	if n := len(bob.inbox(t)); n != 1 {
+		t.Fatalf("bob holds %d envelopes, want 1", n)
+	}
+}
+
+func TestBlockedDomainsSendersAndStrangersAreRefusedWithTheirCodes(t *testing.T) {
+	one := startFederated(t, nil)
+	two := startFederated(t, nil)
+	three := startFederated(t, func(f *app.Federation) { f.Block = []string{domainOf(one)} })
+	alice, eve := newPerson(t, one, "alice"), newPerson(t, one, "eve")
+	bob, carol := newPerson(t, two, "bob"), newPerson(t, three, "carol")
+
+	// bob blocks eve and takes no strangers but alice.
+	setting := map[string]any{"strangers": "refuse", "known": []string{alice.address()}, "blocked": []string{eve.address()}}
+	b, _ := json.Marshal(setting)
+	sum := sha256.Sum256(b)
+	path := "/v1/privacy/bob"
+	if r := do(t, http.MethodPut, two.URL+path, b, map[string]string{
+		"X-KEZ-Auth": bob.auth(t, http.MethodPut, path, "sha256="+signing.EncodeB64(sum[:])),
+	}); r.status != http.StatusOK {
+		t.Fatalf("setting bob's privacy: %d %s", r.status, r.body)
+	}
+	stranger := newPerson(t, one, "stranger")
+
+	tests := []struct {
+		name   string
+		from   *person
+		to     *person
+		code   string
+		status int
+	}{
+		{"a blocked domain", alice, carol, server.CodeDomainBlocked, http.StatusForbidden},
+		{"a blocked sender", eve, bob, server.CodeSenderBlocked, http.StatusForbidden},
+		{"a stranger", stranger, bob, server.CodeStrangerRefused, http.StatusForbidden},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			direct := post(t, tt.to.srv.URL+"/v1/federation/messages",
+				map[string]any{"messages": []signing.Signed{tt.from.message(t, tt.to, "direct")}}, nil)
+			if direct.status != tt.status || direct.code != tt.code {
+				t.Fatalf("relayed directly: %d %s, want %d %s", direct.status, direct.code, tt.status, tt.code)
+			}
+			if r := tt.from.send(t, tt.from.message(t, tt.to, "queued")); r.status != http.StatusAccepted {
+				t.Fatalf("sending: %d %s", r.status, r.body)
+			}
+			e := tt.from.waitOutbox(t, "queued", server.OutboxFailed)
+			if e.Error == nil || e.Error.Code != tt.code {
+				t.Fatalf("outbox entry %+v, want failed with %s", e, tt.code)
+			}
+		})
+	}
+	// alice, known to bob, still reaches him.
+	if r := alice.send(t, alice.message(t, bob, "known")); r.status != http.StatusAccepted {
+		t.Fatalf("sending: %d %s", r.status, r.body)
+	}
+	alice.waitOutbox(t, "known", server.OutboxDelivered)
+	// And one's own list refuses a domain before anything is queued.
+	four := startFederated(t, func(f *app.Federation) { f.Block = []string{domainOf(two)} })
+	frank := newPerson(t, four, "frank")
+	if r := frank.send(t, frank.message(t, bob, "x")); r.status != http.StatusForbidden || r.code != server.CodeDomainBlocked {
+		t.Fatalf("sending to a blocked domain: %d %s", r.status, r.code)
+	}
+}
+
+func TestAServerWithoutFederationRefusesBothWays(t *testing.T) {
+	one := startFederated(t, nil)
+	plain := testutil.StartServer(t, testutil.Options{})
+	alice := newPerson(t, one, "alice")
+	r := post(t, plain.URL+"/v1/federation/messages", map[string]any{"messages": []signing.Signed{alice.sign(t, map[string]any{
+		"type": server.TypeMessage, "server": testutil.Domain, "from": alice.address(), "to": "bob",
+		"id": "x", "ts": time.Now().Unix(), "ct": "eA",
+	})}}, nil)
+	if r.status != http.StatusForbidden || r.code != server.CodeFederationDisabled {
+		t.Fatalf("relaying to a server without federation: %d %s", r.status, r.code)
+	}
+}
