@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -486,5 +488,166 @@ func TestAServerWithoutFederationRefusesBothWays(t *testing.T) {
 	})}}, nil)
 	if r.status != http.StatusForbidden || r.code != server.CodeFederationDisabled {
 		t.Fatalf("relaying to a server without federation: %d %s", r.status, r.code)
+	}
+}
+
+// publishKeys publishes version 1 of p's key document on sig, listing
+// its primary key and device.
+func (p *person) publishKeys(t *testing.T, sig *testutil.SigServer, device signing.Signer) {
+	t.Helper()
+	doc := p.sign(t, map[string]any{
+		"type": "kez.sig.keys/v1", "primary_id": signing.PrimaryID(p.signer.Alg(), p.signer.PublicKey()),
+		"version": 1, "prev": "",
+		"signing_keys": []map[string]string{
+			{"alg": p.signer.Alg(), "key": signing.EncodeB64(p.signer.PublicKey()), "label": "primary"},
+			{"alg": device.Alg(), "key": signing.EncodeB64(device.PublicKey()), "label": "phone"},
+		},
+		"enc_key": signing.EncodeB64(p.enc), "ts": time.Now().Unix(),
+	})
+	if r := post(t, sig.URL+"/v1/keys", doc, nil); r.status != http.StatusCreated {
+		t.Fatalf("publishing keys: %d %s", r.status, r.body)
+	}
+}
+
+func TestADeviceKeyTheSendersDomainPublishesIsAcceptedAndAnotherIsNot(t *testing.T) {
+	sig := testutil.StartSigServer(t, testutil.SigOptions{})
+	one := startFederated(t, nil, func(o *testutil.Options) { o.SigServerURL = sig.URL })
+	two := startFederated(t, nil)
+	alice, bob := newPerson(t, one, "alice"), newPerson(t, two, "bob")
+	phone, err := signing.GenerateKey("ed25519")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice.publishKeys(t, sig, phone)
+
+	fromPhone := func(signer signing.Signer, id string) signing.Signed {
+		doc, err := signing.Sign(signer, map[string]any{
+			"type": server.TypeMessage, "server": domainOf(two), "from": alice.address(), "to": "bob",
+			"id": id, "ts": time.Now().Unix(), "ct": signing.EncodeB64([]byte("from the phone")),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return doc
+	}
+	if r := alice.send(t, fromPhone(phone, "p1")); r.status != http.StatusAccepted {
+		t.Fatalf("sending from the phone: %d %s", r.status, r.body)
+	}
+	alice.waitOutbox(t, "p1", server.OutboxDelivered)
+	if got := bob.waitInbox(t, 1); payloadOf(t, got[0]).ID != "p1" {
+		t.Fatalf("bob received %+v", payloadOf(t, got[0]))
+	}
+
+	unpublished, err := signing.GenerateKey("ed25519")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := post(t, two.URL+"/v1/federation/messages", map[string]any{"messages": []signing.Signed{fromPhone(unpublished, "p2")}}, nil)
+	if r.code != server.CodeKeyNotAuthorized {
+		t.Fatalf("a key alice's domain does not publish: %d %s", r.status, r.code)
+	}
+}
+
+func TestFederationOnTheJetStreamStoreIsRefusedAtStart(t *testing.T) {
+	nats := testutil.StartNATS(t, testutil.NATSOptions{})
+	cfg := testutil.ServerConfig(t, testutil.Options{NATS: nats, JetStream: true, Federation: &app.Federation{}})
+	srv, err := app.New(t.Context(), cfg, testutil.Logger(t))
+	if err == nil {
+		srv.Close()
+		t.Fatal("a federated server on JetStream started")
+	}
+	if !strings.Contains(err.Error(), "needs the SQLite store") {
+		t.Fatalf("New = %v, want it to say federation needs the SQLite store", err)
+	}
+}
+
+// hostileDomain serves, at its own loopback domain, a WebFinger answer and
+// a record for victim's keys that are well formed but padded past the
+// answer limit: a server that read them whole would accept them.
+func hostileDomain(t *testing.T, victim *person, pad int) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	domain := ln.Addr().String()
+	padded := func(v any) []byte {
+		b, _ := json.Marshal(v)
+		return append(b, bytes.Repeat([]byte(" "), pad)...)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /.well-known/webfinger", func(w http.ResponseWriter, r *http.Request) {
+		w.Write(padded(map[string]any{"subject": "acct:mallory@" + domain,
+			"links": []map[string]string{{"rel": "self", "href": "http://" + domain + "/v1/u/mallory"}}}))
+	})
+	mux.HandleFunc("GET /v1/u/mallory", func(w http.ResponseWriter, r *http.Request) {
+		w.Write(padded(map[string]any{"handle": "mallory", "server": domain,
+			"primary_id": signing.PrimaryID(victim.signer.Alg(), victim.signer.PublicKey()),
+			"alg":        victim.signer.Alg(), "key": signing.EncodeB64(victim.signer.PublicKey()),
+			"enc_key": signing.EncodeB64(victim.enc)}))
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return domain
+}
+
+func TestAnAnswerPastTheLimitFromASendersDomainIsNotRead(t *testing.T) {
+	two := startFederated(t, nil)
+	bob := newPerson(t, two, "bob")
+	mallory := &person{handle: "mallory"}
+	var err error
+	if mallory.signer, err = signing.GenerateKey("ed25519"); err != nil {
+		t.Fatal(err)
+	}
+	mallory.enc = make([]byte, 32)
+	for _, tt := range []struct {
+		name string
+		pad  int
+		code string
+	}{
+		// Within the limit the keys are taken, which shows the padding
+		// alone is what is refused.
+		{"answers within 64 KiB", 1 << 10, ""},
+		{"answers of 1 MiB", 1 << 20, server.CodeUnavailable},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			domain := hostileDomain(t, mallory, tt.pad)
+			doc := mallory.sign(t, map[string]any{
+				"type": server.TypeMessage, "server": domainOf(two), "from": "mallory@" + domain, "to": "bob",
+				"id": "pad" + strconv.Itoa(tt.pad), "ts": time.Now().Unix(), "ct": signing.EncodeB64([]byte("x")),
+			})
+			r := post(t, two.URL+"/v1/federation/messages", map[string]any{"messages": []signing.Signed{doc}}, nil)
+			if r.code != tt.code {
+				t.Fatalf("%d %s, want %q", r.status, r.code, tt.code)
+			}
+		})
+	}
+	if n := len(bob.inbox(t)); n != 1 {
+		t.Fatalf("bob holds %d envelopes, want the one within the limit", n)
+	}
+}
+
+func TestARemoteSendersDailyBytesAreBoundedAtTheRecipientsServer(t *testing.T) {
+	one := startFederated(t, nil)
+	two := startFederated(t, func(f *app.Federation) { f.SenderQuota = app.Quota{BytesPerDay: 6 << 10} })
+	alice, bob := newPerson(t, one, "alice"), newPerson(t, two, "bob")
+	big := func(id string) signing.Signed {
+		return alice.sign(t, map[string]any{
+			"type": server.TypeMessage, "server": domainOf(two), "from": alice.address(), "to": "bob",
+			"id": id, "ts": time.Now().Unix(), "ct": signing.EncodeB64(bytes.Repeat([]byte("c"), 1500)),
+		})
+	}
+	for i := range 2 {
+		if r := post(t, two.URL+"/v1/federation/messages", map[string]any{"messages": []signing.Signed{big("q" + strconv.Itoa(i))}}, nil); r.status != http.StatusCreated {
+			t.Fatalf("message %d within the quota: %d %s", i, r.status, r.body)
+		}
+	}
+	r := post(t, two.URL+"/v1/federation/messages", map[string]any{"messages": []signing.Signed{big("q2")}}, nil)
+	if r.status != http.StatusTooManyRequests || r.code != server.CodeSenderQuota || r.header.Get("Retry-After") == "" {
+		t.Fatalf("past the quota: %d %s (Retry-After %q)", r.status, r.code, r.header.Get("Retry-After"))
+	}
+	if n := len(bob.inbox(t)); n != 2 {
+		t.Fatalf("bob holds %d envelopes, want 2", n)
 	}
 }
