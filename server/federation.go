@@ -50,7 +50,8 @@ type OutboundDoc struct {
 }
 
 // Delivery is one request's worth of queued documents: those of one send
-// to one server, delivered together and in queue order per server.
+// to one server, delivered together, and in queue order per sender and
+// server.
 type Delivery struct {
 	Unit     int64
 	Domain   string
@@ -130,8 +131,9 @@ type FederationStore interface {
 	// with message_id_conflict. Past limits, outbox_full; a blob not the
 	// sender's, unknown_blob. Refusals carry the document's index.
 	Enqueue(ctx context.Context, docs []*OutboundDoc, limits OutboxLimits) (dups []bool, err error)
-	// DueDeliveries returns, for each domain with queued units, its oldest
-	// one if its next attempt is due at now; at most limit of them.
+	// DueDeliveries returns, for each sender and domain with queued
+	// units, the oldest one if its next attempt is due at now; at most
+	// limit of them, oldest first.
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*Delivery, error)
 	// FinishDelivery records an attempt's result for unit.
 	FinishDelivery(ctx context.Context, unit int64, r DeliveryResult) error

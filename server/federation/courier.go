@@ -18,10 +18,11 @@ import (
 	"kez.lat/chat/server"
 )
 
-// Courier delivers the outbox: each destination's units in queue order,
-// one request at a time per destination, at most Workers destinations at
-// once; failures are retried with backoff until the documents leave the
-// federation window (docs/protocol.md, "Delivery between servers").
+// Courier delivers the outbox: each sender's units for each destination in
+// queue order, one request at a time per sender and destination, at most
+// Workers requests at once; failures are retried with backoff until the
+// documents leave the federation window (docs/protocol.md, "Delivery
+// between servers").
 type Courier struct {
 	cfg   Config
 	store server.FederationStore
@@ -29,8 +30,8 @@ type Courier struct {
 	log   *slog.Logger
 	wake  chan struct{}
 
-	// Workers bounds the destinations delivered to at once; Poll is how
-	// often the queue is read without being woken.
+	// Workers bounds the requests in flight at once; Poll is how often
+	// the queue is read without being woken.
 	Workers int
 	Poll    time.Duration
 
@@ -56,7 +57,7 @@ func NewCourier(cfg Config, store server.FederationStore, log *slog.Logger, reg 
 	cfg = withDefaults(cfg)
 	c := &Courier{
 		cfg: cfg, store: store, http: httpClient(cfg, cfg.DeliveryTimeout), log: log,
-		wake: make(chan struct{}, 1), Workers: 8, Poll: time.Second,
+		wake: make(chan struct{}, 1), Workers: 32, Poll: time.Second,
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kezchat_federation_deliveries_total",
 			Help: "Attempts to deliver queued documents to other servers, by outcome: delivered, retry, failed.",
@@ -81,10 +82,10 @@ func (c *Courier) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var mu sync.Mutex
-	busy := make(map[string]bool) // destinations with a delivery in flight
-	// A destination whose delivery finished after a read of the queue
-	// began is skipped in that read's round: the read may show the unit
-	// as it was before (delivered twice, or its emptied documents).
+	busy := make(map[string]bool) // queues (sender and destination) with a delivery in flight
+	// A queue whose delivery finished after a read of the queue began is
+	// skipped in that read's round: the read may show the unit as it was
+	// before (delivered twice, or its emptied documents).
 	var gen uint64
 	finished := make(map[string]uint64)
 	done := make(chan struct{}, 1)
@@ -104,10 +105,11 @@ func (c *Courier) Run(ctx context.Context) {
 			c.log.Error("reading the outbox", "err", err)
 		}
 		for _, d := range due {
+			q := d.Sender + "@" + d.Domain
 			mu.Lock()
-			skip := busy[d.Domain] || finished[d.Domain] > read || len(busy) >= c.Workers
+			skip := busy[q] || finished[q] > read || len(busy) >= c.Workers
 			if !skip {
-				busy[d.Domain] = true
+				busy[q] = true
 			}
 			mu.Unlock()
 			if skip {
@@ -116,9 +118,9 @@ func (c *Courier) Run(ctx context.Context) {
 			wg.Go(func() {
 				c.deliver(ctx, d)
 				mu.Lock()
-				delete(busy, d.Domain)
+				delete(busy, q)
 				gen++
-				finished[d.Domain] = gen
+				finished[q] = gen
 				mu.Unlock()
 				select {
 				case done <- struct{}{}:

@@ -34,7 +34,7 @@ CREATE TABLE outbox_units (
 	error_code    TEXT    NOT NULL DEFAULT '',
 	error_message TEXT    NOT NULL DEFAULT ''
 ) STRICT;
-CREATE INDEX outbox_units_queue ON outbox_units (domain, id) WHERE state = 'queued';
+CREATE INDEX outbox_units_queue ON outbox_units (domain, sender, id) WHERE state = 'queued';
 CREATE INDEX outbox_units_due ON outbox_units (next_at) WHERE state = 'queued';
 CREATE INDEX outbox_units_sender ON outbox_units (sender, id);
 CREATE INDEX outbox_units_done ON outbox_units (updated_at) WHERE state <> 'queued';
@@ -174,7 +174,7 @@ func (db *DB) Enqueue(ctx context.Context, docs []*server.OutboundDoc, limits se
 func (db *DB) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*server.Delivery, error) {
 	rows, err := db.rdb.QueryContext(ctx, `SELECT u.id, u.domain, u.sender, u.attempts, u.expires_at FROM outbox_units u
 		WHERE u.state = 'queued' AND u.next_at <= ?1
-			AND u.id = (SELECT min(v.id) FROM outbox_units v WHERE v.state = 'queued' AND v.domain = u.domain)
+			AND u.id = (SELECT min(v.id) FROM outbox_units v WHERE v.state = 'queued' AND v.domain = u.domain AND v.sender = u.sender)
 		ORDER BY u.id LIMIT ?2`, now.Unix(), limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading due deliveries: %w", err)

@@ -63,7 +63,7 @@ func TestTheOutboxIsBoundedInDocumentsAndBytesPerSender(t *testing.T) {
 	}
 }
 
-func TestEachDomainsQueueIsDeliveredOneUnitAtATimeInOrder(t *testing.T) {
+func TestEachSendersQueueForADomainIsDeliveredOneUnitAtATimeInOrder(t *testing.T) {
 	ctx := context.Background()
 	db := openTest(t)
 	mustCreate(t, db, "alice")
