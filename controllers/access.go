@@ -1,6 +1,11 @@
 package controllers
 
 import (
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -125,9 +130,10 @@ func fromEdge(kc *chatv1.KezChat) []networkingv1.NetworkPolicyPeer {
 // serverNetworkPolicy admits the chat server's HTTP port from the ingress
 // controller and the Gateways' data plane only, so that no other tenant
 // of the cluster reaches it (or forges X-Forwarded-For), and its metrics
-// port to the scrapers' namespace (spec.monitoring.scraperNamespace).
+// port to the scrapers' namespace (spec.monitoring.scraperNamespace). It
+// lets the chat server's pods connect only where serverEgress says.
 func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
-	return &networkingv1.NetworkPolicy{
+	np := &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: namesOf(kc).server(), Namespace: kc.Namespace, Labels: labels(kc, componentServer)},
 		Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: selectorLabels(kc, componentServer)},
@@ -138,6 +144,164 @@ func serverNetworkPolicy(kc *chatv1.KezChat) *networkingv1.NetworkPolicy {
 			},
 		},
 	}
+	if egress, known := serverEgress(kc); known {
+		np.Spec.PolicyTypes = append(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
+		np.Spec.Egress = egress
+	}
+	return np
+}
+
+// serverEgress is where the chat server's pods may connect: every
+// connection they open, and no other, so that a server made to dial
+// somewhere it should not (a hostile push endpoint or federation peer
+// whose DNS points inside the cluster) reaches nothing there. The server
+// refuses non-public addresses itself for those; this holds whatever the
+// server does. The pods open (replies to connections made to them need no
+// rule):
+//
+//   - DNS, UDP and TCP port 53, to any address: the cluster's DNS
+//     Service, a node-local cache on a link-local address, or whatever
+//     the pod's resolv.conf names, which differs between clusters.
+//   - NATS (spec.nats.enabled): its clients port on this KezChat's NATS
+//     pods, for the broker, the jetstream store and the NATS auth
+//     callout; a NATS cluster advertises its other servers at their pod
+//     addresses on the same port.
+//   - The sig-server (spec.sigServer.enabled): its HTTP port on this
+//     KezChat's sig-server pod, where the server resolves device keys.
+//   - HTTPS, TCP port 443, to any address, while Web Push is on (the
+//     browsers' push services) or the server federates (other servers'
+//     deliveries, WebFinger, records and key documents, always at
+//     https://<domain>): both are on public addresses anywhere.
+//   - With spec.bootstrap, the restore init container (in the same pod)
+//     reads the recovery bucket: the endpoint's port (given, or 443 for
+//     https and 80 for http), to any address; on jetstream it writes
+//     through this KezChat's NATS, above.
+//   - What spec.server.env points the server at beyond the operator's
+//     wiring (userEgressPorts): the ports of KEZ_NATS_URL,
+//     KEZ_SIG_SERVER_URL and the origins of KEZ_PUSH_ALLOW_ENDPOINT, to
+//     any address, and 443 for KEZ_FEDERATION=true or KEZ_VAPID_SUBJECT.
+//
+// Nothing else: the pods call no Kubernetes API (no token is mounted),
+// nothing of the operator, and no object store but the recovery one;
+// backups run in Jobs whose pods this policy does not select. When one of
+// those variables comes from a Secret or ConfigMap (valueFrom), where the
+// server connects is unknown here: known is false, and the policy
+// restricts no egress, as before there was any.
+func serverEgress(kc *chatv1.KezChat) (rules []networkingv1.NetworkPolicyEgressRule, known bool) {
+	user, known := userEgressPorts(kc.Spec.Server.Env)
+	if !known {
+		return nil, false
+	}
+	rules = append(rules, networkingv1.NetworkPolicyEgressRule{Ports: []networkingv1.NetworkPolicyPort{
+		{Protocol: ptr.To(corev1.ProtocolUDP), Port: ptr.To(intstr.FromInt32(53))},
+		tcpPort(53),
+	}})
+	if kc.Spec.NATS.IsEnabled() {
+		rules = append(rules, networkingv1.NetworkPolicyEgressRule{
+			To: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentNATS)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(natsClientPort)},
+		})
+	}
+	if kc.Spec.SigServer.IsEnabled() {
+		rules = append(rules, networkingv1.NetworkPolicyEgressRule{
+			To: []networkingv1.NetworkPolicyPeer{fromPods(kc, componentSigServer)}, Ports: []networkingv1.NetworkPolicyPort{tcpPort(sigServerPort)},
+		})
+	}
+	anywhere := user
+	if kc.Spec.Push.IsEnabled() || federates(kc) {
+		anywhere = append(anywhere, 443)
+	}
+	if kc.Spec.Bootstrap != nil {
+		anywhere = append(anywhere, endpointPort(kc.Spec.Bootstrap.Recovery.ObjectStore.Endpoint))
+	}
+	slices.Sort(anywhere)
+	if anywhere = slices.Compact(anywhere); len(anywhere) > 0 {
+		rule := networkingv1.NetworkPolicyEgressRule{}
+		for _, p := range anywhere {
+			rule.Ports = append(rule.Ports, tcpPort(p))
+		}
+		rules = append(rules, rule)
+	}
+	return rules, true
+}
+
+// endpointPort is the TCP port an http(s) URL connects to; 443 when it
+// names none and is not http (the CRD admits only http and https object
+// store endpoints).
+func endpointPort(endpoint string) int32 {
+	u, err := url.Parse(endpoint)
+	if err == nil {
+		if p, err := strconv.ParseUint(u.Port(), 10, 16); err == nil && p > 0 {
+			return int32(p)
+		}
+		if u.Scheme == "http" {
+			return 80
+		}
+	}
+	return 443
+}
+
+// defaultPorts are the ports of URLs that name none, by scheme: the
+// server's HTTP clients' and the NATS client's.
+var defaultPorts = map[string]int32{"http": 80, "https": 443, "nats": natsClientPort, "tls": natsClientPort, "ws": 80, "wss": 443}
+
+// userEgressPorts are the ports, to any address, of what spec.server.env
+// points the chat server at beyond the operator's wiring, which its
+// values replace (mergeEnv): another NATS (KEZ_NATS_URL, a comma-separated
+// list, 4222 unless given), another sig-server (KEZ_SIG_SERVER_URL), the
+// trusted push origins of KEZ_PUSH_ALLOW_ENDPOINT (the other entries are
+// host patterns held to https on 443), and 443 for KEZ_FEDERATION=true or
+// a KEZ_VAPID_SUBJECT. known is false when one of the URLs comes from
+// valueFrom, or does not parse: the server may then connect anywhere.
+func userEgressPorts(env []corev1.EnvVar) (ports []int32, known bool) {
+	for _, e := range env {
+		var urls []string
+		switch e.Name {
+		case "KEZ_NATS_URL", "KEZ_SIG_SERVER_URL":
+			urls = strings.Split(e.Value, ",")
+		case "KEZ_PUSH_ALLOW_ENDPOINT":
+			for _, entry := range strings.Split(e.Value, ",") {
+				if strings.Contains(entry, "://") {
+					urls = append(urls, entry)
+				}
+			}
+		case "KEZ_FEDERATION", "KEZ_VAPID_SUBJECT":
+			// Either turns on connections to https://<name> on 443 alone,
+			// so one from valueFrom costs no more than 443.
+			if on, _ := strconv.ParseBool(e.Value); e.ValueFrom != nil || on || (e.Name == "KEZ_VAPID_SUBJECT" && e.Value != "") {
+				ports = append(ports, 443)
+			}
+			continue
+		default:
+			continue
+		}
+		if e.ValueFrom != nil {
+			return nil, false
+		}
+		for _, raw := range urls {
+			raw = strings.TrimSpace(raw)
+			if raw == "" {
+				continue
+			}
+			if !strings.Contains(raw, "://") && e.Name == "KEZ_NATS_URL" {
+				raw = "nats://" + raw // as the NATS client reads it
+			}
+			u, err := url.Parse(raw)
+			if err != nil || u.Host == "" {
+				return nil, false
+			}
+			switch p, err := strconv.ParseUint(u.Port(), 10, 16); {
+			case err == nil && p > 0:
+				ports = append(ports, int32(p))
+			case u.Port() != "":
+				return nil, false
+			case defaultPorts[u.Scheme] != 0:
+				ports = append(ports, defaultPorts[u.Scheme])
+			default:
+				return nil, false
+			}
+		}
+	}
+	return ports, true
 }
 
 // natsClients are the pods that connect to NATS's clients port: the chat

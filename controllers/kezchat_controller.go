@@ -272,6 +272,12 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			noteChange(res, kind, obj)
 		}
 	}
+	// The chat server is applied with the federation its spec asks for,
+	// or without it on a store that cannot (federation.go). The condition
+	// says which; no event: on jetstream that is the default's doing, not
+	// something the user asked for and must fix.
+	fed := federationOf(kc)
+	obs.federation = &fed
 	for _, obj := range unwantedObjects(kc, in) {
 		if err := r.deleteIfOwned(ctx, kc, obj); err != nil {
 			return obs, ctrl.Result{}, err

@@ -181,6 +181,7 @@ func serverDeployment(kc *chatv1.KezChat, in Inputs) *appsv1.Deployment {
 	if kc.Spec.SigServer.IsEnabled() {
 		env = append(env, corev1.EnvVar{Name: "KEZ_SIG_SERVER_URL", Value: fmt.Sprintf("http://%s:%d", n.sigServer(), sigServerPort)})
 	}
+	env = append(env, federationEnv(kc)...)
 	// No GOMEMLIMIT: the server reads its container's memory limit from
 	// its cgroup and keeps the Go runtime to 90% of it, leaving room for
 	// what SQLite allocates outside Go's heap, and paces its collector by

@@ -132,6 +132,10 @@ type observed struct {
 	// podMonitors is what became of spec.monitoring.podMonitor
 	// (monitoring.go).
 	podMonitors podMonitorOutcome
+	// federation is the Federation condition of the spec the chat server
+	// was applied with (federation.go); nil when the reconcile stopped
+	// before.
+	federation *federationState
 }
 
 // computeStatus is the status kc should have after a reconcile that saw
@@ -155,6 +159,7 @@ func computeStatus(kc *chatv1.KezChat, obs observed) chatv1.KezChatStatus {
 	}
 
 	setMonitoringCondition(&st, gen, obs.podMonitors)
+	setFederationCondition(&st, gen, obs.federation)
 
 	components := []struct {
 		condition string

@@ -41,6 +41,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) != 'jetstream' || !has(self.nats) || !has(self.nats.enabled) || self.nats.enabled",message="the jetstream store (server.store: jetstream, or more than one replica) needs nats.enabled"
 // +kubebuilder:validation:XValidation:rule="has(self.bootstrap) == has(oldSelf.bootstrap)",message="spec.bootstrap is set only when a KezChat is created, and stays: a running KezChat is never restored over"
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) == (has(oldSelf.server) && has(oldSelf.server.store) ? oldSelf.server.store : (has(oldSelf.server) && has(oldSelf.server.replicas) && oldSelf.server.replicas > 1 ? 'jetstream' : 'sqlite'))",message="the store cannot change once created: it holds the users and messages (create the KezChat with server.store: jetstream to scale it later)"
+// +kubebuilder:validation:XValidation:rule="!has(self.federation) || ((!has(self.federation.allowDomains) || !(self.domain in self.federation.allowDomains)) && (!has(self.federation.blockDomains) || !(self.domain in self.federation.blockDomains)))",message="spec.domain is this server's own: it cannot be in federation.allowDomains or federation.blockDomains, which name other servers"
 // +kubebuilder:validation:XValidation:rule="(has(self.server) && has(self.server.store) ? self.server.store : (has(self.server) && has(self.server.replicas) && self.server.replicas > 1 ? 'jetstream' : 'sqlite')) != 'jetstream' || (has(self.nats) && has(self.nats.replicas) ? self.nats.replicas : 1) == (has(oldSelf.nats) && has(oldSelf.nats.replicas) ? oldSelf.nats.replicas : 1)",message="nats.replicas cannot change on the jetstream store: 3 to 1 would remove two JetStream peers at once while every stream keeps three replicas, and 1 to 3 would leave every stream on one. To change it, back up this KezChat and restore the backup into a new KezChat with the replicas you want (README: Changing nats.replicas)"
 type KezChatSpec struct {
 	// Domain is the chat server's name: handles are handle@domain and every
@@ -98,6 +99,13 @@ type KezChatSpec struct {
 	// beside or instead of the Ingress.
 	// +optional
 	Gateway *GatewaySpec `json:"gateway,omitempty"`
+
+	// Federation is whether, and with which other servers, people here
+	// exchange messages with people on other KezChat servers
+	// (kezchat_federation_types.go). On by default.
+	// +optional
+	// +kubebuilder:default={}
+	Federation FederationSpec `json:"federation,omitempty"`
 
 	// Attachments are the encrypted files people send: the server keeps
 	// each one while a message names it, at most the retention.
