@@ -133,8 +133,10 @@ type FederationStore interface {
 	Enqueue(ctx context.Context, docs []*OutboundDoc, limits OutboxLimits) (dups []bool, err error)
 	// DueDeliveries returns, for each sender and domain with queued
 	// units, the oldest one if its next attempt is due at now; at most
-	// limit of them, oldest first.
+	// limit of them, oldest first, without their Messages.
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*Delivery, error)
+	// DeliveryMessages returns the documents of unit, in order.
+	DeliveryMessages(ctx context.Context, unit int64) ([][]byte, error)
 	// FinishDelivery records an attempt's result for unit.
 	FinishDelivery(ctx context.Context, unit int64, r DeliveryResult) error
 	// OutboxEntries returns sender's entries, newest first, at most limit.

@@ -146,6 +146,14 @@ func (c *Courier) deliver(ctx context.Context, d *server.Delivery) {
 			Message: fmt.Sprintf("not delivered to %s within %v", d.Domain, server.FederationWindow)})
 		return
 	}
+	msgs, err := c.store.DeliveryMessages(ctx, d.Unit)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Error("reading a unit of the outbox", "unit", d.Unit, "err", err)
+		}
+		return
+	}
+	d.Messages = msgs
 	code, msg, retry, retryAfter, err := c.post(ctx, d)
 	if ctx.Err() != nil {
 		return

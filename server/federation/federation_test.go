@@ -27,7 +27,7 @@ import (
 
 // startFederated starts a federated server whose federation settings
 // change may adjust (limits off unless set).
-func startFederated(t *testing.T, change func(*app.Federation), opts ...func(*testutil.Options)) *testutil.Server {
+func startFederated(t testing.TB, change func(*app.Federation), opts ...func(*testutil.Options)) *testutil.Server {
 	t.Helper()
 	fed := app.Federation{}
 	if change != nil {
@@ -52,7 +52,7 @@ type person struct {
 
 func (p *person) address() string { return p.handle + "@" + domainOf(p.srv) }
 
-func newPerson(t *testing.T, srv *testutil.Server, handle string) *person {
+func newPerson(t testing.TB, srv *testutil.Server, handle string) *person {
 	t.Helper()
 	s, err := signing.GenerateKey("ed25519")
 	if err != nil {
@@ -73,7 +73,7 @@ func newPerson(t *testing.T, srv *testutil.Server, handle string) *person {
 	return p
 }
 
-func (p *person) sign(t *testing.T, payload map[string]any) signing.Signed {
+func (p *person) sign(t testing.TB, payload map[string]any) signing.Signed {
 	t.Helper()
 	doc, err := signing.Sign(p.signer, payload)
 	if err != nil {
@@ -83,7 +83,7 @@ func (p *person) sign(t *testing.T, payload map[string]any) signing.Signed {
 }
 
 // message is p's signed document to handle on domain with id.
-func (p *person) message(t *testing.T, to *person, id string) signing.Signed {
+func (p *person) message(t testing.TB, to *person, id string) signing.Signed {
 	t.Helper()
 	from := p.handle
 	if to.srv != p.srv {
@@ -95,7 +95,7 @@ func (p *person) message(t *testing.T, to *person, id string) signing.Signed {
 	})
 }
 
-func (p *person) auth(t *testing.T, method, path string, bindings ...string) string {
+func (p *person) auth(t testing.TB, method, path string, bindings ...string) string {
 	t.Helper()
 	v, err := signing.SignRequest(p.signer, domainOf(p.srv), method, path, time.Now().Unix(), bindings...)
 	if err != nil {
@@ -111,7 +111,7 @@ type response struct {
 	body   []byte
 }
 
-func do(t *testing.T, method, url string, body []byte, header map[string]string) response {
+func do(t testing.TB, method, url string, body []byte, header map[string]string) response {
 	t.Helper()
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
@@ -140,7 +140,7 @@ func do(t *testing.T, method, url string, body []byte, header map[string]string)
 	return r
 }
 
-func post(t *testing.T, url string, v any, header map[string]string) response {
+func post(t testing.TB, url string, v any, header map[string]string) response {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -150,13 +150,13 @@ func post(t *testing.T, url string, v any, header map[string]string) response {
 }
 
 // send posts a single document to p's own server.
-func (p *person) send(t *testing.T, doc signing.Signed) response {
+func (p *person) send(t testing.TB, doc signing.Signed) response {
 	t.Helper()
 	return post(t, p.srv.URL+"/v1/messages", doc, nil)
 }
 
 // batch posts a group send of docs to p's own server.
-func (p *person) batch(t *testing.T, docs ...signing.Signed) response {
+func (p *person) batch(t testing.TB, docs ...signing.Signed) response {
 	t.Helper()
 	body, err := json.Marshal(map[string]any{"messages": docs})
 	if err != nil {
@@ -175,7 +175,7 @@ type stored struct {
 }
 
 // inbox reads p's whole inbox.
-func (p *person) inbox(t *testing.T) []stored {
+func (p *person) inbox(t testing.TB) []stored {
 	t.Helper()
 	path := "/v1/inbox/" + p.handle
 	r := do(t, http.MethodGet, p.srv.URL+path+"?since=0", nil, map[string]string{"X-KEZ-Auth": p.auth(t, http.MethodGet, path, "since=0")})
@@ -190,7 +190,7 @@ func (p *person) inbox(t *testing.T) []stored {
 }
 
 // waitInbox waits until p's inbox holds n envelopes and returns them.
-func (p *person) waitInbox(t *testing.T, n int) []stored {
+func (p *person) waitInbox(t testing.TB, n int) []stored {
 	t.Helper()
 	var got []stored
 	testutil.Eventually(t, 20*time.Second, fmt.Sprintf("%d envelopes for %s", n, p.address()), func() bool {
@@ -207,7 +207,7 @@ type payload struct {
 	Server, From, To, ID string
 }
 
-func payloadOf(t *testing.T, s stored) payload {
+func payloadOf(t testing.TB, s stored) payload {
 	t.Helper()
 	var p payload
 	if err := json.Unmarshal(s.Message.Payload, &p); err != nil {
@@ -217,7 +217,7 @@ func payloadOf(t *testing.T, s stored) payload {
 }
 
 // outbox reads p's outbox.
-func (p *person) outbox(t *testing.T) []server.OutboxEntry {
+func (p *person) outbox(t testing.TB) []server.OutboxEntry {
 	t.Helper()
 	path := "/v1/outbox/" + p.handle
 	r := do(t, http.MethodGet, p.srv.URL+path, nil, map[string]string{"X-KEZ-Auth": p.auth(t, http.MethodGet, path)})
@@ -232,7 +232,7 @@ func (p *person) outbox(t *testing.T) []server.OutboxEntry {
 }
 
 // waitOutbox waits until p's outbox entry id is in state and returns it.
-func (p *person) waitOutbox(t *testing.T, id, state string) server.OutboxEntry {
+func (p *person) waitOutbox(t testing.TB, id, state string) server.OutboxEntry {
 	t.Helper()
 	var got server.OutboxEntry
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
@@ -493,7 +493,7 @@ func TestAServerWithoutFederationRefusesBothWays(t *testing.T) {
 
 // publishKeys publishes version 1 of p's key document on sig, listing
 // its primary key and device.
-func (p *person) publishKeys(t *testing.T, sig *testutil.SigServer, device signing.Signer) {
+func (p *person) publishKeys(t testing.TB, sig *testutil.SigServer, device signing.Signer) {
 	t.Helper()
 	doc := p.sign(t, map[string]any{
 		"type": "kez.sig.keys/v1", "primary_id": signing.PrimaryID(p.signer.Alg(), p.signer.PublicKey()),
@@ -564,7 +564,7 @@ func TestFederationOnTheJetStreamStoreIsRefusedAtStart(t *testing.T) {
 // hostileDomain serves, at its own loopback domain, a WebFinger answer and
 // a record for victim's keys that are well formed but padded past the
 // answer limit: a server that read them whole would accept them.
-func hostileDomain(t *testing.T, victim *person, pad int) string {
+func hostileDomain(t testing.TB, victim *person, pad int) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -110,6 +110,12 @@ func withDefaults(cfg Config) Config {
 	if cfg.DeliveryTimeout <= 0 {
 		cfg.DeliveryTimeout = def.DeliveryTimeout
 	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = def.TTL
+	}
+	if cfg.MinRefresh <= 0 {
+		cfg.MinRefresh = def.MinRefresh
+	}
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = def.RetryAfter
 	}

@@ -169,8 +169,8 @@ func (db *DB) Enqueue(ctx context.Context, docs []*server.OutboundDoc, limits se
 	return dups, nil
 }
 
-// DueDeliveries reads each domain's oldest queued unit that is due, from
-// the read pool; see server.FederationStore.
+// DueDeliveries reads each queue's oldest unit that is due, from the read
+// pool; see server.FederationStore.
 func (db *DB) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*server.Delivery, error) {
 	rows, err := db.rdb.QueryContext(ctx, `SELECT u.id, u.domain, u.sender, u.attempts, u.expires_at FROM outbox_units u
 		WHERE u.state = 'queued' AND u.next_at <= ?1
@@ -194,15 +194,11 @@ func (db *DB) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*s
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading due deliveries: %w", err)
 	}
-	for _, d := range ds {
-		if d.Messages, err = db.unitMessages(ctx, d.Unit); err != nil {
-			return nil, err
-		}
-	}
 	return ds, nil
 }
 
-func (db *DB) unitMessages(ctx context.Context, unit int64) ([][]byte, error) {
+// DeliveryMessages reads unit's documents from the read pool.
+func (db *DB) DeliveryMessages(ctx context.Context, unit int64) ([][]byte, error) {
 	rows, err := db.rdb.QueryContext(ctx, "SELECT message FROM outbox_docs WHERE unit = ? ORDER BY id", unit)
 	if err != nil {
 		return nil, fmt.Errorf("reading unit %d: %w", unit, err)
