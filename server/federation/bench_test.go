@@ -17,78 +17,89 @@ import (
 	"kez.lat/chat/server/testutil"
 )
 
-// BenchmarkDelivery sends b.N messages from 16 senders to one reader whose
-// stream is open, on one server (local) and from one server to another
-// (federated, through the outbox and the courier), and reports messages a
-// second and the delivery latency from the send's answer to the frame on
-// the reader's stream (docs/benchmarks.md, "Federation").
+// BenchmarkDelivery sends messages to one reader whose stream is open, on
+// one server (local) and from one server to another (federated, through
+// the outbox and the courier), as fast as they are answered and at a fixed
+// rate (docs/benchmarks.md, "Federation").
 func BenchmarkDelivery(b *testing.B) {
 	for _, federated := range []bool{false, true} {
-		name := "local"
-		if federated {
-			name = "federated"
-		}
-		b.Run(name, func(b *testing.B) {
-			one := testutil.StartServer(b, testutil.Options{Federation: &app.Federation{}})
-			two := one
+		for _, rate := range []int{0, 200} {
+			name := "local"
 			if federated {
-				two = testutil.StartServer(b, testutil.Options{Federation: &app.Federation{}})
+				name = "federated"
 			}
-			bob := newPerson(b, two, "bob")
-			senders := make([]*person, 16)
-			for i := range senders {
-				senders[i] = newPerson(b, one, fmt.Sprintf("alice%02d", i))
+			if rate == 0 {
+				name += "/closed-loop"
+			} else {
+				name += fmt.Sprintf("/%d-per-s", rate)
 			}
-			arrived := make(chan string, b.N)
-			stream(b, bob, arrived)
+			b.Run(name, func(b *testing.B) { benchDelivery(b, federated, rate) })
+		}
+	}
+}
 
-			sent := make(map[string]time.Time, b.N)
-			var mu sync.Mutex
-			var wg sync.WaitGroup
-			b.ResetTimer()
-			start := time.Now()
-			for w, s := range senders {
-				wg.Go(func() {
-					for i := w; i < b.N; i += len(senders) {
-						id := fmt.Sprintf("m%d", i)
-						doc := s.message(b, bob, id)
-						r := s.send(b, doc)
-						if r.status >= 300 {
-							b.Errorf("send %s: %d %s", id, r.status, r.body)
-							return
-						}
-						mu.Lock()
-						sent[id] = time.Now()
-						mu.Unlock()
-					}
-				})
-			}
-			var lat []time.Duration
-			deadline := time.After(2 * time.Minute)
-			for len(lat) < b.N {
-				select {
-				case id := <-arrived:
-					now := time.Now()
-					mu.Lock()
-					at, ok := sent[id]
-					mu.Unlock()
-					if !ok { // the frame beat the send's answer
-						at = now
-					}
-					lat = append(lat, now.Sub(at))
-				case <-deadline:
-					b.Fatalf("%d of %d delivered", len(lat), b.N)
+// benchDelivery sends b.N messages from 16 senders, as fast as answers
+// come (rate 0) or at rate messages a second in all, and reports the
+// messages a second and the latency from each send's start to its frame
+// on the reader's stream.
+func benchDelivery(b *testing.B, federated bool, rate int) {
+	one := testutil.StartServer(b, testutil.Options{Federation: &app.Federation{}})
+	two := one
+	if federated {
+		two = testutil.StartServer(b, testutil.Options{Federation: &app.Federation{}})
+	}
+	bob := newPerson(b, two, "bob")
+	senders := make([]*person, 16)
+	for i := range senders {
+		senders[i] = newPerson(b, one, fmt.Sprintf("alice%02d", i))
+	}
+	arrived := make(chan string, b.N)
+	stream(b, bob, arrived)
+
+	sent := make(map[string]time.Time, b.N)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for w, s := range senders {
+		wg.Go(func() {
+			for i := w; i < b.N; i += len(senders) {
+				if rate > 0 {
+					time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))))
+				}
+				id := fmt.Sprintf("m%d", i)
+				doc := s.message(b, bob, id)
+				mu.Lock()
+				sent[id] = time.Now()
+				mu.Unlock()
+				if r := s.send(b, doc); r.status >= 300 {
+					b.Errorf("send %s: %d %s", id, r.status, r.body)
+					return
 				}
 			}
-			elapsed := time.Since(start)
-			wg.Wait()
-			b.StopTimer()
-			slices.Sort(lat)
-			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 		})
 	}
+	var lat []time.Duration
+	deadline := time.After(2 * time.Minute)
+	for len(lat) < b.N {
+		select {
+		case id := <-arrived:
+			now := time.Now()
+			mu.Lock()
+			at := sent[id]
+			mu.Unlock()
+			lat = append(lat, now.Sub(at))
+		case <-deadline:
+			b.Fatalf("%d of %d delivered", len(lat), b.N)
+		}
+	}
+	elapsed := time.Since(start)
+	wg.Wait()
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
 
 // stream follows p's inbox and sends each envelope's id to arrived.
