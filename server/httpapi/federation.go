@@ -1,9 +1,7 @@
 package httpapi
 
 import (
-	"fmt"
 	"net/http"
-	"time"
 
 	"kez.lat/chat/server"
 )
@@ -28,10 +26,7 @@ func (s *Server) receiveFederated(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if ok, wait := s.cfg.AddressQuota.AllowN(addr, size); !ok {
-		s.metrics.rateLimited.Inc()
-		s.fail(w, r, &server.Error{Code: server.CodeAddressQuota, RetryAfter: wait,
-			Message: fmt.Sprintf("this address has stored its day's quota of message bytes; wait %s", wait.Round(time.Second))})
+	if !s.spendAddressQuota(w, r, addr, size) {
 		return
 	}
 	res, err := s.svc.ReceiveFederated(r.Context(), body.Messages)

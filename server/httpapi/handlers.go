@@ -84,10 +84,7 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	// The address pays for what it stores, about its bodies' size; what
 	// was not stored is given back.
-	if ok, wait := s.cfg.AddressQuota.AllowN(addr, size); !ok {
-		s.metrics.rateLimited.Inc()
-		s.fail(w, r, &server.Error{Code: server.CodeAddressQuota, RetryAfter: wait,
-			Message: fmt.Sprintf("this address has stored its day's quota of message bytes; wait %s", wait.Round(time.Second))})
+	if !s.spendAddressQuota(w, r, addr, size) {
 		return
 	}
 	receipt, replayed, err := s.svc.Send(r.Context(), doc)
@@ -139,10 +136,7 @@ func (s *Server) sendBatch(w http.ResponseWriter, r *http.Request) {
 		s.failAuth(w, r, handle, err)
 		return
 	}
-	if ok, wait := s.cfg.AddressQuota.AllowN(addr, size); !ok {
-		s.metrics.rateLimited.Inc()
-		s.fail(w, r, &server.Error{Code: server.CodeAddressQuota, RetryAfter: wait,
-			Message: fmt.Sprintf("this address has stored its day's quota of message bytes; wait %s", wait.Round(time.Second))})
+	if !s.spendAddressQuota(w, r, addr, size) {
 		return
 	}
 	res, err := s.svc.SendBatch(r.Context(), sess, body.Messages)
@@ -358,4 +352,17 @@ func queryUint(v, name string, def uint64) (uint64, error) {
 		return 0, server.Errorf(server.CodeInvalidField, "%s must be a decimal integer without sign or leading zeros", name)
 	}
 	return n, nil
+}
+
+// spendAddressQuota takes size bytes of the address's daily quota for
+// what its request may store, answering 429 if there are not that many;
+// the caller gives back what was not stored.
+func (s *Server) spendAddressQuota(w http.ResponseWriter, r *http.Request, addr string, size float64) bool {
+	ok, wait := s.cfg.AddressQuota.AllowN(addr, size)
+	if !ok {
+		s.metrics.rateLimited.Inc()
+		s.fail(w, r, &server.Error{Code: server.CodeAddressQuota, RetryAfter: wait,
+			Message: fmt.Sprintf("this address has stored its day's quota of message bytes; wait %s", wait.Round(time.Second))})
+	}
+	return ok
 }
