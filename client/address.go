@@ -3,8 +3,6 @@ package client
 import (
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
 	"strings"
 
 	"kez.lat/chat/server"
@@ -15,9 +13,6 @@ import (
 // its own server would have a writer name them: by bare handle on its own
 // server, by address elsewhere. A name read from another server's person
 // is qualified with that writer's domain (QualifyName).
-
-// maxDomain bounds a domain, as DNS does a name.
-const maxDomain = 253
 
 // Address is a person: a handle and the domain of its server, "" for this
 // client's own server (a bare handle is always local).
@@ -61,9 +56,10 @@ func ParseAddress(s string, loopback bool) (Address, error) {
 // to take one (Client.InsecureLoopback).
 var errLoopbackDomain = errors.New("a loopback test domain, reached over plain HTTP, which only a client told so takes (--insecure-loopback)")
 
-// CheckDomain accepts a server's domain: a lowercase DNS name of at most
-// 253 bytes, labels of a-z 0-9 - (not at either end) of at most 63; with
-// loopback, also 127.0.0.1:<port> and localhost:<port>.
+// CheckDomain accepts a server's domain as the server does
+// (server.CheckDomain): a lowercase DNS name of at most 253 bytes, labels
+// of a-z 0-9 - (not at either end); with loopback, also 127.0.0.1:<port>
+// and localhost:<port>.
 func CheckDomain(d string, loopback bool) error {
 	if IsLoopbackDomain(d) {
 		if !loopback {
@@ -71,13 +67,8 @@ func CheckDomain(d string, loopback bool) error {
 		}
 		return nil
 	}
-	if d == "" || len(d) > maxDomain {
-		return fmt.Errorf("a domain is 1 to %d bytes", maxDomain)
-	}
-	for l := range strings.SplitSeq(d, ".") {
-		if !dnsLabel(l) {
-			return fmt.Errorf("domain %.80q is not a lowercase DNS name", d)
-		}
+	if err := server.CheckDomain(d, false); err != nil {
+		return fmt.Errorf("domain %.80q is not a lowercase DNS name of at most %d bytes", d, server.MaxDomainLength)
 	}
 	return nil
 }
@@ -85,26 +76,7 @@ func CheckDomain(d string, loopback bool) error {
 // IsLoopbackDomain reports whether d is a test domain on loopback:
 // 127.0.0.1:<port> or localhost:<port>, the port without sign or leading
 // zeros.
-func IsLoopbackDomain(d string) bool {
-	host, port, err := net.SplitHostPort(d)
-	if err != nil || (host != "127.0.0.1" && host != "localhost") {
-		return false
-	}
-	n, err := strconv.Atoi(port)
-	return err == nil && n > 0 && n < 65536 && strconv.Itoa(n) == port
-}
-
-func dnsLabel(l string) bool {
-	if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(l); i++ {
-		if c := l[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+func IsLoopbackDomain(d string) bool { return server.IsLoopbackDomain(d) }
 
 // checkName checks a name as plaintexts carry it: a handle, or an address
 // (a loopback test domain included: whether it may be reached is the

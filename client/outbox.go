@@ -7,47 +7,34 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+
+	"kez.lat/chat/server"
 )
 
 // Outbox entry states (docs/protocol.md, GET /v1/outbox/{handle}).
 const (
-	OutboxQueued    = "queued"
-	OutboxDelivered = "delivered"
-	OutboxFailed    = "failed"
+	OutboxQueued    = server.OutboxQueued
+	OutboxDelivered = server.OutboxDelivered
+	OutboxFailed    = server.OutboxFailed
 )
 
 // Privacy settings' strangers policies.
 const (
-	StrangersAccept = "accept"
-	StrangersRefuse = "refuse"
+	StrangersAccept = server.StrangersAccept
+	StrangersRefuse = server.StrangersRefuse
 )
 
 // maxOutboxAnswer bounds an outbox answer: 1,000 entries.
 const maxOutboxAnswer = 1000*2048 + 1024
 
-// maxPrivacyBody bounds a privacy setting, sent or answered.
-const maxPrivacyBody = 256 << 10
-
 // OutboxEntry is one document of the sender's for another server, as its
-// server relays it.
-type OutboxEntry struct {
-	// To is the recipient's address.
-	To string `json:"to"`
-	ID string `json:"id"`
-	// State is OutboxQueued (Error is the last attempt's), OutboxDelivered
-	// or OutboxFailed (Error says why).
-	State     string       `json:"state"`
-	Attempts  int          `json:"attempts"`
-	QueuedAt  int64        `json:"queued_at"`
-	UpdatedAt int64        `json:"updated_at"`
-	Error     *OutboxError `json:"error,omitempty"`
-}
+// server relays it: To is the recipient's address; State is OutboxQueued
+// (Error is the last attempt's), OutboxDelivered or OutboxFailed (Error
+// says why).
+type OutboxEntry = server.OutboxEntry
 
 // OutboxError says why an entry failed, or why its last attempt did.
-type OutboxError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
+type OutboxError = server.OutboxError
 
 // Outbox lists id's documents for other servers, queued, delivered or
 // failed, newest first (GET /v1/outbox/{handle}).
@@ -79,11 +66,7 @@ func (c *Client) Outbox(ctx context.Context, id *Identity) ([]OutboxEntry, error
 // /v1/privacy/{handle}): Blocked addresses, local handles and domains are
 // refused; with Strangers StrangersRefuse, so is every sender on another
 // server not in Known.
-type Privacy struct {
-	Strangers string   `json:"strangers"`
-	Known     []string `json:"known"`
-	Blocked   []string `json:"blocked"`
-}
+type Privacy = server.Privacy
 
 // Privacy reads id's privacy setting (GET /v1/privacy/{handle}).
 func (c *Client) Privacy(ctx context.Context, id *Identity) (Privacy, error) {
@@ -97,7 +80,7 @@ func (c *Client) Privacy(ctx context.Context, id *Identity) (Privacy, error) {
 		method: http.MethodGet,
 		path:   "/v1/privacy/" + url.PathEscape(id.Handle),
 		header: http.Header{"X-Kez-Auth": {auth}},
-		limit:  maxPrivacyBody,
+		limit:  server.MaxPrivacyBody,
 	}, &p)
 	if err != nil {
 		return Privacy{}, fmt.Errorf("reading the privacy setting: %w", err)
@@ -118,8 +101,8 @@ func (c *Client) SetPrivacy(ctx context.Context, id *Identity, p Privacy) (Priva
 	if err != nil {
 		return Privacy{}, err
 	}
-	if len(body) > maxPrivacyBody {
-		return Privacy{}, usageError{fmt.Errorf("the privacy setting is %d bytes, over %d", len(body), maxPrivacyBody)}
+	if len(body) > server.MaxPrivacyBody {
+		return Privacy{}, usageError{fmt.Errorf("the privacy setting is %d bytes, over %d", len(body), server.MaxPrivacyBody)}
 	}
 	path := "/v1/privacy/" + id.Handle
 	auth, err := c.authorize(ctx, id, http.MethodPut, path, c.now().Unix(), "sha256="+sha256B64(body))
@@ -132,7 +115,7 @@ func (c *Client) SetPrivacy(ctx context.Context, id *Identity, p Privacy) (Priva
 		path:   "/v1/privacy/" + url.PathEscape(id.Handle),
 		header: http.Header{"X-Kez-Auth": {auth}},
 		body:   body,
-		limit:  maxPrivacyBody,
+		limit:  server.MaxPrivacyBody,
 	}, &stored)
 	if err != nil {
 		return Privacy{}, fmt.Errorf("setting the privacy setting: %w", err)

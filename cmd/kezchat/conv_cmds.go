@@ -301,7 +301,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return withKeyHelp(err)
 	}
-	if strings.Contains(to, "@") {
+	if r.State == client.OutboxQueued {
 		fmt.Fprintf(stdout, "queued for %s, relayed by your server (mid %s); 'kezchat outbox' shows when it is delivered\n", safeText(r.To), pt.MID)
 		return nil
 	}
@@ -579,8 +579,8 @@ func runGroupSend(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	queued := 0
 	for _, r := range rs {
-		if strings.Contains(r.To, "@") {
-			queued++ // relayed to another server
+		if r.State == client.OutboxQueued {
+			queued++ // for another server, which its server relays
 		}
 	}
 	fmt.Fprintf(stdout, "sent to #%s, %d recipient(s) (mid %s)", safeText(g.Name), len(rs), pt.MID)
