@@ -95,6 +95,10 @@ func (s *session) lock() error {
 		unlock()
 		return err
 	}
+	if g.Domain == "" {
+		// What other servers' people write is read against it.
+		g.Domain = s.id.Server
+	}
 	s.groups, s.unlock = g, unlock
 	return nil
 }
