@@ -348,3 +348,53 @@ func TestTheOutboxSaysWhatTheOtherServerRefusedAndPrivacyIsKept(t *testing.T) {
 		t.Fatalf("bob read %+v", got)
 	}
 }
+
+func TestASenderWithTwoDevicesKeepsACopyOfWhatGoesToAnotherServer(t *testing.T) {
+	ctx := context.Background()
+	one, two := startFedServer(t), startFedServer(t)
+	alice, bob := one.person(t, "alice"), two.person(t, "bob")
+	phone, err := alice.id.NewDevice("ed25519")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := clienttest.New(t, one.sig.URL, 10*time.Second)
+	prev, err := sig.LatestKeys(ctx, alice.id.PrimaryID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := client.NewKeyDocument(alice.id.Signer, prev, append(slices.Clone(prev.SigningKeys),
+		client.SigningKey{Alg: phone.Signer.Alg(), Key: phone.Signer.PublicKey(), Label: "phone"}), alice.id.EncPublicKey(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := sig.PublishKeys(ctx, doc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.Lookup(ctx, "alice"); err != nil { // her own record, cached since she registered
+		t.Fatal(err)
+	}
+	r, pt, err := alice.c.SendTo(ctx, alice.id, bob.address(), client.Plaintext{Body: "from my laptop"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != client.OutboxQueued || r.To != bob.address() || r.ID != pt.MID+":bob:"+two.domain {
+		t.Fatalf("receipt %+v", r)
+	}
+	// Her phone reads the copy, naming bob by address.
+	onPhone := &fedPerson{t: t, id: phone, c: clienttest.New(t, one.srv.URL, 10*time.Second), groups: client.NewGroups("alice"), server: one}
+	onPhone.c.InsecureLoopback = true
+	if got := onPhone.read(1)[0]; got.From != "alice" || got.Peer != bob.address() || got.Body != "from my laptop" || got.MID != pt.MID {
+		t.Fatalf("her phone read %+v", got)
+	}
+	if got := bob.read(1)[0]; got.From != alice.address() || got.Body != "from my laptop" || got.Peer != "" {
+		t.Fatalf("bob read %+v", got)
+	}
+	// Both sides compute one safety number, over both addresses.
+	mine, err := alice.c.Safety(ctx, bob.address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if theirs, err := bob.c.Safety(ctx, alice.address()); err != nil || theirs != mine {
+		t.Fatalf("safety numbers %s and %s (%v)", mine, theirs, err)
+	}
+}
