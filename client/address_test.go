@@ -113,10 +113,11 @@ func TestPlaintextFromAnotherServerIsReadInTheReadersNames(t *testing.T) {
 	if written.Reply.From != "bob@two.example" || written.Target.From != "dave@three.example" {
 		t.Fatal("Qualify changed the plaintext it was copied from")
 	}
-	// From its own server, nothing changes.
+	// From its own server, bare handles stay, and an address at it is the
+	// bare handle, as every other reader takes it.
 	local := written
-	if err := local.Qualify("two.example", "two.example"); err != nil || local.Peer != "carol" || local.Reply.From != "bob@two.example" {
-		t.Fatalf("a local plaintext changed: %+v %v", local, err)
+	if err := local.Qualify("two.example", "two.example"); err != nil || local.Peer != "carol" || local.Reply.From != "bob" || local.Target.From != "dave@three.example" {
+		t.Fatalf("a local plaintext read as %+v (reply %+v) %v", local, local.Reply, err)
 	}
 }
 
@@ -206,6 +207,40 @@ func TestGroupSpanningServersConvergesOnOneChainOfHashes(t *testing.T) {
 	}
 	if s := loaded.State(v1.ID); s == nil || s.Hash() != hash || !slices.Equal(s.Members, []string{"alice@one.example", "bob@two.example", "carol"}) || loaded.Domain != three {
 		t.Fatalf("loaded %+v", s)
+	}
+}
+
+func TestAGroupStateNamingThisServersPeopleByAddressIsReadWithTheirHandles(t *testing.T) {
+	// A writer of one.example names its neighbour by address: every
+	// reader, on one.example or not, takes the same members.
+	s := &GroupState{ID: NewGroupID(), Version: 1, Name: "team", Members: []string{"alice", "bob@two.example", "carol@one.example"},
+		Admins: []string{"alice"}, By: "alice", Op: OpCreate}
+	for own, want := range map[string]string{
+		"one.example":   "alice,bob@two.example,carol",
+		"two.example":   "alice@one.example,bob,carol@one.example",
+		"three.example": "alice@one.example,bob@two.example,carol@one.example",
+	} {
+		got := carried(t, s, "one.example", own)
+		if strings.Join(got.Members, ",") != want || got.Hash() != s.Hash() || got.Check() != nil {
+			t.Errorf("read on %s as %v (%s, alice wrote %s)", own, got.Members, got.Hash(), s.Hash())
+		}
+	}
+	// Kept in a groups file on one.example, it reads back the same.
+	g := NewGroups("alice")
+	g.Domain = "one.example"
+	if err := g.Take("alice", carried(t, s, "one.example", "one.example")); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "groups.json")
+	if err := g.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := LoadGroups(path, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := loaded.State(s.ID); strings.Join(got.Members, ",") != "alice,bob@two.example,carol" || got.Hash() != s.Hash() {
+		t.Fatalf("loaded %v (%s)", got.Members, got.Hash())
 	}
 }
 

@@ -52,8 +52,9 @@ type GroupState struct {
 	// member computes over the object it received.
 	raw []byte
 	// writer is the domain of the server whose client wrote the snapshot
-	// when that is not this client's: Members, Admins and By are then the
-	// names raw holds, qualified (see qualify).
+	// when its names are not this client's as written (another server's
+	// writer, or one naming this server's people by address): Members,
+	// Admins and By are then the names raw holds, qualified (see qualify).
 	writer string
 }
 
@@ -129,11 +130,9 @@ func (s *GroupState) Hash() string {
 // wrote this client's, of the server own (see QualifyName), keeping the
 // bytes as carried, which its hash is over. The lists must be sorted and
 // distinct as written; they are sorted again as named here (Check then
-// finds two names that became one).
+// finds two names that became one). A snapshot of this server's writer
+// changes only where it names this server's people by address.
 func (s *GroupState) qualify(writer, own string) error {
-	if writer == own {
-		return nil
-	}
 	if err := checkHandleList("members", s.Members, MaxGroupMembers); err != nil {
 		return fmt.Errorf("group state: %w", err)
 	}
@@ -164,8 +163,11 @@ func (s *GroupState) qualify(writer, own string) error {
 	if err != nil {
 		return fmt.Errorf("group state: by: %w", err)
 	}
+	if writer == own && slices.Equal(members, s.Members) && slices.Equal(admins, s.Admins) && by == s.By {
+		return nil
+	}
 	if s.raw == nil {
-		// Made here, never carried: nothing to hash as written.
+		// Made here, never carried: the hash is over the names as written.
 		if s.raw, err = s.Canonical(); err != nil {
 			return err
 		}

@@ -30,7 +30,8 @@ type groupsFile struct {
 type groupsFileHistory struct {
 	Versions []*GroupState `json:"versions"`
 	// Writers are, for each version, the domain of the server whose client
-	// wrote it when that is not this client's, else "" (absent: all "").
+	// wrote it when its names are not this client's as written, else ""
+	// (absent: all "").
 	Writers []string `json:"writers,omitempty"`
 }
 
@@ -110,7 +111,7 @@ func LoadGroups(path, self string) (*Groups, error) {
 			if w == "" || h.Versions[j] == nil {
 				continue
 			}
-			if err := CheckDomain(w, true); err != nil || w == f.Domain {
+			if err := CheckDomain(w, true); err != nil {
 				return nil, fmt.Errorf("loading groups from %s: group %d: writer %.80q", path, i+1, w)
 			}
 			if err := h.Versions[j].qualify(w, f.Domain); err != nil {

@@ -185,13 +185,13 @@ func (id *Identity) Decrypt(env Envelope, sender *User) (Plaintext, error) {
 	if pt.From != p.From || pt.To != p.To {
 		return bad("the plaintext says from %q to %q, the envelope from %q to %q", pt.From, pt.To, p.From, p.To)
 	}
-	if remote {
+	if id.Server != "" {
+		// The names inside, as this client names people; a state's,
+		// qualified, are checked again as Groups.Take does.
 		if err := pt.Qualify(sender.Server, id.Server); err != nil {
 			return bad("%v", err)
 		}
-		if pt.State != nil {
-			// The state's names, qualified, are checked as a local
-			// state's are (by Groups.Take).
+		if pt.State != nil && pt.State.writer != "" {
 			if err := pt.State.Check(); err != nil {
 				return bad("%v", err)
 			}

@@ -195,12 +195,10 @@ func (p *Plaintext) Check() error {
 // Qualify makes the names inside p, which a client of the server writer
 // wrote, this client's, of the server own (see QualifyName): the peer, the
 // reply's and the target's from, and a group state's members, admins and
-// author. From and To are the payload's, and stay as they are. Nothing
-// changes when writer is own.
+// author. From and To are the payload's, and stay as they are. From a
+// writer of this server, only an address at it changes (to the bare
+// handle).
 func (p *Plaintext) Qualify(writer, own string) error {
-	if writer == own {
-		return nil
-	}
 	q := func(what string, name *string) error {
 		n, err := QualifyName(*name, writer, own)
 		if err != nil {
