@@ -64,6 +64,11 @@ type Client struct {
 	// MaxBlobBytes bounds the blobs the client uploads and downloads
 	// (attachments); DefaultMaxBlobBytes when 0.
 	MaxBlobBytes int64
+	// InsecureLoopback lets the client reach the people of other servers
+	// at the test domains 127.0.0.1:<port> and localhost:<port>, over
+	// plain HTTP (as a server's --federation-insecure-loopback): for tests
+	// only. Every other domain is reached over HTTPS.
+	InsecureLoopback bool
 
 	base    *url.URL
 	baseErr error
@@ -212,24 +217,50 @@ func (c *Client) PostRegistration(ctx context.Context, doc signing.Signed) (*Use
 	if err != nil {
 		return nil, fmt.Errorf("registration answer: %w", err)
 	}
-	c.remember(u)
+	c.remember(u.Handle, u)
 	return u, nil
 }
 
-// Lookup fetches handle's public record from the server (GET /v1/u/{handle})
-// and refreshes the Client's cache of it.
-func (c *Client) Lookup(ctx context.Context, handle string) (*User, error) {
-	u, err := c.lookupUnchecked(ctx, handle)
+// Lookup fetches the public record of name: a handle on this client's
+// server (GET /v1/u/{handle}), or an address handle@domain elsewhere, from
+// that domain itself (WebFinger, then the record it links; see
+// resolveRemote). With Pins, the record is checked (checkPeer). It
+// refreshes the Client's cache of it.
+func (c *Client) Lookup(ctx context.Context, name string) (*User, error) {
+	a, err := c.Name(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	u, dir, err := c.fetchRecord(ctx, a, c.Pins != nil)
 	if err != nil {
 		return nil, err
 	}
 	if c.Pins != nil {
-		if err := c.checkPeer(ctx, u); err != nil {
+		if err := c.checkPeer(ctx, a.String(), u, dir); err != nil {
 			return nil, err
 		}
 	}
-	c.remember(u)
+	c.remember(a.String(), u)
 	return u, nil
+}
+
+// fetchRecord is a's record as its server answers it, unchecked, and the
+// key directory its WebFinger links (nil when none): for a person of this
+// server, only when withDir; for one elsewhere, always (its WebFinger
+// links the record too).
+func (c *Client) fetchRecord(ctx context.Context, a Address, withDir bool) (*User, *Client, error) {
+	if !a.IsLocal() {
+		return c.resolveRemote(ctx, a)
+	}
+	u, err := c.lookupUnchecked(ctx, a.Handle)
+	if err != nil || !withDir {
+		return u, nil, err
+	}
+	dir, err := c.keyDirectory(ctx, u)
+	if err != nil {
+		return nil, nil, err
+	}
+	return u, dir, nil
 }
 
 // lookupUnchecked is the record the server answers for handle, as it is.
@@ -248,33 +279,39 @@ func (c *Client) lookupUnchecked(ctx context.Context, handle string) (*User, err
 	return u, nil
 }
 
-// forget drops handle's cached record.
-func (c *Client) forget(handle string) {
+// forget drops the cached record of name (see Name).
+func (c *Client) forget(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.users, handle)
+	delete(c.users, name)
 }
 
-// user returns handle's record from the cache, or looks it up. A record's
-// device keys change; Decrypt looks a sender up again when a message is
-// signed by a key its cached record does not list.
-func (c *Client) user(ctx context.Context, handle string) (*User, error) {
+// user returns the record of name (a handle, or an address) from the
+// cache, or looks it up. A record's device keys change; Decrypt looks a
+// sender up again when a message is signed by a key its cached record does
+// not list.
+func (c *Client) user(ctx context.Context, name string) (*User, error) {
+	a, err := c.Name(ctx, name)
+	if err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
-	u := c.users[handle]
+	u := c.users[a.String()]
 	c.mu.Unlock()
 	if u != nil {
 		return u, nil
 	}
-	return c.Lookup(ctx, handle)
+	return c.Lookup(ctx, a.String())
 }
 
-func (c *Client) remember(u *User) {
+// remember caches u as the record of name, as Name names it.
+func (c *Client) remember(name string, u *User) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.users) >= maxUserCache {
 		clear(c.users)
 	}
-	c.users[u.Handle] = u
+	c.users[name] = u
 }
 
 // JRD is a WebFinger (RFC 7033) answer.
@@ -308,22 +345,43 @@ func (c *Client) WebFinger(ctx context.Context, handle string) (JRD, error) {
 	return j, err
 }
 
+// userAgent names this client in every request.
+const userAgent = "kezchat-go/1"
+
 // request is one non-stream API call.
 type request struct {
 	method, path string
-	query        url.Values
-	header       http.Header
-	body         []byte // JSON unless contentType says otherwise
-	contentType  string
-	accept       string
-	limit        int64 // bound of a 2xx body
+	// link, when set, is the absolute URL of a GET on another server
+	// (a WebFinger link), instead of path on this Client's.
+	link        string
+	query       url.Values
+	header      http.Header
+	body        []byte // JSON unless contentType says otherwise
+	contentType string
+	accept      string
+	limit       int64 // bound of a 2xx body
 }
 
 // do runs r and decodes a 2xx JSON answer into out (when not nil). A non-2xx
 // answer is an *APIError. It returns the response (body closed) for its
 // status and headers.
 func (c *Client) do(ctx context.Context, r request, out any) (*http.Response, error) {
-	req, err := c.newRequest(ctx, r.method, r.path, r.query, r.body)
+	hc := c.http
+	var req *http.Request
+	var err error
+	if r.link != "" {
+		// Another server's: checked, and reached through remoteHTTP.
+		if err := c.checkLink(r.link); err != nil {
+			return nil, err
+		}
+		req, err = http.NewRequestWithContext(ctx, r.method, r.link, nil)
+		if err == nil {
+			req.Header.Set("User-Agent", userAgent)
+		}
+		hc, r.path = c.remoteHTTP(), r.link
+	} else {
+		req, err = c.newRequest(ctx, r.method, r.path, r.query, r.body)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -337,7 +395,7 @@ func (c *Client) do(ctx context.Context, r request, out any) (*http.Response, er
 		r.accept = "application/json"
 	}
 	req.Header.Set("Accept", r.accept)
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", r.method, r.path, err)
 	}
@@ -386,7 +444,7 @@ func (c *Client) newRequest(ctx context.Context, method, path string, query url.
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("User-Agent", "kezchat-go/1")
+	req.Header.Set("User-Agent", userAgent)
 	return req, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/signing"
@@ -130,15 +131,36 @@ func (c *Client) UploadBlob(ctx context.Context, id *Identity, blob []byte) (Blo
 
 // DownloadBlob fetches a blob (GET /v1/blobs/{id}), at most max bytes.
 func (c *Client) DownloadBlob(ctx context.Context, blobID string, max int64) ([]byte, error) {
+	return c.downloadBlob(ctx, "", blobID, max)
+}
+
+// downloadBlob fetches a blob from this Client's server, or, with
+// origin, from that other server's.
+func (c *Client) downloadBlob(ctx context.Context, origin, blobID string, max int64) ([]byte, error) {
 	if !ValidBlobID(blobID) {
 		return nil, usageError{fmt.Errorf("blob id %.50q is malformed", blobID)}
 	}
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/blobs/"+blobID, nil, nil)
+	hc := c.http
+	var req *http.Request
+	var err error
+	if origin != "" {
+		link := origin + "/v1/blobs/" + blobID
+		if err := c.checkLink(link); err != nil {
+			return nil, usageError{err}
+		}
+		hc = c.remoteHTTP()
+		req, err = http.NewRequestWithContext(ctx, http.MethodGet, link, nil)
+		if err == nil {
+			req.Header.Set("User-Agent", userAgent)
+		}
+	} else {
+		req, err = c.newRequest(ctx, http.MethodGet, "/v1/blobs/"+blobID, nil, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Accept", "application/octet-stream")
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("downloading blob %s: %w", blobID, err)
 	}
@@ -178,6 +200,28 @@ func (c *Client) Attach(ctx context.Context, id *Identity, name, mimeType string
 // decrypts it. The blob may be at most the file's size and the encryption's
 // overhead, and the client's MaxBlobBytes.
 func (c *Client) FetchAttachment(ctx context.Context, a Attachment) ([]byte, error) {
+	return c.fetchAttachment(ctx, "", a)
+}
+
+// FetchAttachmentFrom is FetchAttachment of an attachment that from (a
+// message's sender, as Decrypt names it) sent: the blob stays on the
+// sender's server, so one from a person on another server is downloaded
+// from that server's domain (GET https://<domain>/v1/blobs/{id}).
+func (c *Client) FetchAttachmentFrom(ctx context.Context, from string, a Attachment) ([]byte, error) {
+	sender, err := c.Name(ctx, from)
+	if err != nil {
+		return nil, fmt.Errorf("attachment %q: %w", a.Name, err)
+	}
+	origin := ""
+	if !sender.IsLocal() {
+		if origin, err = c.DomainURL(sender.Domain); err != nil {
+			return nil, fmt.Errorf("attachment %q: %w", a.Name, err)
+		}
+	}
+	return c.fetchAttachment(ctx, origin, a)
+}
+
+func (c *Client) fetchAttachment(ctx context.Context, origin string, a Attachment) ([]byte, error) {
 	if err := a.check(); err != nil {
 		return nil, fmt.Errorf("attachment %q: %w", a.Name, err)
 	}
@@ -185,7 +229,7 @@ func (c *Client) FetchAttachment(ctx context.Context, a Attachment) ([]byte, err
 	if want > c.maxBlobBytes() {
 		return nil, fmt.Errorf("attachment %q: %d bytes, over the %d this client downloads", a.Name, a.Size, c.maxBlobBytes())
 	}
-	blob, err := c.DownloadBlob(ctx, a.Blob, want)
+	blob, err := c.downloadBlob(ctx, origin, a.Blob, want)
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +255,9 @@ func (c *Client) SyncCopies(ctx context.Context, id *Identity) (bool, error) {
 	return len(u.SigningKeys) > 1, nil
 }
 
-// SendTo sends pt to the handle to, with a sync copy (to id's own handle,
+// SendTo sends pt to to, a handle or an address on another server
+// (relayed by id's server, which answers a queued receipt), with a sync
+// copy (to id's own handle,
 // peer naming to, or group as pt has it) when id has several devices:
 // then both go in one group send, envelope ids "<mid>:<to>"; otherwise as
 // a single message of envelope id mid. pt.MID is made when empty. It
@@ -220,6 +266,11 @@ func (c *Client) SendTo(ctx context.Context, id *Identity, to string, pt Plainte
 	if err := c.checkIdentity(ctx, id); err != nil {
 		return Receipt{}, pt, err
 	}
+	a, err := c.Name(ctx, to)
+	if err != nil {
+		return Receipt{}, pt, err
+	}
+	to = a.String()
 	if pt.MID == "" {
 		pt.MID = NewMessageID()
 	}
@@ -255,8 +306,9 @@ func (c *Client) SendTo(ctx context.Context, id *Identity, to string, pt Plainte
 	return rs[0], pt, nil
 }
 
-// SendGroup sends pt (whose Group is set) to recipients in one group send,
-// envelope ids "<mid>:<to>", adding id's own handle when it has several
+// SendGroup sends pt (whose Group is set) to recipients (handles, or
+// addresses on other servers, each document for its recipient's server) in
+// one group send, envelope ids as envelopeID makes them, adding id's own handle when it has several
 // devices (a control message lists it among the recipients already).
 // pt.MID is made when empty. It returns the receipts, in the order of the
 // recipients (id's own last when it was added), and pt as sent.
@@ -270,7 +322,15 @@ func (c *Client) SendGroup(ctx context.Context, id *Identity, recipients []strin
 	if pt.MID == "" {
 		pt.MID = NewMessageID()
 	}
-	recipients = slices.Clone(recipients)
+	names := make([]string, len(recipients))
+	for i, r := range recipients {
+		a, err := c.Name(ctx, r)
+		if err != nil {
+			return nil, pt, err
+		}
+		names[i] = a.String()
+	}
+	recipients = names
 	if !slices.Contains(recipients, id.Handle) {
 		sync, err := c.SyncCopies(ctx, id)
 		if err != nil {
@@ -301,7 +361,7 @@ func (c *Client) sendEach(ctx context.Context, id *Identity, handles []string, p
 			return nil, fmt.Errorf("the record of %s: %w", h, err)
 		}
 		pt := plaintextFor(h)
-		envID := pt.MID + ":" + h
+		envID := envelopeID(pt.MID, h)
 		if !ValidMessageID(envID) {
 			return nil, usageError{fmt.Errorf("mid %q is too long for the envelope id %q", pt.MID, envID)}
 		}
@@ -313,6 +373,24 @@ func (c *Client) sendEach(ctx context.Context, id *Identity, handles []string, p
 	}
 	rs, _, err := c.SendBatch(ctx, id, docs)
 	return rs, err
+}
+
+// envelopeID is the envelope id of the document for name in a group send
+// or with a sync copy: "<mid>:<handle>" for a person of this server (the
+// protocol's "<mid>:<to>"). A group may hold people of one handle on
+// several servers, and a group send's ids must be distinct, so for an
+// address elsewhere it is "<mid>:<handle>:<domain>", or, where that is
+// over 64 characters, "<mid>:" and 22 characters of the address's
+// SHA-256, base64url.
+func envelopeID(mid, name string) string {
+	h, d, remote := strings.Cut(name, "@")
+	if !remote {
+		return mid + ":" + h
+	}
+	if id := mid + ":" + h + ":" + d; len(id) <= 64 {
+		return id
+	}
+	return mid + ":" + sha256B64([]byte(name))[:22]
 }
 
 // SendGroupChange sends the snapshot next, made from before (nil for a
@@ -340,6 +418,9 @@ func (c *Client) SendGroupChange(ctx context.Context, id *Identity, before, next
 // is not valid is passed over; any other failure (the network, a sender's
 // changed keys) is returned, and g keeps what it applied before it.
 func (c *Client) SyncGroups(ctx context.Context, id *Identity, g *Groups) error {
+	if g.Domain == "" {
+		g.Domain = id.Server
+	}
 	for {
 		page, err := c.Poll(ctx, id, g.Seq, 500)
 		if err != nil {

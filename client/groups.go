@@ -51,6 +51,11 @@ type GroupState struct {
 	// does not know included: its hash is the sender's, which every other
 	// member computes over the object it received.
 	raw []byte
+	// writer is the domain of the server whose client wrote the snapshot
+	// when its names are not this client's as written (another server's
+	// writer, or one naming this server's people by address): Members,
+	// Admins and By are then the names raw holds, qualified (see qualify).
+	writer string
 }
 
 // groupStateFields is GroupState without its methods, for encoding/json.
@@ -119,6 +124,56 @@ func (s *GroupState) Hash() string {
 	}
 	sum := sha256.Sum256(c)
 	return signing.EncodeB64(sum[:])
+}
+
+// qualify makes the names of a snapshot a client of the server writer
+// wrote this client's, of the server own (see QualifyName), keeping the
+// bytes as carried, which its hash is over. The lists must be sorted and
+// distinct as written; they are sorted again as named here (Check then
+// finds two names that became one). A snapshot of this server's writer
+// changes only where it names this server's people by address.
+func (s *GroupState) qualify(writer, own string) error {
+	if err := checkHandleList("members", s.Members, MaxGroupMembers); err != nil {
+		return fmt.Errorf("group state: %w", err)
+	}
+	if err := checkHandleList("admins", s.Admins, MaxGroupMembers); err != nil {
+		return fmt.Errorf("group state: %w", err)
+	}
+	list := func(hs []string) ([]string, error) {
+		out := make([]string, len(hs))
+		for i, h := range hs {
+			n, err := QualifyName(h, writer, own)
+			if err != nil {
+				return nil, fmt.Errorf("group state: %w", err)
+			}
+			out[i] = n
+		}
+		slices.Sort(out)
+		return out, nil
+	}
+	members, err := list(s.Members)
+	if err != nil {
+		return err
+	}
+	admins, err := list(s.Admins)
+	if err != nil {
+		return err
+	}
+	by, err := QualifyName(s.By, writer, own)
+	if err != nil {
+		return fmt.Errorf("group state: by: %w", err)
+	}
+	if writer == own && slices.Equal(members, s.Members) && slices.Equal(admins, s.Admins) && by == s.By {
+		return nil
+	}
+	if s.raw == nil {
+		// Made here, never carried: the hash is over the names as written.
+		if s.raw, err = s.Canonical(); err != nil {
+			return err
+		}
+	}
+	s.Members, s.Admins, s.By, s.writer = members, admins, by, writer
+	return nil
 }
 
 // IsMember reports whether handle is one of the group's members.
@@ -191,20 +246,21 @@ func (s *GroupState) Check() error {
 			return fmt.Errorf("admin %s is not a member", a)
 		}
 	}
-	if server.ValidateHandle(s.By) != nil {
-		return fmt.Errorf("by %.40q is not a handle", s.By)
+	if checkName(s.By) != nil {
+		return fmt.Errorf("by %.80q is not a handle or an address", s.By)
 	}
 	return nil
 }
 
-// checkHandleList checks 1 to max handles, sorted and distinct.
+// checkHandleList checks 1 to max names (handles or addresses), sorted
+// and distinct.
 func checkHandleList(what string, hs []string, max int) error {
 	if len(hs) < 1 || len(hs) > max {
 		return fmt.Errorf("%d %s, not 1 to %d", len(hs), what, max)
 	}
 	for i, h := range hs {
-		if server.ValidateHandle(h) != nil {
-			return fmt.Errorf("%s: %.40q is not a handle", what, h)
+		if checkName(h) != nil {
+			return fmt.Errorf("%s: %.80q is not a handle or an address", what, h)
 		}
 		if i > 0 && hs[i-1] >= h {
 			return fmt.Errorf("%s are not sorted and distinct", what)
@@ -246,6 +302,10 @@ func (h *groupHistory) at(v uint64) *GroupState {
 type Groups struct {
 	// Self is the client's handle.
 	Self string
+	// Domain is the client's server's domain, which names in the states
+	// of other servers' writers are qualified against (see QualifyName);
+	// saved with the groups.
+	Domain string
 	// Seq is the last seq of Self's inbox whose messages were received
 	// (Receive): a reader that reads the inbox again passes over those, so
 	// each snapshot is taken once, in inbox order.

@@ -21,6 +21,7 @@ const maxGroupsFile = 16 << 20
 type groupsFile struct {
 	Version int                 `json:"v"`
 	Handle  string              `json:"handle"`
+	Domain  string              `json:"domain,omitempty"`
 	Seq     uint64              `json:"seq"`
 	Dropped []uint64            `json:"dropped"`
 	Groups  []groupsFileHistory `json:"groups"`
@@ -28,17 +29,34 @@ type groupsFile struct {
 
 type groupsFileHistory struct {
 	Versions []*GroupState `json:"versions"`
+	// Writers are, for each version, the domain of the server whose client
+	// wrote it when its names are not this client's as written, else ""
+	// (absent: all "").
+	Writers []string `json:"writers,omitempty"`
 }
 
 // Save writes the groups, and Seq, to path with mode 0600, replacing the
 // file atomically.
 func (g *Groups) Save(path string) error {
-	f := groupsFile{Version: 1, Handle: g.Self, Seq: g.Seq, Dropped: g.dropped, Groups: []groupsFileHistory{}}
+	f := groupsFile{Version: 1, Handle: g.Self, Domain: g.Domain, Seq: g.Seq, Dropped: g.dropped, Groups: []groupsFileHistory{}}
 	if f.Dropped == nil {
 		f.Dropped = []uint64{}
 	}
 	for _, id := range g.order {
-		f.Groups = append(f.Groups, groupsFileHistory{Versions: g.groups[id].versions})
+		h := groupsFileHistory{Versions: g.groups[id].versions}
+		for i, v := range h.Versions {
+			if v.writer == "" {
+				continue
+			}
+			if g.Domain == "" {
+				return errors.New("saving groups: a group state from another server, but no domain of this client's own")
+			}
+			if h.Writers == nil {
+				h.Writers = make([]string, len(h.Versions))
+			}
+			h.Writers[i] = v.writer
+		}
+		f.Groups = append(f.Groups, h)
 	}
 	data, err := json.Marshal(f)
 	if err != nil {
@@ -80,12 +98,26 @@ func LoadGroups(path, self string) (*Groups, error) {
 	if f.Version != 1 || f.Handle != self {
 		return nil, fmt.Errorf("loading groups from %s: version %d of %q, not version 1 of %q", path, f.Version, f.Handle, self)
 	}
-	g.Seq = f.Seq
+	g.Seq, g.Domain = f.Seq, f.Domain
 	if len(f.Dropped) > maxDroppedSeqs || !slices.IsSorted(f.Dropped) || (len(f.Dropped) > 0 && f.Dropped[len(f.Dropped)-1] > f.Seq) {
 		return nil, fmt.Errorf("loading groups from %s: the dropped seqs are not sorted, at most %d, up to seq", path, maxDroppedSeqs)
 	}
 	g.dropped = f.Dropped
 	for i, h := range f.Groups {
+		if h.Writers != nil && (len(h.Writers) != len(h.Versions) || f.Domain == "") {
+			return nil, fmt.Errorf("loading groups from %s: group %d: writers do not match its versions, or no domain", path, i+1)
+		}
+		for j, w := range h.Writers {
+			if w == "" || h.Versions[j] == nil {
+				continue
+			}
+			if err := CheckDomain(w, true); err != nil {
+				return nil, fmt.Errorf("loading groups from %s: group %d: writer %.80q", path, i+1, w)
+			}
+			if err := h.Versions[j].qualify(w, f.Domain); err != nil {
+				return nil, fmt.Errorf("loading groups from %s: group %d: %w", path, i+1, err)
+			}
+		}
 		if err := checkHistory(h.Versions); err != nil {
 			return nil, fmt.Errorf("loading groups from %s: group %d: %w", path, i+1, err)
 		}

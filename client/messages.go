@@ -46,7 +46,15 @@ func NewMessageDoc(id *Identity, to *User, msgID string, pt Plaintext, blobs []s
 	if id.Handle == "" {
 		return signing.Signed{}, errors.New("message: the identity has no handle; register it first")
 	}
-	pt.V, pt.From, pt.To, pt.TS = 1, id.Handle, to.Handle, ts.Unix()
+	// To a person on another server, the sender is named by its address:
+	// the document is for the recipient's server, relayed by the
+	// sender's (docs/protocol.md, "Sending: relayed by the sender's
+	// server").
+	from := id.Handle
+	if id.Server != "" && to.Server != id.Server {
+		from = id.Handle + "@" + id.Server
+	}
+	pt.V, pt.From, pt.To, pt.TS = 1, from, to.Handle, ts.Unix()
 	raw, err := marshalPlaintext(pt)
 	if err != nil {
 		return signing.Signed{}, fmt.Errorf("message: %w", err)
@@ -61,7 +69,7 @@ func NewMessageDoc(id *Identity, to *User, msgID string, pt Plaintext, blobs []s
 	doc, err := signing.Sign(id.Signer, MessagePayload{
 		Type:   server.TypeMessage,
 		Server: to.Server,
-		From:   id.Handle,
+		From:   from,
 		To:     to.Handle,
 		ID:     msgID,
 		TS:     ts.Unix(),
@@ -126,19 +134,26 @@ var errKeyNotListed = errors.New("signing key not in the sender's record")
 
 // Decrypt verifies and opens a message of id's inbox sent by sender: the
 // signature must verify under sender's registered key or one of the device
-// keys its record lists, the payload must be a
-// message from sender to id, and the decrypted plaintext must name the same
-// from and to. Every refusal wraps ErrInvalidMessage.
+// keys its record lists, the payload must be a message from sender (by
+// handle on id's server, by address from another) to id for id's server,
+// and the decrypted plaintext must name the same from and to. The names
+// inside a plaintext from another server are qualified with its domain
+// (Plaintext.Qualify). Every refusal wraps ErrInvalidMessage.
 func (id *Identity) Decrypt(env Envelope, sender *User) (Plaintext, error) {
 	bad := func(format string, args ...any) (Plaintext, error) {
 		return Plaintext{}, fmt.Errorf("%w (seq %d): %s", ErrInvalidMessage, env.Seq, fmt.Sprintf(format, args...))
+	}
+	remote := id.Server != "" && sender.Server != id.Server
+	from := sender.Handle
+	if remote {
+		from = sender.Address()
 	}
 	canonical, pub, err := env.Message.Verify()
 	if err != nil {
 		return bad("%v", err)
 	}
 	if !sender.Authorizes(env.Message.Signature.Alg, pub) {
-		p, err := bad("not signed by a key of %s", sender.Handle)
+		p, err := bad("not signed by a key of %s", from)
 		return p, errors.Join(err, errKeyNotListed)
 	}
 	p, err := Envelope{Message: signing.Signed{Payload: canonical}}.Payload()
@@ -148,11 +163,11 @@ func (id *Identity) Decrypt(env Envelope, sender *User) (Plaintext, error) {
 	switch {
 	case p.Type != server.TypeMessage:
 		return bad("payload type is %q", p.Type)
-	case p.From != sender.Handle:
-		return bad("from %q, but the signing key is %s's", p.From, sender.Handle)
+	case p.From != from:
+		return bad("from %q, but the signing key is %s's", p.From, from)
 	case id.Handle == "" || p.To != id.Handle:
 		return bad("addressed to %q, not to %q", p.To, id.Handle)
-	case p.Server != sender.Server || (id.Server != "" && p.Server != id.Server):
+	case (!remote && p.Server != sender.Server) || (id.Server != "" && p.Server != id.Server):
 		return bad("for server %q", p.Server)
 	}
 	ct, err := signing.DecodeB64(p.CT)
@@ -170,15 +185,36 @@ func (id *Identity) Decrypt(env Envelope, sender *User) (Plaintext, error) {
 	if pt.From != p.From || pt.To != p.To {
 		return bad("the plaintext says from %q to %q, the envelope from %q to %q", pt.From, pt.To, p.From, p.To)
 	}
+	if id.Server != "" {
+		// The names inside, as this client names people; a state's,
+		// qualified, are checked again as Groups.Take does.
+		if err := pt.Qualify(sender.Server, id.Server); err != nil {
+			return bad("%v", err)
+		}
+		if pt.State != nil && pt.State.writer != "" {
+			if err := pt.State.Check(); err != nil {
+				return bad("%v", err)
+			}
+		}
+	}
 	return pt, nil
 }
 
-// Decrypt looks up the sender the envelope names (cached) and verifies and
-// opens the message with id.Decrypt.
+// Decrypt looks up the sender the envelope names (cached; one on another
+// server at its own domain) and verifies and opens the message with
+// id.Decrypt.
 func (c *Client) Decrypt(ctx context.Context, id *Identity, env Envelope) (Plaintext, error) {
 	p, err := env.Payload()
 	if err != nil {
 		return Plaintext{}, err
+	}
+	// A sender that is no one this client may reach can never be
+	// verified.
+	if _, err := ParseAddress(p.From, true); err != nil {
+		return Plaintext{}, fmt.Errorf("%w (seq %d): from: %w", ErrInvalidMessage, env.Seq, err)
+	}
+	if _, err := c.Name(ctx, p.From); errors.Is(err, errLoopbackDomain) {
+		return Plaintext{}, fmt.Errorf("%w (seq %d): from: %w", ErrInvalidMessage, env.Seq, err)
 	}
 	sender, err := c.user(ctx, p.From)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"unicode/utf8"
 
-	"kez.lat/chat/server"
 	"kez.lat/chat/server/signing"
 )
 
@@ -132,8 +131,8 @@ func (p *Plaintext) Check() error {
 	if p.Group != nil && !ValidGroupID(p.Group.ID) {
 		return fmt.Errorf("group id %.40q is not 16 bytes of base64url", p.Group.ID)
 	}
-	if p.Peer != "" && server.ValidateHandle(p.Peer) != nil {
-		return fmt.Errorf("peer %.40q is not a handle", p.Peer)
+	if p.Peer != "" && checkName(p.Peer) != nil {
+		return fmt.Errorf("peer %.80q is not a handle or an address", p.Peer)
 	}
 	if r := p.Reply; r != nil {
 		if err := checkRef("reply", r.From, r.MID); err != nil {
@@ -193,10 +192,54 @@ func (p *Plaintext) Check() error {
 	return nil
 }
 
+// Qualify makes the names inside p, which a client of the server writer
+// wrote, this client's, of the server own (see QualifyName): the peer, the
+// reply's and the target's from, and a group state's members, admins and
+// author. From and To are the payload's, and stay as they are. From a
+// writer of this server, only an address at it changes (to the bare
+// handle).
+func (p *Plaintext) Qualify(writer, own string) error {
+	q := func(what string, name *string) error {
+		n, err := QualifyName(*name, writer, own)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		*name = n
+		return nil
+	}
+	if p.Peer != "" {
+		if err := q("peer", &p.Peer); err != nil {
+			return err
+		}
+	}
+	if p.Reply != nil {
+		r := *p.Reply
+		if err := q("reply", &r.From); err != nil {
+			return err
+		}
+		p.Reply = &r
+	}
+	if p.Target != nil {
+		t := *p.Target
+		if err := q("target", &t.From); err != nil {
+			return err
+		}
+		p.Target = &t
+	}
+	if p.State != nil {
+		s := *p.State
+		if err := s.qualify(writer, own); err != nil {
+			return err
+		}
+		p.State = &s
+	}
+	return nil
+}
+
 // checkRef checks a reference to a message: its sender and mid.
 func checkRef(what, from, mid string) error {
-	if server.ValidateHandle(from) != nil {
-		return fmt.Errorf("%s from %.40q is not a handle", what, from)
+	if checkName(from) != nil {
+		return fmt.Errorf("%s from %.80q is not a handle or an address", what, from)
 	}
 	if !ValidMessageID(mid) {
 		return fmt.Errorf("%s mid %.70q is not a message id", what, mid)

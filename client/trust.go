@@ -39,11 +39,12 @@ func pinOf(u *User) Pin {
 	return Pin{PrimaryID: u.PrimaryID, Alg: u.Alg, Key: signing.EncodeB64(u.Key), EncKey: signing.EncodeB64(u.EncKey)}
 }
 
-// Pins keep a client's pins.
+// Pins keep a client's pins, by the name of each peer: its handle on the
+// client's own server, its address (handle@domain) on another.
 type Pins interface {
-	// Pin returns handle's pin, nil when there is none.
-	Pin(handle string) (*Pin, error)
-	SavePin(handle string, p Pin) error
+	// Pin returns name's pin, nil when there is none.
+	Pin(name string) (*Pin, error)
+	SavePin(name string, p Pin) error
 }
 
 // KeyChangedError refuses a peer's record whose keys are not the ones
@@ -68,13 +69,14 @@ func (e *KeyChangedError) Error() string {
 // answers keys the identity did not sign.
 var ErrKeyDocumentMismatch = errors.New("the server answers keys the identity's key document does not list")
 
-// checkPeer verifies u, a record the server answered for a peer of me,
-// against the peer's key documents (when the server routes /v1/keys to a
-// sig-server) and its pin, pins it on first contact, and moves the pin
-// forward when a document signed by the pinned primary key vouches for a
-// new enc_key. Device keys no verified document lists are dropped from u.
-func (c *Client) checkPeer(ctx context.Context, u *User) error {
-	doc, err := c.verifiedKeys(ctx, u)
+// checkPeer verifies u, a record the server answered for the peer name
+// (a handle here, an address elsewhere), against the peer's key documents
+// at dir (the sig-server its WebFinger links, nil when none) and its pin,
+// pins it on first contact, and moves the pin forward when a document
+// signed by the pinned primary key vouches for a new enc_key. Device keys
+// no verified document lists are dropped from u. Pins are kept by name.
+func (c *Client) checkPeer(ctx context.Context, name string, u *User, dir *Client) error {
+	doc, err := c.verifiedKeys(ctx, u, dir)
 	if err != nil {
 		return err
 	}
@@ -85,12 +87,12 @@ func (c *Client) checkPeer(ctx context.Context, u *User) error {
 	if doc != nil {
 		now.KeysVersion = doc.Version
 	}
-	was, err := c.Pins.Pin(u.Handle)
+	was, err := c.Pins.Pin(name)
 	if err != nil {
-		return fmt.Errorf("reading the pin of %s: %w", u.Handle, err)
+		return fmt.Errorf("reading the pin of %s: %w", name, err)
 	}
 	if was == nil {
-		return c.Pins.SavePin(u.Handle, now)
+		return c.Pins.SavePin(name, now)
 	}
 	if doc == nil {
 		// A server that hides the documents once must not lower the
@@ -98,7 +100,7 @@ func (c *Client) checkPeer(ctx context.Context, u *User) error {
 		now.KeysVersion = was.KeysVersion
 	}
 	changed := func(why string) error {
-		e := &KeyChangedError{Handle: u.Handle, Was: *was, Now: now, Why: why}
+		e := &KeyChangedError{Handle: name, Was: *was, Now: now, Why: why}
 		e.WasSafety, _ = c.safetyWith(ctx, *was, u)
 		e.NowSafety, _ = c.safetyWith(ctx, now, u)
 		return e
@@ -116,19 +118,16 @@ func (c *Client) checkPeer(ctx context.Context, u *User) error {
 		return nil
 	}
 	// The same primary key signed the document that lists the new enc_key.
-	return c.Pins.SavePin(u.Handle, now)
+	return c.Pins.SavePin(name, now)
 }
 
-// verifiedKeys returns u's latest key document, its whole chain verified
-// from version 1 (so signed by the primary key u's primary_id derives
-// from), and checks that u's enc_key and device keys are the document's.
-// It returns nil when the server routes no sig-server, or the identity
-// published none.
-func (c *Client) verifiedKeys(ctx context.Context, u *User) (*KeyDocument, error) {
-	sig, err := c.keyDirectory(ctx, u)
-	if err != nil {
-		return nil, err
-	}
+// verifiedKeys returns u's latest key document at sig (the key directory
+// u's server links, nil when none), its whole chain verified from version
+// 1 (so signed by the primary key u's primary_id derives from), and checks
+// that u's enc_key and device keys are the document's. It returns nil when
+// there is no directory, or the identity published none.
+func (c *Client) verifiedKeys(ctx context.Context, u *User, sig *Client) (*KeyDocument, error) {
+	var err error
 	var chain []*KeyDocument
 	if sig != nil {
 		chain, err = sig.KeyLog(ctx, u.PrimaryID)
@@ -142,17 +141,17 @@ func (c *Client) verifiedKeys(ctx context.Context, u *User) (*KeyDocument, error
 		// changes without one is refused.
 		return nil, nil
 	case err != nil:
-		return nil, fmt.Errorf("checking the keys of %s: %w", u.Handle, err)
+		return nil, fmt.Errorf("checking the keys of %s: %w", u.Address(), err)
 	case len(chain) == 0:
 		return nil, nil
 	}
 	doc := chain[len(chain)-1]
 	if !bytes.Equal(doc.EncKey, u.EncKey) {
-		return nil, fmt.Errorf("%w: the enc_key of %s", ErrKeyDocumentMismatch, u.Handle)
+		return nil, fmt.Errorf("%w: the enc_key of %s", ErrKeyDocumentMismatch, u.Address())
 	}
 	for _, k := range u.SigningKeys {
 		if !slices.ContainsFunc(doc.SigningKeys, func(d SigningKey) bool { return d.Alg == k.Alg && bytes.Equal(d.Key, k.Key) }) {
-			return nil, fmt.Errorf("%w: a device key of %s", ErrKeyDocumentMismatch, u.Handle)
+			return nil, fmt.Errorf("%w: a device key of %s", ErrKeyDocumentMismatch, u.Address())
 		}
 	}
 	return doc, nil
@@ -251,15 +250,20 @@ func safetyHalf(alg string, key []byte, address string) string {
 }
 
 // Safety is the safety number of this client's identity (Self) and
-// handle's pinned identity, or its current record's when none is pinned.
-func (c *Client) Safety(ctx context.Context, handle string) (string, error) {
-	u, err := c.lookupUnchecked(ctx, handle)
+// name's (a handle, or an address elsewhere) pinned identity, or its
+// current record's when none is pinned.
+func (c *Client) Safety(ctx context.Context, name string) (string, error) {
+	a, err := c.Name(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	u, _, err := c.fetchRecord(ctx, a, false)
 	if err != nil {
 		return "", err
 	}
 	p := pinOf(u)
 	if c.Pins != nil {
-		if was, err := c.Pins.Pin(handle); err != nil {
+		if was, err := c.Pins.Pin(a.String()); err != nil {
 			return "", err
 		} else if was != nil {
 			p = *was
@@ -268,18 +272,23 @@ func (c *Client) Safety(ctx context.Context, handle string) (string, error) {
 	return c.safetyWith(ctx, p, u)
 }
 
-// Trust pins handle's current record, after checking it against its key
-// documents: what a person does once the new safety number matched.
-// It returns the new safety number.
-func (c *Client) Trust(ctx context.Context, handle string) (string, error) {
+// Trust pins the current record of name (a handle, or an address
+// elsewhere), after checking it against its key documents: what a person
+// does once the new safety number matched. It returns the new safety
+// number.
+func (c *Client) Trust(ctx context.Context, name string) (string, error) {
 	if c.Pins == nil {
 		return "", errors.New("this client keeps no pins")
 	}
-	u, err := c.lookupUnchecked(ctx, handle)
+	a, err := c.Name(ctx, name)
 	if err != nil {
 		return "", err
 	}
-	doc, err := c.verifiedKeys(ctx, u)
+	u, dir, err := c.fetchRecord(ctx, a, true)
+	if err != nil {
+		return "", err
+	}
+	doc, err := c.verifiedKeys(ctx, u, dir)
 	if err != nil {
 		return "", err
 	}
@@ -287,10 +296,10 @@ func (c *Client) Trust(ctx context.Context, handle string) (string, error) {
 	if doc != nil {
 		p.KeysVersion = doc.Version
 	}
-	if err := c.Pins.SavePin(handle, p); err != nil {
+	if err := c.Pins.SavePin(a.String(), p); err != nil {
 		return "", err
 	}
-	c.forget(handle)
+	c.forget(a.String())
 	return c.safetyWith(ctx, p, u)
 }
 

@@ -46,6 +46,9 @@ func envDefault(name, def string) string {
 // should not silently change what a command does.
 type clientFlags struct {
 	url, identity string
+	// insecureLoopback lets the client reach people at loopback test
+	// domains (127.0.0.1:<port>) over plain HTTP.
+	insecureLoopback bool
 }
 
 func addIdentityFlag(fs *flag.FlagSet, f *clientFlags) {
@@ -55,6 +58,20 @@ func addIdentityFlag(fs *flag.FlagSet, f *clientFlags) {
 func addClientFlags(fs *flag.FlagSet, f *clientFlags) {
 	fs.StringVar(&f.url, "url", envDefault("KEZ_URL", defaultURL), "chat server URL (env KEZ_URL)")
 	addIdentityFlag(fs, f)
+	addLoopbackFlag(fs, f)
+}
+
+func addLoopbackFlag(fs *flag.FlagSet, f *clientFlags) {
+	fs.BoolVar(&f.insecureLoopback, "insecure-loopback", false,
+		"for tests: reach people at the loopback test domains 127.0.0.1:<port> and localhost:<port> over plain HTTP (as the server's --federation-insecure-loopback)")
+}
+
+// newClient is a client of the --url server, reaching loopback test
+// domains when told to.
+func (f *clientFlags) newClient() *client.Client {
+	c := client.New(f.url, nil)
+	c.InsecureLoopback = f.insecureLoopback
+	return c
 }
 
 // parseArgs parses args and checks the number of positional arguments is
@@ -93,7 +110,7 @@ func (f *clientFlags) registered() (*client.Identity, *client.Client, error) {
 	if id.Handle == "" {
 		return nil, nil, fmt.Errorf("the identity at %s has no handle yet; run 'kezchat register <handle>'", f.identity)
 	}
-	c := client.New(f.url, nil)
+	c := f.newClient()
 	// Every peer's keys are checked against what this identity first saw
 	// of them and against their key documents.
 	c.Pins, c.Self = &client.FilePins{Path: pinsPath(f.identity)}, id
@@ -139,7 +156,7 @@ func runTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func runSafetyCommand(ctx context.Context, args []string, stdout, stderr io.Writer, name, doc, out string,
 	number func(*client.Client, context.Context, string) (string, error)) error {
 	var f clientFlags
-	fs := newFlagSet(name, name+" [flags] <handle>\n\n"+doc, stderr)
+	fs := newFlagSet(name, name+" [flags] <handle|handle@domain>\n\n"+doc, stderr)
 	addClientFlags(fs, &f)
 	if err := parseArgs(fs, args, 1, 1); err != nil {
 		return err
@@ -209,12 +226,13 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 func runLookup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f clientFlags
-	fs := newFlagSet("lookup", "lookup [--url URL] <handle>\n\nPrints a handle's public record: its keys and primary id.", stderr)
+	fs := newFlagSet("lookup", "lookup [--url URL] <handle|handle@domain>\n\nPrints a person's public record: its keys and primary id; a person on another server's, from that server.", stderr)
 	fs.StringVar(&f.url, "url", envDefault("KEZ_URL", defaultURL), "chat server URL (env KEZ_URL)")
+	addLoopbackFlag(fs, &f)
 	if err := parseArgs(fs, args, 1, 1); err != nil {
 		return err
 	}
-	u, err := client.New(f.url, nil).Lookup(ctx, fs.Arg(0))
+	u, err := f.newClient().Lookup(ctx, fs.Arg(0))
 	if err != nil {
 		return err
 	}

@@ -95,6 +95,10 @@ func (s *session) lock() error {
 		unlock()
 		return err
 	}
+	if g.Domain == "" {
+		// What other servers' people write is read against it.
+		g.Domain = s.id.Server
+	}
 	s.groups, s.unlock = g, unlock
 	return nil
 }
@@ -135,6 +139,31 @@ func (s *session) findGroup(ref string) (*client.GroupState, error) {
 	return nil, fmt.Errorf("you are in %d groups named %q; name one by its id ('kezchat group list')", len(found), safeText(ref))
 }
 
+// name is a person named on the command line as this client names people
+// (client.Client.Name): a handle of the identity's server, or an address
+// handle@domain elsewhere, where an address at the identity's own server
+// is its bare handle.
+func (s *session) name(ctx context.Context, arg string) (string, error) {
+	a, err := s.c.Name(ctx, arg)
+	if err != nil {
+		return "", err
+	}
+	return a.String(), nil
+}
+
+// names is name of each of args.
+func (s *session) names(ctx context.Context, args []string) ([]string, error) {
+	out := make([]string, len(args))
+	for i, a := range args {
+		n, err := s.name(ctx, a)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = n
+	}
+	return out, nil
+}
+
 // groupName is how a group is shown: #name, or its id when unknown.
 func (s *session) groupName(id string) string {
 	if g := s.groups.State(id); g != nil {
@@ -165,7 +194,7 @@ type composeFlags struct {
 func addComposeFlags(fs *flag.FlagSet, f *composeFlags) {
 	fs.Var(&f.files, "file", "attach this file (repeatable, at most 16)")
 	fs.StringVar(&f.replyTo, "reply-to", "", "reply to the message of this mid (inbox --mids shows them)")
-	fs.StringVar(&f.replyFrom, "reply-from", "", "with --reply-to: who sent that message (default: the person you write to; in a group, required)")
+	fs.StringVar(&f.replyFrom, "reply-from", "", "with --reply-to: who sent that message, a handle or handle@domain (default: the person you write to; in a group, required)")
 }
 
 // compose builds the plaintext of a send: the text of args (or stdin when
@@ -193,6 +222,10 @@ func (f *composeFlags) compose(ctx context.Context, s *session, args []string, p
 		}
 		if from == "" {
 			return client.Plaintext{}, nil, errors.New("--reply-to in a group needs --reply-from <handle>: who sent the message")
+		}
+		from, err := s.name(ctx, from)
+		if err != nil {
+			return client.Plaintext{}, nil, fmt.Errorf("--reply-from: %w", err)
 		}
 		pt.Reply = &client.Reply{From: from, MID: f.replyTo}
 	}
@@ -245,7 +278,8 @@ func attachFile(ctx context.Context, s *session, path string) (client.Attachment
 func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f clientFlags
 	var cf composeFlags
-	fs := newFlagSet("send", "send [flags] <handle> [text...]\n\nEncrypts and sends a message, with --file a file; with neither text nor file, the message is read from stdin.", stderr)
+	fs := newFlagSet("send", "send [flags] <handle|handle@domain> [text...]\n\nEncrypts and sends a message, with --file a file; with neither text nor file, the message is read from stdin. "+
+		"To a person on another server (handle@domain), your server relays it: 'kezchat outbox' shows when it is delivered.", stderr)
 	addClientFlags(fs, &f)
 	addComposeFlags(fs, &cf)
 	if err := parseArgs(fs, args, 1, -1); err != nil {
@@ -260,6 +294,9 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer s.release()
+	if to, err = s.name(ctx, to); err != nil {
+		return err
+	}
 	pt, blobs, err := cf.compose(ctx, s, fs.Args()[1:], to)
 	if err != nil {
 		return withKeyHelp(err)
@@ -268,15 +305,19 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return withKeyHelp(err)
 	}
+	if r.State == client.OutboxQueued {
+		fmt.Fprintf(stdout, "queued for %s, relayed by your server (mid %s); 'kezchat outbox' shows when it is delivered\n", safeText(r.To), pt.MID)
+		return nil
+	}
 	fmt.Fprintf(stdout, "sent to %s (seq %d, mid %s)\n", safeText(r.To), r.Seq, pt.MID)
 	return nil
 }
 
 func runReact(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f clientFlags
-	fs := newFlagSet("react", "react [flags] <handle|group> <mid> <emoji>\n\nReacts to a message with an emoji, replacing your earlier reaction to it; \"\" takes it back.", stderr)
+	fs := newFlagSet("react", "react [flags] <handle|handle@domain|group> <mid> <emoji>\n\nReacts to a message with an emoji, replacing your earlier reaction to it; \"\" takes it back.", stderr)
 	addClientFlags(fs, &f)
-	author := fs.String("author", "", "who sent the message (default: the person of the conversation; in a group, required)")
+	author := fs.String("author", "", "who sent the message, a handle or handle@domain (default: the person of the conversation; in a group, required)")
 	if err := parseArgs(fs, args, 3, 3); err != nil {
 		return err
 	}
@@ -287,11 +328,19 @@ func runReact(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer s.release()
 	pt := client.Plaintext{Kind: client.KindReaction, Emoji: &emoji, Target: &client.Target{From: *author, MID: mid}}
+	if *author != "" {
+		if pt.Target.From, err = s.name(ctx, *author); err != nil {
+			return fmt.Errorf("--author: %w", err)
+		}
+	}
 	if err := s.sync(ctx); err != nil {
 		return err
 	}
 	g, gerr := s.findGroup(conv)
 	if gerr != nil {
+		if conv, err = s.name(ctx, conv); err != nil {
+			return errors.Join(gerr, err)
+		}
 		if pt.Target.From == "" {
 			pt.Target.From = conv
 		}
@@ -389,7 +438,7 @@ func groupFlagSet(name, synopsis string, f *clientFlags, stderr io.Writer) *flag
 
 func runGroupCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f clientFlags
-	fs := groupFlagSet("create", "group create [flags] <name> <handle>...\n\nCreates a group of you (its admin) and the handles named, and tells them.", &f, stderr)
+	fs := groupFlagSet("create", "group create [flags] <name> <handle|handle@domain>...\n\nCreates a group of you (its admin) and the people named, on your server or others, and tells them.", &f, stderr)
 	if err := parseArgs(fs, args, 2, -1); err != nil {
 		return err
 	}
@@ -401,7 +450,11 @@ func runGroupCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := s.sync(ctx); err != nil {
 		return err
 	}
-	next, err := client.NewGroup(s.id.Handle, fs.Arg(0), fs.Args()[1:])
+	members, err := s.names(ctx, fs.Args()[1:])
+	if err != nil {
+		return err
+	}
+	next, err := client.NewGroup(s.id.Handle, fs.Arg(0), members)
 	if err != nil {
 		return err
 	}
@@ -413,7 +466,7 @@ func runGroupCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 func runGroupChange(op string) command {
 	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		var f clientFlags
-		fs := groupFlagSet(op, "group "+op+" [flags] <group> <handle>\n\nAn admin's change of the group (by name or id), sent to its members.", &f, stderr)
+		fs := groupFlagSet(op, "group "+op+" [flags] <group> <handle|handle@domain>\n\nAn admin's change of the group (by name or id), sent to its members.", &f, stderr)
 		if err := parseArgs(fs, args, 2, 2); err != nil {
 			return err
 		}
@@ -422,7 +475,10 @@ func runGroupChange(op string) command {
 			return err
 		}
 		defer s.release()
-		h := fs.Arg(1)
+		h, err := s.name(ctx, fs.Arg(1))
+		if err != nil {
+			return err
+		}
 		next, err := g.Next(s.id.Handle, op, func(n *client.GroupState) {
 			switch op {
 			case client.OpAdd:
@@ -446,7 +502,7 @@ func runGroupChange(op string) command {
 func runGroupLeave(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f clientFlags
 	fs := groupFlagSet("leave", "group leave [flags] <group>\n\nLeaves the group; its last admin names another with --admin.", &f, stderr)
-	admin := fs.String("admin", "", "the member who becomes an admin as you leave (needed when you are the last admin)")
+	admin := fs.String("admin", "", "the member (handle or handle@domain) who becomes an admin as you leave (needed when you are the last admin)")
 	if err := parseArgs(fs, args, 1, 1); err != nil {
 		return err
 	}
@@ -456,6 +512,11 @@ func runGroupLeave(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	defer s.release()
 	me := s.id.Handle
+	if *admin != "" {
+		if *admin, err = s.name(ctx, *admin); err != nil {
+			return fmt.Errorf("--admin: %w", err)
+		}
+	}
 	if g.IsAdmin(me) && len(g.Admins) == 1 && *admin == "" {
 		return errors.New("you are the group's last admin: name another with --admin <handle>")
 	}
@@ -520,7 +581,17 @@ func runGroupSend(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return withKeyHelp(err)
 	}
-	fmt.Fprintf(stdout, "sent to #%s, %d recipient(s) (mid %s)\n", safeText(g.Name), len(rs), pt.MID)
+	queued := 0
+	for _, r := range rs {
+		if r.State == client.OutboxQueued {
+			queued++ // for another server, which its server relays
+		}
+	}
+	fmt.Fprintf(stdout, "sent to #%s, %d recipient(s) (mid %s)", safeText(g.Name), len(rs), pt.MID)
+	if queued > 0 {
+		fmt.Fprintf(stdout, ", %d of them queued for other servers", queued)
+	}
+	fmt.Fprintln(stdout)
 	return nil
 }
 

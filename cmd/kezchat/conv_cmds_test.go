@@ -280,3 +280,32 @@ func TestRepliesAndReactionsAtTheTerminal(t *testing.T) {
 		t.Error("--reply-from without --reply-to was sent")
 	}
 }
+
+func TestAddressesAtTheTerminal(t *testing.T) {
+	tt := newTerminals(t, "alice", "bob")
+	// An address at one's own server is the bare handle.
+	if out := tt.run("alice", runSend, "bob@"+testutil.Domain, "hi"); !strings.HasPrefix(out, "sent to bob (seq ") {
+		t.Fatalf("send to bob's address on his own server: %q", out)
+	}
+	if out := tt.inbox("bob"); !strings.Contains(out, "alice: hi") {
+		t.Fatalf("bob's inbox: %q", out)
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"a loopback domain without --insecure-loopback", []string{"bob@127.0.0.1:7000", "hi"}, "--insecure-loopback"},
+		{"not an address", []string{"bob@Two.example", "hi"}, "not an address"},
+		{"an address of no handle", []string{"@two.example", "hi"}, "not a handle"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if _, _, err := tt.try("alice", runSend, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("send %v: %v, want an error saying %q", c.args, err, c.want)
+			}
+		})
+	}
+	if _, _, err := tt.try("alice", nil, "create", "team", "bob", "carol@Three.example"); err == nil || !strings.Contains(err.Error(), "not an address") {
+		t.Fatalf("group create with a malformed address: %v", err)
+	}
+}

@@ -43,6 +43,8 @@ var commands = map[string]subcommand{
 	"react":         {runReact, "react to a message with an emoji"},
 	"inbox":         {runInbox, "read (and optionally acknowledge) the inbox"},
 	"listen":        {runListen, "follow the inbox live, acknowledging as messages arrive"},
+	"outbox":        {runOutbox, "show your messages to other servers: queued, delivered or failed"},
+	"privacy":       {runPrivacy, "show or change who may write to you (blocked senders, strangers)"},
 	"safety-number": {runSafetyNumber, "print the safety number to compare with a peer"},
 	"trust":         {runTrust, "accept a peer's new keys once the safety numbers match"},
 	"version":       {runVersion, "print the version"},

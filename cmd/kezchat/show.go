@@ -137,7 +137,7 @@ func (r *reader) flushReceipts(ctx context.Context) {
 func (r *reader) saveAttachments(ctx context.Context, seq uint64, pt client.Plaintext) ([]string, error) {
 	var saved []string
 	for _, a := range pt.Attachments {
-		data, err := r.s.c.FetchAttachment(ctx, a)
+		data, err := r.s.c.FetchAttachmentFrom(ctx, pt.From, a)
 		if err != nil {
 			if transient(err) {
 				return nil, fmt.Errorf("seq %d: fetching %s: %w", seq, safeText(a.Name), err)
