@@ -106,6 +106,7 @@ fuzz:
 	GO=$(GO) bash hack/fuzz.sh FuzzRequestBodies ./server/httpapi/ $(FUZZTIME)
 	GO=$(GO) bash hack/fuzz.sh FuzzKeyDocuments ./server/httpapi/ $(FUZZTIME)
 	GO=$(GO) bash hack/fuzz.sh FuzzDecodeForward ./server/jsstore/ $(FUZZTIME)
+	GO=$(GO) bash hack/fuzz.sh FuzzFederationBodies ./server/httpapi/ $(FUZZTIME)
 
 ## image: the kezchat image without a Docker engine: the Dockerfile's
 ## files, user and entrypoint for linux/amd64 and linux/arm64 in one OCI
