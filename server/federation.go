@@ -56,8 +56,12 @@ type Delivery struct {
 	Unit     int64
 	Domain   string
 	Sender   string
-	Messages [][]byte
 	Attempts int
+	// Units and Messages are what one request carries: Unit and the units
+	// queued behind it for the same sender and domain that fit with it
+	// (DeliveryMessages), their documents in queue order.
+	Units    []int64
+	Messages [][]byte
 	// Expires is when the oldest of them leaves the window.
 	Expires time.Time
 }
@@ -135,10 +139,13 @@ type FederationStore interface {
 	// units, the oldest one if its next attempt is due at now; at most
 	// limit of them, oldest first, without their Messages.
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*Delivery, error)
-	// DeliveryMessages returns the documents of unit, in order.
-	DeliveryMessages(ctx context.Context, unit int64) ([][]byte, error)
-	// FinishDelivery records an attempt's result for unit.
-	FinishDelivery(ctx context.Context, unit int64, r DeliveryResult) error
+	// DeliveryMessages fills d's Units and Messages: d.Unit's documents
+	// and, unless alone, those of the whole units queued behind it for the
+	// same sender and domain while they total at most maxDocs documents and
+	// maxBytes bytes.
+	DeliveryMessages(ctx context.Context, d *Delivery, alone bool, maxDocs int, maxBytes int64) error
+	// FinishDelivery records an attempt's result for units.
+	FinishDelivery(ctx context.Context, units []int64, r DeliveryResult) error
 	// OutboxEntries returns sender's entries, newest first, at most limit.
 	OutboxEntries(ctx context.Context, sender string, limit int) ([]*OutboxEntry, error)
 	// PinRemote records pin unless its address has one, and returns the

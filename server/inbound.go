@@ -37,7 +37,6 @@ func (s *Service) ReceiveFederated(ctx context.Context, docs []signing.Signed) (
 	}
 	in := make([]inboundDoc, len(docs))
 	var from Address
-	recipients := make(map[string]bool, len(docs))
 	ids := make(map[string]bool, len(docs))
 	size := 0
 	for i, doc := range docs {
@@ -51,12 +50,10 @@ func (s *Service) ReceiveFederated(ctx context.Context, docs []signing.Signed) (
 			return BatchResult{}, AtIndex(Errorf(CodeInvalidField, "from must be an address on another server"), i)
 		case i > 0 && a != from:
 			return BatchResult{}, AtIndex(Errorf(CodeInvalidField, "every document of a request is from %s", from), i)
-		case recipients[d.p.To]:
-			return BatchResult{}, AtIndex(Errorf(CodeInvalidField, "a second document to %q", d.p.To), i)
 		case ids[d.p.ID]:
 			return BatchResult{}, AtIndex(Errorf(CodeInvalidField, "a second document with id %q", d.p.ID), i)
 		}
-		from, recipients[d.p.To], ids[d.p.ID] = a, true, true
+		from, ids[d.p.ID] = a, true
 		size += len(d.msg)
 	}
 	if err := f.Domains.Check(from.Domain); err != nil {

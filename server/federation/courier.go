@@ -36,6 +36,25 @@ type Courier struct {
 	Poll    time.Duration
 
 	deliveries *prometheus.CounterVec
+
+	mu sync.Mutex
+	// alone are the queues whose head goes in a request of its own: a
+	// request of several sends was refused.
+	alone map[string]bool
+}
+
+// maxRequestBytes bounds the documents of one delivery, under the other
+// server's 4 MiB body limit with room for the framing.
+const maxRequestBytes = 3 << 20
+
+func (c *Courier) setAlone(q string, alone bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if alone {
+		c.alone[q] = true
+	} else {
+		delete(c.alone, q)
+	}
 }
 
 // Delivery outcomes, the values of the outcome label.
@@ -57,7 +76,7 @@ func NewCourier(cfg Config, store server.FederationStore, log *slog.Logger, reg 
 	cfg = withDefaults(cfg)
 	c := &Courier{
 		cfg: cfg, store: store, http: httpClient(cfg, cfg.DeliveryTimeout), log: log,
-		wake: make(chan struct{}, 1), Workers: 32, Poll: time.Second,
+		wake: make(chan struct{}, 1), Workers: 32, Poll: time.Second, alone: make(map[string]bool),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kezchat_federation_deliveries_total",
 			Help: "Attempts to deliver queued documents to other servers, by outcome: delivered, retry, failed.",
@@ -142,18 +161,21 @@ func (c *Courier) Run(ctx context.Context) {
 func (c *Courier) deliver(ctx context.Context, d *server.Delivery) {
 	now := c.cfg.Now()
 	if !now.Before(d.Expires) {
+		d.Units = []int64{d.Unit}
 		c.finish(ctx, d, server.DeliveryResult{State: server.OutboxFailed, At: now, Code: "expired",
 			Message: fmt.Sprintf("not delivered to %s within %v", d.Domain, server.FederationWindow)})
 		return
 	}
-	msgs, err := c.store.DeliveryMessages(ctx, d.Unit)
-	if err != nil {
+	q := d.Sender + "@" + d.Domain
+	c.mu.Lock()
+	alone := c.alone[q]
+	c.mu.Unlock()
+	if err := c.store.DeliveryMessages(ctx, d, alone, server.MaxBatchDocuments, maxRequestBytes); err != nil {
 		if ctx.Err() == nil {
 			c.log.Error("reading a unit of the outbox", "unit", d.Unit, "err", err)
 		}
 		return
 	}
-	d.Messages = msgs
 	code, msg, retry, retryAfter, err := c.post(ctx, d)
 	if ctx.Err() != nil {
 		return
@@ -161,8 +183,14 @@ func (c *Courier) deliver(ctx context.Context, d *server.Delivery) {
 	now = c.cfg.Now()
 	switch {
 	case err == nil && code == "":
+		c.setAlone(q, false)
 		c.finish(ctx, d, server.DeliveryResult{State: server.OutboxDelivered, At: now})
+	case err == nil && !retry && len(d.Units) > 1:
+		// The other server refused one of several sends, and stored none:
+		// the queue's head goes alone next, to get a verdict of its own.
+		c.setAlone(q, true)
 	case err == nil && !retry:
+		c.setAlone(q, false)
 		c.finish(ctx, d, server.DeliveryResult{State: server.OutboxFailed, At: now, Code: code, Message: msg})
 	default:
 		if err != nil {
@@ -187,7 +215,7 @@ func (c *Courier) finish(ctx context.Context, d *server.Delivery, r server.Deliv
 		c.deliveries.WithLabelValues(outcomeRetry).Inc()
 		c.log.Info("delivery to another server will be retried", "domain", d.Domain, "attempts", d.Attempts+1, "next", r.NextAt, "code", r.Code, "err", r.Message)
 	}
-	if err := c.store.FinishDelivery(ctx, d.Unit, r); err != nil && ctx.Err() == nil {
+	if err := c.store.FinishDelivery(ctx, d.Units, r); err != nil && ctx.Err() == nil {
 		c.log.Error("recording a delivery", "domain", d.Domain, "unit", d.Unit, "err", err)
 	}
 }

@@ -197,44 +197,87 @@ func (db *DB) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*s
 	return ds, nil
 }
 
-// DeliveryMessages reads unit's documents from the read pool.
-func (db *DB) DeliveryMessages(ctx context.Context, unit int64) ([][]byte, error) {
-	rows, err := db.rdb.QueryContext(ctx, "SELECT message FROM outbox_docs WHERE unit = ? ORDER BY id", unit)
+// DeliveryMessages reads what one request carries from the read pool;
+// see server.FederationStore.
+func (db *DB) DeliveryMessages(ctx context.Context, d *server.Delivery, alone bool, maxDocs int, maxBytes int64) error {
+	q := `SELECT d.unit, d.message FROM outbox_docs d JOIN outbox_units u ON u.id = d.unit
+		WHERE u.state = 'queued' AND u.sender = ? AND u.domain = ? AND u.id >= ? ORDER BY u.id, d.id LIMIT ?`
+	if alone {
+		q = "SELECT unit, message FROM outbox_docs WHERE unit = ? ORDER BY id"
+	}
+	args := []any{d.Sender, d.Domain, d.Unit, maxDocs + 1}
+	if alone {
+		args = []any{d.Unit}
+	}
+	rows, err := db.rdb.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("reading unit %d: %w", unit, err)
+		return fmt.Errorf("reading unit %d: %w", d.Unit, err)
 	}
 	defer rows.Close()
-	var msgs [][]byte
-	for rows.Next() {
-		var m []byte
-		if err := rows.Scan(&m); err != nil {
-			return nil, fmt.Errorf("reading unit %d: %w", unit, err)
+	d.Units, d.Messages = nil, nil
+	var unit int64 = -1
+	var pending [][]byte // the documents of unit, added once it is whole
+	var size int64
+	take := func() bool {
+		var n int64
+		for _, m := range pending {
+			n += int64(len(m))
 		}
-		msgs = append(msgs, m)
+		if len(d.Units) > 0 && (len(d.Messages)+len(pending) > maxDocs || size+n > maxBytes) {
+			return false
+		}
+		d.Units, d.Messages, size = append(d.Units, unit), append(d.Messages, pending...), size+n
+		return true
 	}
-	return msgs, rows.Err()
+	for rows.Next() {
+		var u int64
+		var m []byte
+		if err := rows.Scan(&u, &m); err != nil {
+			return fmt.Errorf("reading unit %d: %w", d.Unit, err)
+		}
+		if u != unit {
+			if unit >= 0 && !take() {
+				return nil
+			}
+			unit, pending = u, nil
+		}
+		pending = append(pending, m)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading unit %d: %w", d.Unit, err)
+	}
+	// The last unit read is whole only if the read was not cut short by
+	// the limit (or it is the first, which goes whatever its size).
+	if unit >= 0 && (len(d.Units) == 0 || len(d.Messages)+len(pending) <= maxDocs) {
+		take()
+	}
+	return nil
 }
 
 // FinishDelivery records an attempt; a unit delivered or failed keeps its
 // entries (for the outbox) but not their bytes.
-func (db *DB) FinishDelivery(ctx context.Context, unit int64, r server.DeliveryResult) error {
+func (db *DB) FinishDelivery(ctx context.Context, units []int64, r server.DeliveryResult) error {
 	err := db.submit(ctx, func(w *writer) error {
 		bg := context.Background()
-		// Only a queued unit takes a result: one delivered stays so.
-		res, err := w.conn.ExecContext(bg, `UPDATE outbox_units SET state = ?, attempts = attempts + 1, next_at = ?,
-			updated_at = ?, error_code = ?, error_message = ? WHERE id = ? AND state = 'queued'`,
-			r.State, r.NextAt.Unix(), r.At.Unix(), r.Code, r.Message, unit)
-		if err != nil {
-			return err
+		for _, unit := range units {
+			// Only a queued unit takes a result: one delivered stays so.
+			res, err := w.conn.ExecContext(bg, `UPDATE outbox_units SET state = ?, attempts = attempts + 1, next_at = ?,
+				updated_at = ?, error_code = ?, error_message = ? WHERE id = ? AND state = 'queued'`,
+				r.State, r.NextAt.Unix(), r.At.Unix(), r.Code, r.Message, unit)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 || r.State == server.OutboxQueued {
+				continue
+			}
+			if _, err = w.conn.ExecContext(bg, "UPDATE outbox_docs SET message = x'' WHERE unit = ?", unit); err != nil {
+				return err
+			}
 		}
-		if n, _ := res.RowsAffected(); n == 0 || r.State == server.OutboxQueued {
-			return nil
-		}
-		_, err = w.conn.ExecContext(bg, "UPDATE outbox_docs SET message = x'' WHERE unit = ?", unit)
-		return err
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("recording delivery of unit %d: %w", unit, err)
+		return fmt.Errorf("recording delivery of units %v: %w", units, err)
 	}
 	return nil
 }

@@ -51,7 +51,7 @@ func TestTheOutboxIsBoundedInDocumentsAndBytesPerSender(t *testing.T) {
 			}
 			for _, d := range due {
 				if d.Sender == "alice" {
-					if err := db.FinishDelivery(ctx, d.Unit, server.DeliveryResult{State: server.OutboxDelivered, At: time.Now()}); err != nil {
+					if err := db.FinishDelivery(ctx, []int64{d.Unit}, server.DeliveryResult{State: server.OutboxDelivered, At: time.Now()}); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -82,11 +82,11 @@ func TestEachSendersQueueForADomainIsDeliveredOneUnitAtATimeInOrder(t *testing.T
 	if len(due) != 2 || due[0].Domain != "two.example" || due[1].Domain != "three.example" {
 		t.Fatalf("due = %+v, want two.example's first unit and three.example's", due)
 	}
-	if msgs, err := db.DeliveryMessages(ctx, due[0].Unit); err != nil || len(msgs) != 2 {
-		t.Fatalf("the first unit's documents: %d, %v; want the two for two.example", len(msgs), err)
+	if err := db.DeliveryMessages(ctx, due[0], true, 256, 1<<20); err != nil || len(due[0].Messages) != 2 {
+		t.Fatalf("the first unit's documents: %d, %v; want the two for two.example", len(due[0].Messages), err)
 	}
 	// A retry later holds back two.example's next unit.
-	if err := db.FinishDelivery(ctx, due[0].Unit, server.DeliveryResult{State: server.OutboxQueued, At: time.Now(),
+	if err := db.FinishDelivery(ctx, []int64{due[0].Unit}, server.DeliveryResult{State: server.OutboxQueued, At: time.Now(),
 		NextAt: time.Now().Add(time.Hour), Code: server.CodeUnavailable}); err != nil {
 		t.Fatal(err)
 	}
@@ -163,5 +163,71 @@ func TestPinsKeepTheFirstIdentityOfAnAddress(t *testing.T) {
 	got, err := db.PinRemote(ctx, &server.RemotePin{Address: "alice@one.example", PrimaryID: "p2", Alg: "ed25519", Key: []byte("k2")})
 	if err != nil || got.PrimaryID != "p1" || !bytes.Equal(got.Key, []byte("k1")) {
 		t.Fatalf("second pin = %+v %v, want the first kept", got, err)
+	}
+}
+
+func TestADeliveryCarriesTheWholeSendsQueuedBehindItThatFit(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t)
+	mustCreate(t, db, "alice")
+	// Three single sends to two.example, a group send of two there, one to
+	// three.example between them, and a send by bob.
+	for _, docs := range [][]*server.OutboundDoc{
+		{outbound("alice", "a1", "two.example", "bob", 100)},
+		{outbound("alice", "c1", "three.example", "carol", 100)},
+		{outbound("alice", "a2", "two.example", "bob", 100)},
+		{outbound("alice", "g:bob", "two.example", "bob", 100), outbound("alice", "g:bea", "two.example", "bea", 100)},
+		{outbound("alice", "a3", "two.example", "bob", 100)},
+	} {
+		if _, err := db.Enqueue(ctx, docs, server.OutboxLimits{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	head := func() *server.Delivery {
+		due, err := db.DueDeliveries(ctx, time.Now().Add(time.Second), 10)
+		if err != nil || len(due) == 0 || due[0].Domain != "two.example" {
+			t.Fatalf("due = %+v, %v", due, err)
+		}
+		return due[0]
+	}
+	for _, tt := range []struct {
+		name             string
+		alone            bool
+		maxDocs          int
+		maxBytes         int64
+		units, documents int
+	}{
+		{"everything that fits", false, 256, 1 << 20, 4, 5},
+		{"whole sends within the document cap", false, 3, 1 << 20, 2, 2},
+		{"a group send is never split", false, 3, 1 << 20, 2, 2},
+		{"within the byte cap", false, 256, 250, 2, 2},
+		{"the head alone", true, 256, 1 << 20, 1, 1},
+		{"the head even when over the caps", false, 0, 0, 1, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := head()
+			if err := db.DeliveryMessages(ctx, d, tt.alone, tt.maxDocs, tt.maxBytes); err != nil {
+				t.Fatal(err)
+			}
+			if len(d.Units) != tt.units || len(d.Messages) != tt.documents || d.Units[0] != d.Unit {
+				t.Fatalf("units %v, %d documents; want %d units, %d documents, the head first", d.Units, len(d.Messages), tt.units, tt.documents)
+			}
+		})
+	}
+	d := head()
+	if err := db.DeliveryMessages(ctx, d, false, 256, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.FinishDelivery(ctx, d.Units, server.DeliveryResult{State: server.OutboxDelivered, At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := db.OutboxEntries(ctx, "alice", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if want := map[bool]string{true: server.OutboxQueued, false: server.OutboxDelivered}[e.ID == "c1"]; e.State != want {
+			t.Errorf("%s is %s, want %s", e.ID, e.State, want)
+		}
 	}
 }
