@@ -76,6 +76,7 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	cfg.Bind, cfg.MetricsBind = "127.0.0.1:0", ""
 	cfg.DBPath = filepath.Join(t.TempDir(), "kez-chat.db")
 	cfg.Push = &push.Config{Key: key, Subject: "mailto:admin@example.org"}
+	cfg.Federation = &app.Federation{}
 	chat, err := app.New(t.Context(), cfg, quiet)
 	if err != nil {
 		t.Fatal(err)

@@ -82,6 +82,9 @@ func NewCourier(cfg Config, store server.FederationStore, log *slog.Logger, reg 
 			Help: "Attempts to deliver queued documents to other servers, by outcome: delivered, retry, failed.",
 		}, []string{"outcome"}),
 	}
+	for _, o := range []string{outcomeDelivered, outcomeRetry, outcomeFailed} {
+		c.deliveries.WithLabelValues(o) // exported at 0 from the start, for rates
+	}
 	reg.MustRegister(c.deliveries)
 	return c
 }
