@@ -40,7 +40,10 @@ type instanceStatus struct {
 	Backups          bool        `json:"backups"`
 	LastBackup       *lastBackup `json:"lastBackup,omitempty"`
 	LastBackupFailed string      `json:"lastBackupFailed,omitempty"`
-	Created          time.Time   `json:"created"`
+	// Federation is the Federation condition's reason (Enabled, Disabled,
+	// StoreUnsupported), empty before the operator reported it.
+	Federation string    `json:"federation,omitempty"`
+	Created    time.Time `json:"created"`
 }
 
 type componentHealth struct {
@@ -222,6 +225,9 @@ func summarize(kc *chatv1.KezChat, pvcs []corev1.PersistentVolumeClaim, backups 
 			st.LastBackup = &lastBackup{Name: b.Name, BackupID: b.Status.BackupID, CompletedAt: b.Status.CompletedAt.Time, Bytes: b.Status.Bytes}
 		}
 	}
+	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionFederation); c != nil {
+		st.Federation = c.Reason
+	}
 	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionLastBackupSucceeded); c != nil && c.Status == metav1.ConditionFalse {
 		st.LastBackupFailed = c.Message
 		if st.LastBackupFailed == "" {
@@ -294,7 +300,7 @@ func printStatus(w io.Writer, st []instanceStatus, output string, allNamespaces 
 	}
 	head = append(head, "NAME", "READY", "HEALTH", "VERSION", "URL", "STORAGE", "LAST BACKUP", "AGE")
 	if wide {
-		head = append(head, "SERVER", "SIG-SERVER", "NATS", "UPGRADE", "MESSAGE")
+		head = append(head, "SERVER", "SIG-SERVER", "NATS", "FEDERATION", "UPGRADE", "MESSAGE")
 	}
 	fmt.Fprintln(tw, strings.Join(head, "\t"))
 	for _, s := range st {
@@ -306,7 +312,7 @@ func printStatus(w io.Writer, st []instanceStatus, output string, allNamespaces 
 			storageCell(s.Storage), backupCell(s, now), age(s.Created, now))
 		if wide {
 			row = append(row, replicasCell(s, componentServer), replicasCell(s, componentSigServer), replicasCell(s, componentNATS),
-				orDash(s.Upgrade), orDash(s.Message))
+				orDash(s.Federation), orDash(s.Upgrade), orDash(s.Message))
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}

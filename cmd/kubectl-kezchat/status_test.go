@@ -67,7 +67,8 @@ func TestSummarizeTakesTheNewestBackupAndOnlyItsOwnVolumes(t *testing.T) {
 	kc := newKezChat("ns", "team")
 	kc.Spec.Backup = &chatv1.BackupSpec{}
 	kc.Status.LastSuccessfulBackup = &chatv1.BackupRecord{Name: "old", BackupID: "old-id", CompletedAt: metav1.NewTime(now.Add(-48 * time.Hour)), Bytes: 1}
-	kc.Status.Conditions = []metav1.Condition{condition(chatv1.ConditionLastBackupSucceeded, "False", "BackupFailed", "bucket gone")}
+	kc.Status.Conditions = []metav1.Condition{condition(chatv1.ConditionLastBackupSucceeded, "False", "BackupFailed", "bucket gone"),
+		condition(chatv1.ConditionFederation, "False", "StoreUnsupported", "federation needs the SQLite store")}
 
 	newer := completedBackup("ns", "newer", "team", now.Add(-2*time.Hour), 2048)
 	otherChat := completedBackup("ns", "others", "other", now.Add(-time.Minute), 1)
@@ -86,6 +87,9 @@ func TestSummarizeTakesTheNewestBackupAndOnlyItsOwnVolumes(t *testing.T) {
 
 	if st.LastBackup == nil || st.LastBackup.Name != "newer" || st.LastBackup.Bytes != 2048 {
 		t.Errorf("last backup = %+v, want newer", st.LastBackup)
+	}
+	if st.Federation != "StoreUnsupported" {
+		t.Errorf("federation = %q, want the condition's reason", st.Federation)
 	}
 	if st.LastBackupFailed != "bucket gone" {
 		t.Errorf("last backup failed = %q", st.LastBackupFailed)
@@ -136,8 +140,8 @@ func TestStatusTable(t *testing.T) {
 			"NAMESPACE   NAME   READY   HEALTH   VERSION   URL                        STORAGE             LAST BACKUP           AGE\n" +
 			"chat        fail   True    Ready    v1.2.3    https://chat.example.org   1.5Gi/8Gi (18%)     never (last failed)   3d\n"},
 		{"wide", []instanceStatus{pending}, "wide", false, "" +
-			"NAME   READY     HEALTH    VERSION   URL   STORAGE   LAST BACKUP   AGE   SERVER   SIG-SERVER   NATS   UPGRADE   MESSAGE\n" +
-			"try    Unknown   Pending   -         -     1.5Gi     -             30s   -        -            -      -         the operator has not reported on it yet\n"},
+			"NAME   READY     HEALTH    VERSION   URL   STORAGE   LAST BACKUP   AGE   SERVER   SIG-SERVER   NATS   FEDERATION   UPGRADE   MESSAGE\n" +
+			"try    Unknown   Pending   -         -     1.5Gi     -             30s   -        -            -      -            -         the operator has not reported on it yet\n"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
