@@ -16,10 +16,15 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * A stored message's receipt; one for a person of another server is queued
+ * in this server's outbox (to is then the address, and there is no seq).
+ */
 export interface Receipt {
   to: string;
-  seq: number;
+  seq?: number;
   id: string;
+  state?: 'queued';
 }
 
 export interface InboxPage {
@@ -174,11 +179,11 @@ export async function uploadBlob(who: Signer, blob: Uint8Array<ArrayBuffer>, onP
   });
 }
 
-/** Downloads a blob's bytes as uploaded. */
-export async function getBlob(id: string): Promise<Uint8Array<ArrayBuffer>> {
+/** Downloads a blob's bytes as uploaded, from this server or, for a sender elsewhere, the sender's (origin). */
+export async function getBlob(id: string, origin?: string): Promise<Uint8Array<ArrayBuffer>> {
   let res: Response;
   try {
-    res = await fetch(`${base}/v1/blobs/${encodeURIComponent(id)}`, { signal: AbortSignal.timeout(120_000) });
+    res = await fetch(`${origin ?? base}/v1/blobs/${encodeURIComponent(id)}`, { signal: AbortSignal.timeout(120_000) });
   } catch (e) {
     throw new ApiError(0, 'network', `the server did not answer (${(e as Error).message})`);
   }
@@ -222,3 +227,45 @@ export async function latestKeys<D>(origin: string, primaryId: string): Promise<
 }
 
 export const publishKeys = (origin: string, doc: Signed<unknown>) => callJSON<{ primary_id: string; version: number; hash: string }>('POST', '/v1/keys', { body: doc, origin: origin.replace(/\/$/, '') });
+
+// --- issue #20: federation ---------------------------------------------------
+
+/** GETs a URL of any origin (another server's WebFinger, record: they answer CORS) and answers its JSON. */
+export function getJSON<T>(url: string): Promise<T> {
+  const u = new URL(url);
+  return callJSON<T>('GET', u.pathname + u.search, { origin: u.origin });
+}
+
+/** One document of this identity's outbox (docs/protocol.md, "GET /v1/outbox/{handle}"). */
+export interface OutboxEntry {
+  to: string;
+  id: string;
+  state: 'queued' | 'delivered' | 'failed';
+  attempts?: number;
+  queued_at?: number;
+  updated_at?: number;
+  error?: { code: string; message?: string };
+}
+
+export async function outbox(who: Signer): Promise<{ entries: OutboxEntry[] }> {
+  const path = `/v1/outbox/${who.handle}`;
+  return callJSON('GET', path, { auth: await auth(who, 'GET', path, []) });
+}
+
+/** Who may write to an identity (docs/protocol.md, "PUT /v1/privacy/{handle}"). */
+export interface Privacy {
+  strangers: 'accept' | 'refuse';
+  known: string[];
+  blocked: string[];
+}
+
+export async function getPrivacy(who: Signer): Promise<Privacy> {
+  const path = `/v1/privacy/${who.handle}`;
+  return callJSON('GET', path, { auth: await auth(who, 'GET', path, []) });
+}
+
+export async function putPrivacy(who: Signer, p: Privacy): Promise<Privacy> {
+  const path = `/v1/privacy/${who.handle}`;
+  const raw = JSON.stringify(p);
+  return callJSON('PUT', path, { raw, auth: await auth(who, 'PUT', path, [`sha256=${await bodyDigest(utf8(raw))}`]) });
+}

@@ -202,29 +202,30 @@ export async function savePins(me: string, pins: Map<string, Pin>): Promise<void
 }
 
 /**
- * Checks u against its key documents and its pin, pins it on first
+ * Checks u against its key documents and its pin (kept under name: the bare
+ * handle of a person of this server, the address of one elsewhere), pins it on first
  * contact, and moves the pin when a document signed by the pinned primary
  * key lists a new enc_key. Device keys nothing verified vouches for are
  * dropped from the record returned.
  */
-export async function checkPeer(u: PublicUser, pins: Map<string, Pin>, deps: TrustDeps): Promise<{ record: PublicUser; changed: boolean }> {
+export async function checkPeer(u: PublicUser, pins: Map<string, Pin>, deps: TrustDeps, name = u.handle): Promise<{ record: PublicUser; changed: boolean }> {
   const doc = await verifiedKeys(u, deps);
   const record = doc ? u : { ...u, signing_keys: [], keys_version: 0 };
   const now = pinOf(record, doc?.version ?? 0);
-  const was = pins.get(u.handle);
+  const was = pins.get(name);
   if (!was) {
-    pins.set(u.handle, now);
+    pins.set(name, now);
     return { record, changed: true };
   }
   // A server that hides the documents once must not lower the version
   // pinned: a rollback would then pass for a first sight.
   if (!doc) now.keys_version = was.keys_version;
-  if (was.primary_id !== now.primary_id || was.alg !== now.alg || was.key !== now.key) throw new KeyChanged(u.handle, was, now, 'another primary key');
-  if (doc && doc.version < was.keys_version) throw new KeyChanged(u.handle, was, now, `key document version ${doc.version} answered, ${was.keys_version} seen before`);
-  if (doc && doc.version === was.keys_version && was.enc_key !== now.enc_key) throw new KeyChanged(u.handle, was, now, `a second key document of version ${doc.version}`);
-  if (was.enc_key !== now.enc_key && !doc) throw new KeyChanged(u.handle, was, now, 'another enc_key, which no key document vouches for');
+  if (was.primary_id !== now.primary_id || was.alg !== now.alg || was.key !== now.key) throw new KeyChanged(name, was, now, 'another primary key');
+  if (doc && doc.version < was.keys_version) throw new KeyChanged(name, was, now, `key document version ${doc.version} answered, ${was.keys_version} seen before`);
+  if (doc && doc.version === was.keys_version && was.enc_key !== now.enc_key) throw new KeyChanged(name, was, now, `a second key document of version ${doc.version}`);
+  if (was.enc_key !== now.enc_key && !doc) throw new KeyChanged(name, was, now, 'another enc_key, which no key document vouches for');
   if (samePin(was, now)) return { record, changed: false };
-  pins.set(u.handle, now);
+  pins.set(name, now);
   return { record, changed: true };
 }
 
