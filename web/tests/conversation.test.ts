@@ -8,6 +8,7 @@ import {
   InvalidPlaintext,
   parsePlaintext,
   plaintextFor,
+  qualifyPlaintext,
   reactionContent,
   reactionSummary,
   receiptContents,
@@ -154,5 +155,27 @@ describe('deletion', () => {
   it('honours a delete only from the sender of the target', () => {
     expect(deleteAllowed('alice', { from: 'alice', mid: 'x' })).toBe(true);
     expect(deleteAllowed('bob', { from: 'alice', mid: 'x' })).toBe(false);
+  });
+});
+
+describe('names across servers', () => {
+  const env = { from: 'carol@three.example', to: 'bob', id: 'e1' };
+  it("reads addresses wherever a name is, and qualifies the writer's bare names with its domain", () => {
+    const raw = { v: 1, from: env.from, to: env.to, ts: 1, body: 'hi', mid: 'm1', reply: { from: 'dave', mid: 'm0', body: 'x' } };
+    const pt = qualifyPlaintext(parsePlaintext(raw, env), 'three.example', 'two.example');
+    // from and to stay the payload's; dave is carol's server's.
+    expect(pt.from).toBe('carol@three.example');
+    expect(pt.to).toBe('bob');
+    expect(pt.reply?.from).toBe('dave@three.example');
+    const reaction = { v: 1, from: env.from, to: env.to, ts: 1, body: '', kind: 'reaction', mid: 'm2', target: { from: 'bob@two.example', mid: 'm1' }, emoji: '👍' };
+    expect(qualifyPlaintext(parsePlaintext(reaction, env), 'three.example', 'two.example').target?.from).toBe('bob');
+    expect(() => parsePlaintext({ ...raw, reply: { from: 'Dave@x', mid: 'm0', body: '' } }, env)).toThrow(InvalidPlaintext);
+  });
+
+  it("keeps a sync copy's peer elsewhere as an address, and a local writer's names as written", () => {
+    const copy = { v: 1, from: 'bob', to: 'bob', ts: 1, body: 'hi', mid: 'm1', peer: 'carol@three.example' };
+    const pt = qualifyPlaintext(parsePlaintext(copy, { from: 'bob', to: 'bob', id: 'm1:bob' }), 'two.example', 'two.example');
+    expect(pt.peer).toBe('carol@three.example');
+    expect(conversationOf(pt, 'bob')).toBe('carol@three.example');
   });
 });

@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { forceBackend, type Backend } from '../src/lib/backend';
 import { decodeB64, utf8, fromUtf8 } from '../src/lib/bytes';
 import { generateEncKeyPair, open, resetSuites, seal } from '../src/lib/crypto';
-import { claimedSender, InvalidMessage, newMessage, openEnvelope, type Envelope, type MessageKeys, type PublicUser } from '../src/lib/protocol';
+import { claimedSender, InvalidMessage, newMessage, newMessageOf, openEnvelope, type Envelope, type MessageKeys, type PublicUser } from '../src/lib/protocol';
 import { generateSigningKey, primaryId, signDocument } from '../src/lib/signing';
 import { encodeB64 } from '../src/lib/bytes';
 import { vectors } from './vectors';
@@ -92,5 +92,26 @@ describe('message envelopes', () => {
     const noBlobs = await signDocument(alice, { ...doc.payload, blobs: [] });
     const empty: Envelope = { seq: 4, received_at: 1764000001, message: JSON.parse(JSON.stringify(noBlobs)) };
     await expect(openEnvelope(empty, { handle: 'bob', server, signing: alice, enc: bobEnc }, aliceRecord)).rejects.toThrow(/blobs/);
+  });
+  it("a message to a person of another server is for that server, from the sender's address, and opens only as such", async () => {
+    const alice = await generateSigningKey();
+    const aliceEnc = await generateEncKeyPair();
+    const bobSigning = await generateSigningKey();
+    const bobEnc = await generateEncKeyPair();
+    const bob: PublicUser = { handle: 'bob', server: 'two.example', primary_id: 'x', alg: 'ed25519', key: encodeB64(bobSigning.publicKey), enc_key: encodeB64(bobEnc.publicKey), created_at: 1 };
+    const aliceRecord: PublicUser = { handle: 'alice', server: 'one.example', primary_id: await primaryId('ed25519', alice.publicKey), alg: 'ed25519', key: encodeB64(alice.publicKey), enc_key: encodeB64(aliceEnc.publicKey), created_at: 1 };
+    const doc = await newMessage({ handle: 'alice', server: 'one.example', signing: alice, enc: aliceEnc }, bob, 'm1', 'across', 1764000000);
+    expect(doc.payload).toMatchObject({ server: 'two.example', from: 'alice@one.example', to: 'bob' });
+    const env: Envelope = { seq: 1, received_at: 1, message: JSON.parse(JSON.stringify(doc)) };
+    expect(claimedSender(env)).toBe('alice@one.example');
+    const bobKeys = { handle: 'bob', server: 'two.example', signing: bobSigning, enc: bobEnc };
+    expect(await openEnvelope(env, bobKeys, aliceRecord)).toEqual({ v: 1, from: 'alice@one.example', to: 'bob', ts: 1764000000, body: 'across' });
+    // The same document read as from a person of bob's own server: from does not match.
+    await expect(openEnvelope(env, bobKeys, { ...aliceRecord, server: 'two.example' })).rejects.toThrow(/from/);
+    // Signed for another server than bob's.
+    const elsewhere = await signDocument(alice, { ...doc.payload, server: 'three.example' });
+    await expect(openEnvelope({ ...env, message: JSON.parse(JSON.stringify(elsewhere)) }, bobKeys, aliceRecord)).rejects.toThrow(/for server/);
+    // A plaintext whose from is not the document's is never signed here.
+    await expect(newMessageOf({ handle: 'alice', server: 'one.example', signing: alice, enc: aliceEnc }, bob, 'm2', { v: 1, from: 'alice', to: 'bob', ts: 1, body: '' }, 1)).rejects.toThrow(/plaintext from alice/);
   });
 });

@@ -158,3 +158,41 @@ describe('group vectors (testdata/vectors.json, shared with the Go client)', () 
     expect(g.list().some((s) => s.id === id)).toBe(c.member);
   });
 });
+
+describe('groups across servers', () => {
+  it('a snapshot written elsewhere is read in the reader\'s form, hashed as carried, and every member chains the same versions', async () => {
+    // alice is on one.example, bob on two.example. alice creates the group
+    // naming bob by address; bob reads it with alice qualified by her domain.
+    const v1 = newGroup('alice', 'team', ['bob@two.example']);
+    const atAlice = new Groups('alice', [], 'one.example');
+    const atBob = new Groups('bob', [], 'two.example');
+    expect(await atAlice.take('alice', v1)).toBe(true);
+    expect(await atBob.take('alice@one.example', v1, 'one.example')).toBe(true);
+    expect(atBob.state(v1.id)).toMatchObject({ members: ['alice@one.example', 'bob'], admins: ['alice@one.example'], by: 'alice@one.example' });
+    expect(atBob.held(v1.id)!.hash).toBe(await groupHash(v1));
+    expect(atAlice.held(v1.id)!.hash).toBe(await groupHash(v1));
+
+    // alice makes bob an admin; bob then renames, naming alice by address,
+    // on the hash of version 2 as carried (not of his own form of it).
+    const v2 = await promoteMember(atAlice.state(v1.id)!, 'alice', 'bob@two.example', atAlice.held(v1.id)!.hash);
+    await atAlice.take('alice', v2);
+    await atBob.take('alice@one.example', v2, 'one.example');
+    const held = atBob.held(v1.id)!;
+    expect(held.state.admins).toEqual(['alice@one.example', 'bob']);
+    expect(held.hash).not.toBe(await groupHash(held.state));
+    const v3 = await renameGroup(held.state, 'bob', 'team two', held.hash);
+    expect(v3).toMatchObject({ members: ['alice@one.example', 'bob'], by: 'bob', prev: await groupHash(v2) });
+    expect(await atBob.take('bob', v3)).toBe(true);
+    expect(await atAlice.take('bob@two.example', v3, 'two.example')).toBe(true);
+    expect(atAlice.state(v1.id)).toMatchObject({ name: 'team two', members: ['alice', 'bob@two.example'], by: 'bob@two.example', version: 3 });
+    expect(atAlice.held(v1.id)!.hash).toBe(atBob.held(v1.id)!.hash);
+  });
+
+  it('drops a snapshot whose author is not its sender once qualified, or that names one person twice', async () => {
+    const v1 = newGroup('alice', 'team', ['bob@two.example']);
+    // Sent by alice of three.example: not the alice who wrote it.
+    await expect(new Groups('bob', [], 'two.example').take('alice@three.example', v1, 'one.example')).rejects.toThrow(/by alice@one.example/);
+    const twice = { ...newGroup('alice', 'team', ['bob', 'bob@two.example']) };
+    await expect(new Groups('bob', [], 'two.example').take('alice@two.example', twice, 'two.example')).rejects.toThrow(SnapshotDropped);
+  });
+});

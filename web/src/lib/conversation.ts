@@ -3,6 +3,7 @@
 // here with their rules; and the bookkeeping over them a client shows:
 // receipts per message and recipient, one reaction per person, deletion.
 
+import { qualify, validHandle, validName } from './address';
 import { decodeB64 } from './bytes';
 
 export type Kind = 'text' | 'receipt' | 'reaction' | 'delete' | 'group';
@@ -76,10 +77,9 @@ export class InvalidPlaintext extends Error {
 }
 
 const ID_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
-const HANDLE_RE = /^[a-z0-9][a-z0-9_.-]{2,31}$/;
 
 export const validMid = (s: unknown): s is string => typeof s === 'string' && ID_RE.test(s);
-export const validHandle = (s: unknown): s is string => typeof s === 'string' && HANDLE_RE.test(s);
+export { validHandle, validName };
 
 /** 22 characters, 16 bytes of base64url. */
 export function validGroupId(s: unknown): s is string {
@@ -130,7 +130,7 @@ function attachmentOf(a: unknown): Attachment {
 }
 
 function targetOf(t: unknown, what: string): Target {
-  if (!isObject(t) || !validHandle(t.from) || !validMid(t.mid)) throw new InvalidPlaintext(`${what} has a malformed target`);
+  if (!isObject(t) || !validName(t.from) || !validMid(t.mid)) throw new InvalidPlaintext(`${what} has a malformed target`);
   return { from: t.from, mid: t.mid };
 }
 
@@ -159,13 +159,13 @@ export function parsePlaintext(raw: unknown, env: { from: string; to: string; id
     pt.group = { id: raw.group.id };
   }
   if (raw.peer !== undefined) {
-    if (!validHandle(raw.peer)) throw new InvalidPlaintext('malformed peer');
+    if (!validName(raw.peer)) throw new InvalidPlaintext('malformed peer');
     if (pt.group) throw new InvalidPlaintext('both group and peer');
     pt.peer = raw.peer;
   }
   if (raw.reply !== undefined) {
     const r = raw.reply;
-    if (!isObject(r) || !validHandle(r.from) || !validMid(r.mid) || typeof r.body !== 'string' || chars(r.body) > MAX_REPLY_EXCERPT) throw new InvalidPlaintext('malformed reply');
+    if (!isObject(r) || !validName(r.from) || !validMid(r.mid) || typeof r.body !== 'string' || chars(r.body) > MAX_REPLY_EXCERPT) throw new InvalidPlaintext('malformed reply');
     pt.reply = { from: r.from, mid: r.mid, body: r.body };
   }
   if (raw.attachments !== undefined) {
@@ -198,6 +198,24 @@ export function parsePlaintext(raw: unknown, env: { from: string; to: string; id
       break;
   }
   return pt;
+}
+
+/**
+ * The names inside a plaintext (peer, reply.from, target.from) in this
+ * reader's form: the writer (the envelope's sender, at writerDomain) names
+ * its own server's people bare and everyone else by address
+ * (docs/protocol.md, "Conversations across servers"). from and to stay the
+ * payload's; the group state is read by lib/groups.
+ */
+export function qualifyPlaintext(pt: ConvPlaintext, writerDomain: string, own: string): ConvPlaintext {
+  if (writerDomain === own) return pt;
+  const q = (n: string) => qualify(n, writerDomain, own);
+  return {
+    ...pt,
+    ...(pt.peer !== undefined ? { peer: q(pt.peer) } : {}),
+    ...(pt.reply ? { reply: { ...pt.reply, from: q(pt.reply.from) } } : {}),
+    ...(pt.target ? { target: { ...pt.target, from: q(pt.target.from) } } : {}),
+  };
 }
 
 // --- building ------------------------------------------------------------
@@ -248,7 +266,11 @@ export function receiptContents(newMid: () => string, receipt: ReceiptKind, mids
 
 export const groupContent = (mid: string, state: Record<string, unknown> & { id: string }): Content => ({ kind: 'group', mid, body: '', group: { id: state.id }, state });
 
-/** The envelope id of a message: the mid for one person, `<mid>:<to>` in a group send or beside a sync copy. */
+/**
+ * The envelope id of a message: the mid for one person, `<mid>:<to>` in a
+ * group send or beside a sync copy, `to` the payload's (a handle on its own
+ * server: an id has no @).
+ */
 export const envelopeId = (mid: string, to: string, batch: boolean) => (batch ? `${mid}:${to}` : mid);
 
 /** Whether a kind gets receipts: only what people wrote (docs/protocol.md, "Receipts"). */

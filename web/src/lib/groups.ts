@@ -4,8 +4,9 @@
 // converges on one state. The same rules as the Go client (client/groups.go),
 // checked against the shared vectors (testdata/vectors.json, "groups").
 
+import { qualify, validName } from './address';
 import { encodeB64, sha256, utf8 } from './bytes';
-import { validGroupId, validHandle } from './conversation';
+import { validGroupId } from './conversation';
 import { canonicalize } from './jcs';
 
 export type GroupOp = 'create' | 'add' | 'remove' | 'leave' | 'rename' | 'promote';
@@ -59,7 +60,7 @@ const sameList = (a: string[], b: string[]) => a.length === b.length && a.every(
 function checkHandles(what: string, hs: unknown, max: number): asserts hs is string[] {
   if (!Array.isArray(hs) || hs.length < 1 || hs.length > max) throw new SnapshotDropped(`malformed: ${what} are not 1 to ${max}`);
   hs.forEach((h, i) => {
-    if (!validHandle(h)) throw new SnapshotDropped(`malformed: ${what}: ${JSON.stringify(h).slice(0, 40)} is not a handle`);
+    if (!validName(h)) throw new SnapshotDropped(`malformed: ${what}: ${JSON.stringify(h).slice(0, 40)} is not a handle or address`);
     if (i > 0 && !(hs[i - 1] < h)) throw new SnapshotDropped(`malformed: ${what} are not sorted and distinct`);
   });
 }
@@ -81,8 +82,23 @@ export function checkState(raw: unknown): GroupState {
   checkHandles('members', s.members, MAX_GROUP_MEMBERS);
   checkHandles('admins', s.admins, s.members.length);
   for (const a of s.admins) if (!s.members.includes(a)) throw new SnapshotDropped(`malformed: admin ${a} is not a member`);
-  if (!validHandle(s.by)) throw new SnapshotDropped('malformed: by is not a handle');
+  if (!validName(s.by)) throw new SnapshotDropped('malformed: by is not a handle or address');
   return s as GroupState;
+}
+
+/**
+ * A snapshot written at writerDomain in the reader's form (docs/protocol.md,
+ * "Conversations across servers"): members, admins and by qualified with
+ * the writer's domain, an address at own bare; the lists sorted again.
+ * Its hash stays the one of the bytes as carried.
+ */
+export function qualifyState(s: GroupState, writerDomain: string, own: string): GroupState {
+  if (writerDomain === own) return s;
+  const q = (n: string) => qualify(n, writerDomain, own);
+  const members = sortedSet(s.members.map(q));
+  const admins = sortedSet(s.admins.map(q));
+  if (members.length !== s.members.length || admins.length !== s.admins.length) throw new SnapshotDropped('malformed: members name one person twice');
+  return { ...s, members, admins, by: q(s.by) };
 }
 
 /** Rule 3: an admin of the parent may change anything; a member who is not may only leave. */
@@ -99,9 +115,14 @@ function allowed(parent: GroupState, from: string, t: GroupState): void {
 export class Groups {
   readonly histories = new Map<string, GroupHistory>();
 
+  /**
+   * self: this client's handle; domain: its server's, against which the
+   * names of snapshots written elsewhere are qualified.
+   */
   constructor(
     readonly self: string,
     histories?: Iterable<[string, GroupHistory]>,
+    readonly domain = '',
   ) {
     for (const [id, h] of histories ?? []) if (h.versions.length) this.histories.set(id, h);
   }
@@ -109,6 +130,11 @@ export class Groups {
   /** The state this client holds (which may no longer list it), or undefined. */
   state(id: string): GroupState | undefined {
     return this.histories.get(id)?.versions.at(-1)?.state;
+  }
+
+  /** The state held with its hash (of the snapshot as carried): what the next version's prev names. */
+  held(id: string): HeldState | undefined {
+    return this.histories.get(id)?.versions.at(-1);
   }
 
   /** The groups whose state lists this client: it shows nothing of the others. */
@@ -123,14 +149,16 @@ export class Groups {
   }
 
   /**
-   * Takes snapshot t received from `from` by rules 1 to 4; throws
-   * SnapshotDropped saying why when it is dropped. Returns whether the
-   * state changed.
+   * Takes snapshot t received from `from` (a name in this client's form),
+   * written at writerDomain (this client's own by default), by rules 1 to
+   * 4; throws SnapshotDropped saying why when it is dropped. Returns
+   * whether the state changed.
    */
-  async take(from: string, raw: unknown): Promise<boolean> {
-    const t = checkState(raw);
+  async take(from: string, raw: unknown, writerDomain = this.domain): Promise<boolean> {
+    const carried = checkState(raw);
+    const t = qualifyState(carried, writerDomain, this.domain);
     if (t.by !== from) throw new SnapshotDropped(`by ${t.by}, but sent by ${from}`);
-    const held: HeldState = { state: t, hash: await groupHash(t) };
+    const held: HeldState = { state: t, hash: await groupHash(carried) };
     const h = this.histories.get(t.id);
     if (!h) {
       // Rule 1: a group the client does not know; it was added.
@@ -192,15 +220,17 @@ export function newGroup(author: string, name: string, others: string[]): GroupS
 
 /**
  * The version after s by author, checked as a member would check it (so an
- * author cannot send what its members would drop).
+ * author cannot send what its members would drop). prev is the hash of s as
+ * it was carried (Groups.held), which differs from s's own when s was
+ * written on another server; by default s's.
  */
-export async function nextState(s: GroupState, author: string, op: Exclude<GroupOp, 'create'>, change: (next: { name: string; members: string[]; admins: string[] }) => void): Promise<GroupState> {
+export async function nextState(s: GroupState, author: string, op: Exclude<GroupOp, 'create'>, change: (next: { name: string; members: string[]; admins: string[] }) => void, prev?: string): Promise<GroupState> {
   const fields = { name: s.name, members: [...s.members], admins: [...s.admins] };
   change(fields);
   const next = checkState({
     id: s.id,
     version: s.version + 1,
-    prev: await groupHash(s),
+    prev: prev ?? (await groupHash(s)),
     name: fields.name,
     members: sortedSet(fields.members),
     admins: sortedSet(fields.admins),
@@ -211,26 +241,38 @@ export async function nextState(s: GroupState, author: string, op: Exclude<Group
   return next;
 }
 
-export const addMembers = (s: GroupState, by: string, handles: string[]) => nextState(s, by, 'add', (n) => n.members.push(...handles));
-export const removeMember = (s: GroupState, by: string, handle: string) =>
-  nextState(s, by, 'remove', (n) => {
-    n.members = n.members.filter((m) => m !== handle);
-    n.admins = n.admins.filter((m) => m !== handle);
-  });
-export const renameGroup = (s: GroupState, by: string, name: string) => nextState(s, by, 'rename', (n) => void (n.name = name));
-export const promoteMember = (s: GroupState, by: string, handle: string) => nextState(s, by, 'promote', (n) => n.admins.push(handle));
+export const addMembers = (s: GroupState, by: string, handles: string[], prev?: string) => nextState(s, by, 'add', (n) => n.members.push(...handles), prev);
+export const removeMember = (s: GroupState, by: string, handle: string, prev?: string) =>
+  nextState(
+    s,
+    by,
+    'remove',
+    (n) => {
+      n.members = n.members.filter((m) => m !== handle);
+      n.admins = n.admins.filter((m) => m !== handle);
+    },
+    prev,
+  );
+export const renameGroup = (s: GroupState, by: string, name: string, prev?: string) => nextState(s, by, 'rename', (n) => void (n.name = name), prev);
+export const promoteMember = (s: GroupState, by: string, handle: string, prev?: string) => nextState(s, by, 'promote', (n) => n.admins.push(handle), prev);
 
 /** Leaving: a member who is not an admin only leaves; the last admin names a successor in the same snapshot. */
-export function leaveGroup(s: GroupState, me: string, successor?: string): Promise<GroupState> {
-  return nextState(s, me, 'leave', (n) => {
-    n.members = n.members.filter((m) => m !== me);
-    if (!isAdmin(s, me)) return;
-    n.admins = n.admins.filter((m) => m !== me);
-    if (n.admins.length === 0) {
-      const next = successor ?? n.members[0];
-      if (next) n.admins.push(next);
-    }
-  });
+export function leaveGroup(s: GroupState, me: string, successor?: string, prev?: string): Promise<GroupState> {
+  return nextState(
+    s,
+    me,
+    'leave',
+    (n) => {
+      n.members = n.members.filter((m) => m !== me);
+      if (!isAdmin(s, me)) return;
+      n.admins = n.admins.filter((m) => m !== me);
+      if (n.admins.length === 0) {
+        const next = successor ?? n.members[0];
+        if (next) n.admins.push(next);
+      }
+    },
+    prev,
+  );
 }
 
 /** Who a control message goes to: the members before and after it (the author's sync copy is added by the sender). */

@@ -77,19 +77,34 @@ export function newMessageId(): string {
   return encodeB64(crypto.getRandomValues(new Uint8Array(16)));
 }
 
+/**
+ * Who a document to a person of server names as its sender: the bare
+ * handle on its own server, its address elsewhere (docs/protocol.md,
+ * "Sending: relayed by the sender's server").
+ */
+export const fromFor = (me: { handle: string; server: string }, server: string) => (server === me.server ? me.handle : `${me.handle}@${me.server}`);
+
+/** The sender name a document of sender carries, as fromFor made it. */
+const expectedFrom = (sender: PublicUser, me: { server: string }) => (sender.server === me.server ? sender.handle : `${sender.handle}@${sender.server}`);
+
 export async function newMessage(me: MessageKeys, to: PublicUser, id: string, body: string, ts: number): Promise<Signed<MessagePayload>> {
-  const pt: Plaintext = { v: 1, from: me.handle, to: to.handle, ts, body };
+  const from = fromFor(me, to.server);
+  const pt: Plaintext = { v: 1, from, to: to.handle, ts, body };
   const ct = await seal(decodeB64(to.enc_key), utf8(JSON.stringify(pt)));
-  return signDocument(me.signing, { type: TYPE_MESSAGE, server: to.server, from: me.handle, to: to.handle, id, ts, ct: encodeB64(ct) });
+  return signDocument(me.signing, { type: TYPE_MESSAGE, server: to.server, from, to: to.handle, id, ts, ct: encodeB64(ct) });
 }
 
 /**
  * A message document of any plaintext (docs/protocol.md, "Conversations"):
- * sealed to `to`, with the blobs it names.
+ * sealed to `to`, with the blobs it names. For a person of another server
+ * it is signed for that server, from this identity's address; the
+ * plaintext's from and to must be the payload's.
  */
 export async function newMessageOf(me: MessageKeys, to: PublicUser, id: string, plaintext: Record<string, unknown>, ts: number, blobs: string[] = []): Promise<Signed<MessagePayload>> {
+  const from = fromFor(me, to.server);
+  if (plaintext.from !== from || plaintext.to !== to.handle) throw new Error(`a plaintext from ${String(plaintext.from)} to ${String(plaintext.to)} in a document from ${from} to ${to.handle}`);
   const ct = await seal(decodeB64(to.enc_key), utf8(JSON.stringify(plaintext)));
-  const payload: MessagePayload = { type: TYPE_MESSAGE, server: to.server, from: me.handle, to: to.handle, id, ts, ct: encodeB64(ct) };
+  const payload: MessagePayload = { type: TYPE_MESSAGE, server: to.server, from, to: to.handle, id, ts, ct: encodeB64(ct) };
   if (blobs.length) payload.blobs = [...new Set(blobs)];
   return signDocument(me.signing, payload);
 }
@@ -103,8 +118,9 @@ export function claimedSender(env: Envelope): string {
 
 /**
  * Verifies and opens an envelope of me's inbox sent by sender: the signature
- * must be by sender's registered key, the payload a message from sender to
- * me on this server, and the plaintext must name the same from and to.
+ * must be by sender's registered key, the payload a message from sender (its
+ * address when it is of another server) to me on this server, and the
+ * plaintext must name the same from and to.
  */
 export async function openEnvelope(env: Envelope, me: MessageKeys, sender: PublicUser): Promise<Plaintext> {
   const pt = (await openEnvelopeRaw(env, me, sender)) as unknown as Plaintext;
@@ -136,9 +152,10 @@ export async function openEnvelopeRaw(env: Envelope, me: MessageKeys, sender: Pu
     throw bad('blobs is not 1 to 16 ids');
   }
   if (p.type !== TYPE_MESSAGE) throw bad(`payload type is ${JSON.stringify(p.type)}`);
-  if (p.from !== sender.handle) throw bad(`from ${JSON.stringify(p.from)}, but the key is ${sender.handle}'s`);
+  const from = expectedFrom(sender, me);
+  if (p.from !== from) throw bad(`from ${JSON.stringify(p.from)}, but the key is ${from}'s`);
   if (p.to !== me.handle) throw bad(`addressed to ${JSON.stringify(p.to)}`);
-  if (p.server !== sender.server || p.server !== me.server) throw bad(`for server ${JSON.stringify(p.server)}`);
+  if (p.server !== me.server) throw bad(`for server ${JSON.stringify(p.server)}`);
   if (typeof p.ct !== 'string') throw bad('no ct');
   let raw: Uint8Array;
   try {
