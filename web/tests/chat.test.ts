@@ -80,6 +80,12 @@ function fakeServer(records: PublicUser[]) {
       if (!b) throw new ApiError(404, 'unknown_blob', 'no such blob');
       return b;
     },
+    getJSON: async (url) => {
+      throw new ApiError(0, 'network', `no network in this test (${url})`);
+    },
+    outbox: async () => ({ entries: [] }),
+    getPrivacy: async () => ({ strangers: 'accept', known: [], blocked: [] }),
+    putPrivacy: async (_who, p) => p,
     inbox: async (who, since): Promise<InboxPage> => {
       const msgs = (inboxes.get(who.handle) ?? []).filter((e) => e.seq > since);
       return { messages: msgs, next: msgs.at(-1)?.seq ?? since };

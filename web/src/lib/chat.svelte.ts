@@ -9,7 +9,9 @@ import { del, get } from 'idb-keyval';
 import { SvelteMap } from 'svelte/reactivity';
 import * as api from './api';
 import { primaryKey, saveIdentity, type Identity, type PublicKey } from './keys';
-import { claimedSender, InvalidMessage, newMessageId, newMessageOf, openEnvelopeRaw, type Envelope, type MessageKeys, type MessagePayload, type PublicUser } from './protocol';
+import { claimedSender, fromFor, InvalidMessage, newMessageId, newMessageOf, openEnvelopeRaw, type Envelope, type MessageKeys, type MessagePayload, type PublicUser } from './protocol';
+import { baseUrl, domainOf, fullAddress, isRemote, localName, parseName } from './address';
+import { remoteTrust, resolveRemote, RemoteRefused, type FetchJSON } from './remote';
 import {
   applyReaction,
   applyReceipt,
@@ -21,6 +23,7 @@ import {
   InvalidPlaintext,
   parsePlaintext,
   plaintextFor,
+  qualifyPlaintext,
   reactionContent,
   receiptContents,
   textContent,
@@ -33,7 +36,7 @@ import {
 import { controlRecipients, groupHash, Groups, SnapshotDropped, type GroupHistory, type GroupState, newGroup } from './groups';
 import { decryptAttachment } from './attachments';
 import { openTyping, sealTyping, TYPING_SHOWN_MS, TypingBoard, TypingSender } from './typing';
-import { primaryId, type Signed } from './signing';
+import { primaryId, signDocument, type Signed } from './signing';
 import { decodeB64 } from './bytes';
 import type { LinkStatus } from './stream';
 import {
@@ -61,6 +64,7 @@ import {
   type LegacyHistory,
   type LegacyStore,
   type MessageRecord,
+  type Relay,
   type Stored,
 } from './history';
 import { checkPeer, KeyChanged, KeyDocumentMismatch, loadPins, safetyWith, savePins, type KeyPayload, type Pin, type TrustDeps } from './trust';
@@ -142,7 +146,13 @@ export interface ChatDeps {
   postMessage: (doc: Signed<MessagePayload>) => Promise<api.Receipt>;
   postBatch: (who: api.Signer, docs: Signed<MessagePayload>[]) => Promise<{ receipts: api.Receipt[] }>;
   postTyping: (who: api.Signer, to: { to: string; ct: string }[]) => Promise<unknown>;
-  getBlob: (id: string) => Promise<Uint8Array<ArrayBuffer>>;
+  /** A blob's bytes, from this server or (origin) a remote sender's. */
+  getBlob: (id: string, origin?: string) => Promise<Uint8Array<ArrayBuffer>>;
+  /** GETs another server's WebFinger or record (they answer CORS). */
+  getJSON: FetchJSON;
+  outbox: (who: api.Signer) => Promise<{ entries: api.OutboxEntry[] }>;
+  getPrivacy: (who: api.Signer) => Promise<api.Privacy>;
+  putPrivacy: (who: api.Signer, p: api.Privacy) => Promise<api.Privacy>;
   inbox: (who: api.Signer, since: number) => Promise<api.InboxPage>;
   ack: (who: api.Signer, upto: number) => Promise<unknown>;
   /** The handle's history database (./history openHistory). */
@@ -161,6 +171,10 @@ export const browserDeps: ChatDeps = {
   postBatch: api.postBatch,
   postTyping: api.postTyping,
   getBlob: api.getBlob,
+  getJSON: api.getJSON,
+  outbox: api.outbox,
+  getPrivacy: api.getPrivacy,
+  putPrivacy: api.putPrivacy,
   inbox: api.inbox,
   ack: api.ack,
   openHistory: (handle) => openHistory(handle),
@@ -174,10 +188,17 @@ export const browserDeps: ChatDeps = {
 /** What a conversation holds of a peer's messages while their keys are in question, in bytes of ciphertext. */
 export const MAX_WITHHELD_BYTES = 8 << 20;
 
-/** Why a peer's keys are in question: changed (the person may accept them) or not what the peer signed. */
-export type KeyProblem = KeyChanged | KeyDocumentMismatch;
+/**
+ * Why a peer's keys are in question: changed (the person may accept them),
+ * not what the peer signed, or (a person of another server) not what its
+ * server answers of that address.
+ */
+export type KeyProblem = KeyChanged | KeyDocumentMismatch | RemoteRefused;
 
-const isKeyProblem = (e: unknown): e is KeyProblem => e instanceof KeyChanged || e instanceof KeyDocumentMismatch;
+const isKeyProblem = (e: unknown): e is KeyProblem => e instanceof KeyChanged || e instanceof KeyDocumentMismatch || e instanceof RemoteRefused;
+
+/** How often the outbox is asked about own messages queued for other servers. */
+export const OUTBOX_POLL_MS = 2_000;
 
 const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
 
@@ -219,12 +240,26 @@ export class Chat {
   private sending = new Set<string>();
   /** The uploads of own messages whose attachments did not upload, by mid: Retry runs them again. */
   private uploads = new Map<string, () => Promise<Uploaded>>();
+  /** Own messages with documents queued for other servers, followed in the outbox until each is delivered or failed. */
+  private relaying: { conv: string; mid: string }[] = [];
 
   constructor(
     readonly me: Identity,
     private readonly deps: ChatDeps = browserDeps,
   ) {
-    this.groups = new Groups(me.handle);
+    this.groups = new Groups(me.handle, [], me.server);
+  }
+
+  /** This identity's server's domain: its people are named bare, everyone else by address. */
+  get domain(): string {
+    return this.me.server;
+  }
+
+  /** What a person typed into a box that takes people, as a name (bare, or an address elsewhere); throws saying what is wrong. */
+  nameOf(input: string): string {
+    const r = parseName(input, this.domain);
+    if ('problem' in r) throw new Error(r.problem);
+    return r.name;
   }
 
   get keys(): MessageKeys {
@@ -265,12 +300,14 @@ export class Chat {
   async load(conv?: string): Promise<void> {
     const [pins, db] = await Promise.all([this.deps.loadPins(this.me.handle), this.db()]);
     this.pins = pins;
-    const [records, cursor, page, readReceipts] = await Promise.all([
+    const [records, cursor, page, readReceipts, relaying] = await Promise.all([
       storedConversations(db),
       getMeta<number>(db, 'cursor'),
       conv === undefined ? undefined : lastPage(db, conv, PAGE_SIZE),
       getMeta<boolean>(db, 'setting:read-receipts'),
+      getMeta<{ conv: string; mid: string }[]>(db, 'relaying'),
     ]);
+    this.relaying = relaying ?? [];
     this.cursor = this.acked = cursor ?? 0;
     this.conversations.clear();
     for (const r of records) this.conversations.set(r.conv, reactive(r));
@@ -285,10 +322,10 @@ export class Chat {
     const histories = await Promise.all(
       groupIds.map(async (id): Promise<[string, GroupHistory]> => {
         const versions = (await groupStates<GroupState>(db, id)).sort((a, b) => a.version - b.version).slice(-16);
-        return [id, { versions: await Promise.all(versions.map(async (v) => ({ state: v.state, hash: await groupHash(v.state) }))) }];
+        return [id, { versions: await Promise.all(versions.map(async (v) => ({ state: v.state, hash: v.hash ?? (await groupHash(v.state)) }))) }];
       }),
     );
-    this.groups = new Groups(this.me.handle, histories);
+    this.groups = new Groups(this.me.handle, histories, this.me.server);
     this.readReceipts = readReceipts !== false;
   }
 
@@ -319,6 +356,8 @@ export class Chat {
     c.unread = r.unread;
     c.withheld = r.withheld;
     c.left = r.left;
+    c.request = r.request;
+    c.blocked = r.blocked;
     return c;
   }
 
@@ -333,7 +372,11 @@ export class Chat {
     return c;
   }
 
-  /** The peer's record, its keys checked against its key documents and its pin (once a session). */
+  /**
+   * The peer's record, its keys checked against its key documents and its
+   * pin (once a session). handle is a name: a bare handle of this server, or
+   * the address of a person elsewhere, learnt from that person's server.
+   */
   user(handle: string): Promise<PublicUser> {
     let u = this.users.get(handle);
     if (!u) {
@@ -345,9 +388,17 @@ export class Chat {
   }
 
   private async checkedUser(handle: string): Promise<PublicUser> {
-    const answered = await this.deps.lookup(handle);
     try {
-      const { record, changed } = await checkPeer(answered, this.pins, this.deps.trust);
+      let answered: PublicUser;
+      let trust = this.deps.trust;
+      if (isRemote(handle)) {
+        const p = await resolveRemote(handle, this.deps.getJSON);
+        answered = p.record;
+        trust = remoteTrust(p, this.deps.trust.keyLog);
+      } else {
+        answered = await this.deps.lookup(handle);
+      }
+      const { record, changed } = await checkPeer(answered, this.pins, trust, handle);
       if (changed) await this.deps.savePins(this.me.handle, this.pins);
       this.keyProblems.delete(handle);
       return record;
@@ -389,7 +440,7 @@ export class Chat {
     if (!this.pins.has(peer) && !problem) await this.user(peer);
     const me = `${this.me.handle}@${this.me.server}`;
     const mine = await this.primaryKey(); // a linked device's own key is not what the peer pins
-    const with_ = (p: Pin) => safetyWith(mine.alg, mine.publicKey, me, p, `${peer}@${this.me.server}`);
+    const with_ = (p: Pin) => safetyWith(mine.alg, mine.publicKey, me, p, fullAddress(peer, this.me.server));
     const pin = this.pins.get(peer);
     return {
       pinned: pin && (await with_(pin)),
@@ -472,7 +523,8 @@ export class Chat {
     if (!c) return;
     const unread = c.unread;
     if (unread) c.unread = 0;
-    const shownNow = this.readReceipts ? (c.messages ?? []).filter((m) => !m.mine && m.kind === 'text' && !m.deleted && m.state === 'received' && m.receiptSent !== 'read') : [];
+    // A request (or a blocked person) learns nothing of what was read until accepted.
+    const shownNow = this.readReceipts && !c.request && !c.blocked ? (c.messages ?? []).filter((m) => !m.mine && m.kind === 'text' && !m.deleted && m.state === 'received' && m.receiptSent !== 'read') : [];
     if (!unread && shownNow.length === 0) return;
     void this.serial(async () => {
       const db = await this.db();
@@ -514,7 +566,8 @@ export class Chat {
   private async open(env: Envelope): Promise<boolean> {
     let from: string | undefined;
     try {
-      from = claimedSender(env);
+      // A sender of another server signs as its address; one of this server bare.
+      from = localName(claimedSender(env), this.domain);
       let sender = await this.user(from);
       const sig = env.message.signature;
       if (sig?.key !== sender.key && !sender.signing_keys?.some((k) => k.key === sig?.key)) {
@@ -525,7 +578,9 @@ export class Chat {
       }
       const raw = await openEnvelopeRaw(env, this.keys, sender);
       const p = env.message.payload;
-      await this.apply(parsePlaintext(raw, { from: p.from, to: p.to, id: p.id }), env);
+      // Names inside are the writer's: qualified with its domain.
+      const writer = domainOf(from, this.domain);
+      await this.apply(qualifyPlaintext(parsePlaintext(raw, { from: p.from, to: p.to, id: p.id }), writer, this.domain), env, writer);
     } catch (e) {
       if (isKeyProblem(e) && from !== undefined) {
         return this.withhold(from, env).then(
@@ -541,8 +596,8 @@ export class Chat {
     return true;
   }
 
-  /** Stores one plaintext in its conversation (docs/protocol.md, "Conversations"). */
-  private async apply(pt: ConvPlaintext, env: Envelope): Promise<void> {
+  /** Stores one plaintext, written at writer's domain, in its conversation (docs/protocol.md, "Conversations"). */
+  private async apply(pt: ConvPlaintext, env: Envelope, writer = this.domain): Promise<void> {
     const me = this.me.handle;
     const mine = pt.from === me;
     const db = await this.db();
@@ -550,13 +605,14 @@ export class Chat {
       const gid = pt.group!.id;
       const before = this.groups.state(gid);
       try {
-        if (!(await this.groups.take(pt.from, pt.state))) return;
+        if (!(await this.groups.take(pt.from, pt.state, writer))) return;
       } catch (e) {
         if (e instanceof SnapshotDropped) return void console.warn(`group snapshot from ${pt.from} dropped: ${e.message}`);
         throw e;
       }
-      const after = this.groups.state(gid)!;
-      await putGroupState(db, { group: gid, version: after.version, state: after });
+      const held = this.groups.held(gid)!;
+      const after = held.state;
+      await putGroupState(db, { group: gid, version: after.version, state: after, hash: held.hash });
       const conv = groupConv(gid);
       const s = await appendMessage(db, { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: describeChange(before, after), ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'group' });
       if (s) this.mirror(s);
@@ -570,22 +626,37 @@ export class Chat {
     if (pt.group && !this.groups.accepts(pt.group.id, pt.from)) return;
     const conv = pt.group ? groupConv(pt.group.id) : peerConv(where);
     const gid = pt.group?.id;
+    // Nothing from a person (or server) blocked here is kept, whatever the server let through before.
+    const known = pt.group ? undefined : await getConversation(db, conv);
+    if (known?.blocked) return;
     switch (pt.kind) {
       case 'text': {
-        // Every attachment is kept here before the message is acknowledged.
+        // Every attachment is kept here before the message is acknowledged;
+        // a sender elsewhere's blobs are on its own server.
+        const origin = !mine && isRemote(pt.from) ? baseUrl(domainOf(pt.from, this.domain)) : undefined;
         for (const a of pt.attachments ?? []) {
-          await this.fetchAttachment(a.blob, a.key, a.sha256, a.type, a.name);
-          if (a.thumb) await this.fetchAttachment(a.thumb.blob, a.thumb.key, a.thumb.sha256, 'image/*');
+          await this.fetchAttachment(a.blob, a.key, a.sha256, a.type, a.name, origin);
+          if (a.thumb) await this.fetchAttachment(a.thumb.blob, a.thumb.key, a.thumb.sha256, 'image/*', undefined, origin);
         }
+        // A person of another server writing first is a request: nothing
+        // tells them it arrived or was read until it is accepted.
+        const request = !mine && !pt.group && isRemote(pt.from) && (!known || !!known.request);
         const active = this.activeConv === conv && pageVisible();
         const rec = { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: pt.body, ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'text' } as const;
         const s = await appendMessage(
           db,
-          { ...rec, ...(pt.reply ? { reply: pt.reply } : {}), ...(pt.attachments ? { attachments: pt.attachments } : {}), ...(mine ? {} : { receiptSent: active && this.readReceipts ? 'read' : 'delivered' }) },
+          {
+            ...rec,
+            ...(pt.reply ? { reply: pt.reply } : {}),
+            ...(pt.attachments ? { attachments: pt.attachments } : {}),
+            ...(mine || request ? {} : { receiptSent: active && this.readReceipts ? 'read' : 'delivered' }),
+          },
           { unread: !mine && !active },
         );
         if (!s) return;
         this.mirror(s);
+        if (request && !known?.request) this.mirrorConversation(await updateConversation(db, conv, (c) => void (c.request = true)));
+        if (request) return;
         if (!mine) {
           this.queueReceipt(pt.from, gid, 'delivered', pt.mid);
           if (s.message.receiptSent === 'read') this.queueReceipt(pt.from, gid, 'read', pt.mid);
@@ -634,11 +705,11 @@ export class Chat {
     for (const b of blobs) await deleteFile(db, b).catch(() => {});
   }
 
-  /** Downloads a blob, checks it, decrypts it and keeps it on this device. */
-  private async fetchAttachment(blob: string, key: string, sha256: string, type: string, name?: string): Promise<void> {
+  /** Downloads a blob (from origin, a remote sender's server, when given), checks it, decrypts it and keeps it on this device. */
+  private async fetchAttachment(blob: string, key: string, sha256: string, type: string, name?: string, origin?: string): Promise<void> {
     const db = await this.db();
     if (await getFile(db, blob)) return;
-    const bytes = await this.deps.getBlob(blob);
+    const bytes = await this.deps.getBlob(blob, origin);
     let plain: Uint8Array<ArrayBuffer>;
     try {
       plain = await decryptAttachment(bytes, key, sha256);
@@ -744,7 +815,20 @@ export class Chat {
     const batch = to.length > 1 || !!c.group;
     const ts = this.deps.now();
     const peer = peerOf(conv) ?? undefined;
-    return Promise.all(to.map(async (r) => newMessageOf(this.keys, await this.user(r), envelopeId(c.mid, r, batch), plaintextFor(c, me, r, ts, peer), ts, blobs)));
+    const users = await Promise.all(to.map((r) => this.user(r)));
+    // A document to a person elsewhere is for that person's server, from
+    // this identity's address, to the handle there; ids name that handle
+    // (an id has no @), told apart when two servers' people share one.
+    const ids = new Set<string>();
+    return Promise.all(
+      users.map((u) => {
+        let id = envelopeId(c.mid, u.handle, batch);
+        for (let n = 2; ids.has(id); n++) id = `${envelopeId(c.mid, u.handle, batch)}.${n}`;
+        ids.add(id);
+        const from = fromFor(this.me, u.server);
+        return newMessageOf(this.keys, u, id, plaintextFor(c, from, u.handle, ts, peer), ts, blobs);
+      }),
+    );
   }
 
   /** Posts documents: one message alone, more (or any group's) as one group send. */
@@ -881,18 +965,177 @@ export class Chat {
       failure = { error };
     }
     const kept = docs;
+    const relay = failure ? [] : relaysOf(docs ?? [], this.domain);
     await this.serial(async () => {
-      const s = await updateMessage(await this.db(), m.conv, m.from, m.mid, (r) => {
+      const db = await this.db();
+      const s = await updateMessage(db, m.conv, m.from, m.mid, (r) => {
         r.id = id;
         r.mid = mid;
         r.state = failure ? 'failed' : 'sent';
         delete r.doc;
         if (failure && kept) r.batch = kept;
         else delete r.batch;
+        if (relay.length) r.relay = relay;
+        else delete r.relay;
       });
       if (s) this.mirror(s);
+      if (relay.length) await this.followRelay(db, m.conv, mid);
     });
     if (failure) throw failure.error;
+  }
+
+  // --- other servers: the outbox, requests, blocking --------------------------
+
+  private async followRelay(db: IDBDatabase, conv: string, mid: string): Promise<void> {
+    if (this.relaying.some((r) => r.conv === conv && r.mid === mid)) return;
+    this.relaying = [...this.relaying, { conv, mid }];
+    await setMeta(db, 'relaying', this.relaying);
+  }
+
+  /** Whether own messages wait in the outbox for other servers (then checkOutbox has something to do). */
+  get relayingAny(): boolean {
+    return this.relaying.length > 0;
+  }
+
+  /**
+   * Asks the outbox how the documents of own messages queued for other
+   * servers fared, and shows it: queued (pending), delivered, or failed
+   * with the reason. A message stops being followed once each of its
+   * documents is delivered or failed.
+   */
+  async checkOutbox(): Promise<void> {
+    if (this.relaying.length === 0) return;
+    const { entries } = await this.deps.outbox(this.me);
+    const byKey = new Map(entries.map((e) => [`${e.to}\n${e.id}`, e]));
+    await this.serial(async () => {
+      const db = await this.db();
+      const still: { conv: string; mid: string }[] = [];
+      for (const f of this.relaying) {
+        let open = false;
+        const s = await updateMessage(db, f.conv, this.me.handle, f.mid, (m) => {
+          let changed = false;
+          for (const r of m.relay ?? []) {
+            const e = byKey.get(`${r.to}\n${r.id}`);
+            if (e && (e.state !== r.state || e.error?.code !== r.error)) {
+              r.state = e.state;
+              if (e.error?.code) r.error = e.error.code;
+              else delete r.error;
+              changed = true;
+            }
+            if (r.state === 'queued') open = true;
+          }
+          return changed ? undefined : false;
+        });
+        if (s) this.mirror(s);
+        if (open) still.push(f);
+      }
+      if (still.length !== this.relaying.length) {
+        this.relaying = still;
+        await setMeta(db, 'relaying', still);
+      }
+    });
+  }
+
+  /** Sends the message again to those of its recipients elsewhere it failed to reach, under the same mid. */
+  async retryRelay(conv: string, mid: string): Promise<void> {
+    const c = await this.openConversation(conv);
+    const m = c.messages.find((x) => x.mine && x.mid === mid);
+    const failed = (m?.relay ?? []).filter((r) => r.state === 'failed');
+    if (!m || failed.length === 0) return;
+    const blobs = (m.attachments ?? []).flatMap((a) => (a.thumb ? [a.blob, a.thumb.blob] : [a.blob]));
+    const docs = await this.documents(conv, textContent(mid, m.body, { group: groupIdOf(conv), reply: m.reply, attachments: m.attachments }), failed.map((r) => r.to), blobs);
+    // New envelope ids: the outbox answers a retried (from, id) with its first fate.
+    const again = await Promise.all(docs.map((d) => this.resign(d, `${mid}:${d.payload.to}.r${this.deps.now().toString(36)}`)));
+    await this.post(again);
+    const fresh = relaysOf(again, this.domain);
+    await this.serial(async () => {
+      const db = await this.db();
+      const s = await updateMessage(db, conv, this.me.handle, mid, (r) => {
+        r.relay = [...(r.relay ?? []).filter((x) => !fresh.some((f) => f.to === x.to)), ...fresh];
+      });
+      if (s) this.mirror(s);
+      await this.followRelay(db, conv, mid);
+    });
+  }
+
+  /** A document signed again under another envelope id. */
+  private async resign(d: Signed<MessagePayload>, id: string): Promise<Signed<MessagePayload>> {
+    return signDocument(this.me.signing, { ...d.payload, id });
+  }
+
+  /**
+   * Accepts a request from a person of another server: the server is told
+   * they are known (so a "refuse strangers" setting lets them write), and
+   * they learn what was received and read.
+   */
+  async acceptRequest(peer: string): Promise<void> {
+    if (isRemote(peer)) await this.changePrivacy((p) => void (p.known = [...new Set([...p.known, peer])]));
+    const conv = peerConv(peer);
+    const c = await this.openConversation(conv);
+    await this.serial(async () => {
+      const db = await this.db();
+      this.mirrorConversation(await updateConversation(db, conv, (r) => void delete r.request));
+      for (const m of c.messages) {
+        if (m.mine || m.kind !== 'text' || m.deleted || m.receiptSent) continue;
+        const s = await updateMessage(db, conv, m.from, m.mid, (r) => void (r.receiptSent = 'delivered'));
+        if (s) this.mirror(s);
+        this.queueReceipt(m.from, undefined, 'delivered', m.mid);
+      }
+    });
+    await this.flushReceipts();
+    this.markRead(conv);
+  }
+
+  /**
+   * Blocks a person, or with domain every person of its server: the server
+   * refuses their messages from now on, and this client keeps none. The
+   * conversation stays, marked, to unblock.
+   */
+  async block(peer: string, domain = false): Promise<void> {
+    const entry = domain && isRemote(peer) ? domainOf(peer, this.domain) : peer;
+    await this.changePrivacy((p) => {
+      p.blocked = [...new Set([...p.blocked, entry])];
+      p.known = p.known.filter((k) => k !== peer);
+    });
+    const conv = peerConv(peer);
+    await this.serial(async () => {
+      const db = await this.db();
+      for (const c of [...this.conversations.values()]) {
+        if (c.conv !== conv && !(domain && c.peer && isRemote(c.peer) && domainOf(c.peer, this.domain) === entry)) continue;
+        this.mirrorConversation(await updateConversation(db, c.conv, (r) => ((r.blocked = true), void delete r.request)));
+      }
+      if (!this.conversations.has(conv)) this.mirrorConversation(await updateConversation(db, conv, (r) => ((r.blocked = true), void delete r.request)));
+    });
+  }
+
+  /** Unblocks a person (and its server, if it was blocked whole). */
+  async unblock(peer: string): Promise<void> {
+    const d = isRemote(peer) ? domainOf(peer, this.domain) : undefined;
+    await this.changePrivacy((p) => void (p.blocked = p.blocked.filter((b) => b !== peer && b !== d)));
+    await this.serial(async () => {
+      const db = await this.db();
+      for (const c of [...this.conversations.values()]) {
+        if (!c.blocked || !(c.peer === peer || (d && c.peer && domainOf(c.peer, this.domain) === d))) continue;
+        this.mirrorConversation(await updateConversation(db, c.conv, (r) => void delete r.blocked));
+      }
+    });
+  }
+
+  /** The privacy setting, read, changed by change and written back whole. */
+  private async changePrivacy(change: (p: api.Privacy) => void): Promise<api.Privacy> {
+    const p = await this.deps.getPrivacy(this.me);
+    const next: api.Privacy = { strangers: p.strangers ?? 'accept', known: [...(p.known ?? [])], blocked: [...(p.blocked ?? [])] };
+    change(next);
+    return this.deps.putPrivacy(this.me, next);
+  }
+
+  /** Whether people of other servers this identity did not accept may write (the server's strangers setting). */
+  async strangers(): Promise<'accept' | 'refuse'> {
+    return (await this.deps.getPrivacy(this.me)).strangers ?? 'accept';
+  }
+
+  async setStrangers(v: 'accept' | 'refuse'): Promise<void> {
+    await this.changePrivacy((p) => void (p.strangers = v));
   }
 
   // --- receipts, reactions, deletion ------------------------------------------
@@ -947,7 +1190,7 @@ export class Chat {
 
   /** Creates a group of me and members (checked to exist first), and tells them; answers its conv. */
   async createGroup(name: string, members: string[]): Promise<string> {
-    const others = [...new Set(members.map((m) => m.trim().replace(/^@/, '').toLowerCase()).filter((m) => m && m !== this.me.handle))];
+    const others = [...new Set(members.filter((m) => m.trim()).map((m) => this.nameOf(m)))].filter((m) => m !== this.me.handle);
     await Promise.all(others.map((h) => this.user(h)));
     const state = newGroup(this.me.handle, name.trim(), others);
     await this.changeGroup(undefined, state);
@@ -983,8 +1226,9 @@ export class Chat {
   private async sendTyping(conv: string, typing: boolean): Promise<void> {
     const gid = groupIdOf(conv);
     try {
+      // Not relayed between servers (docs/protocol.md, "Conversations across servers").
       const to = await Promise.all(
-        this.recipients(conv).map(async (r) => {
+        this.recipients(conv).filter((r) => !isRemote(r)).map(async (r) => {
           const u = await this.user(r);
           return { to: r, ct: await sealTyping(u.enc_key, { v: 1, from: this.me.handle, to: r, ts: this.deps.now(), typing, ...(gid ? { group: { id: gid } } : {}) }) };
         }),
@@ -1012,4 +1256,9 @@ export class Chat {
     if (who.length) this.typing.set(conv, who);
     else this.typing.delete(conv);
   }
+}
+
+/** The documents of docs for other servers, as relays queued in the outbox. */
+function relaysOf(docs: Signed<MessagePayload>[], own: string): Relay[] {
+  return docs.filter((d) => d.payload.server !== own).map((d) => ({ to: `${d.payload.to}@${d.payload.server}`, id: d.payload.id, state: 'queued' as const }));
 }

@@ -61,6 +61,23 @@ export interface MessageRecord {
   receiptSent?: ReceiptKind;
   /** Deleted by its author: the body and attachments are gone, the place stays. */
   deleted?: boolean;
+  /**
+   * An own message to people on other servers: its documents queued in this
+   * server's outbox, one per such recipient, followed until delivered or
+   * failed (docs/protocol.md, "GET /v1/outbox/{handle}").
+   */
+  relay?: Relay[];
+}
+
+/** One document of an own message relayed to another server, as the outbox tells. */
+export interface Relay {
+  /** The recipient's address. */
+  to: string;
+  /** The envelope id, which the outbox entry names. */
+  id: string;
+  state: 'queued' | 'delivered' | 'failed';
+  /** Why it failed (the other server's code, or expired), or the last attempt's error while queued. */
+  error?: string;
 }
 
 /** A message about to be stored: the order is given by appendMessage. */
@@ -91,13 +108,20 @@ export interface ConversationRecord {
   withheld?: Envelope[];
   /** A group whose state no longer lists this client: not shown (docs/protocol.md, "Groups"). */
   left?: boolean;
+  /** A person of another server who wrote first: shown as a request until accepted or blocked. */
+  request?: boolean;
+  /** A person (or server) this identity blocked: not shown. */
+  blocked?: boolean;
 }
 
 /** One version of a group's state (docs/protocol.md, "Groups"); the state's shape is the groups module's. */
 export interface GroupStateRecord<S = unknown> {
   group: string;
   version: number;
+  /** The state in this client's form (lib/groups qualifyState). */
   state: S;
+  /** The hash of the snapshot as carried, when it was written on another server (then not the state's own). */
+  hash?: string;
 }
 
 /** The decrypted bytes of an attachment received or sent, by blob id. */
@@ -324,7 +348,7 @@ export function deleteConversation(db: IDBDatabase, conv: string): Promise<void>
 }
 
 /** The meta keys this module gives a meaning: the inbox cursor, the last order given, the legacy import done. */
-export type MetaKey = 'cursor' | 'order' | 'legacyBase' | 'legacyImported' | `setting:${string}`;
+export type MetaKey = 'cursor' | 'order' | 'legacyBase' | 'legacyImported' | 'relaying' | `setting:${string}`;
 
 export function getMeta<T>(db: IDBDatabase, key: MetaKey): Promise<T | undefined> {
   return inTransaction(db, [META], 'readonly', (tx) => request(tx.objectStore(META).get(key)));

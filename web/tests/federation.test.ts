@@ -1,0 +1,263 @@
+// Chat across servers (docs/protocol.md, "Federation"): fake servers of
+// their own domains, each relaying documents for the others through an
+// outbox delivered on demand, with the privacy settings they enforce.
+
+import 'fake-indexeddb/auto';
+import { IDBFactory } from 'fake-indexeddb';
+import { describe, expect, it } from 'vitest';
+import { ApiError, type OutboxEntry, type Privacy, type Receipt } from '../src/lib/api';
+import { encodeB64 } from '../src/lib/bytes';
+import { Chat, groupConv, peerConv, type ChatDeps } from '../src/lib/chat.svelte';
+import { openHistory } from '../src/lib/history';
+import { generateKeys, type Identity } from '../src/lib/keys';
+import type { Envelope, MessagePayload, PublicUser } from '../src/lib/protocol';
+import { primaryId, type Signed } from '../src/lib/signing';
+import type { Pin } from '../src/lib/trust';
+
+interface Server {
+  domain: string;
+  records: PublicUser[];
+  inboxes: Map<string, Envelope[]>;
+  outbox: Map<string, (OutboxEntry & { doc: Signed<MessagePayload> })[]>; // by sending handle
+  privacy: Map<string, Privacy>;
+  posts: Signed<MessagePayload>[];
+}
+
+/** Servers by domain, one network: each answers WebFinger and records for its own people at https://<domain>. */
+function network() {
+  const servers = new Map<string, Server>();
+  let seq = 0;
+  const pinStore = new Map<string, [string, Pin][]>();
+
+  /** Takes a document posted by one of srv's people (relayed: delivered by another server). */
+  function store(srv: Server, doc: Signed<MessagePayload>, relayed = false): Receipt {
+    const p = doc.payload;
+    if (!relayed) srv.posts.push(doc);
+    if (p.server !== srv.domain) {
+      const from = p.from.split('@')[0]!;
+      const entries = srv.outbox.get(from) ?? [];
+      const to = `${p.to}@${p.server}`;
+      if (!entries.some((e) => e.to === to && e.id === p.id)) entries.push({ to, id: p.id, state: 'queued', doc: JSON.parse(JSON.stringify(doc)) });
+      srv.outbox.set(from, entries);
+      return { to, id: p.id, state: 'queued' };
+    }
+    const env: Envelope = { seq: ++seq, received_at: 1, message: JSON.parse(JSON.stringify(doc)) };
+    srv.inboxes.set(p.to, [...(srv.inboxes.get(p.to) ?? []), env]);
+    return { to: p.to, seq: env.seq, id: p.id };
+  }
+
+  function deps(srv: Server): ChatDeps {
+    const idb = new IDBFactory();
+    const privacyOf = (h: string) => srv.privacy.get(h) ?? { strangers: 'accept', known: [], blocked: [] };
+    return {
+      lookup: async (h) => {
+        const r = srv.records.find((r) => r.handle === h);
+        if (!r) throw new ApiError(404, 'unknown_handle', 'no such user');
+        return r;
+      },
+      postMessage: async (doc) => store(srv, doc),
+      postBatch: async (_who, docs) => ({ receipts: docs.map((d) => store(srv, d)) }),
+      postTyping: async () => ({}),
+      getBlob: async () => {
+        throw new ApiError(404, 'unknown_blob', 'no blobs here');
+      },
+      getJSON: async <T,>(url: string): Promise<T> => {
+        const u = new URL(url);
+        const other = servers.get(u.host);
+        if (!other || u.protocol !== 'https:') throw new ApiError(0, 'network', `no server at ${u.origin}`);
+        if (u.pathname === '/.well-known/webfinger') {
+          const acct = u.searchParams.get('resource')!.slice('acct:'.length);
+          const [handle, domain] = acct.split('@');
+          if (domain !== other.domain || !other.records.some((r) => r.handle === handle)) throw new ApiError(404, 'unknown_handle', 'no such user');
+          return { subject: `acct:${acct}`, links: [{ rel: 'self', href: `https://${other.domain}/v1/u/${handle}` }] } as T;
+        }
+        const r = other.records.find((r) => `/v1/u/${r.handle}` === u.pathname);
+        if (!r) throw new ApiError(404, 'unknown_handle', 'no such user');
+        return structuredClone(r) as T;
+      },
+      outbox: async (who) => ({ entries: (srv.outbox.get(who.handle) ?? []).map(({ doc: _doc, ...e }) => e) }),
+      getPrivacy: async (who) => structuredClone(privacyOf(who.handle)),
+      putPrivacy: async (who, p) => (srv.privacy.set(who.handle, structuredClone(p)), p),
+      inbox: async (who, since) => {
+        const msgs = (srv.inboxes.get(who.handle) ?? []).filter((e) => e.seq > since);
+        return { messages: msgs, next: msgs.at(-1)?.seq ?? since };
+      },
+      ack: async () => ({ deleted: 0 }),
+      openHistory: (handle) => openHistory(handle, idb),
+      legacy: { get: async () => undefined, del: async () => {} },
+      now: () => Math.floor(Date.now() / 1000),
+      trust: { webfinger: async () => ({ links: [] }), keyLog: async () => ({ documents: [], next: 0 }) },
+      loadPins: async (me) => new Map(structuredClone(pinStore.get(`${srv.domain}/${me}`) ?? [])),
+      savePins: async (me, pins) => void pinStore.set(`${srv.domain}/${me}`, structuredClone([...pins])),
+    };
+  }
+
+  return {
+    server(domain: string): Server {
+      const s: Server = { domain, records: [], inboxes: new Map(), outbox: new Map(), privacy: new Map(), posts: [] };
+      servers.set(domain, s);
+      return s;
+    },
+    async person(srv: Server, handle: string): Promise<Chat> {
+      const k = await generateKeys();
+      const pid = await primaryId('ed25519', k.signing.publicKey);
+      const id: Identity = { ...k, handle, server: srv.domain, primaryId: pid };
+      srv.records.push({ handle, server: srv.domain, primary_id: pid, alg: 'ed25519', key: encodeB64(k.signing.publicKey), enc_key: encodeB64(k.enc.publicKey), created_at: 1 });
+      return new Chat(id, deps(srv));
+    },
+    /** Every server's courier: each queued document to its server, refused as the recipient's privacy says. */
+    deliver(): void {
+      for (const srv of servers.values()) {
+        for (const entries of srv.outbox.values()) {
+          for (const e of entries.filter((e) => e.state === 'queued')) {
+            const dest = servers.get(e.doc.payload.server)!;
+            const from = e.doc.payload.from;
+            const p = dest.privacy.get(e.doc.payload.to) ?? { strangers: 'accept', known: [], blocked: [] };
+            if (p.blocked.includes(from) || p.blocked.includes(from.split('@')[1]!)) {
+              e.state = 'failed';
+              e.error = { code: 'sender_blocked' };
+              continue;
+            }
+            if (p.strangers === 'refuse' && !p.known.includes(from)) {
+              e.state = 'failed';
+              e.error = { code: 'stranger_refused' };
+              continue;
+            }
+            store(dest, e.doc, true);
+            e.state = 'delivered';
+          }
+        }
+      }
+    },
+  };
+}
+
+describe('chat across servers', () => {
+  it('sends to an address through the own server, shows it pending until delivered, and the reader takes it as a request', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const bob = await net.person(two, 'bob');
+    await alice.load();
+    await bob.load();
+
+    await alice.send('bob@two.example', 'hello across');
+    const doc = one.posts.at(-1)!;
+    expect(doc.payload).toMatchObject({ server: 'two.example', from: 'alice@one.example', to: 'bob' });
+    let mine = (await alice.openConversation(peerConv('bob@two.example'))).messages[0]!;
+    expect(mine).toMatchObject({ state: 'sent', relay: [{ to: 'bob@two.example', id: doc.payload.id, state: 'queued' }] });
+    expect(alice.relayingAny).toBe(true);
+    await alice.checkOutbox(); // still queued
+    expect(alice.relayingAny).toBe(true);
+
+    net.deliver();
+    await alice.checkOutbox();
+    mine = alice.conversations.get(peerConv('bob@two.example'))!.messages[0]!;
+    expect(mine.relay).toEqual([{ to: 'bob@two.example', id: doc.payload.id, state: 'delivered' }]);
+    expect(alice.relayingAny).toBe(false);
+
+    // bob's server stored it; bob verifies it against alice's keys from one.example.
+    await bob.poll();
+    const conv = bob.conversations.get(peerConv('alice@one.example'))!;
+    expect(conv).toMatchObject({ request: true, unread: 1, peer: 'alice@one.example' });
+    await bob.receiptsSent();
+    expect(two.posts).toEqual([]);
+    bob.markRead(conv.conv);
+    await bob.receiptsSent();
+    expect(two.posts).toEqual([]);
+
+    // Accepting tells bob's server alice is known, and alice what bob has.
+    await bob.acceptRequest('alice@one.example');
+    expect(two.privacy.get('bob')?.known).toEqual(['alice@one.example']);
+    expect(bob.conversations.get(conv.conv)!.request).toBeUndefined();
+    await bob.receiptsSent();
+    expect(two.posts.map((d) => [d.payload.server, d.payload.from, d.payload.to])).toContainEqual(['one.example', 'bob@two.example', 'alice']);
+    net.deliver();
+    await alice.poll();
+    mine = alice.conversations.get(peerConv('bob@two.example'))!.messages[0]!;
+    expect(mine.receipts?.delivered).toEqual(['bob@two.example']);
+
+    // bob replies quoting alice: he names her by address, she reads herself bare.
+    const quoted = (await bob.openConversation(conv.conv)).messages[0]!;
+    await bob.send('alice@one.example', 'hi back', { reply: { from: quoted.from, mid: quoted.mid, body: quoted.body } });
+    expect(two.posts.at(-1)!.payload).toMatchObject({ server: 'one.example', from: 'bob@two.example', to: 'alice' });
+    net.deliver();
+    await alice.poll();
+    const reply = alice.conversations.get(peerConv('bob@two.example'))!.messages.at(-1)!;
+    expect(reply).toMatchObject({ body: 'hi back', from: 'bob@two.example', mine: false, reply: { from: 'alice', mid: mine.mid } });
+    // Her conversation is no request: she wrote first.
+    expect(alice.conversations.get(peerConv('bob@two.example'))!.request).toBeUndefined();
+
+    // Pinned by address on each side; the safety numbers match.
+    const [na, nb] = await Promise.all([alice.safetyNumbers('bob@two.example'), bob.safetyNumbers('alice@one.example')]);
+    expect(na.pinned).toMatch(/^[\d ]{71}$/);
+    expect(nb.pinned).toBe(na.pinned);
+  });
+
+  it('blocks a stranger at the own server: its messages fail at its sender, with the reason, and nothing more is kept', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const carol = await net.person(two, 'carol');
+    await alice.load();
+    await carol.load();
+    await carol.send('alice@one.example', 'buy my stuff');
+    net.deliver();
+    await alice.poll();
+    await alice.block('carol@two.example');
+    expect(one.privacy.get('alice')).toEqual({ strangers: 'accept', known: [], blocked: ['carol@two.example'] });
+    expect(alice.conversations.get(peerConv('carol@two.example'))).toMatchObject({ blocked: true, request: undefined });
+
+    await carol.send('alice@one.example', 'are you there?');
+    net.deliver();
+    await carol.checkOutbox();
+    const refused = carol.conversations.get(peerConv('alice@one.example'))!.messages.at(-1)!;
+    expect(refused.relay).toMatchObject([{ state: 'failed', error: 'sender_blocked' }]);
+    expect(carol.relayingAny).toBe(false);
+
+    // Blocking her whole server, then unblocking.
+    await alice.block('carol@two.example', true);
+    expect(one.privacy.get('alice')?.blocked).toEqual(['carol@two.example', 'two.example']);
+    await alice.unblock('carol@two.example');
+    expect(one.privacy.get('alice')?.blocked).toEqual([]);
+    expect(alice.conversations.get(peerConv('carol@two.example'))!.blocked).toBeUndefined();
+    // A retry of the refused message goes out again under a new envelope id.
+    await carol.retryRelay(peerConv('alice@one.example'), refused.mid);
+    net.deliver();
+    await carol.checkOutbox();
+    expect(carol.conversations.get(peerConv('alice@one.example'))!.messages.at(-1)!.relay).toMatchObject([{ state: 'delivered' }]);
+    await alice.poll();
+    expect((await alice.openConversation(peerConv('carol@two.example'))).messages.map((m) => m.body)).toEqual(['buy my stuff', 'are you there?']);
+  });
+
+  it('a group of people on two servers: one document per member for its server, every member on one state', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const dave = await net.person(one, 'dave');
+    const bob = await net.person(two, 'bob');
+    for (const c of [alice, dave, bob]) await c.load();
+    const g = await alice.createGroup('team', ['dave', 'Bob@Two.Example']);
+    expect(alice.groups.state(g.slice(2))).toMatchObject({ members: ['alice', 'bob@two.example', 'dave'] });
+    net.deliver();
+    await Promise.all([dave.poll(), bob.poll()]);
+    expect(bob.groups.state(g.slice(2))).toMatchObject({ members: ['alice@one.example', 'bob', 'dave@one.example'], by: 'alice@one.example' });
+    expect(dave.groups.state(g.slice(2))).toMatchObject({ members: ['alice', 'bob@two.example', 'dave'] });
+
+    await bob.sendIn(groupConv(g.slice(2)), 'hello team');
+    const sent = two.posts.filter((d) => d.payload.server === 'one.example');
+    expect(sent.map((d) => [d.payload.from, d.payload.to]).sort()).toEqual([
+      ['bob@two.example', 'alice'],
+      ['bob@two.example', 'dave'],
+    ]);
+    net.deliver();
+    await Promise.all([alice.poll(), dave.poll()]);
+    for (const c of [alice, dave]) {
+      const m = (await c.openConversation(g)).messages.at(-1)!;
+      expect(m).toMatchObject({ body: 'hello team', from: 'bob@two.example' });
+    }
+  });
+});
