@@ -232,6 +232,26 @@ describe('chat across servers', () => {
     expect((await alice.openConversation(peerConv('carol@two.example'))).messages.map((m) => m.body)).toEqual(['buy my stuff', 'are you there?']);
   });
 
+  it('refusing strangers keeps whom one chats with known, and a new chat elsewhere becomes known', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const bob = await net.person(two, 'bob');
+    const eve = await net.person(two, 'eve');
+    const zoe = await net.person(two, 'zoe');
+    for (const c of [alice, bob, eve, zoe]) await c.load();
+    await alice.send('bob@two.example', 'hi');
+    await eve.send('alice@one.example', 'spam');
+    net.deliver();
+    await alice.poll();
+    await alice.setStrangers('refuse');
+    expect(one.privacy.get('alice')).toEqual({ strangers: 'refuse', known: ['bob@two.example'], blocked: [] });
+    alice.conversation('zoe@two.example');
+    await expect.poll(() => one.privacy.get('alice')?.known).toEqual(['bob@two.example', 'zoe@two.example']);
+    expect(await alice.strangers()).toBe('refuse');
+  });
+
   it('a group of people on two servers: one document per member for its server, every member on one state', async () => {
     const net = network();
     const one = net.server('one.example');

@@ -474,6 +474,7 @@ export class Chat {
     if (!c) {
       c = reactive(newConversation(conv));
       this.conversations.set(conv, c);
+      if (isRemote(peer)) void this.knowPeer(peer).catch((e: unknown) => console.warn(`telling the server ${peer} is known:`, (e as Error).message));
       // Writes nothing over a stored record: answers it, so memory catches up.
       void this.serial(async () => this.mirrorConversation(await updateConversation(await this.db(), conv, () => {}))).catch((e) =>
         console.warn('storing a new conversation:', e),
@@ -1134,8 +1135,28 @@ export class Chat {
     return (await this.deps.getPrivacy(this.me)).strangers ?? 'accept';
   }
 
+  /**
+   * Refusing strangers keeps the people this identity chats with: every
+   * person elsewhere of a conversation (not a request, not blocked) or of a
+   * group it is in becomes known.
+   */
   async setStrangers(v: 'accept' | 'refuse'): Promise<void> {
-    await this.changePrivacy((p) => void (p.strangers = v));
+    const people = new Set<string>();
+    for (const c of this.conversations.values()) {
+      if (c.peer && isRemote(c.peer) && !c.request && !c.blocked) people.add(c.peer);
+    }
+    for (const g of this.groups.list()) for (const m of g.members) if (isRemote(m)) people.add(m);
+    await this.changePrivacy((p) => {
+      p.strangers = v;
+      if (v === 'refuse') p.known = [...new Set([...p.known, ...people])];
+    });
+  }
+
+  /** A person elsewhere this identity starts a chat with is known to its server, when it refuses strangers. */
+  private async knowPeer(peer: string): Promise<void> {
+    const p = await this.deps.getPrivacy(this.me);
+    if (p.strangers !== 'refuse' || p.known?.includes(peer)) return;
+    await this.deps.putPrivacy(this.me, { strangers: p.strangers, known: [...(p.known ?? []), peer], blocked: p.blocked ?? [] });
   }
 
   // --- receipts, reactions, deletion ------------------------------------------
