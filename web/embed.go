@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"io/fs"
 	"mime"
+	"net"
 	"net/http"
 	"path"
 	"strings"
@@ -40,12 +41,32 @@ func Handler() http.Handler {
 	return h
 }
 
-// contentSecurityPolicy allows only the app's own scripts and the API on the
-// same origin. Inline styles are allowed because Svelte sets style
-// attributes; inline scripts are not.
-const contentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; " +
-	"img-src 'self' data: blob:; connect-src 'self'; worker-src 'self'; manifest-src 'self'; " +
-	"base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
+// contentSecurityPolicy allows only the app's own scripts, the API on the
+// same origin and, for people on other servers (docs/protocol.md,
+// "Conversations across servers"), what the app reads from their servers
+// (WebFinger, records, key documents, attachments), over https. Inline
+// styles are allowed because Svelte sets style attributes; inline scripts
+// are not. A page served on loopback (a test, a laptop) may also reach the
+// loopback test domains' servers (127.0.0.1:<port>, localhost:<port>)
+// over plain http; no other page may.
+func contentSecurityPolicy(host string) string {
+	connect := "connect-src 'self' https:"
+	if loopbackHost(host) {
+		connect += " http://127.0.0.1:* http://localhost:*"
+	}
+	return "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; " +
+		"img-src 'self' data: blob:; " + connect + "; worker-src 'self'; manifest-src 'self'; " +
+		"base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
+}
+
+// loopbackHost reports whether a request's Host is 127.0.0.1 or localhost
+// (with any port).
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return host == "127.0.0.1" || host == "localhost"
+}
 
 // asset is one file of the app, read once at start.
 type asset struct {
@@ -143,7 +164,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Referrer-Policy", "no-referrer")
 	if strings.HasPrefix(a.ctype, "text/html") {
-		hdr.Set("Content-Security-Policy", contentSecurityPolicy)
+		hdr.Set("Content-Security-Policy", contentSecurityPolicy(r.Host))
 	}
 	body, etag := a.body, a.etag
 	if a.gz != nil {

@@ -112,3 +112,28 @@ func TestNoBuildMeansNoHandler(t *testing.T) {
 		t.Fatal("a dist with only the placeholder made a handler; the server would not fall back")
 	}
 }
+
+// The page may read other servers (federation) over https only; a page
+// served on loopback may also reach loopback test domains over http.
+func TestContentSecurityPolicyConnect(t *testing.T) {
+	for _, c := range []struct {
+		host     string
+		loopback bool
+	}{
+		{"chat.example", false},
+		{"chat.example:8443", false},
+		{"127.0.0.1:6969", true},
+		{"localhost:6969", true},
+		{"localhost", true},
+		{"127.0.0.2:6969", false},
+		{"localhost.evil.example", false},
+	} {
+		csp := contentSecurityPolicy(c.host)
+		if !strings.Contains(csp, "connect-src 'self' https:") {
+			t.Errorf("%s: %q", c.host, csp)
+		}
+		if got := strings.Contains(csp, "http://127.0.0.1:*"); got != c.loopback {
+			t.Errorf("%s: loopback sources %v, want %v", c.host, got, c.loopback)
+		}
+	}
+}
