@@ -28,6 +28,8 @@ export async function freePort(): Promise<number> {
 
 export interface ChatServer {
   url: string;
+  /** The server's --domain: e2e.test, or with federated its own loopback address (127.0.0.1:<port> of url). */
+  domain: string;
   dir: string;
   stop(): Promise<void>;
   /** Runs a kezchat client command as the identity in file `who` (in dir). */
@@ -37,9 +39,12 @@ export interface ChatServer {
 /**
  * A chat server; with sigServer, a `kezchat sig-server` process beside it
  * and, as the production ingress does, one origin in front of both that
- * routes /v1/keys to the sig-server (url is then that origin's).
+ * routes /v1/keys to the sig-server (url is then that origin's). With
+ * federated, it federates (--federation, over plain HTTP on loopback) under
+ * the domain 127.0.0.1:<port> of url, so that other servers and other
+ * servers' web apps reach it at its domain.
  */
-export async function startServer(opts: { pushEndpointOrigin?: string; sigServer?: boolean } = {}): Promise<ChatServer> {
+export async function startServer(opts: { pushEndpointOrigin?: string; sigServer?: boolean; federated?: boolean } = {}): Promise<ChatServer> {
   const dir = mkdtempSync(join(tmpdir(), 'kezchat-e2e-'));
   const port = await freePort();
   let url = `http://127.0.0.1:${port}`;
@@ -57,7 +62,9 @@ export async function startServer(opts: { pushEndpointOrigin?: string; sigServer
     sigArgs.push('--sig-server-url', `http://127.0.0.1:${sigPort}`, '--sig-server-public-url', front.url, '--key-cache-ttl', '1s');
     url = front.url;
   }
-  const args = ['server', '--bind', `127.0.0.1:${port}`, '--db', join(dir, 'kez-chat.db'), '--domain', 'e2e.test', '--public-url', url, ...sigArgs,
+  const domain = opts.federated ? new URL(url).host : 'e2e.test';
+  const fedArgs = opts.federated ? ['--federation', '--federation-insecure-loopback'] : [];
+  const args = ['server', '--bind', `127.0.0.1:${port}`, '--db', join(dir, 'kez-chat.db'), '--domain', domain, '--public-url', url, ...sigArgs, ...fedArgs,
     '--metrics-bind', '', '--register-rate', '0', '--send-rate', '0', '--handle-send-rate', '0', '--failed-auth-rate', '0',
     '--vapid-subject', 'mailto:e2e@example.test', '--vapid-key-path', join(dir, 'vapid.pem')];
   if (opts.pushEndpointOrigin) args.push('--push-allow-endpoint', opts.pushEndpointOrigin);
@@ -73,6 +80,7 @@ export async function startServer(opts: { pushEndpointOrigin?: string; sigServer
   );
   return {
     url,
+    domain,
     dir,
     async stop() {
       proc.kill('SIGTERM');

@@ -1,0 +1,147 @@
+// Two people on two servers (docs/protocol.md, "Federation"): each web app
+// talks only to its own server for what it sends and reads, and fetches the
+// other person's record and keys from the other person's server.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Browser, Page } from 'playwright-core';
+import { artifactsDir, bubble, launchBrowser, newUser, openChat, register, send, startServer, type ChatServer } from './harness';
+
+describe('people on two federated servers, in two browsers', () => {
+  let one: ChatServer;
+  let two: ChatServer;
+  let browser: Browser;
+  let alice: Page;
+  let bob: Page;
+  let aliceAddr: string;
+  let bobAddr: string;
+
+  beforeAll(async () => {
+    [one, two] = await Promise.all([startServer({ federated: true, sigServer: true }), startServer({ federated: true, sigServer: true })]);
+    aliceAddr = `alice@${one.domain}`;
+    bobAddr = `bob@${two.domain}`;
+    browser = await launchBrowser();
+    alice = (await newUser(browser, one)).page;
+    bob = (await newUser(browser, two)).page;
+    await register(alice, 'alice');
+    await register(bob, 'bob');
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await Promise.all([one?.stop(), two?.stop()]);
+  });
+
+  it('an address of no one on the other server gets a clear message', async () => {
+    await alice.getByLabel('Handle to chat with').fill(`nobody@${two.domain}`);
+    await alice.getByRole('button', { name: 'Chat', exact: true }).click();
+    await expect.poll(() => alice.getByRole('alert').textContent()).toMatch(/No one is called @nobody@127\.0\.0\.1:\d+|Could not reach @nobody/);
+  });
+
+  it('alice writes to bob@<the other server>: relayed by her server, delivered, and a request at bob', async () => {
+    await openChat(alice, bobAddr);
+    await send(alice, 'hello bob, from the other server');
+    const mine = bubble(alice, 'hello bob, from the other server');
+    await expect.poll(() => mine.getAttribute('data-state')).toBe('sent');
+    // Pending while queued in her server's outbox, until bob's server took it.
+    await expect.poll(() => mine.getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+
+    const row = bob.locator(`a[data-peer="${aliceAddr}"]`);
+    await row.waitFor({ timeout: 15_000 });
+    await expect.poll(() => row.textContent()).toMatch(/hello bob, from the other server/);
+    await row.getByTestId('request-badge').waitFor();
+    await row.click();
+    await bubble(bob, 'hello bob, from the other server').waitFor();
+    const request = bob.getByTestId('request');
+    await request.waitFor();
+    expect(await request.textContent()).toContain(`@${aliceAddr}`);
+    await bob.screenshot({ path: artifactsDir() + 'federation-request-desktop.png' });
+    // Nothing told alice that bob read it while it was a request.
+    expect(await mine.getAttribute('data-tick')).toBe('sent');
+    await request.getByRole('button', { name: 'Accept' }).click();
+    await request.waitFor({ state: 'detached' });
+  });
+
+  it('bob replies; alice reads it, and her message shows delivered and read', async () => {
+    await send(bob, 'hi alice, across servers 👋');
+    const reply = bubble(bob, 'hi alice, across servers 👋');
+    await expect.poll(() => reply.getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+
+    const row = alice.locator(`a[data-peer="${bobAddr}"]`);
+    await expect.poll(() => row.textContent(), { timeout: 15_000 }).toMatch(/hi alice, across servers/);
+    await bubble(alice, 'hi alice, across servers 👋').waitFor();
+    expect(await bubble(alice, 'hi alice, across servers 👋').getAttribute('data-mine')).toBe('false');
+    // bob's receipts came back over the federation as any message.
+    await expect.poll(() => bubble(alice, 'hello bob, from the other server').getAttribute('data-tick'), { timeout: 20_000 }).toMatch(/delivered|read/);
+    // Her conversation with bob is no request: she wrote first.
+    expect(await alice.getByTestId('request').count()).toBe(0);
+    await alice.screenshot({ path: artifactsDir() + 'federation-chat-desktop.png' });
+  });
+
+  it('both sides show one safety number, made of their addresses', async () => {
+    async function safety(page: Page): Promise<string> {
+      await page.getByRole('button', { name: 'Safety number' }).click();
+      const digits = page.getByTestId('safety-number');
+      await digits.waitFor();
+      const n = (await digits.textContent())!.replace(/\s+/g, '');
+      await page.getByRole('button', { name: 'Done' }).click();
+      await digits.waitFor({ state: 'detached' });
+      return n;
+    }
+    const a = await safety(alice);
+    expect(a).toMatch(/^\d{60}$/);
+    expect(await safety(bob)).toBe(a);
+  });
+
+  it('a stranger alice blocks is refused by her server: its sender sees why', async () => {
+    const { page: carol, context } = await newUser(browser, two);
+    await register(carol, 'carol');
+    await openChat(carol, aliceAddr);
+    await send(carol, 'buy my stuff');
+    await expect.poll(() => bubble(carol, 'buy my stuff').getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+
+    const row = alice.locator(`a[data-peer="carol@${two.domain}"]`);
+    await row.waitFor({ timeout: 15_000 });
+    await row.click();
+    await alice.getByTestId('request').getByRole('button', { name: `Block @carol@${two.domain}` }).click();
+    await alice.getByTestId('blocked').waitFor();
+
+    await send(carol, 'are you there?');
+    const refused = bubble(carol, 'are you there?');
+    await expect.poll(() => refused.getAttribute('data-relay'), { timeout: 20_000 }).toBe('failed');
+    await expect.poll(() => refused.getByTestId('relay').textContent()).toMatch(/they blocked you/);
+    await carol.screenshot({ path: artifactsDir() + 'federation-blocked-desktop.png' });
+    expect(await bubble(alice, 'are you there?').count()).toBe(0);
+    // bob, on the same server as carol, still reaches alice.
+    await send(bob, 'still here');
+    await expect.poll(() => bubble(bob, 'still here').getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+    await context.close();
+  });
+
+  it('with "only people I accepted" on, a new stranger is refused and bob still gets through', async () => {
+    await alice.goto('/#/settings');
+    const toggle = alice.getByRole('switch', { name: 'Only people I accepted, from other servers' });
+    await expect.poll(() => toggle.getAttribute('aria-checked')).toBe('false');
+    await toggle.click();
+    await expect.poll(() => toggle.getAttribute('aria-checked')).toBe('true');
+    await alice.goto('/#/chat');
+
+    const { page: dave, context } = await newUser(browser, two);
+    await register(dave, 'dave');
+    await openChat(dave, aliceAddr);
+    await send(dave, 'hello stranger');
+    await expect.poll(() => bubble(dave, 'hello stranger').getAttribute('data-relay'), { timeout: 20_000 }).toBe('failed');
+    await expect.poll(() => bubble(dave, 'hello stranger').getByTestId('relay').textContent()).toMatch(/only from people they know/);
+    // Those alice chats with are known to her server from then on.
+    await send(bob, 'through the wall');
+    await expect.poll(() => bubble(bob, 'through the wall').getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+    await context.close();
+  });
+
+  it('keeps screenshots at phone width', async () => {
+    // bob's screen is his chat with alice: on a phone it takes the whole screen.
+    await bob.setViewportSize({ width: 390, height: 844 });
+    await bubble(bob, 'hi alice, across servers 👋').waitFor();
+    await bob.screenshot({ path: artifactsDir() + 'federation-chat-phone.png' });
+    await bob.setViewportSize({ width: 1280, height: 800 });
+  });
+});
