@@ -7,7 +7,7 @@ import { IDBFactory } from 'fake-indexeddb';
 import { describe, expect, it } from 'vitest';
 import { ApiError, type OutboxEntry, type Privacy, type Receipt } from '../src/lib/api';
 import { encodeB64 } from '../src/lib/bytes';
-import { Chat, groupConv, peerConv, type ChatDeps } from '../src/lib/chat.svelte';
+import { Chat, convOfRoute, groupConv, peerConv, type ChatDeps } from '../src/lib/chat.svelte';
 import { openHistory } from '../src/lib/history';
 import { generateKeys, type Identity } from '../src/lib/keys';
 import type { Envelope, MessagePayload, PublicUser } from '../src/lib/protocol';
@@ -279,5 +279,14 @@ describe('chat across servers', () => {
       const m = (await c.openConversation(g)).messages.at(-1)!;
       expect(m).toMatchObject({ body: 'hello team', from: 'bob@two.example' });
     }
+  });
+});
+
+describe('routes', () => {
+  it('name a conversation by key, or a person by handle or address (whose loopback port holds a colon)', () => {
+    expect(convOfRoute('p:bob@127.0.0.1:7000')).toBe('p:bob@127.0.0.1:7000');
+    expect(convOfRoute('g:AAAAAAAAAAAAAAAAAAAAAA')).toBe('g:AAAAAAAAAAAAAAAAAAAAAA');
+    expect(convOfRoute('bob@127.0.0.1:7000')).toBe('p:bob@127.0.0.1:7000');
+    expect(convOfRoute('bob')).toBe('p:bob');
   });
 });

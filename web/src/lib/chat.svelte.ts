@@ -72,6 +72,13 @@ import { checkPeer, KeyChanged, KeyDocumentMismatch, loadPins, safetyWith, saveP
 export type { MessageState } from './history';
 export { groupConv, historyKey, peerConv, peerOf } from './history';
 
+/**
+ * The conversation a route names (#/chat/<it>): a conversation key ("p:bob",
+ * "g:<id>"), or, as links made before groups did and notifications do, a
+ * person's name, which may hold a ':' (a loopback test domain's port).
+ */
+export const convOfRoute = (p: string) => (/^[pg]:/.test(p) ? p : peerConv(p));
+
 /** The group id of a conversation key, or undefined for a two-person one. */
 export const groupIdOf = (conv: string) => (conv.startsWith('g:') ? conv.slice(2) : undefined);
 

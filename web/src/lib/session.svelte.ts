@@ -1,6 +1,6 @@
 // The signed-in identity and its chat state, shared by every screen.
 
-import { Chat, peerConv } from './chat.svelte';
+import { Chat, convOfRoute } from './chat.svelte';
 import { loadIdentity, saveIdentity, type Identity } from './keys';
 
 export const session = $state<{ ready: boolean; chat: Chat | null }>({ ready: false, chat: null });
@@ -25,7 +25,7 @@ export async function startSession(id: Identity, save = true): Promise<void> {
 function conversationInAddress(): string | undefined {
   const peer = /^#\/chat\/([^/?]+)/.exec(location.hash)?.[1];
   try {
-    return peer === undefined ? undefined : peerConv(decodeURIComponent(peer));
+    return peer === undefined ? undefined : convOfRoute(decodeURIComponent(peer));
   } catch {
     return undefined; // not percent-encoded properly: the router shows it as it can
   }
