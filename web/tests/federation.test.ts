@@ -26,6 +26,8 @@ interface Server {
 /** Servers by domain, one network: each answers WebFinger and records for its own people at https://<domain>. */
 function network() {
   const servers = new Map<string, Server>();
+  /** Domains whose servers do not answer browsers now. */
+  const down = new Set<string>();
   let seq = 0;
   const pinStore = new Map<string, [string, Pin][]>();
 
@@ -64,7 +66,7 @@ function network() {
       getJSON: async <T,>(url: string): Promise<T> => {
         const u = new URL(url);
         const other = servers.get(u.host);
-        if (!other || u.protocol !== 'https:') throw new ApiError(0, 'network', `no server at ${u.origin}`);
+        if (!other || u.protocol !== 'https:' || down.has(u.host)) throw new ApiError(0, 'network', `no server at ${u.origin}`);
         if (u.pathname === '/.well-known/webfinger') {
           const acct = u.searchParams.get('resource')!.slice('acct:'.length);
           const [handle, domain] = acct.split('@');
@@ -93,6 +95,7 @@ function network() {
   }
 
   return {
+    down,
     server(domain: string): Server {
       const s: Server = { domain, records: [], inboxes: new Map(), outbox: new Map(), privacy: new Map(), posts: [] };
       servers.set(domain, s);
@@ -230,6 +233,28 @@ describe('chat across servers', () => {
     expect(carol.conversations.get(peerConv('alice@one.example'))!.messages.at(-1)!.relay).toMatchObject([{ state: 'delivered' }]);
     await alice.poll();
     expect((await alice.openConversation(peerConv('carol@two.example'))).messages.map((m) => m.body)).toEqual(['buy my stuff', 'are you there?']);
+  });
+
+  it("a sender elsewhere whose server cannot be asked does not hold up the inbox: its messages wait and open later", async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const dave = await net.person(one, 'dave');
+    const bob = await net.person(two, 'bob');
+    for (const c of [alice, dave, bob]) await c.load();
+    await bob.send('alice@one.example', 'from bob');
+    net.deliver();
+    await dave.send('alice', 'from dave, after');
+    net.down.add('two.example');
+    await alice.poll();
+    expect((await alice.openConversation(peerConv('dave'))).messages.map((m) => m.body)).toEqual(['from dave, after']);
+    expect(alice.conversations.get(peerConv('bob@two.example'))!.withheld).toHaveLength(1);
+    net.down.delete('two.example');
+    await alice.poll();
+    expect(alice.conversations.get(peerConv('bob@two.example'))!.withheld).toEqual([]);
+    expect((await alice.openConversation(peerConv('bob@two.example'))).messages.map((m) => m.body)).toEqual(['from bob']);
+    expect(alice.conversations.get(peerConv('bob@two.example'))!.request).toBe(true);
   });
 
   it('refusing strangers keeps whom one chats with known, and a new chat elsewhere becomes known', async () => {

@@ -590,7 +590,11 @@ export class Chat {
       const writer = domainOf(from, this.domain);
       await this.apply(qualifyPlaintext(parsePlaintext(raw, { from: p.from, to: p.to, id: p.id }), writer, this.domain), env, writer);
     } catch (e) {
-      if (isKeyProblem(e) && from !== undefined) {
+      // A sender elsewhere whose server cannot be asked now (down, or not
+      // answering this browser) must not hold up the inbox: its message
+      // waits in its conversation and is tried again at the next poll.
+      const unreachable = from !== undefined && isRemote(from) && e instanceof api.ApiError && (e.status === 0 || e.status === 429 || e.status >= 500);
+      if ((isKeyProblem(e) || unreachable) && from !== undefined) {
         return this.withhold(from, env).then(
           () => true,
           (err) => (console.warn('holding a message (tried again later):', err), false),
@@ -648,7 +652,8 @@ export class Chat {
         }
         // A person of another server writing first is a request: nothing
         // tells them it arrived or was read until it is accepted.
-        const request = !mine && !pt.group && isRemote(pt.from) && (!known || !!known.request);
+        // (A conversation with no message yet is one only held or looked up so far.)
+        const request = !mine && !pt.group && isRemote(pt.from) && (!known || !!known.request || !known.last);
         const active = this.activeConv === conv && pageVisible();
         const rec = { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: pt.body, ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'text' } as const;
         const s = await appendMessage(
@@ -770,12 +775,28 @@ export class Chat {
     return (async () => {
       for (;;) {
         const page = await this.deps.inbox(this.me, this.cursor);
-        if (page.messages.length === 0) return;
+        if (page.messages.length === 0) break;
         const before = this.cursor;
         await this.ingest(page.messages);
-        if (this.cursor === before) return; // a lookup failed: try again later
+        if (this.cursor === before) break; // a lookup failed: try again later
       }
+      await this.reopenWithheld();
     })();
+  }
+
+  /** Opens again what was held from people elsewhere whose servers could not be asked (not what waits on a key problem). */
+  private async reopenWithheld(): Promise<void> {
+    const waiting = [...this.conversations.values()].filter((c) => c.peer && isRemote(c.peer) && c.withheld?.length && !this.keyProblems.has(c.peer));
+    for (const c of waiting) {
+      await this.serial(async () => {
+        const db = await this.db();
+        const held = (await getConversation(db, c.conv))?.withheld ?? [];
+        if (held.length === 0) return;
+        this.mirrorConversation(await updateConversation(db, c.conv, (r) => void (r.withheld = [])));
+        for (const env of held) if (!(await this.open(env))) await this.withhold(c.peer!, env);
+      });
+    }
+    void this.flushReceipts();
   }
 
   // --- sending ---------------------------------------------------------------
