@@ -2,6 +2,8 @@
 // talks only to its own server for what it sends and reads, and fetches the
 // other person's record and keys from the other person's server.
 
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
 import { artifactsDir, bubble, launchBrowser, newUser, openChat, register, send, startServer, type ChatServer } from './harness';
@@ -137,10 +139,71 @@ describe('people on two federated servers, in two browsers', () => {
     await context.close();
   });
 
+  it("a file from bob is fetched by alice's app from bob's server, byte-identical", async () => {
+    const file = { name: 'notes.bin', mimeType: 'application/octet-stream', buffer: randomBytes(64 * 1024) };
+    const fetchedFrom: string[] = [];
+    alice.on('response', (r) => {
+      if (r.request().method() === 'GET' && r.url().includes('/v1/blobs/') && r.ok()) fetchedFrom.push(new URL(r.url()).host);
+    });
+    await bob.getByTestId('file-input').setInputFiles([file]);
+    await bob.getByRole('list', { name: 'Files to send' }).getByText(file.name).waitFor();
+    await bob.locator('#composer').fill('the notes');
+    await bob.locator('#composer').press('Enter');
+    await expect.poll(() => bubble(bob, 'the notes').getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+
+    await alice.locator(`a[data-peer="${bobAddr}"]`).click();
+    const link = bubble(alice, 'the notes').getByTestId('attachment-download');
+    await link.waitFor({ timeout: 15_000 });
+    expect(fetchedFrom).toEqual([two.domain]);
+    const [download] = await Promise.all([alice.waitForEvent('download'), link.click()]);
+    const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+    expect(sha(readFileSync((await download.path())!))).toBe(sha(file.buffer));
+  });
+
+  it('a group of people on both servers: alice creates it with bob@<two> and erin of her own server; everyone reads everyone', async () => {
+    const { page: erin, context } = await newUser(browser, one);
+    await register(erin, 'erin');
+    const groupRow = (page: Page) => page.locator('a[data-conv^="g:"]');
+    const sendInOpen = async (page: Page, body: string) => {
+      await page.locator('#composer').fill(body);
+      await page.locator('#composer').press('Enter');
+    };
+    await alice.getByRole('button', { name: 'New group' }).click();
+    await alice.getByLabel('Name').fill('both sides');
+    await alice.getByLabel(/^Members/).fill(`${bobAddr}, erin`);
+    await alice.getByRole('button', { name: 'Create group' }).click();
+    await alice.getByRole('heading', { name: 'both sides' }).waitFor();
+    for (const p of [bob, erin]) {
+      await groupRow(p).waitFor({ timeout: 20_000 });
+      await groupRow(p).click();
+      await p.getByRole('heading', { name: 'both sides' }).waitFor();
+    }
+    // bob reads alice by address, as the state carried her bare.
+    await bob.getByTestId('note').filter({ hasText: `alice@${one.domain} created "both sides"` }).waitFor();
+
+    await sendInOpen(bob, 'hello from two');
+    await expect.poll(() => bubble(bob, 'hello from two').getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+    await bubble(alice, 'hello from two').waitFor({ timeout: 15_000 });
+    await bubble(erin, 'hello from two').waitFor({ timeout: 15_000 });
+    expect(await bubble(erin, 'hello from two').textContent()).toContain(`@${bobAddr}`);
+
+    await sendInOpen(erin, 'hello from one');
+    await bubble(bob, 'hello from one').waitFor({ timeout: 20_000 });
+    await bubble(alice, 'hello from one').waitFor({ timeout: 15_000 });
+    await bob.getByRole('button', { name: 'Members' }).click();
+    await bob.locator(`li[data-member="alice@${one.domain}"]`).waitFor();
+    await bob.locator(`li[data-member="erin@${one.domain}"]`).waitFor();
+    await bob.locator('li[data-member="bob"]').waitFor();
+    await bob.screenshot({ path: artifactsDir() + 'federation-group-members.png' });
+    await bob.getByRole('button', { name: 'Close' }).click();
+    await context.close();
+  });
+
   it('keeps screenshots at phone width', async () => {
-    // bob's screen is his chat with alice: on a phone it takes the whole screen.
-    await bob.setViewportSize({ width: 390, height: 844 });
+    await bob.locator(`a[data-peer="${aliceAddr}"]`).click();
     await bubble(bob, 'hi alice, across servers 👋').waitFor();
+    // On a phone the chat takes the whole screen.
+    await bob.setViewportSize({ width: 390, height: 844 });
     await bob.screenshot({ path: artifactsDir() + 'federation-chat-phone.png' });
     await bob.setViewportSize({ width: 1280, height: 800 });
   });
