@@ -5,6 +5,7 @@ import {
   conversationOf,
   deleteAllowed,
   envelopeId,
+  envelopeIdFor,
   InvalidPlaintext,
   parsePlaintext,
   plaintextFor,
@@ -177,5 +178,24 @@ describe('names across servers', () => {
     const pt = qualifyPlaintext(parsePlaintext(copy, { from: 'bob', to: 'bob', id: 'm1:bob' }), 'two.example', 'two.example');
     expect(pt.peer).toBe('carol@three.example');
     expect(conversationOf(pt, 'bob')).toBe('carol@three.example');
+  });
+});
+
+describe('envelope ids across servers', () => {
+  it('name a recipient elsewhere by handle and domain, or by its digest past 64 characters (client.envelopeID)', async () => {
+    const mid = 'AAAAAAAAAAAAAAAAAAAAAA';
+    expect(await envelopeIdFor(mid, 'bob', false)).toBe(mid);
+    expect(await envelopeIdFor(mid, 'bob', true)).toBe(`${mid}:bob`);
+    expect(await envelopeIdFor(mid, 'bob@two.example', true)).toBe(`${mid}:bob:two.example`);
+    expect(await envelopeIdFor(mid, 'bob@127.0.0.1:7000', true)).toBe(`${mid}:bob:127.0.0.1:7000`);
+    const long = 'bob@' + 'a'.repeat(40) + '.example';
+    const id = await envelopeIdFor(mid, long, true);
+    expect(id).toMatch(new RegExp(`^${mid}:[A-Za-z0-9_-]{22}$`));
+    expect(id).not.toBe(await envelopeIdFor(mid, 'bob@' + 'b'.repeat(40) + '.example', true));
+  });
+
+  it('an address at the own server is the bare handle, whoever wrote it', () => {
+    const raw = { v: 1, from: 'alice', to: 'bob', ts: 1, body: '', mid: 'm1', reply: { from: 'bob@two.example', mid: 'm0', body: '' } };
+    expect(qualifyPlaintext(parsePlaintext(raw, { from: 'alice', to: 'bob', id: 'm1' }), 'two.example', 'two.example').reply?.from).toBe('bob');
   });
 });

@@ -188,6 +188,17 @@ describe('groups across servers', () => {
     expect(atAlice.held(v1.id)!.hash).toBe(atBob.held(v1.id)!.hash);
   });
 
+  it("reads a writer of its own server's address for a local person as the bare handle, the hash as carried", async () => {
+    const v1 = newGroup('alice', 'team', ['bob@two.example']);
+    const atBob = new Groups('bob', [], 'two.example');
+    // carol of two.example wrote the state naming bob by address.
+    const odd = { ...newGroup('carol', 'odd', ['bob@two.example']) };
+    expect(await atBob.take('carol', odd, 'two.example')).toBe(true);
+    expect(atBob.state(odd.id)).toMatchObject({ members: ['bob', 'carol'] });
+    expect(atBob.held(odd.id)!.hash).toBe(await groupHash(odd));
+    expect(v1.members).toEqual(['alice', 'bob@two.example']);
+  });
+
   it('drops a snapshot whose author is not its sender once qualified, or that names one person twice', async () => {
     const v1 = newGroup('alice', 'team', ['bob@two.example']);
     // Sent by alice of three.example: not the alice who wrote it.

@@ -18,8 +18,9 @@ import {
   conversationOf,
   deleteAllowed,
   deleteContent,
-  envelopeId,
+  envelopeIdFor,
   groupContent,
+  nameDigest,
   InvalidPlaintext,
   parsePlaintext,
   plaintextFor,
@@ -844,18 +845,13 @@ export class Chat {
     const batch = to.length > 1 || !!c.group;
     const ts = this.deps.now();
     const peer = peerOf(conv) ?? undefined;
-    const users = await Promise.all(to.map((r) => this.user(r)));
     // A document to a person elsewhere is for that person's server, from
-    // this identity's address, to the handle there; ids name that handle
-    // (an id has no @), told apart when two servers' people share one.
-    const ids = new Set<string>();
+    // this identity's address, to the handle there.
     return Promise.all(
-      users.map((u) => {
-        let id = envelopeId(c.mid, u.handle, batch);
-        for (let n = 2; ids.has(id); n++) id = `${envelopeId(c.mid, u.handle, batch)}.${n}`;
-        ids.add(id);
+      to.map(async (r) => {
+        const u = await this.user(r);
         const from = fromFor(this.me, u.server);
-        return newMessageOf(this.keys, u, id, plaintextFor(c, from, u.handle, ts, peer), ts, blobs);
+        return newMessageOf(this.keys, u, await envelopeIdFor(c.mid, r, batch), plaintextFor(c, from, u.handle, ts, peer), ts, blobs);
       }),
     );
   }
@@ -1074,7 +1070,8 @@ export class Chat {
     const blobs = (m.attachments ?? []).flatMap((a) => (a.thumb ? [a.blob, a.thumb.blob] : [a.blob]));
     const docs = await this.documents(conv, textContent(mid, m.body, { group: groupIdOf(conv), reply: m.reply, attachments: m.attachments }), failed.map((r) => r.to), blobs);
     // New envelope ids: the outbox answers a retried (from, id) with its first fate.
-    const again = await Promise.all(docs.map((d) => this.resign(d, `${mid}:${d.payload.to}.r${this.deps.now().toString(36)}`)));
+    const n = this.deps.now().toString(36);
+    const again = await Promise.all(docs.map(async (d) => this.resign(d, `${mid}:r${n}:${await nameDigest(`${d.payload.to}@${d.payload.server}`)}`)));
     await this.post(again);
     const fresh = relaysOf(again, this.domain);
     await this.serial(async () => {
@@ -1116,16 +1113,20 @@ export class Chat {
   }
 
   /**
-   * Blocks a person, or with domain every person of its server: the server
-   * refuses their messages from now on, and this client keeps none. The
-   * conversation stays, marked, to unblock.
+   * Blocks a person, or with domain every person of its server: a person's
+   * server elsewhere is told (it refuses their messages from now on), and
+   * this client keeps none. The conversation stays, marked, to unblock.
    */
   async block(peer: string, domain = false): Promise<void> {
     const entry = domain && isRemote(peer) ? domainOf(peer, this.domain) : peer;
-    await this.changePrivacy((p) => {
-      p.blocked = [...new Set([...p.blocked, entry])];
-      p.known = p.known.filter((k) => k !== peer);
-    });
+    // The server's setting names people and servers elsewhere; one of this
+    // server is blocked here alone.
+    if (isRemote(peer)) {
+      await this.changePrivacy((p) => {
+        p.blocked = [...new Set([...p.blocked, entry])];
+        p.known = p.known.filter((k) => k !== peer);
+      });
+    }
     const conv = peerConv(peer);
     await this.serial(async () => {
       const db = await this.db();
@@ -1140,7 +1141,7 @@ export class Chat {
   /** Unblocks a person (and its server, if it was blocked whole). */
   async unblock(peer: string): Promise<void> {
     const d = isRemote(peer) ? domainOf(peer, this.domain) : undefined;
-    await this.changePrivacy((p) => void (p.blocked = p.blocked.filter((b) => b !== peer && b !== d)));
+    if (d) await this.changePrivacy((p) => void (p.blocked = p.blocked.filter((b) => b !== peer && b !== d)));
     await this.serial(async () => {
       const db = await this.db();
       for (const c of [...this.conversations.values()]) {

@@ -4,7 +4,7 @@
 // receipts per message and recipient, one reaction per person, deletion.
 
 import { qualify, validHandle, validName } from './address';
-import { decodeB64 } from './bytes';
+import { decodeB64, encodeB64, sha256, utf8 } from './bytes';
 
 export type Kind = 'text' | 'receipt' | 'reaction' | 'delete' | 'group';
 export type ReceiptKind = 'delivered' | 'read';
@@ -205,10 +205,10 @@ export function parsePlaintext(raw: unknown, env: { from: string; to: string; id
  * reader's form: the writer (the envelope's sender, at writerDomain) names
  * its own server's people bare and everyone else by address
  * (docs/protocol.md, "Conversations across servers"). from and to stay the
- * payload's; the group state is read by lib/groups.
+ * payload's; the group state is read by lib/groups. An address at own is
+ * the bare handle whoever wrote it, a writer of this server included.
  */
 export function qualifyPlaintext(pt: ConvPlaintext, writerDomain: string, own: string): ConvPlaintext {
-  if (writerDomain === own) return pt;
   const q = (n: string) => qualify(n, writerDomain, own);
   return {
     ...pt,
@@ -266,12 +266,26 @@ export function receiptContents(newMid: () => string, receipt: ReceiptKind, mids
 
 export const groupContent = (mid: string, state: Record<string, unknown> & { id: string }): Content => ({ kind: 'group', mid, body: '', group: { id: state.id }, state });
 
-/**
- * The envelope id of a message: the mid for one person, `<mid>:<to>` in a
- * group send or beside a sync copy, `to` the payload's (a handle on its own
- * server: an id has no @).
- */
+/** The envelope id of a message: the mid for one person, `<mid>:<to>` in a group send or beside a sync copy. */
 export const envelopeId = (mid: string, to: string, batch: boolean) => (batch ? `${mid}:${to}` : mid);
+
+/**
+ * envelopeId for a recipient named in this identity's form: one elsewhere
+ * (an id has no @, and one handle may be on several servers) is
+ * `<mid>:<handle>:<domain>`, or, past 64 characters, `<mid>:` and 22
+ * characters of the address's base64url SHA-256 (docs/protocol.md,
+ * "Conversations (clients)"; client.envelopeID).
+ */
+export async function envelopeIdFor(mid: string, name: string, batch: boolean): Promise<string> {
+  if (!batch) return mid;
+  const at = name.indexOf('@');
+  if (at < 0) return `${mid}:${name}`;
+  const id = `${mid}:${name.slice(0, at)}:${name.slice(at + 1)}`;
+  return id.length <= 64 ? id : `${mid}:${await nameDigest(name)}`;
+}
+
+/** 22 characters of a name's base64url SHA-256: an id part naming one person anywhere. */
+export const nameDigest = async (name: string) => encodeB64(await sha256(utf8(name))).slice(0, 22);
 
 /** Whether a kind gets receipts: only what people wrote (docs/protocol.md, "Receipts"). */
 export const wantsReceipt = (k: Kind) => k === 'text';

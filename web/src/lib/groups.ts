@@ -90,15 +90,18 @@ export function checkState(raw: unknown): GroupState {
  * A snapshot written at writerDomain in the reader's form (docs/protocol.md,
  * "Conversations across servers"): members, admins and by qualified with
  * the writer's domain, an address at own bare; the lists sorted again.
- * Its hash stays the one of the bytes as carried.
+ * Its hash stays the one of the bytes as carried. An address at own is the
+ * bare handle whoever wrote it, a writer of this server included.
  */
 export function qualifyState(s: GroupState, writerDomain: string, own: string): GroupState {
-  if (writerDomain === own) return s;
   const q = (n: string) => qualify(n, writerDomain, own);
   const members = sortedSet(s.members.map(q));
   const admins = sortedSet(s.admins.map(q));
   if (members.length !== s.members.length || admins.length !== s.admins.length) throw new SnapshotDropped('malformed: members name one person twice');
-  return { ...s, members, admins, by: q(s.by) };
+  const by = q(s.by);
+  // A writer of this server changes only where it names this server's people by address.
+  if (by === s.by && sameList(members, s.members) && sameList(admins, s.admins)) return s;
+  return { ...s, members, admins, by };
 }
 
 /** Rule 3: an admin of the parent may change anything; a member who is not may only leave. */
