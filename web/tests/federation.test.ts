@@ -257,6 +257,52 @@ describe('chat across servers', () => {
     expect(alice.conversations.get(peerConv('bob@two.example'))!.request).toBe(true);
   });
 
+  it('blocks a person of its own server in the client alone: the server setting names people elsewhere', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const alice = await net.person(one, 'alice');
+    const dave = await net.person(one, 'dave');
+    await alice.load();
+    await dave.load();
+    await dave.send('alice', 'hi');
+    await alice.poll();
+    await alice.block('dave');
+    expect(one.privacy.get('alice')).toBeUndefined();
+    await dave.send('alice', 'hello?');
+    await alice.poll();
+    expect((await alice.openConversation(peerConv('dave'))).messages.map((m) => m.body)).toEqual(['hi']);
+    await alice.unblock('dave');
+    expect(alice.conversations.get(peerConv('dave'))!.blocked).toBeUndefined();
+  });
+
+  it('asks the outbox less often while nothing moves, and forgets a document the outbox no longer knows', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    await net.person(net.server('three.example'), 'bob');
+    await alice.load();
+    await alice.send('bob@three.example', 'hi');
+    let asked = 0;
+    const deps = (alice as unknown as { deps: ChatDeps }).deps;
+    const outbox = deps.outbox;
+    deps.outbox = (who) => (asked++, outbox(who));
+    const t0 = Date.now();
+    await alice.outboxTick(t0);
+    await alice.outboxTick(t0 + 1_000); // within the wait
+    expect(asked).toBe(1);
+    await alice.outboxTick(t0 + 60_000);
+    expect(asked).toBe(2);
+    // Three days later, the outbox holds nothing of it.
+    one.outbox.clear();
+    const now = deps.now;
+    deps.now = () => now() + 80 * 3600;
+    await alice.checkOutbox();
+    const m = alice.conversations.get(peerConv('bob@three.example'))!.messages[0]!;
+    expect(m.relay).toMatchObject([{ state: 'failed', error: 'unknown' }]);
+    expect(alice.relayingAny).toBe(false);
+  });
+
   it('refusing strangers keeps whom one chats with known, and a new chat elsewhere becomes known', async () => {
     const net = network();
     const one = net.server('one.example');

@@ -205,8 +205,11 @@ export type KeyProblem = KeyChanged | KeyDocumentMismatch | RemoteRefused;
 
 const isKeyProblem = (e: unknown): e is KeyProblem => e instanceof KeyChanged || e instanceof KeyDocumentMismatch || e instanceof RemoteRefused;
 
-/** How often the outbox is asked about own messages queued for other servers. */
+/** How often the outbox is asked about own messages queued for other servers: at first, and at most. */
 export const OUTBOX_POLL_MS = 2_000;
+export const OUTBOX_POLL_MAX_MS = 60_000;
+/** When a queued document missing from the outbox is taken as forgotten: its 48 hours of retries and the 24 its outcome shows. */
+const RELAY_FORGOTTEN_S = 73 * 3600;
 
 const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
 
@@ -1012,6 +1015,8 @@ export class Chat {
   // --- other servers: the outbox, requests, blocking --------------------------
 
   private async followRelay(db: IDBDatabase, conv: string, mid: string): Promise<void> {
+    this.outboxWait = OUTBOX_POLL_MS;
+    this.outboxNext = 0;
     if (this.relaying.some((r) => r.conv === conv && r.mid === mid)) return;
     this.relaying = [...this.relaying, { conv, mid }];
     await setMeta(db, 'relaying', this.relaying);
@@ -1032,6 +1037,8 @@ export class Chat {
     if (this.relaying.length === 0) return;
     const { entries } = await this.deps.outbox(this.me);
     const byKey = new Map(entries.map((e) => [`${e.to}\n${e.id}`, e]));
+    const now = this.deps.now();
+    let changedAny = false;
     await this.serial(async () => {
       const db = await this.db();
       const still: { conv: string; mid: string }[] = [];
@@ -1046,12 +1053,19 @@ export class Chat {
               if (e.error?.code) r.error = e.error.code;
               else delete r.error;
               changed = true;
+            } else if (!e && r.state === 'queued' && now - m.ts > RELAY_FORGOTTEN_S) {
+              // Gone from the outbox (it keeps an outcome 24 hours, a queued
+              // document 48): what became of it is no longer known.
+              r.state = 'failed';
+              r.error = 'unknown';
+              changed = true;
             }
             if (r.state === 'queued') open = true;
           }
           return changed ? undefined : false;
         });
         if (s) this.mirror(s);
+        if (s) changedAny = true;
         if (open) still.push(f);
       }
       if (still.length !== this.relaying.length) {
@@ -1059,6 +1073,19 @@ export class Chat {
         await setMeta(db, 'relaying', still);
       }
     });
+    // Asked less often while nothing moves (a server down for hours), at once again after a send.
+    this.outboxWait = changedAny ? OUTBOX_POLL_MS : Math.min(this.outboxWait * 2, OUTBOX_POLL_MAX_MS);
+    this.outboxNext = Date.now() + this.outboxWait;
+  }
+
+  private outboxWait = OUTBOX_POLL_MS;
+  private outboxNext = 0;
+
+  /** What the timer runs every OUTBOX_POLL_MS: checkOutbox when something is followed and its backoff has passed. */
+  async outboxTick(nowMs = Date.now()): Promise<void> {
+    if (this.relaying.length === 0 || nowMs < this.outboxNext) return;
+    this.outboxNext = nowMs + this.outboxWait; // one check at a time
+    await this.checkOutbox();
   }
 
   /** Sends the message again to those of its recipients elsewhere it failed to reach, under the same mid. */
