@@ -199,6 +199,27 @@ describe('people on two federated servers, in two browsers', () => {
     await context.close();
   });
 
+  it('interoperates with the Go CLI across the servers, both ways', async () => {
+    await one.cli('frank', 'keygen');
+    await one.cli('frank', 'register', 'frank');
+    await one.cli('frank', 'send', '--insecure-loopback', bobAddr, 'from the terminal on the first server');
+    const row = bob.locator(`a[data-peer="frank@${one.domain}"]`);
+    await row.waitFor({ timeout: 20_000 });
+    await row.click();
+    await bubble(bob, 'from the terminal on the first server').waitFor();
+    await bob.getByTestId('request').getByRole('button', { name: 'Accept' }).click();
+    await send(bob, 'and back to the terminal');
+    await expect.poll(() => bubble(bob, 'and back to the terminal').getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+    const { stdout } = await one.cli('frank', 'inbox', '--insecure-loopback');
+    expect(stdout).toContain(`${bobAddr}: and back to the terminal`);
+    // One safety number, the CLI's and the web app's.
+    await bob.getByRole('button', { name: 'Safety number' }).click();
+    const digits = (await bob.getByTestId('safety-number').textContent())!.replace(/\s+/g, '');
+    await bob.getByRole('button', { name: 'Done' }).click();
+    const cli = await one.cli('frank', 'safety-number', '--insecure-loopback', bobAddr);
+    expect(cli.stdout.replace(/\D/g, '').slice(-60)).toBe(digits);
+  });
+
   it('keeps screenshots at phone width', async () => {
     await bob.locator(`a[data-peer="${aliceAddr}"]`).click();
     await bubble(bob, 'hi alice, across servers 👋').waitFor();
