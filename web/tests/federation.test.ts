@@ -170,8 +170,8 @@ describe('chat across servers', () => {
     await bob.receiptsSent();
     expect(two.posts).toEqual([]);
 
-    // Accepting tells bob's server alice is known, and alice what bob has.
-    await bob.acceptRequest('alice@one.example');
+    // Accepting (here, by answering) tells bob's server alice is known, and alice what bob has.
+    await bob.send('alice@one.example', 'who is this?');
     expect(two.privacy.get('bob')?.known).toEqual(['alice@one.example']);
     expect(bob.conversations.get(conv.conv)!.request).toBeUndefined();
     await bob.receiptsSent();
@@ -182,7 +182,7 @@ describe('chat across servers', () => {
     expect(mine.receipts?.delivered).toEqual(['bob@two.example']);
 
     // bob replies quoting alice: he names her by address, she reads herself bare.
-    const quoted = (await bob.openConversation(conv.conv)).messages[0]!;
+    const quoted = (await bob.openConversation(conv.conv)).messages.find((m) => !m.mine)!;
     await bob.send('alice@one.example', 'hi back', { reply: { from: quoted.from, mid: quoted.mid, body: quoted.body } });
     expect(two.posts.at(-1)!.payload).toMatchObject({ server: 'one.example', from: 'bob@two.example', to: 'alice' });
     net.deliver();

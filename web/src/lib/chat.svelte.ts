@@ -892,6 +892,9 @@ export class Chat {
 
   /** Sends a text in conv (a person's or a group's). */
   async sendIn(conv: string, body: string, extra: SendExtra = {}): Promise<void> {
+    // Answering a request accepts it.
+    const peer = peerOf(conv);
+    if (peer && this.conversations.get(conv)?.request) await this.acceptRequest(peer).catch((e: unknown) => console.warn(`accepting ${peer}:`, (e as Error).message));
     const m = await this.appendOwn(conv, body, extra);
     if (!m) return;
     this.sending.add(m.mid);
