@@ -114,12 +114,14 @@ func (s *SigServer) publish(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *SigServer) latest(w http.ResponseWriter, r *http.Request) {
+	// Public, signed data; set before any answer, so that a web app of
+	// another server reads a refusal's code too (unknown_identity).
+	w.Header().Set("Access-Control-Allow-Origin", "*")
 	d, err := s.dir.Latest(r.Context(), r.PathValue("primary_id"))
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	w.Header().Set("Access-Control-Allow-Origin", "*") // public, signed data
 	writeJSON(w, http.StatusOK, d.Signed)
 }
 
@@ -133,6 +135,7 @@ type KeyLogPage struct {
 }
 
 func (s *SigServer) chain(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Access-Control-Allow-Origin", "*") // as latest
 	q := r.URL.Query()
 	from, err := queryUint(q.Get("from"), "from", 1)
 	if err != nil {
@@ -159,7 +162,6 @@ func (s *SigServer) chain(w http.ResponseWriter, r *http.Request) {
 		}
 		page.Documents = append(page.Documents, d.Signed)
 	}
-	w.Header().Set("Access-Control-Allow-Origin", "*")
 	writeJSON(w, http.StatusOK, page)
 }
 

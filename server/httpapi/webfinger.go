@@ -24,6 +24,9 @@ type jrdLink struct {
 
 // webfinger answers RFC 7033 lookups of acct:handle@server.
 func (s *Server) webfinger(w http.ResponseWriter, r *http.Request) {
+	// RFC 7033 §5, and before any answer: a web app of another server
+	// reads a refusal's code too (unknown_handle).
+	w.Header().Set("Access-Control-Allow-Origin", "*")
 	resource := r.URL.Query().Get("resource")
 	acct, ok := strings.CutPrefix(resource, "acct:")
 	handle, domain, ok2 := strings.Cut(acct, "@")
@@ -52,7 +55,6 @@ func (s *Server) webfinger(w http.ResponseWriter, r *http.Request) {
 			Href: strings.TrimSuffix(s.cfg.SigServerURL, "/") + "/v1/keys/" + u.PrimaryID,
 		})
 	}
-	w.Header().Set("Access-Control-Allow-Origin", "*") // RFC 7033 §5
 	w.Header().Set("Content-Type", "application/jrd+json")
 	w.WriteHeader(http.StatusOK)
 	writeBody(w, jrd{Subject: "acct:" + u.Handle + "@" + u.Server, Links: links})
