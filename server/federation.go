@@ -205,4 +205,8 @@ type Federation struct {
 	// Queued, when set, is told that units were queued (it wakes the
 	// courier); it must not block.
 	Queued func()
+	// ForwardTyping, when set, hands a typing document to domain's server
+	// in the background and reports whether it took it (false: dropped,
+	// too many in flight); it must not block.
+	ForwardTyping func(domain string, doc []byte) bool
 }

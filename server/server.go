@@ -16,6 +16,8 @@ import "time"
 const (
 	TypeRegister = "kez.chat.register/v1"
 	TypeMessage  = "kez.chat.message/v1"
+	// TypeTyping is a typing indicator for people on another server.
+	TypeTyping = "kez.chat.typing/v1"
 )
 
 // Limits fixed by the protocol.

@@ -37,51 +37,105 @@ type TypingRecipient struct {
 // TypingRequest is the body of POST /v1/typing/{handle}.
 type TypingRequest struct {
 	To []TypingRecipient `json:"to"`
+	// Remote are signed kez.chat.typing/v1 documents for people on other
+	// servers, one per server.
+	Remote []signing.Signed `json:"remote,omitempty"`
+}
+
+// MaxRemoteTyping bounds the documents for other servers one typing
+// request carries.
+const MaxRemoteTyping = 16
+
+// TypingPayload is a kez.chat.typing/v1 document's payload.
+type TypingPayload struct {
+	Type   string            `json:"type"`
+	Server string            `json:"server"`
+	From   string            `json:"from"`
+	TS     int64             `json:"ts"`
+	To     []TypingRecipient `json:"to"`
 }
 
 // Typing relays from's typing ciphertexts to the open streams of each
 // registered recipient, on every replica, and returns how many recipients
 // it relayed to (unknown ones are skipped). The caller has authenticated
 // from. Nothing is stored and nothing is pushed.
-func (s *Service) Typing(ctx context.Context, from string, req *TypingRequest) (int, error) {
-	if n := len(req.To); n == 0 || n > MaxTypingRecipients {
-		return 0, Errorf(CodeInvalidField, "to must name 1 to %d recipients, not %d", MaxTypingRecipients, n)
+func (s *Service) Typing(ctx context.Context, from string, req *TypingRequest) (relayed, forwarded int, err error) {
+	if n := len(req.To); (n == 0 && len(req.Remote) == 0) || n > MaxTypingRecipients {
+		return 0, 0, Errorf(CodeInvalidField, "to must name 1 to %d recipients, not %d", MaxTypingRecipients, n)
 	}
-	seen := make(map[string]struct{}, len(req.To))
-	for i, r := range req.To {
+	if err := checkTypingRecipients("to", req.To); err != nil {
+		return 0, 0, err
+	}
+	remote, err := s.checkRemoteTyping(from, req.Remote)
+	if err != nil {
+		return 0, 0, err
+	}
+	if ok, wait := s.TypingLimiter.Allow(from); !ok {
+		return 0, 0, &Error{Code: CodeRateLimited, Message: "too many typing indicators from " + from, RetryAfter: wait}
+	}
+	for _, r := range remote {
+		if s.Fed.ForwardTyping != nil && s.Fed.ForwardTyping(r.domain, r.doc) {
+			forwarded++
+		}
+	}
+	for _, r := range req.To {
+		ok, err := s.publishTyping(ctx, r.To, from, r.CT, nil)
+		if err != nil {
+			return relayed, forwarded, err
+		}
+		if ok {
+			relayed++
+		}
+	}
+	return relayed, forwarded, nil
+}
+
+// publishTyping relays one typing ciphertext to handle's streams, unless
+// handle is unknown (not reported: typing says nothing about who exists)
+// or, for a sender elsewhere, does not take messages from it (remote).
+func (s *Service) publishTyping(ctx context.Context, handle, from, ct string, remote *Address) (bool, error) {
+	if _, err := s.lookup(ctx, handle, CodeUnknownRecipient); err != nil {
+		if ErrorCode(err) == CodeUnknownRecipient {
+			return false, nil
+		}
+		return false, fmt.Errorf("looking up typing recipient %s: %w", handle, err)
+	}
+	if remote != nil {
+		if err := s.admits(ctx, handle, *remote); err != nil {
+			if _, refused := err.(*Error); refused {
+				return false, nil
+			}
+			return false, err
+		}
+	}
+	if err := s.broker.PublishTyping(ctx, &Typing{Recipient: handle, From: from, CT: ct}); err != nil {
+		// At most once by design: a lost indicator is renewed in 3 s.
+		s.log.DebugContext(ctx, "publishing a typing event", "to", handle, "err", err)
+	}
+	return true, nil
+}
+
+// checkTypingRecipients checks a typing request's or document's
+// recipients: distinct, named, each ct at most MaxTypingCiphertext.
+func checkTypingRecipients(field string, to []TypingRecipient) error {
+	seen := make(map[string]struct{}, len(to))
+	for i, r := range to {
 		if _, dup := seen[r.To]; dup {
-			return 0, Errorf(CodeInvalidField, "to[%d]: %q is named twice", i, r.To)
+			return Errorf(CodeInvalidField, "%s[%d]: %q is named twice", field, i, r.To)
 		}
 		seen[r.To] = struct{}{}
 		if r.To == "" {
-			return 0, Errorf(CodeInvalidField, "to[%d].to is empty", i)
+			return Errorf(CodeInvalidField, "%s[%d].to is empty", field, i)
 		}
 		ct, err := signing.DecodeB64(r.CT)
 		switch {
 		case err != nil:
-			return 0, Errorf(CodeInvalidEncoding, "to[%d].ct is not base64url without padding", i)
+			return Errorf(CodeInvalidEncoding, "%s[%d].ct is not base64url without padding", field, i)
 		case len(ct) == 0:
-			return 0, Errorf(CodeInvalidField, "to[%d].ct is empty", i)
+			return Errorf(CodeInvalidField, "%s[%d].ct is empty", field, i)
 		case len(ct) > MaxTypingCiphertext:
-			return 0, Errorf(CodeCiphertextTooLarge, "to[%d].ct is %d bytes; at most %d are allowed", i, len(ct), MaxTypingCiphertext)
+			return Errorf(CodeCiphertextTooLarge, "%s[%d].ct is %d bytes; at most %d are allowed", field, i, len(ct), MaxTypingCiphertext)
 		}
 	}
-	if ok, wait := s.TypingLimiter.Allow(from); !ok {
-		return 0, &Error{Code: CodeRateLimited, Message: "too many typing indicators from " + from, RetryAfter: wait}
-	}
-	relayed := 0
-	for _, r := range req.To {
-		if _, err := s.lookup(ctx, r.To, CodeUnknownRecipient); err != nil {
-			if ErrorCode(err) == CodeUnknownRecipient {
-				continue // not reported: typing says nothing about who exists
-			}
-			return relayed, fmt.Errorf("looking up typing recipient %s: %w", r.To, err)
-		}
-		if err := s.broker.PublishTyping(ctx, &Typing{Recipient: r.To, From: from, CT: r.CT}); err != nil {
-			// At most once by design: a lost indicator is renewed in 3 s.
-			s.log.DebugContext(ctx, "publishing a typing event", "to", r.To, "err", err)
-		}
-		relayed++
-	}
-	return relayed, nil
+	return nil
 }

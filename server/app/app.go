@@ -403,6 +403,7 @@ func (s *Server) federate(cfg Config, log *slog.Logger) (*federation.Courier, er
 		SenderQuota:   f.SenderQuota.limiter(),
 		DomainQuota:   f.DomainQuota.limiter(),
 		Queued:        courier.Wake,
+		ForwardTyping: courier.ForwardTyping,
 	}
 	log.Info("federation is on", "allow", f.Allow, "block", f.Block, "loopback", f.Loopback)
 	return courier, nil

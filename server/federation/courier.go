@@ -41,7 +41,46 @@ type Courier struct {
 	// alone are the queues whose head goes in a request of its own: a
 	// request of several sends was refused.
 	alone map[string]bool
+	// typing holds a token per typing forward in flight.
+	typing chan struct{}
 }
+
+// maxTypingForwards bounds the typing documents being forwarded at once;
+// past it they are dropped (a typing indicator is stale in seconds).
+const maxTypingForwards = 64
+
+// ForwardTyping hands doc to domain's POST /v1/federation/typing in the
+// background, once, and reports false when too many are in flight. It
+// never blocks; the answer is not read beyond its status.
+func (c *Courier) ForwardTyping(domain string, doc []byte) bool {
+	select {
+	case c.typing <- struct{}{}:
+	default:
+		return false
+	}
+	go func() {
+		defer func() { <-c.typing }()
+		ctx, cancel := context.WithTimeout(context.Background(), typingTimeout)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, BaseURL(domain, c.cfg.Loopback)+"/v1/federation/typing", bytes.NewReader(doc))
+		if err != nil {
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("User-Agent", "kezchat-server/1")
+		resp, err := c.http.Do(req)
+		if err != nil {
+			c.log.Debug("forwarding a typing indicator", "domain", domain, "err", err)
+			return
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswer))
+		resp.Body.Close()
+	}()
+	return true
+}
+
+// typingTimeout bounds one typing forward.
+const typingTimeout = 5 * time.Second
 
 // maxRequestBytes bounds the documents of one delivery, under the other
 // server's 4 MiB body limit with room for the framing.
@@ -77,6 +116,7 @@ func NewCourier(cfg Config, store server.FederationStore, log *slog.Logger, reg 
 	c := &Courier{
 		cfg: cfg, store: store, http: httpClient(cfg, cfg.DeliveryTimeout), log: log,
 		wake: make(chan struct{}, 1), Workers: 32, Poll: time.Second, alone: make(map[string]bool),
+		typing: make(chan struct{}, maxTypingForwards),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kezchat_federation_deliveries_total",
 			Help: "Attempts to deliver queued documents to other servers, by outcome: delivered, retry, failed.",

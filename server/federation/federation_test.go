@@ -1,7 +1,9 @@
 package federation_test
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/sha256"
@@ -649,5 +651,115 @@ func TestARemoteSendersDailyBytesAreBoundedAtTheRecipientsServer(t *testing.T) {
 	}
 	if n := len(bob.inbox(t)); n != 2 {
 		t.Fatalf("bob holds %d envelopes, want 2", n)
+	}
+}
+
+// typingEvents follows p's inbox stream and sends the data of each typing
+// event to the channel it returns.
+func typingEvents(t *testing.T, p *person) <-chan string {
+	t.Helper()
+	path := "/v1/inbox/" + p.handle + "/stream"
+	auth, err := signing.SignRequest(p.signer, domainOf(p.srv), http.MethodGet, path, time.Now().Unix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.srv.URL+path+"?auth="+auth, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("opening the stream: %v", err)
+	}
+	events := make(chan string, 16)
+	go func() {
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		typing := false
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "event: typing":
+				typing = true
+			case typing && strings.HasPrefix(line, "data: "):
+				events <- strings.TrimPrefix(line, "data: ")
+				typing = false
+			}
+		}
+	}()
+	return events
+}
+
+func (p *person) typingDoc(t testing.TB, signer *person, to *person, ts int64) signing.Signed {
+	t.Helper()
+	return signer.sign(t, map[string]any{
+		"type": server.TypeTyping, "server": domainOf(to.srv), "from": p.address(), "ts": ts,
+		"to": []map[string]string{{"to": to.handle, "ct": "dHlwaW5n"}},
+	})
+}
+
+func TestATypingIndicatorReachesAPersonOnAnotherServerAndNoForgeryDoes(t *testing.T) {
+	one, two := startFederated(t, nil), startFederated(t, nil)
+	alice, mallory := newPerson(t, one, "alice"), newPerson(t, one, "mallory")
+	bob := newPerson(t, two, "bob")
+	events := typingEvents(t, bob)
+
+	body, _ := json.Marshal(map[string]any{"to": []any{}, "remote": []signing.Signed{alice.typingDoc(t, alice, bob, time.Now().Unix())}})
+	sum := sha256.Sum256(body)
+	path := "/v1/typing/alice"
+	r := do(t, http.MethodPost, one.URL+path, body, map[string]string{"X-KEZ-Auth": alice.auth(t, http.MethodPost, path, "sha256="+signing.EncodeB64(sum[:]))})
+	if r.status != http.StatusAccepted || string(bytes.TrimSpace(r.body)) != `{"recipients":0,"servers":1}` {
+		t.Fatalf("typing to bob@two: %d %s", r.status, r.body)
+	}
+	select {
+	case ev := <-events:
+		if want := `{"from":"` + alice.address() + `","ct":"dHlwaW5n"}`; ev != want {
+			t.Fatalf("bob's typing event %s, want %s", ev, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no typing event reached bob")
+	}
+
+	relay := func(doc signing.Signed) response {
+		return post(t, two.URL+"/v1/federation/typing", doc, nil)
+	}
+	for _, tt := range []struct {
+		name string
+		doc  signing.Signed
+		code string
+	}{
+		{"alice's address with mallory's key", alice.typingDoc(t, mallory, bob, time.Now().Unix()), server.CodeKeyNotAuthorized},
+		{"an old indicator", alice.typingDoc(t, alice, bob, time.Now().Add(-10*time.Minute).Unix()), server.CodeStaleTimestamp},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if r := relay(tt.doc); r.code != tt.code {
+				t.Fatalf("%d %s, want %s", r.status, r.code, tt.code)
+			}
+		})
+	}
+	// A person who blocked the sender gets nothing, and the sender learns
+	// nothing of it.
+	setting, _ := json.Marshal(map[string]any{"strangers": "accept", "known": []string{}, "blocked": []string{alice.address()}})
+	psum := sha256.Sum256(setting)
+	if r := do(t, http.MethodPut, two.URL+"/v1/privacy/bob", setting, map[string]string{
+		"X-KEZ-Auth": bob.auth(t, http.MethodPut, "/v1/privacy/bob", "sha256="+signing.EncodeB64(psum[:])),
+	}); r.status != http.StatusOK {
+		t.Fatalf("blocking alice: %d %s", r.status, r.body)
+	}
+	if r := relay(alice.typingDoc(t, alice, bob, time.Now().Unix()+1)); r.status != http.StatusAccepted || string(bytes.TrimSpace(r.body)) != `{"recipients":0}` {
+		t.Fatalf("typing to a person who blocked the sender: %d %s", r.status, r.body)
+	}
+	// Someone he did not block comes through, and first: nothing of the
+	// forgeries' or alice's was relayed before it.
+	dave := newPerson(t, one, "dave")
+	if r := relay(dave.typingDoc(t, dave, bob, time.Now().Unix())); r.status != http.StatusAccepted {
+		t.Fatalf("dave typing: %d %s", r.status, r.body)
+	}
+	select {
+	case ev := <-events:
+		if !strings.Contains(ev, dave.address()) {
+			t.Fatalf("bob got %s after the forgeries and his block, before dave's", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("dave's typing event did not reach bob")
 	}
 }

@@ -15,7 +15,8 @@ import (
 )
 
 // FuzzFederationBodies posts arbitrary bodies to a federated server's
-// routes that take documents from or for other servers: whatever arrives,
+// routes that take documents from or for other servers (messages, typing,
+// privacy): whatever arrives,
 // the answer is a JSON body below 500, except 503 unavailable when a
 // sender's domain named in it cannot be asked (nothing listens there), and
 // nothing panics.
@@ -33,6 +34,7 @@ func FuzzFederationBodies(f *testing.F) {
 		relayed("alice@127.0.0.1:1", domain), relayed("alice@"+domain, domain), relayed("alice", "two.example"),
 		[]byte(`{"messages":[]}`), []byte(`{"messages":[{"payload":{"from":"a@b@c"},"signature":{}}]}`),
 		[]byte(`{"strangers":"refuse","known":["x@y.example"],"blocked":["z.example","@"]}`),
+		[]byte(`{"payload":{"type":"kez.chat.typing/v1","server":"` + domain + `","from":"a@127.0.0.1:1","ts":1,"to":[{"to":"bob","ct":"eA"}]},"signature":{"alg":"ed25519","key":"AA","sig":"AA"}}`),
 	} {
 		f.Add(seed)
 	}
@@ -40,6 +42,7 @@ func FuzzFederationBodies(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, req := range []*http.Request{
 			httptest.NewRequest(http.MethodPost, "/v1/federation/messages", bytes.NewReader(body)),
+			httptest.NewRequest(http.MethodPost, "/v1/federation/typing", bytes.NewReader(body)),
 			httptest.NewRequest(http.MethodPost, "/v1/messages", bytes.NewReader(body)),
 			httptest.NewRequest(http.MethodPut, "/v1/privacy/alice", bytes.NewReader(body)),
 		} {

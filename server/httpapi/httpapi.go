@@ -148,6 +148,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /v1/blobs/{handle}", s.uploadBlob)
 	s.mux.HandleFunc("GET /v1/blobs/{id}", s.downloadBlob)
 	s.mux.HandleFunc("POST /v1/federation/messages", s.receiveFederated)
+	s.mux.HandleFunc("POST /v1/federation/typing", s.receiveTyping)
 	s.mux.HandleFunc("GET /v1/outbox/{handle}", s.outbox)
 	s.mux.HandleFunc("GET /v1/privacy/{handle}", s.privacy)
 	s.mux.HandleFunc("PUT /v1/privacy/{handle}", s.setPrivacy)
