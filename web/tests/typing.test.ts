@@ -1,7 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { postTyping, setBaseUrl } from '../src/lib/api';
 import { generateEncKeyPair } from '../src/lib/crypto';
 import { encodeB64 } from '../src/lib/bytes';
-import { openTyping, sealTyping, TypingBoard, typingLine, TypingSender } from '../src/lib/typing';
+import { generateSigningKey, verifyDocument } from '../src/lib/signing';
+import { newTypingDocument, openTyping, sealTyping, TypingBoard, typingLine, TypingSender } from '../src/lib/typing';
 
 describe('typing notes', () => {
   it('opens a note sealed to this client under the typing info, at most 512 bytes of ct', async () => {
@@ -17,6 +19,35 @@ describe('typing notes', () => {
     expect(await openTyping({ handle: 'bob', enc: bob }, { from: 'mallory', ct })).toBeNull();
     expect(await openTyping({ handle: 'carol', enc: bob }, { from: 'alice', ct })).toBeNull();
     expect(await openTyping({ handle: 'bob', enc: await generateEncKeyPair() }, { from: 'alice', ct })).toBeNull();
+  });
+});
+
+describe('typing across servers', () => {
+  afterEach(() => vi.unstubAllGlobals());
+
+  it('a note from an address opens when its from is the event\'s and its to this reader\'s handle', async () => {
+    const bob = await generateEncKeyPair();
+    const ct = await sealTyping(encodeB64(bob.publicKey), { v: 1, from: 'alice@one.example', to: 'bob', ts: 1, typing: true });
+    expect(await openTyping({ handle: 'bob', enc: bob }, { from: 'alice@one.example', ct })).toMatchObject({ from: 'alice@one.example', to: 'bob', typing: true });
+    expect(await openTyping({ handle: 'bob', enc: bob }, { from: 'alice', ct })).toBeNull();
+    expect(await openTyping({ handle: 'bob', enc: bob }, { from: 'alice@two.example', ct })).toBeNull();
+    expect(await openTyping({ handle: 'bobby', enc: bob }, { from: 'alice@one.example', ct })).toBeNull();
+  });
+
+  it('POST /v1/typing carries the signed documents as remote beside to, under a body digest', async () => {
+    const signing = await generateSigningKey();
+    const doc = await newTypingDocument(signing, 'two.example', 'alice@one.example', 1764000000, [{ to: 'bob', ct: 'AAAA' }]);
+    expect(doc.payload).toEqual({ type: 'kez.chat.typing/v1', server: 'two.example', from: 'alice@one.example', ts: 1764000000, to: [{ to: 'bob', ct: 'AAAA' }] });
+    expect(await verifyDocument(doc, 'ed25519', signing.publicKey)).toBe(true);
+    const calls: { url: string; init: RequestInit }[] = [];
+    vi.stubGlobal('fetch', async (url: string, init: RequestInit) => (calls.push({ url, init }), new Response('{"recipients":0,"servers":1}', { status: 202 })));
+    setBaseUrl('http://one.test');
+    await postTyping({ handle: 'alice', server: 'one.example', signing }, [], [doc]);
+    await postTyping({ handle: 'alice', server: 'one.example', signing }, [{ to: 'dave', ct: 'BBBB' }]);
+    expect(calls.map((c) => c.url)).toEqual(['http://one.test/v1/typing/alice', 'http://one.test/v1/typing/alice']);
+    expect(JSON.parse(calls[0]!.init.body as string)).toEqual({ to: [], remote: [JSON.parse(JSON.stringify(doc))] });
+    expect(JSON.parse(calls[1]!.init.body as string)).toEqual({ to: [{ to: 'dave', ct: 'BBBB' }] });
+    expect((calls[0]!.init.headers as Record<string, string>)['X-KEZ-Auth']).toBeTruthy();
   });
 });
 

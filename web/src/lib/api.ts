@@ -191,9 +191,14 @@ export async function getBlob(id: string, origin?: string): Promise<Uint8Array<A
   return new Uint8Array(await res.arrayBuffer());
 }
 
-export async function postTyping(who: Signer, to: { to: string; ct: string }[]): Promise<{ relayed: number }> {
+/**
+ * Typing notes (docs/protocol.md, "POST /v1/typing"): to this server's
+ * people, and beside them (remote) one signed kez.chat.typing/v1 document
+ * per other server, which this server relays at once.
+ */
+export async function postTyping(who: Signer, to: { to: string; ct: string }[], remote: Signed<object>[] = []): Promise<{ recipients: number; servers?: number }> {
   const path = `/v1/typing/${who.handle}`;
-  const raw = JSON.stringify({ to });
+  const raw = JSON.stringify(remote.length ? { to, remote } : { to });
   return callJSON('POST', path, { raw, auth: await auth(who, 'POST', path, [`sha256=${await bodyDigest(utf8(raw))}`]) });
 }
 

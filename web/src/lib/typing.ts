@@ -1,16 +1,38 @@
 // Typing indicators (docs/protocol.md, "Typing"): per recipient an HPKE
 // ciphertext (info "kez-chat/v1 typing") of {"v": 1, "from", "to", "ts",
 // "typing", "group"?}, sent at most every 3 s while typing and once false
-// when it stops; shown for 6 s unless renewed.
+// when it stops; shown for 6 s unless renewed. People on other servers get
+// theirs in a signed kez.chat.typing/v1 document per server ("Typing across
+// servers"), relayed by the own server.
 
+import { validName } from './address';
 import { decodeB64, encodeB64, fromUtf8, utf8 } from './bytes';
 import { openWithInfo, sealWithInfo, type EncKeyPair } from './crypto';
 import { validGroupId } from './conversation';
+import { signDocument, type Signed, type SigningKey } from './signing';
 
 export const TYPING_INFO = 'kez-chat/v1 typing';
 export const TYPING_EVERY_MS = 3000;
 export const TYPING_SHOWN_MS = 6000;
 export const MAX_TYPING_CT = 512;
+export const TYPE_TYPING = 'kez.chat.typing/v1';
+/** At most this many recipients on one document, and documents in one request. */
+export const MAX_TYPING_RECIPIENTS = 256;
+export const MAX_TYPING_DOCUMENTS = 16;
+
+/** A typing document for the people of another server: from the sender's address, one ct per recipient there. */
+export interface TypingPayload {
+  type: typeof TYPE_TYPING;
+  server: string;
+  from: string;
+  ts: number;
+  to: { to: string; ct: string }[];
+}
+
+/** Signs a typing document as message documents are signed (JCS of the payload). */
+export function newTypingDocument(signing: SigningKey, server: string, from: string, ts: number, to: { to: string; ct: string }[]): Promise<Signed<TypingPayload>> {
+  return signDocument(signing, { type: TYPE_TYPING, server, from, ts, to });
+}
 
 export interface TypingNote {
   v: 1;
@@ -32,7 +54,7 @@ export async function openTyping(me: { handle: string; enc: EncKeyPair }, event:
     const raw = decodeB64(event.ct);
     if (raw.length > MAX_TYPING_CT) return null;
     const n = JSON.parse(fromUtf8(await openWithInfo(me.enc, raw, TYPING_INFO))) as Record<string, unknown>;
-    if (n.v !== 1 || n.from !== event.from || n.to !== me.handle || typeof n.typing !== 'boolean' || typeof n.ts !== 'number') return null;
+    if (n.v !== 1 || !validName(event.from) || n.from !== event.from || n.to !== me.handle || typeof n.typing !== 'boolean' || typeof n.ts !== 'number') return null;
     const g = n.group as { id?: unknown } | undefined;
     if (g !== undefined && !validGroupId(g?.id)) return null;
     return { v: 1, from: n.from, to: n.to, ts: n.ts, typing: n.typing, ...(g ? { group: { id: g.id as string } } : {}) };
