@@ -4,14 +4,16 @@
 
 import 'fake-indexeddb/auto';
 import { IDBFactory } from 'fake-indexeddb';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ApiError, type OutboxEntry, type Privacy, type Receipt } from '../src/lib/api';
-import { encodeB64 } from '../src/lib/bytes';
+import { decodeB64, encodeB64, utf8 } from '../src/lib/bytes';
 import { Chat, convOfRoute, groupConv, peerConv, type ChatDeps } from '../src/lib/chat.svelte';
 import { openHistory } from '../src/lib/history';
 import { generateKeys, type Identity } from '../src/lib/keys';
 import type { Envelope, MessagePayload, PublicUser } from '../src/lib/protocol';
-import { primaryId, type Signed } from '../src/lib/signing';
+import { canonicalize } from '../src/lib/jcs';
+import { primaryId, verify, verifyDocument, type Signed } from '../src/lib/signing';
+import type { TypingPayload } from '../src/lib/typing';
 import type { Pin } from '../src/lib/trust';
 
 interface Server {
@@ -21,6 +23,8 @@ interface Server {
   outbox: Map<string, (OutboxEntry & { doc: Signed<MessagePayload> })[]>; // by sending handle
   privacy: Map<string, Privacy>;
   posts: Signed<MessagePayload>[];
+  /** Each POST /v1/typing body, as JSON on the wire. */
+  typing: { to: { to: string; ct: string }[]; remote?: Signed<TypingPayload>[] }[];
 }
 
 /** Servers by domain, one network: each answers WebFinger and records for its own people at https://<domain>. */
@@ -59,7 +63,7 @@ function network() {
       },
       postMessage: async (doc) => store(srv, doc),
       postBatch: async (_who, docs) => ({ receipts: docs.map((d) => store(srv, d)) }),
-      postTyping: async () => ({}),
+      postTyping: async (_who, to, remote) => (srv.typing.push(JSON.parse(JSON.stringify(remote.length ? { to, remote } : { to }))), {}),
       getBlob: async () => {
         throw new ApiError(404, 'unknown_blob', 'no blobs here');
       },
@@ -97,7 +101,7 @@ function network() {
   return {
     down,
     server(domain: string): Server {
-      const s: Server = { domain, records: [], inboxes: new Map(), outbox: new Map(), privacy: new Map(), posts: [] };
+      const s: Server = { domain, records: [], inboxes: new Map(), outbox: new Map(), privacy: new Map(), posts: [], typing: [] };
       servers.set(domain, s);
       return s;
     },
@@ -350,6 +354,111 @@ describe('chat across servers', () => {
       const m = (await c.openConversation(g)).messages.at(-1)!;
       expect(m).toMatchObject({ body: 'hello team', from: 'bob@two.example' });
     }
+  });
+});
+
+describe('typing across servers', () => {
+  it('one signed document per other server beside the local recipients, shown at each reader in its conversation, by address', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const alice = await net.person(one, 'alice');
+    const dave = await net.person(one, 'dave');
+    const bob = await net.person(two, 'bob');
+    const carol = await net.person(two, 'carol');
+    const erin = await net.person(three, 'erin');
+    for (const c of [alice, dave, bob, carol, erin]) await c.load();
+    const g = await alice.createGroup('team', ['dave', 'bob@two.example', 'carol@two.example', 'erin@three.example']);
+    const gid = g.slice(2);
+    net.deliver();
+    await Promise.all([dave, bob, carol, erin].map((c) => c.poll()));
+    expect(bob.groups.state(gid)?.members).toContain('alice@one.example');
+
+    alice.typed(g);
+    await vi.waitFor(() => expect(one.typing).toHaveLength(1));
+    const body = one.typing[0]!;
+    expect(body.to.map((t) => t.to)).toEqual(['dave']);
+    const docs = body.remote!;
+    expect(docs.map((d) => d.payload.server).sort()).toEqual(['three.example', 'two.example']);
+    const aliceKey = decodeB64(one.records.find((r) => r.handle === 'alice')!.key);
+    for (const d of docs) {
+      expect(Object.keys(d.payload).sort()).toEqual(['from', 'server', 'to', 'ts', 'type']);
+      expect(d.payload).toMatchObject({ type: 'kez.chat.typing/v1', from: 'alice@one.example' });
+      expect(Math.abs(d.payload.ts - Date.now() / 1000)).toBeLessThan(5);
+      expect(d.signature).toMatchObject({ alg: 'ed25519', key: encodeB64(aliceKey) });
+      expect(await verifyDocument(d, 'ed25519', aliceKey)).toBe(true);
+      expect(await verify('ed25519', aliceKey, utf8(canonicalize(d.payload)), decodeB64(d.signature.sig))).toBe(true);
+      // Another payload under the same signature does not verify.
+      expect(await verifyDocument({ ...d, payload: { ...d.payload, server: 'evil.example' } }, 'ed25519', aliceKey)).toBe(false);
+    }
+    const atTwo = docs.find((d) => d.payload.server === 'two.example')!;
+    const atThree = docs.find((d) => d.payload.server === 'three.example')!;
+    expect(atTwo.payload.to.map((t) => t.to).sort()).toEqual(['bob', 'carol']);
+    expect(atThree.payload.to.map((t) => t.to)).toEqual(['erin']);
+    const ctFor = (h: string) => atTwo.payload.to.find((t) => t.to === h)!.ct;
+
+    // Each server hands its people the event from the document's from.
+    await bob.onTyping({ from: 'alice@one.example', ct: ctFor('bob') });
+    expect(bob.typing.get(g)).toEqual(['alice@one.example']);
+    await erin.onTyping({ from: 'alice@one.example', ct: atThree.payload.to[0]!.ct });
+    expect(erin.typing.get(g)).toEqual(['alice@one.example']);
+    await dave.onTyping({ from: 'alice', ct: body.to[0]!.ct });
+    expect(dave.typing.get(g)).toEqual(['alice']);
+    // A from or to other than the note's is dropped.
+    await carol.onTyping({ from: 'alice@one.example', ct: ctFor('bob') }); // to bob, read by carol
+    await carol.onTyping({ from: 'dave@one.example', ct: ctFor('carol') }); // from alice, the event says dave
+    await carol.onTyping({ from: 'alice', ct: ctFor('carol') }); // a bare name: alice of carol's own server
+    expect(carol.typing.has(g)).toBe(false);
+    await carol.onTyping({ from: 'alice@one.example', ct: ctFor('carol') });
+    expect(carol.typing.get(g)).toEqual(['alice@one.example']);
+
+    // Stopping tells them once more, in the same form.
+    alice.stoppedTyping(g);
+    await vi.waitFor(() => expect(one.typing).toHaveLength(2));
+    const stop = one.typing[1]!.remote!.find((d) => d.payload.server === 'two.example')!;
+    await bob.onTyping({ from: 'alice@one.example', ct: stop.payload.to.find((t) => t.to === 'bob')!.ct });
+    expect(bob.typing.has(g)).toBe(false);
+  });
+
+  it('a person elsewhere: the document alone (no local recipients), shown in their conversation until blocked; none to a request', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const bob = await net.person(two, 'bob');
+    await alice.load();
+    await bob.load();
+    await alice.send('bob@two.example', 'hi');
+    net.deliver();
+    await bob.poll();
+    const conv = peerConv('alice@one.example');
+    expect(bob.conversations.get(conv)?.request).toBe(true);
+
+    // bob has not accepted her: he tells her nothing.
+    bob.typed(conv);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(two.typing).toEqual([]);
+
+    alice.typed(peerConv('bob@two.example'));
+    await vi.waitFor(() => expect(one.typing).toHaveLength(1));
+    expect(one.typing[0]!.to).toEqual([]);
+    const [doc] = one.typing[0]!.remote!;
+    expect(doc!.payload).toMatchObject({ type: 'kez.chat.typing/v1', server: 'two.example', from: 'alice@one.example' });
+    expect(doc!.payload.to.map((t) => t.to)).toEqual(['bob']);
+    const ct = doc!.payload.to[0]!.ct;
+    await bob.onTyping({ from: 'alice@one.example', ct });
+    expect(bob.typing.get(conv)).toEqual(['alice@one.example']);
+    expect(bob.typing.has(peerConv('alice'))).toBe(false);
+
+    alice.stoppedTyping(peerConv('bob@two.example'));
+    await vi.waitFor(() => expect(one.typing).toHaveLength(2));
+    await bob.onTyping({ from: 'alice@one.example', ct: one.typing[1]!.remote![0]!.payload.to[0]!.ct });
+    expect(bob.typing.has(conv)).toBe(false);
+    // Blocked, her typing is no longer shown.
+    await bob.block('alice@one.example');
+    await bob.onTyping({ from: 'alice@one.example', ct });
+    expect(bob.typing.has(conv)).toBe(false);
   });
 });
 

@@ -36,7 +36,7 @@ import {
 } from './conversation';
 import { controlRecipients, groupHash, Groups, SnapshotDropped, type GroupHistory, type GroupState, newGroup } from './groups';
 import { decryptAttachment } from './attachments';
-import { openTyping, sealTyping, TYPING_SHOWN_MS, TypingBoard, TypingSender } from './typing';
+import { MAX_TYPING_DOCUMENTS, MAX_TYPING_RECIPIENTS, newTypingDocument, openTyping, sealTyping, TYPING_SHOWN_MS, TypingBoard, TypingSender, type TypingPayload } from './typing';
 import { primaryId, signDocument, type Signed } from './signing';
 import { decodeB64 } from './bytes';
 import type { LinkStatus } from './stream';
@@ -153,7 +153,8 @@ export interface ChatDeps {
   lookup: (handle: string) => Promise<PublicUser>;
   postMessage: (doc: Signed<MessagePayload>) => Promise<api.Receipt>;
   postBatch: (who: api.Signer, docs: Signed<MessagePayload>[]) => Promise<{ receipts: api.Receipt[] }>;
-  postTyping: (who: api.Signer, to: { to: string; ct: string }[]) => Promise<unknown>;
+  /** Typing notes: to this server's people, and (remote) a signed document per other server. */
+  postTyping: (who: api.Signer, to: { to: string; ct: string }[], remote: Signed<TypingPayload>[]) => Promise<unknown>;
   /** A blob's bytes, from this server or (origin) a remote sender's. */
   getBlob: (id: string, origin?: string) => Promise<Uint8Array<ArrayBuffer>>;
   /** GETs another server's WebFinger or record (they answer CORS). */
@@ -1303,30 +1304,61 @@ export class Chat {
     if (this.typingSenders.get(conv)?.stop()) void this.sendTyping(conv, false);
   }
 
+  /**
+   * Tells conv's other members: those of this server by handle, those of
+   * each other server in one signed document for it (docs/protocol.md,
+   * "Typing across servers"), all in one request. Nobody of a conversation
+   * that is a request or blocked is told.
+   */
   private async sendTyping(conv: string, typing: boolean): Promise<void> {
     const gid = groupIdOf(conv);
+    const c = this.conversations.get(conv);
+    if (!gid && (c?.request || c?.blocked)) return;
     try {
-      // Not relayed between servers (docs/protocol.md, "Conversations across servers").
-      const to = await Promise.all(
-        this.recipients(conv).filter((r) => !isRemote(r)).map(async (r) => {
-          const u = await this.user(r);
-          return { to: r, ct: await sealTyping(u.enc_key, { v: 1, from: this.me.handle, to: r, ts: this.deps.now(), typing, ...(gid ? { group: { id: gid } } : {}) }) };
-        }),
+      const ts = this.deps.now();
+      // A recipient whose record cannot be read now is left out: a typing note is a hint.
+      const sealed = (
+        await Promise.all(
+          this.recipients(conv).map(async (r) => {
+            try {
+              const u = await this.user(r);
+              const from = fromFor(this.me, u.server);
+              return { server: u.server, from, to: u.handle, ct: await sealTyping(u.enc_key, { v: 1, from, to: u.handle, ts, typing, ...(gid ? { group: { id: gid } } : {}) }) };
+            } catch {
+              return null;
+            }
+          }),
+        )
+      ).filter((x) => x !== null);
+      const to = sealed.filter((x) => x.server === this.domain).map(({ to, ct }) => ({ to, ct }));
+      const byServer = new Map<string, { to: string; ct: string }[]>();
+      for (const x of sealed) if (x.server !== this.domain) byServer.set(x.server, [...(byServer.get(x.server) ?? []), { to: x.to, ct: x.ct }]);
+      const remote = await Promise.all(
+        [...byServer]
+          .slice(0, MAX_TYPING_DOCUMENTS)
+          .map(([server, list]) => newTypingDocument(this.keys.signing, server, fromFor(this.me, server), ts, list.slice(0, MAX_TYPING_RECIPIENTS))),
       );
-      if (to.length) await this.deps.postTyping(this.me, to);
+      if (to.length || remote.length) await this.deps.postTyping(this.me, to, remote);
     } catch {
       // A typing note is a hint: one lost is not worth a retry.
     }
   }
 
-  /** A typing event from the stream: shown for 6 s in its conversation. */
+  /**
+   * A typing event from the stream: shown for 6 s in its conversation. One
+   * from a person elsewhere names them by address (relayed by their
+   * server); a blocked person's is not shown.
+   */
   async onTyping(e: { from: string; ct: string }): Promise<void> {
     const note = await openTyping({ handle: this.me.handle, enc: this.me.enc }, e);
     if (!note) return;
-    if (note.group && !this.groups.accepts(note.group.id, note.from)) return;
-    const conv = note.group ? groupConv(note.group.id) : peerConv(note.from);
+    const from = localName(note.from, this.domain);
+    if (from === this.me.handle) return;
+    if (this.conversations.get(peerConv(from))?.blocked) return;
+    if (note.group && !this.groups.accepts(note.group.id, from)) return;
+    const conv = note.group ? groupConv(note.group.id) : peerConv(from);
     if (!this.conversations.has(conv)) return;
-    this.typingBoard.note(conv, note.from, note.typing, Date.now());
+    this.typingBoard.note(conv, from, note.typing, Date.now());
     this.refreshTyping(conv);
     if (note.typing) setTimeout(() => this.refreshTyping(conv), TYPING_SHOWN_MS + 50);
   }
