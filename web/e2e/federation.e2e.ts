@@ -94,6 +94,15 @@ describe('people on two federated servers, in two browsers', () => {
     expect(await safety(bob)).toBe(a);
   });
 
+  it("alice's typing reaches bob through both servers, shown by her address", async () => {
+    await alice.locator('#composer').pressSequentially('typing across', { delay: 20 });
+    await expect.poll(() => bob.getByTestId('typing').textContent(), { timeout: 10_000 }).toBe(`@${aliceAddr} is typing…`);
+    await bob.screenshot({ path: artifactsDir() + 'federation-typing-desktop.png' });
+    // Cleared: she stopped, and bob sees that at once (well before the 6 s run out).
+    await alice.locator('#composer').fill('');
+    await expect.poll(() => bob.getByTestId('typing').textContent(), { timeout: 5_000 }).toBe('');
+  });
+
   it('a stranger alice blocks is refused by her server: its sender sees why', async () => {
     const { page: carol, context } = await newUser(browser, two);
     await register(carol, 'carol');
