@@ -70,13 +70,19 @@ func (s *Service) ReceiveFederated(ctx context.Context, docs []signing.Signed) (
 		return BatchResult{}, &Error{Code: CodeRateLimited, Message: "too many messages from " + sender, RetryAfter: wait}
 	}
 	envs := make([]*Envelope, len(in))
+	// A delivery may carry many documents to one person (a sender's
+	// backlog): each recipient is looked up and its setting read once.
+	admitted := make(map[string]bool, len(in))
 	for i := range in {
 		d := &in[i]
-		if _, err := s.lookup(ctx, d.p.To, CodeUnknownRecipient); err != nil {
-			return BatchResult{}, AtIndex(err, i)
-		}
-		if err := s.admits(ctx, d.p.To, from); err != nil {
-			return BatchResult{}, AtIndex(err, i)
+		if !admitted[d.p.To] {
+			if _, err := s.lookup(ctx, d.p.To, CodeUnknownRecipient); err != nil {
+				return BatchResult{}, AtIndex(err, i)
+			}
+			if err := s.admits(ctx, d.p.To, from); err != nil {
+				return BatchResult{}, AtIndex(err, i)
+			}
+			admitted[d.p.To] = true
 		}
 		// Blobs named are on the sender's server: this one keeps nothing
 		// for them.
