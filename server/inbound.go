@@ -56,11 +56,8 @@ func (s *Service) ReceiveFederated(ctx context.Context, docs []signing.Signed) (
 		from, ids[d.p.ID] = a, true
 		size += len(d.msg)
 	}
-	if err := f.Domains.Check(from.Domain); err != nil {
+	if err := s.admitDomain(from.Domain); err != nil {
 		return BatchResult{}, err
-	}
-	if ok, wait := f.DomainLimiter.Allow(from.Domain); !ok {
-		return BatchResult{}, &Error{Code: CodeRateLimited, Message: "too many requests from " + from.Domain, RetryAfter: wait}
 	}
 	if err := s.verifyInbound(ctx, from, in); err != nil {
 		return BatchResult{}, err
@@ -149,6 +146,19 @@ func (s *Service) checkInbound(doc signing.Signed, d *inboundDoc) error {
 		return fmt.Errorf("encoding envelope: %w", err)
 	}
 	d.canonical, d.pub, d.sig, d.alg = canonical, pub, sig, doc.Signature.Alg
+	return nil
+}
+
+// admitDomain refuses a request relayed from domain when this server
+// does not federate with it or it sent too many: the checks every
+// server-to-server route makes before it asks the domain for keys.
+func (s *Service) admitDomain(domain string) error {
+	if err := s.Fed.Domains.Check(domain); err != nil {
+		return err
+	}
+	if ok, wait := s.Fed.DomainLimiter.Allow(domain); !ok {
+		return &Error{Code: CodeRateLimited, Message: "too many requests from " + domain, RetryAfter: wait}
+	}
 	return nil
 }
 

@@ -19,17 +19,13 @@ func (s *Service) checkRelayHeader(p *MessagePayload) error {
 	if p.Type != TypeMessage {
 		return Errorf(CodeWrongType, "payload type must be %q, got %q", TypeMessage, p.Type)
 	}
-	f := s.Fed
-	if f == nil {
+	if s.Fed == nil {
 		if strings.Contains(p.From, "@") {
 			return Errorf(CodeFederationDisabled, "this server does not relay messages to other servers")
 		}
 		return Errorf(CodeWrongServer, "payload is for server %q; this is %q", p.Server, s.cfg.Domain)
 	}
-	if err := CheckDomain(p.Server, f.Loopback); err != nil {
-		return Errorf(CodeInvalidField, "server %q is not a domain", p.Server)
-	}
-	if err := f.Domains.Check(p.Server); err != nil {
+	if err := s.checkDestination(p.Server); err != nil {
 		return err
 	}
 	if !s.fresh(p.TS) {
@@ -39,6 +35,16 @@ func (s *Service) checkRelayHeader(p *MessagePayload) error {
 		return Errorf(CodeInvalidField, "to must be a handle on %s", p.Server)
 	}
 	return nil
+}
+
+// checkDestination refuses a document for server unless server is a
+// domain this server federates with: the check of every document it would
+// send elsewhere (messages, typing).
+func (s *Service) checkDestination(server string) error {
+	if err := CheckDomain(server, s.Fed.Loopback); err != nil {
+		return Errorf(CodeInvalidField, "server %q is not a domain", server)
+	}
+	return s.Fed.Domains.Check(server)
 }
 
 // localSender returns the handle of from, the address a document for

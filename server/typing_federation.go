@@ -38,18 +38,19 @@ func (s *Service) checkRemoteTyping(from string, docs []signing.Signed) ([]remot
 		if err != nil {
 			return nil, AtIndex(err, i)
 		}
-		switch {
-		case p.Server == s.cfg.Domain || CheckDomain(p.Server, s.Fed.Loopback) != nil:
+		if p.Server == s.cfg.Domain {
 			return nil, AtIndex(Errorf(CodeInvalidField, "remote[%d].server must be another server's domain", i), i)
+		}
+		if err := s.checkDestination(p.Server); err != nil {
+			return nil, AtIndex(err, i)
+		}
+		switch {
 		case servers[p.Server]:
 			return nil, AtIndex(Errorf(CodeInvalidField, "remote[%d]: a second document for %s", i, p.Server), i)
 		case p.From != from+"@"+s.cfg.Domain:
 			return nil, AtIndex(Errorf(CodeInvalidField, "remote[%d].from must be %s@%s", i, from, s.cfg.Domain), i)
 		case !s.fresh(p.TS):
 			return nil, AtIndex(Errorf(CodeStaleTimestamp, "remote[%d].ts %d is more than %v from the server's clock", i, p.TS, ClockSkew), i)
-		}
-		if err := s.Fed.Domains.Check(p.Server); err != nil {
-			return nil, AtIndex(err, i)
 		}
 		servers[p.Server] = true
 		out = append(out, remoteTyping{domain: p.Server, doc: msg})
@@ -110,11 +111,8 @@ func (s *Service) ReceiveTyping(ctx context.Context, doc signing.Signed) (int, e
 	if err != nil || from.Domain == s.cfg.Domain {
 		return 0, Errorf(CodeInvalidField, "from must be an address on another server")
 	}
-	if err := f.Domains.Check(from.Domain); err != nil {
+	if err := s.admitDomain(from.Domain); err != nil {
 		return 0, err
-	}
-	if ok, wait := f.DomainLimiter.Allow(from.Domain); !ok {
-		return 0, &Error{Code: CodeRateLimited, Message: "too many requests from " + from.Domain, RetryAfter: wait}
 	}
 	if err := s.verifyInbound(ctx, from, []inboundDoc{d}); err != nil {
 		return 0, err
