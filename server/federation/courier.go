@@ -62,13 +62,7 @@ func (c *Courier) ForwardTyping(domain string, doc []byte) bool {
 		defer func() { <-c.typing }()
 		ctx, cancel := context.WithTimeout(context.Background(), typingTimeout)
 		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, BaseURL(domain, c.cfg.Loopback)+"/v1/federation/typing", bytes.NewReader(doc))
-		if err != nil {
-			return
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("User-Agent", "kezchat-server/1")
-		resp, err := c.http.Do(req)
+		resp, err := c.postJSON(ctx, domain, "/v1/federation/typing", bytes.NewReader(doc))
 		if err != nil {
 			c.log.Debug("forwarding a typing indicator", "domain", domain, "err", err)
 			return
@@ -77,6 +71,18 @@ func (c *Courier) ForwardTyping(domain string, doc []byte) bool {
 		resp.Body.Close()
 	}()
 	return true
+}
+
+// postJSON POSTs body to path on domain's server, through the egress
+// client.
+func (c *Courier) postJSON(ctx context.Context, domain, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, BaseURL(domain, c.cfg.Loopback)+path, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "kezchat-server/1")
+	return c.http.Do(req)
 }
 
 // typingTimeout bounds one typing forward.
@@ -276,13 +282,7 @@ func (c *Courier) post(ctx context.Context, d *server.Delivery) (code, msg strin
 		body.Write(m)
 	}
 	body.WriteString("]}")
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, BaseURL(d.Domain, c.cfg.Loopback)+"/v1/federation/messages", &body)
-	if err != nil {
-		return "", "", false, 0, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "kezchat-server/1")
-	resp, err := c.http.Do(req)
+	resp, err := c.postJSON(ctx, d.Domain, "/v1/federation/messages", &body)
 	if err != nil {
 		return "", "", true, 0, err
 	}
