@@ -45,7 +45,7 @@ func CheckDomain(d string, loopback bool) error {
 		return Errorf(CodeInvalidField, "domain must be 1 to %d bytes", MaxDomainLength)
 	}
 	for l := range strings.SplitSeq(d, ".") {
-		if !dnsLabel(l) {
+		if !IsDNSLabel(l) {
 			return Errorf(CodeInvalidField, "domain %q is not a lowercase DNS name", d)
 		}
 	}
@@ -63,7 +63,9 @@ func IsLoopbackDomain(d string) bool {
 	return err == nil && n > 0 && n < 65536 && strconv.Itoa(n) == port
 }
 
-func dnsLabel(l string) bool {
+// IsDNSLabel reports whether l is one label of a lowercase DNS name: 1 to
+// 63 of a-z 0-9 and -, not starting or ending with -.
+func IsDNSLabel(l string) bool {
 	if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 		return false
 	}

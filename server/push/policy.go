@@ -128,23 +128,11 @@ func parseHostPattern(s string) (hostPattern, error) {
 		return hostPattern{}, errors.New("want a host name with at least two labels, e.g. push.example.net or *.example.net")
 	}
 	for _, l := range labels {
-		if !validLabel(l) {
+		if !server.IsDNSLabel(l) {
 			return hostPattern{}, fmt.Errorf("%q is not a valid DNS label", l)
 		}
 	}
 	return pat, nil
-}
-
-func validLabel(l string) bool {
-	if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-		return false
-	}
-	for _, c := range l {
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 func effectivePort(u *url.URL) string {
