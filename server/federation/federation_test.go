@@ -763,3 +763,70 @@ func TestATypingIndicatorReachesAPersonOnAnotherServerAndNoForgeryDoes(t *testin
 		t.Fatal("dave's typing event did not reach bob")
 	}
 }
+
+func TestAPrivacySettingIsBoundedInBytesAndEntries(t *testing.T) {
+	one := startFederated(t, nil)
+	alice := newPerson(t, one, "alice")
+	put := func(body []byte) response {
+		sum := sha256.Sum256(body)
+		return do(t, http.MethodPut, one.URL+"/v1/privacy/alice", body, map[string]string{
+			"X-KEZ-Auth": alice.auth(t, http.MethodPut, "/v1/privacy/alice", "sha256="+signing.EncodeB64(sum[:])),
+		})
+	}
+	list := func(n int, format string) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprintf(format, i)
+		}
+		return out
+	}
+	setting := func(known, blocked []string) []byte {
+		b, _ := json.Marshal(map[string]any{"strangers": "refuse", "known": known, "blocked": blocked})
+		return b
+	}
+	for _, tt := range []struct {
+		name   string
+		body   []byte
+		status int
+		code   string
+	}{
+		{"at the caps", setting(list(server.MaxPrivacyKnown, "p%04d@two.example"), list(server.MaxPrivacyBlocked, "s%d.example")), http.StatusOK, ""},
+		{"one known address too many", setting(list(server.MaxPrivacyKnown+1, "p%04d@two.example"), nil), http.StatusBadRequest, server.CodeInvalidField},
+		{"one blocked entry too many", setting(nil, list(server.MaxPrivacyBlocked+1, "s%d.example")), http.StatusBadRequest, server.CodeInvalidField},
+		{"a body over 256 KiB", setting(list(server.MaxPrivacyKnown-100, "p%08d@a-long-domain-name-that-fills-the-body-past-its-limit.example"), nil),
+			http.StatusRequestEntityTooLarge, server.CodeBodyTooLarge},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if r := put(tt.body); r.status != tt.status || r.code != tt.code {
+				t.Fatalf("PUT %d bytes: %d %s, want %d %s", len(tt.body), r.status, r.code, tt.status, tt.code)
+			}
+		})
+	}
+}
+
+func TestATypingRequestCarriesAtMost16DocumentsForOtherServers(t *testing.T) {
+	one := startFederated(t, nil)
+	alice := newPerson(t, one, "alice")
+	docs := make([]signing.Signed, server.MaxRemoteTyping+1)
+	for i := range docs {
+		docs[i] = alice.sign(t, map[string]any{
+			// Loopback ports where nothing listens: the forwards fail at once
+			// and reach nothing beyond this machine.
+			"type": server.TypeTyping, "server": fmt.Sprintf("127.0.0.1:%d", i+1), "from": alice.address(), "ts": time.Now().Unix(),
+			"to": []map[string]string{{"to": "bob", "ct": "eA"}},
+		})
+	}
+	for _, tt := range []struct {
+		n      int
+		status int
+	}{{server.MaxRemoteTyping, http.StatusAccepted}, {server.MaxRemoteTyping + 1, http.StatusBadRequest}} {
+		body, _ := json.Marshal(map[string]any{"to": []any{}, "remote": docs[:tt.n]})
+		sum := sha256.Sum256(body)
+		r := do(t, http.MethodPost, one.URL+"/v1/typing/alice", body, map[string]string{
+			"X-KEZ-Auth": alice.auth(t, http.MethodPost, "/v1/typing/alice", "sha256="+signing.EncodeB64(sum[:])),
+		})
+		if r.status != tt.status {
+			t.Fatalf("%d documents: %d %s, want %d", tt.n, r.status, r.body, tt.status)
+		}
+	}
+}
