@@ -95,7 +95,7 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.natsCalloutSeedFile, "nats-callout-issuer-seed-file", "", "file holding the account nkey seed (SA...) whose public key is auth_callout.issuer in nats.conf: this server then answers NATS's auth callout, letting browsers follow their own inbox over NATS WebSocket; needs --nats-url")
 	fs.IntVar(&f.jsReplicas, "jetstream-replicas", 1, "with --store jetstream: replicas of the stream and KV buckets (1, 3 or 5 NATS servers)")
 	fs.Int64Var(&f.jsMaxBytes, "jetstream-max-bytes", 0, "with --store jetstream: bytes the message stream may hold, 0 for no limit")
-	fs.BoolVar(&f.federation, "federation", false, "exchange messages with people on other servers (addresses handle@domain); needs --store sqlite")
+	fs.BoolVar(&f.federation, "federation", false, "exchange messages with people on other servers (addresses handle@domain)")
 	fs.StringVar(&f.federationAllow, "federation-allow", "", "comma-separated domains: federate with these only (default: every domain not blocked)")
 	fs.StringVar(&f.federationBlock, "federation-block", "", "comma-separated domains never to federate with")
 	fs.BoolVar(&f.federationLoopback, "federation-insecure-loopback", false, "tests only: also federate with 127.0.0.1:<port> and localhost:<port> over plain HTTP")

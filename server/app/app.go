@@ -118,8 +118,7 @@ type Config struct {
 	// it, linked from WebFinger.
 	Keys               *sigclient.Config
 	SigServerPublicURL string
-	// Federation, when set, federates with other servers (SQLite store
-	// only, in this version).
+	// Federation, when set, federates with other servers.
 	Federation *Federation
 	// Listener, when set, is the API's listener instead of one bound on
 	// Bind: a test that must know its address (a federated test server's
@@ -377,12 +376,17 @@ func storeKind(cfg Config) string {
 }
 
 // federate gives the Service its federation: the resolver of remote
-// senders' keys and the courier of the outbox, on the SQLite store.
+// senders' keys and the courier of the outbox. On JetStream the courier
+// delivers on the writer lease's holder only, woken by every replica's
+// sends.
 func (s *Server) federate(cfg Config, log *slog.Logger) (*federation.Courier, error) {
 	f := cfg.Federation
-	db, ok := s.Store.(*sqlite.DB)
+	db, ok := s.Store.(interface {
+		server.FederationStore
+		server.KeyCheckpoints
+	})
 	if !ok {
-		return nil, errors.New("federation needs the SQLite store in this version (--store sqlite)")
+		return nil, fmt.Errorf("the %T store keeps no federation state", s.Store)
 	}
 	for _, d := range append(append([]string(nil), f.Allow...), f.Block...) {
 		if err := server.CheckDomain(d, f.Loopback); err != nil {
@@ -392,6 +396,12 @@ func (s *Server) federate(cfg Config, log *slog.Logger) (*federation.Courier, er
 	rcfg := f.Resolver
 	rcfg.Loopback = f.Loopback
 	courier := federation.NewCourier(rcfg, db, log, s.Metrics)
+	if js, ok := s.Store.(*jsstore.Store); ok {
+		courier.Active = js.HoldsWriterLease
+		if err := js.OnQueued(courier.Wake); err != nil {
+			return nil, err
+		}
+	}
 	s.Service.Fed = &server.Federation{
 		Store:         db,
 		Resolver:      federation.NewResolver(rcfg, db, db, log),

@@ -34,6 +34,11 @@ type Courier struct {
 	// the queue is read without being woken.
 	Workers int
 	Poll    time.Duration
+	// Active, when set, says whether this replica delivers now (on
+	// JetStream, the writer lease's holder): one courier at a time keeps
+	// each queue's order. Two for a moment, at a handover, may deliver a
+	// unit twice, which the other server's idempotency answers.
+	Active func() bool
 
 	deliveries *prometheus.CounterVec
 
@@ -168,7 +173,11 @@ func (c *Courier) Run(ctx context.Context) {
 			}
 		}
 		mu.Unlock()
-		due, err := c.store.DueDeliveries(ctx, c.cfg.Now(), 2*c.Workers)
+		var due []*server.Delivery
+		var err error
+		if c.Active == nil || c.Active() {
+			due, err = c.store.DueDeliveries(ctx, c.cfg.Now(), 2*c.Workers)
+		}
 		if err != nil && ctx.Err() == nil {
 			c.log.Error("reading the outbox", "err", err)
 		}

@@ -12,13 +12,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/app"
+	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/signing"
 	"kez.lat/chat/server/testutil"
 )
@@ -550,16 +554,140 @@ func TestADeviceKeyTheSendersDomainPublishesIsAcceptedAndAnotherIsNot(t *testing
 	}
 }
 
-func TestFederationOnTheJetStreamStoreIsRefusedAtStart(t *testing.T) {
-	nats := testutil.StartNATS(t, testutil.NATSOptions{})
-	cfg := testutil.ServerConfig(t, testutil.Options{NATS: nats, JetStream: true, Federation: &app.Federation{}})
-	srv, err := app.New(t.Context(), cfg, testutil.Logger(t))
-	if err == nil {
-		srv.Close()
-		t.Fatal("a federated server on JetStream started")
+// onJetStream makes a server a replica on nats's JetStream store, at
+// domain when set (another replica's: replicas share their domain).
+func onJetStream(nats *testutil.NATS, domain string) func(*testutil.Options) {
+	return func(o *testutil.Options) {
+		o.NATS, o.JetStream = nats, true
+		if domain != "" {
+			o.Config = func(c *app.Config) { c.Service.Domain, c.PublicURL = domain, "http://"+domain }
+		}
 	}
-	if !strings.Contains(err.Error(), "needs the SQLite store") {
-		t.Fatalf("New = %v, want it to say federation needs the SQLite store", err)
+}
+
+// delivered is what srv's courier counted as delivered.
+func delivered(t testing.TB, srv *testutil.Server) float64 {
+	t.Helper()
+	families, err := srv.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "kezchat_federation_deliveries_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == "delivered" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatal("no kezchat_federation_deliveries_total{outcome=delivered}")
+	return 0
+}
+
+// front is a domain served by replicas, as a Service in front of a
+// Deployment's pods: it forwards every request to the replica use names.
+type front struct {
+	domain  string
+	backend atomic.Pointer[url.URL]
+}
+
+func startFront(t testing.TB) *front {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &front{domain: ln.Addr().String()}
+	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(f.backend.Load())
+		r.Out.Host = r.In.Host
+	}}
+	hs := &http.Server{Handler: proxy}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	return f
+}
+
+func (f *front) use(srv *testutil.Server) {
+	u, _ := url.Parse(srv.URL)
+	f.backend.Store(u)
+}
+
+func TestOnJetStreamOneReplicaDeliversAndAnotherTakesTheQueueOver(t *testing.T) {
+	nats := testutil.StartNATS(t, testutil.NATSOptions{})
+	one := startFront(t)
+	a := startFederated(t, nil, onJetStream(nats, one.domain))
+	b := startFederated(t, nil, onJetStream(nats, one.domain))
+	one.use(a)
+	twoPath := t.TempDir() + "/two.db"
+	two := startFederated(t, nil, func(o *testutil.Options) { o.DBPath = twoPath })
+	alice, bob := newPerson(t, a, "alice"), newPerson(t, two, "bob")
+	holds := func(srv *testutil.Server) bool { return srv.Store.(*jsstore.Store).HoldsWriterLease() }
+	testutil.Eventually(t, 10*time.Second, "a replica holding the writer lease", func() bool { return holds(a) || holds(b) })
+	holder, other := a, b
+	if holds(b) {
+		holder, other = b, a
+	}
+
+	// Sent through the replica without the lease, delivered by the holder
+	// alone; the reply reaches alice through either.
+	alice.srv = other
+	if r := alice.send(t, alice.message(t, bob, "m0")); r.status != http.StatusAccepted {
+		t.Fatalf("sending through the replica without the lease: %d %s", r.status, r.body)
+	}
+	bob.waitInbox(t, 1)
+	alice.waitOutbox(t, "m0", server.OutboxDelivered)
+	if h, o := delivered(t, holder), delivered(t, other); h != 1 || o != 0 {
+		t.Fatalf("deliveries: %v by the lease holder, %v by the other replica; want 1 and 0", h, o)
+	}
+	if r := bob.send(t, bob.message(t, alice, "r0")); r.status != http.StatusAccepted {
+		t.Fatalf("replying: %d %s", r.status, r.body)
+	}
+	if p := payloadOf(t, alice.waitInbox(t, 1)[0]); p.From != bob.address() {
+		t.Fatalf("alice received %+v", p)
+	}
+
+	// Two is down while alice queues; the holder stops; the other replica
+	// takes the lease and delivers the queue, in order, exactly once.
+	bind := domainOf(two)
+	two.Stop()
+	const n = 3
+	for i := range n {
+		if r := alice.send(t, alice.message(t, bob, "d"+strconv.Itoa(i))); r.status != http.StatusAccepted {
+			t.Fatalf("sending while two is down: %d %s", r.status, r.body)
+		}
+	}
+	one.use(other)
+	holder.Stop()
+	testutil.Eventually(t, 10*time.Second, "the other replica taking the writer lease", func() bool { return holds(other) })
+	two = startFederated(t, nil, func(o *testutil.Options) { o.DBPath, o.Bind = twoPath, bind })
+	bob.srv = two
+	got := bob.waitInbox(t, n+1)
+	for i, s := range got[1:] {
+		if p := payloadOf(t, s); p.ID != "d"+strconv.Itoa(i) {
+			t.Fatalf("envelope %d is %s; want the order they were sent in", i+1, p.ID)
+		}
+	}
+	for i := range n {
+		alice.waitOutbox(t, "d"+strconv.Itoa(i), server.OutboxDelivered)
+	}
+	if again := bob.inbox(t); len(again) != n+1 {
+		t.Fatalf("bob holds %d envelopes, want %d exactly once", len(again), n+1)
+	}
+
+	// Relayed to the JetStream replica twice, a request stores once.
+	body := map[string]any{"messages": []signing.Signed{bob.message(t, alice, "once")}}
+	first := post(t, other.URL+"/v1/federation/messages", body, nil)
+	second := post(t, other.URL+"/v1/federation/messages", body, nil)
+	if first.status != http.StatusCreated || second.status != http.StatusOK || second.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("first %d %s, second %d %s", first.status, first.body, second.status, second.body)
+	}
+	if n := len(alice.inbox(t)); n != 2 {
+		t.Fatalf("alice holds %d envelopes, want 2", n)
 	}
 }
 

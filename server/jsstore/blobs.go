@@ -60,8 +60,11 @@ type blobRecord struct {
 	SHA256    []byte `json:"sha256"`
 	CreatedAt int64  `json:"created_at"`
 	// Referenced is set once a stored envelope named the blob.
-	Referenced bool      `json:"referenced,omitempty"`
-	Refs       []blobRef `json:"refs,omitempty"`
+	Referenced bool `json:"referenced,omitempty"`
+	// Federated: a document queued for another server names the blob,
+	// kept until the retention since its readers there are not known.
+	Federated bool      `json:"federated,omitempty"`
+	Refs      []blobRef `json:"refs,omitempty"`
 }
 
 // blobRef is an envelope naming the blob: its recipient and seq (0 while
@@ -537,7 +540,7 @@ func (s *Store) pruneBlob(ctx context.Context, o *jetstream.ObjectInfo, now, unr
 		}
 	}
 	created := time.Unix(rec.CreatedAt, 0)
-	if created.Before(uploadedBefore) || (len(live) == 0 && (rec.Referenced || created.Before(unreferencedBefore))) {
+	if created.Before(uploadedBefore) || (len(live) == 0 && !rec.Federated && (rec.Referenced || created.Before(unreferencedBefore))) {
 		// By revision: a reference made meanwhile keeps the blob.
 		if err := s.blobRefs.Delete(ctx, o.Name, jetstream.LastRevision(e.Revision())); err != nil {
 			return false, nil // changed meanwhile: the next prune decides

@@ -17,10 +17,12 @@ import (
 // every recipient of a backed-up envelope registered before it was sent is
 // in the later snapshot of the users, and every blob a backed-up envelope
 // names (uploaded before it) is in the later snapshots of the blobs' records
-// and objects, unless acknowledged meanwhile. The writer lease is left out:
-// it lapses by itself and a restored store takes a new one.
+// and objects, unless acknowledged meanwhile; the outbox and federation's
+// buckets come after the envelopes too, and before the blobs the queued
+// documents name. The writer lease is left out: it lapses by itself and a
+// restored store takes a new one.
 func BackupStreams() []string {
-	return []string{StreamName, "KV_" + BucketUsers, "KV_" + BucketPrimary, "KV_" + BucketKeys, "KV_" + BucketPush, "KV_" + BucketAcks, "KV_" + BucketReplay,
+	return []string{StreamName, OutboxStream, "KV_" + BucketRemoteIDs, "KV_" + BucketRemotePins, "KV_" + BucketPrivacy, "KV_" + BucketUsers, "KV_" + BucketPrimary, "KV_" + BucketKeys, "KV_" + BucketPush, "KV_" + BucketAcks, "KV_" + BucketReplay,
 		"KV_" + BucketBlobRefs, "OBJ_" + BucketBlobs}
 }
 

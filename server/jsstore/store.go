@@ -96,8 +96,9 @@ type Store struct {
 	mu    sync.Mutex
 	cache map[string]*server.User // users never change; bounded
 
-	w  *writer
-	fw *forwarder
+	w   *writer
+	fw  *forwarder
+	fed federationState
 	// groupSlots bounds the group sends this replica forwards at once.
 	groupSlots chan struct{}
 	// assemblies are the forwarded group sends whose parts are coming in
@@ -226,6 +227,9 @@ func (s *Store) setup(ctx context.Context, cfg Config) (lease jetstream.KeyValue
 		return nil, err
 	}
 	if err := s.setupBlobs(ctx, cfg, storage); err != nil {
+		return nil, err
+	}
+	if err := s.setupFederation(ctx, cfg, storage, bucket); err != nil {
 		return nil, err
 	}
 	return bucket(BucketWriter, "kez-chat: the replica that writes envelopes", leaseTTL)
@@ -438,6 +442,12 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
+	remote := remoteSender(e.Sender)
+	if remote {
+		if dup, err := s.storedRemote(ctx, e); dup || err != nil {
+			return dup, err
+		}
+	}
 	r := s.newAppendRequest(ctx, e)
 	err := s.referenceBlobs(ctx, e, func() error {
 		if err := s.submit(ctx, r); err != nil {
@@ -452,6 +462,9 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.
 	if err != nil {
 		return false, err
 	}
+	if remote && !r.dup {
+		s.rememberRemote(ctx, e)
+	}
 	return r.dup, nil
 }
 
@@ -465,13 +478,29 @@ func (s *Store) AppendMessages(ctx context.Context, envs []*server.Envelope, _ s
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	reqs := make([]*appendRequest, len(envs))
-	for i, e := range envs {
-		reqs[i] = s.newAppendRequest(ctx, e)
-		reqs[i].index = i
-	}
 	dups := make([]bool, len(envs))
-	err := s.referenceEveryBlob(ctx, envs, 0, func() error {
+	// Remote senders' envelopes stored within the federation window are
+	// answered from their records and left out of the group.
+	var fresh []*server.Envelope
+	var reqs []*appendRequest
+	for i, e := range envs {
+		if remoteSender(e.Sender) {
+			dup, err := s.storedRemote(ctx, e)
+			if err != nil {
+				return nil, server.AtIndex(err, i)
+			}
+			if dups[i] = dup; dup {
+				continue
+			}
+		}
+		r := s.newAppendRequest(ctx, e)
+		r.index = i
+		fresh, reqs = append(fresh, e), append(reqs, r)
+	}
+	if len(reqs) == 0 {
+		return dups, nil
+	}
+	err := s.referenceEveryBlob(ctx, fresh, 0, func() error {
 		if err := s.submitGroup(ctx, reqs); err != nil {
 			return err
 		}
@@ -479,13 +508,18 @@ func (s *Store) AppendMessages(ctx context.Context, envs []*server.Envelope, _ s
 			if r.err != nil {
 				return r.err
 			}
-			r.answer(envs[i])
-			dups[i] = r.dup
+			r.answer(fresh[i])
+			dups[r.index] = r.dup
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	for i, r := range reqs {
+		if !r.dup && remoteSender(fresh[i].Sender) {
+			s.rememberRemote(ctx, fresh[i])
+		}
 	}
 	return dups, nil
 }
@@ -528,10 +562,11 @@ func (r *appendRequest) answer(e *server.Envelope) {
 
 // directGet is the batch direct-get request of the JetStream API.
 type directGet struct {
-	Seq      uint64 `json:"seq"`
-	NextFor  string `json:"next_by_subj"`
-	Batch    int    `json:"batch"`
-	MaxBytes int    `json:"max_bytes,omitempty"`
+	Seq       uint64     `json:"seq,omitempty"`
+	NextFor   string     `json:"next_by_subj"`
+	Batch     int        `json:"batch"`
+	MaxBytes  int        `json:"max_bytes,omitempty"`
+	StartTime *time.Time `json:"start_time,omitempty"`
 }
 
 // maxEnvelopeOverhead bounds the subject and headers JetStream sends with a
@@ -556,38 +591,12 @@ func (s *Store) Messages(ctx context.Context, recipient string, since uint64, li
 	// subjects and headers too: asked for that much more, it sends at
 	// least the messages server.Store promises, and the loop below stops
 	// where the messages alone reach maxBytes.
-	req, _ := json.Marshal(directGet{Seq: since + 1, NextFor: subject(recipient), Batch: limit, MaxBytes: maxBytes + limit*maxEnvelopeOverhead})
-	inbox := s.nc.NewRespInbox()
-	// The answer is at most limit messages and the end-of-batch status: a
-	// channel of that size holds it all. (SubscribeSync would allocate one
-	// of 64k entries, 512 KiB, per read; a stream following a recipient
-	// whose seqs have gaps reads once per live envelope.)
-	ch := make(chan *nats.Msg, limit+1)
-	sub, err := s.nc.ChanSubscribe(inbox, ch)
-	if err != nil {
-		return nil, fmt.Errorf("reading inbox of %s: %w", recipient, err)
-	}
-	defer sub.Unsubscribe()
-	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+StreamName, inbox, req); err != nil {
-		return nil, fmt.Errorf("reading inbox of %s: %w", recipient, err)
-	}
-	for total := 0; total < maxBytes; {
-		var m *nats.Msg
-		select {
-		case m = <-ch:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, ctx.Err())
-		}
-		switch status := m.Header.Get("Status"); status {
-		case "":
-		case "204", "404": // end of batch; nothing at all
-			return envs, nil
-		default:
-			return nil, fmt.Errorf("reading inbox of %s after %d: status %s %s", recipient, since, status, m.Header.Get("Description"))
-		}
+	req := directGet{Seq: since + 1, NextFor: subject(recipient), Batch: limit, MaxBytes: maxBytes + limit*maxEnvelopeOverhead}
+	total := 0
+	err := s.directBatch(ctx, StreamName, req, limit, func(m *nats.Msg) (bool, error) {
 		seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("reading inbox of %s: bad sequence header: %w", recipient, err)
+			return false, fmt.Errorf("bad sequence header: %w", err)
 		}
 		at, _ := strconv.ParseInt(m.Header.Get(hdrAt), 10, 64)
 		envs = append(envs, &server.Envelope{
@@ -595,8 +604,52 @@ func (s *Store) Messages(ctx context.Context, recipient string, since uint64, li
 			Sender: m.Header.Get(hdrFrom), ID: m.Header.Get(hdrID), Message: m.Data,
 		})
 		total += len(m.Data)
+		return total < maxBytes, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading inbox of %s after %d: %w", recipient, since, err)
 	}
 	return envs, nil
+}
+
+// directBatch sends req, a batch direct get of at most batch messages of
+// stream, and hands each message to each until the batch ends or each
+// returns false.
+func (s *Store) directBatch(ctx context.Context, stream string, req directGet, batch int, each func(*nats.Msg) (bool, error)) error {
+	body, _ := json.Marshal(req)
+	inbox := s.nc.NewRespInbox()
+	// The answer is at most batch messages and the end-of-batch status: a
+	// channel of that size holds it all. (SubscribeSync would allocate one
+	// of 64k entries, 512 KiB, per read; a stream following a recipient
+	// whose seqs have gaps reads once per live envelope.)
+	ch := make(chan *nats.Msg, batch+1)
+	sub, err := s.nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, body); err != nil {
+		return err
+	}
+	for {
+		var m *nats.Msg
+		select {
+		case m = <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		switch status := m.Header.Get("Status"); status {
+		case "":
+		case "204", "404": // end of batch; nothing at all
+			return nil
+		default:
+			return fmt.Errorf("status %s %s", status, m.Header.Get("Description"))
+		}
+		more, err := each(m)
+		if err != nil || !more {
+			return err
+		}
+	}
 }
 
 // purgeResponse is the JetStream API's answer to a purge.
@@ -665,25 +718,35 @@ func (s *Store) Ack(ctx context.Context, recipient, device string, upto uint64, 
 
 // purgeUpTo purges recipient's subject below upto+1.
 func (s *Store) purgeUpTo(ctx context.Context, recipient string, upto uint64) (int, error) {
-	req := map[string]any{"filter": subject(recipient)}
-	if upto < math.MaxUint64 {
-		req["seq"] = upto + 1
-	}
-	body, _ := json.Marshal(req)
-	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+StreamName, body)
+	purged, err := s.purgeSubject(ctx, StreamName, subject(recipient), upto)
 	if err != nil {
 		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %w", recipient, upto, err)
-	}
-	var r purgeResponse
-	if err := json.Unmarshal(m.Data, &r); err != nil {
-		return 0, fmt.Errorf("acknowledging inbox of %s: decoding the answer: %w", recipient, err)
-	}
-	if r.Error != nil || !r.Success {
-		return 0, fmt.Errorf("acknowledging inbox of %s up to %d: %v", recipient, upto, r.Error)
 	}
 	if err := s.ReleaseBlobRefs(ctx, recipient, upto); err != nil {
 		// The envelopes are gone; PruneBlobs finds their references dead.
 		s.log.Warn("releasing blob references", "handle", recipient, "upto", upto, "err", err)
+	}
+	return purged, nil
+}
+
+// purgeSubject purges subject of stream below upto+1 (all of it for
+// math.MaxUint64) and reports how many messages went.
+func (s *Store) purgeSubject(ctx context.Context, stream, subject string, upto uint64) (int, error) {
+	req := map[string]any{"filter": subject}
+	if upto < math.MaxUint64 {
+		req["seq"] = upto + 1
+	}
+	body, _ := json.Marshal(req)
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+stream, body)
+	if err != nil {
+		return 0, err
+	}
+	var r purgeResponse
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return 0, fmt.Errorf("decoding the answer to a purge: %w", err)
+	}
+	if r.Error != nil || !r.Success {
+		return 0, fmt.Errorf("purge refused: %v", r.Error)
 	}
 	return int(r.Purged), nil
 }

@@ -1,0 +1,784 @@
+package jsstore
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"kez.lat/chat/server"
+	"kez.lat/chat/server/natsbus"
+)
+
+// Federation's state on JetStream (server.FederationStore).
+//
+// The outbox is the stream KEZ_CHAT_OUTBOX, whose subjects under
+// kez.chat.outbox. are:
+//
+//   - doc.<sender>.<domain>: the queued documents, one message each, in
+//     queue order per sender and domain. A send's documents for one domain
+//     (a unit) are consecutive messages, published in one atomic batch; a
+//     unit's id is its first document's stream seq, and each document says
+//     how many its unit holds (Kez-Unit-Docs).
+//   - head.<sender>.<domain>: the queue's state, the latest message only
+//     (rollup): the seq up to which its documents are delivered or failed
+//     (they are purged after), and the attempts at its head unit.
+//   - count.<sender>: what the sender has queued, in documents and bytes,
+//     against server.OutboxLimits.
+//   - id.<sender>.<hash of the message id>: the sender's message ids, so
+//     that an id is queued once.
+//   - done.<sender>: a record per unit delivered or failed, what the
+//     sender's outbox shows for a day.
+//
+// JetStream has no transactions, but an atomic batch with an expected last
+// seq per subject is one: every change of a sender's outbox is one batch
+// that expects count.<sender> (and head.<sender>.<domain>) at the seqs it
+// read, so of two replicas changing it at once one is refused and reads
+// again. The stream's max age drops everything a day after the federation
+// window; a head or count record that old is of an emptied queue.
+//
+// One replica at a time delivers: the holder of the writer lease (the
+// courier's Active), woken over NATS when another replica queues.
+const (
+	OutboxStream  = "KEZ_CHAT_OUTBOX"
+	outboxPrefix  = "kez.chat.outbox."
+	outboxMaxAge  = server.FederationWindow + server.OutboxKeep + time.Hour
+	outboxQueued  = "kez.chat.federation.queued"
+	outboxCASRuns = 16
+
+	BucketRemoteIDs  = "kez_chat_remote_ids"
+	BucketRemotePins = "kez_chat_remote_pins"
+	BucketPrivacy    = "kez_chat_privacy"
+)
+
+// Headers of a queued document.
+const (
+	hdrDomain    = "Kez-Domain"
+	hdrTo        = "Kez-To"
+	hdrUnitDocs  = "Kez-Unit-Docs"
+	hdrExpires   = "Kez-Expires"
+	hdrQueuedAt  = "Kez-Queued-At"
+	outboxDocHdr = 512 // bounds a document's subject and headers, for reads
+)
+
+func outboxSubject(kind string, tokens ...string) string {
+	return outboxPrefix + kind + "." + strings.Join(tokens, ".")
+}
+
+func docSubject(sender, domain string) string {
+	return outboxSubject("doc", natsbus.Token(sender), natsbus.Token(domain))
+}
+
+func headSubject(sender, domain string) string {
+	return outboxSubject("head", natsbus.Token(sender), natsbus.Token(domain))
+}
+
+func countSubject(sender string) string { return outboxSubject("count", natsbus.Token(sender)) }
+func doneSubject(sender string) string  { return outboxSubject("done", natsbus.Token(sender)) }
+func outboxIDSubject(sender, id string) string {
+	return outboxSubject("id", natsbus.Token(sender), idKey(sender, id))
+}
+
+// outboxCount is count.<sender>.
+type outboxCount struct {
+	Docs  int64 `json:"docs"`
+	Bytes int64 `json:"bytes"`
+}
+
+// outboxHead is head.<sender>.<domain>.
+type outboxHead struct {
+	// DoneThrough: the queue's documents up to this seq are delivered or
+	// failed.
+	DoneThrough uint64 `json:"done_through"`
+	// Unit is the head unit that Attempts, NextAt and the error are of.
+	Unit     uint64 `json:"unit,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	NextAt   int64  `json:"next_at,omitempty"`
+	At       int64  `json:"at,omitempty"`
+	Code     string `json:"code,omitempty"`
+	Message  string `json:"message,omitempty"`
+}
+
+// outboxID is id.<sender>.<hash>.
+type outboxID struct {
+	Digest string `json:"digest"`
+}
+
+// outboxDone is a record of done.<sender>.
+type outboxDone struct {
+	Unit     uint64          `json:"unit"`
+	Domain   string          `json:"domain"`
+	State    string          `json:"state"`
+	Attempts int             `json:"attempts"`
+	QueuedAt int64           `json:"queued_at"`
+	At       int64           `json:"at"`
+	Code     string          `json:"code,omitempty"`
+	Message  string          `json:"message,omitempty"`
+	Docs     []outboxDoneDoc `json:"docs"`
+}
+
+type outboxDoneDoc struct {
+	To string `json:"to"`
+	ID string `json:"id"`
+}
+
+var _ server.FederationStore = (*Store)(nil)
+
+// federationState is the Store's part for federation.
+type federationState struct {
+	outbox                   jetstream.Stream
+	remoteIDs, pins, privacy jetstream.KeyValue
+	// notBefore: queues (doc subjects) whose head waits for its next
+	// attempt until then; DueDeliveries skips them without reading.
+	mu        sync.Mutex
+	notBefore map[string]time.Time
+	batches   atomic.Uint64 // names this replica's outbox batches
+}
+
+// setupFederation creates or updates the outbox stream and federation's
+// buckets.
+func (s *Store) setupFederation(ctx context.Context, cfg Config, storage jetstream.StorageType,
+	bucket func(name, desc string, ttl time.Duration) (jetstream.KeyValue, error)) error {
+	var err error
+	if s.fed.outbox, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:               OutboxStream,
+		Description:        "kez-chat documents queued for other servers, and their queues' state",
+		Subjects:           []string{outboxPrefix + ">"},
+		Storage:            storage,
+		Replicas:           cfg.Replicas,
+		MaxAge:             outboxMaxAge,
+		MaxBytes:           -1,
+		MaxMsgs:            -1,
+		MaxMsgsPerSubject:  -1,
+		AllowAtomicPublish: true,
+		AllowRollup:        true,
+		AllowDirect:        true,
+		Discard:            jetstream.DiscardNew,
+	}); err != nil {
+		return fmt.Errorf("creating stream %s: %w", OutboxStream, err)
+	}
+	if s.fed.remoteIDs, err = bucket(BucketRemoteIDs, "kez-chat message ids of senders on other servers", server.RemoteIDWindow); err != nil {
+		return err
+	}
+	if s.fed.pins, err = bucket(BucketRemotePins, "kez-chat first identity accepted per address on another server", 0); err != nil {
+		return err
+	}
+	if s.fed.privacy, err = bucket(BucketPrivacy, "kez-chat who may write to each handle from other servers", 0); err != nil {
+		return err
+	}
+	s.fed.notBefore = make(map[string]time.Time)
+	return nil
+}
+
+// lastOutboxMsg returns subject's latest message and its seq; nil and 0
+// when it has none.
+func (s *Store) lastOutboxMsg(ctx context.Context, subject string, v any) (uint64, error) {
+	m, err := s.fed.outbox.GetLastMsgForSubject(ctx, subject)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("reading %s: %w", subject, err)
+	}
+	if err := json.Unmarshal(m.Data, v); err != nil {
+		return 0, fmt.Errorf("decoding %s: %w", subject, err)
+	}
+	return m.Sequence, nil
+}
+
+// record is a JSON message for subject that replaces the subject's
+// earlier ones and is stored only if the subject's last seq is still
+// last (0: none).
+func record(subject string, v any, last uint64) *nats.Msg {
+	data, _ := json.Marshal(v)
+	return &nats.Msg{Subject: subject, Data: data, Header: nats.Header{
+		jetstream.MsgRollup:                 {jetstream.MsgRollupSubject},
+		jetstream.ExpectedLastSubjSeqHeader: {strconv.FormatUint(last, 10)},
+	}}
+}
+
+// errOutboxChanged: a batch expected a subject's last seq that another
+// replica moved; the change is read and made again.
+var errOutboxChanged = errors.New("the outbox changed meanwhile")
+
+// publishOutbox stores msgs as one atomic batch and returns the seq of the
+// first.
+func (s *Store) publishOutbox(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+	id := s.w.prefix + "outbox-" + strconv.FormatUint(s.fed.batches.Add(1), 36)
+	for i, m := range msgs {
+		m.Header[hdrBatchID] = []string{id}
+		m.Header[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
+		if i < len(msgs)-1 {
+			if err := s.nc.PublishMsg(m); err != nil {
+				return 0, fmt.Errorf("publishing to the outbox: %w", err)
+			}
+		}
+	}
+	last := msgs[len(msgs)-1]
+	last.Header[hdrBatchCommit] = []string{"1"}
+	resp, err := s.nc.RequestMsgWithContext(ctx, last)
+	if err != nil {
+		return 0, fmt.Errorf("committing to the outbox: %w", err)
+	}
+	var ack batchAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return 0, fmt.Errorf("decoding the outbox's acknowledgement: %w", err)
+	}
+	if e := ack.Error; e != nil {
+		switch {
+		case e.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence, e.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant:
+			return 0, errOutboxChanged
+		case storageFull(e):
+			s.full.Add(1)
+			return 0, &server.Error{Code: server.CodeStorageFull, RetryAfter: time.Minute, Message: "the message store is full; try again later"}
+		}
+		return 0, fmt.Errorf("committing to the outbox: %w", e)
+	}
+	if ack.Count != len(msgs) || ack.Seq < uint64(len(msgs)) {
+		return 0, fmt.Errorf("a batch of %d stored as %d ending at %d", len(msgs), ack.Count, ack.Seq)
+	}
+	return ack.Seq - uint64(len(msgs)) + 1, nil
+}
+
+// Enqueue stores docs in the outbox in one atomic batch: the sender's new
+// count, a record per new message id (expected absent) and the documents,
+// grouped in one unit per domain; see server.FederationStore.
+func (s *Store) Enqueue(ctx context.Context, docs []*server.OutboundDoc, limits server.OutboxLimits) ([]bool, error) {
+	if len(docs) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	sender := docs[0].Sender
+	digests := make([]string, len(docs))
+	for i, d := range docs {
+		sum := sha256.Sum256(d.Message)
+		digests[i] = hex.EncodeToString(sum[:])
+	}
+	blobsKept := false
+	for run := 0; ; run++ {
+		dups, err := s.queuedIDs(ctx, docs, digests)
+		if err != nil {
+			return nil, fmt.Errorf("queueing %d documents: %w", len(docs), err)
+		}
+		var count outboxCount
+		countSeq, err := s.lastOutboxMsg(ctx, countSubject(sender), &count)
+		if err != nil {
+			return nil, fmt.Errorf("queueing %d documents: %w", len(docs), err)
+		}
+		var newDocs, newBytes int64
+		for i, d := range docs {
+			if !dups[i] {
+				newDocs++
+				newBytes += int64(len(d.Message))
+			}
+		}
+		if newDocs == 0 {
+			return dups, nil
+		}
+		if (limits.MaxDocs > 0 && count.Docs+newDocs > int64(limits.MaxDocs)) || (limits.MaxBytes > 0 && count.Bytes+newBytes > limits.MaxBytes) {
+			return nil, &server.Error{Code: server.CodeOutboxFull, RetryAfter: time.Minute,
+				Message: fmt.Sprintf("%s has %d documents of %d bytes queued for other servers", sender, count.Docs, count.Bytes)}
+		}
+		if !blobsKept {
+			if err := s.keepFederatedBlobs(ctx, docs, dups); err != nil {
+				return nil, err
+			}
+			blobsKept = true
+		}
+		msgs := []*nats.Msg{record(countSubject(sender), outboxCount{Docs: count.Docs + newDocs, Bytes: count.Bytes + newBytes}, countSeq)}
+		for i, d := range docs {
+			if !dups[i] {
+				data, _ := json.Marshal(outboxID{Digest: digests[i]})
+				msgs = append(msgs, &nats.Msg{Subject: outboxIDSubject(sender, d.ID), Data: data,
+					Header: nats.Header{jetstream.ExpectedLastSubjSeqHeader: {"0"}}})
+			}
+		}
+		msgs = append(msgs, unitMsgs(docs, dups, s.now())...)
+		_, err = s.publishOutbox(ctx, msgs)
+		switch {
+		case err == nil:
+			if perr := s.nc.Publish(outboxQueued, nil); perr != nil {
+				s.log.Debug("waking the courier", "err", perr) // it polls anyway
+			}
+			return dups, nil
+		case errors.Is(err, errOutboxChanged) && run < outboxCASRuns && ctx.Err() == nil:
+			continue
+		case server.ErrorCode(err) != "":
+			return nil, err
+		default:
+			return nil, fmt.Errorf("queueing %d documents: %w", len(docs), err)
+		}
+	}
+}
+
+// queuedIDs reports which of docs are queued already (dups), and refuses
+// with message_id_conflict one whose id is queued with another message.
+func (s *Store) queuedIDs(ctx context.Context, docs []*server.OutboundDoc, digests []string) ([]bool, error) {
+	dups := make([]bool, len(docs))
+	seen := make(map[string]int, len(docs))
+	for i, d := range docs {
+		conflict := server.AtIndex(server.Errorf(server.CodeMessageIDConflict,
+			"message id %q from %s was already used for a different message", d.ID, d.Sender), i)
+		if j, ok := seen[d.ID]; ok { // twice in one call: the first is the one queued
+			if digests[j] != digests[i] {
+				return nil, conflict
+			}
+			dups[i] = true
+			continue
+		}
+		seen[d.ID] = i
+		var rec outboxID
+		seq, err := s.lastOutboxMsg(ctx, outboxIDSubject(d.Sender, d.ID), &rec)
+		switch {
+		case err != nil:
+			return nil, err
+		case seq == 0:
+		case rec.Digest == digests[i]:
+			dups[i] = true
+		default:
+			return nil, conflict
+		}
+	}
+	return dups, nil
+}
+
+// keepFederatedBlobs checks that the blobs the new docs name are their
+// sender's, and marks them kept until the retention: their readers on
+// other servers are not known.
+func (s *Store) keepFederatedBlobs(ctx context.Context, docs []*server.OutboundDoc, dups []bool) error {
+	for i, d := range docs {
+		if dups[i] {
+			continue
+		}
+		for _, id := range d.Blobs {
+			err := s.updateRecord(ctx, id, func(rec *blobRecord) (bool, error) {
+				if rec.Uploader != d.Sender {
+					return false, server.UnknownBlob(id)
+				}
+				if rec.Federated && rec.Referenced {
+					return false, nil
+				}
+				rec.Federated, rec.Referenced = true, true
+				return true, nil
+			})
+			if server.ErrorCode(err) == server.CodeUnknownBlob {
+				return server.AtIndex(server.Errorf(server.CodeUnknownBlob, "no blob %q uploaded by %s", id, d.Sender), i)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// unitMsgs is the new documents of docs as messages, one unit per domain
+// in the order the domains first appear, each unit's documents
+// consecutive.
+func unitMsgs(docs []*server.OutboundDoc, dups []bool, now time.Time) []*nats.Msg {
+	var domains []string
+	units := map[string][]*server.OutboundDoc{}
+	for i, d := range docs {
+		if dups[i] {
+			continue
+		}
+		if _, ok := units[d.Domain]; !ok {
+			domains = append(domains, d.Domain)
+		}
+		units[d.Domain] = append(units[d.Domain], d)
+	}
+	var msgs []*nats.Msg
+	for _, domain := range domains {
+		unit := units[domain]
+		expires := unit[0].TS.Add(server.FederationWindow)
+		for _, d := range unit {
+			if e := d.TS.Add(server.FederationWindow); e.Before(expires) {
+				expires = e
+			}
+		}
+		for _, d := range unit {
+			msgs = append(msgs, &nats.Msg{Subject: docSubject(d.Sender, domain), Data: d.Message, Header: nats.Header{
+				hdrFrom:     {d.Sender},
+				hdrDomain:   {domain},
+				hdrTo:       {d.Recipient},
+				hdrID:       {d.ID},
+				hdrUnitDocs: {strconv.Itoa(len(unit))},
+				hdrExpires:  {strconv.FormatInt(expires.Unix(), 10)},
+				hdrQueuedAt: {strconv.FormatInt(now.Unix(), 10)},
+			}})
+		}
+	}
+	return msgs
+}
+
+// queuedDoc is a document of a queue as read back.
+type queuedDoc struct {
+	seq                    uint64
+	sender, domain, to, id string
+	unitDocs               int
+	expires, queuedAt      int64
+	message                []byte
+}
+
+func parseQueuedDoc(m *nats.Msg) (*queuedDoc, error) {
+	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("a queued document without its seq: %w", err)
+	}
+	return newQueuedDoc(seq, m.Header, m.Data)
+}
+
+func newQueuedDoc(seq uint64, h nats.Header, data []byte) (*queuedDoc, error) {
+	n, err := strconv.Atoi(h.Get(hdrUnitDocs))
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf("queued document %d: bad %s %q", seq, hdrUnitDocs, h.Get(hdrUnitDocs))
+	}
+	expires, _ := strconv.ParseInt(h.Get(hdrExpires), 10, 64)
+	queued, _ := strconv.ParseInt(h.Get(hdrQueuedAt), 10, 64)
+	return &queuedDoc{seq: seq, sender: h.Get(hdrFrom), domain: h.Get(hdrDomain), to: h.Get(hdrTo), id: h.Get(hdrID),
+		unitDocs: n, expires: expires, queuedAt: queued, message: data}, nil
+}
+
+// readQueue reads up to batch documents of the queue subject from seq on,
+// in order, with one batch direct get.
+func (s *Store) readQueue(ctx context.Context, subject string, seq uint64, batch int) ([]*queuedDoc, error) {
+	var docs []*queuedDoc
+	err := s.directBatch(ctx, OutboxStream, directGet{Seq: seq, NextFor: subject, Batch: batch}, batch, func(m *nats.Msg) (bool, error) {
+		d, err := parseQueuedDoc(m)
+		if err != nil {
+			return false, err
+		}
+		docs = append(docs, d)
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the queue %s: %w", subject, err)
+	}
+	return docs, nil
+}
+
+// DueDeliveries lists the queues that hold documents and reads each one's
+// head; see server.FederationStore.
+func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*server.Delivery, error) {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	info, err := s.fed.outbox.Info(ctx, jetstream.WithSubjectFilter(outboxPrefix+"doc.>"))
+	if err != nil {
+		return nil, fmt.Errorf("listing the outbox's queues: %w", err)
+	}
+	s.fed.mu.Lock()
+	for q := range s.fed.notBefore {
+		if _, ok := info.State.Subjects[q]; !ok {
+			delete(s.fed.notBefore, q)
+		}
+	}
+	s.fed.mu.Unlock()
+	var ds []*server.Delivery
+	for q := range info.State.Subjects {
+		s.fed.mu.Lock()
+		wait := s.fed.notBefore[q].After(now)
+		s.fed.mu.Unlock()
+		if wait {
+			continue
+		}
+		d, err := s.dueDelivery(ctx, q, now)
+		if err != nil {
+			return nil, err
+		}
+		if d != nil {
+			ds = append(ds, d)
+		}
+	}
+	slices.SortFunc(ds, func(a, b *server.Delivery) int { return cmp.Compare(a.Unit, b.Unit) })
+	if len(ds) > limit {
+		ds = ds[:limit]
+	}
+	return ds, nil
+}
+
+// dueDelivery is the queue q's head unit when its next attempt is due, nil
+// when not (or the queue is done).
+func (s *Store) dueDelivery(ctx context.Context, q string, now time.Time) (*server.Delivery, error) {
+	var head outboxHead
+	if _, err := s.lastOutboxMsg(ctx, "kez.chat.outbox.head."+strings.TrimPrefix(q, outboxPrefix+"doc."), &head); err != nil {
+		return nil, err
+	}
+	docs, err := s.readQueue(ctx, q, head.DoneThrough+1, 1)
+	if err != nil || len(docs) == 0 {
+		return nil, err // done, not purged yet
+	}
+	first := docs[0]
+	d := &server.Delivery{Unit: int64(first.seq), Domain: first.domain, Sender: first.sender, Expires: time.Unix(first.expires, 0)}
+	if head.Unit == first.seq {
+		d.Attempts = head.Attempts
+		if next := time.Unix(head.NextAt, 0); next.After(now) {
+			s.fed.mu.Lock()
+			s.fed.notBefore[q] = next
+			s.fed.mu.Unlock()
+			return nil, nil
+		}
+	}
+	return d, nil
+}
+
+// DeliveryMessages reads d's unit and, unless alone, the whole units
+// behind it that fit; see server.FederationStore.
+func (s *Store) DeliveryMessages(ctx context.Context, d *server.Delivery, alone bool, maxDocs int, maxBytes int64) error {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	batch := maxDocs + 1
+	if alone {
+		batch = server.MaxBatchDocuments
+	}
+	docs, err := s.readQueue(ctx, docSubject(d.Sender, d.Domain), uint64(d.Unit), batch)
+	if err != nil {
+		return err
+	}
+	d.Units, d.Messages = nil, nil
+	var size int64
+	for i := 0; i < len(docs); {
+		n := docs[i].unitDocs
+		if i+n > len(docs) { // cut short by the read: not whole
+			break
+		}
+		unit := docs[i : i+n]
+		var b int64
+		for _, doc := range unit {
+			b += int64(len(doc.message))
+		}
+		if len(d.Units) > 0 && (len(d.Messages)+n > maxDocs || size+b > maxBytes) {
+			break
+		}
+		d.Units = append(d.Units, int64(unit[0].seq))
+		for _, doc := range unit {
+			d.Messages = append(d.Messages, doc.message)
+		}
+		size += b
+		i += n
+		if alone {
+			break
+		}
+	}
+	if len(d.Units) == 0 || d.Units[0] != d.Unit {
+		return fmt.Errorf("reading unit %d of %s's queue for %s: not found whole", d.Unit, d.Sender, d.Domain)
+	}
+	return nil
+}
+
+// FinishDelivery records an attempt at units, which are consecutive units
+// of one queue from its head: the head's state, or, delivered or failed,
+// the queue's new start, the sender's count and the units' done records,
+// in one batch; the units' documents are purged after.
+func (s *Store) FinishDelivery(ctx context.Context, units []int64, r server.DeliveryResult) error {
+	if len(units) == 0 {
+		return nil
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	first, err := s.fed.outbox.GetMsg(ctx, uint64(units[0]))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // finished and purged before
+	}
+	if err != nil {
+		return fmt.Errorf("recording delivery of units %v: %w", units, err)
+	}
+	head0, err := newQueuedDoc(first.Sequence, first.Header, nil)
+	if err != nil {
+		return fmt.Errorf("recording delivery of units %v: %w", units, err)
+	}
+	sender, domain := head0.sender, head0.domain
+	q := docSubject(sender, domain)
+	defer func() {
+		s.fed.mu.Lock()
+		delete(s.fed.notBefore, q)
+		s.fed.mu.Unlock()
+	}()
+	for run := 0; ; run++ {
+		err := s.finishOnce(ctx, sender, domain, units, r)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, errOutboxChanged) && run < outboxCASRuns && ctx.Err() == nil:
+			continue
+		default:
+			return fmt.Errorf("recording delivery of units %v: %w", units, err)
+		}
+	}
+}
+
+func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []int64, r server.DeliveryResult) error {
+	var head outboxHead
+	headSeq, err := s.lastOutboxMsg(ctx, headSubject(sender, domain), &head)
+	if err != nil {
+		return err
+	}
+	// Only a queued unit takes a result: one delivered stays so.
+	units = slices.DeleteFunc(slices.Clone(units), func(u int64) bool { return uint64(u) <= head.DoneThrough })
+	if len(units) == 0 {
+		return nil
+	}
+	attempts := 1
+	if head.Unit == uint64(units[0]) {
+		attempts += head.Attempts
+	}
+	if r.State == server.OutboxQueued {
+		next := outboxHead{DoneThrough: head.DoneThrough, Unit: uint64(units[0]), Attempts: attempts,
+			NextAt: r.NextAt.Unix(), At: r.At.Unix(), Code: r.Code, Message: r.Message}
+		_, err := s.publishOutbox(ctx, []*nats.Msg{record(headSubject(sender, domain), next, headSeq)})
+		return err
+	}
+	q := docSubject(sender, domain)
+	docs, err := s.readQueue(ctx, q, uint64(units[0]), len(units)*server.MaxBatchDocuments)
+	if err != nil {
+		return err
+	}
+	var count outboxCount
+	countSeq, err := s.lastOutboxMsg(ctx, countSubject(sender), &count)
+	if err != nil {
+		return err
+	}
+	var done []*outboxDone
+	var last uint64
+	for i := 0; i < len(docs) && len(done) < len(units); {
+		n := docs[i].unitDocs
+		if docs[i].seq != uint64(units[len(done)]) || i+n > len(docs) {
+			return fmt.Errorf("unit %d of %s's queue for %s is not where it was", units[len(done)], sender, domain)
+		}
+		rec := &outboxDone{Unit: docs[i].seq, Domain: domain, State: r.State, Attempts: attempts, QueuedAt: docs[i].queuedAt,
+			At: r.At.Unix(), Code: r.Code, Message: r.Message}
+		for _, doc := range docs[i : i+n] {
+			rec.Docs = append(rec.Docs, outboxDoneDoc{To: doc.to, ID: doc.id})
+			count.Docs--
+			count.Bytes -= int64(len(doc.message))
+			last = doc.seq
+		}
+		done = append(done, rec)
+		attempts = 1 // the attempts were the head's
+		i += n
+	}
+	if len(done) < len(units) {
+		return fmt.Errorf("units %v of %s's queue for %s are not all there", units, sender, domain)
+	}
+	count.Docs, count.Bytes = max(count.Docs, 0), max(count.Bytes, 0)
+	msgs := []*nats.Msg{
+		record(countSubject(sender), count, countSeq),
+		record(headSubject(sender, domain), outboxHead{DoneThrough: last}, headSeq),
+	}
+	for _, rec := range done {
+		data, _ := json.Marshal(rec)
+		msgs = append(msgs, &nats.Msg{Subject: doneSubject(sender), Data: data, Header: nats.Header{}})
+	}
+	if _, err := s.publishOutbox(ctx, msgs); err != nil {
+		return err
+	}
+	if _, err := s.purgeSubject(ctx, OutboxStream, q, last); err != nil {
+		s.log.Warn("purging delivered documents", "queue", q, "err", err) // skipped by DoneThrough; aged out at the latest
+	}
+	return nil
+}
+
+// OutboxEntries reads sender's queued documents and its done records of
+// the last OutboxKeep, newest first; see server.FederationStore.
+func (s *Store) OutboxEntries(ctx context.Context, sender string, limit int) ([]*server.OutboxEntry, error) {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	// Newest first is by seq: a unit's documents are consecutive
+	// messages, so its first's seq (the unit) plus the index is each one's.
+	type entry struct {
+		seq uint64
+		e   *server.OutboxEntry
+	}
+	var all []entry
+	info, err := s.fed.outbox.Info(ctx, jetstream.WithSubjectFilter(outboxSubject("doc", natsbus.Token(sender), "*")))
+	if err != nil {
+		return nil, fmt.Errorf("reading the outbox of %s: %w", sender, err)
+	}
+	for q := range info.State.Subjects {
+		var head outboxHead
+		if _, err := s.lastOutboxMsg(ctx, "kez.chat.outbox.head."+strings.TrimPrefix(q, outboxPrefix+"doc."), &head); err != nil {
+			return nil, err
+		}
+		from := head.DoneThrough + 1
+		for {
+			docs, err := s.readQueue(ctx, q, from, maxPage)
+			if err != nil {
+				return nil, err
+			}
+			for _, d := range docs {
+				e := &server.OutboxEntry{To: d.to + "@" + d.domain, ID: d.id, State: server.OutboxQueued,
+					QueuedAt: d.queuedAt, UpdatedAt: d.queuedAt}
+				all = append(all, entry{seq: d.seq, e: e})
+				if head.Unit != 0 && d.seq >= head.Unit && d.seq < head.Unit+uint64(d.unitDocs) {
+					e.Attempts, e.UpdatedAt = head.Attempts, head.At
+					if head.Code != "" {
+						e.Error = &server.OutboxError{Code: head.Code, Message: head.Message}
+					}
+				}
+			}
+			if len(docs) < maxPage {
+				break
+			}
+			from = docs[len(docs)-1].seq + 1
+		}
+	}
+	since := s.now().Add(-server.OutboxKeep)
+	req := directGet{NextFor: doneSubject(sender), Batch: maxPage, StartTime: &since}
+	for {
+		n := 0
+		var lastSeq uint64
+		err := s.directBatch(ctx, OutboxStream, req, maxPage, func(m *nats.Msg) (bool, error) {
+			n++
+			lastSeq, _ = strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+			var rec outboxDone
+			if err := json.Unmarshal(m.Data, &rec); err != nil {
+				return false, fmt.Errorf("decoding a done record of %s: %w", sender, err)
+			}
+			for i, d := range rec.Docs {
+				e := &server.OutboxEntry{To: d.To + "@" + rec.Domain, ID: d.ID, State: rec.State, Attempts: rec.Attempts,
+					QueuedAt: rec.QueuedAt, UpdatedAt: rec.At}
+				if rec.Code != "" {
+					e.Error = &server.OutboxError{Code: rec.Code, Message: rec.Message}
+				}
+				all = append(all, entry{seq: rec.Unit + uint64(i), e: e})
+			}
+			return true, nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reading the outbox of %s: %w", sender, err)
+		}
+		if n < maxPage {
+			break
+		}
+		req = directGet{Seq: lastSeq + 1, NextFor: doneSubject(sender), Batch: maxPage}
+	}
+	slices.SortFunc(all, func(a, b entry) int { return cmp.Compare(b.seq, a.seq) })
+	entries := make([]*server.OutboxEntry, 0, min(limit, len(all)))
+	for _, x := range all[:min(limit, len(all))] {
+		entries = append(entries, x.e)
+	}
+	return entries, nil
+}
+
+// OnQueued calls wake whenever a replica queued documents, until the store
+// closes: the courier on the lease holder is woken by sends on every
+// replica.
+func (s *Store) OnQueued(wake func()) error {
+	_, err := s.nc.Subscribe(outboxQueued, func(*nats.Msg) { wake() })
+	if err != nil {
+		return fmt.Errorf("following the outbox: %w", err)
+	}
+	return nil
+}
