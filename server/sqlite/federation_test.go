@@ -17,7 +17,6 @@ func TestTheFederationStoreBehaviour(t *testing.T) {
 	})
 }
 
-
 func TestABlobAFederatedMessageNamesIsKeptUntilTheRetention(t *testing.T) {
 	ctx := context.Background()
 	db := openTest(t)
@@ -68,4 +67,3 @@ func TestARemoteSendersMessageIDsOutliveTheLocalWindow(t *testing.T) {
 		t.Fatalf("%d remote ids left after their window", n)
 	}
 }
-
