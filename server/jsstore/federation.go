@@ -27,11 +27,13 @@ import (
 // The outbox is the stream KEZ_CHAT_OUTBOX, whose subjects under
 // kez.chat.outbox. are:
 //
-//   - doc.<sender>.<domain>: the queued documents, one message each, in
-//     queue order per sender and domain. A send's documents for one domain
-//     (a unit) are consecutive messages, published in one atomic batch; a
-//     unit's id is its first document's stream seq, and each document says
-//     how many its unit holds (Kez-Unit-Docs).
+//   - doc.<sender>.<domain>: the queued documents' headers (to, id, size,
+//     ...) without a body, in queue order per sender and domain, each
+//     followed at the next seq by its body on body.<sender>.<domain>, so
+//     that listing and scheduling read no bodies. A send's documents for
+//     one domain (a unit) are consecutive pairs, published in one atomic
+//     batch; a unit's id is its first document's seq, and each document
+//     says how many its unit holds (Kez-Unit-Docs).
 //   - head.<sender>.<domain>: the queue's state, the latest message only
 //     (rollup): the seq up to which its documents are delivered or failed
 //     (they are purged after), and the attempts at its head unit.
@@ -65,12 +67,12 @@ const (
 
 // Headers of a queued document.
 const (
-	hdrDomain    = "Kez-Domain"
-	hdrTo        = "Kez-To"
-	hdrUnitDocs  = "Kez-Unit-Docs"
-	hdrExpires   = "Kez-Expires"
-	hdrQueuedAt  = "Kez-Queued-At"
-	outboxDocHdr = 512 // bounds a document's subject and headers, for reads
+	hdrDomain   = "Kez-Domain"
+	hdrTo       = "Kez-To"
+	hdrUnitDocs = "Kez-Unit-Docs"
+	hdrExpires  = "Kez-Expires"
+	hdrQueuedAt = "Kez-Queued-At"
+	hdrSize     = "Kez-Size"
 )
 
 func outboxSubject(kind string, tokens ...string) string {
@@ -79,6 +81,10 @@ func outboxSubject(kind string, tokens ...string) string {
 
 func docSubject(sender, domain string) string {
 	return outboxSubject("doc", natsbus.Token(sender), natsbus.Token(domain))
+}
+
+func bodySubject(sender, domain string) string {
+	return outboxSubject("body", natsbus.Token(sender), natsbus.Token(domain))
 }
 
 func headSubject(sender, domain string) string {
@@ -410,54 +416,59 @@ func unitMsgs(docs []*server.OutboundDoc, dups []bool, now time.Time) []*nats.Ms
 			}
 		}
 		for _, d := range unit {
-			msgs = append(msgs, &nats.Msg{Subject: docSubject(d.Sender, domain), Data: d.Message, Header: nats.Header{
+			msgs = append(msgs, &nats.Msg{Subject: docSubject(d.Sender, domain), Header: nats.Header{
 				hdrFrom:     {d.Sender},
 				hdrDomain:   {domain},
 				hdrTo:       {d.Recipient},
 				hdrID:       {d.ID},
+				hdrSize:     {strconv.Itoa(len(d.Message))},
 				hdrUnitDocs: {strconv.Itoa(len(unit))},
 				hdrExpires:  {strconv.FormatInt(expires.Unix(), 10)},
 				hdrQueuedAt: {strconv.FormatInt(now.Unix(), 10)},
-			}})
+			}}, &nats.Msg{Subject: bodySubject(d.Sender, domain), Data: d.Message, Header: nats.Header{}})
 		}
 	}
 	return msgs
 }
 
-// queuedDoc is a document of a queue as read back.
+// queuedDoc is a document of a queue as read back, without its body.
 type queuedDoc struct {
 	seq                    uint64
 	sender, domain, to, id string
-	unitDocs               int
+	unitDocs, size         int
 	expires, queuedAt      int64
-	message                []byte
 }
 
-func parseQueuedDoc(m *nats.Msg) (*queuedDoc, error) {
+func messageSeq(m *nats.Msg) (uint64, error) {
 	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 	if err != nil {
-		return nil, fmt.Errorf("a queued document without its seq: %w", err)
+		return 0, fmt.Errorf("a message without its seq: %w", err)
 	}
-	return newQueuedDoc(seq, m.Header, m.Data)
+	return seq, nil
 }
 
-func newQueuedDoc(seq uint64, h nats.Header, data []byte) (*queuedDoc, error) {
+func newQueuedDoc(seq uint64, h nats.Header) (*queuedDoc, error) {
 	n, err := strconv.Atoi(h.Get(hdrUnitDocs))
 	if err != nil || n < 1 {
 		return nil, fmt.Errorf("queued document %d: bad %s %q", seq, hdrUnitDocs, h.Get(hdrUnitDocs))
 	}
+	size, _ := strconv.Atoi(h.Get(hdrSize))
 	expires, _ := strconv.ParseInt(h.Get(hdrExpires), 10, 64)
 	queued, _ := strconv.ParseInt(h.Get(hdrQueuedAt), 10, 64)
 	return &queuedDoc{seq: seq, sender: h.Get(hdrFrom), domain: h.Get(hdrDomain), to: h.Get(hdrTo), id: h.Get(hdrID),
-		unitDocs: n, expires: expires, queuedAt: queued, message: data}, nil
+		unitDocs: n, size: size, expires: expires, queuedAt: queued}, nil
 }
 
-// readQueue reads up to batch documents of the queue subject from seq on,
-// in order, with one batch direct get.
+// readQueue reads up to batch documents (headers) of the queue subject
+// from seq on, in order, with one batch direct get.
 func (s *Store) readQueue(ctx context.Context, subject string, seq uint64, batch int) ([]*queuedDoc, error) {
 	var docs []*queuedDoc
 	err := s.directBatch(ctx, OutboxStream, directGet{Seq: seq, NextFor: subject, Batch: batch}, batch, func(m *nats.Msg) (bool, error) {
-		d, err := parseQueuedDoc(m)
+		seq, err := messageSeq(m)
+		if err != nil {
+			return false, err
+		}
+		d, err := newQueuedDoc(seq, m.Header)
 		if err != nil {
 			return false, err
 		}
@@ -534,20 +545,18 @@ func (s *Store) dueDelivery(ctx context.Context, q string, now time.Time) (*serv
 	return d, nil
 }
 
-// DeliveryMessages reads d's unit and, unless alone, the whole units
-// behind it that fit; see server.FederationStore.
+// DeliveryMessages reads the headers of d's unit and the units behind it,
+// takes the whole ones that fit (only the first, alone), then reads their
+// bodies; see server.FederationStore.
 func (s *Store) DeliveryMessages(ctx context.Context, d *server.Delivery, alone bool, maxDocs int, maxBytes int64) error {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	batch := maxDocs + 1
-	if alone {
-		batch = server.MaxBatchDocuments
-	}
-	docs, err := s.readQueue(ctx, docSubject(d.Sender, d.Domain), uint64(d.Unit), batch)
+	docs, err := s.readQueue(ctx, docSubject(d.Sender, d.Domain), uint64(d.Unit), max(maxDocs+1, server.MaxBatchDocuments))
 	if err != nil {
 		return err
 	}
 	d.Units, d.Messages = nil, nil
+	var take []*queuedDoc
 	var size int64
 	for i := 0; i < len(docs); {
 		n := docs[i].unitDocs
@@ -557,15 +566,13 @@ func (s *Store) DeliveryMessages(ctx context.Context, d *server.Delivery, alone 
 		unit := docs[i : i+n]
 		var b int64
 		for _, doc := range unit {
-			b += int64(len(doc.message))
+			b += int64(doc.size)
 		}
-		if len(d.Units) > 0 && (len(d.Messages)+n > maxDocs || size+b > maxBytes) {
+		if len(d.Units) > 0 && (len(take)+n > maxDocs || size+b > maxBytes) {
 			break
 		}
 		d.Units = append(d.Units, int64(unit[0].seq))
-		for _, doc := range unit {
-			d.Messages = append(d.Messages, doc.message)
-		}
+		take = append(take, unit...)
 		size += b
 		i += n
 		if alone {
@@ -574,6 +581,26 @@ func (s *Store) DeliveryMessages(ctx context.Context, d *server.Delivery, alone 
 	}
 	if len(d.Units) == 0 || d.Units[0] != d.Unit {
 		return fmt.Errorf("reading unit %d of %s's queue for %s: not found whole", d.Unit, d.Sender, d.Domain)
+	}
+	// Each body is the message after its document's headers.
+	req := directGet{Seq: take[0].seq + 1, NextFor: bodySubject(d.Sender, d.Domain), Batch: len(take)}
+	err = s.directBatch(ctx, OutboxStream, req, len(take), func(m *nats.Msg) (bool, error) {
+		seq, err := messageSeq(m)
+		if err != nil {
+			return false, err
+		}
+		if want := take[len(d.Messages)].seq + 1; seq != want {
+			return false, fmt.Errorf("the body at %d, want %d", seq, want)
+		}
+		d.Messages = append(d.Messages, m.Data)
+		return len(d.Messages) < len(take), nil
+	})
+	if err == nil && len(d.Messages) < len(take) {
+		err = fmt.Errorf("%d of %d bodies", len(d.Messages), len(take))
+	}
+	if err != nil {
+		d.Units, d.Messages = nil, nil
+		return fmt.Errorf("reading the documents of unit %d of %s's queue for %s: %w", d.Unit, d.Sender, d.Domain, err)
 	}
 	return nil
 }
@@ -595,7 +622,7 @@ func (s *Store) FinishDelivery(ctx context.Context, units []int64, r server.Deli
 	if err != nil {
 		return fmt.Errorf("recording delivery of units %v: %w", units, err)
 	}
-	head0, err := newQueuedDoc(first.Sequence, first.Header, nil)
+	head0, err := newQueuedDoc(first.Sequence, first.Header)
 	if err != nil {
 		return fmt.Errorf("recording delivery of units %v: %w", units, err)
 	}
@@ -641,7 +668,8 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 		return err
 	}
 	q := docSubject(sender, domain)
-	docs, err := s.readQueue(ctx, q, uint64(units[0]), len(units)*server.MaxBatchDocuments)
+	// The units of one delivery hold at most MaxBatchDocuments documents.
+	docs, err := s.readQueue(ctx, q, uint64(units[0]), server.MaxBatchDocuments)
 	if err != nil {
 		return err
 	}
@@ -662,7 +690,7 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 		for _, doc := range docs[i : i+n] {
 			rec.Docs = append(rec.Docs, outboxDoneDoc{To: doc.to, ID: doc.id})
 			count.Docs--
-			count.Bytes -= int64(len(doc.message))
+			count.Bytes -= int64(doc.size)
 			last = doc.seq
 		}
 		done = append(done, rec)
@@ -684,8 +712,10 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 	if _, err := s.publishOutbox(ctx, msgs); err != nil {
 		return err
 	}
-	if _, err := s.purgeSubject(ctx, OutboxStream, q, last); err != nil {
-		s.log.Warn("purging delivered documents", "queue", q, "err", err) // skipped by DoneThrough; aged out at the latest
+	for _, subj := range []string{q, bodySubject(sender, domain)} {
+		if _, err := s.purgeSubject(ctx, OutboxStream, subj, last+1); err != nil {
+			s.log.Warn("purging delivered documents", "subject", subj, "err", err) // skipped by DoneThrough; aged out at the latest
+		}
 	}
 	return nil
 }
@@ -695,8 +725,8 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 func (s *Store) OutboxEntries(ctx context.Context, sender string, limit int) ([]*server.OutboxEntry, error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	// Newest first is by seq: a unit's documents are consecutive
-	// messages, so its first's seq (the unit) plus the index is each one's.
+	// Newest first is by seq: a unit's documents are consecutive pairs
+	// of messages (headers, body), so the i-th's seq is the unit's + 2i.
 	type entry struct {
 		seq uint64
 		e   *server.OutboxEntry
@@ -712,16 +742,22 @@ func (s *Store) OutboxEntries(ctx context.Context, sender string, limit int) ([]
 			return nil, err
 		}
 		from := head.DoneThrough + 1
+		var unit uint64 // of the document read, as its documents come in a row
+		left := 0
 		for {
 			docs, err := s.readQueue(ctx, q, from, maxPage)
 			if err != nil {
 				return nil, err
 			}
 			for _, d := range docs {
+				if left == 0 {
+					unit, left = d.seq, d.unitDocs
+				}
+				left--
 				e := &server.OutboxEntry{To: d.to + "@" + d.domain, ID: d.id, State: server.OutboxQueued,
 					QueuedAt: d.queuedAt, UpdatedAt: d.queuedAt}
 				all = append(all, entry{seq: d.seq, e: e})
-				if head.Unit != 0 && d.seq >= head.Unit && d.seq < head.Unit+uint64(d.unitDocs) {
+				if head.Unit != 0 && unit == head.Unit {
 					e.Attempts, e.UpdatedAt = head.Attempts, head.At
 					if head.Code != "" {
 						e.Error = &server.OutboxError{Code: head.Code, Message: head.Message}
@@ -752,7 +788,7 @@ func (s *Store) OutboxEntries(ctx context.Context, sender string, limit int) ([]
 				if rec.Code != "" {
 					e.Error = &server.OutboxError{Code: rec.Code, Message: rec.Message}
 				}
-				all = append(all, entry{seq: rec.Unit + uint64(i), e: e})
+				all = append(all, entry{seq: rec.Unit + 2*uint64(i), e: e})
 			}
 			return true, nil
 		})

@@ -5,6 +5,7 @@ package storetest
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -130,7 +131,7 @@ func queueOrder(t *testing.T, fs server.FederationStore) {
 	}
 	if len(entries) != 4 || entries[0].ID != "later" || entries[2].ID != "g:bea" || entries[2].To != "bea@two.example" ||
 		entries[2].State != server.OutboxQueued || entries[2].Error == nil || entries[2].Error.Code != server.CodeUnavailable {
-		t.Fatalf("entries = %+v", entries)
+		t.Fatalf("entries = %s", show(entries))
 	}
 	// Failed for good: the unit's documents show why, the next unit is due.
 	if err := fs.FinishDelivery(ctx, []int64{ds[0].Unit}, server.DeliveryResult{State: server.OutboxFailed, At: time.Now(),
@@ -276,4 +277,12 @@ func privacy(t *testing.T, fs server.FederationStore) {
 	if p, err := fs.Privacy(ctx, "alice"); err != nil || p.Strangers != server.StrangersAccept {
 		t.Fatalf("another handle's setting = %+v %v", p, err)
 	}
+}
+
+func show(entries []*server.OutboxEntry) string {
+	var b bytes.Buffer
+	for _, e := range entries {
+		fmt.Fprintf(&b, "%s to %s %s after %d (%+v); ", e.ID, e.To, e.State, e.Attempts, e.Error)
+	}
+	return b.String()
 }
