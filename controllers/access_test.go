@@ -92,6 +92,7 @@ func TestServerEgressOpensOnlyWhatTheServerConnectsTo(t *testing.T) {
 	https := []string{"TCP/443 *"}
 	noPush := func(kc *chatv1.KezChat) { kc.Spec.Push.Enabled = ptr.To(false) }
 	noFederation := func(kc *chatv1.KezChat) { kc.Spec.Federation.Enabled = ptr.To(false) }
+	jetstream := func(kc *chatv1.KezChat) { kc.Spec.Server.Store = chatv1.StoreJetStream }
 	env := func(vars ...corev1.EnvVar) func(*chatv1.KezChat) {
 		return func(kc *chatv1.KezChat) { kc.Spec.Server.Env = vars }
 	}
@@ -110,9 +111,11 @@ func TestServerEgressOpensOnlyWhatTheServerConnectsTo(t *testing.T) {
 		{"HTTPS for federation without push", []func(*chatv1.KezChat){noPush}, grants(dns, instance, https)},
 		{"HTTPS for push without federation", []func(*chatv1.KezChat){noFederation}, grants(dns, instance, https)},
 		{"no HTTPS without push or federation", []func(*chatv1.KezChat){noPush, noFederation}, grants(dns, instance)},
-		{"no HTTPS without push on jetstream, where the server does not federate", []func(*chatv1.KezChat){noPush, func(kc *chatv1.KezChat) {
-			kc.Spec.Server.Store = chatv1.StoreJetStream
-		}}, grants(dns, instance)},
+		{"HTTPS for federation without push on jetstream", []func(*chatv1.KezChat){noPush, jetstream}, grants(dns, instance, https)},
+		{"HTTPS for federation without push on jetstream chosen by replicas", []func(*chatv1.KezChat){noPush, func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Replicas = ptr.To[int32](3)
+		}}, grants(dns, instance, https)},
+		{"no HTTPS without push or federation on jetstream", []func(*chatv1.KezChat){noPush, noFederation, jetstream}, grants(dns, instance)},
 		{"no NATS when it is off", []func(*chatv1.KezChat){func(kc *chatv1.KezChat) { kc.Spec.NATS.Enabled = ptr.To(false) }},
 			grants(dns, []string{"TCP/7878 sig-server"}, https)},
 		{"no sig-server when it is off", []func(*chatv1.KezChat){func(kc *chatv1.KezChat) { kc.Spec.SigServer.Enabled = ptr.To(false) }},
@@ -199,6 +202,15 @@ func TestServerEgressReachesEveryPeerItIsWiredTo(t *testing.T) {
 			kc.Spec.Push.Enabled = ptr.To(false)
 			kc.Spec.Federation.Enabled = ptr.To(false)
 		}},
+		{"jetstream federating without push", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Store = chatv1.StoreJetStream
+			kc.Spec.Push.Enabled = ptr.To(false)
+		}},
+		{"jetstream with push and federation off", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Store = chatv1.StoreJetStream
+			kc.Spec.Push.Enabled = ptr.To(false)
+			kc.Spec.Federation.Enabled = ptr.To(false)
+		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			kc := newKezChat(tt.spec)
@@ -279,9 +291,20 @@ func TestServerEgressReachesEveryPeerItIsWiredTo(t *testing.T) {
 					}
 				}
 			}
-			// Web Push and federation, on public addresses.
-			if https := egressAllows(np, nil, corev1.ProtocolTCP, 443); https != (kc.Spec.Push.IsEnabled() || federates(kc)) {
-				t.Errorf("443 open %v with push %v and federation %v", https, kc.Spec.Push.IsEnabled(), federates(kc))
+			// Web Push and federation, on public addresses: 443 open
+			// exactly when push is on or the server runs with
+			// KEZ_FEDERATION=true, whatever the store.
+			federating := false
+			for _, e := range pod.Containers[0].Env {
+				if e.Name == "KEZ_FEDERATION" {
+					federating = e.Value == "true"
+				}
+			}
+			if federating != kc.Spec.Federation.IsEnabled() {
+				t.Errorf("KEZ_FEDERATION=true %v with spec.federation.enabled %v on %s", federating, kc.Spec.Federation.IsEnabled(), kc.Spec.Server.StoreKind())
+			}
+			if https := egressAllows(np, nil, corev1.ProtocolTCP, 443); https != (kc.Spec.Push.IsEnabled() || federating) {
+				t.Errorf("443 open %v with push %v and KEZ_FEDERATION=true %v", https, kc.Spec.Push.IsEnabled(), federating)
 			}
 			// Nothing else of the cluster: not the Kubernetes API, not
 			// another port of its own pods.

@@ -16,17 +16,14 @@ import (
 const (
 	ReasonFederationEnabled  = "Enabled"
 	ReasonFederationDisabled = "Disabled"
-	// ReasonStoreUnsupported: spec.federation asks for federation and the
-	// KezChat runs on the jetstream store, where this version of the chat
-	// server cannot federate (it refuses to start with both).
-	ReasonStoreUnsupported = "StoreUnsupported"
 )
 
-// federates reports whether kc's chat server federates: spec.federation
-// asks for it and the store is sqlite, the only one the server federates
-// on in this version.
+// federates reports whether kc's chat server federates: whenever
+// spec.federation asks for it, on either store (on jetstream, one replica
+// at a time, the holder of the store's writer lease, delivers the
+// messages queued for other servers).
 func federates(kc *chatv1.KezChat) bool {
-	return kc.Spec.Federation.IsEnabled() && kc.Spec.Server.StoreKind() == chatv1.StoreSQLite
+	return kc.Spec.Federation.IsEnabled()
 }
 
 // federationEnv turns the server's federation on, with its allow and block
@@ -64,14 +61,9 @@ type federationState struct {
 // federationOf is what kc's spec makes of federation.
 func federationOf(kc *chatv1.KezChat) federationState {
 	f := &kc.Spec.Federation
-	switch {
-	case !f.IsEnabled():
+	if !federates(kc) {
 		return federationState{reason: ReasonFederationDisabled,
 			message: "spec.federation.enabled is false: the chat server neither accepts messages from other servers nor relays any to them"}
-	case kc.Spec.Server.StoreKind() != chatv1.StoreSQLite:
-		return federationState{reason: ReasonStoreUnsupported, message: fmt.Sprintf(
-			"federation needs the sqlite store in this version; this KezChat runs on %s, so its chat server does not federate (spec.federation.enabled: false says so and clears this)",
-			kc.Spec.Server.StoreKind())}
 	}
 	var msg string
 	switch allow, block := len(f.AllowDomains), len(f.BlockDomains); {

@@ -149,17 +149,53 @@ func TestFederationFollowsTheSpecIntoTheServerAndTheStatus(t *testing.T) {
 		return nil
 	})
 
-	// On jetstream, the spec's federation is not applied, and the
-	// condition says so.
+	// On jetstream, the same: the server gets the lists, the condition
+	// counts them, and 443 opens for federation alone (push off here).
 	js := testNamespace(t)
 	startManager(t, js)
-	createKezChat(t, js, func(kc *chatv1.KezChat) { kc.Spec.Server.Store = chatv1.StoreJetStream })
+	createKezChat(t, js, func(kc *chatv1.KezChat) {
+		kc.Spec.Server.Store = chatv1.StoreJetStream
+		kc.Spec.Push.Enabled = ptr.To(false)
+		kc.Spec.Federation.BlockDomains = []string{"spam.example", "abuse.example"}
+	})
+	want = map[string]string{"KEZ_FEDERATION": "true", "KEZ_FEDERATION_BLOCK": "abuse.example,spam.example"}
+	waitFor[appsv1.Deployment](t, js, "chat-server", func(d *appsv1.Deployment) error {
+		if store, _ := envValue(d.Spec.Template.Spec.Containers[0], "KEZ_STORE"); store != string(chatv1.StoreJetStream) {
+			return fmt.Errorf("KEZ_STORE=%s, want jetstream", store)
+		}
+		if got := federationEnvIn(d); !maps.Equal(got, want) {
+			return fmt.Errorf("env %v, want %v", got, want)
+		}
+		return nil
+	})
+	kc = waitForConditions(t, js, map[string]metav1.ConditionStatus{chatv1.ConditionFederation: "True"})
+	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionFederation); c.Reason != ReasonFederationEnabled ||
+		!strings.Contains(c.Message, "every other server but the 2 domains of blockDomains") {
+		t.Errorf("Federation %+v", c)
+	}
+	waitFor[networkingv1.NetworkPolicy](t, js, "chat-server", func(np *networkingv1.NetworkPolicy) error {
+		if !egressAllows(np, nil, corev1.ProtocolTCP, 443) {
+			return fmt.Errorf("443 closed with federation on: %q", egressGrants(np))
+		}
+		return nil
+	})
+
+	// And off on jetstream: nothing of it, and 443 closes.
+	updateKezChat(t, js, func(kc *chatv1.KezChat) { kc.Spec.Federation.Enabled = ptr.To(false) })
+	waitFor[appsv1.Deployment](t, js, "chat-server", func(d *appsv1.Deployment) error {
+		if got := federationEnvIn(d); len(got) > 0 {
+			return fmt.Errorf("env %v, want none", got)
+		}
+		return nil
+	})
 	kc = waitForConditions(t, js, map[string]metav1.ConditionStatus{chatv1.ConditionFederation: "False"})
-	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionFederation); c.Reason != ReasonStoreUnsupported ||
-		!strings.Contains(c.Message, "sqlite") || !ptr.Deref(kc.Spec.Federation.Enabled, false) {
-		t.Errorf("Federation %+v with spec.federation %+v", c, kc.Spec.Federation)
+	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionFederation); c.Reason != ReasonFederationDisabled {
+		t.Errorf("Federation %+v", c)
 	}
-	if d := waitFor[appsv1.Deployment](t, js, "chat-server", nil); len(federationEnvIn(d)) > 0 {
-		t.Errorf("a jetstream server gets %v", federationEnvIn(d))
-	}
+	waitFor[networkingv1.NetworkPolicy](t, js, "chat-server", func(np *networkingv1.NetworkPolicy) error {
+		if egressAllows(np, nil, corev1.ProtocolTCP, 443) {
+			return fmt.Errorf("443 still open: %q", egressGrants(np))
+		}
+		return nil
+	})
 }

@@ -25,7 +25,7 @@ func federationEnvOf(kc *chatv1.KezChat) map[string]string {
 	return out
 }
 
-func TestServerFederatesWhenTheSpecAsksAndTheStoreIsSQLite(t *testing.T) {
+func TestServerFederatesWhenTheSpecAsksOnEitherStore(t *testing.T) {
 	jetstream := func(kc *chatv1.KezChat) { kc.Spec.Server.Store = chatv1.StoreJetStream }
 	tests := []struct {
 		name string
@@ -47,11 +47,21 @@ func TestServerFederatesWhenTheSpecAsksAndTheStoreIsSQLite(t *testing.T) {
 		{"nothing when disabled, lists and all", func(kc *chatv1.KezChat) {
 			kc.Spec.Federation = chatv1.FederationSpec{Enabled: ptr.To(false), AllowDomains: []string{"one.example"}, BlockDomains: []string{"spam.example"}}
 		}, map[string]string{}},
-		{"nothing on jetstream, where the server cannot federate", func(kc *chatv1.KezChat) {
+		{"on jetstream, with its lists", func(kc *chatv1.KezChat) {
 			jetstream(kc)
+			kc.Spec.Federation.AllowDomains = []string{"two.example", "one.example"}
 			kc.Spec.Federation.BlockDomains = []string{"spam.example"}
+		}, map[string]string{
+			"KEZ_FEDERATION":       "true",
+			"KEZ_FEDERATION_ALLOW": "one.example,two.example",
+			"KEZ_FEDERATION_BLOCK": "spam.example",
+		}},
+		{"on jetstream chosen by replicas", func(kc *chatv1.KezChat) { kc.Spec.Server.Replicas = ptr.To[int32](3) },
+			map[string]string{"KEZ_FEDERATION": "true"}},
+		{"nothing on jetstream when disabled", func(kc *chatv1.KezChat) {
+			jetstream(kc)
+			kc.Spec.Federation = chatv1.FederationSpec{Enabled: ptr.To(false), BlockDomains: []string{"spam.example"}}
 		}, map[string]string{}},
-		{"nothing on jetstream chosen by replicas", func(kc *chatv1.KezChat) { kc.Spec.Server.Replicas = ptr.To[int32](3) }, map[string]string{}},
 		{"the user's env wins, as for every variable", func(kc *chatv1.KezChat) {
 			kc.Spec.Server.Env = []corev1.EnvVar{{Name: "KEZ_FEDERATION_ALLOW", Value: "mine.example"}}
 		}, map[string]string{"KEZ_FEDERATION": "true", "KEZ_FEDERATION_ALLOW": "mine.example"}},
@@ -107,8 +117,12 @@ func TestFederationConditionFollowsTheSpec(t *testing.T) {
 			kc.Spec.Federation.Enabled = ptr.To(false)
 			kc.Spec.Server.Store = chatv1.StoreJetStream
 		}, metav1.ConditionFalse, ReasonFederationDisabled, nil},
-		{"jetstream", func(kc *chatv1.KezChat) { kc.Spec.Server.Store = chatv1.StoreJetStream }, metav1.ConditionFalse, ReasonStoreUnsupported,
-			[]string{"federation needs the sqlite store in this version", "jetstream"}},
+		{"jetstream, as sqlite", func(kc *chatv1.KezChat) {
+			kc.Spec.Server.Store = chatv1.StoreJetStream
+			kc.Spec.Federation.BlockDomains = []string{"spam.example"}
+		}, metav1.ConditionTrue, ReasonFederationEnabled, []string{"every other server but the 1 domain of blockDomains"}},
+		{"jetstream chosen by replicas", func(kc *chatv1.KezChat) { kc.Spec.Server.Replicas = ptr.To[int32](3) },
+			metav1.ConditionTrue, ReasonFederationEnabled, []string{"every other server", "no allowDomains, no blockDomains"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

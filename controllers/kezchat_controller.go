@@ -272,10 +272,8 @@ func (r *KezChatReconciler) reconcileChildren(ctx context.Context, kc *chatv1.Ke
 			noteChange(res, kind, obj)
 		}
 	}
-	// The chat server is applied with the federation its spec asks for,
-	// or without it on a store that cannot (federation.go). The condition
-	// says which; no event: on jetstream that is the default's doing, not
-	// something the user asked for and must fix.
+	// The chat server is applied with the federation its spec asks for
+	// (federation.go), and the condition says which.
 	fed := federationOf(kc)
 	obs.federation = &fed
 	for _, obj := range unwantedObjects(kc, in) {

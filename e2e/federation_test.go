@@ -18,7 +18,8 @@ import (
 )
 
 // Three KezChats in one namespace, applied as a user would: one that
-// federates only with the second, the second with every domain but a
+// federates only with the second, the second (on the jetstream store,
+// with push off, so 443 is federation's alone) with every domain but a
 // blocked one, and a third with federation and push off. Each gets the
 // Federation condition its spec says, its server the KEZ_FEDERATION
 // settings, and its server's NetworkPolicy the egress it needs: DNS, its
@@ -49,6 +50,8 @@ metadata:
   name: two
 spec:
   domain: two.example.org
+  server:
+    store: jetstream
   push:
     enabled: false
   federation:
@@ -68,14 +71,15 @@ spec:
 
 	for _, tt := range []struct {
 		name   string
+		store  string
 		status string
 		reason string
 		env    map[string]string
 		https  bool
 	}{
-		{"one", "True", "Enabled", map[string]string{"KEZ_FEDERATION": "true", "KEZ_FEDERATION_ALLOW": "two.example.org"}, true},
-		{"two", "True", "Enabled", map[string]string{"KEZ_FEDERATION": "true", "KEZ_FEDERATION_BLOCK": "abuse.example,spam.example"}, true},
-		{"three", "False", "Disabled", map[string]string{}, false},
+		{"one", "sqlite", "True", "Enabled", map[string]string{"KEZ_FEDERATION": "true", "KEZ_FEDERATION_ALLOW": "two.example.org"}, true},
+		{"two", "jetstream", "True", "Enabled", map[string]string{"KEZ_FEDERATION": "true", "KEZ_FEDERATION_BLOCK": "abuse.example,spam.example"}, true},
+		{"three", "sqlite", "False", "Disabled", map[string]string{}, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			kc := c.waitReady(t, ns, tt.name)
@@ -89,10 +93,17 @@ spec:
 				t.Fatal(err)
 			}
 			env := map[string]string{}
+			store := ""
 			for _, e := range d.Spec.Template.Spec.Containers[0].Env {
 				if strings.HasPrefix(e.Name, "KEZ_FEDERATION") {
 					env[e.Name] = e.Value
 				}
+				if e.Name == "KEZ_STORE" {
+					store = e.Value
+				}
+			}
+			if store != tt.store {
+				t.Errorf("the server's KEZ_STORE %q, want %q", store, tt.store)
 			}
 			if fmt.Sprint(env) != fmt.Sprint(tt.env) {
 				t.Errorf("the server's env %v, want %v", env, tt.env)

@@ -11,9 +11,9 @@ type FederationSpec struct {
 	// Enabled lets the chat server accept messages from and relay
 	// messages to other servers. It is on unless set to false: a chat
 	// server is a part of the network of KezChat servers, as a mail
-	// server is of mail, and this field turns that off. It needs the
-	// sqlite store in this version: on jetstream the operator leaves it
-	// off and the Federation condition says so.
+	// server is of mail, and this field turns that off. On either
+	// store: on jetstream one replica at a time, the holder of the
+	// store's writer lease, delivers messages to other servers.
 	// +optional
 	// +kubebuilder:default=true
 	Enabled *bool `json:"enabled,omitempty"`
@@ -42,11 +42,10 @@ type FederationSpec struct {
 }
 
 // IsEnabled reports whether spec.federation asks for federation (default
-// true). The server federates only on the sqlite store.
+// true), on either store.
 func (s *FederationSpec) IsEnabled() bool { return boolOrDefault(s.Enabled, true) }
 
 // ConditionFederation is whether the chat server federates: True (reason
 // Enabled) when it does; False with reason Disabled when
-// spec.federation.enabled is false, or StoreUnsupported on the jetstream
-// store, where this version of the server cannot.
+// spec.federation.enabled is false.
 const ConditionFederation = "Federation"

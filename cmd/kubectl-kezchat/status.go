@@ -40,8 +40,8 @@ type instanceStatus struct {
 	Backups          bool        `json:"backups"`
 	LastBackup       *lastBackup `json:"lastBackup,omitempty"`
 	LastBackupFailed string      `json:"lastBackupFailed,omitempty"`
-	// Federation is the Federation condition's reason (Enabled, Disabled,
-	// StoreUnsupported), empty before the operator reported it.
+	// Federation is the Federation condition's reason (Enabled or
+	// Disabled), empty before the operator reported it.
 	Federation string    `json:"federation,omitempty"`
 	Created    time.Time `json:"created"`
 }

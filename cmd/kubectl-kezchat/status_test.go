@@ -68,7 +68,7 @@ func TestSummarizeTakesTheNewestBackupAndOnlyItsOwnVolumes(t *testing.T) {
 	kc.Spec.Backup = &chatv1.BackupSpec{}
 	kc.Status.LastSuccessfulBackup = &chatv1.BackupRecord{Name: "old", BackupID: "old-id", CompletedAt: metav1.NewTime(now.Add(-48 * time.Hour)), Bytes: 1}
 	kc.Status.Conditions = []metav1.Condition{condition(chatv1.ConditionLastBackupSucceeded, "False", "BackupFailed", "bucket gone"),
-		condition(chatv1.ConditionFederation, "False", "StoreUnsupported", "federation needs the SQLite store")}
+		condition(chatv1.ConditionFederation, "False", "Disabled", "spec.federation.enabled is false")}
 
 	newer := completedBackup("ns", "newer", "team", now.Add(-2*time.Hour), 2048)
 	otherChat := completedBackup("ns", "others", "other", now.Add(-time.Minute), 1)
@@ -88,7 +88,7 @@ func TestSummarizeTakesTheNewestBackupAndOnlyItsOwnVolumes(t *testing.T) {
 	if st.LastBackup == nil || st.LastBackup.Name != "newer" || st.LastBackup.Bytes != 2048 {
 		t.Errorf("last backup = %+v, want newer", st.LastBackup)
 	}
-	if st.Federation != "StoreUnsupported" {
+	if st.Federation != "Disabled" {
 		t.Errorf("federation = %q, want the condition's reason", st.Federation)
 	}
 	if st.LastBackupFailed != "bucket gone" {
