@@ -13,6 +13,7 @@ import (
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/backup"
 	"kez.lat/chat/server/jsstore"
+	"kez.lat/chat/server/storetest"
 	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/testutil"
 )
@@ -80,6 +81,20 @@ func seedJetStream(t *testing.T, b *bucket, id string) *jsSeed {
 	if _, err := store.AppendMessage(ctx, envelopeWithBlobs("carol", "alice", "with-file", seed.blob), server.InboxLimits{}); err != nil {
 		t.Fatal(err)
 	}
+	// Federation's state: a document queued for another server, a pin, a
+	// privacy setting, a remote sender's message id.
+	if _, err := store.Enqueue(ctx, []*server.OutboundDoc{storetest.Outbound("alice", "out-1", "two.example", "dave", 10)}, server.OutboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.PinRemote(ctx, &server.RemotePin{Address: "dave@two.example", PrimaryID: "p-dave", Alg: "ed25519", Key: []byte("k")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.SavePrivacy(ctx, "bob", &server.Privacy{Strangers: server.StrangersRefuse, Known: []string{}, Blocked: []string{"evil.example"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendMessage(ctx, envelope("bob", "dave@two.example", "remote-1"), server.InboxLimits{}); err != nil {
+		t.Fatal(err)
+	}
 	take(t, b, backup.JetStreamSource{NC: connect(t, src), TempDir: t.TempDir()}, id, backup.PartServer)
 	return seed
 }
@@ -133,11 +148,26 @@ func checkJetStreamRestored(t *testing.T, seed *jsSeed, dst *testutil.NATS) {
 			}
 		}
 	}
-	if msgs, _ := got.Messages(ctx, "bob", 0, 100, 0); len(msgs) != 7 {
-		t.Errorf("bob has %d messages after the restore, want the 7 he had not acknowledged", len(msgs))
+	if msgs, _ := got.Messages(ctx, "bob", 0, 100, 0); len(msgs) != 8 {
+		t.Errorf("bob has %d messages after the restore, want the 8 he had not acknowledged", len(msgs))
 	}
 	if cp, err := got.KeyCheckpoint(ctx, user("alice").PrimaryID); err != nil || !bytes.Equal(cp, jsCheckpoint) {
 		t.Errorf("restored key checkpoint %q, %v", cp, err)
+	}
+	if e, err := got.OutboxEntries(ctx, "alice", 10); err != nil || len(e) != 1 || e[0].ID != "out-1" || e[0].State != server.OutboxQueued {
+		t.Errorf("restored outbox: %+v, %v", e, err)
+	}
+	if due, err := got.DueDeliveries(ctx, time.Now().Add(time.Second), 10); err != nil || len(due) != 1 || due[0].Domain != "two.example" {
+		t.Errorf("restored outbox's due deliveries: %+v, %v", due, err)
+	}
+	if p, err := got.PinRemote(ctx, &server.RemotePin{Address: "dave@two.example", PrimaryID: "other"}); err != nil || p.PrimaryID != "p-dave" {
+		t.Errorf("restored pin: %+v, %v", p, err)
+	}
+	if p, err := got.Privacy(ctx, "bob"); err != nil || p.Strangers != server.StrangersRefuse {
+		t.Errorf("restored privacy setting: %+v, %v", p, err)
+	}
+	if dup, err := got.AppendMessage(ctx, envelope("bob", "dave@two.example", "remote-1"), server.InboxLimits{}); err != nil || !dup {
+		t.Errorf("a remote sender's retry after the restore: dup %v, %v", dup, err)
 	}
 	// The handle stays taken, and the restored store takes new messages.
 	if err := got.CreateUser(ctx, user("alice")); err == nil {
