@@ -214,8 +214,8 @@ func TestBackupAndRestoreOfTheJetStreamStore(t *testing.T) {
 	if code := run(ctx, args, &stdout, stderr); code != 0 {
 		t.Fatalf("backup: exit %d: %s", code, stderr.String())
 	}
-	if !strings.Contains(stdout.String(), `"objects":19`) {
-		t.Errorf("result %s: want 9 streams of 2 objects and the manifest", stdout.String())
+	if !strings.Contains(stdout.String(), `"objects":27`) {
+		t.Errorf("result %s: want 13 streams (the envelopes, the outbox, 10 buckets, the blobs) of 2 objects and the manifest", stdout.String())
 	}
 
 	dst := testutil.StartNATS(t, testutil.NATSOptions{User: "kezchat", Password: "s3cret", CalloutIssuer: calloutIssuer(t)})

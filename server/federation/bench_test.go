@@ -19,21 +19,28 @@ import (
 
 // BenchmarkDelivery sends messages to one reader whose stream is open, on
 // one server (local) and from one server to another (federated, through
-// the outbox and the courier), as fast as they are answered and at a fixed
-// rate (docs/benchmarks.md, "Federation").
+// the outbox and the courier), on SQLite and on JetStream (each server its
+// own NATS, fsyncing every write as the operator configures one), as fast
+// as they are answered and at a fixed rate (docs/benchmarks.md,
+// "Federation").
 func BenchmarkDelivery(b *testing.B) {
-	for _, federated := range []bool{false, true} {
-		for _, rate := range []int{0, 200} {
-			name := "local"
-			if federated {
-				name = "federated"
+	for _, jetStream := range []bool{false, true} {
+		for _, federated := range []bool{false, true} {
+			for _, rate := range []int{0, 200} {
+				name := "local"
+				if federated {
+					name = "federated"
+				}
+				if jetStream {
+					name += "-jetstream"
+				}
+				if rate == 0 {
+					name += "/closed-loop"
+				} else {
+					name += fmt.Sprintf("/%d-per-s", rate)
+				}
+				b.Run(name, func(b *testing.B) { benchDelivery(b, jetStream, federated, rate) })
 			}
-			if rate == 0 {
-				name += "/closed-loop"
-			} else {
-				name += fmt.Sprintf("/%d-per-s", rate)
-			}
-			b.Run(name, func(b *testing.B) { benchDelivery(b, federated, rate) })
 		}
 	}
 }
@@ -42,11 +49,18 @@ func BenchmarkDelivery(b *testing.B) {
 // come (rate 0) or at rate messages a second in all, and reports the
 // messages a second and the latency from each send's start to its frame
 // on the reader's stream.
-func benchDelivery(b *testing.B, federated bool, rate int) {
-	one := testutil.StartServer(b, testutil.Options{Federation: &app.Federation{}})
+func benchDelivery(b *testing.B, jetStream, federated bool, rate int) {
+	startServer := func() *testutil.Server {
+		o := testutil.Options{Federation: &app.Federation{}}
+		if jetStream {
+			o.NATS, o.JetStream = testutil.StartNATS(b, testutil.NATSOptions{SyncAlways: true}), true
+		}
+		return testutil.StartServer(b, o)
+	}
+	one := startServer()
 	two := one
 	if federated {
-		two = testutil.StartServer(b, testutil.Options{Federation: &app.Federation{}})
+		two = startServer()
 	}
 	bob := newPerson(b, two, "bob")
 	senders := make([]*person, 16)
