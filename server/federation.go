@@ -151,6 +151,10 @@ type FederationStore interface {
 	// PinRemote records pin unless its address has one, and returns the
 	// one recorded.
 	PinRemote(ctx context.Context, pin *RemotePin) (*RemotePin, error)
+	// Unpin forgets address's pin and reports whether there was one: an
+	// operator's decision (kezchat unpin) once a person's new identity
+	// was checked out of band; the next record accepted is pinned.
+	Unpin(ctx context.Context, address string) (bool, error)
 	// Privacy returns handle's setting; the default (accept, no lists)
 	// when it set none.
 	Privacy(ctx context.Context, handle string) (*Privacy, error)

@@ -13,8 +13,8 @@ import (
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/backup"
 	"kez.lat/chat/server/jsstore"
-	"kez.lat/chat/server/storetest"
 	"kez.lat/chat/server/natsbus"
+	"kez.lat/chat/server/storetest"
 	"kez.lat/chat/server/testutil"
 )
 

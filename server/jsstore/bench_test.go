@@ -7,7 +7,9 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"runtime"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"kez.lat/chat/server"
 	"kez.lat/chat/server/jsstore"
@@ -78,5 +80,35 @@ func benchmarkAppendMany(b *testing.B, replicas, callers int) {
 	}
 	if batches > 0 {
 		b.ReportMetric(float64(envelopes)/float64(batches), "envelopes/batch")
+	}
+}
+
+// BenchmarkEnqueue measures queueing documents for other servers as the
+// chat server does (docs/benchmarks.md, "Federation"): 700-byte documents
+// from 16 senders, one each per call, on a NATS server that fsyncs every
+// write, from 1 caller or 16 at once.
+func BenchmarkEnqueue(b *testing.B) {
+	for _, callers := range []int{1, 16} {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			s := open(b, testutil.StartNATS(b, testutil.NATSOptions{SyncAlways: true}), 0)
+			const senders = 16
+			var next atomic.Int64
+			doc := make([]byte, 700)
+			b.SetParallelism(max(1, callers/runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := next.Add(1)
+					d := &server.OutboundDoc{Sender: fmt.Sprintf("sender%02d", i%senders), ID: fmt.Sprintf("m%d", i),
+						Domain: "two.example", Recipient: "bob", Message: doc, TS: time.Now()}
+					if _, err := s.Enqueue(context.Background(), []*server.OutboundDoc{d}, server.OutboxLimits{}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "docs/s")
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,30 +38,43 @@ import (
 //   - head.<sender>.<domain>: the queue's state, the latest message only
 //     (rollup): the seq up to which its documents are delivered or failed
 //     (they are purged after), and the attempts at its head unit.
-//   - count.<sender>: what the sender has queued, in documents and bytes,
-//     against server.OutboxLimits.
+//   - queued.<sender> and finished.<sender>: the documents and bytes the
+//     sender ever queued, and those delivered or failed since, the latest
+//     message only; what is queued now, held to server.OutboxLimits, is
+//     the difference. Sends change the first and deliveries the second,
+//     so the two never wait for each other.
 //   - id.<sender>.<hash of the message id>: the sender's message ids, so
 //     that an id is queued once.
 //   - done.<sender>: a record per unit delivered or failed, what the
 //     sender's outbox shows for a day.
 //
 // JetStream has no transactions, but an atomic batch with an expected last
-// seq per subject is one: every change of a sender's outbox is one batch
-// that expects count.<sender> (and head.<sender>.<domain>) at the seqs it
-// read, so of two replicas changing it at once one is refused and reads
-// again. The stream's max age drops everything a day after the federation
-// window; a head or count record that old is of an emptied queue.
+// seq per subject is one: a send is one batch that expects queued.<sender>
+// at the seq it read (and each new id absent), a delivery one that expects
+// finished.<sender> and head.<sender>.<domain>, so of two replicas making
+// the same change at once one is refused and reads again. Batches of
+// different senders are committed together (groupCommitter), so that
+// concurrent sends share JetStream's fsyncs. Ids, done records and heads
+// carry a per-message TTL (Nats-TTL): the stream keeps what is still
+// queued, and the counts, for as long as it takes.
 //
 // One replica at a time delivers: the holder of the writer lease (the
 // courier's Active), woken over NATS when another replica queues.
 const (
-	OutboxStream  = "KEZ_CHAT_OUTBOX"
-	outboxPrefix  = "kez.chat.outbox."
-	outboxMaxAge  = server.FederationWindow + server.OutboxKeep + time.Hour
+	OutboxStream = "KEZ_CHAT_OUTBOX"
+	outboxPrefix = "kez.chat.outbox."
+	// idTTL: an id answers a retry while its document may still be
+	// queued, and for the day the outbox shows it after.
+	idTTL         = server.FederationWindow + server.OutboxKeep + time.Hour
+	doneTTL       = server.OutboxKeep + time.Hour
+	headTTL       = idTTL
 	outboxQueued  = "kez.chat.federation.queued"
 	outboxCASRuns = 16
 
-	BucketRemoteIDs  = "kez_chat_remote_ids"
+	// RemoteIDStream keeps remote senders' message ids, on subjects
+	// kez.chat.remoteid.<idKey>, for the federation window.
+	RemoteIDStream   = "KEZ_CHAT_REMOTE_IDS"
+	remoteIDPrefix   = "kez.chat.remoteid."
 	BucketRemotePins = "kez_chat_remote_pins"
 	BucketPrivacy    = "kez_chat_privacy"
 )
@@ -91,13 +105,14 @@ func headSubject(sender, domain string) string {
 	return outboxSubject("head", natsbus.Token(sender), natsbus.Token(domain))
 }
 
-func countSubject(sender string) string { return outboxSubject("count", natsbus.Token(sender)) }
-func doneSubject(sender string) string  { return outboxSubject("done", natsbus.Token(sender)) }
+func queuedSubject(sender string) string   { return outboxSubject("queued", natsbus.Token(sender)) }
+func finishedSubject(sender string) string { return outboxSubject("finished", natsbus.Token(sender)) }
+func doneSubject(sender string) string     { return outboxSubject("done", natsbus.Token(sender)) }
 func outboxIDSubject(sender, id string) string {
 	return outboxSubject("id", natsbus.Token(sender), idKey(sender, id))
 }
 
-// outboxCount is count.<sender>.
+// outboxCount is queued.<sender> or finished.<sender>.
 type outboxCount struct {
 	Docs  int64 `json:"docs"`
 	Bytes int64 `json:"bytes"`
@@ -144,13 +159,22 @@ var _ server.FederationStore = (*Store)(nil)
 
 // federationState is the Store's part for federation.
 type federationState struct {
-	outbox                   jetstream.Stream
-	remoteIDs, pins, privacy jetstream.KeyValue
-	// notBefore: queues (doc subjects) whose head waits for its next
-	// attempt until then; DueDeliveries skips them without reading.
-	mu        sync.Mutex
-	notBefore map[string]time.Time
-	batches   atomic.Uint64 // names this replica's outbox batches
+	outbox        jetstream.Stream
+	remoteIDs     jetstream.Stream
+	pins, privacy jetstream.KeyValue
+	// heads is what the courier's replica knows of each queue (doc
+	// subject) it read, so that DueDeliveries reads only the queues that
+	// changed: a queue's head changes by FinishDelivery alone (sends add
+	// behind it), which this replica runs. term is the writer lease's
+	// term it was read in: another term, another courier meanwhile.
+	mu      sync.Mutex
+	heads   map[string]*queueState
+	term    uint64
+	batches atomic.Uint64 // names this replica's outbox batches
+	// outboxCommits and idCommits commit the batches of the outbox and
+	// of the remote ids.
+	outboxCommits, idCommits *groupCommitter
+	locks                    senderLocks // "queued:" or "finished:" and the sender
 }
 
 // setupFederation creates or updates the outbox stream and federation's
@@ -164,7 +188,7 @@ func (s *Store) setupFederation(ctx context.Context, cfg Config, storage jetstre
 		Subjects:           []string{outboxPrefix + ">"},
 		Storage:            storage,
 		Replicas:           cfg.Replicas,
-		MaxAge:             outboxMaxAge,
+		AllowMsgTTL:        true,
 		MaxBytes:           -1,
 		MaxMsgs:            -1,
 		MaxMsgsPerSubject:  -1,
@@ -175,8 +199,21 @@ func (s *Store) setupFederation(ctx context.Context, cfg Config, storage jetstre
 	}); err != nil {
 		return fmt.Errorf("creating stream %s: %w", OutboxStream, err)
 	}
-	if s.fed.remoteIDs, err = bucket(BucketRemoteIDs, "kez-chat message ids of senders on other servers", server.RemoteIDWindow); err != nil {
-		return err
+	if s.fed.remoteIDs, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:               RemoteIDStream,
+		Description:        "kez-chat message ids of senders on other servers, for the federation window",
+		Subjects:           []string{remoteIDPrefix + "*"},
+		Storage:            storage,
+		Replicas:           cfg.Replicas,
+		MaxAge:             server.RemoteIDWindow,
+		MaxBytes:           -1,
+		MaxMsgs:            -1,
+		MaxMsgsPerSubject:  1,
+		AllowAtomicPublish: true,
+		AllowDirect:        true,
+		Discard:            jetstream.DiscardOld,
+	}); err != nil {
+		return fmt.Errorf("creating stream %s: %w", RemoteIDStream, err)
 	}
 	if s.fed.pins, err = bucket(BucketRemotePins, "kez-chat first identity accepted per address on another server", 0); err != nil {
 		return err
@@ -184,7 +221,8 @@ func (s *Store) setupFederation(ctx context.Context, cfg Config, storage jetstre
 	if s.fed.privacy, err = bucket(BucketPrivacy, "kez-chat who may write to each handle from other servers", 0); err != nil {
 		return err
 	}
-	s.fed.notBefore = make(map[string]time.Time)
+	s.fed.heads = make(map[string]*queueState)
+	s.fed.outboxCommits, s.fed.idCommits = newGroupCommitter(s), newGroupCommitter(s)
 	return nil
 }
 
@@ -206,26 +244,34 @@ func (s *Store) lastOutboxMsg(ctx context.Context, subject string, v any) (uint6
 
 // record is a JSON message for subject that replaces the subject's
 // earlier ones and is stored only if the subject's last seq is still
-// last (0: none).
-func record(subject string, v any, last uint64) *nats.Msg {
+// last (0: none); it lives for life (0: until replaced).
+func record(subject string, v any, last uint64, life time.Duration) *nats.Msg {
 	data, _ := json.Marshal(v)
-	return &nats.Msg{Subject: subject, Data: data, Header: nats.Header{
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{
 		jetstream.MsgRollup:                 {jetstream.MsgRollupSubject},
 		jetstream.ExpectedLastSubjSeqHeader: {strconv.FormatUint(last, 10)},
 	}}
+	if life > 0 {
+		m.Header.Set(jetstream.MsgTTLHeader, ttl(life))
+	}
+	return m
 }
+
+// ttl is a Nats-TTL header's value: whole seconds.
+func ttl(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second), 10) + "s" }
 
 // errOutboxChanged: a batch expected a subject's last seq that another
 // replica moved; the change is read and made again.
 var errOutboxChanged = errors.New("the outbox changed meanwhile")
 
-// publishOutbox stores msgs as one atomic batch and returns the seq of the
-// first.
-func (s *Store) publishOutbox(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+// publishBatch stores msgs, all of one stream, as one atomic batch and
+// returns the seq of the first.
+func (s *Store) publishBatch(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
 	id := s.w.prefix + "outbox-" + strconv.FormatUint(s.fed.batches.Add(1), 36)
 	for i, m := range msgs {
 		m.Header[hdrBatchID] = []string{id}
 		m.Header[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
+		delete(m.Header, hdrBatchCommit) // from a batch it was in before
 		if i < len(msgs)-1 {
 			if err := s.nc.PublishMsg(m); err != nil {
 				return 0, fmt.Errorf("publishing to the outbox: %w", err)
@@ -274,16 +320,23 @@ func (s *Store) Enqueue(ctx context.Context, docs []*server.OutboundDoc, limits 
 		digests[i] = hex.EncodeToString(sum[:])
 	}
 	blobsKept := false
+	defer s.fed.locks.lock("queued:" + sender)()
 	for run := 0; ; run++ {
 		dups, err := s.queuedIDs(ctx, docs, digests)
 		if err != nil {
 			return nil, fmt.Errorf("queueing %d documents: %w", len(docs), err)
 		}
-		var count outboxCount
-		countSeq, err := s.lastOutboxMsg(ctx, countSubject(sender), &count)
+		var queued, finished outboxCount
+		queuedSeq, err := s.lastOutboxMsg(ctx, queuedSubject(sender), &queued)
+		if err == nil {
+			// Read after queued: a delivery recorded in between only
+			// makes the count higher than it is, never lower.
+			_, err = s.lastOutboxMsg(ctx, finishedSubject(sender), &finished)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("queueing %d documents: %w", len(docs), err)
 		}
+		count := outboxCount{Docs: max(queued.Docs-finished.Docs, 0), Bytes: max(queued.Bytes-finished.Bytes, 0)}
 		var newDocs, newBytes int64
 		for i, d := range docs {
 			if !dups[i] {
@@ -304,16 +357,19 @@ func (s *Store) Enqueue(ctx context.Context, docs []*server.OutboundDoc, limits 
 			}
 			blobsKept = true
 		}
-		msgs := []*nats.Msg{record(countSubject(sender), outboxCount{Docs: count.Docs + newDocs, Bytes: count.Bytes + newBytes}, countSeq)}
+		// Ever queued: never less than ever finished, whatever a count
+		// record went through.
+		ever := outboxCount{Docs: max(queued.Docs, finished.Docs) + newDocs, Bytes: max(queued.Bytes, finished.Bytes) + newBytes}
+		msgs := []*nats.Msg{record(queuedSubject(sender), ever, queuedSeq, 0)}
 		for i, d := range docs {
 			if !dups[i] {
 				data, _ := json.Marshal(outboxID{Digest: digests[i]})
 				msgs = append(msgs, &nats.Msg{Subject: outboxIDSubject(sender, d.ID), Data: data,
-					Header: nats.Header{jetstream.ExpectedLastSubjSeqHeader: {"0"}}})
+					Header: nats.Header{jetstream.ExpectedLastSubjSeqHeader: {"0"}, jetstream.MsgTTLHeader: {ttl(idTTL)}}})
 			}
 		}
 		msgs = append(msgs, unitMsgs(docs, dups, s.now())...)
-		_, err = s.publishOutbox(ctx, msgs)
+		err = s.fed.outboxCommits.commit(ctx, msgs)
 		switch {
 		case err == nil:
 			if perr := s.nc.Publish(outboxQueued, nil); perr != nil {
@@ -481,8 +537,26 @@ func (s *Store) readQueue(ctx context.Context, subject string, seq uint64, batch
 	return docs, nil
 }
 
-// DueDeliveries lists the queues that hold documents and reads each one's
-// head; see server.FederationStore.
+// queueState is a queue as the courier last read it.
+type queueState struct {
+	head *server.Delivery // nil: nothing queued after doneThrough
+	// notBefore: the head waits for its next attempt until then.
+	notBefore time.Time
+	// msgs is the subject's message count when it was found empty: more
+	// means documents were queued since.
+	msgs        uint64
+	doneThrough uint64
+	// unpurged counts the documents delivered or failed since the
+	// subject was last purged: purges go in bulk, the head's doneThrough
+	// hides what waits for one.
+	unpurged int
+}
+
+// purgeEvery is how many finished documents of a queue wait for a purge.
+const purgeEvery = 128
+
+// DueDeliveries lists the queues that hold documents and reads the head
+// of those it does not know; see server.FederationStore.
 func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*server.Delivery, error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
@@ -491,26 +565,29 @@ func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]
 		return nil, fmt.Errorf("listing the outbox's queues: %w", err)
 	}
 	s.fed.mu.Lock()
-	for q := range s.fed.notBefore {
+	if term := s.leaseTerm.Load(); term != s.fed.term {
+		clear(s.fed.heads)
+		s.fed.term = term
+	}
+	for q := range s.fed.heads {
 		if _, ok := info.State.Subjects[q]; !ok {
-			delete(s.fed.notBefore, q)
+			delete(s.fed.heads, q)
 		}
 	}
 	s.fed.mu.Unlock()
 	var ds []*server.Delivery
-	for q := range info.State.Subjects {
+	for q, msgs := range info.State.Subjects {
 		s.fed.mu.Lock()
-		wait := s.fed.notBefore[q].After(now)
+		st := s.fed.heads[q]
 		s.fed.mu.Unlock()
-		if wait {
-			continue
+		if st == nil || (st.head == nil && msgs != st.msgs) {
+			if st, err = s.readQueueState(ctx, q, msgs, now); err != nil {
+				return nil, err
+			}
 		}
-		d, err := s.dueDelivery(ctx, q, now)
-		if err != nil {
-			return nil, err
-		}
-		if d != nil {
-			ds = append(ds, d)
+		if st.head != nil && !st.notBefore.After(now) {
+			d := *st.head
+			ds = append(ds, &d)
 		}
 	}
 	slices.SortFunc(ds, func(a, b *server.Delivery) int { return cmp.Compare(a.Unit, b.Unit) })
@@ -520,29 +597,44 @@ func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]
 	return ds, nil
 }
 
-// dueDelivery is the queue q's head unit when its next attempt is due, nil
-// when not (or the queue is done).
-func (s *Store) dueDelivery(ctx context.Context, q string, now time.Time) (*server.Delivery, error) {
+// readQueueState reads queue q's head record and first document after it,
+// and remembers them; a queue with nothing after it is purged.
+func (s *Store) readQueueState(ctx context.Context, q string, msgs uint64, now time.Time) (*queueState, error) {
 	var head outboxHead
 	if _, err := s.lastOutboxMsg(ctx, "kez.chat.outbox.head."+strings.TrimPrefix(q, outboxPrefix+"doc."), &head); err != nil {
 		return nil, err
 	}
 	docs, err := s.readQueue(ctx, q, head.DoneThrough+1, 1)
-	if err != nil || len(docs) == 0 {
-		return nil, err // done, not purged yet
+	if err != nil {
+		return nil, err
 	}
-	first := docs[0]
-	d := &server.Delivery{Unit: int64(first.seq), Domain: first.domain, Sender: first.sender, Expires: time.Unix(first.expires, 0)}
-	if head.Unit == first.seq {
-		d.Attempts = head.Attempts
-		if next := time.Unix(head.NextAt, 0); next.After(now) {
-			s.fed.mu.Lock()
-			s.fed.notBefore[q] = next
-			s.fed.mu.Unlock()
-			return nil, nil
+	st := &queueState{msgs: msgs, doneThrough: head.DoneThrough}
+	if len(docs) == 0 {
+		// Finished documents only: purged now, so the queue is listed no
+		// more.
+		body := "kez.chat.outbox.body." + strings.TrimPrefix(q, outboxPrefix+"doc.")
+		for _, subj := range []string{q, body} {
+			// A body is the message after its document: through
+			// DoneThrough+1 goes the last finished one's.
+			if _, err := s.purgeSubject(ctx, OutboxStream, subj, head.DoneThrough+1); err != nil {
+				s.log.Warn("purging delivered documents", "subject", subj, "err", err)
+			}
+		}
+	} else {
+		first := docs[0]
+		st.head = &server.Delivery{Unit: int64(first.seq), Domain: first.domain, Sender: first.sender, Expires: time.Unix(first.expires, 0)}
+		if head.Unit == first.seq {
+			st.head.Attempts = head.Attempts
+			st.notBefore = time.Unix(head.NextAt, 0)
 		}
 	}
-	return d, nil
+	s.fed.mu.Lock()
+	if old := s.fed.heads[q]; old != nil && len(docs) > 0 {
+		st.unpurged = old.unpurged
+	}
+	s.fed.heads[q] = st
+	s.fed.mu.Unlock()
+	return st, nil
 }
 
 // DeliveryMessages reads the headers of d's unit and the units behind it,
@@ -627,10 +719,13 @@ func (s *Store) FinishDelivery(ctx context.Context, units []int64, r server.Deli
 		return fmt.Errorf("recording delivery of units %v: %w", units, err)
 	}
 	sender, domain := head0.sender, head0.domain
+	defer s.fed.locks.lock("finished:" + sender)()
 	q := docSubject(sender, domain)
 	defer func() {
 		s.fed.mu.Lock()
-		delete(s.fed.notBefore, q)
+		if st := s.fed.heads[q]; st != nil {
+			st.head, st.msgs = nil, math.MaxUint64 // read again
+		}
 		s.fed.mu.Unlock()
 	}()
 	for run := 0; ; run++ {
@@ -664,8 +759,7 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 	if r.State == server.OutboxQueued {
 		next := outboxHead{DoneThrough: head.DoneThrough, Unit: uint64(units[0]), Attempts: attempts,
 			NextAt: r.NextAt.Unix(), At: r.At.Unix(), Code: r.Code, Message: r.Message}
-		_, err := s.publishOutbox(ctx, []*nats.Msg{record(headSubject(sender, domain), next, headSeq)})
-		return err
+		return s.fed.outboxCommits.commit(ctx, []*nats.Msg{record(headSubject(sender, domain), next, headSeq, headTTL)})
 	}
 	q := docSubject(sender, domain)
 	// The units of one delivery hold at most MaxBatchDocuments documents.
@@ -673,13 +767,14 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 	if err != nil {
 		return err
 	}
-	var count outboxCount
-	countSeq, err := s.lastOutboxMsg(ctx, countSubject(sender), &count)
+	var finished outboxCount
+	finishedSeq, err := s.lastOutboxMsg(ctx, finishedSubject(sender), &finished)
 	if err != nil {
 		return err
 	}
 	var done []*outboxDone
 	var last uint64
+	finishedDocs := 0
 	for i := 0; i < len(docs) && len(done) < len(units); {
 		n := docs[i].unitDocs
 		if docs[i].seq != uint64(units[len(done)]) || i+n > len(docs) {
@@ -689,8 +784,9 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 			At: r.At.Unix(), Code: r.Code, Message: r.Message}
 		for _, doc := range docs[i : i+n] {
 			rec.Docs = append(rec.Docs, outboxDoneDoc{To: doc.to, ID: doc.id})
-			count.Docs--
-			count.Bytes -= int64(doc.size)
+			finished.Docs++
+			finished.Bytes += int64(doc.size)
+			finishedDocs++
 			last = doc.seq
 		}
 		done = append(done, rec)
@@ -700,21 +796,35 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 	if len(done) < len(units) {
 		return fmt.Errorf("units %v of %s's queue for %s are not all there", units, sender, domain)
 	}
-	count.Docs, count.Bytes = max(count.Docs, 0), max(count.Bytes, 0)
 	msgs := []*nats.Msg{
-		record(countSubject(sender), count, countSeq),
-		record(headSubject(sender, domain), outboxHead{DoneThrough: last}, headSeq),
+		record(finishedSubject(sender), finished, finishedSeq, 0),
+		record(headSubject(sender, domain), outboxHead{DoneThrough: last}, headSeq, headTTL),
 	}
 	for _, rec := range done {
 		data, _ := json.Marshal(rec)
-		msgs = append(msgs, &nats.Msg{Subject: doneSubject(sender), Data: data, Header: nats.Header{}})
+		msgs = append(msgs, &nats.Msg{Subject: doneSubject(sender), Data: data, Header: nats.Header{jetstream.MsgTTLHeader: {ttl(doneTTL)}}})
 	}
-	if _, err := s.publishOutbox(ctx, msgs); err != nil {
+	if err := s.fed.outboxCommits.commit(ctx, msgs); err != nil {
 		return err
 	}
-	for _, subj := range []string{q, bodySubject(sender, domain)} {
-		if _, err := s.purgeSubject(ctx, OutboxStream, subj, last+1); err != nil {
-			s.log.Warn("purging delivered documents", "subject", subj, "err", err) // skipped by DoneThrough; aged out at the latest
+	// Purged in bulk: DoneThrough hides them meanwhile.
+	s.fed.mu.Lock()
+	st := s.fed.heads[q]
+	if st == nil {
+		st = &queueState{}
+		s.fed.heads[q] = st
+	}
+	st.unpurged += finishedDocs
+	purge := st.unpurged >= purgeEvery
+	if purge {
+		st.unpurged = 0
+	}
+	s.fed.mu.Unlock()
+	if purge {
+		for _, subj := range []string{q, bodySubject(sender, domain)} {
+			if _, err := s.purgeSubject(ctx, OutboxStream, subj, last+1); err != nil {
+				s.log.Warn("purging delivered documents", "subject", subj, "err", err)
+			}
 		}
 	}
 	return nil

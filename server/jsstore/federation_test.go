@@ -86,13 +86,13 @@ func TestARemoteSendersMessageIDOutlivesItsEnvelopeAndTheStreamsWindow(t *testin
 	if err != nil || !dups[0] || dups[1] || group[0].Seq != first.Seq || group[1].Seq <= first.Seq {
 		t.Fatalf("a relayed batch with the retry: dups %v seqs %d %d, %v", dups, group[0].Seq, group[1].Seq, err)
 	}
-	kv, err := jetStreamOf(t, n).KeyValue(ctx, jsstore.BucketRemoteIDs)
+	st, err := jetStreamOf(t, n).Stream(ctx, jsstore.RemoteIDStream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := kv.Status(ctx)
-	if err != nil || st.TTL() != server.RemoteIDWindow || st.Values() != 2 {
-		t.Fatalf("remote ids bucket: TTL %v, %d values (%v); want %v and 2", st.TTL(), st.Values(), err, server.RemoteIDWindow)
+	info, err := st.Info(ctx)
+	if err != nil || info.Config.MaxAge != server.RemoteIDWindow || info.State.Msgs != 2 {
+		t.Fatalf("remote ids stream: max age %v, %d ids (%v); want %v and 2", info.Config.MaxAge, info.State.Msgs, err, server.RemoteIDWindow)
 	}
 }
 

@@ -65,6 +65,7 @@ func (s *Store) holdLease(kv jetstream.KeyValue) {
 			subs = append(subs, sub)
 		}
 		rev = r
+		s.leaseTerm.Add(1)
 		s.leader.Store(true)
 		s.log.Info("holding the writer lease")
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"kez.lat/chat/server"
@@ -25,8 +26,8 @@ import (
 // remoteSender reports whether sender is a person on another server.
 func remoteSender(sender string) bool { return strings.Contains(sender, "@") }
 
-// remoteID is a remote sender's message as stored, in BucketRemoteIDs
-// under idKey(sender, id).
+// remoteID is a remote sender's message as stored, the message on
+// kez.chat.remoteid.<idKey(sender, id)> of RemoteIDStream.
 type remoteID struct {
 	To     string `json:"to"`
 	Seq    uint64 `json:"seq"`
@@ -34,20 +35,20 @@ type remoteID struct {
 	Digest string `json:"digest"`
 }
 
-// storedRemote answers e, a remote sender's envelope, from BucketRemoteIDs:
+// storedRemote answers e, a remote sender's envelope, from RemoteIDStream:
 // found (e's seq and time set to the stored one's) when its (sender, id)
 // was stored within the window with the same message; message_id_conflict
 // with another.
 func (s *Store) storedRemote(ctx context.Context, e *server.Envelope) (bool, error) {
-	entry, err := s.fed.remoteIDs.Get(ctx, idKey(e.Sender, e.ID))
+	m, err := s.fed.remoteIDs.GetLastMsgForSubject(ctx, remoteIDPrefix+idKey(e.Sender, e.ID))
 	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("looking up message id %q from %s: %w", e.ID, e.Sender, err)
 	}
 	var rec remoteID
-	if err := json.Unmarshal(entry.Value(), &rec); err != nil {
+	if err := json.Unmarshal(m.Data, &rec); err != nil {
 		return false, fmt.Errorf("decoding message id %q from %s: %w", e.ID, e.Sender, err)
 	}
 	sum := sha256.Sum256(e.Message)
@@ -59,14 +60,24 @@ func (s *Store) storedRemote(ctx context.Context, e *server.Envelope) (bool, err
 	return true, nil
 }
 
-// rememberRemote records e, a remote sender's envelope just stored, for
-// the window. A failure is logged: the stream's own duplicate window still
-// answers a retry within 15 minutes.
-func (s *Store) rememberRemote(ctx context.Context, e *server.Envelope) {
-	sum := sha256.Sum256(e.Message)
-	val, _ := json.Marshal(remoteID{To: e.Recipient, Seq: e.Seq, At: e.ReceivedAt.Unix(), Digest: hex.EncodeToString(sum[:])})
-	if _, err := s.fed.remoteIDs.Put(context.WithoutCancel(ctx), idKey(e.Sender, e.ID), val); err != nil {
-		s.log.Warn("recording a remote sender's message id", "from", e.Sender, "err", err)
+// rememberRemote records envs, remote senders' envelopes just stored, for
+// the window, in one batch (committed with other requests'). A failure is
+// logged: the message stream's own duplicate window still answers a retry
+// within 15 minutes.
+func (s *Store) rememberRemote(ctx context.Context, envs []*server.Envelope) {
+	if len(envs) == 0 {
+		return
+	}
+	msgs := make([]*nats.Msg, len(envs))
+	for i, e := range envs {
+		sum := sha256.Sum256(e.Message)
+		data, _ := json.Marshal(remoteID{To: e.Recipient, Seq: e.Seq, At: e.ReceivedAt.Unix(), Digest: hex.EncodeToString(sum[:])})
+		msgs[i] = &nats.Msg{Subject: remoteIDPrefix + idKey(e.Sender, e.ID), Data: data, Header: nats.Header{}}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+	defer cancel()
+	if err := s.fed.idCommits.commit(ctx, msgs); err != nil {
+		s.log.Warn("recording remote senders' message ids", "from", envs[0].Sender, "envelopes", len(envs), "err", err)
 	}
 }
 
@@ -109,6 +120,46 @@ func (s *Store) PinRemote(ctx context.Context, pin *server.RemotePin) (*server.R
 		return nil, fmt.Errorf("decoding the pin of %s: %w", pin.Address, err)
 	}
 	return &server.RemotePin{Address: rec.Address, PrimaryID: rec.PrimaryID, Alg: rec.Alg, Key: rec.Key}, nil
+}
+
+// Unpin deletes address's pin; see server.FederationStore.
+func (s *Store) Unpin(ctx context.Context, address string) (bool, error) {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	return unpin(ctx, s.fed.pins, address)
+}
+
+// UnpinRemote deletes address's pin from the store on nc's JetStream
+// without opening the store (which would compete for its writer lease):
+// `kezchat unpin` beside running replicas.
+func UnpinRemote(ctx context.Context, nc *nats.Conn, address string) (bool, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return false, fmt.Errorf("JetStream: %w", err)
+	}
+	kv, err := js.KeyValue(ctx, BucketRemotePins)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return false, nil // no server federated on this store yet
+	}
+	if err != nil {
+		return false, fmt.Errorf("opening bucket %s: %w", BucketRemotePins, err)
+	}
+	return unpin(ctx, kv, address)
+}
+
+func unpin(ctx context.Context, pins jetstream.KeyValue, address string) (bool, error) {
+	key := pinKey(address)
+	entry, err := pins.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("reading the pin of %s: %w", address, err)
+	}
+	if err := pins.Delete(ctx, key, jetstream.LastRevision(entry.Revision())); err != nil {
+		return false, fmt.Errorf("unpinning %s: %w", address, err)
+	}
+	return true, nil
 }
 
 // Privacy reads handle's setting; see server.FederationStore.

@@ -22,7 +22,7 @@ import (
 // documents name. The writer lease is left out: it lapses by itself and a
 // restored store takes a new one.
 func BackupStreams() []string {
-	return []string{StreamName, OutboxStream, "KV_" + BucketRemoteIDs, "KV_" + BucketRemotePins, "KV_" + BucketPrivacy, "KV_" + BucketUsers, "KV_" + BucketPrimary, "KV_" + BucketKeys, "KV_" + BucketPush, "KV_" + BucketAcks, "KV_" + BucketReplay,
+	return []string{StreamName, OutboxStream, RemoteIDStream, "KV_" + BucketRemotePins, "KV_" + BucketPrivacy, "KV_" + BucketUsers, "KV_" + BucketPrimary, "KV_" + BucketKeys, "KV_" + BucketPush, "KV_" + BucketAcks, "KV_" + BucketReplay,
 		"KV_" + BucketBlobRefs, "OBJ_" + BucketBlobs}
 }
 

@@ -107,6 +107,7 @@ type Store struct {
 	assemblies    map[string]*groupAssembly
 	assemblyBytes int
 	leader        atomic.Bool   // holds the writer lease
+	leaseTerm     atomic.Uint64 // counts the times this replica took the lease
 	full          atomic.Uint64 // appends refused with storage_full
 	writable      atomic.Bool   // the last Ping found room
 
@@ -154,6 +155,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	go s.w.run()
 	go s.fw.run()
+	go s.fed.outboxCommits.run()
+	go s.fed.idCommits.run()
 	go s.holdLease(lease)
 	return s, nil
 }
@@ -245,6 +248,10 @@ func (s *Store) Close() error {
 		<-s.fw.done
 		close(s.w.stop)
 		<-s.w.done
+		for _, gc := range []*groupCommitter{s.fed.outboxCommits, s.fed.idCommits} {
+			close(gc.stop)
+			<-gc.done
+		}
 		s.nc.Close()
 	})
 	return nil
@@ -463,7 +470,7 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.
 		return false, err
 	}
 	if remote && !r.dup {
-		s.rememberRemote(ctx, e)
+		s.rememberRemote(ctx, []*server.Envelope{e})
 	}
 	return r.dup, nil
 }
@@ -516,11 +523,13 @@ func (s *Store) AppendMessages(ctx context.Context, envs []*server.Envelope, _ s
 	if err != nil {
 		return nil, err
 	}
+	var stored []*server.Envelope
 	for i, r := range reqs {
 		if !r.dup && remoteSender(fresh[i].Sender) {
-			s.rememberRemote(ctx, fresh[i])
+			stored = append(stored, fresh[i])
 		}
 	}
+	s.rememberRemote(ctx, stored)
 	return dups, nil
 }
 

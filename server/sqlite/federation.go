@@ -328,6 +328,23 @@ func (db *DB) PinRemote(ctx context.Context, pin *server.RemotePin) (*server.Rem
 	return got, nil
 }
 
+// Unpin deletes address's pin; see server.FederationStore.
+func (db *DB) Unpin(ctx context.Context, address string) (bool, error) {
+	var n int64
+	err := db.submit(ctx, func(w *writer) error {
+		res, err := w.conn.ExecContext(context.Background(), "DELETE FROM remote_pins WHERE address = ?", address)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("unpinning %s: %w", address, err)
+	}
+	return n > 0, nil
+}
+
 // Privacy reads handle's setting from the read pool.
 func (db *DB) Privacy(ctx context.Context, handle string) (*server.Privacy, error) {
 	var raw []byte

@@ -258,6 +258,22 @@ func pins(t *testing.T, fs server.FederationStore) {
 	if err != nil || other.PrimaryID != "p3" {
 		t.Fatalf("another address's pin = %+v %v", other, err)
 	}
+	// Unpinned, the address takes the next identity accepted, and only it.
+	if was, err := fs.Unpin(ctx, "alice@one.example"); err != nil || !was {
+		t.Fatalf("Unpin = %v, %v; want the pin there", was, err)
+	}
+	if was, err := fs.Unpin(ctx, "alice@one.example"); err != nil || was {
+		t.Fatalf("Unpin again = %v, %v; want nothing there", was, err)
+	}
+	for _, id := range []string{"p2", "p4"} {
+		got, err := fs.PinRemote(ctx, &server.RemotePin{Address: "alice@one.example", PrimaryID: id, Alg: "ed25519", Key: []byte("k-" + id)})
+		if err != nil || got.PrimaryID != "p2" {
+			t.Fatalf("pin %s after the unpin = %+v %v, want p2", id, got, err)
+		}
+	}
+	if p, err := fs.PinRemote(ctx, &server.RemotePin{Address: "alice@two.example", PrimaryID: "p5", Alg: "ed25519", Key: []byte("k5")}); err != nil || p.PrimaryID != "p3" {
+		t.Fatalf("another address's pin after the unpin = %+v %v", p, err)
+	}
 }
 
 func privacy(t *testing.T, fs server.FederationStore) {
