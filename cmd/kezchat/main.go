@@ -45,6 +45,7 @@ var commands = map[string]subcommand{
 	"listen":        {runListen, "follow the inbox live, acknowledging as messages arrive"},
 	"outbox":        {runOutbox, "show your messages to other servers: queued, delivered or failed"},
 	"privacy":       {runPrivacy, "show or change who may write to you (blocked senders, strangers)"},
+	"unpin":         {runUnpin, "forget the identity the server pinned for a person on another server (admin)"},
 	"safety-number": {runSafetyNumber, "print the safety number to compare with a peer"},
 	"trust":         {runTrust, "accept a peer's new keys once the safety numbers match"},
 	"version":       {runVersion, "print the version"},
