@@ -462,6 +462,130 @@ describe('typing across servers', () => {
   });
 });
 
+describe('groups with strangers elsewhere', () => {
+  it('an invitation from a stranger elsewhere is a request: its messages are kept, nothing is told until accepted, then the receipts held back go', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const gina = await net.person(two, 'gina');
+    const hank = await net.person(two, 'hank');
+    for (const c of [alice, gina, hank]) await c.load();
+    const g = await gina.createGroup('offers', ['alice@one.example', 'hank']);
+    net.deliver();
+    await Promise.all([alice.poll(), hank.poll()]);
+    // Taken (every later version builds on it), but a request.
+    expect(alice.groups.state(g.slice(2))?.members).toEqual(['alice', 'gina@two.example', 'hank@two.example']);
+    expect(alice.conversations.get(g)).toMatchObject({ group: true, title: 'offers', request: true, inviter: 'gina@two.example', unread: 0 });
+    // hank, of gina's own server, is not asked.
+    expect(hank.conversations.get(g)?.request).toBeUndefined();
+
+    await hank.sendIn(g, 'cheap watches');
+    net.deliver();
+    await alice.poll();
+    const offer = (await alice.openConversation(g)).messages.at(-1)!;
+    expect(offer).toMatchObject({ body: 'cheap watches', from: 'hank@two.example', state: 'received' });
+    expect(offer.receiptSent).toBeUndefined();
+    expect(alice.conversations.get(g)!.unread).toBe(1);
+    // Reading it, or typing, tells nobody.
+    alice.markRead(g);
+    alice.typed(g);
+    await alice.receiptsSent();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(one.posts).toEqual([]);
+    expect(one.typing).toEqual([]);
+
+    await alice.acceptGroupRequest(g);
+    await alice.receiptsSent();
+    expect(alice.conversations.get(g)).toMatchObject({ request: undefined, inviter: undefined });
+    expect(one.posts.map((d) => [d.payload.server, d.payload.to])).toContainEqual(['two.example', 'hank']);
+    net.deliver();
+    await hank.poll();
+    const sent = (await hank.openConversation(g)).messages.find((m) => m.body === 'cheap watches')!;
+    expect(sent.receipts?.delivered).toEqual(['alice@one.example']);
+  });
+
+  it('is no request from someone one chats with, a fellow member of a group one accepted, or a person of one own server; answering accepts it', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const dave = await net.person(one, 'dave');
+    const bob = await net.person(two, 'bob');
+    const carol = await net.person(two, 'carol');
+    const gina = await net.person(two, 'gina');
+    const zed = await net.person(two, 'zed');
+    for (const c of [alice, dave, bob, carol, gina, zed]) await c.load();
+    await alice.send('bob@two.example', 'hi bob');
+    const fromBob = await bob.createGroup('friends', ['alice@one.example', 'carol']);
+    const fromDave = await dave.createGroup('office', ['alice', 'gina@two.example']);
+    net.deliver();
+    await alice.poll();
+    expect(alice.conversations.get(fromBob)).toMatchObject({ group: true, title: 'friends' });
+    expect(alice.conversations.get(fromBob)!.request).toBeUndefined();
+    expect(alice.conversations.get(fromDave)!.request).toBeUndefined();
+    // carol is in a group alice is in; gina only in one she has not accepted.
+    const fromCarol = await carol.createGroup('book club', ['alice@one.example']);
+    net.deliver();
+    await alice.poll();
+    expect(alice.conversations.get(fromCarol)!.request).toBeUndefined();
+
+    // gina is in dave's group, which alice is in: no stranger either. zed is.
+    const fromGina = await gina.createGroup('party', ['alice@one.example']);
+    const g = await zed.createGroup('raffle', ['alice@one.example']);
+    net.deliver();
+    await alice.poll();
+    expect(alice.conversations.get(fromGina)!.request).toBeUndefined();
+    expect(alice.conversations.get(g)).toMatchObject({ request: true, inviter: 'zed@two.example' });
+    // Answering accepts it.
+    await alice.sendIn(g, 'who are you?');
+    expect(alice.conversations.get(g)!.request).toBeUndefined();
+  });
+
+  it('blocking the inviter refuses them and keeps nothing of the group; unblocking makes it a request again', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const alice = await net.person(one, 'alice');
+    const gina = await net.person(two, 'gina');
+    const ivy = await net.person(three, 'ivy');
+    for (const c of [alice, gina, ivy]) await c.load();
+    const g = await gina.createGroup('offers', ['alice@one.example', 'ivy@three.example']);
+    net.deliver();
+    await Promise.all([alice.poll(), ivy.poll()]);
+    await alice.block('gina@two.example');
+    expect(one.privacy.get('alice')?.blocked).toEqual(['gina@two.example']);
+    expect(alice.conversations.get(g)).toMatchObject({ blocked: true, request: undefined, inviter: 'gina@two.example' });
+    expect(alice.conversations.get(peerConv('gina@two.example'))?.blocked).toBe(true);
+
+    // ivy, whom the block does not name, still writes in it: nothing is kept, and no typing shown.
+    await ivy.sendIn(g, 'still there?');
+    net.deliver();
+    await alice.poll();
+    expect((await alice.openConversation(g)).messages.map((m) => m.body)).not.toContain('still there?');
+    ivy.typed(g);
+    await vi.waitFor(() => expect(three.typing).toHaveLength(1));
+    const note = three.typing[0]!.remote!.find((d) => d.payload.server === 'one.example')!;
+    await alice.onTyping({ from: 'ivy@three.example', ct: note.payload.to[0]!.ct });
+    expect(alice.typing.has(g)).toBe(false);
+    // gina's next invitation does not reach alice's server, and would not be taken.
+    const again = await gina.createGroup('more offers', ['alice@one.example']);
+    net.deliver();
+    await alice.poll();
+    expect(alice.conversations.has(again)).toBe(false);
+
+    await alice.unblock('gina@two.example');
+    expect(one.privacy.get('alice')?.blocked).toEqual([]);
+    expect(alice.conversations.get(g)).toMatchObject({ request: true, blocked: undefined });
+
+    // Blocking her whole server from the request blocks the group too.
+    await alice.block('gina@two.example', true);
+    expect(one.privacy.get('alice')?.blocked).toEqual(['two.example']);
+    expect(alice.conversations.get(g)?.blocked).toBe(true);
+  });
+});
+
 describe('routes', () => {
   it('name a conversation by key, or a person by handle or address (whose loopback port holds a colon)', () => {
     expect(convOfRoute('p:bob@127.0.0.1:7000')).toBe('p:bob@127.0.0.1:7000');

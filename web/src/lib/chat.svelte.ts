@@ -369,6 +369,7 @@ export class Chat {
     c.withheld = r.withheld;
     c.left = r.left;
     c.request = r.request;
+    c.inviter = r.inviter;
     c.blocked = r.blocked;
     return c;
   }
@@ -620,7 +621,11 @@ export class Chat {
     const db = await this.db();
     if (pt.kind === 'group') {
       const gid = pt.group!.id;
+      const conv = groupConv(gid);
       const before = this.groups.state(gid);
+      const rec = await getConversation(db, conv);
+      // An invitation from a person blocked here is not taken, whatever the server let through before.
+      if (!rec && !mine && this.conversations.get(peerConv(pt.from))?.blocked) return;
       try {
         if (!(await this.groups.take(pt.from, pt.state, writer))) return;
       } catch (e) {
@@ -630,11 +635,29 @@ export class Chat {
       const held = this.groups.held(gid)!;
       const after = held.state;
       await putGroupState(db, { group: gid, version: after.version, state: after, hash: held.hash });
-      const conv = groupConv(gid);
-      const s = await appendMessage(db, { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: describeChange(before, after), ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'group' });
-      if (s) this.mirror(s);
       const left = !after.members.includes(me);
-      this.mirrorConversation(await updateConversation(db, conv, (c) => ((c.title = after.name), (c.group = true), left ? void (c.left = true) : void delete c.left)));
+      // A person of another server this identity does not chat with who
+      // adds it to a group is a request, as a stranger's first message is:
+      // nothing tells the members what arrived or was read until it is
+      // accepted. A blocked invitation keeps its states (to follow the
+      // group should it be unblocked) and shows nothing.
+      const request = !left && (rec ? !!rec.request : !mine && isRemote(pt.from) && !this.knows(pt.from));
+      if (!rec?.blocked) {
+        const s = await appendMessage(db, { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: describeChange(before, after), ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'group' });
+        if (s) this.mirror(s);
+      }
+      this.mirrorConversation(
+        await updateConversation(db, conv, (c) => {
+          c.title = after.name;
+          c.group = true;
+          if (left) c.left = true;
+          else delete c.left;
+          if (request && !c.request && !c.blocked) {
+            c.request = true;
+            c.inviter = pt.from;
+          }
+        }),
+      );
       return;
     }
     const where = conversationOf(pt, me);
@@ -643,8 +666,8 @@ export class Chat {
     if (pt.group && !this.groups.accepts(pt.group.id, pt.from)) return;
     const conv = pt.group ? groupConv(pt.group.id) : peerConv(where);
     const gid = pt.group?.id;
-    // Nothing from a person (or server) blocked here is kept, whatever the server let through before.
-    const known = pt.group ? undefined : await getConversation(db, conv);
+    // Nothing from a person (or server) blocked here, or of a group invitation blocked, is kept, whatever the server let through before.
+    const known = await getConversation(db, conv);
     if (known?.blocked) return;
     switch (pt.kind) {
       case 'text': {
@@ -656,9 +679,10 @@ export class Chat {
           if (a.thumb) await this.fetchAttachment(a.thumb.blob, a.thumb.key, a.thumb.sha256, 'image/*', undefined, origin);
         }
         // A person of another server writing first is a request: nothing
-        // tells them it arrived or was read until it is accepted.
+        // tells them it arrived or was read until it is accepted; so is
+        // every message of a group such a person added this identity to.
         // (A conversation with no message yet is one only held or looked up so far.)
-        const request = !mine && !pt.group && isRemote(pt.from) && (!known || !!known.request || !known.last);
+        const request = !mine && (pt.group ? !!known?.request : isRemote(pt.from) && (!known || !!known.request || !known.last));
         const active = this.activeConv === conv && pageVisible();
         const rec = { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: pt.body, ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'text' } as const;
         const s = await appendMessage(
@@ -893,9 +917,11 @@ export class Chat {
 
   /** Sends a text in conv (a person's or a group's). */
   async sendIn(conv: string, body: string, extra: SendExtra = {}): Promise<void> {
-    // Answering a request accepts it.
+    // Answering a request (a person's, or a group's) accepts it.
     const peer = peerOf(conv);
-    if (peer && this.conversations.get(conv)?.request) await this.acceptRequest(peer).catch((e: unknown) => console.warn(`accepting ${peer}:`, (e as Error).message));
+    if (this.conversations.get(conv)?.request) {
+      await (peer ? this.acceptRequest(peer) : this.acceptGroupRequest(conv)).catch((e: unknown) => console.warn(`accepting ${peer ?? 'a group'}:`, (e as Error).message));
+    }
     const m = await this.appendOwn(conv, body, extra);
     if (!m) return;
     this.sending.add(m.mid);
@@ -1127,16 +1153,28 @@ export class Chat {
    */
   async acceptRequest(peer: string): Promise<void> {
     if (isRemote(peer)) await this.changePrivacy((p) => void (p.known = [...new Set([...p.known, peer])]));
-    const conv = peerConv(peer);
+    await this.accepted(peerConv(peer));
+  }
+
+  /** Accepts a group a person of another server added this identity to: they learn what was received and read. */
+  async acceptGroupRequest(conv: string): Promise<void> {
+    const gid = groupIdOf(conv);
+    if (!gid || !this.groups.state(gid)) return;
+    await this.accepted(conv);
+  }
+
+  /** A request accepted: no longer one, and the receipts it held back are sent. */
+  private async accepted(conv: string): Promise<void> {
     const c = await this.openConversation(conv);
+    const gid = groupIdOf(conv);
     await this.serial(async () => {
       const db = await this.db();
-      this.mirrorConversation(await updateConversation(db, conv, (r) => void delete r.request));
+      this.mirrorConversation(await updateConversation(db, conv, (r) => ((r.request || r.inviter) && !r.blocked ? (delete r.request, void delete r.inviter) : false)));
       for (const m of c.messages) {
         if (m.mine || m.kind !== 'text' || m.deleted || m.receiptSent) continue;
         const s = await updateMessage(db, conv, m.from, m.mid, (r) => void (r.receiptSent = 'delivered'));
         if (s) this.mirror(s);
-        this.queueReceipt(m.from, undefined, 'delivered', m.mid);
+        this.queueReceipt(m.from, gid, 'delivered', m.mid);
       }
     });
     await this.flushReceipts();
@@ -1159,25 +1197,28 @@ export class Chat {
       });
     }
     const conv = peerConv(peer);
+    // The person's conversation, or with domain everyone's of its server, and the groups they invited this identity to that it did not accept.
+    const hit = (name: string | undefined) => !!name && (name === peer || (domain && isRemote(name) && domainOf(name, this.domain) === entry));
     await this.serial(async () => {
       const db = await this.db();
       for (const c of [...this.conversations.values()]) {
-        if (c.conv !== conv && !(domain && c.peer && isRemote(c.peer) && domainOf(c.peer, this.domain) === entry)) continue;
+        if (c.group ? !(c.request && hit(c.inviter)) : c.conv !== conv && !(domain && hit(c.peer))) continue;
         this.mirrorConversation(await updateConversation(db, c.conv, (r) => ((r.blocked = true), void delete r.request)));
       }
       if (!this.conversations.has(conv)) this.mirrorConversation(await updateConversation(db, conv, (r) => ((r.blocked = true), void delete r.request)));
     });
   }
 
-  /** Unblocks a person (and its server, if it was blocked whole). */
+  /** Unblocks a person (and its server, if it was blocked whole); a group invitation of theirs is a request again. */
   async unblock(peer: string): Promise<void> {
     const d = isRemote(peer) ? domainOf(peer, this.domain) : undefined;
     if (d) await this.changePrivacy((p) => void (p.blocked = p.blocked.filter((b) => b !== peer && b !== d)));
+    const hit = (name: string | undefined) => !!name && (name === peer || (!!d && isRemote(name) && domainOf(name, this.domain) === d));
     await this.serial(async () => {
       const db = await this.db();
       for (const c of [...this.conversations.values()]) {
-        if (!c.blocked || !(c.peer === peer || (d && c.peer && domainOf(c.peer, this.domain) === d))) continue;
-        this.mirrorConversation(await updateConversation(db, c.conv, (r) => void delete r.blocked));
+        if (!c.blocked || !hit(c.group ? c.inviter : c.peer)) continue;
+        this.mirrorConversation(await updateConversation(db, c.conv, (r) => (delete r.blocked, r.inviter ? void (r.request = true) : undefined)));
       }
     });
   }
@@ -1190,6 +1231,37 @@ export class Chat {
     return this.deps.putPrivacy(this.me, next);
   }
 
+  /**
+   * The people elsewhere this identity chats with: of its conversations
+   * (not requests, not blocked) and of the groups it is in and accepted.
+   */
+  private kept(): Set<string> {
+    const people = new Set<string>();
+    for (const c of this.conversations.values()) {
+      if (c.peer && isRemote(c.peer) && !c.request && !c.blocked) people.add(c.peer);
+    }
+    for (const g of this.groups.list()) {
+      const c = this.conversations.get(groupConv(g.id));
+      if (c?.request || c?.blocked) continue;
+      for (const m of g.members) if (isRemote(m)) people.add(m);
+    }
+    return people;
+  }
+
+  /**
+   * Whether a person elsewhere is someone this identity chats with: a
+   * conversation with them it wrote or accepted, or a group they are in
+   * that it accepted.
+   */
+  private knows(name: string): boolean {
+    const c = this.conversations.get(peerConv(name));
+    if (c && !c.request && !c.blocked && c.last) return true;
+    return this.groups.list().some((g) => {
+      const gc = this.conversations.get(groupConv(g.id));
+      return !!gc && !gc.request && !gc.blocked && g.members.includes(name);
+    });
+  }
+
   /** Whether people of other servers this identity did not accept may write (the server's strangers setting). */
   async strangers(): Promise<'accept' | 'refuse'> {
     return (await this.deps.getPrivacy(this.me)).strangers ?? 'accept';
@@ -1198,14 +1270,10 @@ export class Chat {
   /**
    * Refusing strangers keeps the people this identity chats with: every
    * person elsewhere of a conversation (not a request, not blocked) or of a
-   * group it is in becomes known.
+   * group it is in (and accepted) becomes known.
    */
   async setStrangers(v: 'accept' | 'refuse'): Promise<void> {
-    const people = new Set<string>();
-    for (const c of this.conversations.values()) {
-      if (c.peer && isRemote(c.peer) && !c.request && !c.blocked) people.add(c.peer);
-    }
-    for (const g of this.groups.list()) for (const m of g.members) if (isRemote(m)) people.add(m);
+    const people = this.kept();
     await this.changePrivacy((p) => {
       p.strangers = v;
       if (v === 'refuse') p.known = [...new Set([...p.known, ...people])];
@@ -1311,9 +1379,9 @@ export class Chat {
    * that is a request or blocked is told.
    */
   private async sendTyping(conv: string, typing: boolean): Promise<void> {
-    const gid = groupIdOf(conv);
     const c = this.conversations.get(conv);
-    if (!gid && (c?.request || c?.blocked)) return;
+    if (c?.request || c?.blocked) return;
+    const gid = groupIdOf(conv);
     try {
       const ts = this.deps.now();
       // A recipient whose record cannot be read now is left out: a typing note is a hint.
@@ -1357,7 +1425,8 @@ export class Chat {
     if (this.conversations.get(peerConv(from))?.blocked) return;
     if (note.group && !this.groups.accepts(note.group.id, from)) return;
     const conv = note.group ? groupConv(note.group.id) : peerConv(from);
-    if (!this.conversations.has(conv)) return;
+    const c = this.conversations.get(conv);
+    if (!c || c.blocked) return;
     this.typingBoard.note(conv, from, note.typing, Date.now());
     this.refreshTyping(conv);
     if (note.typing) setTimeout(() => this.refreshTyping(conv), TYPING_SHOWN_MS + 50);

@@ -108,8 +108,10 @@ export interface ConversationRecord {
   withheld?: Envelope[];
   /** A group whose state no longer lists this client: not shown (docs/protocol.md, "Groups"). */
   left?: boolean;
-  /** A person of another server who wrote first: shown as a request until accepted or blocked. */
+  /** A person of another server who wrote first, or added this identity to a group: shown as a request until accepted or blocked. */
   request?: boolean;
+  /** A group's request (or blocked invitation): who of another server added this identity. */
+  inviter?: string;
   /** A person (or server) this identity blocked: not shown. */
   blocked?: boolean;
 }
