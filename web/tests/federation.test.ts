@@ -8,6 +8,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { ApiError, type OutboxEntry, type Privacy, type Receipt } from '../src/lib/api';
 import { decodeB64, encodeB64, utf8 } from '../src/lib/bytes';
 import { Chat, convOfRoute, groupConv, peerConv, type ChatDeps } from '../src/lib/chat.svelte';
+import { addMembers, promoteMember } from '../src/lib/groups';
 import { openHistory } from '../src/lib/history';
 import { generateKeys, type Identity } from '../src/lib/keys';
 import type { Envelope, MessagePayload, PublicUser } from '../src/lib/protocol';
@@ -583,6 +584,111 @@ describe('groups with strangers elsewhere', () => {
     await alice.block('gina@two.example', true);
     expect(one.privacy.get('alice')?.blocked).toEqual(['two.example']);
     expect(alice.conversations.get(g)?.blocked).toBe(true);
+  });
+});
+
+describe('refusing strangers, with groups', () => {
+  it('the people elsewhere who join a group one is in become known to one own server, whoever added them, so their messages get through', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const alice = await net.person(one, 'alice');
+    const bob = await net.person(two, 'bob');
+    const carol = await net.person(two, 'carol');
+    const erin = await net.person(three, 'erin');
+    for (const c of [alice, bob, carol, erin]) await c.load();
+    await alice.setStrangers('refuse');
+    expect(one.privacy.get('alice')).toEqual({ strangers: 'refuse', known: [], blocked: [] });
+
+    // Her own group: its people elsewhere are known once she reads it back.
+    const g = await alice.createGroup('team', ['bob@two.example']);
+    const gid = g.slice(2);
+    await alice.flushKnown();
+    expect(one.privacy.get('alice')!.known).toEqual(['bob@two.example']);
+    let held = alice.groups.held(gid)!;
+    await alice.changeGroup(held.state, await promoteMember(held.state, 'alice', 'bob@two.example', held.hash));
+    net.deliver();
+    await bob.poll();
+    await bob.acceptGroupRequest(g); // alice is a stranger to bob
+
+    // bob, an admin now, adds carol of his server and erin of a third.
+    held = bob.groups.held(gid)!;
+    await bob.changeGroup(held.state, await addMembers(held.state, 'bob', ['carol', 'erin@three.example'], held.hash));
+    net.deliver();
+    await alice.poll();
+    expect(alice.groups.state(gid)?.members).toEqual(['alice', 'bob@two.example', 'carol@two.example', 'erin@three.example']);
+    await alice.flushKnown();
+    expect(one.privacy.get('alice')!.known).toEqual(['bob@two.example', 'carol@two.example', 'erin@three.example']);
+
+    await Promise.all([carol.poll(), erin.poll()]);
+    await carol.sendIn(g, 'hello from carol');
+    net.deliver();
+    await carol.checkOutbox();
+    const mine = carol.conversations.get(g)!.messages.at(-1)!;
+    expect(mine.relay?.find((r) => r.to === 'alice@one.example')).toMatchObject({ state: 'delivered' });
+    await alice.poll();
+    expect((await alice.openConversation(g)).messages.at(-1)).toMatchObject({ body: 'hello from carol', from: 'carol@two.example' });
+  });
+
+  it('a pending group request makes no one known; accepting it does', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const alice = await net.person(one, 'alice');
+    const gina = await net.person(two, 'gina');
+    const ivy = await net.person(three, 'ivy');
+    for (const c of [alice, gina, ivy]) await c.load();
+    const g = await gina.createGroup('club', ['alice@one.example', 'ivy@three.example']);
+    net.deliver();
+    await alice.poll();
+    await alice.setStrangers('refuse');
+    expect(one.privacy.get('alice')!.known).toEqual([]);
+    await alice.acceptGroupRequest(g);
+    expect(one.privacy.get('alice')!.known).toEqual(['gina@two.example', 'ivy@three.example']);
+    await gina.sendIn(g, 'welcome');
+    net.deliver();
+    await alice.poll();
+    expect((await alice.openConversation(g)).messages.at(-1)).toMatchObject({ body: 'welcome', from: 'gina@two.example' });
+  });
+
+  it('at the cap of known people, someone no longer chatted with is forgotten to make room for a new member', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    await net.person(two, 'bob');
+    await alice.load();
+    const old = Array.from({ length: 5000 }, (_, i) => `old${i}@gone.example`);
+    one.privacy.set('alice', { strangers: 'refuse', known: old, blocked: [] });
+    await alice.createGroup('team', ['bob@two.example']);
+    await alice.flushKnown();
+    const known = one.privacy.get('alice')!.known;
+    expect(known).toHaveLength(5000);
+    expect(known).toContain('bob@two.example');
+    expect(known).toEqual(expect.arrayContaining(old.slice(1)));
+  });
+
+  it('accepting people is tried again at the next poll when the server could not be told', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    await net.person(two, 'bob');
+    await alice.load();
+    await alice.setStrangers('refuse');
+    const deps = (alice as unknown as { deps: ChatDeps }).deps;
+    const put = deps.putPrivacy;
+    let down = true;
+    deps.putPrivacy = (who, p) => (down ? Promise.reject(new ApiError(503, 'unavailable', 'down')) : put(who, p));
+    await alice.createGroup('team', ['bob@two.example']);
+    await alice.flushKnown();
+    expect(one.privacy.get('alice')!.known).toEqual([]);
+    down = false;
+    await alice.poll();
+    await alice.flushKnown();
+    expect(one.privacy.get('alice')!.known).toEqual(['bob@two.example']);
   });
 });
 

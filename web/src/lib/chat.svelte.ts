@@ -68,6 +68,7 @@ import {
   type Relay,
   type Stored,
 } from './history';
+import { MAX_PRIVACY_KNOWN, normalPrivacy, withKnown } from './privacy';
 import { checkPeer, KeyChanged, KeyDocumentMismatch, loadPins, safetyWith, savePins, type KeyPayload, type Pin, type TrustDeps } from './trust';
 
 export type { MessageState } from './history';
@@ -658,6 +659,13 @@ export class Chat {
           }
         }),
       );
+      // The people elsewhere who join a group this identity is in (by
+      // anyone's change, its own included) are known to its server from
+      // then on, should it refuse strangers; all of them when it joins.
+      if (!left && !request && !rec?.blocked) {
+        const wasIn = !!before?.members.includes(me);
+        this.knowLater(after.members.filter((m) => isRemote(m) && (!wasIn || !before!.members.includes(m))));
+      }
       return;
     }
     const where = conversationOf(pt, me);
@@ -810,6 +818,7 @@ export class Chat {
         if (this.cursor === before) break; // a lookup failed: try again later
       }
       await this.reopenWithheld();
+      void this.flushKnown();
     })();
   }
 
@@ -1152,14 +1161,20 @@ export class Chat {
    * they learn what was received and read.
    */
   async acceptRequest(peer: string): Promise<void> {
-    if (isRemote(peer)) await this.changePrivacy((p) => void (p.known = [...new Set([...p.known, peer])]));
+    if (isRemote(peer)) await this.changePrivacy((p) => this.addKnown(p, [peer]));
     await this.accepted(peerConv(peer));
   }
 
-  /** Accepts a group a person of another server added this identity to: they learn what was received and read. */
+  /**
+   * Accepts a group a person of another server added this identity to: its
+   * members elsewhere become known to the own server (when it refuses
+   * strangers), and they learn what was received and read.
+   */
   async acceptGroupRequest(conv: string): Promise<void> {
     const gid = groupIdOf(conv);
-    if (!gid || !this.groups.state(gid)) return;
+    const state = gid ? this.groups.state(gid) : undefined;
+    if (!state) return;
+    await this.knowPeople(state.members);
     await this.accepted(conv);
   }
 
@@ -1223,12 +1238,22 @@ export class Chat {
     });
   }
 
-  /** The privacy setting, read, changed by change and written back whole. */
-  private async changePrivacy(change: (p: api.Privacy) => void): Promise<api.Privacy> {
-    const p = await this.deps.getPrivacy(this.me);
-    const next: api.Privacy = { strangers: p.strangers ?? 'accept', known: [...(p.known ?? [])], blocked: [...(p.blocked ?? [])] };
-    change(next);
-    return this.deps.putPrivacy(this.me, next);
+  private privacyChain: Promise<unknown> = Promise.resolve();
+
+  /**
+   * The privacy setting, read, changed by change and written back whole
+   * (unless change answers false), one change at a time: two changes at
+   * once would each write back what the other did not see.
+   */
+  private changePrivacy(change: (p: api.Privacy) => void | false): Promise<api.Privacy> {
+    const run = async () => {
+      const p = normalPrivacy(await this.deps.getPrivacy(this.me));
+      if (change(p) === false) return p;
+      return this.deps.putPrivacy(this.me, p);
+    };
+    const done = this.privacyChain.then(run, run);
+    this.privacyChain = done.catch(() => {});
+    return done;
   }
 
   /**
@@ -1262,6 +1287,60 @@ export class Chat {
     });
   }
 
+  /**
+   * Adds people elsewhere to p's known, within the server's caps (making
+   * room by forgetting those this identity no longer chats with); false
+   * when nothing changes.
+   */
+  private addKnown(p: api.Privacy, add: Iterable<string>): void | false {
+    const keep = this.kept();
+    const { privacy, changed, left } = withKnown(p, add, (n) => keep.has(n));
+    if (left.length) console.warn(`not known to the server (it keeps ${MAX_PRIVACY_KNOWN} people at most): ${left.join(', ')}`);
+    if (!changed) return false;
+    p.known = privacy.known;
+  }
+
+  /**
+   * Makes people elsewhere known to the own server when it refuses
+   * strangers (otherwise there is nothing to do: refusing them later makes
+   * everyone this identity chats with known).
+   */
+  private knowPeople(names: string[]): Promise<unknown> {
+    const add = names.filter(isRemote);
+    if (add.length === 0) return Promise.resolve();
+    return this.changePrivacy((p) => (p.strangers === 'refuse' ? this.addKnown(p, add) : false));
+  }
+
+  /** People elsewhere to make known (knowPeople), not yet told to the server: tried again at each poll. */
+  private unknownYet = new Set<string>();
+  private knowing?: Promise<void>;
+
+  /** Makes people elsewhere known in the background (they joined a group while its messages are read). */
+  private knowLater(names: string[]): void {
+    for (const n of names) if (isRemote(n)) this.unknownYet.add(n);
+    void this.flushKnown();
+  }
+
+  /** Tells the own server of the people knowLater was given, one setting change for all that wait; a failure waits for the next poll. */
+  flushKnown(): Promise<void> {
+    if (this.knowing || this.unknownYet.size === 0) return this.knowing ?? Promise.resolve();
+    const knowing = (async () => {
+      try {
+        while (this.unknownYet.size) {
+          const names = [...this.unknownYet];
+          await this.knowPeople(names);
+          for (const n of names) this.unknownYet.delete(n);
+        }
+      } catch (e) {
+        console.warn('telling the server who is known (tried again later):', (e as Error).message);
+      } finally {
+        this.knowing = undefined;
+      }
+    })();
+    this.knowing = knowing;
+    return knowing;
+  }
+
   /** Whether people of other servers this identity did not accept may write (the server's strangers setting). */
   async strangers(): Promise<'accept' | 'refuse'> {
     return (await this.deps.getPrivacy(this.me)).strangers ?? 'accept';
@@ -1270,21 +1349,19 @@ export class Chat {
   /**
    * Refusing strangers keeps the people this identity chats with: every
    * person elsewhere of a conversation (not a request, not blocked) or of a
-   * group it is in (and accepted) becomes known.
+   * group it is in (and accepted) becomes known, as far as the server's cap
+   * allows.
    */
   async setStrangers(v: 'accept' | 'refuse'): Promise<void> {
-    const people = this.kept();
     await this.changePrivacy((p) => {
       p.strangers = v;
-      if (v === 'refuse') p.known = [...new Set([...p.known, ...people])];
+      if (v === 'refuse') this.addKnown(p, this.kept());
     });
   }
 
   /** A person elsewhere this identity starts a chat with is known to its server, when it refuses strangers. */
   private async knowPeer(peer: string): Promise<void> {
-    const p = await this.deps.getPrivacy(this.me);
-    if (p.strangers !== 'refuse' || p.known?.includes(peer)) return;
-    await this.deps.putPrivacy(this.me, { strangers: p.strangers, known: [...(p.known ?? []), peer], blocked: p.blocked ?? [] });
+    await this.knowPeople([peer]);
   }
 
   // --- receipts, reactions, deletion ------------------------------------------
