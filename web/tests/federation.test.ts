@@ -82,7 +82,8 @@ function network() {
         if (!r) throw new ApiError(404, 'unknown_handle', 'no such user');
         return structuredClone(r) as T;
       },
-      outbox: async (who) => ({ entries: (srv.outbox.get(who.handle) ?? []).map(({ doc: _doc, ...e }) => e) }),
+      // Newest first, as the server lists them.
+      outbox: async (who) => ({ entries: (srv.outbox.get(who.handle) ?? []).map(({ doc: _doc, ...e }) => ({ ...e })).reverse() }),
       getPrivacy: async (who) => structuredClone(privacyOf(who.handle)),
       putPrivacy: async (who, p) => (srv.privacy.set(who.handle, structuredClone(p)), p),
       inbox: async (who, since) => {
@@ -112,6 +113,15 @@ function network() {
       const id: Identity = { ...k, handle, server: srv.domain, primaryId: pid };
       srv.records.push({ handle, server: srv.domain, primary_id: pid, alg: 'ed25519', key: encodeB64(k.signing.publicKey), enc_key: encodeB64(k.enc.publicKey), created_at: 1 });
       return new Chat(id, deps(srv));
+    },
+    /** Another device of chat's identity, with a history of its own; the identity's record lists two signing keys from now on (so each device sends sync copies). */
+    device(srv: Server, of: Chat): Chat {
+      const r = srv.records.find((r) => r.handle === of.me.handle)!;
+      r.signing_keys = [
+        { alg: 'ed25519', key: r.key, label: 'laptop' },
+        { alg: 'ed25519', key: r.key, label: 'phone' },
+      ];
+      return new Chat(of.me, deps(srv));
     },
     /** Every server's courier: each queued document to its server, refused as the recipient's privacy says. */
     deliver(): void {
@@ -689,6 +699,105 @@ describe('refusing strangers, with groups', () => {
     await alice.poll();
     await alice.flushKnown();
     expect(one.privacy.get('alice')!.known).toEqual(['bob@two.example']);
+  });
+});
+
+describe('a linked device and the outbox', () => {
+  it('follows what another device of the identity sent to people elsewhere: queued, delivered, failed, and a retry from the other device', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const laptop = await net.person(one, 'alice');
+    const phone = net.device(one, laptop);
+    const bob = await net.person(two, 'bob');
+    const carol = await net.person(two, 'carol');
+    for (const c of [laptop, phone, bob, carol]) await c.load();
+    two.privacy.set('carol', { strangers: 'refuse', known: [], blocked: [] });
+
+    await laptop.send('bob@two.example', 'from the laptop');
+    // The laptop sent a sync copy beside bob's document.
+    expect(one.posts.at(-1)?.payload).toMatchObject({ server: 'one.example', to: 'alice' });
+    let asked = 0;
+    const deps = (phone as unknown as { deps: ChatDeps }).deps;
+    const outbox = deps.outbox;
+    deps.outbox = (who) => (asked++, outbox(who));
+    await phone.outboxTick(Date.now());
+    expect(asked).toBe(0); // nothing to follow yet: the outbox is not asked
+
+    await phone.poll();
+    const conv = peerConv('bob@two.example');
+    let copy = (await phone.openConversation(conv)).messages[0]!;
+    expect(copy).toMatchObject({ mine: true, state: 'sent', body: 'from the laptop', relay: [{ to: 'bob@two.example', state: 'queued' }] });
+    expect(phone.relayingAny).toBe(true);
+    await phone.outboxTick(Date.now());
+    expect(asked).toBe(1);
+    copy = phone.conversations.get(conv)!.messages[0]!;
+    expect(copy.relay).toEqual([{ to: 'bob@two.example', id: one.outbox.get('alice')![0]!.id, state: 'queued' }]);
+    net.deliver();
+    await phone.checkOutbox();
+    expect(phone.conversations.get(conv)!.messages[0]!.relay).toMatchObject([{ state: 'delivered' }]);
+    expect(phone.relayingAny).toBe(false);
+
+    // Refused by carol's server: failed on both devices, with the reason.
+    await laptop.send('carol@two.example', 'hello carol');
+    net.deliver();
+    await phone.poll();
+    await phone.checkOutbox();
+    const carolConv = peerConv('carol@two.example');
+    const refused = (await phone.openConversation(carolConv)).messages[0]!;
+    expect(refused.relay).toMatchObject([{ to: 'carol@two.example', state: 'failed', error: 'stranger_refused' }]);
+    expect(phone.relayingAny).toBe(false);
+
+    // carol lets her in; the laptop sends it again: the phone follows the retry too.
+    two.privacy.set('carol', { strangers: 'refuse', known: ['alice@one.example'], blocked: [] });
+    await laptop.checkOutbox();
+    await laptop.retryRelay(carolConv, refused.mid);
+    expect(one.posts.at(-1)!.payload.id).toMatch(new RegExp(`^${refused.mid}:r`));
+    await phone.poll();
+    expect(phone.relayingAny).toBe(true);
+    net.deliver();
+    await phone.checkOutbox();
+    expect(phone.conversations.get(carolConv)!.messages[0]!.relay).toMatchObject([{ to: 'carol@two.example', state: 'delivered' }]);
+    expect(phone.relayingAny).toBe(false);
+  });
+
+  it('in a group, one document per member elsewhere; one the outbox never lists is dropped after a while', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const laptop = await net.person(one, 'alice');
+    const phone = net.device(one, laptop);
+    const dave = await net.person(one, 'dave');
+    const bob = await net.person(two, 'bob');
+    const erin = await net.person(three, 'erin');
+    for (const c of [laptop, phone, dave, bob, erin]) await c.load();
+    const g = await laptop.createGroup('team', ['dave', 'bob@two.example', 'erin@three.example']);
+    await laptop.sendIn(g, 'hello team');
+    await phone.poll();
+    const copy = (await phone.openConversation(g)).messages.at(-1)!;
+    expect(copy).toMatchObject({ mine: true, body: 'hello team' });
+    expect(copy.relay?.map((r) => r.to).sort()).toEqual(['bob@two.example', 'erin@three.example']);
+    await phone.checkOutbox();
+    expect(phone.conversations.get(g)!.messages.at(-1)!.relay?.every((r) => r.state === 'queued' && !r.unconfirmed)).toBe(true);
+
+    // A message whose documents elsewhere the outbox never listed (the
+    // other device sent it to no one there): expected a while, then dropped.
+    await laptop.sendIn(g, 'second');
+    const entries = one.outbox.get('alice')!;
+    entries.splice(0, entries.length, ...entries.filter((e) => !e.id.startsWith(one.posts.at(-1)!.payload.id.split(':')[0]!)));
+    await phone.poll();
+    await phone.checkOutbox();
+    const second = () => phone.conversations.get(g)!.messages.at(-1)!;
+    expect(second().relay).toMatchObject([{ unconfirmed: true }, { unconfirmed: true }]);
+    const deps = (phone as unknown as { deps: ChatDeps }).deps;
+    const now = deps.now;
+    deps.now = () => now() + 600;
+    net.deliver();
+    await phone.checkOutbox();
+    expect(second().relay).toBeUndefined();
+    expect(phone.conversations.get(g)!.messages.at(-2)!.relay).toMatchObject([{ state: 'delivered' }, { state: 'delivered' }]);
+    expect(phone.relayingAny).toBe(false);
   });
 });
 

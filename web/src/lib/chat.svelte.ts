@@ -51,6 +51,7 @@ import {
   groupStates,
   historyKey,
   lastPage,
+  messageByMid,
   migrateLegacy,
   newConversation,
   openHistory,
@@ -212,6 +213,15 @@ export const OUTBOX_POLL_MS = 2_000;
 export const OUTBOX_POLL_MAX_MS = 60_000;
 /** When a queued document missing from the outbox is taken as forgotten: its 48 hours of retries and the 24 its outcome shows. */
 const RELAY_FORGOTTEN_S = 73 * 3600;
+/**
+ * When a document a sync copy made expected, still missing from the outbox,
+ * is taken as never queued (the other device did not send to that person):
+ * the outbox lists it before the sync copy can be read, give or take the
+ * devices' clocks.
+ */
+export const RELAY_UNCONFIRMED_S = 300;
+/** The outbox lists a handle's latest entries, at most this many: one missing from a full list may be further down. */
+const OUTBOX_LIST_MAX = 1000;
 
 const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
 
@@ -693,6 +703,9 @@ export class Chat {
         const request = !mine && (pt.group ? !!known?.request : isRemote(pt.from) && (!known || !!known.request || !known.last));
         const active = this.activeConv === conv && pageVisible();
         const rec = { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: pt.body, ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'text' } as const;
+        // A sync copy of what another device sent to people elsewhere: its
+        // documents to them wait in the same outbox, followed here too.
+        const relay = mine ? await this.expectedRelays(where, pt.mid, gid) : [];
         const s = await appendMessage(
           db,
           {
@@ -700,11 +713,17 @@ export class Chat {
             ...(pt.reply ? { reply: pt.reply } : {}),
             ...(pt.attachments ? { attachments: pt.attachments } : {}),
             ...(mine || request ? {} : { receiptSent: active && this.readReceipts ? 'read' : 'delivered' }),
+            ...(relay.length ? { relay } : {}),
           },
           { unread: !mine && !active },
         );
-        if (!s) return;
+        if (!s) {
+          // Sent again by another device to those it failed to reach (a retry's sync copy, <mid>:r<time>:<digest>): followed again.
+          if (mine && isRetryId(env.message.payload.id, pt.mid)) await this.refollow(db, conv, pt.mid);
+          return;
+        }
         this.mirror(s);
+        if (relay.length) await this.followRelay(db, conv, pt.mid);
         if (request && !known?.request) this.mirrorConversation(await updateConversation(db, conv, (c) => void (c.request = true)));
         if (request) return;
         if (!mine) {
@@ -1061,6 +1080,25 @@ export class Chat {
     await setMeta(db, 'relaying', this.relaying);
   }
 
+  /**
+   * The documents another device of this identity queued for people
+   * elsewhere with a message whose sync copy arrived here: one to each
+   * recipient on another server (the peer, or the group's other members as
+   * this client holds them), under the id a group send gives it. Expected
+   * until the outbox lists them.
+   */
+  private async expectedRelays(where: string, mid: string, gid?: string): Promise<Relay[]> {
+    const me = this.me.handle;
+    const to = gid ? (this.groups.state(gid)?.members ?? []).filter((m) => m !== me) : [where];
+    return Promise.all(to.filter(isRemote).map(async (r) => ({ to: r, id: await envelopeIdFor(mid, r, true), state: 'queued' as const, unconfirmed: true })));
+  }
+
+  /** Follows an own message again (another device sent it again): its documents take the state of the latest in the outbox. */
+  private async refollow(db: IDBDatabase, conv: string, mid: string): Promise<void> {
+    const m = await messageByMid(db, conv, this.me.handle, mid);
+    if (m?.relay?.some((r) => r.state === 'failed')) await this.followRelay(db, conv, mid);
+  }
+
   /** Whether own messages wait in the outbox for other servers (then checkOutbox has something to do). */
   get relayingAny(): boolean {
     return this.relaying.length > 0;
@@ -1075,7 +1113,7 @@ export class Chat {
   async checkOutbox(): Promise<void> {
     if (this.relaying.length === 0) return;
     const { entries } = await this.deps.outbox(this.me);
-    const byKey = new Map(entries.map((e) => [`${e.to}\n${e.id}`, e]));
+    const whole = entries.length < OUTBOX_LIST_MAX;
     const now = this.deps.now();
     let changedAny = false;
     await this.serial(async () => {
@@ -1085,23 +1123,41 @@ export class Chat {
         let open = false;
         const s = await updateMessage(db, f.conv, this.me.handle, f.mid, (m) => {
           let changed = false;
+          const kept: Relay[] = [];
           for (const r of m.relay ?? []) {
-            const e = byKey.get(`${r.to}\n${r.id}`);
-            if (e && (e.state !== r.state || e.error?.code !== r.error)) {
-              r.state = e.state;
-              if (e.error?.code) r.error = e.error.code;
-              else delete r.error;
-              changed = true;
-            } else if (!e && r.state === 'queued' && now - m.ts > RELAY_FORGOTTEN_S) {
+            // The latest document of this message to r.to (the outbox lists
+            // the newest first): its own, or a retry's (<mid>:r..., sent
+            // again from this device or another).
+            const e = entries.find((x) => x.to === r.to && (x.id === r.id || x.id.startsWith(`${m.mid}:`)));
+            if (e) {
+              if (e.id !== r.id || e.state !== r.state || e.error?.code !== r.error || r.unconfirmed) {
+                r.id = e.id;
+                r.state = e.state;
+                if (e.error?.code) r.error = e.error.code;
+                else delete r.error;
+                delete r.unconfirmed;
+                changed = true;
+              }
+            } else if (r.unconfirmed) {
+              // Expected from a sync copy, never listed: the other device
+              // did not queue one to this person.
+              if (whole && now - m.ts > RELAY_UNCONFIRMED_S) {
+                changed = true;
+                continue;
+              }
+            } else if (r.state === 'queued' && now - m.ts > RELAY_FORGOTTEN_S) {
               // Gone from the outbox (it keeps an outcome 24 hours, a queued
               // document 48): what became of it is no longer known.
               r.state = 'failed';
               r.error = 'unknown';
               changed = true;
             }
+            kept.push(r);
             if (r.state === 'queued') open = true;
           }
-          return changed ? undefined : false;
+          if (!changed) return false;
+          if (kept.length) m.relay = kept;
+          else delete m.relay;
         });
         if (s) this.mirror(s);
         if (s) changedAny = true;
@@ -1515,6 +1571,9 @@ export class Chat {
     else this.typing.delete(conv);
   }
 }
+
+/** Whether id is the envelope id retryRelay gives a document of message mid sent again: <mid>:r<base36 time>:<22 characters of a digest>. */
+const isRetryId = (id: string, mid: string) => id.startsWith(`${mid}:r`) && /^r[0-9a-z]+:[A-Za-z0-9_-]{22}$/.test(id.slice(mid.length + 1));
 
 /** The documents of docs for other servers, as relays queued in the outbox. */
 function relaysOf(docs: Signed<MessagePayload>[], own: string): Relay[] {

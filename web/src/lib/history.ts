@@ -78,6 +78,12 @@ export interface Relay {
   state: 'queued' | 'delivered' | 'failed';
   /** Why it failed (the other server's code, or expired), or the last attempt's error while queued. */
   error?: string;
+  /**
+   * Expected, not seen: a sync copy of a message another of this
+   * identity's devices sent names the recipient, and the outbox has not
+   * listed a document to it yet (then it never was queued, and is dropped).
+   */
+  unconfirmed?: boolean;
 }
 
 /** A message about to be stored: the order is given by appendMessage. */
