@@ -237,4 +237,101 @@ describe('people on two federated servers, in two browsers', () => {
     await bob.screenshot({ path: artifactsDir() + 'federation-chat-phone.png' });
     await bob.setViewportSize({ width: 1280, height: 800 });
   });
+
+  let gina: Page;
+  const raffle = (page: Page) => page.locator('a[data-conv^="g:"]', { hasText: 'raffle' });
+  const sendInOpen = async (page: Page, body: string) => {
+    await page.locator('#composer').fill(body);
+    await page.locator('#composer').press('Enter');
+  };
+
+  it('a group a stranger on the other server adds bob to is a request: accepted, his receipts go', async () => {
+    gina = (await newUser(browser, one)).page;
+    await register(gina, 'gina');
+    await gina.getByRole('button', { name: 'New group' }).click();
+    await gina.getByLabel('Name').fill('raffle');
+    await gina.getByLabel(/^Members/).fill(`${bobAddr}, alice`);
+    await gina.getByRole('button', { name: 'Create group' }).click();
+    await gina.getByRole('heading', { name: 'raffle' }).waitFor();
+    await sendInOpen(gina, 'win a prize');
+    const mine = bubble(gina, 'win a prize');
+    await expect.poll(() => mine.getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+
+    await raffle(bob).waitFor({ timeout: 20_000 });
+    await raffle(bob).getByTestId('request-badge').waitFor();
+    await raffle(bob).click();
+    await bubble(bob, 'win a prize').waitFor();
+    const request = bob.getByRole('region', { name: 'Group request' });
+    await request.waitFor();
+    expect(await request.textContent()).toContain(`@gina@${one.domain}, on the server ${one.domain}, added you to the group “raffle”`);
+    await bob.screenshot({ path: artifactsDir() + 'federation-group-request.png' });
+    // alice, of gina's own server, is not asked.
+    await raffle(alice).waitFor({ timeout: 20_000 });
+    expect(await raffle(alice).getByTestId('request-badge').count()).toBe(0);
+    // Nothing told gina that bob has it while it was a request.
+    expect(await mine.getAttribute('data-tick')).toBe('sent');
+
+    await request.getByRole('button', { name: 'Accept' }).click();
+    await request.waitFor({ state: 'detached' });
+    await expect.poll(() => mine.getAttribute('data-tick'), { timeout: 20_000 }).toMatch(/delivered|read/);
+  });
+
+  it('alice refuses strangers: hank of the other server, whom gina adds later, is known to her server, so his messages reach her', async () => {
+    const { page: hank, context } = await newUser(browser, two);
+    await register(hank, 'hank');
+    await gina.getByRole('button', { name: 'Members' }).click();
+    await gina.locator('#group-add').fill(`hank@${two.domain}`);
+    await gina.getByRole('button', { name: 'Add', exact: true }).click();
+    await gina.locator(`li[data-member="hank@${two.domain}"]`).waitFor();
+    await gina.getByRole('button', { name: 'Close' }).click();
+    // alice's app reads the change, and tells her server hank is known.
+    await raffle(alice).click();
+    await alice.getByTestId('note').filter({ hasText: `gina added hank@${two.domain}` }).waitFor({ timeout: 20_000 });
+
+    // gina is a stranger to hank: a request, which answering accepts.
+    await raffle(hank).waitFor({ timeout: 20_000 });
+    await raffle(hank).click();
+    await hank.getByRole('region', { name: 'Group request' }).waitFor();
+    await sendInOpen(hank, 'hank here');
+    await expect.poll(() => bubble(hank, 'hank here').getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+    await bubble(alice, 'hank here').waitFor({ timeout: 15_000 });
+    expect(await bubble(alice, 'hank here').textContent()).toContain(`@hank@${two.domain}`);
+    await context.close();
+  });
+
+  it("bob's linked phone follows in the outbox what his laptop sends alice: delivered, then failed once she blocks him", async () => {
+    const { page: phone, context } = await newUser(browser, two);
+    await bob.goto('/#/settings');
+    await bob.getByRole('button', { name: 'Link a device' }).click();
+    const code = (await bob.getByTestId('link-code').textContent({ timeout: 15_000 }))!.trim();
+    await phone.getByText('Join as a linked device').click();
+    await phone.getByLabel(/^Link code/).fill(code);
+    await phone.getByRole('button', { name: 'Join' }).click();
+    await phone.getByTestId('join-check').waitFor({ timeout: 30_000 });
+    await bob.getByTestId('link-check').waitFor({ timeout: 30_000 });
+    await bob.getByRole('button', { name: 'The codes match: link it' }).click();
+    await phone.getByText('Signed in as @bob').waitFor({ timeout: 30_000 });
+    await bob.getByText(/now reads and sends as @bob/).waitFor();
+
+    await bob.goto('/#/chat');
+    await bob.locator(`a[data-peer="${aliceAddr}"]`).click();
+    await send(bob, 'from the laptop, followed on the phone');
+    await expect.poll(() => bubble(bob, 'from the laptop, followed on the phone').getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+    await phone.locator(`a[data-peer="${aliceAddr}"]`).click({ timeout: 20_000 });
+    const copy = bubble(phone, 'from the laptop, followed on the phone');
+    await expect.poll(() => copy.getAttribute('data-mine'), { timeout: 20_000 }).toBe('true');
+    await expect.poll(() => copy.getAttribute('data-relay'), { timeout: 20_000 }).toBe('delivered');
+
+    // alice blocks bob: his next message fails at her server, and both his devices say so.
+    await alice.locator(`a[data-peer="${bobAddr}"]`).click();
+    await alice.getByRole('button', { name: 'Block', exact: true }).click();
+    await alice.getByTestId('blocked').waitFor();
+    await send(bob, 'are we still talking?');
+    await expect.poll(() => bubble(bob, 'are we still talking?').getAttribute('data-relay'), { timeout: 20_000 }).toBe('failed');
+    const refused = bubble(phone, 'are we still talking?');
+    await expect.poll(() => refused.getAttribute('data-relay'), { timeout: 20_000 }).toBe('failed');
+    await expect.poll(() => refused.getByTestId('relay').textContent()).toMatch(/they blocked you/);
+    await phone.screenshot({ path: artifactsDir() + 'federation-linked-device-outbox.png' });
+    await context.close();
+  });
 });

@@ -8,6 +8,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { ApiError, type OutboxEntry, type Privacy, type Receipt } from '../src/lib/api';
 import { decodeB64, encodeB64, utf8 } from '../src/lib/bytes';
 import { Chat, convOfRoute, groupConv, peerConv, type ChatDeps } from '../src/lib/chat.svelte';
+import { addMembers, promoteMember } from '../src/lib/groups';
 import { openHistory } from '../src/lib/history';
 import { generateKeys, type Identity } from '../src/lib/keys';
 import type { Envelope, MessagePayload, PublicUser } from '../src/lib/protocol';
@@ -81,7 +82,8 @@ function network() {
         if (!r) throw new ApiError(404, 'unknown_handle', 'no such user');
         return structuredClone(r) as T;
       },
-      outbox: async (who) => ({ entries: (srv.outbox.get(who.handle) ?? []).map(({ doc: _doc, ...e }) => e) }),
+      // Newest first, as the server lists them.
+      outbox: async (who) => ({ entries: (srv.outbox.get(who.handle) ?? []).map(({ doc: _doc, ...e }) => ({ ...e })).reverse() }),
       getPrivacy: async (who) => structuredClone(privacyOf(who.handle)),
       putPrivacy: async (who, p) => (srv.privacy.set(who.handle, structuredClone(p)), p),
       inbox: async (who, since) => {
@@ -111,6 +113,15 @@ function network() {
       const id: Identity = { ...k, handle, server: srv.domain, primaryId: pid };
       srv.records.push({ handle, server: srv.domain, primary_id: pid, alg: 'ed25519', key: encodeB64(k.signing.publicKey), enc_key: encodeB64(k.enc.publicKey), created_at: 1 });
       return new Chat(id, deps(srv));
+    },
+    /** Another device of chat's identity, with a history of its own; the identity's record lists two signing keys from now on (so each device sends sync copies). */
+    device(srv: Server, of: Chat): Chat {
+      const r = srv.records.find((r) => r.handle === of.me.handle)!;
+      r.signing_keys = [
+        { alg: 'ed25519', key: r.key, label: 'laptop' },
+        { alg: 'ed25519', key: r.key, label: 'phone' },
+      ];
+      return new Chat(of.me, deps(srv));
     },
     /** Every server's courier: each queued document to its server, refused as the recipient's privacy says. */
     deliver(): void {
@@ -459,6 +470,334 @@ describe('typing across servers', () => {
     await bob.block('alice@one.example');
     await bob.onTyping({ from: 'alice@one.example', ct });
     expect(bob.typing.has(conv)).toBe(false);
+  });
+});
+
+describe('groups with strangers elsewhere', () => {
+  it('an invitation from a stranger elsewhere is a request: its messages are kept, nothing is told until accepted, then the receipts held back go', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const gina = await net.person(two, 'gina');
+    const hank = await net.person(two, 'hank');
+    for (const c of [alice, gina, hank]) await c.load();
+    const g = await gina.createGroup('offers', ['alice@one.example', 'hank']);
+    net.deliver();
+    await Promise.all([alice.poll(), hank.poll()]);
+    // Taken (every later version builds on it), but a request.
+    expect(alice.groups.state(g.slice(2))?.members).toEqual(['alice', 'gina@two.example', 'hank@two.example']);
+    expect(alice.conversations.get(g)).toMatchObject({ group: true, title: 'offers', request: true, inviter: 'gina@two.example', unread: 0 });
+    // hank, of gina's own server, is not asked.
+    expect(hank.conversations.get(g)?.request).toBeUndefined();
+
+    await hank.sendIn(g, 'cheap watches');
+    net.deliver();
+    await alice.poll();
+    const offer = (await alice.openConversation(g)).messages.at(-1)!;
+    expect(offer).toMatchObject({ body: 'cheap watches', from: 'hank@two.example', state: 'received' });
+    expect(offer.receiptSent).toBeUndefined();
+    expect(alice.conversations.get(g)!.unread).toBe(1);
+    // Reading it, or typing, tells nobody.
+    alice.markRead(g);
+    alice.typed(g);
+    await alice.receiptsSent();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(one.posts).toEqual([]);
+    expect(one.typing).toEqual([]);
+
+    await alice.acceptGroupRequest(g);
+    await alice.receiptsSent();
+    expect(alice.conversations.get(g)).toMatchObject({ request: undefined, inviter: undefined });
+    expect(one.posts.map((d) => [d.payload.server, d.payload.to])).toContainEqual(['two.example', 'hank']);
+    net.deliver();
+    await hank.poll();
+    const sent = (await hank.openConversation(g)).messages.find((m) => m.body === 'cheap watches')!;
+    expect(sent.receipts?.delivered).toEqual(['alice@one.example']);
+  });
+
+  it('is no request from someone one chats with, a fellow member of a group one accepted, or a person of one own server; answering accepts it', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    const dave = await net.person(one, 'dave');
+    const bob = await net.person(two, 'bob');
+    const carol = await net.person(two, 'carol');
+    const gina = await net.person(two, 'gina');
+    const zed = await net.person(two, 'zed');
+    for (const c of [alice, dave, bob, carol, gina, zed]) await c.load();
+    await alice.send('bob@two.example', 'hi bob');
+    const fromBob = await bob.createGroup('friends', ['alice@one.example', 'carol']);
+    const fromDave = await dave.createGroup('office', ['alice', 'gina@two.example']);
+    net.deliver();
+    await alice.poll();
+    expect(alice.conversations.get(fromBob)).toMatchObject({ group: true, title: 'friends' });
+    expect(alice.conversations.get(fromBob)!.request).toBeUndefined();
+    expect(alice.conversations.get(fromDave)!.request).toBeUndefined();
+    // carol is in a group alice is in; gina only in one she has not accepted.
+    const fromCarol = await carol.createGroup('book club', ['alice@one.example']);
+    net.deliver();
+    await alice.poll();
+    expect(alice.conversations.get(fromCarol)!.request).toBeUndefined();
+
+    // gina is in dave's group, which alice is in: no stranger either. zed is.
+    const fromGina = await gina.createGroup('party', ['alice@one.example']);
+    const g = await zed.createGroup('raffle', ['alice@one.example']);
+    net.deliver();
+    await alice.poll();
+    expect(alice.conversations.get(fromGina)!.request).toBeUndefined();
+    expect(alice.conversations.get(g)).toMatchObject({ request: true, inviter: 'zed@two.example' });
+    // Answering accepts it.
+    await alice.sendIn(g, 'who are you?');
+    expect(alice.conversations.get(g)!.request).toBeUndefined();
+  });
+
+  it('blocking the inviter refuses them and keeps nothing of the group; unblocking makes it a request again', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const alice = await net.person(one, 'alice');
+    const gina = await net.person(two, 'gina');
+    const ivy = await net.person(three, 'ivy');
+    for (const c of [alice, gina, ivy]) await c.load();
+    const g = await gina.createGroup('offers', ['alice@one.example', 'ivy@three.example']);
+    net.deliver();
+    await Promise.all([alice.poll(), ivy.poll()]);
+    await alice.block('gina@two.example');
+    expect(one.privacy.get('alice')?.blocked).toEqual(['gina@two.example']);
+    expect(alice.conversations.get(g)).toMatchObject({ blocked: true, request: undefined, inviter: 'gina@two.example' });
+    expect(alice.conversations.get(peerConv('gina@two.example'))?.blocked).toBe(true);
+
+    // ivy, whom the block does not name, still writes in it: nothing is kept, and no typing shown.
+    await ivy.sendIn(g, 'still there?');
+    net.deliver();
+    await alice.poll();
+    expect((await alice.openConversation(g)).messages.map((m) => m.body)).not.toContain('still there?');
+    ivy.typed(g);
+    await vi.waitFor(() => expect(three.typing).toHaveLength(1));
+    const note = three.typing[0]!.remote!.find((d) => d.payload.server === 'one.example')!;
+    await alice.onTyping({ from: 'ivy@three.example', ct: note.payload.to[0]!.ct });
+    expect(alice.typing.has(g)).toBe(false);
+    // gina's next invitation does not reach alice's server, and would not be taken.
+    const again = await gina.createGroup('more offers', ['alice@one.example']);
+    net.deliver();
+    await alice.poll();
+    expect(alice.conversations.has(again)).toBe(false);
+
+    await alice.unblock('gina@two.example');
+    expect(one.privacy.get('alice')?.blocked).toEqual([]);
+    expect(alice.conversations.get(g)).toMatchObject({ request: true, blocked: undefined });
+
+    // Blocking her whole server from the request blocks the group too.
+    await alice.block('gina@two.example', true);
+    expect(one.privacy.get('alice')?.blocked).toEqual(['two.example']);
+    expect(alice.conversations.get(g)?.blocked).toBe(true);
+  });
+});
+
+describe('refusing strangers, with groups', () => {
+  it('the people elsewhere who join a group one is in become known to one own server, whoever added them, so their messages get through', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const alice = await net.person(one, 'alice');
+    const bob = await net.person(two, 'bob');
+    const carol = await net.person(two, 'carol');
+    const erin = await net.person(three, 'erin');
+    for (const c of [alice, bob, carol, erin]) await c.load();
+    await alice.setStrangers('refuse');
+    expect(one.privacy.get('alice')).toEqual({ strangers: 'refuse', known: [], blocked: [] });
+
+    // Her own group: its people elsewhere are known once she reads it back.
+    const g = await alice.createGroup('team', ['bob@two.example']);
+    const gid = g.slice(2);
+    await alice.flushKnown();
+    expect(one.privacy.get('alice')!.known).toEqual(['bob@two.example']);
+    let held = alice.groups.held(gid)!;
+    await alice.changeGroup(held.state, await promoteMember(held.state, 'alice', 'bob@two.example', held.hash));
+    net.deliver();
+    await bob.poll();
+    await bob.acceptGroupRequest(g); // alice is a stranger to bob
+
+    // bob, an admin now, adds carol of his server and erin of a third.
+    held = bob.groups.held(gid)!;
+    await bob.changeGroup(held.state, await addMembers(held.state, 'bob', ['carol', 'erin@three.example'], held.hash));
+    net.deliver();
+    await alice.poll();
+    expect(alice.groups.state(gid)?.members).toEqual(['alice', 'bob@two.example', 'carol@two.example', 'erin@three.example']);
+    await alice.flushKnown();
+    expect(one.privacy.get('alice')!.known).toEqual(['bob@two.example', 'carol@two.example', 'erin@three.example']);
+
+    await Promise.all([carol.poll(), erin.poll()]);
+    await carol.sendIn(g, 'hello from carol');
+    net.deliver();
+    await carol.checkOutbox();
+    const mine = carol.conversations.get(g)!.messages.at(-1)!;
+    expect(mine.relay?.find((r) => r.to === 'alice@one.example')).toMatchObject({ state: 'delivered' });
+    await alice.poll();
+    expect((await alice.openConversation(g)).messages.at(-1)).toMatchObject({ body: 'hello from carol', from: 'carol@two.example' });
+  });
+
+  it('a pending group request makes no one known; accepting it does', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const alice = await net.person(one, 'alice');
+    const gina = await net.person(two, 'gina');
+    const ivy = await net.person(three, 'ivy');
+    for (const c of [alice, gina, ivy]) await c.load();
+    const g = await gina.createGroup('club', ['alice@one.example', 'ivy@three.example']);
+    net.deliver();
+    await alice.poll();
+    await alice.setStrangers('refuse');
+    expect(one.privacy.get('alice')!.known).toEqual([]);
+    await alice.acceptGroupRequest(g);
+    expect(one.privacy.get('alice')!.known).toEqual(['gina@two.example', 'ivy@three.example']);
+    await gina.sendIn(g, 'welcome');
+    net.deliver();
+    await alice.poll();
+    expect((await alice.openConversation(g)).messages.at(-1)).toMatchObject({ body: 'welcome', from: 'gina@two.example' });
+  });
+
+  it('at the cap of known people, someone no longer chatted with is forgotten to make room for a new member', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    await net.person(two, 'bob');
+    await alice.load();
+    const old = Array.from({ length: 5000 }, (_, i) => `old${i}@gone.example`);
+    one.privacy.set('alice', { strangers: 'refuse', known: old, blocked: [] });
+    await alice.createGroup('team', ['bob@two.example']);
+    await alice.flushKnown();
+    const known = one.privacy.get('alice')!.known;
+    expect(known).toHaveLength(5000);
+    expect(known).toContain('bob@two.example');
+    expect(known).toEqual(expect.arrayContaining(old.slice(1)));
+  });
+
+  it('accepting people is tried again at the next poll when the server could not be told', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const alice = await net.person(one, 'alice');
+    await net.person(two, 'bob');
+    await alice.load();
+    await alice.setStrangers('refuse');
+    const deps = (alice as unknown as { deps: ChatDeps }).deps;
+    const put = deps.putPrivacy;
+    let down = true;
+    deps.putPrivacy = (who, p) => (down ? Promise.reject(new ApiError(503, 'unavailable', 'down')) : put(who, p));
+    await alice.createGroup('team', ['bob@two.example']);
+    await alice.flushKnown();
+    expect(one.privacy.get('alice')!.known).toEqual([]);
+    down = false;
+    await alice.poll();
+    await alice.flushKnown();
+    expect(one.privacy.get('alice')!.known).toEqual(['bob@two.example']);
+  });
+});
+
+describe('a linked device and the outbox', () => {
+  it('follows what another device of the identity sent to people elsewhere: queued, delivered, failed, and a retry from the other device', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const laptop = await net.person(one, 'alice');
+    const phone = net.device(one, laptop);
+    const bob = await net.person(two, 'bob');
+    const carol = await net.person(two, 'carol');
+    for (const c of [laptop, phone, bob, carol]) await c.load();
+    two.privacy.set('carol', { strangers: 'refuse', known: [], blocked: [] });
+
+    await laptop.send('bob@two.example', 'from the laptop');
+    // The laptop sent a sync copy beside bob's document.
+    expect(one.posts.at(-1)?.payload).toMatchObject({ server: 'one.example', to: 'alice' });
+    let asked = 0;
+    const deps = (phone as unknown as { deps: ChatDeps }).deps;
+    const outbox = deps.outbox;
+    deps.outbox = (who) => (asked++, outbox(who));
+    await phone.outboxTick(Date.now());
+    expect(asked).toBe(0); // nothing to follow yet: the outbox is not asked
+
+    await phone.poll();
+    const conv = peerConv('bob@two.example');
+    let copy = (await phone.openConversation(conv)).messages[0]!;
+    expect(copy).toMatchObject({ mine: true, state: 'sent', body: 'from the laptop', relay: [{ to: 'bob@two.example', state: 'queued' }] });
+    expect(phone.relayingAny).toBe(true);
+    await phone.outboxTick(Date.now());
+    expect(asked).toBe(1);
+    copy = phone.conversations.get(conv)!.messages[0]!;
+    expect(copy.relay).toEqual([{ to: 'bob@two.example', id: one.outbox.get('alice')![0]!.id, state: 'queued' }]);
+    net.deliver();
+    await phone.checkOutbox();
+    expect(phone.conversations.get(conv)!.messages[0]!.relay).toMatchObject([{ state: 'delivered' }]);
+    expect(phone.relayingAny).toBe(false);
+
+    // Refused by carol's server: failed on both devices, with the reason.
+    await laptop.send('carol@two.example', 'hello carol');
+    net.deliver();
+    await phone.poll();
+    await phone.checkOutbox();
+    const carolConv = peerConv('carol@two.example');
+    const refused = (await phone.openConversation(carolConv)).messages[0]!;
+    expect(refused.relay).toMatchObject([{ to: 'carol@two.example', state: 'failed', error: 'stranger_refused' }]);
+    expect(phone.relayingAny).toBe(false);
+
+    // carol lets her in; the laptop sends it again: the phone follows the retry too.
+    two.privacy.set('carol', { strangers: 'refuse', known: ['alice@one.example'], blocked: [] });
+    await laptop.checkOutbox();
+    await laptop.retryRelay(carolConv, refused.mid);
+    expect(one.posts.at(-1)!.payload.id).toMatch(new RegExp(`^${refused.mid}:r`));
+    await phone.poll();
+    expect(phone.relayingAny).toBe(true);
+    net.deliver();
+    await phone.checkOutbox();
+    expect(phone.conversations.get(carolConv)!.messages[0]!.relay).toMatchObject([{ to: 'carol@two.example', state: 'delivered' }]);
+    expect(phone.relayingAny).toBe(false);
+  });
+
+  it('in a group, one document per member elsewhere; one the outbox never lists is dropped after a while', async () => {
+    const net = network();
+    const one = net.server('one.example');
+    const two = net.server('two.example');
+    const three = net.server('three.example');
+    const laptop = await net.person(one, 'alice');
+    const phone = net.device(one, laptop);
+    const dave = await net.person(one, 'dave');
+    const bob = await net.person(two, 'bob');
+    const erin = await net.person(three, 'erin');
+    for (const c of [laptop, phone, dave, bob, erin]) await c.load();
+    const g = await laptop.createGroup('team', ['dave', 'bob@two.example', 'erin@three.example']);
+    await laptop.sendIn(g, 'hello team');
+    await phone.poll();
+    const copy = (await phone.openConversation(g)).messages.at(-1)!;
+    expect(copy).toMatchObject({ mine: true, body: 'hello team' });
+    expect(copy.relay?.map((r) => r.to).sort()).toEqual(['bob@two.example', 'erin@three.example']);
+    await phone.checkOutbox();
+    expect(phone.conversations.get(g)!.messages.at(-1)!.relay?.every((r) => r.state === 'queued' && !r.unconfirmed)).toBe(true);
+
+    // A message whose documents elsewhere the outbox never listed (the
+    // other device sent it to no one there): expected a while, then dropped.
+    await laptop.sendIn(g, 'second');
+    const entries = one.outbox.get('alice')!;
+    entries.splice(0, entries.length, ...entries.filter((e) => !e.id.startsWith(one.posts.at(-1)!.payload.id.split(':')[0]!)));
+    await phone.poll();
+    await phone.checkOutbox();
+    const second = () => phone.conversations.get(g)!.messages.at(-1)!;
+    expect(second().relay).toMatchObject([{ unconfirmed: true }, { unconfirmed: true }]);
+    const deps = (phone as unknown as { deps: ChatDeps }).deps;
+    const now = deps.now;
+    deps.now = () => now() + 600;
+    net.deliver();
+    await phone.checkOutbox();
+    expect(second().relay).toBeUndefined();
+    expect(phone.conversations.get(g)!.messages.at(-2)!.relay).toMatchObject([{ state: 'delivered' }, { state: 'delivered' }]);
+    expect(phone.relayingAny).toBe(false);
   });
 });
 

@@ -51,6 +51,7 @@ import {
   groupStates,
   historyKey,
   lastPage,
+  messageByMid,
   migrateLegacy,
   newConversation,
   openHistory,
@@ -68,6 +69,7 @@ import {
   type Relay,
   type Stored,
 } from './history';
+import { MAX_PRIVACY_KNOWN, normalPrivacy, withKnown } from './privacy';
 import { checkPeer, KeyChanged, KeyDocumentMismatch, loadPins, safetyWith, savePins, type KeyPayload, type Pin, type TrustDeps } from './trust';
 
 export type { MessageState } from './history';
@@ -211,6 +213,15 @@ export const OUTBOX_POLL_MS = 2_000;
 export const OUTBOX_POLL_MAX_MS = 60_000;
 /** When a queued document missing from the outbox is taken as forgotten: its 48 hours of retries and the 24 its outcome shows. */
 const RELAY_FORGOTTEN_S = 73 * 3600;
+/**
+ * When a document a sync copy made expected, still missing from the outbox,
+ * is taken as never queued (the other device did not send to that person):
+ * the outbox lists it before the sync copy can be read, give or take the
+ * devices' clocks.
+ */
+export const RELAY_UNCONFIRMED_S = 300;
+/** The outbox lists a handle's latest entries, at most this many: one missing from a full list may be further down. */
+const OUTBOX_LIST_MAX = 1000;
 
 const pageVisible = () => typeof document === 'undefined' || document.visibilityState === 'visible';
 
@@ -369,6 +380,7 @@ export class Chat {
     c.withheld = r.withheld;
     c.left = r.left;
     c.request = r.request;
+    c.inviter = r.inviter;
     c.blocked = r.blocked;
     return c;
   }
@@ -620,7 +632,11 @@ export class Chat {
     const db = await this.db();
     if (pt.kind === 'group') {
       const gid = pt.group!.id;
+      const conv = groupConv(gid);
       const before = this.groups.state(gid);
+      const rec = await getConversation(db, conv);
+      // An invitation from a person blocked here is not taken, whatever the server let through before.
+      if (!rec && !mine && this.conversations.get(peerConv(pt.from))?.blocked) return;
       try {
         if (!(await this.groups.take(pt.from, pt.state, writer))) return;
       } catch (e) {
@@ -630,11 +646,36 @@ export class Chat {
       const held = this.groups.held(gid)!;
       const after = held.state;
       await putGroupState(db, { group: gid, version: after.version, state: after, hash: held.hash });
-      const conv = groupConv(gid);
-      const s = await appendMessage(db, { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: describeChange(before, after), ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'group' });
-      if (s) this.mirror(s);
       const left = !after.members.includes(me);
-      this.mirrorConversation(await updateConversation(db, conv, (c) => ((c.title = after.name), (c.group = true), left ? void (c.left = true) : void delete c.left)));
+      // A person of another server this identity does not chat with who
+      // adds it to a group is a request, as a stranger's first message is:
+      // nothing tells the members what arrived or was read until it is
+      // accepted. A blocked invitation keeps its states (to follow the
+      // group should it be unblocked) and shows nothing.
+      const request = !left && (rec ? !!rec.request : !mine && isRemote(pt.from) && !this.knows(pt.from));
+      if (!rec?.blocked) {
+        const s = await appendMessage(db, { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: describeChange(before, after), ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'group' });
+        if (s) this.mirror(s);
+      }
+      this.mirrorConversation(
+        await updateConversation(db, conv, (c) => {
+          c.title = after.name;
+          c.group = true;
+          if (left) c.left = true;
+          else delete c.left;
+          if (request && !c.request && !c.blocked) {
+            c.request = true;
+            c.inviter = pt.from;
+          }
+        }),
+      );
+      // The people elsewhere who join a group this identity is in (by
+      // anyone's change, its own included) are known to its server from
+      // then on, should it refuse strangers; all of them when it joins.
+      if (!left && !request && !rec?.blocked) {
+        const wasIn = !!before?.members.includes(me);
+        this.knowLater(after.members.filter((m) => isRemote(m) && (!wasIn || !before!.members.includes(m))));
+      }
       return;
     }
     const where = conversationOf(pt, me);
@@ -643,8 +684,8 @@ export class Chat {
     if (pt.group && !this.groups.accepts(pt.group.id, pt.from)) return;
     const conv = pt.group ? groupConv(pt.group.id) : peerConv(where);
     const gid = pt.group?.id;
-    // Nothing from a person (or server) blocked here is kept, whatever the server let through before.
-    const known = pt.group ? undefined : await getConversation(db, conv);
+    // Nothing from a person (or server) blocked here, or of a group invitation blocked, is kept, whatever the server let through before.
+    const known = await getConversation(db, conv);
     if (known?.blocked) return;
     switch (pt.kind) {
       case 'text': {
@@ -656,11 +697,15 @@ export class Chat {
           if (a.thumb) await this.fetchAttachment(a.thumb.blob, a.thumb.key, a.thumb.sha256, 'image/*', undefined, origin);
         }
         // A person of another server writing first is a request: nothing
-        // tells them it arrived or was read until it is accepted.
+        // tells them it arrived or was read until it is accepted; so is
+        // every message of a group such a person added this identity to.
         // (A conversation with no message yet is one only held or looked up so far.)
-        const request = !mine && !pt.group && isRemote(pt.from) && (!known || !!known.request || !known.last);
+        const request = !mine && (pt.group ? !!known?.request : isRemote(pt.from) && (!known || !!known.request || !known.last));
         const active = this.activeConv === conv && pageVisible();
         const rec = { conv, id: env.message.payload.id, mid: pt.mid, from: pt.from, mine, body: pt.body, ts: pt.ts, seq: env.seq, state: mine ? 'sent' : 'received', kind: 'text' } as const;
+        // A sync copy of what another device sent to people elsewhere: its
+        // documents to them wait in the same outbox, followed here too.
+        const relay = mine ? await this.expectedRelays(where, pt.mid, gid) : [];
         const s = await appendMessage(
           db,
           {
@@ -668,11 +713,17 @@ export class Chat {
             ...(pt.reply ? { reply: pt.reply } : {}),
             ...(pt.attachments ? { attachments: pt.attachments } : {}),
             ...(mine || request ? {} : { receiptSent: active && this.readReceipts ? 'read' : 'delivered' }),
+            ...(relay.length ? { relay } : {}),
           },
           { unread: !mine && !active },
         );
-        if (!s) return;
+        if (!s) {
+          // Sent again by another device to those it failed to reach (a retry's sync copy, <mid>:r<time>:<digest>): followed again.
+          if (mine && isRetryId(env.message.payload.id, pt.mid)) await this.refollow(db, conv, pt.mid);
+          return;
+        }
         this.mirror(s);
+        if (relay.length) await this.followRelay(db, conv, pt.mid);
         if (request && !known?.request) this.mirrorConversation(await updateConversation(db, conv, (c) => void (c.request = true)));
         if (request) return;
         if (!mine) {
@@ -786,6 +837,7 @@ export class Chat {
         if (this.cursor === before) break; // a lookup failed: try again later
       }
       await this.reopenWithheld();
+      void this.flushKnown();
     })();
   }
 
@@ -893,9 +945,11 @@ export class Chat {
 
   /** Sends a text in conv (a person's or a group's). */
   async sendIn(conv: string, body: string, extra: SendExtra = {}): Promise<void> {
-    // Answering a request accepts it.
+    // Answering a request (a person's, or a group's) accepts it.
     const peer = peerOf(conv);
-    if (peer && this.conversations.get(conv)?.request) await this.acceptRequest(peer).catch((e: unknown) => console.warn(`accepting ${peer}:`, (e as Error).message));
+    if (this.conversations.get(conv)?.request) {
+      await (peer ? this.acceptRequest(peer) : this.acceptGroupRequest(conv)).catch((e: unknown) => console.warn(`accepting ${peer ?? 'a group'}:`, (e as Error).message));
+    }
     const m = await this.appendOwn(conv, body, extra);
     if (!m) return;
     this.sending.add(m.mid);
@@ -1026,6 +1080,25 @@ export class Chat {
     await setMeta(db, 'relaying', this.relaying);
   }
 
+  /**
+   * The documents another device of this identity queued for people
+   * elsewhere with a message whose sync copy arrived here: one to each
+   * recipient on another server (the peer, or the group's other members as
+   * this client holds them), under the id a group send gives it. Expected
+   * until the outbox lists them.
+   */
+  private async expectedRelays(where: string, mid: string, gid?: string): Promise<Relay[]> {
+    const me = this.me.handle;
+    const to = gid ? (this.groups.state(gid)?.members ?? []).filter((m) => m !== me) : [where];
+    return Promise.all(to.filter(isRemote).map(async (r) => ({ to: r, id: await envelopeIdFor(mid, r, true), state: 'queued' as const, unconfirmed: true })));
+  }
+
+  /** Follows an own message again (another device sent it again): its documents take the state of the latest in the outbox. */
+  private async refollow(db: IDBDatabase, conv: string, mid: string): Promise<void> {
+    const m = await messageByMid(db, conv, this.me.handle, mid);
+    if (m?.relay?.some((r) => r.state === 'failed')) await this.followRelay(db, conv, mid);
+  }
+
   /** Whether own messages wait in the outbox for other servers (then checkOutbox has something to do). */
   get relayingAny(): boolean {
     return this.relaying.length > 0;
@@ -1040,7 +1113,7 @@ export class Chat {
   async checkOutbox(): Promise<void> {
     if (this.relaying.length === 0) return;
     const { entries } = await this.deps.outbox(this.me);
-    const byKey = new Map(entries.map((e) => [`${e.to}\n${e.id}`, e]));
+    const whole = entries.length < OUTBOX_LIST_MAX;
     const now = this.deps.now();
     let changedAny = false;
     await this.serial(async () => {
@@ -1050,23 +1123,41 @@ export class Chat {
         let open = false;
         const s = await updateMessage(db, f.conv, this.me.handle, f.mid, (m) => {
           let changed = false;
+          const kept: Relay[] = [];
           for (const r of m.relay ?? []) {
-            const e = byKey.get(`${r.to}\n${r.id}`);
-            if (e && (e.state !== r.state || e.error?.code !== r.error)) {
-              r.state = e.state;
-              if (e.error?.code) r.error = e.error.code;
-              else delete r.error;
-              changed = true;
-            } else if (!e && r.state === 'queued' && now - m.ts > RELAY_FORGOTTEN_S) {
+            // The latest document of this message to r.to (the outbox lists
+            // the newest first): its own, or a retry's (<mid>:r..., sent
+            // again from this device or another).
+            const e = entries.find((x) => x.to === r.to && (x.id === r.id || x.id.startsWith(`${m.mid}:`)));
+            if (e) {
+              if (e.id !== r.id || e.state !== r.state || e.error?.code !== r.error || r.unconfirmed) {
+                r.id = e.id;
+                r.state = e.state;
+                if (e.error?.code) r.error = e.error.code;
+                else delete r.error;
+                delete r.unconfirmed;
+                changed = true;
+              }
+            } else if (r.unconfirmed) {
+              // Expected from a sync copy, never listed: the other device
+              // did not queue one to this person.
+              if (whole && now - m.ts > RELAY_UNCONFIRMED_S) {
+                changed = true;
+                continue;
+              }
+            } else if (r.state === 'queued' && now - m.ts > RELAY_FORGOTTEN_S) {
               // Gone from the outbox (it keeps an outcome 24 hours, a queued
               // document 48): what became of it is no longer known.
               r.state = 'failed';
               r.error = 'unknown';
               changed = true;
             }
+            kept.push(r);
             if (r.state === 'queued') open = true;
           }
-          return changed ? undefined : false;
+          if (!changed) return false;
+          if (kept.length) m.relay = kept;
+          else delete m.relay;
         });
         if (s) this.mirror(s);
         if (s) changedAny = true;
@@ -1126,17 +1217,35 @@ export class Chat {
    * they learn what was received and read.
    */
   async acceptRequest(peer: string): Promise<void> {
-    if (isRemote(peer)) await this.changePrivacy((p) => void (p.known = [...new Set([...p.known, peer])]));
-    const conv = peerConv(peer);
+    if (isRemote(peer)) await this.changePrivacy((p) => this.addKnown(p, [peer]));
+    await this.accepted(peerConv(peer));
+  }
+
+  /**
+   * Accepts a group a person of another server added this identity to: its
+   * members elsewhere become known to the own server (when it refuses
+   * strangers), and they learn what was received and read.
+   */
+  async acceptGroupRequest(conv: string): Promise<void> {
+    const gid = groupIdOf(conv);
+    const state = gid ? this.groups.state(gid) : undefined;
+    if (!state) return;
+    await this.knowPeople(state.members);
+    await this.accepted(conv);
+  }
+
+  /** A request accepted: no longer one, and the receipts it held back are sent. */
+  private async accepted(conv: string): Promise<void> {
     const c = await this.openConversation(conv);
+    const gid = groupIdOf(conv);
     await this.serial(async () => {
       const db = await this.db();
-      this.mirrorConversation(await updateConversation(db, conv, (r) => void delete r.request));
+      this.mirrorConversation(await updateConversation(db, conv, (r) => ((r.request || r.inviter) && !r.blocked ? (delete r.request, void delete r.inviter) : false)));
       for (const m of c.messages) {
         if (m.mine || m.kind !== 'text' || m.deleted || m.receiptSent) continue;
         const s = await updateMessage(db, conv, m.from, m.mid, (r) => void (r.receiptSent = 'delivered'));
         if (s) this.mirror(s);
-        this.queueReceipt(m.from, undefined, 'delivered', m.mid);
+        this.queueReceipt(m.from, gid, 'delivered', m.mid);
       }
     });
     await this.flushReceipts();
@@ -1159,35 +1268,133 @@ export class Chat {
       });
     }
     const conv = peerConv(peer);
+    // The person's conversation, or with domain everyone's of its server, and the groups they invited this identity to that it did not accept.
+    const hit = (name: string | undefined) => !!name && (name === peer || (domain && isRemote(name) && domainOf(name, this.domain) === entry));
     await this.serial(async () => {
       const db = await this.db();
       for (const c of [...this.conversations.values()]) {
-        if (c.conv !== conv && !(domain && c.peer && isRemote(c.peer) && domainOf(c.peer, this.domain) === entry)) continue;
+        if (c.group ? !(c.request && hit(c.inviter)) : c.conv !== conv && !(domain && hit(c.peer))) continue;
         this.mirrorConversation(await updateConversation(db, c.conv, (r) => ((r.blocked = true), void delete r.request)));
       }
       if (!this.conversations.has(conv)) this.mirrorConversation(await updateConversation(db, conv, (r) => ((r.blocked = true), void delete r.request)));
     });
   }
 
-  /** Unblocks a person (and its server, if it was blocked whole). */
+  /** Unblocks a person (and its server, if it was blocked whole); a group invitation of theirs is a request again. */
   async unblock(peer: string): Promise<void> {
     const d = isRemote(peer) ? domainOf(peer, this.domain) : undefined;
     if (d) await this.changePrivacy((p) => void (p.blocked = p.blocked.filter((b) => b !== peer && b !== d)));
+    const hit = (name: string | undefined) => !!name && (name === peer || (!!d && isRemote(name) && domainOf(name, this.domain) === d));
     await this.serial(async () => {
       const db = await this.db();
       for (const c of [...this.conversations.values()]) {
-        if (!c.blocked || !(c.peer === peer || (d && c.peer && domainOf(c.peer, this.domain) === d))) continue;
-        this.mirrorConversation(await updateConversation(db, c.conv, (r) => void delete r.blocked));
+        if (!c.blocked || !hit(c.group ? c.inviter : c.peer)) continue;
+        this.mirrorConversation(await updateConversation(db, c.conv, (r) => (delete r.blocked, r.inviter ? void (r.request = true) : undefined)));
       }
     });
   }
 
-  /** The privacy setting, read, changed by change and written back whole. */
-  private async changePrivacy(change: (p: api.Privacy) => void): Promise<api.Privacy> {
-    const p = await this.deps.getPrivacy(this.me);
-    const next: api.Privacy = { strangers: p.strangers ?? 'accept', known: [...(p.known ?? [])], blocked: [...(p.blocked ?? [])] };
-    change(next);
-    return this.deps.putPrivacy(this.me, next);
+  private privacyChain: Promise<unknown> = Promise.resolve();
+
+  /**
+   * The privacy setting, read, changed by change and written back whole
+   * (unless change answers false), one change at a time: two changes at
+   * once would each write back what the other did not see.
+   */
+  private changePrivacy(change: (p: api.Privacy) => void | false): Promise<api.Privacy> {
+    const run = async () => {
+      const p = normalPrivacy(await this.deps.getPrivacy(this.me));
+      if (change(p) === false) return p;
+      return this.deps.putPrivacy(this.me, p);
+    };
+    const done = this.privacyChain.then(run, run);
+    this.privacyChain = done.catch(() => {});
+    return done;
+  }
+
+  /**
+   * The people elsewhere this identity chats with: of its conversations
+   * (not requests, not blocked) and of the groups it is in and accepted.
+   */
+  private kept(): Set<string> {
+    const people = new Set<string>();
+    for (const c of this.conversations.values()) {
+      if (c.peer && isRemote(c.peer) && !c.request && !c.blocked) people.add(c.peer);
+    }
+    for (const g of this.groups.list()) {
+      const c = this.conversations.get(groupConv(g.id));
+      if (c?.request || c?.blocked) continue;
+      for (const m of g.members) if (isRemote(m)) people.add(m);
+    }
+    return people;
+  }
+
+  /**
+   * Whether a person elsewhere is someone this identity chats with: a
+   * conversation with them it wrote or accepted, or a group they are in
+   * that it accepted.
+   */
+  private knows(name: string): boolean {
+    const c = this.conversations.get(peerConv(name));
+    if (c && !c.request && !c.blocked && c.last) return true;
+    return this.groups.list().some((g) => {
+      const gc = this.conversations.get(groupConv(g.id));
+      return !!gc && !gc.request && !gc.blocked && g.members.includes(name);
+    });
+  }
+
+  /**
+   * Adds people elsewhere to p's known, within the server's caps (making
+   * room by forgetting those this identity no longer chats with); false
+   * when nothing changes.
+   */
+  private addKnown(p: api.Privacy, add: Iterable<string>): void | false {
+    const keep = this.kept();
+    const { privacy, changed, left } = withKnown(p, add, (n) => keep.has(n));
+    if (left.length) console.warn(`not known to the server (it keeps ${MAX_PRIVACY_KNOWN} people at most): ${left.join(', ')}`);
+    if (!changed) return false;
+    p.known = privacy.known;
+  }
+
+  /**
+   * Makes people elsewhere known to the own server when it refuses
+   * strangers (otherwise there is nothing to do: refusing them later makes
+   * everyone this identity chats with known).
+   */
+  private knowPeople(names: string[]): Promise<unknown> {
+    const add = names.filter(isRemote);
+    if (add.length === 0) return Promise.resolve();
+    return this.changePrivacy((p) => (p.strangers === 'refuse' ? this.addKnown(p, add) : false));
+  }
+
+  /** People elsewhere to make known (knowPeople), not yet told to the server: tried again at each poll. */
+  private unknownYet = new Set<string>();
+  private knowing?: Promise<void>;
+
+  /** Makes people elsewhere known in the background (they joined a group while its messages are read). */
+  private knowLater(names: string[]): void {
+    for (const n of names) if (isRemote(n)) this.unknownYet.add(n);
+    void this.flushKnown();
+  }
+
+  /** Tells the own server of the people knowLater was given, one setting change for all that wait; a failure waits for the next poll. */
+  flushKnown(): Promise<void> {
+    if (this.knowing || this.unknownYet.size === 0) return this.knowing ?? Promise.resolve();
+    const knowing = (async () => {
+      try {
+        while (this.unknownYet.size) {
+          const names = [...this.unknownYet];
+          await this.knowPeople(names);
+          for (const n of names) this.unknownYet.delete(n);
+        }
+      } catch (e) {
+        console.warn('telling the server who is known (tried again later):', (e as Error).message);
+      } finally {
+        this.knowing = undefined;
+      }
+    })();
+    this.knowing = knowing;
+    return knowing;
   }
 
   /** Whether people of other servers this identity did not accept may write (the server's strangers setting). */
@@ -1198,25 +1405,19 @@ export class Chat {
   /**
    * Refusing strangers keeps the people this identity chats with: every
    * person elsewhere of a conversation (not a request, not blocked) or of a
-   * group it is in becomes known.
+   * group it is in (and accepted) becomes known, as far as the server's cap
+   * allows.
    */
   async setStrangers(v: 'accept' | 'refuse'): Promise<void> {
-    const people = new Set<string>();
-    for (const c of this.conversations.values()) {
-      if (c.peer && isRemote(c.peer) && !c.request && !c.blocked) people.add(c.peer);
-    }
-    for (const g of this.groups.list()) for (const m of g.members) if (isRemote(m)) people.add(m);
     await this.changePrivacy((p) => {
       p.strangers = v;
-      if (v === 'refuse') p.known = [...new Set([...p.known, ...people])];
+      if (v === 'refuse') this.addKnown(p, this.kept());
     });
   }
 
   /** A person elsewhere this identity starts a chat with is known to its server, when it refuses strangers. */
   private async knowPeer(peer: string): Promise<void> {
-    const p = await this.deps.getPrivacy(this.me);
-    if (p.strangers !== 'refuse' || p.known?.includes(peer)) return;
-    await this.deps.putPrivacy(this.me, { strangers: p.strangers, known: [...(p.known ?? []), peer], blocked: p.blocked ?? [] });
+    await this.knowPeople([peer]);
   }
 
   // --- receipts, reactions, deletion ------------------------------------------
@@ -1311,9 +1512,9 @@ export class Chat {
    * that is a request or blocked is told.
    */
   private async sendTyping(conv: string, typing: boolean): Promise<void> {
-    const gid = groupIdOf(conv);
     const c = this.conversations.get(conv);
-    if (!gid && (c?.request || c?.blocked)) return;
+    if (c?.request || c?.blocked) return;
+    const gid = groupIdOf(conv);
     try {
       const ts = this.deps.now();
       // A recipient whose record cannot be read now is left out: a typing note is a hint.
@@ -1357,7 +1558,8 @@ export class Chat {
     if (this.conversations.get(peerConv(from))?.blocked) return;
     if (note.group && !this.groups.accepts(note.group.id, from)) return;
     const conv = note.group ? groupConv(note.group.id) : peerConv(from);
-    if (!this.conversations.has(conv)) return;
+    const c = this.conversations.get(conv);
+    if (!c || c.blocked) return;
     this.typingBoard.note(conv, from, note.typing, Date.now());
     this.refreshTyping(conv);
     if (note.typing) setTimeout(() => this.refreshTyping(conv), TYPING_SHOWN_MS + 50);
@@ -1369,6 +1571,9 @@ export class Chat {
     else this.typing.delete(conv);
   }
 }
+
+/** Whether id is the envelope id retryRelay gives a document of message mid sent again: <mid>:r<base36 time>:<22 characters of a digest>. */
+const isRetryId = (id: string, mid: string) => id.startsWith(`${mid}:r`) && /^r[0-9a-z]+:[A-Za-z0-9_-]{22}$/.test(id.slice(mid.length + 1));
 
 /** The documents of docs for other servers, as relays queued in the outbox. */
 function relaysOf(docs: Signed<MessagePayload>[], own: string): Relay[] {

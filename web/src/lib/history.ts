@@ -78,6 +78,12 @@ export interface Relay {
   state: 'queued' | 'delivered' | 'failed';
   /** Why it failed (the other server's code, or expired), or the last attempt's error while queued. */
   error?: string;
+  /**
+   * Expected, not seen: a sync copy of a message another of this
+   * identity's devices sent names the recipient, and the outbox has not
+   * listed a document to it yet (then it never was queued, and is dropped).
+   */
+  unconfirmed?: boolean;
 }
 
 /** A message about to be stored: the order is given by appendMessage. */
@@ -108,8 +114,10 @@ export interface ConversationRecord {
   withheld?: Envelope[];
   /** A group whose state no longer lists this client: not shown (docs/protocol.md, "Groups"). */
   left?: boolean;
-  /** A person of another server who wrote first: shown as a request until accepted or blocked. */
+  /** A person of another server who wrote first, or added this identity to a group: shown as a request until accepted or blocked. */
   request?: boolean;
+  /** A group's request (or blocked invitation): who of another server added this identity. */
+  inviter?: string;
   /** A person (or server) this identity blocked: not shown. */
   blocked?: boolean;
 }
