@@ -577,17 +577,25 @@ func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]
 	s.fed.mu.Unlock()
 	var ds []*server.Delivery
 	for q, msgs := range info.State.Subjects {
+		// A delivery finishing meanwhile changes the state: it is read
+		// under the lock, and copied.
 		s.fed.mu.Lock()
+		var head *server.Delivery
+		var notBefore time.Time
 		st := s.fed.heads[q]
+		known := st != nil && (st.head != nil || msgs == st.msgs)
+		if known && st.head != nil {
+			d := *st.head
+			head, notBefore = &d, st.notBefore
+		}
 		s.fed.mu.Unlock()
-		if st == nil || (st.head == nil && msgs != st.msgs) {
-			if st, err = s.readQueueState(ctx, q, msgs, now); err != nil {
+		if !known {
+			if head, notBefore, err = s.readQueueState(ctx, q, msgs); err != nil {
 				return nil, err
 			}
 		}
-		if st.head != nil && !st.notBefore.After(now) {
-			d := *st.head
-			ds = append(ds, &d)
+		if head != nil && !notBefore.After(now) {
+			ds = append(ds, head)
 		}
 	}
 	slices.SortFunc(ds, func(a, b *server.Delivery) int { return cmp.Compare(a.Unit, b.Unit) })
@@ -598,15 +606,16 @@ func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]
 }
 
 // readQueueState reads queue q's head record and first document after it,
-// and remembers them; a queue with nothing after it is purged.
-func (s *Store) readQueueState(ctx context.Context, q string, msgs uint64, now time.Time) (*queueState, error) {
+// remembers them, and returns a copy of the head unit and when it is due;
+// a queue with nothing after it is purged.
+func (s *Store) readQueueState(ctx context.Context, q string, msgs uint64) (*server.Delivery, time.Time, error) {
 	var head outboxHead
 	if _, err := s.lastOutboxMsg(ctx, "kez.chat.outbox.head."+strings.TrimPrefix(q, outboxPrefix+"doc."), &head); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	docs, err := s.readQueue(ctx, q, head.DoneThrough+1, 1)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	st := &queueState{msgs: msgs, doneThrough: head.DoneThrough}
 	if len(docs) == 0 {
@@ -628,13 +637,18 @@ func (s *Store) readQueueState(ctx context.Context, q string, msgs uint64, now t
 			st.notBefore = time.Unix(head.NextAt, 0)
 		}
 	}
+	var d *server.Delivery
+	if st.head != nil {
+		c := *st.head
+		d = &c
+	}
 	s.fed.mu.Lock()
 	if old := s.fed.heads[q]; old != nil && len(docs) > 0 {
 		st.unpurged = old.unpurged
 	}
 	s.fed.heads[q] = st
 	s.fed.mu.Unlock()
-	return st, nil
+	return d, st.notBefore, nil
 }
 
 // DeliveryMessages reads the headers of d's unit and the units behind it,
