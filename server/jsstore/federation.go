@@ -171,10 +171,9 @@ type federationState struct {
 	heads   map[string]*queueState
 	term    uint64
 	batches atomic.Uint64 // names this replica's outbox batches
-	// outboxCommits and idCommits commit the batches of the outbox and
-	// of the remote ids.
-	outboxCommits, idCommits *groupCommitter
-	locks                    senderLocks // "queued:" or "finished:" and the sender
+	// outboxCommits commits the outbox's batches.
+	outboxCommits *groupCommitter
+	locks         senderLocks // "queued:" or "finished:" and the sender
 }
 
 // setupFederation creates or updates the outbox stream and federation's
@@ -200,18 +199,17 @@ func (s *Store) setupFederation(ctx context.Context, cfg Config, storage jetstre
 		return fmt.Errorf("creating stream %s: %w", OutboxStream, err)
 	}
 	if s.fed.remoteIDs, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:               RemoteIDStream,
-		Description:        "kez-chat message ids of senders on other servers, for the federation window",
-		Subjects:           []string{remoteIDPrefix + "*"},
-		Storage:            storage,
-		Replicas:           cfg.Replicas,
-		MaxAge:             server.RemoteIDWindow,
-		MaxBytes:           -1,
-		MaxMsgs:            -1,
-		MaxMsgsPerSubject:  1,
-		AllowAtomicPublish: true,
-		AllowDirect:        true,
-		Discard:            jetstream.DiscardOld,
+		Name:              RemoteIDStream,
+		Description:       "kez-chat message ids of senders on other servers, for the federation window",
+		Subjects:          []string{remoteIDPrefix + "*"},
+		Storage:           storage,
+		Replicas:          cfg.Replicas,
+		MaxAge:            server.RemoteIDWindow,
+		MaxBytes:          -1,
+		MaxMsgs:           -1,
+		MaxMsgsPerSubject: 1,
+		AllowDirect:       true,
+		Discard:           jetstream.DiscardOld,
 	}); err != nil {
 		return fmt.Errorf("creating stream %s: %w", RemoteIDStream, err)
 	}
@@ -222,7 +220,7 @@ func (s *Store) setupFederation(ctx context.Context, cfg Config, storage jetstre
 		return err
 	}
 	s.fed.heads = make(map[string]*queueState)
-	s.fed.outboxCommits, s.fed.idCommits = newGroupCommitter(s), newGroupCommitter(s)
+	s.fed.outboxCommits = newGroupCommitter(s)
 	return nil
 }
 
@@ -773,7 +771,15 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 	if r.State == server.OutboxQueued {
 		next := outboxHead{DoneThrough: head.DoneThrough, Unit: uint64(units[0]), Attempts: attempts,
 			NextAt: r.NextAt.Unix(), At: r.At.Unix(), Code: r.Code, Message: r.Message}
-		return s.fed.outboxCommits.commit(ctx, []*nats.Msg{record(headSubject(sender, domain), next, headSeq, headTTL)})
+		// One record: published alone, not as an atomic batch, whose
+		// staging costs JetStream milliseconds.
+		_, err := s.js.PublishMsg(ctx, record(headSubject(sender, domain), next, headSeq, headTTL))
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			return errOutboxChanged
+		}
+		return err
 	}
 	q := docSubject(sender, domain)
 	// The units of one delivery hold at most MaxBatchDocuments documents.

@@ -9,11 +9,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Group commit for the federation streams (the outbox, remote senders'
-// ids): with every write fsynced, an atomic batch costs JetStream several
-// fsyncs whatever it holds, so the batches of concurrent callers (sends
-// and deliveries of different senders, relayed requests) go to JetStream as
-// one, each stream's on its own. Batches that expect the same subject never share one,
+// Group commit for the outbox: an atomic batch costs JetStream a staging
+// store of its own, milliseconds whatever the batch holds (and several
+// fsyncs with every write fsynced), so the batches of concurrent sends and
+// deliveries (different senders' records) go to JetStream as one. Batches that expect the same subject never share one,
 // since JetStream refuses a second expectation (or rollup) of a subject in
 // a batch; and when a shared batch is refused, each goes again alone, to
 // get its own answer.

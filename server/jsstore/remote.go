@@ -61,7 +61,7 @@ func (s *Store) storedRemote(ctx context.Context, e *server.Envelope) (bool, err
 }
 
 // rememberRemote records envs, remote senders' envelopes just stored, for
-// the window, in one batch (committed with other requests'). A failure is
+// the window, and waits for JetStream to acknowledge them. A failure is
 // logged: the message stream's own duplicate window still answers a retry
 // within 15 minutes.
 func (s *Store) rememberRemote(ctx context.Context, envs []*server.Envelope) {
@@ -76,7 +76,27 @@ func (s *Store) rememberRemote(ctx context.Context, envs []*server.Envelope) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 	defer cancel()
-	if err := s.fed.idCommits.commit(ctx, msgs); err != nil {
+	// Each record stands alone: published at once, in a pipeline, and
+	// not as an atomic batch, whose staging costs JetStream milliseconds.
+	acks := make([]jetstream.PubAckFuture, 0, len(msgs))
+	var err error
+	for _, m := range msgs {
+		var ack jetstream.PubAckFuture
+		if ack, err = s.js.PublishMsgAsync(m); err != nil {
+			break
+		}
+		acks = append(acks, ack)
+	}
+	for _, ack := range acks {
+		select {
+		case <-ack.Ok():
+		case e := <-ack.Err():
+			err = e
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
 		s.log.Warn("recording remote senders' message ids", "from", envs[0].Sender, "envelopes", len(envs), "err", err)
 	}
 }

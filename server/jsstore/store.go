@@ -156,7 +156,6 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	go s.w.run()
 	go s.fw.run()
 	go s.fed.outboxCommits.run()
-	go s.fed.idCommits.run()
 	go s.holdLease(lease)
 	return s, nil
 }
@@ -248,10 +247,8 @@ func (s *Store) Close() error {
 		<-s.fw.done
 		close(s.w.stop)
 		<-s.w.done
-		for _, gc := range []*groupCommitter{s.fed.outboxCommits, s.fed.idCommits} {
-			close(gc.stop)
-			<-gc.done
-		}
+		close(s.fed.outboxCommits.stop)
+		<-s.fed.outboxCommits.done
 		s.nc.Close()
 	})
 	return nil
