@@ -414,14 +414,22 @@ func TestAServerThatIsDownGetsTheMessagesLaterInOrderExactlyOnce(t *testing.T) {
 func TestTheSameRelayedRequestTwiceStoresOnce(t *testing.T) {
 	one, two := startFederated(t, nil), startFederated(t, nil)
 	alice, bob := newPerson(t, one, "alice"), newPerson(t, two, "bob")
-	body := map[string]any{"messages": []signing.Signed{alice.message(t, bob, "once")}}
-	first := post(t, two.URL+"/v1/federation/messages", body, nil)
-	second := post(t, two.URL+"/v1/federation/messages", body, nil)
-	if first.status != http.StatusCreated || second.status != http.StatusOK || second.header.Get("Idempotent-Replayed") != "true" {
-		t.Fatalf("first %d %s, second %d %s", first.status, first.body, second.status, second.body)
-	}
+	relayTwice(t, two, alice, bob)
 	if n := len(bob.inbox(t)); n != 1 {
 		t.Fatalf("bob holds %d envelopes, want 1", n)
+	}
+}
+
+// relayTwice posts a message from from to to, to srv (to's server) twice,
+// as a courier whose first answer was lost would: stored, then answered
+// as a retry.
+func relayTwice(t *testing.T, srv *testutil.Server, from, to *person) {
+	t.Helper()
+	body := map[string]any{"messages": []signing.Signed{from.message(t, to, "once")}}
+	first := post(t, srv.URL+"/v1/federation/messages", body, nil)
+	second := post(t, srv.URL+"/v1/federation/messages", body, nil)
+	if first.status != http.StatusCreated || second.status != http.StatusOK || second.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("first %d %s, second %d %s", first.status, first.body, second.status, second.body)
 	}
 }
 
@@ -680,12 +688,7 @@ func TestOnJetStreamOneReplicaDeliversAndAnotherTakesTheQueueOver(t *testing.T) 
 	}
 
 	// Relayed to the JetStream replica twice, a request stores once.
-	body := map[string]any{"messages": []signing.Signed{bob.message(t, alice, "once")}}
-	first := post(t, other.URL+"/v1/federation/messages", body, nil)
-	second := post(t, other.URL+"/v1/federation/messages", body, nil)
-	if first.status != http.StatusCreated || second.status != http.StatusOK || second.header.Get("Idempotent-Replayed") != "true" {
-		t.Fatalf("first %d %s, second %d %s", first.status, first.body, second.status, second.body)
-	}
+	relayTwice(t, other, bob, alice)
 	if n := len(alice.inbox(t)); n != 2 {
 		t.Fatalf("alice holds %d envelopes, want 2", n)
 	}

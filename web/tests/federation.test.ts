@@ -473,6 +473,22 @@ describe('typing across servers', () => {
   });
 });
 
+/** gina@two.example, a stranger to alice@one.example, makes a group of
+ * both and ivy@three.example; delivered, not yet read. */
+async function ginasGroup(name: string) {
+  const net = network();
+  const one = net.server('one.example');
+  const two = net.server('two.example');
+  const three = net.server('three.example');
+  const alice = await net.person(one, 'alice');
+  const gina = await net.person(two, 'gina');
+  const ivy = await net.person(three, 'ivy');
+  for (const c of [alice, gina, ivy]) await c.load();
+  const g = await gina.createGroup(name, ['alice@one.example', 'ivy@three.example']);
+  net.deliver();
+  return { net, one, two, three, alice, gina, ivy, g };
+}
+
 describe('groups with strangers elsewhere', () => {
   it('an invitation from a stranger elsewhere is a request: its messages are kept, nothing is told until accepted, then the receipts held back go', async () => {
     const net = network();
@@ -554,16 +570,7 @@ describe('groups with strangers elsewhere', () => {
   });
 
   it('blocking the inviter refuses them and keeps nothing of the group; unblocking makes it a request again', async () => {
-    const net = network();
-    const one = net.server('one.example');
-    const two = net.server('two.example');
-    const three = net.server('three.example');
-    const alice = await net.person(one, 'alice');
-    const gina = await net.person(two, 'gina');
-    const ivy = await net.person(three, 'ivy');
-    for (const c of [alice, gina, ivy]) await c.load();
-    const g = await gina.createGroup('offers', ['alice@one.example', 'ivy@three.example']);
-    net.deliver();
+    const { net, one, three, alice, gina, ivy, g } = await ginasGroup('offers');
     await Promise.all([alice.poll(), ivy.poll()]);
     await alice.block('gina@two.example');
     expect(one.privacy.get('alice')?.blocked).toEqual(['gina@two.example']);
@@ -642,16 +649,7 @@ describe('refusing strangers, with groups', () => {
   });
 
   it('a pending group request makes no one known; accepting it does', async () => {
-    const net = network();
-    const one = net.server('one.example');
-    const two = net.server('two.example');
-    const three = net.server('three.example');
-    const alice = await net.person(one, 'alice');
-    const gina = await net.person(two, 'gina');
-    const ivy = await net.person(three, 'ivy');
-    for (const c of [alice, gina, ivy]) await c.load();
-    const g = await gina.createGroup('club', ['alice@one.example', 'ivy@three.example']);
-    net.deliver();
+    const { net, one, alice, gina, g } = await ginasGroup('club');
     await alice.poll();
     await alice.setStrangers('refuse');
     expect(one.privacy.get('alice')!.known).toEqual([]);
