@@ -376,7 +376,9 @@ func (s *Store) Enqueue(ctx context.Context, docs []*server.OutboundDoc, limits 
 			return dups, nil
 		case errors.Is(err, errOutboxChanged) && run < outboxCASRuns && ctx.Err() == nil:
 			continue
-		case server.ErrorCode(err) != "":
+		case errors.Is(err, errOutboxChanged):
+			return nil, unavailable("the outbox keeps changing under this send")
+		case errors.As(err, new(*server.Error)):
 			return nil, err
 		default:
 			return nil, fmt.Errorf("queueing %d documents: %w", len(docs), err)
