@@ -81,6 +81,7 @@ func (oc *groupCommitter) run() {
 			select {
 			case first = <-oc.queue:
 			case <-oc.stop:
+				oc.refuseQueued()
 				return
 			}
 		}
@@ -107,6 +108,19 @@ func (oc *groupCommitter) run() {
 			}
 		}
 		oc.commitGroup(group)
+	}
+}
+
+// refuseQueued answers what is still queued at the store's close.
+func (oc *groupCommitter) refuseQueued() {
+	for {
+		select {
+		case c := <-oc.queue:
+			c.err = errStoreClosed
+			close(c.done)
+		default:
+			return
+		}
 	}
 }
 
