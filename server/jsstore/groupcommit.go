@@ -54,6 +54,13 @@ func (gc *groupCommitter) commit(ctx context.Context, msgs []*nats.Msg) error {
 	select {
 	case <-c.done:
 		return c.err
+	case <-gc.done: // queued as the store closed: answered, or never taken
+		select {
+		case <-c.done:
+			return c.err
+		default:
+			return errStoreClosed
+		}
 	case <-ctx.Done(): // it may still be stored: the caller's retry reads again
 		return unavailable("the outbox did not answer in time")
 	}
