@@ -265,7 +265,10 @@ func (m *runningManager) reconcileNow(t *testing.T, kc *chatv1.KezChat) {
 // eventually waits for cond; see testutil.WaitFor.
 var eventually = testutil.WaitFor
 
-const waitTimeout = 20 * time.Second
+// waitTimeout bounds a wait for the operator to get somewhere. Quiet, it
+// gets there in a second or two; a cold CI run, compiling every package
+// with -race beside the tests on two cores, slowed one past 20 s.
+const waitTimeout = time.Minute
 
 // childLists are empty lists of every kind of child a KezChat has.
 func childLists() []client.ObjectList {
