@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"kez.lat/chat/server"
@@ -32,7 +33,8 @@ func runUnpin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"messages it then refuses with sender_key_changed when their domain names a new one. Do it only once\n"+
 		"you have checked the new identity with the person, out of band: the next record the domain serves is\n"+
 		"pinned in its place, within 5 minutes (the server's cache). Run it where the server runs, with its\n"+
-		"store's settings (in the server's pod its environment has them: kubectl exec ... -- kezchat unpin ADDRESS).", stderr)
+		"store's settings: in a KezChat's server pod, kubectl exec ... -- kezchat unpin --db /var/lib/kez-chat/kez-chat.db\n"+
+		"ADDRESS on sqlite; on jetstream the pod's environment has them.", stderr)
 	def := app.DefaultConfig()
 	fs.StringVar(&f.db, "db", def.DBPath, "with --store sqlite: the chat server's SQLite database file")
 	fs.StringVar(&f.store, "store", "sqlite", "the chat server's --store: sqlite (--db) or jetstream (--nats-url)")
@@ -58,6 +60,11 @@ func runUnpin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var was bool
 	switch f.store {
 	case "sqlite":
+		// Opening makes a database where there is none: a wrong --db
+		// would answer "nothing pinned" from an empty one.
+		if _, err := os.Stat(f.db); err != nil {
+			return fmt.Errorf("--db %s: the chat server's database is not there: %w", f.db, err)
+		}
 		db, err := sqlite.Open(ctx, f.db, log)
 		if err != nil {
 			return err

@@ -62,6 +62,14 @@ func TestUnpinForgetsAPinnedIdentityOnEitherStore(t *testing.T) {
 			if got, err := store.PinRemote(ctx, next); err != nil || got.PrimaryID != "new" {
 				t.Fatalf("the pin after unpin = %+v %v, want the next identity", got, err)
 			}
+			if tt.name == "sqlite" {
+				var stdout bytes.Buffer
+				stderr := &testutil.LockedBuffer{}
+				missing := filepath.Join(t.TempDir(), "none.db")
+				if code := run(ctx, []string{"unpin", "--db", missing, "bob@two.example"}, &stdout, stderr); code == 0 || !strings.Contains(stderr.String(), "database is not there") {
+					t.Errorf("unpin with a --db that is not there: exit %d: %s", code, stderr.String())
+				}
+			}
 			for addr, want := range map[string]string{
 				"carol@two.example": "pinned no identity for carol@two.example",
 				"bob":               "not an address on another server",
