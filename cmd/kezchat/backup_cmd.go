@@ -20,17 +20,16 @@ import (
 // backupFlags are the settings `kezchat backup` and `kezchat restore` share
 // (docs/backups.md); each also comes from its KEZ_ environment variable.
 type backupFlags struct {
-	part, id          string
-	s3                s3.Config
-	prefix            string
-	db, store         string
-	natsURL, natsUser string
-	natsPasswordFile  string
-	log               logFlags
-	keepCount         int
-	keepAge           time.Duration
-	resultFile        string
-	restoreWait       time.Duration
+	part, id    string
+	s3          s3.Config
+	prefix      string
+	db, store   string
+	nats        natsFlags
+	log         logFlags
+	keepCount   int
+	keepAge     time.Duration
+	resultFile  string
+	restoreWait time.Duration
 }
 
 func (f *backupFlags) register(fs *flag.FlagSet) {
@@ -44,9 +43,7 @@ func (f *backupFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.s3.InsecureHTTP, "s3-insecure-http", false, "allow a plain http endpoint (credentials and data cross the network in the clear)")
 	fs.StringVar(&f.db, "db", "", "SQLite database file: the chat server's --db with --part server, the sig-server's --db with --part sigserver")
 	fs.StringVar(&f.store, "store", "sqlite", "with --part server: the chat server's --store, sqlite (--db) or jetstream (--nats-url)")
-	fs.StringVar(&f.natsURL, "nats-url", "", "with --store jetstream: the NATS server, e.g. nats://kez-nats:4222")
-	fs.StringVar(&f.natsUser, "nats-user", "", "with --store jetstream: user to authenticate to NATS as")
-	fs.StringVar(&f.natsPasswordFile, "nats-password-file", "", "with --store jetstream: file holding --nats-user's password")
+	f.nats.registerBeside(fs)
 	f.log.register(fs, "text")
 }
 
@@ -73,9 +70,9 @@ func (f *backupFlags) check() (backup.Part, backup.Layout, error) {
 		return "", layout, errors.New("--part sigserver is the sig-server's SQLite key log: --store jetstream is for --part server")
 	case f.store == "sqlite" && f.db == "":
 		return "", layout, fmt.Errorf("--part %s needs --db, the SQLite database file", part)
-	case f.store == "sqlite" && f.natsURL != "":
+	case f.store == "sqlite" && f.nats.url != "":
 		return "", layout, errors.New("--nats-url is for --store jetstream")
-	case f.store == "jetstream" && f.natsURL == "":
+	case f.store == "jetstream" && f.nats.url == "":
 		return "", layout, errors.New("--store jetstream needs --nats-url")
 	case f.store == "jetstream" && f.db != "":
 		return "", layout, errors.New("--db is for --store sqlite; --store jetstream reads NATS at --nats-url")

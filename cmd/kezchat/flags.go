@@ -7,6 +7,10 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"kez.lat/chat/server/natsbus"
 )
 
 // newFlagSet returns a flag set for a subcommand whose usage names the
@@ -87,4 +91,40 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	default:
 		return nil, fmt.Errorf("log format %q: want text or json", format)
 	}
+}
+
+// natsFlags say how a command reaches the chat server's NATS: the server's
+// own --nats-url, --nats-user and --nats-password-file.
+type natsFlags struct{ url, user, passwordFile string }
+
+// registerBeside registers the flags for a command that works beside the
+// chat server, on its store (backup, restore, unpin).
+func (f *natsFlags) registerBeside(fs *flag.FlagSet) {
+	fs.StringVar(&f.url, "nats-url", "", "with --store jetstream: the NATS server, e.g. nats://kez-nats:4222")
+	fs.StringVar(&f.user, "nats-user", "", "with --store jetstream: user to authenticate to NATS as")
+	fs.StringVar(&f.passwordFile, "nats-password-file", "", "with --store jetstream: file holding --nats-user's password")
+}
+
+// config is the connection the flags describe, named name.
+func (f natsFlags) config(name string) (natsbus.Config, error) {
+	cfg := natsbus.Config{URL: f.url, Name: name, User: f.user}
+	if f.passwordFile != "" {
+		b, err := os.ReadFile(f.passwordFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--nats-password-file: %w", err)
+		}
+		cfg.Password = strings.TrimSpace(string(b))
+	}
+	return cfg, nil
+}
+
+// connectOnce connects as the chat server does, but gives up when the
+// connection is lost: a command beside the server that loses it fails,
+// and is run again whole.
+func (f natsFlags) connectOnce(log *slog.Logger, name string) (*nats.Conn, error) {
+	cfg, err := f.config(name)
+	if err != nil {
+		return nil, err
+	}
+	return natsbus.Connect(cfg, log, nil, nats.MaxReconnects(0))
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -16,7 +15,6 @@ import (
 	"kez.lat/chat/server/app"
 	"kez.lat/chat/server/jsstore"
 	"kez.lat/chat/server/natsauth"
-	"kez.lat/chat/server/natsbus"
 	"kez.lat/chat/server/push"
 	"kez.lat/chat/server/sigclient"
 	"kez.lat/chat/web"
@@ -42,7 +40,8 @@ type serverFlags struct {
 	maxPushSubscriptions                                int
 	sigServerURL, sigServerPublicURL                    string
 	keyCacheTTL                                         time.Duration
-	store, natsURL, natsUser, natsPasswordFile          string
+	store                                               string
+	nats                                                natsFlags
 	natsCalloutSeedFile                                 string
 	jsReplicas                                          int
 	jsMaxBytes                                          int64
@@ -89,9 +88,9 @@ func runServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.sigServerPublicURL, "sig-server-public-url", "", "origin clients reach the sig-server at, linked from WebFinger (default: the public URL, whose /v1/keys the proxy routes to the sig-server; for the domain localhost, --sig-server-url)")
 	fs.DurationVar(&f.keyCacheTTL, "key-cache-ttl", sigclient.DefaultConfig().TTL, "how long resolved device keys are used before the sig-server is asked again (bounds how long a revoked key works)")
 	fs.StringVar(&f.store, "store", "sqlite", "where messages and users are kept: sqlite (--db, one replica) or jetstream (NATS JetStream at --nats-url, any number of replicas)")
-	fs.StringVar(&f.natsURL, "nats-url", "", "NATS server, e.g. nats://kez-nats:4222: fan-out to streams on other replicas and presence for push; empty: this replica alone")
-	fs.StringVar(&f.natsUser, "nats-user", "", "user the chat server authenticates to NATS as (the auth callout's auth_users)")
-	fs.StringVar(&f.natsPasswordFile, "nats-password-file", "", "file holding --nats-user's password")
+	fs.StringVar(&f.nats.url, "nats-url", "", "NATS server, e.g. nats://kez-nats:4222: fan-out to streams on other replicas and presence for push; empty: this replica alone")
+	fs.StringVar(&f.nats.user, "nats-user", "", "user the chat server authenticates to NATS as (the auth callout's auth_users)")
+	fs.StringVar(&f.nats.passwordFile, "nats-password-file", "", "file holding --nats-user's password")
 	fs.StringVar(&f.natsCalloutSeedFile, "nats-callout-issuer-seed-file", "", "file holding the account nkey seed (SA...) whose public key is auth_callout.issuer in nats.conf: this server then answers NATS's auth callout, letting browsers follow their own inbox over NATS WebSocket; needs --nats-url")
 	fs.IntVar(&f.jsReplicas, "jetstream-replicas", 1, "with --store jetstream: replicas of the stream and KV buckets (1, 3 or 5 NATS servers)")
 	fs.Int64Var(&f.jsMaxBytes, "jetstream-max-bytes", 0, "with --store jetstream: bytes the message stream may hold, 0 for no limit")
@@ -142,9 +141,9 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 	switch {
 	case f.store != "sqlite" && f.store != "jetstream":
 		return app.Config{}, fmt.Errorf("--store %q: want sqlite or jetstream", f.store)
-	case f.store == "jetstream" && f.natsURL == "":
+	case f.store == "jetstream" && f.nats.url == "":
 		return app.Config{}, errors.New("--store jetstream needs --nats-url")
-	case f.natsCalloutSeedFile != "" && f.natsURL == "":
+	case f.natsCalloutSeedFile != "" && f.nats.url == "":
 		return app.Config{}, errors.New("--nats-callout-issuer-seed-file needs --nats-url")
 	}
 	cfg := app.DefaultConfig()
@@ -178,8 +177,8 @@ func (f *serverFlags) config(log *slog.Logger) (app.Config, error) {
 			cfg.PublicURL = "http://" + f.bind
 		}
 	}
-	if f.natsURL != "" {
-		ncfg, err := f.natsConfig()
+	if f.nats.url != "" {
+		ncfg, err := f.nats.config("kezchat " + f.domain)
 		if err != nil {
 			return cfg, err
 		}
@@ -244,19 +243,6 @@ func (f *serverFlags) pushConfig(log *slog.Logger) (*push.Config, error) {
 		log.Info("generated a VAPID key; keep this file, a new key breaks every push subscription", "path", f.vapidKeyPath)
 	}
 	return &push.Config{Key: key, Subject: subject, TTL: f.pushTTL}, nil
-}
-
-// natsConfig is the NATS connection the flags describe.
-func (f *serverFlags) natsConfig() (natsbus.Config, error) {
-	cfg := natsbus.Config{URL: f.natsURL, Name: "kezchat " + f.domain, User: f.natsUser}
-	if f.natsPasswordFile != "" {
-		b, err := os.ReadFile(f.natsPasswordFile)
-		if err != nil {
-			return cfg, fmt.Errorf("--nats-password-file: %w", err)
-		}
-		cfg.Password = strings.TrimSpace(string(b))
-	}
-	return cfg, nil
 }
 
 func parsePrefixes(s string) ([]netip.Prefix, error) {

@@ -17,10 +17,9 @@ import (
 // unpinFlags say where the chat server keeps its state, as its own flags
 // (and, in its pod, its environment) do.
 type unpinFlags struct {
-	db, store         string
-	natsURL, natsUser string
-	natsPasswordFile  string
-	log               logFlags
+	db, store string
+	nats      natsFlags
+	log       logFlags
 }
 
 // runUnpin forgets the identity the server pinned for a person on another
@@ -38,9 +37,7 @@ func runUnpin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	def := app.DefaultConfig()
 	fs.StringVar(&f.db, "db", def.DBPath, "with --store sqlite: the chat server's SQLite database file")
 	fs.StringVar(&f.store, "store", "sqlite", "the chat server's --store: sqlite (--db) or jetstream (--nats-url)")
-	fs.StringVar(&f.natsURL, "nats-url", "", "with --store jetstream: the NATS server, e.g. nats://kez-nats:4222")
-	fs.StringVar(&f.natsUser, "nats-user", "", "with --store jetstream: user to authenticate to NATS as")
-	fs.StringVar(&f.natsPasswordFile, "nats-password-file", "", "with --store jetstream: file holding --nats-user's password")
+	f.nats.registerBeside(fs)
 	f.log.register(fs, "text")
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
@@ -77,8 +74,7 @@ func runUnpin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	case "jetstream":
-		bf := backupFlags{natsURL: f.natsURL, natsUser: f.natsUser, natsPasswordFile: f.natsPasswordFile, id: "unpin"}
-		nc, err := bf.natsConn(log)
+		nc, err := f.nats.connectOnce(log, "kezchat unpin")
 		if err != nil {
 			return err
 		}
