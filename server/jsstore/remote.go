@@ -35,11 +35,12 @@ type remoteID struct {
 	Digest string `json:"digest"`
 }
 
-// storedRemote answers e, a remote sender's envelope, from RemoteIDStream:
+// storedRemote answers e, a remote sender's envelope whose message has
+// digest (hex SHA-256, as appendRequest's), from RemoteIDStream:
 // found (e's seq and time set to the stored one's) when its (sender, id)
 // was stored within the window with the same message; message_id_conflict
 // with another.
-func (s *Store) storedRemote(ctx context.Context, e *server.Envelope) (bool, error) {
+func (s *Store) storedRemote(ctx context.Context, e *server.Envelope, digest string) (bool, error) {
 	m, err := s.fed.remoteIDs.GetLastMsgForSubject(ctx, remoteIDPrefix+idKey(e.Sender, e.ID))
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -51,8 +52,7 @@ func (s *Store) storedRemote(ctx context.Context, e *server.Envelope) (bool, err
 	if err := json.Unmarshal(m.Data, &rec); err != nil {
 		return false, fmt.Errorf("decoding message id %q from %s: %w", e.ID, e.Sender, err)
 	}
-	sum := sha256.Sum256(e.Message)
-	if rec.Digest != hex.EncodeToString(sum[:]) || rec.To != e.Recipient {
+	if rec.Digest != digest || rec.To != e.Recipient {
 		return false, server.Errorf(server.CodeMessageIDConflict,
 			"message id %q from %s was already used for a different message", e.ID, e.Sender)
 	}
@@ -60,19 +60,18 @@ func (s *Store) storedRemote(ctx context.Context, e *server.Envelope) (bool, err
 	return true, nil
 }
 
-// rememberRemote records envs, remote senders' envelopes just stored, for
+// rememberRemote records reqs, remote senders' envelopes just stored, for
 // the window, and waits for JetStream to acknowledge them. A failure is
 // logged: the message stream's own duplicate window still answers a retry
 // within 15 minutes.
-func (s *Store) rememberRemote(ctx context.Context, envs []*server.Envelope) {
-	if len(envs) == 0 {
+func (s *Store) rememberRemote(ctx context.Context, reqs []*appendRequest) {
+	if len(reqs) == 0 {
 		return
 	}
-	msgs := make([]*nats.Msg, len(envs))
-	for i, e := range envs {
-		sum := sha256.Sum256(e.Message)
-		data, _ := json.Marshal(remoteID{To: e.Recipient, Seq: e.Seq, At: e.ReceivedAt.Unix(), Digest: hex.EncodeToString(sum[:])})
-		msgs[i] = &nats.Msg{Subject: remoteIDPrefix + idKey(e.Sender, e.ID), Data: data, Header: nats.Header{}}
+	msgs := make([]*nats.Msg, len(reqs))
+	for i, r := range reqs {
+		data, _ := json.Marshal(remoteID{To: r.recipient, Seq: r.seq, At: r.at, Digest: r.digest})
+		msgs[i] = &nats.Msg{Subject: remoteIDPrefix + r.key, Data: data, Header: nats.Header{}}
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 	defer cancel()
@@ -97,7 +96,7 @@ func (s *Store) rememberRemote(ctx context.Context, envs []*server.Envelope) {
 		}
 	}
 	if err != nil {
-		s.log.Warn("recording remote senders' message ids", "from", envs[0].Sender, "envelopes", len(envs), "err", err)
+		s.log.Warn("recording remote senders' message ids", "from", reqs[0].sender, "envelopes", len(reqs), "err", err)
 	}
 }
 

@@ -446,13 +446,13 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
+	r := s.newAppendRequest(ctx, e)
 	remote := remoteSender(e.Sender)
 	if remote {
-		if dup, err := s.storedRemote(ctx, e); dup || err != nil {
+		if dup, err := s.storedRemote(ctx, e, r.digest); dup || err != nil {
 			return dup, err
 		}
 	}
-	r := s.newAppendRequest(ctx, e)
 	err := s.referenceBlobs(ctx, e, func() error {
 		if err := s.submit(ctx, r); err != nil {
 			return err
@@ -467,7 +467,7 @@ func (s *Store) AppendMessage(ctx context.Context, e *server.Envelope, _ server.
 		return false, err
 	}
 	if remote && !r.dup {
-		s.rememberRemote(ctx, []*server.Envelope{e})
+		s.rememberRemote(ctx, []*appendRequest{r})
 	}
 	return r.dup, nil
 }
@@ -488,8 +488,9 @@ func (s *Store) AppendMessages(ctx context.Context, envs []*server.Envelope, _ s
 	var fresh []*server.Envelope
 	var reqs []*appendRequest
 	for i, e := range envs {
+		r := s.newAppendRequest(ctx, e)
 		if remoteSender(e.Sender) {
-			dup, err := s.storedRemote(ctx, e)
+			dup, err := s.storedRemote(ctx, e, r.digest)
 			if err != nil {
 				return nil, server.AtIndex(err, i)
 			}
@@ -497,7 +498,6 @@ func (s *Store) AppendMessages(ctx context.Context, envs []*server.Envelope, _ s
 				continue
 			}
 		}
-		r := s.newAppendRequest(ctx, e)
 		r.index = i
 		fresh, reqs = append(fresh, e), append(reqs, r)
 	}
@@ -520,13 +520,7 @@ func (s *Store) AppendMessages(ctx context.Context, envs []*server.Envelope, _ s
 	if err != nil {
 		return nil, err
 	}
-	var stored []*server.Envelope
-	for i, r := range reqs {
-		if !r.dup && remoteSender(fresh[i].Sender) {
-			stored = append(stored, fresh[i])
-		}
-	}
-	s.rememberRemote(ctx, stored)
+	s.rememberRemote(ctx, slices.DeleteFunc(reqs, func(r *appendRequest) bool { return r.dup || !remoteSender(r.sender) }))
 	return dups, nil
 }
 
