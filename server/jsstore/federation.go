@@ -105,6 +105,12 @@ func headSubject(sender, domain string) string {
 	return outboxSubject("head", natsbus.Token(sender), natsbus.Token(domain))
 }
 
+// queueSubject is the kind ("head", "body") subject of the queue whose
+// documents' subject is q.
+func queueSubject(q, kind string) string {
+	return outboxPrefix + kind + "." + strings.TrimPrefix(q, outboxPrefix+"doc.")
+}
+
 func queuedSubject(sender string) string   { return outboxSubject("queued", natsbus.Token(sender)) }
 func finishedSubject(sender string) string { return outboxSubject("finished", natsbus.Token(sender)) }
 func doneSubject(sender string) string     { return outboxSubject("done", natsbus.Token(sender)) }
@@ -262,44 +268,30 @@ func ttl(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second)
 // replica moved; the change is read and made again.
 var errOutboxChanged = errors.New("the outbox changed meanwhile")
 
-// publishBatch stores msgs, all of one stream, as one atomic batch and
-// returns the seq of the first.
-func (s *Store) publishBatch(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
-	id := s.w.prefix + "outbox-" + strconv.FormatUint(s.fed.batches.Add(1), 36)
-	for i, m := range msgs {
-		m.Header[hdrBatchID] = []string{id}
-		m.Header[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
-		delete(m.Header, hdrBatchCommit) // from a batch it was in before
-		if i < len(msgs)-1 {
-			if err := s.nc.PublishMsg(m); err != nil {
-				return 0, fmt.Errorf("publishing to the outbox: %w", err)
-			}
-		}
+// publishBatch stores msgs, all of the outbox, as one atomic batch.
+func (s *Store) publishBatch(ctx context.Context, msgs []*nats.Msg) error {
+	_, err := publishAtomic(ctx, s.nc, s.w.prefix+"outbox-"+strconv.FormatUint(s.fed.batches.Add(1), 36), msgs)
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil:
+		return nil
+	case !errors.As(err, &apiErr):
+		return fmt.Errorf("writing to the outbox: %w", err)
+	case wrongLastSeq(apiErr):
+		return errOutboxChanged
+	case storageFull(apiErr):
+		s.full.Add(1)
+		return &server.Error{Code: server.CodeStorageFull, RetryAfter: time.Minute, Message: "the message store is full; try again later"}
+	default:
+		return fmt.Errorf("writing to the outbox: %w", apiErr)
 	}
-	last := msgs[len(msgs)-1]
-	last.Header[hdrBatchCommit] = []string{"1"}
-	resp, err := s.nc.RequestMsgWithContext(ctx, last)
-	if err != nil {
-		return 0, fmt.Errorf("committing to the outbox: %w", err)
-	}
-	var ack batchAck
-	if err := json.Unmarshal(resp.Data, &ack); err != nil {
-		return 0, fmt.Errorf("decoding the outbox's acknowledgement: %w", err)
-	}
-	if e := ack.Error; e != nil {
-		switch {
-		case e.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence, e.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant:
-			return 0, errOutboxChanged
-		case storageFull(e):
-			s.full.Add(1)
-			return 0, &server.Error{Code: server.CodeStorageFull, RetryAfter: time.Minute, Message: "the message store is full; try again later"}
-		}
-		return 0, fmt.Errorf("committing to the outbox: %w", e)
-	}
-	if ack.Count != len(msgs) || ack.Seq < uint64(len(msgs)) {
-		return 0, fmt.Errorf("a batch of %d stored as %d ending at %d", len(msgs), ack.Count, ack.Seq)
-	}
-	return ack.Seq - uint64(len(msgs)) + 1, nil
+}
+
+// wrongLastSeq reports whether JetStream refused a message for an expected
+// last seq (per subject) that another write moved: the code differs on a
+// replicated stream.
+func wrongLastSeq(e *jetstream.APIError) bool {
+	return e.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || e.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
 
 // Enqueue stores docs in the outbox in one atomic batch: the sender's new
@@ -539,16 +531,15 @@ func (s *Store) readQueue(ctx context.Context, subject string, seq uint64, batch
 
 // queueState is a queue as the courier last read it.
 type queueState struct {
-	head *server.Delivery // nil: nothing queued after doneThrough
+	head *server.Delivery // nil: nothing queued after the head record's done_through
 	// notBefore: the head waits for its next attempt until then.
 	notBefore time.Time
 	// msgs is the subject's message count when it was found empty: more
 	// means documents were queued since.
-	msgs        uint64
-	doneThrough uint64
+	msgs uint64
 	// unpurged counts the documents delivered or failed since the
-	// subject was last purged: purges go in bulk, the head's doneThrough
-	// hides what waits for one.
+	// subject was last purged: purges go in bulk, the head record's
+	// done_through hides what waits for one.
 	unpurged int
 }
 
@@ -610,25 +601,18 @@ func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]
 // a queue with nothing after it is purged.
 func (s *Store) readQueueState(ctx context.Context, q string, msgs uint64) (*server.Delivery, time.Time, error) {
 	var head outboxHead
-	if _, err := s.lastOutboxMsg(ctx, "kez.chat.outbox.head."+strings.TrimPrefix(q, outboxPrefix+"doc."), &head); err != nil {
+	if _, err := s.lastOutboxMsg(ctx, queueSubject(q, "head"), &head); err != nil {
 		return nil, time.Time{}, err
 	}
 	docs, err := s.readQueue(ctx, q, head.DoneThrough+1, 1)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	st := &queueState{msgs: msgs, doneThrough: head.DoneThrough}
+	st := &queueState{msgs: msgs}
 	if len(docs) == 0 {
 		// Finished documents only: purged now, so the queue is listed no
 		// more.
-		body := "kez.chat.outbox.body." + strings.TrimPrefix(q, outboxPrefix+"doc.")
-		for _, subj := range []string{q, body} {
-			// A body is the message after its document: through
-			// DoneThrough+1 goes the last finished one's.
-			if _, err := s.purgeSubject(ctx, OutboxStream, subj, head.DoneThrough+1); err != nil {
-				s.log.Warn("purging delivered documents", "subject", subj, "err", err)
-			}
-		}
+		s.purgeQueue(ctx, q, head.DoneThrough)
 	} else {
 		first := docs[0]
 		st.head = &server.Delivery{Unit: int64(first.seq), Domain: first.domain, Sender: first.sender, Expires: time.Unix(first.expires, 0)}
@@ -776,9 +760,7 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 		// One record: published alone, not as an atomic batch, whose
 		// staging costs JetStream milliseconds.
 		_, err := s.js.PublishMsg(ctx, record(headSubject(sender, domain), next, headSeq, headTTL))
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) && wrongLastSeq(apiErr) {
 			return errOutboxChanged
 		}
 		return err
@@ -843,13 +825,20 @@ func (s *Store) finishOnce(ctx context.Context, sender, domain string, units []i
 	}
 	s.fed.mu.Unlock()
 	if purge {
-		for _, subj := range []string{q, bodySubject(sender, domain)} {
-			if _, err := s.purgeSubject(ctx, OutboxStream, subj, last+1); err != nil {
-				s.log.Warn("purging delivered documents", "subject", subj, "err", err)
-			}
-		}
+		s.purgeQueue(ctx, q, last)
 	}
 	return nil
+}
+
+// purgeQueue purges queue q's documents through the one at doneThrough,
+// and their bodies (each the message after its document). A failure is
+// logged: the head record's done_through hides them until a later purge.
+func (s *Store) purgeQueue(ctx context.Context, q string, doneThrough uint64) {
+	for _, subj := range []string{q, queueSubject(q, "body")} {
+		if _, err := s.purgeSubject(ctx, OutboxStream, subj, doneThrough+1); err != nil {
+			s.log.Warn("purging delivered documents", "subject", subj, "err", err)
+		}
+	}
 }
 
 // OutboxEntries reads sender's queued documents and its done records of
@@ -870,7 +859,7 @@ func (s *Store) OutboxEntries(ctx context.Context, sender string, limit int) ([]
 	}
 	for q := range info.State.Subjects {
 		var head outboxHead
-		if _, err := s.lastOutboxMsg(ctx, "kez.chat.outbox.head."+strings.TrimPrefix(q, outboxPrefix+"doc."), &head); err != nil {
+		if _, err := s.lastOutboxMsg(ctx, queueSubject(q, "head"), &head); err != nil {
 			return nil, err
 		}
 		from := head.DoneThrough + 1

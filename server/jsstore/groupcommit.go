@@ -141,21 +141,21 @@ func (oc *groupCommitter) commitGroup(group []*groupCommit) {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
 	if len(group) == 1 {
-		_, group[0].err = oc.s.publishBatch(ctx, group[0].msgs)
+		group[0].err = oc.s.publishBatch(ctx, group[0].msgs)
 		return
 	}
 	var all []*nats.Msg
 	for _, c := range group {
 		all = append(all, c.msgs...)
 	}
-	if _, err := oc.s.publishBatch(ctx, all); err == nil {
+	if err := oc.s.publishBatch(ctx, all); err == nil {
 		return
 	}
 	// One of them was refused (another replica's change of a subject it
 	// expects, mostly), or the batch went unanswered; expecting what they
 	// read, each goes again alone safely.
 	for _, c := range group {
-		_, c.err = oc.s.publishBatch(ctx, c.msgs)
+		c.err = oc.s.publishBatch(ctx, c.msgs)
 	}
 }
 

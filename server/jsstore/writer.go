@@ -444,46 +444,58 @@ func (w *writer) publish(reqs []*appendRequest) error {
 	}
 	start := time.Now()
 	w.batches++
-	id := w.prefix + strconv.FormatUint(w.batches, 36)
-	nc := w.s.nc
 	vouch := w.vouching()
-	var commit *nats.Msg
+	msgs := make([]*nats.Msg, len(reqs))
 	for i, r := range reqs {
-		m := envelopeMsg(r)
-		m.Header[hdrBatchID] = []string{id}
-		m.Header[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
-		if i == 0 && vouch {
-			m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(w.lastSeq, 10)}
-		}
-		if i == len(reqs)-1 {
-			m.Header[hdrBatchCommit] = []string{"1"}
-			commit = m
-			break
-		}
-		if err := nc.PublishMsg(m); err != nil {
-			return fmt.Errorf("publishing a batch: %w", err)
-		}
+		msgs[i] = envelopeMsg(r)
+	}
+	if vouch {
+		msgs[0].Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(w.lastSeq, 10)}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
+	first, err := publishAtomic(ctx, w.s.nc, w.prefix+strconv.FormatUint(w.batches, 36), msgs)
+	if err != nil {
+		return err
+	}
+	w.stored(reqs, first, vouch)
+	w.costBatch = movingAverage(w.costBatch, time.Since(start))
+	return nil
+}
+
+// publishAtomic publishes msgs, all of one stream, as the atomic batch id
+// and returns the seq of the first as stored. JetStream's refusal is
+// returned as its *jetstream.APIError; any other error leaves unknown
+// whether the batch was stored.
+func publishAtomic(ctx context.Context, nc *nats.Conn, id string, msgs []*nats.Msg) (uint64, error) {
+	for i, m := range msgs {
+		m.Header[hdrBatchID] = []string{id}
+		m.Header[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
+		delete(m.Header, hdrBatchCommit) // from a batch it was in before
+		if i < len(msgs)-1 {
+			if err := nc.PublishMsg(m); err != nil {
+				return 0, fmt.Errorf("publishing a batch: %w", err)
+			}
+		}
+	}
+	commit := msgs[len(msgs)-1]
+	commit.Header[hdrBatchCommit] = []string{"1"}
 	resp, err := nc.RequestMsgWithContext(ctx, commit)
 	if err != nil {
-		return fmt.Errorf("committing a batch: %w", err)
+		return 0, fmt.Errorf("committing a batch: %w", err)
 	}
 	var ack batchAck
 	if err := json.Unmarshal(resp.Data, &ack); err != nil {
-		return fmt.Errorf("decoding a batch's acknowledgement: %w", err)
+		return 0, fmt.Errorf("decoding a batch's acknowledgement: %w", err)
 	}
 	if ack.Error != nil {
-		return ack.Error
+		return 0, ack.Error
 	}
-	n := len(reqs)
+	n := len(msgs)
 	if ack.Count != n || ack.Seq < uint64(n) {
-		return fmt.Errorf("a batch of %d stored as %d ending at %d", n, ack.Count, ack.Seq)
+		return 0, fmt.Errorf("a batch of %d stored as %d ending at %d", n, ack.Count, ack.Seq)
 	}
-	w.stored(reqs, ack.Seq-uint64(n)+1, vouch)
-	w.costBatch = movingAverage(w.costBatch, time.Since(start))
-	return nil
+	return ack.Seq - uint64(n) + 1, nil
 }
 
 // publishOne publishes r alone: an atomic batch costs JetStream a staging
@@ -717,29 +729,22 @@ func (w *writer) groupRetried(g []*appendRequest) {
 func (w *writer) knownID(r *appendRequest) (bool, error) {
 	w.batches++
 	m := envelopeMsg(r)
-	m.Header[hdrBatchID] = []string{w.prefix + strconv.FormatUint(w.batches, 36)}
-	m.Header[hdrBatchSeq] = []string{"1"}
-	m.Header[hdrBatchCommit] = []string{"1"}
 	m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatInt(math.MaxInt64, 10)}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	resp, err := w.s.nc.RequestMsgWithContext(ctx, m)
-	if err != nil {
-		return false, fmt.Errorf("probing message id %q from %s: %w", r.id, r.sender, err)
-	}
-	var ack batchAck
-	if err := json.Unmarshal(resp.Data, &ack); err != nil {
-		return false, fmt.Errorf("decoding a probe's answer: %w", err)
-	}
+	_, err := publishAtomic(ctx, w.s.nc, w.prefix+strconv.FormatUint(w.batches, 36), []*nats.Msg{m})
+	var apiErr *jetstream.APIError
 	switch {
-	case ack.Error == nil:
+	case err == nil:
 		return false, fmt.Errorf("a probe of message id %q from %s was stored", r.id, r.sender)
-	case ack.Error.ErrorCode == errCodeBatchDuplicate, ack.Error.ErrorCode == errCodeDuplicateInProcess:
+	case !errors.As(err, &apiErr):
+		return false, fmt.Errorf("probing message id %q from %s: %w", r.id, r.sender, err)
+	case apiErr.ErrorCode == errCodeBatchDuplicate, apiErr.ErrorCode == errCodeDuplicateInProcess:
 		return true, nil
-	case ack.Error.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
+	case apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
 		return false, nil
 	default:
-		return false, fmt.Errorf("probing message id %q from %s: %w", r.id, r.sender, ack.Error)
+		return false, fmt.Errorf("probing message id %q from %s: %w", r.id, r.sender, apiErr)
 	}
 }
 
