@@ -381,11 +381,7 @@ func TestAServerThatIsDownGetsTheMessagesLaterInOrderExactlyOnce(t *testing.T) {
 	two.Stop()
 
 	const n = 5
-	for i := range n {
-		if r := alice.send(t, alice.message(t, bob, "d"+strconv.Itoa(i))); r.status != http.StatusAccepted {
-			t.Fatalf("sending while two is down: %d %s", r.status, r.body)
-		}
-	}
+	alice.queueNumbered(t, bob, n)
 	e := alice.waitOutbox(t, "d0", server.OutboxQueued)
 	testutil.Eventually(t, 10*time.Second, "a failed attempt recorded", func() bool {
 		e = alice.waitOutbox(t, "d0", server.OutboxQueued)
@@ -397,17 +393,36 @@ func TestAServerThatIsDownGetsTheMessagesLaterInOrderExactlyOnce(t *testing.T) {
 
 	two = startFederated(t, nil, func(o *testutil.Options) { o.DBPath, o.Bind = dbPath, bind })
 	bob.srv = two
-	got := bob.waitInbox(t, n)
-	for i, s := range got {
+	wantDeliveredInOrder(t, alice, bob, 0, n)
+}
+
+// queueNumbered has p send n messages d0, d1, ... to to, whose server is
+// down: each is queued.
+func (p *person) queueNumbered(t *testing.T, to *person, n int) {
+	t.Helper()
+	for i := range n {
+		if r := p.send(t, p.message(t, to, "d"+strconv.Itoa(i))); r.status != http.StatusAccepted {
+			t.Fatalf("sending while %s is down: %d %s", to.address(), r.status, r.body)
+		}
+	}
+}
+
+// wantDeliveredInOrder waits for to's inbox to hold the n messages of
+// from.queueNumbered after the before it held, in the order sent, each
+// delivered in from's outbox, and nothing more.
+func wantDeliveredInOrder(t *testing.T, from, to *person, before, n int) {
+	t.Helper()
+	got := to.waitInbox(t, before+n)
+	for i, s := range got[before:] {
 		if p := payloadOf(t, s); p.ID != "d"+strconv.Itoa(i) {
-			t.Fatalf("envelope %d is %s; want the order they were sent in", i, p.ID)
+			t.Fatalf("envelope %d is %s; want the order they were sent in", before+i, p.ID)
 		}
 	}
 	for i := range n {
-		alice.waitOutbox(t, "d"+strconv.Itoa(i), server.OutboxDelivered)
+		from.waitOutbox(t, "d"+strconv.Itoa(i), server.OutboxDelivered)
 	}
-	if again := bob.inbox(t); len(again) != n {
-		t.Fatalf("bob holds %d envelopes, want %d exactly once", len(again), n)
+	if again := to.inbox(t); len(again) != before+n {
+		t.Fatalf("%s holds %d envelopes, want %d exactly once", to.address(), len(again), before+n)
 	}
 }
 
@@ -663,29 +678,13 @@ func TestOnJetStreamOneReplicaDeliversAndAnotherTakesTheQueueOver(t *testing.T) 
 	// takes the lease and delivers the queue, in order, exactly once.
 	bind := domainOf(two)
 	two.Stop()
-	const n = 3
-	for i := range n {
-		if r := alice.send(t, alice.message(t, bob, "d"+strconv.Itoa(i))); r.status != http.StatusAccepted {
-			t.Fatalf("sending while two is down: %d %s", r.status, r.body)
-		}
-	}
+	alice.queueNumbered(t, bob, 3)
 	one.use(other)
 	holder.Stop()
 	testutil.Eventually(t, 10*time.Second, "the other replica taking the writer lease", func() bool { return holds(other) })
 	two = startFederated(t, nil, func(o *testutil.Options) { o.DBPath, o.Bind = twoPath, bind })
 	bob.srv = two
-	got := bob.waitInbox(t, n+1)
-	for i, s := range got[1:] {
-		if p := payloadOf(t, s); p.ID != "d"+strconv.Itoa(i) {
-			t.Fatalf("envelope %d is %s; want the order they were sent in", i+1, p.ID)
-		}
-	}
-	for i := range n {
-		alice.waitOutbox(t, "d"+strconv.Itoa(i), server.OutboxDelivered)
-	}
-	if again := bob.inbox(t); len(again) != n+1 {
-		t.Fatalf("bob holds %d envelopes, want %d exactly once", len(again), n+1)
-	}
+	wantDeliveredInOrder(t, alice, bob, 1, 3)
 
 	// Relayed to the JetStream replica twice, a request stores once.
 	relayTwice(t, other, bob, alice)
