@@ -132,22 +132,7 @@ func TestFederationFollowsTheSpecIntoTheServerAndTheStatus(t *testing.T) {
 		kc.Spec.Federation.Enabled = ptr.To(false)
 		kc.Spec.Push.Enabled = ptr.To(false)
 	})
-	waitFor[appsv1.Deployment](t, ns, "chat-server", func(d *appsv1.Deployment) error {
-		if got := federationEnvIn(d); len(got) > 0 {
-			return fmt.Errorf("env %v, want none", got)
-		}
-		return nil
-	})
-	kc = waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionFederation: "False"})
-	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionFederation); c.Reason != ReasonFederationDisabled {
-		t.Errorf("Federation %+v", c)
-	}
-	waitFor[networkingv1.NetworkPolicy](t, ns, "chat-server", func(np *networkingv1.NetworkPolicy) error {
-		if egressAllows(np, nil, corev1.ProtocolTCP, 443) {
-			return fmt.Errorf("443 still open: %q", egressGrants(np))
-		}
-		return nil
-	})
+	wantFederationOff(t, ns)
 
 	// On jetstream, the same: the server gets the lists, the condition
 	// counts them, and 443 opens for federation alone (push off here).
@@ -182,17 +167,25 @@ func TestFederationFollowsTheSpecIntoTheServerAndTheStatus(t *testing.T) {
 
 	// And off on jetstream: nothing of it, and 443 closes.
 	updateKezChat(t, js, func(kc *chatv1.KezChat) { kc.Spec.Federation.Enabled = ptr.To(false) })
-	waitFor[appsv1.Deployment](t, js, "chat-server", func(d *appsv1.Deployment) error {
+	wantFederationOff(t, js)
+}
+
+// wantFederationOff waits for ns's KezChat to be without federation (push
+// off too): no KEZ_FEDERATION* env, Federation False for Disabled, and 443
+// closed in the chat server's egress.
+func wantFederationOff(t *testing.T, ns string) {
+	t.Helper()
+	waitFor[appsv1.Deployment](t, ns, "chat-server", func(d *appsv1.Deployment) error {
 		if got := federationEnvIn(d); len(got) > 0 {
 			return fmt.Errorf("env %v, want none", got)
 		}
 		return nil
 	})
-	kc = waitForConditions(t, js, map[string]metav1.ConditionStatus{chatv1.ConditionFederation: "False"})
+	kc := waitForConditions(t, ns, map[string]metav1.ConditionStatus{chatv1.ConditionFederation: "False"})
 	if c := meta.FindStatusCondition(kc.Status.Conditions, chatv1.ConditionFederation); c.Reason != ReasonFederationDisabled {
 		t.Errorf("Federation %+v", c)
 	}
-	waitFor[networkingv1.NetworkPolicy](t, js, "chat-server", func(np *networkingv1.NetworkPolicy) error {
+	waitFor[networkingv1.NetworkPolicy](t, ns, "chat-server", func(np *networkingv1.NetworkPolicy) error {
 		if egressAllows(np, nil, corev1.ProtocolTCP, 443) {
 			return fmt.Errorf("443 still open: %q", egressGrants(np))
 		}
